@@ -1,0 +1,243 @@
+"""The IPVS table as plain values: what a service, a destination and their
+counters are, with no I/O.
+
+Every backend (netlink, in-memory) speaks these types, and so do the ipvsadm
+parser and formatter. Values mirror the kernel's own fields (see
+include/uapi/linux/ip_vs.h) so that nothing is lost between a dump and a write.
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, ip_address
+
+IPAddress = IPv4Address | IPv6Address
+
+AF_INET = socket.AF_INET
+AF_INET6 = socket.AF_INET6
+
+
+class Protocol(enum.IntEnum):
+    TCP = socket.IPPROTO_TCP
+    UDP = socket.IPPROTO_UDP
+    SCTP = 132
+
+
+class ServiceFlags(enum.IntFlag):
+    """IP_VS_SVC_F_*; SCHED1..3 are the scheduler's own flags."""
+
+    NONE = 0
+    PERSISTENT = 0x0001
+    HASHED = 0x0002
+    ONEPACKET = 0x0004
+    SCHED1 = 0x0008
+    SCHED2 = 0x0010
+    SCHED3 = 0x0020
+
+
+# What the kernel reports but a writer must not set (HASHED is the kernel's own).
+SETTABLE_SERVICE_FLAGS = (
+    ServiceFlags.PERSISTENT
+    | ServiceFlags.ONEPACKET
+    | ServiceFlags.SCHED1
+    | ServiceFlags.SCHED2
+    | ServiceFlags.SCHED3
+)
+
+
+class Forward(enum.IntEnum):
+    """IP_VS_CONN_F_FWD_MASK values: how packets reach a destination."""
+
+    MASQ = 0
+    LOCAL = 1
+    TUNNEL = 2
+    ROUTE = 3
+
+
+class TunnelType(enum.IntEnum):
+    IPIP = 0
+    GUE = 1
+    GRE = 2
+
+
+class TunnelFlags(enum.IntFlag):
+    """IP_VS_TUNNEL_ENCAP_FLAG_*; NOCSUM is the absence of the others."""
+
+    NOCSUM = 0
+    CSUM = 0x1
+    REMCSUM = 0x2
+
+
+class SyncState(enum.IntFlag):
+    """IP_VS_STATE_* of the connection sync daemon."""
+
+    NONE = 0
+    MASTER = 1
+    BACKUP = 2
+
+
+DEFAULT_SCHEDULER = "wlc"
+DEFAULT_PERSISTENCE_TIMEOUT = 300
+
+
+def full_netmask(family: int) -> int:
+    """The netmask the kernel stores when none is given: /32 for IPv4 (as a
+    32-bit mask) and the prefix length 128 for IPv6."""
+    return 0xFFFFFFFF if family == AF_INET else 128
+
+
+def family_of(address: IPAddress) -> int:
+    return AF_INET if address.version == 4 else AF_INET6
+
+
+@dataclass(frozen=True, order=True)
+class ServiceKey:
+    """What identifies a virtual service: protocol+address+port, or a
+    firewall mark (with protocol None and no address) in one family."""
+
+    family: int
+    protocol: Protocol | None
+    address: IPAddress | None
+    port: int
+    fwmark: int = 0
+
+    @classmethod
+    def inet(cls, protocol: Protocol, address: IPAddress | str, port: int) -> ServiceKey:
+        addr = ip_address(address) if isinstance(address, str) else address
+        return cls(family_of(addr), protocol, addr, port, 0)
+
+    @classmethod
+    def mark(cls, fwmark: int, family: int = AF_INET) -> ServiceKey:
+        return cls(family, None, None, 0, fwmark)
+
+    @property
+    def is_fwmark(self) -> bool:
+        return self.fwmark != 0
+
+
+@dataclass(frozen=True)
+class Service:
+    key: ServiceKey
+    scheduler: str = DEFAULT_SCHEDULER
+    flags: ServiceFlags = ServiceFlags.NONE
+    timeout: int = 0  # persistence timeout, seconds; 0 when not persistent
+    netmask: int = -1  # -1: full_netmask(key.family)
+    pe_name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.netmask == -1:
+            object.__setattr__(self, "netmask", full_netmask(self.key.family))
+
+    @property
+    def persistent(self) -> bool:
+        return bool(self.flags & ServiceFlags.PERSISTENT)
+
+
+@dataclass(frozen=True)
+class Destination:
+    address: IPAddress
+    port: int
+    forward: Forward = Forward.ROUTE
+    weight: int = 1
+    u_threshold: int = 0
+    l_threshold: int = 0
+    tun_type: TunnelType = TunnelType.IPIP
+    tun_port: int = 0
+    tun_flags: TunnelFlags = TunnelFlags.NOCSUM
+
+    @property
+    def family(self) -> int:
+        return family_of(self.address)
+
+    @property
+    def key(self) -> tuple[IPAddress, int]:
+        return (self.address, self.port)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Counters (64-bit) and rates, as IPVS_STATS_ATTR_* report them."""
+
+    conns: int = 0
+    inpkts: int = 0
+    outpkts: int = 0
+    inbytes: int = 0
+    outbytes: int = 0
+    cps: int = 0
+    inpps: int = 0
+    outpps: int = 0
+    inbps: int = 0
+    outbps: int = 0
+
+
+@dataclass(frozen=True)
+class DestinationEntry:
+    """A destination as dumped from the kernel: its config, connection
+    counts and stats."""
+
+    destination: Destination
+    active_conns: int = 0
+    inact_conns: int = 0
+    persist_conns: int = 0
+    stats: Stats = field(default_factory=Stats)
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    """A service as dumped from the kernel, with its destinations in kernel order."""
+
+    service: Service
+    destinations: tuple[DestinationEntry, ...] = ()
+    stats: Stats = field(default_factory=Stats)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Connection timeouts in seconds; on write, 0 keeps the current value."""
+
+    tcp: int = 0
+    tcp_fin: int = 0
+    udp: int = 0
+
+
+@dataclass(frozen=True)
+class SyncDaemon:
+    """Configuration of one connection sync daemon (master or backup)."""
+
+    state: SyncState
+    mcast_ifn: str
+    syncid: int = 0
+    sync_maxlen: int = 0  # 0: kernel default
+    mcast_group: IPAddress | None = None
+    mcast_port: int = 0
+    mcast_ttl: int = 0
+
+
+@dataclass(frozen=True)
+class Info:
+    version: int  # (major << 16) | (minor << 8) | patch
+    conn_tab_size: int
+
+    @property
+    def version_string(self) -> str:
+        v = self.version
+        return f"{v >> 16}.{(v >> 8) & 0xFF}.{v & 0xFF}"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One line of the connection table (/proc/net/ip_vs_conn)."""
+
+    protocol: str  # "TCP", "UDP", "SCTP", ... as the kernel prints it
+    client: IPAddress
+    client_port: int
+    virtual: IPAddress
+    virtual_port: int
+    destination: IPAddress
+    destination_port: int
+    state: str
+    expires: int  # seconds
+    pe_name: str = ""
+    pe_data: str = ""

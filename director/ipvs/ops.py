@@ -1,0 +1,126 @@
+"""Changes to the IPVS table as values, and the one interface every backend
+implements.
+
+A list of these operations is what the reconciler produces and what a backend
+applies (in order, batched where it can). They map one-to-one onto the kernel's
+IPVS generic-netlink commands and onto ipvsadm's command line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol as TypingProtocol
+
+from director.ipvs.model import (
+    Connection,
+    Destination,
+    Info,
+    IPAddress,
+    Service,
+    ServiceEntry,
+    ServiceKey,
+    SyncDaemon,
+    SyncState,
+    Timeouts,
+)
+
+
+@dataclass(frozen=True)
+class AddService:
+    service: Service
+
+
+@dataclass(frozen=True)
+class EditService:
+    service: Service
+
+
+@dataclass(frozen=True)
+class DeleteService:
+    key: ServiceKey
+
+
+@dataclass(frozen=True)
+class AddDestination:
+    service: ServiceKey
+    destination: Destination
+
+
+@dataclass(frozen=True)
+class EditDestination:
+    service: ServiceKey
+    destination: Destination
+
+
+@dataclass(frozen=True)
+class DeleteDestination:
+    service: ServiceKey
+    address: IPAddress
+    port: int
+
+
+@dataclass(frozen=True)
+class Flush:
+    """Delete every service (ipvsadm -C)."""
+
+
+@dataclass(frozen=True)
+class Zero:
+    """Zero the counters of one service, or of all when service is None."""
+
+    service: ServiceKey | None = None
+
+
+@dataclass(frozen=True)
+class SetTimeouts:
+    timeouts: Timeouts
+
+
+@dataclass(frozen=True)
+class StartDaemon:
+    daemon: SyncDaemon
+
+
+@dataclass(frozen=True)
+class StopDaemon:
+    state: SyncState
+
+
+Operation = (
+    AddService
+    | EditService
+    | DeleteService
+    | AddDestination
+    | EditDestination
+    | DeleteDestination
+    | Flush
+    | Zero
+    | SetTimeouts
+    | StartDaemon
+    | StopDaemon
+)
+
+
+class Backend(TypingProtocol):
+    """The kernel's IPVS table, or a stand-in for it.
+
+    Calls block; trio code runs them in a worker thread. apply() sends every
+    operation and checks every acknowledgement; on the first failure it raises
+    director.ipvs.errors.BatchError naming that operation (the ones before it
+    stay applied, as with ipvsadm -R).
+    """
+
+    def info(self) -> Info: ...
+
+    def services(self) -> list[ServiceEntry]: ...
+
+    def apply(self, operations: Sequence[Operation]) -> None: ...
+
+    def timeouts(self) -> Timeouts: ...
+
+    def daemons(self) -> list[SyncDaemon]: ...
+
+    def connections(self) -> list[Connection]: ...
+
+    def close(self) -> None: ...
