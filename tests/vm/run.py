@@ -1,0 +1,141 @@
+"""Run a command where the kernel has a real IPVS: natively when the host
+kernel has ip_vs, else inside one boot of Debian's kernel under qemu
+(virtme-ng, over the host's own root filesystem, so the guest sees this
+checkout and its virtualenv).
+
+    python tests/vm/run.py [--vm] [--junit FILE] COMMAND [ARGS...]
+
+The command runs from the repository root with the virtualenv first on PATH,
+after every IPVS module has been loaded. Its exit status is passed back. With
+--junit FILE (a JUnit XML report the command writes, e.g. pytest's
+--junitxml), the run also fails unless the report shows at least one test
+ran, and none was skipped: a kernel suite that ran nothing is a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+MODULES = (
+    "ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_lblc ip_vs_lblcr ip_vs_dh ip_vs_sh "
+    "ip_vs_sed ip_vs_nq ip_vs_fo ip_vs_ovf ip_vs_mh ip_vs_pe_sip ip_vs_ftp"
+).split()
+
+
+def host_has_ipvs() -> bool:
+    if Path("/proc/net/ip_vs").exists():
+        return True
+    return subprocess.run(["modprobe", "-q", "ip_vs"], check=False).returncode == 0
+
+
+def guest_kernel() -> str:
+    chosen = os.environ.get("DIRECTOR_VM_KERNEL")
+    if chosen:
+        return chosen
+    kernels = sorted(glob.glob("/boot/vmlinuz-*-amd64"))
+    if not kernels:
+        sys.exit("no /boot/vmlinuz-*-amd64: apt-get install linux-image-amd64 (see README)")
+    return kernels[-1]
+
+
+def guest_script(command: list[str], rc_file: Path) -> str:
+    venv_bin = REPO / ".venv" / "bin"
+    return "\n".join(
+        [
+            "set -u",
+            f"cd {shlex.quote(str(REPO))}",
+            f"export PATH={shlex.quote(str(venv_bin))}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "export PYTHONDONTWRITEBYTECODE=1 HOME=/tmp",
+            "mkdir -p /run/netns",
+            f"for m in {' '.join(MODULES)}; do modprobe $m || echo \"modprobe $m failed\" >&2; done",
+            shlex.join(command),
+            f"echo $? > {shlex.quote(str(rc_file))}",
+        ]
+    )
+
+
+def run_in_vm(command: list[str]) -> int:
+    vng = shutil.which("vng") or str(REPO / ".venv" / "bin" / "vng")
+    workdir = REPO / ".vmtest"
+    workdir.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        rc_file = Path(tmp) / "rc"
+        script = Path(tmp) / "guest.sh"
+        script.write_text(guest_script(command, rc_file))
+        argv = [
+            vng,
+            "--run",
+            guest_kernel(),
+            "--disable-kvm",
+            "--memory",
+            os.environ.get("DIRECTOR_VM_MEMORY", "2G"),
+            "--cpus",
+            os.environ.get("DIRECTOR_VM_CPUS", "2"),
+            "--rwdir",
+            str(REPO),
+            "--exec",
+            f"sh {shlex.quote(str(script))}",
+        ]
+        env = dict(os.environ, PATH=f"{REPO / '.venv' / 'bin'}:{os.environ.get('PATH', '')}")
+        subprocess.run(argv, env=env, check=False)
+        if not rc_file.exists():
+            print("run.py: the VM exited before the command finished", file=sys.stderr)
+            return 1
+        return int(rc_file.read_text().strip() or 1)
+
+
+def run_natively(command: list[str]) -> int:
+    for module in MODULES:
+        subprocess.run(["modprobe", "-q", module], check=False)
+    env = dict(os.environ, PATH=f"{REPO / '.venv' / 'bin'}:{os.environ.get('PATH', '')}")
+    return subprocess.run(command, cwd=REPO, env=env, check=False).returncode
+
+
+def junit_verdict(report: Path) -> str | None:
+    """Why the report is not an honest pass, or None when it is."""
+    if not report.exists():
+        return f"{report}: no report was written"
+    root = ET.parse(report).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    tests = sum(int(s.get("tests", 0)) for s in suites)
+    skipped = sum(int(s.get("skipped", 0)) for s in suites)
+    if tests == 0:
+        return f"{report}: zero kernel tests ran"
+    if skipped:
+        return f"{report}: {skipped} of {tests} kernel tests were skipped"
+    return None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vm", action="store_true", help="use the VM even if the host has ip_vs")
+    parser.add_argument("--junit", type=Path, help="JUnit report that must show tests ran")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    if not args.command:
+        parser.error("no command given")
+    if args.junit and args.junit.exists():
+        args.junit.unlink()
+    native = not args.vm and host_has_ipvs()
+    print(f"run.py: running {'natively' if native else 'in the VM'}: {shlex.join(args.command)}")
+    status = run_natively(args.command) if native else run_in_vm(args.command)
+    if args.junit:
+        verdict = junit_verdict(args.junit)
+        if verdict:
+            print(f"run.py: {verdict}", file=sys.stderr)
+            return status or 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
