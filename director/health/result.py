@@ -1,0 +1,44 @@
+"""What one probe found: up or down, why, how long it took.
+
+Every probe type answers in this one small vocabulary, so that the state
+machine, the logs and `directorctl status` never need to know about sockets,
+HTTP or processes. Figures that explain a reason ("status 503", "exit 3") go in
+`detail`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Reason(enum.StrEnum):
+    OK = "ok"
+    REFUSED = "refused"
+    TIMEOUT = "timeout"
+    UNREACHABLE = "unreachable"  # an ICMP error came back
+    NO_REPLY = "no reply"
+    BAD_STATUS = "bad status"
+    BAD_BODY = "bad body"
+    BAD_REPLY = "bad reply"
+    EXIT_STATUS = "exit status"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    reason: Reason
+    latency: float  # seconds from the start of the probe to its verdict
+    weight: int | None = None  # asked for by a dynamic-weight exec check
+    detail: str = ""
+
+    @classmethod
+    def success(cls, latency: float, *, weight: int | None = None, detail: str = "") -> ProbeResult:
+        return cls(True, Reason.OK, latency, weight, detail)
+
+    @classmethod
+    def failure(cls, reason: Reason, latency: float, detail: str = "") -> ProbeResult:
+        if reason is Reason.OK:
+            raise ValueError("a failed probe needs a failure reason, not 'ok'")
+        return cls(False, reason, latency, None, detail)

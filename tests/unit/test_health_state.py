@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from director.health.result import ProbeResult, Reason
+from director.health.spec import Timing
+from director.health.state import Health, HealthState, Transition, advance
+
+UP, DOWN, UNKNOWN = Health.UP, Health.DOWN, Health.UNKNOWN
+OK = ProbeResult.success(0.01)
+REFUSED = ProbeResult.failure(Reason.REFUSED, 0.002)
+TIMEOUT = ProbeResult.failure(Reason.TIMEOUT, 1.0, "after 1 s")
+
+
+def run(
+    results: list[ProbeResult], timing: Timing, state: HealthState | None = None
+) -> tuple[HealthState, list[Transition]]:
+    state = state or HealthState()
+    transitions = []
+    for t, result in enumerate(results, start=1):
+        state, transition = advance(state, result, float(t), timing)
+        if transition:
+            transitions.append(transition)
+    return state, transitions
+
+
+def test_initial_state_is_unknown_with_no_counts() -> None:
+    state = HealthState()
+    assert (state.status, state.successes_in_row, state.failures_in_row, state.last) == (
+        UNKNOWN, 0, 0, None,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("result", "status"), [(OK, UP), (REFUSED, DOWN)])
+def test_first_result_decides_at_once_whatever_rise_and_fall(
+    result: ProbeResult, status: Health
+) -> None:
+    state, transition = advance(HealthState(since=0.0), result, 5.0, Timing(rise=9, fall=9))
+    assert state.status is status
+    assert state.since == 5.0
+    assert state.last is result
+    assert transition == Transition(
+        old=UNKNOWN,
+        new=status,
+        at=5.0,
+        was_since=0.0,
+        reason=result.reason,
+        detail=result.detail,
+        successes_in_row=1 if result.ok else 0,
+        failures_in_row=0 if result.ok else 1,
+    )
+
+
+def test_up_goes_down_after_exactly_fall_failures_in_row() -> None:
+    timing = Timing(rise=2, fall=3)
+    state, _ = run([OK], timing)
+    state, transitions = run([REFUSED, REFUSED], timing, state)
+    assert (state.status, state.failures_in_row, transitions) == (UP, 2, [])
+    state, transition = advance(state, TIMEOUT, 10.0, timing)
+    assert state.status is DOWN
+    assert transition is not None
+    assert (transition.old, transition.new, transition.reason, transition.detail) == (
+        UP, DOWN, Reason.TIMEOUT, "after 1 s",
+    )  # fmt: skip
+    assert (transition.failures_in_row, transition.at, transition.was_since) == (3, 10.0, 1.0)
+
+
+def test_a_success_resets_the_failure_count() -> None:
+    timing = Timing(rise=2, fall=3)
+    state, transitions = run([OK, REFUSED, REFUSED, OK, REFUSED, REFUSED], timing)
+    assert state.status is UP
+    assert [t.new for t in transitions] == [UP]
+    assert (state.successes_in_row, state.failures_in_row) == (0, 2)
+
+
+def test_down_comes_up_after_exactly_rise_successes_in_row() -> None:
+    timing = Timing(rise=3, fall=1)
+    state, _ = run([REFUSED], timing)
+    state, transitions = run([OK, OK, REFUSED, OK, OK], timing, state)
+    assert (state.status, state.successes_in_row, transitions) == (DOWN, 2, [])
+    state, transition = advance(state, OK, 20.0, timing)
+    assert state.status is UP
+    assert transition is not None
+    assert (transition.old, transition.new, transition.successes_in_row) == (DOWN, UP, 3)
+    assert state.since == 20.0
+
+
+def test_fall_one_and_rise_one_flip_on_every_change() -> None:
+    _, transitions = run([OK, REFUSED, REFUSED, OK, OK, REFUSED], Timing(rise=1, fall=1))
+    assert [(t.old, t.new, t.at) for t in transitions] == [
+        (UNKNOWN, UP, 1.0), (UP, DOWN, 2.0), (DOWN, UP, 4.0), (UP, DOWN, 6.0),
+    ]  # fmt: skip
+
+
+def test_no_transition_keeps_since_and_records_the_last_result() -> None:
+    timing = Timing(rise=2, fall=2)
+    state, _ = advance(HealthState(), OK, 1.0, timing)
+    state, transition = advance(state, TIMEOUT, 7.0, timing)
+    assert transition is None
+    assert (state.status, state.since, state.last) == (UP, 1.0, TIMEOUT)
+
+
+def test_transition_log_fields() -> None:
+    _, transition = advance(HealthState(since=2.0), TIMEOUT, 4.5, Timing())
+    assert transition is not None
+    assert transition.log_fields() == {
+        "old": "unknown",
+        "new": "down",
+        "reason": "timeout",
+        "detail": "after 1 s",
+        "successes_in_row": 0,
+        "failures_in_row": 1,
+        "after": 2.5,
+    }
+
+
+def test_failure_result_refuses_ok_reason() -> None:
+    with pytest.raises(ValueError, match="failure reason"):
+        ProbeResult.failure(Reason.OK, 0.0)
+
+
+def trailing_run(oks: list[bool]) -> int:
+    last = oks[-1]
+    n = 0
+    for ok in reversed(oks):
+        if ok != last:
+            break
+        n += 1
+    return n
+
+
+@given(
+    oks=st.lists(st.booleans(), min_size=1, max_size=60),
+    rise=st.integers(1, 6),
+    fall=st.integers(1, 6),
+)
+def test_any_result_sequence_obeys_the_invariants(oks: list[bool], rise: int, fall: int) -> None:
+    timing = Timing(rise=rise, fall=fall)
+    state = HealthState()
+    transitions: list[Transition] = []
+    for i, ok in enumerate(oks):
+        now = float(i)
+        result = OK if ok else REFUSED
+        before = state
+        state, transition = advance(before, result, now, timing)
+        seen = oks[: i + 1]
+        run_length = trailing_run(seen)
+
+        assert state.status is not UNKNOWN
+        assert state.last is result
+        assert (state.successes_in_row, state.failures_in_row) == (
+            (run_length, 0) if ok else (0, run_length)
+        )
+        if transition is None:
+            assert state.status is before.status
+            assert state.since == before.since
+        else:
+            transitions.append(transition)
+            assert transition.old is before.status
+            assert transition.new is state.status is (UP if ok else DOWN)
+            assert state.since == transition.at == now
+            assert transition.was_since == before.since
+            if before.status is UP:
+                assert state.failures_in_row == fall
+            if before.status is DOWN:
+                assert state.successes_in_row == rise
+        # Hysteresis: a run of `fall` failures (or of `rise` successes) always
+        # wins; a shorter run never overturns the other status.
+        if not ok and run_length >= fall:
+            assert state.status is DOWN
+        if ok and run_length >= rise:
+            assert state.status is UP
+        if state.status is UP and not ok:
+            assert run_length < fall
+        if state.status is DOWN and ok:
+            assert run_length < rise
+
+    assert transitions[0].old is UNKNOWN
+    assert transitions[0].new is (UP if oks[0] else DOWN)
+    assert all(t.old is not UNKNOWN for t in transitions[1:])
+    assert all(a.new is b.old for a, b in itertools.pairwise(transitions))
