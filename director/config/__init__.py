@@ -1,0 +1,43 @@
+"""The daemon's configuration: load_config(path) or parse_config(text)."""
+
+from director.config.model import (
+    Config,
+    ControlSettings,
+    DaemonSettings,
+    IpvsSettings,
+    LogLevel,
+    OnFailure,
+    RealServer,
+    RealServerId,
+    SorryServer,
+    VirtualServer,
+    service_label,
+)
+from director.config.parse import (
+    PERSISTENCE_ENGINES,
+    SCHEDULERS,
+    ConfigError,
+    load_config,
+    parse_config,
+    parse_endpoint,
+)
+
+__all__ = [
+    "PERSISTENCE_ENGINES",
+    "SCHEDULERS",
+    "Config",
+    "ConfigError",
+    "ControlSettings",
+    "DaemonSettings",
+    "IpvsSettings",
+    "LogLevel",
+    "OnFailure",
+    "RealServer",
+    "RealServerId",
+    "SorryServer",
+    "VirtualServer",
+    "load_config",
+    "parse_config",
+    "parse_endpoint",
+    "service_label",
+]

@@ -1,0 +1,207 @@
+"""Check tables ({ type = "http", ... }) into director.health.spec values."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping
+from ipaddress import ip_address
+
+from director.config.reader import Problems, Table, describe_type
+from director.health.spec import (
+    Check,
+    ExecCheck,
+    HttpCheck,
+    StatusRange,
+    TcpCheck,
+    Timing,
+    UdpCheck,
+)
+from director.ipvs.model import IPAddress
+
+_TIMING = ("type", "interval", "timeout", "rise", "fall")
+_PROBE = ("port", "address")
+_HTTP = ("method", "path", "host", "expect_status", "expect_body")
+KEYS_BY_TYPE: dict[str, tuple[str, ...]] = {
+    "tcp": _TIMING + _PROBE,
+    "http": _TIMING + _PROBE + _HTTP,
+    "https": (*_TIMING, *_PROBE, *_HTTP, "verify_tls"),
+    "udp": (*_TIMING, *_PROBE, "payload", "expect"),
+    "exec": (*_TIMING, "command", "dynamic_weight"),
+}
+_ALL_KEYS = tuple(dict.fromkeys(k for keys in KEYS_BY_TYPE.values() for k in keys))
+_STATUS_RANGE = re.compile(r"\s*(\d{3})\s*-\s*(\d{3})\s*")
+
+
+def merge_check(
+    base: Mapping[str, object] | None,
+    base_path: str,
+    override: Mapping[str, object],
+    override_path: str,
+    problems: Problems,
+) -> Table:
+    """A real server's check table over its service's: keys it sets win;
+    with a different type it replaces the service's check entirely."""
+    same_type = base is not None and override.get("type", base.get("type")) == base.get(
+        "type", "tcp"
+    )
+    merged = {**base, **override} if base is not None and same_type else dict(override)
+
+    def path_of(key: str) -> str:
+        return f"{override_path}.{key}" if key in override else f"{base_path}.{key}"
+
+    return Table(merged, override_path, problems, path_of)
+
+
+def parse_check(table: Table) -> Check | None:
+    kind = table.choice("type", {k: k for k in KEYS_BY_TYPE}) if "type" in table else "tcp"
+    if kind is None:
+        table.close(known=_ALL_KEYS)
+        return None
+    keys = KEYS_BY_TYPE[kind]
+    for key in table.data:
+        if key not in keys and key in _ALL_KEYS:
+            users = ", ".join(t for t, ks in KEYS_BY_TYPE.items() if key in ks)
+            table.error(key, f"not a key of a {kind} check (it is for {users})")
+            table.raw(key)
+
+    timing = Timing(
+        interval=table.seconds("interval") or Timing.interval,
+        timeout=table.seconds("timeout") or Timing.timeout,
+        rise=table.integer("rise", 1, 1_000_000) or Timing.rise,
+        fall=table.integer("fall", 1, 1_000_000) or Timing.fall,
+    )
+    check: Check
+    if kind == "exec":
+        check = ExecCheck(
+            command=_command(table) or ("false",),
+            timing=timing,
+            dynamic_weight=table.boolean("dynamic_weight", False),
+        )
+    else:
+        port = table.integer("port", 1, 65535)
+        address = _address(table, "address")
+        if kind == "tcp":
+            check = TcpCheck(timing, port, address)
+        elif kind == "udp":
+            check = UdpCheck(
+                timing, port, address, payload=_payload(table), expect=_regex(table, "expect")
+            )
+        else:
+            check = _http(table, timing, port, address, tls=kind == "https")
+    table.close(known=keys)
+    return check
+
+
+def _http(
+    table: Table, timing: Timing, port: int | None, address: IPAddress | None, *, tls: bool
+) -> HttpCheck:
+    method = table.string("method") or "GET"
+    if not re.fullmatch(r"[A-Za-z]+", method):
+        table.error("method", "not an HTTP method", method)
+    path = table.string("path") or "/"
+    if not path.startswith("/"):
+        table.error("path", "must start with '/'", path)
+    host = table.string("host")
+    if host is not None and (not host or any(c.isspace() for c in host)):
+        table.error("host", "not a host name", host)
+    statuses = _statuses(table)
+    return HttpCheck(
+        timing,
+        port,
+        address,
+        tls=tls,
+        method=method.upper(),
+        path=path,
+        host=host,
+        expect_status=statuses or HttpCheck.expect_status,
+        expect_body=_regex(table, "expect_body"),
+        verify_tls=table.boolean("verify_tls", True) if tls else True,
+    )
+
+
+def _statuses(table: Table) -> tuple[StatusRange, ...] | None:
+    value = table.raw("expect_status")
+    if value is None:
+        return None
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        table.error("expect_status", "must list at least one status")
+        return None
+    ranges = []
+    for i, item in enumerate(items):
+        where = f"{table.where('expect_status')}" + (f"[{i}]" if isinstance(value, list) else "")
+        match = _STATUS_RANGE.fullmatch(item) if isinstance(item, str) else None
+        if isinstance(item, int) and not isinstance(item, bool):
+            low = high = item
+        elif match:
+            low, high = int(match[1]), int(match[2])
+        else:
+            table.problems.add(
+                where,
+                f"expected a status (200) or a range ('200-299'), got {describe_type(item)}",
+                item,
+            )
+            continue
+        if not 100 <= low <= high <= 599:
+            table.problems.add(where, "not an HTTP status or range between 100 and 599", item)
+            continue
+        ranges.append(StatusRange(low, high))
+    return tuple(ranges)
+
+
+def _regex(table: Table, key: str) -> str | None:
+    pattern = table.string(key)
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            table.error(key, f"not a valid regular expression ({e})", pattern)
+            return None
+    return pattern
+
+
+def _payload(table: Table) -> bytes:
+    text = table.string("payload")
+    if text is None:
+        return b""
+    if text.startswith("hex:"):
+        try:
+            return bytes.fromhex(text[4:])
+        except ValueError:
+            table.error("payload", "'hex:' must be followed by pairs of hex digits", text)
+            return b""
+    return text.encode()
+
+
+def _command(table: Table) -> tuple[str, ...] | None:
+    value = table.raw("command")
+    if value is None:
+        table.error("command", "required for an exec check")
+        return None
+    if isinstance(value, str):
+        try:
+            words = shlex.split(value)
+        except ValueError as e:
+            table.error("command", f"cannot split into words ({e})", value)
+            return None
+    elif isinstance(value, list) and all(isinstance(w, str) for w in value):
+        words = value
+    else:
+        table.error("command", "expected a string or an array of strings", value)
+        return None
+    if not words or not words[0]:
+        table.error("command", "must name a program", value)
+        return None
+    return tuple(words)
+
+
+def _address(table: Table, key: str) -> IPAddress | None:
+    text = table.string(key)
+    if text is None:
+        return None
+    try:
+        return ip_address(text)
+    except ValueError:
+        table.error(key, "not an IP address", text)
+        return None

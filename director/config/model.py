@@ -1,0 +1,193 @@
+"""The daemon's configuration as validated values.
+
+Everything here has been checked by director.config.parse; the kernel values
+a virtual or real server implies (Service, Destination) are derived here so
+that the rest of the daemon never re-reads TOML.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from director.health.spec import Check, TcpCheck
+from director.ipvs.model import (
+    AF_INET,
+    Destination,
+    Forward,
+    IPAddress,
+    Service,
+    ServiceFlags,
+    ServiceKey,
+    Timeouts,
+    TunnelFlags,
+    TunnelType,
+    full_netmask,
+)
+
+# A virtual server without a check table gets a TCP connect check.
+DEFAULT_CHECK: Check = TcpCheck()
+
+
+class OnFailure(enum.Enum):
+    REMOVE = "remove"  # take the server out of the table
+    WEIGHT0 = "weight0"  # keep it with weight 0: established connections live on
+
+
+@dataclass(frozen=True)
+class RealServerId:
+    """Names one real server of one virtual service across config reloads."""
+
+    service: ServiceKey
+    address: IPAddress
+    port: int
+
+
+@dataclass(frozen=True)
+class RealServer:
+    address: IPAddress
+    port: int
+    forward: Forward = Forward.ROUTE
+    weight: int = 1
+    u_threshold: int = 0
+    l_threshold: int = 0
+    tun_type: TunnelType = TunnelType.IPIP
+    tun_port: int = 0
+    tun_flags: TunnelFlags = TunnelFlags.NOCSUM
+    check: Check = DEFAULT_CHECK
+    name: str | None = None
+
+    def destination(self, weight: int | None = None) -> Destination:
+        """The kernel destination, with the configured weight unless given."""
+        return Destination(
+            address=self.address,
+            port=self.port,
+            forward=self.forward,
+            weight=self.weight if weight is None else weight,
+            u_threshold=self.u_threshold,
+            l_threshold=self.l_threshold,
+            tun_type=self.tun_type,
+            tun_port=self.tun_port,
+            tun_flags=self.tun_flags,
+        )
+
+    @property
+    def label(self) -> str:
+        return self.name or _endpoint(self.address, self.port)
+
+
+@dataclass(frozen=True)
+class SorryServer:
+    """Put in the table when fewer than `quorum` real servers are up."""
+
+    address: IPAddress
+    port: int
+    forward: Forward = Forward.ROUTE
+    weight: int = 1
+
+    def destination(self) -> Destination:
+        return Destination(self.address, self.port, self.forward, self.weight)
+
+
+@dataclass(frozen=True)
+class VirtualServer:
+    key: ServiceKey
+    scheduler: str = "wlc"
+    persistent: int | None = None  # persistence timeout in seconds
+    persistent_netmask: int | None = None  # as the kernel stores it; None: full
+    scheduler_flags: ServiceFlags = ServiceFlags.NONE  # SCHED1..3 only
+    one_packet: bool = False
+    pe: str = ""
+    on_failure: OnFailure = OnFailure.REMOVE
+    check: Check = DEFAULT_CHECK
+    quorum: int = 1
+    sorry_server: SorryServer | None = None
+    panic: bool = False
+    slow_start: float = 0.0  # seconds
+    real_servers: tuple[RealServer, ...] = ()
+
+    def service(self) -> Service:
+        """The kernel service this virtual server implies."""
+        flags = self.scheduler_flags
+        if self.persistent is not None:
+            flags |= ServiceFlags.PERSISTENT
+        if self.one_packet:
+            flags |= ServiceFlags.ONEPACKET
+        netmask = self.persistent_netmask
+        return Service(
+            key=self.key,
+            scheduler=self.scheduler,
+            flags=flags,
+            timeout=self.persistent or 0,
+            netmask=full_netmask(self.key.family) if netmask is None else netmask,
+            pe_name=self.pe,
+        )
+
+    def real_server_id(self, real_server: RealServer) -> RealServerId:
+        return RealServerId(self.key, real_server.address, real_server.port)
+
+    @property
+    def label(self) -> str:
+        return service_label(self.key)
+
+
+@dataclass(frozen=True)
+class IpvsSettings:
+    timeouts: Timeouts | None = None  # None: leave the kernel's as they are
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    socket: str = "/run/director/director.sock"
+    group: str | None = None  # may read status
+    admin_group: str | None = None  # may also change state
+    mode: int = 0o660
+
+
+class LogLevel(enum.Enum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    flush_on_stop: bool = False
+    reconcile_interval: float = 5.0
+    state_file: str = "/var/lib/director/state.json"
+    log_level: LogLevel = LogLevel.INFO
+
+
+@dataclass(frozen=True)
+class Config:
+    virtual_servers: tuple[VirtualServer, ...] = ()
+    ipvs: IpvsSettings = IpvsSettings()
+    control: ControlSettings = ControlSettings()
+    daemon: DaemonSettings = DaemonSettings()
+    source: str = "<config>"
+
+    def service_keys(self) -> frozenset[ServiceKey]:
+        return frozenset(vs.key for vs in self.virtual_servers)
+
+    def virtual_server(self, key: ServiceKey) -> VirtualServer:
+        for vs in self.virtual_servers:
+            if vs.key == key:
+                return vs
+        raise KeyError(key)
+
+    def real_server_ids(self) -> list[RealServerId]:
+        return [vs.real_server_id(rs) for vs in self.virtual_servers for rs in vs.real_servers]
+
+
+def _endpoint(address: IPAddress | None, port: int) -> str:
+    host = f"[{address}]" if address is not None and address.version == 6 else str(address)
+    return f"{host}:{port}"
+
+
+def service_label(key: ServiceKey) -> str:
+    """ipvsadm-like name of a service: 'TCP 10.0.0.1:80', 'FWM 7 IPv6'."""
+    if key.is_fwmark:
+        return f"FWM {key.fwmark}" + ("" if key.family == AF_INET else " IPv6")
+    assert key.protocol is not None
+    return f"{key.protocol.name} {_endpoint(key.address, key.port)}"

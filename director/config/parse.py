@@ -1,0 +1,489 @@
+"""TOML text into a validated director.config.model.Config.
+
+Every problem is collected with its TOML path; ConfigError carries them all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from ipaddress import IPv4Address, ip_address
+from pathlib import Path
+from typing import TypeVar
+
+import tomli
+
+from director.config.checks import merge_check, parse_check
+from director.config.model import (
+    Config,
+    ControlSettings,
+    DaemonSettings,
+    IpvsSettings,
+    LogLevel,
+    OnFailure,
+    RealServer,
+    SorryServer,
+    VirtualServer,
+)
+from director.config.reader import Problems, Table
+from director.health.spec import Check, TcpCheck
+from director.ipvs.model import (
+    AF_INET,
+    AF_INET6,
+    Forward,
+    IPAddress,
+    Protocol,
+    ServiceFlags,
+    ServiceKey,
+    Timeouts,
+    TunnelFlags,
+    TunnelType,
+    family_of,
+)
+
+SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh")
+PERSISTENCE_ENGINES = ("sip",)
+
+_PROTOCOLS = {"tcp": Protocol.TCP, "udp": Protocol.UDP, "sctp": Protocol.SCTP}
+_FORWARDS = {"route": Forward.ROUTE, "masq": Forward.MASQ, "tunnel": Forward.TUNNEL}
+_FAMILIES = {"ipv4": AF_INET, "ipv6": AF_INET6}
+_ON_FAILURE = {f.value: f for f in OnFailure}
+_LOG_LEVELS = {level.value: level for level in LogLevel}
+_TUN_TYPES = {"ipip": TunnelType.IPIP, "gue": TunnelType.GUE, "gre": TunnelType.GRE}
+_TUN_CHECKSUMS = {
+    "nocsum": TunnelFlags.NOCSUM,
+    "csum": TunnelFlags.CSUM,
+    "remcsum": TunnelFlags.REMCSUM,
+}
+# (flag, the scheduler it belongs to or None for any)
+_SCHEDULER_FLAGS: dict[str, tuple[ServiceFlags, str | None]] = {
+    "sh-fallback": (ServiceFlags.SCHED1, "sh"),
+    "sh-port": (ServiceFlags.SCHED2, "sh"),
+    "mh-fallback": (ServiceFlags.SCHED1, "mh"),
+    "mh-port": (ServiceFlags.SCHED2, "mh"),
+    "flag-1": (ServiceFlags.SCHED1, None),
+    "flag-2": (ServiceFlags.SCHED2, None),
+    "flag-3": (ServiceFlags.SCHED3, None),
+}
+_ENDPOINT = re.compile(
+    r"\[(?P<v6>[^\]]+)\](?::(?P<v6port>[^:]*))?|(?P<v4>[^:]+)(?::(?P<v4port>.*))?"
+)
+_MAX_U32 = 2**32 - 1
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `errors` lists every problem, each as
+    'path: what is wrong: value'."""
+
+    def __init__(self, errors: list[str], source: str = "<config>") -> None:
+        self.errors = errors
+        self.source = source
+        count = f"{len(errors)} error" + ("s" if len(errors) != 1 else "")
+        super().__init__(f"{source}: {count}:\n" + "\n".join(f"  {e}" for e in errors))
+
+
+def load_config(path: str | Path) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"cannot read: {e}"], str(path)) from e
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    try:
+        data = tomli.loads(text)
+    except tomli.TOMLDecodeError as e:
+        raise ConfigError([f"TOML syntax error: {e}"], source) from e
+    problems = Problems()
+    root = Table(data, "", problems)
+    config = Config(
+        ipvs=_ipvs(root.table("ipvs")),
+        control=_control(root.table("control")),
+        daemon=_daemon(root.table("daemon")),
+        virtual_servers=_virtual_servers(root.tables("virtual_server"), problems),
+        source=source,
+    )
+    root.close()
+    if problems.errors:
+        raise ConfigError(problems.errors, source)
+    return config
+
+
+def parse_endpoint(text: str) -> tuple[IPAddress, int | None] | None:
+    """'10.0.0.1:80', '[2001:db8::1]:80', or an address alone (port None);
+    None when it is neither."""
+    try:
+        return ip_address(text), None
+    except ValueError:
+        pass
+    match = _ENDPOINT.fullmatch(text)
+    if match is None:
+        return None
+    host = match["v6"] or match["v4"]
+    port_text = match["v6port"] if match["v6"] else match["v4port"]
+    try:
+        address = ip_address(host)
+    except ValueError:
+        return None
+    if match["v6"] and address.version != 6:
+        return None
+    if port_text is None:
+        return address, None
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        return None
+    return address, int(port_text)
+
+
+def _ipvs(table: Table | None) -> IpvsSettings:
+    if table is None:
+        return IpvsSettings()
+    timeouts = None
+    t = table.table("timeouts")
+    if t is not None:
+        timeouts = Timeouts(
+            tcp=t.integer("tcp", 0, _MAX_U32 // 1000) or 0,
+            tcp_fin=t.integer("tcpfin", 0, _MAX_U32 // 1000) or 0,
+            udp=t.integer("udp", 0, _MAX_U32 // 1000) or 0,
+        )
+        t.close()
+    table.close()
+    return IpvsSettings(timeouts)
+
+
+def _control(table: Table | None) -> ControlSettings:
+    if table is None:
+        return ControlSettings()
+    socket = table.string("socket") or ControlSettings.socket
+    if not socket.startswith("/"):
+        table.error("socket", "must be an absolute path", socket)
+    mode = ControlSettings.mode
+    raw = table.raw("mode")
+    if isinstance(raw, str) and re.fullmatch(r"0?[0-7]{3}", raw):
+        mode = int(raw, 8)
+    elif isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= 0o777:
+        mode = raw
+    elif raw is not None:
+        table.error("mode", "expected a file mode like 0o660 or '0660'", raw)
+    settings = ControlSettings(
+        socket=socket,
+        group=table.string("group"),
+        admin_group=table.string("admin_group"),
+        mode=mode,
+    )
+    table.close()
+    return settings
+
+
+def _daemon(table: Table | None) -> DaemonSettings:
+    if table is None:
+        return DaemonSettings()
+    state_file = table.string("state_file") or DaemonSettings.state_file
+    if not state_file.startswith("/"):
+        table.error("state_file", "must be an absolute path", state_file)
+    settings = DaemonSettings(
+        flush_on_stop=table.boolean("flush_on_stop", False),
+        reconcile_interval=table.seconds("reconcile_interval") or DaemonSettings.reconcile_interval,
+        state_file=state_file,
+        log_level=table.choice("log_level", _LOG_LEVELS) or LogLevel.INFO,
+    )
+    table.close()
+    return settings
+
+
+def _virtual_servers(tables: list[Table], problems: Problems) -> tuple[VirtualServer, ...]:
+    result: list[VirtualServer] = []
+    seen: dict[ServiceKey, str] = {}
+    for table in tables:
+        vs = _virtual_server(table)
+        if vs is None:
+            continue
+        if vs.key in seen:
+            problems.add(
+                table.path, f"duplicate virtual service {vs.label} (first at {seen[vs.key]})"
+            )
+            continue
+        seen[vs.key] = table.path
+        result.append(vs)
+    return tuple(result)
+
+
+def _service_key(table: Table) -> ServiceKey | None:
+    fwmark = table.integer("fwmark", 1, _MAX_U32)
+    family_name = table.choice("family", _FAMILIES)
+    ipv6 = table.raw("ipv6")
+    if ipv6 is not None and not isinstance(ipv6, bool):
+        table.error("ipv6", "expected a boolean", ipv6)
+    address_text = table.string("address")
+    protocol = table.choice("protocol", _PROTOCOLS)
+    if "fwmark" in table:
+        for key in ("address", "protocol"):
+            if key in table:
+                table.error(key, "a fwmark service has no " + key)
+        if family_name is not None and ipv6 is not None and (family_name == AF_INET6) != ipv6:
+            table.error("ipv6", "contradicts family", ipv6)
+        family = family_name or (AF_INET6 if ipv6 is True else AF_INET)
+        return ServiceKey.mark(fwmark, family) if fwmark is not None else None
+    for key in ("family", "ipv6"):
+        if key in table:
+            table.error(key, "only for fwmark services (the address gives the family)")
+    if "address" not in table:
+        table.error("address", "required (or fwmark instead of protocol and address)")
+    if "protocol" not in table:
+        table.error("protocol", "required (tcp, udp or sctp), or fwmark instead")
+    if address_text is None or protocol is None:
+        return None
+    endpoint = parse_endpoint(address_text)
+    if endpoint is None or endpoint[1] is None:
+        table.error("address", "not an IP address and port", address_text)
+        return None
+    return ServiceKey.inet(protocol, endpoint[0], endpoint[1])
+
+
+def _virtual_server(table: Table) -> VirtualServer | None:
+    key = _service_key(table)
+    scheduler = table.string("scheduler") or "wlc"
+    if scheduler not in SCHEDULERS:
+        table.error("scheduler", f"unknown scheduler (known: {' '.join(SCHEDULERS)})", scheduler)
+    persistent = table.integer("persistent", 1, _MAX_U32 // 1000)
+    family = key.family if key is not None else None
+    netmask = _netmask(table, family)
+    if netmask is not None and persistent is None:
+        table.error("persistent_netmask", "only for persistent services")
+    flags = _scheduler_flags(table, scheduler)
+    one_packet = table.boolean("one_packet", False)
+    if one_packet and key is not None and key.protocol not in (Protocol.UDP, None):
+        table.error("one_packet", "one-packet scheduling is only for UDP (or fwmark) services")
+    pe = table.choice("pe", {p: p for p in PERSISTENCE_ENGINES}) or ""
+    if pe and persistent is None:
+        table.error("pe", "a persistence engine needs persistent")
+    if key is not None and not key.is_fwmark and key.port == 0 and persistent is None:
+        table.error("address", "port 0 (any port) only for persistent services")
+
+    check = _service_check(table)
+    real_servers = _real_servers(table, key, check)
+    sorry = _sorry_server(table, key, real_servers)
+    quorum = table.integer("quorum", 1, 65535)
+    if quorum is not None and quorum > len(real_servers) and real_servers:
+        table.error("quorum", f"more than the {len(real_servers)} real servers", quorum)
+    on_failure = table.choice("on_failure", _ON_FAILURE) or OnFailure.REMOVE
+    panic = table.boolean("panic", False)
+    slow_start = table.seconds("slow_start", allow_zero=True) or 0.0
+    table.close()
+    if key is None or check is None:
+        return None
+    return VirtualServer(
+        key=key,
+        scheduler=scheduler,
+        persistent=persistent,
+        persistent_netmask=netmask,
+        scheduler_flags=flags,
+        one_packet=one_packet,
+        pe=pe,
+        on_failure=on_failure,
+        check=check,
+        quorum=quorum or 1,
+        sorry_server=sorry,
+        panic=panic,
+        slow_start=slow_start,
+        real_servers=real_servers,
+    )
+
+
+def _netmask(table: Table, family: int | None) -> int | None:
+    raw = table.raw("persistent_netmask")
+    if raw is None or family is None:
+        return None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        limit = 32 if family == AF_INET else 128
+        if not 1 <= raw <= limit:
+            table.error("persistent_netmask", f"prefix length must be 1..{limit}", raw)
+            return None
+        if family == AF_INET6:
+            return raw
+        return (_MAX_U32 << (32 - raw)) & _MAX_U32
+    if isinstance(raw, str) and family == AF_INET:
+        try:
+            mask = int(IPv4Address(raw))
+        except ValueError:
+            mask = -1
+        inverted = ~mask & _MAX_U32
+        if mask > 0 and inverted & (inverted + 1) == 0:
+            return mask
+    table.error(
+        "persistent_netmask",
+        "expected a prefix length"
+        + (" or a netmask like '255.255.255.0'" if family == AF_INET else ""),
+        raw,
+    )
+    return None
+
+
+def _scheduler_flags(table: Table, scheduler: str) -> ServiceFlags:
+    raw = table.raw("scheduler_flags")
+    flags = ServiceFlags.NONE
+    if raw is None:
+        return flags
+    if not isinstance(raw, list):
+        table.error("scheduler_flags", "expected an array of strings", raw)
+        return flags
+    for i, name in enumerate(raw):
+        where = f"{table.where('scheduler_flags')}[{i}]"
+        if not isinstance(name, str) or name not in _SCHEDULER_FLAGS:
+            table.problems.add(where, f"unknown flag (known: {', '.join(_SCHEDULER_FLAGS)})", name)
+            continue
+        flag, owner = _SCHEDULER_FLAGS[name]
+        if owner is not None and owner != scheduler:
+            table.problems.add(where, f"only for the {owner} scheduler, not {scheduler}", name)
+        flags |= flag
+    return flags
+
+
+def _service_check(table: Table) -> Check | None:
+    if "check" not in table:
+        table.raw("check")
+        return TcpCheck()
+    check_table = table.table("check")
+    return parse_check(check_table) if check_table is not None else None
+
+
+def _real_servers(
+    table: Table, key: ServiceKey | None, service_check: Check | None
+) -> tuple[RealServer, ...]:
+    base = table.data.get("check")
+    base_check = base if isinstance(base, dict) else None
+    result: list[RealServer] = []
+    seen: dict[tuple[IPAddress, int], str] = {}
+    for rs_table in table.tables("real_server"):
+        rs = _real_server(rs_table, key, base_check, table.where("check"), service_check)
+        if rs is None:
+            continue
+        if (rs.address, rs.port) in seen:
+            rs_table.problems.add(
+                rs_table.path,
+                f"duplicate real server {rs.label} (first at {seen[(rs.address, rs.port)]})",
+            )
+            continue
+        seen[(rs.address, rs.port)] = rs_table.path
+        result.append(rs)
+    return tuple(result)
+
+
+def _endpoint_of(table: Table, key: ServiceKey | None) -> tuple[IPAddress, int] | None:
+    """The address (and port, defaulting to the service's) of a real or sorry server."""
+    text = table.string("address")
+    if text is None:
+        if "address" not in table:
+            table.error("address", "required")
+        return None
+    endpoint = parse_endpoint(text)
+    if endpoint is None:
+        table.error("address", "not an IP address and port", text)
+        return None
+    address, port = endpoint
+    if port is None:
+        if key is None:
+            return None
+        if key.is_fwmark:
+            table.error("address", "a fwmark service's real servers need a port", text)
+            return None
+        port = key.port
+    if port == 0:
+        table.error("address", "port 0 is not a real server port", text)
+        return None
+    return address, port
+
+
+def _check_family(
+    table: Table, key: ServiceKey | None, address: IPAddress, forward: Forward
+) -> None:
+    if key is None or forward == Forward.TUNNEL or family_of(address) == key.family:
+        return
+    table.error(
+        "address",
+        "IPv4 and IPv6 can only be mixed with forward = 'tunnel'",
+        str(address),
+    )
+
+
+def _real_server(
+    table: Table,
+    key: ServiceKey | None,
+    base_check: Mapping[str, object] | None,
+    base_path: str,
+    service_check: Check | None,
+) -> RealServer | None:
+    endpoint = _endpoint_of(table, key)
+    forward = _default(table.choice("forward", _FORWARDS), Forward.ROUTE)
+    weight = table.integer("weight", 0, 65535)
+    u_threshold = l_threshold = 0
+    thresholds = table.table("thresholds")
+    if thresholds is not None:
+        u_threshold = thresholds.integer("upper", 0, _MAX_U32) or 0
+        l_threshold = thresholds.integer("lower", 0, _MAX_U32) or 0
+        if u_threshold and l_threshold > u_threshold:
+            thresholds.error("lower", f"above upper ({u_threshold})", l_threshold)
+        thresholds.close()
+    tun_type = table.choice("tun_type", _TUN_TYPES)
+    tun_port = table.integer("tun_port", 1, 65535)
+    tun_flags = table.choice("tun_checksum", _TUN_CHECKSUMS)
+    if forward != Forward.TUNNEL:
+        for option in ("tun_type", "tun_port", "tun_checksum"):
+            if option in table:
+                table.error(option, "only with forward = 'tunnel'")
+    elif tun_type == TunnelType.GUE and tun_port is None:
+        table.error("tun_port", "required with tun_type = 'gue'")
+    elif tun_type != TunnelType.GUE and tun_port is not None:
+        table.error("tun_port", "only with tun_type = 'gue'")
+    if tun_type in (None, TunnelType.IPIP) and tun_flags not in (None, TunnelFlags.NOCSUM):
+        table.error("tun_checksum", "only with tun_type 'gue' or 'gre'")
+    name = table.string("name")
+    check = service_check
+    override = table.raw("check")
+    if override is not None:
+        if isinstance(override, dict):
+            check = parse_check(
+                merge_check(base_check, base_path, override, table.where("check"), table.problems)
+            )
+        else:
+            table.table("check")
+    table.close()
+    if endpoint is None or check is None:
+        return None
+    _check_family(table, key, endpoint[0], forward)
+    return RealServer(
+        address=endpoint[0],
+        port=endpoint[1],
+        forward=forward,
+        weight=1 if weight is None else weight,
+        u_threshold=u_threshold,
+        l_threshold=l_threshold,
+        tun_type=tun_type or TunnelType.IPIP,
+        tun_port=tun_port or 0,
+        tun_flags=tun_flags or TunnelFlags.NOCSUM,
+        check=check,
+        name=name,
+    )
+
+
+def _sorry_server(
+    table: Table, key: ServiceKey | None, real_servers: tuple[RealServer, ...]
+) -> SorryServer | None:
+    sorry = table.table("sorry_server")
+    if sorry is None:
+        return None
+    endpoint = _endpoint_of(sorry, key)
+    forward = _default(sorry.choice("forward", _FORWARDS), Forward.ROUTE)
+    weight = sorry.integer("weight", 0, 65535)
+    sorry.close()
+    if endpoint is None:
+        return None
+    _check_family(sorry, key, endpoint[0], forward)
+    if any((rs.address, rs.port) == endpoint for rs in real_servers):
+        sorry.error("address", "is also a real server of this service", str(endpoint[0]))
+    return SorryServer(endpoint[0], endpoint[1], forward, 1 if weight is None else weight)
+
+
+def _default(value: T | None, default: T) -> T:
+    return default if value is None else value

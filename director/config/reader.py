@@ -1,0 +1,160 @@
+"""Walk parsed TOML with a path, collecting every problem instead of stopping
+at the first.
+
+A getter that meets a bad value records `path: message: value` and returns
+the default, so one pass reports all the errors of a file. close() reports the
+keys nobody asked for, with a suggestion when one is close to a known key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_TYPE_NAMES: dict[type, str] = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "an array",
+    dict: "a table",
+}
+
+
+def describe_type(value: object) -> str:
+    for kind, name in _TYPE_NAMES.items():
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+class Problems:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def add(self, path: str, message: str, *value: object) -> None:
+        text = f"{path}: {message}" + "".join(f": {v!r}" for v in value)
+        if text not in self.errors:
+            self.errors.append(text)
+
+    def __len__(self) -> int:
+        return len(self.errors)
+
+
+class Table:
+    """One TOML table at `path` (a dotted path like virtual_server[0].check)."""
+
+    def __init__(
+        self,
+        data: Mapping[str, object],
+        path: str,
+        problems: Problems,
+        path_of: Callable[[str], str] | None = None,
+    ) -> None:
+        self.data = data
+        self.path = path
+        self.problems = problems
+        self._path_of = path_of
+        self._read: set[str] = set()
+
+    def where(self, key: str) -> str:
+        if self._path_of is not None:
+            return self._path_of(key)
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, key: str, message: str, *value: object) -> None:
+        self.problems.add(self.where(key), message, *value)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.data
+
+    def raw(self, key: str) -> object | None:
+        self._read.add(key)
+        return self.data.get(key)
+
+    def _typed(self, key: str, kinds: tuple[type, ...], name: str) -> object | None:
+        value = self.raw(key)
+        if value is None:
+            return None
+        # bool is an int in Python, never in TOML
+        if isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
+            self.error(key, f"expected {name}, got {describe_type(value)}", value)
+            return None
+        return value
+
+    def string(self, key: str) -> str | None:
+        value = self._typed(key, (str,), "a string")
+        return value if isinstance(value, str) else None
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._typed(key, (bool,), "a boolean")
+        return value if isinstance(value, bool) else default
+
+    def integer(self, key: str, low: int, high: int) -> int | None:
+        value = self._typed(key, (int,), "an integer")
+        if not isinstance(value, int):
+            return None
+        if not low <= value <= high:
+            self.error(key, f"must be between {low} and {high}", value)
+            return None
+        return value
+
+    def seconds(self, key: str, *, allow_zero: bool = False) -> float | None:
+        value = self._typed(key, (int, float), "a number of seconds")
+        if not isinstance(value, int | float):
+            return None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            self.error(
+                key,
+                "must be a finite number " + ("of 0 or more" if allow_zero else "above 0"),
+                value,
+            )
+            return None
+        return float(value)
+
+    def choice(self, key: str, choices: Mapping[str, T]) -> T | None:
+        value = self.string(key)
+        if value is None:
+            return None
+        if value not in choices:
+            self.error(key, f"must be one of {', '.join(choices)}", value)
+            return None
+        return choices[value]
+
+    def table(self, key: str) -> Table | None:
+        value = self._typed(key, (dict,), "a table")
+        if not isinstance(value, dict):
+            return None
+        return Table(value, self.where(key), self.problems)
+
+    def tables(self, key: str) -> list[Table]:
+        """An array of tables ([[key]]); each element's path is key[i]."""
+        value = self.raw(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.error(key, f"expected an array of tables, got {describe_type(value)}", value)
+            return []
+        result = []
+        for i, item in enumerate(value):
+            where = f"{self.where(key)}[{i}]"
+            if isinstance(item, dict):
+                result.append(Table(item, where, self.problems))
+            else:
+                self.problems.add(where, f"expected a table, got {describe_type(item)}", item)
+        return result
+
+    def close(self, *, known: tuple[str, ...] = ()) -> None:
+        """Report keys that were never read; `known` adds keys that are valid
+        here but were not read (to suggest them, and not report them)."""
+        allowed = self._read | set(known)
+        for key in self.data:
+            if key in allowed:
+                continue
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            self.error(key, f"unknown key{hint}")

@@ -1,0 +1,660 @@
+from __future__ import annotations
+
+from ipaddress import ip_address
+from pathlib import Path
+
+import pytest
+
+from director.config import (
+    ConfigError,
+    LogLevel,
+    OnFailure,
+    load_config,
+    parse_config,
+    parse_endpoint,
+)
+from director.health.spec import (
+    ExecCheck,
+    HttpCheck,
+    StatusRange,
+    TcpCheck,
+    Timing,
+    UdpCheck,
+)
+from director.ipvs.model import (
+    AF_INET6,
+    Destination,
+    Forward,
+    Protocol,
+    Service,
+    ServiceFlags,
+    ServiceKey,
+    Timeouts,
+    TunnelFlags,
+    TunnelType,
+)
+
+EXAMPLE = Path(__file__).parents[2] / "conf" / "director.toml"
+
+VS = """
+[[virtual_server]]
+protocol = "tcp"
+address = "10.0.0.1:80"
+"""
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "test.toml")
+    assert info.value.source == "test.toml"
+    return info.value.errors
+
+
+def one_error(text: str) -> str:
+    errors = errors_of(text)
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+def test_example_config_is_the_seed_setup() -> None:
+    config = load_config(EXAMPLE)
+    assert config.ipvs.timeouts == Timeouts(tcp=5, tcp_fin=10, udp=300)
+    web, sticky = config.virtual_servers
+    assert web.service() == Service(ServiceKey.inet(Protocol.TCP, "10.10.9.60", 80), "rr")
+    assert [rs.destination() for rs in web.real_servers] == [
+        Destination(ip_address("10.10.9.61"), 80, Forward.ROUTE, 1),
+        Destination(ip_address("10.10.9.62"), 80, Forward.ROUTE, 1),
+    ]
+    assert isinstance(web.check, HttpCheck)
+    assert sticky.service() == Service(
+        ServiceKey.inet(Protocol.TCP, "10.10.9.60", 30000),
+        "rr",
+        ServiceFlags.PERSISTENT,
+        timeout=30,
+    )
+    assert [(str(rs.address), rs.port) for rs in sticky.real_servers] == [
+        ("10.10.9.69", 30000),
+        ("10.10.9.70", 30000),
+    ]
+    assert sticky.real_servers[0].check == TcpCheck(Timing(1.0, 1.0, 2, 2))
+    assert config.source == str(EXAMPLE)
+
+
+def test_empty_config_has_defaults() -> None:
+    config = parse_config("")
+    assert config.virtual_servers == ()
+    assert config.ipvs.timeouts is None
+    assert config.control.socket == "/run/director/director.sock"
+    assert config.control.mode == 0o660
+    assert config.daemon.reconcile_interval == 5.0
+    assert config.daemon.flush_on_stop is False
+    assert config.daemon.log_level is LogLevel.INFO
+    assert config.daemon.state_file == "/var/lib/director/state.json"
+
+
+def test_service_without_check_gets_tcp_connect_and_wlc() -> None:
+    (vs,) = parse_config(
+        VS + '[[virtual_server.real_server]]\naddress = "10.0.0.2"\n'
+    ).virtual_servers
+    assert vs.check == TcpCheck()
+    assert vs.scheduler == "wlc"
+    assert vs.on_failure is OnFailure.REMOVE
+    (rs,) = vs.real_servers
+    assert rs.check == TcpCheck()
+    assert rs.port == 80
+    assert rs.label == "10.0.0.2:80"
+
+
+def test_daemon_and_control_sections() -> None:
+    config = parse_config(
+        """
+        [daemon]
+        flush_on_stop = true
+        reconcile_interval = 2
+        state_file = "/tmp/s.json"
+        log_level = "debug"
+        [control]
+        socket = "/tmp/d.sock"
+        group = "lvs"
+        admin_group = "wheel"
+        mode = "0640"
+        """
+    )
+    assert config.daemon.flush_on_stop is True
+    assert config.daemon.reconcile_interval == 2.0
+    assert config.daemon.state_file == "/tmp/s.json"
+    assert config.daemon.log_level is LogLevel.DEBUG
+    assert (config.control.socket, config.control.group, config.control.admin_group) == (
+        "/tmp/d.sock",
+        "lvs",
+        "wheel",
+    )
+    assert config.control.mode == 0o640
+
+
+def test_every_virtual_server_option() -> None:
+    (vs,) = parse_config(
+        """
+        [[virtual_server]]
+        protocol = "udp"
+        address = "[2001:db8::1]:5060"
+        scheduler = "sh"
+        scheduler_flags = ["sh-fallback", "sh-port"]
+        persistent = 60
+        persistent_netmask = 64
+        one_packet = true
+        pe = "sip"
+        on_failure = "weight0"
+        quorum = 2
+        panic = true
+        slow_start = 30
+        sorry_server = { address = "[2001:db8::99]", forward = "masq", weight = 5 }
+        [[virtual_server.real_server]]
+        address = "[2001:db8::2]:5070"
+        name = "sip-a"
+        forward = "masq"
+        weight = 7
+        thresholds = { upper = 100, lower = 50 }
+        [[virtual_server.real_server]]
+        address = "2001:db8::3"
+        """
+    ).virtual_servers
+    key = ServiceKey.inet(Protocol.UDP, "2001:db8::1", 5060)
+    assert vs.service() == Service(
+        key,
+        "sh",
+        ServiceFlags.SCHED1
+        | ServiceFlags.SCHED2
+        | ServiceFlags.PERSISTENT
+        | ServiceFlags.ONEPACKET,
+        timeout=60,
+        netmask=64,
+        pe_name="sip",
+    )
+    assert vs.on_failure is OnFailure.WEIGHT0
+    assert (vs.quorum, vs.panic, vs.slow_start) == (2, True, 30.0)
+    assert vs.sorry_server is not None
+    assert vs.sorry_server.destination() == Destination(
+        ip_address("2001:db8::99"), 5060, Forward.MASQ, 5
+    )
+    a, b = vs.real_servers
+    assert a.destination() == Destination(
+        ip_address("2001:db8::2"), 5070, Forward.MASQ, 7, u_threshold=100, l_threshold=50
+    )
+    assert a.label == "sip-a"
+    assert (b.port, b.weight, b.forward) == (5060, 1, Forward.ROUTE)
+    assert vs.real_server_id(a).service == key
+
+
+def test_ipv4_netmask_as_prefix_or_dotted() -> None:
+    for mask in ("24", '"255.255.255.0"'):
+        (vs,) = parse_config(VS + f"persistent = 10\npersistent_netmask = {mask}\n").virtual_servers
+        assert vs.service().netmask == 0xFFFFFF00
+    (vs,) = parse_config(VS).virtual_servers
+    assert vs.service().netmask == 0xFFFFFFFF
+    assert vs.service().timeout == 0
+
+
+def test_fwmark_services() -> None:
+    config = parse_config(
+        """
+        [[virtual_server]]
+        fwmark = 7
+        [[virtual_server.real_server]]
+        address = "10.0.0.2:443"
+        [[virtual_server]]
+        fwmark = 7
+        family = "ipv6"
+        [[virtual_server]]
+        fwmark = 8
+        ipv6 = true
+        """
+    )
+    v4, v6, v6b = config.virtual_servers
+    assert v4.key == ServiceKey.mark(7)
+    assert v6.key == ServiceKey.mark(7, AF_INET6)
+    assert v6b.key == ServiceKey.mark(8, AF_INET6)
+    assert v4.real_servers[0].port == 443
+    assert config.service_keys() == {v4.key, v6.key, v6b.key}
+    assert config.virtual_server(v6.key) is v6
+    assert v6.label == "FWM 7 IPv6"
+
+
+def test_tunnel_options_and_mixed_family_for_tunnel() -> None:
+    (vs,) = parse_config(
+        VS
+        + """
+        [[virtual_server.real_server]]
+        address = "[2001:db8::5]:80"
+        forward = "tunnel"
+        tun_type = "gue"
+        tun_port = 6080
+        tun_checksum = "remcsum"
+        """
+    ).virtual_servers
+    (rs,) = vs.real_servers
+    assert (rs.forward, rs.tun_type, rs.tun_port, rs.tun_flags) == (
+        Forward.TUNNEL,
+        TunnelType.GUE,
+        6080,
+        TunnelFlags.REMCSUM,
+    )
+
+
+def test_check_types() -> None:
+    (vs,) = parse_config(
+        VS
+        + """
+        check = { type = "https", method = "head", path = "/h", host = "example.org", expect_status = [200, "300-399"], expect_body = "ok|fine", verify_tls = false, port = 8443, address = "10.0.0.9", interval = 2, timeout = 3, rise = 1, fall = 4 }
+        [[virtual_server.real_server]]
+        address = "10.0.0.2"
+        check = { type = "udp", payload = "hex:00ff", expect = "^pong" }
+        [[virtual_server.real_server]]
+        address = "10.0.0.3"
+        check = { type = "exec", command = "/bin/probe --host '10.0.0.3 x'", dynamic_weight = true }
+        [[virtual_server.real_server]]
+        address = "10.0.0.4"
+        check = { type = "exec", command = ["/bin/true"] }
+        [[virtual_server.real_server]]
+        address = "10.0.0.5"
+        check = { path = "/other" }
+        [[virtual_server.real_server]]
+        address = "10.0.0.6"
+        check = { type = "udp", payload = "ping" }
+        """
+    ).virtual_servers
+    assert vs.check == HttpCheck(
+        Timing(2.0, 3.0, 1, 4),
+        8443,
+        ip_address("10.0.0.9"),
+        tls=True,
+        method="HEAD",
+        path="/h",
+        host="example.org",
+        expect_status=(StatusRange(200, 200), StatusRange(300, 399)),
+        expect_body="ok|fine",
+        verify_tls=False,
+    )
+    udp, exec_, exec_list, merged, udp_text = (rs.check for rs in vs.real_servers)
+    assert udp == UdpCheck(payload=b"\x00\xff", expect="^pong")
+    assert exec_ == ExecCheck(("/bin/probe", "--host", "10.0.0.3 x"), dynamic_weight=True)
+    assert exec_list == ExecCheck(("/bin/true",))
+    # same type: the override's keys on top of the service's check
+    assert isinstance(merged, HttpCheck)
+    assert merged.path == "/other"
+    assert merged.port == 8443
+    assert merged.timing == Timing(2.0, 3.0, 1, 4)
+    assert udp_text == UdpCheck(payload=b"ping")
+
+
+def test_error_paths_name_the_key_and_value() -> None:
+    text = VS + '[[virtual_server.real_server]]\naddress = "10.0.0.x:80"\n'
+    assert one_error(text) == (
+        "virtual_server[0].real_server[0].address: not an IP address and port: '10.0.0.x:80'"
+    )
+
+
+def test_all_errors_are_collected() -> None:
+    errors = errors_of(
+        """
+        [daemon]
+        reconcile_interval = 0
+        [[virtual_server]]
+        protocol = "tcp"
+        address = "10.0.0.1:80"
+        scheduler = "fastest"
+        [[virtual_server.real_server]]
+        address = "10.0.0.2"
+        weight = 70000
+        [[virtual_server]]
+        protocol = "icmp"
+        address = "10.0.0.1:80"
+        """
+    )
+    assert errors == [
+        "daemon.reconcile_interval: must be a finite number above 0: 0",
+        "virtual_server[0].scheduler: unknown scheduler "
+        "(known: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh): 'fastest'",
+        "virtual_server[0].real_server[0].weight: must be between 0 and 65535: 70000",
+        "virtual_server[1].protocol: must be one of tcp, udp, sctp: 'icmp'",
+    ]
+    with pytest.raises(ConfigError) as info:
+        parse_config("[daemon]\nreconcile_interval = 0\nlog_level = 3\n", "x.toml")
+    assert str(info.value) == (
+        "x.toml: 2 errors:\n"
+        "  daemon.reconcile_interval: must be a finite number above 0: 0\n"
+        "  daemon.log_level: expected a string, got an integer: 3"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("[deamon]\n", "deamon: unknown key (did you mean 'daemon'?)"),
+        (
+            VS + 'schedular = "rr"\n',
+            "virtual_server[0].schedular: unknown key (did you mean 'scheduler'?)",
+        ),
+        (VS + "frobnicate = 1\n", "virtual_server[0].frobnicate: unknown key"),
+        (
+            VS + "check = { type = 'tcp', path = '/' }\n",
+            "virtual_server[0].check.path: not a key of a tcp check (it is for http, https)",
+        ),
+        (
+            VS + "check = { type = 'http', verify_tls = false }\n",
+            "virtual_server[0].check.verify_tls: not a key of a http check (it is for https)",
+        ),
+        (
+            VS + "check = { type = 'exec', command = 'x', port = 1 }\n",
+            "virtual_server[0].check.port: not a key of a exec check (it is for tcp, http, https, udp)",
+        ),
+        (
+            VS + "check = { type = 'tcp', intervall = 1 }\n",
+            "virtual_server[0].check.intervall: unknown key (did you mean 'interval'?)",
+        ),
+        (
+            VS + "check = { type = 'smtp' }\n",
+            "virtual_server[0].check.type: must be one of tcp, http, https, udp, exec: 'smtp'",
+        ),
+        (
+            VS + "check = { rise = 0 }\n",
+            "virtual_server[0].check.rise: must be between 1 and 1000000: 0",
+        ),
+        (
+            VS + "check = { fall = 0 }\n",
+            "virtual_server[0].check.fall: must be between 1 and 1000000: 0",
+        ),
+        (
+            VS + "check = { timeout = 0 }\n",
+            "virtual_server[0].check.timeout: must be a finite number above 0: 0",
+        ),
+        (
+            VS + "check = { interval = 'fast' }\n",
+            "virtual_server[0].check.interval: expected a number of seconds, got a string: 'fast'",
+        ),
+        (
+            VS + "check = { interval = nan }\n",
+            "virtual_server[0].check.interval: must be a finite number above 0: nan",
+        ),
+        (
+            VS + "check = { port = 65536 }\n",
+            "virtual_server[0].check.port: must be between 1 and 65535: 65536",
+        ),
+        (
+            VS + "check = { address = 'db' }\n",
+            "virtual_server[0].check.address: not an IP address: 'db'",
+        ),
+        (
+            VS + "check = { type = 'http', expect_status = [99] }\n",
+            "virtual_server[0].check.expect_status[0]: not an HTTP status or range between 100 and 599: 99",
+        ),
+        (
+            VS + "check = { type = 'http', expect_status = [] }\n",
+            "virtual_server[0].check.expect_status: must list at least one status",
+        ),
+        (
+            VS + "check = { type = 'http', expect_body = '[' }\n",
+            "virtual_server[0].check.expect_body: not a valid regular expression (unterminated character set at position 0): '['",
+        ),
+        (
+            VS + "check = { type = 'http', path = 'x' }\n",
+            "virtual_server[0].check.path: must start with '/': 'x'",
+        ),
+        (
+            VS + "check = { type = 'http', method = 'GE T' }\n",
+            "virtual_server[0].check.method: not an HTTP method: 'GE T'",
+        ),
+        (
+            VS + "check = { type = 'udp', payload = 'hex:0' }\n",
+            "virtual_server[0].check.payload: 'hex:' must be followed by pairs of hex digits: 'hex:0'",
+        ),
+        (
+            VS + "check = { type = 'exec' }\n",
+            "virtual_server[0].check.command: required for an exec check",
+        ),
+        (
+            VS + "check = { type = 'exec', command = [] }\n",
+            "virtual_server[0].check.command: must name a program: []",
+        ),
+        (
+            VS + "check = { type = 'exec', command = [1] }\n",
+            "virtual_server[0].check.command: expected a string or an array of strings: [1]",
+        ),
+        (
+            VS + "check = { type = 'exec', command = 'a \"b' }\n",
+            "virtual_server[0].check.command: cannot split into words (No closing quotation): 'a \"b'",
+        ),
+        (VS + "check = 'tcp'\n", "virtual_server[0].check: expected a table, got a string: 'tcp'"),
+        (VS + "persistent = 0\n", "virtual_server[0].persistent: must be between 1 and 4294967: 0"),
+        (
+            VS + "persistent_netmask = 24\n",
+            "virtual_server[0].persistent_netmask: only for persistent services",
+        ),
+        (
+            VS + "persistent = 5\npersistent_netmask = '255.0.255.0'\n",
+            "virtual_server[0].persistent_netmask: expected a prefix length or a netmask like '255.255.255.0': '255.0.255.0'",
+        ),
+        (
+            VS + "persistent = 5\npersistent_netmask = 33\n",
+            "virtual_server[0].persistent_netmask: prefix length must be 1..32: 33",
+        ),
+        (
+            VS + "scheduler_flags = ['sh-port']\n",
+            "virtual_server[0].scheduler_flags[0]: only for the sh scheduler, not wlc: 'sh-port'",
+        ),
+        (
+            VS + "scheduler_flags = ['fast']\n",
+            "virtual_server[0].scheduler_flags[0]: unknown flag (known: sh-fallback, sh-port, mh-fallback, mh-port, flag-1, flag-2, flag-3): 'fast'",
+        ),
+        (
+            VS + "one_packet = true\n",
+            "virtual_server[0].one_packet: one-packet scheduling is only for UDP (or fwmark) services",
+        ),
+        (VS + "persistent = 1\npe = 'h323'\n", "virtual_server[0].pe: must be one of sip: 'h323'"),
+        (VS + "pe = 'sip'\n", "virtual_server[0].pe: a persistence engine needs persistent"),
+        (
+            VS + "on_failure = 'drop'\n",
+            "virtual_server[0].on_failure: must be one of remove, weight0: 'drop'",
+        ),
+        (
+            VS + "panic = 'yes'\n",
+            "virtual_server[0].panic: expected a boolean, got a string: 'yes'",
+        ),
+        (
+            VS + "slow_start = -1\n",
+            "virtual_server[0].slow_start: must be a finite number of 0 or more: -1",
+        ),
+        (
+            VS + "quorum = 2\n[[virtual_server.real_server]]\naddress = '10.0.0.2'\n",
+            "virtual_server[0].quorum: more than the 1 real servers: 2",
+        ),
+        (
+            '[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.1"\n',
+            "virtual_server[0].address: not an IP address and port: '10.0.0.1'",
+        ),
+        (
+            '[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.1:0"\n',
+            "virtual_server[0].address: port 0 (any port) only for persistent services",
+        ),
+        (
+            '[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.1:99999"\n',
+            "virtual_server[0].address: not an IP address and port: '10.0.0.1:99999'",
+        ),
+        (
+            '[[virtual_server]]\naddress = "10.0.0.1:80"\n',
+            "virtual_server[0].protocol: required (tcp, udp or sctp), or fwmark instead",
+        ),
+        (
+            '[[virtual_server]]\nfwmark = 1\nprotocol = "tcp"\n',
+            "virtual_server[0].protocol: a fwmark service has no protocol",
+        ),
+        (
+            '[[virtual_server]]\nfwmark = 1\nfamily = "ipv4"\nipv6 = true\n',
+            "virtual_server[0].ipv6: contradicts family: True",
+        ),
+        (
+            VS + 'family = "ipv6"\n',
+            "virtual_server[0].family: only for fwmark services (the address gives the family)",
+        ),
+        (
+            "[[virtual_server]]\nfwmark = 0\n",
+            "virtual_server[0].fwmark: must be between 1 and 4294967295: 0",
+        ),
+        (
+            VS + VS,
+            "virtual_server[1]: duplicate virtual service TCP 10.0.0.1:80 (first at virtual_server[0])",
+        ),
+        (
+            VS
+            + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\n[[virtual_server.real_server]]\naddress = '10.0.0.2:80'\n",
+            "virtual_server[0].real_server[1]: duplicate real server 10.0.0.2:80 (first at virtual_server[0].real_server[0])",
+        ),
+        (
+            VS + "[[virtual_server.real_server]]\nweight = 1\n",
+            "virtual_server[0].real_server[0].address: required",
+        ),
+        (
+            VS + "[[virtual_server.real_server]]\naddress = '10.0.0.2:0'\n",
+            "virtual_server[0].real_server[0].address: port 0 is not a real server port: '10.0.0.2:0'",
+        ),
+        (
+            VS + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\nweight = -1\n",
+            "virtual_server[0].real_server[0].weight: must be between 0 and 65535: -1",
+        ),
+        (
+            VS + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\nweight = true\n",
+            "virtual_server[0].real_server[0].weight: expected an integer, got a boolean: True",
+        ),
+        (
+            VS + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\nforward = 'dr'\n",
+            "virtual_server[0].real_server[0].forward: must be one of route, masq, tunnel: 'dr'",
+        ),
+        (
+            VS + "[[virtual_server.real_server]]\naddress = '2001:db8::2'\n",
+            "virtual_server[0].real_server[0].address: IPv4 and IPv6 can only be mixed with forward = 'tunnel': '2001:db8::2'",
+        ),
+        (
+            VS + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\ntun_type = 'gre'\n",
+            "virtual_server[0].real_server[0].tun_type: only with forward = 'tunnel'",
+        ),
+        (
+            VS
+            + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\nforward = 'tunnel'\ntun_type = 'gue'\n",
+            "virtual_server[0].real_server[0].tun_port: required with tun_type = 'gue'",
+        ),
+        (
+            VS
+            + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\nforward = 'tunnel'\ntun_port = 5\n",
+            "virtual_server[0].real_server[0].tun_port: only with tun_type = 'gue'",
+        ),
+        (
+            VS
+            + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\nforward = 'tunnel'\ntun_checksum = 'csum'\n",
+            "virtual_server[0].real_server[0].tun_checksum: only with tun_type 'gue' or 'gre'",
+        ),
+        (
+            VS
+            + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\nthresholds = { upper = 5, lower = 6 }\n",
+            "virtual_server[0].real_server[0].thresholds.lower: above upper (5): 6",
+        ),
+        (
+            VS + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\nthresholds = { max = 5 }\n",
+            "virtual_server[0].real_server[0].thresholds.max: unknown key",
+        ),
+        (
+            VS + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\ncheck = { port = 0 }\n",
+            "virtual_server[0].real_server[0].check.port: must be between 1 and 65535: 0",
+        ),
+        (
+            VS + "sorry_server = { address = '10.0.0.2', wieght = 1 }\n",
+            "virtual_server[0].sorry_server.wieght: unknown key (did you mean 'weight'?)",
+        ),
+        (
+            VS
+            + "sorry_server = { address = '10.0.0.2' }\n[[virtual_server.real_server]]\naddress = '10.0.0.2'\n",
+            "virtual_server[0].sorry_server.address: is also a real server of this service: '10.0.0.2'",
+        ),
+        (
+            "[[virtual_server]]\nfwmark = 1\n[[virtual_server.real_server]]\naddress = '10.0.0.2'\n",
+            "virtual_server[0].real_server[0].address: a fwmark service's real servers need a port: '10.0.0.2'",
+        ),
+        ("virtual_server = 1\n", "virtual_server: expected an array of tables, got an integer: 1"),
+        ("virtual_server = [1]\n", "virtual_server[0]: expected a table, got an integer: 1"),
+        (
+            "[ipvs]\ntimeouts = { tcp = -1 }\n",
+            "ipvs.timeouts.tcp: must be between 0 and 4294967: -1",
+        ),
+        (
+            "[ipvs]\ntimeouts = { fin = 1 }\n",
+            "ipvs.timeouts.fin: unknown key (did you mean 'tcpfin'?)",
+        ),
+        ("[control]\nsocket = 'x.sock'\n", "control.socket: must be an absolute path: 'x.sock'"),
+        (
+            "[control]\nmode = '0999'\n",
+            "control.mode: expected a file mode like 0o660 or '0660': '0999'",
+        ),
+        (
+            "[daemon]\nlog_level = 'trace'\n",
+            "daemon.log_level: must be one of debug, info, warning, error: 'trace'",
+        ),
+        ("[daemon]\nstate_file = 'rel'\n", "daemon.state_file: must be an absolute path: 'rel'"),
+    ],
+)
+def test_bad_input(text: str, error: str) -> None:
+    assert one_error(text) == error
+
+
+def test_real_server_check_error_in_inherited_key_is_reported_once_at_service_path() -> None:
+    errors = errors_of(
+        VS
+        + "check = { rise = 0 }\n"
+        + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\ncheck = { fall = 3 }\n"
+    )
+    assert errors == ["virtual_server[0].check.rise: must be between 1 and 1000000: 0"]
+
+
+def test_real_server_check_of_another_type_replaces_the_service_check() -> None:
+    (vs,) = parse_config(
+        VS
+        + "check = { type = 'http', path = '/x' }\n"
+        + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\ncheck = { type = 'tcp', port = 81 }\n"
+    ).virtual_servers
+    assert vs.real_servers[0].check == TcpCheck(port=81)
+
+
+def test_toml_syntax_error_has_line_and_column() -> None:
+    error = one_error('[daemon]\nlog_level = "info\n')
+    assert error.startswith("TOML syntax error: ")
+    assert "line 2, column" in error
+
+
+def test_load_config_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(missing)
+    assert info.value.source == str(missing)
+    assert info.value.errors[0].startswith("cannot read: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10.0.0.1:80", ("10.0.0.1", 80)),
+        ("10.0.0.1", ("10.0.0.1", None)),
+        ("[2001:db8::1]:443", ("2001:db8::1", 443)),
+        ("[2001:db8::1]", ("2001:db8::1", None)),
+        ("2001:db8::1", ("2001:db8::1", None)),
+        ("10.0.0.1:", None),
+        ("10.0.0.1:http", None),
+        ("10.0.0.1:65536", None),
+        ("[10.0.0.1]:80", None),
+        ("host:80", None),
+        ("", None),
+    ],
+)
+def test_parse_endpoint(text: str, expected: tuple[str, int | None] | None) -> None:
+    result = parse_endpoint(text)
+    if expected is None:
+        assert result is None
+    else:
+        assert result == (ip_address(expected[0]), expected[1])
