@@ -1,0 +1,64 @@
+"""Probes: one look at one server, answered as a ProbeResult.
+
+`probe` runs a single check of any type. `Prober` does the same but shares
+HTTP clients between probes; the checker uses one for its whole run. Probes
+never raise for network failures and never log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import assert_never
+
+from director.health.probes.command import probe_exec
+from director.health.probes.http import HttpClients, probe_http
+from director.health.probes.tcp import probe_tcp
+from director.health.probes.udp import probe_udp
+from director.health.result import ProbeResult
+from director.health.spec import Check, ExecCheck, HttpCheck, TcpCheck, UdpCheck
+from director.ipvs.model import IPAddress
+
+ProbeFunction = Callable[[Check, IPAddress, int], Awaitable[ProbeResult]]
+
+__all__ = [
+    "ProbeFunction",
+    "Prober",
+    "probe",
+    "probe_exec",
+    "probe_http",
+    "probe_tcp",
+    "probe_udp",
+]
+
+
+class Prober:
+    def __init__(self) -> None:
+        self._http = HttpClients()
+
+    async def __aenter__(self) -> Prober:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._http.aclose()
+
+    async def __call__(self, check: Check, address: IPAddress, port: int) -> ProbeResult:
+        if isinstance(check, TcpCheck):
+            return await probe_tcp(check, address, port)
+        if isinstance(check, HttpCheck):
+            return await probe_http(check, address, port, self._http)
+        if isinstance(check, UdpCheck):
+            return await probe_udp(check, address, port)
+        if isinstance(check, ExecCheck):
+            return await probe_exec(check, address, port)
+        assert_never(check)
+
+
+async def probe(check: Check, address: IPAddress, port: int) -> ProbeResult:
+    async with Prober() as prober:
+        return await prober(check, address, port)

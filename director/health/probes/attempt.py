@@ -1,0 +1,102 @@
+"""The one seam where foreign exceptions become probe results.
+
+A probe runs its I/O inside `probe_attempt(timeout)`: the attempt bounds it by
+the check's timeout, times it, and turns whatever the network, TLS, httpx or
+trio raise into a failed `ProbeResult`. Anything else (a bug) propagates.
+"""
+
+from __future__ import annotations
+
+import errno
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import trio
+
+from director.health.result import ProbeResult, Reason
+
+_NETWORK_FAILURES = (OSError, httpx.TransportError, trio.TooSlowError, trio.BrokenResourceError)
+
+_REASON_FOR_ERRNO = {
+    errno.ECONNREFUSED: Reason.REFUSED,
+    errno.EHOSTUNREACH: Reason.UNREACHABLE,
+    errno.ENETUNREACH: Reason.UNREACHABLE,
+    errno.EHOSTDOWN: Reason.UNREACHABLE,
+    errno.ETIMEDOUT: Reason.TIMEOUT,
+}
+
+
+class Attempt:
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.started = trio.current_time()
+        self._result: ProbeResult | None = None
+
+    def elapsed(self) -> float:
+        return trio.current_time() - self.started
+
+    def succeed(self, *, weight: int | None = None, detail: str = "") -> None:
+        self._result = ProbeResult.success(self.elapsed(), weight=weight, detail=detail)
+
+    def fail(self, reason: Reason, detail: str = "") -> None:
+        self._result = ProbeResult.failure(reason, self.elapsed(), detail)
+
+    @property
+    def result(self) -> ProbeResult:
+        if self._result is None:
+            raise RuntimeError("probe attempt finished without a verdict")
+        return self._result
+
+
+@contextmanager
+def probe_attempt(timeout: float) -> Iterator[Attempt]:
+    attempt = Attempt(timeout)
+    try:
+        with trio.fail_after(timeout):
+            yield attempt
+    except _NETWORK_FAILURES as exc:
+        reason, detail = translate(exc, timeout)
+        attempt.fail(reason, detail)
+
+
+def translate(exc: BaseException, timeout: float) -> tuple[Reason, str]:
+    """Reason and detail for a network failure, looking through wrapped causes."""
+    chain = list(_causes(exc))
+    if any(isinstance(e, trio.TooSlowError | httpx.TimeoutException) for e in chain):
+        return Reason.TIMEOUT, f"no verdict within {timeout:g} s"
+    for e in chain:
+        if isinstance(e, ssl.SSLError):
+            return Reason.ERROR, f"tls: {_describe_tls_error(e)}"
+    for e in chain:
+        if isinstance(e, OSError) and e.errno is not None:
+            return _REASON_FOR_ERRNO.get(e.errno, Reason.ERROR), _describe_os_error(e)
+    if isinstance(exc, httpx.ProtocolError):
+        return Reason.BAD_REPLY, str(exc) or type(exc).__name__
+    if any(isinstance(e, trio.BrokenResourceError) for e in chain):
+        return Reason.ERROR, "connection broken"
+    return Reason.ERROR, str(exc) or type(exc).__name__
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _describe_tls_error(exc: ssl.SSLError) -> str:
+    for attribute in ("verify_message", "reason", "strerror"):
+        text = getattr(exc, attribute, None)
+        if text:
+            return str(text)
+    return str(exc)
+
+
+def _describe_os_error(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    text = f"{name}: {exc.strerror}" if exc.strerror else name
+    return f"{text}: {exc.filename}" if exc.filename else text

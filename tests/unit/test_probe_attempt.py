@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import errno
+import ssl
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from director.health.probes.attempt import probe_attempt, translate
+from director.health.result import Reason
+
+
+def wrapped(inner: BaseException, outer: BaseException) -> BaseException:
+    outer.__cause__ = inner
+    return outer
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason", "detail"),
+    [
+        (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), Reason.REFUSED, "ECONNREFUSED: Connection refused"),
+        (OSError(errno.EHOSTUNREACH, "No route to host"), Reason.UNREACHABLE, "EHOSTUNREACH: No route to host"),
+        (OSError(errno.ENETUNREACH, "Network is unreachable"), Reason.UNREACHABLE, "ENETUNREACH: Network is unreachable"),
+        (OSError(errno.ETIMEDOUT, "Connection timed out"), Reason.TIMEOUT, "ETIMEDOUT: Connection timed out"),
+        (OSError(errno.ECONNRESET, "Connection reset by peer"), Reason.ERROR, "ECONNRESET: Connection reset by peer"),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "/bin/x"), Reason.ERROR, "ENOENT: No such file or directory: /bin/x"),
+        (trio.TooSlowError(), Reason.TIMEOUT, "no verdict within 1.5 s"),
+        (httpx.ReadTimeout("read"), Reason.TIMEOUT, "no verdict within 1.5 s"),
+        (wrapped(OSError(errno.EHOSTUNREACH, "No route to host"), httpx.ConnectError("x")), Reason.UNREACHABLE, "EHOSTUNREACH: No route to host"),
+        (httpx.RemoteProtocolError("Server disconnected without sending a response."), Reason.BAD_REPLY, "Server disconnected without sending a response."),
+        (wrapped(ssl.SSLError(1, "[SSL] wrong version number"), httpx.ConnectError("y")), Reason.ERROR, "tls: [SSL] wrong version number"),
+        (trio.BrokenResourceError(), Reason.ERROR, "connection broken"),
+    ],
+)  # fmt: skip
+def test_translate(exc: BaseException, reason: Reason, detail: str) -> None:
+    assert translate(exc, 1.5) == (reason, detail)
+
+
+async def test_attempt_turns_a_network_failure_into_a_result() -> None:
+    with probe_attempt(5.0) as attempt:
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+    assert (attempt.result.ok, attempt.result.reason) == (False, Reason.REFUSED)
+
+
+async def test_attempt_lets_programming_errors_through() -> None:
+    with pytest.raises(KeyError), probe_attempt(5.0):
+        raise KeyError("bug")
+
+
+async def test_attempt_bounds_the_body_by_the_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with probe_attempt(4.0) as attempt:
+        await trio.sleep(10)
+        attempt.succeed()
+    assert (attempt.result.reason, attempt.result.latency) == (Reason.TIMEOUT, 4.0)
+
+
+async def test_outer_cancellation_is_not_a_probe_failure(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.move_on_after(1.0) as outer:
+        with probe_attempt(4.0) as attempt:
+            await trio.sleep(10)
+    assert outer.cancelled_caught
+    with pytest.raises(RuntimeError, match="without a verdict"):
+        _ = attempt.result
+
+
+async def test_attempt_records_latency(autojump_clock: trio.testing.MockClock) -> None:
+    with probe_attempt(4.0) as attempt:
+        await trio.sleep(1.25)
+        attempt.succeed(weight=3, detail="fine")
+    assert (attempt.result.ok, attempt.result.latency, attempt.result.weight, attempt.result.detail) == (True, 1.25, 3, "fine")  # fmt: skip

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv6Address, ip_address
+
+import pytest
+import trio
+import trio.testing
+
+from director.health.probes import probe, probe_tcp
+from director.health.result import Reason
+from director.health.spec import TcpCheck, Timing
+from director.ipvs.model import IPAddress
+
+LOOPBACKS = [IPv4Address("127.0.0.1"), IPv6Address("::1")]
+
+
+def family(address: IPAddress) -> socket.AddressFamily:
+    return socket.AF_INET6 if address.version == 6 else socket.AF_INET
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A bound but not listening TCP port on 127.0.0.1 and ::1: connecting is refused."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("address", LOOPBACKS, ids=str)
+async def test_accepting_listener_is_up(address: IPAddress) -> None:
+    listeners = await trio.open_tcp_listeners(0, host=str(address))
+    port = listeners[0].socket.getsockname()[1]
+    async with listeners[0]:
+        result = await probe(TcpCheck(), address, port)
+    assert (result.ok, result.reason) == (True, Reason.OK)
+    assert result.latency >= 0
+
+
+@pytest.mark.parametrize("address", LOOPBACKS, ids=str)
+async def test_closed_port_is_refused(address: IPAddress, closed_port: int) -> None:
+    result = await probe_tcp(TcpCheck(), address, closed_port)
+    assert (result.ok, result.reason) == (False, Reason.REFUSED)
+    assert result.detail.startswith("ECONNREFUSED: ")
+
+
+async def test_check_port_and_address_override_the_servers(closed_port: int) -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with listeners[0]:
+        redirected = TcpCheck(port=port, address=ip_address("127.0.0.1"))
+        assert (await probe_tcp(redirected, ip_address("::1"), closed_port)).ok
+        assert not (await probe_tcp(TcpCheck(), ip_address("127.0.0.1"), closed_port)).ok
+
+
+async def test_listener_that_drops_syns_times_out(autojump_clock: trio.testing.MockClock) -> None:
+    # A full accept queue makes Linux drop new SYNs: the connect never completes.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        fillers = []
+        for _ in range(2):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            fillers.append(filler)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+        try:
+            result = await probe_tcp(TcpCheck(timing=Timing(timeout=3.0)), ip_address("127.0.0.1"), port)  # fmt: skip
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert (result.ok, result.reason, result.detail) == (False, Reason.TIMEOUT, "no verdict within 3 s")  # fmt: skip
+    assert result.latency == 3.0
