@@ -1,0 +1,562 @@
+"""IPVS generic-netlink messages as bytes: building requests and reading
+replies, with no I/O.
+
+Attribute numbers and layouts follow include/uapi/linux/ip_vs.h and the
+kernel's parsers in net/netfilter/ipvs/ip_vs_ctl.c (ip_vs_genl_parse_*,
+ip_vs_genl_fill_*). Requests are built in two parts: a body (generic-netlink
+header and attributes) that depends only on the operation, and a netlink
+header stamped on at send time with the family id and sequence number.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from ipaddress import IPv4Address, IPv6Address
+
+from director.ipvs import ops
+from director.ipvs.model import (
+    AF_INET,
+    AF_INET6,
+    SETTABLE_SERVICE_FLAGS,
+    Destination,
+    DestinationEntry,
+    Forward,
+    Info,
+    IPAddress,
+    Protocol,
+    Service,
+    ServiceEntry,
+    ServiceFlags,
+    ServiceKey,
+    Stats,
+    SyncDaemon,
+    SyncState,
+    Timeouts,
+    TunnelFlags,
+    TunnelType,
+)
+
+# netlink (linux/netlink.h)
+NLMSG_NOOP = 1
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x01
+NLM_F_MULTI = 0x02
+NLM_F_ACK = 0x04
+NLM_F_DUMP = 0x300
+NLA_TYPE_MASK = 0x3FFF
+
+# generic netlink controller (linux/genetlink.h)
+GENL_ID_CTRL = 0x10
+CTRL_CMD_GETFAMILY = 3
+CTRL_ATTR_FAMILY_ID = 1
+CTRL_ATTR_FAMILY_NAME = 2
+
+IPVS_GENL_NAME = "IPVS"
+IPVS_GENL_VERSION = 1
+
+# IPVS_CMD_*
+CMD_NEW_SERVICE = 1
+CMD_SET_SERVICE = 2
+CMD_DEL_SERVICE = 3
+CMD_GET_SERVICE = 4
+CMD_NEW_DEST = 5
+CMD_SET_DEST = 6
+CMD_DEL_DEST = 7
+CMD_GET_DEST = 8
+CMD_NEW_DAEMON = 9
+CMD_DEL_DAEMON = 10
+CMD_GET_DAEMON = 11
+CMD_SET_CONFIG = 12
+CMD_GET_CONFIG = 13
+CMD_GET_INFO = 15
+CMD_ZERO = 16
+CMD_FLUSH = 17
+
+# IPVS_CMD_ATTR_*
+CMD_ATTR_SERVICE = 1
+CMD_ATTR_DEST = 2
+CMD_ATTR_DAEMON = 3
+CMD_ATTR_TIMEOUT_TCP = 4
+CMD_ATTR_TIMEOUT_TCP_FIN = 5
+CMD_ATTR_TIMEOUT_UDP = 6
+
+# IPVS_SVC_ATTR_*
+SVC_ATTR_AF = 1
+SVC_ATTR_PROTOCOL = 2
+SVC_ATTR_ADDR = 3
+SVC_ATTR_PORT = 4
+SVC_ATTR_FWMARK = 5
+SVC_ATTR_SCHED_NAME = 6
+SVC_ATTR_FLAGS = 7
+SVC_ATTR_TIMEOUT = 8
+SVC_ATTR_NETMASK = 9
+SVC_ATTR_STATS = 10
+SVC_ATTR_PE_NAME = 11
+SVC_ATTR_STATS64 = 12
+
+# IPVS_DEST_ATTR_*
+DEST_ATTR_ADDR = 1
+DEST_ATTR_PORT = 2
+DEST_ATTR_FWD_METHOD = 3
+DEST_ATTR_WEIGHT = 4
+DEST_ATTR_U_THRESH = 5
+DEST_ATTR_L_THRESH = 6
+DEST_ATTR_ACTIVE_CONNS = 7
+DEST_ATTR_INACT_CONNS = 8
+DEST_ATTR_PERSIST_CONNS = 9
+DEST_ATTR_STATS = 10
+DEST_ATTR_ADDR_FAMILY = 11
+DEST_ATTR_STATS64 = 12
+DEST_ATTR_TUN_TYPE = 13
+DEST_ATTR_TUN_PORT = 14
+DEST_ATTR_TUN_FLAGS = 15
+
+# IPVS_DAEMON_ATTR_*
+DAEMON_ATTR_STATE = 1
+DAEMON_ATTR_MCAST_IFN = 2
+DAEMON_ATTR_SYNC_ID = 3
+DAEMON_ATTR_SYNC_MAXLEN = 4
+DAEMON_ATTR_MCAST_GROUP = 5
+DAEMON_ATTR_MCAST_GROUP6 = 6
+DAEMON_ATTR_MCAST_PORT = 7
+DAEMON_ATTR_MCAST_TTL = 8
+
+# IPVS_INFO_ATTR_*
+INFO_ATTR_VERSION = 1
+INFO_ATTR_CONN_TAB_SIZE = 2
+
+# IPVS_STATS_ATTR_* in Stats field order
+_STATS_FIELDS = (
+    "conns",
+    "inpkts",
+    "outpkts",
+    "inbytes",
+    "outbytes",
+    "cps",
+    "inpps",
+    "outpps",
+    "inbps",
+    "outbps",
+)
+
+# Kernel limits (IP_VS_SCHEDNAME_MAXLEN, IP_VS_PENAME_MAXLEN, IP_VS_IFNAME_MAXLEN),
+# each including the terminating NUL.
+SCHEDNAME_MAXLEN = 16
+PENAME_MAXLEN = 32
+IFNAME_MAXLEN = 16
+
+U16_MAX = 0xFFFF
+U32_MAX = 0xFFFFFFFF
+INT_MAX = 0x7FFFFFFF
+
+NLMSG_HEADER = struct.Struct("=IHHII")
+GENL_HEADER = struct.Struct("=BBH")
+NLA_HEADER = struct.Struct("=HH")
+HEADERS_LEN = NLMSG_HEADER.size + GENL_HEADER.size
+
+_u8 = struct.Struct("=B").pack
+_u16 = struct.Struct("=H").pack
+_u32 = struct.Struct("=I").pack
+_be16 = struct.Struct("!H").pack
+_be32 = struct.Struct("!I").pack
+_flags = struct.Struct("=II").pack
+
+
+class InvalidOperation(ValueError):
+    """An operation cannot be expressed to the kernel (a value out of range,
+    a name too long, an address of the wrong family)."""
+
+
+# --- building -----------------------------------------------------------------
+
+
+def attr(kind: int, payload: bytes) -> bytes:
+    """One netlink attribute, padded to 4 bytes."""
+    length = 4 + len(payload)
+    return NLA_HEADER.pack(length, kind) + payload + b"\0" * (-length & 3)
+
+
+def nested(kind: int, *attrs: bytes) -> bytes:
+    return attr(kind, b"".join(attrs))
+
+
+def genl_body(cmd: int, *attrs: bytes) -> bytes:
+    """A request's generic-netlink header and attributes."""
+    return GENL_HEADER.pack(cmd, IPVS_GENL_VERSION, 0) + b"".join(attrs)
+
+
+def frame(family: int, flags: int, seq: int, body: bytes) -> bytes:
+    """Prefix a body with its netlink header."""
+    return NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), family, flags, seq, 0) + body
+
+
+def getfamily_request(seq: int, name: str = IPVS_GENL_NAME) -> bytes:
+    body = GENL_HEADER.pack(CTRL_CMD_GETFAMILY, 1, 0) + attr(
+        CTRL_ATTR_FAMILY_NAME, name.encode() + b"\0"
+    )
+    return frame(GENL_ID_CTRL, NLM_F_REQUEST, seq, body)
+
+
+def _check_range(what: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise InvalidOperation(f"{what} {value} is out of range {low}..{high}")
+
+
+def _name(what: str, value: str, maxlen: int) -> bytes:
+    raw = value.encode()
+    if b"\0" in raw or len(raw) >= maxlen:
+        raise InvalidOperation(f"{what} {value!r} must be at most {maxlen - 1} bytes, no NUL")
+    return raw + b"\0"
+
+
+def _address_bytes(address: IPAddress) -> bytes:
+    """union nf_inet_addr: 16 bytes, IPv4 in the first four."""
+    return address.packed.ljust(16, b"\0")
+
+
+@lru_cache(maxsize=65536)
+def service_key_attrs(key: ServiceKey) -> bytes:
+    """The identifying attributes of a service (inside IPVS_CMD_ATTR_SERVICE)."""
+    if key.family not in (AF_INET, AF_INET6):
+        raise InvalidOperation(
+            f"service {key}: family {key.family} is neither AF_INET nor AF_INET6"
+        )
+    family = attr(SVC_ATTR_AF, _u16(key.family))
+    if key.fwmark:
+        _check_range(f"service {key}: fwmark", key.fwmark, 1, U32_MAX)
+        return family + attr(SVC_ATTR_FWMARK, _u32(key.fwmark))
+    if key.protocol is None or key.address is None:
+        raise InvalidOperation(f"service {key}: needs a protocol and an address, or a fwmark")
+    if key.address.version != (4 if key.family == AF_INET else 6):
+        raise InvalidOperation(
+            f"service {key}: address {key.address} is not in family {key.family}"
+        )
+    _check_range(f"service {key}: port", key.port, 0, U16_MAX)
+    return (
+        family
+        + attr(SVC_ATTR_PROTOCOL, _u16(int(key.protocol)))
+        + attr(SVC_ATTR_ADDR, _address_bytes(key.address))
+        + attr(SVC_ATTR_PORT, _be16(key.port))
+    )
+
+
+def service_key_nest(key: ServiceKey) -> bytes:
+    return nested(CMD_ATTR_SERVICE, service_key_attrs(key))
+
+
+def service_nest(service: Service) -> bytes:
+    key = service.key
+    where = f"service {key}"
+    _check_range(f"{where}: persistence timeout", service.timeout, 0, U32_MAX)
+    if key.family == AF_INET:
+        _check_range(f"{where}: netmask", service.netmask, 0, U32_MAX)
+        netmask = _be32(service.netmask)
+    else:
+        _check_range(f"{where}: IPv6 netmask (prefix length)", service.netmask, 1, 128)
+        netmask = _u32(service.netmask)
+    parts = [
+        service_key_attrs(key),
+        attr(
+            SVC_ATTR_SCHED_NAME, _name(f"{where}: scheduler", service.scheduler, SCHEDNAME_MAXLEN)
+        ),
+    ]
+    if service.pe_name:
+        parts.append(
+            attr(
+                SVC_ATTR_PE_NAME,
+                _name(f"{where}: persistence engine", service.pe_name, PENAME_MAXLEN),
+            )
+        )
+    parts += [
+        attr(SVC_ATTR_FLAGS, _flags(int(service.flags) & int(SETTABLE_SERVICE_FLAGS), U32_MAX)),
+        attr(SVC_ATTR_TIMEOUT, _u32(service.timeout)),
+        attr(SVC_ATTR_NETMASK, netmask),
+    ]
+    return nested(CMD_ATTR_SERVICE, *parts)
+
+
+def _dest_key_attrs(where: str, address: IPAddress, port: int) -> bytes:
+    _check_range(f"{where}: port", port, 0, U16_MAX)
+    family = AF_INET if address.version == 4 else AF_INET6
+    return (
+        attr(DEST_ATTR_ADDR_FAMILY, _u16(family))
+        + attr(DEST_ATTR_ADDR, _address_bytes(address))
+        + attr(DEST_ATTR_PORT, _be16(port))
+    )
+
+
+def destination_nest(service: ServiceKey, dest: Destination) -> bytes:
+    where = f"destination {dest.address} port {dest.port} of service {service}"
+    _check_range(f"{where}: weight", dest.weight, 0, INT_MAX)
+    _check_range(f"{where}: upper threshold", dest.u_threshold, 0, U32_MAX)
+    _check_range(f"{where}: lower threshold", dest.l_threshold, 0, U32_MAX)
+    _check_range(f"{where}: tunnel port", dest.tun_port, 0, U16_MAX)
+    return nested(
+        CMD_ATTR_DEST,
+        _dest_key_attrs(where, dest.address, dest.port),
+        attr(DEST_ATTR_FWD_METHOD, _u32(int(dest.forward))),
+        attr(DEST_ATTR_WEIGHT, _u32(dest.weight)),
+        attr(DEST_ATTR_U_THRESH, _u32(dest.u_threshold)),
+        attr(DEST_ATTR_L_THRESH, _u32(dest.l_threshold)),
+        attr(DEST_ATTR_TUN_TYPE, _u8(int(dest.tun_type))),
+        attr(DEST_ATTR_TUN_PORT, _be16(dest.tun_port)),
+        attr(DEST_ATTR_TUN_FLAGS, _u16(int(dest.tun_flags))),
+    )
+
+
+def daemon_nest(daemon: SyncDaemon) -> bytes:
+    where = f"sync daemon {daemon.state.name}"
+    if daemon.state not in (SyncState.MASTER, SyncState.BACKUP):
+        raise InvalidOperation(f"{where}: state must be MASTER or BACKUP")
+    _check_range(f"{where}: syncid", daemon.syncid, 0, 255)
+    _check_range(f"{where}: sync maxlen", daemon.sync_maxlen, 0, U16_MAX - 28)
+    _check_range(f"{where}: mcast port", daemon.mcast_port, 0, U16_MAX)
+    _check_range(f"{where}: mcast ttl", daemon.mcast_ttl, 0, 255)
+    parts = [
+        attr(DAEMON_ATTR_STATE, _u32(int(daemon.state))),
+        attr(DAEMON_ATTR_MCAST_IFN, _name(f"{where}: interface", daemon.mcast_ifn, IFNAME_MAXLEN)),
+        attr(DAEMON_ATTR_SYNC_ID, _u32(daemon.syncid)),
+    ]
+    if daemon.sync_maxlen:
+        parts.append(attr(DAEMON_ATTR_SYNC_MAXLEN, _u16(daemon.sync_maxlen)))
+    if daemon.mcast_port:
+        parts.append(attr(DAEMON_ATTR_MCAST_PORT, _u16(daemon.mcast_port)))
+    if daemon.mcast_ttl:
+        parts.append(attr(DAEMON_ATTR_MCAST_TTL, _u8(daemon.mcast_ttl)))
+    group = daemon.mcast_group
+    if group is not None:
+        if not group.is_multicast:
+            raise InvalidOperation(f"{where}: mcast group {group} is not a multicast address")
+        kind = DAEMON_ATTR_MCAST_GROUP if group.version == 4 else DAEMON_ATTR_MCAST_GROUP6
+        parts.append(attr(kind, group.packed))
+    return nested(CMD_ATTR_DAEMON, *parts)
+
+
+def timeouts_attrs(timeouts: Timeouts) -> list[bytes]:
+    """Only the non-zero timeouts: zero keeps the kernel's current value."""
+    out = []
+    for kind, what, value in (
+        (CMD_ATTR_TIMEOUT_TCP, "tcp", timeouts.tcp),
+        (CMD_ATTR_TIMEOUT_TCP_FIN, "tcp_fin", timeouts.tcp_fin),
+        (CMD_ATTR_TIMEOUT_UDP, "udp", timeouts.udp),
+    ):
+        _check_range(f"timeout {what}", value, 0, INT_MAX // 1000)
+        if value:
+            out.append(attr(kind, _u32(value)))
+    return out
+
+
+def operation_body(op: ops.Operation) -> bytes:
+    """The generic-netlink body of the request carrying `op`."""
+    match op:
+        case ops.AddDestination(service=key, destination=dest):
+            return genl_body(CMD_NEW_DEST, service_key_nest(key), destination_nest(key, dest))
+        case ops.EditDestination(service=key, destination=dest):
+            return genl_body(CMD_SET_DEST, service_key_nest(key), destination_nest(key, dest))
+        case ops.DeleteDestination(service=key, address=address, port=port):
+            where = f"destination {address} port {port} of service {key}"
+            return genl_body(
+                CMD_DEL_DEST,
+                service_key_nest(key),
+                nested(CMD_ATTR_DEST, _dest_key_attrs(where, address, port)),
+            )
+        case ops.AddService(service=service):
+            return genl_body(CMD_NEW_SERVICE, service_nest(service))
+        case ops.EditService(service=service):
+            return genl_body(CMD_SET_SERVICE, service_nest(service))
+        case ops.DeleteService(key=key):
+            return genl_body(CMD_DEL_SERVICE, service_key_nest(key))
+        case ops.Flush():
+            return genl_body(CMD_FLUSH)
+        case ops.Zero(service=None):
+            return genl_body(CMD_ZERO)
+        case ops.Zero(service=ServiceKey() as key):
+            return genl_body(CMD_ZERO, service_key_nest(key))
+        case ops.SetTimeouts(timeouts=timeouts):
+            return genl_body(CMD_SET_CONFIG, *timeouts_attrs(timeouts))
+        case ops.StartDaemon(daemon=daemon):
+            return genl_body(CMD_NEW_DAEMON, daemon_nest(daemon))
+        case ops.StopDaemon(state=state):
+            if state not in (SyncState.MASTER, SyncState.BACKUP):
+                raise InvalidOperation(
+                    f"stop sync daemon: state must be MASTER or BACKUP, not {state!r}"
+                )
+            return genl_body(
+                CMD_DEL_DAEMON, nested(CMD_ATTR_DAEMON, attr(DAEMON_ATTR_STATE, _u32(state)))
+            )
+    raise InvalidOperation(f"not an IPVS operation: {op!r}")
+
+
+def get_dests_body(key: ServiceKey) -> bytes:
+    return genl_body(CMD_GET_DEST, service_key_nest(key))
+
+
+# --- reading ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    """One netlink message of a reply: its header fields and payload (after
+    the netlink header)."""
+
+    type: int
+    flags: int
+    seq: int
+    payload: bytes
+
+
+def messages(data: bytes) -> Iterator[Message]:
+    """The netlink messages packed in one datagram."""
+    offset, end = 0, len(data)
+    while offset + NLMSG_HEADER.size <= end:
+        length, kind, flags, seq, _pid = NLMSG_HEADER.unpack_from(data, offset)
+        if length < NLMSG_HEADER.size or offset + length > end:
+            raise ValueError(f"truncated netlink message at offset {offset} (length {length})")
+        yield Message(kind, flags, seq, data[offset + NLMSG_HEADER.size : offset + length])
+        offset += (length + 3) & ~3
+
+
+def error_code(message: Message) -> int:
+    """The positive errno of an NLMSG_ERROR (0 for an acknowledgement)."""
+    return -int(struct.unpack_from("=i", message.payload)[0])
+
+
+def acked_seq(message: Message) -> int:
+    """The sequence number of the request an NLMSG_ERROR answers."""
+    return int(struct.unpack_from("=I", message.payload, 4 + 8)[0])
+
+
+def parse_attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
+    """Attributes from `offset` to the end of `data`, by type."""
+    out: dict[int, bytes] = {}
+    end = len(data)
+    while offset + 4 <= end:
+        length, kind = NLA_HEADER.unpack_from(data, offset)
+        if length < 4 or offset + length > end:
+            raise ValueError(f"malformed netlink attribute at offset {offset} (length {length})")
+        out[kind & NLA_TYPE_MASK] = data[offset + 4 : offset + length]
+        offset += (length + 3) & ~3
+    return out
+
+
+def genl_attrs(message: Message) -> dict[int, bytes]:
+    """The top-level attributes of a generic-netlink message."""
+    return parse_attrs(message.payload, GENL_HEADER.size)
+
+
+def _uint(raw: bytes) -> int:
+    return int.from_bytes(raw, "little") if raw else 0
+
+
+def _be(raw: bytes) -> int:
+    return int.from_bytes(raw, "big")
+
+
+def _string(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode()
+
+
+def _address(family: int, raw: bytes) -> IPAddress:
+    return IPv4Address(raw[:4]) if family == AF_INET else IPv6Address(raw[:16])
+
+
+def family_id(message: Message) -> int:
+    return _uint(genl_attrs(message)[CTRL_ATTR_FAMILY_ID])
+
+
+def parse_stats(raw: bytes) -> Stats:
+    attrs = parse_attrs(raw)
+    return Stats(*(_uint(attrs.get(i + 1, b"")) for i in range(len(_STATS_FIELDS))))
+
+
+def _stats_of(attrs: dict[int, bytes], stats64: int, stats32: int) -> Stats:
+    raw = attrs.get(stats64)
+    if raw is None:
+        raw = attrs.get(stats32)
+    return parse_stats(raw) if raw is not None else Stats()
+
+
+def parse_service(message: Message) -> ServiceEntry:
+    """A service from a GET_SERVICE reply (without its destinations)."""
+    svc = parse_attrs(genl_attrs(message)[CMD_ATTR_SERVICE])
+    family = _uint(svc[SVC_ATTR_AF])
+    fwmark = _uint(svc.get(SVC_ATTR_FWMARK, b""))
+    if fwmark:
+        key = ServiceKey(family, None, None, 0, fwmark)
+    else:
+        key = ServiceKey(
+            family,
+            Protocol(_uint(svc[SVC_ATTR_PROTOCOL])),
+            _address(family, svc[SVC_ATTR_ADDR]),
+            _be(svc[SVC_ATTR_PORT]),
+        )
+    flags, mask = struct.unpack_from("=II", svc[SVC_ATTR_FLAGS])
+    raw_netmask = svc[SVC_ATTR_NETMASK]
+    service = Service(
+        key=key,
+        scheduler=_string(svc[SVC_ATTR_SCHED_NAME]),
+        flags=ServiceFlags(flags & mask & int(SETTABLE_SERVICE_FLAGS)),
+        timeout=_uint(svc[SVC_ATTR_TIMEOUT]),
+        netmask=_be(raw_netmask) if family == AF_INET else _uint(raw_netmask),
+        pe_name=_string(svc.get(SVC_ATTR_PE_NAME, b"")),
+    )
+    return ServiceEntry(service, (), _stats_of(svc, SVC_ATTR_STATS64, SVC_ATTR_STATS))
+
+
+def parse_destination(message: Message, service_family: int) -> DestinationEntry:
+    dest = parse_attrs(genl_attrs(message)[CMD_ATTR_DEST])
+    family = _uint(dest.get(DEST_ATTR_ADDR_FAMILY, b"")) or service_family
+    destination = Destination(
+        address=_address(family, dest[DEST_ATTR_ADDR]),
+        port=_be(dest[DEST_ATTR_PORT]),
+        forward=Forward(_uint(dest[DEST_ATTR_FWD_METHOD]) & 0x7),
+        weight=_uint(dest[DEST_ATTR_WEIGHT]),
+        u_threshold=_uint(dest[DEST_ATTR_U_THRESH]),
+        l_threshold=_uint(dest[DEST_ATTR_L_THRESH]),
+        tun_type=TunnelType(_uint(dest.get(DEST_ATTR_TUN_TYPE, b""))),
+        tun_port=_be(dest.get(DEST_ATTR_TUN_PORT, b"\0\0")),
+        tun_flags=TunnelFlags(_uint(dest.get(DEST_ATTR_TUN_FLAGS, b""))),
+    )
+    return DestinationEntry(
+        destination,
+        active_conns=_uint(dest.get(DEST_ATTR_ACTIVE_CONNS, b"")),
+        inact_conns=_uint(dest.get(DEST_ATTR_INACT_CONNS, b"")),
+        persist_conns=_uint(dest.get(DEST_ATTR_PERSIST_CONNS, b"")),
+        stats=_stats_of(dest, DEST_ATTR_STATS64, DEST_ATTR_STATS),
+    )
+
+
+def parse_daemon(message: Message) -> SyncDaemon:
+    daemon = parse_attrs(genl_attrs(message)[CMD_ATTR_DAEMON])
+    group: IPAddress | None = None
+    if DAEMON_ATTR_MCAST_GROUP in daemon:
+        group = IPv4Address(daemon[DAEMON_ATTR_MCAST_GROUP][:4])
+    elif DAEMON_ATTR_MCAST_GROUP6 in daemon:
+        group = IPv6Address(daemon[DAEMON_ATTR_MCAST_GROUP6][:16])
+    return SyncDaemon(
+        state=SyncState(_uint(daemon[DAEMON_ATTR_STATE])),
+        mcast_ifn=_string(daemon[DAEMON_ATTR_MCAST_IFN]),
+        syncid=_uint(daemon[DAEMON_ATTR_SYNC_ID]),
+        sync_maxlen=_uint(daemon.get(DAEMON_ATTR_SYNC_MAXLEN, b"")),
+        mcast_group=group,
+        mcast_port=_uint(daemon.get(DAEMON_ATTR_MCAST_PORT, b"")),
+        mcast_ttl=_uint(daemon.get(DAEMON_ATTR_MCAST_TTL, b"")),
+    )
+
+
+def parse_timeouts(message: Message) -> Timeouts:
+    attrs = genl_attrs(message)
+    return Timeouts(
+        tcp=_uint(attrs.get(CMD_ATTR_TIMEOUT_TCP, b"")),
+        tcp_fin=_uint(attrs.get(CMD_ATTR_TIMEOUT_TCP_FIN, b"")),
+        udp=_uint(attrs.get(CMD_ATTR_TIMEOUT_UDP, b"")),
+    )
+
+
+def parse_info(message: Message) -> Info:
+    attrs = genl_attrs(message)
+    return Info(_uint(attrs[INFO_ATTR_VERSION]), _uint(attrs[INFO_ATTR_CONN_TAB_SIZE]))
