@@ -422,7 +422,7 @@ def _real_server(
     if thresholds is not None:
         u_threshold = thresholds.integer("upper", 0, _MAX_U32) or 0
         l_threshold = thresholds.integer("lower", 0, _MAX_U32) or 0
-        if u_threshold and l_threshold > u_threshold:
+        if l_threshold > u_threshold:
             thresholds.error("lower", f"above upper ({u_threshold})", l_threshold)
         thresholds.close()
     tun_type = table.choice("tun_type", _TUN_TYPES)

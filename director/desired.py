@@ -1,0 +1,198 @@
+"""What the kernel table should hold, given the config, the health of every
+real server, the operator's admin states and the table as it is now.
+
+Pure: the same inputs always give the same table, and every real server's
+presence and weight comes with the reason for it (for logs and status).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+from director.config.model import (
+    Config,
+    OnFailure,
+    RealServer,
+    RealServerId,
+    VirtualServer,
+)
+from director.health.state import Health, HealthState
+from director.ipvs.model import (
+    Destination,
+    IPAddress,
+    Service,
+    ServiceEntry,
+    ServiceKey,
+)
+
+MAX_WEIGHT = 65535
+
+
+class AdminState(enum.StrEnum):
+    ENABLED = "enabled"
+    DISABLED = "disabled"  # out of rotation: as if down
+    DRAIN = "drain"  # weight 0: no new connections, existing ones finish
+
+
+@dataclass(frozen=True)
+class RealServerView:
+    """What desired_table needs to know about one real server's health."""
+
+    status: Health = Health.UNKNOWN
+    since: float | None = None  # when `status` was entered; while up, drives slow start
+    weight: int | None = None  # asked for by a dynamic-weight exec check
+
+    @classmethod
+    def from_state(cls, state: HealthState) -> RealServerView:
+        last = state.last
+        return cls(state.status, state.since, last.weight if last is not None and last.ok else None)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a server is in the table, at which weight, and why."""
+
+    address: IPAddress
+    port: int
+    present: bool
+    weight: int | None  # None when absent
+    reason: str
+    sorry: bool = False  # the sorry server rather than a real server
+
+
+@dataclass(frozen=True)
+class DesiredService:
+    service: Service
+    destinations: tuple[Destination, ...]
+    decisions: tuple[Decision, ...] = ()
+
+
+def desired_table(
+    config: Config,
+    health: Mapping[RealServerId, RealServerView],
+    kernel: Mapping[ServiceKey, ServiceEntry],
+    now: float,
+    admin: Mapping[RealServerId, AdminState] | None = None,
+) -> dict[ServiceKey, DesiredService]:
+    """The desired table for every configured virtual service. A server
+    missing from `health` is unknown; one missing from `admin` is enabled."""
+    return {
+        vs.key: desired_service(vs, health, kernel.get(vs.key), now, admin or {})
+        for vs in config.virtual_servers
+    }
+
+
+def desired_service(
+    vs: VirtualServer,
+    health: Mapping[RealServerId, RealServerView],
+    kernel: ServiceEntry | None,
+    now: float,
+    admin: Mapping[RealServerId, AdminState],
+) -> DesiredService:
+    in_kernel = {e.destination.key: e.destination for e in kernel.destinations} if kernel else {}
+    views = [health.get(vs.real_server_id(rs), RealServerView()) for rs in vs.real_servers]
+    states = [admin.get(vs.real_server_id(rs), AdminState.ENABLED) for rs in vs.real_servers]
+    enabled = [v.status for v, a in zip(views, states, strict=True) if a is AdminState.ENABLED]
+    panic = vs.panic and bool(enabled) and all(s is Health.DOWN for s in enabled)
+
+    decisions = [
+        _decide(vs, rs, view, state, in_kernel.get((rs.address, rs.port)), now, panic)
+        for rs, view, state in zip(vs.real_servers, views, states, strict=True)
+    ]
+    if vs.sorry_server is not None:
+        up = sum(
+            1
+            for v, a in zip(views, states, strict=True)
+            if a is AdminState.ENABLED and v.status is Health.UP
+        )
+        unknown = enabled.count(Health.UNKNOWN)
+        sorry = vs.sorry_server.destination()
+        decisions.append(_decide_sorry(sorry, vs.quorum, up, unknown, in_kernel.get(sorry.key)))
+
+    by_key = {(rs.address, rs.port): rs.destination() for rs in vs.real_servers}
+    if vs.sorry_server is not None:
+        by_key[(vs.sorry_server.address, vs.sorry_server.port)] = vs.sorry_server.destination()
+    destinations = tuple(
+        replace(by_key[(d.address, d.port)], weight=d.weight)
+        for d in decisions
+        if d.present and d.weight is not None
+    )
+    return DesiredService(vs.service(), destinations, tuple(decisions))
+
+
+def _decide(
+    vs: VirtualServer,
+    rs: RealServer,
+    view: RealServerView,
+    admin: AdminState,
+    in_kernel: Destination | None,
+    now: float,
+    panic: bool,
+) -> Decision:
+    def present(weight: int, reason: str) -> Decision:
+        return Decision(rs.address, rs.port, True, weight, reason)
+
+    def absent(reason: str) -> Decision:
+        return Decision(rs.address, rs.port, False, None, reason)
+
+    def failed(reason: str) -> Decision:
+        if vs.on_failure is OnFailure.WEIGHT0:
+            return present(0, f"{reason}, kept at weight 0")
+        return absent(f"{reason}, removed")
+
+    if admin is AdminState.DISABLED:
+        return failed("disabled by admin")
+    if admin is AdminState.DRAIN:
+        return present(0, "draining by admin")
+    if view.status is Health.UP:
+        return _up(rs, view, vs.slow_start, now, present)
+    if view.status is Health.DOWN:
+        if panic:
+            return present(rs.weight, "down, but every server is down: panic keeps all")
+        return failed("down")
+    if in_kernel is not None:
+        return present(in_kernel.weight, "not checked yet, weight kept as in the kernel")
+    return absent("not checked yet, and not in the kernel")
+
+
+def _up(
+    rs: RealServer,
+    view: RealServerView,
+    slow_start: float,
+    now: float,
+    present: Callable[[int, str], Decision],
+) -> Decision:
+    target, source = rs.weight, ""
+    if view.weight is not None:
+        target = min(max(view.weight, 0), MAX_WEIGHT)
+        source = ", dynamic weight"
+    if slow_start > 0 and view.since is not None and target > 1:
+        elapsed = max(now - view.since, 0.0)
+        if elapsed < slow_start:
+            weight = 1 + math.floor((target - 1) * elapsed / slow_start)
+            return present(
+                weight,
+                f"up{source}, slow start {elapsed:.1f}s of {slow_start:g}s towards {target}",
+            )
+    return present(target, f"up{source}")
+
+
+def _decide_sorry(
+    sorry: Destination, quorum: int, up: int, unknown: int, in_kernel: Destination | None
+) -> Decision:
+    def decision(present: bool, weight: int | None, reason: str) -> Decision:
+        return Decision(sorry.address, sorry.port, present, weight, reason, sorry=True)
+
+    counted = f"{up} up of quorum {quorum}"
+    if up >= quorum:
+        return decision(False, None, f"quorum met ({counted})")
+    if up + unknown >= quorum:
+        if in_kernel is not None:
+            return decision(
+                True, in_kernel.weight, f"quorum not known yet ({counted}), kept as in the kernel"
+            )
+        return decision(False, None, f"quorum not known yet ({counted}), not in the kernel")
+    return decision(True, sorry.weight, f"quorum lost ({counted})")
