@@ -74,3 +74,11 @@ async def test_attempt_records_latency(autojump_clock: trio.testing.MockClock) -
         await trio.sleep(1.25)
         attempt.succeed(weight=3, detail="fine")
     assert (attempt.result.ok, attempt.result.latency, attempt.result.weight, attempt.result.detail) == (True, 1.25, 3, "fine")  # fmt: skip
+
+
+def test_translate_looks_into_trios_connect_error_group() -> None:
+    group = ExceptionGroup(
+        "all attempts failed", [ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")]
+    )
+    failure = wrapped(wrapped(group, OSError("all attempts failed")), httpx.ConnectError("z"))
+    assert translate(failure, 1.0) == (Reason.REFUSED, "ECONNREFUSED: Connection refused")

@@ -80,12 +80,21 @@ def translate(exc: BaseException, timeout: float) -> tuple[Reason, str]:
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, what it wraps, and the members of any group (trio's
+    happy-eyeballs connect raises a group of the per-address errors)."""
     seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
         seen.add(id(current))
         yield current
-        current = current.__cause__ or current.__context__
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        wrapped = current.__cause__ or current.__context__
+        if wrapped is not None:
+            pending.append(wrapped)
 
 
 def _describe_tls_error(exc: ssl.SSLError) -> str:

@@ -1,0 +1,293 @@
+from __future__ import annotations
+
+import ssl
+import subprocess
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from pathlib import Path
+
+import h11
+import pytest
+import trio
+import trio.testing
+
+from director.health.probes import Prober, probe, probe_http
+from director.health.probes.http import HttpClients, url_for
+from director.health.result import Reason
+from director.health.spec import HttpCheck, StatusRange, Timing
+from director.ipvs.model import IPAddress
+
+LOOPBACKS = [IPv4Address("127.0.0.1"), IPv6Address("::1")]
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b"hello"
+    hang: bool = False  # never answer
+    hang_up: bool = False  # close without answering
+
+
+@dataclass
+class HttpServer:
+    address: IPAddress
+    port: int
+    reply: Reply = field(default_factory=Reply)
+    requests: list[h11.Request] = field(default_factory=list)
+    server_names: list[str | None] = field(default_factory=list)
+    connections: int = 0
+    open_connections: int = 0
+
+
+async def read_request(stream: trio.abc.Stream, conn: h11.Connection) -> h11.Request | None:
+    request = None
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(65536)
+            if not data:
+                return None
+            conn.receive_data(data)
+        elif isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.EndOfMessage):
+            return request
+
+
+async def handle(server: HttpServer, stream: trio.abc.Stream) -> None:
+    """Serve requests on one connection, keeping it alive unless the client
+    asks to close; then wait for the client to hang up."""
+    server.connections += 1
+    server.open_connections += 1
+    try:
+        conn = h11.Connection(h11.SERVER)
+        while (request := await read_request(stream, conn)) is not None:
+            server.requests.append(request)
+            reply = server.reply
+            if reply.hang:
+                await trio.sleep_forever()
+            if reply.hang_up:
+                return
+            headers = [("content-length", str(len(reply.body))), ("content-type", "text/plain")]
+            await stream.send_all(conn.send(h11.Response(status_code=reply.status, headers=headers)))  # fmt: skip
+            await stream.send_all(conn.send(h11.Data(data=reply.body)))
+            await stream.send_all(conn.send(h11.EndOfMessage()))
+            if conn.our_state is h11.DONE:
+                conn.start_next_cycle()
+    except (trio.BrokenResourceError, ssl.SSLError, h11.RemoteProtocolError):
+        pass
+    finally:
+        server.open_connections -= 1
+        await trio.aclose_forcefully(stream)
+
+
+ServerFactory = Callable[..., Awaitable[HttpServer]]
+
+
+@pytest.fixture
+async def http_server(nursery: trio.Nursery) -> ServerFactory:
+    async def start(address: IPAddress, tls: ssl.SSLContext | None = None) -> HttpServer:
+        listeners = await trio.open_tcp_listeners(0, host=str(address))
+        server = HttpServer(address, listeners[0].socket.getsockname()[1])
+
+        async def handler(stream: trio.SocketStream) -> None:
+            if tls is None:
+                await handle(server, stream)
+            else:
+                await handle(server, trio.SSLStream(stream, tls, server_side=True))
+
+        nursery.start_soon(trio.serve_listeners, handler, listeners)
+        if tls is not None:
+            tls.sni_callback = lambda _sock, name, _ctx: server.server_names.append(name)  # type: ignore[func-returns-value]
+        return server
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", "/CN=health.test", "-keyout", str(key), "-out", str(cert),
+         "-addext", "subjectAltName=DNS:health.test,IP:127.0.0.1,IP:::1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture
+def server_tls(certificate: tuple[Path, Path]) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    return context
+
+
+@pytest.mark.parametrize("address", LOOPBACKS, ids=str)
+async def test_status_200_is_up(address: IPAddress, http_server: ServerFactory) -> None:
+    server = await http_server(address)
+    result = await probe(HttpCheck(), address, server.port)
+    assert (result.ok, result.reason, result.detail) == (True, Reason.OK, "status 200")
+    [request] = server.requests
+    headers = dict(request.headers)
+    assert (request.method, request.target) == (b"GET", b"/")
+    host = f"[{address}]" if address.version == 6 else str(address)
+    assert headers[b"host"] == f"{host}:{server.port}".encode()
+    assert headers[b"connection"] == b"close"
+
+
+async def test_bad_status(http_server: ServerFactory) -> None:
+    server = await http_server(LOOPBACKS[0])
+    server.reply = Reply(status=503)
+    result = await probe(HttpCheck(), server.address, server.port)
+    assert (result.ok, result.reason, result.detail) == (False, Reason.BAD_STATUS, "status 503")
+
+
+async def test_expected_status_ranges(http_server: ServerFactory) -> None:
+    server = await http_server(LOOPBACKS[0])
+    server.reply = Reply(status=302)
+    check = HttpCheck(expect_status=(StatusRange(200, 200), StatusRange(301, 302)))
+    assert (await probe(check, server.address, server.port)).ok
+    server.reply = Reply(status=201)
+    assert (await probe(check, server.address, server.port)).detail == "status 201"
+
+
+async def test_method_path_and_host(http_server: ServerFactory) -> None:
+    server = await http_server(LOOPBACKS[1])
+    check = HttpCheck(method="HEAD", path="/health?deep=1", host="www.example.test")
+    server.reply = Reply(body=b"")
+    assert (await probe(check, server.address, server.port)).ok
+    [request] = server.requests
+    assert (request.method, request.target) == (b"HEAD", b"/health?deep=1")
+    assert dict(request.headers)[b"host"] == b"www.example.test"
+
+
+async def test_body_regex_is_searched(http_server: ServerFactory) -> None:
+    server = await http_server(LOOPBACKS[0])
+    server.reply = Reply(body=b"db: ok\nqueue: ok\n")
+    check = HttpCheck(expect_body=r"queue: ok")
+    assert (await probe(check, server.address, server.port)).ok
+    server.reply = Reply(body=b"db: ok\nqueue: stuck\n")
+    result = await probe(check, server.address, server.port)
+    assert (result.ok, result.reason) == (False, Reason.BAD_BODY)
+    assert result.detail == "status 200, body does not match 'queue: ok'"
+
+
+async def test_body_is_not_checked_when_status_is_bad(http_server: ServerFactory) -> None:
+    server = await http_server(LOOPBACKS[0])
+    server.reply = Reply(status=500, body=b"queue: ok")
+    result = await probe(HttpCheck(expect_body="queue: ok"), server.address, server.port)
+    assert (result.reason, result.detail) == (Reason.BAD_STATUS, "status 500")
+
+
+async def test_port_and_address_override(http_server: ServerFactory) -> None:
+    server = await http_server(LOOPBACKS[0])
+    check = HttpCheck(port=server.port, address=ip_address("127.0.0.1"))
+    assert (await probe(check, ip_address("::1"), 1)).ok
+
+
+async def test_refused(http_server: ServerFactory) -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    await listeners[0].aclose()
+    result = await probe(HttpCheck(), LOOPBACKS[0], port)
+    assert (result.ok, result.reason) == (False, Reason.REFUSED)
+
+
+async def test_hang_up_without_answer_is_a_bad_reply(http_server: ServerFactory) -> None:
+    server = await http_server(LOOPBACKS[0])
+    server.reply = Reply(hang_up=True)
+    result = await probe(HttpCheck(), server.address, server.port)
+    assert (result.ok, result.reason) == (False, Reason.BAD_REPLY)
+
+
+async def test_no_answer_times_out(
+    http_server: ServerFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = await http_server(LOOPBACKS[0])
+    server.reply = Reply(hang=True)
+    result = await probe(HttpCheck(timing=Timing(timeout=3.0)), server.address, server.port)
+    assert (result.ok, result.reason, result.latency) == (False, Reason.TIMEOUT, 3.0)
+
+
+@pytest.mark.parametrize("address", LOOPBACKS, ids=str)
+async def test_tls_without_verification(
+    address: IPAddress, http_server: ServerFactory, server_tls: ssl.SSLContext
+) -> None:
+    server = await http_server(address, server_tls)
+    result = await probe(HttpCheck(tls=True, verify_tls=False), address, server.port)
+    assert (result.ok, result.detail) == (True, "status 200")
+    assert server.server_names == [None]  # no SNI for an IP address
+
+
+async def test_tls_verification_rejects_a_self_signed_certificate(
+    http_server: ServerFactory, server_tls: ssl.SSLContext
+) -> None:
+    server = await http_server(LOOPBACKS[0], server_tls)
+    result = await probe(HttpCheck(tls=True), server.address, server.port)
+    assert (result.ok, result.reason) == (False, Reason.ERROR)
+    assert result.detail.startswith("tls: self-signed certificate"), result.detail
+    assert server.requests == []
+
+
+async def test_tls_sends_the_host_as_server_name(
+    http_server: ServerFactory, server_tls: ssl.SSLContext
+) -> None:
+    server = await http_server(LOOPBACKS[0], server_tls)
+    check = HttpCheck(tls=True, verify_tls=False, host="health.test")
+    assert (await probe(check, server.address, server.port)).ok
+    assert server.server_names == ["health.test"]
+    assert dict(server.requests[0].headers)[b"host"] == b"health.test"
+
+
+async def test_plain_http_to_a_tls_server_fails(
+    http_server: ServerFactory, server_tls: ssl.SSLContext
+) -> None:
+    server = await http_server(LOOPBACKS[0], server_tls)
+    result = await probe(HttpCheck(timing=Timing(timeout=30)), server.address, server.port)
+    assert not result.ok
+    assert result.reason in {Reason.BAD_REPLY, Reason.ERROR}
+
+
+async def test_shared_clients_hold_no_connection_between_probes(
+    http_server: ServerFactory, server_tls: ssl.SSLContext
+) -> None:
+    plain = await http_server(LOOPBACKS[0])
+    secure = await http_server(LOOPBACKS[1], server_tls)
+    checks = [
+        (HttpCheck(), plain),
+        (HttpCheck(expect_body="hello"), plain),
+        (HttpCheck(tls=True, verify_tls=False, expect_body="hello"), secure),
+    ]
+    async with Prober() as prober:
+        for _ in range(5):
+            for check, server in checks:
+                assert (await prober(check, server.address, server.port)).ok
+        # Every connection the server saw was closed by the probe's side or by
+        # the server after "Connection: close"; none is held for reuse.
+        await trio.testing.wait_all_tasks_blocked()
+        assert (plain.connections, secure.connections) == (10, 5)
+        assert (plain.open_connections, secure.open_connections) == (0, 0)
+
+
+async def test_explicit_clients_are_reused_and_closed(http_server: ServerFactory) -> None:
+    server = await http_server(LOOPBACKS[0])
+    clients = HttpClients()
+    first = clients.for_check(HttpCheck())
+    assert clients.for_check(HttpCheck(path="/other")) is first
+    assert clients.for_check(HttpCheck(verify_tls=False)) is not first
+    assert (await probe_http(HttpCheck(), server.address, server.port, clients)).ok
+    await clients.aclose()
+    assert first.is_closed
+
+
+def test_url_for() -> None:
+    assert (
+        url_for(HttpCheck(path="/a?b=c"), ip_address("10.0.0.1"), 8080)
+        == "http://10.0.0.1:8080/a?b=c"
+    )
+    assert (
+        url_for(HttpCheck(tls=True), ip_address("2001:db8::1"), 443) == "https://[2001:db8::1]:443/"
+    )
