@@ -1,0 +1,116 @@
+"""keepalived's checker (`keepalived -C`) as the benchmarks' reference: its
+configuration for the same services and check timing as directord's, and the
+process started in the current network namespace.
+
+The mapping from the benchmarks' TcpTiming (see README.md):
+  interval -> delay_loop and delay_before_retry (a failed check of an up
+              server is retried after delay_before_retry, not delay_loop)
+  timeout  -> connect_timeout
+  fall     -> retry = fall - 1 (retries are the checks after the first failure)
+  rise     -> 1: keepalived puts a server back after one good check; there is
+              no rise count to configure, so the benchmarks use rise = 1.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from common import TcpTiming, VirtualService, destination_count
+
+
+def keepalived_config(services: Sequence[VirtualService], timing: TcpTiming) -> str:
+    if timing.rise != 1:
+        raise ValueError(f"keepalived has no rise count: timing.rise must be 1, not {timing.rise}")
+    lines = ["global_defs {", "    router_id director_bench", "}"]
+    for service in services:
+        lines += [
+            f"virtual_server {service.address} {service.port} {{",
+            f"    delay_loop {timing.interval:g}",
+            "    lb_algo rr",
+            "    lb_kind DR",
+            "    protocol TCP",
+        ]
+        for address, port in service.real_servers:
+            lines += [
+                f"    real_server {address} {port} {{",
+                "        weight 1",
+                "        TCP_CHECK {",
+                f"            connect_timeout {timing.timeout:g}",
+                f"            retry {timing.fall - 1}",
+                f"            delay_before_retry {timing.interval:g}",
+                "        }",
+                "    }",
+            ]
+        lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+class Keepalived:
+    """keepalived's checker alone, in the foreground, in the current namespace.
+    It is ready when every configured real server is in the kernel's table
+    (keepalived starts servers as up, before their first check)."""
+
+    name = "keepalived"
+
+    def __init__(self, services: Sequence[VirtualService], timing: TcpTiming, workdir: Path):
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config = workdir / "keepalived.conf"
+        self.config.write_text(keepalived_config(services, timing))
+        self.expected = sum(len(s.real_servers) for s in services)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float) -> float:
+        """Start it; returns the seconds until every real server was in the table."""
+        binary = shutil.which("keepalived") or "/usr/sbin/keepalived"
+        log = (self.workdir / "keepalived.log").open("wb")
+        started = time.monotonic()
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--check",
+                "--dont-fork",
+                "--log-console",
+                "--log-detail",
+                "--no-syslog",
+                "--use-file",
+                str(self.config),
+                "--pid",
+                str(self.workdir / "keepalived.pid"),
+                "--checkers_pid",
+                str(self.workdir / "checkers.pid"),
+            ],
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        deadline = started + timeout
+        while destination_count() < self.expected:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tail = (self.workdir / "keepalived.log").read_text(errors="replace")[-2000:]
+                raise TimeoutError(
+                    f"keepalived: {destination_count()} of {self.expected} real servers "
+                    f"in the table; log tail:\n{tail}"
+                )
+            time.sleep(0.05)
+        return time.monotonic() - started
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
