@@ -1,0 +1,215 @@
+from __future__ import annotations
+
+from ipaddress import ip_address
+
+from director.config import Config, RealServerId, parse_config
+from director.desired import AdminState, DesiredService, RealServerView, desired_table
+from director.health.result import ProbeResult, Reason
+from director.health.state import Health, HealthState
+from director.ipvs.model import (
+    Destination,
+    DestinationEntry,
+    Forward,
+    Protocol,
+    ServiceEntry,
+    ServiceKey,
+)
+
+KEY = ServiceKey.inet(Protocol.TCP, "10.0.0.1", 80)
+UP = RealServerView(Health.UP, since=0.0)
+DOWN = RealServerView(Health.DOWN, since=0.0)
+UNKNOWN = RealServerView()
+
+
+def config(extra: str = "", servers: int = 2) -> Config:
+    text = f'[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.1:80"\n{extra}\n'
+    for i in range(servers):
+        text += f'[[virtual_server.real_server]]\naddress = "10.0.0.{10 + i}"\nweight = {i + 3}\n'
+    return parse_config(text)
+
+
+def rid(i: int) -> RealServerId:
+    return RealServerId(KEY, ip_address(f"10.0.0.{10 + i}"), 80)
+
+
+def dest(i: int, weight: int) -> Destination:
+    return Destination(ip_address(f"10.0.0.{10 + i}"), 80, Forward.ROUTE, weight)
+
+
+def kernel_with(*dests: Destination) -> dict[ServiceKey, ServiceEntry]:
+    (svc,) = (vs.service() for vs in config().virtual_servers)
+    return {KEY: ServiceEntry(svc, tuple(DestinationEntry(d) for d in dests))}
+
+
+def weights(result: DesiredService) -> dict[str, int]:
+    return {str(d.address): d.weight for d in result.destinations}
+
+
+def reasons(result: DesiredService) -> dict[str, str]:
+    return {str(d.address): d.reason for d in result.decisions}
+
+
+def only(table: dict[ServiceKey, DesiredService]) -> DesiredService:
+    assert list(table) == [KEY]
+    return table[KEY]
+
+
+def test_up_servers_are_present_with_configured_weight() -> None:
+    result = only(desired_table(config(), {rid(0): UP, rid(1): UP}, {}, now=100.0))
+    assert result.service == config().virtual_servers[0].service()
+    assert result.destinations == (dest(0, 3), dest(1, 4))
+    assert reasons(result) == {"10.0.0.10": "up", "10.0.0.11": "up"}
+
+
+def test_down_server_is_removed_or_kept_at_weight_0() -> None:
+    health = {rid(0): UP, rid(1): DOWN}
+    removed = only(desired_table(config(), health, {}, now=1.0))
+    assert weights(removed) == {"10.0.0.10": 3}
+    assert reasons(removed)["10.0.0.11"] == "down, removed"
+    kept = only(desired_table(config('on_failure = "weight0"'), health, {}, now=1.0))
+    assert weights(kept) == {"10.0.0.10": 3, "10.0.0.11": 0}
+    assert reasons(kept)["10.0.0.11"] == "down, kept at weight 0"
+
+
+def test_unknown_server_is_left_as_the_kernel_has_it() -> None:
+    kernel = kernel_with(dest(0, 17))
+    result = only(desired_table(config(), {}, kernel, now=0.0))
+    assert weights(result) == {"10.0.0.10": 17}
+    assert reasons(result) == {
+        "10.0.0.10": "not checked yet, weight kept as in the kernel",
+        "10.0.0.11": "not checked yet, and not in the kernel",
+    }
+    # once known, the configured weight wins
+    result = only(desired_table(config(), {rid(0): UP, rid(1): UNKNOWN}, kernel, now=0.0))
+    assert weights(result) == {"10.0.0.10": 3}
+
+
+def test_dynamic_weight_from_exec_check_and_clamping() -> None:
+    health = {
+        rid(0): RealServerView(Health.UP, 0.0, weight=42),
+        rid(1): RealServerView(Health.UP, 0.0, weight=10**6),
+    }
+    result = only(desired_table(config(), health, {}, now=1.0))
+    assert weights(result) == {"10.0.0.10": 42, "10.0.0.11": 65535}
+    assert reasons(result)["10.0.0.10"] == "up, dynamic weight"
+
+
+def test_slow_start_ramps_linearly_from_1_to_configured_weight() -> None:
+    cfg = parse_config(
+        '[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.1:80"\nslow_start = 10\n'
+        '[[virtual_server.real_server]]\naddress = "10.0.0.10"\nweight = 101\n'
+    )
+    seen = []
+    for now in (100.0, 102.5, 105.0, 109.99, 110.0, 500.0):
+        health = {rid(0): RealServerView(Health.UP, since=100.0)}
+        seen.append(weights(only(desired_table(cfg, health, {}, now)))["10.0.0.10"])
+    assert seen == [1, 26, 51, 100, 101, 101]
+    health = {rid(0): RealServerView(Health.UP, since=100.0)}
+    assert reasons(only(desired_table(cfg, health, {}, 105.0)))["10.0.0.10"] == (
+        "up, slow start 5.0s of 10s towards 101"
+    )
+
+
+def test_admin_states() -> None:
+    health = {rid(0): UP, rid(1): UP}
+    admin = {rid(0): AdminState.DISABLED, rid(1): AdminState.DRAIN}
+    result = only(desired_table(config(), health, {}, 0.0, admin))
+    assert weights(result) == {"10.0.0.11": 0}
+    assert reasons(result) == {
+        "10.0.0.10": "disabled by admin, removed",
+        "10.0.0.11": "draining by admin",
+    }
+    result = only(desired_table(config('on_failure = "weight0"'), health, {}, 0.0, admin))
+    assert weights(result) == {"10.0.0.10": 0, "10.0.0.11": 0}
+    enabled = {rid(0): AdminState.ENABLED}
+    assert weights(only(desired_table(config(), health, {}, 0.0, enabled))) == {
+        "10.0.0.10": 3,
+        "10.0.0.11": 4,
+    }
+
+
+def test_panic_keeps_every_server_when_all_are_down() -> None:
+    all_down = {rid(0): DOWN, rid(1): DOWN}
+    result = only(desired_table(config("panic = true"), all_down, {}, 0.0))
+    assert weights(result) == {"10.0.0.10": 3, "10.0.0.11": 4}
+    assert reasons(result)["10.0.0.10"] == "down, but every server is down: panic keeps all"
+    # not all down: no panic
+    one_up = {rid(0): UP, rid(1): DOWN}
+    assert weights(only(desired_table(config("panic = true"), one_up, {}, 0.0))) == {"10.0.0.10": 3}
+    # without panic, all down means an empty service
+    assert only(desired_table(config(), all_down, {}, 0.0)).destinations == ()
+    # a disabled server does not count, and stays out
+    admin = {rid(1): AdminState.DISABLED}
+    down_and_disabled = {rid(0): DOWN, rid(1): UP}
+    assert weights(
+        only(desired_table(config("panic = true"), down_and_disabled, {}, 0.0, admin))
+    ) == {"10.0.0.10": 3}
+
+
+SORRY = 'quorum = 2\nsorry_server = { address = "10.0.0.99", weight = 7 }'
+
+
+def test_sorry_server_when_quorum_is_lost() -> None:
+    cfg = config(SORRY)
+    lost = only(desired_table(cfg, {rid(0): UP, rid(1): DOWN}, {}, 0.0))
+    assert weights(lost) == {"10.0.0.10": 3, "10.0.0.99": 7}
+    sorry = lost.decisions[-1]
+    assert sorry.sorry
+    assert sorry.reason == "quorum lost (1 up of quorum 2)"
+    met = only(desired_table(cfg, {rid(0): UP, rid(1): UP}, {}, 0.0))
+    assert weights(met) == {"10.0.0.10": 3, "10.0.0.11": 4}
+    assert met.decisions[-1].reason == "quorum met (2 up of quorum 2)"
+    # draining servers take no new connections: they do not count
+    drained = only(
+        desired_table(cfg, {rid(0): UP, rid(1): UP}, {}, 0.0, {rid(1): AdminState.DRAIN})
+    )
+    assert "10.0.0.99" in weights(drained)
+
+
+def test_sorry_server_default_quorum_is_one() -> None:
+    cfg = config('sorry_server = { address = "10.0.0.99" }')
+    assert weights(only(desired_table(cfg, {rid(0): DOWN, rid(1): DOWN}, {}, 0.0))) == {
+        "10.0.0.99": 1
+    }
+    assert "10.0.0.99" not in weights(only(desired_table(cfg, {rid(0): UP}, {}, 0.0)))
+
+
+def test_sorry_server_while_quorum_is_not_known_follows_the_kernel() -> None:
+    cfg = config(SORRY)
+    health = {rid(0): UP, rid(1): UNKNOWN}
+    sorry = Destination(ip_address("10.0.0.99"), 80, Forward.ROUTE, 5)
+    with_sorry = only(desired_table(cfg, health, kernel_with(sorry), 0.0))
+    assert weights(with_sorry) == {"10.0.0.10": 3, "10.0.0.99": 5}
+    assert with_sorry.decisions[-1].reason == (
+        "quorum not known yet (1 up of quorum 2), kept as in the kernel"
+    )
+    without = only(desired_table(cfg, health, {}, 0.0))
+    assert weights(without) == {"10.0.0.10": 3}
+    # even if the unknown one turns out up, the quorum cannot be met: sorry at once
+    health = {rid(0): DOWN, rid(1): UNKNOWN}
+    assert weights(only(desired_table(cfg, health, {}, 0.0))) == {"10.0.0.99": 7}
+
+
+def test_view_from_health_state() -> None:
+    state = HealthState(Health.UP, 3, 0, since=12.0, last=ProbeResult.success(0.01, weight=9))
+    assert RealServerView.from_state(state) == RealServerView(Health.UP, 12.0, 9)
+    failed = HealthState(Health.UP, 0, 1, since=12.0, last=ProbeResult.failure(Reason.TIMEOUT, 1.0))
+    assert RealServerView.from_state(failed) == RealServerView(Health.UP, 12.0, None)
+    assert RealServerView.from_state(HealthState()) == RealServerView(Health.UNKNOWN, 0.0, None)
+
+
+def test_every_configured_service_is_desired_even_with_no_server_up() -> None:
+    cfg = parse_config(
+        """
+        [[virtual_server]]
+        protocol = "udp"
+        address = "10.0.0.1:53"
+        [[virtual_server]]
+        fwmark = 3
+        [[virtual_server.real_server]]
+        address = "10.0.0.5:53"
+        """
+    )
+    table = desired_table(cfg, {}, {}, 0.0)
+    assert list(table) == [vs.key for vs in cfg.virtual_servers]
+    assert all(d.destinations == () for d in table.values())
