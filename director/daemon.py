@@ -1,0 +1,112 @@
+"""directord: the process. Reads the config, opens the kernel's IPVS, runs the
+engine, and turns signals into reload and stop. Everything it decides lives in
+director.engine and the pure core; this module is the shell around them."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from director import log
+from director.config import Config, ConfigError, load_config
+from director.engine import Director
+from director.ipvs.errors import IPVSError
+from director.kernel import KernelTable
+from director.sdnotify import Notifier, watchdog_interval
+
+DEFAULT_CONFIG = "/etc/director/director.toml"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="directord", description="Health-checking IPVS director daemon."
+    )
+    parser.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="TOML configuration file")
+    parser.add_argument(
+        "--check", action="store_true", help="validate the configuration and exit (0: valid)"
+    )
+    parser.add_argument(
+        "--log-level", choices=sorted(log.LEVELS), help="override [daemon] log_level"
+    )
+    parser.add_argument(
+        "--log-format", choices=("auto", "json", "console"), default="auto", help="log rendering"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        for line in error.errors:
+            print(f"{args.config}: {line}", file=sys.stderr)
+        return 1
+    if args.check:
+        print(f"{args.config}: ok ({len(config.virtual_servers)} virtual servers)")
+        return 0
+    json = {"auto": None, "json": True, "console": False}[args.log_format]
+    log.configure(args.log_level or config.daemon.log_level.value, json=json)
+    try:
+        trio.run(serve, Path(args.config), config)
+    except IPVSError as error:
+        log.get("directord").error("ipvs_unavailable", error=str(error))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def serve(config_path: Path, config: Config, notifier: Notifier | None = None) -> None:
+    from director.ipvs.netlink import NetlinkBackend
+
+    notifier = notifier or Notifier()
+    logger = log.get("directord")
+    backend = NetlinkBackend()
+    try:
+        director = Director(config, KernelTable(backend))
+        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(director.run)
+                notifier.ready(director.status_line())
+                interval = watchdog_interval()
+                if interval:
+                    nursery.start_soon(_keep_alive, notifier, interval)
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        notifier.reloading()
+                        await _reload(director, config_path)
+                        notifier.ready(director.status_line())
+                        continue
+                    logger.info("stopping", signal=signal.Signals(signum).name)
+                    notifier.stopping()
+                    await director.stop()
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
+        backend.close()
+
+
+async def _reload(director: Director, config_path: Path) -> None:
+    logger = log.get("directord")
+    try:
+        config = load_config(str(config_path))
+    except ConfigError as error:
+        logger.error("reload_rejected", config=str(config_path), errors=error.errors)
+        return
+    await director.reload(config)
+
+
+async def _keep_alive(notifier: Notifier, interval: float) -> None:
+    while True:
+        notifier.watchdog()
+        await trio.sleep(interval)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

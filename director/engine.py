@@ -1,0 +1,219 @@
+"""The engine: keeps the kernel's IPVS table equal to "configured services x
+healthy real servers".
+
+It owns the running config and the checker, and runs one loop: whenever
+health changes, a reload lands, or the drift-repair interval passes, it reads
+the kernel's table, computes the desired table (director.desired) and applies
+the difference (director.reconcile) for the services it owns. The decisions
+are in those pure modules; this one only sequences them and logs.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import trio
+
+from director import log
+from director.config import Config, RealServerId
+from director.desired import DesiredService, RealServerView, desired_table
+from director.health.checker import Checker, Target
+from director.health.probes import ProbeFunction
+from director.health.state import Health, Transition
+from director.ipvs.errors import BatchError
+from director.ipvs.model import ServiceEntry, ServiceKey
+from director.ipvs.ops import Operation, SetTimeouts
+from director.kernel import KernelTable
+from director.oplog import describe_operation
+from director.reconcile import plan
+
+
+def check_targets(config: Config) -> dict[RealServerId, Target]:
+    """What to probe for every configured real server."""
+    targets: dict[RealServerId, Target] = {}
+    for vs in config.virtual_servers:
+        for rs in vs.real_servers:
+            targets[vs.real_server_id(rs)] = (rs.check, rs.address, rs.port)
+    return targets
+
+
+@dataclass(frozen=True)
+class ReloadSummary:
+    services_added: tuple[ServiceKey, ...]
+    services_removed: tuple[ServiceKey, ...]
+    real_servers_added: tuple[RealServerId, ...]
+    real_servers_removed: tuple[RealServerId, ...]
+    real_servers_changed: tuple[RealServerId, ...]
+    operations: tuple[Operation, ...]
+
+
+class Director:
+    def __init__(
+        self,
+        config: Config,
+        kernel: KernelTable,
+        *,
+        probe: ProbeFunction | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        """`probe` and `rng` replace the real probes and the jitter's source (tests)."""
+        self.config = config
+        self.kernel = kernel
+        self.checker: Checker[RealServerId] = Checker(
+            on_transition=self._on_transition, probe=probe, rng=rng
+        )
+        # Services this daemon manages: the config's, plus those a reload just
+        # dropped (deleted on the next pass, then forgotten).
+        self.owned: set[ServiceKey] = set(config.service_keys())
+        self.log = log.get("director")
+        self.last_pass = 0.0
+        self._wake = trio.Event()
+        self._why = "start"
+        self._passes = 0
+
+    # -- health -------------------------------------------------------------
+
+    def _on_transition(self, target: RealServerId, transition: Transition) -> None:
+        event = "real_server_up" if transition.new is Health.UP else "real_server_down"
+        vs = self.config.virtual_server(target.service) if target.service in self.owned else None
+        self.log.info(
+            event,
+            vs=vs.label if vs else str(target.service),
+            rs=_endpoint(target),
+            **transition.log_fields(),
+        )
+        self.poke(f"{event} {_endpoint(target)}")
+
+    def health_views(self) -> dict[RealServerId, RealServerView]:
+        return {target: RealServerView.from_state(s) for target, s in self.checker.states().items()}
+
+    def poke(self, why: str) -> None:
+        """Ask the loop for a reconcile pass soon."""
+        self._why = why
+        self._wake.set()
+
+    # -- the loop -----------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._apply_timeouts()
+        self.checker.set_targets(check_targets(self.config))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.checker.run)
+            await self.reconcile("start")
+            self.log.info("ready", **self.counts())
+            task_status.started()
+            while True:
+                with trio.move_on_after(self._next_pass_in()):
+                    await self._wake.wait()
+                why, self._why = self._why, "drift check"
+                self._wake = trio.Event()
+                await self.reconcile(why)
+
+    def _next_pass_in(self) -> float:
+        interval = self.config.daemon.reconcile_interval
+        ramping = any(vs.slow_start for vs in self.config.virtual_servers)
+        return min(interval, 1.0) if ramping else interval
+
+    async def reconcile(self, why: str) -> list[Operation]:
+        entries = await self.kernel.services()
+        kernel: dict[ServiceKey, ServiceEntry] = {e.service.key: e for e in entries}
+        desired: Mapping[ServiceKey, DesiredService] = desired_table(
+            self.config, self.health_views(), kernel, trio.current_time()
+        )
+        operations = plan(desired, kernel, self.owned)
+        self.owned = set(self.config.service_keys())
+        self.last_pass = trio.current_time()
+        self._passes += 1
+        if not operations:
+            return []
+        self.log.info("ipvs_apply", why=why, count=len(operations))
+        for op in operations:
+            self.log.info("ipvs_op", **describe_operation(op))
+        try:
+            await self.kernel.apply(operations)
+        except BatchError as error:
+            self.log.error(
+                "ipvs_apply_failed",
+                why=why,
+                index=error.index,
+                failed=describe_operation(error.operation),
+                error=error.error.message,
+                applied=error.index,
+            )
+            # Kernel state moved under us; the next pass re-reads and retries.
+            self.poke("retry after failed apply")
+        return operations
+
+    async def _apply_timeouts(self) -> None:
+        timeouts = self.config.ipvs.timeouts
+        if timeouts is None:
+            return
+        await self.kernel.apply([SetTimeouts(timeouts)])
+        self.log.info("ipvs_timeouts", tcp=timeouts.tcp, tcpfin=timeouts.tcp_fin, udp=timeouts.udp)
+
+    # -- reload and stop ----------------------------------------------------
+
+    async def reload(self, config: Config) -> ReloadSummary:
+        old = self.config
+        old_targets, new_targets = check_targets(old), check_targets(config)
+        summary = ReloadSummary(
+            services_added=tuple(sorted(config.service_keys() - old.service_keys())),
+            services_removed=tuple(sorted(old.service_keys() - config.service_keys())),
+            real_servers_added=tuple(t for t in new_targets if t not in old_targets),
+            real_servers_removed=tuple(t for t in old_targets if t not in new_targets),
+            real_servers_changed=tuple(
+                t for t in new_targets if t in old_targets and new_targets[t] != old_targets[t]
+            ),
+            operations=(),
+        )
+        self.owned |= old.service_keys()
+        self.config = config
+        self.checker.set_targets(new_targets)
+        await self._apply_timeouts()
+        operations = await self.reconcile("reload")
+        self.log.info(
+            "reloaded",
+            services_added=[str(k) for k in summary.services_added],
+            services_removed=[str(k) for k in summary.services_removed],
+            real_servers_added=[_endpoint(t) for t in summary.real_servers_added],
+            real_servers_removed=[_endpoint(t) for t in summary.real_servers_removed],
+            real_servers_changed=[_endpoint(t) for t in summary.real_servers_changed],
+            operations=len(operations),
+        )
+        return ReloadSummary(**{**summary.__dict__, "operations": tuple(operations)})
+
+    async def stop(self) -> None:
+        if not self.config.daemon.flush_on_stop:
+            self.log.info("table_left_in_place", services=len(self.owned))
+            return
+        entries = await self.kernel.services()
+        kernel = {e.service.key: e for e in entries}
+        operations = plan({}, kernel, self.owned)
+        self.log.info("flush_own_services", count=len(operations))
+        await self.kernel.apply(operations)
+
+    # -- reporting ----------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        states = self.checker.states()
+        return {
+            "services": len(self.config.virtual_servers),
+            "real_servers": len(states),
+            "up": sum(1 for s in states.values() if s.status is Health.UP),
+            "down": sum(1 for s in states.values() if s.status is Health.DOWN),
+            "unknown": sum(1 for s in states.values() if s.status is Health.UNKNOWN),
+        }
+
+    def status_line(self) -> str:
+        c = self.counts()
+        return (
+            f"{c['services']} services, {c['real_servers']} real servers: "
+            f"{c['up']} up, {c['down']} down, {c['unknown']} unknown"
+        )
+
+
+def _endpoint(target: RealServerId) -> str:
+    host = f"[{target.address}]" if target.address.version == 6 else str(target.address)
+    return f"{host}:{target.port}"

@@ -1,0 +1,71 @@
+"""Operations as log fields: one flat dict per operation, named the way an
+operator reads ipvsadm (vs="TCP 10.0.0.1:80", rs="10.0.0.2:80")."""
+
+from __future__ import annotations
+
+from director.ipvs.model import IPAddress, ServiceKey
+from director.ipvs.ops import (
+    AddDestination,
+    AddService,
+    DeleteDestination,
+    DeleteService,
+    EditDestination,
+    EditService,
+    Flush,
+    Operation,
+    SetTimeouts,
+    StartDaemon,
+    StopDaemon,
+    Zero,
+)
+
+
+def endpoint(address: IPAddress | None, port: int) -> str:
+    host = f"[{address}]" if address is not None and address.version == 6 else str(address)
+    return f"{host}:{port}"
+
+
+def service_label(key: ServiceKey) -> str:
+    if key.is_fwmark:
+        return f"FWM {key.fwmark}" + (" IPv6" if key.family != 2 else "")
+    name = key.protocol.name if key.protocol is not None else "?"
+    return f"{name} {endpoint(key.address, key.port)}"
+
+
+def describe_operation(op: Operation) -> dict[str, object]:
+    match op:
+        case AddService(service) | EditService(service):
+            return {
+                "op": "add_service" if isinstance(op, AddService) else "edit_service",
+                "vs": service_label(service.key),
+                "scheduler": service.scheduler,
+                "flags": int(service.flags),
+                "timeout": service.timeout,
+            }
+        case DeleteService(key):
+            return {"op": "delete_service", "vs": service_label(key)}
+        case AddDestination(key, dest) | EditDestination(key, dest):
+            return {
+                "op": "add_destination" if isinstance(op, AddDestination) else "edit_destination",
+                "vs": service_label(key),
+                "rs": endpoint(dest.address, dest.port),
+                "forward": dest.forward.name.lower(),
+                "weight": dest.weight,
+            }
+        case DeleteDestination(key, address, port):
+            return {
+                "op": "delete_destination",
+                "vs": service_label(key),
+                "rs": endpoint(address, port),
+            }
+        case Flush():
+            return {"op": "flush"}
+        case Zero(key):
+            return {"op": "zero", "vs": service_label(key) if key else "all"}
+        case SetTimeouts(t):
+            return {"op": "set_timeouts", "tcp": t.tcp, "tcpfin": t.tcp_fin, "udp": t.udp}
+        case StartDaemon(d):
+            return {"op": "start_daemon", "state": d.state.name, "mcast_ifn": d.mcast_ifn}
+        case StopDaemon(state):
+            return {"op": "stop_daemon", "state": state.name}
+    raise TypeError(f"not an operation: {op!r}")
