@@ -1,0 +1,343 @@
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+
+import pytest
+import trio
+import trio.testing
+
+from director.health.checker import Checker, Target, next_start, validate_target
+from director.health.result import ProbeResult, Reason
+from director.health.spec import Check, ExecCheck, HttpCheck, TcpCheck, Timing, UdpCheck
+from director.health.state import Health, HealthState, Transition
+from director.ipvs.model import IPAddress
+
+A, B, C = ip_address("10.0.0.1"), ip_address("10.0.0.2"), ip_address("10.0.0.3")
+SEED = 1234
+
+
+@dataclass
+class FakeServers:
+    """A probe function whose servers the test turns up and down."""
+
+    down: set[IPAddress] = field(default_factory=set)
+    duration: float = 0.0  # virtual seconds each probe takes
+    calls: list[tuple[float, IPAddress, int]] = field(default_factory=list)
+    running: int = 0
+    most_running: int = 0
+
+    async def __call__(self, check: Check, address: IPAddress, port: int) -> ProbeResult:
+        self.calls.append((trio.current_time(), address, port))
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await trio.sleep(self.duration)
+        finally:
+            self.running -= 1
+        if address in self.down:
+            return ProbeResult.failure(Reason.REFUSED, self.duration)
+        return ProbeResult.success(self.duration)
+
+    def starts(self, address: IPAddress) -> list[float]:
+        return [t for t, a, _ in self.calls if a == address]
+
+
+@dataclass
+class Recorder:
+    transitions: list[tuple[object, Transition]] = field(default_factory=list)
+    results: list[tuple[object, ProbeResult, HealthState]] = field(default_factory=list)
+
+    def on_transition(self, key: object, transition: Transition) -> None:
+        self.transitions.append((key, transition))
+
+    def on_result(self, key: object, result: ProbeResult, state: HealthState) -> None:
+        self.results.append((key, result, state))
+
+    def moves(self) -> list[tuple[object, Health, Health, float]]:
+        return [(k, t.old, t.new, t.at) for k, t in self.transitions]
+
+
+def jitters(count: int, interval: float) -> list[float]:
+    rng = random.Random(SEED)
+    return [rng.uniform(0, interval) for _ in range(count)]
+
+
+@pytest.fixture
+def servers() -> FakeServers:
+    return FakeServers()
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def checker(servers: FakeServers, recorder: Recorder) -> Checker[str]:
+    return Checker(
+        probe=servers,
+        rng=random.Random(SEED),
+        on_transition=recorder.on_transition,
+        on_result=recorder.on_result,
+    )
+
+
+def tcp(interval: float = 2.0, rise: int = 2, fall: int = 3, timeout: float = 1.0) -> TcpCheck:
+    return TcpCheck(timing=Timing(interval=interval, timeout=timeout, rise=rise, fall=fall))
+
+
+@pytest.fixture
+def clock(autojump_clock: trio.testing.MockClock) -> Iterator[trio.testing.MockClock]:
+    yield autojump_clock
+
+
+async def test_first_probes_are_spread_over_the_interval(
+    checker: Checker[str], servers: FakeServers, nursery: trio.Nursery, clock: object
+) -> None:
+    addresses = [ip_address(f"10.1.0.{i}") for i in range(1, 101)]
+    checker.set_targets({str(a): (tcp(interval=2.0), a, 80) for a in addresses})
+    await nursery.start(checker.run)
+    await trio.sleep_until(1.999)
+    firsts = {a: servers.starts(a)[0] for a in addresses if servers.starts(a)}
+    expected = dict(zip(addresses, jitters(100, 2.0), strict=True))
+    assert firsts == pytest.approx({a: t for a, t in expected.items() if t <= 1.999})
+    assert len(set(firsts.values())) == len(firsts) > 90
+
+
+async def test_steady_cadence_between_probe_starts(
+    checker: Checker[str], servers: FakeServers, nursery: trio.Nursery, clock: object
+) -> None:
+    servers.duration = 0.7
+    checker.set_targets({"a": (tcp(interval=2.0), A, 80)})
+    await nursery.start(checker.run)
+    await trio.sleep_until(20.0)
+    [j] = jitters(1, 2.0)
+    assert servers.starts(A) == pytest.approx([j + 2.0 * n for n in range(10)])
+
+
+async def test_a_probe_longer_than_the_interval_skips_missed_starts(
+    checker: Checker[str], servers: FakeServers, nursery: trio.Nursery, clock: object
+) -> None:
+    servers.duration = 5.0
+    checker.set_targets({"a": (tcp(interval=2.0, timeout=5.0), A, 80)})
+    await nursery.start(checker.run)
+    await trio.sleep_until(20.0)
+    [j] = jitters(1, 2.0)
+    assert servers.starts(A) == pytest.approx([j, j + 6.0, j + 12.0, j + 18.0])
+
+
+async def test_transitions_happen_at_the_expected_virtual_times(
+    checker: Checker[str],
+    servers: FakeServers,
+    recorder: Recorder,
+    nursery: trio.Nursery,
+    clock: object,
+) -> None:
+    checker.set_targets({"a": (tcp(interval=2.0, rise=2, fall=3), A, 80)})
+    [j] = jitters(1, 2.0)
+    await nursery.start(checker.run)
+    await trio.sleep_until(10.0)
+    assert recorder.moves() == [("a", Health.UNKNOWN, Health.UP, pytest.approx(j))]
+    servers.down.add(A)  # probes at j+10, j+12 fail; j+14 is the third
+    await trio.sleep_until(20.0)
+    servers.down.clear()  # j+20 and j+22 succeed: up again at j+22
+    await trio.sleep_until(30.0)
+    assert recorder.moves() == [
+        ("a", Health.UNKNOWN, Health.UP, pytest.approx(j)),
+        ("a", Health.UP, Health.DOWN, pytest.approx(j + 14.0)),
+        ("a", Health.DOWN, Health.UP, pytest.approx(j + 22.0)),
+    ]
+    down = recorder.transitions[1][1]
+    assert (down.reason, down.failures_in_row, down.was_since) == (
+        Reason.REFUSED, 3, pytest.approx(j),
+    )  # fmt: skip
+    assert len(recorder.results) == len(servers.calls) == 15
+    state = checker.state("a")
+    assert (state.status, state.successes_in_row, state.since) == (Health.UP, 5, pytest.approx(j + 22.0))  # fmt: skip
+
+
+async def test_a_dead_server_is_down_after_its_first_probe(
+    checker: Checker[str],
+    servers: FakeServers,
+    recorder: Recorder,
+    nursery: trio.Nursery,
+    clock: object,
+) -> None:
+    servers.down.add(A)
+    checker.set_targets({"a": (tcp(fall=5), A, 80)})
+    assert checker.state("a").status is Health.UNKNOWN
+    await nursery.start(checker.run)
+    await trio.sleep_until(2.0)
+    [j] = jitters(1, 2.0)
+    assert recorder.moves() == [("a", Health.UNKNOWN, Health.DOWN, pytest.approx(j))]
+
+
+async def test_set_targets_keeps_unchanged_targets_and_resets_changed_ones(
+    checker: Checker[str],
+    servers: FakeServers,
+    recorder: Recorder,
+    nursery: trio.Nursery,
+    clock: object,
+) -> None:
+    checker.set_targets({"a": (tcp(), A, 80), "b": (tcp(), B, 80), "gone": (tcp(), C, 80)})
+    await nursery.start(checker.run)
+    await trio.sleep_until(7.0)
+    kept = checker.state("a")
+    assert {k: s.status for k, s in checker.states().items()} == {
+        "a": Health.UP, "b": Health.UP, "gone": Health.UP,
+    }  # fmt: skip
+    calls_before = len(servers.calls)
+
+    checker.set_targets({"a": (tcp(), A, 80), "b": (tcp(), B, 8080), "new": (tcp(), C, 443)})
+    states = checker.states()
+    assert states["a"] is kept
+    assert states["b"].status is states["new"].status is Health.UNKNOWN
+    assert "gone" not in states
+    with pytest.raises(KeyError, match="no health check target 'gone'"):
+        checker.state("gone")
+
+    await trio.sleep_until(20.0)
+    j_a, _, _ = jitters(3, 2.0)
+    assert servers.starts(A) == pytest.approx([j_a + 2.0 * n for n in range(10)])
+    later = [(a, p) for _, a, p in servers.calls[calls_before:]]
+    assert (C, 80) not in later
+    assert (B, 80) not in later
+    assert (B, 8080) in later
+    assert (C, 443) in later
+    assert checker.state("b").status is Health.UP
+    assert [m[:3] for m in recorder.moves() if m[0] == "a"] == [("a", Health.UNKNOWN, Health.UP)]
+
+
+async def test_removing_a_target_mid_probe_reports_nothing(
+    checker: Checker[str],
+    servers: FakeServers,
+    recorder: Recorder,
+    nursery: trio.Nursery,
+    clock: object,
+) -> None:
+    servers.duration = 1.5
+    checker.set_targets({"a": (tcp(interval=2.0, timeout=2.0), A, 80)})
+    [j] = jitters(1, 2.0)
+    await nursery.start(checker.run)
+    await trio.sleep_until(j + 1.0)
+    assert servers.running == 1
+    checker.set_targets({})
+    await trio.sleep_until(10.0)
+    assert recorder.results == []
+    assert recorder.transitions == []
+    assert len(servers.calls) == 1
+    assert checker.states() == {}
+
+
+async def test_targets_set_before_run_start_with_run(
+    checker: Checker[str], servers: FakeServers, nursery: trio.Nursery, clock: object
+) -> None:
+    checker.set_targets({"a": (tcp(), A, 80)})
+    await trio.sleep(50)
+    assert servers.calls == []
+    await nursery.start(checker.run)
+    await trio.sleep_until(52.0)
+    [j] = jitters(1, 2.0)
+    assert servers.starts(A) == pytest.approx([50.0 + j])
+    assert checker.state("a").since == pytest.approx(50.0 + j)
+
+
+async def test_running_twice_is_refused(checker: Checker[str], nursery: trio.Nursery) -> None:
+    await nursery.start(checker.run)
+    with pytest.raises(RuntimeError, match="already running"):
+        await checker.run()
+
+
+async def test_probe_concurrency_is_bounded(
+    servers: FakeServers, nursery: trio.Nursery, clock: object
+) -> None:
+    servers.duration = 1.0
+    checker: Checker[int] = Checker(probe=servers, rng=random.Random(SEED), max_probes=3)
+    checker.set_targets({i: (tcp(interval=0.5, timeout=1.0), ip_address(f"10.2.0.{i}"), 80) for i in range(1, 11)})  # fmt: skip
+    await nursery.start(checker.run)
+    await trio.sleep(10)
+    assert servers.most_running == 3
+    assert len(servers.calls) >= 25  # three at a time, one virtual second each
+
+
+async def test_exec_concurrency_has_its_own_bound(
+    servers: FakeServers, nursery: trio.Nursery, clock: object
+) -> None:
+    servers.duration = 1.0
+    checker: Checker[int] = Checker(probe=servers, rng=random.Random(SEED), max_probes=10, max_exec=2)  # fmt: skip
+    check = ExecCheck(("true",), Timing(interval=0.5, timeout=1.0))
+    checker.set_targets({i: (check, ip_address(f"10.2.0.{i}"), 0) for i in range(1, 9)})
+    await nursery.start(checker.run)
+    await trio.sleep(10)
+    assert servers.most_running == 2
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ((tcp(), A), r"expected \(check, address, port\)"),
+        (("tcp", A, 80), "'tcp' is not a health check"),
+        ((tcp(), "10.0.0.1", 80), "address '10.0.0.1' is not an IP address"),
+        ((tcp(), A, 70000), "port 70000 is not in 0..65535"),
+        ((tcp(), A, 0), "no port to probe"),
+        ((HttpCheck(timing=Timing(interval=0)), A, 80), "interval must be a positive number of seconds, got 0"),
+        ((UdpCheck(timing=Timing(timeout=-1.0)), A, 53), "timeout must be a positive number of seconds, got -1.0"),
+        ((tcp(interval=float("nan")), A, 80), "interval must be a positive"),
+        ((tcp(rise=0), A, 80), "rise must be a whole number >= 1, got 0"),
+        ((tcp(fall=0), A, 80), "fall must be a whole number >= 1, got 0"),
+    ],
+)  # fmt: skip
+def test_bad_targets_are_named(target: object, message: str) -> None:
+    with pytest.raises(ValueError, match=f"health check target 'web/10.0.0.1:80': {message}"):
+        validate_target("web/10.0.0.1:80", target)
+
+
+def test_good_targets_pass_validation() -> None:
+    validate_target("x", (TcpCheck(port=22), A, 0))
+    validate_target("y", (ExecCheck(("true",)), A, 0))
+
+
+async def test_a_bad_target_changes_nothing(checker: Checker[str]) -> None:
+    checker.set_targets({"a": (tcp(), A, 80)})
+    bad: dict[str, Target] = {"b": (tcp(), B, 80), "c": (tcp(rise=0), C, 80)}
+    with pytest.raises(ValueError, match="target 'c'"):
+        checker.set_targets(bad)
+    assert list(checker.states()) == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("previous", "now", "expected"),
+    [(10.0, 10.3, 12.0), (10.0, 12.0, 12.0), (10.0, 12.5, 14.0), (10.0, 16.0, 16.0), (10.0, 16.1, 18.0)],
+)  # fmt: skip
+def test_next_start_stays_on_the_grid(previous: float, now: float, expected: float) -> None:
+    assert next_start(previous, now, 2.0) == expected
+
+
+async def test_real_probes_against_loopback(nursery: trio.Nursery) -> None:
+    """The default probe function: a real TCP listener and a refusing port."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    open_port = listeners[0].socket.getsockname()[1]
+    closed = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    closed_port = closed[0].socket.getsockname()[1]
+    await closed[0].aclose()
+    seen: dict[str, Transition] = {}
+    both = trio.Event()
+
+    def on_transition(key: str, transition: Transition) -> None:
+        seen[key] = transition
+        if len(seen) == 2:
+            both.set()
+
+    checker: Checker[str] = Checker(on_transition=on_transition)
+    here = ip_address("127.0.0.1")
+    check = tcp(interval=0.05, timeout=5.0)
+    checker.set_targets({"open": (check, here, open_port), "closed": (check, here, closed_port)})
+    async with listeners[0]:
+        await nursery.start(checker.run)
+        with trio.fail_after(30):  # a guard against a hang, not a measurement
+            await both.wait()
+    assert seen["open"].new is Health.UP
+    assert (seen["closed"].new, seen["closed"].reason) == (Health.DOWN, Reason.REFUSED)
