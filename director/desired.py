@@ -51,6 +51,9 @@ class RealServerView:
         return cls(state.status, state.since, last.weight if last is not None and last.ok else None)
 
 
+_UNKNOWN = RealServerView()
+
+
 @dataclass(frozen=True)
 class Decision:
     """Whether a server is in the table, at which weight, and why."""
@@ -93,34 +96,37 @@ def desired_service(
     admin: Mapping[RealServerId, AdminState],
 ) -> DesiredService:
     in_kernel = {e.destination.key: e.destination for e in kernel.destinations} if kernel else {}
-    views = [health.get(vs.real_server_id(rs), RealServerView()) for rs in vs.real_servers]
-    states = [admin.get(vs.real_server_id(rs), AdminState.ENABLED) for rs in vs.real_servers]
+    ids = [vs.real_server_id(rs) for rs in vs.real_servers]
+    views = [health.get(i, _UNKNOWN) for i in ids]
+    states = (
+        [admin.get(i, AdminState.ENABLED) for i in ids]
+        if admin
+        else [AdminState.ENABLED] * len(ids)
+    )
     enabled = [v.status for v, a in zip(views, states, strict=True) if a is AdminState.ENABLED]
     panic = vs.panic and bool(enabled) and all(s is Health.DOWN for s in enabled)
 
-    decisions = [
-        _decide(vs, rs, view, state, in_kernel.get((rs.address, rs.port)), now, panic)
-        for rs, view, state in zip(vs.real_servers, views, states, strict=True)
-    ]
+    decisions: list[Decision] = []
+    destinations: list[Destination] = []
+    for rs, view, state in zip(vs.real_servers, views, states, strict=True):
+        decision = _decide(vs, rs, view, state, in_kernel.get((rs.address, rs.port)), now, panic)
+        decisions.append(decision)
+        if decision.weight is not None:
+            destinations.append(rs.destination(decision.weight))
     if vs.sorry_server is not None:
         up = sum(
             1
             for v, a in zip(views, states, strict=True)
             if a is AdminState.ENABLED and v.status is Health.UP
         )
-        unknown = enabled.count(Health.UNKNOWN)
         sorry = vs.sorry_server.destination()
-        decisions.append(_decide_sorry(sorry, vs.quorum, up, unknown, in_kernel.get(sorry.key)))
-
-    by_key = {(rs.address, rs.port): rs.destination() for rs in vs.real_servers}
-    if vs.sorry_server is not None:
-        by_key[(vs.sorry_server.address, vs.sorry_server.port)] = vs.sorry_server.destination()
-    destinations = tuple(
-        replace(by_key[(d.address, d.port)], weight=d.weight)
-        for d in decisions
-        if d.present and d.weight is not None
-    )
-    return DesiredService(vs.service(), destinations, tuple(decisions))
+        decision = _decide_sorry(
+            sorry, vs.quorum, up, enabled.count(Health.UNKNOWN), in_kernel.get(sorry.key)
+        )
+        decisions.append(decision)
+        if decision.weight is not None:
+            destinations.append(replace(sorry, weight=decision.weight))
+    return DesiredService(vs.service(), tuple(destinations), tuple(decisions))
 
 
 def _decide(
