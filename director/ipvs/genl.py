@@ -10,8 +10,9 @@ header stamped on at send time with the family id and sequence number.
 
 from __future__ import annotations
 
+import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address
@@ -201,15 +202,19 @@ def getfamily_request(seq: int, name: str = IPVS_GENL_NAME) -> bytes:
     return frame(GENL_ID_CTRL, NLM_F_REQUEST, seq, body)
 
 
-def _check_range(what: str, value: int, low: int, high: int) -> None:
+def _check_range(where: Callable[[], str], what: str, value: int, low: int, high: int) -> None:
+    """`where` builds the location only on failure: formatting it for every
+    operation of a large batch would cost more than the encoding."""
     if not low <= value <= high:
-        raise InvalidOperation(f"{what} {value} is out of range {low}..{high}")
+        raise InvalidOperation(f"{where()}: {what} {value} is out of range {low}..{high}")
 
 
-def _name(what: str, value: str, maxlen: int) -> bytes:
+def _name(where: Callable[[], str], what: str, value: str, maxlen: int) -> bytes:
     raw = value.encode()
     if b"\0" in raw or len(raw) >= maxlen:
-        raise InvalidOperation(f"{what} {value!r} must be at most {maxlen - 1} bytes, no NUL")
+        raise InvalidOperation(
+            f"{where()}: {what} {value!r} must be at most {maxlen - 1} bytes, no NUL"
+        )
     return raw + b"\0"
 
 
@@ -227,7 +232,7 @@ def service_key_attrs(key: ServiceKey) -> bytes:
         )
     family = attr(SVC_ATTR_AF, _u16(key.family))
     if key.fwmark:
-        _check_range(f"service {key}: fwmark", key.fwmark, 1, U32_MAX)
+        _check_range(lambda: f"service {key}", "fwmark", key.fwmark, 1, U32_MAX)
         return family + attr(SVC_ATTR_FWMARK, _u32(key.fwmark))
     if key.protocol is None or key.address is None:
         raise InvalidOperation(f"service {key}: needs a protocol and an address, or a fwmark")
@@ -235,7 +240,7 @@ def service_key_attrs(key: ServiceKey) -> bytes:
         raise InvalidOperation(
             f"service {key}: address {key.address} is not in family {key.family}"
         )
-    _check_range(f"service {key}: port", key.port, 0, U16_MAX)
+    _check_range(lambda: f"service {key}", "port", key.port, 0, U16_MAX)
     return (
         family
         + attr(SVC_ATTR_PROTOCOL, _u16(int(key.protocol)))
@@ -244,31 +249,33 @@ def service_key_attrs(key: ServiceKey) -> bytes:
     )
 
 
+@lru_cache(maxsize=65536)
 def service_key_nest(key: ServiceKey) -> bytes:
     return nested(CMD_ATTR_SERVICE, service_key_attrs(key))
 
 
 def service_nest(service: Service) -> bytes:
     key = service.key
-    where = f"service {key}"
-    _check_range(f"{where}: persistence timeout", service.timeout, 0, U32_MAX)
+
+    def where() -> str:
+        return f"service {key}"
+
+    _check_range(where, "persistence timeout", service.timeout, 0, U32_MAX)
     if key.family == AF_INET:
-        _check_range(f"{where}: netmask", service.netmask, 0, U32_MAX)
+        _check_range(where, "netmask", service.netmask, 0, U32_MAX)
         netmask = _be32(service.netmask)
     else:
-        _check_range(f"{where}: IPv6 netmask (prefix length)", service.netmask, 1, 128)
+        _check_range(where, "IPv6 netmask (prefix length)", service.netmask, 1, 128)
         netmask = _u32(service.netmask)
     parts = [
         service_key_attrs(key),
-        attr(
-            SVC_ATTR_SCHED_NAME, _name(f"{where}: scheduler", service.scheduler, SCHEDNAME_MAXLEN)
-        ),
+        attr(SVC_ATTR_SCHED_NAME, _name(where, "scheduler", service.scheduler, SCHEDNAME_MAXLEN)),
     ]
     if service.pe_name:
         parts.append(
             attr(
                 SVC_ATTR_PE_NAME,
-                _name(f"{where}: persistence engine", service.pe_name, PENAME_MAXLEN),
+                _name(where, "persistence engine", service.pe_name, PENAME_MAXLEN),
             )
         )
     parts += [
@@ -279,8 +286,8 @@ def service_nest(service: Service) -> bytes:
     return nested(CMD_ATTR_SERVICE, *parts)
 
 
-def _dest_key_attrs(where: str, address: IPAddress, port: int) -> bytes:
-    _check_range(f"{where}: port", port, 0, U16_MAX)
+def _dest_key_attrs(where: Callable[[], str], address: IPAddress, port: int) -> bytes:
+    _check_range(where, "port", port, 0, U16_MAX)
     family = AF_INET if address.version == 4 else AF_INET6
     return (
         attr(DEST_ATTR_ADDR_FAMILY, _u16(family))
@@ -289,36 +296,81 @@ def _dest_key_attrs(where: str, address: IPAddress, port: int) -> bytes:
     )
 
 
+# IPVS_CMD_ATTR_DEST with all its attributes in one go: it is the bulk of a
+# large table, so it is packed by a single Struct (ports pre-swapped to network
+# order).
+_DEST_NEST = struct.Struct("=HH" + "HHH2x" + "HH16s" + "HHH2x" + "HHI" * 4 + "HHB3x" + "HHH2x" * 2)
+
+
 def destination_nest(service: ServiceKey, dest: Destination) -> bytes:
-    where = f"destination {dest.address} port {dest.port} of service {service}"
-    _check_range(f"{where}: weight", dest.weight, 0, INT_MAX)
-    _check_range(f"{where}: upper threshold", dest.u_threshold, 0, U32_MAX)
-    _check_range(f"{where}: lower threshold", dest.l_threshold, 0, U32_MAX)
-    _check_range(f"{where}: tunnel port", dest.tun_port, 0, U16_MAX)
-    return nested(
+    port, weight, tun_port = dest.port, dest.weight, dest.tun_port
+    u_threshold, l_threshold = dest.u_threshold, dest.l_threshold
+    if not (
+        0 <= port <= U16_MAX
+        and 0 <= weight <= INT_MAX
+        and 0 <= u_threshold <= U32_MAX
+        and 0 <= l_threshold <= U32_MAX
+        and 0 <= tun_port <= U16_MAX
+    ):
+
+        def where() -> str:
+            return f"destination {dest.address} port {port} of service {service}"
+
+        _check_range(where, "port", port, 0, U16_MAX)
+        _check_range(where, "weight", weight, 0, INT_MAX)
+        _check_range(where, "upper threshold", u_threshold, 0, U32_MAX)
+        _check_range(where, "lower threshold", l_threshold, 0, U32_MAX)
+        _check_range(where, "tunnel port", tun_port, 0, U16_MAX)
+    address = dest.address
+    return _DEST_NEST.pack(
+        _DEST_NEST.size,
         CMD_ATTR_DEST,
-        _dest_key_attrs(where, dest.address, dest.port),
-        attr(DEST_ATTR_FWD_METHOD, _u32(int(dest.forward))),
-        attr(DEST_ATTR_WEIGHT, _u32(dest.weight)),
-        attr(DEST_ATTR_U_THRESH, _u32(dest.u_threshold)),
-        attr(DEST_ATTR_L_THRESH, _u32(dest.l_threshold)),
-        attr(DEST_ATTR_TUN_TYPE, _u8(int(dest.tun_type))),
-        attr(DEST_ATTR_TUN_PORT, _be16(dest.tun_port)),
-        attr(DEST_ATTR_TUN_FLAGS, _u16(int(dest.tun_flags))),
+        6,
+        DEST_ATTR_ADDR_FAMILY,
+        AF_INET if address.version == 4 else AF_INET6,
+        20,
+        DEST_ATTR_ADDR,
+        address.packed,
+        6,
+        DEST_ATTR_PORT,
+        socket.htons(port),
+        8,
+        DEST_ATTR_FWD_METHOD,
+        dest.forward,
+        8,
+        DEST_ATTR_WEIGHT,
+        weight,
+        8,
+        DEST_ATTR_U_THRESH,
+        u_threshold,
+        8,
+        DEST_ATTR_L_THRESH,
+        l_threshold,
+        5,
+        DEST_ATTR_TUN_TYPE,
+        dest.tun_type,
+        6,
+        DEST_ATTR_TUN_PORT,
+        socket.htons(tun_port),
+        6,
+        DEST_ATTR_TUN_FLAGS,
+        dest.tun_flags,
     )
 
 
 def daemon_nest(daemon: SyncDaemon) -> bytes:
-    where = f"sync daemon {daemon.state.name}"
+    def where() -> str:
+        return f"sync daemon {daemon.state!r}"
+
     if daemon.state not in (SyncState.MASTER, SyncState.BACKUP):
-        raise InvalidOperation(f"{where}: state must be MASTER or BACKUP")
-    _check_range(f"{where}: syncid", daemon.syncid, 0, 255)
-    _check_range(f"{where}: sync maxlen", daemon.sync_maxlen, 0, U16_MAX - 28)
-    _check_range(f"{where}: mcast port", daemon.mcast_port, 0, U16_MAX)
-    _check_range(f"{where}: mcast ttl", daemon.mcast_ttl, 0, 255)
+        raise InvalidOperation(f"{where()}: state must be MASTER or BACKUP")
+    _check_range(where, "syncid", daemon.syncid, 0, 255)
+    _check_range(where, "sync maxlen", daemon.sync_maxlen, 0, U16_MAX - 28)
+    _check_range(where, "mcast port", daemon.mcast_port, 0, U16_MAX)
+    _check_range(where, "mcast ttl", daemon.mcast_ttl, 0, 255)
     parts = [
         attr(DAEMON_ATTR_STATE, _u32(int(daemon.state))),
-        attr(DAEMON_ATTR_MCAST_IFN, _name(f"{where}: interface", daemon.mcast_ifn, IFNAME_MAXLEN)),
+        attr(DAEMON_ATTR_MCAST_IFN, _name(where, "interface", daemon.mcast_ifn, IFNAME_MAXLEN)),
         attr(DAEMON_ATTR_SYNC_ID, _u32(daemon.syncid)),
     ]
     if daemon.sync_maxlen:
@@ -330,7 +382,7 @@ def daemon_nest(daemon: SyncDaemon) -> bytes:
     group = daemon.mcast_group
     if group is not None:
         if not group.is_multicast:
-            raise InvalidOperation(f"{where}: mcast group {group} is not a multicast address")
+            raise InvalidOperation(f"{where()}: mcast group {group} is not a multicast address")
         kind = DAEMON_ATTR_MCAST_GROUP if group.version == 4 else DAEMON_ATTR_MCAST_GROUP6
         parts.append(attr(kind, group.packed))
     return nested(CMD_ATTR_DAEMON, *parts)
@@ -344,25 +396,32 @@ def timeouts_attrs(timeouts: Timeouts) -> list[bytes]:
         (CMD_ATTR_TIMEOUT_TCP_FIN, "tcp_fin", timeouts.tcp_fin),
         (CMD_ATTR_TIMEOUT_UDP, "udp", timeouts.udp),
     ):
-        _check_range(f"timeout {what}", value, 0, INT_MAX // 1000)
+        _check_range(lambda: "timeouts", what, value, 0, INT_MAX // 1000)
         if value:
             out.append(attr(kind, _u32(value)))
     return out
+
+
+_NEW_DEST = GENL_HEADER.pack(CMD_NEW_DEST, IPVS_GENL_VERSION, 0)
 
 
 def operation_body(op: ops.Operation) -> bytes:
     """The generic-netlink body of the request carrying `op`."""
     match op:
         case ops.AddDestination(service=key, destination=dest):
-            return genl_body(CMD_NEW_DEST, service_key_nest(key), destination_nest(key, dest))
+            return _NEW_DEST + service_key_nest(key) + destination_nest(key, dest)
         case ops.EditDestination(service=key, destination=dest):
             return genl_body(CMD_SET_DEST, service_key_nest(key), destination_nest(key, dest))
         case ops.DeleteDestination(service=key, address=address, port=port):
-            where = f"destination {address} port {port} of service {key}"
             return genl_body(
                 CMD_DEL_DEST,
                 service_key_nest(key),
-                nested(CMD_ATTR_DEST, _dest_key_attrs(where, address, port)),
+                nested(
+                    CMD_ATTR_DEST,
+                    _dest_key_attrs(
+                        lambda: f"destination {address} port {port} of service {key}", address, port
+                    ),
+                ),
             )
         case ops.AddService(service=service):
             return genl_body(CMD_NEW_SERVICE, service_nest(service))
