@@ -16,7 +16,6 @@ import math
 import random
 import resource
 from collections.abc import Callable, Hashable, Mapping
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import Generic, TypeVar
@@ -92,18 +91,17 @@ class Checker(Generic[K]):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self._nursery is not None:
             raise RuntimeError("this Checker is already running")
-        async with AsyncExitStack() as stack:
-            self._running_probe = self._probe or await stack.enter_async_context(Prober())
-            try:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    for key, slot in self._slots.items():
-                        self._spawn(nursery, key, slot)
-                    task_status.started()
-                    await trio.sleep_forever()
-            finally:
-                self._nursery = None
-                self._running_probe = None
+        self._running_probe = self._probe or Prober()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for key, slot in self._slots.items():
+                    self._spawn(nursery, key, slot)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            self._running_probe = None
 
     def _drop(self, key: K) -> None:
         slot = self._slots.pop(key)

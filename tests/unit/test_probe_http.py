@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from director.health.probes import Prober, probe, probe_http
-from director.health.probes.http import HttpClients, url_for
+from director.health.probes.http import TlsContexts, url_for
 from director.health.result import Reason
 from director.health.spec import HttpCheck, StatusRange, Timing
 from director.ipvs.model import IPAddress
@@ -251,7 +251,7 @@ async def test_plain_http_to_a_tls_server_fails(
     assert result.reason in {Reason.BAD_REPLY, Reason.ERROR}
 
 
-async def test_shared_clients_hold_no_connection_between_probes(
+async def test_probes_hold_no_connection_after_the_answer(
     http_server: ServerFactory, server_tls: ssl.SSLContext
 ) -> None:
     plain = await http_server(LOOPBACKS[0])
@@ -261,26 +261,29 @@ async def test_shared_clients_hold_no_connection_between_probes(
         (HttpCheck(expect_body="hello"), plain),
         (HttpCheck(tls=True, verify_tls=False, expect_body="hello"), secure),
     ]
-    async with Prober() as prober:
-        for _ in range(5):
-            for check, server in checks:
-                assert (await prober(check, server.address, server.port)).ok
-        # Every connection the server saw was closed by the probe's side or by
-        # the server after "Connection: close"; none is held for reuse.
-        await trio.testing.wait_all_tasks_blocked()
-        assert (plain.connections, secure.connections) == (10, 5)
-        assert (plain.open_connections, secure.open_connections) == (0, 0)
+    prober = Prober()
+    for _ in range(5):
+        for check, server in checks:
+            assert (await prober(check, server.address, server.port)).ok
+    # The server keeps a connection open as long as the client does.
+    await trio.testing.wait_all_tasks_blocked()
+    assert (plain.connections, secure.connections) == (10, 5)
+    assert (plain.open_connections, secure.open_connections) == (0, 0)
 
 
-async def test_explicit_clients_are_reused_and_closed(http_server: ServerFactory) -> None:
-    server = await http_server(LOOPBACKS[0])
-    clients = HttpClients()
-    first = clients.for_check(HttpCheck())
-    assert clients.for_check(HttpCheck(path="/other")) is first
-    assert clients.for_check(HttpCheck(verify_tls=False)) is not first
-    assert (await probe_http(HttpCheck(), server.address, server.port, clients)).ok
-    await clients.aclose()
-    assert first.is_closed
+async def test_tls_contexts_are_built_once_per_verification_mode(
+    http_server: ServerFactory, server_tls: ssl.SSLContext
+) -> None:
+    server = await http_server(LOOPBACKS[0], server_tls)
+    contexts = TlsContexts()
+    verifying = contexts.get(True)
+    assert contexts.get(True) is verifying
+    assert verifying.verify_mode is ssl.CERT_REQUIRED
+    assert contexts.get(False).verify_mode is ssl.CERT_NONE
+    check = HttpCheck(tls=True, verify_tls=False)
+    assert (await probe_http(check, server.address, server.port, contexts)).ok
+    result = await probe_http(HttpCheck(tls=True), server.address, server.port, contexts)
+    assert result.detail.startswith("tls: self-signed certificate")
 
 
 def test_url_for() -> None:

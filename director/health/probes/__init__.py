@@ -1,18 +1,17 @@
 """Probes: one look at one server, answered as a ProbeResult.
 
 `probe` runs a single check of any type. `Prober` does the same but shares
-HTTP clients between probes; the checker uses one for its whole run. Probes
+TLS contexts between probes; the checker uses one for its whole run. Probes
 never raise for network failures and never log.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 from typing import assert_never
 
 from director.health.probes.command import probe_exec
-from director.health.probes.http import HttpClients, probe_http
+from director.health.probes.http import TlsContexts, probe_http
 from director.health.probes.tcp import probe_tcp
 from director.health.probes.udp import probe_udp
 from director.health.result import ProbeResult
@@ -33,25 +32,16 @@ __all__ = [
 
 
 class Prober:
+    """Runs a check of any type; keep one for many probes."""
+
     def __init__(self) -> None:
-        self._http = HttpClients()
-
-    async def __aenter__(self) -> Prober:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._http.aclose()
+        self._tls = TlsContexts()
 
     async def __call__(self, check: Check, address: IPAddress, port: int) -> ProbeResult:
         if isinstance(check, TcpCheck):
             return await probe_tcp(check, address, port)
         if isinstance(check, HttpCheck):
-            return await probe_http(check, address, port, self._http)
+            return await probe_http(check, address, port, self._tls)
         if isinstance(check, UdpCheck):
             return await probe_udp(check, address, port)
         if isinstance(check, ExecCheck):
@@ -60,5 +50,4 @@ class Prober:
 
 
 async def probe(check: Check, address: IPAddress, port: int) -> ProbeResult:
-    async with Prober() as prober:
-        return await prober(check, address, port)
+    return await Prober()(check, address, port)

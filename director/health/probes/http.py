@@ -1,15 +1,18 @@
 """HTTP(S) check: the server is up when it answers with an expected status
 (and, when asked, a body matching a regex).
 
-Connections are never kept alive: one probe, one connection, closed after the
-answer, so that many checks hold no idle sockets. The HTTP clients (and their
-TLS contexts, which are costly to build) are shared through `HttpClients`.
+Every probe has a client and a connection of its own, closed after the answer:
+many checks hold no idle sockets, and thousands of probes in flight do not
+queue in one shared connection pool (whose bookkeeping grows with the number
+of requests in it). What is costly to build, the TLS contexts, is shared
+through `TlsContexts`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import ssl
 from collections.abc import AsyncGenerator
 from typing import cast
 
@@ -22,55 +25,41 @@ from director.ipvs.model import IPAddress
 
 MAX_BODY = 1 << 20  # bytes of body searched for expect_body
 USER_AGENT = "director-health-check"
+_NO_KEEPALIVE = httpx.Limits(max_connections=None, max_keepalive_connections=0)
 
 
-class HttpClients:
-    """One client per TLS verification mode, made on first use."""
+class TlsContexts:
+    """One TLS context per verification mode, built on first use (loading the
+    CA certificates takes tens of milliseconds)."""
 
     def __init__(self) -> None:
-        self._clients: dict[bool, httpx.AsyncClient] = {}
+        self._contexts: dict[bool, ssl.SSLContext] = {}
 
-    def for_check(self, check: HttpCheck) -> httpx.AsyncClient:
-        client = self._clients.get(check.verify_tls)
-        if client is None:
-            client = self._clients[check.verify_tls] = _new_client(check.verify_tls)
-        return client
-
-    async def aclose(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            await client.aclose()
-
-
-def _new_client(verify_tls: bool) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        verify=verify_tls,
-        trust_env=False,  # no proxies, no netrc: probe the server itself
-        timeout=None,  # the probe's own deadline bounds it
-        follow_redirects=False,
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
-        headers={"Connection": "close", "User-Agent": USER_AGENT},
-    )
+    def get(self, verify: bool) -> ssl.SSLContext:
+        context = self._contexts.get(verify)
+        if context is None:
+            context = self._contexts[verify] = httpx.create_ssl_context(
+                verify=verify, trust_env=False
+            )
+        return context
 
 
 async def probe_http(
-    check: HttpCheck, address: IPAddress, port: int, clients: HttpClients | None = None
+    check: HttpCheck, address: IPAddress, port: int, tls: TlsContexts | None = None
 ) -> ProbeResult:
-    if clients is None:
-        clients = HttpClients()
-        try:
-            return await probe_http(check, address, port, clients)
-        finally:
-            await clients.aclose()
     address = check.address or address
     port = check.port if check.port is not None else port
     headers = {"Host": check.host} if check.host else {}
     extensions = {"sni_hostname": check.host} if check.tls and check.host else {}
-    client = clients.for_check(check)
+    # A plain-HTTP probe never uses its context: give it the cheap one.
+    context = (tls or TlsContexts()).get(check.verify_tls and check.tls)
     with probe_attempt(check.timing.timeout) as attempt:
-        async with client.stream(
-            check.method, url_for(check, address, port), headers=headers, extensions=extensions
-        ) as response:
+        async with (
+            _new_client(context) as client,
+            client.stream(
+                check.method, url_for(check, address, port), headers=headers, extensions=extensions
+            ) as response,
+        ):
             status = response.status_code
             if not any(status in expected for expected in check.expect_status):
                 attempt.fail(Reason.BAD_STATUS, f"status {status}")
@@ -85,6 +74,17 @@ async def probe_http(
                     detail = f"status {status}, body does not match {check.expect_body!r}"
                     attempt.fail(Reason.BAD_BODY, detail)
     return attempt.result
+
+
+def _new_client(context: ssl.SSLContext) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        verify=context,
+        trust_env=False,  # no proxies, no netrc: probe the server itself
+        timeout=None,  # the probe's own deadline bounds it
+        follow_redirects=False,
+        limits=_NO_KEEPALIVE,
+        headers={"Connection": "close", "User-Agent": USER_AGENT},
+    )
 
 
 def url_for(check: HttpCheck, address: IPAddress, port: int) -> str:
