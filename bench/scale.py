@@ -1,0 +1,269 @@
+"""Scale: directord and keepalived's checker each TCP-checking 10,000 real
+servers behind 100 services every second, one after the other in namespaces
+of their own; their CPU, memory and the probe rate they actually achieve.
+
+Service i is 10.1.0.1:(20000 + i); its real servers are 127.0.(i+1).(j+1) on
+the same port, j < 100, so every (address, port) is distinct. One listening
+socket per port, bound to 0.0.0.0, accepts for every 127/8 address; forked
+sink processes accept and close, counting connections: the probe rate is that
+count over the measuring window. CPU % is utime+stime of the daemon's process
+tree over the window (100 % = one core); memory is VmRSS at the end and VmHWM
+(peak RSS), summed over the tree.
+
+    DIRECTOR_VM_MEMORY=4G python tests/vm/run.py python bench/scale.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    AcceptCounter,
+    Directord,
+    TcpTiming,
+    VirtualService,
+    cpu_seconds,
+    descendants,
+    destination_count,
+    fork_sink,
+    listener,
+    memory_kib,
+    namespace,
+    print_table,
+    raise_fd_limit,
+    ratio,
+    stop_process,
+)
+from keepalived import Keepalived
+
+VIP = "10.1.0.1"
+FIRST_PORT = 20000
+
+
+class Daemon(Protocol):
+    name: str
+
+    def start(self, timeout: float) -> float: ...
+    def stop(self) -> None: ...
+    @property
+    def pid(self) -> int: ...
+
+
+DaemonFactory = Callable[[Sequence[VirtualService], TcpTiming, Path], Daemon]
+
+
+@dataclass(frozen=True)
+class Load:
+    services: int
+    per_service: int
+    timing: TcpTiming
+
+    @property
+    def real_servers(self) -> int:
+        return self.services * self.per_service
+
+    @property
+    def target_rate(self) -> float:
+        return self.real_servers / self.timing.interval
+
+    def virtual_services(self) -> list[VirtualService]:
+        if self.services > 254 or self.per_service > 254:
+            raise ValueError("at most 254 services of 254 real servers each")
+        return [
+            VirtualService(
+                VIP,
+                FIRST_PORT + i,
+                tuple((f"127.0.{i + 1}.{j + 1}", FIRST_PORT + i) for j in range(self.per_service)),
+            )
+            for i in range(self.services)
+        ]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    name: str
+    ready_after: float  # start -> the daemon's own readiness
+    full_after: float  # start -> every real server in the table
+    window: float
+    probes: int
+    cpu_percent: float
+    rss_mib: float
+    hwm_mib: float
+    fewest_in_table: int
+    sink_cpu_percent: float
+
+    def probe_rate(self) -> float:
+        return self.probes / self.window
+
+    def cpu_ms_per_probe(self) -> float:
+        return 10 * self.cpu_percent / self.probe_rate() if self.probes else float("nan")
+
+
+def measure(
+    factory: DaemonFactory, load: Load, warmup: float, window: float, sinks: int, workdir: Path
+) -> Measurement:
+    daemon = factory(load.virtual_services(), load.timing, workdir)
+    counter = AcceptCounter(sinks)
+    with namespace(f"bench-scale-{daemon.name}"):
+        sockets = [listener("0.0.0.0", FIRST_PORT + i) for i in range(load.services)]
+        sink_pids = [fork_sink(sockets, counter, slot) for slot in range(sinks)]
+        for sock in sockets:
+            sock.close()
+        try:
+            started = time.monotonic()
+            ready_after = daemon.start(timeout=600)
+            deadline = started + 600
+            while destination_count() < load.real_servers:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{daemon.name}: {destination_count()} of {load.real_servers} "
+                        "real servers in the table after 600 s"
+                    )
+                time.sleep(0.5)
+            full_after = time.monotonic() - started
+            print(
+                f"  {daemon.name}: ready after {ready_after:.1f} s, "
+                f"all {load.real_servers} in the table after {full_after:.1f} s",
+                flush=True,
+            )
+            time.sleep(warmup)
+            pids = descendants(daemon.pid)
+            cpu0, sink0, probes0, t0 = (
+                cpu_seconds(pids),
+                cpu_seconds(sink_pids),
+                counter.total(),
+                time.monotonic(),
+            )
+            fewest = load.real_servers
+            while time.monotonic() - t0 < window:
+                time.sleep(min(2.0, max(0.0, window - (time.monotonic() - t0))))
+                fewest = min(fewest, destination_count())
+            pids = descendants(daemon.pid)
+            cpu1, sink1, probes1, t1 = (
+                cpu_seconds(pids),
+                cpu_seconds(sink_pids),
+                counter.total(),
+                time.monotonic(),
+            )
+            elapsed = t1 - t0
+            measurement = Measurement(
+                name=daemon.name,
+                ready_after=ready_after,
+                full_after=full_after,
+                window=elapsed,
+                probes=probes1 - probes0,
+                cpu_percent=100 * (cpu1 - cpu0) / elapsed,
+                rss_mib=memory_kib(pids, "VmRSS") / 1024,
+                hwm_mib=memory_kib(pids, "VmHWM") / 1024,
+                fewest_in_table=fewest,
+                sink_cpu_percent=100 * (sink1 - sink0) / elapsed,
+            )
+            print(
+                f"  {daemon.name}: {measurement.probe_rate():.0f} probes/s, "
+                f"CPU {measurement.cpu_percent:.1f} %, RSS {measurement.rss_mib:.1f} MiB",
+                flush=True,
+            )
+            return measurement
+        finally:
+            daemon.stop()
+            for pid in sink_pids:
+                stop_process(pid, signal.SIGKILL)
+
+
+def report(load: Load, results: dict[str, Measurement]) -> None:
+    def row(m: Measurement) -> list[str]:
+        return [
+            m.name,
+            f"{m.probe_rate():.0f}",
+            f"{100 * m.probe_rate() / load.target_rate:.1f}",
+            f"{m.cpu_percent:.1f}",
+            f"{m.cpu_ms_per_probe():.3f}",
+            f"{m.rss_mib:.1f}",
+            f"{m.hwm_mib:.1f}",
+            f"{m.ready_after:.1f}",
+            f"{m.full_after:.1f}",
+            str(m.fewest_in_table),
+            f"{m.sink_cpu_percent:.1f}",
+        ]
+
+    rows = [row(m) for m in results.values()]
+    if {"directord", "keepalived"} <= results.keys():
+        d, k = results["directord"], results["keepalived"]
+        rows.append(
+            [
+                "directord/keepalived",
+                ratio(d.probe_rate(), k.probe_rate()),
+                "",
+                ratio(d.cpu_percent, k.cpu_percent),
+                ratio(d.cpu_ms_per_probe(), k.cpu_ms_per_probe()),
+                ratio(d.rss_mib, k.rss_mib),
+                ratio(d.hwm_mib, k.hwm_mib),
+                ratio(d.ready_after, k.ready_after),
+                ratio(d.full_after, k.full_after),
+                "",
+                "",
+            ]
+        )
+    print_table(
+        f"Scale: {load.real_servers} real servers x {load.services} services, TCP check every "
+        f"{load.timing.interval:g} s (target {load.target_rate:.0f} probes/s); "
+        f"window {next(iter(results.values())).window:.0f} s",
+        [
+            "daemon",
+            "probes/s",
+            "% target",
+            "CPU %",
+            "CPU ms/probe",
+            "RSS MiB",
+            "peak MiB",
+            "ready s",
+            "full s",
+            "min in table",
+            "sink CPU %",
+        ],
+        rows,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--services", type=int, default=100)
+    parser.add_argument("--per-service", type=int, default=100)
+    parser.add_argument("--interval", type=float, default=1.0, help="check interval (s)")
+    parser.add_argument("--timeout", type=float, default=1.0, help="connect timeout (s)")
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds before the window")
+    parser.add_argument("--window", type=float, default=60.0, help="measuring window (s)")
+    parser.add_argument("--sinks", type=int, default=1, help="accepting processes")
+    parser.add_argument("--only", choices=("directord", "keepalived"), action="append")
+    args = parser.parse_args(argv)
+    load = Load(args.services, args.per_service, TcpTiming(args.interval, args.timeout, 2, 1))
+    limit = raise_fd_limit()
+    factories: dict[str, DaemonFactory] = {"directord": Directord, "keepalived": Keepalived}
+    print(
+        f"scale: {load.real_servers} real servers, {load.services} services, "
+        f"TCP check every {args.interval:g} s, timeout {args.timeout:g} s; "
+        f"warm-up {args.warmup:g} s, window {args.window:g} s; fd limit {limit}",
+        flush=True,
+    )
+    results: dict[str, Measurement] = {}
+    with tempfile.TemporaryDirectory(prefix="director-bench-") as tmp:
+        for name in args.only or list(factories):
+            results[name] = measure(
+                factories[name], load, args.warmup, args.window, args.sinks, Path(tmp) / name
+            )
+    report(load, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
