@@ -76,7 +76,7 @@ async def serve(config_path: Path, config: Config, notifier: Notifier | None = N
                 notifier.ready(director.status_line())
                 interval = watchdog_interval()
                 if interval:
-                    nursery.start_soon(_keep_alive, notifier, interval)
+                    nursery.start_soon(_keep_alive, notifier, director, interval)
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         notifier.reloading()
@@ -102,9 +102,13 @@ async def _reload(director: Director, config_path: Path) -> None:
     await director.reload(config)
 
 
-async def _keep_alive(notifier: Notifier, interval: float) -> None:
+async def _keep_alive(notifier: Notifier, director: Director, interval: float) -> None:
+    """Pet systemd's watchdog only while the engine's loop makes passes, so a
+    wedged loop (a hung netlink call, say) gets the daemon restarted."""
+    stale_after = 2 * director.config.daemon.reconcile_interval + interval
     while True:
-        notifier.watchdog()
+        if trio.current_time() - director.last_pass <= stale_after:
+            notifier.watchdog()
         await trio.sleep(interval)
 
 

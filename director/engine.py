@@ -21,7 +21,8 @@ from director.config import Config, RealServerId
 from director.desired import DesiredService, RealServerView, desired_table
 from director.health.checker import Checker, Target
 from director.health.probes import ProbeFunction
-from director.health.state import Health, Transition
+from director.health.result import ProbeResult
+from director.health.state import Health, HealthState, Transition
 from director.ipvs.errors import BatchError
 from director.ipvs.model import ServiceEntry, ServiceKey
 from director.ipvs.ops import Operation, SetTimeouts
@@ -62,8 +63,9 @@ class Director:
         self.config = config
         self.kernel = kernel
         self.checker: Checker[RealServerId] = Checker(
-            on_transition=self._on_transition, probe=probe, rng=rng
+            on_transition=self._on_transition, on_result=self._on_result, probe=probe, rng=rng
         )
+        self._dynamic_weights: dict[RealServerId, int] = {}
         # Services this daemon manages: the config's, plus those a reload just
         # dropped (deleted on the next pass, then forgotten).
         self.owned: set[ServiceKey] = set(config.service_keys())
@@ -85,6 +87,17 @@ class Director:
             **transition.log_fields(),
         )
         self.poke(f"{event} {_endpoint(target)}")
+
+    def _on_result(self, target: RealServerId, result: ProbeResult, state: HealthState) -> None:
+        """A dynamic-weight check can change a server's weight without a
+        transition: a new weight asks for a pass too."""
+        if result.weight is None or self._dynamic_weights.get(target) == result.weight:
+            return
+        old = self._dynamic_weights.get(target)
+        self._dynamic_weights[target] = result.weight
+        if old is not None and state.status is Health.UP:
+            self.log.info("dynamic_weight", rs=_endpoint(target), old=old, new=result.weight)
+            self.poke(f"dynamic weight {_endpoint(target)}")
 
     def health_views(self) -> dict[RealServerId, RealServerView]:
         return {target: RealServerView.from_state(s) for target, s in self.checker.states().items()}
