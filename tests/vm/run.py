@@ -26,10 +26,24 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-MODULES = (
-    "ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_lblc ip_vs_lblcr ip_vs_dh ip_vs_sh "
-    "ip_vs_sed ip_vs_nq ip_vs_fo ip_vs_ovf ip_vs_mh ip_vs_pe_sip ip_vs_ftp"
-).split()
+MODULES = [
+    "ip_vs",
+    "ip_vs_rr",
+    "ip_vs_wrr",
+    "ip_vs_lc",
+    "ip_vs_wlc",
+    "ip_vs_lblc",
+    "ip_vs_lblcr",
+    "ip_vs_dh",
+    "ip_vs_sh",
+    "ip_vs_sed",
+    "ip_vs_nq",
+    "ip_vs_fo",
+    "ip_vs_ovf",
+    "ip_vs_mh",
+    "ip_vs_pe_sip",
+    "ip_vs_ftp",
+]
 
 
 def host_has_ipvs() -> bool:
@@ -57,7 +71,7 @@ def guest_script(command: list[str], rc_file: Path) -> str:
             f"export PATH={shlex.quote(str(venv_bin))}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "export PYTHONDONTWRITEBYTECODE=1 HOME=/tmp",
             "mkdir -p /run/netns",
-            f"for m in {' '.join(MODULES)}; do modprobe $m || echo \"modprobe $m failed\" >&2; done",
+            f'for m in {" ".join(MODULES)}; do modprobe $m || echo "modprobe $m failed" >&2; done',
             shlex.join(command),
             f"echo $? > {shlex.quote(str(rc_file))}",
         ]
