@@ -22,7 +22,7 @@ class Request:
 
     argv: tuple[str, ...] | None = None
     command: str | None = None
-    args: Mapping[str, object] = field(default=_EMPTY)
+    args: Mapping[str, object] = field(default_factory=lambda: _EMPTY)
 
 
 @dataclass(frozen=True)
