@@ -1,0 +1,297 @@
+"""The runtime layer on disk: versioned JSON, written atomically.
+
+`encode`/`decode` are pure; `save` writes a temporary file in the same
+directory, fsyncs it, renames it over the state file and fsyncs the
+directory, so a crash leaves either the old state or the new one. `load`
+never raises for a bad file: a corrupt state file is moved aside to
+`<path>.corrupt` and the daemon starts from the config file alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from ipaddress import ip_address
+from pathlib import Path
+from typing import TypeVar
+
+from director.config import RealServerId
+from director.desired import AdminState
+from director.ipvs.model import (
+    AF_INET,
+    AF_INET6,
+    Destination,
+    Forward,
+    Protocol,
+    Service,
+    ServiceFlags,
+    ServiceKey,
+    Timeouts,
+    TunnelFlags,
+    TunnelType,
+)
+from director.runtime import EMPTY, RuntimeLayer
+
+FORMAT_VERSION = 1
+_FAMILIES: dict[int, str] = {AF_INET: "ipv4", AF_INET6: "ipv6"}
+T = TypeVar("T")
+
+
+class StateFileError(Exception):
+    """The state file cannot be read back; the message names where."""
+
+
+# -- encoding -------------------------------------------------------------------
+
+
+def encode(layer: RuntimeLayer) -> str:
+    data = {
+        "version": FORMAT_VERSION,
+        "services": [_service(s) for s in layer.services.values()],
+        "deleted_services": [_key(k) for k in sorted(layer.deleted_services, key=str)],
+        "real_servers": [{**_rid(rid), **_destination(d)} for rid, d in layer.real_servers.items()],
+        "deleted_real_servers": [_rid(r) for r in sorted(layer.deleted_real_servers, key=str)],
+        "admin": [{**_rid(rid), "state": state.value} for rid, state in layer.admin.items()],
+        "timeouts": None
+        if layer.timeouts is None
+        else {
+            "tcp": layer.timeouts.tcp,
+            "tcp_fin": layer.timeouts.tcp_fin,
+            "udp": layer.timeouts.udp,
+        },
+    }
+    return json.dumps(data, indent=1) + "\n"
+
+
+def _key(key: ServiceKey) -> dict[str, object]:
+    return {
+        "family": _FAMILIES[key.family],
+        "protocol": key.protocol.name.lower() if key.protocol is not None else None,
+        "address": str(key.address) if key.address is not None else None,
+        "port": key.port,
+        "fwmark": key.fwmark,
+    }
+
+
+def _service(service: Service) -> dict[str, object]:
+    return {
+        "key": _key(service.key),
+        "scheduler": service.scheduler,
+        "flags": int(service.flags & ~ServiceFlags.HASHED),
+        "timeout": service.timeout,
+        "netmask": service.netmask,
+        "pe_name": service.pe_name,
+    }
+
+
+def _rid(rid: RealServerId) -> dict[str, object]:
+    return {"service": _key(rid.service), "address": str(rid.address), "port": rid.port}
+
+
+def _destination(d: Destination) -> dict[str, object]:
+    return {
+        "forward": d.forward.name.lower(),
+        "weight": d.weight,
+        "u_threshold": d.u_threshold,
+        "l_threshold": d.l_threshold,
+        "tun_type": d.tun_type.name.lower(),
+        "tun_port": d.tun_port,
+        "tun_flags": int(d.tun_flags),
+    }
+
+
+# -- decoding -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Reader:
+    """A JSON object at a path, with typed getters that fail naming it."""
+
+    data: Mapping[str, object]
+    path: str
+
+    def get(self, key: str, kind: type[T], *, optional: bool = False) -> T:
+        if key not in self.data:
+            if optional:
+                return None  # type: ignore[return-value]
+            raise StateFileError(f"{self.path}.{key}: missing")
+        value = self.data[key]
+        if optional and value is None:
+            return None  # type: ignore[return-value]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise StateFileError(
+                f"{self.path}.{key}: expected {kind.__name__}, got {type(value).__name__}"
+            )
+        return value
+
+    def choice(self, key: str, options: Mapping[str, T]) -> T:
+        value = self.get(key, str)
+        if value not in options:
+            raise StateFileError(f"{self.path}.{key}: {value!r} is not one of {sorted(options)}")
+        return options[value]
+
+    def objects(self, key: str) -> list[_Reader]:
+        items = self.get(key, list)
+        result = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise StateFileError(f"{self.path}.{key}[{i}]: expected an object")
+            result.append(_Reader(item, f"{self.path}.{key}[{i}]"))
+        return result
+
+    def reader(self, key: str) -> _Reader:
+        return _Reader(self.get(key, dict), f"{self.path}.{key}")
+
+    def wrap(self, build: Callable[[], T]) -> T:
+        try:
+            return build()
+        except (ValueError, TypeError) as error:
+            raise StateFileError(f"{self.path}: {error}") from None
+
+
+def decode(text: str) -> RuntimeLayer:
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise StateFileError(f"not JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise StateFileError("expected a JSON object at the top")
+    root = _Reader(data, "state")
+    version = root.get("version", int)
+    if version != FORMAT_VERSION:
+        raise StateFileError(f"state.version: {version} is not a supported version (1)")
+    services = {s.key: s for s in (_read_service(r) for r in root.objects("services"))}
+    real_servers = {_read_rid(r): _read_destination(r) for r in root.objects("real_servers")}
+    admin = {
+        _read_rid(r): r.choice("state", {a.value: a for a in AdminState})
+        for r in root.objects("admin")
+    }
+    timeouts = None
+    if root.get("timeouts", dict, optional=True) is not None:
+        t = root.reader("timeouts")
+        timeouts = Timeouts(t.get("tcp", int), t.get("tcp_fin", int), t.get("udp", int))
+    return RuntimeLayer(
+        services=services,
+        deleted_services=frozenset(_read_key(r) for r in root.objects("deleted_services")),
+        real_servers=real_servers,
+        deleted_real_servers=frozenset(_read_rid(r) for r in root.objects("deleted_real_servers")),
+        admin=admin,
+        timeouts=timeouts,
+    )
+
+
+def _read_key(r: _Reader) -> ServiceKey:
+    family = r.choice("family", {v: k for k, v in _FAMILIES.items()})
+    fwmark = r.get("fwmark", int)
+    if fwmark:
+        return ServiceKey.mark(fwmark, family)
+    protocol = r.choice("protocol", {p.name.lower(): p for p in Protocol})
+    address = r.wrap(lambda: ip_address(r.get("address", str)))
+    port = _port(r, "port")
+    if address.version != (6 if family == AF_INET6 else 4):
+        raise StateFileError(f"{r.path}.address: not an {_FAMILIES[family]} address")
+    return ServiceKey.inet(protocol, address, port)
+
+
+def _port(r: _Reader, key: str) -> int:
+    port = r.get(key, int)
+    if not 0 <= port <= 65535:
+        raise StateFileError(f"{r.path}.{key}: {port} is not a port")
+    return port
+
+
+def _read_service(r: _Reader) -> Service:
+    key = _read_key(r.reader("key"))
+    return r.wrap(
+        lambda: Service(
+            key,
+            r.get("scheduler", str),
+            ServiceFlags(r.get("flags", int)),
+            r.get("timeout", int),
+            r.get("netmask", int),
+            r.get("pe_name", str),
+        )
+    )
+
+
+def _read_rid(r: _Reader) -> RealServerId:
+    service = _read_key(r.reader("service"))
+    address = r.wrap(lambda: ip_address(r.get("address", str)))
+    return RealServerId(service, address, _port(r, "port"))
+
+
+def _read_destination(r: _Reader) -> Destination:
+    return r.wrap(
+        lambda: Destination(
+            ip_address(r.get("address", str)),
+            _port(r, "port"),
+            r.choice("forward", {f.name.lower(): f for f in Forward}),
+            r.get("weight", int),
+            r.get("u_threshold", int),
+            r.get("l_threshold", int),
+            r.choice("tun_type", {t.name.lower(): t for t in TunnelType}),
+            _port(r, "tun_port"),
+            TunnelFlags(r.get("tun_flags", int)),
+        )
+    )
+
+
+# -- files ------------------------------------------------------------------------
+
+
+def save(path: str | Path, layer: RuntimeLayer) -> None:
+    """Replace the state file atomically (blocking: run it in a thread)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(encode(layer))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    layer: RuntimeLayer
+    problem: str | None = None  # why the file was not used; None when it was (or is absent)
+    moved_to: Path | None = None  # where a corrupt file was kept
+
+
+def load(path: str | Path) -> Loaded:
+    """The saved layer; the empty one when there is no file. A file that
+    cannot be decoded is renamed to `<path>.corrupt` and reported."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Loaded(EMPTY)
+    except (OSError, UnicodeDecodeError) as error:
+        return _set_aside(path, f"cannot read: {error}")
+    try:
+        return Loaded(decode(text))
+    except StateFileError as error:
+        return _set_aside(path, str(error))
+
+
+def _set_aside(path: Path, problem: str) -> Loaded:
+    corrupt = path.with_name(path.name + ".corrupt")
+    try:
+        os.replace(path, corrupt)
+    except OSError as error:
+        return Loaded(EMPTY, f"{problem} (and it could not be moved aside: {error})")
+    return Loaded(EMPTY, problem, corrupt)

@@ -1,0 +1,151 @@
+"""The state file: exact round trip, atomic replacement, and a corrupt file
+set aside rather than crashing the daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+from ipaddress import ip_address
+from pathlib import Path
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import given
+
+from director import statefile
+from director.config import RealServerId
+from director.desired import AdminState
+from director.ipvs.model import (
+    AF_INET6,
+    Destination,
+    Forward,
+    Protocol,
+    Service,
+    ServiceFlags,
+    ServiceKey,
+    Timeouts,
+    TunnelFlags,
+    TunnelType,
+)
+from director.runtime import EMPTY, RuntimeLayer
+
+VIP = ServiceKey.inet(Protocol.TCP, "10.0.0.1", 80)
+V6 = ServiceKey.inet(Protocol.UDP, "2001:db8::1", 53)
+MARK = ServiceKey.mark(7, AF_INET6)
+RS = RealServerId(VIP, ip_address("10.0.1.1"), 80)
+
+LAYER = RuntimeLayer(
+    services={
+        VIP: Service(VIP, "sh", ServiceFlags.PERSISTENT | ServiceFlags.SCHED2, 300, 0xFFFFFF00),
+        MARK: Service(MARK, "wlc", ServiceFlags.PERSISTENT, 60, 64, "sip"),
+    },
+    deleted_services=frozenset({V6}),
+    real_servers={
+        RS: Destination(RS.address, 80, Forward.MASQ, 3, 100, 10),
+        RealServerId(MARK, ip_address("2001:db8::5"), 443): Destination(
+            ip_address("2001:db8::5"),
+            443,
+            Forward.TUNNEL,
+            0,
+            0,
+            0,
+            TunnelType.GUE,
+            6080,
+            TunnelFlags.REMCSUM,
+        ),
+    },
+    deleted_real_servers=frozenset({RealServerId(V6, ip_address("2001:db8::9"), 53)}),
+    admin={RS: AdminState.DRAIN},
+    timeouts=Timeouts(10, 0, 30),
+)
+
+
+def test_round_trip() -> None:
+    assert statefile.decode(statefile.encode(LAYER)) == LAYER
+    assert statefile.decode(statefile.encode(EMPTY)) == EMPTY
+
+
+@given(
+    weights=st.lists(st.integers(0, 65535), max_size=5),
+    port=st.integers(0, 65535),
+    timeouts=st.none() | st.builds(Timeouts, st.integers(0, 10**6), st.integers(0, 10**6)),
+)
+def test_round_trip_of_generated_layers(
+    weights: list[int], port: int, timeouts: Timeouts | None
+) -> None:
+    servers = {
+        RealServerId(VIP, ip_address(f"10.0.1.{i}"), port): Destination(
+            ip_address(f"10.0.1.{i}"), port, weight=w
+        )
+        for i, w in enumerate(weights)
+    }
+    layer = RuntimeLayer(real_servers=servers, timeouts=timeouts)
+    decoded = statefile.decode(statefile.encode(layer))
+    assert decoded == layer
+    assert list(decoded.real_servers) == list(servers)
+
+
+def test_save_replaces_atomically_and_load_reads_back(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "state.json"
+    statefile.save(path, EMPTY)
+    statefile.save(path, LAYER)
+    assert statefile.load(path) == statefile.Loaded(LAYER)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["state.json"]  # no temporaries
+
+
+def test_missing_file_is_an_empty_layer(tmp_path: Path) -> None:
+    assert statefile.load(tmp_path / "none.json") == statefile.Loaded(EMPTY)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("{", "not JSON"),
+        ("[]", "expected a JSON object"),
+        ('{"version": 2}', "state.version: 2 is not a supported version"),
+        (
+            json.dumps({**json.loads(statefile.encode(LAYER)), "admin": [{"state": "x"}]}),
+            "state.admin[0].service: missing",
+        ),
+        (
+            statefile.encode(LAYER).replace('"weight": 3', '"weight": "3"'),
+            "state.real_servers[0].weight: expected int, got str",
+        ),
+        (
+            statefile.encode(LAYER).replace('"10.0.1.1"', '"10.0.1"', 1),
+            "state.real_servers[0]",
+        ),
+        (
+            statefile.encode(LAYER).replace('"forward": "masq"', '"forward": "carrier pigeon"'),
+            "state.real_servers[0].forward: 'carrier pigeon' is not one of",
+        ),
+    ],
+)
+def test_corrupt_file_is_set_aside_with_the_problem_named(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    path = tmp_path / "state.json"
+    path.write_text(text)
+    loaded = statefile.load(path)
+    assert loaded.layer == EMPTY
+    assert loaded.problem is not None and problem in loaded.problem
+    assert loaded.moved_to == tmp_path / "state.json.corrupt"
+    assert loaded.moved_to.read_text() == text
+    assert not path.exists()
+
+
+def test_failed_write_leaves_the_old_file_and_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state.json"
+    statefile.save(path, LAYER)
+
+    def no_space(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", no_space)
+    with pytest.raises(OSError, match="No space"):
+        statefile.save(path, EMPTY)
+    monkeypatch.undo()
+    assert statefile.load(path).layer == LAYER
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
