@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import trio
 
 from director import log
-from director.config import Config, RealServerId
+from director.config import Config, RealServerId, service_label
 from director.desired import DesiredService, RealServerView, desired_table
 from director.health.checker import Checker, Target
 from director.health.probes import ProbeFunction
@@ -29,6 +29,7 @@ from director.ipvs.ops import Operation, SetTimeouts
 from director.kernel import KernelTable
 from director.oplog import describe_operation
 from director.reconcile import plan
+from director.runtime import EMPTY, RuntimeLayer, effective_config
 
 
 def check_targets(config: Config) -> dict[RealServerId, Target]:
@@ -56,11 +57,16 @@ class Director:
         config: Config,
         kernel: KernelTable,
         *,
+        runtime: RuntimeLayer = EMPTY,
         probe: ProbeFunction | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        """`probe` and `rng` replace the real probes and the jitter's source (tests)."""
+        """`config` is the config file's, `runtime` the operator's changes
+        over it (director.runtime); `probe` and `rng` replace the real probes
+        and the jitter's source (tests)."""
         self.config = config
+        self.runtime = runtime
+        self.effective = effective_config(config, runtime)
         self.kernel = kernel
         self.checker: Checker[RealServerId] = Checker(
             on_transition=self._on_transition, on_result=self._on_result, probe=probe, rng=rng
@@ -68,21 +74,21 @@ class Director:
         self._dynamic_weights: dict[RealServerId, int] = {}
         # Services this daemon manages: the config's, plus those a reload just
         # dropped (deleted on the next pass, then forgotten).
-        self.owned: set[ServiceKey] = set(config.service_keys())
+        self.owned: set[ServiceKey] = set(self.effective.service_keys())
         self.log = log.get("director")
         self.last_pass = 0.0
         self._wake = trio.Event()
         self._why = "start"
         self._passes = 0
+        self._one_pass_at_a_time = trio.Lock()
 
     # -- health -------------------------------------------------------------
 
     def _on_transition(self, target: RealServerId, transition: Transition) -> None:
         event = "real_server_up" if transition.new is Health.UP else "real_server_down"
-        vs = self.config.virtual_server(target.service) if target.service in self.owned else None
         self.log.info(
             event,
-            vs=vs.label if vs else str(target.service),
+            vs=service_label(target.service),
             rs=_endpoint(target),
             **transition.log_fields(),
         )
@@ -111,7 +117,7 @@ class Director:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self._apply_timeouts()
-        self.checker.set_targets(check_targets(self.config))
+        self.checker.set_targets(check_targets(self.effective))
         async with trio.open_nursery() as nursery:
             await nursery.start(self.checker.run)
             await self.reconcile("start")
@@ -126,17 +132,23 @@ class Director:
 
     def _next_pass_in(self) -> float:
         interval = self.config.daemon.reconcile_interval
-        ramping = any(vs.slow_start for vs in self.config.virtual_servers)
+        ramping = any(vs.slow_start for vs in self.effective.virtual_servers)
         return min(interval, 1.0) if ramping else interval
 
     async def reconcile(self, why: str) -> list[Operation]:
+        """One pass; passes never overlap (the loop's, a reload's and the
+        control socket's would otherwise plan from the same stale table)."""
+        async with self._one_pass_at_a_time:
+            return await self._reconcile(why)
+
+    async def _reconcile(self, why: str) -> list[Operation]:
         entries = await self.kernel.services()
         kernel: dict[ServiceKey, ServiceEntry] = {e.service.key: e for e in entries}
         desired: Mapping[ServiceKey, DesiredService] = desired_table(
-            self.config, self.health_views(), kernel, trio.current_time()
+            self.effective, self.health_views(), kernel, trio.current_time(), self.runtime.admin
         )
         operations = plan(desired, kernel, self.owned)
-        self.owned = set(self.config.service_keys())
+        self.owned = set(self.effective.service_keys())
         self.last_pass = trio.current_time()
         self._passes += 1
         if not operations:
@@ -160,7 +172,7 @@ class Director:
         return operations
 
     async def _apply_timeouts(self) -> None:
-        timeouts = self.config.ipvs.timeouts
+        timeouts = self.effective.ipvs.timeouts
         if timeouts is None:
             return
         await self.kernel.apply([SetTimeouts(timeouts)])
@@ -168,12 +180,22 @@ class Director:
 
     # -- reload and stop ----------------------------------------------------
 
+    def set_runtime(self, runtime: RuntimeLayer) -> None:
+        """Take new operator changes: what to check changes at once, the
+        table on the next pass (a service they drop stays owned until then)."""
+        self.owned |= self.effective.service_keys()
+        self.runtime = runtime
+        self.effective = effective_config(self.config, runtime)
+        self.checker.set_targets(check_targets(self.effective))
+
     async def reload(self, config: Config) -> ReloadSummary:
-        old = self.config
-        old_targets, new_targets = check_targets(old), check_targets(config)
+        """Take a new config file; the runtime layer is applied over it again."""
+        old = self.effective
+        new = effective_config(config, self.runtime)
+        old_targets, new_targets = check_targets(old), check_targets(new)
         summary = ReloadSummary(
-            services_added=tuple(sorted(config.service_keys() - old.service_keys())),
-            services_removed=tuple(sorted(old.service_keys() - config.service_keys())),
+            services_added=tuple(sorted(new.service_keys() - old.service_keys())),
+            services_removed=tuple(sorted(old.service_keys() - new.service_keys())),
             real_servers_added=tuple(t for t in new_targets if t not in old_targets),
             real_servers_removed=tuple(t for t in old_targets if t not in new_targets),
             real_servers_changed=tuple(
@@ -183,6 +205,7 @@ class Director:
         )
         self.owned |= old.service_keys()
         self.config = config
+        self.effective = new
         self.checker.set_targets(new_targets)
         await self._apply_timeouts()
         operations = await self.reconcile("reload")
@@ -212,7 +235,7 @@ class Director:
     def counts(self) -> dict[str, int]:
         states = self.checker.states()
         return {
-            "services": len(self.config.virtual_servers),
+            "services": len(self.effective.virtual_servers),
             "real_servers": len(states),
             "up": sum(1 for s in states.values() if s.status is Health.UP),
             "down": sum(1 for s in states.values() if s.status is Health.DOWN),

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import trio
 
-from director.ipvs.model import ServiceEntry, Timeouts
+from director.ipvs.model import Connection, Info, ServiceEntry, SyncDaemon, Timeouts
 from director.ipvs.ops import Backend, Operation
 
 
@@ -27,3 +27,12 @@ class KernelTable:
 
     async def timeouts(self) -> Timeouts:
         return await trio.to_thread.run_sync(self.backend.timeouts, limiter=self._one_at_a_time)
+
+    async def info(self) -> Info:
+        return await trio.to_thread.run_sync(self.backend.info, limiter=self._one_at_a_time)
+
+    async def daemons(self) -> list[SyncDaemon]:
+        return await trio.to_thread.run_sync(self.backend.daemons, limiter=self._one_at_a_time)
+
+    async def connections(self) -> list[Connection]:
+        return await trio.to_thread.run_sync(self.backend.connections, limiter=self._one_at_a_time)
