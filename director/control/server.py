@@ -1,0 +1,317 @@
+"""The control socket: a trio Unix stream server speaking director.control.protocol.
+
+Every connection gets its peer's credentials from the kernel (SO_PEERCRED and
+SO_PEERGROUPS), a deadline for each request line, a size limit, and a bounded share of
+the server: a bad client gets an error and its connection closed, and nothing it does
+reaches the rest of the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import os
+import socket as stdlib_socket
+import stat
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from director import log
+from director.config.model import ControlSettings
+from director.control.messages import Handler, Peer, Request, Response
+from director.control.protocol import (
+    MAX_REQUEST_BYTES,
+    ErrorKind,
+    ProtocolError,
+    RequestDecoder,
+    encode_error,
+    encode_response,
+)
+
+_UCRED = struct.Struct("3i")
+_SO_PEERGROUPS = getattr(stdlib_socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
+_SUN_PATH_MAX = 107  # sizeof(sun_path) - 1
+_RECEIVE_SIZE = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_request_bytes: int = MAX_REQUEST_BYTES
+    request_timeout: float = 10.0  # to send one complete request line, or stay idle
+    send_timeout: float = 30.0  # for the client to take a response
+    max_connections: int = 128
+    backlog: int = 128
+
+
+class ControlSocketError(Exception):
+    """The control socket cannot be set up; the message names the path or group."""
+
+
+async def serve(
+    settings: ControlSettings,
+    handler: Handler,
+    *,
+    limits: Limits = Limits(),
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on settings.socket until cancelled, then remove the socket file.
+
+    Reports the path through task_status once clients can connect.
+    """
+    group_gid = _gid(settings.group, "group")
+    admin_gid = _gid(settings.admin_group, "admin_group")
+    path = settings.socket
+    sock = await _bind(path, settings.mode, group_gid, limits.backlog)
+    logger = log.get("control")
+    try:
+        identity = os.stat(path)
+    except OSError:
+        sock.close()
+        raise
+    try:
+        logger.info("control_listening", socket=path, mode=oct(settings.mode))
+        task_status.started(path)
+        await _accept_loop(trio.SocketListener(sock), handler, limits, admin_gid, logger)
+    finally:
+        sock.close()
+        _remove_if_ours(path, identity)
+
+
+def _gid(name: str | None, key: str) -> int | None:
+    if name is None:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ControlSocketError(f"[control] {key} = {name!r}: no such group") from None
+
+
+async def _bind(path: str, mode: int, gid: int | None, backlog: int) -> trio.socket.SocketType:
+    if len(os.fsencode(path)) > _SUN_PATH_MAX:
+        raise ControlSocketError(
+            f"control socket path is longer than {_SUN_PATH_MAX} bytes: {path}"
+        )
+    directory, name = os.path.split(path)
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    except OSError as e:
+        raise ControlSocketError(
+            f"cannot create {directory} for the control socket: {e.strerror}"
+        ) from e
+    await _clear_stale(path)
+    # Bound under a temporary name and renamed once its mode and group are right, so
+    # nobody ever connects through looser permissions.
+    temporary = os.path.join(directory, f".{name}.{os.getpid()}")
+    if len(os.fsencode(temporary)) > _SUN_PATH_MAX:
+        temporary = path
+    sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    try:
+        _unlink_quietly(temporary)
+        await sock.bind(temporary)
+        os.chmod(temporary, mode)
+        if gid is not None:
+            os.chown(temporary, -1, gid)
+        sock.listen(backlog)
+        if temporary != path:
+            os.rename(temporary, path)
+    except OSError as e:
+        sock.close()
+        if temporary != path:
+            _unlink_quietly(temporary)
+        raise ControlSocketError(f"cannot listen on {path}: {e.strerror or e}") from e
+    return sock
+
+
+async def _clear_stale(path: str) -> None:
+    """Remove a socket file nobody listens on; refuse to take over a live one."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ControlSocketError(f"{path} exists and is not a socket; not replacing it")
+    probe = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    try:
+        await probe.connect(path)
+    except ConnectionRefusedError:
+        _unlink_quietly(path)
+        return
+    except OSError as e:
+        raise ControlSocketError(f"cannot tell whether {path} is in use: {e.strerror}") from e
+    finally:
+        probe.close()
+    raise ControlSocketError(f"another process is listening on {path} (is directord running?)")
+
+
+def _remove_if_ours(path: str, identity: os.stat_result) -> None:
+    try:
+        now = os.lstat(path)
+    except OSError:
+        return
+    if (now.st_dev, now.st_ino) == (identity.st_dev, identity.st_ino):
+        _unlink_quietly(path)
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+async def _accept_loop(
+    listener: trio.SocketListener,
+    handler: Handler,
+    limits: Limits,
+    admin_gid: int | None,
+    logger: Any,
+) -> None:
+    active = 0
+
+    async def connection(stream: trio.SocketStream) -> None:
+        nonlocal active
+        try:
+            await _serve_connection(stream, handler, limits, admin_gid, logger)
+        finally:
+            active -= 1
+
+    async with trio.open_nursery() as nursery:
+        while True:
+            stream = await listener.accept()
+            if active >= limits.max_connections:
+                busy = ProtocolError(
+                    ErrorKind.BUSY,
+                    f"too many control connections ({limits.max_connections}), try again",
+                )
+                logger.warning("control_busy", limit=limits.max_connections)
+                # A fresh socket's buffer takes these few bytes at once; the
+                # timeout only guards the accept loop against the impossible.
+                with trio.move_on_after(1):
+                    await _send(stream, encode_error(busy))
+                await stream.aclose()
+                continue
+            active += 1
+            nursery.start_soon(connection, stream)
+
+
+async def _serve_connection(
+    stream: trio.SocketStream,
+    handler: Handler,
+    limits: Limits,
+    admin_gid: int | None,
+    logger: Any,
+) -> None:
+    async with stream:
+        try:
+            peer = peer_of(stream.socket, admin_gid)
+        except OSError as e:
+            logger.warning("control_peer_unknown", error=str(e))
+            return
+        decoder = RequestDecoder(limits.max_request_bytes)
+        ended = False
+        deadline = trio.current_time() + limits.request_timeout
+        while True:
+            event = decoder.next_event()
+            if event is None:
+                if ended:
+                    return
+                with trio.move_on_at(deadline):
+                    try:
+                        data = await stream.receive_some(_RECEIVE_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return
+                    if data:
+                        decoder.feed(data)
+                    else:
+                        decoder.feed_eof()
+                        ended = True
+                    continue
+                timeout = _timeout_error(decoder.buffered, limits.request_timeout)
+                logger.info("control_timeout", uid=peer.uid, pid=peer.pid, error=timeout.message)
+                with trio.move_on_after(limits.send_timeout):
+                    await _send(stream, encode_error(timeout))
+                return
+            if isinstance(event, ProtocolError):
+                logger.info("control_bad_request", uid=peer.uid, pid=peer.pid, error=event.message)
+                reply = encode_error(event)
+            else:
+                reply = await _answer(handler, event, peer, logger)
+            sent = False
+            with trio.move_on_after(limits.send_timeout):
+                sent = await _send(stream, reply)
+            if not sent:
+                return
+            if isinstance(event, ProtocolError) and event.fatal:
+                return
+            deadline = trio.current_time() + limits.request_timeout
+
+
+def _timeout_error(buffered: int, timeout: float) -> ProtocolError:
+    if buffered:
+        message = f"request incomplete after {timeout:g} s ({buffered} bytes without a newline)"
+    else:
+        message = f"no request within {timeout:g} s"
+    return ProtocolError(ErrorKind.TIMEOUT, message)
+
+
+async def _answer(handler: Handler, request: Request, peer: Peer, logger: Any) -> bytes:
+    try:
+        return encode_response(await handler.handle(request, peer))
+    except Exception as e:
+        logger.exception(
+            "control_handler_failed",
+            uid=peer.uid,
+            pid=peer.pid,
+            argv=request.argv,
+            command=request.command,
+        )
+        failure = Response(1, "", f"directord: internal error: {type(e).__name__}: {e}\n")
+        return encode_response(failure)
+
+
+async def _send(stream: trio.SocketStream, data: bytes) -> bool:
+    """False when the client is gone; callers bound the time it may take."""
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return False
+    return True
+
+
+def peer_of(sock: trio.socket.SocketType, admin_gid: int | None) -> Peer:
+    """Who is at the other end, as the kernel recorded it at connect() time."""
+    pid, uid, gid = _UCRED.unpack(
+        sock.getsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_PEERCRED, _UCRED.size)
+    )
+    may_change = uid == 0
+    if not may_change and admin_gid is not None:
+        may_change = gid == admin_gid or admin_gid in _peer_groups(sock, pid)
+    return Peer(uid=uid, gid=gid, pid=pid, may_change=may_change)
+
+
+def _peer_groups(sock: trio.socket.SocketType, pid: int) -> frozenset[int]:
+    """The peer's supplementary groups: from the socket where the kernel records them,
+    else from /proc (racy if the peer has exited and its pid is reused)."""
+    size = 4 * 256
+    while True:
+        try:
+            raw = sock.getsockopt(stdlib_socket.SOL_SOCKET, _SO_PEERGROUPS, size)
+        except OSError as e:
+            if e.errno == errno.ERANGE and size < 4 * 65536:
+                size *= 16
+                continue
+            return _proc_groups(pid)
+        return frozenset(struct.unpack(f"{len(raw) // 4}I", raw))
+
+
+def _proc_groups(pid: int) -> frozenset[int]:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Groups:"):
+                    return frozenset(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return frozenset()

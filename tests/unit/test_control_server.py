@@ -1,0 +1,396 @@
+"""The control socket server over real Unix sockets in a private directory."""
+
+import grp
+import json
+import os
+import shutil
+import socket
+import stat
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from director.config.model import ControlSettings
+from director.control.messages import Peer, Request, Response
+from director.control.server import ControlSocketError, Limits, serve
+
+
+class Recorder:
+    """A handler that answers with what it was asked, and can be told to fail or wait."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls: list[tuple[Request, Peer]] = []
+        self.delay = delay
+        self.running = 0
+        self.most_running = 0
+
+    async def handle(self, request: Request, peer: Peer) -> Response:
+        self.calls.append((request, peer))
+        if request.command == "explode":
+            raise RuntimeError("boom")
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await trio.sleep(self.delay)
+        finally:
+            self.running -= 1
+        said = " ".join(request.argv) if request.argv is not None else request.command
+        return Response(0, f"you said {said}\n", "", {"args": dict(request.args)})
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[str]:
+    # pytest's tmp_path can be longer than a socket path may be
+    directory = tempfile.mkdtemp(prefix="ctl", dir="/tmp")
+    os.chmod(directory, 0o755)
+    yield directory
+    shutil.rmtree(directory)
+
+
+@asynccontextmanager
+async def running(
+    path: str, handler: Any, limits: Limits | None = None, **settings: Any
+) -> AsyncIterator[str]:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: serve(
+                ControlSettings(socket=path, **settings),
+                handler,
+                limits=limits or Limits(),
+                task_status=task_status,
+            )
+        )
+        yield path
+        nursery.cancel_scope.cancel()
+
+
+async def exchange(stream: trio.SocketStream, data: bytes) -> dict[str, Any]:
+    await stream.send_all(data)
+    return await read_response(stream)
+
+
+async def read_response(stream: trio.SocketStream) -> dict[str, Any]:
+    buffer = b""
+    while not buffer.endswith(b"\n"):
+        chunk = await stream.receive_some()
+        assert chunk, f"connection closed after {buffer!r}"
+        buffer += chunk
+    assert buffer.count(b"\n") == 1
+    response: dict[str, Any] = json.loads(buffer)
+    return response
+
+
+async def assert_closed(stream: trio.SocketStream) -> None:
+    assert await stream.receive_some() == b""
+
+
+async def test_answers_requests_in_order_with_the_peers_credentials(sock_dir: str) -> None:
+    handler = Recorder()
+    async with running(f"{sock_dir}/d.sock", handler) as path:
+        stream = await trio.open_unix_socket(path)
+        async with stream:
+            first = await exchange(stream, b'{"v":1,"argv":["-L","-n"]}\n')
+            second = await exchange(stream, b'{"v":1,"command":"status","args":{"json":true}}\n')
+    assert first == {
+        "v": 1,
+        "status": 0,
+        "stdout": "you said -L -n\n",
+        "stderr": "",
+        "data": {"args": {}},
+    }
+    assert second["stdout"] == "you said status\n"
+    assert second["data"] == {"args": {"json": True}}
+    assert [request for request, _ in handler.calls] == [
+        Request(argv=("-L", "-n")),
+        Request(command="status", args={"json": True}),
+    ]
+    peer = handler.calls[0][1]
+    assert peer == Peer(
+        uid=os.getuid(), gid=os.getgid(), pid=os.getpid(), may_change=os.getuid() == 0
+    )
+
+
+async def test_socket_file_mode_group_and_removal(sock_dir: str) -> None:
+    path = f"{sock_dir}/sub/dir/d.sock"
+    async with running(path, Recorder(), mode=0o640, group="daemon"):
+        info = os.lstat(path)
+        assert stat.S_ISSOCK(info.st_mode)
+        assert stat.S_IMODE(info.st_mode) == 0o640
+        assert info.st_gid == grp.getgrnam("daemon").gr_gid
+        assert os.listdir(f"{sock_dir}/sub/dir") == ["d.sock"]
+    assert not await trio.Path(path).exists()
+
+
+async def test_replaces_a_stale_socket_file(sock_dir: str) -> None:
+    path = f"{sock_dir}/d.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(path)
+    dead.close()
+    async with running(path, Recorder()):
+        stream = await trio.open_unix_socket(path)
+        async with stream:
+            assert (await exchange(stream, b'{"v":1,"argv":["-S"]}\n'))["status"] == 0
+
+
+async def test_refuses_to_take_over_a_live_socket(sock_dir: str) -> None:
+    async with running(f"{sock_dir}/d.sock", Recorder()) as path:
+        with pytest.raises(ControlSocketError, match=r"another process is listening on .*/d\.sock"):
+            await serve(ControlSettings(socket=path), Recorder())
+        stream = await trio.open_unix_socket(path)
+        async with stream:
+            assert (await exchange(stream, b'{"v":1,"argv":[]}\n'))["status"] == 0
+
+
+async def test_refuses_to_replace_a_file_that_is_not_a_socket(sock_dir: str) -> None:
+    path = f"{sock_dir}/d.sock"
+    await trio.Path(path).write_text("keep me")
+    with pytest.raises(ControlSocketError, match="exists and is not a socket"):
+        await serve(ControlSettings(socket=path), Recorder())
+    assert await trio.Path(path).read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"group": "no-such-group-here"},
+            r"\[control\] group = 'no-such-group-here': no such group",
+        ),
+        (
+            {"admin_group": "nor-this-one"},
+            r"\[control\] admin_group = 'nor-this-one': no such group",
+        ),
+    ],
+)
+async def test_unknown_groups_are_named(
+    sock_dir: str, settings: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ControlSocketError, match=message):
+        await serve(ControlSettings(socket=f"{sock_dir}/d.sock", **settings), Recorder())
+
+
+async def test_too_long_socket_path_is_named() -> None:
+    path = "/tmp/" + "x" * 120
+    with pytest.raises(ControlSocketError, match="longer than 107 bytes"):
+        await serve(ControlSettings(socket=path), Recorder())
+
+
+async def test_malformed_request_gets_an_error_and_the_connection_goes_on(sock_dir: str) -> None:
+    handler = Recorder()
+    async with running(f"{sock_dir}/d.sock", handler) as path:
+        stream = await trio.open_unix_socket(path)
+        async with stream:
+            error = await exchange(stream, b'{"v":1, argv: [}\n')
+            wrong = await exchange(stream, b'{"v":1,"argv":"-Ln"}\n')
+            good = await exchange(stream, b'{"v":1,"argv":["-Ln"]}\n')
+    assert error["status"] == 2
+    assert error["error"] == "not-json"
+    assert error["stderr"].startswith("directord: request is not JSON: ")
+    assert wrong["error"] == "bad-field"
+    assert wrong["stderr"] == 'directord: "argv" must be a list of strings, not a string\n'
+    assert good["stdout"] == "you said -Ln\n"
+    assert len(handler.calls) == 1
+
+
+async def test_oversized_request_is_refused_and_closed(sock_dir: str) -> None:
+    handler = Recorder()
+    async with running(f"{sock_dir}/d.sock", handler) as path:
+        stream = await trio.open_unix_socket(path)
+        async with stream:
+            payload = b'{"v":1,"argv":["' + b"a" * 70_000
+            async with trio.open_nursery() as nursery:
+                # the server stops reading once it has answered, so sending may break
+                nursery.start_soon(send_ignoring_breakage, stream, payload)
+                error = await read_response(stream)
+            assert error["error"] == "too-long"
+            assert (
+                error["stderr"]
+                == "directord: request is longer than 65536 bytes without a newline\n"
+            )
+            await assert_closed(stream)
+        assert handler.calls == []
+        await served(path)
+
+
+async def send_ignoring_breakage(stream: trio.SocketStream, data: bytes) -> None:
+    with suppress(trio.BrokenResourceError):
+        await stream.send_all(data)
+
+
+async def served(path: str) -> None:
+    stream = await trio.open_unix_socket(path)
+    async with stream:
+        assert (await exchange(stream, b'{"v":1,"argv":["-v"]}\n'))["stdout"] == "you said -v\n"
+
+
+async def test_slow_request_times_out_while_others_are_served(
+    sock_dir: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    limits = Limits(request_timeout=10)
+    async with running(f"{sock_dir}/d.sock", Recorder(), limits) as path:
+        slow = await trio.open_unix_socket(path)
+        async with slow:
+            await slow.send_all(b'{"v":1,"ar')
+            await trio.sleep(9)
+            await served(path)
+            await slow.send_all(b'gv":')
+            started = trio.current_time()
+            error = await read_response(slow)
+            assert trio.current_time() - started == pytest.approx(1)
+            assert error["status"] == 1
+            assert error["error"] == "timeout"
+            assert error["stderr"] == (
+                "directord: request incomplete after 10 s (14 bytes without a newline)\n"
+            )
+            await assert_closed(slow)
+
+
+async def test_idle_connection_is_closed_after_the_timeout(
+    sock_dir: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with running(f"{sock_dir}/d.sock", Recorder(), Limits(request_timeout=5)) as path:
+        stream = await trio.open_unix_socket(path)
+        async with stream:
+            await exchange(stream, b'{"v":1,"argv":["-Ln"]}\n')
+            started = trio.current_time()
+            error = await read_response(stream)
+            assert trio.current_time() - started == pytest.approx(5)
+            assert error["stderr"] == "directord: no request within 5 s\n"
+            await assert_closed(stream)
+
+
+async def test_half_closed_connection_is_answered_then_closed(sock_dir: str) -> None:
+    handler = Recorder()
+    async with running(f"{sock_dir}/d.sock", handler) as path:
+        stream = await trio.open_unix_socket(path)
+        async with stream:
+            await stream.send_all(b'{"v":1,"argv":["-Sn"]}\n{"v":1,"command":"reload"}')
+            await stream.send_eof()
+            first = await read_response_line(stream)
+            second = await read_response_line(stream)
+            await assert_closed(stream)
+    assert first["stdout"] == "you said -Sn\n"
+    assert second["stdout"] == "you said reload\n"
+
+
+async def read_response_line(stream: trio.SocketStream) -> dict[str, Any]:
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = await stream.receive_some(1)
+        assert byte, f"connection closed after {line!r}"
+        line += byte
+    response: dict[str, Any] = json.loads(line)
+    return response
+
+
+async def test_handler_failure_is_answered_and_the_server_goes_on(sock_dir: str) -> None:
+    async with running(f"{sock_dir}/d.sock", Recorder()) as path:
+        stream = await trio.open_unix_socket(path)
+        async with stream:
+            failure = await exchange(stream, b'{"v":1,"command":"explode"}\n')
+            after = await exchange(stream, b'{"v":1,"argv":["-L"]}\n')
+        await served(path)
+    assert failure == {
+        "v": 1,
+        "status": 1,
+        "stdout": "",
+        "stderr": "directord: internal error: RuntimeError: boom\n",
+    }
+    assert after["stdout"] == "you said -L\n"
+
+
+async def test_client_vanishing_mid_request_does_not_disturb_the_server(sock_dir: str) -> None:
+    handler = Recorder(delay=1)
+    async with running(f"{sock_dir}/d.sock", handler) as path:
+        for _ in range(3):
+            stream = await trio.open_unix_socket(path)
+            await stream.send_all(b'{"v":1,"argv":["-Ln"]}\n')
+            await stream.aclose()
+        await served(path)
+
+
+async def test_connections_beyond_the_limit_are_told_to_come_back(sock_dir: str) -> None:
+    async with running(f"{sock_dir}/d.sock", Recorder(), Limits(max_connections=2)) as path:
+        first = await trio.open_unix_socket(path)
+        second = await trio.open_unix_socket(path)
+        await exchange(first, b'{"v":1,"argv":[]}\n')
+        await exchange(second, b'{"v":1,"argv":[]}\n')
+        third = await trio.open_unix_socket(path)
+        async with third:
+            busy = await read_response(third)
+            await assert_closed(third)
+        assert busy["error"] == "busy"
+        assert busy["stderr"] == "directord: too many control connections (2), try again\n"
+        await first.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        await served(path)
+        await second.aclose()
+
+
+async def test_fifty_concurrent_clients_are_all_served(
+    sock_dir: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    handler = Recorder(delay=1)
+    answers: dict[int, dict[str, Any]] = {}
+
+    async def client(number: int) -> None:
+        stream = await trio.open_unix_socket(path)
+        async with stream:
+            request = {"v": 1, "argv": ["-L", str(number)]}
+            answers[number] = await exchange(stream, json.dumps(request).encode() + b"\n")
+
+    async with running(f"{sock_dir}/d.sock", handler) as path:
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for number in range(50):
+                nursery.start_soon(client, number)
+        assert trio.current_time() - started == pytest.approx(1)
+    assert {n: a["stdout"] for n, a in answers.items()} == {
+        n: f"you said -L {n}\n" for n in range(50)
+    }
+    assert handler.most_running == 50
+
+
+CHILD = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    print(type(e).__name__)
+    sys.exit(0)
+s.sendall(b'{"v":1,"argv":["-Ln"]}\\n')
+print(s.makefile("rb").readline().decode(), end="")
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra_groups", "may_change"),
+    [(["daemon", "bin"], True), (["daemon"], False), (["bin"], None)],
+)
+async def test_other_users_connect_by_group_and_change_by_admin_group(
+    sock_dir: str, extra_groups: list[str], may_change: bool | None
+) -> None:
+    handler = Recorder()
+    async with running(f"{sock_dir}/d.sock", handler, group="daemon", admin_group="bin") as path:
+        result = await trio.run_process(
+            ["/usr/bin/python3", "-I", "-S", "-c", CHILD, path],
+            user=65534,
+            group=65534,
+            extra_groups=extra_groups,
+            capture_stdout=True,
+        )
+    output = result.stdout.decode()
+    if may_change is None:
+        assert output == "PermissionError\n"
+        assert handler.calls == []
+        return
+    assert json.loads(output)["stdout"] == "you said -Ln\n"
+    [(_, peer)] = handler.calls
+    assert (peer.uid, peer.gid, peer.may_change) == (65534, 65534, may_change)
+    assert peer.pid != os.getpid()
