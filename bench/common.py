@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import mmap
 import os
 import select
@@ -380,6 +381,16 @@ class Directord:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+    def events(self, event: str) -> list[dict[str, object]]:
+        """The JSON log lines whose "event" is `event`, oldest first."""
+        found = []
+        for line in (self.workdir / "directord.log").read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and record.get("event") == event:
+                    found.append(record)
+        return found
 
     def _failure(self, what: str) -> str:
         tail = (self.workdir / "directord.log").read_text(errors="replace")[-2000:]

@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -74,11 +76,18 @@ def out_of_table(server: tuple[str, int]) -> bool:
     return not in_table(server)
 
 
+@dataclass(frozen=True)
+class Kill:
+    victim: tuple[str, int]
+    killed_at: float  # wall clock, to compare with the daemon's log
+    removed_after: float  # seconds, monotonic
+
+
 def measure(
     factory: DaemonFactory, timing: TcpTiming, kills: int, workdir: Path, rng: random.Random
-) -> list[float]:
-    """Seconds from each kill to the server's removal from the table."""
-    samples: list[float] = []
+) -> tuple[Daemon, list[Kill]]:
+    """Each kill and how long the server took to leave the table."""
+    samples: list[Kill] = []
     service = VirtualService(*VIP, real_servers=REAL_SERVERS)
     daemon = factory([service], timing, workdir)
     addresses = [VIP[0], *(address for address, _ in REAL_SERVERS)]
@@ -90,7 +99,7 @@ def measure(
             for kill in range(kills):
                 victim = REAL_SERVERS[kill % len(REAL_SERVERS)]
                 time.sleep(0.2 + rng.uniform(0, timing.interval))
-                killed_at = time.monotonic()
+                killed_at, killed_wall = time.monotonic(), time.time()
                 stop_process(sinks[victim], signal.SIGKILL)
                 gone_at = wait_for(
                     f"{daemon.name} to remove {victim}",
@@ -98,15 +107,37 @@ def measure(
                     timeout=30 * timing.interval * timing.fall,
                     poll=POLL,
                 )
-                samples.append(gone_at - killed_at)
-                print(f"  {daemon.name}: kill {kill + 1}/{kills}: {samples[-1]:.3f} s", flush=True)
+                samples.append(Kill(victim, killed_wall, gone_at - killed_at))
+                print(
+                    f"  {daemon.name}: kill {kill + 1}/{kills}: {samples[-1].removed_after:.3f} s",
+                    flush=True,
+                )
                 sinks[victim] = serve(victim)
                 wait_for(f"{daemon.name} to restore {victim}", partial(in_table, victim), 60)
         finally:
             daemon.stop()
             for pid in sinks.values():
                 stop_process(pid, signal.SIGKILL)
-    return samples
+    return daemon, samples
+
+
+def decomposition(daemon: Directord, kills: Sequence[Kill]) -> tuple[Summary, Summary] | None:
+    """From directord's log: kill -> its real_server_down event (the probes'
+    part), and that event -> removal from the table (the reconcile part)."""
+    downs = [
+        (str(e.get("rs")), datetime.fromisoformat(str(e["timestamp"])).timestamp())
+        for e in daemon.events("real_server_down")
+        if "timestamp" in e
+    ]
+    decided, applied = [], []
+    for kill in kills:
+        rs = f"{kill.victim[0]}:{kill.victim[1]}"
+        at = next((t for name, t in downs if name == rs and t >= kill.killed_at), None)
+        if at is None:
+            return None
+        decided.append(at - kill.killed_at)
+        applied.append(kill.killed_at + kill.removed_after - at)
+    return Summary.of(decided), Summary.of(applied)
 
 
 def report(results: dict[str, Summary]) -> None:
@@ -164,8 +195,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in chosen:
             rng = random.Random(args.seed)
             workdir = Path(tmp) / name
-            samples = measure(factories[name], timing, args.kills, workdir, rng)
-            results[name] = Summary.of(samples)
+            daemon, kills = measure(factories[name], timing, args.kills, workdir, rng)
+            results[name] = Summary.of([kill.removed_after for kill in kills])
+            if isinstance(daemon, Directord):
+                parts = decomposition(daemon, kills)
+                if parts:
+                    results["  kill -> down event"], results["  down event -> removed"] = parts
     report(results)
     return 0
 
