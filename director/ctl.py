@@ -1,0 +1,314 @@
+"""directorctl: ipvsadm's command line (and director's own commands) sent to the
+running directord over its control socket; prints what the daemon answers, exits
+with its status.
+
+It is timed against ipvsadm including interpreter start-up, so it imports only
+what it must: the C halves of socket and json (the Python halves pull in enum
+and re, several milliseconds) and nothing of director's daemon side.
+"""
+
+from __future__ import annotations
+
+import _json
+import _socket
+import os
+import sys
+
+TYPE_CHECKING = False  # typing itself costs a few milliseconds to import
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+DEFAULT_SOCKET = "/run/director/director.sock"
+SOCKET_ENV = "DIRECTOR_SOCKET"
+MAX_REQUEST_BYTES = 64 * 1024  # director.control.protocol.MAX_REQUEST_BYTES
+RESTORE_CHUNK = 32 * 1024
+PROGRAM = "directorctl"
+
+USAGE = """\
+usage: directorctl [--socket PATH] IPVSADM-ARGS...
+       directorctl [--socket PATH] status [--json]
+       directorctl [--socket PATH] drain VS RS [--wait] [--timeout SECONDS]
+       directorctl [--socket PATH] disable VS RS
+       directorctl [--socket PATH] enable VS RS
+       directorctl [--socket PATH] reload
+       directorctl check-config FILE
+The socket is --socket, else $DIRECTOR_SOCKET, else /run/director/director.sock.
+"""
+
+
+class UsageError(Exception):
+    pass
+
+
+class ConnectError(Exception):
+    pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    try:
+        path, words = _socket_path(words)
+        if words[:1] == ["check-config"]:
+            return _check_config(words[1:])
+        requests = _requests(words)
+    except UsageError as e:
+        _write(2, f"{PROGRAM}: {e}\n{USAGE}")
+        return 2
+    try:
+        return _run(path, requests)
+    except ConnectError as e:
+        _write(2, f"{PROGRAM}: {e}\n")
+        return 1
+
+
+def _socket_path(words: list[str]) -> tuple[str, list[str]]:
+    path = os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+    while words and words[0].startswith("--socket"):
+        word = words.pop(0)
+        if word.startswith("--socket="):
+            path = word[len("--socket=") :]
+        elif word == "--socket":
+            if not words:
+                raise UsageError("--socket needs a path")
+            path = words.pop(0)
+        else:
+            words.insert(0, word)
+            break
+        if not path:
+            raise UsageError("--socket needs a path")
+    return path, words
+
+
+def _requests(words: list[str]) -> list[dict[str, object]]:
+    """The requests to send, in order: one, or several for a large -R input."""
+    command = words[0] if words else None
+    if command == "status":
+        flags = _flags(words[1:], command, {"--json"})
+        return [_command("status", {"json": "--json" in flags})]
+    if command == "drain":
+        return [_command("drain", _drain_args(words[1:]))]
+    if command in ("disable", "enable"):
+        service, server = _service_and_server(words[1:], command)
+        return [_command(command, {"service": service, "server": server})]
+    if command == "reload":
+        _flags(words[1:], command, set())
+        return [_command("reload", {})]
+    if needs_stdin(words):
+        text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
+        return [{"v": 1, "argv": words, "args": {"stdin": chunk}} for chunk in restore_chunks(text)]
+    return [{"v": 1, "argv": words}]
+
+
+def _command(name: str, args: dict[str, object]) -> dict[str, object]:
+    return {"v": 1, "command": name, "args": args}
+
+
+def _flags(words: list[str], command: str, allowed: set[str]) -> set[str]:
+    for word in words:
+        if word not in allowed:
+            raise UsageError(f"{command}: unexpected argument {word!r}")
+    return set(words)
+
+
+def _service_and_server(words: list[str], command: str) -> tuple[str, str]:
+    if len(words) != 2:
+        raise UsageError(
+            f"{command}: expected a virtual service and a real server, e.g. "
+            f"{command} tcp:10.0.0.1:80 192.168.1.10:80"
+        )
+    return words[0], words[1]
+
+
+def _drain_args(words: list[str]) -> dict[str, object]:
+    positional: list[str] = []
+    wait = False
+    timeout: float | None = None
+    rest = iter(words)
+    for word in rest:
+        if word == "--wait":
+            wait = True
+        elif word == "--timeout" or word.startswith("--timeout="):
+            text = word.partition("=")[2] if "=" in word else next(rest, None)
+            timeout = _seconds(text)
+        elif word.startswith("--"):
+            raise UsageError(f"drain: unknown option {word!r}")
+        else:
+            positional.append(word)
+    service, server = _service_and_server(positional, "drain")
+    if timeout is not None and not wait:
+        raise UsageError("drain: --timeout only makes sense with --wait")
+    return {"service": service, "server": server, "wait": wait, "timeout": timeout}
+
+
+def _seconds(text: str | None) -> float:
+    try:
+        value = float(text) if text is not None else -1.0
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise UsageError(f"drain: --timeout needs a positive number of seconds, not {text!r}")
+    return value
+
+
+def needs_stdin(argv: list[str]) -> bool:
+    """Whether ipvsadm would read stdin (a valid -R/--restore command line).
+
+    Only then: ipvsadm reports a bad command line without touching stdin.
+    """
+    if not any("R" in word or "restore" in word for word in argv):
+        return False
+    from director.ipvsadm.cli import parse
+    from director.ipvsadm.commands import Restore
+    from director.ipvsadm.errors import ParseError
+
+    try:
+        return isinstance(parse(argv), Restore)
+    except ParseError:
+        return False
+
+
+def restore_chunks(text: str) -> list[str]:
+    """-R input cut at line ends into pieces that each fit in one request."""
+    if len(text) <= RESTORE_CHUNK:
+        return [text]
+    chunks: list[str] = []
+    start = 0
+    while start < len(text):
+        end = text.rfind("\n", start, start + RESTORE_CHUNK) + 1
+        if end <= start:
+            end = text.find("\n", start + RESTORE_CHUNK) + 1 or len(text)
+        chunks.append(text[start:end])
+        start = end
+    return chunks
+
+
+def _run(path: str, requests: list[dict[str, object]]) -> int:
+    sock = _connect(path)
+    status = 0
+    try:
+        for request in requests:
+            sock.sendall(encode(request).encode("ascii"))
+            response = _receive(sock, path)
+            status = _show(response)
+            data = response.get("data")
+            if isinstance(data, dict) and data.get("restore_stopped"):
+                break
+    finally:
+        sock.close()
+    return status
+
+
+def _connect(path: str) -> _socket.socket:
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as e:
+        sock.close()
+        hint = {
+            2: " (is directord running?)",
+            111: " (is directord running?)",
+            13: " (reading needs the [control] group, changes root or admin_group)",
+        }.get(e.errno or 0, "")
+        raise ConnectError(f"cannot connect to {path}: {e.strerror}{hint}") from None
+    return sock
+
+
+def _receive(sock: _socket.socket, path: str) -> dict[str, object]:
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except OSError as e:
+            raise ConnectError(f"lost the connection to {path}: {e.strerror}") from None
+        if not chunk:
+            raise ConnectError(f"directord closed {path} without answering")
+        chunks.append(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    try:
+        value, _ = _SCANNER(b"".join(chunks).decode("utf-8").rstrip("\n"), 0)
+    except (ValueError, StopIteration):
+        value = None
+    if not (isinstance(value, dict) and type(value.get("status")) is int):
+        raise ConnectError(f"directord sent something that is not a response on {path}")
+    return value
+
+
+def _show(response: dict[str, object]) -> int:
+    for fd, key in ((1, "stdout"), (2, "stderr")):
+        text = response.get(key)
+        if isinstance(text, str) and text:
+            _write(fd, text)
+    status = response["status"]
+    assert isinstance(status, int)
+    return status
+
+
+def _write(fd: int, text: str) -> None:
+    data = text.encode("utf-8", "surrogateescape")
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    except BrokenPipeError:
+        # like ipvsadm in `| head`: the reader went away, nothing left to say
+        pass
+
+
+def _check_config(words: list[str]) -> int:
+    if len(words) != 1:
+        raise UsageError("check-config: expected one configuration file")
+    from director.config import ConfigError, load_config
+
+    try:
+        config = load_config(words[0])
+    except ConfigError as e:
+        _write(2, f"{e}\n")
+        return 1
+    services = len(config.virtual_servers)
+    servers = sum(len(vs.real_servers) for vs in config.virtual_servers)
+    _write(1, f"{words[0]}: OK, {services} virtual services, {servers} real servers\n")
+    return 0
+
+
+class _Decoding:
+    """What _json's scanner reads off json.JSONDecoder, with strict JSON constants."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+
+    @staticmethod
+    def parse_constant(name: str) -> object:
+        raise ValueError(f"{name} is not JSON")
+
+
+_SCANNER = _json.make_scanner(_Decoding())  # type: ignore[arg-type]  # reads only these attributes
+
+
+def encode(value: object) -> str:
+    """JSON text of a request (dicts, lists, strings, numbers, booleans, None) and a newline."""
+    return _encode(value) + "\n"
+
+
+def _encode(value: object) -> str:
+    if isinstance(value, str):
+        return _json.encode_basestring_ascii(value)
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_encode(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_encode(str(k))}:{_encode(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot send {type(value).__name__} as JSON")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
