@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import errno
 import re
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Protocol as TypingProtocol
 
 from director.config import (
     PERSISTENCE_ENGINES,
@@ -82,6 +83,42 @@ class RuntimeLayer:
 EMPTY = RuntimeLayer()
 
 
+class ServiceLookup(TypingProtocol):
+    """What checking a change needs to see of the effective state: a Config
+    has it, and so has the cheaper LayeredView."""
+
+    def service_keys(self) -> Set[ServiceKey]: ...
+
+    def virtual_server(self, key: ServiceKey) -> VirtualServer: ...
+
+
+class LayeredView:
+    """The effective state one service at a time, without merging all of it:
+    checking each line of a long `-R` against a full effective_config would
+    cost the whole table per line."""
+
+    def __init__(self, config: Config, layer: RuntimeLayer) -> None:
+        self.config = config
+        self.layer = layer
+        self._file = {vs.key: vs for vs in config.virtual_servers}
+
+    def service_keys(self) -> Set[ServiceKey]:
+        return (self._file.keys() - self.layer.deleted_services) | self.layer.services.keys()
+
+    def virtual_server(self, key: ServiceKey) -> VirtualServer:
+        service = self.layer.services.get(key)
+        vs = None if key in self.layer.deleted_services else self._file.get(key)
+        if vs is None and service is None:
+            raise KeyError(key)
+        if vs is None:
+            assert service is not None
+            vs = virtual_server_for(service)
+        elif service is not None:
+            vs = with_service_fields(vs, service)
+        changes = [(r, d) for r, d in self.layer.real_servers.items() if r.service == key]
+        return _with_real_servers(vs, self.layer, changes)
+
+
 class NotCheckable(IPVSError):
     """A real server the daemon could not health-check (port 0 and no check
     port): refused rather than added and never probed."""
@@ -99,6 +136,9 @@ def effective_config(config: Config, layer: RuntimeLayer) -> Config:
     """The config file with the runtime layer applied on top."""
     if layer.empty:
         return config
+    changes: dict[ServiceKey, list[tuple[RealServerId, Destination]]] = {}
+    for rid, destination in layer.real_servers.items():
+        changes.setdefault(rid.service, []).append((rid, destination))
     virtual_servers: list[VirtualServer] = []
     seen: set[ServiceKey] = set()
     for vs in config.virtual_servers:
@@ -107,10 +147,11 @@ def effective_config(config: Config, layer: RuntimeLayer) -> Config:
             continue
         service = layer.services.get(vs.key)
         merged = vs if service is None else with_service_fields(vs, service)
-        virtual_servers.append(_with_real_servers(merged, layer))
+        virtual_servers.append(_with_real_servers(merged, layer, changes.get(vs.key, [])))
     for key, service in layer.services.items():
         if key not in seen:
-            virtual_servers.append(_with_real_servers(virtual_server_for(service), layer))
+            vs = virtual_server_for(service)
+            virtual_servers.append(_with_real_servers(vs, layer, changes.get(key, [])))
     ipvs = config.ipvs
     if layer.timeouts is not None:
         ipvs = IpvsSettings(merge_timeouts(config.ipvs.timeouts, layer.timeouts))
@@ -145,7 +186,13 @@ def with_service_fields(vs: VirtualServer, service: Service) -> VirtualServer:
     )
 
 
-def _with_real_servers(vs: VirtualServer, layer: RuntimeLayer) -> VirtualServer:
+def _with_real_servers(
+    vs: VirtualServer,
+    layer: RuntimeLayer,
+    changes: Sequence[tuple[RealServerId, Destination]],
+) -> VirtualServer:
+    if not changes and not layer.deleted_real_servers:
+        return vs
     real_servers: list[RealServer] = []
     present: set[RealServerId] = set()
     for rs in vs.real_servers:
@@ -155,8 +202,8 @@ def _with_real_servers(vs: VirtualServer, layer: RuntimeLayer) -> VirtualServer:
         present.add(rid)
         destination = layer.real_servers.get(rid)
         real_servers.append(rs if destination is None else with_destination_fields(rs, destination))
-    for rid, destination in layer.real_servers.items():
-        if rid.service == vs.key and rid not in present:
+    for rid, destination in changes:
+        if rid not in present:
             real_servers.append(
                 with_destination_fields(
                     RealServer(rid.address, rid.port, check=vs.check), destination
@@ -182,7 +229,7 @@ def with_destination_fields(rs: RealServer, destination: Destination) -> RealSer
 
 
 def is_managed(
-    op: Operation, effective: Config, kernel: Set[ServiceKey], owned: Set[ServiceKey]
+    op: Operation, effective: ServiceLookup, kernel: Set[ServiceKey], owned: Set[ServiceKey]
 ) -> bool:
     """Whether `op` changes the daemon's desired state (True) or goes to the
     kernel as it is, like ipvsadm would send it (False): operations on
@@ -207,7 +254,7 @@ def is_managed(
 
 
 def apply_operation(
-    layer: RuntimeLayer, effective: Config, op: Operation
+    layer: RuntimeLayer, effective: ServiceLookup, op: Operation
 ) -> tuple[RuntimeLayer, IPVSError | None]:
     """The layer with `op` recorded, or the layer unchanged and the error the
     kernel would give for `op` on a table holding `effective`."""
@@ -275,7 +322,7 @@ def _known_engines(service: Service) -> bool:
     )
 
 
-def add_service(layer: RuntimeLayer, effective: Config, service: Service) -> RuntimeLayer:
+def add_service(layer: RuntimeLayer, effective: ServiceLookup, service: Service) -> RuntimeLayer:
     """-A: a new, empty service. One the config file defines but the operator
     deleted comes back without the file's real servers, as ipvsadm would
     create it."""
@@ -289,7 +336,7 @@ def _put_service(layer: RuntimeLayer, service: Service) -> RuntimeLayer:
     return replace(layer, services={**layer.services, service.key: service})
 
 
-def delete_service(layer: RuntimeLayer, effective: Config, key: ServiceKey) -> RuntimeLayer:
+def delete_service(layer: RuntimeLayer, effective: ServiceLookup, key: ServiceKey) -> RuntimeLayer:
     """-D: forget every runtime change to the service and hide the file's
     definition of it, real servers included (so that a later -A starts empty)."""
     rids = [
@@ -325,7 +372,7 @@ def _put_real_server(
 
 
 def set_admin(
-    layer: RuntimeLayer, effective: Config, rid: RealServerId, state: AdminState
+    layer: RuntimeLayer, effective: ServiceLookup, rid: RealServerId, state: AdminState
 ) -> RuntimeLayer:
     """drain / disable / enable one real server of the effective config."""
     if rid.service not in effective.service_keys():

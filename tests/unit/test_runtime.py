@@ -37,6 +37,7 @@ from director.ipvs.ops import (
 )
 from director.runtime import (
     EMPTY,
+    LayeredView,
     RuntimeLayer,
     apply_operation,
     effective_config,
@@ -71,9 +72,20 @@ def dest(address: str, port: int = 80, weight: int = 1) -> Destination:
 
 def run(*operations: Operation, layer: RuntimeLayer = EMPTY) -> RuntimeLayer:
     for op in operations:
-        layer, error = apply_operation(layer, effective_config(CONFIG, layer), op)
+        full, error = apply_operation(layer, effective_config(CONFIG, layer), op)
         assert error is None, f"{op}: {error}"
+        layer, error = apply_operation(layer, LayeredView(CONFIG, layer), op)
+        assert error is None and layer == full
+        assert_view_is_effective(layer)
     return layer
+
+
+def assert_view_is_effective(layer: RuntimeLayer) -> None:
+    effective = effective_config(CONFIG, layer)
+    view = LayeredView(CONFIG, layer)
+    assert set(view.service_keys()) == effective.service_keys()
+    for key in effective.service_keys():
+        assert view.virtual_server(key) == effective.virtual_server(key)
 
 
 def refusal(layer: RuntimeLayer, op: Operation) -> str:
