@@ -1,0 +1,456 @@
+"""The controller: what the daemon does with each control-socket request.
+
+ipvsadm command lines are parsed exactly as ipvsadm parses them. Listings
+(-L, -S, --timeout, --daemon, -c) are formatted from a dump of the kernel table
+with director.ipvsadm.listing, so they print what ipvsadm prints. Changes to
+services the daemon manages become part of its desired state (the runtime
+layer, director.runtime): they are checked as the kernel would check them,
+saved to the state file, logged with the peer's uid and pid, and followed by
+one reconcile pass before the answer, so a real server added with -a enters
+the table only once its check passes. Everything else (services the daemon does
+not manage, -Z, the sync daemon) goes to the kernel as ipvsadm would send it.
+
+Read-only requests are for any peer the socket let in; changes need
+peer.may_change, and are refused like ipvsadm run by a non-root user is
+refused by the kernel: "Permission denied (you must be root)", status 255.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+
+from director import log, statefile
+from director.config import ConfigError, RealServerId, load_config, parse_config
+from director.control.messages import Peer, Request, Response
+from director.desired import AdminState
+from director.engine import Director, ReloadSummary
+from director.ipvs.errors import BatchError, IPVSError, ipvsadm_message
+from director.ipvs.model import ServiceKey
+from director.ipvs.ops import AddService, DeleteService, Flush, Operation, SetTimeouts
+from director.ipvsadm import (
+    NUMERIC,
+    Apply,
+    Command,
+    Help,
+    ListConnections,
+    ListDaemons,
+    ListServices,
+    ListTimeouts,
+    Names,
+    ParseError,
+    Restore,
+    Save,
+    Version,
+    listing,
+    parse,
+    parse_restore,
+)
+from director.oplog import describe_operation
+from director.runtime import (
+    LayeredView,
+    RuntimeLayer,
+    apply_operation,
+    describe_endpoint,
+    describe_service,
+    is_managed,
+    parse_real_server,
+    parse_service,
+    set_admin,
+)
+from director.status import status_data, status_report, status_text
+
+KERNEL_ERROR = 255  # ipvsadm's exit status when the kernel refuses a change
+LIST_ERROR = 1  # ... and when a listing fails
+USAGE = 2
+PERMISSION_DENIED = ipvsadm_message(None, errno.EPERM) + "\n"
+READ_ONLY_COMMANDS = frozenset({"status", "check-config"})
+DRAIN_WAIT_LIMIT = 3600.0
+DRAIN_POLL = 1.0
+_T = TypeVar("_T")
+
+
+@dataclass
+class _Outcome:
+    stdout: str = ""
+    stderr: str = ""
+    status: int = 0
+    changed: bool = False  # the runtime layer changed
+
+    def response(self) -> Response:
+        return Response(self.status, self.stdout, self.stderr)
+
+
+class Controller:
+    def __init__(
+        self,
+        director: Director,
+        *,
+        config_path: str | Path | None = None,
+        state_path: str | Path | None = None,
+        names: Names = NUMERIC,
+    ) -> None:
+        """`config_path` is what `reload` reads; `state_path` where runtime
+        changes are saved (None: not saved); `names` resolves host and port
+        names as ipvsadm does without -n (director.ipvsadm.SystemNames in the
+        daemon; lookups then run in a worker thread)."""
+        self.director = director
+        self.config_path = Path(config_path) if config_path is not None else None
+        self.state_path = Path(state_path) if state_path is not None else None
+        self.names = names
+        self.log = log.get("control")
+        self._changes = trio.Lock()  # one change at a time, saved in order
+
+    async def handle(self, request: Request, peer: Peer) -> Response:
+        try:
+            if request.argv is not None:
+                return await self._ipvsadm(request, peer)
+            return await self._command(request, peer)
+        except Exception as error:  # a bug must answer, not kill the daemon
+            self.log.exception("control_failed", uid=peer.uid, pid=peer.pid)
+            return Response(1, "", f"director: internal error: {error!r}\n")
+
+    # -- ipvsadm ----------------------------------------------------------------
+
+    async def _ipvsadm(self, request: Request, peer: Peer) -> Response:
+        assert request.argv is not None
+        program = _text(request.args.get("program"), "ipvsadm")
+        try:
+            command = await self._blocking(
+                parse, list(request.argv), program=program, names=self.names
+            )
+        except ParseError as error:
+            return Response(error.status, "", error.message)
+        if isinstance(command, Apply | Restore) and not peer.may_change:
+            self._log_refusal(peer, list(request.argv))
+            return Response(KERNEL_ERROR, "", PERMISSION_DENIED)
+        if isinstance(command, Restore):
+            return await self._restore(_text(request.args.get("stdin"), ""), program, peer)
+        if isinstance(command, Apply):
+            async with self._changes:
+                work = _Work(self, self.director.runtime)
+                outcome = await self._change(command.operation, work)
+                await self._commit(work, outcome, peer, {"argv": list(request.argv)})
+            return outcome.response()
+        return (await self._read(command)).response()
+
+    async def _read(self, command: Command) -> _Outcome:
+        kernel = self.director.kernel
+        names = self.names
+        try:
+            match command:
+                case Help(program):
+                    return _Outcome(listing.usage(program))
+                case Version():
+                    return _Outcome(listing.version())
+                case ListServices(format, None):
+                    entries, info = await kernel.services(), await kernel.info()
+                    text = await self._blocking(listing.services, entries, info, format, names)
+                    return _Outcome(text)
+                case ListServices(format, key):
+                    assert key is not None
+                    entry = listing.find_service(await kernel.services(), key)
+                    if entry is None:
+                        return _Outcome(
+                            "", ipvsadm_message("GetService", errno.ESRCH) + "\n", LIST_ERROR
+                        )
+                    return _Outcome(await self._blocking(listing.service, entry, format, names))
+                case Save(numeric):
+                    entries = await kernel.services()
+                    return _Outcome(await self._blocking(listing.save, entries, numeric, names))
+                case ListTimeouts():
+                    return _Outcome(listing.timeouts(await kernel.timeouts()))
+                case ListDaemons():
+                    return _Outcome(listing.daemons(await kernel.daemons()))
+                case ListConnections(format):
+                    conns = await kernel.connections()
+                    return _Outcome(await self._blocking(listing.connections, conns, format, names))
+        except IPVSError as error:
+            return _Outcome("", listing.kernel_error(error), LIST_ERROR)
+        raise TypeError(f"not a read-only command: {command!r}")
+
+    async def _restore(self, text: str, program: str, peer: Peer) -> Response:
+        """Each line as ipvsadm -R runs it: errors are printed and the next
+        line runs; a fatal parse error stops there. Changes are saved and
+        reconciled once, after the last line."""
+        steps = await self._blocking(parse_restore, text, program=program, names=self.names)
+        total = _Outcome()
+        async with self._changes:
+            work = _Work(self, self.director.runtime)
+            for step in steps:
+                if isinstance(step, ParseError):
+                    total.stderr += step.message
+                    total.status = step.status
+                    continue
+                if isinstance(step, Apply):
+                    outcome = await self._change(step.operation, work)
+                else:
+                    outcome = await self._read(step)
+                total.stdout += outcome.stdout
+                total.stderr += outcome.stderr
+                total.status = outcome.status
+                total.changed |= outcome.changed
+            await self._commit(work, total, peer, {"argv": ["-R"], "lines": len(steps)})
+        return total.response()
+
+    async def _change(self, op: Operation, work: _Work) -> _Outcome:
+        view = LayeredView(self.director.config, work.layer)
+        kernel = await work.kernel_keys(op, view)
+        if not is_managed(op, view, kernel, self.director.owned):
+            return await self._to_kernel(op, work)
+        layer, error = apply_operation(work.layer, view, op)
+        if error is not None:
+            return _Outcome("", listing.kernel_error(error), KERNEL_ERROR)
+        work.layer = layer
+        if isinstance(op, Flush | SetTimeouts):
+            # -C also clears services the daemon does not manage; --set takes
+            # effect now, not at the next reload.
+            outcome = await self._to_kernel(op, work)
+            outcome.changed = True
+            return outcome
+        return _Outcome(changed=True)
+
+    async def _to_kernel(self, op: Operation, work: _Work) -> _Outcome:
+        try:
+            await self.director.kernel.apply([op])
+        except BatchError as error:
+            return _Outcome("", listing.kernel_error(error.error), KERNEL_ERROR)
+        work.applied(op)
+        self.log.info("control_kernel_op", **describe_operation(op))
+        return _Outcome()
+
+    async def _commit(
+        self, work: _Work, outcome: _Outcome, peer: Peer, what: Mapping[str, object]
+    ) -> None:
+        """Log, save and apply a request's changes, then one reconcile pass."""
+        self.log.info(
+            "control_change",
+            uid=peer.uid,
+            gid=peer.gid,
+            pid=peer.pid,
+            status=outcome.status,
+            **what,
+        )
+        if not outcome.changed:
+            return
+        layer = work.layer
+        self.director.set_runtime(layer)
+        await self._save(layer)
+        await self.director.reconcile(f"control ({peer.uid}/{peer.pid})")
+
+    async def _save(self, layer: RuntimeLayer) -> None:
+        if self.state_path is None:
+            return
+        try:
+            await trio.to_thread.run_sync(statefile.save, self.state_path, layer)
+        except OSError as error:
+            # The change stands in memory; say so loudly rather than undo it.
+            self.log.error("state_file_write_failed", path=str(self.state_path), error=str(error))
+
+    def _log_refusal(self, peer: Peer, what: object) -> None:
+        self.log.warning("control_change_refused", uid=peer.uid, pid=peer.pid, request=what)
+
+    async def _blocking(self, fn: Callable[..., _T], *args: object, **kwargs: object) -> _T:
+        """Name lookups block; without them the call is quick enough inline."""
+        if self.names is NUMERIC:
+            return fn(*args, **kwargs)
+        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    # -- director's own commands --------------------------------------------------
+
+    async def _command(self, request: Request, peer: Peer) -> Response:
+        name = request.command or ""
+        handlers: dict[str, Callable[[Mapping[str, object], Peer], Awaitable[Response]]] = {
+            "status": self._status,
+            "drain": self._drain,
+            "disable": self._disable,
+            "enable": self._enable,
+            "reload": self._reload,
+            "check-config": self._check_config,
+        }
+        if name not in handlers:
+            known = ", ".join(sorted(handlers))
+            return Response(USAGE, "", f"director: unknown command {name!r} (known: {known})\n")
+        if name not in READ_ONLY_COMMANDS and not peer.may_change:
+            self._log_refusal(peer, name)
+            return Response(KERNEL_ERROR, "", PERMISSION_DENIED)
+        return await handlers[name](request.args, peer)
+
+    async def _status(self, args: Mapping[str, object], peer: Peer) -> Response:
+        director = self.director
+        kernel = {e.service.key: e for e in await director.kernel.services()}
+        report = status_report(
+            director.effective,
+            director.checker.states(),
+            director.runtime.admin,
+            kernel,
+            trio.current_time(),
+        )
+        data = status_data(report)
+        if args.get("json"):
+            return Response(0, "", "", data)
+        return Response(0, status_text(report), "", data)
+
+    async def _drain(self, args: Mapping[str, object], peer: Peer) -> Response:
+        response = await self._admin(args, peer, AdminState.DRAIN)
+        if response.status != 0 or not args.get("wait"):
+            return response
+        limit = args.get("timeout", DRAIN_WAIT_LIMIT)
+        if not isinstance(limit, int | float) or isinstance(limit, bool) or limit <= 0:
+            return Response(
+                USAGE,
+                "",
+                f"director: drain: timeout {limit!r} is not a positive number of seconds\n",
+            )
+        key, address, port = self._target(args)
+        left = -1
+        with trio.move_on_after(min(float(limit), DRAIN_WAIT_LIMIT)):
+            while True:
+                # The kernel has no event for a connection count reaching 0.
+                left = await self._connections(key, address, port)
+                if left == 0:
+                    return Response(0, response.stdout + "drained: no connections left\n")
+                await trio.sleep(DRAIN_POLL)
+        return Response(
+            1, response.stdout, f"director: drain: still {left} connections after {limit:g}s\n"
+        )
+
+    async def _connections(self, key: ServiceKey, address: object, port: int) -> int:
+        for entry in await self.director.kernel.services():
+            if entry.service.key == key:
+                for d in entry.destinations:
+                    if (d.destination.address, d.destination.port) == (address, port):
+                        return d.active_conns + d.inact_conns
+        return 0
+
+    async def _disable(self, args: Mapping[str, object], peer: Peer) -> Response:
+        return await self._admin(args, peer, AdminState.DISABLED)
+
+    async def _enable(self, args: Mapping[str, object], peer: Peer) -> Response:
+        return await self._admin(args, peer, AdminState.ENABLED)
+
+    def _target(self, args: Mapping[str, object]) -> tuple[ServiceKey, object, int]:
+        service = parse_service(_text(args.get("service"), ""))
+        rid = parse_real_server(service, _text(args.get("server"), ""))
+        return service, rid.address, rid.port
+
+    async def _admin(self, args: Mapping[str, object], peer: Peer, state: AdminState) -> Response:
+        try:
+            service = parse_service(_text(args.get("service"), ""))
+            rid = parse_real_server(service, _text(args.get("server"), ""))
+        except ValueError as error:
+            return Response(USAGE, "", f"director: {error}\n")
+        async with self._changes:
+            director = self.director
+            try:
+                layer = set_admin(
+                    director.runtime, LayeredView(director.config, director.runtime), rid, state
+                )
+            except LookupError as error:
+                return Response(LIST_ERROR, "", f"director: {error.args[0]}\n")
+            what = {
+                "command": str(state),
+                "service": describe_service(service),
+                "server": describe_endpoint(rid.address, rid.port),
+            }
+            await self._commit(_Work(self, layer), _Outcome(changed=True), peer, what)
+        return Response(0, f"{what['server']} in {what['service']}: {state}\n")
+
+    async def _reload(self, args: Mapping[str, object], peer: Peer) -> Response:
+        if self.config_path is None:
+            return Response(1, "", "director: no config file to reload\n")
+        try:
+            config = await trio.to_thread.run_sync(load_config, str(self.config_path))
+        except ConfigError as error:
+            self.log.error("reload_rejected", uid=peer.uid, pid=peer.pid, errors=error.errors)
+            return Response(1, "", "".join(f"{self.config_path}: {e}\n" for e in error.errors))
+        async with self._changes:
+            self.log.info("control_reload", uid=peer.uid, pid=peer.pid)
+            summary = await self.director.reload(config)
+        return Response(0, reload_text(summary), "", reload_data(summary))
+
+    async def _check_config(self, args: Mapping[str, object], peer: Peer) -> Response:
+        """With "text" (and "source" to name it) any peer may check a config;
+        with "path" the daemon reads the file itself, which only a peer that may
+        change state may ask (it reads as root)."""
+        text, path = args.get("text"), args.get("path")
+        source = _text(args.get("source"), str(path) if path is not None else "<config>")
+        try:
+            if isinstance(text, str):
+                config = parse_config(text, source)
+            elif isinstance(path, str):
+                if not peer.may_change:
+                    return Response(KERNEL_ERROR, "", PERMISSION_DENIED)
+                config = await trio.to_thread.run_sync(load_config, path)
+            else:
+                return Response(USAGE, "", 'director: check-config needs "text" or "path"\n')
+        except ConfigError as error:
+            return Response(1, "", "".join(f"{source}: {e}\n" for e in error.errors))
+        return Response(0, f"{source}: ok ({len(config.virtual_servers)} virtual servers)\n")
+
+
+class _Work:
+    """One request's changes in progress: the runtime layer it builds, and
+    the kernel's service keys, dumped at most once and kept up to date with
+    the operations it sends straight to the kernel."""
+
+    def __init__(self, controller: Controller, layer: RuntimeLayer) -> None:
+        self._controller = controller
+        self.layer = layer
+        self._keys: set[ServiceKey] | None = None
+
+    async def kernel_keys(self, op: Operation, view: LayeredView) -> set[ServiceKey]:
+        # Only -A of a service the daemon does not manage needs the kernel's keys.
+        if not isinstance(op, AddService) or op.service.key in view.service_keys():
+            return set()
+        if self._keys is None:
+            entries = await self._controller.director.kernel.services()
+            self._keys = {e.service.key for e in entries}
+        return self._keys
+
+    def applied(self, op: Operation) -> None:
+        if self._keys is None:
+            return
+        if isinstance(op, AddService):
+            self._keys.add(op.service.key)
+        elif isinstance(op, DeleteService):
+            self._keys.discard(op.key)
+        elif isinstance(op, Flush):
+            self._keys.clear()
+
+
+def reload_text(summary: ReloadSummary) -> str:
+    lines = [
+        *(f"+ service {describe_service(k)}" for k in summary.services_added),
+        *(f"- service {describe_service(k)}" for k in summary.services_removed),
+        *(f"+ real server {_rid(r)}" for r in summary.real_servers_added),
+        *(f"- real server {_rid(r)}" for r in summary.real_servers_removed),
+        *(f"~ real server {_rid(r)}" for r in summary.real_servers_changed),
+    ]
+    return "".join(f"{line}\n" for line in lines) + (
+        f"reloaded: {len(summary.operations)} table operations\n"
+    )
+
+
+def reload_data(summary: ReloadSummary) -> dict[str, object]:
+    return {
+        "services_added": [describe_service(k) for k in summary.services_added],
+        "services_removed": [describe_service(k) for k in summary.services_removed],
+        "real_servers_added": [_rid(r) for r in summary.real_servers_added],
+        "real_servers_removed": [_rid(r) for r in summary.real_servers_removed],
+        "real_servers_changed": [_rid(r) for r in summary.real_servers_changed],
+        "operations": [describe_operation(op) for op in summary.operations],
+    }
+
+
+def _rid(rid: RealServerId) -> str:
+    return f"{describe_service(rid.service)} {describe_endpoint(rid.address, rid.port)}"
+
+
+def _text(value: object, default: str) -> str:
+    return value if isinstance(value, str) else default

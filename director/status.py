@@ -1,0 +1,157 @@
+"""`directorctl status`: every virtual service and real server with its health,
+last probe, counters, weights and admin state, as values, text and JSON.
+
+Pure: built from the effective config, the checker's states, the admin states
+and a dump of the kernel table, at a given time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+from director.config import Config, RealServerId
+from director.desired import AdminState, RealServerView, desired_table
+from director.health.state import HealthState
+from director.ipvs.model import ServiceEntry, ServiceKey
+from director.runtime import describe_endpoint, describe_service
+
+
+@dataclass(frozen=True)
+class RealServerStatus:
+    server: str  # "10.0.1.1:80"
+    name: str | None
+    health: str  # unknown, up, down
+    admin: str  # enabled, disabled, drain
+    in_state_for: float  # seconds since `health` was entered
+    successes_in_row: int
+    failures_in_row: int
+    last_ok: bool | None  # None: not probed yet
+    last_reason: str | None
+    last_latency: float | None  # seconds
+    last_detail: str | None
+    configured_weight: int
+    current_weight: int | None  # in the kernel table now; None when absent
+    decision: str  # why it is (or is not) in the table
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    service: str  # "tcp:10.0.0.1:80", as drain/disable/enable take it
+    scheduler: str
+    check: str  # the check type
+    in_kernel: bool
+    real_servers: tuple[RealServerStatus, ...]
+
+
+def status_report(
+    config: Config,
+    states: Mapping[RealServerId, HealthState],
+    admin: Mapping[RealServerId, AdminState],
+    kernel: Mapping[ServiceKey, ServiceEntry],
+    now: float,
+) -> tuple[ServiceStatus, ...]:
+    views = {rid: RealServerView.from_state(s) for rid, s in states.items()}
+    desired = desired_table(config, views, kernel, now, admin)
+    report = []
+    for vs in config.virtual_servers:
+        entry = kernel.get(vs.key)
+        weights = (
+            {d.destination.key: d.destination.weight for d in entry.destinations} if entry else {}
+        )
+        reasons = {(d.address, d.port): d.reason for d in desired[vs.key].decisions if not d.sorry}
+        servers = []
+        for rs in vs.real_servers:
+            rid = vs.real_server_id(rs)
+            state = states.get(rid, HealthState(since=now))
+            last = state.last
+            servers.append(
+                RealServerStatus(
+                    server=describe_endpoint(rs.address, rs.port),
+                    name=rs.name,
+                    health=str(state.status),
+                    admin=str(admin.get(rid, AdminState.ENABLED)),
+                    in_state_for=round(max(now - state.since, 0.0), 3),
+                    successes_in_row=state.successes_in_row,
+                    failures_in_row=state.failures_in_row,
+                    last_ok=None if last is None else last.ok,
+                    last_reason=None if last is None else str(last.reason),
+                    last_latency=None if last is None else round(last.latency, 6),
+                    last_detail=None if last is None else last.detail,
+                    configured_weight=rs.weight,
+                    current_weight=weights.get((rs.address, rs.port)),
+                    decision=reasons.get((rs.address, rs.port), ""),
+                )
+            )
+        report.append(
+            ServiceStatus(
+                service=describe_service(vs.key),
+                scheduler=vs.scheduler,
+                check=_check_name(vs.check),
+                in_kernel=entry is not None,
+                real_servers=tuple(servers),
+            )
+        )
+    return tuple(report)
+
+
+def _check_name(check: object) -> str:
+    name = type(check).__name__.removesuffix("Check").lower()
+    return "https" if getattr(check, "tls", False) else name
+
+
+def status_data(report: tuple[ServiceStatus, ...]) -> dict[str, object]:
+    return {"services": [asdict(s) for s in report]}
+
+
+_COLUMNS = ("SERVER", "HEALTH", "FOR", "ADMIN", "WEIGHT", "LAST PROBE", "OK/FAIL", "TABLE")
+
+
+def status_text(report: tuple[ServiceStatus, ...]) -> str:
+    """One block per service, one aligned row per real server."""
+    if not report:
+        return "no virtual services\n"
+    out = []
+    for service in report:
+        kernel = "" if service.in_kernel else ", not in the kernel table"
+        out.append(f"{service.service} {service.scheduler} ({service.check} check{kernel})\n")
+        rows = [_COLUMNS] + [_row(rs) for rs in service.real_servers]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS) - 1)]
+        for row in rows:
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+            out.append("  " + "  ".join([*cells, row[-1]]).rstrip() + "\n")
+    return "".join(out)
+
+
+def _row(rs: RealServerStatus) -> tuple[str, ...]:
+    if rs.last_ok is None:
+        last = "-"
+    else:
+        assert rs.last_latency is not None
+        last = f"{rs.last_reason} {rs.last_latency * 1000:.1f}ms"
+        if rs.last_detail:
+            last += f" ({rs.last_detail})"
+    current = "-" if rs.current_weight is None else str(rs.current_weight)
+    return (
+        rs.server if rs.name is None else f"{rs.server} ({rs.name})",
+        rs.health,
+        _duration(rs.in_state_for),
+        rs.admin,
+        f"{current}/{rs.configured_weight}",
+        last,
+        f"{rs.successes_in_row}/{rs.failures_in_row}",
+        rs.decision,
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
