@@ -1,0 +1,358 @@
+"""The controller over the in-memory backend, with a fake probe and the
+autojump clock: ipvsadm commands change the desired state (servers enter the
+table only once probed up), errors read as ipvsadm's, the state file survives a
+restart, reload keeps runtime changes, admin states, status, permissions."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from ipaddress import ip_address
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from director import statefile
+from director.config import parse_config
+from director.control.handler import Controller
+from director.control.messages import Peer, Request, Response
+from director.engine import Director
+from director.health.result import ProbeResult, Reason
+from director.health.spec import Check
+from director.ipvs.memory import MemoryBackend
+from director.ipvs.model import (
+    Destination,
+    DestinationEntry,
+    IPAddress,
+    Protocol,
+    Service,
+    ServiceEntry,
+    ServiceKey,
+)
+from director.kernel import KernelTable
+
+VIP = ServiceKey.inet(Protocol.TCP, "10.0.0.1", 80)
+UNMANAGED = ServiceKey.inet(Protocol.TCP, "10.9.9.9", 80)
+ROOT = Peer(uid=0, gid=0, pid=4242, may_change=True)
+READER = Peer(uid=1000, gid=1000, pid=4343, may_change=False)
+CONFIG = """
+[daemon]
+reconcile_interval = 5.0
+[[virtual_server]]
+protocol = "tcp"
+address = "10.0.0.1:80"
+scheduler = "rr"
+check = { type = "tcp", interval = 1.0, timeout = 0.5, rise = 1, fall = 1 }
+[[virtual_server.real_server]]
+address = "10.0.1.1:80"
+weight = 5
+"""
+
+
+class FakeNetwork:
+    def __init__(self, *alive: str) -> None:
+        self.alive = {ip_address(a) for a in alive}
+
+    async def probe(self, check: Check, address: IPAddress, port: int) -> ProbeResult:
+        await trio.sleep(0.01)
+        if address in self.alive:
+            return ProbeResult.success(0.01)
+        return ProbeResult.failure(Reason.REFUSED, 0.01, "connection refused")
+
+
+@dataclass
+class Rig:
+    backend: MemoryBackend
+    network: FakeNetwork
+    director: Director
+    controller: Controller
+
+    async def ipvsadm(self, *argv: str, peer: Peer = ROOT, stdin: str | None = None) -> Response:
+        args = {} if stdin is None else {"stdin": stdin}
+        return await self.controller.handle(Request(argv=argv, args=args), peer)
+
+    async def command(self, name: str, peer: Peer = ROOT, **args: object) -> Response:
+        return await self.controller.handle(Request(command=name, args=args), peer)
+
+    def weights(self, key: ServiceKey = VIP) -> dict[str, int]:
+        for entry in self.backend.services():
+            if entry.service.key == key:
+                return {
+                    f"{d.destination.address}:{d.destination.port}": d.destination.weight
+                    for d in entry.destinations
+                }
+        return {}
+
+
+@asynccontextmanager
+async def rig(
+    tmp_path: Path, backend: MemoryBackend | None = None, config: str = CONFIG, *alive: str
+) -> AsyncIterator[Rig]:
+    backend = backend or MemoryBackend()
+    network = FakeNetwork(*(alive or ("10.0.1.1", "10.0.1.2", "10.0.2.1")))
+    config_path = tmp_path / "director.toml"
+    if not config_path.exists():
+        config_path.write_text(config)
+    state_path = tmp_path / "state.json"
+    director = Director(
+        parse_config(config_path.read_text()),
+        KernelTable(backend),
+        runtime=statefile.load(state_path).layer,
+        probe=network.probe,
+        rng=random.Random(1),
+    )
+    controller = Controller(director, config_path=config_path, state_path=state_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        yield Rig(backend, network, director, controller)
+        nursery.cancel_scope.cancel()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():  # noqa: ASYNC110 - the backend has no change events
+        await trio.sleep(0.05)
+
+
+async def test_added_server_enters_the_table_only_once_probed_up(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with rig(tmp_path) as r:
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
+        r.network.alive.discard(ip_address("10.0.1.2"))
+        response = await r.ipvsadm("-a", "-t", "10.0.0.1:80", "-r", "10.0.1.2:80", "-w", "3")
+        assert response == Response(0, "", "")
+        assert "10.0.1.2:80" not in r.weights()  # not probed up yet
+        await trio.sleep(3)
+        assert "10.0.1.2:80" not in r.weights()  # probed down: stays out
+        r.network.alive.add(ip_address("10.0.1.2"))
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5, "10.0.1.2:80": 3})
+
+        assert await r.ipvsadm("-e", "-t", "10.0.0.1:80", "-r", "10.0.1.2:80", "-w", "9") == (
+            Response(0)
+        )
+        assert r.weights() == {"10.0.1.1:80": 5, "10.0.1.2:80": 9}
+        assert await r.ipvsadm("-d", "-t", "10.0.0.1:80", "-r", "10.0.1.1:80") == Response(0)
+        assert r.weights() == {"10.0.1.2:80": 9}
+        await trio.sleep(6)  # a drift pass does not bring the file's server back
+        assert r.weights() == {"10.0.1.2:80": 9}
+
+
+async def test_service_commands_and_ipvsadm_errors(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with rig(tmp_path) as r:
+        new = ServiceKey.inet(Protocol.TCP, "10.0.0.2", 80)
+        assert await r.ipvsadm("-A", "-t", "10.0.0.2:80", "-s", "sh") == Response(0)
+        assert any(e.service.key == new for e in r.backend.services())
+        assert await r.ipvsadm("-A", "-t", "10.0.0.2:80") == Response(
+            255, "", "Service already exists\n"
+        )
+        assert await r.ipvsadm("-E", "-t", "10.0.0.3:80") == Response(255, "", "No such service\n")
+        assert await r.ipvsadm("-E", "-t", "10.0.0.2:80", "-s", "nope") == Response(
+            255, "", "Scheduler or persistence engine not found\n"
+        )
+        assert await r.ipvsadm("-a", "-t", "10.0.0.1:80", "-r", "10.0.1.1:80") == Response(
+            255, "", "Destination already exists\n"
+        )
+        assert await r.ipvsadm("-d", "-t", "10.0.0.1:80", "-r", "10.0.1.7:80") == Response(
+            255, "", "No such destination\n"
+        )
+        assert await r.ipvsadm("-a", "-t", "10.0.0.3:80", "-r", "10.0.1.7:80") == Response(
+            255, "", "Service not defined\n"
+        )
+        assert await r.ipvsadm("-L", "-t", "10.0.0.3:80") == Response(1, "", "No such service\n")
+        usage = await r.ipvsadm("-Q")
+        assert usage.status == 255 and "Try `ipvsadm -h'" in usage.stderr
+        assert await r.ipvsadm("-E", "-t", "10.0.0.2:80", "-s", "wrr") == Response(0)
+        assert [e.service.scheduler for e in r.backend.services() if e.service.key == new] == [
+            "wrr"
+        ]
+        assert await r.ipvsadm("-D", "-t", "10.0.0.2:80") == Response(0)
+        assert all(e.service.key != new for e in r.backend.services())
+        assert await r.ipvsadm("-C") == Response(0)
+        assert r.backend.services() == []
+        await trio.sleep(6)
+        assert r.backend.services() == []  # -C is desired state: nothing comes back
+
+
+async def test_listings_are_ipvsadm_output_of_the_kernel_table(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with rig(tmp_path) as r:
+        await until(lambda: bool(r.weights()))
+        listing = await r.ipvsadm("-Ln")
+        assert listing == Response(
+            0,
+            "IP Virtual Server version 1.2.1 (size=4096)\n"
+            "Prot LocalAddress:Port Scheduler Flags\n"
+            "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+            "TCP  10.0.0.1:80 rr\n"
+            "  -> 10.0.1.1:80                  Route   5      0          0         \n",
+        )
+        assert await r.ipvsadm("-Sn") == Response(
+            0, "-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.1.1:80 -g -w 5\n"
+        )
+        assert await r.ipvsadm("-L", "--timeout") == Response(
+            0, "Timeout (tcp tcpfin udp): 900 120 300\n"
+        )
+        assert await r.ipvsadm("-L", "-n", "-c") == Response(
+            0,
+            "IPVS connection entries\n"
+            "pro expire state       source             virtual            destination\n",
+        )
+        # A reader may list but not change.
+        assert (await r.ipvsadm("-Ln", peer=READER)).stdout == listing.stdout
+        assert await r.ipvsadm("-C", peer=READER) == Response(
+            255, "", "Permission denied (you must be root)\n"
+        )
+        assert await r.command("disable", READER, service="tcp:10.0.0.1:80", server="10.0.1.1") == (
+            Response(255, "", "Permission denied (you must be root)\n")
+        )
+        assert r.weights() == {"10.0.1.1:80": 5}
+
+
+async def test_unmanaged_services_go_straight_to_the_kernel(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    other = ServiceEntry(Service(UNMANAGED, "wlc"))
+    async with rig(tmp_path, MemoryBackend([other])) as r:
+        assert await r.ipvsadm("-A", "-t", "10.9.9.9:80") == Response(
+            255, "", "Service already exists\n"
+        )
+        assert await r.ipvsadm("-a", "-t", "10.9.9.9:80", "-r", "10.0.9.1:80", "-m") == Response(0)
+        assert r.weights(UNMANAGED) == {"10.0.9.1:80": 1}  # not health-checked: at once
+        assert statefile.load(tmp_path / "state.json").layer.empty
+        assert await r.ipvsadm("-Z") == Response(0)
+        assert await r.ipvsadm("--stop-daemon", "master") == Response(
+            255, "", "No daemon is running\n"
+        )
+
+
+async def test_restore_runs_every_line_and_reports_like_ipvsadm(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with rig(tmp_path) as r:
+        text = (
+            "-A -t 10.0.0.2:80 -s rr\n"
+            "-A -t 10.0.0.2:80 -s rr\n"
+            "-a -t 10.0.0.2:80 -r 10.0.2.1:80 -m -w 2\n"
+        )
+        assert await r.ipvsadm("-R", stdin=text) == Response(0, "", "Service already exists\n")
+        key = ServiceKey.inet(Protocol.TCP, "10.0.0.2", 80)
+        await until(lambda: r.weights(key) == {"10.0.2.1:80": 2})
+        saved = (await r.ipvsadm("-Sn")).stdout
+        assert "-a -t 10.0.0.2:80 -r 10.0.2.1:80 -m -w 2\n" in saved
+
+
+async def test_state_file_survives_a_restart_and_reload_keeps_runtime_changes(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    backend = MemoryBackend()
+    async with rig(tmp_path, backend) as r:
+        await r.ipvsadm("-a", "-t", "10.0.0.1:80", "-r", "10.0.1.2:80", "-w", "3")
+        await r.ipvsadm("-A", "-u", "10.0.0.5:53", "-s", "wrr")
+        assert await r.command("drain", service="tcp:10.0.0.1:80", server="10.0.1.1") == Response(
+            0, "10.0.1.1:80 in tcp:10.0.0.1:80: drain\n"
+        )
+        await until(lambda: r.weights() == {"10.0.1.1:80": 0, "10.0.1.2:80": 3})
+    saved = statefile.load(tmp_path / "state.json").layer
+    assert not saved.empty
+
+    async with rig(tmp_path, backend) as r:  # a restart: new director, same files
+        assert r.director.runtime == saved
+        await until(lambda: r.weights() == {"10.0.1.1:80": 0, "10.0.1.2:80": 3})
+        udp = ServiceKey.inet(Protocol.UDP, "10.0.0.5", 53)
+        assert any(e.service.key == udp for e in backend.services())
+
+        (tmp_path / "director.toml").write_text(CONFIG.replace("weight = 5", "weight = 8"))
+        reloaded = await r.command("reload")
+        assert reloaded.status == 0 and "reloaded" in reloaded.stdout
+        await r.command("enable", service="TCP 10.0.0.1:80", server="10.0.1.1:80")
+        await until(lambda: r.weights() == {"10.0.1.1:80": 8, "10.0.1.2:80": 3})
+        assert any(e.service.key == udp for e in backend.services())
+
+        (tmp_path / "director.toml").write_text("[[virtual_server]]\nprotocol = 1\n")
+        rejected = await r.command("reload")
+        assert rejected.status == 1 and "virtual_server[0].protocol" in rejected.stderr
+        assert r.weights() == {"10.0.1.1:80": 8, "10.0.1.2:80": 3}
+
+
+async def test_disable_takes_a_server_out_whatever_its_health(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with rig(tmp_path) as r:
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
+        target = {"service": "tcp:10.0.0.1:80", "server": "10.0.1.1"}
+        assert (await r.command("disable", **target)).status == 0
+        assert r.weights() == {}
+        bad = await r.command("disable", service="tcp:10.0.0.1:80", server="10.0.1.9")
+        assert bad == Response(1, "", "director: no real server 10.0.1.9:80 in tcp:10.0.0.1:80\n")
+        bad = await r.command("disable", service="http://x", server="10.0.1.9")
+        assert bad.status == 2 and "virtual service 'http://x'" in bad.stderr
+        assert (await r.command("enable", **target)).status == 0
+        assert r.weights() == {"10.0.1.1:80": 5}
+
+
+async def test_drain_wait_returns_when_connections_are_gone(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    busy = ServiceEntry(
+        Service(VIP, "rr"),
+        (DestinationEntry(Destination(ip_address("10.0.1.1"), 80, weight=5), active_conns=2),),
+    )
+    async with rig(tmp_path, MemoryBackend([busy])) as r:
+        target = {"service": "tcp:10.0.0.1:80", "server": "10.0.1.1"}
+        short = await r.command("drain", wait=True, timeout=3, **target)
+        assert short.status == 1 and "still 2 connections after 3s" in short.stderr
+        assert r.weights() == {"10.0.1.1:80": 0}
+        # The kernel finishes the connections (the model's counters are set by hand).
+        r.backend._services[VIP] = ServiceEntry(
+            Service(VIP, "rr"),
+            (DestinationEntry(Destination(ip_address("10.0.1.1"), 80, weight=0)),),
+        )
+        done = await r.command("drain", wait=True, **target)
+        assert done.status == 0 and done.stdout.endswith("drained: no connections left\n")
+
+
+async def test_status_reports_health_weights_and_admin(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with rig(tmp_path) as r:
+        await r.ipvsadm("-a", "-t", "10.0.0.1:80", "-r", "10.0.1.3:80", "-w", "2")
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
+        await trio.sleep(2)
+        await r.command("disable", service="tcp:10.0.0.1:80", server="10.0.1.1")
+        response = await r.command("status", json=True)
+        assert response.status == 0 and response.stdout == ""
+        assert isinstance(response.data, dict)
+        (service,) = response.data["services"]
+        assert service["service"] == "tcp:10.0.0.1:80" and service["check"] == "tcp"
+        first, added = service["real_servers"]
+        assert first["health"] == "up" and first["admin"] == "disabled"
+        assert (first["configured_weight"], first["current_weight"]) == (5, None)
+        assert first["last_ok"] is True and first["last_latency"] == 0.01
+        assert added["health"] == "down" and added["last_reason"] == "refused"
+        assert added["last_detail"] == "connection refused" and added["failures_in_row"] >= 2
+        assert added["in_state_for"] >= 1.0
+        text = (await r.command("status")).stdout
+        assert text.splitlines()[0] == "tcp:10.0.0.1:80 rr (tcp check)"
+        assert "10.0.1.3:80" in text and "refused 10.0ms (connection refused)" in text
+
+
+async def test_unknown_command_and_check_config(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with rig(tmp_path) as r:
+        unknown = await r.command("frobnicate")
+        assert unknown.status == 2 and "unknown command 'frobnicate'" in unknown.stderr
+        assert await r.command("check-config", READER, text=CONFIG, source="x.toml") == Response(
+            0, "x.toml: ok (1 virtual servers)\n"
+        )
+        bad = await r.command("check-config", READER, text="[daemon]\nbogus = 1\n", source="y")
+        assert bad.status == 1 and bad.stderr.startswith("y: ")
+        path = str(tmp_path / "director.toml")
+        assert (await r.command("check-config", READER, path=path)).status == 255
+        assert (await r.command("check-config", ROOT, path=path)).status == 0
