@@ -12,7 +12,7 @@ from pathlib import Path
 
 import trio
 
-from director import log
+from director import log, statefile
 from director.config import Config, ConfigError, load_config
 from director.engine import Director
 from director.ipvs.errors import IPVSError
@@ -67,12 +67,30 @@ async def serve(config_path: Path, config: Config, notifier: Notifier | None = N
 
     notifier = notifier or Notifier()
     logger = log.get("directord")
+    from director.control import server
+    from director.control.handler import Controller
+    from director.ipvsadm import SystemNames
+
     backend = NetlinkBackend()
     try:
-        director = Director(config, KernelTable(backend))
+        state_path = config.daemon.state_file
+        loaded = await trio.to_thread.run_sync(statefile.load, state_path)
+        if loaded.problem is not None:
+            logger.error(
+                "state_file_unusable",
+                path=state_path,
+                problem=loaded.problem,
+                kept_as=str(loaded.moved_to) if loaded.moved_to else None,
+                action="starting from the config file alone",
+            )
+        director = Director(config, KernelTable(backend), runtime=loaded.layer)
+        controller = Controller(
+            director, config_path=config_path, state_path=state_path, names=SystemNames()
+        )
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(director.run)
+                await nursery.start(server.serve, config.control, controller)
                 notifier.ready(director.status_line())
                 interval = watchdog_interval()
                 if interval:
