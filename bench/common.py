@@ -91,6 +91,60 @@ def namespace(name: str, addresses: Sequence[str] = ()) -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
+@contextlib.contextmanager
+def inside(name: str) -> Iterator[None]:
+    """Run this thread in existing namespace `name` for a while (e.g. to open
+    sockets there), then come back."""
+    original = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        _setns(target)
+        yield
+    finally:
+        _setns(original)
+        os.close(target)
+        os.close(original)
+
+
+@contextlib.contextmanager
+def server_namespace(name: str, prefix: str) -> Iterator[str]:
+    """A second namespace `name` for the real servers, joined to the current
+    one by a veth pair: every address of `prefix` is local there (an AnyIP
+    route, so listeners can bind any of them or 0.0.0.0) and routed there from
+    here. The real servers are then remote, as in production: the kernel
+    stores a local destination as forward "local" whatever was asked."""
+    subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+    run("ip", "netns", "add", name)
+    try:
+        run(
+            "ip",
+            "link",
+            "add",
+            "to-servers",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "to-director",
+            "netns",
+            name,
+        )
+        run("ip", "addr", "add", "192.168.255.1/30", "dev", "to-servers")
+        run("ip", "link", "set", "to-servers", "up")
+        run("ip", "route", "add", prefix, "via", "192.168.255.2")
+        for argv in (
+            ("link", "set", "lo", "up"),
+            ("addr", "add", "192.168.255.2/30", "dev", "to-director"),
+            ("link", "set", "to-director", "up"),
+            ("route", "add", "local", prefix, "dev", "lo"),
+        ):
+            run("ip", "-n", name, *argv)
+        yield name
+    finally:
+        subprocess.run(["ip", "link", "del", "to-servers"], check=False, capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
 def raise_fd_limit(wanted: int = 1 << 20) -> int:
     import resource
 

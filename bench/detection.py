@@ -3,8 +3,8 @@ IPVS table, for directord and for keepalived's checker with equivalent TCP
 check settings (see README.md for the mapping).
 
 Each daemon runs alone in a network namespace of its own holding one virtual
-service (10.0.0.1:8080) and four real servers (10.0.1.1-4:8080 on loopback),
-each a listening socket held by a forked process. A kill is SIGKILL to one of
+service (10.0.0.1:8080) and four real servers 10.2.0.1-4:8080 in a second
+namespace behind a veth pair, each a listening socket held by a forked process. A kill is SIGKILL to one of
 those processes (its socket closes: connects are refused from then on); the
 table is polled every 20 ms from /proc until the server is gone. The server
 is then restarted and must come back before the next kill, which happens
@@ -36,18 +36,21 @@ from common import (
     TcpTiming,
     VirtualService,
     fork_sink,
+    inside,
     ipvs_table,
     listener,
     namespace,
     print_table,
     ratio,
+    server_namespace,
     stop_process,
     wait_for,
 )
 from keepalived import Keepalived
 
 VIP = ("10.0.0.1", 8080)
-REAL_SERVERS = tuple((f"10.0.1.{n}", 8080) for n in range(1, 5))
+REAL_SERVERS = tuple((f"10.2.0.{n}", 8080) for n in range(1, 5))
+SERVER_PREFIX = "10.2.0.0/16"
 POLL = 0.02
 
 
@@ -61,8 +64,9 @@ class Daemon(Protocol):
 DaemonFactory = Callable[[Sequence[VirtualService], TcpTiming, Path], Daemon]
 
 
-def serve(server: tuple[str, int]) -> int:
-    sock = listener(*server)
+def serve(servers_namespace: str, server: tuple[str, int]) -> int:
+    with inside(servers_namespace):
+        sock = listener(*server)
     pid = fork_sink([sock])
     sock.close()
     return pid
@@ -90,9 +94,11 @@ def measure(
     samples: list[Kill] = []
     service = VirtualService(*VIP, real_servers=REAL_SERVERS)
     daemon = factory([service], timing, workdir)
-    addresses = [VIP[0], *(address for address, _ in REAL_SERVERS)]
-    with namespace(f"bench-detect-{daemon.name}", addresses):
-        sinks = {server: serve(server) for server in REAL_SERVERS}
+    with (
+        namespace(f"bench-detect-{daemon.name}", [VIP[0]]),
+        server_namespace(f"bench-detect-{daemon.name}-servers", SERVER_PREFIX) as servers,
+    ):
+        sinks = {server: serve(servers, server) for server in REAL_SERVERS}
         try:
             daemon.start(timeout=120)
             wait_for("every real server in the table", lambda: all(map(in_table, REAL_SERVERS)), 60)
@@ -112,7 +118,7 @@ def measure(
                     f"  {daemon.name}: kill {kill + 1}/{kills}: {samples[-1].removed_after:.3f} s",
                     flush=True,
                 )
-                sinks[victim] = serve(victim)
+                sinks[victim] = serve(servers, victim)
                 wait_for(f"{daemon.name} to restore {victim}", partial(in_table, victim), 60)
         finally:
             daemon.stop()

@@ -2,9 +2,10 @@
 servers behind 100 services every second, one after the other in namespaces
 of their own; their CPU, memory and the probe rate they actually achieve.
 
-Service i is 10.1.0.1:(20000 + i); its real servers are 127.0.(i+1).(j+1) on
-the same port, j < 100, so every (address, port) is distinct. One listening
-socket per port, bound to 0.0.0.0, accepts for every 127/8 address; forked
+Service i is 10.1.0.1:(20000 + i); its real servers are 10.2.(i+1).(j+1) on
+the same port, j < 100, so every (address, port) is distinct. They live in a
+second namespace behind a veth pair, where all of 10.2/16 is local: one
+listening socket per port, bound to 0.0.0.0, accepts for all of them; forked
 sink processes accept and close, counting connections: the probe rate is that
 count over the measuring window. CPU % is utime+stime of the daemon's process
 tree over the window (100 % = one core); memory is VmRSS at the end and VmHWM
@@ -36,18 +37,21 @@ from common import (
     descendants,
     destination_count,
     fork_sink,
+    inside,
     listener,
     memory_kib,
     namespace,
     print_table,
     raise_fd_limit,
     ratio,
+    server_namespace,
     stop_process,
 )
 from keepalived import Keepalived
 
 VIP = "10.1.0.1"
 FIRST_PORT = 20000
+SERVER_PREFIX = "10.2.0.0/16"
 
 
 class Daemon(Protocol):
@@ -83,7 +87,7 @@ class Load:
             VirtualService(
                 VIP,
                 FIRST_PORT + i,
-                tuple((f"127.0.{i + 1}.{j + 1}", FIRST_PORT + i) for j in range(self.per_service)),
+                tuple((f"10.2.{i + 1}.{j + 1}", FIRST_PORT + i) for j in range(self.per_service)),
             )
             for i in range(self.services)
         ]
@@ -141,8 +145,12 @@ def measure(
 ) -> Measurement:
     daemon = factory(load.virtual_services(), load.timing, workdir)
     counter = AcceptCounter(sinks)
-    with namespace(f"bench-scale-{daemon.name}"):
-        sockets = [listener("0.0.0.0", FIRST_PORT + i) for i in range(load.services)]
+    with (
+        namespace(f"bench-scale-{daemon.name}"),
+        server_namespace(f"bench-scale-{daemon.name}-servers", SERVER_PREFIX) as servers,
+    ):
+        with inside(servers):
+            sockets = [listener("0.0.0.0", FIRST_PORT + i) for i in range(load.services)]
         sink_pids = [fork_sink(sockets, counter, slot) for slot in range(sinks)]
         for sock in sockets:
             sock.close()
