@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Protocol as TypingProtocol
+from typing import TypeVar
 
 from director.config import (
     PERSISTENCE_ENGINES,
@@ -73,7 +74,10 @@ class RuntimeLayer:
         for name in ("services", "real_servers", "admin"):
             value = getattr(self, name)
             if not isinstance(value, MappingProxyType):
-                object.__setattr__(self, name, MappingProxyType(dict(value)))
+                # A dict is taken as is (callers hand over fresh ones): copying
+                # it again would rehash every key, and keys hash slowly.
+                owned = value if type(value) is dict else dict(value)
+                object.__setattr__(self, name, MappingProxyType(owned))
 
     @property
     def empty(self) -> bool:
@@ -333,7 +337,7 @@ def add_service(layer: RuntimeLayer, effective: ServiceLookup, service: Service)
 
 
 def _put_service(layer: RuntimeLayer, service: Service) -> RuntimeLayer:
-    return replace(layer, services={**layer.services, service.key: service})
+    return replace(layer, services=_with(layer.services, service.key, service))
 
 
 def delete_service(layer: RuntimeLayer, effective: ServiceLookup, key: ServiceKey) -> RuntimeLayer:
@@ -346,7 +350,7 @@ def delete_service(layer: RuntimeLayer, effective: ServiceLookup, key: ServiceKe
     layer = delete_real_servers(layer, rids)
     return replace(
         layer,
-        services={k: s for k, s in layer.services.items() if k != key},
+        services=_without(layer.services, [key]),
         deleted_services=layer.deleted_services | {key},
     )
 
@@ -355,9 +359,9 @@ def delete_real_servers(layer: RuntimeLayer, rids: Iterable[RealServerId]) -> Ru
     gone = frozenset(rids)
     return replace(
         layer,
-        real_servers={r: d for r, d in layer.real_servers.items() if r not in gone},
+        real_servers=_without(layer.real_servers, gone),
         deleted_real_servers=layer.deleted_real_servers | gone,
-        admin={r: a for r, a in layer.admin.items() if r not in gone},
+        admin=_without(layer.admin, gone),
     )
 
 
@@ -366,9 +370,27 @@ def _put_real_server(
 ) -> RuntimeLayer:
     return replace(
         layer,
-        real_servers={**layer.real_servers, rid: destination},
+        real_servers=_with(layer.real_servers, rid, destination),
         deleted_real_servers=layer.deleted_real_servers - {rid},
     )
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _with(mapping: Mapping[K, V], key: K, value: V) -> dict[K, V]:
+    # MappingProxyType.copy() is dict.copy(): it keeps the stored hashes.
+    copy: dict[K, V] = mapping.copy()  # type: ignore[attr-defined]
+    copy[key] = value
+    return copy
+
+
+def _without(mapping: Mapping[K, V], keys: Iterable[K]) -> dict[K, V]:
+    copy: dict[K, V] = mapping.copy()  # type: ignore[attr-defined]
+    for key in keys:
+        copy.pop(key, None)
+    return copy
 
 
 def set_admin(
@@ -382,7 +404,7 @@ def set_admin(
         raise LookupError(
             f"no real server {describe_endpoint(rid.address, rid.port)} in {describe_service(rid.service)}"
         )
-    admin = {r: a for r, a in layer.admin.items() if r != rid}
+    admin = _without(layer.admin, [rid])
     if state is not AdminState.ENABLED:
         admin[rid] = state
     return replace(layer, admin=admin)
