@@ -14,8 +14,12 @@ import trio
 
 from director import log, statefile
 from director.config import Config, ConfigError, load_config
+from director.control import server
+from director.control.handler import Controller
 from director.engine import Director
 from director.ipvs.errors import IPVSError
+from director.ipvs.netlink import NetlinkBackend
+from director.ipvsadm import SystemNames
 from director.kernel import KernelTable
 from director.sdnotify import Notifier, watchdog_interval
 
@@ -52,25 +56,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     json = {"auto": None, "json": True, "console": False}[args.log_format]
     log.configure(args.log_level or config.daemon.log_level.value, json=json)
+    status = 0
     try:
         trio.run(serve, Path(args.config), config)
-    except IPVSError as error:
-        log.get("directord").error("ipvs_unavailable", error=str(error))
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    except* (IPVSError, server.ControlSocketError) as group:
+        # Raised from inside the nursery, these arrive in an exception group.
+        for failure in group.exceptions:
+            log.get("directord").error("cannot_start", error=str(failure))
+        status = 1
+    except* KeyboardInterrupt:
+        status = 130
+    return status
 
 
 async def serve(config_path: Path, config: Config, notifier: Notifier | None = None) -> None:
-    from director.ipvs.netlink import NetlinkBackend
-
     notifier = notifier or Notifier()
     logger = log.get("directord")
-    from director.control import server
-    from director.control.handler import Controller
-    from director.ipvsadm import SystemNames
-
     backend = NetlinkBackend()
     try:
         state_path = config.daemon.state_file
@@ -98,7 +99,7 @@ async def serve(config_path: Path, config: Config, notifier: Notifier | None = N
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         notifier.reloading()
-                        await _reload(director, config_path)
+                        await controller.reload(signal="SIGHUP")
                         notifier.ready(director.status_line())
                         continue
                     logger.info("stopping", signal=signal.Signals(signum).name)
@@ -108,16 +109,6 @@ async def serve(config_path: Path, config: Config, notifier: Notifier | None = N
                     break
     finally:
         backend.close()
-
-
-async def _reload(director: Director, config_path: Path) -> None:
-    logger = log.get("directord")
-    try:
-        config = load_config(str(config_path))
-    except ConfigError as error:
-        logger.error("reload_rejected", config=str(config_path), errors=error.errors)
-        return
-    await director.reload(config)
 
 
 async def _keep_alive(notifier: Notifier, director: Director, interval: float) -> None:

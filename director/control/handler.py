@@ -362,15 +362,20 @@ class Controller:
         return Response(0, f"{what['server']} in {what['service']}: {state}\n")
 
     async def _reload(self, args: Mapping[str, object], peer: Peer) -> Response:
+        return await self.reload(uid=peer.uid, pid=peer.pid)
+
+    async def reload(self, **origin: object) -> Response:
+        """Re-read the config file: SIGHUP and `directorctl reload` both come
+        here, so a reload never races a change made through the socket."""
         if self.config_path is None:
             return Response(1, "", "director: no config file to reload\n")
         try:
             config = await trio.to_thread.run_sync(load_config, str(self.config_path))
         except ConfigError as error:
-            self.log.error("reload_rejected", uid=peer.uid, pid=peer.pid, errors=error.errors)
+            self.log.error("reload_rejected", **origin, errors=error.errors)
             return Response(1, "", "".join(f"{self.config_path}: {e}\n" for e in error.errors))
         async with self._changes:
-            self.log.info("control_reload", uid=peer.uid, pid=peer.pid)
+            self.log.info("reload", **origin)
             summary = await self.director.reload(config)
         return Response(0, reload_text(summary), "", reload_data(summary))
 

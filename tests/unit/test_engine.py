@@ -88,7 +88,9 @@ def make_director(
     backend: MemoryBackend, network: FakeNetwork, on_failure: str = "remove", extra: str = ""
 ) -> Director:
     config = parse_config(CONFIG_TEMPLATE.replace("ON_FAILURE", on_failure) + extra)
-    return Director(config, KernelTable(backend), probe=network.probe, rng=random.Random(1))
+    return Director(
+        config, KernelTable(backend, threaded=False), probe=network.probe, rng=random.Random(1)
+    )
 
 
 @pytest.fixture

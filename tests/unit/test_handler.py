@@ -99,7 +99,7 @@ async def rig(
     state_path = tmp_path / "state.json"
     director = Director(
         parse_config(config_path.read_text()),
-        KernelTable(backend),
+        KernelTable(backend, threaded=False),
         runtime=statefile.load(state_path).layer,
         probe=network.probe,
         rng=random.Random(1),
