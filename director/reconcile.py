@@ -85,13 +85,16 @@ def service_matches(want: Service, have: Service) -> bool:
 
 def destination_matches(want: Destination, have: Destination) -> bool:
     """Equal in every field that matters for `want` (tunnel settings only
-    matter for tunnels)."""
+    matter for tunnels). The kernel turns the method of a destination whose
+    address is local to the director into LOCAL, whatever was asked: that is
+    a match, or every pass would edit it again."""
+    forward_ok = want.forward == have.forward or have.forward == Forward.LOCAL
     tunnel_ok = want.forward != Forward.TUNNEL or (
         (want.tun_type, want.tun_port, want.tun_flags)
         == (have.tun_type, have.tun_port, have.tun_flags)
     )
     return (
-        want.forward == have.forward
+        forward_ok
         and tunnel_ok
         and want.weight == have.weight
         and want.u_threshold == have.u_threshold

@@ -291,3 +291,12 @@ def test_plan_reaches_desired_and_spares_the_rest(
 
     assert plan(desired, after, owned_after(owned, ops)) == []
     assert len(ops) == len(set(map(repr, ops)))
+
+
+def test_a_local_destination_reported_as_local_is_not_edited_every_pass() -> None:
+    svc = Service(A, "rr")
+    kernel = {A: entry(svc, d(1, forward=Forward.LOCAL))}
+    assert plan({A: want(svc, d(1, forward=Forward.MASQ))}, kernel, {A}) == []
+    assert plan({A: want(svc, d(1, 4, forward=Forward.MASQ))}, kernel, {A}) == [
+        EditDestination(A, d(1, 4, forward=Forward.MASQ))
+    ]
