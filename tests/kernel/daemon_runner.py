@@ -1,0 +1,170 @@
+"""directord as a child process of a test: started in the test's namespace
+with a NOTIFY_SOCKET the test listens on (so "ready" means the daemon said
+READY=1, no polling), its JSON log lines collected as they come, stopped with
+SIGTERM (or killed at teardown whatever happens)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+START_TIMEOUT = 90.0
+STOP_TIMEOUT = 60.0
+_starts = itertools.count()
+
+
+def wait_until(condition: Callable[[], T], timeout: float, what: str, every: float = 0.1) -> T:
+    """Poll `condition` until it returns something truthy; that value. Fails
+    with `what` and the last value seen when `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"after {timeout:.0f} s still not: {what} (last: {value!r})")
+        time.sleep(every)
+
+
+class Daemon:
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.process: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+        self._reader: threading.Thread | None = None
+        self._notify: socket.socket | None = None
+        self._notify_path = ""
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start directord and wait for its READY=1."""
+        assert self.process is None, "already running"
+        # A short path of its own: AF_UNIX addresses are limited to 107 bytes.
+        address = os.path.join(tempfile.gettempdir(), f"dn-{os.getpid()}-{next(_starts)}")
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(address)
+        self._notify_path = address
+        argv = [sys.executable, "-m", "director.daemon", "--config", str(self.config)]
+        self.process = subprocess.Popen(
+            [*argv, "--log-format", "json"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "NOTIFY_SOCKET": address},
+        )
+        self._reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
+        self._reader.start()
+        self.expect_notification("READY=1", START_TIMEOUT)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        """Signal the daemon and wait for it to exit; its exit status."""
+        process = self._running()
+        process.send_signal(sig)
+        try:
+            status = process.wait(timeout=STOP_TIMEOUT)
+        finally:
+            self._reap()
+        return status
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self._reap()
+
+    def _reap(self) -> None:
+        if self._reader is not None:
+            self._reader.join(timeout=STOP_TIMEOUT)
+        if self._notify is not None:
+            self._notify.close()
+            os.unlink(self._notify_path)
+        self.process = self._reader = self._notify = None
+
+    def _running(self) -> subprocess.Popen[str]:
+        assert self.process is not None, "directord is not running"
+        return self.process
+
+    def reload(self) -> None:
+        """SIGHUP; returns once the daemon said RELOADING=1 then READY=1."""
+        self._running().send_signal(signal.SIGHUP)
+        self.expect_notification("RELOADING=1", START_TIMEOUT)
+        self.expect_notification("READY=1", START_TIMEOUT)
+
+    # -- sd_notify ----------------------------------------------------------
+
+    def expect_notification(self, field: str, timeout: float) -> None:
+        assert self._notify is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            process = self._running()
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"directord exited ({process.returncode}) before {field}:\n{self.log_text()}"
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(
+                    f"no {field} from directord in {timeout:.0f} s:\n{self.log_text()}"
+                )
+            self._notify.settimeout(min(left, 1.0))
+            try:
+                message = self._notify.recv(4096).decode()
+            except TimeoutError:
+                continue
+            if field in message.split("\n"):
+                return
+
+    # -- logs ---------------------------------------------------------------
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stderr is not None
+        with process.stderr:
+            for line in process.stderr:
+                with self._lock:
+                    self.lines.append(line.rstrip("\n"))
+
+    def log_text(self) -> str:
+        with self._lock:
+            return "\n".join(self.lines[-60:])
+
+    def events(self, name: str, **fields: object) -> list[dict[str, Any]]:
+        """Logged events called `name` whose fields include `fields`."""
+        with self._lock:
+            lines = list(self.lines)
+        found = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("event") == name and _has(event, fields):
+                found.append(event)
+        return found
+
+    def wait_event(self, name: str, timeout: float, **fields: object) -> dict[str, Any]:
+        try:
+            found = wait_until(
+                lambda: self.events(name, **fields), timeout, f"directord logged {name} {fields}"
+            )
+        except AssertionError as e:
+            raise AssertionError(f"{e}\ndirectord's log:\n{self.log_text()}") from None
+        return found[0]
+
+
+def _has(event: Mapping[str, object], fields: Mapping[str, object]) -> bool:
+    return all(event.get(key) == value for key, value in fields.items())
