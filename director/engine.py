@@ -28,7 +28,7 @@ from director.ipvs.model import ServiceEntry, ServiceKey
 from director.ipvs.ops import Operation, SetTimeouts
 from director.kernel import KernelTable
 from director.oplog import describe_operation
-from director.reconcile import plan
+from director.reconcile import plan, service_sort_key
 from director.runtime import EMPTY, RuntimeLayer, effective_config
 
 
@@ -118,6 +118,7 @@ class Director:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self._apply_timeouts()
         self.checker.set_targets(check_targets(self.effective))
+        self._adopt(await self.kernel.services())
         async with trio.open_nursery() as nursery:
             await nursery.start(self.checker.run)
             await self.reconcile("start")
@@ -129,6 +130,19 @@ class Director:
                 why, self._why = self._why, "drift check"
                 self._wake = trio.Event()
                 await self.reconcile(why)
+
+    def _adopt(self, entries: list[ServiceEntry]) -> None:
+        """Real servers in service in the kernel before their first probe are
+        adopted: they stay until `fall` probes in a row fail."""
+        in_service = {
+            RealServerId(e.service.key, d.destination.address, d.destination.port)
+            for e in entries
+            for d in e.destinations
+            if d.destination.weight > 0
+        }
+        for target in self.checker.states():
+            if target in in_service:
+                self.checker.adopt(target)
 
     def _next_pass_in(self) -> float:
         interval = self.config.daemon.reconcile_interval
@@ -194,8 +208,12 @@ class Director:
         new = effective_config(config, self.runtime)
         old_targets, new_targets = check_targets(old), check_targets(new)
         summary = ReloadSummary(
-            services_added=tuple(sorted(new.service_keys() - old.service_keys())),
-            services_removed=tuple(sorted(old.service_keys() - new.service_keys())),
+            services_added=tuple(
+                sorted(new.service_keys() - old.service_keys(), key=service_sort_key)
+            ),
+            services_removed=tuple(
+                sorted(old.service_keys() - new.service_keys(), key=service_sort_key)
+            ),
             real_servers_added=tuple(t for t in new_targets if t not in old_targets),
             real_servers_removed=tuple(t for t in old_targets if t not in new_targets),
             real_servers_changed=tuple(
@@ -207,6 +225,7 @@ class Director:
         self.config = config
         self.effective = new
         self.checker.set_targets(new_targets)
+        self._adopt(await self.kernel.services())
         await self._apply_timeouts()
         operations = await self.reconcile("reload")
         self.log.info(

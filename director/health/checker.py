@@ -16,7 +16,7 @@ import math
 import random
 import resource
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address
 from typing import Generic, TypeVar
 
@@ -79,6 +79,13 @@ class Checker(Generic[K]):
                 if self._nursery is not None:
                     self._spawn(self._nursery, key, slot)
 
+    def adopt(self, key: K) -> None:
+        """Mark a target that is already in service and not yet probed as
+        adopted: see HealthState.adopted."""
+        slot = self._slots[key]
+        if slot.state.last is None:
+            slot.state = replace(slot.state, adopted=True)
+
     def states(self) -> dict[K, HealthState]:
         return {key: slot.state for key, slot in self._slots.items()}
 
@@ -130,7 +137,7 @@ class Checker(Generic[K]):
         with trio.CancelScope() as slot.cancel_scope:
             now = trio.current_time()
             if slot.state.last is None:
-                slot.state = HealthState(since=now)
+                slot.state = replace(slot.state, since=now)
             start = now + offset
             while True:
                 await trio.sleep_until(start)

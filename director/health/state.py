@@ -3,8 +3,10 @@
 Pure: the caller supplies the time and the results, and logs the transitions.
 The first result after start decides at once, so that a restarted daemon
 neither keeps a dead server in service nor holds back a live one for `rise`
-intervals. After that, an up server goes down after `fall` failures in a row
-and a down server comes up after `rise` successes in a row.
+intervals; except that a server adopted in service from the kernel's table
+needs `fall` failures in a row to be decided down. After that, an up server
+goes down after `fall` failures in a row and a down server comes up after
+`rise` successes in a row.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ class HealthState:
     failures_in_row: int = 0
     since: float = 0.0  # when `status` was entered, on the caller's clock
     last: ProbeResult | None = None
+    # Found in service when the daemon started: while UNKNOWN, it takes `fall`
+    # failures in a row, not one, to decide DOWN (one slow probe during a
+    # restart must not pull a live server).
+    adopted: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,7 @@ def advance(
         successes, failures = state.successes_in_row + 1, 0
     else:
         successes, failures = 0, state.failures_in_row + 1
-    new_status = _next_status(state.status, result.ok, successes, failures, timing)
+    new_status = _next_status(state, result.ok, successes, failures, timing)
     counted = replace(state, successes_in_row=successes, failures_in_row=failures, last=result)
     if new_status is state.status:
         return counted, None
@@ -78,9 +84,14 @@ def advance(
     return replace(counted, status=new_status, since=now), transition
 
 
-def _next_status(status: Health, ok: bool, successes: int, failures: int, timing: Timing) -> Health:
+def _next_status(
+    state: HealthState, ok: bool, successes: int, failures: int, timing: Timing
+) -> Health:
+    status = state.status
     if status is Health.UNKNOWN:
-        return Health.UP if ok else Health.DOWN
+        if ok:
+            return Health.UP
+        return Health.DOWN if not state.adopted or failures >= timing.fall else Health.UNKNOWN
     if status is Health.UP and failures >= timing.fall:
         return Health.DOWN
     if status is Health.DOWN and successes >= timing.rise:

@@ -159,8 +159,28 @@ async def test_start_adopts_the_table_until_each_server_is_probed(
         await nursery.start(director.run)
         assert weights(backend) == {"10.0.1.1": 5, "10.0.1.2": 7}
         assert network.probes == 0
+        # Adopted in service: one failed probe is not enough (fall = 3)...
         await trio.sleep(1.1)
+        assert weights(backend) == {"10.0.1.1": 5, "10.0.1.2": 7}
+        # ...three in a row are.
+        await trio.sleep(2.0)
         assert weights(backend) == {"10.0.1.1": 5}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_server_not_in_the_table_at_start_is_decided_by_its_first_probe(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    existing = ServiceEntry(
+        Service(VIP, scheduler="rr"),
+        (DestinationEntry(Destination(ip_address("10.0.1.1"), 80, weight=5)),),
+    )
+    backend = MemoryBackend([existing])
+    director = make_director(backend, FakeNetwork("10.0.1.1", "10.0.1.2"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await trio.sleep(1.1)
+        assert weights(backend) == {"10.0.1.1": 5, "10.0.1.2": 7}
         nursery.cancel_scope.cancel()
 
 

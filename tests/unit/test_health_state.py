@@ -55,6 +55,19 @@ def test_first_result_decides_at_once_whatever_rise_and_fall(
     )
 
 
+def test_an_adopted_server_takes_fall_failures_to_go_down_and_one_success_to_go_up() -> None:
+    timing = Timing(rise=3, fall=3)
+    adopted = HealthState(adopted=True)
+    state, transitions = run([REFUSED, TIMEOUT], timing, adopted)
+    assert (state.status, transitions) == (UNKNOWN, [])
+    state, transitions = run([REFUSED, TIMEOUT, REFUSED], timing, adopted)
+    assert state.status is DOWN
+    assert [(t.old, t.new, t.failures_in_row) for t in transitions] == [(UNKNOWN, DOWN, 3)]
+    state, transitions = run([REFUSED, OK], timing, adopted)
+    assert state.status is UP
+    assert [(t.old, t.new) for t in transitions] == [(UNKNOWN, UP)]
+
+
 def test_up_goes_down_after_exactly_fall_failures_in_row() -> None:
     timing = Timing(rise=2, fall=3)
     state, _ = run([OK], timing)
