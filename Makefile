@@ -12,7 +12,7 @@ $(VENV_STAMP): pyproject.toml
 setup: $(VENV_STAMP)
 
 demo: $(VENV_STAMP)
-	$(PY) tests/vm/run.py $(PY) -m director.demo
+	$(PY) tests/vm/run.py python tests/vm/demo.py
 
 test: lint unit kernel
 
