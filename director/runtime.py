@@ -5,16 +5,16 @@ Pure. The layer records what the operator asked for (services added, edited
 or deleted, real servers added, edited or deleted, admin states, timeouts);
 `effective_config` merges it over whatever config file is loaded, so a reload
 re-applies it and never discards it. Where the file and the layer both define
-an object, the layer wins. `apply_operation` checks an ipvsadm operation
-against the effective state the way the kernel would check it against its
-table, and answers with the kernel's own error when it would refuse.
+an object, the layer wins. A `LayerBuilder` checks ipvsadm operations against
+the effective state the way the kernel would check them against its table,
+answers with the kernel's own error when it would refuse, and records them.
 """
 
 from __future__ import annotations
 
 import errno
 import re
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Protocol as TypingProtocol
@@ -88,39 +88,10 @@ EMPTY = RuntimeLayer()
 
 
 class ServiceLookup(TypingProtocol):
-    """What checking a change needs to see of the effective state: a Config
-    has it, and so has the cheaper LayeredView."""
+    """What deciding where a change goes needs to see of the effective state:
+    a Config has it, and so has a LayerBuilder."""
 
     def service_keys(self) -> Set[ServiceKey]: ...
-
-    def virtual_server(self, key: ServiceKey) -> VirtualServer: ...
-
-
-class LayeredView:
-    """The effective state one service at a time, without merging all of it:
-    checking each line of a long `-R` against a full effective_config would
-    cost the whole table per line."""
-
-    def __init__(self, config: Config, layer: RuntimeLayer) -> None:
-        self.config = config
-        self.layer = layer
-        self._file = {vs.key: vs for vs in config.virtual_servers}
-
-    def service_keys(self) -> Set[ServiceKey]:
-        return (self._file.keys() - self.layer.deleted_services) | self.layer.services.keys()
-
-    def virtual_server(self, key: ServiceKey) -> VirtualServer:
-        service = self.layer.services.get(key)
-        vs = None if key in self.layer.deleted_services else self._file.get(key)
-        if vs is None and service is None:
-            raise KeyError(key)
-        if vs is None:
-            assert service is not None
-            vs = virtual_server_for(service)
-        elif service is not None:
-            vs = with_service_fields(vs, service)
-        changes = [(r, d) for r, d in self.layer.real_servers.items() if r.service == key]
-        return _with_real_servers(vs, self.layer, changes)
 
 
 class NotCheckable(IPVSError):
@@ -140,9 +111,10 @@ def effective_config(config: Config, layer: RuntimeLayer) -> Config:
     """The config file with the runtime layer applied on top."""
     if layer.empty:
         return config
-    changes: dict[ServiceKey, list[tuple[RealServerId, Destination]]] = {}
+    changes: dict[ServiceKey, dict[RealServerId, Destination]] = {}
     for rid, destination in layer.real_servers.items():
-        changes.setdefault(rid.service, []).append((rid, destination))
+        changes.setdefault(rid.service, {})[rid] = destination
+    deleted = layer.deleted_real_servers
     virtual_servers: list[VirtualServer] = []
     seen: set[ServiceKey] = set()
     for vs in config.virtual_servers:
@@ -151,11 +123,11 @@ def effective_config(config: Config, layer: RuntimeLayer) -> Config:
             continue
         service = layer.services.get(vs.key)
         merged = vs if service is None else with_service_fields(vs, service)
-        virtual_servers.append(_with_real_servers(merged, layer, changes.get(vs.key, [])))
+        virtual_servers.append(_with_real_servers(merged, changes.get(vs.key, {}), deleted))
     for key, service in layer.services.items():
         if key not in seen:
             vs = virtual_server_for(service)
-            virtual_servers.append(_with_real_servers(vs, layer, changes.get(key, [])))
+            virtual_servers.append(_with_real_servers(vs, changes.get(key, {}), deleted))
     ipvs = config.ipvs
     if layer.timeouts is not None:
         ipvs = IpvsSettings(merge_timeouts(config.ipvs.timeouts, layer.timeouts))
@@ -192,21 +164,22 @@ def with_service_fields(vs: VirtualServer, service: Service) -> VirtualServer:
 
 def _with_real_servers(
     vs: VirtualServer,
-    layer: RuntimeLayer,
-    changes: Sequence[tuple[RealServerId, Destination]],
+    changes: Mapping[RealServerId, Destination],
+    deleted: Set[RealServerId],
 ) -> VirtualServer:
-    if not changes and not layer.deleted_real_servers:
+    """`vs` with its runtime real servers (`changes`, all of this service)."""
+    if not changes and not deleted:
         return vs
     real_servers: list[RealServer] = []
     present: set[RealServerId] = set()
     for rs in vs.real_servers:
         rid = vs.real_server_id(rs)
-        if rid in layer.deleted_real_servers:
+        if rid in deleted:
             continue
         present.add(rid)
-        destination = layer.real_servers.get(rid)
+        destination = changes.get(rid)
         real_servers.append(rs if destination is None else with_destination_fields(rs, destination))
-    for rid, destination in changes:
+    for rid, destination in changes.items():
         if rid not in present:
             real_servers.append(
                 with_destination_fields(
@@ -242,82 +215,19 @@ def is_managed(
     A service is managed when the effective config has it, or the daemon owns
     it (deleted but not yet gone from the kernel); -A of a service the kernel
     does not have makes a new managed one."""
-    managed = effective.service_keys() | owned
+    keys = effective.service_keys()
     match op:
         case AddService(service):
-            return service.key in managed or service.key not in kernel
+            return service.key in keys or service.key in owned or service.key not in kernel
         case EditService(service):
-            return service.key in managed
+            return service.key in keys or service.key in owned
         case DeleteService(key) | AddDestination(key, _) | EditDestination(key, _):
-            return key in managed
+            return key in keys or key in owned
         case DeleteDestination(key, _, _):
-            return key in managed
+            return key in keys or key in owned
         case Flush() | SetTimeouts():
             return True
     return False
-
-
-def apply_operation(
-    layer: RuntimeLayer, effective: ServiceLookup, op: Operation
-) -> tuple[RuntimeLayer, IPVSError | None]:
-    """The layer with `op` recorded, or the layer unchanged and the error the
-    kernel would give for `op` on a table holding `effective`."""
-    keys = effective.service_keys()
-    name = type(op).__name__
-
-    def refuse(err: int) -> tuple[RuntimeLayer, IPVSError]:
-        return layer, error_for(err, name)
-
-    match op:
-        case AddService(service):
-            if service.key in keys:
-                return refuse(errno.EEXIST)
-            if not _known_engines(service):
-                return refuse(errno.ENOENT)
-            return add_service(layer, effective, service), None
-        case EditService(service):
-            if service.key not in keys:
-                return refuse(errno.ESRCH)
-            if not _known_engines(service):
-                return refuse(errno.ENOENT)
-            return _put_service(layer, service), None
-        case DeleteService(key):
-            if key not in keys:
-                return refuse(errno.ESRCH)
-            return delete_service(layer, effective, key), None
-        case AddDestination(key, destination) | EditDestination(key, destination):
-            if key not in keys:
-                return refuse(errno.ESRCH)
-            vs = effective.virtual_server(key)
-            rid = RealServerId(key, destination.address, destination.port)
-            exists = any(vs.real_server_id(rs) == rid for rs in vs.real_servers)
-            if isinstance(op, AddDestination) and exists:
-                return refuse(errno.EEXIST)
-            if isinstance(op, EditDestination) and not exists:
-                return refuse(errno.ENOENT)
-            if destination.weight < 0 or destination.l_threshold > destination.u_threshold:
-                return refuse(errno.ERANGE)
-            if isinstance(op, AddDestination):
-                try:
-                    validate_target(rid, (vs.check, destination.address, destination.port))
-                except ValueError as error:
-                    return layer, NotCheckable(f"{error}")
-            return _put_real_server(layer, rid, destination), None
-        case DeleteDestination(key, address, port):
-            if key not in keys:
-                return refuse(errno.ESRCH)
-            rid = RealServerId(key, address, port)
-            vs = effective.virtual_server(key)
-            if not any(vs.real_server_id(rs) == rid for rs in vs.real_servers):
-                return refuse(errno.ENOENT)
-            return delete_real_servers(layer, [rid]), None
-        case Flush():
-            for key in sorted(keys, key=str):
-                layer = delete_service(layer, effective, key)
-            return layer, None
-        case SetTimeouts(timeouts):
-            return replace(layer, timeouts=merge_timeouts(layer.timeouts, timeouts)), None
-    raise ValueError(f"{name} does not change the desired state; send it to the kernel")
 
 
 def _known_engines(service: Service) -> bool:
@@ -326,88 +236,192 @@ def _known_engines(service: Service) -> bool:
     )
 
 
-def add_service(layer: RuntimeLayer, effective: ServiceLookup, service: Service) -> RuntimeLayer:
-    """-A: a new, empty service. One the config file defines but the operator
-    deleted comes back without the file's real servers, as ipvsadm would
-    create it."""
-    layer = _put_service(layer, service)
-    if service.key not in layer.deleted_services:
-        return layer
-    return replace(layer, deleted_services=layer.deleted_services - {service.key})
+class LayerBuilder:
+    """A runtime layer being changed, and the effective state it makes with
+    the config file, one service at a time.
+
+    One request makes its changes here in place and freezes the result once:
+    a change costs the size of its own service, not of the whole table, so a
+    long `-R` stays linear. `apply` checks an ipvsadm operation against the
+    effective state the way the kernel checks it against its table, and
+    answers with the kernel's own error when it would refuse (changing
+    nothing then)."""
+
+    def __init__(self, config: Config, layer: RuntimeLayer = EMPTY) -> None:
+        self.config = config
+        self._file = {vs.key: vs for vs in config.virtual_servers}
+        self._file_rids: dict[ServiceKey, frozenset[RealServerId]] = {}
+        self._services = _copy(layer.services)
+        self._deleted_services = set(layer.deleted_services)
+        self._real_servers = _copy(layer.real_servers)
+        self._deleted_real_servers = set(layer.deleted_real_servers)
+        self._admin = _copy(layer.admin)
+        self._timeouts = layer.timeouts
+        self._keys = (self._file.keys() - self._deleted_services) | self._services.keys()
+        self._by_service: dict[ServiceKey, dict[RealServerId, Destination]] = {}
+        for rid, destination in self._real_servers.items():
+            self._by_service.setdefault(rid.service, {})[rid] = destination
+
+    def freeze(self) -> RuntimeLayer:
+        """The layer as changed so far (the builder can go on changing)."""
+        return RuntimeLayer(
+            services=self._services.copy(),
+            deleted_services=frozenset(self._deleted_services),
+            real_servers=self._real_servers.copy(),
+            deleted_real_servers=frozenset(self._deleted_real_servers),
+            admin=self._admin.copy(),
+            timeouts=self._timeouts,
+        )
+
+    # -- the effective state --------------------------------------------------
+
+    def service_keys(self) -> Set[ServiceKey]:
+        return self._keys
+
+    def virtual_server(self, key: ServiceKey) -> VirtualServer:
+        return _with_real_servers(
+            self._base(key), self._by_service.get(key, {}), self._deleted_real_servers
+        )
+
+    def _base(self, key: ServiceKey) -> VirtualServer:
+        """The virtual server without its runtime real servers."""
+        service = self._services.get(key)
+        vs = None if key in self._deleted_services else self._file.get(key)
+        if vs is None:
+            if service is None:
+                raise KeyError(key)
+            return virtual_server_for(service)
+        return vs if service is None else with_service_fields(vs, service)
+
+    def has_real_server(self, rid: RealServerId) -> bool:
+        if rid in self._by_service.get(rid.service, ()):
+            return True
+        key = rid.service
+        if key in self._deleted_services or key not in self._file:
+            return False
+        if key not in self._file_rids:
+            vs = self._file[key]
+            self._file_rids[key] = frozenset(vs.real_server_id(rs) for rs in vs.real_servers)
+        return rid in self._file_rids[key] and rid not in self._deleted_real_servers
+
+    # -- changes --------------------------------------------------------------
+
+    def apply(self, op: Operation) -> IPVSError | None:
+        """Record `op`, or answer the error the kernel would give for it."""
+        name = type(op).__name__
+        match op:
+            case AddService(service):
+                if service.key in self._keys:
+                    return error_for(errno.EEXIST, name)
+                if not _known_engines(service):
+                    return error_for(errno.ENOENT, name)
+                self._services[service.key] = service
+                self._deleted_services.discard(service.key)
+                self._keys.add(service.key)
+            case EditService(service):
+                if service.key not in self._keys:
+                    return error_for(errno.ESRCH, name)
+                if not _known_engines(service):
+                    return error_for(errno.ENOENT, name)
+                self._services[service.key] = service
+            case DeleteService(key):
+                if key not in self._keys:
+                    return error_for(errno.ESRCH, name)
+                self._delete_service(key)
+            case AddDestination(key, destination) | EditDestination(key, destination):
+                if key not in self._keys:
+                    return error_for(errno.ESRCH, name)
+                rid = RealServerId(key, destination.address, destination.port)
+                exists = self.has_real_server(rid)
+                if isinstance(op, AddDestination) and exists:
+                    return error_for(errno.EEXIST, name)
+                if isinstance(op, EditDestination) and not exists:
+                    return error_for(errno.ENOENT, name)
+                if destination.weight < 0 or destination.l_threshold > destination.u_threshold:
+                    return error_for(errno.ERANGE, name)
+                if isinstance(op, AddDestination):
+                    target = (self._base(key).check, destination.address, destination.port)
+                    try:
+                        validate_target(rid, target)
+                    except ValueError as error:
+                        return NotCheckable(f"{error}")
+                self._real_servers[rid] = destination
+                self._by_service.setdefault(key, {})[rid] = destination
+                self._deleted_real_servers.discard(rid)
+            case DeleteDestination(key, address, port):
+                if key not in self._keys:
+                    return error_for(errno.ESRCH, name)
+                rid = RealServerId(key, address, port)
+                if not self.has_real_server(rid):
+                    return error_for(errno.ENOENT, name)
+                self._delete_real_servers([rid])
+            case Flush():
+                for key in sorted(self._keys, key=str):
+                    self._delete_service(key)
+            case SetTimeouts(timeouts):
+                self._timeouts = merge_timeouts(self._timeouts, timeouts)
+            case _:
+                raise ValueError(f"{name} does not change the desired state; send it to the kernel")
+        return None
+
+    def _delete_service(self, key: ServiceKey) -> None:
+        """-D: forget every runtime change to the service and hide the file's
+        definition of it, real servers included (so that a later -A starts
+        empty, as ipvsadm would create it)."""
+        vs = self.virtual_server(key)
+        self._delete_real_servers([vs.real_server_id(rs) for rs in vs.real_servers])
+        self._services.pop(key, None)
+        self._deleted_services.add(key)
+        self._keys.discard(key)
+
+    def _delete_real_servers(self, rids: Iterable[RealServerId]) -> None:
+        for rid in rids:
+            self._real_servers.pop(rid, None)
+            self._by_service.get(rid.service, {}).pop(rid, None)
+            self._admin.pop(rid, None)
+            self._deleted_real_servers.add(rid)
+
+    def set_admin(self, rid: RealServerId, state: AdminState) -> None:
+        """drain / disable / enable one real server of the effective state."""
+        if rid.service not in self._keys:
+            raise LookupError(f"no virtual service {describe_service(rid.service)}")
+        if not self.has_real_server(rid):
+            raise LookupError(
+                f"no real server {describe_endpoint(rid.address, rid.port)}"
+                f" in {describe_service(rid.service)}"
+            )
+        self._admin.pop(rid, None)
+        if state is not AdminState.ENABLED:
+            self._admin[rid] = state
 
 
-def _put_service(layer: RuntimeLayer, service: Service) -> RuntimeLayer:
-    return replace(layer, services=_with(layer.services, service.key, service))
+def apply_operation(
+    config: Config, layer: RuntimeLayer, op: Operation
+) -> tuple[RuntimeLayer, IPVSError | None]:
+    """`layer` with `op` recorded, or `layer` unchanged and the error the
+    kernel would give for `op` on a table holding the effective state."""
+    builder = LayerBuilder(config, layer)
+    error = builder.apply(op)
+    return (layer, error) if error is not None else (builder.freeze(), None)
 
 
-def delete_service(layer: RuntimeLayer, effective: ServiceLookup, key: ServiceKey) -> RuntimeLayer:
-    """-D: forget every runtime change to the service and hide the file's
-    definition of it, real servers included (so that a later -A starts empty)."""
-    rids = [
-        effective.virtual_server(key).real_server_id(rs)
-        for rs in effective.virtual_server(key).real_servers
-    ]
-    layer = delete_real_servers(layer, rids)
-    return replace(
-        layer,
-        services=_without(layer.services, [key]),
-        deleted_services=layer.deleted_services | {key},
-    )
-
-
-def delete_real_servers(layer: RuntimeLayer, rids: Iterable[RealServerId]) -> RuntimeLayer:
-    gone = frozenset(rids)
-    return replace(
-        layer,
-        real_servers=_without(layer.real_servers, gone),
-        deleted_real_servers=layer.deleted_real_servers | gone,
-        admin=_without(layer.admin, gone),
-    )
-
-
-def _put_real_server(
-    layer: RuntimeLayer, rid: RealServerId, destination: Destination
+def set_admin(
+    config: Config, layer: RuntimeLayer, rid: RealServerId, state: AdminState
 ) -> RuntimeLayer:
-    return replace(
-        layer,
-        real_servers=_with(layer.real_servers, rid, destination),
-        deleted_real_servers=layer.deleted_real_servers - {rid},
-    )
+    builder = LayerBuilder(config, layer)
+    builder.set_admin(rid, state)
+    return builder.freeze()
 
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 
-def _with(mapping: Mapping[K, V], key: K, value: V) -> dict[K, V]:
-    # MappingProxyType.copy() is dict.copy(): it keeps the stored hashes.
+def _copy(mapping: Mapping[K, V]) -> dict[K, V]:
+    # MappingProxyType.copy() is dict.copy(): it keeps the stored hashes
+    # (keys hash slowly).
     copy: dict[K, V] = mapping.copy()  # type: ignore[attr-defined]
-    copy[key] = value
     return copy
-
-
-def _without(mapping: Mapping[K, V], keys: Iterable[K]) -> dict[K, V]:
-    copy: dict[K, V] = mapping.copy()  # type: ignore[attr-defined]
-    for key in keys:
-        copy.pop(key, None)
-    return copy
-
-
-def set_admin(
-    layer: RuntimeLayer, effective: ServiceLookup, rid: RealServerId, state: AdminState
-) -> RuntimeLayer:
-    """drain / disable / enable one real server of the effective config."""
-    if rid.service not in effective.service_keys():
-        raise LookupError(f"no virtual service {describe_service(rid.service)}")
-    vs = effective.virtual_server(rid.service)
-    if not any(vs.real_server_id(rs) == rid for rs in vs.real_servers):
-        raise LookupError(
-            f"no real server {describe_endpoint(rid.address, rid.port)} in {describe_service(rid.service)}"
-        )
-    admin = _without(layer.admin, [rid])
-    if state is not AdminState.ENABLED:
-        admin[rid] = state
-    return replace(layer, admin=admin)
 
 
 # -- naming services and real servers -------------------------------------------

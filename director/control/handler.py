@@ -53,15 +53,13 @@ from director.ipvsadm import (
 )
 from director.oplog import describe_operation
 from director.runtime import (
-    LayeredView,
+    LayerBuilder,
     RuntimeLayer,
-    apply_operation,
     describe_endpoint,
     describe_service,
     is_managed,
     parse_real_server,
     parse_service,
-    set_admin,
 )
 from director.status import status_data, status_report, status_text
 
@@ -133,7 +131,7 @@ class Controller:
             return await self._restore(_text(request.args.get("stdin"), ""), program, peer)
         if isinstance(command, Apply):
             async with self._changes:
-                work = _Work(self, self.director.runtime)
+                work = _Work(self)
                 outcome = await self._change(command.operation, work)
                 await self._commit(work, outcome, peer, {"argv": list(request.argv)})
             return outcome.response()
@@ -181,7 +179,7 @@ class Controller:
         steps = await self._blocking(parse_restore, text, program=program, names=self.names)
         total = _Outcome()
         async with self._changes:
-            work = _Work(self, self.director.runtime)
+            work = _Work(self)
             for step in steps:
                 if isinstance(step, ParseError):
                     total.stderr += step.message
@@ -199,14 +197,12 @@ class Controller:
         return total.response()
 
     async def _change(self, op: Operation, work: _Work) -> _Outcome:
-        view = LayeredView(self.director.config, work.layer)
-        kernel = await work.kernel_keys(op, view)
-        if not is_managed(op, view, kernel, self.director.owned):
+        kernel = await work.kernel_keys(op)
+        if not is_managed(op, work.layer, kernel, self.director.owned):
             return await self._to_kernel(op, work)
-        layer, error = apply_operation(work.layer, view, op)
+        error = work.layer.apply(op)
         if error is not None:
             return _Outcome("", listing.kernel_error(error), KERNEL_ERROR)
-        work.layer = layer
         if isinstance(op, Flush | SetTimeouts):
             # -C also clears services the daemon does not manage; --set takes
             # effect now, not at the next reload.
@@ -238,7 +234,7 @@ class Controller:
         )
         if not outcome.changed:
             return
-        layer = work.layer
+        layer = work.layer.freeze()
         self.director.set_runtime(layer)
         await self._save(layer)
         await self.director.reconcile(f"control ({peer.uid}/{peer.pid})")
@@ -346,11 +342,9 @@ class Controller:
         except ValueError as error:
             return Response(USAGE, "", f"director: {error}\n")
         async with self._changes:
-            director = self.director
+            work = _Work(self)
             try:
-                layer = set_admin(
-                    director.runtime, LayeredView(director.config, director.runtime), rid, state
-                )
+                work.layer.set_admin(rid, state)
             except LookupError as error:
                 return Response(LIST_ERROR, "", f"director: {error.args[0]}\n")
             what = {
@@ -358,7 +352,7 @@ class Controller:
                 "service": describe_service(service),
                 "server": describe_endpoint(rid.address, rid.port),
             }
-            await self._commit(_Work(self, layer), _Outcome(changed=True), peer, what)
+            await self._commit(work, _Outcome(changed=True), peer, what)
         return Response(0, f"{what['server']} in {what['service']}: {state}\n")
 
     async def _reload(self, args: Mapping[str, object], peer: Peer) -> Response:
@@ -400,18 +394,20 @@ class Controller:
 
 
 class _Work:
-    """One request's changes in progress: the runtime layer it builds, and
-    the kernel's service keys, dumped at most once and kept up to date with
-    the operations it sends straight to the kernel."""
+    """One request's changes in progress: the runtime layer it builds (over
+    the daemon's, frozen at commit), and the kernel's service keys, dumped at
+    most once and kept up to date with the operations it sends straight to
+    the kernel."""
 
-    def __init__(self, controller: Controller, layer: RuntimeLayer) -> None:
+    def __init__(self, controller: Controller) -> None:
         self._controller = controller
-        self.layer = layer
+        director = controller.director
+        self.layer = LayerBuilder(director.config, director.runtime)
         self._keys: set[ServiceKey] | None = None
 
-    async def kernel_keys(self, op: Operation, view: LayeredView) -> set[ServiceKey]:
+    async def kernel_keys(self, op: Operation) -> set[ServiceKey]:
         # Only -A of a service the daemon does not manage needs the kernel's keys.
-        if not isinstance(op, AddService) or op.service.key in view.service_keys():
+        if not isinstance(op, AddService) or op.service.key in self.layer.service_keys():
             return set()
         if self._keys is None:
             entries = await self._controller.director.kernel.services()

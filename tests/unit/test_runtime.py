@@ -37,7 +37,7 @@ from director.ipvs.ops import (
 )
 from director.runtime import (
     EMPTY,
-    LayeredView,
+    LayerBuilder,
     RuntimeLayer,
     apply_operation,
     effective_config,
@@ -71,25 +71,31 @@ def dest(address: str, port: int = 80, weight: int = 1) -> Destination:
 
 
 def run(*operations: Operation, layer: RuntimeLayer = EMPTY) -> RuntimeLayer:
+    """Each operation on one builder kept across them (as one request does)
+    and on a fresh builder over the frozen layer (as one request per
+    operation does): the same layer either way, and its view is the merge."""
+    builder = LayerBuilder(CONFIG, layer)
     for op in operations:
-        full, error = apply_operation(layer, effective_config(CONFIG, layer), op)
+        alone, error = apply_operation(CONFIG, layer, op)
         assert error is None, f"{op}: {error}"
-        layer, error = apply_operation(layer, LayeredView(CONFIG, layer), op)
-        assert error is None and layer == full
-        assert_view_is_effective(layer)
+        assert builder.apply(op) is None
+        layer = builder.freeze()
+        assert layer == alone
+        assert_view_is_effective(builder, layer)
     return layer
 
 
-def assert_view_is_effective(layer: RuntimeLayer) -> None:
+def assert_view_is_effective(builder: LayerBuilder, layer: RuntimeLayer) -> None:
     effective = effective_config(CONFIG, layer)
-    view = LayeredView(CONFIG, layer)
-    assert set(view.service_keys()) == effective.service_keys()
-    for key in effective.service_keys():
-        assert view.virtual_server(key) == effective.virtual_server(key)
+    assert set(builder.service_keys()) == effective.service_keys()
+    for vs in effective.virtual_servers:
+        assert builder.virtual_server(vs.key) == vs
+        for rs in vs.real_servers:
+            assert builder.has_real_server(vs.real_server_id(rs))
 
 
 def refusal(layer: RuntimeLayer, op: Operation) -> str:
-    after, error = apply_operation(layer, effective_config(CONFIG, layer), op)
+    after, error = apply_operation(CONFIG, layer, op)
     assert after == layer
     assert isinstance(error, IPVSError)
     return error.message
@@ -172,7 +178,7 @@ def test_delete_then_add_of_a_file_service_starts_it_empty() -> None:
 
 
 def test_deleted_server_and_its_admin_state_go_and_can_come_back() -> None:
-    layer = set_admin(EMPTY, CONFIG, RS1, AdminState.DRAIN)
+    layer = set_admin(CONFIG, EMPTY, RS1, AdminState.DRAIN)
     layer = run(DeleteDestination(VIP, RS1.address, 80), layer=layer)
     assert servers(layer) == {}
     assert dict(layer.admin) == {}
@@ -229,13 +235,13 @@ address = "10.0.2.2:80"
 
 
 def test_admin_states_name_known_servers_only() -> None:
-    layer = set_admin(EMPTY, CONFIG, RS1, AdminState.DISABLED)
+    layer = set_admin(CONFIG, EMPTY, RS1, AdminState.DISABLED)
     assert dict(layer.admin) == {RS1: AdminState.DISABLED}
-    assert set_admin(layer, CONFIG, RS1, AdminState.ENABLED) == EMPTY
+    assert set_admin(CONFIG, layer, RS1, AdminState.ENABLED) == EMPTY
     with pytest.raises(LookupError, match=r"no real server 10.0.1.2:80 in tcp:10.0.0.1:80"):
-        set_admin(EMPTY, CONFIG, replace(RS1, address=ip_address("10.0.1.2")), AdminState.DRAIN)
+        set_admin(CONFIG, EMPTY, replace(RS1, address=ip_address("10.0.1.2")), AdminState.DRAIN)
     with pytest.raises(LookupError, match=r"no virtual service tcp:10.0.0.2:80"):
-        set_admin(EMPTY, CONFIG, replace(RS1, service=NEW), AdminState.DRAIN)
+        set_admin(CONFIG, EMPTY, replace(RS1, service=NEW), AdminState.DRAIN)
 
 
 def test_routing_between_desired_state_and_kernel() -> None:
