@@ -7,6 +7,8 @@ from dataclasses import replace
 from ipaddress import ip_address
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from director.config import RealServerId, parse_config
 from director.desired import AdminState
@@ -291,3 +293,98 @@ def test_real_server_names() -> None:
         parse_real_server(VIP, "x")
     with pytest.raises(ValueError, match="needs a port"):
         parse_real_server(ServiceKey.mark(3), "10.0.1.1")
+
+
+_KEYS = (VIP, NEW)
+_ADDRESSES = ("10.0.1.1", "10.0.1.2", "10.0.1.3")
+_operations = st.one_of(
+    st.builds(lambda k, s: AddService(Service(k, s)), st.sampled_from(_KEYS), st.just("rr")),
+    st.builds(lambda k: EditService(Service(k, "sh")), st.sampled_from(_KEYS)),
+    st.builds(DeleteService, st.sampled_from(_KEYS)),
+    st.builds(
+        lambda k, a, w: AddDestination(k, dest(a, weight=w)),
+        st.sampled_from(_KEYS),
+        st.sampled_from(_ADDRESSES),
+        st.integers(0, 3),
+    ),
+    st.builds(
+        lambda k, a, w: EditDestination(k, dest(a, weight=w)),
+        st.sampled_from(_KEYS),
+        st.sampled_from(_ADDRESSES),
+        st.integers(0, 3),
+    ),
+    st.builds(
+        lambda k, a: DeleteDestination(k, ip_address(a), 80),
+        st.sampled_from(_KEYS),
+        st.sampled_from(_ADDRESSES),
+    ),
+    st.just(Flush()),
+)
+
+Table = dict[ServiceKey, tuple[str, dict[str, int]]]
+
+
+def _kernel_would(table: Table, op: Operation) -> str | None:
+    """What a kernel holding `table` (scheduler, weight by address) does with
+    `op`: changes `table`, or names the error. The oracle for the layer."""
+    match op:
+        case AddService(service):
+            if service.key in table:
+                return "Service already exists"
+            table[service.key] = (service.scheduler, {})
+        case EditService(service):
+            if service.key not in table:
+                return "No such service"
+            table[service.key] = (service.scheduler, table[service.key][1])
+        case DeleteService(key):
+            if key not in table:
+                return "No such service"
+            del table[key]
+        case AddDestination(key, d) | EditDestination(key, d):
+            if key not in table:
+                return "Service not defined"
+            servers = table[key][1]
+            if isinstance(op, AddDestination) and str(d.address) in servers:
+                return "Destination already exists"
+            if isinstance(op, EditDestination) and str(d.address) not in servers:
+                return "No such destination"
+            servers[str(d.address)] = d.weight
+        case DeleteDestination(key, address, _):
+            if key not in table:
+                return "Service not defined"
+            if str(address) not in table[key][1]:
+                return "No such destination"
+            del table[key][1][str(address)]
+        case Flush():
+            table.clear()
+    return None
+
+
+def _table(layer: RuntimeLayer) -> Table:
+    return {
+        vs.key: (vs.scheduler, {str(rs.address): rs.weight for rs in vs.real_servers})
+        for vs in effective_config(CONFIG, layer).virtual_servers
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_operations, max_size=25))
+def test_one_builder_for_many_lines_is_many_requests_and_what_the_kernel_does(
+    operations: list[Operation],
+) -> None:
+    """A long -R runs on one LayerBuilder: every line gets the error the
+    kernel would give on the table the lines before it made, the effective
+    state is that table, and it equals one request per line."""
+    builder = LayerBuilder(CONFIG)
+    layer = EMPTY
+    table = _table(EMPTY)
+    for op in operations:
+        expected = _kernel_would(table, op)
+        error = builder.apply(op)
+        assert (error.message if error else None) == expected, op
+        alone, alone_error = apply_operation(CONFIG, layer, op)
+        assert (alone_error.message if alone_error else None) == expected
+        layer = builder.freeze()
+        assert layer == alone
+        assert _table(layer) == table
+        assert_view_is_effective(builder, layer)
