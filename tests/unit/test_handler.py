@@ -6,11 +6,12 @@ restart, reload keeps runtime changes, admin states, status, permissions."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
+from typing import Any
 
 import trio
 import trio.testing
@@ -32,6 +33,7 @@ from director.ipvs.model import (
     ServiceEntry,
     ServiceKey,
 )
+from director.ipvs.ops import AddDestination, AddService, Operation
 from director.kernel import KernelTable
 
 VIP = ServiceKey.inet(Protocol.TCP, "10.0.0.1", 80)
@@ -356,3 +358,76 @@ async def test_unknown_command_and_check_config(
         path = str(tmp_path / "director.toml")
         assert (await r.command("check-config", READER, path=path)).status == 255
         assert (await r.command("check-config", ROOT, path=path)).status == 0
+
+
+class BatchRecorder(MemoryBackend):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[list[Operation]] = []
+
+    def apply(self, operations: Sequence[Operation]) -> None:
+        self.batches.append(list(operations))
+        super().apply(operations)
+
+
+RESTORE_SCRIPT = [
+    "-A -t 10.0.0.2:80 -s rr",
+    "-A -t 10.0.0.2:80 -s rr",
+    "-a -t 10.0.0.2:80 -r 10.0.2.1:80 -m -w 2",
+    "-a -t 10.0.0.3:80 -r 10.0.2.1:80 -m",
+    "-e -t 10.0.0.1:80 -r 10.0.1.1:80 -g -w 7",
+    "-e -t 10.0.0.1:80 -r 10.0.1.9:80 -g -w 7",
+    "-a -t 10.0.0.1:80 -r 10.0.1.2:80 -g -w 3",
+    "-d -t 10.0.0.1:80 -r 10.0.1.2:80",
+    "-a -t 10.0.0.1:80 -r 10.0.1.2:80 -g -w 4",
+    "-a -t 10.9.9.9:80 -r 10.0.9.1:80 -m",
+    "-A -t 10.0.0.4:80 -s wlc",
+    "-D -t 10.0.0.4:80",
+    "-D -t 10.0.0.4:80",
+    *(
+        line
+        for i in range(10, 30)
+        for line in (f"-A -t 10.0.0.{i}:80 -s wrr", f"-a -t 10.0.0.{i}:80 -r 10.0.2.1:80 -m")
+    ),
+    "-E -t 10.0.0.2:80 -s wrr",
+]
+
+
+async def test_restore_is_the_same_as_one_request_per_line_but_one_pass(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """-R builds one request's changes line after line; every line is checked
+    against what the lines before it made, exactly as if each had been its
+    own request, and the table is reconciled once, after the last line."""
+    unmanaged = [ServiceEntry(Service(UNMANAGED, "wlc"))]
+    (tmp_path / "lines").mkdir()
+    (tmp_path / "restore").mkdir()
+    async with rig(tmp_path / "lines", BatchRecorder(unmanaged)) as lines:
+        await until(lambda: lines.weights() == {"10.0.1.1:80": 5})
+        one_by_one = [await lines.ipvsadm(*line.split()) for line in RESTORE_SCRIPT]
+        await trio.sleep(5)
+        expected_table = (await lines.ipvsadm("-Sn")).stdout
+    backend = BatchRecorder(unmanaged)
+    async with rig(tmp_path / "restore", backend) as restore:
+        await until(lambda: restore.weights() == {"10.0.1.1:80": 5})
+        before = len(backend.batches)
+        response = await restore.ipvsadm("-R", stdin="".join(f"{x}\n" for x in RESTORE_SCRIPT))
+        batches = backend.batches[before:]
+        await trio.sleep(5)
+        table = (await restore.ipvsadm("-Sn")).stdout
+
+    assert response == Response(0, "", "".join(r.stderr for r in one_by_one))
+    assert response.stderr.count("\n") == 4
+    saved = [statefile.load(tmp_path / d / "state.json").layer for d in ("lines", "restore")]
+    assert saved[0] == saved[1] and not saved[0].empty
+    assert table == expected_table and "-a -t 10.0.0.29:80 -r 10.0.2.1:80 -m -w 1\n" in table
+    # The three lines the daemon does not manage went to the kernel as they
+    # came (two refused); then one pass for all the rest. Later passes only
+    # add real servers as their probes come up.
+    assert [b for b in batches[:3] if len(b) == 1] == batches[:3]
+    added = {op.service.key for op in batches[3] if isinstance(op, AddService)}
+    assert added == {
+        ServiceKey.inet(Protocol.TCP, "10.0.0.2", 80),
+        *(ServiceKey.inet(Protocol.TCP, f"10.0.0.{i}", 80) for i in range(10, 30)),
+    }
+    assert all(isinstance(op, AddDestination) for b in batches[4:] for op in b)
