@@ -174,16 +174,21 @@ class Controller:
 
     async def _restore(self, text: str, program: str, peer: Peer) -> Response:
         """Each line as ipvsadm -R runs it: errors are printed and the next
-        line runs; a fatal parse error stops there. Changes are saved and
-        reconciled once, after the last line."""
+        line runs; a fatal parse error stops there, and the answer's data says
+        so (the client then sends no more of its input). Changes are saved
+        and reconciled once, after the last line."""
         steps = await self._blocking(parse_restore, text, program=program, names=self.names)
         total = _Outcome()
+        stopped = False
         async with self._changes:
             work = _Work(self)
             for step in steps:
                 if isinstance(step, ParseError):
                     total.stderr += step.message
                     total.status = step.status
+                    if step.fatal:
+                        stopped = True
+                        break
                     continue
                 if isinstance(step, Apply):
                     outcome = await self._change(step.operation, work)
@@ -194,6 +199,8 @@ class Controller:
                 total.status = outcome.status
                 total.changed |= outcome.changed
             await self._commit(work, total, peer, {"argv": ["-R"], "lines": len(steps)})
+        if stopped:
+            return Response(total.status, total.stdout, total.stderr, {"restore_stopped": True})
         return total.response()
 
     async def _change(self, op: Operation, work: _Work) -> _Outcome:

@@ -431,3 +431,18 @@ async def test_restore_is_the_same_as_one_request_per_line_but_one_pass(
         *(ServiceKey.inet(Protocol.TCP, f"10.0.0.{i}", 80) for i in range(10, 30)),
     }
     assert all(isinstance(op, AddDestination) for b in batches[4:] for op in b)
+
+
+async def test_restore_stops_at_a_fatal_line_and_says_so(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with rig(tmp_path) as r:
+        text = "-A -t 10.0.0.2:80\n-A -t 10.0.0.300:80\n-A -t 10.0.0.3:80\n"
+        response = await r.ipvsadm("-R", stdin=text)
+        assert response.data == {"restore_stopped": True}
+        assert response.status == 2
+        assert "illegal virtual server address[:port] specified" in response.stderr
+        keys = {e.service.key for e in r.backend.services()}
+        assert ServiceKey.inet(Protocol.TCP, "10.0.0.2", 80) in keys
+        assert ServiceKey.inet(Protocol.TCP, "10.0.0.3", 80) not in keys
+        assert (await r.ipvsadm("-R", stdin="-A -t 10.0.0.4:80\n")).data is None
