@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=60.0, help="measuring window (s)")
     parser.add_argument("--sinks", type=int, default=1, help="accepting processes")
     parser.add_argument(
-        "--fill-timeout", type=float, default=300.0, help="max wait for the full table (s)"
+        "--fill-timeout", type=float, default=900.0, help="max wait for the full table (s)"
     )
     parser.add_argument("--only", choices=("directord", "keepalived"), action="append")
     args = parser.parse_args(argv)
