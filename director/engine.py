@@ -119,9 +119,12 @@ class Director:
         await self._apply_timeouts()
         self.checker.set_targets(check_targets(self.effective))
         self._adopt(await self.kernel.services())
+        # The first pass runs before any probe: it only adds what is missing
+        # (every server is still unknown), and the start is not slowed down by
+        # thousands of probes starting at once.
+        await self.reconcile("start")
         async with trio.open_nursery() as nursery:
             await nursery.start(self.checker.run)
-            await self.reconcile("start")
             self.log.info("ready", **self.counts())
             task_status.started()
             while True:
