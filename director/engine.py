@@ -24,7 +24,7 @@ from director.health.probes import ProbeFunction
 from director.health.result import ProbeResult
 from director.health.state import Health, HealthState, Transition
 from director.ipvs.errors import BatchError
-from director.ipvs.model import ServiceEntry, ServiceKey
+from director.ipvs.model import ServiceEntry, ServiceKey, endpoint
 from director.ipvs.ops import Operation, SetTimeouts
 from director.kernel import KernelTable
 from director.oplog import describe_operation
@@ -89,10 +89,10 @@ class Director:
         self.log.info(
             event,
             vs=service_label(target.service),
-            rs=_endpoint(target),
+            rs=endpoint(target.address, target.port),
             **transition.log_fields(),
         )
-        self.poke(f"{event} {_endpoint(target)}")
+        self.poke(f"{event} {endpoint(target.address, target.port)}")
 
     def _on_result(self, target: RealServerId, result: ProbeResult, state: HealthState) -> None:
         """A dynamic-weight check can change a server's weight without a
@@ -102,8 +102,13 @@ class Director:
         old = self._dynamic_weights.get(target)
         self._dynamic_weights[target] = result.weight
         if old is not None and state.status is Health.UP:
-            self.log.info("dynamic_weight", rs=_endpoint(target), old=old, new=result.weight)
-            self.poke(f"dynamic weight {_endpoint(target)}")
+            self.log.info(
+                "dynamic_weight",
+                rs=endpoint(target.address, target.port),
+                old=old,
+                new=result.weight,
+            )
+            self.poke(f"dynamic weight {endpoint(target.address, target.port)}")
 
     def health_views(self) -> dict[RealServerId, RealServerView]:
         return {target: RealServerView.from_state(s) for target, s in self.checker.states().items()}
@@ -235,9 +240,13 @@ class Director:
             "reloaded",
             services_added=[str(k) for k in summary.services_added],
             services_removed=[str(k) for k in summary.services_removed],
-            real_servers_added=[_endpoint(t) for t in summary.real_servers_added],
-            real_servers_removed=[_endpoint(t) for t in summary.real_servers_removed],
-            real_servers_changed=[_endpoint(t) for t in summary.real_servers_changed],
+            real_servers_added=[endpoint(t.address, t.port) for t in summary.real_servers_added],
+            real_servers_removed=[
+                endpoint(t.address, t.port) for t in summary.real_servers_removed
+            ],
+            real_servers_changed=[
+                endpoint(t.address, t.port) for t in summary.real_servers_changed
+            ],
             operations=len(operations),
         )
         return ReloadSummary(**{**summary.__dict__, "operations": tuple(operations)})
@@ -270,8 +279,3 @@ class Director:
             f"{c['services']} services, {c['real_servers']} real servers: "
             f"{c['up']} up, {c['down']} down, {c['unknown']} unknown"
         )
-
-
-def _endpoint(target: RealServerId) -> str:
-    host = f"[{target.address}]" if target.address.version == 6 else str(target.address)
-    return f"{host}:{target.port}"

@@ -3,7 +3,7 @@ operator reads ipvsadm (vs="TCP 10.0.0.1:80", rs="10.0.0.2:80")."""
 
 from __future__ import annotations
 
-from director.ipvs.model import IPAddress, ServiceKey
+from director.ipvs.model import endpoint, service_label
 from director.ipvs.ops import (
     AddDestination,
     AddService,
@@ -18,18 +18,6 @@ from director.ipvs.ops import (
     StopDaemon,
     Zero,
 )
-
-
-def endpoint(address: IPAddress | None, port: int) -> str:
-    host = f"[{address}]" if address is not None and address.version == 6 else str(address)
-    return f"{host}:{port}"
-
-
-def service_label(key: ServiceKey) -> str:
-    if key.is_fwmark:
-        return f"FWM {key.fwmark}" + (" IPv6" if key.family != 2 else "")
-    name = key.protocol.name if key.protocol is not None else "?"
-    return f"{name} {endpoint(key.address, key.port)}"
 
 
 def describe_operation(op: Operation) -> dict[str, object]:

@@ -11,7 +11,6 @@ from director.config.model import (
     RealServerId,
     SorryServer,
     VirtualServer,
-    service_label,
 )
 from director.config.parse import (
     PERSISTENCE_ENGINES,
@@ -21,6 +20,7 @@ from director.config.parse import (
     parse_config,
     parse_endpoint,
 )
+from director.ipvs.model import service_label
 
 __all__ = [
     "PERSISTENCE_ENGINES",

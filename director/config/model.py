@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from director.health.spec import Check, TcpCheck
 from director.ipvs.model import (
-    AF_INET,
     Destination,
     Forward,
     IPAddress,
@@ -22,7 +21,9 @@ from director.ipvs.model import (
     Timeouts,
     TunnelFlags,
     TunnelType,
+    endpoint,
     full_netmask,
+    service_label,
 )
 
 # A virtual server without a check table gets a TCP connect check.
@@ -73,7 +74,7 @@ class RealServer:
 
     @property
     def label(self) -> str:
-        return self.name or _endpoint(self.address, self.port)
+        return self.name or endpoint(self.address, self.port)
 
 
 @dataclass(frozen=True)
@@ -178,16 +179,3 @@ class Config:
 
     def real_server_ids(self) -> list[RealServerId]:
         return [vs.real_server_id(rs) for vs in self.virtual_servers for rs in vs.real_servers]
-
-
-def _endpoint(address: IPAddress | None, port: int) -> str:
-    host = f"[{address}]" if address is not None and address.version == 6 else str(address)
-    return f"{host}:{port}"
-
-
-def service_label(key: ServiceKey) -> str:
-    """ipvsadm-like name of a service: 'TCP 10.0.0.1:80', 'FWM 7 IPv6'."""
-    if key.is_fwmark:
-        return f"FWM {key.fwmark}" + ("" if key.family == AF_INET else " IPv6")
-    assert key.protocol is not None
-    return f"{key.protocol.name} {_endpoint(key.address, key.port)}"

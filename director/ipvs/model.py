@@ -117,6 +117,20 @@ class ServiceKey:
         return self.fwmark != 0
 
 
+def endpoint(address: IPAddress | None, port: int) -> str:
+    """'10.0.0.1:80', '[2001:db8::1]:80': how logs and messages name an endpoint."""
+    host = f"[{address}]" if address is not None and address.version == 6 else str(address)
+    return f"{host}:{port}"
+
+
+def service_label(key: ServiceKey) -> str:
+    """ipvsadm-like name of a service: 'TCP 10.0.0.1:80', 'FWM 7 IPv6'."""
+    if key.is_fwmark:
+        return f"FWM {key.fwmark}" + ("" if key.family == AF_INET else " IPv6")
+    name = key.protocol.name if key.protocol is not None else "?"
+    return f"{name} {endpoint(key.address, key.port)}"
+
+
 @dataclass(frozen=True)
 class Service:
     key: ServiceKey
