@@ -86,17 +86,31 @@ class Director:
 
     def _on_transition(self, target: RealServerId, transition: Transition) -> None:
         event = "real_server_up" if transition.new is Health.UP else "real_server_down"
+        last = self.checker.state(target).last
         self.log.info(
             event,
             vs=service_label(target.service),
             rs=endpoint(target.address, target.port),
+            latency=round(last.latency, 4) if last else None,
             **transition.log_fields(),
         )
         self.poke(f"{event} {endpoint(target.address, target.port)}")
 
     def _on_result(self, target: RealServerId, result: ProbeResult, state: HealthState) -> None:
-        """A dynamic-weight check can change a server's weight without a
-        transition: a new weight asks for a pass too."""
+        """Every failed probe is logged with its reason and latency (successes
+        are not: they are the steady state). A dynamic-weight check can change
+        a server's weight without a transition: a new weight asks for a pass."""
+        if not result.ok:
+            self.log.info(
+                "probe_failed",
+                vs=service_label(target.service),
+                rs=endpoint(target.address, target.port),
+                reason=str(result.reason),
+                detail=result.detail,
+                latency=round(result.latency, 4),
+                failures_in_row=state.failures_in_row,
+                status=str(state.status),
+            )
         if result.weight is None or self._dynamic_weights.get(target) == result.weight:
             return
         old = self._dynamic_weights.get(target)

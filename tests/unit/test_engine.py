@@ -10,6 +10,7 @@ from dataclasses import replace
 from ipaddress import ip_address
 
 import pytest
+import structlog.testing
 import trio
 import trio.testing
 
@@ -251,3 +252,49 @@ async def test_flush_on_stop_deletes_only_own_services(
         await director.stop()
         nursery.cancel_scope.cancel()
     assert backend.services() == [unmanaged]
+
+
+async def test_every_failed_probe_and_each_transition_is_one_log_event(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    backend = MemoryBackend()
+    director = make_director(backend, FakeNetwork("10.0.1.1"))
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(director.run)
+            await trio.sleep(3.5)
+            nursery.cancel_scope.cancel()
+    failed = [e for e in logs if e["event"] == "probe_failed"]
+    assert {e["rs"] for e in failed} == {"10.0.1.2:80"}
+    assert [e["failures_in_row"] for e in failed] == list(range(1, len(failed) + 1))
+    assert len(failed) >= 3
+    assert all(e["reason"] == "refused" and e["latency"] == 0.01 for e in failed)
+    down = [e for e in logs if e["event"] == "real_server_down"]
+    assert [(e["rs"], e["reason"], e["old"], e["new"]) for e in down] == [
+        ("10.0.1.2:80", "refused", "unknown", "down")
+    ]
+    assert down[0]["latency"] == 0.01
+
+
+async def test_a_dynamic_weight_from_the_check_is_applied(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    weights_by_address = {ip_address("10.0.1.1"): 3, ip_address("10.0.1.2"): 9}
+
+    async def exec_probe(check: Check, address: IPAddress, port: int) -> ProbeResult:
+        await trio.sleep(0.01)
+        return ProbeResult.success(0.01, weight=weights_by_address[address])
+
+    backend = MemoryBackend()
+    config = parse_config(CONFIG)
+    director = Director(
+        config, KernelTable(backend, threaded=False), probe=exec_probe, rng=random.Random(1)
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await trio.sleep(1.1)
+        assert weights(backend) == {"10.0.1.1": 3, "10.0.1.2": 9}
+        weights_by_address[ip_address("10.0.1.1")] = 40
+        await trio.sleep(1.1)
+        assert weights(backend) == {"10.0.1.1": 40, "10.0.1.2": 9}
+        nursery.cancel_scope.cancel()
