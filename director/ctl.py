@@ -191,11 +191,20 @@ def _run(path: str, requests: list[dict[str, object]]) -> int:
             response = _receive(sock, path)
             status = _show(response)
             data = response.get("data")
+            if _asks_json(request) and data is not None and not response.get("stdout"):
+                _write(1, encode(data))
             if isinstance(data, dict) and data.get("restore_stopped"):
                 break
     finally:
         sock.close()
     return status
+
+
+def _asks_json(request: dict[str, object]) -> bool:
+    args = request.get("args")
+    return (
+        request.get("command") == "status" and isinstance(args, dict) and args.get("json") is True
+    )
 
 
 def _connect(path: str) -> _socket.socket:
