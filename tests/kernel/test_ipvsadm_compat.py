@@ -355,7 +355,7 @@ def without_thresholds(entries: Sequence[ServiceEntry]) -> dict[object, frozense
     }
 
 
-@settings(RANDOM, max_examples=8)
+@settings(RANDOM, max_examples=5)
 @given(table=tables())
 def test_save_restores_identically_both_ways(ours: Ours, table: TableLines) -> None:
     real_ok(["-R"], script(RESET + table.lines))
