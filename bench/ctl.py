@@ -1,0 +1,281 @@
+"""directorctl against ipvsadm: `-Ln` and `-Sn` of one table, start-up included.
+
+In a fresh network namespace: directord runs with no virtual servers (control
+socket and state file in a temporary directory); the table (1,000 TCP services
+x 4 masquerading destinations by default) is loaded with `ipvsadm -R`, so the
+daemon does not manage it and lists it from the kernel as ipvsadm does. Then,
+for --rounds rounds, each command runs once per client in an order rotated
+every round: ipvsadm itself, and directorctl started three ways:
+
+  script   .venv/bin/directorctl, the console script (site, the editable
+           install's import hook)
+  launcher a script `#!PYTHON -IS` that puts the checkout on sys.path and
+           calls director.ctl.main (no site, no environment)
+  file     PYTHON -I -S director/ctl.py (the module run as a file)
+
+Every directorctl output (stdout, stderr, exit status) must be ipvsadm's of the
+same round, byte for byte, or the run fails. Printed: median and minimum wall
+time of each (a subprocess from fork to exit, output read through a pipe), the
+ratio of medians to ipvsadm's, and to explain them Python's bare start-up and
+the daemon's answer time seen from a client already connected.
+
+With --managed (default on) a second namespace follows: a fresh directord, the
+same table sent with `directorctl -R` (timed, next to the `ipvsadm -R` of the
+first part), its 4,000 real servers health-checked against a listener in a
+server namespace, and once they are all in the table the same rounds again.
+
+    python tests/vm/run.py python bench/ctl.py [--services 1000] [--dests 4] [--rounds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    REPO,
+    Directord,
+    TcpTiming,
+    destination_count,
+    fork_sink,
+    inside,
+    ipvs_table,
+    listener,
+    namespace,
+    print_table,
+    ratio,
+    server_namespace,
+    stop_process,
+)
+
+IPVSADM = "/usr/sbin/ipvsadm"
+COMMANDS = (("-Ln",), ("-Sn",))
+SERVER_PREFIX = "10.2.0.0/16"
+PORT = 80
+
+
+def table(services: int, dests: int) -> str:
+    """ipvsadm -R input: service i is 10.1.x.y:80, its servers 10.2.x.y:80."""
+    lines = []
+    for i in range(services):
+        vip = f"10.1.{i // 250}.{i % 250 + 1}:{PORT}"
+        lines.append(f"-A -t {vip} -s wrr")
+        for j in range(dests):
+            n = i * dests + j
+            lines.append(f"-a -t {vip} -r 10.2.{n // 250}.{n % 250 + 1}:{PORT} -m -w 1")
+    return "".join(f"{line}\n" for line in lines)
+
+
+def clients(workdir: Path, sock: Path) -> dict[str, list[str]]:
+    launcher = workdir / "directorctl-fast"
+    launcher.write_text(
+        f"#!{sys.executable} -IS\n"
+        f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
+        "from director.ctl import main\nsys.exit(main())\n"
+    )
+    launcher.chmod(0o755)
+    where = ["--socket", str(sock)]
+    return {
+        "ipvsadm": [IPVSADM],
+        "script": [str(REPO / ".venv" / "bin" / "directorctl"), *where],
+        "launcher": [str(launcher), *where],
+        "file": [sys.executable, "-I", "-S", str(REPO / "director" / "ctl.py"), *where],
+    }
+
+
+def timed(argv: Sequence[str], stdin: bytes | None = None) -> tuple[float, bytes, bytes, int]:
+    started = time.perf_counter()
+    done = subprocess.run(argv, input=stdin, capture_output=True, check=False)
+    return time.perf_counter() - started, done.stdout, done.stderr, done.returncode
+
+
+def rounds(
+    runs: dict[str, list[str]], count: int
+) -> tuple[dict[tuple[str, str], list[float]], int]:
+    """Each command by each client, order rotated per round; outputs checked
+    unless the table changed meanwhile (a health check): then counted."""
+    times: dict[tuple[str, str], list[float]] = {}
+    names = list(runs)
+    moved = 0
+    for round_ in range(count):
+        order = names[round_ % len(names) :] + names[: round_ % len(names)]
+        for command in COMMANDS:
+            outputs = {}
+            before = ipvs_table()
+            for name in order:
+                seconds, out, err, status = timed([*runs[name], *command])
+                times.setdefault((command[0], name), []).append(seconds)
+                outputs[name] = (out, err, status)
+            print(
+                f"  round {round_ + 1} {command[0]}: "
+                + ", ".join(f"{n} {times[(command[0], n)][-1] * 1000:.0f} ms" for n in names),
+                flush=True,
+            )
+            if ipvs_table() != before:
+                moved += 1
+                continue
+            expected = outputs["ipvsadm"]
+            if expected[2] != 0 or not expected[0]:
+                raise SystemExit(f"ipvsadm {command[0]} failed: {expected}")
+            for name, got in outputs.items():
+                if got != expected:
+                    raise SystemExit(
+                        f"round {round_ + 1}: {name} {command[0]} differs from ipvsadm's"
+                        f" (status {got[2]} vs {expected[2]}, {len(got[0])} vs"
+                        f" {len(expected[0])} bytes, stderr {got[1][:300]!r})"
+                    )
+    return times, moved
+
+
+def answer_time(sock: Path, argv: Sequence[str], count: int) -> float:
+    """Median seconds from request to the whole response, already connected."""
+    request = json.dumps({"v": 1, "argv": list(argv)}).encode() + b"\n"
+    samples = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(str(sock))
+        reader = conn.makefile("rb")
+        for _ in range(count):
+            started = time.perf_counter()
+            conn.sendall(request)
+            reply = json.loads(reader.readline())
+            samples.append(time.perf_counter() - started)
+            if reply.get("status") != 0:
+                raise SystemExit(f"daemon answered {argv}: {reply}")
+    return statistics.median(samples)
+
+
+def startup(count: int) -> dict[str, float]:
+    """Median wall time of an interpreter doing nothing, with and without site."""
+    python = str(REPO / ".venv" / "bin" / "python")
+    argvs = {
+        "python -c pass (venv, site)": [python, "-c", "pass"],
+        "python -I -S -c pass": [python, "-I", "-S", "-c", "pass"],
+    }
+    return {k: statistics.median(timed(v)[0] for _ in range(count)) for k, v in argvs.items()}
+
+
+def report(title: str, times: dict[tuple[str, str], list[float]], sock: Path, count: int) -> None:
+    rows = []
+    for command in COMMANDS:
+        base = statistics.median(times[(command[0], "ipvsadm")])
+        for (cmd, name), samples in times.items():
+            if cmd != command[0]:
+                continue
+            median = statistics.median(samples)
+            rows.append(
+                [
+                    f"{cmd} {name}",
+                    f"{median * 1000:.1f}",
+                    f"{min(samples) * 1000:.1f}",
+                    ratio(median, base),
+                ]
+            )
+        answer = answer_time(sock, command, count)
+        rows.append([f"{command[0]} daemon answer", f"{answer * 1000:.1f}", "", ""])
+    print_table(title, ["command client", "median ms", "min ms", "x ipvsadm"], rows)
+
+
+def unmanaged(args: argparse.Namespace, text: str, workdir: Path) -> float:
+    with namespace("bench-ctl"):
+        daemon = Directord([], TcpTiming(), workdir / "unmanaged")
+        try:
+            daemon.start(timeout=120)
+            seconds, _, err, status = timed([IPVSADM, "-R"], text.encode())
+            if status != 0:
+                raise SystemExit(f"ipvsadm -R: exit {status}: {err[:300]!r}")
+            print(f"ipvsadm -R of the table: {seconds:.2f} s", flush=True)
+            sock = daemon.workdir / "director.sock"
+            times, moved = rounds(clients(daemon.workdir, sock), args.rounds)
+            report(
+                f"unmanaged table (loaded by ipvsadm -R), {args.rounds} rounds,"
+                f" outputs identical ({moved} comparisons skipped: the table changed)",
+                times,
+                sock,
+                args.rounds,
+            )
+        finally:
+            daemon.stop()
+    return seconds
+
+
+def managed(args: argparse.Namespace, text: str, workdir: Path, ipvsadm_restore: float) -> None:
+    expected = args.services * args.dests
+    with namespace("bench-ctl-m"), server_namespace("bench-ctl-rs", SERVER_PREFIX) as servers:
+        with inside(servers):
+            sink_socket = listener("0.0.0.0", PORT)
+        sink = fork_sink([sink_socket])
+        sink_socket.close()
+        daemon = Directord([], TcpTiming(), workdir / "managed")
+        try:
+            daemon.start(timeout=120)
+            sock = daemon.workdir / "director.sock"
+            runs = clients(daemon.workdir, sock)
+            seconds, out, err, status = timed([*runs["script"], "-R"], text.encode())
+            if status != 0 or out or err:
+                raise SystemExit(f"directorctl -R: exit {status}: {err[:300]!r}")
+            print(
+                f"directorctl -R of the table: {seconds:.2f} s"
+                f" (ipvsadm -R: {ipvsadm_restore:.2f} s, x{ratio(seconds, ipvsadm_restore)})",
+                flush=True,
+            )
+            started = time.monotonic()
+            deadline = started + args.up_timeout
+            while destination_count() < expected and time.monotonic() < deadline:
+                time.sleep(0.5)
+            count = destination_count()
+            print(
+                f"{count} of {expected} real servers probed up and in the table"
+                f" after {time.monotonic() - started:.1f} s",
+                flush=True,
+            )
+            times, moved = rounds(runs, args.rounds)
+            report(
+                f"managed table (loaded by directorctl -R, {count} destinations up,"
+                f" health-checked every 1 s), {args.rounds} rounds, outputs identical"
+                f" ({moved} comparisons skipped: the table changed)",
+                times,
+                sock,
+                args.rounds,
+            )
+        finally:
+            daemon.stop()
+            stop_process(sink, signal.SIGKILL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--dests", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--managed", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--up-timeout", type=float, default=300.0)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root where the kernel has ip_vs (tests/vm/run.py)")
+    text = table(args.services, args.dests)
+    print(
+        f"table: {args.services} services x {args.dests} destinations"
+        f" ({text.count(chr(10))} lines, {len(text)} bytes)"
+    )
+    for name, seconds in startup(args.rounds).items():
+        print(f"start-up, {name}: {seconds * 1000:.1f} ms", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-ctl-") as tmp:
+        restore = unmanaged(args, text, Path(tmp))
+        if args.managed:
+            managed(args, text, Path(tmp), restore)
+
+
+if __name__ == "__main__":
+    main()
