@@ -156,6 +156,32 @@ def answer_time(sock: Path, argv: Sequence[str], count: int) -> float:
     return statistics.median(samples)
 
 
+def answer_split(count: int) -> dict[str, float]:
+    """Where the daemon's answer goes, measured in this process: the netlink
+    dump (decoded), and formatting it as ipvsadm does."""
+    from director.ipvs.netlink import NetlinkBackend
+    from director.ipvsadm import listing
+    from director.ipvsadm.commands import ListFormat
+
+    with NetlinkBackend() as backend:
+        dumps, entries = [], backend.services()
+        for _ in range(count):
+            started = time.perf_counter()
+            entries = backend.services()
+            dumps.append(time.perf_counter() - started)
+        info = backend.info()
+    formats: dict[str, list[float]] = {"format -Ln": [], "format -Sn": []}
+    for _ in range(count):
+        started = time.perf_counter()
+        listing.services(entries, info, ListFormat(numeric=True))
+        formats["format -Ln"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        listing.save(entries, True)
+        formats["format -Sn"].append(time.perf_counter() - started)
+    medians = {k: statistics.median(v) for k, v in formats.items()}
+    return {"netlink dump + decode": statistics.median(dumps), **medians}
+
+
 def startup(count: int) -> dict[str, float]:
     """Median wall time of an interpreter doing nothing, with and without site."""
     python = str(REPO / ".venv" / "bin" / "python")
@@ -197,6 +223,8 @@ def unmanaged(args: argparse.Namespace, text: str, workdir: Path) -> float:
                 raise SystemExit(f"ipvsadm -R: exit {status}: {err[:300]!r}")
             print(f"ipvsadm -R of the table: {seconds:.2f} s", flush=True)
             sock = daemon.workdir / "director.sock"
+            for name, seconds in answer_split(args.rounds).items():
+                print(f"in this process, {name}: {seconds * 1000:.1f} ms", flush=True)
             times, moved = rounds(clients(daemon.workdir, sock), args.rounds)
             report(
                 f"unmanaged table (loaded by ipvsadm -R), {args.rounds} rounds,"
