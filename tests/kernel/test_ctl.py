@@ -92,7 +92,7 @@ SERVICES = (
 )
 
 
-MANAGED_SERVICES = {"TCP 10.9.0.1:80", "UDP 10.9.0.1:53", "TCP [fd09::1]:443", "FWM 7"}
+MANAGED_SERVICES = {"tcp:10.9.0.1:80", "udp:10.9.0.1:53", "tcp:[fd09::1]:443", "fwm:7"}
 # The table the daemon must reach: every managed real server passed its check.
 MANAGED_SAVED = (
     "-A -t 10.9.0.1:80 -s wrr",
@@ -316,7 +316,7 @@ def test_status_drain_disable_enable_survive_restart_and_reload(d: Director) -> 
     assert len(before) == 7, before
     for key, rs in before.items():
         assert (rs["health"], rs["admin"]) == ("up", "enabled"), (key, rs)
-    assert before[("TCP 10.9.0.1:80", "10.7.0.2:80")]["current_weight"] == 3
+    assert before[("tcp:10.9.0.1:80", "10.7.0.2:80")]["current_weight"] == 3
 
     d.ctl_ok("drain", "tcp:10.9.0.1:80", "10.7.0.2:80")
     d.ctl_ok("disable", "tcp:10.9.0.1:80", "10.7.0.3")
@@ -328,9 +328,9 @@ def test_status_drain_disable_enable_survive_restart_and_reload(d: Director) -> 
         assert drained in saved, (after, saved)
         assert not any("-r 10.7.0.6:8080" in line for line in saved), (after, saved)
         now = rows(d)
-        assert now[("TCP 10.9.0.1:80", "10.7.0.2:80")]["admin"] == "drain", (after, now)
-        assert now[("TCP 10.9.0.1:80", "10.7.0.3:80")]["admin"] == "disabled", (after, now)
-        assert now[("FWM 7", "10.7.0.6:8080")]["current_weight"] is None, (after, now)
+        assert now[("tcp:10.9.0.1:80", "10.7.0.2:80")]["admin"] == "drain", (after, now)
+        assert now[("tcp:10.9.0.1:80", "10.7.0.3:80")]["admin"] == "disabled", (after, now)
+        assert now[("fwm:7", "10.7.0.6:8080")]["current_weight"] is None, (after, now)
 
     admin_states_hold("at once")
     d.restart()
