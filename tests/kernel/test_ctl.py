@@ -321,7 +321,7 @@ def test_status_drain_disable_enable_survive_restart_and_reload(d: Director) -> 
     d.ctl_ok("drain", "tcp:10.9.0.1:80", "10.7.0.2:80")
     d.ctl_ok("disable", "tcp:10.9.0.1:80", "10.7.0.3")
     d.ctl_ok("disable", "fwm:7", "10.7.0.6:8080")
-    drained = "-a -t 10.9.0.1:80 -r 10.7.0.2:80 -m -w 0 -x 100 -y 10"
+    drained = "-a -t 10.9.0.1:80 -r 10.7.0.2:80 -m -w 0"
 
     def admin_states_hold(after: str) -> None:
         saved = d.wait_saved("-r 10.7.0.3:80", absent=True).splitlines()
