@@ -137,7 +137,7 @@ class Director:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self._apply_timeouts()
         self.checker.set_targets(check_targets(self.effective))
-        self._adopt(await self.kernel.services())
+        self._adopt(await self.kernel.services(self._managed_keys()))
         # The first pass runs before any probe: it only adds what is missing
         # (every server is still unknown), and the start is not slowed down by
         # thousands of probes starting at once.
@@ -152,6 +152,12 @@ class Director:
                 why, self._why = self._why, "drift check"
                 self._wake = trio.Event()
                 await self.reconcile(why)
+
+    def _managed_keys(self) -> set[ServiceKey]:
+        """The services a pass reads: a large table of services owned by
+        others (kube-proxy's, say) costs one service dump, not one
+        destination dump each."""
+        return self.owned | self.effective.service_keys()
 
     def _adopt(self, entries: list[ServiceEntry]) -> None:
         """Real servers in service in the kernel before their first probe are
@@ -178,7 +184,7 @@ class Director:
             return await self._reconcile(why)
 
     async def _reconcile(self, why: str) -> list[Operation]:
-        entries = await self.kernel.services()
+        entries = await self.kernel.services(self._managed_keys())
         kernel: dict[ServiceKey, ServiceEntry] = {e.service.key: e for e in entries}
         desired: Mapping[ServiceKey, DesiredService] = desired_table(
             self.effective, self.health_views(), kernel, trio.current_time(), self.runtime.admin
@@ -247,7 +253,7 @@ class Director:
         self.config = config
         self.effective = new
         self.checker.set_targets(new_targets)
-        self._adopt(await self.kernel.services())
+        self._adopt(await self.kernel.services(self._managed_keys()))
         await self._apply_timeouts()
         operations = await self.reconcile("reload")
         self.log.info(
@@ -269,7 +275,7 @@ class Director:
         if not self.config.daemon.flush_on_stop:
             self.log.info("table_left_in_place", services=len(self.owned))
             return
-        entries = await self.kernel.services()
+        entries = await self.kernel.services(self._managed_keys())
         kernel = {e.service.key: e for e in entries}
         operations = plan({}, kernel, self.owned)
         self.log.info("flush_own_services", count=len(operations))

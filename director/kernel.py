@@ -8,12 +8,12 @@ while a call is still running.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TypeVar
 
 import trio
 
-from director.ipvs.model import Connection, Info, ServiceEntry, SyncDaemon, Timeouts
+from director.ipvs.model import Connection, Info, ServiceEntry, ServiceKey, SyncDaemon, Timeouts
 from director.ipvs.ops import Backend, Operation
 
 T = TypeVar("T")
@@ -31,8 +31,8 @@ class KernelTable:
             return function()
         return await trio.to_thread.run_sync(function, limiter=self._one_at_a_time)
 
-    async def services(self) -> list[ServiceEntry]:
-        return await self._call(self.backend.services)
+    async def services(self, only: Collection[ServiceKey] | None = None) -> list[ServiceEntry]:
+        return await self._call(lambda: self.backend.services(only))
 
     async def apply(self, operations: Sequence[Operation]) -> None:
         if operations:

@@ -10,7 +10,7 @@ when a test sets them, and there is no connection table unless one is given.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 
 from director.ipvs.errors import BatchError, error_for
@@ -85,10 +85,11 @@ class MemoryBackend:
     def info(self) -> Info:
         return self._info
 
-    def services(self) -> list[ServiceEntry]:
+    def services(self, only: Collection[ServiceKey] | None = None) -> list[ServiceEntry]:
         return [
             replace(e, service=replace(e.service, flags=e.service.flags | ServiceFlags.HASHED))
             for e in self._services.values()
+            if only is None or e.service.key in only
         ]
 
     def timeouts(self) -> Timeouts:

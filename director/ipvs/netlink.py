@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from types import TracebackType
 
 from director.ipvs import genl
@@ -20,6 +20,7 @@ from director.ipvs.model import (
     Connection,
     Info,
     ServiceEntry,
+    ServiceKey,
     SyncDaemon,
     Timeouts,
 )
@@ -189,11 +190,13 @@ class NetlinkBackend:
     def info(self) -> Info:
         return genl.parse_info(self._request(genl.genl_body(genl.CMD_GET_INFO), "GetInfo"))
 
-    def services(self) -> list[ServiceEntry]:
+    def services(self, only: Collection[ServiceKey] | None = None) -> list[ServiceEntry]:
         entries = []
         for message in self._dump(genl.genl_body(genl.CMD_GET_SERVICE), "GetService"):
             entry = genl.parse_service(message)
             key = entry.service.key
+            if only is not None and key not in only:
+                continue
             dests = self._dump(genl.get_dests_body(key), "GetDestinations")
             entries.append(
                 ServiceEntry(

@@ -8,7 +8,7 @@ IPVS generic-netlink commands and onto ipvsadm's command line.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol as TypingProtocol
 
@@ -113,7 +113,10 @@ class Backend(TypingProtocol):
 
     def info(self) -> Info: ...
 
-    def services(self) -> list[ServiceEntry]: ...
+    def services(self, only: Collection[ServiceKey] | None = None) -> list[ServiceEntry]:
+        """Every service with its destinations, in kernel order; with `only`,
+        just those services (the others' destinations are not even read)."""
+        ...
 
     def apply(self, operations: Sequence[Operation]) -> None: ...
 

@@ -309,6 +309,24 @@ def test_edit_service_and_destination(backend: NetlinkBackend) -> None:
     assert ipvsadm("-Sn") == ""
 
 
+def test_dump_of_only_some_services(backend: NetlinkBackend) -> None:
+    ipvsadm("-R", stdin=(
+        "-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.1.1:80 -m\n"
+        "-A -t 10.0.0.2:80 -s rr\n-a -t 10.0.0.2:80 -r 10.0.1.2:80 -m -w 3\n"
+        "-A -f 7 -s wlc\n-a -f 7 -r 10.0.1.3:0 -g\n"
+    ))  # fmt: skip
+    wanted = {ServiceKey.inet(Protocol.TCP, "10.0.0.2", 80), ServiceKey.mark(7)}
+    some = backend.services(only=wanted)
+    assert [e.service.key for e in some] == [
+        e.service.key for e in backend.services() if e.service.key in wanted
+    ]
+    assert {e.service.key: [d.destination.weight for d in e.destinations] for e in some} == {
+        ServiceKey.inet(Protocol.TCP, "10.0.0.2", 80): [3],
+        ServiceKey.mark(7): [1],
+    }
+    assert backend.services(only=set()) == []
+
+
 def test_flush_empties_the_table(backend: NetlinkBackend) -> None:
     ipvsadm("-A", "-t", "10.0.0.1:80")
     ipvsadm("-A", "-f", "3", "-6")

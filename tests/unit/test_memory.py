@@ -214,3 +214,13 @@ def test_info_connections_close() -> None:
     assert not backend.closed
     backend.close()
     assert backend.closed
+
+
+def test_dump_of_only_some_services() -> None:
+    a = ServiceKey.inet(Protocol.TCP, "10.0.0.1", 80)
+    b = ServiceKey.inet(Protocol.TCP, "10.0.0.2", 80)
+    backend = MemoryBackend()
+    backend.apply([AddService(Service(a)), AddService(Service(b))])
+    assert [e.service.key for e in backend.services(only={b})] == [b]
+    assert backend.services(only=()) == []
+    assert [e.service.key for e in backend.services()] == [a, b]
