@@ -335,7 +335,7 @@ def test_status_drain_disable_enable_survive_restart_and_reload(d: Director) -> 
     admin_states_hold("at once")
     d.restart()
     admin_states_hold("after a restart")
-    assert "-A -t [fd09::1]:443 -s mh -b mh-port -p 300 -M 64" in real_ok(["-Sn"])
+    assert "-A -t [fd09::1]:443 -s mh -p 300 -M 64 -b mh-port" in real_ok(["-Sn"])
     d.daemon.reload()
     admin_states_hold("after SIGHUP")
 
