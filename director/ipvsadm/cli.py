@@ -654,47 +654,31 @@ def _sched_flags(scheduler: str, text: str) -> ServiceFlags:
 
 def _check_options(cmd: Cmd, options: set[str]) -> None:
     """generic_opt_check(): the first column, left to right, that is wrong."""
-    row = COMMANDS_V_OPTIONS[cmd]
-    command = CMD_NAMES[cmd]
-    exclusive: str | None = None
-    for column, name in enumerate(OPT_NAMES):
-        rule = row[column]
-        if name not in options:
-            if rule == "+":
-                raise fail(f"You need to supply the '{name}' option for the '{command}' command")
-            continue
-        if rule == "x":
-            raise fail(f"Illegal '{name}' option with the '{command}' command")
-        if rule == "1":
-            if exclusive is None:
-                exclusive = name
-                continue
-            raise fail(
-                f"The option '{name}' conflicts with the '{exclusive}' option"
-                f" in the '{command}' command"
-            )
+    _check_matrix(COMMANDS_V_OPTIONS[cmd], OPT_NAMES, options, f"the '{CMD_NAMES[cmd]}' command")
 
 
 def _check_tunnel_options(tun_type: TunnelType, options: set[str]) -> None:
-    row = _TUNNEL_V_OPTIONS[tun_type]
-    kind = _TUNNEL_NAMES[tun_type]
+    where = f"the '{_TUNNEL_NAMES[tun_type]}' tunnel type"
+    _check_matrix(_TUNNEL_V_OPTIONS[tun_type], _TUNNEL_OPTIONS, options, where)
+
+
+def _check_matrix(row: Sequence[str], names: Sequence[str], options: set[str], where: str) -> None:
+    """One row of ipvsadm's compatibility tables: '+' required, 'x' illegal,
+    '1' at most one of those so marked."""
     exclusive: str | None = None
-    for column, name in enumerate(_TUNNEL_OPTIONS):
+    for column, name in enumerate(names):
         rule = row[column]
         if name not in options:
             if rule == "+":
-                raise fail(f"You need to supply the '{name}' option for the '{kind}' tunnel type")
+                raise fail(f"You need to supply the '{name}' option for {where}")
             continue
         if rule == "x":
-            raise fail(f"Illegal '{name}' option with the '{kind}' tunnel type")
+            raise fail(f"Illegal '{name}' option with {where}")
         if rule == "1":
             if exclusive is None:
                 exclusive = name
                 continue
-            raise fail(
-                f"The option '{name}' conflicts with the '{exclusive}' option"
-                f" in the '{kind}' tunnel type"
-            )
+            raise fail(f"The option '{name}' conflicts with the '{exclusive}' option in {where}")
 
 
 def _service_key(entry: _Entry) -> ServiceKey:
