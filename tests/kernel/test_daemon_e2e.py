@@ -329,10 +329,10 @@ def test_a_daemon_restart_leaves_the_table_and_traffic_alone(h: Harness) -> None
 def test_a_broken_reload_is_rejected_and_a_valid_one_applies_only_the_diff(h: Harness) -> None:
     daemon = h.start(Settings(web=("rs1", "rs2")))
     h.wait_weights(h.web, all_up(h, ("rs1", "rs2")))
-    tally(partial(http_get, h.net), 10)
+    answered = tally(partial(http_get, h.net), 10)
+    assert set(answered) == {"rs1", "rs2"}, answered
     before = table()
     conns = total_conns(h.web, h.rs("rs1"))
-    assert conns >= 5
 
     good = h.config.read_text()
     h.config.write_text(good + "\n[[virtual_server\n")  # not TOML
