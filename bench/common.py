@@ -382,7 +382,28 @@ def directord_config(services: Sequence[VirtualService], timing: TcpTiming, work
     return "\n".join(lines) + "\n"
 
 
-class Directord:
+class BenchProcess:
+    """A daemon under benchmark: its pid, and a stop that escalates to kill."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class Directord(BenchProcess):
     """directord started in the current namespace, READY=1 awaited over
     $NOTIFY_SOCKET; its log goes to workdir/directord.log."""
 
@@ -420,21 +441,6 @@ class Directord:
                     raise TimeoutError(self._failure("no READY=1")) from None
                 if "READY=1" in message.splitlines():
                     return time.monotonic() - started
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
     def events(self, event: str) -> list[dict[str, object]]:
         """The JSON log lines whose "event" is `event`, oldest first."""

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from common import TcpTiming, VirtualService, destination_count
+from common import BenchProcess, TcpTiming, VirtualService, destination_count
 
 
 def keepalived_config(services: Sequence[VirtualService], timing: TcpTiming) -> str:
@@ -49,7 +49,7 @@ def keepalived_config(services: Sequence[VirtualService], timing: TcpTiming) -> 
     return "\n".join(lines) + "\n"
 
 
-class Keepalived:
+class Keepalived(BenchProcess):
     """keepalived's checker alone, in the foreground, in the current namespace.
     It is ready when every configured real server is in the kernel's table
     (keepalived starts servers as up, before their first check)."""
@@ -99,18 +99,3 @@ class Keepalived:
                 )
             time.sleep(0.05)
         return time.monotonic() - started
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
