@@ -421,3 +421,14 @@ def tables(draw: st.DrawFn, max_services: int = 5) -> TableLines:
             dest_pool = V4_ADDRESSES if dest_family == 4 else V6_ADDRESSES
             lines.append(draw(_destination(name, dest_family, dest_pool[slot], port, mixed)))
     return TableLines(tuple(lines), tuple(services))
+
+
+def same_lines(saved: str, expected: str) -> bool:
+    """The same -S lines, in any order. ipvsadm sorts services and
+    destinations by subtracting addresses as signed ints, which is not a total
+    order (172.16.5.4 < 10.255.255.254 < 127.0.0.1 < 172.16.5.4 as it compares;
+    also across families), so the order it saves depends on the order the
+    kernel dumps, which depends on the namespace (its hash keys include it)
+    and the order entries were added: a table restored into a fresh namespace
+    may save in another order, with ipvsadm -R as much as with ours."""
+    return sorted(saved.splitlines()) == sorted(expected.splitlines())

@@ -27,6 +27,7 @@ from tables import (
     namespace,
     real,
     real_ok,
+    same_lines,
     script,
     tables,
 )
@@ -353,17 +354,6 @@ def without_thresholds(entries: Sequence[ServiceEntry]) -> dict[object, frozense
         )
         for entry in entries
     }
-
-
-def same_lines(saved: str, expected: str) -> bool:
-    """The same -S lines, in any order. ipvsadm sorts services and
-    destinations by subtracting addresses as signed ints, which is not a total
-    order (172.16.5.4 < 10.255.255.254 < 127.0.0.1 < 172.16.5.4 as it compares;
-    also across families), so the order it saves depends on the order the
-    kernel dumps, which depends on the order entries were added: a table
-    restored into a fresh namespace may save in another order, with ipvsadm -R
-    as much as with ours."""
-    return sorted(saved.splitlines()) == sorted(expected.splitlines())
 
 
 @settings(RANDOM, max_examples=5)
