@@ -10,6 +10,8 @@ from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from director.ipvs.errors import error_for
 from director.ipvs.model import (
@@ -188,6 +190,38 @@ def test_sort_reproduces_ipvsadm_wrapping_comparison() -> None:
     # 192.168.1.1 - 10.0.0.2 overflows a 32-bit int in libipvs: it sorts first.
     dests = [d.destination for d in listing.sort_destinations(TABLE[4].destinations)]
     assert [str(d.address) for d in dests][:2] == ["192.168.1.1", "10.0.0.2"]
+
+
+# Addresses whose differences wrap as libipvs subtracts them (and ones that
+# do not), so that both of sort_*'s paths are drawn.
+_V4 = st.sampled_from(["10.0.0.1", "10.0.0.2", "127.0.0.1", "172.16.5.4", "192.168.0.1"])
+_V6 = st.sampled_from(["::1", "2001:db8::1", "2001:db8::2", "fd00::1", "ff02::1:2"])
+
+
+@st.composite
+def _keys(draw: st.DrawFn) -> ServiceKey:
+    if draw(st.booleans()):
+        return ServiceKey.mark(
+            draw(st.sampled_from([1, 2, 2**31 + 5])), draw(st.sampled_from([2, 10]))
+        )
+    address = draw(st.one_of(_V4, _V6))
+    return ServiceKey.inet(
+        draw(st.sampled_from([TCP, UDP])), address, draw(st.sampled_from([0, 80]))
+    )
+
+
+@given(st.lists(_keys(), unique=True, max_size=12))
+def test_sort_services_is_the_merge_sort_of_ipvsadm(keys: list[ServiceKey]) -> None:
+    entries = [svc(key, "rr") for key in keys]
+    expected = listing._merge_sort(list(entries), listing._compare_services)
+    assert listing.sort_services(entries) == expected
+
+
+@given(st.lists(st.tuples(st.one_of(_V4, _V6), st.sampled_from([0, 80, 65535])), unique=True))
+def test_sort_destinations_is_the_merge_sort_of_ipvsadm(pairs: list[tuple[str, int]]) -> None:
+    entries = [dest(address, port, Forward.TUNNEL) for address, port in pairs]
+    expected = listing._merge_sort(list(entries), listing._compare_destinations)
+    assert listing.sort_destinations(entries) == expected
 
 
 def test_find_service_by_mark_ignores_protocol() -> None:
