@@ -31,8 +31,10 @@ class KernelTable:
             return function()
         return await trio.to_thread.run_sync(function, limiter=self._one_at_a_time)
 
-    async def services(self, only: Collection[ServiceKey] | None = None) -> list[ServiceEntry]:
-        return await self._call(lambda: self.backend.services(only))
+    async def services(
+        self, only: Collection[ServiceKey] | None = None, *, brief: bool = False
+    ) -> list[ServiceEntry]:
+        return await self._call(lambda: self.backend.services(only, brief=brief))
 
     async def apply(self, operations: Sequence[Operation]) -> None:
         if operations:

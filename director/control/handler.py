@@ -147,19 +147,21 @@ class Controller:
                 case Version():
                     return _Outcome(listing.version())
                 case ListServices(format, None):
-                    entries, info = await kernel.services(), await kernel.info()
+                    entries = await kernel.services(brief=format.brief)
+                    info = await kernel.info()
                     text = await self._blocking(listing.services, entries, info, format, names)
                     return _Outcome(text)
                 case ListServices(format, key):
                     assert key is not None
-                    entry = listing.find_service(await kernel.services(), key)
+                    entries = await kernel.services(brief=format.brief)
+                    entry = listing.find_service(entries, key)
                     if entry is None:
                         return _Outcome(
                             "", ipvsadm_message("GetService", errno.ESRCH) + "\n", LIST_ERROR
                         )
                     return _Outcome(await self._blocking(listing.service, entry, format, names))
                 case Save(numeric):
-                    entries = await kernel.services()
+                    entries = await kernel.services(brief=True)
                     return _Outcome(await self._blocking(listing.save, entries, numeric, names))
                 case ListTimeouts():
                     return _Outcome(listing.timeouts(await kernel.timeouts()))

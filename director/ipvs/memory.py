@@ -85,7 +85,9 @@ class MemoryBackend:
     def info(self) -> Info:
         return self._info
 
-    def services(self, only: Collection[ServiceKey] | None = None) -> list[ServiceEntry]:
+    def services(
+        self, only: Collection[ServiceKey] | None = None, *, brief: bool = False
+    ) -> list[ServiceEntry]:
         return [
             replace(e, service=replace(e.service, flags=e.service.flags | ServiceFlags.HASHED))
             for e in self._services.values()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 IPAddress = IPv4Address | IPv6Address
@@ -186,6 +186,9 @@ class Stats:
     outbps: int = 0
 
 
+NO_STATS = Stats()
+
+
 @dataclass(frozen=True)
 class DestinationEntry:
     """A destination as dumped from the kernel: its config, connection
@@ -195,7 +198,7 @@ class DestinationEntry:
     active_conns: int = 0
     inact_conns: int = 0
     persist_conns: int = 0
-    stats: Stats = field(default_factory=Stats)
+    stats: Stats = NO_STATS
 
 
 @dataclass(frozen=True)
@@ -204,7 +207,7 @@ class ServiceEntry:
 
     service: Service
     destinations: tuple[DestinationEntry, ...] = ()
-    stats: Stats = field(default_factory=Stats)
+    stats: Stats = NO_STATS
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from director.ipvs.conntable import parse_connections
 from director.ipvs.errors import BatchError, IPVSError, IPVSUnavailable, error_for
 from director.ipvs.model import (
     Connection,
+    DestinationEntry,
+    Forward,
     Info,
     ServiceEntry,
     ServiceKey,
@@ -25,6 +27,7 @@ from director.ipvs.model import (
     Timeouts,
 )
 from director.ipvs.ops import Operation
+from director.ipvs.servicetable import TableKey, parse_service_table
 
 NETLINK_GENERIC = 16
 SOL_NETLINK = 270
@@ -33,6 +36,7 @@ SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 CONN_TABLE = "/proc/thread-self/net/ip_vs_conn"
+SERVICE_TABLE = "/proc/thread-self/net/ip_vs"
 
 # The kernel charges each acknowledgement (a small skb of its own) about 768
 # bytes of receive buffer; 1024 leaves a margin. A chunk never has more
@@ -190,22 +194,44 @@ class NetlinkBackend:
     def info(self) -> Info:
         return genl.parse_info(self._request(genl.genl_body(genl.CMD_GET_INFO), "GetInfo"))
 
-    def services(self, only: Collection[ServiceKey] | None = None) -> list[ServiceEntry]:
+    def services(
+        self, only: Collection[ServiceKey] | None = None, *, brief: bool = False
+    ) -> list[ServiceEntry]:
+        services = [
+            genl.parse_service(m)
+            for m in self._dump(genl.genl_body(genl.CMD_GET_SERVICE), "GetService")
+        ]
+        brief_table = self._brief_destinations() if brief else {}
         entries = []
-        for message in self._dump(genl.genl_body(genl.CMD_GET_SERVICE), "GetService"):
-            entry = genl.parse_service(message)
+        for entry in services:
             key = entry.service.key
             if only is not None and key not in only:
                 continue
-            dests = self._dump(genl.get_dests_body(key), "GetDestinations")
-            entries.append(
-                ServiceEntry(
-                    entry.service,
-                    tuple(genl.parse_destination(m, key.family) for m in dests),
-                    entry.stats,
-                )
-            )
+            dests = brief_table.get(_table_key(key))
+            if dests is None or any(d.destination.forward is Forward.TUNNEL for d in dests):
+                replies = self._dump(genl.get_dests_body(key), "GetDestinations")
+                dests = [genl.parse_destination(m, key.family) for m in replies]
+            entries.append(ServiceEntry(entry.service, tuple(dests), entry.stats))
         return entries
+
+    def _brief_destinations(self) -> dict[TableKey, list[DestinationEntry]]:
+        """Every service's destinations from one read of the service table
+        (/proc/net/ip_vs), where that names the service unambiguously: a
+        firewall mark used in both families is left out, to be dumped."""
+        try:
+            with open(SERVICE_TABLE) as table:
+                text = table.read()
+        except FileNotFoundError:
+            return {}
+        out: dict[TableKey, list[DestinationEntry]] = {}
+        ambiguous = set()
+        for key, dests in parse_service_table(text, SERVICE_TABLE):
+            if key in out:
+                ambiguous.add(key)
+            out[key] = dests
+        for key in ambiguous:
+            del out[key]
+        return out
 
     def timeouts(self) -> Timeouts:
         return genl.parse_timeouts(
@@ -295,3 +321,7 @@ class NetlinkBackend:
                     failures.append((start + message.seq - first_seq, err))
         failures.sort()
         return failures
+
+
+def _table_key(key: ServiceKey) -> TableKey:
+    return ("FWM", key.fwmark) if key.fwmark else key

@@ -113,9 +113,14 @@ class Backend(TypingProtocol):
 
     def info(self) -> Info: ...
 
-    def services(self, only: Collection[ServiceKey] | None = None) -> list[ServiceEntry]:
+    def services(
+        self, only: Collection[ServiceKey] | None = None, *, brief: bool = False
+    ) -> list[ServiceEntry]:
         """Every service with its destinations, in kernel order; with `only`,
-        just those services (the others' destinations are not even read)."""
+        just those services (the others' destinations are not even read).
+        `brief` destinations may lack thresholds, persistent-connection
+        counts and stats (zero): what ipvsadm's plain listings and -S show
+        is exact, and costs a backend less to read."""
         ...
 
     def apply(self, operations: Sequence[Operation]) -> None: ...

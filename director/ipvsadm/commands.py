@@ -25,6 +25,12 @@ class ListFormat:
     nosort: bool = False
     tun_info: bool = False
 
+    @property
+    def brief(self) -> bool:
+        """Whether it shows only what a brief read of the table has (no
+        thresholds, persistent-connection counts or stats)."""
+        return not (self.stats or self.rate or self.thresholds or self.persistent_conn)
+
 
 PLAIN = ListFormat()
 

@@ -108,10 +108,16 @@ class Ours:
         if isinstance(command, ListServices):
             if command.service is None:
                 out.append(
-                    listing.services(backend.services(), backend.info(), command.format, names)
+                    listing.services(
+                        backend.services(brief=command.format.brief),
+                        backend.info(),
+                        command.format,
+                        names,
+                    )
                 )
                 return 0
-            entry = listing.find_service(backend.services(), command.service)
+            entries = backend.services(brief=command.format.brief)
+            entry = listing.find_service(entries, command.service)
             if entry is None:
                 err.append("No such service\n")
                 raise _Exit(1)
@@ -123,7 +129,7 @@ class Ours:
         elif isinstance(command, ListDaemons):
             out.append(listing.daemons(backend.daemons()))
         elif isinstance(command, Save):
-            out.append(listing.save(backend.services(), command.numeric, names))
+            out.append(listing.save(backend.services(brief=True), command.numeric, names))
         elif isinstance(command, Help):
             out.append(listing.usage(command.program))
         elif isinstance(command, Version):

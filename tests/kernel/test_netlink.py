@@ -6,6 +6,7 @@ backend and ipvsadm see that namespace's own, initially empty, IPVS table.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import socket
 import subprocess
@@ -31,6 +32,7 @@ from director.ipvs.model import (
     AF_INET,
     AF_INET6,
     Destination,
+    DestinationEntry,
     Forward,
     IPAddress,
     Protocol,
@@ -280,6 +282,76 @@ def test_what_ipvsadm_restores_the_backend_dumps_exactly(
     ipvsadm("-C")
     ipvsadm("-R", stdin=restore_rules(table))
     assert as_table(backend.services()) == {s: set(d) for s, d in table.items()}
+
+
+def without_counters(entries: list[ServiceEntry]) -> list[ServiceEntry]:
+    """What a brief read keeps: destinations without thresholds,
+    persistent-connection counts or stats."""
+    return [
+        dataclasses.replace(
+            e,
+            destinations=tuple(
+                DestinationEntry(
+                    dataclasses.replace(d.destination, u_threshold=0, l_threshold=0),
+                    d.active_conns,
+                    d.inact_conns,
+                )
+                for d in e.destinations
+            ),
+        )
+        for e in entries
+    ]
+
+
+def test_a_brief_read_is_the_full_one_without_thresholds_and_stats(
+    backend: NetlinkBackend,
+) -> None:
+    plain = ServiceKey.inet(Protocol.TCP, "10.0.0.1", 80)
+    v6 = ServiceKey.inet(Protocol.UDP, "2001:db8::1", 53)
+    tunnelled = ServiceKey.mark(9)
+    mark4, mark6 = ServiceKey.mark(7), ServiceKey.mark(7, AF_INET6)
+    table = {
+        plain: [
+            Destination(ip_address("10.0.1.1"), 8080, Forward.MASQ, 2, 300, 100),
+            Destination(ip_address("10.0.1.2"), 80, Forward.ROUTE, 0),
+        ],
+        v6: [Destination(ip_address("2001:db8::2"), 5353, Forward.MASQ, 65535, 9, 1)],
+        tunnelled: [
+            Destination(ip_address("10.0.2.1"), 0, Forward.ROUTE, 1, 5, 0),
+            Destination(
+                ip_address("2001:db8::9"),
+                0,
+                Forward.TUNNEL,
+                3,
+                7,
+                0,
+                TunnelType.GUE,
+                6080,
+                TunnelFlags.REMCSUM,
+            ),
+        ],
+        mark4: [Destination(ip_address("10.0.3.1"), 0, Forward.ROUTE, 1, 50, 5)],
+        mark6: [Destination(ip_address("2001:db8::3"), 0, Forward.ROUTE, 4, 60, 6)],
+        ServiceKey.inet(Protocol.SCTP, "10.0.0.2", 9): [],
+    }
+    operations: list[ops.Operation] = []
+    for key, dests in table.items():
+        operations.append(ops.AddService(Service(key, "wlc")))
+        operations.extend(ops.AddDestination(key, d) for d in dests)
+    backend.apply(operations)
+
+    full = backend.services()
+    brief = backend.services(brief=True)
+    assert without_counters(brief) == without_counters(full)
+    # Read from /proc/net/ip_vs: no thresholds. Dumped (a tunnel's type, a
+    # mark in both families): exact.
+    got = {e.service.key: e for e in brief}
+    assert [d.destination.u_threshold for d in got[plain].destinations] == [0, 0]
+    assert [d.destination.u_threshold for d in got[v6].destinations] == [0]
+    assert got[tunnelled] == {e.service.key: e for e in full}[tunnelled]
+    assert [d.destination.u_threshold for d in got[mark4].destinations] == [50]
+    assert [d.destination.u_threshold for d in got[mark6].destinations] == [60]
+    assert backend.services([plain], brief=True) == [got[plain]]
 
 
 def test_thresholds_read_back_through_ipvsadm(backend: NetlinkBackend) -> None:

@@ -1,0 +1,103 @@
+"""The IPVS service table as the kernel prints it in /proc/net/ip_vs
+(net/netfilter/ipvs/ip_vs_ctl.c, ip_vs_info_seq_show), parsed without I/O.
+
+    IP Virtual Server version 1.2.1 (size=4096)
+    Prot LocalAddress:Port Scheduler Flags
+      -> RemoteAddress:Port Forward Weight ActiveConn InActConn
+    TCP  0A010001:0050 wrr
+      -> 0A020001:0050      Masq    1      0          0
+    UDP  [2001:0db8:0000:0000:0000:0000:0000:0001]:0035 rr ops persistent 300 FFFFFF00
+    FWM  00000007 sh
+      -> [2001:0db8:0000:0000:0000:0000:0000:0002]:0000      Tunnel  1      0          0
+
+One read gives every destination's address, port, forwarding method, weight
+and connection counts, where netlink needs a dump per service. It has no
+thresholds, persistent-connection counts, stats or tunnel types, and it
+names a firewall-mark service without its family.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv6Address
+
+from director.ipvs.model import (
+    AF_INET,
+    AF_INET6,
+    Destination,
+    DestinationEntry,
+    Forward,
+    IPAddress,
+    Protocol,
+    ServiceKey,
+)
+
+_PROTOCOLS = {"TCP": Protocol.TCP, "UDP": Protocol.UDP, "SCTP": Protocol.SCTP}
+_FORWARDS = {
+    "Masq": Forward.MASQ,
+    "Local": Forward.LOCAL,
+    "Tunnel": Forward.TUNNEL,
+    "Route": Forward.ROUTE,
+}
+
+# What a service line is known by: its ServiceKey, or ("FWM", mark) for a
+# firewall-mark service, whose family the file does not show.
+TableKey = ServiceKey | tuple[str, int]
+
+
+def _endpoint(text: str) -> tuple[IPAddress, int]:
+    """'0A000001:0050' or '[2001:0db8:...]:0050'."""
+    host, _, port = text.rpartition(":")
+    if host.startswith("["):
+        return IPv6Address(host[1:-1]), int(port, 16)
+    return IPv4Address(int(host, 16)), int(port, 16)
+
+
+def _service_key(fields: list[str]) -> TableKey:
+    if fields[0] == "FWM":
+        return ("FWM", int(fields[1], 16))
+    protocol = _PROTOCOLS.get(fields[0])
+    if protocol is None:
+        raise ValueError(f"unknown protocol {fields[0]!r}")
+    address, port = _endpoint(fields[1])
+    family = AF_INET6 if address.version == 6 else AF_INET
+    return ServiceKey(family, protocol, address, port, 0)
+
+
+def _destination(fields: list[str]) -> DestinationEntry:
+    if len(fields) != 6 or fields[0] != "->":
+        raise ValueError(f"expected '-> ADDRESS:PORT FORWARD WEIGHT ACTIVE INACTIVE', got {fields}")
+    address, port = _endpoint(fields[1])
+    forward = _FORWARDS.get(fields[2])
+    if forward is None:
+        raise ValueError(f"unknown forwarding method {fields[2]!r}")
+    return DestinationEntry(
+        Destination(address, port, forward, int(fields[3])),
+        active_conns=int(fields[4]),
+        inact_conns=int(fields[5]),
+    )
+
+
+def parse_service_table(
+    text: str, source: str = "/proc/net/ip_vs"
+) -> list[tuple[TableKey, list[DestinationEntry]]]:
+    """Each service's key and destinations, in the kernel's order. The
+    destinations carry no thresholds, stats or tunnel type (a tunnel
+    destination reads as ipip with no flags)."""
+    lines = text.splitlines()
+    if len(lines) < 3 or not lines[0].startswith("IP Virtual Server version"):
+        raise ValueError(f"{source}: not an IPVS service table: {lines[:1]!r}")
+    table: list[tuple[TableKey, list[DestinationEntry]]] = []
+    for number, line in enumerate(lines[3:], start=4):
+        fields = line.split()
+        try:
+            if not fields:
+                continue
+            if fields[0] != "->":
+                table.append((_service_key(fields), []))
+            elif table:
+                table[-1][1].append(_destination(fields))
+            else:
+                raise ValueError("a destination before any service")
+        except (ValueError, IndexError) as exc:
+            raise ValueError(f"{source} line {number}: {exc}: {line!r}") from exc
+    return table
