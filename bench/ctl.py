@@ -157,18 +157,21 @@ def answer_time(sock: Path, argv: Sequence[str], count: int) -> float:
 
 
 def answer_split(count: int) -> dict[str, float]:
-    """Where the daemon's answer goes, measured in this process: the netlink
-    dump (decoded), and formatting it as ipvsadm does."""
+    """Where the daemon's answer goes, measured in this process: reading the
+    table (brief, as plain listings and -S read it, and in full over
+    netlink), and formatting it as ipvsadm does."""
     from director.ipvs.netlink import NetlinkBackend
     from director.ipvsadm import listing
     from director.ipvsadm.commands import ListFormat
 
     with NetlinkBackend() as backend:
-        dumps, entries = [], backend.services()
+        dumps: dict[str, list[float]] = {"full read": [], "brief read": []}
+        entries = backend.services(brief=True)
         for _ in range(count):
-            started = time.perf_counter()
-            entries = backend.services()
-            dumps.append(time.perf_counter() - started)
+            for name, brief in (("full read", False), ("brief read", True)):
+                started = time.perf_counter()
+                entries = backend.services(brief=brief)
+                dumps[name].append(time.perf_counter() - started)
         info = backend.info()
     formats: dict[str, list[float]] = {"format -Ln": [], "format -Sn": []}
     for _ in range(count):
@@ -178,8 +181,7 @@ def answer_split(count: int) -> dict[str, float]:
         started = time.perf_counter()
         listing.save(entries, True)
         formats["format -Sn"].append(time.perf_counter() - started)
-    medians = {k: statistics.median(v) for k, v in formats.items()}
-    return {"netlink dump + decode": statistics.median(dumps), **medians}
+    return {k: statistics.median(v) for k, v in (dumps | formats).items()}
 
 
 def startup(count: int) -> dict[str, float]:

@@ -493,11 +493,12 @@ def parse_attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
     """Attributes from `offset` to the end of `data`, by type."""
     out: dict[int, bytes] = {}
     end = len(data)
+    header, mask = NLA_HEADER.unpack_from, NLA_TYPE_MASK
     while offset + 4 <= end:
-        length, kind = NLA_HEADER.unpack_from(data, offset)
+        length, kind = header(data, offset)
         if length < 4 or offset + length > end:
             raise ValueError(f"malformed netlink attribute at offset {offset} (length {length})")
-        out[kind & NLA_TYPE_MASK] = data[offset + 4 : offset + length]
+        out[kind & mask] = data[offset + 4 : offset + length]
         offset += (length + 3) & ~3
     return out
 
@@ -539,8 +540,9 @@ def _stats_of(attrs: dict[int, bytes], stats64: int, stats32: int) -> Stats:
     return parse_stats(raw) if raw is not None else Stats()
 
 
-def parse_service(message: Message) -> ServiceEntry:
-    """A service from a GET_SERVICE reply (without its destinations)."""
+def parse_service(message: Message, stats: bool = True) -> ServiceEntry:
+    """A service from a GET_SERVICE reply (without its destinations; without
+    its stats unless `stats`)."""
     svc = parse_attrs(genl_attrs(message)[CMD_ATTR_SERVICE])
     family = _uint(svc[SVC_ATTR_AF])
     fwmark = _uint(svc.get(SVC_ATTR_FWMARK, b""))
@@ -563,6 +565,8 @@ def parse_service(message: Message) -> ServiceEntry:
         netmask=_be(raw_netmask) if family == AF_INET else _uint(raw_netmask),
         pe_name=_string(svc.get(SVC_ATTR_PE_NAME, b"")),
     )
+    if not stats:
+        return ServiceEntry(service)
     return ServiceEntry(service, (), _stats_of(svc, SVC_ATTR_STATS64, SVC_ATTR_STATS))
 
 

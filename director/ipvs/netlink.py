@@ -198,7 +198,7 @@ class NetlinkBackend:
         self, only: Collection[ServiceKey] | None = None, *, brief: bool = False
     ) -> list[ServiceEntry]:
         services = [
-            genl.parse_service(m)
+            genl.parse_service(m, stats=not brief)
             for m in self._dump(genl.genl_body(genl.CMD_GET_SERVICE), "GetService")
         ]
         brief_table = self._brief_destinations() if brief else {}

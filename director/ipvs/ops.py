@@ -118,9 +118,9 @@ class Backend(TypingProtocol):
     ) -> list[ServiceEntry]:
         """Every service with its destinations, in kernel order; with `only`,
         just those services (the others' destinations are not even read).
-        `brief` destinations may lack thresholds, persistent-connection
-        counts and stats (zero): what ipvsadm's plain listings and -S show
-        is exact, and costs a backend less to read."""
+        A `brief` read may lack stats, and its destinations thresholds and
+        persistent-connection counts (zero): what ipvsadm's plain listings
+        and -S show is exact, and costs a backend less to read."""
         ...
 
     def apply(self, operations: Sequence[Operation]) -> None: ...

@@ -64,16 +64,18 @@ def _service_key(fields: list[str]) -> TableKey:
 
 
 def _destination(fields: list[str]) -> DestinationEntry:
-    if len(fields) != 6 or fields[0] != "->":
-        raise ValueError(f"expected '-> ADDRESS:PORT FORWARD WEIGHT ACTIVE INACTIVE', got {fields}")
-    address, port = _endpoint(fields[1])
-    forward = _FORWARDS.get(fields[2])
+    try:
+        _, endpoint, forward_name, weight, active, inactive = fields
+    except ValueError:
+        raise ValueError(
+            f"expected '-> ADDRESS:PORT FORWARD WEIGHT ACTIVE INACTIVE', got {fields}"
+        ) from None
+    forward = _FORWARDS.get(forward_name)
     if forward is None:
-        raise ValueError(f"unknown forwarding method {fields[2]!r}")
+        raise ValueError(f"unknown forwarding method {forward_name!r}")
+    address, port = _endpoint(endpoint)
     return DestinationEntry(
-        Destination(address, port, forward, int(fields[3])),
-        active_conns=int(fields[4]),
-        inact_conns=int(fields[5]),
+        Destination(address, port, forward, int(weight)), int(active), int(inactive)
     )
 
 

@@ -214,11 +214,11 @@ def _addrport(
 ) -> str:
     """addrport_to_anyname(), cut at 59 characters as its buffer does."""
     host = inet_ntop(address)
-    port_text = str(port)
-    if not numeric:
+    if numeric:
+        port_text = str(port)
+    else:
         host = names.host_name(address) or host
-        if protocol is not None:
-            port_text = names.service_name(port, protocol) or port_text
+        port_text = protocol and names.service_name(port, protocol) or str(port)
     if address.version == 6:
         host = f"[{host}]"
     return f"{host}:{port_text}"[:59]
@@ -331,7 +331,7 @@ def _destination(
             if d.tun_type is not TunnelType.IPIP:
                 line += f" {_TUNNEL_FLAG_OPTIONS[d.tun_flags]}"
         return line + "\n"
-    if d.family != AF_INET6:
+    if d.address.version == 4:
         dname = dname[:28]
     s = entry.stats
     exact = format.exact
@@ -472,11 +472,16 @@ def sort_services(entries: Sequence[ServiceEntry]) -> list[ServiceEntry]:
 
 
 def sort_destinations(entries: Sequence[DestinationEntry]) -> list[DestinationEntry]:
-    if len({entry.destination.family for entry in entries}) > 1:
+    dests = [entry.destination for entry in entries]
+    keys: list[tuple[int, ...]]
+    if all(d.address.version == 4 for d in dests):
+        keys = [(int(d.address), d.port) for d in dests]  # its other words are 0
+    elif all(d.address.version == 6 for d in dests):
+        keys = [(*_words(d.address), d.port) for d in dests]
+    else:
         # _compare_destinations reads as many words as its left side's
         # family has: not an order of any key.
         return _merge_sort(list(entries), _compare_destinations)
-    keys = [(*_words(d.address), d.port) for d in (entry.destination for entry in entries)]
     return _sorted(entries, keys, _compare_destinations)
 
 
