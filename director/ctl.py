@@ -4,14 +4,13 @@ with its status.
 
 It is timed against ipvsadm including interpreter start-up, so it imports only
 what it must: the C halves of socket and json (the Python halves pull in enum
-and re, several milliseconds) and nothing of director's daemon side.
+and re, several milliseconds), posix rather than os (which a `python -S`
+start has not imported yet), and nothing of director's daemon side.
 """
-
-from __future__ import annotations
 
 import _json
 import _socket
-import os
+import posix
 import sys
 
 TYPE_CHECKING = False  # typing itself costs a few milliseconds to import
@@ -44,7 +43,7 @@ class ConnectError(Exception):
     pass
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: "Sequence[str] | None" = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     try:
         path, words = _socket_path(words)
@@ -62,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _socket_path(words: list[str]) -> tuple[str, list[str]]:
-    path = os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+    from_env = posix.environ.get(SOCKET_ENV.encode())
+    path = from_env.decode("utf-8", "surrogateescape") if from_env else DEFAULT_SOCKET
     while words and words[0].startswith("--socket"):
         word = words.pop(0)
         if word.startswith("--socket="):
@@ -257,7 +257,7 @@ def _write(fd: int, text: str) -> None:
     data = text.encode("utf-8", "surrogateescape")
     try:
         while data:
-            data = data[os.write(fd, data) :]
+            data = data[posix.write(fd, data) :]
     except BrokenPipeError:
         # like ipvsadm in `| head`: the reader went away, nothing left to say
         pass

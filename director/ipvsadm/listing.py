@@ -218,7 +218,7 @@ def _addrport(
         port_text = str(port)
     else:
         host = names.host_name(address) or host
-        port_text = protocol and names.service_name(port, protocol) or str(port)
+        port_text = (protocol and names.service_name(port, protocol)) or str(port)
     if address.version == 6:
         host = f"[{host}]"
     return f"{host}:{port_text}"[:59]

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from topology import Network, RealServers, network
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -69,3 +70,24 @@ def netns() -> Iterator[str]:
         os.close(target)
         os.close(original)
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+# -- the end-to-end network (tests/kernel/topology.py) and its real servers
+
+
+@pytest.fixture
+def net(netns: str) -> Iterator[Network]:
+    """Client, director and real-server namespaces wired to the test's own."""
+    with network(netns) as built:
+        yield built
+
+
+@pytest.fixture
+def servers(net: Network) -> Iterator[RealServers]:
+    """Every real server of `net` running; stopped at teardown."""
+    running = RealServers(net)
+    try:
+        running.start_all()
+        yield running
+    finally:
+        running.close()

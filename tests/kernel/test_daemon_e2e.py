@@ -27,7 +27,6 @@ from topology import (
     RealServers,
     http_get,
     ipvsadm,
-    network,
     tally,
     udp_ask,
 )
@@ -125,22 +124,6 @@ def total_conns(service: str, server: str) -> int:
 
 
 # -- fixtures ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def net(netns: str) -> Iterator[Network]:
-    with network(netns) as built:
-        yield built
-
-
-@pytest.fixture
-def servers(net: Network) -> Iterator[RealServers]:
-    running = RealServers(net)
-    try:
-        running.start_all()
-        yield running
-    finally:
-        running.close()
 
 
 class Harness:

@@ -5,7 +5,6 @@ fail, the daemon tests' failures say nothing about the daemon."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from functools import partial
 
 import pytest
@@ -16,26 +15,9 @@ from topology import (
     RealServers,
     http_get,
     ipvsadm,
-    network,
     tally,
     udp_ask,
 )
-
-
-@pytest.fixture
-def net(netns: str) -> Iterator[Network]:
-    with network(netns) as built:
-        yield built
-
-
-@pytest.fixture
-def servers(net: Network) -> Iterator[RealServers]:
-    running = RealServers(net)
-    try:
-        running.start_all()
-        yield running
-    finally:
-        running.close()
 
 
 def nat_service(net: Network) -> None:

