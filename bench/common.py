@@ -367,6 +367,7 @@ def directord_config(services: Sequence[VirtualService], timing: TcpTiming, work
         "",
         "[control]",
         f'socket = "{workdir / "director.sock"}"',
+        f"runtime_check = {check}",
     ]
     for service in services:
         lines += [

@@ -32,6 +32,7 @@ from director.config import (
 from director.config.model import IpvsSettings
 from director.desired import AdminState
 from director.health.checker import validate_target
+from director.health.spec import Check
 from director.ipvs.errors import IPVSError, error_for
 from director.ipvs.model import (
     AF_INET,
@@ -126,7 +127,7 @@ def effective_config(config: Config, layer: RuntimeLayer) -> Config:
         virtual_servers.append(_with_real_servers(merged, changes.get(vs.key, {}), deleted))
     for key, service in layer.services.items():
         if key not in seen:
-            vs = virtual_server_for(service)
+            vs = virtual_server_for(service, config.control.runtime_check)
             virtual_servers.append(_with_real_servers(vs, changes.get(key, {}), deleted))
     ipvs = config.ipvs
     if layer.timeouts is not None:
@@ -144,10 +145,10 @@ def merge_timeouts(base: Timeouts | None, change: Timeouts) -> Timeouts:
     )
 
 
-def virtual_server_for(service: Service) -> VirtualServer:
+def virtual_server_for(service: Service, check: Check) -> VirtualServer:
     """A virtual server made with ipvsadm -A: the service's kernel fields and
-    the default check."""
-    return with_service_fields(VirtualServer(key=service.key), service)
+    `check` (the config's [control] runtime_check)."""
+    return with_service_fields(VirtualServer(key=service.key, check=check), service)
 
 
 def with_service_fields(vs: VirtualServer, service: Service) -> VirtualServer:
@@ -290,7 +291,7 @@ class LayerBuilder:
         if vs is None:
             if service is None:
                 raise KeyError(key)
-            return virtual_server_for(service)
+            return virtual_server_for(service, self.config.control.runtime_check)
         return vs if service is None else with_service_fields(vs, service)
 
     def has_real_server(self, rid: RealServerId) -> bool:

@@ -143,6 +143,7 @@ class ControlSettings:
     group: str | None = None  # may read status
     admin_group: str | None = None  # may also change state
     mode: int = 0o660
+    runtime_check: Check = DEFAULT_CHECK  # of a service added with directorctl -A
 
 
 class LogLevel(enum.Enum):

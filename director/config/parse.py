@@ -166,11 +166,14 @@ def _control(table: Table | None) -> ControlSettings:
         mode = raw
     elif raw is not None:
         table.error("mode", "expected a file mode like 0o660 or '0660'", raw)
+    check_table = table.table("runtime_check")
+    runtime_check = parse_check(check_table) if check_table is not None else None
     settings = ControlSettings(
         socket=socket,
         group=table.string("group"),
         admin_group=table.string("admin_group"),
         mode=mode,
+        runtime_check=runtime_check or ControlSettings.runtime_check,
     )
     table.close()
     return settings

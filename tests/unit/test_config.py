@@ -130,6 +130,16 @@ def test_daemon_and_control_sections() -> None:
         "wheel",
     )
     assert config.control.mode == 0o640
+    assert config.control.runtime_check == TcpCheck()
+
+
+def test_the_check_of_services_added_at_runtime() -> None:
+    config = parse_config(
+        '[control]\nruntime_check = { type = "http", path = "/h", interval = 30, fall = 3 }\n'
+    )
+    check = config.control.runtime_check
+    assert isinstance(check, HttpCheck)
+    assert (check.path, check.timing.interval, check.timing.fall) == ("/h", 30.0, 3)
 
 
 def test_every_virtual_server_option() -> None:
@@ -589,6 +599,10 @@ def test_all_errors_are_collected() -> None:
             "ipvs.timeouts.fin: unknown key (did you mean 'tcpfin'?)",
         ),
         ("[control]\nsocket = 'x.sock'\n", "control.socket: must be an absolute path: 'x.sock'"),
+        (
+            "[control]\nruntime_check = { type = 'tcp', interval = -1 }\n",
+            "control.runtime_check.interval: must be a finite number above 0: -1",
+        ),
         (
             "[control]\nmode = '0999'\n",
             "control.mode: expected a file mode like 0o660 or '0660': '0999'",

@@ -130,6 +130,16 @@ def test_added_service_gets_the_default_check_and_its_servers_the_service_check(
     assert added.destination() == dest("10.0.1.9")
 
 
+def test_added_service_gets_the_configured_runtime_check() -> None:
+    check = TcpCheck(Timing(interval=30.0, timeout=2.0, rise=1, fall=3))
+    config = replace(CONFIG, control=replace(CONFIG.control, runtime_check=check))
+    layer = run(AddService(Service(NEW)), AddDestination(NEW, dest("10.0.2.1", 8080, 3)))
+    for effective in (effective_config(config, layer), LayerBuilder(config, layer)):
+        new = effective.virtual_server(NEW)
+        assert new.check == check
+        assert [rs.check for rs in new.real_servers] == [check]
+
+
 def test_runtime_edit_wins_over_the_file_and_keeps_the_file_check() -> None:
     layer = run(
         EditService(Service(VIP, "wrr")),
