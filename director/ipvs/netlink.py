@@ -217,15 +217,16 @@ class NetlinkBackend:
     def _brief_destinations(self) -> dict[TableKey, list[DestinationEntry]]:
         """Every service's destinations from one read of the service table
         (/proc/net/ip_vs), where that names the service unambiguously: a
-        firewall mark used in both families is left out, to be dumped."""
+        firewall mark used in both families is left out, to be dumped. Where
+        the file cannot be read or parsed, everything is dumped."""
         try:
             with open(SERVICE_TABLE) as table:
-                text = table.read()
-        except FileNotFoundError:
+                parsed = parse_service_table(table.read(), SERVICE_TABLE)
+        except (OSError, ValueError):
             return {}
         out: dict[TableKey, list[DestinationEntry]] = {}
         ambiguous = set()
-        for key, dests in parse_service_table(text, SERVICE_TABLE):
+        for key, dests in parsed:
             if key in out:
                 ambiguous.add(key)
             out[key] = dests
