@@ -19,8 +19,11 @@ if TYPE_CHECKING:
 
 DEFAULT_SOCKET = "/run/director/director.sock"
 SOCKET_ENV = "DIRECTOR_SOCKET"
-MAX_REQUEST_BYTES = 64 * 1024  # director.control.protocol.MAX_REQUEST_BYTES
-RESTORE_CHUNK = 32 * 1024
+MAX_REQUEST_BYTES = 1024 * 1024  # director.control.protocol.MAX_REQUEST_BYTES
+# Characters of -R input per request: a quarter of the limit, as JSON may
+# escape them. The daemon commits (saves, reconciles) once per request, so a
+# table of some thousand lines goes in one.
+RESTORE_CHUNK = 256 * 1024
 PROGRAM = "directorctl"
 
 USAGE = """\

@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 from director.control.messages import PROTOCOL_VERSION, Request, Response
 
-MAX_REQUEST_BYTES = 64 * 1024
+MAX_REQUEST_BYTES = 1024 * 1024
 
 _REQUEST_FIELDS = frozenset({"v", "argv", "command", "args"})
 

@@ -178,13 +178,14 @@ async def test_daemon_not_running(sock_dir: str) -> None:
 async def test_restore_sends_stdin_in_request_sized_pieces(sock_dir: str) -> None:
     path = f"{sock_dir}/d.sock"
     lines = "".join(
-        f"-a -t 10.0.0.1:80 -r 10.1.{i // 256}.{i % 256}:80 -m -w 1\n" for i in range(4000)
+        f"-a -t 10.0.0.1:80 -r 10.{i // 65536}.{i // 256 % 256}.{i % 256}:80 -m -w 1\n"
+        for i in range(20000)
     )
-    assert len(lines) > 2 * 64 * 1024
+    assert len(lines) > 3 * ctl.RESTORE_CHUNK
     handler = Scripted(Response(0, "", "one\n"), Response(0, "", "two\n"))
     async with daemon(path, handler):
         result = await directorctl("--socket", path, "-R", stdin=lines.encode())
-    assert len(handler.requests) >= 5  # 32 KiB pieces
+    assert len(handler.requests) >= 4
     assert all(r.argv == ("-R",) for r in handler.requests)
     assert "".join(str(r.args["stdin"]) for r in handler.requests) == lines
     assert all(str(r.args["stdin"]).endswith("\n") for r in handler.requests)
