@@ -19,7 +19,6 @@ from director.ipvs.errors import BatchError, IPVSError, IPVSUnavailable, error_f
 from director.ipvs.model import (
     Connection,
     DestinationEntry,
-    Forward,
     Info,
     ServiceEntry,
     ServiceKey,
@@ -27,7 +26,12 @@ from director.ipvs.model import (
     Timeouts,
 )
 from director.ipvs.ops import Operation
-from director.ipvs.servicetable import TableKey, parse_service_table
+from director.ipvs.servicetable import (
+    TableKey,
+    exact_destinations,
+    parse_service_table,
+    table_key,
+)
 
 NETLINK_GENERIC = 16
 SOL_NETLINK = 270
@@ -207,32 +211,22 @@ class NetlinkBackend:
             key = entry.service.key
             if only is not None and key not in only:
                 continue
-            dests = brief_table.get(_table_key(key))
-            if dests is None or any(d.destination.forward is Forward.TUNNEL for d in dests):
+            dests = brief_table.get(table_key(key))
+            if dests is None:
                 replies = self._dump(genl.get_dests_body(key), "GetDestinations")
                 dests = [genl.parse_destination(m, key.family) for m in replies]
             entries.append(ServiceEntry(entry.service, tuple(dests), entry.stats))
         return entries
 
     def _brief_destinations(self) -> dict[TableKey, list[DestinationEntry]]:
-        """Every service's destinations from one read of the service table
-        (/proc/net/ip_vs), where that names the service unambiguously: a
-        firewall mark used in both families is left out, to be dumped. Where
-        the file cannot be read or parsed, everything is dumped."""
+        """The destinations one read of the service table (/proc/net/ip_vs)
+        gives exactly; the other services are dumped. Where the file cannot
+        be read or parsed, everything is dumped."""
         try:
             with open(SERVICE_TABLE) as table:
-                parsed = parse_service_table(table.read(), SERVICE_TABLE)
+                return exact_destinations(parse_service_table(table.read(), SERVICE_TABLE))
         except (OSError, ValueError):
             return {}
-        out: dict[TableKey, list[DestinationEntry]] = {}
-        ambiguous = set()
-        for key, dests in parsed:
-            if key in out:
-                ambiguous.add(key)
-            out[key] = dests
-        for key in ambiguous:
-            del out[key]
-        return out
 
     def timeouts(self) -> Timeouts:
         return genl.parse_timeouts(
@@ -322,7 +316,3 @@ class NetlinkBackend:
                     failures.append((start + message.seq - first_seq, err))
         failures.sort()
         return failures
-
-
-def _table_key(key: ServiceKey) -> TableKey:
-    return ("FWM", key.fwmark) if key.fwmark else key

@@ -103,3 +103,28 @@ def parse_service_table(
         except (ValueError, IndexError) as exc:
             raise ValueError(f"{source} line {number}: {exc}: {line!r}") from exc
     return table
+
+
+def table_key(key: ServiceKey) -> TableKey:
+    """What the file knows `key` by."""
+    return ("FWM", key.fwmark) if key.fwmark else key
+
+
+def exact_destinations(
+    table: list[tuple[TableKey, list[DestinationEntry]]],
+) -> dict[TableKey, list[DestinationEntry]]:
+    """The services whose destinations the file gives as a plain listing or
+    -S shows them. Left out: a service with a tunnel destination (the file
+    has no tunnel type) and a firewall mark used in both families (the file
+    cannot tell the two apart)."""
+    out: dict[TableKey, list[DestinationEntry]] = {}
+    ambiguous = set()
+    for key, dests in table:
+        if key in out:
+            ambiguous.add(key)
+        out[key] = dests
+    return {
+        key: dests
+        for key, dests in out.items()
+        if key not in ambiguous and all(d.destination.forward is not Forward.TUNNEL for d in dests)
+    }

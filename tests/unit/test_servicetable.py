@@ -16,7 +16,7 @@ from director.ipvs.model import (
     Protocol,
     ServiceKey,
 )
-from director.ipvs.servicetable import parse_service_table
+from director.ipvs.servicetable import exact_destinations, parse_service_table, table_key
 
 HEADER = (
     "IP Virtual Server version 1.2.1 (size=4096)\n"
@@ -86,3 +86,21 @@ def test_a_destination_before_any_service_is_refused() -> None:
 def test_not_a_service_table() -> None:
     with pytest.raises(ValueError, match="not an IPVS service table"):
         parse_service_table("TCP 0A000001 C350\n")
+
+
+def test_exact_destinations_leave_out_tunnels_and_marks_in_both_families() -> None:
+    both_families = (
+        HEADER
+        + "TCP  0A000001:0050 wlc \n"
+        + "  -> 0A000102:1F90      Masq    2      3          14        \n"
+        + "FWM  00000007 rr \n"
+        + "FWM  00000007 rr \n"
+        + "FWM  00000008 rr \n"
+    )
+    exact = exact_destinations(parse_service_table(both_families))
+    plain = ServiceKey.inet(Protocol.TCP, "10.0.0.1", 80)
+    assert exact == {plain: [dest("10.0.1.2", 8080, Forward.MASQ, 2, 3, 14)], ("FWM", 8): []}
+    assert table_key(plain) == plain
+    assert table_key(ServiceKey.mark(7, AF_INET6)) == ("FWM", 7)
+    tunnelled = exact_destinations(parse_service_table(TABLE))
+    assert ("FWM", 7) not in tunnelled and len(tunnelled) == 3
