@@ -31,6 +31,7 @@ from director.control.protocol import (
     encode_error,
     encode_response,
 )
+from director.log import RateLimit
 
 _UCRED = struct.Struct("3i")
 _SO_PEERGROUPS = getattr(stdlib_socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
@@ -75,7 +76,7 @@ async def serve(
     try:
         logger.info("control_listening", socket=path, mode=oct(settings.mode))
         task_status.started(path)
-        await _accept_loop(trio.SocketListener(sock), handler, limits, admin_gid, logger)
+        await accept_loop(trio.SocketListener(sock), handler, limits, admin_gid, logger)
     finally:
         sock.close()
         _remove_if_ours(path, identity)
@@ -161,39 +162,116 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
 
 
-async def _accept_loop(
-    listener: trio.SocketListener,
+# accept(2) failing for lack of descriptors, buffers or memory: the system is
+# short, not the listening socket broken. Log, pause and go on, as trio's
+# serve_listeners does (trio/_highlevel_serve_listeners.py, SLEEP_TIME 0.1 s).
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_PAUSE = 0.1  # seconds
+# Errors that belong to one pending connection, not to the listener: retried at
+# once. trio's SocketListener.accept already retries these
+# (trio/_highlevel_socket.py, _ignorable_accept_errno_names, after accept(2)'s
+# Linux notes); kept here too so any Listener gets the same treatment.
+ACCEPT_TRANSIENT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EPERM",
+        "ECONNABORTED",
+        "EPROTO",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+        "ENOSR",
+        "ESOCKTNOSUPPORT",
+        "EPROTONOSUPPORT",
+        "ETIMEDOUT",
+        "ECONNRESET",
+    )
+    if hasattr(errno, name)
+)
+LOG_INTERVAL = 10.0  # seconds between two lines about recurring accept or connection failures
+
+
+async def accept_loop(
+    listener: trio.abc.Listener[trio.SocketStream],
     handler: Handler,
     limits: Limits,
     admin_gid: int | None,
     logger: Any,
 ) -> None:
+    """Accept connections on `listener` and serve each in a task of its own, until
+    cancelled.
+
+    accept() errors in ACCEPT_CAPACITY_ERRNOS are logged (at most one line per
+    LOG_INTERVAL s, with the count left out) and retried after ACCEPT_PAUSE s;
+    those in ACCEPT_TRANSIENT_ERRNOS are retried at once. Any other OSError means
+    the listening socket itself is broken and is raised. Nothing a connection
+    does (or that fails while serving it) leaves its task.
+    """
     active = 0
+    capacity_limit = RateLimit(LOG_INTERVAL)
+    failure_limit = RateLimit(LOG_INTERVAL)
 
     async def connection(stream: trio.SocketStream) -> None:
         nonlocal active
         try:
             await _serve_connection(stream, handler, limits, admin_gid, logger)
+        except Exception as e:
+            # A bug reached by one connection: that connection ends, the server goes on.
+            suppressed = failure_limit.allow(trio.current_time())
+            if suppressed is not None:
+                logger.error(
+                    "control_connection_failed",
+                    error=f"{type(e).__name__}: {e}",
+                    suppressed=suppressed,
+                    exc_info=True,
+                )
+            await trio.aclose_forcefully(stream)
         finally:
             active -= 1
 
     async with trio.open_nursery() as nursery:
         while True:
-            stream = await listener.accept()
+            try:
+                stream = await listener.accept()
+            except OSError as e:
+                if e.errno in ACCEPT_TRANSIENT_ERRNOS:
+                    await trio.lowlevel.checkpoint()
+                    continue
+                if e.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                suppressed = capacity_limit.allow(trio.current_time())
+                if suppressed is not None:
+                    logger.error(
+                        "control_accept_failed",
+                        error=errno.errorcode.get(e.errno, str(e.errno)),
+                        message=os.strerror(e.errno),
+                        retry_after=ACCEPT_PAUSE,
+                        suppressed=suppressed,
+                    )
+                await trio.sleep(ACCEPT_PAUSE)
+                continue
             if active >= limits.max_connections:
-                busy = ProtocolError(
-                    ErrorKind.BUSY,
-                    f"too many control connections ({limits.max_connections}), try again",
-                )
                 logger.warning("control_busy", limit=limits.max_connections)
-                # A fresh socket's buffer takes these few bytes at once; the
-                # timeout only guards the accept loop against the impossible.
-                with trio.move_on_after(1):
-                    await _send(stream, encode_error(busy))
-                await stream.aclose()
+                await _refuse_busy(stream, limits.max_connections)
                 continue
             active += 1
             nursery.start_soon(connection, stream)
+
+
+async def _refuse_busy(stream: trio.SocketStream, limit: int) -> None:
+    busy = ProtocolError(ErrorKind.BUSY, f"too many control connections ({limit}), try again")
+    # Inline in the accept loop, so a flood holds one descriptor at a time: a fresh
+    # socket's buffer takes these few bytes at once, and the timeout only guards
+    # against the impossible. Failing that, the client just sees the close.
+    try:
+        with trio.move_on_after(1), contextlib.suppress(Exception):
+            await _send(stream, encode_error(busy))
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 async def _serve_connection(

@@ -1,5 +1,6 @@
 """The control socket server over real Unix sockets in a private directory."""
 
+import errno
 import grp
 import json
 import os
@@ -12,12 +13,15 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
 from director.config.model import ControlSettings
+from director.control import server
 from director.control.messages import Peer, Request, Response
-from director.control.server import ControlSocketError, Limits, serve
+from director.control.protocol import RequestDecoder
+from director.control.server import ACCEPT_PAUSE, ControlSocketError, Limits, accept_loop, serve
 
 
 class Recorder:
@@ -399,3 +403,169 @@ async def test_other_users_connect_by_group_and_change_by_admin_group(
     [(_, peer)] = handler.calls
     assert (peer.uid, peer.gid, peer.may_change) == (65534, 65534, may_change)
     assert peer.pid != os.getpid()
+
+
+# -- the server survives its own limits and its own bugs ----------------------
+
+
+class FlakyListener(trio.abc.Listener[trio.SocketStream]):
+    """A real listener whose next accept() calls raise `errors` first, in order."""
+
+    def __init__(self, inner: trio.SocketListener, errors: list[OSError]) -> None:
+        self.inner = inner
+        self.errors = list(errors)
+        self.calls = 0
+
+    async def accept(self) -> trio.SocketStream:
+        self.calls += 1
+        await trio.lowlevel.checkpoint()
+        if self.errors:
+            raise self.errors.pop(0)
+        return await self.inner.accept()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@asynccontextmanager
+async def flaky(sock_dir: str, errors: list[OSError]) -> AsyncIterator[tuple[str, FlakyListener]]:
+    path = f"{sock_dir}/flaky.sock"
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await sock.bind(path)
+    sock.listen(16)
+    listener = FlakyListener(trio.SocketListener(sock), errors)
+    async with listener, trio.open_nursery() as nursery:
+        nursery.start_soon(
+            accept_loop, listener, Recorder(), Limits(), None, structlog.get_logger("control")
+        )
+        yield path, listener
+        nursery.cancel_scope.cancel()
+
+
+def os_error(number: int) -> OSError:
+    return OSError(number, os.strerror(number))
+
+
+@pytest.mark.parametrize("name", ["EMFILE", "ENFILE", "ENOMEM", "ENOBUFS"])
+async def test_accept_out_of_resources_is_logged_paused_and_retried(
+    sock_dir: str, autojump_clock: trio.testing.MockClock, name: str
+) -> None:
+    number = getattr(errno, name)
+    with structlog.testing.capture_logs() as logs:
+        started = trio.current_time()
+        async with flaky(sock_dir, [os_error(number)] * 3) as (path, listener):
+            await served(path)
+            waited = trio.current_time() - started
+    assert listener.calls >= 4
+    assert waited == pytest.approx(3 * ACCEPT_PAUSE)
+    failures = [e for e in logs if e["event"] == "control_accept_failed"]
+    assert failures == [
+        {
+            "event": "control_accept_failed",
+            "log_level": "error",
+            "error": name,
+            "message": os.strerror(number),
+            "retry_after": ACCEPT_PAUSE,
+            "suppressed": 0,
+        }
+    ]
+
+
+@pytest.mark.parametrize("name", ["ECONNABORTED", "EPROTO", "EPERM", "ECONNRESET", "ETIMEDOUT"])
+async def test_accept_errors_of_one_connection_are_retried_at_once(
+    sock_dir: str, autojump_clock: trio.testing.MockClock, name: str
+) -> None:
+    with structlog.testing.capture_logs() as logs:
+        started = trio.current_time()
+        async with flaky(sock_dir, [os_error(getattr(errno, name))] * 5) as (path, listener):
+            await served(path)
+            assert trio.current_time() == started
+    assert listener.calls >= 6
+    assert [e for e in logs if e["event"] == "control_accept_failed"] == []
+
+
+async def test_a_broken_listening_socket_is_raised(sock_dir: str) -> None:
+    with pytest.RaisesGroup(
+        pytest.RaisesExc(OSError, check=lambda e: e.errno == errno.EBADF), flatten_subgroups=True
+    ):
+        async with flaky(sock_dir, [os_error(errno.EBADF)]):
+            await trio.sleep_forever()
+
+
+async def test_a_descriptor_shortage_is_logged_once_per_interval(
+    sock_dir: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    with structlog.testing.capture_logs() as logs:
+        async with flaky(sock_dir, [os_error(errno.EMFILE)] * 150) as (path, _):
+            await served(path)
+    failures = [e for e in logs if e["event"] == "control_accept_failed"]
+    # 150 failures 0.1 s apart: 15 s, one line at the first and one 10 s later
+    assert len(failures) == 2
+    assert failures[0]["suppressed"] == 0
+    assert failures[1]["suppressed"] in (99, 100)
+
+
+class Unserializable(Recorder):
+    async def handle(self, request: Request, peer: Peer) -> Response:
+        return Response(0, "fine\n", "", {"object": object()})
+
+
+def failing_peer(sock: Any, admin_gid: int | None) -> Peer:
+    raise RuntimeError("peer bug")
+
+
+class FailingDecoder(RequestDecoder):
+    def feed(self, data: bytes) -> None:
+        raise ValueError("decoder bug")
+
+
+async def failing_send(stream: trio.SocketStream, data: bytes) -> bool:
+    raise RuntimeError("send bug")
+
+
+@pytest.mark.parametrize(
+    ("attribute", "replacement"),
+    [("peer_of", failing_peer), ("RequestDecoder", FailingDecoder), ("_send", failing_send)],
+)
+async def test_a_bug_in_one_connection_ends_only_that_connection(
+    sock_dir: str, monkeypatch: pytest.MonkeyPatch, attribute: str, replacement: object
+) -> None:
+    async with running(f"{sock_dir}/d.sock", Recorder()) as path:
+        with structlog.testing.capture_logs() as logs:
+            monkeypatch.setattr(server, attribute, replacement)
+            for _ in range(3):
+                stream = await trio.open_unix_socket(path)
+                async with stream:
+                    await send_ignoring_breakage(stream, b'{"v":1,"argv":["-Ln"]}\n')
+                    await assert_closed(stream, unread=True)
+            monkeypatch.undo()
+        await served(path)
+    failures = [e for e in logs if e["event"] == "control_connection_failed"]
+    assert len(failures) == 1  # rate-limited: three failures within 10 s
+    assert failures[0]["suppressed"] == 0
+    assert "bug" in failures[0]["error"]
+
+
+async def test_a_response_that_cannot_be_encoded_is_an_internal_error(sock_dir: str) -> None:
+    async with running(f"{sock_dir}/d.sock", Unserializable()) as path:
+        stream = await trio.open_unix_socket(path)
+        async with stream:
+            failure = await exchange(stream, b'{"v":1,"argv":["-Ln"]}\n')
+    assert failure["status"] == 1
+    assert failure["stderr"].startswith("directord: internal error: TypeError: ")
+
+
+async def test_a_busy_refusal_that_cannot_be_sent_still_closes(
+    sock_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(f"{sock_dir}/d.sock", Recorder(), Limits(max_connections=1)) as path:
+        first = await trio.open_unix_socket(path)
+        await exchange(first, b'{"v":1,"argv":[]}\n')
+        monkeypatch.setattr(server, "_send", failing_send)
+        second = await trio.open_unix_socket(path)
+        async with second:
+            await assert_closed(second)
+        monkeypatch.undo()
+        await first.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        await served(path)
