@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import shlex
 from collections.abc import Mapping
 from ipaddress import ip_address
+from typing import Literal
 
 from director.config.reader import Problems, Table, describe_type
+from director.health.probes.tls import TlsSettings, TlsSetupError, tls_context
 from director.health.spec import (
     Check,
     ExecCheck,
@@ -16,6 +20,7 @@ from director.health.spec import (
     TcpCheck,
     Timing,
     UdpCheck,
+    host_problem,
 )
 from director.ipvs.model import IPAddress
 
@@ -25,10 +30,11 @@ _HTTP = ("method", "path", "host", "expect_status", "expect_body")
 KEYS_BY_TYPE: dict[str, tuple[str, ...]] = {
     "tcp": _TIMING + _PROBE,
     "http": _TIMING + _PROBE + _HTTP,
-    "https": (*_TIMING, *_PROBE, *_HTTP, "verify_tls"),
-    "udp": (*_TIMING, *_PROBE, "payload", "expect"),
-    "exec": (*_TIMING, "command", "dynamic_weight"),
+    "https": (*_TIMING, *_PROBE, *_HTTP, "verify_tls", "ca_file", "cert_file", "key_file"),
+    "udp": (*_TIMING, *_PROBE, "payload", "expect", "silence"),
+    "exec": (*_TIMING, "command", "dynamic_weight", "user"),
 }
+_SILENCE: dict[str, Literal["up", "down"]] = {"up": "up", "down": "down"}
 _ALL_KEYS = tuple(dict.fromkeys(k for keys in KEYS_BY_TYPE.values() for k in keys))
 _STATUS_RANGE = re.compile(r"\s*(\d{3})\s*-\s*(\d{3})\s*")
 
@@ -77,6 +83,7 @@ def parse_check(table: Table) -> Check | None:
             command=_command(table) or ("false",),
             timing=timing,
             dynamic_weight=table.boolean("dynamic_weight", False),
+            user=_user(table),
         )
     else:
         port = table.integer("port", 1, 65535)
@@ -84,9 +91,7 @@ def parse_check(table: Table) -> Check | None:
         if kind == "tcp":
             check = TcpCheck(timing, port, address)
         elif kind == "udp":
-            check = UdpCheck(
-                timing, port, address, payload=_payload(table), expect=_regex(table, "expect")
-            )
+            check = _udp(table, timing, port, address)
         else:
             check = _http(table, timing, port, address, tls=kind == "https")
     table.close(known=keys)
@@ -103,9 +108,11 @@ def _http(
     if not path.startswith("/"):
         table.error("path", "must start with '/'", path)
     host = table.string("host")
-    if host is not None and (not host or any(c.isspace() for c in host)):
-        table.error("host", "not a host name", host)
+    if host is not None and (problem := host_problem(host)) is not None:
+        table.error("host", f"not a host name or IP address ({problem})", host)
     statuses = _statuses(table)
+    verify = table.boolean("verify_tls", True) if tls else True
+    ca_file, cert_file, key_file = _tls_files(table, verify) if tls else (None, None, None)
     return HttpCheck(
         timing,
         port,
@@ -116,8 +123,72 @@ def _http(
         host=host,
         expect_status=statuses or HttpCheck.expect_status,
         expect_body=_regex(table, "expect_body"),
-        verify_tls=table.boolean("verify_tls", True) if tls else True,
+        verify_tls=verify,
+        ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
     )
+
+
+def _tls_files(table: Table, verify: bool) -> tuple[str | None, str | None, str | None]:
+    """ca_file, cert_file and key_file: absolute paths of files that load into
+    an SSLContext now (one that cannot is an error here, not a probe that
+    fails for ever)."""
+    ca_file, cert_file, key_file = (_absolute_path(table, key) for key in _TLS_FILES)
+    if ca_file is not None and not verify:
+        table.error("ca_file", "has no use with verify_tls = false")
+    elif ca_file is not None:
+        _try_loading(table, TlsSettings(ca_file=ca_file))
+    if key_file is not None and "cert_file" not in table:
+        table.error("key_file", "only with cert_file (the client certificate)")
+    elif cert_file is not None and (key_file is not None or "key_file" not in table):
+        _try_loading(table, TlsSettings(verify=False, cert_file=cert_file, key_file=key_file))
+    return ca_file, cert_file, key_file
+
+
+_TLS_FILES = ("ca_file", "cert_file", "key_file")
+
+
+def _try_loading(table: Table, settings: TlsSettings) -> None:
+    try:
+        tls_context(settings)
+    except TlsSetupError as e:
+        table.error(e.key, f"cannot load it: {e.reason}", e.path)
+
+
+def _absolute_path(table: Table, key: str) -> str | None:
+    path = table.string(key)
+    if path is not None and not os.path.isabs(path):
+        table.error(key, "must be an absolute path", path)
+        return None
+    return path
+
+
+def _udp(table: Table, timing: Timing, port: int | None, address: IPAddress | None) -> UdpCheck:
+    expect = _regex(table, "expect")
+    silence = table.choice("silence", _SILENCE)
+    if silence == "up" and "expect" in table:
+        table.error("silence", "with expect, silence is always down (no matching reply)", silence)
+    return UdpCheck(
+        timing,
+        port,
+        address,
+        payload=_payload(table),
+        expect=expect,
+        silence=silence or UdpCheck.silence,
+    )
+
+
+def _user(table: Table) -> str | None:
+    user = table.string("user")
+    if user is None:
+        return None
+    try:
+        pwd.getpwnam(user)
+    except (KeyError, ValueError):
+        table.error("user", "no such user", user)
+        return None
+    return user
 
 
 def _statuses(table: Table) -> tuple[StatusRange, ...] | None:

@@ -3,13 +3,21 @@
 The config module builds these from TOML; the probes read them. Timing
 (interval, timeout, rise, fall) is common to every type. `port` and `address`
 let a probe aim somewhere other than the real server's own address and port.
+`host_problem` says which HTTP `host` values are valid: the config refuses the
+others and the probe fails them (a check built in code skips the config).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from ipaddress import IPv6Address, ip_address
+from typing import Literal
 
 from director.ipvs.model import IPAddress
+
+MAX_HOST_NAME = 253  # bytes, without the trailing dot (RFC 1035 section 2.3.4)
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # RFC 1123 section 2.1
 
 
 @dataclass(frozen=True)
@@ -44,10 +52,13 @@ class HttpCheck:
     tls: bool = False  # "https" when True
     method: str = "GET"
     path: str = "/"
-    host: str | None = None  # Host header; default: the probed address
+    host: str | None = None  # Host header and TLS name (see host_problem); default: the address
     expect_status: tuple[StatusRange, ...] = (StatusRange(200, 299),)
     expect_body: str | None = None  # regex searched in the body
     verify_tls: bool = True
+    ca_file: str | None = None  # absolute path of a PEM bundle; None: the system's trust store
+    cert_file: str | None = None  # absolute path of a PEM client certificate (mutual TLS)
+    key_file: str | None = None  # its private key; None: in cert_file
 
 
 @dataclass(frozen=True)
@@ -56,17 +67,58 @@ class UdpCheck:
     port: int | None = None
     address: IPAddress | None = None
     payload: bytes = b""
-    expect: str | None = None  # regex the reply must match; None: silence is up
+    expect: str | None = None  # regex the reply must match
+    # What no reply and no ICMP error within the timeout means when there is no
+    # `expect` (with `expect`, silence is always down).
+    silence: Literal["up", "down"] = "up"
+
+    @property
+    def silence_is_up(self) -> bool:
+        return self.expect is None and self.silence == "up"
 
 
 @dataclass(frozen=True)
 class ExecCheck:
     """Run a command; exit status 0 is up. With dynamic_weight, the last line of
-    its standard output, when it is an integer, is the weight to set."""
+    its standard output, when it is an integer, is the weight to set. `user`
+    (a user name) runs it as that user with its groups; None: as the daemon."""
 
     command: tuple[str, ...]
     timing: Timing = Timing()
     dynamic_weight: bool = False
+    user: str | None = None
 
 
 Check = TcpCheck | HttpCheck | UdpCheck | ExecCheck
+
+
+def host_problem(host: str) -> str | None:
+    """Why `host` is neither a host name nor an IP literal, or None when it is one.
+
+    A host name is ASCII, at most 253 bytes, of dot-separated labels of 1 to 63
+    letters, digits and hyphens that neither start nor end with a hyphen (RFC
+    1123 section 2.1), with an optional trailing dot. An IP literal is an IPv4
+    or IPv6 address without brackets or zone.
+    """
+    try:
+        address = ip_address(host)
+    except ValueError:
+        pass
+    else:
+        if isinstance(address, IPv6Address) and address.scope_id:
+            return "an IPv6 address with a zone cannot be a host"
+        return None
+    if not host.isascii():
+        return "not ASCII (write an internationalized name in its xn-- form)"
+    name = host.removesuffix(".")
+    if not name:
+        return "empty"
+    if len(name) > MAX_HOST_NAME:
+        return f"longer than {MAX_HOST_NAME} bytes"
+    for label in name.split("."):
+        if not _LABEL.fullmatch(label):
+            return (
+                f"label {label!r} is not 1 to 63 letters, digits and hyphens"
+                " that neither start nor end with a hyphen"
+            )
+    return None

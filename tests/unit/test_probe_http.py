@@ -14,6 +14,7 @@ import trio.testing
 
 from director.health.probes import Prober, probe, probe_http
 from director.health.probes.http import TlsContexts, url_for
+from director.health.probes.tls import TlsSettings
 from director.health.result import Reason
 from director.health.spec import HttpCheck, StatusRange, Timing
 from director.ipvs.model import IPAddress
@@ -271,15 +272,18 @@ async def test_probes_hold_no_connection_after_the_answer(
     assert (plain.open_connections, secure.open_connections) == (0, 0)
 
 
-async def test_tls_contexts_are_built_once_per_verification_mode(
-    http_server: ServerFactory, server_tls: ssl.SSLContext
+async def test_tls_contexts_are_built_once_per_setting(
+    http_server: ServerFactory, server_tls: ssl.SSLContext, certificate: tuple[Path, Path]
 ) -> None:
     server = await http_server(LOOPBACKS[0], server_tls)
     contexts = TlsContexts()
-    verifying = contexts.get(True)
-    assert contexts.get(True) is verifying
+    verifying = contexts.get(TlsSettings())
+    assert contexts.get(TlsSettings()) is verifying
     assert verifying.verify_mode is ssl.CERT_REQUIRED
-    assert contexts.get(False).verify_mode is ssl.CERT_NONE
+    assert contexts.get(TlsSettings(verify=False)).verify_mode is ssl.CERT_NONE
+    with_ca = contexts.get(TlsSettings(ca_file=str(certificate[0])))
+    assert with_ca is contexts.get(TlsSettings(ca_file=str(certificate[0])))
+    assert with_ca not in (verifying, contexts.get(TlsSettings(verify=False)))
     check = HttpCheck(tls=True, verify_tls=False)
     assert (await probe_http(check, server.address, server.port, contexts)).ok
     result = await probe_http(HttpCheck(tls=True), server.address, server.port, contexts)

@@ -96,4 +96,5 @@ async def test_closed_port_is_unreachable(
     # long timeout only guards against a hang.
     check = UdpCheck(timing=Timing(timeout=30.0), payload=b"ping", expect=expect)
     result = await probe_udp(check, address, closed_port)
-    assert (result.ok, result.reason, result.detail) == (False, Reason.UNREACHABLE, "ICMP port unreachable")  # fmt: skip
+    icmp = "ICMP port unreachable" if address.version == 4 else "ICMPv6 port unreachable"
+    assert (result.ok, result.reason, result.detail) == (False, Reason.UNREACHABLE, f"{icmp} from {address}")  # fmt: skip

@@ -1,8 +1,12 @@
 """Probes: one look at one server, answered as a ProbeResult.
 
-`probe` runs a single check of any type. `Prober` does the same but shares
-TLS contexts between probes; the checker uses one for its whole run. Probes
-never raise for network failures and never log.
+`Prober` runs a single check of any type, shares TLS contexts between probes
+(the checker keeps one for its whole run) and never raises an Exception:
+network failures are failed results with their reasons (`attempt.py`), and
+anything else a probe raises is a failed result with reason `error`, logged
+once in a while as a bug (`contain.py`). Cancellation passes through. `probe`
+is the same for one call. The per-type functions (`probe_http`, ...) contain
+network failures only.
 """
 
 from __future__ import annotations
@@ -10,9 +14,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import assert_never
 
+import trio
+
 from director.health.probes.command import probe_exec
-from director.health.probes.http import TlsContexts, probe_http
+from director.health.probes.contain import BugLog, contained
+from director.health.probes.http import probe_http
 from director.health.probes.tcp import probe_tcp
+from director.health.probes.tls import TlsContexts
 from director.health.probes.udp import probe_udp
 from director.health.result import ProbeResult
 from director.health.spec import Check, ExecCheck, HttpCheck, TcpCheck, UdpCheck
@@ -36,8 +44,16 @@ class Prober:
 
     def __init__(self) -> None:
         self._tls = TlsContexts()
+        self._bugs = BugLog()
 
     async def __call__(self, check: Check, address: IPAddress, port: int) -> ProbeResult:
+        started = trio.current_time()
+        try:
+            return await self._dispatch(check, address, port)
+        except Exception as exc:  # a probe can only fail: see contain.py
+            return contained(exc, check, address, port, started, self._bugs)
+
+    async def _dispatch(self, check: Check, address: IPAddress, port: int) -> ProbeResult:
         if isinstance(check, TcpCheck):
             return await probe_tcp(check, address, port)
         if isinstance(check, HttpCheck):

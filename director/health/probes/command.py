@@ -1,17 +1,29 @@
 """Exec check: run a command; exit status 0 is up.
 
-The command runs in its own process group so that on timeout the whole group
-(a shell and what it started) is killed, not just its leader. With
-dynamic_weight, the last line of its standard output sets the weight.
+The command runs in a process group of its own. When the probe ends, by the
+command's exit or by the timeout, the whole group is killed: a shell and what
+it started, including a child that would hold the output pipes open, and a
+check leaves nothing running. Its output is read as it comes and only the
+tails are kept (MAX_STDOUT, MAX_STDERR), so a command printing forever
+neither grows memory nor blocks on a full pipe. With dynamic_weight, the last
+line of its standard output sets the weight.
+
+It runs with the daemon's environment less the variables systemd gives the
+daemon alone (the notify socket, the watchdog, socket activation), as the
+daemon's user unless `user` names another one: then with that user's uid,
+primary group and supplementary groups, and its HOME, USER and LOGNAME.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import re
 import signal
 import subprocess
+from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -21,28 +33,143 @@ from director.health.spec import ExecCheck
 from director.ipvs.model import IPAddress
 
 MAX_WEIGHT = 65535
+MAX_STDOUT = 64 << 10  # bytes of standard output kept: the end, with the weight line
+MAX_STDERR = 4 << 10  # bytes of standard error kept: the end, for the failure's detail
+READ_SIZE = 64 << 10
+# sd_notify(3), sd_watchdog_enabled(3), sd_listen_fds(3): meant for the daemon only.
+SYSTEMD_ONLY = frozenset(
+    {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
+)
 _DIGITS = re.compile(r"[0-9]+")
 
 
+class UnknownUser(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a command runs as: arguments for subprocess.Popen and the login
+    variables of its environment."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+    name: str
+
+    @classmethod
+    def of(cls, user: str) -> Identity:
+        """The user's uid, primary group and supplementary groups (from
+        getpwnam(3) and getgrouplist(3)); raises UnknownUser."""
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            raise UnknownUser(f"no user {user!r}") from None
+        groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
+        return cls(entry.pw_uid, entry.pw_gid, tuple(groups), entry.pw_dir, entry.pw_name)
+
+    def popen_options(self) -> dict[str, Any]:
+        return {"user": self.uid, "group": self.gid, "extra_groups": list(self.groups)}
+
+    def environment(self) -> dict[str, str]:
+        return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name}
+
+
+def command_environment(
+    base: dict[str, str] | os._Environ[str], identity: Identity | None
+) -> dict[str, str]:
+    """The environment a command gets: `base` without SYSTEMD_ONLY, with the
+    identity's login variables."""
+    env = {k: v for k, v in base.items() if k not in SYSTEMD_ONLY}
+    if identity is not None:
+        env.update(identity.environment())
+    return env
+
+
+class Tail:
+    """The last `limit` bytes of a stream."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.seen = 0
+        self._data = bytearray()
+
+    def add(self, chunk: bytes | bytearray) -> None:
+        self.seen += len(chunk)
+        self._data += chunk[-self.limit :]
+        excess = len(self._data) - self.limit
+        if excess > 0:
+            del self._data[:excess]
+
+    def __bytes__(self) -> bytes:
+        return bytes(self._data)
+
+
 async def probe_exec(check: ExecCheck, address: IPAddress, port: int) -> ProbeResult:
+    stdout, stderr = Tail(MAX_STDOUT), Tail(MAX_STDERR)
     with probe_attempt(check.timing.timeout) as attempt:
-        done = await trio.run_process(
-            check.command,
-            stdin=subprocess.DEVNULL,
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            start_new_session=True,
-            deliver_cancel=_kill_process_group,
-        )
-        if done.returncode != 0:
-            attempt.fail(Reason.EXIT_STATUS, _describe_failure(done.returncode, done.stderr))
+        try:
+            identity = Identity.of(check.user) if check.user is not None else None
+        except UnknownUser as e:
+            attempt.fail(Reason.ERROR, str(e))
+            return attempt.result
+        returncode = await _run(check.command, identity, stdout, stderr)
+        if returncode != 0:
+            attempt.fail(Reason.EXIT_STATUS, _describe_failure(returncode, bytes(stderr)))
         elif check.dynamic_weight:
-            weight, detail = weight_from_output(done.stdout)
+            weight, detail = weight_from_output(bytes(stdout))
             attempt.succeed(weight=weight, detail=detail)
         else:
             attempt.succeed(detail="exit 0")
     return attempt.result
+
+
+async def _run(
+    command: tuple[str, ...], identity: Identity | None, stdout: Tail, stderr: Tail
+) -> int:
+    """Run `command` to its exit, keeping the tails of its output; the exit
+    status (negative: killed by that signal). On cancellation the group is
+    killed first."""
+    # Opened outside the nursery: a command that cannot start (ENOENT, EACCES)
+    # raises its OSError as such, for probe_attempt, not in an exception group.
+    process = await trio.lowlevel.open_process(
+        list(command),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env=command_environment(os.environ, identity),
+        **(identity.popen_options() if identity is not None else {}),
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            assert process.stdout is not None and process.stderr is not None
+            nursery.start_soon(_keep_tail, process.stdout, stdout)
+            nursery.start_soon(_keep_tail, process.stderr, stderr)
+            await process.wait()
+            # What the command left behind must not keep the pipes open.
+            _kill_group(process.pid)
+    finally:
+        with trio.CancelScope(shield=True):
+            _kill_group(process.pid)
+            for stream in (process.stdout, process.stderr):
+                if stream is not None:
+                    await stream.aclose()
+            await process.wait()  # prompt after SIGKILL (unless stuck in the kernel)
+    assert process.returncode is not None
+    return process.returncode
+
+
+async def _keep_tail(stream: trio.abc.ReceiveStream, tail: Tail) -> None:
+    async with stream:
+        while chunk := await stream.receive_some(READ_SIZE):
+            tail.add(chunk)
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def weight_from_output(stdout: bytes) -> tuple[int | None, str]:
@@ -53,9 +180,10 @@ def weight_from_output(stdout: bytes) -> tuple[int | None, str]:
     last = lines[-1].strip()
     if not _DIGITS.fullmatch(last):
         return None, f"last output line {last[:40]!r} is not a weight"
+    # A bound on the digits first: int() refuses more than 4300 of them.
+    if len(last.lstrip("0")) > len(str(MAX_WEIGHT)) or int(last) > MAX_WEIGHT:
+        return None, f"weight {last[:40]} is out of range 0..{MAX_WEIGHT}"
     weight = int(last)
-    if weight > MAX_WEIGHT:
-        return None, f"weight {weight} is out of range 0..{MAX_WEIGHT}"
     return weight, f"weight {weight}"
 
 
@@ -69,8 +197,3 @@ def _describe_failure(returncode: int, stderr: bytes) -> str:
         status = f"exit {returncode}"
     lines = stderr.decode("utf-8", "replace").strip().splitlines()
     return f"{status}: {lines[-1][:200]}" if lines else status
-
-
-async def _kill_process_group(process: trio.Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)

@@ -6,42 +6,44 @@ many checks hold no idle sockets, and thousands of probes in flight do not
 queue in one shared connection pool (whose bookkeeping grows with the number
 of requests in it). What is costly to build, the TLS contexts, is shared
 through `TlsContexts`.
+
+What a server sends is bounded before anything decodes it. The probe asks for
+`Accept-Encoding: identity` and never decompresses: the body is read raw
+(a lying `Content-Encoding` or a decompression bomb is just bytes), at most
+MAX_BODY of it, and only when `expect_body` needs it. The header section is
+buffered by h11, which refuses one that stays incomplete past httpcore's
+MAX_INCOMPLETE_EVENT_SIZE (100 KiB, plus at most one 64 KiB read); a header
+section above MAX_HEADER is then a bad reply. Whatever trickles is cut by the
+probe's timeout.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import ssl
-from collections.abc import AsyncGenerator
-from typing import cast
 
 import httpx
+import trio
 
 from director.health.probes.attempt import probe_attempt
+from director.health.probes.tls import TlsContexts, TlsSettings, TlsSetupError
 from director.health.result import ProbeResult, Reason
-from director.health.spec import HttpCheck
+from director.health.spec import HttpCheck, host_problem
 from director.ipvs.model import IPAddress
 
-MAX_BODY = 1 << 20  # bytes of body searched for expect_body
+MAX_BODY = 1 << 20  # bytes of raw body searched for expect_body
+# Bytes of header fields (names, values, ": " and CRLF): HAProxy relays no more
+# than its tune.bufsize (16 KiB) and nginx than proxy_buffer_size (4 or 8 KiB).
+MAX_HEADER = 32 << 10
 USER_AGENT = "director-health-check"
 _NO_KEEPALIVE = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+_CLIENT_HEADERS = {
+    "Connection": "close",
+    "User-Agent": USER_AGENT,
+    "Accept-Encoding": "identity",  # a health check never needs compression
+}
 
-
-class TlsContexts:
-    """One TLS context per verification mode, built on first use (loading the
-    CA certificates takes tens of milliseconds)."""
-
-    def __init__(self) -> None:
-        self._contexts: dict[bool, ssl.SSLContext] = {}
-
-    def get(self, verify: bool) -> ssl.SSLContext:
-        context = self._contexts.get(verify)
-        if context is None:
-            context = self._contexts[verify] = httpx.create_ssl_context(
-                verify=verify, trust_env=False
-            )
-        return context
+__all__ = ["MAX_BODY", "MAX_HEADER", "TlsContexts", "probe_http", "read_raw_body", "url_for"]
 
 
 async def probe_http(
@@ -49,11 +51,23 @@ async def probe_http(
 ) -> ProbeResult:
     address = check.address or address
     port = check.port if check.port is not None else port
-    headers = {"Host": check.host} if check.host else {}
-    extensions = {"sni_hostname": check.host} if check.tls and check.host else {}
-    # A plain-HTTP probe never uses its context: give it the cheap one.
-    context = (tls or TlsContexts()).get(check.verify_tls and check.tls)
+    headers: dict[str, str] = {}
+    extensions: dict[str, str] = {}
+    if check.host is not None:
+        problem = host_problem(check.host)
+        if problem is not None:
+            return ProbeResult.failure(Reason.ERROR, 0.0, f"host {check.host!r}: {problem}")
+        headers["Host"] = f"[{check.host}]" if ":" in check.host else check.host
+        if check.tls:
+            # Python's ssl sends no SNI for an IP literal; it then checks the
+            # certificate's IP addresses instead of its names.
+            extensions["sni_hostname"] = check.host.removesuffix(".")
     with probe_attempt(check.timing.timeout) as attempt:
+        try:
+            context = (tls or TlsContexts()).get(TlsSettings.of(check))
+        except TlsSetupError as e:
+            attempt.fail(Reason.ERROR, f"tls: {e}")
+            return attempt.result
         async with (
             _new_client(context) as client,
             client.stream(
@@ -61,14 +75,19 @@ async def probe_http(
             ) as response,
         ):
             status = response.status_code
-            if not any(status in expected for expected in check.expect_status):
+            header_size = sum(len(name) + len(value) + 4 for name, value in response.headers.raw)
+            if header_size > MAX_HEADER:
+                detail = (
+                    f"status {status}, {header_size} bytes of header fields (limit {MAX_HEADER})"
+                )
+                attempt.fail(Reason.BAD_REPLY, detail)
+            elif not any(status in expected for expected in check.expect_status):
                 attempt.fail(Reason.BAD_STATUS, f"status {status}")
             elif check.expect_body is None:
                 attempt.succeed(detail=f"status {status}")
             else:
-                body = await _read_body(response, MAX_BODY)
-                text = body.decode(response.encoding or "utf-8", "replace")
-                if re.search(check.expect_body, text):
+                body = await read_raw_body(response, MAX_BODY)
+                if re.search(check.expect_body, decode_body(body, response.charset_encoding)):
                     attempt.succeed(detail=f"status {status}")
                 else:
                     detail = f"status {status}, body does not match {check.expect_body!r}"
@@ -83,7 +102,7 @@ def _new_client(context: ssl.SSLContext) -> httpx.AsyncClient:
         timeout=None,  # the probe's own deadline bounds it
         follow_redirects=False,
         limits=_NO_KEEPALIVE,
-        headers={"Connection": "close", "User-Agent": USER_AGENT},
+        headers=_CLIENT_HEADERS,
     )
 
 
@@ -93,13 +112,28 @@ def url_for(check: HttpCheck, address: IPAddress, port: int) -> str:
     return f"{scheme}://{host}:{port}{check.path}"
 
 
-async def _read_body(response: httpx.Response, limit: int) -> bytes:
+async def read_raw_body(response: httpx.Response, limit: int) -> bytes:
+    """At most `limit` bytes of the body as sent (no content decoding); the
+    rest is never read (the connection is closed after the probe)."""
     body = bytearray()
-    # Stopping early must close the generator here, not leave it to the collector.
-    chunks_gen = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
-    async with contextlib.aclosing(chunks_gen) as chunks:
-        async for chunk in chunks:
-            body += chunk
+    # Stop by cancelling the read in progress rather than by leaving the loop:
+    # the cancellation runs through httpx's and httpcore's nested generators
+    # and finishes them, where a break would leave them to the collector.
+    with trio.CancelScope() as reading:
+        async for chunk in response.aiter_raw():
+            body += chunk[: limit - len(body)]
             if len(body) >= limit:
-                break
-    return bytes(body[:limit])
+                reading.cancel()
+    return bytes(body)
+
+
+def decode_body(body: bytes, charset: str | None) -> str:
+    """The body as text in its charset, or UTF-8 when the charset is absent or
+    not a text codec ("rot13", "idna" refuses 'replace'); undecodable bytes
+    become U+FFFD."""
+    if charset is not None:
+        try:
+            return body.decode(charset, "replace")
+        except (LookupError, ValueError, TypeError):
+            pass
+    return body.decode("utf-8", "replace")
