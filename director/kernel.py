@@ -1,6 +1,17 @@
 """The kernel's IPVS table as seen from trio: the blocking backend runs in a
 worker thread, one call at a time (a backend is not thread-safe).
 
+Reads that fail transiently (director.ipvs.errors.TransientKernelError: an
+interrupted dump, a lost reply) are retried READ_ATTEMPTS times in all, with
+a short growing pause, before the error is raised; writes are never retried
+here (an unknown outcome is the caller's to resolve by reading). Everything
+raised is a director.ipvs.errors.KernelError.
+
+A KernelTable holds no state beyond its backend and its one-call-at-a-time
+limiter: two tables over two backends (one for reconcile passes, one for
+control-socket listings) run side by side in one process, each call of one
+never waiting for the other.
+
 `threaded=False` calls the backend inline instead; for the in-memory backend
 under trio's autojump clock, where a worker thread would let virtual time jump
 while a call is still running.
@@ -13,10 +24,14 @@ from typing import TypeVar
 
 import trio
 
+from director.ipvs.errors import KernelError, TransientKernelError
 from director.ipvs.model import Connection, Info, ServiceEntry, ServiceKey, SyncDaemon, Timeouts
 from director.ipvs.ops import Backend, Operation
 
 T = TypeVar("T")
+
+READ_ATTEMPTS = 4
+READ_BACKOFF = 0.05  # seconds before the second attempt; doubled before each next one
 
 
 class KernelTable:
@@ -31,24 +46,45 @@ class KernelTable:
             return function()
         return await trio.to_thread.run_sync(function, limiter=self._one_at_a_time)
 
+    async def _read(self, function: Callable[[], T]) -> T:
+        """`function` called until it does not fail transiently, at most
+        READ_ATTEMPTS times; the last TransientKernelError is raised."""
+        pause = READ_BACKOFF
+        for _ in range(READ_ATTEMPTS - 1):
+            try:
+                return await self._call(function)
+            except TransientKernelError:
+                await trio.sleep(pause)
+                pause *= 2
+        return await self._call(function)
+
     async def services(
         self, only: Collection[ServiceKey] | None = None, *, brief: bool = False
     ) -> list[ServiceEntry]:
-        return await self._call(lambda: self.backend.services(only, brief=brief))
+        return await self._read(lambda: self.backend.services(only, brief=brief))
 
     async def apply(self, operations: Sequence[Operation]) -> None:
+        """Backend.apply: stops at the first failure (BatchError)."""
         if operations:
             batch = list(operations)
             await self._call(lambda: self.backend.apply(batch))
 
+    async def apply_each(self, operations: Sequence[Operation]) -> list[KernelError | None]:
+        """Backend.apply_each: every operation's outcome, in order (None:
+        applied); raises only when outcomes are unknown."""
+        if not operations:
+            return []
+        batch = list(operations)
+        return await self._call(lambda: self.backend.apply_each(batch))
+
     async def timeouts(self) -> Timeouts:
-        return await self._call(self.backend.timeouts)
+        return await self._read(self.backend.timeouts)
 
     async def info(self) -> Info:
-        return await self._call(self.backend.info)
+        return await self._read(self.backend.info)
 
     async def daemons(self) -> list[SyncDaemon]:
-        return await self._call(self.backend.daemons)
+        return await self._read(self.backend.daemons)
 
     async def connections(self) -> list[Connection]:
-        return await self._call(self.backend.connections)
+        return await self._read(self.backend.connections)

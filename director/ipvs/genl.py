@@ -6,18 +6,30 @@ kernel's parsers in net/netfilter/ipvs/ip_vs_ctl.c (ip_vs_genl_parse_*,
 ip_vs_genl_fill_*). Requests are built in two parts: a body (generic-netlink
 header and attributes) that depends only on the operation, and a netlink
 header stamped on at send time with the family id and sequence number.
+
+The encoder refuses (InvalidOperation) only what an attribute cannot carry
+(a u16 port above 65535, a name longer than the kernel's buffer); whatever
+fits is sent and the kernel decides (a timeout above INT_MAX/HZ, a weight
+above INT_MAX, an IPv6 prefix of 0 or above 128: EINVAL or ERANGE, as with
+ipvsadm). The decoders never fail on a value a newer kernel may send (an
+unknown forwarding method, tunnel type, protocol, flag bit or attribute);
+a reply they cannot read raises KernelReplyError, and nothing else.
 """
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address
+from typing import ParamSpec, TypeVar
 
 from director.ipvs import ops
+from director.ipvs.errors import InvalidOperation as InvalidOperation
+from director.ipvs.errors import KernelReplyError, UnrepresentableEntry
 from director.ipvs.model import (
     AF_INET,
     AF_INET6,
@@ -44,9 +56,12 @@ from director.ipvs.model import (
 NLMSG_NOOP = 1
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
+NLMSG_OVERRUN = 4
+NLMSG_MIN_TYPE = 0x10  # types below are netlink's own control messages
 NLM_F_REQUEST = 0x01
 NLM_F_MULTI = 0x02
 NLM_F_ACK = 0x04
+NLM_F_DUMP_INTR = 0x10  # the dump changed while it was read
 NLM_F_DUMP = 0x300
 NLA_TYPE_MASK = 0x3FFF
 
@@ -150,9 +165,9 @@ SCHEDNAME_MAXLEN = 16
 PENAME_MAXLEN = 32
 IFNAME_MAXLEN = 16
 
+U8_MAX = 0xFF
 U16_MAX = 0xFFFF
 U32_MAX = 0xFFFFFFFF
-INT_MAX = 0x7FFFFFFF
 
 NLMSG_HEADER = struct.Struct("=IHHII")
 GENL_HEADER = struct.Struct("=BBH")
@@ -165,11 +180,6 @@ _u32 = struct.Struct("=I").pack
 _be16 = struct.Struct("!H").pack
 _be32 = struct.Struct("!I").pack
 _flags = struct.Struct("=II").pack
-
-
-class InvalidOperation(ValueError):
-    """An operation cannot be expressed to the kernel (a value out of range,
-    a name too long, an address of the wrong family)."""
 
 
 # --- building -----------------------------------------------------------------
@@ -261,12 +271,9 @@ def service_nest(service: Service) -> bytes:
         return f"service {key}"
 
     _check_range(where, "persistence timeout", service.timeout, 0, U32_MAX)
-    if key.family == AF_INET:
-        _check_range(where, "netmask", service.netmask, 0, U32_MAX)
-        netmask = _be32(service.netmask)
-    else:
-        _check_range(where, "IPv6 netmask (prefix length)", service.netmask, 1, 128)
-        netmask = _u32(service.netmask)
+    # The kernel checks an IPv6 prefix (1..128, EINVAL in ip_vs_add_service).
+    _check_range(where, "netmask", service.netmask, 0, U32_MAX)
+    netmask = _be32(service.netmask) if key.family == AF_INET else _u32(service.netmask)
     parts = [
         service_key_attrs(key),
         attr(SVC_ATTR_SCHED_NAME, _name(where, "scheduler", service.scheduler, SCHEDNAME_MAXLEN)),
@@ -303,24 +310,34 @@ _DEST_NEST = struct.Struct("=HH" + "HHH2x" + "HH16s" + "HHH2x" + "HHI" * 4 + "HH
 
 
 def destination_nest(service: ServiceKey, dest: Destination) -> bytes:
+    """IPVS_CMD_ATTR_DEST. A weight above INT_MAX goes out: the kernel reads
+    it as a negative int and answers ERANGE (ip_vs_add_dest), as ipvsadm
+    shows."""
     port, weight, tun_port = dest.port, dest.weight, dest.tun_port
     u_threshold, l_threshold = dest.u_threshold, dest.l_threshold
+    forward, tun_type, tun_flags = dest.forward, dest.tun_type, dest.tun_flags
     if not (
         0 <= port <= U16_MAX
-        and 0 <= weight <= INT_MAX
+        and 0 <= weight <= U32_MAX
         and 0 <= u_threshold <= U32_MAX
         and 0 <= l_threshold <= U32_MAX
         and 0 <= tun_port <= U16_MAX
+        and 0 <= forward <= U32_MAX
+        and 0 <= tun_type <= U8_MAX
+        and 0 <= tun_flags <= U16_MAX
     ):
 
         def where() -> str:
             return f"destination {dest.address} port {port} of service {service}"
 
         _check_range(where, "port", port, 0, U16_MAX)
-        _check_range(where, "weight", weight, 0, INT_MAX)
+        _check_range(where, "weight", weight, 0, U32_MAX)
         _check_range(where, "upper threshold", u_threshold, 0, U32_MAX)
         _check_range(where, "lower threshold", l_threshold, 0, U32_MAX)
         _check_range(where, "tunnel port", tun_port, 0, U16_MAX)
+        _check_range(where, "forwarding method", forward, 0, U32_MAX)
+        _check_range(where, "tunnel type", tun_type, 0, U8_MAX)
+        _check_range(where, "tunnel flags", tun_flags, 0, U16_MAX)
     address = dest.address
     return _DEST_NEST.pack(
         _DEST_NEST.size,
@@ -336,7 +353,7 @@ def destination_nest(service: ServiceKey, dest: Destination) -> bytes:
         socket.htons(port),
         8,
         DEST_ATTR_FWD_METHOD,
-        dest.forward,
+        forward,
         8,
         DEST_ATTR_WEIGHT,
         weight,
@@ -348,24 +365,28 @@ def destination_nest(service: ServiceKey, dest: Destination) -> bytes:
         l_threshold,
         5,
         DEST_ATTR_TUN_TYPE,
-        dest.tun_type,
+        tun_type,
         6,
         DEST_ATTR_TUN_PORT,
         socket.htons(tun_port),
         6,
         DEST_ATTR_TUN_FLAGS,
-        dest.tun_flags,
+        tun_flags,
     )
 
 
 def daemon_nest(daemon: SyncDaemon) -> bytes:
+    """IPVS_CMD_ATTR_DAEMON. The syncid is refused above 255 (the kernel
+    would truncate it to its u8, ip_vs_genl_new_daemon); a group that is not
+    multicast goes out and the kernel answers EINVAL."""
+
     def where() -> str:
         return f"sync daemon {daemon.state!r}"
 
     if daemon.state not in (SyncState.MASTER, SyncState.BACKUP):
         raise InvalidOperation(f"{where()}: state must be MASTER or BACKUP")
     _check_range(where, "syncid", daemon.syncid, 0, 255)
-    _check_range(where, "sync maxlen", daemon.sync_maxlen, 0, U16_MAX - 28)
+    _check_range(where, "sync maxlen", daemon.sync_maxlen, 0, U16_MAX)
     _check_range(where, "mcast port", daemon.mcast_port, 0, U16_MAX)
     _check_range(where, "mcast ttl", daemon.mcast_ttl, 0, 255)
     parts = [
@@ -381,22 +402,23 @@ def daemon_nest(daemon: SyncDaemon) -> bytes:
         parts.append(attr(DAEMON_ATTR_MCAST_TTL, _u8(daemon.mcast_ttl)))
     group = daemon.mcast_group
     if group is not None:
-        if not group.is_multicast:
-            raise InvalidOperation(f"{where()}: mcast group {group} is not a multicast address")
         kind = DAEMON_ATTR_MCAST_GROUP if group.version == 4 else DAEMON_ATTR_MCAST_GROUP6
         parts.append(attr(kind, group.packed))
     return nested(CMD_ATTR_DAEMON, *parts)
 
 
 def timeouts_attrs(timeouts: Timeouts) -> list[bytes]:
-    """Only the non-zero timeouts: zero keeps the kernel's current value."""
+    """Only the non-zero timeouts: zero keeps the kernel's current value.
+    Any u32 goes out: the kernel refuses one above INT_MAX/HZ with EINVAL
+    (ip_vs_set_timeout), a limit that depends on its HZ
+    (director.ipvs.model.TIMEOUT_MAX is the one every kernel takes)."""
     out = []
     for kind, what, value in (
         (CMD_ATTR_TIMEOUT_TCP, "tcp", timeouts.tcp),
         (CMD_ATTR_TIMEOUT_TCP_FIN, "tcp_fin", timeouts.tcp_fin),
         (CMD_ATTR_TIMEOUT_UDP, "udp", timeouts.udp),
     ):
-        _check_range(lambda: "timeouts", what, value, 0, INT_MAX // 1000)
+        _check_range(lambda: "timeouts", what, value, 0, U32_MAX)
         if value:
             out.append(attr(kind, _u32(value)))
     return out
@@ -456,6 +478,29 @@ def get_dests_body(key: ServiceKey) -> bytes:
 
 # --- reading ------------------------------------------------------------------
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _decoder(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Turn whatever a decoder trips on in a bad reply (a missing attribute,
+    short bytes, an address of the wrong size) into KernelReplyError naming
+    `what` was being read."""
+
+    def wrap(function: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(function)
+        def decode(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return function(*args, **kwargs)
+            except KeyError as exc:
+                raise KernelReplyError(f"{what}: attribute {exc} missing") from exc
+            except (ValueError, IndexError, struct.error) as exc:
+                raise KernelReplyError(f"{what}: {exc}") from exc
+
+        return decode
+
+    return wrap
+
 
 @dataclass(frozen=True)
 class Message:
@@ -469,35 +514,43 @@ class Message:
 
 
 def messages(data: bytes) -> Iterator[Message]:
-    """The netlink messages packed in one datagram."""
+    """The netlink messages packed in one datagram; KernelReplyError where a
+    length runs past the datagram."""
     offset, end = 0, len(data)
     while offset + NLMSG_HEADER.size <= end:
         length, kind, flags, seq, _pid = NLMSG_HEADER.unpack_from(data, offset)
         if length < NLMSG_HEADER.size or offset + length > end:
-            raise ValueError(f"truncated netlink message at offset {offset} (length {length})")
+            raise KernelReplyError(
+                f"truncated netlink message at offset {offset} (length {length})"
+            )
         yield Message(kind, flags, seq, data[offset + NLMSG_HEADER.size : offset + length])
         offset += (length + 3) & ~3
 
 
+@_decoder("netlink error message")
 def error_code(message: Message) -> int:
     """The positive errno of an NLMSG_ERROR (0 for an acknowledgement)."""
     return -int(struct.unpack_from("=i", message.payload)[0])
 
 
+@_decoder("netlink error message")
 def acked_seq(message: Message) -> int:
     """The sequence number of the request an NLMSG_ERROR answers."""
     return int(struct.unpack_from("=I", message.payload, 4 + 8)[0])
 
 
 def parse_attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
-    """Attributes from `offset` to the end of `data`, by type."""
+    """Attributes from `offset` to the end of `data`, by type (of every type:
+    those this code does not know are kept and ignored by the parsers)."""
     out: dict[int, bytes] = {}
     end = len(data)
     header, mask = NLA_HEADER.unpack_from, NLA_TYPE_MASK
     while offset + 4 <= end:
         length, kind = header(data, offset)
         if length < 4 or offset + length > end:
-            raise ValueError(f"malformed netlink attribute at offset {offset} (length {length})")
+            raise KernelReplyError(
+                f"malformed netlink attribute at offset {offset} (length {length})"
+            )
         out[kind & mask] = data[offset + 4 : offset + length]
         offset += (length + 3) & ~3
     return out
@@ -517,17 +570,26 @@ def _be(raw: bytes) -> int:
 
 
 def _string(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode()
+    # Kernel names are ASCII; anything else still lists, escaped.
+    return raw.split(b"\0", 1)[0].decode(errors="backslashreplace")
 
 
 def _address(family: int, raw: bytes) -> IPAddress:
-    return IPv4Address(raw[:4]) if family == AF_INET else IPv6Address(raw[:16])
+    if family == AF_INET:
+        return IPv4Address(raw[:4])
+    if family == AF_INET6:
+        return IPv6Address(raw[:16])
+    # ipvsadm cannot print one either (addrport_to_anyname fails); such an
+    # entry is left out of a listing (UnrepresentableEntry).
+    raise UnrepresentableEntry(f"address family {family} is neither AF_INET nor AF_INET6")
 
 
+@_decoder("family lookup reply")
 def family_id(message: Message) -> int:
     return _uint(genl_attrs(message)[CTRL_ATTR_FAMILY_ID])
 
 
+@_decoder("stats")
 def parse_stats(raw: bytes) -> Stats:
     attrs = parse_attrs(raw)
     return Stats(*(_uint(attrs.get(i + 1, b"")) for i in range(len(_STATS_FIELDS))))
@@ -540,9 +602,14 @@ def _stats_of(attrs: dict[int, bytes], stats64: int, stats32: int) -> Stats:
     return parse_stats(raw) if raw is not None else Stats()
 
 
+@_decoder("service reply")
 def parse_service(message: Message, stats: bool = True) -> ServiceEntry:
     """A service from a GET_SERVICE reply (without its destinations; without
-    its stats unless `stats`)."""
+    its stats unless `stats`). An unknown protocol decodes to a Protocol
+    pseudo-member (ipvsadm prints it as "?"); flag bits other than the
+    settable ones are dropped (the kernel's HASHED, and any a newer kernel
+    adds: ipvsadm prints none of them). UnrepresentableEntry for an address
+    in an unknown family; KernelReplyError for a reply it cannot read."""
     svc = parse_attrs(genl_attrs(message)[CMD_ATTR_SERVICE])
     family = _uint(svc[SVC_ATTR_AF])
     fwmark = _uint(svc.get(SVC_ATTR_FWMARK, b""))
@@ -570,7 +637,11 @@ def parse_service(message: Message, stats: bool = True) -> ServiceEntry:
     return ServiceEntry(service, (), _stats_of(svc, SVC_ATTR_STATS64, SVC_ATTR_STATS))
 
 
+@_decoder("destination reply")
 def parse_destination(message: Message, service_family: int) -> DestinationEntry:
+    """A destination from a GET_DEST reply. An unknown forwarding method or
+    tunnel type decodes to a pseudo-member, unknown tunnel flag bits are
+    kept; UnrepresentableEntry for an address in an unknown family."""
     dest = parse_attrs(genl_attrs(message)[CMD_ATTR_DEST])
     family = _uint(dest.get(DEST_ATTR_ADDR_FAMILY, b"")) or service_family
     destination = Destination(
@@ -593,6 +664,7 @@ def parse_destination(message: Message, service_family: int) -> DestinationEntry
     )
 
 
+@_decoder("sync daemon reply")
 def parse_daemon(message: Message) -> SyncDaemon:
     daemon = parse_attrs(genl_attrs(message)[CMD_ATTR_DAEMON])
     group: IPAddress | None = None
@@ -611,6 +683,7 @@ def parse_daemon(message: Message) -> SyncDaemon:
     )
 
 
+@_decoder("timeouts reply")
 def parse_timeouts(message: Message) -> Timeouts:
     attrs = genl_attrs(message)
     return Timeouts(
@@ -620,6 +693,7 @@ def parse_timeouts(message: Message) -> Timeouts:
     )
 
 
+@_decoder("info reply")
 def parse_info(message: Message) -> Info:
     attrs = genl_attrs(message)
     return Info(_uint(attrs[INFO_ATTR_VERSION]), _uint(attrs[INFO_ATTR_CONN_TAB_SIZE]))

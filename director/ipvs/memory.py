@@ -5,6 +5,10 @@ It is a model, not the kernel: nothing claimed about the kernel may rest on
 it. Known differences: services and destinations come back in the order they
 were added (the kernel's dump order is its hash order), counters only move
 when a test sets them, and there is no connection table unless one is given.
+
+Operations go through the netlink encoder first (director.ipvs.genl), so
+what it refuses is refused here too (InvalidOperation), then through the
+kernel's checks in the kernel's order (net/netfilter/ipvs/ip_vs_ctl.c).
 """
 
 from __future__ import annotations
@@ -12,8 +16,11 @@ from __future__ import annotations
 import errno
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
+from ipaddress import IPv4Address
 
-from director.ipvs.errors import BatchError, error_for
+from director.ipvs import genl
+from director.ipvs.errors import BatchError, InvalidOperation, KernelError, error_for
+from director.ipvs.facts import KNOWN_SCHEDULERS, PERSISTENCE_ENGINES
 from director.ipvs.model import (
     AF_INET6,
     Connection,
@@ -46,12 +53,12 @@ from director.ipvs.ops import (
     Zero,
 )
 
-KERNEL_SCHEDULERS = frozenset(
-    ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos")
-)
-KERNEL_PERSISTENCE_ENGINES = frozenset(("sip",))
+KERNEL_SCHEDULERS = frozenset(KNOWN_SCHEDULERS)
+KERNEL_PERSISTENCE_ENGINES = frozenset(PERSISTENCE_ENGINES)
 DEFAULT_TIMEOUTS = Timeouts(tcp=900, tcp_fin=120, udp=300)
 DEFAULT_INFO = Info(version=0x010201, conn_tab_size=4096)  # IPVS 1.2.1
+DEFAULT_HZ = 250  # Debian's kernel: timeouts up to INT_MAX // 250 seconds
+INT_MAX = 0x7FFFFFFF
 
 
 class _Failure(Exception):
@@ -70,6 +77,7 @@ class MemoryBackend:
         schedulers: Iterable[str] = KERNEL_SCHEDULERS,
         connections: Iterable[Connection] = (),
         info: Info = DEFAULT_INFO,
+        hz: int = DEFAULT_HZ,
     ) -> None:
         self._services: dict[ServiceKey, ServiceEntry] = {}
         for entry in services:
@@ -79,6 +87,7 @@ class MemoryBackend:
         self._connections = list(connections)
         self._daemons: dict[SyncState, SyncDaemon] = {}
         self._info = info
+        self._hz = hz
         self.closed = False
         self.applied: list[Operation] = []  # every operation that succeeded, in order
 
@@ -107,12 +116,36 @@ class MemoryBackend:
         self.closed = True
 
     def apply(self, operations: Sequence[Operation]) -> None:
+        """As NetlinkBackend.apply: InvalidOperation (nothing applied) if the
+        encoder refuses one; BatchError at the first the kernel would refuse."""
+        for index, op in enumerate(operations):
+            try:
+                genl.operation_body(op)
+            except InvalidOperation as exc:
+                raise InvalidOperation(f"operation {index}: {exc}") from exc
         for index, op in enumerate(operations):
             try:
                 self._apply(op)
             except _Failure as failure:
                 raise BatchError(index, op, error_for(failure.errno, type(op).__name__)) from None
             self.applied.append(op)
+
+    def apply_each(self, operations: Sequence[Operation]) -> list[KernelError | None]:
+        """As NetlinkBackend.apply_each: every operation is tried; each one's
+        outcome in order (None: applied)."""
+        outcomes: list[KernelError | None] = []
+        for op in operations:
+            try:
+                genl.operation_body(op)
+                self._apply(op)
+            except InvalidOperation as exc:
+                outcomes.append(exc)
+            except _Failure as failure:
+                outcomes.append(error_for(failure.errno, type(op).__name__))
+            else:
+                self.applied.append(op)
+                outcomes.append(None)
+        return outcomes
 
     def _apply(self, op: Operation) -> None:
         if isinstance(op, AddService):
@@ -132,6 +165,8 @@ class MemoryBackend:
             _check_destination(op.destination)
             if _find(entry, op.destination.address, op.destination.port) is not None:
                 raise _Failure(errno.EEXIST)
+            if not _unicast(op.destination.address):
+                raise _Failure(errno.EINVAL)  # ip_vs_new_dest
             new = DestinationEntry(op.destination)
             self._put(replace(entry, destinations=(*entry.destinations, new)))
         elif isinstance(op, EditDestination):
@@ -155,6 +190,9 @@ class MemoryBackend:
             for key in keys:
                 self._put(_zeroed(self._services[key]))
         elif isinstance(op, SetTimeouts):
+            limit = INT_MAX // self._hz  # ip_vs_set_timeout
+            if any(t > limit for t in (op.timeouts.tcp, op.timeouts.tcp_fin, op.timeouts.udp)):
+                raise _Failure(errno.EINVAL)
             self._timeouts = Timeouts(
                 tcp=op.timeouts.tcp or self._timeouts.tcp,
                 tcp_fin=op.timeouts.tcp_fin or self._timeouts.tcp_fin,
@@ -218,8 +256,9 @@ def _spliced(
 
 
 def _check_destination(dest: Destination) -> None:
-    # ip_vs_add_dest/ip_vs_edit_dest check these before looking the destination up
-    if dest.weight < 0:
+    # ip_vs_add_dest/ip_vs_edit_dest check these before looking the destination up;
+    # a weight above INT_MAX is a negative int to the kernel.
+    if not 0 <= dest.weight <= INT_MAX:
         raise _Failure(errno.ERANGE)
     if dest.l_threshold > dest.u_threshold:
         raise _Failure(errno.ERANGE)
@@ -233,3 +272,14 @@ def _zeroed(entry: ServiceEntry) -> ServiceEntry:
         stats=Stats(),
         destinations=tuple(replace(d, stats=Stats()) for d in entry.destinations),
     )
+
+
+def _unicast(address: IPAddress) -> bool:
+    """What ip_vs_new_dest takes, for addresses not local to the host: IPv4
+    that is not multicast, 0.0.0.0 or 255.255.255.255 (inet_addr_type); IPv6
+    unicast that is not link-local (ipv6_addr_type)."""
+    if address.is_multicast or address.is_unspecified:
+        return False
+    if isinstance(address, IPv4Address):
+        return address != IPv4Address("255.255.255.255")
+    return not address.is_link_local

@@ -19,7 +19,22 @@ AF_INET = socket.AF_INET
 AF_INET6 = socket.AF_INET6
 
 
-class Protocol(enum.IntEnum):
+class _OpenEnum(enum.IntEnum):
+    """An IntEnum that a newer kernel's value does not break: an unknown value
+    becomes a pseudo-member named UNKNOWN_<value> (not iterated, compares as
+    its int), so a dump from a newer kernel still decodes and lists."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> _OpenEnum | None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            return None
+        member = int.__new__(cls, value)
+        member._name_ = f"UNKNOWN_{value}"
+        member._value_ = value
+        return cls._value2member_map_.setdefault(value, member)  # type: ignore[return-value]
+
+
+class Protocol(_OpenEnum):
     TCP = socket.IPPROTO_TCP
     UDP = socket.IPPROTO_UDP
     SCTP = 132
@@ -47,7 +62,7 @@ SETTABLE_SERVICE_FLAGS = (
 )
 
 
-class Forward(enum.IntEnum):
+class Forward(_OpenEnum):
     """IP_VS_CONN_F_FWD_MASK values: how packets reach a destination."""
 
     MASQ = 0
@@ -56,7 +71,7 @@ class Forward(enum.IntEnum):
     ROUTE = 3
 
 
-class TunnelType(enum.IntEnum):
+class TunnelType(_OpenEnum):
     IPIP = 0
     GUE = 1
     GRE = 2
@@ -77,6 +92,12 @@ class SyncState(enum.IntFlag):
     MASTER = 1
     BACKUP = 2
 
+
+# The largest connection timeout (seconds, ipvsadm --set) every kernel takes:
+# INT_MAX // 1000. The kernel refuses a value > INT_MAX / HZ with EINVAL
+# (net/netfilter/ipvs/ip_vs_ctl.c, ip_vs_set_timeout) and HZ is at most 1000;
+# a kernel with a smaller HZ takes more (Debian's, HZ=250: 8589934).
+TIMEOUT_MAX = 2147483
 
 DEFAULT_SCHEDULER = "wlc"
 DEFAULT_PERSISTENCE_TIMEOUT = 300

@@ -1,21 +1,41 @@
 """The kernel's IPVS table over generic netlink: a blocking Backend.
 
 Requests are marshalled by director.ipvs.genl; this module owns the socket.
-apply() sends operations in chunks, many netlink messages per send(), each
-with NLM_F_ACK and its own sequence number, then reads and checks every
-acknowledgement of the chunk before sending the next one.
+apply() and apply_each() send operations in chunks, many netlink messages per
+send(), each with NLM_F_ACK and its own sequence number, then read and check
+every acknowledgement of the chunk before sending the next one.
+
+Every method raises only director.ipvs.errors.KernelError: an OSError from
+the socket becomes a TransientKernelError (ENOBUFS, EAGAIN, ENOMEM: a dump
+becomes DumpInterrupted, an acknowledgement read AcknowledgementsLost) or an
+IPVSError with its errno (anything else); EINTR is retried where it happens.
+A receive waits at most RECV_TIMEOUT seconds: the kernel answers a request
+during the send() itself, so silence means a lost message.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
-from collections.abc import Collection, Sequence
+import struct
+from collections.abc import Collection, Iterator, Sequence
 from types import TracebackType
 
 from director.ipvs import genl
 from director.ipvs.conntable import parse_connections
-from director.ipvs.errors import BatchError, IPVSError, IPVSUnavailable, error_for
+from director.ipvs.errors import AcknowledgementsLost as AcknowledgementsLost
+from director.ipvs.errors import (
+    BatchError,
+    DumpInterrupted,
+    InvalidOperation,
+    IPVSUnavailable,
+    KernelError,
+    KernelReplyError,
+    TransientKernelError,
+    UnrepresentableEntry,
+    error_for,
+)
 from director.ipvs.model import (
     Connection,
     DestinationEntry,
@@ -47,7 +67,11 @@ SERVICE_TABLE = "/proc/thread-self/net/ip_vs"
 # operations in flight than the receive buffer holds acknowledgements.
 ACK_CHARGE = 1024
 RECV_SIZE = 64 * 1024
+RECV_TIMEOUT = 10.0  # seconds
 SEQ_LIMIT = 0x7FFFFFFF
+
+# Socket errors that say nothing about the request: the same call may succeed again.
+TRANSIENT_ERRNOS = frozenset((errno.ENOBUFS, errno.EAGAIN, errno.ENOMEM))
 
 
 class NetlinkBatchError(BatchError):
@@ -56,35 +80,34 @@ class NetlinkBatchError(BatchError):
     Operations are sent in chunks; the kernel carries on with the rest of a
     chunk after a failure, so operations `index+1 .. attempted-1` also
     reached the kernel: those not listed in `failures` were applied. Nothing
-    from `attempted` on was sent.
+    from `attempted` on was sent (where sending failed, `attempted` is
+    `index` and `error` the send's TransientKernelError or IPVSError).
     """
 
     def __init__(
         self,
         index: int,
         operation: Operation,
-        error: IPVSError,
+        error: KernelError,
         attempted: int,
-        failures: tuple[tuple[int, IPVSError], ...],
+        failures: tuple[tuple[int, KernelError], ...],
     ) -> None:
         super().__init__(index, operation, error)
         self.attempted = attempted
         self.failures = failures
 
 
-class AcknowledgementsLost(IPVSError):
-    """The kernel dropped acknowledgements (receive buffer overflow,
-    ENOBUFS): whether operations first..last were applied is unknown."""
+class _AcksLost(Exception):
+    def __init__(self, err: int) -> None:
+        self.errno = err
 
-    def __init__(self, first: int, last: int) -> None:
-        super().__init__(errno.ENOBUFS, None)
-        self.first = first
-        self.last = last
-        self.message = (
-            f"netlink receive buffer overflowed: acknowledgements of operations "
-            f"{first}..{last} were lost, their outcome is unknown (dump the table)"
-        )
-        self.args = (self.message,)
+
+def _socket_error(exc: OSError, what: str) -> KernelError:
+    """The KernelError for an OSError from the socket while doing `what`."""
+    err = exc.errno or errno.EIO
+    if err in TRANSIENT_ERRNOS:
+        return TransientKernelError(err, f"netlink {what}: {os.strerror(err)}")
+    return error_for(err, None)
 
 
 class NetlinkBackend:
@@ -92,23 +115,41 @@ class NetlinkBackend:
 
     Calls block. One instance is used by one thread at a time (it owns one
     socket and its sequence numbers); give each thread its own, or serialise.
-    Use it as a context manager, or call close().
+    Two instances in one process are independent (two sockets). Use it as a
+    context manager, or call close(). Construction raises IPVSUnavailable
+    without ip_vs, another IPVSError where the socket cannot be made.
+
+    `skipped` lists the entries the last services() left out because the
+    model cannot hold them (UnrepresentableEntry: an unknown address family).
     """
 
     def __init__(self, *, chunk_bytes: int = 128 * 1024, buffer_bytes: int = 8 << 20) -> None:
         self._chunk_bytes = chunk_bytes
         self._seq = 1
-        self._sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_GENERIC
-        )
+        self._open_dump: int | None = None
+        self.skipped: list[UnrepresentableEntry] = []
+        try:
+            self._sock = socket.socket(
+                socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_GENERIC
+            )
+        except OSError as exc:
+            raise _socket_error(exc, "socket") from exc
         try:
             self._sock.bind((0, 0))
             self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
             self._set_buffer(SO_SNDBUFFORCE, socket.SO_SNDBUF, max(buffer_bytes, 2 * chunk_bytes))
             self._set_buffer(SO_RCVBUFFORCE, socket.SO_RCVBUF, buffer_bytes)
+            seconds = int(RECV_TIMEOUT)
+            micros = int((RECV_TIMEOUT - seconds) * 1e6)
+            self._sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", seconds, micros)
+            )
             rcvbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
             self._max_in_flight = max(1, rcvbuf // ACK_CHARGE)
             self._family = self._resolve_family()
+        except OSError as exc:
+            self._sock.close()
+            raise _socket_error(exc, "setup") from exc
         except BaseException:
             self._sock.close()
             raise
@@ -142,9 +183,28 @@ class NetlinkBackend:
         self._seq += count
         return first
 
+    def _send(self, data: bytes | bytearray, what: str) -> None:
+        while True:
+            try:
+                self._sock.send(data)
+                return
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                raise _socket_error(exc, f"send ({what})") from exc
+
+    def _recv(self) -> bytes:
+        """One datagram; OSError (EAGAIN after RECV_TIMEOUT) for the caller
+        to classify."""
+        while True:
+            try:
+                return self._sock.recv(RECV_SIZE)
+            except InterruptedError:
+                continue
+
     def _resolve_family(self) -> int:
         seq = self._take_seq()
-        self._sock.send(genl.getfamily_request(seq))
+        self._send(genl.getfamily_request(seq), "family lookup")
         reply = self._reply(seq, None)
         if reply is None:
             raise IPVSUnavailable()
@@ -154,7 +214,11 @@ class NetlinkBackend:
         """The single reply to request `seq`; None if the kernel answered
         ENOENT to a family lookup."""
         while True:
-            for message in genl.messages(self._sock.recv(RECV_SIZE)):
+            try:
+                data = self._recv()
+            except OSError as exc:
+                raise _socket_error(exc, f"reply to {operation or 'family lookup'}") from exc
+            for message in genl.messages(data):
                 if message.seq != seq:
                     continue
                 if message.type == genl.NLMSG_ERROR:
@@ -164,34 +228,76 @@ class NetlinkBackend:
                     if operation is None and err == errno.ENOENT:
                         return None
                     raise error_for(err, operation)
+                if message.type < genl.NLMSG_MIN_TYPE:
+                    continue
                 return message
 
     def _request(self, body: bytes, operation: str) -> genl.Message:
+        self._drain_open_dump()
         seq = self._take_seq()
-        self._sock.send(genl.frame(self._family, genl.NLM_F_REQUEST, seq, body))
+        self._send(genl.frame(self._family, genl.NLM_F_REQUEST, seq, body), operation)
         reply = self._reply(seq, operation)
-        assert reply is not None
+        if reply is None:  # pragma: no cover - None only answers a family lookup
+            raise KernelReplyError(f"no reply to {operation}")
         return reply
 
+    def _drain_open_dump(self) -> None:
+        """Read what is left of a dump abandoned by an error: the kernel
+        refuses a new dump on this socket (EBUSY) while one is running, and
+        it only runs on as its replies are read."""
+        seq, self._open_dump = self._open_dump, None
+        while seq is not None:
+            try:
+                data = self._recv()
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    continue
+                return  # EAGAIN: nothing is coming, the dump is over
+            for message in genl.messages(data):
+                if message.seq == seq and message.type in (genl.NLMSG_DONE, genl.NLMSG_ERROR):
+                    return
+
     def _dump(self, body: bytes, operation: str) -> list[genl.Message]:
+        """Every message of a dump. DumpInterrupted when one carries
+        NLM_F_DUMP_INTR or messages were lost (ENOBUFS): the dump is read to
+        its end first, so the socket is ready for the next request."""
+        self._drain_open_dump()
         seq = self._take_seq()
-        self._sock.send(genl.frame(self._family, genl.NLM_F_REQUEST | genl.NLM_F_DUMP, seq, body))
+        self._send(
+            genl.frame(self._family, genl.NLM_F_REQUEST | genl.NLM_F_DUMP, seq, body), operation
+        )
+        self._open_dump = seq
         out: list[genl.Message] = []
+        interrupted = 0
         while True:
-            for message in genl.messages(self._sock.recv(RECV_SIZE)):
+            try:
+                data = self._recv()
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    interrupted = errno.ENOBUFS
+                    continue
+                raise _socket_error(exc, f"dump ({operation})") from exc
+            for message in genl.messages(data):
                 if message.seq != seq:
                     continue
+                if message.flags & genl.NLM_F_DUMP_INTR and not interrupted:
+                    interrupted = errno.EINTR
                 if message.type == genl.NLMSG_DONE:
+                    self._open_dump = None
                     err = genl.error_code(message) if len(message.payload) >= 4 else 0
                     if err:
                         raise error_for(err, operation)
+                    if interrupted:
+                        raise DumpInterrupted(operation, interrupted)
                     return out
                 if message.type == genl.NLMSG_ERROR:
                     err = genl.error_code(message)
                     if err:
+                        self._open_dump = None
                         raise error_for(err, operation)
                     continue
-                out.append(message)
+                if message.type >= genl.NLMSG_MIN_TYPE:
+                    out.append(message)
 
     # --- reading ----------------------------------------------------------------
 
@@ -201,10 +307,15 @@ class NetlinkBackend:
     def services(
         self, only: Collection[ServiceKey] | None = None, *, brief: bool = False
     ) -> list[ServiceEntry]:
-        services = [
-            genl.parse_service(m, stats=not brief)
-            for m in self._dump(genl.genl_body(genl.CMD_GET_SERVICE), "GetService")
-        ]
+        """See Backend.services. An entry the model cannot hold is left out
+        and kept in `skipped`."""
+        skipped: list[UnrepresentableEntry] = []
+        services = []
+        for message in self._dump(genl.genl_body(genl.CMD_GET_SERVICE), "GetService"):
+            try:
+                services.append(genl.parse_service(message, stats=not brief))
+            except UnrepresentableEntry as exc:
+                skipped.append(exc)
         brief_table = self._brief_destinations() if brief else {}
         entries = []
         for entry in services:
@@ -213,9 +324,14 @@ class NetlinkBackend:
                 continue
             dests = brief_table.get(table_key(key))
             if dests is None:
-                replies = self._dump(genl.get_dests_body(key), "GetDestinations")
-                dests = [genl.parse_destination(m, key.family) for m in replies]
+                dests = []
+                for message in self._dump(genl.get_dests_body(key), "GetDestinations"):
+                    try:
+                        dests.append(genl.parse_destination(message, key.family))
+                    except UnrepresentableEntry as exc:
+                        skipped.append(exc)
             entries.append(ServiceEntry(entry.service, tuple(dests), entry.stats))
+        self.skipped = skipped
         return entries
 
     def _brief_destinations(self) -> dict[TableKey, list[DestinationEntry]]:
@@ -238,36 +354,102 @@ class NetlinkBackend:
         return [genl.parse_daemon(m) for m in replies]
 
     def connections(self) -> list[Connection]:
+        """/proc/net/ip_vs_conn: IPVSUnavailable without it, IPVSError where
+        it cannot be read, KernelReplyError where it cannot be parsed."""
         try:
             with open(CONN_TABLE) as table:
                 text = table.read()
         except FileNotFoundError:
             raise IPVSUnavailable() from None
-        return parse_connections(text, CONN_TABLE)
+        except OSError as exc:
+            raise error_for(exc.errno or errno.EIO, None) from exc
+        except ValueError as exc:
+            raise KernelReplyError(f"{CONN_TABLE}: {exc}") from exc
+        try:
+            return parse_connections(text, CONN_TABLE)
+        except ValueError as exc:
+            raise KernelReplyError(str(exc)) from exc
 
     # --- writing ----------------------------------------------------------------
 
     def apply(self, operations: Sequence[Operation]) -> None:
-        """Apply `operations` in order.
+        """Apply `operations` in order, stopping at the first failure.
 
         Every operation is encoded (and so validated) before anything is
-        sent: bad input raises genl.InvalidOperation naming the operation
-        and changes nothing. Then chunks of operations (up to chunk_bytes of
+        sent: bad input raises InvalidOperation naming the operation and
+        changes nothing. Then chunks of operations (up to chunk_bytes of
         messages, and never more than the receive buffer can acknowledge)
         go out one send() each; all acknowledgements of a chunk are read and
         checked before the next chunk is sent. The first chunk with a
         failure ends the batch with NetlinkBatchError (see there for what
-        was applied).
+        was applied); lost acknowledgements raise AcknowledgementsLost.
         """
         bodies = []
         for index, operation in enumerate(operations):
             try:
                 bodies.append(genl.operation_body(operation))
-            except genl.InvalidOperation as exc:
-                raise genl.InvalidOperation(f"operation {index}: {exc}") from exc
-        flags = genl.NLM_F_REQUEST | genl.NLM_F_ACK
-        header = genl.NLMSG_HEADER
-        family = self._family
+            except InvalidOperation as exc:
+                raise InvalidOperation(f"operation {index}: {exc}") from exc
+        for start, end in self._chunks(bodies):
+            try:
+                first_seq = self._send_chunk(bodies, start, end)
+            except KernelError as error:
+                raise NetlinkBatchError(
+                    start, operations[start], error, start, ((start, error),)
+                ) from error
+            try:
+                failures = self._acknowledgements(first_seq, end - start)
+            except _AcksLost as lost:
+                raise AcknowledgementsLost(start, end - 1, err=lost.errno) from None
+            if failures:
+                errors: tuple[tuple[int, KernelError], ...] = tuple(
+                    (start + offset, error_for(err, type(operations[start + offset]).__name__))
+                    for offset, err in failures
+                )
+                index, first_error = errors[0]
+                raise NetlinkBatchError(index, operations[index], first_error, end, errors)
+
+    def apply_each(self, operations: Sequence[Operation]) -> list[KernelError | None]:
+        """Send every operation, in order and chunked as apply() does; a
+        failure does not stop the later ones. Returns each operation's
+        outcome in order: None (applied), the InvalidOperation of one the
+        encoder refuses (not sent), the kernel's IPVSError, or the
+        TransientKernelError/IPVSError of a send that failed (that operation
+        and every later one were not sent). Raises AcknowledgementsLost only
+        when outcomes are unknown (its `known` holds those before `first`).
+        """
+        outcomes: list[KernelError | None] = [None] * len(operations)
+        indexes: list[int] = []
+        bodies: list[bytes] = []
+        for index, operation in enumerate(operations):
+            try:
+                bodies.append(genl.operation_body(operation))
+            except InvalidOperation as exc:
+                outcomes[index] = exc
+                continue
+            indexes.append(index)
+        for start, end in self._chunks(bodies):
+            try:
+                first_seq = self._send_chunk(bodies, start, end)
+            except KernelError as error:
+                for position in range(start, len(bodies)):
+                    outcomes[indexes[position]] = error
+                break
+            try:
+                failures = self._acknowledgements(first_seq, end - start)
+            except _AcksLost as lost:
+                first = indexes[start]
+                raise AcknowledgementsLost(
+                    first, indexes[end - 1], tuple(outcomes[:first]), lost.errno
+                ) from None
+            for offset, err in failures:
+                index = indexes[start + offset]
+                outcomes[index] = error_for(err, type(operations[index]).__name__)
+        return outcomes
+
+    def _chunks(self, bodies: Sequence[bytes]) -> Iterator[tuple[int, int]]:
+        """(start, end) of each chunk: up to chunk_bytes of messages, never
+        more than the receive buffer can acknowledge."""
         start, total = 0, len(bodies)
         while start < total:
             end, size = start, 0
@@ -277,42 +459,42 @@ class NetlinkBackend:
             ):
                 size += len(bodies[end]) + 16
                 end += 1
-            first_seq = self._take_seq(end - start)
-            chunk = bytearray()
-            for offset in range(end - start):
-                body = bodies[start + offset]
-                chunk += header.pack(16 + len(body), family, flags, first_seq + offset, 0)
-                chunk += body
-            self._sock.send(chunk)
-            failures = self._acknowledgements(first_seq, start, end)
-            if failures:
-                errors = tuple(
-                    (index, error_for(err, type(operations[index]).__name__))
-                    for index, err in failures
-                )
-                index, error = errors[0]
-                raise NetlinkBatchError(index, operations[index], error, end, errors)
+            yield start, end
             start = end
 
-    def _acknowledgements(self, first_seq: int, start: int, end: int) -> list[tuple[int, int]]:
-        """Read the acknowledgements of operations start..end-1 (sequence
-        numbers from first_seq); return (index, errno) of each failure."""
-        pending = end - start
-        last_seq = first_seq + pending
+    def _send_chunk(self, bodies: Sequence[bytes], start: int, end: int) -> int:
+        """Send bodies[start:end] in one send(); the first sequence number."""
+        self._drain_open_dump()
+        flags = genl.NLM_F_REQUEST | genl.NLM_F_ACK
+        header = genl.NLMSG_HEADER
+        family = self._family
+        first_seq = self._take_seq(end - start)
+        chunk = bytearray()
+        for offset in range(end - start):
+            body = bodies[start + offset]
+            chunk += header.pack(16 + len(body), family, flags, first_seq + offset, 0)
+            chunk += body
+        self._send(chunk, "operations")
+        return first_seq
+
+    def _acknowledgements(self, first_seq: int, count: int) -> list[tuple[int, int]]:
+        """Read the acknowledgements of `count` requests from first_seq;
+        return (offset, errno) of each failure. _AcksLost where they cannot
+        all be read (ENOBUFS: dropped; EAGAIN: none came in time)."""
+        pending = count
+        last_seq = first_seq + count
         failures: list[tuple[int, int]] = []
         while pending:
             try:
-                data = self._sock.recv(RECV_SIZE)
+                data = self._recv()
             except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    raise AcknowledgementsLost(start, end - 1) from exc
-                raise
+                raise _AcksLost(exc.errno or errno.EIO) from exc
             for message in genl.messages(data):
                 if message.type != genl.NLMSG_ERROR or not first_seq <= message.seq < last_seq:
                     continue
                 pending -= 1
                 err = genl.error_code(message)
                 if err:
-                    failures.append((start + message.seq - first_seq, err))
+                    failures.append((message.seq - first_seq, err))
         failures.sort()
         return failures

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from typing import Protocol as TypingProtocol
 
 from director.ipvs.model import (
@@ -24,6 +25,9 @@ from director.ipvs.model import (
     SyncState,
     Timeouts,
 )
+
+if TYPE_CHECKING:
+    from director.ipvs.errors import KernelError
 
 
 @dataclass(frozen=True)
@@ -105,10 +109,12 @@ Operation = (
 class Backend(TypingProtocol):
     """The kernel's IPVS table, or a stand-in for it.
 
-    Calls block; trio code runs them in a worker thread. apply() sends every
-    operation and checks every acknowledgement; on the first failure it raises
-    director.ipvs.errors.BatchError naming that operation (the ones before it
-    stay applied, as with ipvsadm -R).
+    Calls block; trio code runs them in a worker thread. Every method raises
+    only director.ipvs.errors.KernelError (see the tree there). apply() sends
+    every operation and checks every acknowledgement; on the first failure it
+    raises director.ipvs.errors.BatchError naming that operation (the ones
+    before it stay applied, as with ipvsadm -R). apply_each() goes on past a
+    failure and returns every operation's outcome.
     """
 
     def info(self) -> Info: ...
@@ -123,7 +129,21 @@ class Backend(TypingProtocol):
         and -S show is exact, and costs a backend less to read."""
         ...
 
-    def apply(self, operations: Sequence[Operation]) -> None: ...
+    def apply(self, operations: Sequence[Operation]) -> None:
+        """Apply in order, stopping at the first failure: InvalidOperation
+        (nothing sent) if the encoder refuses any, BatchError for the first
+        the kernel refuses (those before it applied), AcknowledgementsLost
+        when outcomes are unknown."""
+        ...
+
+    def apply_each(self, operations: Sequence[Operation]) -> list[KernelError | None]:
+        """Send every operation in order; a failure does not stop the later
+        ones. One outcome per operation, in order: None (applied) or the
+        KernelError that refused it (InvalidOperation: the encoder refused
+        it and it was not sent; an IPVSError: the kernel's answer; a
+        TransientKernelError: it could not be sent). Raises only when
+        outcomes are unknown (AcknowledgementsLost, a TransientKernelError)."""
+        ...
 
     def timeouts(self) -> Timeouts: ...
 

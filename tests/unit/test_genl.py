@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from director.ipvs import genl, ops
 from director.ipvs.conntable import parse_connections
+from director.ipvs.errors import KernelReplyError
 from director.ipvs.model import (
     AF_INET,
     AF_INET6,
@@ -168,17 +169,23 @@ def test_daemon_attributes() -> None:
             "port 70000 is out of range 0..65535",
         ),
         (ops.AddService(Service(V4, "a-very-long-scheduler")), "scheduler 'a-very-long-scheduler'"),
-        (ops.AddService(Service(V6, netmask=0)), "IPv6 netmask (prefix length) 0 is out of range"),
+        (ops.AddService(Service(V6, netmask=2**32)), "netmask 4294967296 is out of range"),
         (
             ops.AddDestination(V4, Destination(IPv4Address("10.0.0.2"), 80, weight=-1)),
             "destination 10.0.0.2 port 80 of service",
         ),
         (
-            ops.StartDaemon(
-                SyncDaemon(SyncState.MASTER, "eth0", mcast_group=ip_address("10.0.0.1"))
-            ),
-            "mcast group 10.0.0.1 is not a multicast address",
+            ops.AddDestination(V4, Destination(IPv4Address("10.0.0.2"), 80, weight=2**32)),
+            "weight 4294967296 is out of range 0..4294967295",
         ),
+        (
+            ops.AddDestination(
+                V4, Destination(IPv4Address("10.0.0.2"), 80, tun_type=TunnelType(256))
+            ),
+            "tunnel type 256 is out of range 0..255",
+        ),
+        (ops.SetTimeouts(Timeouts(tcp=2**32)), "tcp 4294967296 is out of range 0..4294967295"),
+        (ops.StartDaemon(SyncDaemon(SyncState.MASTER, "eth0", syncid=256)), "syncid 256"),
         (ops.StopDaemon(SyncState.NONE), "state must be MASTER or BACKUP"),
         (
             ops.AddService(Service(ServiceKey(AF_INET, Protocol.TCP, IPv6Address("::1"), 80))),
@@ -215,7 +222,7 @@ def test_messages_split_a_datagram_and_read_acks() -> None:
 
 def test_truncated_message_is_an_error() -> None:
     data = genl.frame(0x20, 0, 1, b"\0" * 8)
-    with pytest.raises(ValueError, match="truncated netlink message at offset 0"):
+    with pytest.raises(KernelReplyError, match="truncated netlink message at offset 0"):
         list(genl.messages(data[:-4]))
 
 

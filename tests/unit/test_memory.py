@@ -9,7 +9,9 @@ from director.ipvs.errors import (
     BatchError,
     DaemonError,
     DestinationExists,
+    InvalidOperation,
     IPVSError,
+    KernelError,
     NoSuchDestination,
     NoSuchService,
     SchedulerNotFound,
@@ -135,7 +137,7 @@ def test_errors_are_the_kernels(
 def test_destination_values_the_kernel_refuses() -> None:
     backend = MemoryBackend([ServiceEntry(SVC)])
     cases = [
-        (Destination(D1.address, 80, weight=-1), "ERANGE"),
+        (Destination(D1.address, 80, weight=2**31), "ERANGE"),  # a negative int to the kernel
         (Destination(D1.address, 80, u_threshold=5, l_threshold=6), "ERANGE"),
         (Destination(D1.address, 80, l_threshold=1), "ERANGE"),
         (Destination(D1.address, 80, Forward.TUNNEL, tun_type=TunnelType.GUE), "EINVAL"),
@@ -143,6 +145,7 @@ def test_destination_values_the_kernel_refuses() -> None:
     for dest, name in cases:
         for op in (AddDestination(KEY, dest), EditDestination(KEY, dest)):
             batch = failure(backend, [op])
+            assert isinstance(batch.error, IPVSError)
             assert batch.error.errno == getattr(errno, name), (dest, op)
     assert backend.services()[0].destinations == ()
 
@@ -150,8 +153,9 @@ def test_destination_values_the_kernel_refuses() -> None:
 def test_ipv6_netmask_must_be_a_prefix_length() -> None:
     key = ServiceKey.inet(Protocol.TCP, "2001:db8::1", 80)
     assert key.family == AF_INET6
-    batch = failure(MemoryBackend(), [AddService(Service(key, "rr", netmask=129))])
-    assert batch.error.errno == errno.EINVAL
+    for netmask in (0, 129):
+        batch = failure(MemoryBackend(), [AddService(Service(key, "rr", netmask=netmask))])
+        assert isinstance(batch.error, IPVSError) and batch.error.errno == errno.EINVAL
     MemoryBackend().apply([AddService(Service(key, "rr"))])  # default: 128
 
 
@@ -224,3 +228,55 @@ def test_dump_of_only_some_services() -> None:
     assert [e.service.key for e in backend.services(only={b})] == [b]
     assert backend.services(only=()) == []
     assert [e.service.key for e in backend.services()] == [a, b]
+
+
+def test_what_the_encoder_refuses_is_refused_before_anything_is_applied() -> None:
+    backend = MemoryBackend([ServiceEntry(SVC)])
+    bad = AddDestination(KEY, Destination(D1.address, 80, weight=-1))
+    with pytest.raises(InvalidOperation, match=r"operation 1: .*weight -1 is out of range"):
+        backend.apply([AddDestination(KEY, D2), bad])
+    assert backend.services()[0].destinations == ()
+
+
+def test_apply_each_goes_on_past_every_failure() -> None:
+    backend = MemoryBackend([ServiceEntry(SVC)])
+    other = ServiceKey.inet(Protocol.TCP, "10.0.0.9", 80)
+    multicast = Destination(ip_address("224.0.0.7"), 80)
+    operations: list[Operation] = [
+        AddDestination(KEY, D1),
+        AddDestination(KEY, multicast),
+        AddService(Service(other, "nope")),
+        AddDestination(KEY, Destination(D2.address, 80, weight=-1)),
+        AddDestination(KEY, D1),
+        AddDestination(KEY, D2),
+    ]
+    outcomes = backend.apply_each(operations)
+    assert outcomes[0] is None and outcomes[5] is None
+    assert isinstance(outcomes[1], IPVSError) and outcomes[1].errno == errno.EINVAL
+    assert isinstance(outcomes[2], SchedulerNotFound)
+    assert isinstance(outcomes[3], InvalidOperation)
+    assert isinstance(outcomes[4], DestinationExists)
+    assert all(isinstance(o, KernelError) for o in outcomes[1:5])
+    assert [e.destination for e in backend.services()[0].destinations] == [D1, D2]
+    assert backend.applied == [operations[0], operations[5]]
+
+
+@pytest.mark.parametrize(
+    "address", ["224.0.0.7", "0.0.0.0", "255.255.255.255", "ff02::1", "::", "fe80::1"]
+)
+def test_a_destination_that_is_not_unicast_is_einval(address: str) -> None:
+    key = KEY if ip_address(address).version == 4 else ServiceKey.inet(Protocol.TCP, "::1", 80)
+    backend = MemoryBackend([ServiceEntry(Service(key, "rr"))])
+    (outcome,) = backend.apply_each([AddDestination(key, Destination(ip_address(address), 80))])
+    assert isinstance(outcome, IPVSError) and outcome.errno == errno.EINVAL
+    assert "address not unicast" in outcome.message
+
+
+def test_timeouts_above_int_max_over_hz_are_einval() -> None:
+    backend = MemoryBackend()  # HZ 250, as Debian's kernel
+    backend.apply([SetTimeouts(Timeouts(2500000, 120, 300))])
+    assert backend.timeouts() == Timeouts(2500000, 120, 300)
+    (outcome,) = backend.apply_each([SetTimeouts(Timeouts(2**31 // 250 + 1, 0, 0))])
+    assert isinstance(outcome, IPVSError) and outcome.errno == errno.EINVAL
+    (outcome,) = MemoryBackend(hz=1000).apply_each([SetTimeouts(Timeouts(2500000, 120, 300))])
+    assert isinstance(outcome, IPVSError) and outcome.errno == errno.EINVAL
