@@ -13,13 +13,13 @@ from director.config.model import (
     VirtualServer,
 )
 from director.config.parse import (
-    PERSISTENCE_ENGINES,
-    SCHEDULERS,
     ConfigError,
     load_config,
     parse_config,
     parse_endpoint,
 )
+from director.ipvs.facts import KNOWN_SCHEDULERS as SCHEDULERS
+from director.ipvs.facts import PERSISTENCE_ENGINES
 from director.ipvs.model import service_label
 
 __all__ = [

@@ -27,9 +27,27 @@ from director.config.model import (
 )
 from director.config.reader import Problems, Table
 from director.health.spec import Check, TcpCheck
+from director.ipvs.facts import (
+    FWMARK_MAX,
+    IPV6_PREFIX_RANGE,
+    MAX_WEIGHT,
+    PERSISTENCE_TIMEOUT_MAX,
+    PORT_MAX,
+    PROTOCOLS,
+    THRESHOLD_MAX,
+    U32_MAX,
+    KernelModules,
+    destination_problem,
+    kernel_modules,
+    persistence_engine_problem,
+    scheduler_problem,
+    unicast_problem,
+)
 from director.ipvs.model import (
     AF_INET,
     AF_INET6,
+    DEFAULT_SCHEDULER,
+    TIMEOUT_MAX,
     Forward,
     IPAddress,
     Protocol,
@@ -41,10 +59,6 @@ from director.ipvs.model import (
     family_of,
 )
 
-SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh")
-PERSISTENCE_ENGINES = ("sip",)
-
-_PROTOCOLS = {"tcp": Protocol.TCP, "udp": Protocol.UDP, "sctp": Protocol.SCTP}
 _FORWARDS = {"route": Forward.ROUTE, "masq": Forward.MASQ, "tunnel": Forward.TUNNEL}
 _FAMILIES = {"ipv4": AF_INET, "ipv6": AF_INET6}
 _ON_FAILURE = {f.value: f for f in OnFailure}
@@ -68,7 +82,8 @@ _SCHEDULER_FLAGS: dict[str, tuple[ServiceFlags, str | None]] = {
 _ENDPOINT = re.compile(
     r"\[(?P<v6>[^\]]+)\](?::(?P<v6port>[^:]*))?|(?P<v4>[^:]+)(?::(?P<v4port>.*))?"
 )
-_MAX_U32 = 2**32 - 1
+# Not a kernel value: the number of real servers bounds it, this only the type.
+_QUORUM_MAX = 2**31 - 1
 T = TypeVar("T")
 
 
@@ -83,26 +98,38 @@ class ConfigError(Exception):
         super().__init__(f"{source}: {count}:\n" + "\n".join(f"  {e}" for e in errors))
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, modules: KernelModules | None = None) -> Config:
+    """parse_config of the file at `path` (blocking). Raises ConfigError,
+    also when the file cannot be read."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([f"cannot read: {e}"], str(path)) from e
-    return parse_config(text, str(path))
+    return parse_config(text, str(path), modules)
 
 
-def parse_config(text: str, source: str = "<config>") -> Config:
+def parse_config(
+    text: str, source: str = "<config>", modules: KernelModules | None = None
+) -> Config:
+    """The Config that TOML `text` describes; raises ConfigError (and nothing
+    else) listing every problem. `modules`: the schedulers and persistence
+    engines taken besides the known ones; by default the running kernel's
+    (director.ipvs.facts.kernel_modules, which reads /lib/modules)."""
     try:
         data = tomli.loads(text)
     except tomli.TOMLDecodeError as e:
         raise ConfigError([f"TOML syntax error: {e}"], source) from e
+    except RecursionError as e:  # tomli's bound on nested inline arrays and tables
+        raise ConfigError([f"TOML too deeply nested: {e}"], source) from e
+    if modules is None:
+        modules = kernel_modules()
     problems = Problems()
     root = Table(data, "", problems)
     config = Config(
         ipvs=_ipvs(root.table("ipvs")),
         control=_control(root.table("control")),
         daemon=_daemon(root.table("daemon")),
-        virtual_servers=_virtual_servers(root.tables("virtual_server"), problems),
+        virtual_servers=_virtual_servers(root.tables("virtual_server"), problems, modules),
         source=source,
     )
     root.close()
@@ -131,7 +158,7 @@ def parse_endpoint(text: str) -> tuple[IPAddress, int | None] | None:
         return None
     if port_text is None:
         return address, None
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not port_text.isascii() or not port_text.isdigit() or int(port_text) > PORT_MAX:
         return None
     return address, int(port_text)
 
@@ -143,9 +170,9 @@ def _ipvs(table: Table | None) -> IpvsSettings:
     t = table.table("timeouts")
     if t is not None:
         timeouts = Timeouts(
-            tcp=t.integer("tcp", 0, _MAX_U32 // 1000) or 0,
-            tcp_fin=t.integer("tcpfin", 0, _MAX_U32 // 1000) or 0,
-            udp=t.integer("udp", 0, _MAX_U32 // 1000) or 0,
+            tcp=t.integer("tcp", 0, TIMEOUT_MAX) or 0,
+            tcp_fin=t.integer("tcpfin", 0, TIMEOUT_MAX) or 0,
+            udp=t.integer("udp", 0, TIMEOUT_MAX) or 0,
         )
         t.close()
     table.close()
@@ -195,11 +222,13 @@ def _daemon(table: Table | None) -> DaemonSettings:
     return settings
 
 
-def _virtual_servers(tables: list[Table], problems: Problems) -> tuple[VirtualServer, ...]:
+def _virtual_servers(
+    tables: list[Table], problems: Problems, modules: KernelModules
+) -> tuple[VirtualServer, ...]:
     result: list[VirtualServer] = []
     seen: dict[ServiceKey, str] = {}
     for table in tables:
-        vs = _virtual_server(table)
+        vs = _virtual_server(table, modules)
         if vs is None:
             continue
         if vs.key in seen:
@@ -213,13 +242,13 @@ def _virtual_servers(tables: list[Table], problems: Problems) -> tuple[VirtualSe
 
 
 def _service_key(table: Table) -> ServiceKey | None:
-    fwmark = table.integer("fwmark", 1, _MAX_U32)
+    fwmark = table.integer("fwmark", 1, FWMARK_MAX)
     family_name = table.choice("family", _FAMILIES)
     ipv6 = table.raw("ipv6")
     if ipv6 is not None and not isinstance(ipv6, bool):
         table.error("ipv6", "expected a boolean", ipv6)
     address_text = table.string("address")
-    protocol = table.choice("protocol", _PROTOCOLS)
+    protocol = table.choice("protocol", PROTOCOLS)
     if "fwmark" in table:
         for key in ("address", "protocol"):
             if key in table:
@@ -234,22 +263,30 @@ def _service_key(table: Table) -> ServiceKey | None:
     if "address" not in table:
         table.error("address", "required (or fwmark instead of protocol and address)")
     if "protocol" not in table:
-        table.error("protocol", "required (tcp, udp or sctp), or fwmark instead")
+        table.error("protocol", f"required ({', '.join(PROTOCOLS)}), or fwmark instead")
     if address_text is None or protocol is None:
         return None
     endpoint = parse_endpoint(address_text)
     if endpoint is None or endpoint[1] is None:
         table.error("address", "not an IP address and port", address_text)
         return None
+    problem = unicast_problem(endpoint[0])
+    if problem is not None:
+        table.error("address", problem, address_text)
+        return None
     return ServiceKey.inet(protocol, endpoint[0], endpoint[1])
 
 
-def _virtual_server(table: Table) -> VirtualServer | None:
+def _virtual_server(table: Table, modules: KernelModules) -> VirtualServer | None:
     key = _service_key(table)
-    scheduler = table.string("scheduler") or "wlc"
-    if scheduler not in SCHEDULERS:
-        table.error("scheduler", f"unknown scheduler (known: {' '.join(SCHEDULERS)})", scheduler)
-    persistent = table.integer("persistent", 1, _MAX_U32 // 1000)
+    scheduler = table.string("scheduler")
+    if scheduler is None:
+        scheduler = DEFAULT_SCHEDULER
+    else:
+        problem = scheduler_problem(scheduler, modules.schedulers)
+        if problem is not None:
+            table.error("scheduler", problem, scheduler)
+    persistent = table.integer("persistent", 1, PERSISTENCE_TIMEOUT_MAX)
     family = key.family if key is not None else None
     netmask = _netmask(table, family)
     if netmask is not None and persistent is None:
@@ -258,7 +295,11 @@ def _virtual_server(table: Table) -> VirtualServer | None:
     one_packet = table.boolean("one_packet", False)
     if one_packet and key is not None and key.protocol not in (Protocol.UDP, None):
         table.error("one_packet", "one-packet scheduling is only for UDP (or fwmark) services")
-    pe = table.choice("pe", {p: p for p in PERSISTENCE_ENGINES}) or ""
+    pe = table.string("pe") or ""
+    if "pe" in table:
+        problem = persistence_engine_problem(pe, modules.persistence_engines)
+        if problem is not None:
+            table.error("pe", problem, pe)
     if pe and persistent is None:
         table.error("pe", "a persistence engine needs persistent")
     if key is not None and not key.is_fwmark and key.port == 0 and persistent is None:
@@ -267,7 +308,7 @@ def _virtual_server(table: Table) -> VirtualServer | None:
     check = _service_check(table)
     real_servers = _real_servers(table, key, check)
     sorry = _sorry_server(table, key, real_servers)
-    quorum = table.integer("quorum", 1, 65535)
+    quorum = table.integer("quorum", 1, _QUORUM_MAX)
     if quorum is not None and quorum > len(real_servers) and real_servers:
         table.error("quorum", f"more than the {len(real_servers)} real servers", quorum)
     on_failure = table.choice("on_failure", _ON_FAILURE) or OnFailure.REMOVE
@@ -299,19 +340,19 @@ def _netmask(table: Table, family: int | None) -> int | None:
     if raw is None or family is None:
         return None
     if isinstance(raw, int) and not isinstance(raw, bool):
-        limit = 32 if family == AF_INET else 128
+        limit = 32 if family == AF_INET else IPV6_PREFIX_RANGE[-1]
         if not 1 <= raw <= limit:
             table.error("persistent_netmask", f"prefix length must be 1..{limit}", raw)
             return None
         if family == AF_INET6:
             return raw
-        return (_MAX_U32 << (32 - raw)) & _MAX_U32
+        return (U32_MAX << (32 - raw)) & U32_MAX
     if isinstance(raw, str) and family == AF_INET:
         try:
             mask = int(IPv4Address(raw))
         except ValueError:
             mask = -1
-        inverted = ~mask & _MAX_U32
+        inverted = ~mask & U32_MAX
         if mask > 0 and inverted & (inverted + 1) == 0:
             return mask
     table.error(
@@ -385,6 +426,10 @@ def _endpoint_of(table: Table, key: ServiceKey | None) -> tuple[IPAddress, int] 
         table.error("address", "not an IP address and port", text)
         return None
     address, port = endpoint
+    problem = destination_problem(address)
+    if problem is not None:
+        table.error("address", problem, text)
+        return None
     if port is None:
         if key is None:
             return None
@@ -419,25 +464,25 @@ def _real_server(
 ) -> RealServer | None:
     endpoint = _endpoint_of(table, key)
     forward = _default(table.choice("forward", _FORWARDS), Forward.ROUTE)
-    weight = table.integer("weight", 0, 65535)
+    weight = table.integer("weight", 0, MAX_WEIGHT)
     u_threshold = l_threshold = 0
     thresholds = table.table("thresholds")
     if thresholds is not None:
-        u_threshold = thresholds.integer("upper", 0, _MAX_U32) or 0
-        l_threshold = thresholds.integer("lower", 0, _MAX_U32) or 0
+        u_threshold = thresholds.integer("upper", 0, THRESHOLD_MAX) or 0
+        l_threshold = thresholds.integer("lower", 0, THRESHOLD_MAX) or 0
         if l_threshold > u_threshold:
             thresholds.error("lower", f"above upper ({u_threshold})", l_threshold)
         thresholds.close()
     tun_type = table.choice("tun_type", _TUN_TYPES)
-    tun_port = table.integer("tun_port", 1, 65535)
+    tun_port = table.integer("tun_port", 1, PORT_MAX)
     tun_flags = table.choice("tun_checksum", _TUN_CHECKSUMS)
     if forward != Forward.TUNNEL:
         for option in ("tun_type", "tun_port", "tun_checksum"):
             if option in table:
                 table.error(option, "only with forward = 'tunnel'")
-    elif tun_type == TunnelType.GUE and tun_port is None:
+    elif tun_type == TunnelType.GUE and "tun_port" not in table:
         table.error("tun_port", "required with tun_type = 'gue'")
-    elif tun_type != TunnelType.GUE and tun_port is not None:
+    elif tun_type != TunnelType.GUE and "tun_port" in table:
         table.error("tun_port", "only with tun_type = 'gue'")
     if tun_type in (None, TunnelType.IPIP) and tun_flags not in (None, TunnelFlags.NOCSUM):
         table.error("tun_checksum", "only with tun_type 'gue' or 'gre'")
@@ -478,7 +523,7 @@ def _sorry_server(
         return None
     endpoint = _endpoint_of(sorry, key)
     forward = _default(sorry.choice("forward", _FORWARDS), Forward.ROUTE)
-    weight = sorry.integer("weight", 0, 65535)
+    weight = sorry.integer("weight", 0, MAX_WEIGHT)
     sorry.close()
     if endpoint is None:
         return None

@@ -16,11 +16,10 @@ from __future__ import annotations
 import errno
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
-from ipaddress import IPv4Address
 
 from director.ipvs import genl
 from director.ipvs.errors import BatchError, InvalidOperation, KernelError, error_for
-from director.ipvs.facts import KNOWN_SCHEDULERS, PERSISTENCE_ENGINES
+from director.ipvs.facts import KNOWN_SCHEDULERS, PERSISTENCE_ENGINES, destination_problem
 from director.ipvs.model import (
     AF_INET6,
     Connection,
@@ -275,11 +274,5 @@ def _zeroed(entry: ServiceEntry) -> ServiceEntry:
 
 
 def _unicast(address: IPAddress) -> bool:
-    """What ip_vs_new_dest takes, for addresses not local to the host: IPv4
-    that is not multicast, 0.0.0.0 or 255.255.255.255 (inet_addr_type); IPv6
-    unicast that is not link-local (ipv6_addr_type)."""
-    if address.is_multicast or address.is_unspecified:
-        return False
-    if isinstance(address, IPv4Address):
-        return address != IPv4Address("255.255.255.255")
-    return not address.is_link_local
+    """What ip_vs_new_dest takes, for addresses not local to the host."""
+    return destination_problem(address) is None

@@ -21,8 +21,16 @@ from director.health.spec import (
     Timing,
     UdpCheck,
 )
+from director.ipvs.facts import (
+    NO_MODULES,
+    KernelModules,
+    kernel_modules,
+    modules_named,
+    unicast_problem,
+)
 from director.ipvs.model import (
     AF_INET6,
+    TIMEOUT_MAX,
     Destination,
     Forward,
     Protocol,
@@ -43,15 +51,15 @@ address = "10.0.0.1:80"
 """
 
 
-def errors_of(text: str) -> list[str]:
+def errors_of(text: str, modules: KernelModules = NO_MODULES) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        parse_config(text, "test.toml")
+        parse_config(text, "test.toml", modules)
     assert info.value.source == "test.toml"
     return info.value.errors
 
 
-def one_error(text: str) -> str:
-    errors = errors_of(text)
+def one_error(text: str, modules: KernelModules = NO_MODULES) -> str:
+    errors = errors_of(text, modules)
     assert len(errors) == 1, errors
     return errors[0]
 
@@ -324,7 +332,8 @@ def test_all_errors_are_collected() -> None:
     assert errors == [
         "daemon.reconcile_interval: must be a finite number above 0: 0",
         "virtual_server[0].scheduler: unknown scheduler "
-        "(known: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh): 'fastest'",
+        "(known: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos none;"
+        " this kernel's modules: none found): 'fastest'",
         "virtual_server[0].real_server[0].weight: must be between 0 and 65535: 70000",
         "virtual_server[1].protocol: must be one of tcp, udp, sctp: 'icmp'",
     ]
@@ -435,7 +444,7 @@ def test_all_errors_are_collected() -> None:
             "virtual_server[0].check.command: cannot split into words (No closing quotation): 'a \"b'",
         ),
         (VS + "check = 'tcp'\n", "virtual_server[0].check: expected a table, got a string: 'tcp'"),
-        (VS + "persistent = 0\n", "virtual_server[0].persistent: must be between 1 and 4294967: 0"),
+        (VS + "persistent = 0\n", "virtual_server[0].persistent: must be between 1 and 2678400: 0"),
         (
             VS + "persistent_netmask = 24\n",
             "virtual_server[0].persistent_netmask: only for persistent services",
@@ -460,7 +469,11 @@ def test_all_errors_are_collected() -> None:
             VS + "one_packet = true\n",
             "virtual_server[0].one_packet: one-packet scheduling is only for UDP (or fwmark) services",
         ),
-        (VS + "persistent = 1\npe = 'h323'\n", "virtual_server[0].pe: must be one of sip: 'h323'"),
+        (
+            VS + "persistent = 1\npe = 'h323'\n",
+            "virtual_server[0].pe: unknown persistence engine"
+            " (known: sip; this kernel's modules: none found): 'h323'",
+        ),
         (VS + "pe = 'sip'\n", "virtual_server[0].pe: a persistence engine needs persistent"),
         (
             VS + "on_failure = 'drop'\n",
@@ -492,7 +505,7 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             '[[virtual_server]]\naddress = "10.0.0.1:80"\n',
-            "virtual_server[0].protocol: required (tcp, udp or sctp), or fwmark instead",
+            "virtual_server[0].protocol: required (tcp, udp, sctp), or fwmark instead",
         ),
         (
             '[[virtual_server]]\nfwmark = 1\nprotocol = "tcp"\n',
@@ -592,7 +605,7 @@ def test_all_errors_are_collected() -> None:
         ("virtual_server = [1]\n", "virtual_server[0]: expected a table, got an integer: 1"),
         (
             "[ipvs]\ntimeouts = { tcp = -1 }\n",
-            "ipvs.timeouts.tcp: must be between 0 and 4294967: -1",
+            "ipvs.timeouts.tcp: must be between 0 and 2147483: -1",
         ),
         (
             "[ipvs]\ntimeouts = { fin = 1 }\n",
@@ -672,3 +685,310 @@ def test_parse_endpoint(text: str, expected: tuple[str, int | None] | None) -> N
         assert result is None
     else:
         assert result == (ip_address(expected[0]), expected[1])
+
+
+# -- what the kernel refuses is refused by --check ------------------------------------
+
+V6 = """
+[[virtual_server]]
+protocol = "tcp"
+address = "[2001:db8::1]:80"
+"""
+
+
+def real_server(address: str) -> str:
+    return f"[[virtual_server.real_server]]\naddress = '{address}'\n"
+
+
+def test_timeout_the_kernel_refuses_is_refused() -> None:
+    # The issue's example: --check took it, and the daemon died at start.
+    assert one_error("[ipvs]\ntimeouts = { tcp = 2500000 }\n") == (
+        "ipvs.timeouts.tcp: must be between 0 and 2147483: 2500000"
+    )
+
+
+@pytest.mark.parametrize("key", ["tcp", "tcpfin", "udp"])
+def test_timeout_above_timeout_max_is_refused(key: str) -> None:
+    assert one_error(f"[ipvs]\ntimeouts = {{ {key} = 2147484 }}\n") == (
+        f"ipvs.timeouts.{key}: must be between 0 and 2147483: 2147484"
+    )
+
+
+def test_timeout_max_itself_is_accepted() -> None:
+    config = parse_config(
+        "[ipvs]\ntimeouts = { tcp = 2147483, tcpfin = 2147483, udp = 2147483 }\n",
+        modules=NO_MODULES,
+    )
+    assert config.ipvs.timeouts == Timeouts(TIMEOUT_MAX, TIMEOUT_MAX, TIMEOUT_MAX)
+
+
+def test_timeout_zero_keeps_the_kernels() -> None:
+    config = parse_config("[ipvs]\ntimeouts = { tcp = 0, udp = 30 }\n", modules=NO_MODULES)
+    assert config.ipvs.timeouts == Timeouts(tcp=0, tcp_fin=0, udp=30)
+
+
+@pytest.mark.parametrize(
+    ("service", "address", "error"),
+    [
+        pytest.param(VS, "224.0.0.1", "a multicast address, not a host's", id="v4-multicast"),
+        pytest.param(VS, "239.255.255.255:80", "a multicast address, not a host's", id="v4-mc-top"),
+        pytest.param(VS, "255.255.255.255", "the broadcast address, not a host's", id="v4-bcast"),
+        pytest.param(
+            VS, "0.0.0.0", "in 0.0.0.0/8 (this network), not a host's address", id="v4-zero"
+        ),
+        pytest.param(
+            VS, "0.1.2.3:80", "in 0.0.0.0/8 (this network), not a host's address", id="v4-0/8"
+        ),
+        pytest.param(V6, "[::]:80", "the unspecified address, not a host's", id="v6-unspecified"),
+        pytest.param(V6, "ff02::1", "a multicast address, not a host's", id="v6-multicast"),
+        pytest.param(
+            V6,
+            "[fe80::1]:80",
+            "a link-local address: the kernel takes none as a real server unless it is local",
+            id="v6-link-local",
+        ),
+        pytest.param(
+            V6,
+            "febf::1",
+            "a link-local address: the kernel takes none as a real server unless it is local",
+            id="v6-link-local-top",
+        ),
+        pytest.param(
+            V6,
+            "::ffff:10.0.0.2",
+            "an IPv4-mapped address: the kernel takes none as a real server (use the IPv4 address)",
+            id="v6-v4-mapped",
+        ),
+    ],
+)
+def test_real_server_address_the_kernel_refuses(service: str, address: str, error: str) -> None:
+    assert one_error(service + real_server(address)) == (
+        f"virtual_server[0].real_server[0].address: {error}: '{address}'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("service", "address", "error"),
+    [
+        pytest.param(VS, "224.0.0.5", "a multicast address, not a host's", id="v4-multicast"),
+        pytest.param(VS, "255.255.255.255", "the broadcast address, not a host's", id="v4-bcast"),
+        pytest.param(
+            VS, "0.0.0.0", "in 0.0.0.0/8 (this network), not a host's address", id="v4-zero"
+        ),
+        pytest.param(V6, "[::]:81", "the unspecified address, not a host's", id="v6-unspecified"),
+        pytest.param(
+            V6,
+            "fe80::9",
+            "a link-local address: the kernel takes none as a real server unless it is local",
+            id="v6-link-local",
+        ),
+    ],
+)
+def test_sorry_server_address_the_kernel_refuses(service: str, address: str, error: str) -> None:
+    text = service + f"sorry_server = {{ address = '{address}' }}\n"
+    assert one_error(text) == f"virtual_server[0].sorry_server.address: {error}: '{address}'"
+
+
+@pytest.mark.parametrize(
+    ("address", "error"),
+    [
+        pytest.param("224.0.0.1:80", "a multicast address, not a host's", id="v4-multicast"),
+        pytest.param("255.255.255.255:80", "the broadcast address, not a host's", id="v4-bcast"),
+        pytest.param(
+            "0.0.0.0:80", "in 0.0.0.0/8 (this network), not a host's address", id="v4-zero"
+        ),
+        pytest.param("[::]:80", "the unspecified address, not a host's", id="v6-unspecified"),
+        pytest.param("[ff05::2]:80", "a multicast address, not a host's", id="v6-multicast"),
+    ],
+)
+def test_virtual_address_that_is_not_unicast(address: str, error: str) -> None:
+    text = f'[[virtual_server]]\nprotocol = "tcp"\naddress = "{address}"\n'
+    assert one_error(text) == f"virtual_server[0].address: {error}: '{address}'"
+
+
+@pytest.mark.parametrize(
+    ("service", "address"),
+    [
+        pytest.param(VS, "127.0.0.1", id="v4-loopback"),
+        pytest.param(VS, "1.0.0.0", id="v4-above-0/8"),
+        pytest.param(VS, "223.255.255.255", id="v4-below-multicast"),
+        pytest.param(VS, "240.0.0.1", id="v4-reserved-class-e"),
+        pytest.param(V6, "::1", id="v6-loopback"),
+        pytest.param(V6, "fec0::1", id="v6-above-link-local"),
+        pytest.param(V6, "fd00::1", id="v6-unique-local"),
+    ],
+)
+def test_real_server_addresses_the_kernel_takes(service: str, address: str) -> None:
+    (vs,) = parse_config(service + real_server(address), modules=NO_MODULES).virtual_servers
+    assert str(vs.real_servers[0].address) == address
+
+
+def test_scheduler_none_is_accepted() -> None:
+    # ip_vs_add_service binds no scheduler for "none"; the kernel takes it.
+    (vs,) = parse_config(VS + 'scheduler = "none"\n', modules=NO_MODULES).virtual_servers
+    assert vs.service().scheduler == "none"
+
+
+def test_scheduler_twos_is_accepted() -> None:
+    (vs,) = parse_config(VS + 'scheduler = "twos"\n', modules=NO_MODULES).virtual_servers
+    assert vs.scheduler == "twos"
+
+
+def test_scheduler_module_of_the_running_kernel_is_accepted() -> None:
+    modules = KernelModules(schedulers=frozenset({"rr", "mine"}))
+    (vs,) = parse_config(VS + 'scheduler = "mine"\n', modules=modules).virtual_servers
+    assert vs.scheduler == "mine"
+
+
+def test_unknown_scheduler_names_the_known_and_the_kernels() -> None:
+    modules = KernelModules(schedulers=frozenset({"wrr", "rr", "mine"}))
+    assert one_error(VS + 'scheduler = "fastest"\n', modules) == (
+        "virtual_server[0].scheduler: unknown scheduler"
+        " (known: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos none;"
+        " this kernel's modules: mine rr wrr): 'fastest'"
+    )
+
+
+def test_scheduler_name_longer_than_the_kernel_takes() -> None:
+    assert one_error(VS + 'scheduler = "abcdefghijklmnop"\n') == (
+        "virtual_server[0].scheduler: longer than 15 characters (IP_VS_SCHEDNAME_MAXLEN):"
+        " 'abcdefghijklmnop'"
+    )
+
+
+def test_scheduler_name_that_is_no_module_name() -> None:
+    assert one_error(VS + 'scheduler = "round robin"\n') == (
+        "virtual_server[0].scheduler: not a scheduler name (letters, digits and '_'): 'round robin'"
+    )
+
+
+def test_empty_scheduler_name() -> None:
+    assert one_error(VS + 'scheduler = ""\n') == (
+        "virtual_server[0].scheduler: not a scheduler name (letters, digits and '_'): ''"
+    )
+
+
+def test_persistence_engine_module_of_the_running_kernel_is_accepted() -> None:
+    modules = KernelModules(persistence_engines=frozenset({"sip", "h323"}))
+    (vs,) = parse_config(VS + "persistent = 9\npe = 'h323'\n", modules=modules).virtual_servers
+    assert vs.service().pe_name == "h323"
+
+
+def test_persistence_engine_name_longer_than_the_kernel_takes() -> None:
+    name = "p" * 32
+    assert one_error(VS + f"persistent = 9\npe = '{name}'\n") == (
+        f"virtual_server[0].pe: longer than 31 characters (IP_VS_PENAME_MAXLEN): '{name}'"
+    )
+
+
+def test_persistence_timeout_above_ipvsadms_bound() -> None:
+    assert one_error(VS + "persistent = 2678401\n") == (
+        "virtual_server[0].persistent: must be between 1 and 2678400: 2678401"
+    )
+
+
+def test_ipv6_persistence_prefix_outside_1_to_128() -> None:
+    assert one_error(V6 + "persistent = 5\npersistent_netmask = 129\n") == (
+        "virtual_server[0].persistent_netmask: prefix length must be 1..128: 129"
+    )
+    assert one_error(V6 + "persistent = 5\npersistent_netmask = 0\n") == (
+        "virtual_server[0].persistent_netmask: prefix length must be 1..128: 0"
+    )
+
+
+def test_weight_above_ipvsadms_bound() -> None:
+    assert one_error(VS + real_server("10.0.0.2") + "weight = 65536\n") == (
+        "virtual_server[0].real_server[0].weight: must be between 0 and 65535: 65536"
+    )
+
+
+def test_sorry_server_weight_above_ipvsadms_bound() -> None:
+    assert one_error(VS + "sorry_server = { address = '10.0.0.9', weight = 65536 }\n") == (
+        "virtual_server[0].sorry_server.weight: must be between 0 and 65535: 65536"
+    )
+
+
+def test_threshold_above_int_max() -> None:
+    text = VS + real_server("10.0.0.2") + "thresholds = { upper = 2147483648 }\n"
+    assert one_error(text) == (
+        "virtual_server[0].real_server[0].thresholds.upper: must be between 0 and 2147483647:"
+        " 2147483648"
+    )
+
+
+def test_fwmark_above_u32() -> None:
+    assert one_error("[[virtual_server]]\nfwmark = 4294967296\n") == (
+        "virtual_server[0].fwmark: must be between 1 and 4294967295: 4294967296"
+    )
+
+
+def test_tunnel_port_above_u16() -> None:
+    text = VS + real_server("10.0.0.2") + "forward = 'tunnel'\ntun_type = 'gue'\ntun_port = 65536\n"
+    assert one_error(text) == (
+        "virtual_server[0].real_server[0].tun_port: must be between 1 and 65535: 65536"
+    )
+
+
+def test_every_upper_bound_itself_is_accepted() -> None:
+    (vs, mark) = parse_config(
+        V6
+        + "persistent = 2678400\npersistent_netmask = 128\n"
+        + real_server("2001:db8::2")
+        + "weight = 65535\nthresholds = { upper = 2147483647, lower = 2147483647 }\n"
+        + "[[virtual_server]]\nfwmark = 4294967295\n"
+        + real_server("10.0.0.2:65535")
+        + "forward = 'tunnel'\ntun_type = 'gue'\ntun_port = 65535\n",
+        modules=NO_MODULES,
+    ).virtual_servers
+    assert (vs.persistent, vs.service().netmask) == (2678400, 128)
+    (rs,) = vs.real_servers
+    assert (rs.weight, rs.u_threshold, rs.l_threshold) == (65535, 2**31 - 1, 2**31 - 1)
+    assert mark.key.fwmark == 2**32 - 1
+    assert (mark.real_servers[0].port, mark.real_servers[0].tun_port) == (65535, 65535)
+
+
+def test_a_port_of_non_ascii_digits_is_no_port() -> None:
+    # str.isdigit() takes '²' (int() refuses it) and '٣' (int() reads 3).
+    assert parse_endpoint("10.0.0.1:²") is None
+    assert parse_endpoint("10.0.0.1:٣") is None
+
+
+# -- the names the kernel has ---------------------------------------------------------
+
+
+def test_modules_named_finds_schedulers_and_engines() -> None:
+    modules = modules_named(
+        [
+            "kernel/net/netfilter/ipvs/ip_vs.ko",
+            "kernel/net/netfilter/ipvs/ip_vs_rr.ko",
+            "ip_vs_wlc.ko.xz",
+            "ip_vs_twos.ko.zst",
+            "ip_vs_ftp.ko",
+            "ip_vs_pe_sip.ko",
+            "kernel/net/ipv4/tcp_bbr.ko",
+            "",
+        ]
+    )
+    assert modules == KernelModules(frozenset({"rr", "wlc", "twos"}), frozenset({"sip"}))
+
+
+def test_kernel_modules_reads_builtin_and_module_files(tmp_path: Path) -> None:
+    release = tmp_path / "6.9.0-test"
+    ipvs = release / "kernel/net/netfilter/ipvs"
+    ipvs.mkdir(parents=True)
+    (ipvs / "ip_vs_mh.ko").write_bytes(b"")
+    (ipvs / "ip_vs_pe_sip.ko.xz").write_bytes(b"")
+    (release / "modules.builtin").write_text("kernel/net/netfilter/ipvs/ip_vs_rr.ko\n")
+    assert kernel_modules("6.9.0-test", tmp_path) == KernelModules(
+        frozenset({"mh", "rr"}), frozenset({"sip"})
+    )
+
+
+def test_kernel_modules_of_a_kernel_without_them_is_empty(tmp_path: Path) -> None:
+    assert kernel_modules("no-such-release", tmp_path) == NO_MODULES
+
+
+def test_check_unicast_problem_for_the_checks_address() -> None:
+    assert unicast_problem(ip_address("10.0.0.1")) is None
+    assert unicast_problem(ip_address("fe80::1")) is None  # a probe may use one
+    assert unicast_problem(ip_address("224.0.0.1")) == "a multicast address, not a host's"
