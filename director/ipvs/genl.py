@@ -30,6 +30,7 @@ from typing import ParamSpec, TypeVar
 from director.ipvs import ops
 from director.ipvs.errors import InvalidOperation as InvalidOperation
 from director.ipvs.errors import KernelReplyError, UnrepresentableEntry
+from director.ipvs.facts import IP_VS_PENAME_MAXLEN, IP_VS_SCHEDNAME_MAXLEN
 from director.ipvs.model import (
     AF_INET,
     AF_INET6,
@@ -161,8 +162,8 @@ _STATS_FIELDS = (
 
 # Kernel limits (IP_VS_SCHEDNAME_MAXLEN, IP_VS_PENAME_MAXLEN, IP_VS_IFNAME_MAXLEN),
 # each including the terminating NUL.
-SCHEDNAME_MAXLEN = 16
-PENAME_MAXLEN = 32
+SCHEDNAME_MAXLEN = IP_VS_SCHEDNAME_MAXLEN
+PENAME_MAXLEN = IP_VS_PENAME_MAXLEN
 IFNAME_MAXLEN = 16
 
 U8_MAX = 0xFF

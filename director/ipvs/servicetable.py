@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv6Address
 
+from director.ipvs.facts import KERNEL_PROTOCOLS
 from director.ipvs.model import (
     AF_INET,
     AF_INET6,
@@ -27,11 +28,10 @@ from director.ipvs.model import (
     DestinationEntry,
     Forward,
     IPAddress,
-    Protocol,
     ServiceKey,
 )
 
-_PROTOCOLS = {"TCP": Protocol.TCP, "UDP": Protocol.UDP, "SCTP": Protocol.SCTP}
+_PROTOCOLS = KERNEL_PROTOCOLS
 _FORWARDS = {
     "Masq": Forward.MASQ,
     "Local": Forward.LOCAL,

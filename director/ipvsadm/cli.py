@@ -12,6 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from director.ipvs import ops
+from director.ipvs.facts import (
+    IP_VS_PENAME_MAXLEN,
+    IP_VS_SCHEDNAME_MAXLEN,
+    PERSISTENCE_TIMEOUT_MAX,
+    PROTOCOL_NAMES,
+)
 from director.ipvs.model import (
     AF_INET,
     AF_INET6,
@@ -47,9 +53,9 @@ from director.ipvsadm.libc import atoi, inet_aton, inet_pton4, inet_pton6, strin
 from director.ipvsadm.names import NUMERIC, Names
 from director.ipvsadm.popt import Arg, Option, PoptError, Scanner
 
-MAX_TIMEOUT = 86400 * 31
-SCHED_NAME_MAX = 15  # IP_VS_SCHEDNAME_MAXLEN - 1
-PE_NAME_MAX = 32  # IP_VS_PENAME_MAXLEN
+MAX_TIMEOUT = PERSISTENCE_TIMEOUT_MAX
+SCHED_NAME_MAX = IP_VS_SCHEDNAME_MAXLEN - 1
+PE_NAME_MAX = IP_VS_PENAME_MAXLEN
 IFNAME_MAX = 15  # IP_VS_IFNAME_MAXLEN - 1
 DEFAULT_MCAST_IFN = "eth0"
 INT_MAX = 2**31 - 1
@@ -213,7 +219,7 @@ COMMANDS_V_OPTIONS = (
 )
 
 _SERVICE_TAGS = {"t": Protocol.TCP, "u": Protocol.UDP, "sctp-service": Protocol.SCTP}
-_PROTOCOL_NAMES = {Protocol.TCP: "tcp", Protocol.UDP: "udp", Protocol.SCTP: "sctp"}
+_PROTOCOL_NAMES = PROTOCOL_NAMES
 _FORMAT_TAGS = {
     "n": "numeric",
     "stats": "stats",

@@ -30,9 +30,9 @@ import trio
 from director.health.probes.attempt import probe_attempt
 from director.health.result import ProbeResult, Reason
 from director.health.spec import ExecCheck
+from director.ipvs.facts import MAX_WEIGHT
 from director.ipvs.model import IPAddress
 
-MAX_WEIGHT = 65535
 MAX_STDOUT = 64 << 10  # bytes of standard output kept: the end, with the weight line
 MAX_STDERR = 4 << 10  # bytes of standard error kept: the end, for the failure's detail
 READ_SIZE = 64 << 10

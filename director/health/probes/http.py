@@ -29,7 +29,7 @@ from director.health.probes.attempt import probe_attempt
 from director.health.probes.tls import TlsContexts, TlsSettings, TlsSetupError
 from director.health.result import ProbeResult, Reason
 from director.health.spec import HttpCheck, host_problem
-from director.ipvs.model import IPAddress
+from director.ipvs.model import IPAddress, endpoint
 
 MAX_BODY = 1 << 20  # bytes of raw body searched for expect_body
 # Bytes of header fields (names, values, ": " and CRLF): HAProxy relays no more
@@ -108,8 +108,7 @@ def _new_client(context: ssl.SSLContext) -> httpx.AsyncClient:
 
 def url_for(check: HttpCheck, address: IPAddress, port: int) -> str:
     scheme = "https" if check.tls else "http"
-    host = f"[{address}]" if address.version == 6 else str(address)
-    return f"{scheme}://{host}:{port}{check.path}"
+    return f"{scheme}://{endpoint(address, port)}{check.path}"
 
 
 async def read_raw_body(response: httpx.Response, limit: int) -> bytes:
