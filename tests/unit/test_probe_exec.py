@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import os
+import pwd
 import select
+import time
+import tracemalloc
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -10,7 +13,15 @@ import trio
 import trio.testing
 
 from director.health.probes import probe, probe_exec
-from director.health.probes.command import weight_from_output
+from director.health.probes.command import (
+    MAX_STDERR,
+    MAX_STDOUT,
+    SYSTEMD_ONLY,
+    Identity,
+    Tail,
+    command_environment,
+    weight_from_output,
+)
 from director.health.result import ProbeResult, Reason
 from director.health.spec import ExecCheck, Timing
 
@@ -120,3 +131,152 @@ async def test_timeout_kills_the_whole_process_group(
         assert readable == [pidfd], "the backgrounded sleep survived the timeout"
     finally:
         os.close(pidfd)
+
+
+# -- hostile commands, environment, identity -------------------------------------------
+
+
+def _live_members(pgid: int) -> list[int]:
+    """Processes of group `pgid` that have not exited (zombies have)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in {"Z", "X"}:
+            members.append(int(entry))
+    return members
+
+
+async def group_dies(pgid: int) -> bool:
+    """Whether process group `pgid` has no live process within 10 s of real
+    time (SIGKILL is not instantaneous). Polls in a thread: the autojump clock
+    may be running."""
+
+    def wait() -> bool:
+        for _ in range(1000):
+            if not _live_members(pgid):
+                return True
+            time.sleep(0.01)
+        return False
+
+    return await trio.to_thread.run_sync(wait)
+
+
+async def test_exec_printing_forever_is_bounded_and_killed_at_the_timeout(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # 16 MiB on each stream, then a marker with the group's id, then output
+    # for ever. Until the marker exists, spinning keeps the autojump clock
+    # from firing the timeout; after it, the command still prints.
+    marker = tmp_path / "pgid"
+    script = (
+        "head -c 16777216 /dev/zero; head -c 16777216 /dev/zero >&2; "
+        f"echo $$ > {marker}.tmp; mv {marker}.tmp {marker}; "
+        "while :; do echo 0123456789; echo err >&2; sleep 0.01; done"
+    )
+
+    async def hold_the_clock_until_the_flood_is_out() -> None:
+        while not marker.exists():
+            await trio.lowlevel.checkpoint()
+
+    tracemalloc.start()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hold_the_clock_until_the_flood_is_out)
+            result = await run("sh", "-c", script, within=5.0, dynamic_weight=True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (result.ok, result.reason, result.latency) == (False, Reason.TIMEOUT, 5.0)
+    assert peak < 4 << 20, f"peak {peak} bytes for 32 MiB of output"
+    assert await group_dies(int(marker.read_text())), "the group survived the timeout"
+
+
+async def test_only_the_tail_of_a_large_output_is_kept() -> None:
+    script = "head -c 8388608 /dev/zero | tr '\\0' x; echo; echo 42; head -c 1048576 /dev/zero >&2"
+    result = await run("sh", "-c", script, dynamic_weight=True)
+    assert (result.ok, result.weight, result.detail) == (True, 42, "weight 42")
+    result = await run("sh", "-c", "head -c 1048576 /dev/zero | tr '\\0' x >&2; echo >&2; echo >&2 last words; exit 4")  # fmt: skip
+    assert (result.reason, result.detail) == (Reason.EXIT_STATUS, "exit 4: last words")
+
+
+def test_tail_keeps_the_last_bytes() -> None:
+    tail = Tail(5)
+    for chunk in (b"abc", b"defgh", b"", b"ij", b"0123456789"):
+        tail.add(chunk)
+    assert (bytes(tail), tail.seen) == (b"56789", 20)
+    tail.add(b"!")
+    assert bytes(tail) == b"6789!"
+    assert (MAX_STDOUT, MAX_STDERR) == (64 << 10, 4 << 10)
+
+
+async def test_a_child_holding_the_output_open_does_not_delay_the_verdict(tmp_path: Path) -> None:
+    # The command exits at once, but a background child keeps its stdout: the
+    # verdict is the command's, and the child dies with the probe.
+    pid_file = tmp_path / "child"
+    result = await run(
+        "sh", "-c", f"sleep 3600 & echo $$ > {pid_file}; echo 9", dynamic_weight=True
+    )
+    assert (result.ok, result.weight) == (True, 9)
+    assert await group_dies(int(pid_file.read_text())), "the child survived"
+
+
+async def test_a_weight_line_of_many_digits_is_out_of_range() -> None:
+    result = await run("sh", "-c", "printf '%05000d\\n' 1; printf '9%.0s' $(seq 5000)", dynamic_weight=True)  # fmt: skip
+    assert (result.ok, result.weight) == (True, None)
+    assert result.detail.startswith("weight 9999") and result.detail.endswith(
+        "is out of range 0..65535"
+    )
+
+
+async def test_exec_environment_has_no_systemd_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in SYSTEMD_ONLY:
+        monkeypatch.setenv(name, "/run/systemd/notify" if name == "NOTIFY_SOCKET" else "1")
+    monkeypatch.setenv("DIRECTOR_TEST_KEPT", "yes")
+    names = " ".join(sorted(SYSTEMD_ONLY))
+    script = f'for v in {names}; do eval "[ -z \\"\\${{$v+set}}\\" ]" || exit 3; done; [ "$DIRECTOR_TEST_KEPT" = yes ]'  # fmt: skip
+    result = await run("sh", "-c", script)
+    assert (result.ok, result.detail) == (True, "exit 0")
+    expected = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"}
+    assert expected | {"LISTEN_FDNAMES"} == SYSTEMD_ONLY
+
+
+def test_command_environment() -> None:
+    base = {"PATH": "/bin", "NOTIFY_SOCKET": "x", "LISTEN_FDS": "3", "HOME": "/root"}
+    assert command_environment(base, None) == {"PATH": "/bin", "HOME": "/root"}
+    nobody = Identity(65534, 65534, (65534,), "/nonexistent", "nobody")
+    assert command_environment(base, nobody) == {"PATH": "/bin", "HOME": "/nonexistent", "USER": "nobody", "LOGNAME": "nobody"}  # fmt: skip
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="running as another user needs root")
+
+
+@needs_root
+async def test_exec_as_a_user() -> None:
+    nobody = pwd.getpwnam("nobody")
+    check = ExecCheck(("id", "-u"), Timing(timeout=30.0), dynamic_weight=True, user="nobody")
+    result = await probe_exec(check, HERE, 80)
+    assert (result.ok, result.weight) == (True, nobody.pw_uid)
+
+
+@needs_root
+async def test_exec_as_a_user_gets_its_groups_and_login_variables() -> None:
+    nobody = pwd.getpwnam("nobody")
+    groups = " ".join(map(str, os.getgrouplist("nobody", nobody.pw_gid)))
+    script = 'test "$(id -g)" = "$1" && test "$(id -G)" = "$2" && test "$HOME" = "$3" && test "$USER $LOGNAME" = "nobody nobody"'  # fmt: skip
+    command = ("sh", "-c", script, "sh", str(nobody.pw_gid), groups, nobody.pw_dir)
+    result = await probe_exec(ExecCheck(command, Timing(timeout=30.0), user="nobody"), HERE, 80)
+    assert (result.ok, result.detail) == (True, "exit 0")
+    result = await probe_exec(ExecCheck(command, Timing(timeout=30.0)), HERE, 80)
+    assert (result.ok, result.reason) == (False, Reason.EXIT_STATUS)  # as root, it is not nobody
+
+
+async def test_exec_as_a_user_that_no_longer_exists_is_an_error() -> None:
+    check = ExecCheck(("true",), Timing(timeout=30.0), user="no-such-user-here")
+    result = await probe(check, HERE, 80)
+    assert (result.ok, result.reason, result.detail) == (False, Reason.ERROR, "no user 'no-such-user-here'")  # fmt: skip

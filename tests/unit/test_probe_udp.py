@@ -1,13 +1,22 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import errno
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 import trio
 import trio.testing
 
-from director.health.probes import probe_udp
+import director.health.probes.udp as udp_module
+from director.health.probes import probe, probe_udp
+from director.health.probes.udp import IP_RECVERR, IPV6_RECVERR, describe_extended_error
 from director.health.result import Reason
 from director.health.spec import Timing, UdpCheck
 from director.ipvs.model import IPAddress, family_of
@@ -98,3 +107,173 @@ async def test_closed_port_is_unreachable(
     result = await probe_udp(check, address, closed_port)
     icmp = "ICMP port unreachable" if address.version == 4 else "ICMPv6 port unreachable"
     assert (result.ok, result.reason, result.detail) == (False, Reason.UNREACHABLE, f"{icmp} from {address}")  # fmt: skip
+
+
+@pytest.fixture
+async def garbage_port(address: IPAddress) -> AsyncIterator[int]:
+    """A UDP server that answers every datagram with bytes of every value."""
+    sock = await bound_socket(address)
+
+    async def garbage() -> None:
+        while True:
+            _, peer = await sock.recvfrom(65535)
+            await sock.sendto(bytes(range(256)) * 200, peer)
+
+    with sock:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(garbage)
+            yield sock.getsockname()[1]
+            nursery.cancel_scope.cancel()
+
+
+async def test_udp_garbage_answer_with_expect_is_a_bad_reply(
+    address: IPAddress, garbage_port: int
+) -> None:
+    check = UdpCheck(timing=Timing(timeout=30.0), payload=b"ping", expect="^PONG$")
+    result = await probe(check, address, garbage_port)
+    assert (result.ok, result.reason) == (False, Reason.BAD_REPLY)
+    assert result.detail.startswith("reply b'\\x00\\x01\\x02")
+    assert result.detail.endswith("does not match '^PONG$'")
+    # Without expect any answer is up, garbage included.
+    result = await probe(UdpCheck(timing=Timing(timeout=30.0)), address, garbage_port)
+    assert (result.ok, result.detail) == (True, "51200 byte reply")
+
+
+async def test_udp_silence_down(
+    address: IPAddress, silent_port: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    check = UdpCheck(timing=Timing(timeout=2.5), payload=b"ping", silence="down")
+    result = await probe_udp(check, address, silent_port)
+    assert (result.ok, result.reason, result.latency) == (False, Reason.NO_REPLY, 2.5)
+    assert result.detail == "no verdict within 2.5 s"
+
+
+async def test_udp_silence_is_down_with_expect_whatever_silence_says(
+    address: IPAddress, silent_port: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    check = UdpCheck(timing=Timing(timeout=2.5), expect="pong", silence="up")
+    assert not check.silence_is_up
+    result = await probe_udp(check, address, silent_port)
+    assert (result.ok, result.reason) == (False, Reason.NO_REPLY)
+
+
+async def test_udp_socket_has_recverr(monkeypatch: pytest.MonkeyPatch, address: IPAddress) -> None:
+    level, option = (socket.SOL_IP, IP_RECVERR) if address.version == 4 else (socket.IPPROTO_IPV6, IPV6_RECVERR)  # fmt: skip
+    opened: list[tuple[socket.socket, int]] = []
+    real = udp_module._socket_with_recverr
+
+    def spy(address: IPAddress) -> socket.socket:
+        sock = real(address)
+        opened.append((sock, sock.getsockopt(level, option)))
+        return sock
+
+    monkeypatch.setattr(udp_module, "_socket_with_recverr", spy)
+    with trio.move_on_after(0):
+        await probe_udp(UdpCheck(), address, 9)
+    [(sock, recverr)] = opened
+    assert recverr == 1
+    assert sock.fileno() == -1  # closed by the probe
+
+
+def extended_error(ee_errno: int, origin: int, kind: int, code: int, offender: bytes) -> bytes:
+    return struct.pack("=IBBBBII", ee_errno, origin, kind, code, 0, 0, 0) + offender
+
+
+def sockaddr_in(address: str) -> bytes:
+    return struct.pack("=H", socket.AF_INET) + b"\x00\x00" + IPv4Address(address).packed + bytes(8)
+
+
+def sockaddr_in6(address: str) -> bytes:
+    return struct.pack("=H", socket.AF_INET6) + bytes(6) + IPv6Address(address).packed + bytes(4)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (extended_error(errno.EHOSTUNREACH, 2, 3, 1, sockaddr_in("192.0.2.1")), (Reason.UNREACHABLE, "ICMP host unreachable from 192.0.2.1")),
+        (extended_error(errno.ENETUNREACH, 2, 3, 0, sockaddr_in("192.0.2.1")), (Reason.UNREACHABLE, "ICMP network unreachable from 192.0.2.1")),
+        (extended_error(errno.EHOSTUNREACH, 2, 3, 13, sockaddr_in("192.0.2.9")), (Reason.UNREACHABLE, "ICMP communication administratively prohibited from 192.0.2.9")),
+        (extended_error(errno.EHOSTUNREACH, 2, 11, 0, sockaddr_in("192.0.2.9")), (Reason.UNREACHABLE, "ICMP time to live exceeded from 192.0.2.9")),
+        (extended_error(errno.EPROTO, 2, 99, 7, b""), (Reason.UNREACHABLE, "ICMP type 99 code 7")),
+        (extended_error(errno.ENETUNREACH, 3, 1, 0, sockaddr_in6("2001:db8::1")), (Reason.UNREACHABLE, "ICMPv6 no route to destination from 2001:db8::1")),
+        (extended_error(errno.EHOSTUNREACH, 3, 1, 3, sockaddr_in6("2001:db8::1")), (Reason.UNREACHABLE, "ICMPv6 address unreachable from 2001:db8::1")),
+        (extended_error(errno.EMSGSIZE, 1, 0, 0, bytes(16)), (Reason.ERROR, "local error EMSGSIZE")),
+        (extended_error(errno.EHOSTUNREACH, 1, 0, 0, b""), (Reason.UNREACHABLE, "local error EHOSTUNREACH")),
+        (b"\x01\x02", None),
+    ],
+)  # fmt: skip
+def test_describe_extended_error(data: bytes, expected: tuple[Reason, str] | None) -> None:
+    assert describe_extended_error(data) == expected
+
+
+# -- ICMP from a router, in namespaces of the test's own -------------------------------
+# A real clock in a subprocess: the ICMP error comes back in milliseconds; the
+# 30 s timeout only guards against a hang (and is what a probe without
+# IP_RECVERR would wait, to call the silence up).
+
+PROBE_IN_NAMESPACE = """
+import sys, trio
+from ipaddress import ip_address
+from director.health.probes import probe
+from director.health.spec import Timing, UdpCheck
+check = UdpCheck(timing=Timing(timeout=30.0), payload=b"ping")
+result = trio.run(probe, check, ip_address(sys.argv[1]), 53)
+print(result.ok, result.reason.value, result.detail, sep="|")
+"""
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def routed() -> Iterator[str]:
+    """Two namespaces: a prober (10.77.0.1, fd77::1) whose default route is a
+    router (10.77.0.2, fd77::2) that forwards and has unreachable routes to
+    10.78.0.0/24 and fd78::/64 and a prohibit route to 10.79.0.0/24. Yields
+    the prober's name."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("network namespaces need root and iproute2")
+    prober, router = f"dprobe{os.getpid()}", f"drouter{os.getpid()}"
+    try:
+        ip("netns", "add", prober)
+        ip("netns", "add", router)
+    except subprocess.CalledProcessError as e:
+        pytest.skip(f"cannot create network namespaces: {e.stderr.decode().strip()}")
+    try:
+        ip("-n", prober, "link", "add", "p0", "type", "veth", "peer", "name", "r0", "netns", router)
+        for ns, dev, mine in ((prober, "p0", "1"), (router, "r0", "2")):
+            ip("-n", ns, "link", "set", "lo", "up")
+            ip("-n", ns, "addr", "add", f"10.77.0.{mine}/24", "dev", dev)
+            ip("-n", ns, "addr", "add", f"fd77::{mine}/64", "dev", dev, "nodad")
+            ip("-n", ns, "link", "set", dev, "up")
+        ip("-n", prober, "route", "add", "default", "via", "10.77.0.2")
+        ip("-n", prober, "-6", "route", "add", "default", "via", "fd77::2")
+        for setting in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"):
+            ip("netns", "exec", router, "sysctl", "-qw", setting)
+        ip("-n", router, "route", "add", "unreachable", "10.78.0.0/24")
+        ip("-n", router, "route", "add", "prohibit", "10.79.0.0/24")
+        ip("-n", router, "-6", "route", "add", "unreachable", "fd78::/64")
+        yield prober
+    finally:
+        for ns in (prober, router):
+            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("10.78.0.9", "False|unreachable|ICMP host unreachable from 10.77.0.2"),
+        ("10.79.0.9", "False|unreachable|ICMP communication administratively prohibited from 10.77.0.2"),
+        ("fd78::9", "False|unreachable|ICMPv6 no route to destination from fd77::2"),
+    ],
+)  # fmt: skip
+def test_icmp_errors_from_a_router_are_down(routed: str, target: str, expected: str) -> None:
+    # The issue's switched-off host: before IP_RECVERR a connected UDP socket
+    # ignored host and network unreachable, and the check stayed up.
+    done = subprocess.run(
+        ["ip", "netns", "exec", routed, sys.executable, "-c", PROBE_IN_NAMESPACE, target],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected
