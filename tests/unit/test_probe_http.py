@@ -14,7 +14,7 @@ import trio.testing
 
 from director.health.probes import Prober, probe, probe_http
 from director.health.probes.http import TlsContexts, url_for
-from director.health.probes.tls import TlsSettings
+from director.health.probes.tls import TlsSettings, TlsSetupError, tls_context
 from director.health.result import Reason
 from director.health.spec import HttpCheck, StatusRange, Timing
 from director.ipvs.model import IPAddress
@@ -298,3 +298,133 @@ def test_url_for() -> None:
     assert (
         url_for(HttpCheck(tls=True), ip_address("2001:db8::1"), 443) == "https://[2001:db8::1]:443/"
     )
+
+
+# -- trust: the system store, ca_file, client certificates, server names -----------------
+
+
+def test_the_default_trust_is_the_systems_store() -> None:
+    system = ssl.create_default_context()  # OpenSSL's default verify paths
+    context = tls_context(TlsSettings())
+    assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+    assert context.get_ca_certs() == system.get_ca_certs()
+    assert context.cert_store_stats() == system.cert_store_stats()
+
+
+async def test_ca_file_replaces_the_system_store(
+    http_server: ServerFactory, server_tls: ssl.SSLContext, certificate: tuple[Path, Path]
+) -> None:
+    server = await http_server(LOOPBACKS[0], server_tls)
+    check = HttpCheck(tls=True, host="health.test", ca_file=str(certificate[0]))
+    result = await probe(check, server.address, server.port)
+    assert (result.ok, result.detail) == (True, "status 200")
+    assert server.server_names == ["health.test"]
+    [ca] = tls_context(TlsSettings(ca_file=str(certificate[0]))).get_ca_certs()
+    assert ca["subject"] == ((("commonName", "health.test"),),)
+    # The name is checked against the certificate too.
+    check = HttpCheck(tls=True, host="other.test", ca_file=str(certificate[0]))
+    result = await probe(check, server.address, server.port)
+    assert (result.reason, result.detail) == (Reason.ERROR, "tls: Hostname mismatch, certificate is not valid for 'other.test'.")  # fmt: skip
+
+
+async def test_an_ip_literal_host_gets_no_sni_and_is_checked_as_an_address(
+    http_server: ServerFactory, server_tls: ssl.SSLContext, certificate: tuple[Path, Path]
+) -> None:
+    server = await http_server(LOOPBACKS[0], server_tls)
+    check = HttpCheck(tls=True, host="127.0.0.1", ca_file=str(certificate[0]))
+    assert (await probe(check, ip_address("127.0.0.1"), server.port)).ok
+    assert server.server_names == [None]
+    assert dict(server.requests[0].headers)[b"host"] == b"127.0.0.1"
+
+
+async def test_a_trailing_dot_is_left_out_of_the_server_name(
+    http_server: ServerFactory, server_tls: ssl.SSLContext, certificate: tuple[Path, Path]
+) -> None:
+    server = await http_server(LOOPBACKS[1], server_tls)
+    check = HttpCheck(tls=True, host="health.test.", ca_file=str(certificate[0]))
+    assert (await probe(check, server.address, server.port)).ok
+    assert server.server_names == ["health.test"]
+    assert dict(server.requests[0].headers)[b"host"] == b"health.test."
+
+
+async def test_an_ipv6_host_is_bracketed_in_the_host_header(http_server: ServerFactory) -> None:
+    server = await http_server(LOOPBACKS[1])
+    assert (await probe(HttpCheck(host="::1"), server.address, server.port)).ok
+    assert dict(server.requests[0].headers)[b"host"] == b"[::1]"
+
+
+@pytest.fixture(scope="session")
+def client_certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A client certificate, its key, and both in one file."""
+    directory = tmp_path_factory.mktemp("client")
+    cert, key, both = directory / "client.pem", directory / "client.key", directory / "both.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", "/CN=director", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    both.write_bytes(cert.read_bytes() + key.read_bytes())
+    return cert, key, both
+
+
+async def test_mutual_tls(
+    http_server: ServerFactory,
+    certificate: tuple[Path, Path],
+    client_certificate: tuple[Path, Path, Path],
+) -> None:
+    cert, key, both = (str(p) for p in client_certificate)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=cert)
+    server_tls.load_cert_chain(*certificate)
+    server_tls.verify_mode = ssl.CERT_REQUIRED
+    server = await http_server(LOOPBACKS[0], server_tls)
+    ca = str(certificate[0])
+    for check in (
+        HttpCheck(tls=True, host="health.test", ca_file=ca, cert_file=cert, key_file=key),
+        HttpCheck(tls=True, host="health.test", ca_file=ca, cert_file=both),
+    ):
+        result = await probe(check, server.address, server.port)
+        assert (result.ok, result.detail) == (True, "status 200")
+    result = await probe(HttpCheck(tls=True, host="health.test", ca_file=ca), server.address, server.port)  # fmt: skip
+    # TLS 1.3: the server refuses after the client's handshake is done; the
+    # client reads the alert, or the close if the alert is lost.
+    assert not result.ok
+    assert (result.reason is Reason.ERROR and result.detail.startswith("tls: ")) or (
+        (result.reason, result.detail)
+        == (Reason.BAD_REPLY, "Server disconnected without sending a response.")
+    )
+    assert len(server.requests) == 2
+
+
+async def test_a_tls_file_gone_at_probe_time_is_an_error(tmp_path: Path) -> None:
+    check = HttpCheck(tls=True, ca_file=str(tmp_path / "gone.pem"))
+    result = await probe(check, LOOPBACKS[0], 1)
+    assert (result.ok, result.reason) == (False, Reason.ERROR)
+    assert result.detail == f"tls: ca_file {tmp_path}/gone.pem: ENOENT: No such file or directory"
+
+
+@pytest.mark.parametrize(
+    ("settings", "error"),
+    [
+        (TlsSettings(ca_file="/etc/hostname"), "ca_file /etc/hostname: [X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found"),
+        (TlsSettings(ca_file="/dev/null"), "ca_file /dev/null: not a regular file"),
+        (TlsSettings(ca_file="/etc"), "ca_file /etc: not a regular file"),
+        (TlsSettings(verify=False, cert_file="/etc/hostname"), "cert_file /etc/hostname: [SSL] PEM lib (no private key in it? then set key_file)"),
+    ],
+)  # fmt: skip
+def test_tls_setup_errors_name_the_key_and_file(settings: TlsSettings, error: str) -> None:
+    with pytest.raises(TlsSetupError) as info:
+        tls_context(settings)
+    assert str(info.value) == error
+
+
+def test_an_encrypted_key_is_refused_without_prompting(tmp_path: Path) -> None:
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-days", "1", "-subj", "/CN=x", "-keyout", str(key), "-out", str(cert), "-passout", "pass:secret"],
+        check=True, capture_output=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    with pytest.raises(TlsSetupError) as info:
+        tls_context(TlsSettings(cert_file=str(cert), key_file=str(key)))
+    assert info.value.key == "cert_file"
+    assert info.value.reason == "the private key is encrypted; give an unencrypted key"
