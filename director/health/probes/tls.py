@@ -113,6 +113,8 @@ def _regular_file(key: str, path: str) -> str:
             os.close(fd)
     except OSError as e:
         raise TlsSetupError(key, path, _os_message(e)) from e
+    except ValueError as e:  # a NUL in the path
+        raise TlsSetupError(key, path, str(e)) from e
     if not regular:
         raise TlsSetupError(key, path, "not a regular file")
     return path

@@ -1,0 +1,201 @@
+"""Check keys of issue 7: host, ca_file, cert_file, key_file (https), user
+(exec) and silence (udp), each refused by --check with its TOML path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from director.config import ConfigError, parse_config
+from director.health.spec import ExecCheck, HttpCheck, UdpCheck, host_problem
+from director.ipvs.facts import NO_MODULES
+
+VS = """
+[[virtual_server]]
+protocol = "tcp"
+address = "10.0.0.1:80"
+real_server = [{{ address = "10.0.0.2:80" }}]
+check = {check}
+"""
+WHERE = "virtual_server[0].check"
+
+
+def check_of(check: str) -> object:
+    config = parse_config(VS.format(check=check), "test.toml", NO_MODULES)
+    return config.virtual_servers[0].check
+
+
+def errors_of(check: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(VS.format(check=check), "test.toml", NO_MODULES)
+    return info.value.errors
+
+
+@pytest.fixture(scope="module")
+def pem(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("pem")
+    files = {name: directory / f"{name}.pem" for name in ("cert", "key", "both", "enc", "enc_cert")}
+    openssl = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-days", "1", "-subj", "/CN=x"]  # fmt: skip
+    subprocess.run([*openssl, "-nodes", "-keyout", str(files["key"]), "-out", str(files["cert"])], check=True, capture_output=True)  # fmt: skip
+    subprocess.run([*openssl, "-passout", "pass:secret", "-keyout", str(files["enc"]), "-out", str(files["enc_cert"])], check=True, capture_output=True)  # fmt: skip
+    files["both"].write_bytes(files["cert"].read_bytes() + files["key"].read_bytes())
+    return files
+
+
+# -- host --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["example.org", "example.org.", "a", "xn--bcher-kva.example", "1-2.x-y.z9", "a" * 63 + ".b",
+     ".".join(["a" * 63] * 3 + ["a" * 61]), "10.0.0.1", "2001:db8::1", "::1", "localhost"],
+)  # fmt: skip
+def test_valid_hosts(host: str) -> None:
+    assert host_problem(host) is None
+    assert check_of(f'{{ type = "http", host = "{host}" }}') == HttpCheck(host=host)
+
+
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("bücher.example", "not ASCII (write an internationalized name in its xn-- form)"),
+        ("", "empty"),
+        (".", "empty"),
+        ("a b", "label 'a b' is not 1 to 63 letters, digits and hyphens that neither start nor end with a hyphen"),
+        ("-a.example", "label '-a' is not 1 to 63 letters, digits and hyphens that neither start nor end with a hyphen"),
+        ("a-.example", "label 'a-' is not 1 to 63 letters, digits and hyphens that neither start nor end with a hyphen"),
+        ("a..example", "label '' is not 1 to 63 letters, digits and hyphens that neither start nor end with a hyphen"),
+        ("a" * 64 + ".example", f"label '{'a' * 64}' is not 1 to 63 letters, digits and hyphens that neither start nor end with a hyphen"),
+        (".".join(["a" * 63] * 4), "longer than 253 bytes"),
+        ("under_score.example", "label 'under_score' is not 1 to 63 letters, digits and hyphens that neither start nor end with a hyphen"),
+        ("example.org:8080", "label 'org:8080' is not 1 to 63 letters, digits and hyphens that neither start nor end with a hyphen"),
+        ("[::1]", "label '[::1]' is not 1 to 63 letters, digits and hyphens that neither start nor end with a hyphen"),
+        ("fe80::1%eth0", "an IPv6 address with a zone cannot be a host"),
+        ("a\nb", "label 'a\\nb' is not 1 to 63 letters, digits and hyphens that neither start nor end with a hyphen"),
+    ],
+)  # fmt: skip
+def test_invalid_hosts_are_refused_with_the_path(host: str, why: str) -> None:
+    assert host_problem(host) == why
+    toml_host = host.replace("\\", "\\\\").replace("\n", "\\n")
+    assert errors_of(f'{{ type = "https", host = "{toml_host}" }}') == [
+        f"{WHERE}.host: not a host name or IP address ({why}): {host!r}"
+    ]
+
+
+# -- ca_file, cert_file, key_file ----------------------------------------------------------
+
+
+def test_tls_files(pem: dict[str, Path]) -> None:
+    cert, key, both = str(pem["cert"]), str(pem["key"]), str(pem["both"])
+    check = check_of(f'{{ type = "https", ca_file = "{cert}", cert_file = "{cert}", key_file = "{key}" }}')  # fmt: skip
+    assert check == HttpCheck(tls=True, ca_file=cert, cert_file=cert, key_file=key)
+    check = check_of(f'{{ type = "https", verify_tls = false, cert_file = "{both}" }}')
+    assert check == HttpCheck(tls=True, verify_tls=False, cert_file=both)
+
+
+@pytest.mark.parametrize(
+    ("keys", "error"),
+    [
+        ('ca_file = "ca.pem"', "ca_file: must be an absolute path: 'ca.pem'"),
+        ('cert_file = "./c.pem"', "cert_file: must be an absolute path: './c.pem'"),
+        ('ca_file = "/nonexistent/ca.pem"', "ca_file: cannot load it: ENOENT: No such file or directory: '/nonexistent/ca.pem'"),
+        ('ca_file = "/etc/hostname"', "ca_file: cannot load it: [X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found: '/etc/hostname'"),
+        ('ca_file = "/dev/null"', "ca_file: cannot load it: not a regular file: '/dev/null'"),
+        ('ca_file = 3', "ca_file: expected a string, got an integer: 3"),
+        ('ca_file = "/a\\u0000b"', "ca_file: cannot load it: embedded null byte: '/a\\x00b'"),
+        ('ca_file = "{cert}", verify_tls = false', "ca_file: has no use with verify_tls = false"),
+        ('key_file = "{key}"', "key_file: only with cert_file (the client certificate)"),
+        ('cert_file = "{cert}"', "cert_file: cannot load it: [SSL] PEM lib (no private key in it? then set key_file): '{cert}'"),
+        ('cert_file = "{cert}", key_file = "/nonexistent/k.pem"', "key_file: cannot load it: ENOENT: No such file or directory: '/nonexistent/k.pem'"),
+        ('cert_file = "{cert}", key_file = "{enc}"', "cert_file: cannot load it: the private key is encrypted; give an unencrypted key: '{cert}'"),
+        ('cert_file = "{enc_cert}", key_file = "{key}"', "cert_file: cannot load it: [X509: KEY_VALUES_MISMATCH] key values mismatch: '{enc_cert}'"),
+    ],
+)  # fmt: skip
+def test_tls_file_errors(pem: dict[str, Path], keys: str, error: str) -> None:
+    names = {name: str(path) for name, path in pem.items()}
+    assert errors_of(f'{{ type = "https", {keys.format(**names)} }}') == [f"{WHERE}.{error.format(**names)}"]  # fmt: skip
+
+
+@pytest.mark.parametrize("key", ["ca_file", "cert_file", "key_file"])
+def test_tls_files_are_keys_of_https_only(key: str) -> None:
+    assert errors_of(f'{{ type = "http", {key} = "/x.pem" }}') == [
+        f"{WHERE}.{key}: not a key of a http check (it is for https)"
+    ]
+
+
+def test_an_unreadable_file_is_named(pem: dict[str, Path], tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root reads any file")
+    secret = tmp_path / "secret.pem"
+    secret.write_bytes(pem["cert"].read_bytes())
+    secret.chmod(0)
+    assert errors_of(f'{{ type = "https", ca_file = "{secret}" }}') == [
+        f"{WHERE}.ca_file: cannot load it: EACCES: Permission denied: '{secret}'"
+    ]
+
+
+# -- user ------------------------------------------------------------------------------
+
+
+def test_exec_user() -> None:
+    check = check_of('{ type = "exec", command = "true", user = "nobody" }')
+    assert check == ExecCheck(("true",), user="nobody")
+    assert check_of('{ type = "exec", command = "true" }') == ExecCheck(("true",))
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ('"no-such-user-here"', "no such user: 'no-such-user-here'"),
+        ('"nobody\\u0000"', "no such user: 'nobody\\x00'"),
+        ("65534", "expected a string, got an integer: 65534"),
+    ],
+)
+def test_exec_user_errors(value: str, error: str) -> None:
+    assert errors_of(f'{{ type = "exec", command = "true", user = {value} }}') == [
+        f"{WHERE}.user: {error}"
+    ]
+
+
+# -- silence ---------------------------------------------------------------------------
+
+
+def test_udp_silence() -> None:
+    assert check_of('{ type = "udp" }') == UdpCheck(silence="up")
+    assert check_of('{ type = "udp", silence = "down" }') == UdpCheck(silence="down")
+    check = check_of('{ type = "udp", silence = "down", expect = "pong" }')
+    assert check == UdpCheck(expect="pong", silence="down")
+    assert isinstance(check, UdpCheck) and not check.silence_is_up
+    assert not UdpCheck(expect="pong").silence_is_up
+    assert UdpCheck().silence_is_up
+
+
+@pytest.mark.parametrize(
+    ("check", "error"),
+    [
+        ('{ type = "udp", silence = "maybe" }', "silence: must be one of up, down: 'maybe'"),
+        ('{ type = "udp", silence = true }', "silence: expected a string, got a boolean: True"),
+        ('{ type = "udp", silence = "up", expect = "pong" }', "silence: with expect, silence is always down (no matching reply): 'up'"),
+        ('{ type = "tcp", silence = "down" }', "silence: not a key of a tcp check (it is for udp)"),
+    ],
+)  # fmt: skip
+def test_udp_silence_errors(check: str, error: str) -> None:
+    assert errors_of(check) == [f"{WHERE}.{error}"]
+
+
+def test_a_real_server_override_meets_the_services_silence() -> None:
+    text = """
+[[virtual_server]]
+protocol = "udp"
+address = "10.0.0.1:53"
+check = { type = "udp", silence = "up" }
+real_server = [{ address = "10.0.0.2:53", check = { expect = "pong" } }]
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "test.toml", NO_MODULES)
+    assert info.value.errors == [
+        "virtual_server[0].check.silence: with expect, silence is always down (no matching reply): 'up'"
+    ]
