@@ -18,13 +18,9 @@ from director.config.parse import (
     parse_config,
     parse_endpoint,
 )
-from director.ipvs.facts import KNOWN_SCHEDULERS as SCHEDULERS
-from director.ipvs.facts import PERSISTENCE_ENGINES
 from director.ipvs.model import service_label
 
 __all__ = [
-    "PERSISTENCE_ENGINES",
-    "SCHEDULERS",
     "Config",
     "ConfigError",
     "ControlSettings",
