@@ -186,6 +186,9 @@ def wild(strategy: st.SearchStrategy[Any]) -> Field:
     return Field(strategy, strategy)
 
 
+FILES = st.sampled_from(
+    ["/nonexistent", "rel", "/etc/passwd", "/dev/null", "/", "/a\x00b"]
+) | st.text(max_size=10)
 CHECK_TABLE = table(
     {
         "type": Field(st.sampled_from([*KEYS_BY_TYPE]), st.sampled_from(["smtp", ""])),
@@ -207,6 +210,11 @@ CHECK_TABLE = table(
         "expect": wild(st.sampled_from(["^pong", "("]) | st.text(max_size=8)),
         "command": wild(st.sampled_from(["/bin/true", "a 'b", ""]) | st.lists(st.text(max_size=6))),
         "dynamic_weight": Field(st.booleans()),
+        "silence": Field(st.sampled_from(["up", "down"]), st.just("maybe")),
+        "user": wild(st.sampled_from(["root", "nobody", "no-such-user", ""]) | st.text(max_size=8)),
+        "ca_file": wild(FILES),
+        "cert_file": wild(FILES),
+        "key_file": wild(FILES),
     }
 )
 VALID_CHECKS = st.sampled_from(
