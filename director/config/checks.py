@@ -36,6 +36,9 @@ KEYS_BY_TYPE: dict[str, tuple[str, ...]] = {
 }
 _SILENCE: dict[str, Literal["up", "down"]] = {"up": "up", "down": "down"}
 _ALL_KEYS = tuple(dict.fromkeys(k for keys in KEYS_BY_TYPE.values() for k in keys))
+# A request line longer than 8 KiB is refused by Apache (LimitRequestLine 8190)
+# and nginx (large_client_header_buffers 8k) alike.
+MAX_PATH = 8000
 _STATUS_RANGE = re.compile(r"\s*(\d{3})\s*-\s*(\d{3})\s*")
 
 
@@ -107,6 +110,10 @@ def _http(
     path = table.string("path") or "/"
     if not path.startswith("/"):
         table.error("path", "must start with '/'", path)
+    elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        table.error("path", "contains a control character", path)
+    elif len(path) > MAX_PATH:
+        table.error("path", f"longer than {MAX_PATH} characters", path[:40] + "...")
     host = table.string("host")
     if host is not None and (problem := host_problem(host)) is not None:
         table.error("host", f"not a host name or IP address ({problem})", host)

@@ -85,6 +85,25 @@ def test_invalid_hosts_are_refused_with_the_path(host: str, why: str) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("path", "error"),
+    [
+        ("/a\\r\\nX-Injected: 1", "contains a control character: '/a\\r\\nX-Injected: 1'"),
+        ("/\\u0000", "contains a control character: '/\\x00'"),
+        ("/\\u007f", "contains a control character: '/\\x7f'"),
+        ("/" + "a" * 8000, "longer than 8000 characters: '/" + "a" * 39 + "...'"),
+    ],
+)  # fmt: skip
+def test_http_path_errors(path: str, error: str) -> None:
+    # httpx refuses these URLs at probe time; --check refuses them first.
+    assert errors_of(f'{{ type = "http", path = "{path}" }}') == [f"{WHERE}.path: {error}"]
+
+
+def test_http_paths_that_httpx_quotes() -> None:
+    for path in ("/a b", "/ä", "/%zz", "/[x]", "/" + "a" * 7999):
+        assert check_of(f'{{ type = "http", path = "{path}" }}') == HttpCheck(path=path)
+
+
 # -- ca_file, cert_file, key_file ----------------------------------------------------------
 
 

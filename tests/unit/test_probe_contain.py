@@ -137,3 +137,12 @@ async def test_the_log_event_renders_the_traceback(monkeypatch: pytest.MonkeyPat
     rendered = structlog.processors.format_exc_info(None, "error", dict(event))
     assert "Traceback" in rendered["exception"]
     assert "ValueError: boom" in rendered["exception"]
+
+
+async def test_a_url_httpx_refuses_is_contained() -> None:
+    # Not monkeypatched: a check built in code with a path --check refuses.
+    with capture_logs() as logs:
+        result = await Prober()(HttpCheck(path="/\r\nX-Injected: 1"), HERE, 80)
+    assert (result.ok, result.reason) == (False, Reason.ERROR)
+    assert result.detail.startswith("InvalidURL: Invalid non-printable ASCII character in URL")
+    assert [e["event"] for e in logs] == ["probe_error"]

@@ -2,7 +2,8 @@
 
 A probe runs its I/O inside `probe_attempt(timeout)`: the attempt bounds it by
 the check's timeout, times it, and turns whatever the network, TLS, httpx or
-trio raise into a failed `ProbeResult`. Anything else (a bug) propagates.
+trio raise into a failed `ProbeResult`. Anything else (a bug) propagates, to
+the `Prober`, which contains it (contain.py).
 """
 
 from __future__ import annotations
