@@ -1,11 +1,27 @@
 """The one place logging is configured: structlog, JSON lines when not on a
 terminal (journald, files), human-readable on a terminal. Every state change
-is one event with its reason and figures."""
+is one event with its reason and figures.
+
+A log call never blocks on the output. Events are rendered in the calling
+thread (so a line holds the context of the moment it was logged) and handed to
+a bounded queue that one writer thread drains into the stream. journald can
+stall and stderr can be a pipe nobody reads: then the queue fills, further lines
+are dropped and counted, and once there is room again a `log_lines_dropped`
+event says how many were lost. Queued lines are written out at exit (atexit)
+and by `flush()`, each within a timeout, so a stalled stream cannot hold up the
+exit either.
+"""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import queue
 import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import structlog
@@ -17,8 +33,23 @@ LEVELS = {
     "error": logging.ERROR,
 }
 
+MAX_QUEUED_LINES = 10_000
+FLUSH_TIMEOUT = 5.0  # seconds; at exit and in flush()
 
-def configure(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
+
+def configure(
+    level: str = "info",
+    stream: TextIO | None = None,
+    json: bool | None = None,
+    *,
+    max_queued: int = MAX_QUEUED_LINES,
+) -> None:
+    """Log events at `level` ("debug" .. "error") and above to `stream`
+    (stderr by default), as JSON lines unless `json` is False or, when it is
+    None, the stream is a terminal. At most `max_queued` lines wait for the
+    stream; more are dropped and counted. Replaces an earlier configuration
+    (its queued lines are flushed first)."""
+    global _sink
     out = stream or sys.stderr
     as_json = not out.isatty() if json is None else json
     renderer: Any = (
@@ -26,19 +57,209 @@ def configure(level: str = "info", stream: TextIO | None = None, json: bool | No
         if as_json
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        renderer,
+    ]
+    with _sink_lock:
+        previous, _sink = _sink, QueuedSink(out, _renderer_of(processors), max_queued)
+    if previous is not None:
+        previous.close(FLUSH_TIMEOUT)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=_sink.logger,
         cache_logger_on_first_use=False,
     )
 
 
 def get(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+def flush(timeout: float = FLUSH_TIMEOUT) -> bool:
+    """Wait until every line logged so far is written (True), or `timeout`
+    seconds pass (False: the stream is stalled; the lines stay queued)."""
+    sink = _sink
+    return True if sink is None else sink.flush(timeout)
+
+
+def close(timeout: float = FLUSH_TIMEOUT) -> bool:
+    """On a clean stop: write out what is queued and stop the writer thread (each
+    step within `timeout` s); False when the stream stalled and lines were left.
+    Lines logged afterwards are dropped until the next `configure()`."""
+    global _sink
+    with _sink_lock:
+        sink, _sink = _sink, None
+    return True if sink is None else sink.close(timeout)
+
+
+def dropped() -> int:
+    """Lines dropped since the last `log_lines_dropped` report (0 when none)."""
+    sink = _sink
+    return 0 if sink is None else sink.dropped
+
+
+def _renderer_of(processors: Sequence[Any]) -> Callable[[str, dict[str, Any]], str]:
+    def render(method: str, event: dict[str, Any]) -> str:
+        value: Any = event
+        for processor in processors:
+            value = processor(None, method, value)
+        return str(value)
+
+    return render
+
+
+class _Flushed:
+    """Queued behind the lines to wait for; the writer sets it once it gets there."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class _Stop:
+    pass
+
+
+class QueuedSink:
+    """A bounded queue of rendered lines and the thread that writes them to `stream`.
+
+    `put` never blocks: a line that finds the queue full is dropped and counted,
+    and the next line that finds room for two is preceded by a
+    `log_lines_dropped` event (rendered with `render`) carrying the count.
+    """
+
+    def __init__(
+        self, stream: TextIO, render: Callable[[str, dict[str, Any]], str], max_queued: int
+    ) -> None:
+        if max_queued < 2:
+            raise ValueError(f"max_queued must be at least 2, not {max_queued}")
+        self._stream = stream
+        self._render = render
+        self._queue: queue.Queue[str | _Flushed | _Stop] = queue.Queue(max_queued)
+        self._max = max_queued
+        self._lock = threading.Lock()
+        self.dropped = 0
+        self.write_errors = 0
+        self._thread = threading.Thread(target=self._write, name="log-writer", daemon=True)
+        self._thread.start()
+
+    def logger(self, *_args: object) -> QueuedLogger:
+        """structlog's logger_factory."""
+        return QueuedLogger(self)
+
+    def put(self, line: str) -> None:
+        with self._lock:
+            if self.dropped and self._queue.qsize() <= self._max - 2:
+                report = self._render(
+                    "warning", {"event": "log_lines_dropped", "dropped": self.dropped}
+                )
+                self._queue.put_nowait(report)
+                self.dropped = 0
+            try:
+                self._queue.put_nowait(line)
+            except queue.Full:
+                self.dropped += 1
+
+    def flush(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        marker = _Flushed()
+        try:
+            self._queue.put(marker, timeout=timeout)
+        except queue.Full:
+            return False
+        return marker.done.wait(max(0.0, deadline - time.monotonic()))
+
+    def close(self, timeout: float) -> bool:
+        """Flush, then stop the writer thread (each step within `timeout`); False
+        when the stream stalled."""
+        if not self.flush(timeout):
+            return False
+        try:
+            self._queue.put(_Stop(), timeout=timeout)
+        except queue.Full:
+            return False
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _write(self) -> None:
+        while True:
+            item = self._queue.get()
+            waiting: list[_Flushed] = []
+            stop = False
+            lines: list[str] = []
+            # Everything already queued goes out in one write and one flush.
+            while True:
+                if isinstance(item, _Flushed):
+                    waiting.append(item)
+                elif isinstance(item, _Stop):
+                    stop = True
+                else:
+                    lines.append(item)
+                if stop or len(lines) >= 256:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if lines:
+                self._emit("\n".join(lines) + "\n")
+            for marker in waiting:
+                marker.done.set()
+            if stop:
+                return
+
+    def _emit(self, text: str) -> None:
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except (OSError, ValueError):
+            # A closed or broken stream (journald gone): nothing left to tell.
+            self.write_errors += 1
+
+
+class QueuedLogger:
+    """What structlog calls with a rendered line, for every level."""
+
+    def __init__(self, sink: QueuedSink) -> None:
+        self._sink = sink
+
+    def msg(self, message: str) -> None:
+        self._sink.put(message)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+@dataclass
+class RateLimit:
+    """At most one log line per `interval` seconds for an event that can recur
+    without end (a failing accept, a probe bug). Owned by one task.
+
+    `allow(now)` (now in seconds, any monotonic clock) is the number of
+    occurrences suppressed since the last line when this one may be logged,
+    or None when it must not.
+    """
+
+    interval: float
+    _last: float | None = None
+    _suppressed: int = 0
+
+    def allow(self, now: float) -> int | None:
+        if self._last is not None and now - self._last < self.interval:
+            self._suppressed += 1
+            return None
+        suppressed, self._suppressed, self._last = self._suppressed, 0, now
+        return suppressed
+
+
+_sink: QueuedSink | None = None
+_sink_lock = threading.Lock()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    flush(FLUSH_TIMEOUT)

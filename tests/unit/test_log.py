@@ -1,0 +1,192 @@
+"""director.log: a log call never waits for the stream; what cannot be queued is
+counted and reported; everything queued is written at exit."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+import structlog.testing
+import trio
+
+from director import log
+from director.log import QueuedSink, RateLimit
+
+
+@pytest.fixture(autouse=True)
+def unconfigure() -> Iterator[None]:
+    yield
+    log.close(timeout=5)
+    structlog.reset_defaults()
+
+
+class GatedStream(io.StringIO):
+    """A stream whose writes wait until `gate` is set; `entered` is set while one waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.entered.set()
+        self.gate.wait()
+        return super().write(text)
+
+    def isatty(self) -> bool:
+        return False
+
+
+def events(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line]
+
+
+async def test_a_writer_blocked_on_a_full_pipe_does_not_block_a_task_that_logs() -> None:
+    read_end, write_end = os.pipe()
+    fill(write_end)  # nobody reads: the writer thread's first write blocks
+    stream = os.fdopen(write_end, "w")
+    received: list[bytes] = []
+    reader = threading.Thread(target=drain, args=(read_end, received))
+    try:
+        log.configure("info", stream=stream, json=True, max_queued=100)
+        logger = log.get("test")
+        total = 5000
+
+        async def chatty() -> None:
+            for number in range(total):
+                logger.info("filler", number=number)
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(chatty)
+        assert log.dropped() >= total - 100 - 256  # the queue, and one batch in the writer
+        reader.start()
+        assert await trio.to_thread.run_sync(log.flush)
+        logger.info("after")
+        assert log.close()
+    finally:
+        # Whatever failed, the pipe is drained so that nothing stays blocked on it.
+        if reader.ident is None:
+            reader.start()
+        log.close()
+        stream.close()
+        await trio.to_thread.run_sync(reader.join)
+    written = events(b"".join(received).decode())
+    fillers = [e["number"] for e in written if e["event"] == "filler"]
+    reports = [e for e in written if e["event"] == "log_lines_dropped"]
+    assert fillers == sorted(fillers)
+    # (the writer may still be taking its first batch while the queue overflows)
+    assert {e["level"] for e in reports} == {"warning"}
+    assert len(fillers) + sum(e["dropped"] for e in reports) == total
+    assert [e["event"] for e in written[-2:]] == ["log_lines_dropped", "after"]
+
+
+def fill(fd: int) -> None:
+    """Fill a pipe with newlines until a write would block."""
+    os.set_blocking(fd, False)
+    try:
+        while True:
+            os.write(fd, b"\n" * 4096)
+    except BlockingIOError:
+        pass
+    finally:
+        os.set_blocking(fd, True)
+
+
+def drain(fd: int, into: list[bytes]) -> None:
+    with os.fdopen(fd, "rb") as pipe:
+        while chunk := pipe.read1(65536):
+            into.append(chunk)
+
+
+def test_lines_that_find_the_queue_full_are_counted_and_reported_once_there_is_room() -> None:
+    stream = GatedStream()
+    log.configure("info", stream=stream, json=True, max_queued=10)
+    logger = log.get("test")
+    logger.info("first")
+    assert stream.entered.wait(5)  # the writer holds "first" and waits on the stream
+    for number in range(25):
+        logger.info("queued", number=number)
+    assert log.dropped() == 15
+    stream.gate.set()
+    assert log.flush()
+    logger.warning("room again")
+    assert log.flush()
+    written = events(stream.getvalue())
+    assert [(e["event"], e.get("number"), e.get("dropped")) for e in written] == [
+        ("first", None, None),
+        *(("queued", n, None) for n in range(10)),
+        ("log_lines_dropped", None, 15),
+        ("room again", None, None),
+    ]
+    assert log.dropped() == 0
+
+
+def test_capture_logs_still_captures_and_the_stream_gets_nothing() -> None:
+    stream = GatedStream()
+    stream.gate.set()
+    log.configure("info", stream=stream, json=True)
+    with structlog.testing.capture_logs() as captured:
+        log.get("test").info("seen", figure=3)
+    assert captured == [{"event": "seen", "figure": 3, "log_level": "info"}]
+    assert log.flush()
+    assert stream.getvalue() == ""
+
+
+def test_level_filter_and_rendering() -> None:
+    stream = GatedStream()
+    stream.gate.set()
+    log.configure("warning", stream=stream, json=True)
+    logger = log.get("test")
+    logger.info("hidden")
+    logger.warning("shown", vs="TCP 10.0.0.1:80")
+    assert log.flush()
+    [shown] = events(stream.getvalue())
+    assert shown["event"] == "shown"
+    assert shown["level"] == "warning"
+    assert shown["vs"] == "TCP 10.0.0.1:80"
+    assert shown["timestamp"].endswith("Z")
+
+
+class BrokenStream(io.StringIO):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_broken_stream_never_reaches_the_caller() -> None:
+    sink = QueuedSink(BrokenStream(), lambda method, event: str(event), max_queued=4)
+    sink.put("one")
+    assert sink.flush(5)
+    assert sink.write_errors == 1
+    assert sink.close(5)
+
+
+def test_everything_queued_is_written_at_exit() -> None:
+    program = (
+        "from director import log\n"
+        "log.configure('info', json=True)\n"
+        "logger = log.get('test')\n"
+        "for n in range(3000):\n"
+        "    logger.info('line', n=n)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True
+    )
+    assert [e["n"] for e in events(done.stderr)] == list(range(3000))
+
+
+def test_a_queue_must_hold_a_line_and_a_report() -> None:
+    with pytest.raises(ValueError, match="max_queued must be at least 2, not 1"):
+        QueuedSink(io.StringIO(), lambda method, event: "", max_queued=1)
+
+
+def test_rate_limit_allows_one_line_per_interval_and_counts_the_rest() -> None:
+    limit = RateLimit(10.0)
+    verdicts = [limit.allow(now) for now in (0.0, 1.0, 9.9, 10.0, 12.0, 19.9, 25.0, 40.0)]
+    assert verdicts == [0, None, None, 2, None, None, 2, 0]
