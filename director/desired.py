@@ -20,6 +20,7 @@ from director.config.model import (
     VirtualServer,
 )
 from director.health.state import Health, HealthState
+from director.ipvs.facts import MAX_WEIGHT
 from director.ipvs.model import (
     Destination,
     IPAddress,
@@ -27,8 +28,6 @@ from director.ipvs.model import (
     ServiceEntry,
     ServiceKey,
 )
-
-MAX_WEIGHT = 65535
 
 
 class AdminState(enum.StrEnum):
@@ -42,13 +41,13 @@ class RealServerView:
     """What desired_table needs to know about one real server's health."""
 
     status: Health = Health.UNKNOWN
-    since: float | None = None  # when `status` was entered; while up, drives slow start
-    weight: int | None = None  # asked for by a dynamic-weight exec check
+    since: float | None = None  # when `status` was entered; while up, when the weight ramp began
+    weight: int | None = None  # last asked for by a dynamic-weight exec check
 
     @classmethod
     def from_state(cls, state: HealthState) -> RealServerView:
-        last = state.last
-        return cls(state.status, state.since, last.weight if last is not None and last.ok else None)
+        since = state.ramp_start if state.status is Health.UP else state.since
+        return cls(state.status, state.since if since is None else since, state.weight)
 
 
 _UNKNOWN = RealServerView()

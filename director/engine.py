@@ -1,35 +1,53 @@
 """The engine: keeps the kernel's IPVS table equal to "configured services x
-healthy real servers".
+healthy real servers", and is the one owner of the daemon's state.
 
-It owns the running config and the checker, and runs one loop: whenever
-health changes, a reload lands, or the drift-repair interval passes, it reads
-the kernel's table, computes the desired table (director.desired) and applies
-the difference (director.reconcile) for the services it owns. The decisions
-are in those pure modules; this one only sequences them and logs.
+One task (`run`) owns the running config, the runtime layer, the set of owned
+services, the kernel refusals and the state file. Everything else reaches that
+state through it: the checker pokes it when health changes, and the control
+socket and SIGHUP hand it jobs (`exclusive`), which run in that task between
+two passes, one at a time, in the order they came (Seesaw's engine: one
+goroutine, one queue of changes). Reads of the kernel for listings do not go
+through it and never hold up a pass.
+
+A pass reads the kernel's table for the owned services, computes the desired
+table (director.desired) and applies the difference (director.reconcile).
+Operations the kernel refuses are held back with an exponential backoff, up
+to `reconcile_interval`, while every other operation goes out
+(director.refusals). Nothing the kernel answers ends the loop: a failed read
+or an apply whose outcome is unknown is logged, and the pass is tried again
+with the same backoff.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar, cast
 
+import outcome
 import trio
 
-from director import log
-from director.config import Config, RealServerId, service_label
+from director import log, statefile
+from director.config import Config, ConfigError, RealServerId, load_config, service_label
 from director.desired import DesiredService, RealServerView, desired_table
 from director.health.checker import Checker, Target
 from director.health.probes import ProbeFunction
-from director.health.result import ProbeResult
-from director.health.state import Health, HealthState, Transition
-from director.ipvs.errors import BatchError
+from director.health.state import Health, HealthState, Transition, failure_worth_logging
+from director.ipvs.errors import IPVSError, KernelError
 from director.ipvs.model import ServiceEntry, ServiceKey, endpoint
-from director.ipvs.ops import Operation, SetTimeouts
+from director.ipvs.ops import AddService, DeleteService, Operation, SetTimeouts
 from director.kernel import KernelTable
 from director.oplog import describe_operation
 from director.reconcile import plan, service_sort_key
+from director.refusals import Refusal, Subject, backoff, hold_back, next_retry, record, retry_now
 from director.runtime import EMPTY, RuntimeLayer, effective_config
+
+T = TypeVar("T")
+RETRY_BASE = 1.0  # seconds before the first retry of a refused operation or a failed pass
+SLOW_START_STEP = 1.0  # seconds between passes while a weight ramps
 
 
 def check_targets(config: Config) -> dict[RealServerId, Target]:
@@ -39,6 +57,23 @@ def check_targets(config: Config) -> dict[RealServerId, Target]:
         for rs in vs.real_servers:
             targets[vs.real_server_id(rs)] = (rs.check, rs.address, rs.port)
     return targets
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """Settings a reload cannot apply: the control socket is bound and the
+    state file opened once, at start. Each as 'path: old -> new'."""
+    changes = []
+    for section, fields in (
+        ("control", ("socket", "group", "admin_group", "mode")),
+        ("daemon", ("state_file",)),
+    ):
+        for name in fields:
+            before = getattr(getattr(old, section), name)
+            after = getattr(getattr(new, section), name)
+            if before != after:
+                shown = (oct(before), oct(after)) if name == "mode" else (before, after)
+                changes.append(f"[{section}] {name}: {shown[0]!r} -> {shown[1]!r}")
+    return changes
 
 
 @dataclass(frozen=True)
@@ -51,6 +86,15 @@ class ReloadSummary:
     operations: tuple[Operation, ...]
 
 
+@dataclass(frozen=True)
+class ReloadResult:
+    """A reload's outcome: a summary, or the errors that kept the running
+    config (each line names the file, or the setting that needs a restart)."""
+
+    summary: ReloadSummary | None = None
+    errors: tuple[str, ...] = ()
+
+
 class Director:
     def __init__(
         self,
@@ -58,29 +102,43 @@ class Director:
         kernel: KernelTable,
         *,
         runtime: RuntimeLayer = EMPTY,
+        owned: frozenset[ServiceKey] = frozenset(),
+        state_path: str | Path | None = None,
         probe: ProbeFunction | None = None,
         rng: random.Random | None = None,
+        follow_log_level: bool = False,
     ) -> None:
         """`config` is the config file's, `runtime` the operator's changes
-        over it (director.runtime); `probe` and `rng` replace the real probes
-        and the jitter's source (tests)."""
+        over it (director.runtime), `owned` the services a previous run owned
+        (from the state file: those no longer configured are deleted), and
+        `state_path` where runtime changes and owned services are saved
+        (None: not saved). `probe` and `rng` replace the real probes and the
+        jitter's source (tests). With `follow_log_level`, a reload applies
+        [daemon] log_level."""
         self.config = config
         self.runtime = runtime
         self.effective = effective_config(config, runtime)
         self.kernel = kernel
+        self.state_path = Path(state_path) if state_path is not None else None
         self.checker: Checker[RealServerId] = Checker(
             on_transition=self._on_transition, on_result=self._on_result, probe=probe, rng=rng
         )
-        self._dynamic_weights: dict[RealServerId, int] = {}
-        # Services this daemon manages: the config's, plus those a reload just
-        # dropped (deleted on the next pass, then forgotten).
-        self.owned: set[ServiceKey] = set(self.effective.service_keys())
+        self.owned: frozenset[ServiceKey] = owned | self.effective.service_keys()
+        self.refusals: dict[Subject, Refusal] = {}
+        self.pass_error: str | None = None  # why the last pass failed, while it does
         self.log = log.get("director")
-        self.last_pass = 0.0
+        self.last_pass = 0.0  # when a pass last completed
+        self._follow_log_level = follow_log_level
+        self._saved_owned: frozenset[ServiceKey] | None = None
+        self._timeouts_pending = self.effective.ipvs.timeouts
+        self._failed_passes = 0
+        self._retry_pass_at: float | None = None
         self._wake = trio.Event()
+        self._poked = False
         self._why = "start"
+        self._jobs: deque[tuple[Callable[[], Awaitable[object]], _Reply]] = deque()
+        self._running = False
         self._passes = 0
-        self._one_pass_at_a_time = trio.Lock()
 
     # -- health -------------------------------------------------------------
 
@@ -96,11 +154,13 @@ class Director:
         )
         self.poke(f"{event} {endpoint(target.address, target.port)}")
 
-    def _on_result(self, target: RealServerId, result: ProbeResult, state: HealthState) -> None:
-        """Every failed probe is logged with its reason and latency (successes
-        are not: they are the steady state). A dynamic-weight check can change
-        a server's weight without a transition: a new weight asks for a pass."""
-        if not result.ok:
+    def _on_result(self, target: RealServerId, before: HealthState, after: HealthState) -> None:
+        """A failed probe is logged when it starts a series, changes reason,
+        or reaches 10, 100, 1000... in a row (successes are the steady state).
+        A new dynamic weight of an up server asks for a pass."""
+        result = after.last
+        assert result is not None
+        if failure_worth_logging(before, after):
             self.log.info(
                 "probe_failed",
                 vs=service_label(target.service),
@@ -108,19 +168,15 @@ class Director:
                 reason=str(result.reason),
                 detail=result.detail,
                 latency=round(result.latency, 4),
-                failures_in_row=state.failures_in_row,
-                status=str(state.status),
+                failures_in_row=after.failures_in_row,
+                status=str(after.status),
             )
-        if result.weight is None or self._dynamic_weights.get(target) == result.weight:
-            return
-        old = self._dynamic_weights.get(target)
-        self._dynamic_weights[target] = result.weight
-        if old is not None and state.status is Health.UP:
+        if after.weight != before.weight and after.status is Health.UP:
             self.log.info(
                 "dynamic_weight",
                 rs=endpoint(target.address, target.port),
-                old=old,
-                new=result.weight,
+                old=before.weight,
+                new=after.weight,
             )
             self.poke(f"dynamic weight {endpoint(target.address, target.port)}")
 
@@ -129,112 +185,306 @@ class Director:
 
     def poke(self, why: str) -> None:
         """Ask the loop for a reconcile pass soon."""
+        self._poked = True
         self._why = why
         self._wake.set()
+
+    # -- jobs: the only way in for other tasks --------------------------------
+
+    async def exclusive(self, job: Callable[[], Awaitable[T]]) -> T:
+        """Run `job` in the engine's task, after the jobs before it and never
+        during a pass; its result or exception comes back here. Before the
+        loop runs (or after it ended), the caller is the only actor and the
+        job runs at once. A job may call the engine's own methods
+        (set_runtime, reconcile, ...): it is the owner while it runs."""
+        if not self._running:
+            return await job()
+        reply = _Reply()
+        self._jobs.append((job, reply))
+        self._wake.set()
+        await reply.done.wait()
+        assert reply.outcome is not None
+        return cast(T, reply.outcome.unwrap())
+
+    async def _run_jobs(self) -> None:
+        while self._jobs:
+            job, reply = self._jobs.popleft()
+            reply.outcome = await outcome.acapture(job)
+            reply.done.set()
 
     # -- the loop -----------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self._apply_timeouts()
         self.checker.set_targets(check_targets(self.effective))
-        self._adopt(await self.kernel.services(self._managed_keys()))
+        self._adopt(await self._read("adopt"))
         # The first pass runs before any probe: it only adds what is missing
-        # (every server is still unknown), and the start is not slowed down by
+        # (every server is still unknown), deletes what a previous run owned
+        # and the config dropped, and the start is not slowed down by
         # thousands of probes starting at once.
         await self.reconcile("start")
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.checker.run)
-            self.log.info("ready", **self.counts())
-            task_status.started()
-            while True:
-                with trio.move_on_after(self._next_pass_in()):
-                    await self._wake.wait()
-                why, self._why = self._why, "drift check"
-                self._wake = trio.Event()
-                await self.reconcile(why)
+        self._running = True
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.checker.run)
+                self.log.info("ready", **self.counts())
+                task_status.started()
+                while True:
+                    with trio.move_on_at(self._next_pass_at()):
+                        await self._wake.wait()
+                    self._wake = trio.Event()
+                    await self._run_jobs()
+                    if self._poked or trio.current_time() >= self._next_pass_at():
+                        why, self._why, self._poked = self._why, "drift check", False
+                        try:
+                            await self.reconcile(why)
+                        except Exception as error:
+                            # A bug must not end health checking for every
+                            # service: log it, and try again after a backoff.
+                            self.log.exception("pass_bug")
+                            self._pass_failed(why, error)
+        finally:
+            self._running = False
+            for _, reply in self._jobs:
+                reply.outcome = outcome.Error(RuntimeError("the engine stopped"))
+                reply.done.set()
 
     def _managed_keys(self) -> set[ServiceKey]:
         """The services a pass reads: a large table of services owned by
         others (kube-proxy's, say) costs one service dump, not one
         destination dump each."""
-        return self.owned | self.effective.service_keys()
+        return set(self.owned | self.effective.service_keys())
 
-    def _adopt(self, entries: list[ServiceEntry]) -> None:
+    async def _read(self, why: str) -> list[ServiceEntry] | None:
+        """The owned services as the kernel has them, or None (logged) when
+        the kernel cannot be read."""
+        try:
+            return await self.kernel.services(self._managed_keys())
+        except KernelError as error:
+            self._pass_failed(why, error)
+            return None
+
+    def _adopt(self, entries: list[ServiceEntry] | None) -> None:
         """Real servers in service in the kernel before their first probe are
-        adopted: they stay until `fall` probes in a row fail."""
-        in_service = {
-            RealServerId(e.service.key, d.destination.address, d.destination.port)
+        adopted: they stay until `fall` probes in a row fail, and a weight
+        ramp (slow start) goes on from the weight found, not from 1."""
+        if entries is None:
+            return
+        now = trio.current_time()
+        found = {
+            (e.service.key, d.destination.address, d.destination.port): d.destination.weight
             for e in entries
             for d in e.destinations
             if d.destination.weight > 0
         }
-        for target in self.checker.states():
-            if target in in_service:
-                self.checker.adopt(target)
+        states = self.checker.states()
+        for vs in self.effective.virtual_servers:
+            for rs in vs.real_servers:
+                weight = found.get((vs.key, rs.address, rs.port))
+                target = vs.real_server_id(rs)
+                if weight is None or target not in states:
+                    continue
+                ramp_start = now - vs.slow_start
+                if vs.slow_start > 0 and 1 <= weight < rs.weight:
+                    ramp_start = now - vs.slow_start * (weight - 1) / (rs.weight - 1)
+                self.checker.adopt(target, ramp_start)
 
-    def _next_pass_in(self) -> float:
+    def _next_pass_at(self) -> float:
         interval = self.config.daemon.reconcile_interval
         ramping = any(vs.slow_start for vs in self.effective.virtual_servers)
-        return min(interval, 1.0) if ramping else interval
+        due = self.last_pass + (min(interval, SLOW_START_STEP) if ramping else interval)
+        if self._retry_pass_at is not None:
+            due = self._retry_pass_at
+        retry = next_retry(self.refusals)
+        return due if retry is None else min(due, retry)
 
     async def reconcile(self, why: str) -> list[Operation]:
-        """One pass; passes never overlap (the loop's, a reload's and the
-        control socket's would otherwise plan from the same stale table)."""
-        async with self._one_pass_at_a_time:
-            return await self._reconcile(why)
-
-    async def _reconcile(self, why: str) -> list[Operation]:
-        entries = await self.kernel.services(self._managed_keys())
+        """One pass; the operations sent (applied or refused). Runs in the
+        engine's task: from a job, or before the loop starts."""
+        now = trio.current_time()
+        entries = await self._read(why)
+        if entries is None:
+            return []
         kernel: dict[ServiceKey, ServiceEntry] = {e.service.key: e for e in entries}
         desired: Mapping[ServiceKey, DesiredService] = desired_table(
-            self.effective, self.health_views(), kernel, trio.current_time(), self.runtime.admin
+            self.effective, self.health_views(), kernel, now, self.runtime.admin
         )
         operations = plan(desired, kernel, self.owned)
-        self.owned = set(self.effective.service_keys())
+        if self._timeouts_pending is not None:
+            operations.insert(0, SetTimeouts(self._timeouts_pending))
+        split = hold_back(operations, self.refusals, now)
+        owned = {k for k in self.owned | desired.keys() if k in desired or k in kernel}
+        adding = {op.service.key for op in split.send if isinstance(op, AddService)}
+        # Written ahead: a crash after the kernel took a new service must not
+        # leave it unowned (a restart with a config without it would orphan it).
+        await self._save_owned(frozenset(owned | adding))
+        errors: list[tuple[str, int | None] | None] = []
+        if split.send:
+            self.log.info("ipvs_apply", why=why, count=len(split.send), held=len(split.held))
+            try:
+                outcomes = await self.kernel.apply_each(split.send)
+            except KernelError as error:
+                # Outcomes unknown: the next pass re-reads the table.
+                self.owned = frozenset(owned | adding)
+                self._pass_failed(why, error)
+                return list(split.send)
+            for op, result in zip(split.send, outcomes, strict=True):
+                errors.append(None if result is None else (str(result), _errno(result)))
+                if result is None:
+                    self._applied(op)
+                    if isinstance(op, DeleteService):
+                        owned.discard(op.key)
+        self.refusals = self._log_refusals(
+            record(
+                self.refusals,
+                operations,
+                split.send,
+                errors,
+                now,
+                base=RETRY_BASE,
+                cap=self.config.daemon.reconcile_interval,
+            )
+        )
+        self.owned = frozenset(owned)
+        await self._save_owned(self.owned)
         self.last_pass = trio.current_time()
         self._passes += 1
-        if not operations:
-            return []
-        self.log.info("ipvs_apply", why=why, count=len(operations))
-        for op in operations:
-            self.log.info("ipvs_op", **describe_operation(op))
-        try:
-            await self.kernel.apply(operations)
-        except BatchError as error:
+        if self._failed_passes:
+            self.log.info("pass_recovered", after_failures=self._failed_passes)
+        self._failed_passes, self._retry_pass_at, self.pass_error = 0, None, None
+        return list(split.send)
+
+    def _applied(self, op: Operation) -> None:
+        self.log.info("ipvs_op", **describe_operation(op))
+        if isinstance(op, SetTimeouts):
+            self._timeouts_pending = None
+            t = op.timeouts
+            self.log.info("ipvs_timeouts", tcp=t.tcp, tcpfin=t.tcp_fin, udp=t.udp)
+
+    def _log_refusals(self, refusals: dict[Subject, Refusal]) -> dict[Subject, Refusal]:
+        """Each refusal is logged at its 1st, 10th, 100th... attempt, and
+        when the kernel's answer changes."""
+        for key, refusal in refusals.items():
+            before = self.refusals.get(key)
+            if before is not None and before.attempts == refusal.attempts:
+                continue
+            count = refusal.attempts
+            while count % 10 == 0:
+                count //= 10
+            if count == 1 or before is None or before.error != refusal.error:
+                self.log.error(
+                    "ipvs_refused",
+                    error=refusal.error,
+                    attempts=refusal.attempts,
+                    retry_in=round(refusal.retry_at - trio.current_time(), 3),
+                    **describe_operation(refusal.operation),
+                )
+        return refusals
+
+    def _pass_failed(self, why: str, error: Exception) -> None:
+        self._failed_passes += 1
+        delay = backoff(self._failed_passes, RETRY_BASE, self.config.daemon.reconcile_interval)
+        self._retry_pass_at = trio.current_time() + delay
+        self.pass_error = str(error)
+        count = self._failed_passes
+        while count % 10 == 0:
+            count //= 10
+        if count == 1:
             self.log.error(
-                "ipvs_apply_failed",
+                "pass_failed",
                 why=why,
-                index=error.index,
-                failed=describe_operation(error.operation),
-                error=error.error.message,
-                applied=error.index,
+                error=str(error),
+                error_type=type(error).__name__,
+                failures_in_row=self._failed_passes,
+                retry_in=delay,
             )
-            # Kernel state moved under us; the next pass re-reads and retries.
-            self.poke("retry after failed apply")
-        return operations
 
-    async def _apply_timeouts(self) -> None:
-        timeouts = self.effective.ipvs.timeouts
-        if timeouts is None:
+    # -- the state file -------------------------------------------------------
+
+    async def _save_owned(self, owned: frozenset[ServiceKey]) -> None:
+        if owned != self._saved_owned:
+            await self.save(owned)
+
+    async def save(self, owned: frozenset[ServiceKey] | None = None) -> None:
+        """Write the runtime layer and the owned services to the state file.
+        A failed write is logged: the change stands in memory."""
+        owned = self.owned if owned is None else owned
+        if self.state_path is None:
+            self._saved_owned = owned
             return
-        await self.kernel.apply([SetTimeouts(timeouts)])
-        self.log.info("ipvs_timeouts", tcp=timeouts.tcp, tcpfin=timeouts.tcp_fin, udp=timeouts.udp)
+        try:
+            await trio.to_thread.run_sync(statefile.save, self.state_path, self.runtime, owned)
+        except OSError as error:
+            self.log.error("state_file_write_failed", path=str(self.state_path), error=str(error))
+            return
+        self._saved_owned = owned
 
-    # -- reload and stop ----------------------------------------------------
+    # -- changes: runtime layer, reload, stop (from jobs) -----------------------
 
     def set_runtime(self, runtime: RuntimeLayer) -> None:
         """Take new operator changes: what to check changes at once, the
-        table on the next pass (a service they drop stays owned until then)."""
-        self.owned |= self.effective.service_keys()
+        table at the next pass. A service they drop stays owned until the
+        kernel no longer has it. Call from a job."""
         self.runtime = runtime
         self.effective = effective_config(self.config, runtime)
+        self.owned |= self.effective.service_keys()
         self.checker.set_targets(check_targets(self.effective))
+        if runtime.timeouts is not None:
+            self._timeouts_pending = None  # the control socket sent them itself
+        self.refusals = retry_now(self.refusals, trio.current_time())
+
+    async def commit(self, runtime: RuntimeLayer, why: str) -> list[Operation]:
+        """Take, save and apply an operator's change. Call from a job."""
+        self.set_runtime(runtime)
+        await self.save()
+        return await self.reconcile(why)
+
+    async def reload_file(self, path: str | Path, **origin: object) -> ReloadResult:
+        """Re-read the config file and apply it (SIGHUP and `directorctl
+        reload` both come here). The file is read in the engine's turn, so
+        reloads apply in the order they were asked for. An invalid file, or
+        one that changes a setting only a restart applies, keeps the running
+        config."""
+
+        async def job() -> ReloadResult:
+            try:
+                config = await trio.to_thread.run_sync(load_config, str(path))
+            except ConfigError as error:
+                errors = tuple(f"{path}: {e}" for e in error.errors)
+                self.log.error("reload_rejected", **origin, errors=list(errors))
+                return ReloadResult(errors=errors)
+            except Exception as error:  # a bug must not end the daemon
+                self.log.exception("reload_failed", **origin)
+                return ReloadResult(errors=(f"{path}: internal error: {error!r}",))
+            needs_restart = restart_needed(self.config, config)
+            if needs_restart:
+                errors = tuple(
+                    f"{path}: {change} needs a restart of directord; the running config is kept"
+                    for change in needs_restart
+                )
+                self.log.error("reload_rejected", **origin, errors=list(errors))
+                return ReloadResult(errors=errors)
+            self.log.info("reload", **origin)
+            return ReloadResult(summary=await self.reload(config))
+
+        return await self.exclusive(job)
 
     async def reload(self, config: Config) -> ReloadSummary:
-        """Take a new config file; the runtime layer is applied over it again."""
+        """Take a new config; the runtime layer is applied over it again.
+        Call from a job (reload_file does)."""
         old = self.effective
         new = effective_config(config, self.runtime)
         old_targets, new_targets = check_targets(old), check_targets(new)
+        self.config = config
+        self.effective = new
+        self.owned |= new.service_keys()
+        self.checker.set_targets(new_targets)
+        self._adopt(await self._read("reload"))
+        if new.ipvs.timeouts is not None and new.ipvs.timeouts != old.ipvs.timeouts:
+            self._timeouts_pending = new.ipvs.timeouts
+        self.refusals = retry_now(self.refusals, trio.current_time())
+        if self._follow_log_level and config.daemon.log_level != old.daemon.log_level:
+            log.set_level(config.daemon.log_level.value)
+        operations = await self.reconcile("reload")
         summary = ReloadSummary(
             services_added=tuple(
                 sorted(new.service_keys() - old.service_keys(), key=service_sort_key)
@@ -247,15 +497,8 @@ class Director:
             real_servers_changed=tuple(
                 t for t in new_targets if t in old_targets and new_targets[t] != old_targets[t]
             ),
-            operations=(),
+            operations=tuple(operations),
         )
-        self.owned |= old.service_keys()
-        self.config = config
-        self.effective = new
-        self.checker.set_targets(new_targets)
-        self._adopt(await self.kernel.services(self._managed_keys()))
-        await self._apply_timeouts()
-        operations = await self.reconcile("reload")
         self.log.info(
             "reloaded",
             services_added=[str(k) for k in summary.services_added],
@@ -269,17 +512,39 @@ class Director:
             ],
             operations=len(operations),
         )
-        return ReloadSummary(**{**summary.__dict__, "operations": tuple(operations)})
+        return summary
 
     async def stop(self) -> None:
-        if not self.config.daemon.flush_on_stop:
-            self.log.info("table_left_in_place", services=len(self.owned))
-            return
-        entries = await self.kernel.services(self._managed_keys())
-        kernel = {e.service.key: e for e in entries}
-        operations = plan({}, kernel, self.owned)
-        self.log.info("flush_own_services", count=len(operations))
-        await self.kernel.apply(operations)
+        """Leave the table in place, or with [daemon] flush_on_stop delete the
+        owned services (never anyone else's)."""
+
+        async def job() -> None:
+            if not self.config.daemon.flush_on_stop:
+                self.log.info("table_left_in_place", services=len(self.owned))
+                return
+            entries = await self._read("stop")
+            if entries is None:
+                return
+            kernel = {e.service.key: e for e in entries}
+            operations = plan({}, kernel, self.owned)
+            self.log.info("flush_own_services", count=len(operations))
+            try:
+                outcomes = await self.kernel.apply_each(operations)
+            except KernelError as error:
+                self.log.error("flush_failed", error=str(error))
+                return
+            deleted = {
+                op.key
+                for op, result in zip(operations, outcomes, strict=True)
+                if isinstance(op, DeleteService) and result is None
+            }
+            for op, result in zip(operations, outcomes, strict=True):
+                if result is not None:
+                    self.log.error("flush_refused", error=str(result), **describe_operation(op))
+            self.owned -= deleted
+            await self.save()
+
+        await self.exclusive(job)
 
     # -- reporting ----------------------------------------------------------
 
@@ -291,11 +556,27 @@ class Director:
             "up": sum(1 for s in states.values() if s.status is Health.UP),
             "down": sum(1 for s in states.values() if s.status is Health.DOWN),
             "unknown": sum(1 for s in states.values() if s.status is Health.UNKNOWN),
+            "refused": len(self.refusals),
         }
 
     def status_line(self) -> str:
         c = self.counts()
-        return (
+        line = (
             f"{c['services']} services, {c['real_servers']} real servers: "
             f"{c['up']} up, {c['down']} down, {c['unknown']} unknown"
         )
+        if c["refused"]:
+            line += f"; {c['refused']} operations refused by the kernel"
+        if self.pass_error is not None:
+            line += f"; passes failing: {self.pass_error}"
+        return line
+
+
+class _Reply:
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.outcome: outcome.Outcome[object] | None = None
+
+
+def _errno(error: KernelError) -> int | None:
+    return error.errno if isinstance(error, IPVSError) else None

@@ -1,4 +1,10 @@
-"""The runtime layer on disk: versioned JSON, written atomically.
+"""The daemon's state on disk: the runtime layer (the operator's changes over
+the config) and the services the daemon owns in the kernel, as versioned
+JSON written atomically.
+
+The owned services are what lets a restart delete a service the config no
+longer has: without them, a service dropped from the config between two runs
+would stay in the kernel, unchecked, for good.
 
 `encode`/`decode` are pure; `save` writes a temporary file in the same
 directory, fsyncs it, renames it over the state file and fsyncs the
@@ -13,7 +19,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
@@ -34,9 +40,10 @@ from director.ipvs.model import (
     TunnelFlags,
     TunnelType,
 )
+from director.reconcile import service_sort_key
 from director.runtime import EMPTY, RuntimeLayer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added "owned_services"; version 1 files still load
 _FAMILIES: dict[int, str] = {AF_INET: "ipv4", AF_INET6: "ipv6"}
 T = TypeVar("T")
 
@@ -48,9 +55,16 @@ class StateFileError(Exception):
 # -- encoding -------------------------------------------------------------------
 
 
-def encode(layer: RuntimeLayer) -> str:
+@dataclass(frozen=True)
+class Saved:
+    layer: RuntimeLayer = EMPTY
+    owned: frozenset[ServiceKey] = frozenset()  # services the daemon made or manages
+
+
+def encode(layer: RuntimeLayer, owned: Set[ServiceKey] = frozenset()) -> str:
     data = {
         "version": FORMAT_VERSION,
+        "owned_services": [_key(k) for k in sorted(owned, key=service_sort_key)],
         "services": [_service(s) for s in layer.services.values()],
         "deleted_services": [_key(k) for k in sorted(layer.deleted_services, key=str)],
         "real_servers": [{**_rid(rid), **_destination(d)} for rid, d in layer.real_servers.items()],
@@ -153,17 +167,24 @@ class _Reader:
             raise StateFileError(f"{self.path}: {error}") from None
 
 
-def decode(text: str) -> RuntimeLayer:
+def decode(text: str) -> Saved:
     try:
         data = json.loads(text)
     except ValueError as error:
         raise StateFileError(f"not JSON: {error}") from None
+    except RecursionError:
+        raise StateFileError("not JSON this daemon can read: nested too deeply") from None
     if not isinstance(data, dict):
         raise StateFileError("expected a JSON object at the top")
     root = _Reader(data, "state")
     version = root.get("version", int)
-    if version != FORMAT_VERSION:
-        raise StateFileError(f"state.version: {version} is not a supported version (1)")
+    if version not in (1, FORMAT_VERSION):
+        raise StateFileError(f"state.version: {version} is not a supported version (1, 2)")
+    owned = (
+        frozenset(_read_key(r) for r in root.objects("owned_services"))
+        if version >= 2
+        else frozenset()
+    )
     services = {s.key: s for s in (_read_service(r) for r in root.objects("services"))}
     real_servers = {_read_rid(r): _read_destination(r) for r in root.objects("real_servers")}
     admin = {
@@ -174,7 +195,7 @@ def decode(text: str) -> RuntimeLayer:
     if root.get("timeouts", dict, optional=True) is not None:
         t = root.reader("timeouts")
         timeouts = Timeouts(t.get("tcp", int), t.get("tcp_fin", int), t.get("udp", int))
-    return RuntimeLayer(
+    layer = RuntimeLayer(
         services=services,
         deleted_services=frozenset(_read_key(r) for r in root.objects("deleted_services")),
         real_servers=real_servers,
@@ -182,6 +203,7 @@ def decode(text: str) -> RuntimeLayer:
         admin=admin,
         timeouts=timeouts,
     )
+    return Saved(layer, owned)
 
 
 def _read_key(r: _Reader) -> ServiceKey:
@@ -243,14 +265,15 @@ def _read_destination(r: _Reader) -> Destination:
 # -- files ------------------------------------------------------------------------
 
 
-def save(path: str | Path, layer: RuntimeLayer) -> None:
-    """Replace the state file atomically (blocking: run it in a thread)."""
+def save(path: str | Path, layer: RuntimeLayer, owned: Set[ServiceKey] = frozenset()) -> None:
+    """Replace the state file atomically (blocking: run it in a thread).
+    Raises OSError."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(encode(layer))
+            f.write(encode(layer, owned))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -268,6 +291,7 @@ def save(path: str | Path, layer: RuntimeLayer) -> None:
 @dataclass(frozen=True)
 class Loaded:
     layer: RuntimeLayer
+    owned: frozenset[ServiceKey] = frozenset()
     problem: str | None = None  # why the file was not used; None when it was (or is absent)
     moved_to: Path | None = None  # where a corrupt file was kept
 
@@ -283,9 +307,10 @@ def load(path: str | Path) -> Loaded:
     except (OSError, UnicodeDecodeError) as error:
         return _set_aside(path, f"cannot read: {error}")
     try:
-        return Loaded(decode(text))
+        saved = decode(text)
     except StateFileError as error:
         return _set_aside(path, str(error))
+    return Loaded(saved.layer, saved.owned)
 
 
 def _set_aside(path: Path, problem: str) -> Loaded:
@@ -293,5 +318,5 @@ def _set_aside(path: Path, problem: str) -> Loaded:
     try:
         os.replace(path, corrupt)
     except OSError as error:
-        return Loaded(EMPTY, f"{problem} (and it could not be moved aside: {error})")
-    return Loaded(EMPTY, problem, corrupt)
+        return Loaded(EMPTY, problem=f"{problem} (and it could not be moved aside: {error})")
+    return Loaded(EMPTY, problem=problem, moved_to=corrupt)

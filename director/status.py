@@ -14,6 +14,7 @@ from director.config import Config, RealServerId
 from director.desired import AdminState, RealServerView, desired_table
 from director.health.state import HealthState
 from director.ipvs.model import ServiceEntry, ServiceKey
+from director.refusals import Refusal, Refusals, describe_subject
 from director.runtime import describe_endpoint, describe_service
 
 
@@ -33,6 +34,7 @@ class RealServerStatus:
     configured_weight: int
     current_weight: int | None  # in the kernel table now; None when absent
     decision: str  # why it is (or is not) in the table
+    refused: str | None = None  # the kernel refuses the change to it, and why
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class ServiceStatus:
     check: str  # the check type
     in_kernel: bool
     real_servers: tuple[RealServerStatus, ...]
+    refused: str | None = None  # the kernel refuses the change to the service, and why
 
 
 def status_report(
@@ -50,7 +53,11 @@ def status_report(
     admin: Mapping[RealServerId, AdminState],
     kernel: Mapping[ServiceKey, ServiceEntry],
     now: float,
+    refusals: Refusals | None = None,
 ) -> tuple[ServiceStatus, ...]:
+    """`refusals` are the engine's (director.refusals): each is reported on
+    the service or real server it is about."""
+    refused = {describe_subject(s): _refusal_text(r, now) for s, r in (refusals or {}).items()}
     views = {rid: RealServerView.from_state(s) for rid, s in states.items()}
     desired = desired_table(config, views, kernel, now, admin)
     report = []
@@ -81,6 +88,7 @@ def status_report(
                     configured_weight=rs.weight,
                     current_weight=weights.get((rs.address, rs.port)),
                     decision=reasons.get((rs.address, rs.port), ""),
+                    refused=refused.get((vs.key, rs.address, rs.port)),
                 )
             )
         report.append(
@@ -90,9 +98,18 @@ def status_report(
                 check=_check_name(vs.check),
                 in_kernel=entry is not None,
                 real_servers=tuple(servers),
+                refused=refused.get((vs.key, None, None)),
             )
         )
     return tuple(report)
+
+
+def _refusal_text(refusal: Refusal, now: float) -> str:
+    kind = type(refusal.operation).__name__
+    return (
+        f"{kind} refused by the kernel: {refusal.error} "
+        f"({refusal.attempts} tries, next in {max(refusal.retry_at - now, 0.0):.1f}s)"
+    )
 
 
 def _check_name(check: object) -> str:
@@ -115,6 +132,8 @@ def status_text(report: tuple[ServiceStatus, ...]) -> str:
     for service in report:
         kernel = "" if service.in_kernel else ", not in the kernel table"
         out.append(f"{service.service} {service.scheduler} ({service.check} check{kernel})\n")
+        if service.refused:
+            out.append(f"  {service.refused}\n")
         rows = [_COLUMNS] + [_row(rs) for rs in service.real_servers]
         widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS) - 1)]
         for row in rows:
@@ -140,7 +159,7 @@ def _row(rs: RealServerStatus) -> tuple[str, ...]:
         f"{current}/{rs.configured_weight}",
         last,
         f"{rs.successes_in_row}/{rs.failures_in_row}",
-        rs.decision,
+        rs.decision if rs.refused is None else f"{rs.decision}; {rs.refused}",
     )
 
 

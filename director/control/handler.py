@@ -7,7 +7,10 @@ services the daemon manages become part of its desired state (the runtime
 layer, director.runtime): they are checked as the kernel would check them,
 saved to the state file, logged with the peer's uid and pid, and followed by
 one reconcile pass before the answer, so a real server added with -a enters
-the table only once its check passes. Everything else (services the daemon does
+the table only once its check passes. A change runs as a job of the engine
+(Director.exclusive): it sees and changes the daemon's state alone, never
+during a pass. Listings read the kernel through a table of their own, so a
+client listing in a loop never holds up a pass. Everything else (services the daemon does
 not manage, -Z, the sync daemon) goes to the kernel as ipvsadm would send it.
 
 Read-only requests are for any peer the socket let in; changes need
@@ -25,12 +28,12 @@ from typing import TypeVar
 
 import trio
 
-from director import log, statefile
+from director import log
 from director.config import ConfigError, RealServerId, load_config, parse_config
 from director.control.messages import Peer, Request, Response
 from director.desired import AdminState
 from director.engine import Director, ReloadSummary
-from director.ipvs.errors import BatchError, IPVSError, ipvsadm_message
+from director.ipvs.errors import BatchError, IPVSError, KernelError, ipvsadm_message
 from director.ipvs.model import ServiceKey
 from director.ipvs.ops import AddService, DeleteService, Flush, Operation, SetTimeouts
 from director.ipvsadm import (
@@ -51,10 +54,10 @@ from director.ipvsadm import (
     parse,
     parse_restore,
 )
+from director.kernel import KernelTable
 from director.oplog import describe_operation
 from director.runtime import (
     LayerBuilder,
-    RuntimeLayer,
     describe_endpoint,
     describe_service,
     is_managed,
@@ -90,19 +93,18 @@ class Controller:
         director: Director,
         *,
         config_path: str | Path | None = None,
-        state_path: str | Path | None = None,
         names: Names = NUMERIC,
+        reads: KernelTable | None = None,
     ) -> None:
-        """`config_path` is what `reload` reads; `state_path` where runtime
-        changes are saved (None: not saved); `names` resolves host and port
-        names as ipvsadm does without -n (director.ipvsadm.SystemNames in the
-        daemon; lookups then run in a worker thread)."""
+        """`config_path` is what `reload` reads; `names` resolves host and
+        port names as ipvsadm does without -n (director.ipvsadm.SystemNames in
+        the daemon; lookups then run in a worker thread); `reads` is the
+        kernel table listings read (default: the engine's)."""
         self.director = director
         self.config_path = Path(config_path) if config_path is not None else None
-        self.state_path = Path(state_path) if state_path is not None else None
         self.names = names
+        self.reads = reads or director.kernel
         self.log = log.get("control")
-        self._changes = trio.Lock()  # one change at a time, saved in order
 
     async def handle(self, request: Request, peer: Peer) -> Response:
         try:
@@ -130,15 +132,19 @@ class Controller:
         if isinstance(command, Restore):
             return await self._restore(_text(request.args.get("stdin"), ""), program, peer)
         if isinstance(command, Apply):
-            async with self._changes:
+            operation, argv = command.operation, list(request.argv)
+
+            async def change() -> _Outcome:
                 work = _Work(self)
-                outcome = await self._change(command.operation, work)
-                await self._commit(work, outcome, peer, {"argv": list(request.argv)})
-            return outcome.response()
+                outcome = await self._change(operation, work)
+                await self._commit(work, outcome, peer, {"argv": argv})
+                return outcome
+
+            return (await self.director.exclusive(change)).response()
         return (await self._read(command)).response()
 
     async def _read(self, command: Command) -> _Outcome:
-        kernel = self.director.kernel
+        kernel = self.reads
         names = self.names
         try:
             match command:
@@ -149,7 +155,7 @@ class Controller:
                 case ListServices(format, None):
                     entries = await kernel.services(brief=format.brief)
                     info = await kernel.info()
-                    text = await self._blocking(listing.services, entries, info, format, names)
+                    text = await self._bulk(listing.services, entries, info, format, names)
                     return _Outcome(text)
                 case ListServices(format, key):
                     assert key is not None
@@ -159,19 +165,19 @@ class Controller:
                         return _Outcome(
                             "", ipvsadm_message("GetService", errno.ESRCH) + "\n", LIST_ERROR
                         )
-                    return _Outcome(await self._blocking(listing.service, entry, format, names))
+                    return _Outcome(await self._bulk(listing.service, entry, format, names))
                 case Save(numeric):
                     entries = await kernel.services(brief=True)
-                    return _Outcome(await self._blocking(listing.save, entries, numeric, names))
+                    return _Outcome(await self._bulk(listing.save, entries, numeric, names))
                 case ListTimeouts():
                     return _Outcome(listing.timeouts(await kernel.timeouts()))
                 case ListDaemons():
                     return _Outcome(listing.daemons(await kernel.daemons()))
                 case ListConnections(format):
                     conns = await kernel.connections()
-                    return _Outcome(await self._blocking(listing.connections, conns, format, names))
-        except IPVSError as error:
-            return _Outcome("", listing.kernel_error(error), LIST_ERROR)
+                    return _Outcome(await self._bulk(listing.connections, conns, format, names))
+        except KernelError as error:
+            return _Outcome("", _kernel_error(error), LIST_ERROR)
         raise TypeError(f"not a read-only command: {command!r}")
 
     async def _restore(self, text: str, program: str, peer: Peer) -> Response:
@@ -179,10 +185,12 @@ class Controller:
         line runs; a fatal parse error stops there, and the answer's data says
         so (the client then sends no more of its input). Changes are saved
         and reconciled once, after the last line."""
-        steps = await self._blocking(parse_restore, text, program=program, names=self.names)
+        steps = await self._bulk(parse_restore, text, program=program, names=self.names)
         total = _Outcome()
         stopped = False
-        async with self._changes:
+
+        async def restore() -> None:
+            nonlocal stopped
             work = _Work(self)
             for step in steps:
                 if isinstance(step, ParseError):
@@ -201,12 +209,17 @@ class Controller:
                 total.status = outcome.status
                 total.changed |= outcome.changed
             await self._commit(work, total, peer, {"argv": ["-R"], "lines": len(steps)})
+
+        await self.director.exclusive(restore)
         if stopped:
             return Response(total.status, total.stdout, total.stderr, {"restore_stopped": True})
         return total.response()
 
     async def _change(self, op: Operation, work: _Work) -> _Outcome:
-        kernel = await work.kernel_keys(op)
+        try:
+            kernel = await work.kernel_keys(op)
+        except KernelError as failure:
+            return _Outcome("", _kernel_error(failure), KERNEL_ERROR)
         if not is_managed(op, work.layer, kernel, self.director.owned):
             return await self._to_kernel(op, work)
         error = work.layer.apply(op)
@@ -224,7 +237,9 @@ class Controller:
         try:
             await self.director.kernel.apply([op])
         except BatchError as error:
-            return _Outcome("", listing.kernel_error(error.error), KERNEL_ERROR)
+            return _Outcome("", _kernel_error(error.error), KERNEL_ERROR)
+        except KernelError as error:
+            return _Outcome("", _kernel_error(error), KERNEL_ERROR)
         work.applied(op)
         self.log.info("control_kernel_op", **describe_operation(op))
         return _Outcome()
@@ -232,7 +247,8 @@ class Controller:
     async def _commit(
         self, work: _Work, outcome: _Outcome, peer: Peer, what: Mapping[str, object]
     ) -> None:
-        """Log, save and apply a request's changes, then one reconcile pass."""
+        """Log, save and apply a request's changes, then one reconcile pass
+        (in the engine's job)."""
         self.log.info(
             "control_change",
             uid=peer.uid,
@@ -243,27 +259,22 @@ class Controller:
         )
         if not outcome.changed:
             return
-        layer = work.layer.freeze()
-        self.director.set_runtime(layer)
-        await self._save(layer)
-        await self.director.reconcile(f"control ({peer.uid}/{peer.pid})")
-
-    async def _save(self, layer: RuntimeLayer) -> None:
-        if self.state_path is None:
-            return
-        try:
-            await trio.to_thread.run_sync(statefile.save, self.state_path, layer)
-        except OSError as error:
-            # The change stands in memory; say so loudly rather than undo it.
-            self.log.error("state_file_write_failed", path=str(self.state_path), error=str(error))
+        await self.director.commit(work.layer.freeze(), f"control ({peer.uid}/{peer.pid})")
 
     def _log_refusal(self, peer: Peer, what: object) -> None:
         self.log.warning("control_change_refused", uid=peer.uid, pid=peer.pid, request=what)
 
     async def _blocking(self, fn: Callable[..., _T], *args: object, **kwargs: object) -> _T:
-        """Name lookups block; without them the call is quick enough inline."""
+        """Name lookups block; without them a command line parses quickly
+        enough inline."""
         if self.names is NUMERIC:
             return fn(*args, **kwargs)
+        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    async def _bulk(self, fn: Callable[..., _T], *args: object, **kwargs: object) -> _T:
+        """Formatting a large table or parsing a long -R input takes tens of
+        milliseconds: in a worker thread, the event loop (probes, passes)
+        keeps its turns while a client lists in a loop."""
         return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
 
     # -- director's own commands --------------------------------------------------
@@ -288,13 +299,17 @@ class Controller:
 
     async def _status(self, args: Mapping[str, object], peer: Peer) -> Response:
         director = self.director
-        kernel = {e.service.key: e for e in await director.kernel.services()}
+        try:
+            entries = await self.reads.services(director.effective.service_keys())
+        except KernelError as error:
+            return Response(LIST_ERROR, "", _kernel_error(error))
         report = status_report(
             director.effective,
             director.checker.states(),
             director.runtime.admin,
-            kernel,
+            {e.service.key: e for e in entries},
             trio.current_time(),
+            director.refusals,
         )
         data = status_data(report)
         if args.get("json"):
@@ -305,7 +320,9 @@ class Controller:
         response = await self._admin(args, peer, AdminState.DRAIN)
         if response.status != 0 or not args.get("wait"):
             return response
-        limit = args.get("timeout", DRAIN_WAIT_LIMIT)
+        limit = args.get("timeout")
+        if limit is None:
+            limit = DRAIN_WAIT_LIMIT
         if not isinstance(limit, int | float) or isinstance(limit, bool) or limit <= 0:
             return Response(
                 USAGE,
@@ -326,7 +343,12 @@ class Controller:
         )
 
     async def _connections(self, key: ServiceKey, address: object, port: int) -> int:
-        for entry in await self.director.kernel.services():
+        """Connections left on one destination; -1 while the kernel cannot say."""
+        try:
+            entries = await self.reads.services({key})
+        except KernelError:
+            return -1
+        for entry in entries:
             if entry.service.key == key:
                 for d in entry.destinations:
                     if (d.destination.address, d.destination.port) == (address, port):
@@ -350,19 +372,22 @@ class Controller:
             rid = parse_real_server(service, _text(args.get("server"), ""))
         except ValueError as error:
             return Response(USAGE, "", f"director: {error}\n")
-        async with self._changes:
+        what = {
+            "command": str(state),
+            "service": describe_service(service),
+            "server": describe_endpoint(rid.address, rid.port),
+        }
+
+        async def change() -> Response:
             work = _Work(self)
             try:
                 work.layer.set_admin(rid, state)
             except LookupError as error:
                 return Response(LIST_ERROR, "", f"director: {error.args[0]}\n")
-            what = {
-                "command": str(state),
-                "service": describe_service(service),
-                "server": describe_endpoint(rid.address, rid.port),
-            }
             await self._commit(work, _Outcome(changed=True), peer, what)
-        return Response(0, f"{what['server']} in {what['service']}: {state}\n")
+            return Response(0, f"{what['server']} in {what['service']}: {state}\n")
+
+        return await self.director.exclusive(change)
 
     async def _reload(self, args: Mapping[str, object], peer: Peer) -> Response:
         return await self.reload(uid=peer.uid, pid=peer.pid)
@@ -372,15 +397,10 @@ class Controller:
         here, so a reload never races a change made through the socket."""
         if self.config_path is None:
             return Response(1, "", "director: no config file to reload\n")
-        try:
-            config = await trio.to_thread.run_sync(load_config, str(self.config_path))
-        except ConfigError as error:
-            self.log.error("reload_rejected", **origin, errors=error.errors)
-            return Response(1, "", "".join(f"{self.config_path}: {e}\n" for e in error.errors))
-        async with self._changes:
-            self.log.info("reload", **origin)
-            summary = await self.director.reload(config)
-        return Response(0, reload_text(summary), "", reload_data(summary))
+        result = await self.director.reload_file(self.config_path, **origin)
+        if result.summary is None:
+            return Response(1, "", "".join(f"{e}\n" for e in result.errors))
+        return Response(0, reload_text(result.summary), "", reload_data(result.summary))
 
     async def _check_config(self, args: Mapping[str, object], peer: Peer) -> Response:
         """With "text" (and "source" to name it) any peer may check a config;
@@ -460,6 +480,14 @@ def reload_data(summary: ReloadSummary) -> dict[str, object]:
 
 def _rid(rid: RealServerId) -> str:
     return f"{describe_service(rid.service)} {describe_endpoint(rid.address, rid.port)}"
+
+
+def _kernel_error(error: KernelError) -> str:
+    """ipvsadm's words for a refusal; our own for what ipvsadm never meets
+    (an interrupted dump, lost acknowledgements, a reply we cannot read)."""
+    if isinstance(error, IPVSError):
+        return listing.kernel_error(error)
+    return f"{error}\n"
 
 
 def _text(value: object, default: str) -> str:

@@ -5,8 +5,12 @@ every `interval` seconds, feeds the results through the rise/fall machine and
 reports transitions through a callback. The first probe of each target is
 placed at random within its interval, so that thousands of checks added at
 once do not fire together. `set_targets` swaps the target set live: a target
-whose (check, address, port) is unchanged keeps its state and its schedule, so
-a config reload loses no health.
+whose (check, address, port) is unchanged keeps its state and its schedule,
+and one whose check changed keeps its state (its health, counts and weight
+ramp) under a new schedule, so a config reload loses no health.
+
+A probe can only fail: whatever a probe function raises becomes a failed
+result (reason `error`), and the checker goes on.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Generic, TypeVar
 import trio
 
 from director.health.probes import ProbeFunction, Prober
-from director.health.result import ProbeResult
+from director.health.result import ProbeResult, Reason
 from director.health.spec import Check, ExecCheck, HttpCheck, TcpCheck, UdpCheck
 from director.health.state import HealthState, Transition, advance
 from director.ipvs.model import IPAddress
@@ -46,14 +50,15 @@ class Checker(Generic[K]):
         self,
         *,
         on_transition: Callable[[K, Transition], None] | None = None,
-        on_result: Callable[[K, ProbeResult, HealthState], None] | None = None,
+        on_result: Callable[[K, HealthState, HealthState], None] | None = None,
         probe: ProbeFunction | None = None,
         rng: random.Random | None = None,
         max_probes: int | None = None,
         max_exec: int = 16,
     ) -> None:
         """`on_transition` and `on_result` run in the checker's task and must
-        not block. `probe` defaults to the real probes. At most `max_probes`
+        not block; `on_result` gets the state before and after each probe
+        (the result is `after.last`). `probe` defaults to the real probes. At most `max_probes`
         probes (default: half the file descriptor limit) and `max_exec`
         commands run at once; the others wait their turn."""
         self._on_transition = on_transition
@@ -70,21 +75,25 @@ class Checker(Generic[K]):
         """Check exactly these targets from now on."""
         for key, target in targets.items():
             validate_target(key, target)
+        kept: dict[K, HealthState] = {}
         for key, slot in list(self._slots.items()):
-            if targets.get(key) != slot.target:
+            wanted = targets.get(key)
+            if wanted != slot.target:
                 self._drop(key)
+                if wanted is not None:
+                    kept[key] = slot.state
         for key, target in targets.items():
             if key not in self._slots:
-                slot = self._slots[key] = _Slot(target)
+                slot = self._slots[key] = _Slot(target, kept.get(key, HealthState()))
                 if self._nursery is not None:
                     self._spawn(self._nursery, key, slot)
 
-    def adopt(self, key: K) -> None:
+    def adopt(self, key: K, ramp_start: float | None = None) -> None:
         """Mark a target that is already in service and not yet probed as
-        adopted: see HealthState.adopted."""
+        adopted: see HealthState.adopted and HealthState.ramp_start."""
         slot = self._slots[key]
         if slot.state.last is None:
-            slot.state = replace(slot.state, adopted=True)
+            slot.state = replace(slot.state, adopted=True, ramp_start=ramp_start)
 
     def states(self) -> dict[K, HealthState]:
         return {key: slot.state for key, slot in self._slots.items()}
@@ -142,18 +151,25 @@ class Checker(Generic[K]):
             while True:
                 await trio.sleep_until(start)
                 async with exec_limiter, self._probe_limiter:
-                    result = await probe(check, address, port)
+                    began = trio.current_time()
+                    try:
+                        result = await probe(check, address, port)
+                    except Exception as error:
+                        result = ProbeResult.failure(
+                            Reason.ERROR,
+                            trio.current_time() - began,
+                            f"{type(error).__name__}: {error}"[:200],
+                        )
                 self._record(key, slot, result)
                 start = next_start(start, trio.current_time(), interval)
 
     def _record(self, key: K, slot: _Slot, result: ProbeResult) -> None:
         if slot.removed:
             return
-        slot.state, transition = advance(
-            slot.state, result, trio.current_time(), slot.target[0].timing
-        )
+        before = slot.state
+        slot.state, transition = advance(before, result, trio.current_time(), slot.target[0].timing)
         if self._on_result is not None:
-            self._on_result(key, result, slot.state)
+            self._on_result(key, before, slot.state)
         if transition is not None and self._on_transition is not None:
             self._on_transition(key, transition)
 

@@ -35,6 +35,14 @@ class HealthState:
     # failures in a row, not one, to decide DOWN (one slow probe during a
     # restart must not pull a live server).
     adopted: bool = False
+    # When the weight ramp (slow start) of the current UP period began: the
+    # time of the transition to UP, or for an adopted server the time its
+    # ramp would have begun to reach the weight found in the kernel, so that a
+    # restart does not ramp a server again from weight 1.
+    ramp_start: float | None = None
+    # The last weight a successful dynamic-weight probe reported; it stays
+    # through failed probes (fewer than `fall` do not make a server down).
+    weight: int | None = None
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,10 @@ def advance(
     else:
         successes, failures = 0, state.failures_in_row + 1
     new_status = _next_status(state, result.ok, successes, failures, timing)
-    counted = replace(state, successes_in_row=successes, failures_in_row=failures, last=result)
+    weight = result.weight if result.ok and result.weight is not None else state.weight
+    counted = replace(
+        state, successes_in_row=successes, failures_in_row=failures, last=result, weight=weight
+    )
     if new_status is state.status:
         return counted, None
     transition = Transition(
@@ -81,7 +92,28 @@ def advance(
         successes_in_row=successes,
         failures_in_row=failures,
     )
-    return replace(counted, status=new_status, since=now), transition
+    ramp_start = None
+    if new_status is Health.UP:
+        adopted = state.adopted and state.status is Health.UNKNOWN
+        ramp_start = state.ramp_start if adopted and state.ramp_start is not None else now
+    return replace(counted, status=new_status, since=now, ramp_start=ramp_start), transition
+
+
+def failure_worth_logging(before: HealthState, after: HealthState) -> bool:
+    """Whether a failed probe deserves a log line: the first of a series,
+    one whose reason differs from the previous failure's, and the 10th,
+    100th, 1000th... in a row. 500 servers down at a 1 s interval then make a
+    few lines each, not 500 a second for journald to drop."""
+    last = after.last
+    if last is None or last.ok:
+        return False
+    count = after.failures_in_row
+    previous = before.last
+    if count == 1 or previous is None or previous.ok or previous.reason is not last.reason:
+        return True
+    while count % 10 == 0:
+        count //= 10
+    return count == 1
 
 
 def _next_status(

@@ -53,8 +53,9 @@ class Recorder:
     def on_transition(self, key: object, transition: Transition) -> None:
         self.transitions.append((key, transition))
 
-    def on_result(self, key: object, result: ProbeResult, state: HealthState) -> None:
-        self.results.append((key, result, state))
+    def on_result(self, key: object, before: HealthState, after: HealthState) -> None:
+        assert after.last is not None
+        self.results.append((key, after.last, after))
 
     def moves(self) -> list[tuple[object, Health, Health, float]]:
         return [(k, t.old, t.new, t.at) for k, t in self.transitions]
@@ -175,7 +176,7 @@ async def test_a_dead_server_is_down_after_its_first_probe(
     assert recorder.moves() == [("a", Health.UNKNOWN, Health.DOWN, pytest.approx(j))]
 
 
-async def test_set_targets_keeps_unchanged_targets_and_resets_changed_ones(
+async def test_set_targets_keeps_unchanged_targets_and_the_health_of_changed_ones(
     checker: Checker[str],
     servers: FakeServers,
     recorder: Recorder,
@@ -194,7 +195,10 @@ async def test_set_targets_keeps_unchanged_targets_and_resets_changed_ones(
     checker.set_targets({"a": (tcp(), A, 80), "b": (tcp(), B, 8080), "new": (tcp(), C, 443)})
     states = checker.states()
     assert states["a"] is kept
-    assert states["b"].status is states["new"].status is Health.UNKNOWN
+    # A changed check keeps what is known of the server: a reload that only
+    # retimes a check must not make it unknown (or ramp its weight again).
+    assert states["b"].status is Health.UP
+    assert states["new"].status is Health.UNKNOWN
     assert "gone" not in states
     with pytest.raises(KeyError, match="no health check target 'gone'"):
         checker.state("gone")
@@ -209,6 +213,7 @@ async def test_set_targets_keeps_unchanged_targets_and_resets_changed_ones(
     assert (C, 443) in later
     assert checker.state("b").status is Health.UP
     assert [m[:3] for m in recorder.moves() if m[0] == "a"] == [("a", Health.UNKNOWN, Health.UP)]
+    assert [m[:3] for m in recorder.moves() if m[0] == "b"] == [("b", Health.UNKNOWN, Health.UP)]
 
 
 async def test_removing_a_target_mid_probe_reports_nothing(

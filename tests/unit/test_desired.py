@@ -191,8 +191,12 @@ def test_sorry_server_while_quorum_is_not_known_follows_the_kernel() -> None:
 
 
 def test_view_from_health_state() -> None:
-    state = HealthState(Health.UP, 3, 0, since=12.0, last=ProbeResult.success(0.01, weight=9))
+    state = HealthState(
+        Health.UP, 3, 0, since=12.0, last=ProbeResult.success(0.01, weight=9), weight=9
+    )
     assert RealServerView.from_state(state) == RealServerView(Health.UP, 12.0, 9)
+    ramped = HealthState(Health.UP, 3, 0, since=12.0, ramp_start=4.0, weight=None)
+    assert RealServerView.from_state(ramped) == RealServerView(Health.UP, 4.0, None)
     failed = HealthState(Health.UP, 0, 1, since=12.0, last=ProbeResult.failure(Reason.TIMEOUT, 1.0))
     assert RealServerView.from_state(failed) == RealServerView(Health.UP, 12.0, None)
     assert RealServerView.from_state(HealthState()) == RealServerView(Health.UNKNOWN, 0.0, None)

@@ -4,20 +4,31 @@ ownership, in virtual time."""
 
 from __future__ import annotations
 
+import errno
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from ipaddress import ip_address
+from pathlib import Path
 
 import pytest
 import structlog.testing
 import trio
+import trio.lowlevel
 import trio.testing
 
+from director import statefile
 from director.config import RealServerId, parse_config
 from director.engine import Director
 from director.health.result import ProbeResult, Reason
 from director.health.spec import Check
+from director.ipvs.errors import (
+    AcknowledgementsLost,
+    BatchError,
+    DumpInterrupted,
+    KernelError,
+    error_for,
+)
 from director.ipvs.memory import MemoryBackend
 from director.ipvs.model import (
     Destination,
@@ -30,8 +41,15 @@ from director.ipvs.model import (
     ServiceKey,
     Timeouts,
 )
-from director.ipvs.ops import DeleteDestination
-from director.kernel import KernelTable
+from director.ipvs.ops import (
+    AddDestination,
+    AddService,
+    DeleteDestination,
+    EditDestination,
+    Operation,
+)
+from director.kernel import READ_ATTEMPTS, KernelTable
+from director.status import status_report, status_text
 
 VIP = ServiceKey.inet(Protocol.TCP, "10.0.0.1", 80)
 OTHER = ServiceKey.inet(Protocol.TCP, "10.0.0.99", 443)
@@ -223,7 +241,7 @@ address = "10.0.0.1:53"
 address = "10.0.2.1:53"
 """
         )
-        summary = await director.reload(new)
+        summary = await director.exclusive(lambda: director.reload(new))
         assert director.checker.state(kept) == before
         assert [str(t.address) for t in summary.real_servers_added] == ["10.0.1.3", "10.0.2.1"]
         assert [str(t.address) for t in summary.real_servers_removed] == ["10.0.1.2"]
@@ -232,7 +250,7 @@ address = "10.0.2.1:53"
         assert weights(backend, udp) == {}
 
         # Drop the UDP service again: it is deleted, the unmanaged one stays.
-        await director.reload(parse_config(CONFIG))
+        await director.exclusive(lambda: director.reload(parse_config(CONFIG)))
         keys = {e.service.key for e in backend.services()}
         assert keys == {VIP, OTHER}
         assert unmanaged in backend.services()
@@ -254,7 +272,7 @@ async def test_flush_on_stop_deletes_only_own_services(
     assert backend.services() == [unmanaged]
 
 
-async def test_every_failed_probe_and_each_transition_is_one_log_event(
+async def test_a_series_of_failed_probes_and_each_transition_are_logged(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     backend = MemoryBackend()
@@ -265,9 +283,8 @@ async def test_every_failed_probe_and_each_transition_is_one_log_event(
             await trio.sleep(3.5)
             nursery.cancel_scope.cancel()
     failed = [e for e in logs if e["event"] == "probe_failed"]
-    assert {e["rs"] for e in failed} == {"10.0.1.2:80"}
-    assert [e["failures_in_row"] for e in failed] == list(range(1, len(failed) + 1))
-    assert len(failed) >= 3
+    # Three failures in a row, one line: the first of the series.
+    assert [(e["rs"], e["failures_in_row"]) for e in failed] == [("10.0.1.2:80", 1)]
     assert all(e["reason"] == "refused" and e["latency"] == 0.01 for e in failed)
     down = [e for e in logs if e["event"] == "real_server_down"]
     assert [(e["rs"], e["reason"], e["old"], e["new"]) for e in down] == [
@@ -298,3 +315,523 @@ async def test_a_dynamic_weight_from_the_check_is_applied(
         await trio.sleep(1.1)
         assert weights(backend) == {"10.0.1.1": 40, "10.0.1.2": 9}
         nursery.cancel_scope.cancel()
+
+
+# -- faults: the kernel refuses, reads fail, acknowledgements are lost ---------
+
+
+class FaultyKernel(MemoryBackend):
+    """The in-memory table with faults a test injects: operations refused
+    (`refuse(op)` gives the errno, or None), reads interrupted, outcomes lost.
+    A stand-in for unit tests of the engine; the kernel tests make the real
+    kernel refuse."""
+
+    def __init__(self, entries: list[ServiceEntry] | None = None) -> None:
+        super().__init__(entries or [])
+        self.refuse: Callable[[Operation], int | None] = lambda op: None
+        self.reads_failing = 0
+        self.acks_lost = 0
+        self.reads = 0
+        self.sent: list[Operation] = []
+
+    def services(
+        self, only: Collection[ServiceKey] | None = None, *, brief: bool = False
+    ) -> list[ServiceEntry]:
+        self.reads += 1
+        if self.reads_failing:
+            self.reads_failing -= 1
+            raise DumpInterrupted("GetService")
+        return super().services(only, brief=brief)
+
+    def apply_each(self, operations: Sequence[Operation]) -> list[KernelError | None]:
+        outcomes: list[KernelError | None] = []
+        for op in operations:
+            self.sent.append(op)
+            err = self.refuse(op)
+            if err is not None:
+                outcomes.append(error_for(err, type(op).__name__))
+                continue
+            try:
+                self.apply([op])
+                outcomes.append(None)
+            except BatchError as error:
+                outcomes.append(error.error)
+        if self.acks_lost:
+            self.acks_lost -= 1
+            raise AcknowledgementsLost(0, len(operations) - 1)
+        return outcomes
+
+
+TWO_SERVICES = (
+    CONFIG
+    + """
+[[virtual_server]]
+protocol = "tcp"
+address = "10.0.0.2:80"
+scheduler = "rr"
+check = { type = "tcp", interval = 1.0, timeout = 0.5, rise = 1, fall = 1 }
+[[virtual_server.real_server]]
+address = "10.0.2.1:80"
+weight = 3
+"""
+)
+VIP2 = ServiceKey.inet(Protocol.TCP, "10.0.0.2", 80)
+
+
+def faulty_director(
+    backend: FaultyKernel,
+    network: FakeNetwork,
+    config: str = TWO_SERVICES,
+    state_path: Path | None = None,
+    owned: frozenset[ServiceKey] = frozenset(),
+) -> Director:
+    return Director(
+        parse_config(config),
+        KernelTable(backend, threaded=False),
+        probe=network.probe,
+        rng=random.Random(1),
+        state_path=state_path,
+        owned=owned,
+    )
+
+
+def refuses_destination(address: str, err: int) -> Callable[[Operation], int | None]:
+    def refuse(op: Operation) -> int | None:
+        if isinstance(op, AddDestination) and op.destination.address == ip_address(address):
+            return err
+        return None
+
+    return refuse
+
+
+async def test_a_refused_destination_backs_off_and_everything_else_converges(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Operators' report: a real server with a multicast address (the kernel
+    says EINVAL) made every pass fail and retry at once: 15,000 passes and
+    15,000 error lines in 3 s."""
+    backend = FaultyKernel()
+    backend.refuse = refuses_destination("10.0.1.2", errno.EINVAL)
+    network = FakeNetwork("10.0.1.1", "10.0.1.2", "10.0.2.1")
+    director = faulty_director(backend, network)
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(director.run)
+            await trio.sleep(60)
+            assert weights(backend) == {"10.0.1.1": 5}
+            assert weights(backend, VIP2) == {"10.0.2.1": 3}
+            # Another server goes down meanwhile: failover is not held up.
+            network.alive.discard(ip_address("10.0.2.1"))
+            await trio.sleep(3.1)
+            assert weights(backend, VIP2) == {}
+            nursery.cancel_scope.cancel()
+    tries = [
+        op
+        for op in backend.sent
+        if isinstance(op, AddDestination) and op.destination.address == ip_address("10.0.1.2")
+    ]
+    # 1, 2, 4, then every reconcile_interval (5 s): about 13 tries in 63 s.
+    assert 10 <= len(tries) <= 16
+    refused = [e for e in logs if e["event"] == "ipvs_refused"]
+    assert [e["attempts"] for e in refused] == [1, 10]
+    assert refused[0]["rs"] == "10.0.1.2:80"
+    assert "address not unicast" in refused[0]["error"]
+    assert director.counts()["refused"] == 1
+
+
+async def test_status_names_what_the_kernel_refuses_and_why(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    backend = FaultyKernel()
+    backend.refuse = lambda op: (
+        errno.ENOENT if isinstance(op, AddService) and op.service.key == VIP else None
+    )
+    director = faulty_director(backend, FakeNetwork("10.0.1.1", "10.0.1.2", "10.0.2.1"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await trio.sleep(10)
+        report = status_report(
+            director.effective,
+            director.checker.states(),
+            {},
+            {e.service.key: e for e in backend.services()},
+            trio.current_time(),
+            director.refusals,
+        )
+        nursery.cancel_scope.cancel()
+    [vip, vip2] = report
+    assert vip.refused is not None
+    assert vip.refused.startswith(
+        "AddService refused by the kernel: Scheduler or persistence engine not found ("
+    )
+    assert vip2.refused is None and vip2.in_kernel
+    assert "AddService refused by the kernel" in status_text(report)
+    # The service is refused; its destinations are not refusals of their own.
+    assert list(director.refusals) == [("service", VIP)]
+
+
+async def test_interrupted_reads_back_off_and_the_table_converges_after(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    backend = FaultyKernel()
+    backend.reads_failing = 1_000_000
+    network = FakeNetwork("10.0.1.1", "10.0.1.2", "10.0.2.1")
+    director = faulty_director(backend, network)
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(director.run)  # starts although nothing can be read
+            await trio.sleep(60)
+            reads = backend.reads
+            # Passes 1, 2, 4, 5, 5... s apart (and one per health change),
+            # each read tried READ_ATTEMPTS times: not thousands.
+            assert reads <= READ_ATTEMPTS * 20
+            assert "DumpInterrupted" not in director.status_line()
+            assert "passes failing" in director.status_line()
+            backend.reads_failing = 0
+            await trio.sleep(5.1)
+            assert weights(backend) == {"10.0.1.1": 5, "10.0.1.2": 7}
+            nursery.cancel_scope.cancel()
+    failed = [e for e in logs if e["event"] == "pass_failed"]
+    assert [e["failures_in_row"] for e in failed] == [1, 10]
+    assert failed[0]["error_type"] == "DumpInterrupted"
+    assert [e["event"] for e in logs].count("pass_recovered") == 1
+
+
+async def test_lost_acknowledgements_mean_a_fresh_read_not_a_crash(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    backend = FaultyKernel()
+    backend.acks_lost = 3
+    director = faulty_director(backend, FakeNetwork("10.0.1.1", "10.0.1.2", "10.0.2.1"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await trio.sleep(15)
+        assert weights(backend) == {"10.0.1.1": 5, "10.0.1.2": 7}
+        assert weights(backend, VIP2) == {"10.0.2.1": 3}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_probe_that_raises_is_a_failed_probe_and_the_daemon_goes_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def buggy(check: Check, address: IPAddress, port: int) -> ProbeResult:
+        await trio.sleep(0.01)
+        if address == ip_address("10.0.1.2"):
+            raise UnicodeError("label empty or too long")
+        return ProbeResult.success(0.01)
+
+    backend = FaultyKernel()
+    director = Director(
+        parse_config(TWO_SERVICES), KernelTable(backend, threaded=False), probe=buggy
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await trio.sleep(3)
+        assert weights(backend) == {"10.0.1.1": 5}
+        last = director.checker.state(RealServerId(VIP, ip_address("10.0.1.2"), 80)).last
+        assert last is not None and (last.ok, last.reason) == (False, Reason.ERROR)
+        assert last.detail == "UnicodeError: label empty or too long"
+        nursery.cancel_scope.cancel()
+
+
+# -- ownership -------------------------------------------------------------------
+
+
+async def test_a_service_dropped_by_a_reload_is_deleted_although_an_earlier_operation_failed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Operators' report: `owned` was reset before the apply, so a service a
+    reload dropped stayed in the kernel, unchecked, for good, when an earlier
+    operation of the same batch failed."""
+    backend = FaultyKernel()
+    network = FakeNetwork("10.0.1.1", "10.0.1.2", "10.0.2.1", "10.0.1.9")
+    director = faulty_director(backend, network)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await trio.sleep(2)
+        assert VIP2 in {e.service.key for e in backend.services()}
+        backend.refuse = refuses_destination("10.0.1.9", errno.EINVAL)
+        await director.exclusive(
+            lambda: director.reload(parse_config(CONFIG.replace("10.0.1.2:80", "10.0.1.9:80")))
+        )
+        await trio.sleep(12)
+        nursery.cancel_scope.cancel()
+    assert {e.service.key for e in backend.services()} == {VIP}
+    assert VIP2 not in director.owned
+
+
+async def test_a_restart_deletes_what_a_previous_run_owned_and_the_config_dropped(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    state = tmp_path / "state.json"
+    backend = FaultyKernel()
+    network = FakeNetwork("10.0.1.1", "10.0.1.2", "10.0.2.1")
+    first = faulty_director(backend, network, state_path=state)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.run)
+        await trio.sleep(2)
+        nursery.cancel_scope.cancel()
+    assert statefile.load(state).owned == {VIP, VIP2}
+    hand_made = ServiceKey.inet(Protocol.TCP, "10.0.0.3", 80)
+    backend.apply([AddService(Service(hand_made, "rr"))])
+
+    # Restarted (not reloaded) with VIP2 gone from the config.
+    loaded = statefile.load(state)
+    second = faulty_director(backend, network, CONFIG, state_path=state, owned=loaded.owned)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(second.run)
+        assert {e.service.key for e in backend.services()} == {VIP, hand_made}
+        nursery.cancel_scope.cancel()
+    assert statefile.load(state).owned == {VIP}
+
+
+async def test_a_new_service_is_owned_on_disk_before_the_kernel_has_it(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A crash right after the kernel took a service must not leave it
+    unowned: the state file says so before the service is sent."""
+    state = tmp_path / "state.json"
+    backend = FaultyKernel()
+    seen_on_disk: list[frozenset[ServiceKey]] = []
+
+    def look(op: Operation) -> None:
+        if isinstance(op, AddService):
+            seen_on_disk.append(statefile.load(state).owned)
+        return None
+
+    backend.refuse = look  # type: ignore[assignment]
+    director = faulty_director(backend, FakeNetwork(), state_path=state)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        nursery.cancel_scope.cancel()
+    assert seen_on_disk == [frozenset({VIP, VIP2})] * 2
+
+
+# -- what operators reported wrong -------------------------------------------------
+
+SLOW_START = """
+[daemon]
+reconcile_interval = 5.0
+[[virtual_server]]
+protocol = "tcp"
+address = "10.0.0.1:80"
+scheduler = "wrr"
+slow_start = 5
+check = { type = "tcp", interval = 1.0, timeout = 0.5, rise = 2, fall = 3 }
+[[virtual_server.real_server]]
+address = "10.0.1.1:80"
+weight = 100
+[[virtual_server.real_server]]
+address = "10.0.1.2:80"
+weight = 50
+"""
+
+
+async def test_slow_start_does_not_ramp_again_after_a_restart(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Operators' report: slow_start = 5, weights 100 and 50, both up; after a
+    restart each server fell to weight 1 at its first probe and ramped again."""
+    existing = ServiceEntry(
+        Service(VIP, scheduler="wrr"),
+        (
+            DestinationEntry(Destination(ip_address("10.0.1.1"), 80, weight=100)),
+            DestinationEntry(Destination(ip_address("10.0.1.2"), 80, weight=50)),
+        ),
+    )
+    backend = FaultyKernel([existing])
+    director = faulty_director(backend, FakeNetwork("10.0.1.1", "10.0.1.2"), SLOW_START)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert weights(backend) == {"10.0.1.1": 100, "10.0.1.2": 50}
+    assert not [op for op in backend.sent if isinstance(op, EditDestination)]
+
+
+async def test_slow_start_goes_on_from_the_weight_found_after_a_restart_mid_ramp(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    existing = ServiceEntry(
+        Service(VIP, scheduler="wrr"),
+        (DestinationEntry(Destination(ip_address("10.0.1.1"), 80, weight=60)),),
+    )
+    backend = FaultyKernel([existing])
+    director = faulty_director(backend, FakeNetwork("10.0.1.1"), SLOW_START)
+    seen: list[int] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        for _ in range(30):
+            await trio.sleep(0.25)
+            seen.append(weights(backend).get("10.0.1.1", 0))
+        nursery.cancel_scope.cancel()
+    assert min(seen) >= 60
+    assert seen == sorted(seen)
+    assert seen[-1] == 100
+
+
+async def test_slow_start_does_not_ramp_again_after_a_reload_that_retimes_the_check(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    backend = FaultyKernel()
+    director = faulty_director(backend, FakeNetwork("10.0.1.1", "10.0.1.2"), SLOW_START)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await trio.sleep(10)
+        assert weights(backend) == {"10.0.1.1": 100, "10.0.1.2": 50}
+        sent = len(backend.sent)
+        retimed = parse_config(SLOW_START.replace("interval = 1.0", "interval = 2.0"))
+        await director.exclusive(lambda: director.reload(retimed))
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert weights(backend) == {"10.0.1.1": 100, "10.0.1.2": 50}
+    assert backend.sent[sent:] == []
+
+
+async def test_a_dynamic_weight_stays_through_a_failed_probe(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Operators' report: an exec check with dynamic_weight reported 7; one
+    probe timed out (fewer failures than fall): the weight jumped to the
+    configured 5 until the next success."""
+    answers = iter([7, None] + [7] * 100)
+
+    async def exec_probe(check: Check, address: IPAddress, port: int) -> ProbeResult:
+        await trio.sleep(0.01)
+        if address != ip_address("10.0.1.1"):
+            return ProbeResult.failure(Reason.REFUSED, 0.01)
+        weight = next(answers)
+        if weight is None:
+            return ProbeResult.failure(Reason.TIMEOUT, 0.5)
+        return ProbeResult.success(0.01, weight=weight)
+
+    backend = FaultyKernel()
+    director = Director(
+        parse_config(CONFIG), KernelTable(backend, threaded=False), probe=exec_probe
+    )
+    seen: list[int] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        for _ in range(40):
+            await trio.sleep(0.1)
+            if "10.0.1.1" in weights(backend):
+                seen.append(weights(backend)["10.0.1.1"])
+        nursery.cancel_scope.cancel()
+    assert seen and set(seen) == {7}
+
+
+# -- one owner ---------------------------------------------------------------------
+
+
+async def test_jobs_run_one_at_a_time_in_order_and_never_during_a_pass(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    backend = FaultyKernel()
+    director = faulty_director(backend, FakeNetwork("10.0.1.1", "10.0.1.2", "10.0.2.1"))
+    order: list[str] = []
+
+    def job(name: str) -> Callable[[], Awaitable[str]]:
+        async def run() -> str:
+            order.append(f"{name} start")
+            reads = backend.reads
+            await trio.sleep(3)  # passes are due meanwhile; none may run
+            assert backend.reads == reads
+            order.append(f"{name} end")
+            return name
+
+        return run
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        results: list[str] = []
+
+        async def submit(name: str) -> None:
+            results.append(await director.exclusive(job(name)))
+
+        for name in ("first", "second", "third"):
+            nursery.start_soon(submit, name)
+            await trio.lowlevel.checkpoint()
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert order == [f"{n} {e}" for n in ("first", "second", "third") for e in ("start", "end")]
+    assert results == ["first", "second", "third"]
+
+
+async def test_a_job_that_raises_reports_to_its_caller_and_the_engine_goes_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    backend = FaultyKernel()
+    director = faulty_director(backend, FakeNetwork("10.0.1.1", "10.0.1.2", "10.0.2.1"))
+
+    async def broken() -> None:
+        raise ValueError("a bug in a control request")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        with pytest.raises(ValueError, match="a bug in a control request"):
+            await director.exclusive(broken)
+        network_change = director.checker.states()
+        assert network_change
+        await trio.sleep(2)
+        assert weights(backend) == {"10.0.1.1": 5, "10.0.1.2": 7}
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("section", "old", "new", "named"),
+    [
+        ("control", 'socket = "/run/a.sock"', 'socket = "/run/b.sock"', "[control] socket"),
+        ("control", 'group = "adm"', 'group = "root"', "[control] group"),
+        ("control", "mode = 0o660", "mode = 0o600", "[control] mode"),
+        ("daemon", 'state_file = "/tmp/a"', 'state_file = "/tmp/b"', "[daemon] state_file"),
+    ],
+)
+async def test_a_reload_that_needs_a_restart_is_rejected_and_keeps_the_running_config(
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
+    section: str,
+    old: str,
+    new: str,
+    named: str,
+) -> None:
+    """Operators' report: edits to [control] and [daemon] were silently
+    ignored on reload."""
+    base = CONFIG.replace(
+        "[daemon]\n",
+        f"[{section}]\n{old}\n[daemon]\n" if section != "daemon" else f"[daemon]\n{old}\n",
+    )
+    path = tmp_path / "director.toml"
+    path.write_text(base)
+    backend = FaultyKernel()
+    director = faulty_director(backend, FakeNetwork("10.0.1.1"), base)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        running = director.config
+        path.write_text(base.replace(old, new).replace("weight = 5", "weight = 6"))
+        result = await director.reload_file(path)
+        nursery.cancel_scope.cancel()
+    assert result.summary is None
+    assert [named in e and "needs a restart" in e for e in result.errors] == [True]
+    assert director.config is running
+
+
+async def test_reloads_apply_in_the_order_they_were_asked_for(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "director.toml"
+    path.write_text(CONFIG)
+    backend = FaultyKernel()
+    director = faulty_director(backend, FakeNetwork("10.0.1.1", "10.0.1.2"), CONFIG)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await trio.sleep(2)
+        path.write_text(CONFIG.replace("weight = 5", "weight = 6"))
+        async with trio.open_nursery() as reloads:
+            reloads.start_soon(director.reload_file, path)
+            await trio.lowlevel.checkpoint()
+            path.write_text(CONFIG.replace("weight = 5", "weight = 8"))
+            reloads.start_soon(director.reload_file, path)
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    # The first reload read the file in its turn, after the second write.
+    assert weights(backend)["10.0.1.1"] == 8

@@ -6,7 +6,8 @@ restart, reload keeps runtime changes, admin states, status, permissions."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from ipaddress import ip_address
@@ -23,10 +24,12 @@ from director.control.messages import Peer, Request, Response
 from director.engine import Director
 from director.health.result import ProbeResult, Reason
 from director.health.spec import Check
+from director.ipvs.errors import KernelError
 from director.ipvs.memory import MemoryBackend
 from director.ipvs.model import (
     Destination,
     DestinationEntry,
+    Info,
     IPAddress,
     Protocol,
     Service,
@@ -103,10 +106,12 @@ async def rig(
         parse_config(config_path.read_text()),
         KernelTable(backend, threaded=False),
         runtime=statefile.load(state_path).layer,
+        owned=statefile.load(state_path).owned,
+        state_path=state_path,
         probe=network.probe,
         rng=random.Random(1),
     )
-    controller = Controller(director, config_path=config_path, state_path=state_path)
+    controller = Controller(director, config_path=config_path)
     async with trio.open_nursery() as nursery:
         await nursery.start(director.run)
         yield Rig(backend, network, director, controller)
@@ -319,6 +324,36 @@ async def test_drain_wait_returns_when_connections_are_gone(
         assert done.status == 0 and done.stdout.endswith("drained: no connections left\n")
 
 
+async def test_drain_wait_without_a_timeout_waits(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Operators' report: `directorctl drain SERVICE SERVER --wait` without
+    --timeout (the README's own example) answered status 2 after committing
+    the drain. directorctl sends "timeout": null then."""
+    busy = ServiceEntry(
+        Service(VIP, "rr"),
+        (DestinationEntry(Destination(ip_address("10.0.1.1"), 80, weight=5), active_conns=2),),
+    )
+    async with rig(tmp_path, MemoryBackend([busy])) as r:
+
+        async def connections_end() -> None:
+            await trio.sleep(30)
+            r.backend._services[VIP] = ServiceEntry(
+                Service(VIP, "rr"),
+                (DestinationEntry(Destination(ip_address("10.0.1.1"), 80, weight=0)),),
+            )
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connections_end)
+            started = trio.current_time()
+            target = {"service": "tcp:10.0.0.1:80", "server": "10.0.1.1"}
+            done = await r.command("drain", wait=True, timeout=None, **target)
+        assert done.status == 0 and done.stdout.endswith("drained: no connections left\n")
+        # It waited for the connections to end (virtual time also jumps while
+        # the state file is written in a worker thread: no upper bound here).
+        assert trio.current_time() - started >= 30
+
+
 async def test_status_reports_health_weights_and_admin(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
@@ -368,6 +403,10 @@ class BatchRecorder(MemoryBackend):
     def apply(self, operations: Sequence[Operation]) -> None:
         self.batches.append(list(operations))
         super().apply(operations)
+
+    def apply_each(self, operations: Sequence[Operation]) -> list[KernelError | None]:
+        self.batches.append(list(operations))
+        return super().apply_each(operations)
 
 
 RESTORE_SCRIPT = [
@@ -446,3 +485,47 @@ async def test_restore_stops_at_a_fatal_line_and_says_so(
         assert ServiceKey.inet(Protocol.TCP, "10.0.0.2", 80) in keys
         assert ServiceKey.inet(Protocol.TCP, "10.0.0.3", 80) not in keys
         assert (await r.ipvsadm("-R", stdin="-A -t 10.0.0.4:80\n")).data is None
+
+
+class StuckReads(MemoryBackend):
+    """A view of another backend whose reads hang until released: a client
+    listing a huge table, or a kernel slow to dump."""
+
+    def __init__(self, table: MemoryBackend) -> None:
+        super().__init__()
+        self.table = table
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def services(
+        self, only: Collection[ServiceKey] | None = None, *, brief: bool = False
+    ) -> list[ServiceEntry]:
+        self.entered.set()
+        self.release.wait(timeout=30)
+        return self.table.services(only, brief=brief)
+
+    def info(self) -> Info:
+        return self.table.info()
+
+
+async def test_a_listing_never_holds_up_the_pass_that_removes_a_dead_server(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    backend = MemoryBackend()
+    async with rig(tmp_path, backend) as r:
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
+        stuck = StuckReads(backend)
+        r.controller.reads = KernelTable(stuck)
+        async with trio.open_nursery() as nursery:
+            listing: list[Response] = []
+
+            async def list_table() -> None:
+                listing.append(await r.ipvsadm("-Ln"))
+
+            nursery.start_soon(list_table)
+            await trio.to_thread.run_sync(stuck.entered.wait)
+            r.network.alive.discard(ip_address("10.0.1.1"))
+            await until(lambda: r.weights() == {})  # fall = 1: one failed probe
+            assert not listing  # the listing is still stuck in its read
+            stuck.release.set()
+        assert listing[0].status == 0

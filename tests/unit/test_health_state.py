@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 
 from director.health.result import ProbeResult, Reason
 from director.health.spec import Timing
-from director.health.state import Health, HealthState, Transition, advance
+from director.health.state import (
+    Health,
+    HealthState,
+    Transition,
+    advance,
+    failure_worth_logging,
+)
 
 UP, DOWN, UNKNOWN = Health.UP, Health.DOWN, Health.UNKNOWN
 OK = ProbeResult.success(0.01)
@@ -196,3 +202,65 @@ def test_any_result_sequence_obeys_the_invariants(oks: list[bool], rise: int, fa
     assert transitions[0].new is (UP if oks[0] else DOWN)
     assert all(t.old is not UNKNOWN for t in transitions[1:])
     assert all(a.new is b.old for a, b in itertools.pairwise(transitions))
+
+
+def weighed(weight: int) -> ProbeResult:
+    return ProbeResult.success(0.01, weight=weight)
+
+
+def test_the_last_reported_weight_stays_through_failures_short_of_fall() -> None:
+    """Operators' report: a dynamic-weight check said 7, one probe timed
+    out, and the weight jumped to the configured 100 until the next success."""
+    timing = Timing(rise=1, fall=3)
+    state, _ = run([weighed(7), TIMEOUT], timing)
+    assert (state.status, state.weight) == (UP, 7)
+    state, _ = run([weighed(7), TIMEOUT, TIMEOUT, OK], timing)
+    assert (state.status, state.weight) == (UP, 7)  # a success without a weight keeps it
+    state, _ = run([weighed(7), TIMEOUT, weighed(12)], timing)
+    assert state.weight == 12
+
+
+def test_a_weight_ramp_starts_at_the_transition_to_up() -> None:
+    state, _ = run([REFUSED, OK, OK], Timing(rise=2, fall=1))
+    assert (state.status, state.ramp_start) == (UP, 3.0)
+    state, _ = run([REFUSED], Timing(fall=1), state)
+    assert (state.status, state.ramp_start) == (DOWN, None)
+
+
+def test_an_adopted_server_keeps_the_ramp_start_it_was_adopted_with() -> None:
+    """Operators' report: with slow_start, a restart ramped every server
+    from weight 1 again at its first probe."""
+    adopted = HealthState(adopted=True, ramp_start=-30.0)
+    state, _ = run([OK], Timing(), adopted)
+    assert (state.status, state.since, state.ramp_start) == (UP, 1.0, -30.0)
+    state, _ = run([REFUSED, REFUSED, OK], Timing(rise=1, fall=2), adopted)
+    assert (state.status, state.ramp_start) == (UP, 3.0)  # it went down: a new ramp
+
+
+@pytest.mark.parametrize(
+    ("results", "logged"),
+    [
+        ([REFUSED], [True]),
+        ([OK, REFUSED, REFUSED], [False, True, False]),
+        ([REFUSED, TIMEOUT, TIMEOUT, REFUSED], [True, True, False, True]),
+        ([REFUSED] * 12, [n in (1, 10) for n in range(1, 13)]),
+    ],
+)
+def test_a_failure_is_logged_when_a_series_starts_its_reason_changes_or_at_1_10_100(
+    results: list[ProbeResult], logged: list[bool]
+) -> None:
+    state, seen = HealthState(), []
+    for t, result in enumerate(results, start=1):
+        after, _ = advance(state, result, float(t), Timing(fall=1000))
+        seen.append(failure_worth_logging(state, after))
+        state = after
+    assert seen == logged
+
+
+def test_failures_logged_in_a_long_outage_grow_logarithmically() -> None:
+    state, count = HealthState(), 0
+    for t in range(1, 100_001):
+        after, _ = advance(state, REFUSED, float(t), Timing(fall=2))
+        count += failure_worth_logging(state, after)
+        state = after
+    assert count == 6  # 1, 10, 100, 1000, 10000, 100000

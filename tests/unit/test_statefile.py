@@ -61,8 +61,8 @@ LAYER = RuntimeLayer(
 
 
 def test_round_trip() -> None:
-    assert statefile.decode(statefile.encode(LAYER)) == LAYER
-    assert statefile.decode(statefile.encode(EMPTY)) == EMPTY
+    assert statefile.decode(statefile.encode(LAYER)) == statefile.Saved(LAYER)
+    assert statefile.decode(statefile.encode(EMPTY)) == statefile.Saved(EMPTY)
 
 
 @given(
@@ -80,7 +80,7 @@ def test_round_trip_of_generated_layers(
         for i, w in enumerate(weights)
     }
     layer = RuntimeLayer(real_servers=servers, timeouts=timeouts)
-    decoded = statefile.decode(statefile.encode(layer))
+    decoded = statefile.decode(statefile.encode(layer)).layer
     assert decoded == layer
     assert list(decoded.real_servers) == list(servers)
 
@@ -93,6 +93,22 @@ def test_save_replaces_atomically_and_load_reads_back(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == ["state.json"]  # no temporaries
 
 
+def test_owned_services_are_saved_and_read_back(tmp_path: Path) -> None:
+    owned = frozenset({VIP, ServiceKey.mark(2**31 + 5, AF_INET6)})
+    path = tmp_path / "state.json"
+    statefile.save(path, LAYER, owned)
+    assert statefile.load(path) == statefile.Loaded(LAYER, owned)
+
+
+def test_a_version_1_file_loads_with_no_owned_services(tmp_path: Path) -> None:
+    data = json.loads(statefile.encode(LAYER, {VIP}))
+    del data["owned_services"]
+    data["version"] = 1
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(data))
+    assert statefile.load(path) == statefile.Loaded(LAYER)
+
+
 def test_missing_file_is_an_empty_layer(tmp_path: Path) -> None:
     assert statefile.load(tmp_path / "none.json") == statefile.Loaded(EMPTY)
 
@@ -102,7 +118,7 @@ def test_missing_file_is_an_empty_layer(tmp_path: Path) -> None:
     [
         ("{", "not JSON"),
         ("[]", "expected a JSON object"),
-        ('{"version": 2}', "state.version: 2 is not a supported version"),
+        ('{"version": 3}', "state.version: 3 is not a supported version"),
         (
             json.dumps({**json.loads(statefile.encode(LAYER)), "admin": [{"state": "x"}]}),
             "state.admin[0].service: missing",

@@ -15,7 +15,6 @@ import tempfile
 from ipaddress import ip_address
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -191,10 +190,5 @@ def test_load_of_a_directory_never_raises(tmp_path: Path) -> None:
     assert loaded.problem is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="statefile.decode lets json's RecursionError out (nesting past ~1000 levels):"
-    " reported to the lead, whose file it is",
-)
 def test_nesting_deeper_than_json_takes_is_a_state_file_error() -> None:
     assert decodes_or_state_file_error("[" * 100_000 + "]" * 100_000) is None

@@ -1,0 +1,173 @@
+"""Operations the kernel refuses, and when to try each again.
+
+Pure. A reconcile pass plans its operations, holds back those whose last try
+was refused and whose backoff has not run out, sends the rest, and records
+each outcome here. A refusal is about one thing in the table (a service, a
+destination, the timeouts): the other operations of the pass still go out, so
+one real server with a multicast address, or one service whose scheduler the
+kernel lacks, never keeps anything else from converging.
+
+Backoff: the first retry after `base` seconds, doubling with every refusal in a
+row, never more than `cap` (the daemon's reconcile_interval). An operation
+that differs from the one refused (the config changed it) is tried at once.
+An operation whose service is being added by a held-back or refused AddService
+is skipped too (the kernel would answer "Service not defined"); it is not a
+refusal of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from director.ipvs.model import IPAddress, ServiceKey
+from director.ipvs.ops import (
+    AddDestination,
+    AddService,
+    DeleteDestination,
+    DeleteService,
+    EditDestination,
+    EditService,
+    Operation,
+    SetTimeouts,
+)
+
+Subject = tuple[object, ...]
+"""What an operation acts on: ("service", key), ("destination", key, address,
+port) or ("timeouts",); other operations are their own subject."""
+
+
+def subject(op: Operation) -> Subject:
+    match op:
+        case AddService(service) | EditService(service):
+            return ("service", service.key)
+        case DeleteService(key):
+            return ("service", key)
+        case AddDestination(key, d) | EditDestination(key, d):
+            return ("destination", key, d.address, d.port)
+        case DeleteDestination(key, address, port):
+            return ("destination", key, address, port)
+        case SetTimeouts():
+            return ("timeouts",)
+    return ("other", op)
+
+
+def service_of(op: Operation) -> ServiceKey | None:
+    match op:
+        case AddService(service) | EditService(service):
+            return service.key
+        case DeleteService(key) | AddDestination(key) | EditDestination(key):
+            return key
+        case DeleteDestination(key):
+            return key
+    return None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    operation: Operation
+    error: str  # the kernel's answer, in ipvsadm's words
+    errno: int | None
+    first: float  # when it was first refused (the caller's clock, seconds)
+    attempts: int  # refusals in a row
+    retry_at: float
+
+
+Refusals = Mapping[Subject, Refusal]
+
+
+@dataclass(frozen=True)
+class Held:
+    send: tuple[Operation, ...]
+    held: tuple[Operation, ...]  # refused before, backoff still running
+    skipped: tuple[Operation, ...]  # their service's AddService is held
+
+
+def hold_back(operations: Sequence[Operation], refusals: Refusals, now: float) -> Held:
+    """Split a pass's operations into those to send now and those to hold."""
+    send: list[Operation] = []
+    held: list[Operation] = []
+    skipped: list[Operation] = []
+    unadded: set[ServiceKey] = set()
+    for op in operations:
+        service = service_of(op)
+        if not isinstance(op, AddService) and service in unadded:
+            skipped.append(op)
+            continue
+        refusal = refusals.get(subject(op))
+        if refusal is not None and refusal.operation == op and refusal.retry_at > now:
+            held.append(op)
+            if isinstance(op, AddService):
+                unadded.add(op.service.key)
+            continue
+        send.append(op)
+    return Held(tuple(send), tuple(held), tuple(skipped))
+
+
+def record(
+    refusals: Refusals,
+    planned: Iterable[Operation],
+    sent: Sequence[Operation],
+    errors: Sequence[tuple[str, int | None] | None],
+    now: float,
+    *,
+    base: float,
+    cap: float,
+) -> dict[Subject, Refusal]:
+    """The refusals after a pass: `errors[i]` is None when `sent[i]` was
+    applied, else (message, errno). Refusals of subjects the pass did not
+    plan any more are forgotten (the config or the table moved on); those of
+    operations held back are kept as they are. Operations whose service's
+    AddService was refused in the same pass are not refusals of their own."""
+    still = {subject(op) for op in planned}
+    result = {s: r for s, r in refusals.items() if s in still}
+    failed_adds = {
+        op.service.key
+        for op, error in zip(sent, errors, strict=True)
+        if error is not None and isinstance(op, AddService)
+    }
+    for op, error in zip(sent, errors, strict=True):
+        key = subject(op)
+        if error is None:
+            result.pop(key, None)
+            continue
+        if not isinstance(op, AddService) and service_of(op) in failed_adds:
+            continue
+        message, err = error
+        previous = result.get(key)
+        attempts = 1
+        first = now
+        if previous is not None and previous.operation == op:
+            attempts, first = previous.attempts + 1, previous.first
+        result[key] = Refusal(op, message, err, first, attempts, now + backoff(attempts, base, cap))
+    # A refusal whose operation was not sent (its service's AddService is
+    # held) must not ask for a pass at once, again and again.
+    return {
+        s: r if r.retry_at > now else replace(r, retry_at=now + base) for s, r in result.items()
+    }
+
+
+def backoff(attempts: int, base: float, cap: float) -> float:
+    """Seconds to wait after `attempts` refusals in a row: base, 2*base,
+    4*base, ... never more than cap."""
+    return min(cap, base * float(2 ** min(attempts - 1, 32)))
+
+
+def next_retry(refusals: Refusals) -> float | None:
+    """The earliest time a held operation may be tried again."""
+    return min((r.retry_at for r in refusals.values()), default=None)
+
+
+def retry_now(refusals: Refusals, now: float) -> dict[Subject, Refusal]:
+    """Every held operation may go at the next pass (a reload or an
+    operator's change: what was refused may be accepted now)."""
+    return {s: replace(r, retry_at=min(r.retry_at, now)) for s, r in refusals.items()}
+
+
+def describe_subject(key: Subject) -> tuple[ServiceKey | None, IPAddress | None, int | None]:
+    """(service, address, port) of a subject, for status and logs."""
+    if key and key[0] == "service":
+        return key[1], None, None  # type: ignore[return-value]
+    if key and key[0] == "destination":
+        return key[1], key[2], key[3]  # type: ignore[return-value]
+    return None, None, None
