@@ -76,6 +76,15 @@ def configure(
     )
 
 
+def set_level(level: str) -> None:
+    """Log events at `level` ("debug" .. "error") and above from now on, keeping the
+    stream and the rendering (a reload's [daemon] log_level). ValueError names an
+    unknown level."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown log level {level!r}: one of {', '.join(LEVELS)}")
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]))
+
+
 def get(name: str) -> Any:
     return structlog.get_logger(name)
 

@@ -1,10 +1,12 @@
 """systemd's notify protocol (sd_notify): READY, RELOADING, STOPPING,
-WATCHDOG keep-alives and STATUS lines, sent as datagrams to $NOTIFY_SOCKET.
-Without that variable (not run by systemd) every call does nothing."""
+WATCHDOG keep-alives, EXTEND_TIMEOUT_USEC and STATUS lines, sent as datagrams to
+$NOTIFY_SOCKET (fields as in sd_notify(3)). Without that variable (not run by
+systemd) every call does nothing."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import time
@@ -23,6 +25,12 @@ class Notifier:
     @property
     def enabled(self) -> bool:
         return self._socket is not None
+
+    def close(self) -> None:
+        """Close the socket; later calls do nothing."""
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
     def notify(self, *fields: str) -> None:
         if self._socket is None or self._address is None:
@@ -44,6 +52,15 @@ class Notifier:
 
     def watchdog(self) -> None:
         self.notify("WATCHDOG=1")
+
+    def extend_timeout(self, seconds: float) -> None:
+        """Ask for `seconds` more of the current start-up, runtime or stop timeout
+        (EXTEND_TIMEOUT_USEC, sd_notify(3), systemd >= 236): systemd then expects
+        another message (this one again, or READY=1) within that time. Raises
+        ValueError for a negative or non-finite number of seconds."""
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"extend_timeout takes a finite number of seconds >= 0, not {seconds}")
+        self.notify(f"EXTEND_TIMEOUT_USEC={round(seconds * 1_000_000)}")
 
     def status(self, text: str) -> None:
         self.notify(f"STATUS={text}")

@@ -190,3 +190,17 @@ def test_rate_limit_allows_one_line_per_interval_and_counts_the_rest() -> None:
     limit = RateLimit(10.0)
     verdicts = [limit.allow(now) for now in (0.0, 1.0, 9.9, 10.0, 12.0, 19.9, 25.0, 40.0)]
     assert verdicts == [0, None, None, 2, None, None, 2, 0]
+
+
+def test_set_level_changes_the_filter_and_keeps_the_stream() -> None:
+    stream = GatedStream()
+    stream.gate.set()
+    log.configure("warning", stream=stream, json=True)
+    logger = log.get("test")
+    logger.info("before")
+    log.set_level("debug")
+    logger.debug("after")
+    assert log.flush()
+    assert [e["event"] for e in events(stream.getvalue())] == ["after"]
+    with pytest.raises(ValueError, match="unknown log level 'loud': one of debug, info"):
+        log.set_level("loud")
