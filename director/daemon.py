@@ -8,6 +8,7 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -17,10 +18,11 @@ from director.config import Config, ConfigError, load_config
 from director.control import server
 from director.control.handler import Controller
 from director.engine import Director
-from director.ipvs.errors import IPVSError
+from director.ipvs.errors import KernelError
 from director.ipvs.netlink import NetlinkBackend
 from director.ipvsadm import SystemNames
 from director.kernel import KernelTable
+from director.rlimits import raise_nofile_limit
 from director.sdnotify import Notifier, watchdog_interval
 
 DEFAULT_CONFIG = "/etc/director/director.toml"
@@ -58,21 +60,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.configure(args.log_level or config.daemon.log_level.value, json=json)
     status = 0
     try:
-        trio.run(serve, Path(args.config), config)
-    except* (IPVSError, server.ControlSocketError) as group:
+        trio.run(partial(serve, Path(args.config), config, follow_log_level=args.log_level is None))
+    except* (KernelError, server.ControlSocketError) as group:
         # Raised from inside the nursery, these arrive in an exception group.
         for failure in group.exceptions:
             log.get("directord").error("cannot_start", error=str(failure))
         status = 1
     except* KeyboardInterrupt:
         status = 130
+    finally:
+        log.close()
     return status
 
 
-async def serve(config_path: Path, config: Config, notifier: Notifier | None = None) -> None:
+async def serve(
+    config_path: Path,
+    config: Config,
+    notifier: Notifier | None = None,
+    *,
+    follow_log_level: bool = True,
+) -> None:
+    """Run until SIGTERM or SIGINT. Raises KernelError when IPVS cannot be
+    opened at all and ControlSocketError when the socket cannot be set up:
+    the daemon then exits (status 1) for its supervisor to restart it."""
     notifier = notifier or Notifier()
     logger = log.get("directord")
+    nofile = raise_nofile_limit()
+    # Two sockets, two threads: a listing never holds up a pass.
     backend = NetlinkBackend()
+    try:
+        reads = NetlinkBackend()
+    except BaseException:
+        backend.close()
+        raise
     try:
         state_path = config.daemon.state_file
         loaded = await trio.to_thread.run_sync(statefile.load, state_path)
@@ -84,14 +104,25 @@ async def serve(config_path: Path, config: Config, notifier: Notifier | None = N
                 kept_as=str(loaded.moved_to) if loaded.moved_to else None,
                 action="starting from the config file alone",
             )
-        director = Director(config, KernelTable(backend), runtime=loaded.layer)
+        director = Director(
+            config,
+            KernelTable(backend),
+            runtime=loaded.layer,
+            owned=loaded.owned,
+            state_path=state_path,
+            follow_log_level=follow_log_level,
+        )
+        logger.info("starting", open_files=nofile, owned_services=len(loaded.owned))
         controller = Controller(
-            director, config_path=config_path, state_path=state_path, names=SystemNames()
+            director, config_path=config_path, names=SystemNames(), reads=KernelTable(reads)
         )
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
+                starting = trio.CancelScope()
+                nursery.start_soon(_extend_start, notifier, starting)
                 await nursery.start(director.run)
                 await nursery.start(server.serve, config.control, controller)
+                starting.cancel()
                 notifier.ready(director.status_line())
                 interval = watchdog_interval()
                 if interval:
@@ -99,7 +130,7 @@ async def serve(config_path: Path, config: Config, notifier: Notifier | None = N
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         notifier.reloading()
-                        await controller.reload(signal="SIGHUP")
+                        await director.reload_file(config_path, signal="SIGHUP")
                         notifier.ready(director.status_line())
                         continue
                     logger.info("stopping", signal=signal.Signals(signum).name)
@@ -109,6 +140,19 @@ async def serve(config_path: Path, config: Config, notifier: Notifier | None = N
                     break
     finally:
         backend.close()
+        reads.close()
+
+
+START_EXTEND_EVERY = 10.0  # seconds
+
+
+async def _extend_start(notifier: Notifier, starting: trio.CancelScope) -> None:
+    """Ask systemd for more start-up time while a large table is still being
+    read and applied (EXTEND_TIMEOUT_USEC), until the daemon says READY."""
+    with starting:
+        while True:
+            notifier.extend_timeout(3 * START_EXTEND_EVERY)
+            await trio.sleep(START_EXTEND_EVERY)
 
 
 async def _keep_alive(notifier: Notifier, director: Director, interval: float) -> None:
