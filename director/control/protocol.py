@@ -136,7 +136,45 @@ def decode_request(line: bytes) -> Event:
         return ProtocolError(
             ErrorKind.NOT_OBJECT, f"request must be a JSON object, not {_json_type(value)}"
         )
-    return _request(value)
+    event = _request(value)
+    # Valid UTF-8 text can still say \ud800: a string no encoder downstream
+    # (netlink, the state file, a terminal) can write. Only an escape makes one.
+    if isinstance(event, Request) and b"\\u" in line:
+        where = _lone_surrogate(value)
+        if where is not None:
+            return ProtocolError(
+                ErrorKind.NOT_UTF8,
+                f"request is not UTF-8: {where} holds a lone surrogate escape"
+                " (\\ud800-\\udfff without its pair)",
+            )
+    return event
+
+
+def _lone_surrogate(value: dict[str, object]) -> str | None:
+    """Where the first string holding an unpaired surrogate is (e.g. '"argv"[1]'),
+    or None. Iterative: json.loads nests as deep as the recursion limit allows."""
+    stack: list[tuple[str, object]] = [(json.dumps(key), item) for key, item in value.items()]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            if not _encodable(item):
+                return where
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{index}]", child) for index, child in enumerate(item))
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not _encodable(key):
+                    return f"a key in {where}"
+                stack.append((f"{where}[{json.dumps(key)}]", child))
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _request(value: dict[str, object]) -> Event:
@@ -165,6 +203,10 @@ def _request(value: dict[str, object]) -> Event:
         for index, word in enumerate(argv):
             if not isinstance(word, str):
                 return _bad_field(f'"argv"[{index}] must be a string, not {_json_type(word)}')
+            if "\0" in word:
+                return _bad_field(
+                    f'"argv"[{index}] holds a NUL character, which no command line can hold'
+                )
         return Request(argv=tuple(argv), args=frozen_args)
     if not isinstance(command, str) or not command:
         return _bad_field(f'"command" must be a non-empty string, not {json.dumps(command)}')

@@ -267,3 +267,47 @@ def test_fuzz_json_objects_give_a_request_or_a_typed_error(value: dict[str, obje
     else:
         assert (event.argv is None) != (event.command is None)
         assert event.argv is None or all(isinstance(w, str) for w in event.argv)
+
+
+@pytest.mark.parametrize(
+    ("line", "where"),
+    [
+        (rb'{"v":1,"argv":["-L","\ud800"]}', '"argv"[1]'),
+        (rb'{"v":1,"command":"status","args":{"a":[1,{"k":"x\udfff"}]}}', '"args"["a"][1]["k"]'),
+        (rb'{"v":1,"command":"status","args":{"\udc00":1}}', 'a key in "args"'),
+        (rb'{"v":1,"command":"\ud83dx"}', '"command"'),
+    ],
+)
+def test_a_lone_surrogate_escape_is_not_utf8(line: bytes, where: str) -> None:
+    assert decode_request(line) == ProtocolError(
+        ErrorKind.NOT_UTF8,
+        f"request is not UTF-8: {where} holds a lone surrogate escape"
+        r" (\ud800-\udfff without its pair)",
+    )
+
+
+def test_a_surrogate_pair_escape_is_one_character() -> None:
+    request = decode_request(rb'{"v":1,"argv":["\ud83d\ude00"]}')
+    assert request == Request(argv=("\U0001f600",))
+
+
+def test_a_lone_surrogate_deep_in_args_is_found_without_recursion() -> None:
+    depth = 900  # json.loads goes as deep as the recursion limit lets it
+    line = b'{"v":1,"command":"status","args":{"a":' + b"[" * depth + rb'"\ud800"'
+    line += b"]" * depth + b"}}"
+    error = decode_request(line)
+    assert isinstance(error, ProtocolError)
+    assert error.kind is ErrorKind.NOT_UTF8
+
+
+def test_a_nul_in_argv_is_refused() -> None:
+    assert decode_request(rb'{"v":1,"argv":["-s","rr\u0000x"]}') == ProtocolError(
+        ErrorKind.BAD_FIELD, '"argv"[1] holds a NUL character, which no command line can hold'
+    )
+
+
+def test_a_number_past_pythons_digit_limit_is_not_json() -> None:
+    error = decode_request(b'{"v":' + b"1" * 5000 + b',"argv":[]}')
+    assert isinstance(error, ProtocolError)
+    assert error.kind is ErrorKind.NOT_JSON
+    assert "4300 digits" in error.message
