@@ -22,8 +22,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import BinaryIO
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = [
@@ -101,11 +103,47 @@ def run_in_vm(command: list[str]) -> int:
             f"sh {shlex.quote(str(script))}",
         ]
         env = dict(os.environ, PATH=f"{REPO / '.venv' / 'bin'}:{os.environ.get('PATH', '')}")
-        subprocess.run(argv, env=env, check=False)
+        run_relayed(argv, env)
         if not rc_file.exists():
             print("run.py: the VM exited before the command finished", file=sys.stderr)
             return 1
         return int(rc_file.read_text().strip() or 1)
+
+
+def run_relayed(
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    stdout: BinaryIO | None = None,
+    stderr: BinaryIO | None = None,
+) -> int:
+    """Run argv with pipes for its stdout and stderr, copied line by line (each
+    flushed) to `stdout` and `stderr` (ours by default); its exit status.
+
+    virtme-ng hands the guest's console to qemu as `-chardev
+    file,path=/proc/self/fd/1`, and qemu opens that path with O_TRUNC: were our
+    stdout a regular file (CI's log), everything written to it before the boot
+    would be erased. A pipe cannot be truncated.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    out = stdout if stdout is not None else sys.stdout.buffer
+    err = stderr if stderr is not None else sys.stderr.buffer
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    errors = threading.Thread(target=relay, args=(process.stderr, err), daemon=True)
+    errors.start()
+    relay(process.stdout, out)
+    errors.join()
+    return process.wait()
+
+
+def relay(source: BinaryIO, sink: BinaryIO) -> None:
+    """Copy `source` to `sink` a line at a time as lines come, flushing each,
+    until `source` ends; then close `source`."""
+    with source:
+        for line in iter(source.readline, b""):
+            sink.write(line)
+            sink.flush()
 
 
 def run_natively(command: list[str]) -> int:
