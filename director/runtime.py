@@ -6,23 +6,32 @@ or deleted, real servers added, edited or deleted, admin states, timeouts);
 `effective_config` merges it over whatever config file is loaded, so a reload
 re-applies it and never discards it. Where the file and the layer both define
 an object, the layer wins. A `LayerBuilder` checks ipvsadm operations against
-the effective state the way the kernel would check them against its table,
-answers with the kernel's own error when it would refuse, and records them.
+the effective state the way the kernel would check them against its table, in
+the kernel's order, answers with the kernel's own error when it would refuse,
+and records them.
+
+What the layer cannot judge it leaves to the kernel: whether the kernel has a
+scheduler or persistence engine (`kernel_probe` names the operation that asks
+it), whether an address is one of the host's broadcast addresses, and the
+timeouts --set gives (ip_vs_set_timeout bounds them by INT_MAX / HZ).
+
+Deleting what the config defines and adding it back (`-C` or `-D` then `-A`,
+`-d` then `-a`: the -Sn / -C / -R cycle) restores the config's definition:
+its real servers and checks, with what the operator's line said recorded only
+where it differs from the config (docs/runtime.md).
 """
 
 from __future__ import annotations
 
 import errno
 import re
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Protocol as TypingProtocol
 from typing import TypeVar
 
 from director.config import (
-    PERSISTENCE_ENGINES,
-    SCHEDULERS,
     Config,
     RealServer,
     RealServerId,
@@ -34,15 +43,24 @@ from director.desired import AdminState
 from director.health.checker import validate_target
 from director.health.spec import Check
 from director.ipvs.errors import IPVSError, error_for
+from director.ipvs.facts import (
+    IPV6_PREFIX_RANGE,
+    PROTOCOLS,
+    destination_problem,
+    persistence_engine_problem,
+    scheduler_problem,
+)
 from director.ipvs.model import (
     AF_INET,
     AF_INET6,
     Destination,
-    Protocol,
+    Forward,
     Service,
     ServiceFlags,
     ServiceKey,
     Timeouts,
+    TunnelType,
+    endpoint,
 )
 from director.ipvs.ops import (
     AddDestination,
@@ -70,6 +88,11 @@ class RuntimeLayer:
     deleted_real_servers: frozenset[RealServerId] = frozenset()
     admin: Mapping[RealServerId, AdminState] = field(default_factory=dict)
     timeouts: Timeouts | None = None
+    # Config real servers that an -A of their deleted service brought back and
+    # that an -a may still add once without "Destination already exists" (as
+    # `ipvsadm -R` of a saved table does). Not worth persisting: lost, the
+    # servers stay and a later -a of one answers as the kernel would.
+    restored: frozenset[RealServerId] = frozenset()
 
     def __post_init__(self) -> None:
         for name in ("services", "real_servers", "admin"):
@@ -231,10 +254,33 @@ def is_managed(
     return False
 
 
-def _known_engines(service: Service) -> bool:
-    return service.scheduler in SCHEDULERS and (
-        not service.pe_name or service.pe_name in PERSISTENCE_ENGINES
+EngineCheck = Callable[[Service], bool]
+"""Whether the kernel would take a service's scheduler and persistence engine."""
+
+
+def listed_engines(service: Service) -> bool:
+    """The names director.ipvs.facts knows ("none" included). LayerBuilder's
+    default until its caller asks the kernel with `kernel_probe` (then it
+    passes engines=None): the kernel's own answer is the one to give."""
+    return scheduler_problem(service.scheduler) is None and (
+        not service.pe_name or persistence_engine_problem(service.pe_name) is None
     )
+
+
+def kernel_probe(op: Operation, kernel: Set[ServiceKey]) -> Operation | None:
+    """The operation that asks the kernel whether it has the scheduler and
+    persistence engine of a managed -A or -E, or None for other operations.
+
+    Only the kernel knows (ip_vs_scheduler_get loads ip_vs_<name> on demand;
+    "none" is no scheduler), so the caller sends this before recording `op`
+    and answers the kernel's error if it refuses ("Scheduler or persistence
+    engine not found" for ENOENT, from ip_vs_add_service/ip_vs_edit_service).
+    It is what the next reconcile pass would send anyway: an edit of the
+    service if `kernel` (the kernel's service keys) has it, else its add."""
+    match op:
+        case AddService(service) | EditService(service):
+            return EditService(service) if service.key in kernel else AddService(service)
+    return None
 
 
 class LayerBuilder:
@@ -244,20 +290,31 @@ class LayerBuilder:
     One request makes its changes here in place and freezes the result once:
     a change costs the size of its own service, not of the whole table, so a
     long `-R` stays linear. `apply` checks an ipvsadm operation against the
-    effective state the way the kernel checks it against its table, and
-    answers with the kernel's own error when it would refuse (changing
-    nothing then)."""
+    effective state the way the kernel checks it against its table, in the
+    kernel's order, and answers with the kernel's own error when it would
+    refuse (changing nothing then)."""
 
-    def __init__(self, config: Config, layer: RuntimeLayer = EMPTY) -> None:
+    def __init__(
+        self,
+        config: Config,
+        layer: RuntimeLayer = EMPTY,
+        *,
+        engines: EngineCheck | None = listed_engines,
+    ) -> None:
+        """`engines` judges the scheduler and persistence engine of -A and -E
+        (True: taken); None leaves them to the kernel, for a caller that
+        sends `kernel_probe(op)` to the kernel before `apply(op)`."""
         self.config = config
+        self._engines = engines
         self._file = {vs.key: vs for vs in config.virtual_servers}
-        self._file_rids: dict[ServiceKey, frozenset[RealServerId]] = {}
+        self._file_servers: dict[ServiceKey, dict[RealServerId, RealServer]] = {}
         self._services = _copy(layer.services)
         self._deleted_services = set(layer.deleted_services)
         self._real_servers = _copy(layer.real_servers)
         self._deleted_real_servers = set(layer.deleted_real_servers)
         self._admin = _copy(layer.admin)
         self._timeouts = layer.timeouts
+        self._restored = set(layer.restored)
         self._keys = (self._file.keys() - self._deleted_services) | self._services.keys()
         self._by_service: dict[ServiceKey, dict[RealServerId, Destination]] = {}
         for rid, destination in self._real_servers.items():
@@ -272,6 +329,7 @@ class LayerBuilder:
             deleted_real_servers=frozenset(self._deleted_real_servers),
             admin=self._admin.copy(),
             timeouts=self._timeouts,
+            restored=frozenset(self._restored),
         )
 
     # -- the effective state --------------------------------------------------
@@ -294,93 +352,174 @@ class LayerBuilder:
             return virtual_server_for(service, self.config.control.runtime_check)
         return vs if service is None else with_service_fields(vs, service)
 
+    def _config_server(self, rid: RealServerId) -> RealServer | None:
+        """The config file's definition of `rid`, if its service is the
+        file's (not deleted at runtime)."""
+        key = rid.service
+        if key in self._deleted_services or key not in self._file:
+            return None
+        if key not in self._file_servers:
+            vs = self._file[key]
+            self._file_servers[key] = {vs.real_server_id(rs): rs for rs in vs.real_servers}
+        return self._file_servers[key].get(rid)
+
     def has_real_server(self, rid: RealServerId) -> bool:
         if rid in self._by_service.get(rid.service, ()):
             return True
-        key = rid.service
-        if key in self._deleted_services or key not in self._file:
-            return False
-        if key not in self._file_rids:
-            vs = self._file[key]
-            self._file_rids[key] = frozenset(vs.real_server_id(rs) for rs in vs.real_servers)
-        return rid in self._file_rids[key] and rid not in self._deleted_real_servers
+        return self._config_server(rid) is not None and rid not in self._deleted_real_servers
 
     # -- changes --------------------------------------------------------------
 
     def apply(self, op: Operation) -> IPVSError | None:
-        """Record `op`, or answer the error the kernel would give for it."""
+        """Record `op`, or answer the error the kernel would give for it.
+
+        The checks run in the kernel's order (net/netfilter/ipvs/ip_vs_ctl.c:
+        ip_vs_genl_set_cmd finds the service, then ip_vs_add_service,
+        ip_vs_edit_service, ip_vs_add_dest, ip_vs_edit_dest, ip_vs_del_dest),
+        so one operation with two faults gets the kernel's answer. Whether
+        the kernel has a scheduler or persistence engine is not checked here:
+        see `kernel_probe`."""
+        error = self._refusal(op)
+        if error is not None:
+            return error
+        match op:
+            case AddService(service):
+                self._add_service(service)
+            case EditService(service):
+                self._set_service(service)
+            case AddDestination(key, destination) | EditDestination(key, destination):
+                self._set_real_server(
+                    RealServerId(key, destination.address, destination.port), destination
+                )
+            case DeleteService(key):
+                self._delete_service(key)
+            case DeleteDestination(key, address, port):
+                self._delete_real_server(RealServerId(key, address, port))
+            case Flush():
+                self._flush()
+            case SetTimeouts(timeouts):
+                self._timeouts = merge_timeouts(self._timeouts, timeouts)
+            case _:
+                name = type(op).__name__
+                raise ValueError(f"{name} does not change the desired state; send it to the kernel")
+        return None
+
+    def refusal(self, op: Operation) -> IPVSError | None:
+        """The error `apply` would answer for `op`, recording nothing."""
+        return self._refusal(op)
+
+    def _refusal(self, op: Operation) -> IPVSError | None:
         name = type(op).__name__
         match op:
             case AddService(service):
+                # ip_vs_genl_set_cmd: EEXIST before ip_vs_add_service runs.
                 if service.key in self._keys:
                     return error_for(errno.EEXIST, name)
-                if not _known_engines(service):
-                    return error_for(errno.ENOENT, name)
-                self._services[service.key] = service
-                self._deleted_services.discard(service.key)
-                self._keys.add(service.key)
+                return self._service_refusal(service, name)
             case EditService(service):
                 if service.key not in self._keys:
                     return error_for(errno.ESRCH, name)
-                if not _known_engines(service):
-                    return error_for(errno.ENOENT, name)
-                self._services[service.key] = service
+                return self._service_refusal(service, name)
             case DeleteService(key):
                 if key not in self._keys:
                     return error_for(errno.ESRCH, name)
-                self._delete_service(key)
             case AddDestination(key, destination) | EditDestination(key, destination):
                 if key not in self._keys:
                     return error_for(errno.ESRCH, name)
+                error = _destination_refusal(key, destination, name)
+                if error is not None:
+                    return error
                 rid = RealServerId(key, destination.address, destination.port)
                 exists = self.has_real_server(rid)
-                if isinstance(op, AddDestination) and exists:
+                if isinstance(op, EditDestination):
+                    return None if exists else error_for(errno.ENOENT, name)
+                if exists and rid not in self._restored:
                     return error_for(errno.EEXIST, name)
-                if isinstance(op, EditDestination) and not exists:
-                    return error_for(errno.ENOENT, name)
-                if destination.weight < 0 or destination.l_threshold > destination.u_threshold:
-                    return error_for(errno.ERANGE, name)
-                if isinstance(op, AddDestination):
+                # ip_vs_new_dest, after the lookups
+                if destination_problem(destination.address) is not None:
+                    return error_for(errno.EINVAL, name)
+                if self._config_server(rid) is None:
                     target = (self._base(key).check, destination.address, destination.port)
                     try:
                         validate_target(rid, target)
                     except ValueError as error:
                         return NotCheckable(f"{error}")
-                self._real_servers[rid] = destination
-                self._by_service.setdefault(key, {})[rid] = destination
-                self._deleted_real_servers.discard(rid)
             case DeleteDestination(key, address, port):
                 if key not in self._keys:
                     return error_for(errno.ESRCH, name)
-                rid = RealServerId(key, address, port)
-                if not self.has_real_server(rid):
+                if not self.has_real_server(RealServerId(key, address, port)):
                     return error_for(errno.ENOENT, name)
-                self._delete_real_servers([rid])
-            case Flush():
-                for key in sorted(self._keys, key=str):
-                    self._delete_service(key)
-            case SetTimeouts(timeouts):
-                self._timeouts = merge_timeouts(self._timeouts, timeouts)
-            case _:
-                raise ValueError(f"{name} does not change the desired state; send it to the kernel")
         return None
 
+    def _add_service(self, service: Service) -> None:
+        key = service.key
+        if key in self._deleted_services:
+            # A config service coming back: with the config's real servers,
+            # each of which one -a may still add (the -R after a -C).
+            self._deleted_services.discard(key)
+            vs = self._file.get(key)
+            if vs is not None:
+                self._restored.update(vs.real_server_id(rs) for rs in vs.real_servers)
+        self._keys.add(key)
+        self._set_service(service)
+
+    def _set_service(self, service: Service) -> None:
+        """Record `service`'s fields where they differ from the config's."""
+        vs = None if service.key in self._deleted_services else self._file.get(service.key)
+        if vs is not None and vs.service() == service:
+            self._services.pop(service.key, None)
+        else:
+            self._services[service.key] = service
+
+    def _set_real_server(self, rid: RealServerId, destination: Destination) -> None:
+        """Record `destination`'s fields where they differ from the config's."""
+        configured = self._config_server(rid)
+        by_service = self._by_service.setdefault(rid.service, {})
+        if configured is not None and configured.destination() == destination:
+            self._real_servers.pop(rid, None)
+            by_service.pop(rid, None)
+        else:
+            self._real_servers[rid] = destination
+            by_service[rid] = destination
+        self._deleted_real_servers.discard(rid)
+        self._restored.discard(rid)
+
     def _delete_service(self, key: ServiceKey) -> None:
-        """-D: forget every runtime change to the service and hide the file's
-        definition of it, real servers included (so that a later -A starts
-        empty, as ipvsadm would create it)."""
-        vs = self.virtual_server(key)
-        self._delete_real_servers([vs.real_server_id(rs) for rs in vs.real_servers])
+        """-D: forget every runtime change to the service and its real
+        servers, and hide the config's definition of it if it has one (a
+        later -A brings that definition back)."""
+        for rid in list(self._by_service.pop(key, {})):
+            del self._real_servers[rid]
+        vs = self._file.get(key)
+        if vs is not None:
+            for rs in vs.real_servers:
+                rid = vs.real_server_id(rs)
+                self._deleted_real_servers.discard(rid)
+                self._restored.discard(rid)
+            self._deleted_services.add(key)
+        for rid in [rid for rid in self._admin if rid.service == key]:
+            del self._admin[rid]
         self._services.pop(key, None)
-        self._deleted_services.add(key)
         self._keys.discard(key)
 
-    def _delete_real_servers(self, rids: Iterable[RealServerId]) -> None:
-        for rid in rids:
-            self._real_servers.pop(rid, None)
-            self._by_service.get(rid.service, {}).pop(rid, None)
-            self._admin.pop(rid, None)
+    def _flush(self) -> None:
+        """-C: every service deleted, as _delete_service does one."""
+        self._deleted_services.update(self._keys & self._file.keys())
+        self._keys.clear()
+        self._services.clear()
+        self._real_servers.clear()
+        self._by_service.clear()
+        self._deleted_real_servers.clear()
+        self._admin.clear()
+        self._restored.clear()
+
+    def _delete_real_server(self, rid: RealServerId) -> None:
+        if self._config_server(rid) is not None:
             self._deleted_real_servers.add(rid)
+        self._real_servers.pop(rid, None)
+        self._by_service.get(rid.service, {}).pop(rid, None)
+        self._admin.pop(rid, None)
+        self._restored.discard(rid)
 
     def set_admin(self, rid: RealServerId, state: AdminState) -> None:
         """drain / disable / enable one real server of the effective state."""
@@ -395,13 +534,42 @@ class LayerBuilder:
         if state is not AdminState.ENABLED:
             self._admin[rid] = state
 
+    def _service_refusal(self, service: Service, name: str) -> IPVSError | None:
+        """ip_vs_add_service / ip_vs_edit_service: the scheduler and the
+        persistence engine (ENOENT), then an IPv6 netmask outside 1..128
+        (EINVAL)."""
+        if self._engines is not None and not self._engines(service):
+            return error_for(errno.ENOENT, name)
+        if service.key.family == AF_INET6 and service.netmask not in IPV6_PREFIX_RANGE:
+            return error_for(errno.EINVAL, name)
+        return None
+
+
+def _destination_refusal(key: ServiceKey, destination: Destination, name: str) -> IPVSError | None:
+    """What the kernel refuses of an -a or -e before it looks the destination
+    up: another family than the service's unless tunnelled (EINVAL,
+    ip_vs_genl_set_cmd), a negative weight or a lower threshold above the
+    upper one (ERANGE), a GUE tunnel without a port (EINVAL; ip_vs_add_dest
+    and ip_vs_edit_dest, in that order)."""
+    if destination.family != key.family and destination.forward is not Forward.TUNNEL:
+        return error_for(errno.EINVAL, name)
+    if destination.weight < 0 or destination.l_threshold > destination.u_threshold:
+        return error_for(errno.ERANGE, name)
+    if destination.tun_type is TunnelType.GUE and destination.tun_port == 0:
+        return error_for(errno.EINVAL, name)
+    return None
+
 
 def apply_operation(
-    config: Config, layer: RuntimeLayer, op: Operation
+    config: Config,
+    layer: RuntimeLayer,
+    op: Operation,
+    *,
+    engines: EngineCheck | None = listed_engines,
 ) -> tuple[RuntimeLayer, IPVSError | None]:
     """`layer` with `op` recorded, or `layer` unchanged and the error the
     kernel would give for `op` on a table holding the effective state."""
-    builder = LayerBuilder(config, layer)
+    builder = LayerBuilder(config, layer, engines=engines)
     error = builder.apply(op)
     return (layer, error) if error is not None else (builder.freeze(), None)
 
@@ -427,8 +595,8 @@ def _copy(mapping: Mapping[K, V]) -> dict[K, V]:
 
 # -- naming services and real servers -------------------------------------------
 
-_PROTOCOL_NAMES = {"tcp": Protocol.TCP, "udp": Protocol.UDP, "sctp": Protocol.SCTP}
-_SERVICE = re.compile(r"(?i)\s*(tcp|udp|sctp)[:\s]\s*(\S+)\s*")
+_PROTOCOL_NAMES = PROTOCOLS
+_SERVICE = re.compile(rf"(?i)\s*({'|'.join(PROTOCOLS)})[:\s]\s*(\S+)\s*")
 _FWMARK = re.compile(r"(?i)\s*(fwm|fwmark)[:\s]\s*(\d+)(?:[:\s]\s*(ipv6))?\s*")
 
 
@@ -465,9 +633,7 @@ def parse_real_server(service: ServiceKey, text: str) -> RealServerId:
     return RealServerId(service, address, port)
 
 
-def describe_endpoint(address: object, port: int) -> str:
-    text = str(address)
-    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+describe_endpoint = endpoint  # '10.0.0.1:80', '[2001:db8::1]:80'
 
 
 def describe_service(key: ServiceKey) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from director.ipvs.errors import IPVSError
+from director.ipvs.facts import KERNEL_PROTOCOLS, PROTOCOL_NAMES
 from director.ipvs.model import (
     AF_INET6,
     Connection,
@@ -37,7 +38,7 @@ IPVS_COMPILED_VERSION = "1.2.1"
 SCHEDULERS = "rr|wrr|lc|wlc|lblc|lblcr|dh|sh|sed|nq|fo|ovf|mh"
 PE_LIST = "sip"
 
-_PROTOCOL_NAMES = {Protocol.TCP: "tcp", Protocol.UDP: "udp", Protocol.SCTP: "sctp"}
+_PROTOCOL_NAMES = PROTOCOL_NAMES
 _FORWARD_NAMES = {
     Forward.MASQ: "Masq",
     Forward.LOCAL: "Local",
@@ -169,7 +170,7 @@ def connections(
     else:
         out += f"pro expire {'state':<11} {'source':<18} {'virtual':<18} destination\n"
     for conn in values:
-        protocol = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}.get(conn.protocol)
+        protocol = conn.protocol.lower() if conn.protocol in KERNEL_PROTOCOLS else None
         client = _addrport(conn.client, conn.client_port, protocol, format.numeric, names)
         virtual = _addrport(conn.virtual, conn.virtual_port, protocol, format.numeric, names)
         dest = _addrport(conn.destination, conn.destination_port, protocol, format.numeric, names)
@@ -224,6 +225,13 @@ def _addrport(
     return f"{host}:{port_text}"[:59]
 
 
+def signed_fwmark(mark: int) -> int:
+    """A firewall mark (0..2**32-1) as ipvsadm 1.31 prints it: with "%d"
+    (print_service_entry() in ipvsadm.c, in -L and -S alike), so a mark of
+    2**31 or more comes out negative. (ipvsadm fixed this after 1.31.)"""
+    return mark - 2**32 if mark >= 2**31 else mark
+
+
 def _sched_flags(scheduler: str, flags: ServiceFlags) -> str:
     if scheduler in ("sh", "mh"):
         words = [
@@ -254,9 +262,10 @@ def _service_name(entry: ServiceEntry, format: ListFormat, names: Names, rule: b
     key = entry.service.key
     v6 = key.family == AF_INET6
     if key.is_fwmark:
+        mark = signed_fwmark(key.fwmark)
         if rule:
-            return f"-f {key.fwmark}" + (" -6" if v6 else "")
-        return f"FWM  {key.fwmark}" + (" IPv6" if v6 else "")
+            return f"-f {mark}" + (" -6" if v6 else "")
+        return f"FWM  {mark}" + (" IPv6" if v6 else "")
     assert key.address is not None and key.protocol is not None
     protocol = _PROTOCOL_NAMES.get(key.protocol)
     vname = _addrport(key.address, key.port, protocol, format.numeric, names)

@@ -343,3 +343,31 @@ def test_help_and_version_match_ipvsadm() -> None:
 
 def test_kernel_error_text() -> None:
     assert listing.kernel_error(error_for(errno.EEXIST, "AddService")) == "Service already exists\n"
+
+
+HIGH_MARKS = [
+    svc(ServiceKey.mark(2**31), "rr", dest("10.4.0.9", 80, Forward.MASQ)),
+    svc(ServiceKey.mark(2**32 - 1, AF_INET6), "none"),
+    svc(ServiceKey.mark(2**31 - 1), "wlc"),
+]
+
+
+def test_marks_of_2_31_or_more_print_signed_like_ipvsadm_1_31() -> None:
+    """print_service_entry() formats the mark with "%d": -L and -S alike,
+    the -a lines of -S too, and --stats (the name is padded to 33)."""
+    assert listing.save(HIGH_MARKS, numeric=True) == (
+        "-A -f -2147483648 -s rr\n"
+        "-a -f -2147483648 -r 10.4.0.9:80 -m -w 1\n"
+        "-A -f -1 -6 -s none\n"
+        "-A -f 2147483647 -s wlc\n"
+    )
+    text = listing.services(HIGH_MARKS, INFO, ListFormat(numeric=True))
+    assert text.splitlines()[3:] == [
+        "FWM  -2147483648 rr",
+        "  -> 10.4.0.9:80                  Masq    1      0          0         ",
+        "FWM  -1 IPv6 none",
+        "FWM  2147483647 wlc",
+    ]
+    stats = listing.service(HIGH_MARKS[0], ListFormat(numeric=True, stats=True))
+    assert stats.splitlines()[2].startswith(f"{'FWM  -2147483648':<33}        0")
+    assert listing.signed_fwmark(2**31 - 1) == 2**31 - 1

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from director import statefile
 from director.config import RealServerId, parse_config
 from director.desired import AdminState
 from director.health.spec import TcpCheck, Timing
@@ -23,6 +24,7 @@ from director.ipvs.model import (
     ServiceFlags,
     ServiceKey,
     Timeouts,
+    TunnelType,
 )
 from director.ipvs.ops import (
     AddDestination,
@@ -44,6 +46,7 @@ from director.runtime import (
     apply_operation,
     effective_config,
     is_managed,
+    kernel_probe,
     parse_real_server,
     parse_service,
     set_admin,
@@ -153,23 +156,106 @@ def test_runtime_edit_wins_over_the_file_and_keeps_the_file_check() -> None:
     assert vs.real_servers[0].check == CONFIG.virtual_server(VIP).real_servers[0].check
 
 
+ERANGE = "Numerical result out of range"
+EINVAL = "Invalid operation.  Possibly wrong module version, address not unicast, ..."
+V6 = ServiceKey.inet(Protocol.TCP, "2001:db8::1", 80)
+
+
+def thresholds(address: str, upper: int, lower: int) -> Destination:
+    return replace(dest(address), u_threshold=upper, l_threshold=lower)
+
+
 @pytest.mark.parametrize(
     ("op", "message"),
     [
         (AddService(Service(VIP)), "Service already exists"),
-        (AddService(Service(NEW, "nope")), "Scheduler or persistence engine not found"),
-        (AddService(Service(NEW, pe_name="xyz")), "Scheduler or persistence engine not found"),
+        # EEXIST comes before the scheduler lookup (ip_vs_genl_set_cmd)
+        (AddService(Service(VIP, "nope")), "Service already exists"),
+        (AddService(Service(V6, netmask=0)), EINVAL),
         (EditService(Service(NEW)), "No such service"),
-        (EditService(Service(VIP, "nope")), "Scheduler or persistence engine not found"),
+        (EditService(Service(NEW, "nope")), "No such service"),
+        (EditService(Service(VIP, netmask=129)), None),  # an IPv4 netmask is any mask
         (DeleteService(NEW), "No such service"),
         (AddDestination(NEW, dest("10.0.1.1")), "Service not defined"),
+        (AddDestination(NEW, thresholds("10.0.1.1", 5, 10)), "Service not defined"),
         (AddDestination(VIP, dest("10.0.1.1")), "Destination already exists"),
+        # the issue's example: thresholds are checked before the lookup
+        (AddDestination(VIP, thresholds("10.0.1.1", 5, 10)), ERANGE),
+        (AddDestination(VIP, thresholds("10.0.1.9", 0, 10)), ERANGE),
+        (AddDestination(VIP, dest("10.0.1.1", weight=-1)), ERANGE),
+        (
+            AddDestination(VIP, replace(dest("10.0.1.1"), tun_type=TunnelType.GUE)),
+            EINVAL,
+        ),
+        (AddDestination(VIP, dest("2001:db8::5")), EINVAL),  # another family, not tunnelled
+        (AddDestination(VIP, dest("224.0.0.5")), EINVAL),
+        (AddDestination(VIP, dest("255.255.255.255")), EINVAL),
+        (AddDestination(VIP, dest("0.1.2.3")), EINVAL),
+        (AddDestination(V6, dest("ff02::1")), "Service not defined"),
         (EditDestination(VIP, dest("10.0.1.2")), "No such destination"),
+        (EditDestination(VIP, thresholds("10.0.1.2", 1, 2)), ERANGE),
+        (EditDestination(NEW, thresholds("10.0.1.2", 1, 2)), "Service not defined"),
         (DeleteDestination(VIP, ip_address("10.0.1.2"), 80), "No such destination"),
         (DeleteDestination(NEW, ip_address("10.0.1.1"), 80), "Service not defined"),
     ],
 )
-def test_refusals_carry_ipvsadm_messages(op: Operation, message: str) -> None:
+def test_refusals_carry_ipvsadm_messages_in_the_kernels_order(
+    op: Operation, message: str | None
+) -> None:
+    if message is None:
+        assert apply_operation(CONFIG, EMPTY, op)[1] is None
+    else:
+        assert refusal(EMPTY, op) == message
+
+
+def test_exists_with_bad_thresholds_answers_out_of_range() -> None:
+    """-a of a managed server that exists, with -x 5 -y 10: ipvsadm says
+    "Numerical result out of range" (ip_vs_add_dest checks the thresholds
+    before it looks the destination up)."""
+    assert refusal(EMPTY, AddDestination(VIP, thresholds("10.0.1.1", 5, 10))) == ERANGE
+
+
+def test_ipv6_unicast_rules() -> None:
+    layer = run(AddService(Service(V6)))
+    for address in ("::", "ff02::1", "::ffff:10.0.0.1"):
+        assert refusal(layer, AddDestination(V6, dest(address))) == EINVAL
+    run(AddDestination(V6, dest("2001:db8::7")), AddDestination(V6, dest("::1")), layer=layer)
+
+
+def test_schedulers_are_the_kernels_to_judge() -> None:
+    """-A ... -s none (the kernel accepts it) is taken; with engines=None no
+    name is refused from a list of ours: kernel_probe names what asks the
+    kernel, before the layer records the change."""
+    layer = run(AddService(Service(NEW, "none")), EditService(Service(VIP, "none")))
+    effective = effective_config(CONFIG, layer)
+    assert effective.virtual_server(NEW).scheduler == "none"
+    assert effective.virtual_server(VIP).scheduler == "none"
+    for op in (AddService(Service(NEW, "mine", pe_name="xyz")), EditService(Service(VIP, "x"))):
+        assert apply_operation(CONFIG, EMPTY, op, engines=None)[1] is None
+        assert LayerBuilder(CONFIG, engines=None).apply(op) is None
+    add, edit = AddService(Service(NEW, "x")), EditService(Service(VIP, "x"))
+    assert kernel_probe(add, frozenset()) == add
+    assert kernel_probe(add, {NEW}) == EditService(Service(NEW, "x"))
+    assert kernel_probe(edit, {VIP}) == edit
+    assert kernel_probe(edit, frozenset()) == AddService(Service(VIP, "x"))
+    assert kernel_probe(DeleteService(VIP), {VIP}) is None
+
+
+NOT_FOUND = "Scheduler or persistence engine not found"
+
+
+@pytest.mark.parametrize(
+    ("op", "message"),
+    [
+        (AddService(Service(NEW, "nope")), NOT_FOUND),
+        (AddService(Service(NEW, pe_name="xyz")), NOT_FOUND),
+        (EditService(Service(VIP, "nope")), NOT_FOUND),
+        (AddService(Service(VIP, "nope")), "Service already exists"),
+        (EditService(Service(NEW, "nope")), "No such service"),
+        (AddService(Service(V6, "nope", netmask=0)), NOT_FOUND),  # before the netmask
+    ],
+)
+def test_by_default_names_the_facts_do_not_know_are_not_found(op: Operation, message: str) -> None:
     assert refusal(EMPTY, op) == message
 
 
@@ -178,15 +264,122 @@ def test_a_server_without_a_port_to_probe_is_refused_with_the_reason() -> None:
     assert "no port to probe" in message
 
 
-def test_delete_then_add_of_a_file_service_starts_it_empty() -> None:
+# -- deleting what the config defines, and adding it back ----------------------
+
+
+def test_delete_then_add_of_a_file_service_restores_its_definition() -> None:
     layer = run(DeleteService(VIP))
     assert VIP not in effective_config(CONFIG, layer).service_keys()
     assert refusal(layer, DeleteService(VIP)) == "No such service"
-    layer = run(AddService(Service(VIP, "sh")), layer=layer)
+    layer = run(AddService(CONFIG.virtual_server(VIP).service()), layer=layer)
+    assert effective_config(CONFIG, layer).virtual_servers == CONFIG.virtual_servers
+    assert (dict(layer.services), layer.deleted_services) == ({}, frozenset())
+
+
+def test_add_back_with_other_fields_keeps_only_the_difference() -> None:
+    layer = run(DeleteService(VIP), AddService(Service(VIP, "sh")))
     vs = effective_config(CONFIG, layer).virtual_server(VIP)
-    assert (vs.scheduler, vs.real_servers) == ("sh", ())
-    layer = run(AddDestination(VIP, dest("10.0.1.1", weight=4)), layer=layer)
-    assert servers(layer) == {"10.0.1.1:80": 4}
+    assert vs.scheduler == "sh"
+    assert vs.check == CONFIG.virtual_server(VIP).check
+    assert vs.real_servers == CONFIG.virtual_server(VIP).real_servers
+    assert dict(layer.services) == {VIP: Service(VIP, "sh")}
+
+
+def test_a_restored_server_may_be_added_once_more() -> None:
+    layer = run(Flush(), AddService(Service(VIP, "rr")))
+    assert layer.restored == {RS1}
+    configured = CONFIG.virtual_server(VIP).real_servers[0].destination()
+    layer = run(AddDestination(VIP, configured), layer=layer)
+    assert layer == EMPTY  # the config's own fields: nothing is recorded
+    assert refusal(layer, AddDestination(VIP, configured)) == "Destination already exists"
+
+
+def test_a_restored_server_added_with_other_fields_keeps_them() -> None:
+    layer = run(Flush(), AddService(Service(VIP, "rr")), AddDestination(VIP, dest("10.0.1.1")))
+    vs = effective_config(CONFIG, layer).virtual_server(VIP)
+    assert [(rs.weight, rs.forward, rs.check) for rs in vs.real_servers] == [
+        (1, Forward.MASQ, CONFIG.virtual_server(VIP).check)
+    ]
+    assert dict(layer.real_servers) == {RS1: dest("10.0.1.1")}
+
+
+@pytest.mark.parametrize("delete", [Flush(), DeleteService(VIP)])
+def test_the_save_clear_restore_cycle_with_a_server_down(delete: Operation) -> None:
+    """`-Sn > rules; -C; -R < rules` while one configured server was down
+    (so -S did not list it): the config's servers all come back, checked,
+    and nothing is left in the layer or the state file that hides one."""
+    config = parse_config(
+        """
+[[virtual_server]]
+protocol = "tcp"
+address = "10.0.0.1:80"
+scheduler = "rr"
+check = { type = "tcp", interval = 2.0 }
+[[virtual_server.real_server]]
+address = "10.0.1.1:80"
+forward = "masq"
+weight = 5
+[[virtual_server.real_server]]
+address = "10.0.1.2:80"
+forward = "masq"
+weight = 5
+"""
+    )
+    vs = config.virtual_server(VIP)
+    up = vs.real_servers[0].destination()
+    builder = LayerBuilder(config)
+    assert builder.apply(delete) is None  # -C
+    for op in (AddService(vs.service()), AddDestination(VIP, up)):  # -R of what -S printed
+        assert builder.apply(op) is None
+    layer = builder.freeze()
+    assert effective_config(config, layer).virtual_servers == config.virtual_servers
+    saved = statefile.decode(statefile.encode(layer)).layer
+    assert effective_config(config, saved) == config  # after a restart
+    reloaded = replace(config, control=replace(config.control, group="x"))
+    assert effective_config(reloaded, saved).virtual_servers == config.virtual_servers
+
+
+def test_delete_then_add_of_a_file_server_restores_its_check() -> None:
+    layer = run(DeleteDestination(VIP, RS1.address, 80))
+    assert servers(layer) == {}
+    configured = CONFIG.virtual_server(VIP).real_servers[0]
+    layer = run(AddDestination(VIP, configured.destination()), layer=layer)
+    assert layer == EMPTY
+    layer = run(
+        DeleteDestination(VIP, RS1.address, 80), AddDestination(VIP, dest("10.0.1.1", weight=2))
+    )
+    rs = effective_config(CONFIG, layer).virtual_server(VIP).real_servers[0]
+    assert (rs.weight, rs.check) == (2, configured.check)
+
+
+def test_edits_back_to_the_config_drop_the_override() -> None:
+    configured = CONFIG.virtual_server(VIP)
+    layer = run(
+        EditService(Service(VIP, "sh")),
+        EditDestination(VIP, dest("10.0.1.1", weight=9)),
+        EditService(configured.service()),
+        EditDestination(VIP, configured.real_servers[0].destination()),
+    )
+    assert layer == EMPTY
+
+
+def test_deleting_what_only_the_layer_has_records_no_deletion() -> None:
+    """A later config that defines the same service or server is not hidden."""
+    layer = run(
+        AddService(Service(NEW)),
+        AddDestination(NEW, dest("10.0.2.1")),
+        AddDestination(VIP, dest("10.0.1.9")),
+        DeleteDestination(VIP, ip_address("10.0.1.9"), 80),
+        DeleteService(NEW),
+    )
+    assert layer == EMPTY
+
+
+def test_delete_forgets_the_services_admin_states() -> None:
+    layer = set_admin(CONFIG, EMPTY, RS1, AdminState.DRAIN)
+    layer = run(DeleteService(VIP), AddService(Service(VIP, "rr")), layer=layer)
+    assert dict(layer.admin) == {}
+    assert servers(layer) == {"10.0.1.1:80": 5}
 
 
 def test_deleted_server_and_its_admin_state_go_and_can_come_back() -> None:
@@ -334,14 +527,22 @@ _operations = st.one_of(
 Table = dict[ServiceKey, tuple[str, dict[str, int]]]
 
 
-def _kernel_would(table: Table, op: Operation) -> str | None:
+def _kernel_would(table: Table, restored: set[tuple[ServiceKey, str]], op: Operation) -> str | None:
     """What a kernel holding `table` (scheduler, weight by address) does with
-    `op`: changes `table`, or names the error. The oracle for the layer."""
+    `op`, changing `table`, or the error it names: the oracle for the layer.
+    One difference, by design: -A of a service the config defines brings
+    back the config's real servers (`restored`), and -a of each may run once
+    more without "Destination already exists"."""
     match op:
         case AddService(service):
             if service.key in table:
                 return "Service already exists"
-            table[service.key] = (service.scheduler, {})
+            configured = {}
+            if service.key in CONFIG.service_keys():
+                for rs in CONFIG.virtual_server(service.key).real_servers:
+                    configured[str(rs.address)] = rs.weight
+                    restored.add((service.key, str(rs.address)))
+            table[service.key] = (service.scheduler, configured)
         case EditService(service):
             if service.key not in table:
                 return "No such service"
@@ -350,23 +551,28 @@ def _kernel_would(table: Table, op: Operation) -> str | None:
             if key not in table:
                 return "No such service"
             del table[key]
+            restored.difference_update({r for r in restored if r[0] == key})
         case AddDestination(key, d) | EditDestination(key, d):
             if key not in table:
                 return "Service not defined"
             servers = table[key][1]
-            if isinstance(op, AddDestination) and str(d.address) in servers:
+            again = (key, str(d.address)) in restored
+            if isinstance(op, AddDestination) and str(d.address) in servers and not again:
                 return "Destination already exists"
             if isinstance(op, EditDestination) and str(d.address) not in servers:
                 return "No such destination"
             servers[str(d.address)] = d.weight
+            restored.discard((key, str(d.address)))
         case DeleteDestination(key, address, _):
             if key not in table:
                 return "Service not defined"
             if str(address) not in table[key][1]:
                 return "No such destination"
             del table[key][1][str(address)]
+            restored.discard((key, str(address)))
         case Flush():
             table.clear()
+            restored.clear()
     return None
 
 
@@ -388,8 +594,9 @@ def test_one_builder_for_many_lines_is_many_requests_and_what_the_kernel_does(
     builder = LayerBuilder(CONFIG)
     layer = EMPTY
     table = _table(EMPTY)
+    restored: set[tuple[ServiceKey, str]] = set()
     for op in operations:
-        expected = _kernel_would(table, op)
+        expected = _kernel_would(table, restored, op)
         error = builder.apply(op)
         assert (error.message if error else None) == expected, op
         alone, alone_error = apply_operation(CONFIG, layer, op)
