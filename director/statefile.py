@@ -27,6 +27,13 @@ from typing import TypeVar
 
 from director.config import RealServerId
 from director.desired import AdminState
+from director.ipvs.facts import (
+    FWMARK_MAX,
+    INT_MAX,
+    PERSISTENCE_TIMEOUT_MAX,
+    THRESHOLD_MAX,
+    U32_MAX,
+)
 from director.ipvs.model import (
     AF_INET,
     AF_INET6,
@@ -142,6 +149,15 @@ class _Reader:
             )
         return value
 
+    def number(self, key: str, high: int = U32_MAX) -> int:
+        """An integer in 0..high: the range its netlink attribute carries
+        (director.ipvs.facts), so a saved value can never be one the
+        encoder refuses at the next pass."""
+        value = self.get(key, int)
+        if not 0 <= value <= high:
+            raise StateFileError(f"{self.path}.{key}: {value} is not in 0..{high}")
+        return value
+
     def choice(self, key: str, options: Mapping[str, T]) -> T:
         value = self.get(key, str)
         if value not in options:
@@ -194,7 +210,7 @@ def decode(text: str) -> Saved:
     timeouts = None
     if root.get("timeouts", dict, optional=True) is not None:
         t = root.reader("timeouts")
-        timeouts = Timeouts(t.get("tcp", int), t.get("tcp_fin", int), t.get("udp", int))
+        timeouts = Timeouts(t.number("tcp"), t.number("tcp_fin"), t.number("udp"))
     layer = RuntimeLayer(
         services=services,
         deleted_services=frozenset(_read_key(r) for r in root.objects("deleted_services")),
@@ -208,7 +224,7 @@ def decode(text: str) -> Saved:
 
 def _read_key(r: _Reader) -> ServiceKey:
     family = r.choice("family", {v: k for k, v in _FAMILIES.items()})
-    fwmark = r.get("fwmark", int)
+    fwmark = r.number("fwmark", FWMARK_MAX)
     if fwmark:
         return ServiceKey.mark(fwmark, family)
     protocol = r.choice("protocol", {p.name.lower(): p for p in Protocol})
@@ -232,9 +248,9 @@ def _read_service(r: _Reader) -> Service:
         lambda: Service(
             key,
             r.get("scheduler", str),
-            ServiceFlags(r.get("flags", int)),
-            r.get("timeout", int),
-            r.get("netmask", int),
+            ServiceFlags(r.number("flags")),
+            r.number("timeout", PERSISTENCE_TIMEOUT_MAX),
+            r.number("netmask"),
             r.get("pe_name", str),
         )
     )
@@ -252,12 +268,12 @@ def _read_destination(r: _Reader) -> Destination:
             ip_address(r.get("address", str)),
             _port(r, "port"),
             r.choice("forward", {f.name.lower(): f for f in Forward}),
-            r.get("weight", int),
-            r.get("u_threshold", int),
-            r.get("l_threshold", int),
+            r.number("weight", INT_MAX),
+            r.number("u_threshold", THRESHOLD_MAX),
+            r.number("l_threshold", THRESHOLD_MAX),
             r.choice("tun_type", {t.name.lower(): t for t in TunnelType}),
             _port(r, "tun_port"),
-            TunnelFlags(r.get("tun_flags", int)),
+            TunnelFlags(r.number("tun_flags", 0xFFFF)),
         )
     )
 

@@ -22,6 +22,7 @@ from director.health.spec import (
     UdpCheck,
     host_problem,
 )
+from director.ipvs.facts import unicast_problem
 from director.ipvs.model import IPAddress
 
 _TIMING = ("type", "interval", "timeout", "rise", "fall")
@@ -279,7 +280,12 @@ def _address(table: Table, key: str) -> IPAddress | None:
     if text is None:
         return None
     try:
-        return ip_address(text)
+        address = ip_address(text)
     except ValueError:
         table.error(key, "not an IP address", text)
         return None
+    problem = unicast_problem(address)
+    if problem is not None:
+        table.error(key, f"not an address a probe can reach ({problem})", text)
+        return None
+    return address

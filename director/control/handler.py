@@ -410,7 +410,8 @@ class Controller:
         source = _text(args.get("source"), str(path) if path is not None else "<config>")
         try:
             if isinstance(text, str):
-                config = parse_config(text, source)
+                # It reads the kernel's module list: in a worker thread.
+                config = await trio.to_thread.run_sync(parse_config, text, source)
             elif isinstance(path, str):
                 if not peer.may_change:
                     return Response(KERNEL_ERROR, "", PERMISSION_DENIED)

@@ -218,3 +218,19 @@ real_server = [{ address = "10.0.0.2:53", check = { expect = "pong" } }]
     assert info.value.errors == [
         "virtual_server[0].check.silence: with expect, silence is always down (no matching reply): 'up'"
     ]
+
+
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("224.0.0.1", "multicast"),
+        ("255.255.255.255", "broadcast"),
+        ("0.0.0.0", "0.0.0.0/8"),
+        ("::", "unspecified"),
+        ("ff02::1", "multicast"),
+    ],
+)
+def test_a_check_address_that_no_host_has_is_refused(address: str, problem: str) -> None:
+    [error] = errors_of(f'{{ type = "tcp", address = "{address}" }}')
+    assert error.startswith(f"{WHERE}.address: not an address a probe can reach (")
+    assert problem in error and address in error

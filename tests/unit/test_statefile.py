@@ -135,6 +135,14 @@ def test_missing_file_is_an_empty_layer(tmp_path: Path) -> None:
             statefile.encode(LAYER).replace('"forward": "masq"', '"forward": "carrier pigeon"'),
             "state.real_servers[0].forward: 'carrier pigeon' is not one of",
         ),
+        (
+            statefile.encode(LAYER).replace('"weight": 3', '"weight": -1'),
+            "state.real_servers[0].weight: -1 is not in 0..2147483647",
+        ),
+        (
+            statefile.encode(LAYER).replace('"tcp": 10', f'"tcp": {2**32}'),
+            "state.timeouts.tcp: 4294967296 is not in 0..4294967295",
+        ),
     ],
 )
 def test_corrupt_file_is_set_aside_with_the_problem_named(
