@@ -198,10 +198,11 @@ def test_decode_response_rejects_non_responses(line: bytes) -> None:
 
 
 words = st.text(max_size=20)
+argv_words = st.text(st.characters(exclude_characters="\0"), max_size=20)  # as in a command line
 requests = st.one_of(
     st.builds(
         Request,
-        argv=st.lists(words, max_size=8).map(tuple),
+        argv=st.lists(argv_words, max_size=8).map(tuple),
         args=st.dictionaries(words, st.one_of(words, st.integers(), st.booleans()), max_size=3),
     ),
     st.builds(
