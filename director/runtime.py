@@ -387,7 +387,10 @@ class LayerBuilder:
                 self._add_service(service)
             case EditService(service):
                 self._set_service(service)
-            case AddDestination(key, destination) | EditDestination(key, destination):
+            case AddDestination(key, destination):
+                rid = RealServerId(key, destination.address, destination.port)
+                self._set_real_server(rid, self._with_saved_thresholds(rid, destination))
+            case EditDestination(key, destination):
                 self._set_real_server(
                     RealServerId(key, destination.address, destination.port), destination
                 )
@@ -470,6 +473,19 @@ class LayerBuilder:
             self._services.pop(service.key, None)
         else:
             self._services[service.key] = service
+
+    def _with_saved_thresholds(self, rid: RealServerId, destination: Destination) -> Destination:
+        """-a of a server the config defines, without thresholds: the
+        config's. ipvsadm -S never saves -x and -y (print_service_entry), so
+        re-adding a line of a save must not drop them."""
+        configured = self._config_server(rid)
+        if configured is None or destination.u_threshold or destination.l_threshold:
+            return destination
+        return replace(
+            destination,
+            u_threshold=configured.u_threshold,
+            l_threshold=configured.l_threshold,
+        )
 
     def _set_real_server(self, rid: RealServerId, destination: Destination) -> None:
         """Record `destination`'s fields where they differ from the config's."""

@@ -99,6 +99,10 @@ CATALOGUE: tuple[Line, ...] = tuple(
         "-A -t 10.2.0.5:0 -s sh -b sh-fallback -p 7",
         "-A -f 7 -s rr -p 60 -M 255.255.0.0",
         "-A -f 8 -6 -s wrr -p 60 -M 64 -o",
+        # ipvsadm 1.31 prints a mark of 2**31 or more as a negative number
+        "-A -f 2147483648 -s rr",
+        "-A -f 4294967295 -6 -s none",
+        "-a -f 2147483648 -r 10.4.0.9:80 -m",
         "-A -t [2001:db8::10]:80 -s lc -p 30 -M 96",
         "-A -u [2001:db8::11]:53 -s rr -o",
         "-A --sctp-service 10.2.0.6:9999 -s dh",
@@ -130,6 +134,7 @@ CATALOGUE: tuple[Line, ...] = tuple(
         "-a -t 10.1.0.5:80 -r 10.9.5.2:81 -m",
         "-a -t 10.1.0.5:80 -r 192.168.9.9:81 -m",
         "--set 100 20 30",
+        "--set 2500000 120 300",
     )
 )
 CATALOGUE_SERVICES: tuple[Line, ...] = tuple(
@@ -140,6 +145,8 @@ CATALOGUE_SERVICES: tuple[Line, ...] = tuple(
         "-t 10.2.0.3:443",
         "-f 7",
         "-f 8 -6",
+        "-f 2147483648",
+        "-f 4294967295 -6",
         "-t [2001:db8::10]:80",
         "--sctp-service 10.2.0.6:9999",
     )

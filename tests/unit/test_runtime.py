@@ -605,3 +605,28 @@ def test_one_builder_for_many_lines_is_many_requests_and_what_the_kernel_does(
         assert layer == alone
         assert _table(layer) == table
         assert_view_is_effective(builder, layer)
+
+
+def test_re_adding_a_saved_line_keeps_the_config_thresholds() -> None:
+    """ipvsadm -S never saves -x/-y: a config server re-added from a save
+    (no thresholds) keeps the config's; thresholds the line gives win."""
+    config = parse_config(
+        """
+[[virtual_server]]
+protocol = "tcp"
+address = "10.0.0.1:80"
+[[virtual_server.real_server]]
+address = "10.0.1.1:80"
+thresholds = { upper = 100, lower = 10 }
+"""
+    )
+    saved_line = AddDestination(VIP, Destination(RS1.address, 80))
+    builder = LayerBuilder(config)
+    for op in (Flush(), AddService(config.virtual_server(VIP).service()), saved_line):
+        assert builder.apply(op) is None
+    assert builder.freeze() == EMPTY
+    assert effective_config(config, builder.freeze()) == config
+    assert builder.apply(DeleteDestination(VIP, RS1.address, 80)) is None
+    assert builder.apply(AddDestination(VIP, thresholds("10.0.1.1", 7, 3))) is None
+    rs = effective_config(config, builder.freeze()).virtual_server(VIP).real_servers[0]
+    assert (rs.u_threshold, rs.l_threshold) == (7, 3)
