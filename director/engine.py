@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar, cast
@@ -432,8 +432,13 @@ class Director:
             self._timeouts_pending = None  # the control socket sent them itself
         self.refusals = retry_now(self.refusals, trio.current_time())
 
-    async def commit(self, runtime: RuntimeLayer, why: str) -> list[Operation]:
-        """Take, save and apply an operator's change. Call from a job."""
+    async def commit(
+        self, runtime: RuntimeLayer, why: str, added: Set[ServiceKey] = frozenset()
+    ) -> list[Operation]:
+        """Take, save and apply an operator's change; `added` are services it
+        already sent to the kernel itself (owned from now on, so deleted if
+        the change dropped them again). Call from a job."""
+        self.owned |= added
         self.set_runtime(runtime)
         await self.save()
         return await self.reconcile(why)

@@ -35,7 +35,14 @@ from director.desired import AdminState
 from director.engine import Director, ReloadSummary
 from director.ipvs.errors import BatchError, IPVSError, KernelError, ipvsadm_message
 from director.ipvs.model import ServiceKey
-from director.ipvs.ops import AddService, DeleteService, Flush, Operation, SetTimeouts
+from director.ipvs.ops import (
+    AddService,
+    DeleteService,
+    EditService,
+    Flush,
+    Operation,
+    SetTimeouts,
+)
 from director.ipvsadm import (
     NUMERIC,
     Apply,
@@ -61,6 +68,7 @@ from director.runtime import (
     describe_endpoint,
     describe_service,
     is_managed,
+    kernel_probe,
     parse_real_server,
     parse_service,
 )
@@ -216,18 +224,31 @@ class Controller:
         return total.response()
 
     async def _change(self, op: Operation, work: _Work) -> _Outcome:
+        """One ipvsadm change. A managed one is checked by the runtime layer
+        in the kernel's order; what only the kernel can judge (whether it
+        has a scheduler or persistence engine, which timeouts it takes) is
+        asked of the kernel first, and recorded only once the kernel took it."""
         try:
             kernel = await work.kernel_keys(op)
         except KernelError as failure:
             return _Outcome("", _kernel_error(failure), KERNEL_ERROR)
-        if not is_managed(op, work.layer, kernel, self.director.owned):
+        if not is_managed(op, work.layer, kernel, self.director.owned | work.probed):
             return await self._to_kernel(op, work)
+        first: Operation | None = op if isinstance(op, SetTimeouts) else None
+        if work.layer.refusal(op) is None:
+            first = first or kernel_probe(op, kernel)
+        if first is not None:
+            outcome = await self._to_kernel(first, work)
+            if outcome.status:
+                return outcome
+            if isinstance(first, AddService):
+                # Ours from now on, though the engine learns it at the commit.
+                work.probed.add(first.service.key)
         error = work.layer.apply(op)
         if error is not None:
             return _Outcome("", listing.kernel_error(error), KERNEL_ERROR)
-        if isinstance(op, Flush | SetTimeouts):
-            # -C also clears services the daemon does not manage; --set takes
-            # effect now, not at the next reload.
+        if isinstance(op, Flush):
+            # -C also clears services the daemon does not manage.
             outcome = await self._to_kernel(op, work)
             outcome.changed = True
             return outcome
@@ -259,7 +280,9 @@ class Controller:
         )
         if not outcome.changed:
             return
-        await self.director.commit(work.layer.freeze(), f"control ({peer.uid}/{peer.pid})")
+        await self.director.commit(
+            work.layer.freeze(), f"control ({peer.uid}/{peer.pid})", work.probed
+        )
 
     def _log_refusal(self, peer: Peer, what: object) -> None:
         self.log.warning("control_change_refused", uid=peer.uid, pid=peer.pid, request=what)
@@ -432,15 +455,18 @@ class _Work:
     def __init__(self, controller: Controller) -> None:
         self._controller = controller
         director = controller.director
-        self.layer = LayerBuilder(director.config, director.runtime)
+        # Schedulers and engines are the kernel's to judge (kernel_probe).
+        self.layer = LayerBuilder(director.config, director.runtime, engines=None)
         self._keys: set[ServiceKey] | None = None
+        self.probed: set[ServiceKey] = set()  # services a kernel probe added
 
     async def kernel_keys(self, op: Operation) -> set[ServiceKey]:
-        # Only -A of a service the daemon does not manage needs the kernel's keys.
-        if not isinstance(op, AddService) or op.service.key in self.layer.service_keys():
+        """The kernel's service keys, for -A and -E: whether an unmanaged -A
+        is ours, and whether a managed one's kernel probe adds or edits."""
+        if not isinstance(op, AddService | EditService):
             return set()
         if self._keys is None:
-            entries = await self._controller.director.kernel.services()
+            entries = await self._controller.director.kernel.services(brief=True)
             self._keys = {e.service.key for e in entries}
         return self._keys
 

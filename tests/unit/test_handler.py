@@ -36,7 +36,7 @@ from director.ipvs.model import (
     ServiceEntry,
     ServiceKey,
 )
-from director.ipvs.ops import AddDestination, AddService, Operation
+from director.ipvs.ops import AddDestination, AddService, DeleteService, Operation
 from director.kernel import KernelTable
 
 VIP = ServiceKey.inet(Protocol.TCP, "10.0.0.1", 80)
@@ -398,14 +398,14 @@ async def test_unknown_command_and_check_config(
 class BatchRecorder(MemoryBackend):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.batches: list[list[Operation]] = []
+        self.batches: list[tuple[str, list[Operation]]] = []
 
     def apply(self, operations: Sequence[Operation]) -> None:
-        self.batches.append(list(operations))
+        self.batches.append(("apply", list(operations)))
         super().apply(operations)
 
     def apply_each(self, operations: Sequence[Operation]) -> list[KernelError | None]:
-        self.batches.append(list(operations))
+        self.batches.append(("each", list(operations)))
         return super().apply_each(operations)
 
 
@@ -460,16 +460,22 @@ async def test_restore_is_the_same_as_one_request_per_line_but_one_pass(
     saved = [statefile.load(tmp_path / d / "state.json").layer for d in ("lines", "restore")]
     assert saved[0] == saved[1] and not saved[0].empty
     assert table == expected_table and "-a -t 10.0.0.29:80 -r 10.0.2.1:80 -m -w 1\n" in table
-    # The three lines the daemon does not manage went to the kernel as they
-    # came (two refused); then one pass for all the rest. Later passes only
-    # add real servers as their probes come up.
-    assert [b for b in batches[:3] if len(b) == 1] == batches[:3]
-    added = {op.service.key for op in batches[3] if isinstance(op, AddService)}
-    assert added == {
+    # Lines went to the kernel one at a time only where the kernel alone can
+    # answer: the unmanaged ones, and each managed -A (does it have the
+    # scheduler?). Then one pass for all the rest; later passes only add
+    # real servers as their probes come up.
+    direct = [b for kind, b in batches if kind == "apply"]
+    passes = [b for kind, b in batches if kind == "each"]
+    assert all(len(b) == 1 for b in direct)
+    probed = {op.service.key for [op] in direct if isinstance(op, AddService)}
+    assert probed == {
+        ServiceKey.inet(Protocol.TCP, "10.0.0.4", 80),
         ServiceKey.inet(Protocol.TCP, "10.0.0.2", 80),
         *(ServiceKey.inet(Protocol.TCP, f"10.0.0.{i}", 80) for i in range(10, 30)),
     }
-    assert all(isinstance(op, AddDestination) for b in batches[4:] for op in b)
+    first_pass = passes[0]
+    assert DeleteService(ServiceKey.inet(Protocol.TCP, "10.0.0.4", 80)) in first_pass
+    assert all(isinstance(op, AddDestination) for b in passes[1:] for op in b)
 
 
 async def test_restore_stops_at_a_fatal_line_and_says_so(
@@ -529,3 +535,25 @@ async def test_a_listing_never_holds_up_the_pass_that_removes_a_dead_server(
             assert not listing  # the listing is still stuck in its read
             stuck.release.set()
         assert listing[0].status == 0
+
+
+async def test_what_only_the_kernel_can_judge_is_asked_of_it_and_recorded_only_if_taken(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A scheduler the kernel lacks, and timeouts beyond INT_MAX / HZ, get the
+    kernel's own answer, and nothing of them is recorded or retried. (ipvsadm
+    takes --set values up to 31 days; a kernel with HZ=1000 only to 2147483 s.)"""
+    async with rig(tmp_path, MemoryBackend(hz=1000)) as r:
+        refused = await r.ipvsadm("-A", "-t", "10.0.0.5:80", "-s", "nosuch")
+        assert refused == Response(255, "", "Scheduler or persistence engine not found\n")
+        too_long = await r.ipvsadm("--set", "2500000", "0", "0")
+        assert too_long.status == 255 and "Invalid operation" in too_long.stderr
+        none = await r.ipvsadm("-A", "-t", "10.0.0.6:80", "-s", "none")
+        assert none == Response(0, "", "")
+        layer = statefile.load(tmp_path / "state.json").layer
+        assert list(layer.services) == [ServiceKey.inet(Protocol.TCP, "10.0.0.6", 80)]
+        assert layer.timeouts is None
+        assert ServiceKey.inet(Protocol.TCP, "10.0.0.5", 80) not in {
+            e.service.key for e in r.backend.services()
+        }
+        assert r.director.refusals == {}
