@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv6Network
 from pathlib import Path
 from types import MappingProxyType
 from typing import Final
@@ -188,7 +188,7 @@ netmask (a prefix length) outside 1..128 with EINVAL."""
 
 # -- addresses --------------------------------------------------------------------
 
-_THIS_NETWORK = IPv4Network("0.0.0.0/8")
+_UNSPECIFIED = IPv4Address("0.0.0.0")
 _BROADCAST = IPv4Address("255.255.255.255")
 _LINK_LOCAL_V6 = IPv6Network("fe80::/10")
 _MAPPED_V6 = IPv6Network("::ffff:0:0/96")
@@ -198,14 +198,16 @@ def unicast_problem(address: IPAddress) -> str | None:
     """Why `address` cannot be one host's address (a virtual service's, a
     real server's or a probe's); None when it can be.
 
-    IPv4: 0.0.0.0/8 and 255.255.255.255 (inet_addr_type() says
-    RTN_BROADCAST), 224.0.0.0/4 (RTN_MULTICAST). IPv6: :: and ff00::/8
+    IPv4: 0.0.0.0 and 255.255.255.255 (inet_addr_type() says
+    RTN_BROADCAST), 224.0.0.0/4 (RTN_MULTICAST). The rest of 0.0.0.0/8 is
+    taken since Linux 5.3 made it a valid range (measured: the 6.1 kernel
+    and ipvsadm take 0.1.2.3 as a real server). IPv6: :: and ff00::/8
     (ipv6_addr_type() sets no IPV6_ADDR_UNICAST)."""
     if address.version == 4:
         if address == _BROADCAST:
             return "the broadcast address, not a host's"
-        if address in _THIS_NETWORK:
-            return "in 0.0.0.0/8 (this network), not a host's address"
+        if address == _UNSPECIFIED:
+            return "the unspecified address, not a host's"
     elif address.is_unspecified:
         return "the unspecified address, not a host's"
     if address.is_multicast:

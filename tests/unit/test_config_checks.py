@@ -225,7 +225,7 @@ real_server = [{ address = "10.0.0.2:53", check = { expect = "pong" } }]
     [
         ("224.0.0.1", "multicast"),
         ("255.255.255.255", "broadcast"),
-        ("0.0.0.0", "0.0.0.0/8"),
+        ("0.0.0.0", "unspecified"),
         ("::", "unspecified"),
         ("ff02::1", "multicast"),
     ],

@@ -190,7 +190,7 @@ def thresholds(address: str, upper: int, lower: int) -> Destination:
         (AddDestination(VIP, dest("2001:db8::5")), EINVAL),  # another family, not tunnelled
         (AddDestination(VIP, dest("224.0.0.5")), EINVAL),
         (AddDestination(VIP, dest("255.255.255.255")), EINVAL),
-        (AddDestination(VIP, dest("0.1.2.3")), EINVAL),
+        (AddDestination(VIP, dest("0.0.0.0")), EINVAL),
         (AddDestination(V6, dest("ff02::1")), "Service not defined"),
         (EditDestination(VIP, dest("10.0.1.2")), "No such destination"),
         (EditDestination(VIP, thresholds("10.0.1.2", 1, 2)), ERANGE),
