@@ -51,9 +51,13 @@ _FORWARD_SWITCHES = {
     Forward.LOCAL: "-g",
     Forward.ROUTE: "-g",
 }
-_TUNNEL_NAMES = ("ipip", "gue", "gre")
+_TUNNEL_NAMES = {TunnelType.IPIP: "ipip", TunnelType.GUE: "gue", TunnelType.GRE: "gre"}
 _TUNNEL_FLAGS = ("-c", "+c", "r+c")
 _TUNNEL_FLAG_OPTIONS = ("--tun-nocsum", "--tun-csum", "--tun-remcsum")
+# What ipvsadm 1.31 prints for a value a newer kernel may send and it does not
+# know: printf("%s", NULL) of glibc for a forwarding method (fwd_name() and
+# fwd_switch() return NULL), "n/a" for tunnel information.
+_UNKNOWN_FORWARD = "(null)"
 _SCHED_FLAG_BITS = ServiceFlags.SCHED1 | ServiceFlags.SCHED2 | ServiceFlags.SCHED3
 
 
@@ -332,13 +336,14 @@ def _destination(
     protocol = _PROTOCOL_NAMES.get(key.protocol) if key.protocol is not None else None
     dname = _addrport(d.address, d.port, protocol, format.numeric, names)
     if rule:
-        line = f"-a {service_name} -r {dname} {_FORWARD_SWITCHES[d.forward]} -w {d.weight}"
-        if d.forward is Forward.TUNNEL:
+        switch = _FORWARD_SWITCHES.get(d.forward, _UNKNOWN_FORWARD)
+        line = f"-a {service_name} -r {dname} {switch} -w {d.weight}"
+        if d.forward is Forward.TUNNEL and d.tun_type in _TUNNEL_NAMES:
             line += f" --tun-type {_TUNNEL_NAMES[d.tun_type]}"
             if d.tun_type is TunnelType.GUE:
                 line += f" --tun-port {d.tun_port}"
             if d.tun_type is not TunnelType.IPIP:
-                line += f" {_TUNNEL_FLAG_OPTIONS[d.tun_flags]}"
+                line += f" {_tunnel_flag(d.tun_flags, _TUNNEL_FLAG_OPTIONS)}"
         return line + "\n"
     if d.address.version == 4:
         dname = dname[:28]
@@ -364,7 +369,7 @@ def _destination(
             f"  -> {dname:<28} {d.weight:<9} {entry.persist_conns:<11}"
             f" {entry.active_conns:<10} {entry.inact_conns:<10}\n"
         )
-    forward = _FORWARD_NAMES[d.forward]
+    forward = _FORWARD_NAMES.get(d.forward, _UNKNOWN_FORWARD)
     if format.tun_info:
         return (
             f"  -> {dname:<28} {forward:<7} {_tunnel_info(entry):<13} {d.weight:<6}"
@@ -378,13 +383,20 @@ def _destination(
 
 def _tunnel_info(entry: DestinationEntry) -> str:
     d = entry.destination
-    if d.forward is not Forward.TUNNEL:
+    if d.forward is not Forward.TUNNEL or d.tun_type not in _TUNNEL_NAMES:
         return "n/a"
     if d.tun_type is TunnelType.IPIP:
         return "ipip"
+    flags = _tunnel_flag(d.tun_flags, _TUNNEL_FLAGS)
     if d.tun_type is TunnelType.GUE:
-        return f"gue:{d.tun_port}:{_TUNNEL_FLAGS[d.tun_flags]}"[:15]
-    return f"gre:{_TUNNEL_FLAGS[d.tun_flags]}"
+        return f"gue:{d.tun_port}:{flags}"[:15]
+    return f"gre:{flags}"
+
+
+def _tunnel_flag(flags: int, names: tuple[str, ...]) -> str:
+    """ipvsadm indexes its table with the kernel's value; one it does not
+    know (a newer kernel's) reads out of bounds there: the number here."""
+    return names[flags] if 0 <= flags < len(names) else str(int(flags))
 
 
 # ipvsadm sorts with libipvs's comparators, which subtract 32-bit unsigned

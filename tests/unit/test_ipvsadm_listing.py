@@ -371,3 +371,31 @@ def test_marks_of_2_31_or_more_print_signed_like_ipvsadm_1_31() -> None:
     stats = listing.service(HIGH_MARKS[0], ListFormat(numeric=True, stats=True))
     assert stats.splitlines()[2].startswith(f"{'FWM  -2147483648':<33}        0")
     assert listing.signed_fwmark(2**31 - 1) == 2**31 - 1
+
+
+def test_values_of_a_newer_kernel_print_as_ipvsadm_1_31_prints_them() -> None:
+    """A forwarding method or tunnel type ipvsadm does not know: fwd_name()
+    and fwd_switch() return NULL, which glibc prints "(null)"; --tun-info
+    says "n/a" and -S leaves --tun-type out. A tunnel flag ipvsadm would read
+    out of bounds is printed as its number."""
+    vs = ServiceKey.inet(TCP, "10.5.0.1", 80)
+    entry = svc(
+        vs,
+        "rr",
+        dest("10.5.0.2", 80, Forward(7), weight=3),
+        dest("10.5.0.3", 80, Forward.TUNNEL, tun_type=TunnelType(9)),
+        dest("10.5.0.4", 80, Forward.TUNNEL, tun_type=TunnelType.GRE, tun_flags=TunnelFlags(6)),
+    )
+    assert listing.save([entry], numeric=True).splitlines()[1:] == [
+        "-a -t 10.5.0.1:80 -r 10.5.0.2:80 (null) -w 3",
+        "-a -t 10.5.0.1:80 -r 10.5.0.3:80 -i -w 1",
+        "-a -t 10.5.0.1:80 -r 10.5.0.4:80 -i -w 1 --tun-type gre 6",
+    ]
+    rows = listing.service(entry, ListFormat(numeric=True)).splitlines()[3:]
+    assert rows[0] == "  -> 10.5.0.2:80                  (null)  3      0          0         "
+    tun = listing.service(entry, ListFormat(numeric=True, tun_info=True)).splitlines()[3:]
+    assert [row.split()[2:4] for row in tun] == [
+        ["(null)", "n/a"],
+        ["Tunnel", "n/a"],
+        ["Tunnel", "gre:6"],
+    ]
