@@ -52,6 +52,11 @@ class Daemon:
 
     def start(self) -> None:
         """Start directord and wait for its READY=1."""
+        self.launch()
+        self.expect_notification("READY=1", START_TIMEOUT)
+
+    def launch(self) -> None:
+        """Start directord; return at once (expect_notification waits)."""
         assert self.process is None, "already running"
         # A short path of its own: AF_UNIX addresses are limited to 107 bytes.
         address = os.path.join(tempfile.gettempdir(), f"dn-{os.getpid()}-{next(_starts)}")
@@ -69,7 +74,15 @@ class Daemon:
         )
         self._reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
         self._reader.start()
-        self.expect_notification("READY=1", START_TIMEOUT)
+
+    @property
+    def pid(self) -> int:
+        return self._running().pid
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of every thread of the daemon so far, in seconds
+        (proc(5), /proc/PID/stat fields 14 and 15)."""
+        return cpu_seconds(self.pid)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
         """Signal the daemon and wait for it to exit; its exit status."""
@@ -164,6 +177,13 @@ class Daemon:
         except AssertionError as e:
             raise AssertionError(f"{e}\ndirectord's log:\n{self.log_text()}") from None
         return found[0]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of `pid` (proc(5): fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _has(event: Mapping[str, object], fields: Mapping[str, object]) -> bool:
