@@ -20,6 +20,7 @@ with the same backoff.
 
 from __future__ import annotations
 
+import errno
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Set
@@ -42,7 +43,16 @@ from director.ipvs.ops import AddService, DeleteService, Operation, SetTimeouts
 from director.kernel import KernelTable
 from director.oplog import describe_operation
 from director.reconcile import plan, service_sort_key
-from director.refusals import Refusal, Subject, backoff, hold_back, next_retry, record, retry_now
+from director.refusals import (
+    Refusal,
+    Subject,
+    backoff,
+    hold_back,
+    next_retry,
+    record,
+    retry_now,
+    table_moved,
+)
 from director.runtime import EMPTY, RuntimeLayer, effective_config
 
 T = TypeVar("T")
@@ -309,15 +319,24 @@ class Director:
             self.effective, self.health_views(), kernel, now, self.runtime.admin
         )
         operations = plan(desired, kernel, self.owned)
+        # An owned service the config dropped is deleted even when this read
+        # did not show it: an IPVS dump is no consistent snapshot (another
+        # tool's changes during it can make it skip services), so only the
+        # kernel's answer (done, or "No such service") ends the ownership.
+        operations += [
+            DeleteService(key)
+            for key in sorted(self.owned - desired.keys() - kernel.keys(), key=service_sort_key)
+        ]
         if self._timeouts_pending is not None:
             operations.insert(0, SetTimeouts(self._timeouts_pending))
         split = hold_back(operations, self.refusals, now)
-        owned = {k for k in self.owned | desired.keys() if k in desired or k in kernel}
+        owned = set(self.owned | desired.keys())
         adding = {op.service.key for op in split.send if isinstance(op, AddService)}
         # Written ahead: a crash after the kernel took a new service must not
         # leave it unowned (a restart with a config without it would orphan it).
         await self._save_owned(frozenset(owned | adding))
         errors: list[tuple[str, int | None] | None] = []
+        moved = 0
         if split.send:
             self.log.info("ipvs_apply", why=why, count=len(split.send), held=len(split.held))
             try:
@@ -328,11 +347,16 @@ class Director:
                 self._pass_failed(why, error)
                 return list(split.send)
             for op, result in zip(split.send, outcomes, strict=True):
-                errors.append(None if result is None else (str(result), _errno(result)))
+                err = _errno(result) if result is not None else None
+                if isinstance(op, DeleteService) and (result is None or err == errno.ESRCH):
+                    owned.discard(op.key)
                 if result is None:
                     self._applied(op)
-                    if isinstance(op, DeleteService):
-                        owned.discard(op.key)
+                elif table_moved(op, err):
+                    # The table was not as read: read again soon, no refusal.
+                    moved += 1
+                    result = None
+                errors.append(None if result is None else (str(result), err))
         self.refusals = self._log_refusals(
             record(
                 self.refusals,
@@ -351,6 +375,9 @@ class Director:
         if self._failed_passes:
             self.log.info("pass_recovered", after_failures=self._failed_passes)
         self._failed_passes, self._retry_pass_at, self.pass_error = 0, None, None
+        if moved:
+            self.log.info("ipvs_table_moved", why=why, operations=moved)
+            self._retry_pass_at = self.last_pass + RETRY_BASE
         return list(split.send)
 
     def _applied(self, op: Operation) -> None:

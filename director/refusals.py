@@ -17,6 +17,7 @@ refusal of its own.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -61,6 +62,25 @@ def service_of(op: Operation) -> ServiceKey | None:
         case DeleteDestination(key):
             return key
     return None
+
+
+def table_moved(op: Operation, err: int | None) -> bool:
+    """Whether the kernel's answer only says its table was not as the pass
+    read it (an add of what exists, an edit or delete of what does not):
+    another tool changed it, or the dump skipped or repeated an entry (an
+    IPVS dump is no consistent snapshot: ip_vs_genl_dump_services resumes by
+    position and never sets NLM_F_DUMP_INTR). Not a refusal: read again.
+    Errnos as ip_vs_genl_set_cmd answers them."""
+    match op:
+        case AddService():
+            return err == errno.EEXIST
+        case EditService() | DeleteService():
+            return err == errno.ESRCH
+        case AddDestination():
+            return err in (errno.EEXIST, errno.ESRCH)
+        case EditDestination() | DeleteDestination():
+            return err in (errno.ENOENT, errno.ESRCH)
+    return False
 
 
 @dataclass(frozen=True)

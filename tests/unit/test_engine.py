@@ -333,6 +333,7 @@ class FaultyKernel(MemoryBackend):
         self.acks_lost = 0
         self.reads = 0
         self.sent: list[Operation] = []
+        self.skipped: set[ServiceKey] = set()  # left out of reads, as a dump may
 
     def services(
         self, only: Collection[ServiceKey] | None = None, *, brief: bool = False
@@ -341,7 +342,8 @@ class FaultyKernel(MemoryBackend):
         if self.reads_failing:
             self.reads_failing -= 1
             raise DumpInterrupted("GetService")
-        return super().services(only, brief=brief)
+        entries = super().services(only, brief=brief)
+        return [e for e in entries if e.service.key not in self.skipped]
 
     def apply_each(self, operations: Sequence[Operation]) -> list[KernelError | None]:
         outcomes: list[KernelError | None] = []
@@ -835,3 +837,45 @@ async def test_reloads_apply_in_the_order_they_were_asked_for(
         nursery.cancel_scope.cancel()
     # The first reload read the file in its turn, after the second write.
     assert weights(backend)["10.0.1.1"] == 8
+
+
+async def test_a_dropped_service_a_read_skipped_is_still_deleted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Found on the real kernel: an IPVS dump is no consistent snapshot
+    (another tool's deletes during it make it skip services, and it never
+    says so). A service a reload dropped while the read skipped it stopped
+    being owned, and stayed in the kernel for good."""
+    backend = FaultyKernel()
+    director = faulty_director(backend, FakeNetwork("10.0.1.1", "10.0.1.2", "10.0.2.1"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await trio.sleep(2)
+        backend.skipped = {VIP2}
+        await director.exclusive(lambda: director.reload(parse_config(CONFIG)))
+        assert VIP2 not in {e.service.key for e in MemoryBackend.services(backend)}
+        assert VIP2 not in director.owned
+        # Gone already: the kernel's "No such service" ends the ownership too.
+        backend.skipped = set()
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_add_of_what_the_kernel_has_means_read_again_not_a_refusal(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    backend = FaultyKernel()
+    director = faulty_director(backend, FakeNetwork("10.0.1.1", "10.0.1.2", "10.0.2.1"))
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(director.run)
+            await trio.sleep(2)
+            backend.skipped = {VIP}  # the next reads miss it: the pass adds it again
+            await trio.sleep(6)
+            backend.skipped = set()
+            await trio.sleep(6)
+            nursery.cancel_scope.cancel()
+    assert director.refusals == {}
+    assert not [e for e in logs if e["event"] == "ipvs_refused"]
+    moved = [e for e in logs if e["event"] == "ipvs_table_moved"]
+    assert moved and all(e["operations"] >= 1 for e in moved)
+    assert weights(backend) == {"10.0.1.1": 5, "10.0.1.2": 7}
