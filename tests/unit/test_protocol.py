@@ -197,8 +197,12 @@ def test_decode_response_rejects_non_responses(line: bytes) -> None:
         decode_response(line)
 
 
-words = st.text(max_size=20)
-argv_words = st.text(st.characters(exclude_characters="\0"), max_size=20)  # as in a command line
+# What a request can carry: no lone surrogates (no UTF-8 encoder writes them),
+# and no NUL in an argv word (no command line holds one).
+words = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
+argv_words = st.text(
+    st.characters(exclude_categories=("Cs",), exclude_characters="\0"), max_size=20
+)
 requests = st.one_of(
     st.builds(
         Request,
@@ -207,7 +211,7 @@ requests = st.one_of(
     ),
     st.builds(
         Request,
-        command=st.text(min_size=1, max_size=20),
+        command=st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=20),
         args=st.dictionaries(
             words,
             st.one_of(words, st.none(), st.floats(allow_nan=False, allow_infinity=False)),
