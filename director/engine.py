@@ -439,7 +439,8 @@ class Director:
             self._saved_owned = owned
             return
         try:
-            await trio.to_thread.run_sync(statefile.save, self.state_path, self.runtime, owned)
+            path, runtime = self.state_path, self.runtime
+            await self.kernel.run_sync(lambda: statefile.save(path, runtime, owned))
         except OSError as error:
             self.log.error("state_file_write_failed", path=str(self.state_path), error=str(error))
             return

@@ -14,7 +14,9 @@ never waiting for the other.
 
 `threaded=False` calls the backend inline instead; for the in-memory backend
 under trio's autojump clock, where a worker thread would let virtual time jump
-while a call is still running.
+while a call is still running. `run_sync` runs other blocking work (the
+state file, formatting a large listing) the same way: in a worker thread, or
+inline when the table is not threaded.
 """
 
 from __future__ import annotations
@@ -39,6 +41,14 @@ class KernelTable:
         self.backend = backend
         self._threaded = threaded
         self._one_at_a_time = trio.CapacityLimiter(1)
+
+    async def run_sync(self, function: Callable[[], T]) -> T:
+        """`function()` in a worker thread (of its own, not the table's), or
+        inline when the table is not threaded (tests under a virtual clock)."""
+        if not self._threaded:
+            await trio.lowlevel.checkpoint()
+            return function()
+        return await trio.to_thread.run_sync(function)
 
     async def _call(self, function: Callable[[], T]) -> T:
         if not self._threaded:

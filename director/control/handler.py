@@ -298,7 +298,7 @@ class Controller:
         """Formatting a large table or parsing a long -R input takes tens of
         milliseconds: in a worker thread, the event loop (probes, passes)
         keeps its turns while a client lists in a loop."""
-        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+        return await self.reads.run_sync(lambda: fn(*args, **kwargs))
 
     # -- director's own commands --------------------------------------------------
 
