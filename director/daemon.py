@@ -120,8 +120,14 @@ async def serve(
             async with trio.open_nursery() as nursery:
                 starting = trio.CancelScope()
                 nursery.start_soon(_extend_start, notifier, starting)
+                # The socket first: a second instance (or a missing group)
+                # must stop here, before its first pass changes the table.
+                accepting = trio.Event()
+                await nursery.start(
+                    partial(server.serve, config.control, controller, accepting=accepting)
+                )
                 await nursery.start(director.run)
-                await nursery.start(server.serve, config.control, controller)
+                accepting.set()
                 starting.cancel()
                 notifier.ready(director.status_line())
                 interval = watchdog_interval()

@@ -534,8 +534,8 @@ class Director:
         )
         self.log.info(
             "reloaded",
-            services_added=[str(k) for k in summary.services_added],
-            services_removed=[str(k) for k in summary.services_removed],
+            services_added=[service_label(k) for k in summary.services_added],
+            services_removed=[service_label(k) for k in summary.services_removed],
             real_servers_added=[endpoint(t.address, t.port) for t in summary.real_servers_added],
             real_servers_removed=[
                 endpoint(t.address, t.port) for t in summary.real_servers_removed

@@ -137,6 +137,9 @@ class IpvsSettings:
     timeouts: Timeouts | None = None  # None: leave the kernel's as they are
 
 
+SUN_PATH_MAX = 107  # bytes of a Unix socket path: sizeof(sun_path) - 1, <sys/un.h>
+
+
 @dataclass(frozen=True)
 class ControlSettings:
     socket: str = "/run/director/director.sock"

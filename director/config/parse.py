@@ -5,6 +5,8 @@ Every problem is collected with its TOML path; ConfigError carries them all.
 
 from __future__ import annotations
 
+import grp
+import os
 import re
 from collections.abc import Mapping
 from ipaddress import IPv4Address, ip_address
@@ -15,6 +17,7 @@ import tomli
 
 from director.config.checks import merge_check, parse_check
 from director.config.model import (
+    SUN_PATH_MAX,
     Config,
     ControlSettings,
     DaemonSettings,
@@ -185,6 +188,8 @@ def _control(table: Table | None) -> ControlSettings:
     socket = table.string("socket") or ControlSettings.socket
     if not socket.startswith("/"):
         table.error("socket", "must be an absolute path", socket)
+    elif len(os.fsencode(socket)) > SUN_PATH_MAX:
+        table.error("socket", f"longer than a socket path may be ({SUN_PATH_MAX} bytes)", socket)
     mode = ControlSettings.mode
     raw = table.raw("mode")
     if isinstance(raw, str) and re.fullmatch(r"0?[0-7]{3}", raw):
@@ -195,15 +200,27 @@ def _control(table: Table | None) -> ControlSettings:
         table.error("mode", "expected a file mode like 0o660 or '0660'", raw)
     check_table = table.table("runtime_check")
     runtime_check = parse_check(check_table) if check_table is not None else None
+    groups = {key: table.string(key) for key in ("group", "admin_group")}
+    for key, name in groups.items():
+        if name is not None and not _group_exists(name):
+            table.error(key, "no such group", name)
     settings = ControlSettings(
         socket=socket,
-        group=table.string("group"),
-        admin_group=table.string("admin_group"),
+        group=groups["group"],
+        admin_group=groups["admin_group"],
         mode=mode,
         runtime_check=runtime_check or ControlSettings.runtime_check,
     )
     table.close()
     return settings
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except (KeyError, ValueError):
+        return False
+    return True
 
 
 def _daemon(table: Table | None) -> DaemonSettings:

@@ -21,7 +21,7 @@ from typing import Any
 import trio
 
 from director import log
-from director.config.model import ControlSettings
+from director.config.model import SUN_PATH_MAX, ControlSettings
 from director.control.messages import Handler, Peer, Request, Response
 from director.control.protocol import (
     MAX_REQUEST_BYTES,
@@ -35,7 +35,6 @@ from director.log import RateLimit
 
 _UCRED = struct.Struct("3i")
 _SO_PEERGROUPS = getattr(stdlib_socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
-_SUN_PATH_MAX = 107  # sizeof(sun_path) - 1
 _RECEIVE_SIZE = 16 * 1024
 
 
@@ -57,11 +56,17 @@ async def serve(
     handler: Handler,
     *,
     limits: Limits = Limits(),
+    accepting: trio.Event | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on settings.socket until cancelled, then remove the socket file.
 
-    Reports the path through task_status once clients can connect.
+    Reports the path through task_status once the socket is bound (raises
+    ControlSocketError when it cannot be: a bad path or group, or another
+    daemon on it). With `accepting`, connections wait in the backlog until
+    that event is set: the daemon binds first, so that a second instance
+    stops before it touches the kernel's table, and answers once its engine
+    runs.
     """
     group_gid = _gid(settings.group, "group")
     admin_gid = _gid(settings.admin_group, "admin_group")
@@ -74,8 +79,10 @@ async def serve(
         sock.close()
         raise
     try:
-        logger.info("control_listening", socket=path, mode=oct(settings.mode))
         task_status.started(path)
+        if accepting is not None:
+            await accepting.wait()
+        logger.info("control_listening", socket=path, mode=oct(settings.mode))
         await accept_loop(trio.SocketListener(sock), handler, limits, admin_gid, logger)
     finally:
         sock.close()
@@ -92,10 +99,8 @@ def _gid(name: str | None, key: str) -> int | None:
 
 
 async def _bind(path: str, mode: int, gid: int | None, backlog: int) -> trio.socket.SocketType:
-    if len(os.fsencode(path)) > _SUN_PATH_MAX:
-        raise ControlSocketError(
-            f"control socket path is longer than {_SUN_PATH_MAX} bytes: {path}"
-        )
+    if len(os.fsencode(path)) > SUN_PATH_MAX:
+        raise ControlSocketError(f"control socket path is longer than {SUN_PATH_MAX} bytes: {path}")
     directory, name = os.path.split(path)
     try:
         os.makedirs(directory, mode=0o755, exist_ok=True)
@@ -107,7 +112,7 @@ async def _bind(path: str, mode: int, gid: int | None, backlog: int) -> trio.soc
     # Bound under a temporary name and renamed once its mode and group are right, so
     # nobody ever connects through looser permissions.
     temporary = os.path.join(directory, f".{name}.{os.getpid()}")
-    if len(os.fsencode(temporary)) > _SUN_PATH_MAX:
+    if len(os.fsencode(temporary)) > SUN_PATH_MAX:
         temporary = path
     sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
     try:

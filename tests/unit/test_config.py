@@ -123,8 +123,8 @@ def test_daemon_and_control_sections() -> None:
         log_level = "debug"
         [control]
         socket = "/tmp/d.sock"
-        group = "lvs"
-        admin_group = "wheel"
+        group = "daemon"
+        admin_group = "adm"
         mode = "0640"
         """
     )
@@ -134,8 +134,8 @@ def test_daemon_and_control_sections() -> None:
     assert config.daemon.log_level is LogLevel.DEBUG
     assert (config.control.socket, config.control.group, config.control.admin_group) == (
         "/tmp/d.sock",
-        "lvs",
-        "wheel",
+        "daemon",
+        "adm",
     )
     assert config.control.mode == 0o640
     assert config.control.runtime_check == TcpCheck()
@@ -984,3 +984,18 @@ def test_check_unicast_problem_for_the_checks_address() -> None:
     assert unicast_problem(ip_address("10.0.0.1")) is None
     assert unicast_problem(ip_address("fe80::1")) is None  # a probe may use one
     assert unicast_problem(ip_address("224.0.0.1")) == "a multicast address, not a host's"
+
+
+@pytest.mark.parametrize("key", ["group", "admin_group"])
+def test_a_control_group_that_does_not_exist_is_refused(key: str) -> None:
+    """Operators' trial: it passed --check, and the daemon failed at start."""
+    text = f'[control]\n{key} = "no-such-group-here"\n'
+    assert one_error(text) == f"control.{key}: no such group: 'no-such-group-here'"
+
+
+def test_a_control_socket_path_longer_than_a_socket_takes_is_refused() -> None:
+    path = "/run/" + "d" * 103 + ".sock"
+    assert one_error(f'[control]\nsocket = "{path}"\n') == (
+        f"control.socket: longer than a socket path may be (107 bytes): '{path}'"
+    )
+    assert parse_config(f'[control]\nsocket = "{path[:107 - 5 - 5]}.sock"\ngroup = "root"\n')

@@ -569,3 +569,33 @@ async def test_a_busy_refusal_that_cannot_be_sent_still_closes(
         await first.aclose()
         await trio.testing.wait_all_tasks_blocked()
         await served(path)
+
+
+async def test_a_bound_socket_answers_only_once_the_daemon_accepts(
+    sock_dir: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """directord binds its socket before its engine's first pass (a second
+    instance must fail there, before it touches the table), and answers once
+    the engine runs: a client that connects in between waits in the backlog."""
+    path = f"{sock_dir}/gate.sock"
+    handler = Recorder()
+    accepting = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: serve(
+                ControlSettings(socket=path), handler, accepting=accepting, task_status=task_status
+            )
+        )
+        with pytest.raises(ControlSocketError, match="another process is listening"):
+            await serve(ControlSettings(socket=path), Recorder())
+        stream = await trio.open_unix_socket(path)
+        await stream.send_all(b'{"v": 1, "argv": ["-Ln"]}\n')
+        with trio.move_on_after(0.5):
+            await stream.receive_some()
+            raise AssertionError("answered before the daemon accepted")
+        assert handler.calls == []
+        accepting.set()
+        response = await read_response(stream)
+        assert response["stdout"] == "you said -Ln\n"
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
