@@ -998,4 +998,4 @@ def test_a_control_socket_path_longer_than_a_socket_takes_is_refused() -> None:
     assert one_error(f'[control]\nsocket = "{path}"\n') == (
         f"control.socket: longer than a socket path may be (107 bytes): '{path}'"
     )
-    assert parse_config(f'[control]\nsocket = "{path[:107 - 5 - 5]}.sock"\ngroup = "root"\n')
+    assert parse_config(f'[control]\nsocket = "{path[: 107 - 5 - 5]}.sock"\ngroup = "root"\n')
