@@ -135,6 +135,10 @@ class Director:
         )
         self.owned: frozenset[ServiceKey] = owned | self.effective.service_keys()
         self.refusals: dict[Subject, Refusal] = {}
+        # Services someone else made that a -C through the control socket
+        # cleared: a later -A of one (ipvsadm -R of a saved table) is theirs
+        # again, not a new one of ours. Changed by control jobs only.
+        self.foreign: set[ServiceKey] = set()
         self.pass_error: str | None = None  # why the last pass failed, while it does
         self.log = log.get("director")
         self.last_pass = 0.0  # when a pass last completed

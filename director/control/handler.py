@@ -232,8 +232,16 @@ class Controller:
             kernel = await work.kernel_keys(op)
         except KernelError as failure:
             return _Outcome("", _kernel_error(failure), KERNEL_ERROR)
+        if isinstance(op, AddService) and op.service.key in self.director.foreign:
+            # Flushed by -C while it was someone else's: -R puts it back as
+            # theirs, not as a new service of ours.
+            self.director.foreign.discard(op.service.key)
+            return await self._to_kernel(op, work)
         if not is_managed(op, work.layer, kernel, self.director.owned | work.probed):
             return await self._to_kernel(op, work)
+        if isinstance(op, Flush):
+            ours = self.director.owned | work.probed | work.layer.service_keys()
+            foreign = kernel - ours
         first: Operation | None = op if isinstance(op, SetTimeouts) else None
         if work.layer.refusal(op) is None:
             first = first or kernel_probe(op, kernel)
@@ -250,6 +258,8 @@ class Controller:
         if isinstance(op, Flush):
             # -C also clears services the daemon does not manage.
             outcome = await self._to_kernel(op, work)
+            if not outcome.status:
+                self.director.foreign |= foreign
             outcome.changed = True
             return outcome
         return _Outcome(changed=True)
@@ -461,9 +471,10 @@ class _Work:
         self.probed: set[ServiceKey] = set()  # services a kernel probe added
 
     async def kernel_keys(self, op: Operation) -> set[ServiceKey]:
-        """The kernel's service keys, for -A and -E: whether an unmanaged -A
-        is ours, and whether a managed one's kernel probe adds or edits."""
-        if not isinstance(op, AddService | EditService):
+        """The kernel's service keys, for -A and -E (whether an unmanaged -A
+        is ours, and whether a managed one's kernel probe adds or edits) and
+        -C (which of the services it clears were someone else's)."""
+        if not isinstance(op, AddService | EditService | Flush):
             return set()
         if self._keys is None:
             entries = await self._controller.director.kernel.services(brief=True)

@@ -555,3 +555,29 @@ async def test_what_only_the_kernel_can_judge_is_asked_of_it_and_recorded_only_i
             e.service.key for e in r.backend.services()
         }
         assert r.director.refusals == {}
+
+
+async def test_save_clear_restore_leaves_someone_elses_service_theirs(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Operators' trial: `directorctl -Sn > rules; directorctl -C;
+    directorctl -R < rules` on a table with a hand-made service made that
+    service the daemon's: probed, in the state file, deleted at flush_on_stop."""
+    hand_made = ServiceEntry(
+        Service(UNMANAGED, "wrr"),
+        (DestinationEntry(Destination(ip_address("10.0.9.1"), 80, weight=7)),),
+    )
+    backend = MemoryBackend([hand_made])
+    async with rig(tmp_path, backend) as r:
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
+        rules = (await r.ipvsadm("-Sn")).stdout
+        assert (await r.ipvsadm("-C")).status == 0
+        assert (await r.ipvsadm("-R", stdin=rules)).status == 0
+        await trio.sleep(3)
+        assert (await r.ipvsadm("-Sn")).stdout == rules
+        assert UNMANAGED not in r.director.owned
+        assert UNMANAGED not in r.director.effective.service_keys()
+        assert "10.9.9.9" not in (await r.command("status")).stdout
+    saved = statefile.load(tmp_path / "state.json")
+    assert UNMANAGED not in saved.owned
+    assert UNMANAGED not in saved.layer.services
