@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from daemon_runner import Daemon
+from daemon_runner import Daemon, cpu_seconds
 from hostile import BEHAVIOURS
 from topology import Network, batch, inside, ipvsadm, network, run
 
@@ -300,13 +300,6 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 
 
 # -- measuring the daemon -------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of `pid` (proc(5): fields 14 and 15)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def memory(pid: int, field_name: str) -> int:
