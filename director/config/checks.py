@@ -10,10 +10,16 @@ from collections.abc import Mapping
 from ipaddress import ip_address
 from typing import Literal
 
+import dns.exception
+import dns.rcode
+import dns.rdatatype
+
 from director.config.reader import Problems, Table, describe_type
+from director.health.probes.dns import query_template
 from director.health.probes.tls import TlsSettings, TlsSetupError, tls_context
 from director.health.spec import (
     Check,
+    DnsCheck,
     ExecCheck,
     HttpCheck,
     StatusRange,
@@ -28,14 +34,27 @@ from director.ipvs.model import IPAddress
 _TIMING = ("type", "interval", "timeout", "rise", "fall")
 _PROBE = ("port", "address")
 _HTTP = ("method", "path", "host", "expect_status", "expect_body")
+_DNS = ("query_name", "query_type", "expect_rcode", "expect_address", "expect_answer", "transport")
 KEYS_BY_TYPE: dict[str, tuple[str, ...]] = {
     "tcp": _TIMING + _PROBE,
     "http": _TIMING + _PROBE + _HTTP,
     "https": (*_TIMING, *_PROBE, *_HTTP, "verify_tls", "ca_file", "cert_file", "key_file"),
     "udp": (*_TIMING, *_PROBE, "payload", "expect", "silence"),
+    "dns": (*_TIMING, *_PROBE, *_DNS),
     "exec": (*_TIMING, "command", "dynamic_weight", "user"),
 }
 _SILENCE: dict[str, Literal["up", "down"]] = {"up": "up", "down": "down"}
+_TRANSPORTS: dict[str, Literal["udp", "tcp"]] = {"udp": "udp", "tcp": "tcp"}
+# RR types a query may ask for: every type dnspython names but the meta-types
+# (RFC 6895 section 3.1: OPT, TSIG, AXFR, ...), save ANY.
+QUERY_TYPES = tuple(
+    t.name
+    for t in dns.rdatatype.RdataType
+    if not dns.rdatatype.is_metatype(t) or t == dns.rdatatype.ANY
+)
+# Rcodes a reply to a query without EDNS can carry: the header's 4 bits (RFC
+# 6895 section 2.3); the others need EDNS's extended rcode.
+REPLY_RCODES = tuple(r.name for r in dns.rcode.Rcode if r < 16)
 _ALL_KEYS = tuple(dict.fromkeys(k for keys in KEYS_BY_TYPE.values() for k in keys))
 # A request line longer than 8 KiB is refused by Apache (LimitRequestLine 8190)
 # and nginx (large_client_header_buffers 8k) alike.
@@ -96,6 +115,8 @@ def parse_check(table: Table) -> Check | None:
             check = TcpCheck(timing, port, address)
         elif kind == "udp":
             check = _udp(table, timing, port, address)
+        elif kind == "dns":
+            check = _dns(table, timing, port, address)
         else:
             check = _http(table, timing, port, address, tls=kind == "https")
     table.close(known=keys)
@@ -185,6 +206,71 @@ def _udp(table: Table, timing: Timing, port: int | None, address: IPAddress | No
         expect=expect,
         silence=silence or UdpCheck.silence,
     )
+
+
+def _dns(table: Table, timing: Timing, port: int | None, address: IPAddress | None) -> DnsCheck:
+    name = _dns_name(table)
+    query_type = _mnemonic(table, "query_type", QUERY_TYPES, "an RR type (A, AAAA, SOA, NS, ...)")
+    rcode = _mnemonic(table, "expect_rcode", REPLY_RCODES, f"an rcode ({', '.join(REPLY_RCODES)})")
+    expect_address = _expected_address(table, query_type or DnsCheck.query_type)
+    if expect_address is not None and (rcode or DnsCheck.expect_rcode) != "NOERROR":
+        table.error("expect_address", 'an answer comes only with expect_rcode = "NOERROR"')
+    return DnsCheck(
+        timing,
+        port,
+        address,
+        query_name=name or DnsCheck.query_name,
+        query_type=query_type or DnsCheck.query_type,
+        expect_rcode=rcode or DnsCheck.expect_rcode,
+        expect_address=expect_address,
+        expect_answer=_regex(table, "expect_answer"),
+        transport=table.choice("transport", _TRANSPORTS) or DnsCheck.transport,
+    )
+
+
+def _dns_name(table: Table) -> str | None:
+    name = table.string("query_name")
+    if name is None:
+        return None
+    if not name:
+        table.error("query_name", 'empty (the root is ".")')
+        return None
+    try:
+        query_template(name, DnsCheck.query_type)
+    except dns.exception.DNSException as e:
+        table.error("query_name", f"not a DNS name ({e})", name)
+        return None
+    return name
+
+
+def _mnemonic(table: Table, key: str, names: tuple[str, ...], what: str) -> str | None:
+    """A name from `names`, in any case, as written there."""
+    text = table.string(key)
+    if text is None:
+        return None
+    if text.upper() not in names:
+        table.error(key, f"not {what}", text)
+        return None
+    return text.upper()
+
+
+def _expected_address(table: Table, query_type: str) -> IPAddress | None:
+    text = table.string("expect_address")
+    if text is None:
+        return None
+    try:
+        address = ip_address(text)
+    except ValueError:
+        table.error("expect_address", "not an IP address", text)
+        return None
+    wanted = "A" if address.version == 4 else "AAAA"
+    if query_type not in {wanted, "ANY"}:
+        table.error(
+            "expect_address",
+            f'an IPv{address.version} address answers query_type = "{wanted}", not "{query_type}"',
+            text,
+        )
+    return address
 
 
 def _user(table: Table) -> str | None:

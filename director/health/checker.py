@@ -28,7 +28,7 @@ import trio
 
 from director.health.probes import ProbeFunction, Prober
 from director.health.result import ProbeResult, Reason
-from director.health.spec import Check, ExecCheck, HttpCheck, TcpCheck, UdpCheck
+from director.health.spec import Check, ExecCheck
 from director.health.state import HealthState, Transition, advance
 from director.ipvs.model import IPAddress
 
@@ -189,7 +189,7 @@ def validate_target(key: object, target: object) -> None:
     if not (isinstance(target, tuple) and len(target) == 3):
         raise ValueError(f"{where}: expected (check, address, port), got {target!r}")
     check, address, port = target
-    if not isinstance(check, TcpCheck | HttpCheck | UdpCheck | ExecCheck):
+    if not isinstance(check, Check):
         raise ValueError(f"{where}: {check!r} is not a health check")
     if not isinstance(address, IPv4Address | IPv6Address):
         raise ValueError(f"{where}: address {address!r} is not an IP address")

@@ -89,7 +89,28 @@ class ExecCheck:
     user: str | None = None
 
 
-Check = TcpCheck | HttpCheck | UdpCheck | ExecCheck
+@dataclass(frozen=True)
+class DnsCheck:
+    """Send one DNS query and judge the reply: up when its rcode is
+    `expect_rcode` and, when set, its answer section holds `expect_address`
+    (an A or AAAA record) and matches `expect_answer` (a regex searched in the
+    answer section's text, one record per line as in a zone file). Names are
+    as dnspython writes them: `query_type` an RR type mnemonic ("A", "SOA"),
+    `expect_rcode` an rcode mnemonic ("NOERROR", "NXDOMAIN"). The defaults,
+    "." and SOA, are keepalived's DNS_CHECK's."""
+
+    timing: Timing = Timing()
+    port: int | None = None
+    address: IPAddress | None = None
+    query_name: str = "."
+    query_type: str = "SOA"
+    expect_rcode: str = "NOERROR"
+    expect_address: IPAddress | None = None
+    expect_answer: str | None = None
+    transport: Literal["udp", "tcp"] = "udp"
+
+
+Check = TcpCheck | HttpCheck | UdpCheck | DnsCheck | ExecCheck
 
 
 def host_problem(host: str) -> str | None:

@@ -365,7 +365,7 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             VS + "check = { type = 'exec', command = 'x', port = 1 }\n",
-            "virtual_server[0].check.port: not a key of a exec check (it is for tcp, http, https, udp)",
+            "virtual_server[0].check.port: not a key of a exec check (it is for tcp, http, https, udp, dns)",
         ),
         (
             VS + "check = { type = 'tcp', intervall = 1 }\n",
@@ -373,7 +373,7 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             VS + "check = { type = 'smtp' }\n",
-            "virtual_server[0].check.type: must be one of tcp, http, https, udp, exec: 'smtp'",
+            "virtual_server[0].check.type: must be one of tcp, http, https, udp, dns, exec: 'smtp'",
         ),
         (
             VS + "check = { rise = 0 }\n",

@@ -1,17 +1,19 @@
 """Check keys of issue 7: host, ca_file, cert_file, key_file (https), user
-(exec) and silence (udp), each refused by --check with its TOML path."""
+(exec) and silence (udp), and the dns check of issue 8, each refused by --check
+with its TOML path."""
 
 from __future__ import annotations
 
 import os
 import pwd
 import subprocess
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
 
 from director.config import ConfigError, parse_config
-from director.health.spec import ExecCheck, HttpCheck, UdpCheck, host_problem
+from director.health.spec import DnsCheck, ExecCheck, HttpCheck, Timing, UdpCheck, host_problem
 from director.ipvs.facts import NO_MODULES
 
 VS = """
@@ -241,3 +243,88 @@ def test_a_check_address_that_no_host_has_is_refused(address: str, problem: str)
     [error] = errors_of(f'{{ type = "tcp", address = "{address}" }}')
     assert error.startswith(f"{WHERE}.address: not an address a probe can reach (")
     assert problem in error and address in error
+
+
+# -- dns (issue 8) -----------------------------------------------------------------------
+
+
+def test_dns_check_defaults_are_keepalived_s() -> None:
+    assert check_of('{ type = "dns" }') == DnsCheck(query_name=".", query_type="SOA", expect_rcode="NOERROR", transport="udp")  # fmt: skip
+
+
+def test_dns_check_every_key() -> None:
+    check = check_of(
+        '{ type = "dns", query_name = "www.example.org", query_type = "aaaa", expect_rcode = "noerror",'
+        ' expect_address = "2001:db8::7", expect_answer = "IN AAAA", transport = "tcp", port = 5353,'
+        ' address = "10.0.0.3", interval = 2, timeout = 0.5, rise = 3, fall = 4 }'
+    )
+    assert check == DnsCheck(
+        Timing(2.0, 0.5, 3, 4),
+        5353,
+        ip_address("10.0.0.3"),
+        query_name="www.example.org",
+        query_type="AAAA",
+        expect_rcode="NOERROR",
+        expect_address=ip_address("2001:db8::7"),
+        expect_answer="IN AAAA",
+        transport="tcp",
+    )
+
+
+@pytest.mark.parametrize(
+    "name", ["example.org", "example.org.", ".", "_sip._udp.example.org", "xn--bcher-kva.example", "a" * 63 + ".b"]
+)  # fmt: skip
+def test_dns_valid_query_names(name: str) -> None:
+    assert check_of(f'{{ type = "dns", query_name = "{name}" }}') == DnsCheck(query_name=name)
+
+
+def test_dns_any_with_an_expected_address() -> None:
+    check = check_of('{ type = "dns", query_type = "ANY", expect_address = "192.0.2.7" }')
+    assert check == DnsCheck(query_type="ANY", expect_address=ip_address("192.0.2.7"))
+
+
+def test_dns_expected_nxdomain() -> None:
+    assert check_of('{ type = "dns", query_name = "no.example", expect_rcode = "NXDOMAIN" }') == DnsCheck(query_name="no.example", expect_rcode="NXDOMAIN")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("check", "error"),
+    [
+        ('{ type = "dns", query_name = "" }', "query_name: empty (the root is \".\")"),
+        ('{ type = "dns", query_name = "a..b" }', "query_name: not a DNS name (A DNS label is empty.): 'a..b'"),
+        ('{ type = "dns", query_name = "' + "x" * 64 + '.org" }', "query_name: not a DNS name (A DNS label is > 63 octets long.): '" + "x" * 64 + ".org'"),
+        ('{ type = "dns", query_name = "' + ("a" * 63 + ".") * 4 + '" }', "query_name: not a DNS name (A DNS name is > 255 octets long.): '" + ("a" * 63 + ".") * 4 + "'"),
+        ('{ type = "dns", query_name = 7 }', "query_name: expected a string, got an integer: 7"),
+        ('{ type = "dns", query_type = "AXFR" }', "query_type: not an RR type (A, AAAA, SOA, NS, ...): 'AXFR'"),
+        ('{ type = "dns", query_type = "OPT" }', "query_type: not an RR type (A, AAAA, SOA, NS, ...): 'OPT'"),
+        ('{ type = "dns", query_type = "BOGUS" }', "query_type: not an RR type (A, AAAA, SOA, NS, ...): 'BOGUS'"),
+        ('{ type = "dns", query_type = "TYPE65" }', "query_type: not an RR type (A, AAAA, SOA, NS, ...): 'TYPE65'"),
+        ('{ type = "dns", expect_rcode = "BADVERS" }', "expect_rcode: not an rcode (NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, YXDOMAIN, YXRRSET, NXRRSET, NOTAUTH, NOTZONE, DSOTYPENI): 'BADVERS'"),
+        ('{ type = "dns", expect_rcode = "0" }', "expect_rcode: not an rcode (NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, YXDOMAIN, YXRRSET, NXRRSET, NOTAUTH, NOTZONE, DSOTYPENI): '0'"),
+        ('{ type = "dns", query_type = "A", expect_address = "www" }', "expect_address: not an IP address: 'www'"),
+        ('{ type = "dns", expect_address = "192.0.2.7" }', "expect_address: an IPv4 address answers query_type = \"A\", not \"SOA\": '192.0.2.7'"),
+        ('{ type = "dns", query_type = "A", expect_address = "2001:db8::7" }', "expect_address: an IPv6 address answers query_type = \"AAAA\", not \"A\": '2001:db8::7'"),
+        ('{ type = "dns", query_type = "A", expect_address = "192.0.2.7", expect_rcode = "NXDOMAIN" }', "expect_address: an answer comes only with expect_rcode = \"NOERROR\""),
+        ('{ type = "dns", expect_answer = "(" }', "expect_answer: not a valid regular expression (missing ), unterminated subpattern at position 0): '('"),
+        ('{ type = "dns", transport = "quic" }', "transport: must be one of udp, tcp: 'quic'"),
+        ('{ type = "dns", port = 0 }', "port: must be between 1 and 65535: 0"),
+        ('{ type = "dns", payload = "x" }', "payload: not a key of a dns check (it is for udp)"),
+        ('{ type = "udp", query_name = "x" }', "query_name: not a key of a udp check (it is for dns)"),
+        ('{ type = "dns", query = "x" }', "query: unknown key (did you mean 'query_type'?)"),
+    ],
+)  # fmt: skip
+def test_dns_check_errors(check: str, error: str) -> None:
+    assert errors_of(check) == [f"{WHERE}.{error}"]
+
+
+def test_dns_real_server_override_keeps_the_services_query() -> None:
+    text = """
+[[virtual_server]]
+protocol = "udp"
+address = "10.0.0.1:53"
+check = { type = "dns", query_name = "example.org", query_type = "A" }
+real_server = [{ address = "10.0.0.2:53", check = { expect_address = "192.0.2.2" } }]
+"""
+    config = parse_config(text, "test.toml", NO_MODULES)
+    check = config.virtual_servers[0].real_servers[0].check
+    assert check == DnsCheck(query_name="example.org", query_type="A", expect_address=ip_address("192.0.2.2"))  # fmt: skip

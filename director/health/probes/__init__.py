@@ -18,12 +18,13 @@ import trio
 
 from director.health.probes.command import probe_exec
 from director.health.probes.contain import BugLog, contained
+from director.health.probes.dns import probe_dns
 from director.health.probes.http import probe_http
 from director.health.probes.tcp import probe_tcp
 from director.health.probes.tls import TlsContexts
 from director.health.probes.udp import probe_udp
 from director.health.result import ProbeResult
-from director.health.spec import Check, ExecCheck, HttpCheck, TcpCheck, UdpCheck
+from director.health.spec import Check, DnsCheck, ExecCheck, HttpCheck, TcpCheck, UdpCheck
 from director.ipvs.model import IPAddress
 
 ProbeFunction = Callable[[Check, IPAddress, int], Awaitable[ProbeResult]]
@@ -32,6 +33,7 @@ __all__ = [
     "ProbeFunction",
     "Prober",
     "probe",
+    "probe_dns",
     "probe_exec",
     "probe_http",
     "probe_tcp",
@@ -60,6 +62,8 @@ class Prober:
             return await probe_http(check, address, port, self._tls)
         if isinstance(check, UdpCheck):
             return await probe_udp(check, address, port)
+        if isinstance(check, DnsCheck):
+            return await probe_dns(check, address, port)
         if isinstance(check, ExecCheck):
             return await probe_exec(check, address, port)
         assert_never(check)

@@ -1,0 +1,255 @@
+"""DNS check: one query, over UDP (or TCP), and a verdict on the reply.
+
+The query is built with dnspython (`dns.message.make_query`: recursion desired,
+no EDNS, as keepalived's DNS_CHECK sends it), once per name and type; each
+probe gives it a random id (RFC 5452 section 4.3). The exchange runs over a
+socket of our own, under the check's timeout.
+
+What comes back is judged by `judge`, a pure function:
+
+- A datagram that is not a reply to this query (another id, the QR bit clear,
+  another opcode or question: RFC 5452 section 9.1, what dnspython's
+  `Message.is_response` tells) is ignored over UDP, as a resolver ignores it:
+  a stray or forged datagram must neither fail a live server nor pass a dead
+  one. If nothing better comes, the probe times out, and its detail says what
+  was ignored. Over TCP, where the connection carries nothing but this one
+  exchange, such a reply is a `bad reply`.
+- A reply that does not parse is a `bad reply`; an rcode other than
+  `expect_rcode` is a `bad status`; an answer without `expect_address` or not
+  matching `expect_answer` is a `bad reply`.
+- A truncated reply (TC) is judged on what it holds: its rcode counts, and an
+  expected answer it lacks is a `bad reply` that says to query over TCP.
+
+Over UDP an ICMP error is down (`unreachable`), read as the UDP check reads it
+(IP_RECVERR, udp.py). A reply is at most one datagram (64 KiB) over UDP and
+one message of at most 65535 bytes over TCP (its 16-bit length prefix, RFC
+1035 section 4.2.2), so what a probe buffers is bounded.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import secrets
+import struct
+from dataclasses import dataclass
+from ipaddress import ip_address
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rcode
+import dns.rdatatype
+import trio
+
+from director.health.probes.attempt import probe_attempt
+from director.health.probes.udp import (
+    MAX_DATAGRAM,
+    _from_errno,
+    _socket_with_recverr,
+    read_icmp_error,
+)
+from director.health.result import ProbeResult, Reason
+from director.health.spec import DnsCheck
+from director.ipvs.model import IPAddress, family_of
+
+MAX_TCP_MESSAGE = 65535  # the 16-bit length prefix (RFC 1035 section 4.2.2)
+_LENGTH = struct.Struct("!H")
+_ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
+# What dnspython's parser raises on bytes that are no DNS message: its own
+# exceptions, and what a wire reader may let through on a malformed field.
+_MALFORMED = (dns.exception.DNSException, ValueError, struct.error, IndexError, UnicodeError)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one received message says: `reason` OK (up) or a failure (down),
+    or None when the message is no reply to the query and is ignored."""
+
+    reason: Reason | None
+    detail: str
+
+    @property
+    def ignored(self) -> bool:
+        return self.reason is None
+
+
+@functools.lru_cache(maxsize=1024)
+def query_template(name: str, rdtype: str) -> tuple[dns.message.Message, bytes]:
+    """The query for `name` and `rdtype` (a valid name and a type mnemonic, as
+    the config checks them) and its wire form; the id is the caller's.
+    Raises dns.exception.DNSException for a name or type dnspython refuses."""
+    query = dns.message.make_query(name, dns.rdatatype.from_text(rdtype), id=0)
+    return query, query.to_wire()
+
+
+def with_id(wire: bytes, query_id: int) -> bytes:
+    return query_id.to_bytes(2, "big") + wire[2:]
+
+
+def judge(check: DnsCheck, query: dns.message.Message, query_id: int, data: bytes) -> Verdict:
+    """The verdict on `data`, received in answer to `query` sent with id
+    `query_id` (`query` itself may carry another id). Never raises."""
+    if len(data) < 2:
+        return Verdict(Reason.BAD_REPLY, f"malformed reply: {len(data)} bytes")
+    reply_id = int.from_bytes(data[:2], "big")
+    if reply_id != query_id:
+        return Verdict(None, f"id {reply_id:#06x} instead of {query_id:#06x}")
+    truncated = False
+    try:
+        reply = dns.message.from_wire(data, raise_on_truncation=True)
+    except dns.message.Truncated as e:
+        reply, truncated = e.message(), True  # type: ignore[no-untyped-call]
+    except _MALFORMED as e:
+        return Verdict(Reason.BAD_REPLY, f"malformed reply: {_describe(e)}")
+    # is_response compares ids too; ours was checked above on the wire.
+    reply.id = query.id
+    if not query.is_response(reply):
+        return Verdict(None, f"not a reply to this query ({_summary(reply)})")
+    rcode = reply.rcode()
+    expected = dns.rcode.from_text(check.expect_rcode)
+    if rcode != expected:
+        return Verdict(
+            Reason.BAD_STATUS, f"rcode {dns.rcode.to_text(rcode)}, expected {check.expect_rcode}"
+        )
+    problem = _answer_problem(check, reply)
+    count = sum(len(rrset) for rrset in reply.answer)
+    summary = f"{dns.rcode.to_text(rcode)}, {count} answer{'s' if count != 1 else ''}"
+    if problem is not None:
+        if truncated:
+            problem += ' (reply truncated: query with transport = "tcp")'
+        return Verdict(Reason.BAD_REPLY, f"{summary}: {problem}")
+    return Verdict(Reason.OK, summary + (", truncated" if truncated else ""))
+
+
+def _answer_problem(check: DnsCheck, reply: dns.message.Message) -> str | None:
+    if check.expect_address is not None:
+        addresses = {
+            ip_address(rdata.address)
+            for rrset in reply.answer
+            if rrset.rdtype in _ADDRESS_TYPES
+            for rdata in rrset
+        }
+        if check.expect_address not in addresses:
+            return f"no address {check.expect_address}"
+    if check.expect_answer is not None:
+        text = "\n".join(rrset.to_text() for rrset in reply.answer)
+        if not re.search(check.expect_answer, text):
+            return f"answer does not match {check.expect_answer!r}"
+    return None
+
+
+def _summary(message: dns.message.Message) -> str:
+    kind = "response" if message.flags & dns.flags.QR else "query"
+    opcode = dns.opcode.to_text(message.opcode())
+    question = ", ".join(f"{q.name} {dns.rdatatype.to_text(q.rdtype)}" for q in message.question)
+    return f"{kind} {opcode} {question or 'without question'}"
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def probe_dns(check: DnsCheck, address: IPAddress, port: int) -> ProbeResult:
+    address = check.address or address
+    port = check.port if check.port is not None else port
+    query, template = query_template(check.query_name, check.query_type)
+    query_id = secrets.randbits(16)
+    wire = with_id(template, query_id)
+    ignored: list[str] = []
+    with probe_attempt(check.timing.timeout) as attempt:
+        if check.transport == "tcp":
+            verdict = await _exchange_tcp(check, query, query_id, wire, address, port)
+        else:
+            verdict = await _exchange_udp(check, query, query_id, wire, address, port, ignored)
+        if verdict.reason is Reason.OK:
+            attempt.succeed(detail=verdict.detail)
+        elif verdict.reason is not None:
+            attempt.fail(verdict.reason, verdict.detail)
+    result = attempt.result
+    if ignored and result.reason is Reason.TIMEOUT:
+        more = f" and {len(ignored) - 1} more" if len(ignored) > 1 else ""
+        detail = f"{result.detail}; ignored {ignored[0]}{more}"
+        return ProbeResult.failure(Reason.TIMEOUT, result.latency, detail)
+    return result
+
+
+async def _exchange_udp(
+    check: DnsCheck,
+    query: dns.message.Message,
+    query_id: int,
+    wire: bytes,
+    address: IPAddress,
+    port: int,
+    ignored: list[str],
+) -> Verdict:
+    """Send the query from a connected socket and read datagrams until one is
+    a reply to it (the others go to `ignored`), or an ICMP error comes."""
+    raw = _socket_with_recverr(address)
+    with trio.socket.from_stdlib_socket(raw) as sock:
+        await sock.connect((str(address), port))
+        try:
+            await sock.send(wire)
+        except OSError:
+            # The kernel's own refusal (EPERM from a firewall, ...) unless the
+            # queue holds an ICMP error that arrived before.
+            if (icmp := read_icmp_error(raw)) is None:
+                raise
+            return Verdict(*icmp)
+        while True:
+            try:
+                data = await sock.recv(MAX_DATAGRAM)
+            except OSError as error:
+                if (icmp := read_icmp_error(raw) or _from_errno(error)) is None:
+                    raise
+                return Verdict(*icmp)
+            verdict = judge(check, query, query_id, data)
+            if not verdict.ignored:
+                return verdict
+            ignored.append(verdict.detail)
+
+
+async def _exchange_tcp(
+    check: DnsCheck,
+    query: dns.message.Message,
+    query_id: int,
+    wire: bytes,
+    address: IPAddress,
+    port: int,
+) -> Verdict:
+    """Send the query, length-prefixed, on a new connection and read one
+    message back (RFC 1035 section 4.2.2)."""
+    with trio.socket.socket(family_of(address), trio.socket.SOCK_STREAM) as sock:
+        await sock.connect((str(address), port))
+        await _send_all(sock, _LENGTH.pack(len(wire)) + wire)
+        header = await _receive_exactly(sock, _LENGTH.size)
+        if header is None:
+            return Verdict(Reason.BAD_REPLY, "connection closed before a reply")
+        (length,) = _LENGTH.unpack(header)
+        data = await _receive_exactly(sock, length)
+        if data is None:
+            return Verdict(Reason.BAD_REPLY, f"connection closed inside a {length} byte reply")
+    verdict = judge(check, query, query_id, data)
+    if verdict.ignored:
+        return Verdict(Reason.BAD_REPLY, f"reply to another query: {verdict.detail}")
+    return verdict
+
+
+async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        sent = await sock.send(view)
+        view = view[sent:]
+
+
+async def _receive_exactly(sock: trio.socket.SocketType, size: int) -> bytes | None:
+    """`size` bytes (at most MAX_TCP_MESSAGE), or None if the peer closes first."""
+    buffer = bytearray()
+    while len(buffer) < size:
+        chunk = await sock.recv(min(size - len(buffer), MAX_TCP_MESSAGE))
+        if not chunk:
+            return None
+        buffer += chunk
+    return bytes(buffer)
