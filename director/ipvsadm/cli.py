@@ -8,8 +8,10 @@ compatibility table. parse_restore() reads `ipvsadm -R` input.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 
 from director.ipvs import ops
 from director.ipvs.facts import (
@@ -373,7 +375,12 @@ def parse_restore(
     exit status of -R is that of its last line.
     """
     steps: list[Command | ParseError] = []
+    canonical = _Canonical()
     for words in restore_lines(text):
+        command = canonical.parse(words)
+        if command is not None:
+            steps.append(command)
+            continue
         try:
             steps.append(_parse([program, *words], names, reading_stdin=True))
         except ParseError as error:
@@ -383,11 +390,27 @@ def parse_restore(
     return steps
 
 
+_BLANKS = re.compile("[ \t\r]+")
+
+
 def restore_lines(text: str) -> list[list[str]]:
     """The argv (without program name) of each line ipvsadm -R runs, split as
     its config_stream_read() does with fscanf: words separated by blanks,
     every word "ipvsadm" dropped, "#" not special, and the input ending
     early when two blanks meet its end without a newline."""
+    # Up to its last newline the input splits line by line (the quirks are
+    # all at its end); what follows goes through the scanner.
+    whole = text.rfind("\n") + 1
+    lines: list[list[str]] = []
+    for line in text[: whole - 1].split("\n") if whole else ():
+        words = [w for w in _BLANKS.split(line) if w and w != "ipvsadm"]
+        if words:
+            lines.append(words)
+    return lines + _scan_lines(text[whole:])
+
+
+def _scan_lines(text: str) -> list[list[str]]:
+    """restore_lines, a character at a time, for any text."""
     lines: list[list[str]] = []
     pos, end = 0, len(text)
     blanks = " \t\r\n"
@@ -420,6 +443,70 @@ def restore_lines(text: str) -> list[list[str]]:
                     break
         if words:
             lines.append(words)
+
+
+_DOTTED_QUAD_PORT = re.compile(
+    r"((?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]))"
+    r":([1-9][0-9]{0,4})"
+)
+_WEIGHT = re.compile(r"0|[1-9][0-9]{0,9}")
+_SCHEDULER = re.compile(f"[a-z]{{1,{SCHED_NAME_MAX}}}")
+_CANONICAL_PROTOCOLS = {"-t": Protocol.TCP, "-u": Protocol.UDP}
+_CANONICAL_FORWARDS = {"-m": Forward.MASQ, "-g": Forward.ROUTE}
+
+
+class _Canonical:
+    """The commonest lines of `ipvsadm -S` output, read without the option
+    scanner: `-A -t|-u A.B.C.D:PORT -s SCHED` and `-a -t|-u A.B.C.D:PORT -r
+    A.B.C.D:PORT -m|-g -w WEIGHT`, each word exactly as -S writes it (no
+    leading zeros or signs, ports 1-65535, weights up to INT_MAX). parse()
+    answers None for any other line, which the full parser then reads; for
+    the lines it takes, the Command is the one the full parser gives (the
+    unit tests compare the two). Endpoints repeat in a table: each is
+    parsed once."""
+
+    def __init__(self) -> None:
+        self._endpoints: dict[str, tuple[IPv4Address, int] | None] = {}
+
+    def parse(self, words: Sequence[str]) -> Command | None:
+        count = len(words)
+        if count == 5:
+            if words[0] != "-A" or words[3] != "-s":
+                return None
+            protocol = _CANONICAL_PROTOCOLS.get(words[1])
+            service = self._endpoint(words[2])
+            if protocol is None or service is None or not _SCHEDULER.fullmatch(words[4]):
+                return None
+            key = ServiceKey(AF_INET, protocol, service[0], service[1])
+            return Apply(ops.AddService(Service(key, words[4], ServiceFlags.NONE, 0, 0xFFFFFFFF)))
+        if count == 8:
+            if words[0] != "-a" or words[3] != "-r" or words[6] != "-w":
+                return None
+            protocol = _CANONICAL_PROTOCOLS.get(words[1])
+            forward = _CANONICAL_FORWARDS.get(words[5])
+            service = self._endpoint(words[2])
+            real = self._endpoint(words[4])
+            if protocol is None or forward is None or service is None or real is None:
+                return None
+            if not _WEIGHT.fullmatch(words[7]) or int(words[7]) > INT_MAX:
+                return None
+            key = ServiceKey(AF_INET, protocol, service[0], service[1])
+            # -g sends the service's port (ipvsadm's process_options)
+            port = real[1] if forward is Forward.MASQ else service[1]
+            destination = Destination(real[0], port, forward, int(words[7]))
+            return Apply(ops.AddDestination(key, destination))
+        return None
+
+    def _endpoint(self, word: str) -> tuple[IPv4Address, int] | None:
+        if word in self._endpoints:
+            return self._endpoints[word]
+        found = None
+        match = _DOTTED_QUAD_PORT.fullmatch(word)
+        if match is not None and int(match[2]) <= 65535:
+            found = (IPv4Address(match[1]), int(match[2]))
+        self._endpoints[word] = found
+        return found
 
 
 def _parse(argv: list[str], names: Names, *, reading_stdin: bool) -> Command:
