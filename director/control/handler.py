@@ -21,8 +21,9 @@ refused by the kernel: "Permission denied (you must be root)", status 255.
 from __future__ import annotations
 
 import errno
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -94,6 +95,13 @@ class _Outcome:
     def response(self) -> Response:
         return Response(self.status, self.stdout, self.stderr)
 
+    def add(self, outcome: _Outcome) -> None:
+        """One more -R line's outcome: output appended, its status the last."""
+        self.stdout += outcome.stdout
+        self.stderr += outcome.stderr
+        self.status = outcome.status
+        self.changed |= outcome.changed
+
 
 class Controller:
     def __init__(
@@ -144,7 +152,8 @@ class Controller:
 
             async def change() -> _Outcome:
                 work = _Work(self)
-                outcome = await self._change(operation, work)
+                await work.read_keys([operation])
+                outcome = await self.director.kernel.run_sync(lambda: self._change(operation, work))
                 await self._commit(work, outcome, peer, {"argv": argv})
                 return outcome
 
@@ -192,7 +201,9 @@ class Controller:
         """Each line as ipvsadm -R runs it: errors are printed and the next
         line runs; a fatal parse error stops there, and the answer's data says
         so (the client then sends no more of its input). Changes are saved
-        and reconciled once, after the last line."""
+        and reconciled once, after the last line. The lines are parsed
+        before the job, in a worker thread; in the job, each run of changes
+        between two listings goes to one worker thread."""
         steps = await self._bulk(parse_restore, text, program=program, names=self.names)
         total = _Outcome()
         stopped = False
@@ -200,22 +211,23 @@ class Controller:
         async def restore() -> None:
             nonlocal stopped
             work = _Work(self)
-            for step in steps:
-                if isinstance(step, ParseError):
-                    total.stderr += step.message
-                    total.status = step.status
-                    if step.fatal:
-                        stopped = True
-                        break
-                    continue
-                if isinstance(step, Apply):
-                    outcome = await self._change(step.operation, work)
-                else:
-                    outcome = await self._read(step)
-                total.stdout += outcome.stdout
-                total.stderr += outcome.stderr
-                total.status = outcome.status
-                total.changed |= outcome.changed
+            await work.read_keys([s.operation for s in steps if isinstance(s, Apply)])
+            start = 0
+            while start < len(steps) and not stopped:
+                end = start
+                while end < len(steps) and isinstance(steps[end], Apply | ParseError):
+                    end += 1
+                run = steps[start:end]
+                if run:
+                    stopped = await self.director.kernel.run_sync(
+                        partial(self._changes, run, work, total)
+                    )
+                if end < len(steps) and not stopped:
+                    step = steps[end]
+                    assert not isinstance(step, Apply | ParseError)
+                    total.add(await self._read(step))
+                    end += 1
+                start = end
             await self._commit(work, total, peer, {"argv": ["-R"], "lines": len(steps)})
 
         await self.director.exclusive(restore)
@@ -223,30 +235,49 @@ class Controller:
             return Response(total.status, total.stdout, total.stderr, {"restore_stopped": True})
         return total.response()
 
-    async def _change(self, op: Operation, work: _Work) -> _Outcome:
+    def _changes(
+        self, steps: Sequence[Apply | ParseError | Command], work: _Work, total: _Outcome
+    ) -> bool:
+        """Lines of a -R, in order, into `total`; True when a fatal parse
+        error stops the restore."""
+        for step in steps:
+            if isinstance(step, ParseError):
+                total.stderr += step.message
+                total.status = step.status
+                if step.fatal:
+                    return True
+            elif isinstance(step, Apply):
+                total.add(self._change(step.operation, work))
+        return False
+
+    def _change(self, op: Operation, work: _Work) -> _Outcome:
         """One ipvsadm change. A managed one is checked by the runtime layer
         in the kernel's order; what only the kernel can judge (whether it
         has a scheduler or persistence engine, which timeouts it takes) is
-        asked of the kernel first, and recorded only once the kernel took it."""
+        asked of the kernel first, and recorded only once the kernel took it.
+
+        Blocking (it calls the kernel): run in a worker thread through the
+        engine table's run_sync, from a job. The job owns that table: no
+        pass runs meanwhile, and listings read through a table of their own."""
         try:
-            kernel = await work.kernel_keys(op)
+            kernel = work.kernel_keys(op)
         except KernelError as failure:
             return _Outcome("", _kernel_error(failure), KERNEL_ERROR)
         if isinstance(op, AddService) and op.service.key in self.director.foreign:
             # Flushed by -C while it was someone else's: -R puts it back as
             # theirs, not as a new service of ours.
             self.director.foreign.discard(op.service.key)
-            return await self._to_kernel(op, work)
-        if not is_managed(op, work.layer, kernel, self.director.owned | work.probed):
-            return await self._to_kernel(op, work)
+            return self._to_kernel(op, work)
+        if not is_managed(op, work.layer, kernel, work.owned):
+            return self._to_kernel(op, work)
         if isinstance(op, Flush):
             ours = self.director.owned | work.probed | work.layer.service_keys()
             foreign = kernel - ours
-        first: Operation | None = op if isinstance(op, SetTimeouts) else None
-        if work.layer.refusal(op) is None:
-            first = first or kernel_probe(op, kernel)
+        first: Operation | None = op if isinstance(op, SetTimeouts) else kernel_probe(op, kernel)
+        if first is not None and first is not op and work.layer.refusal(op) is not None:
+            first = None  # refused before the kernel would look at the scheduler
         if first is not None:
-            outcome = await self._to_kernel(first, work)
+            outcome = self._to_kernel(first, work)
             if outcome.status:
                 return outcome
             if isinstance(first, AddService):
@@ -257,16 +288,16 @@ class Controller:
             return _Outcome("", listing.kernel_error(error), KERNEL_ERROR)
         if isinstance(op, Flush):
             # -C also clears services the daemon does not manage.
-            outcome = await self._to_kernel(op, work)
+            outcome = self._to_kernel(op, work)
             if not outcome.status:
                 self.director.foreign |= foreign
             outcome.changed = True
             return outcome
         return _Outcome(changed=True)
 
-    async def _to_kernel(self, op: Operation, work: _Work) -> _Outcome:
+    def _to_kernel(self, op: Operation, work: _Work) -> _Outcome:
         try:
-            await self.director.kernel.apply([op])
+            self.director.kernel.backend.apply([op])
         except BatchError as error:
             return _Outcome("", _kernel_error(error.error), KERNEL_ERROR)
         except KernelError as error:
@@ -468,17 +499,35 @@ class _Work:
         # Schedulers and engines are the kernel's to judge (kernel_probe).
         self.layer = LayerBuilder(director.config, director.runtime, engines=None)
         self._keys: set[ServiceKey] | None = None
+        self._failure: KernelError | None = None
         self.probed: set[ServiceKey] = set()  # services a kernel probe added
 
-    async def kernel_keys(self, op: Operation) -> set[ServiceKey]:
+    @property
+    def owned(self) -> Set[ServiceKey]:
+        """What the daemon owns and this request added, without a copy of
+        both for each line of a long -R."""
+        return _Union(self._controller.director.owned, self.probed)
+
+    async def read_keys(self, operations: Sequence[Operation]) -> None:
+        """Read the kernel's service keys once, if any of `operations` needs
+        them; a failed read is kept for kernel_keys to raise."""
+        if self._keys is None and any(map(_needs_keys, operations)):
+            try:
+                entries = await self._controller.director.kernel.services(brief=True)
+            except KernelError as error:
+                self._failure = error
+            else:
+                self._keys = {e.service.key for e in entries}
+
+    def kernel_keys(self, op: Operation) -> set[ServiceKey]:
         """The kernel's service keys, for -A and -E (whether an unmanaged -A
         is ours, and whether a managed one's kernel probe adds or edits) and
-        -C (which of the services it clears were someone else's)."""
-        if not isinstance(op, AddService | EditService | Flush):
+        -C (which of the services it clears were someone else's), as
+        read_keys read them. Raises the KernelError of that read."""
+        if not _needs_keys(op):
             return set()
         if self._keys is None:
-            entries = await self._controller.director.kernel.services(brief=True)
-            self._keys = {e.service.key for e in entries}
+            raise self._failure or RuntimeError("read_keys was not awaited")
         return self._keys
 
     def applied(self, op: Operation) -> None:
@@ -490,6 +539,27 @@ class _Work:
             self._keys.discard(op.key)
         elif isinstance(op, Flush):
             self._keys.clear()
+
+
+class _Union(Set[ServiceKey]):
+    """A live view of the union of two sets (membership, iteration, size)."""
+
+    def __init__(self, first: Set[ServiceKey], second: Set[ServiceKey]) -> None:
+        self._first, self._second = first, second
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._first or item in self._second
+
+    def __iter__(self) -> Iterator[ServiceKey]:
+        yield from self._first
+        yield from (k for k in self._second if k not in self._first)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def _needs_keys(op: Operation) -> bool:
+    return isinstance(op, AddService | EditService | Flush)
 
 
 def reload_text(summary: ReloadSummary) -> str:
