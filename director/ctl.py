@@ -52,6 +52,9 @@ def main(argv: "Sequence[str] | None" = None) -> int:
         path, words = _socket_path(words)
         if words[:1] == ["check-config"]:
             return _check_config(words[1:])
+        if asks_help(words):
+            _write(1, help_text())
+            return 0
         requests = _requests(words)
     except UsageError as e:
         _write(2, f"{PROGRAM}: {e}\n{USAGE}")
@@ -168,6 +171,28 @@ def needs_stdin(argv: list[str]) -> bool:
         return isinstance(parse(argv), Restore)
     except ParseError:
         return False
+
+
+def asks_help(argv: list[str]) -> bool:
+    """Whether ipvsadm would print its usage (-h, --help): answered here,
+    without the daemon."""
+    if not any("h" in word for word in argv):
+        return False
+    from director.ipvsadm.cli import parse
+    from director.ipvsadm.commands import Help
+    from director.ipvsadm.errors import ParseError
+
+    try:
+        return isinstance(parse(argv), Help)
+    except ParseError:
+        return False
+
+
+def help_text() -> str:
+    """ipvsadm's usage under directorctl's name, then directorctl's own commands."""
+    from director.ipvsadm.listing import usage
+
+    return f"{usage(PROGRAM)}\n{USAGE}"
 
 
 def restore_chunks(text: str) -> list[str]:

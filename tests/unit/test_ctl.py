@@ -304,3 +304,19 @@ def test_encoded_requests_decode_to_the_same_request(argv: list[str], args: dict
     assert isinstance(request, Request)
     assert request.argv == tuple(argv)
     assert dict(request.args) == args
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help", "-hn"])
+async def test_help_is_printed_without_a_daemon(flag: str) -> None:
+    result = await directorctl(flag, env={"DIRECTOR_SOCKET": "/nonexistent/d.sock"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == b""
+    text = result.stdout.decode()
+    assert text.startswith("ipvsadm v1.31 ")
+    assert "  directorctl -A|E virtual-service [-s scheduler]" in text
+    assert text.endswith(ctl.USAGE)
+
+
+@pytest.mark.parametrize("argv", [["-L", "-h"], ["-t", "host:80"], ["--hel"]])
+def test_only_what_ipvsadm_answers_with_usage_counts_as_help(argv: list[str]) -> None:
+    assert not ctl.asks_help(argv)
