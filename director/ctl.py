@@ -163,6 +163,8 @@ def needs_stdin(argv: list[str]) -> bool:
     """
     if not any("R" in word or "restore" in word for word in argv):
         return False
+    if argv in (["-R"], ["--restore"]):
+        return True  # the usual case, without importing the parser
     from director.ipvsadm.cli import parse
     from director.ipvsadm.commands import Restore
     from director.ipvsadm.errors import ParseError

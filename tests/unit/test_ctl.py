@@ -320,3 +320,13 @@ async def test_help_is_printed_without_a_daemon(flag: str) -> None:
 @pytest.mark.parametrize("argv", [["-L", "-h"], ["-t", "host:80"], ["--hel"]])
 def test_only_what_ipvsadm_answers_with_usage_counts_as_help(argv: list[str]) -> None:
     assert not ctl.asks_help(argv)
+
+
+def test_a_plain_restore_does_not_import_the_parser() -> None:
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); import director.ctl as c; "
+        "assert c.needs_stdin(['-R']) and c.needs_stdin(['--restore']); "
+        "print('director.ipvsadm' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, check=True)
+    assert run.stdout == b"False\n"
