@@ -27,7 +27,20 @@ hundred probes a second, and a saturated daemon answers everything late)
 against a listener in a server namespace, and once they are all in the table
 the same rounds again.
 
+With --restore (default on) a part of its own times the table's restore,
+--rounds times each, alternating which goes first: `ipvsadm -R` into an
+empty table, and `directorctl -R` (--restore-client, the console script by
+default) into a freshly started directord, whose services it then manages
+(their real servers checked as in the managed part). Printed: medians, the
+ratio directorctl/ipvsadm, the daemon's own answer to the same -R sent
+over a raw connection (after a -C on the same daemon), so the rest is the
+client's start-up, its read of stdin and the wire, and from the daemon's
+log (control_restore_timing) how the first -R's answer split: parsing, the
+lines' changes (kernel probes included), and the commit (state file, pass). --only-restore skips the
+listing parts.
+
     python tests/vm/run.py python bench/ctl.py [--services 1000] [--dests 4] [--rounds 10]
+    python tests/vm/run.py python bench/ctl.py --only-restore --rounds 3
 """
 
 from __future__ import annotations
@@ -159,6 +172,24 @@ def answer_time(sock: Path, argv: Sequence[str], count: int) -> float:
     return statistics.median(samples)
 
 
+def raw_answer(
+    sock: Path, argv: Sequence[str], stdin: str | None = None
+) -> tuple[float, dict[str, object]]:
+    """Seconds from one request to its whole response over a connection
+    opened beforehand, and the response."""
+    message: dict[str, object] = {"v": 1, "argv": list(argv)}
+    if stdin is not None:
+        message["args"] = {"stdin": stdin}
+    request = json.dumps(message).encode() + b"\n"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(str(sock))
+        reader = conn.makefile("rb")
+        started = time.perf_counter()
+        conn.sendall(request)
+        reply = json.loads(reader.readline())
+        return time.perf_counter() - started, reply
+
+
 def answer_split(count: int) -> dict[str, float]:
     """Where the daemon's answer goes, measured in this process: reading the
     table (brief, as plain listings and -S read it, and in full over
@@ -288,6 +319,93 @@ def managed(args: argparse.Namespace, text: str, workdir: Path, ipvsadm_restore:
             stop_process(sink, signal.SIGKILL)
 
 
+def restore(args: argparse.Namespace, text: str, workdir: Path) -> None:
+    """`ipvsadm -R` and `directorctl -R` of the table, --rounds times each."""
+    timing = TcpTiming(interval=args.managed_interval)
+    samples: dict[str, list[float]] = {"ipvsadm -R": [], "directorctl -R": [], "daemon answer": []}
+    # with a daemon that logs control_restore_timing: where its answer's time went
+    with namespace("bench-ctl-r"), server_namespace("bench-ctl-rrs", SERVER_PREFIX) as servers:
+        with inside(servers):
+            sink_socket = listener("0.0.0.0", PORT)
+        sink = fork_sink([sink_socket])
+        sink_socket.close()
+        try:
+            for round_ in range(args.rounds):
+                times = {}
+                order = (
+                    ["ipvsadm", "directorctl"] if round_ % 2 == 0 else ["directorctl", "ipvsadm"]
+                )
+                for side in order:
+                    if side == "ipvsadm":
+                        times["ipvsadm -R"] = restore_ipvsadm(text)
+                    else:
+                        times.update(restore_directorctl(args, text, timing, workdir, round_))
+                for name, seconds in times.items():
+                    samples.setdefault(name, []).append(seconds)
+                print(
+                    f"  restore round {round_ + 1}: "
+                    + ", ".join(f"{n} {s:.2f} s" for n, s in times.items()),
+                    flush=True,
+                )
+        finally:
+            stop_process(sink, signal.SIGKILL)
+    base = statistics.median(samples["ipvsadm -R"])
+    rows = [
+        [name, f"{statistics.median(v):.2f}", f"{min(v):.2f}", ratio(statistics.median(v), base)]
+        for name, v in samples.items()
+    ]
+    print_table(
+        f"restore of {text.count(chr(10))} lines, {args.rounds} rounds"
+        f" (directorctl: {args.restore_client} client, a fresh directord each round)",
+        ["what", "median s", "min s", "x ipvsadm -R"],
+        rows,
+    )
+
+
+def restore_ipvsadm(text: str) -> float:
+    run_checked([IPVSADM, "-C"])
+    seconds, _, err, status = timed([IPVSADM, "-R"], text.encode())
+    if status != 0:
+        raise SystemExit(f"ipvsadm -R: exit {status}: {err[:300]!r}")
+    run_checked([IPVSADM, "-C"])
+    return seconds
+
+
+def restore_directorctl(
+    args: argparse.Namespace, text: str, timing: TcpTiming, workdir: Path, round_: int
+) -> dict[str, float]:
+    daemon = Directord([], timing, workdir / f"restore-{round_}")
+    try:
+        daemon.start(timeout=120)
+        sock = daemon.workdir / "director.sock"
+        client = clients(daemon.workdir, sock)[args.restore_client]
+        seconds, out, err, status = timed([*client, "-R"], text.encode())
+        if status != 0 or out or err:
+            raise SystemExit(f"directorctl -R: exit {status}: {err[:300]!r}")
+        if len(ipvs_table()) != args.services:
+            raise SystemExit(f"directorctl -R: {len(ipvs_table())} services in the table")
+        raw_answer(sock, ["-C"])
+        answer, reply = raw_answer(sock, ["-R"], text)
+        if reply.get("status") != 0 or len(ipvs_table()) != args.services:
+            raise SystemExit(f"raw -R: {str(reply)[:300]}")
+        split = {"directorctl -R": seconds, "daemon answer": answer}
+        time.sleep(0.5)  # the daemon's log is written by a thread of its own
+        for event in daemon.events("control_restore_timing")[:1]:
+            for part in ("parse", "changes", "commit"):
+                value = event.get(part)
+                if isinstance(value, int | float):
+                    split[f"daemon: {part}"] = float(value)
+        return split
+    finally:
+        daemon.stop()
+
+
+def run_checked(argv: Sequence[str]) -> None:
+    done = subprocess.run(argv, capture_output=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{argv}: exit {done.returncode}: {done.stderr[:300]!r}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=1000)
@@ -302,6 +420,16 @@ def main() -> None:
         help="seconds between two checks of a server in the managed part (its"
         " [control] runtime_check): the VM probes a few hundred servers a second",
     )
+    parser.add_argument("--restore", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--only-restore", action="store_true", help="only the restore part (implies --restore)"
+    )
+    parser.add_argument(
+        "--restore-client",
+        choices=("script", "launcher", "file"),
+        default="script",
+        help="how the restore part starts directorctl (see clients())",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root where the kernel has ip_vs (tests/vm/run.py)")
@@ -313,9 +441,13 @@ def main() -> None:
     for name, seconds in startup(args.rounds).items():
         print(f"start-up, {name}: {seconds * 1000:.1f} ms", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-ctl-") as tmp:
-        restore = unmanaged(args, text, Path(tmp))
+        if args.restore or args.only_restore:
+            restore(args, text, Path(tmp))
+        if args.only_restore:
+            return
+        ipvsadm_restore = unmanaged(args, text, Path(tmp))
         if args.managed:
-            managed(args, text, Path(tmp), restore)
+            managed(args, text, Path(tmp), ipvsadm_restore)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ refused by the kernel: "Permission denied (you must be root)", status 255.
 from __future__ import annotations
 
 import errno
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from functools import partial
@@ -204,12 +205,16 @@ class Controller:
         and reconciled once, after the last line. The lines are parsed
         before the job, in a worker thread; in the job, each run of changes
         between two listings goes to one worker thread."""
+        started = time.perf_counter()
         steps = await self._bulk(parse_restore, text, program=program, names=self.names)
+        parsed = time.perf_counter()
         total = _Outcome()
         stopped = False
+        times: dict[str, float] = {}
 
         async def restore() -> None:
             nonlocal stopped
+            times["job"] = time.perf_counter()
             work = _Work(self)
             await work.read_keys([s.operation for s in steps if isinstance(s, Apply)])
             start = 0
@@ -228,9 +233,20 @@ class Controller:
                     total.add(await self._read(step))
                     end += 1
                 start = end
+            times["lines"] = time.perf_counter()
             await self._commit(work, total, peer, {"argv": ["-R"], "lines": len(steps)})
+            times["commit"] = time.perf_counter()
 
         await self.director.exclusive(restore)
+        # Where a long -R's time went (real seconds): bench/ctl.py reads it.
+        self.log.info(
+            "control_restore_timing",
+            lines=len(steps),
+            parse=round(parsed - started, 4),
+            wait=round(times["job"] - parsed, 4),
+            changes=round(times["lines"] - times["job"], 4),
+            commit=round(times["commit"] - times["lines"], 4),
+        )
         if stopped:
             return Response(total.status, total.stdout, total.stderr, {"restore_stopped": True})
         return total.response()
