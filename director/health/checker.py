@@ -1,13 +1,23 @@
 """The checker: runs every target's health check on its own steady cadence.
 
-Each target (a check aimed at one real server) gets a task that probes it
-every `interval` seconds, feeds the results through the rise/fall machine and
-reports transitions through a callback. The first probe of each target is
-placed at random within its interval, so that thousands of checks added at
-once do not fire together. `set_targets` swaps the target set live: a target
-whose (check, address, port) is unchanged keeps its state and its schedule,
-and one whose check changed keeps its state (its health, counts and weight
-ramp) under a new schedule, so a config reload loses no health.
+A target is a check aimed at one real server, under a key of the caller's
+(the engine's real-server id). Targets with the same (check, address, port)
+share one probe: several services with the same real server and check cost
+one probe per interval, and its result is fed to each key's own HealthState
+(rise/fall, adoption, weight ramp), which reports its transitions through a
+callback.
+
+One scheduler task keeps the probes on a heap of due times (schedule.py) and
+starts each one as a task of its own when it is due and a slot is free: at
+most `max_probes` at once, of them at most `max_exec` commands. A probe's
+starts stay on a steady grid, and one that overran its interval skips the
+starts it missed. The first probe of each target is placed at random within
+its interval, so that thousands of checks added at once do not fire
+together. `set_targets` swaps the target set live: a target whose (check,
+address, port) is unchanged keeps its state and its schedule, and one whose
+check changed keeps its state (its health, counts and weight ramp) under a
+new schedule, so a config reload loses no health. A removed target's probe is
+cancelled, and a result that arrives for it anyway is dropped.
 
 A probe can only fail: whatever a probe function raises becomes a failed
 result (reason `error`), and the checker goes on.
@@ -15,7 +25,6 @@ result (reason `error`), and the checker goes on.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import resource
@@ -24,11 +33,13 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address
 from typing import Generic, TypeVar
 
+import outcome
 import trio
 
 from director.health.probes import ProbeFunction, Prober
 from director.health.result import ProbeResult, Reason
-from director.health.spec import Check, ExecCheck
+from director.health.schedule import Schedule, first_start, next_start
+from director.health.spec import Check, ExecCheck, TcpCheck
 from director.health.state import HealthState, Transition, advance
 from director.ipvs.model import IPAddress
 
@@ -36,13 +47,26 @@ K = TypeVar("K", bound=Hashable)
 
 Target = tuple[Check, IPAddress, int]
 
+_MAX_IDLE_WORKERS = 64  # beyond that, a worker with nothing to do ends
+
+__all__ = ["Checker", "Target", "default_max_probes", "next_start", "validate_target"]
+
 
 @dataclass(eq=False)
 class _Slot:
+    """One key's view of its target: its own health."""
+
     target: Target
     state: HealthState = field(default_factory=HealthState)
-    cancel_scope: trio.CancelScope | None = None
-    removed: bool = False
+
+
+@dataclass(eq=False)
+class _Probe(Generic[K]):
+    """One distinct (check, address, port), probed for every key in `slots`."""
+
+    target: Target
+    slots: dict[K, _Slot] = field(default_factory=dict)
+    cancel_scope: trio.CancelScope | None = None  # while a probe runs
 
 
 class Checker(Generic[K]):
@@ -55,38 +79,62 @@ class Checker(Generic[K]):
         rng: random.Random | None = None,
         max_probes: int | None = None,
         max_exec: int = 16,
+        on_start: Callable[[Target, float], None] | None = None,
     ) -> None:
         """`on_transition` and `on_result` run in the checker's task and must
         not block; `on_result` gets the state before and after each probe
-        (the result is `after.last`). `probe` defaults to the real probes. At most `max_probes`
-        probes (default: half the file descriptor limit) and `max_exec`
-        commands run at once; the others wait their turn."""
+        (the result is `after.last`). `probe` defaults to the real probes. At
+        most `max_probes` probes (default: half the file descriptor limit)
+        and `max_exec` commands run at once; the others wait their turn.
+        `on_start(target, lateness)` is told of each probe as it starts,
+        with how many seconds after its due time (a meter: bench/checker.py)."""
         self._on_transition = on_transition
         self._on_result = on_result
+        self._on_start = on_start
         self._probe = probe
         self._rng = rng or random.Random()
-        self._probe_limiter = trio.CapacityLimiter(max_probes or default_max_probes())
-        self._exec_limiter = trio.CapacityLimiter(max_exec)
+        self._max_probes = max_probes or default_max_probes()
+        self._max_exec = max_exec
         self._slots: dict[K, _Slot] = {}
+        self._probes: dict[Target, _Probe[K]] = {}
         self._nursery: trio.Nursery | None = None
+        self._schedule: Schedule[_Probe[K]] | None = None
+        self._sleep: trio.CancelScope | None = None  # the scheduler's, while it waits
         self._running_probe: ProbeFunction | None = None
+        self._idle: list[trio.lowlevel.Task] = []  # workers waiting for a probe
 
     def set_targets(self, targets: Mapping[K, Target]) -> None:
-        """Check exactly these targets from now on."""
+        """Check exactly these targets from now on. Raises ValueError, naming
+        the key, for a target that is not (check, address, port) with a
+        usable check: then nothing changes."""
         for key, target in targets.items():
             validate_target(key, target)
         kept: dict[K, HealthState] = {}
         for key, slot in list(self._slots.items()):
             wanted = targets.get(key)
             if wanted != slot.target:
-                self._drop(key)
+                del self._slots[key]
+                self._leave(key, slot)
                 if wanted is not None:
                     kept[key] = slot.state
+        joined: list[tuple[_Probe[K], _Slot]] = []
         for key, target in targets.items():
-            if key not in self._slots:
-                slot = self._slots[key] = _Slot(target, kept.get(key, HealthState()))
-                if self._nursery is not None:
-                    self._spawn(self._nursery, key, slot)
+            if key in self._slots:
+                continue
+            # A changed check keeps what is known of the server: a reload
+            # that only retimes a check must not make it unknown.
+            slot = self._slots[key] = _Slot(target, kept.get(key) or HealthState())
+            probe = self._probes.get(target)
+            if probe is None:
+                probe = self._probes[target] = _Probe(target)
+                self._schedule_new(probe)
+            probe.slots[key] = slot
+            joined.append((probe, slot))
+        if self._schedule is not None:
+            now = trio.current_time()
+            for _, slot in joined:
+                if slot.state.last is None:
+                    slot.state = replace(slot.state, since=now)
 
     def adopt(self, key: K, ramp_start: float | None = None) -> None:
         """Mark a target that is already in service and not yet probed as
@@ -105,83 +153,152 @@ class Checker(Generic[K]):
             raise KeyError(f"no health check target {key!r}") from None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Probe the targets until cancelled. Raises RuntimeError when this
+        checker is already running."""
         if self._nursery is not None:
             raise RuntimeError("this Checker is already running")
         self._running_probe = self._probe or Prober()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                for key, slot in self._slots.items():
-                    self._spawn(nursery, key, slot)
+                self._schedule = Schedule(self._max_probes, self._max_exec)
+                now = trio.current_time()
+                for slot in self._slots.values():
+                    if slot.state.last is None:
+                        slot.state = replace(slot.state, since=now)
+                for probe in self._probes.values():
+                    self._schedule_new(probe)
                 task_status.started()
-                await trio.sleep_forever()
+                await self._dispatch(self._schedule)
         finally:
             self._nursery = None
+            self._schedule = None
+            self._sleep = None
             self._running_probe = None
+            self._idle.clear()
 
-    def _drop(self, key: K) -> None:
-        slot = self._slots.pop(key)
-        slot.removed = True
-        if slot.cancel_scope is not None:
-            slot.cancel_scope.cancel()
-
-    def _spawn(self, nursery: trio.Nursery, key: K, slot: _Slot) -> None:
-        # Drawn here, in the caller's order, not in the task: trio starts tasks
-        # in an unspecified order, and a seeded generator must give the same
-        # schedule every time.
-        offset = self._rng.uniform(0, slot.target[0].timing.interval)
-        nursery.start_soon(self._watch, key, slot, offset)
-
-    async def _watch(self, key: K, slot: _Slot, offset: float) -> None:
-        if slot.removed:
+    def _leave(self, key: K, slot: _Slot) -> None:
+        probe = self._probes[slot.target]
+        del probe.slots[key]
+        if probe.slots:
             return
-        check, address, port = slot.target
+        del self._probes[slot.target]
+        if self._schedule is not None:
+            self._schedule.remove(probe)
+        if probe.cancel_scope is not None:
+            probe.cancel_scope.cancel()
+
+    def _schedule_new(self, probe: _Probe[K]) -> None:
+        schedule = self._schedule
+        if schedule is None:
+            return
+        # Drawn here, in the caller's order of targets: a seeded generator
+        # gives the same schedule every time.
+        check = probe.target[0]
         interval = check.timing.interval
-        probe = self._running_probe
-        assert probe is not None
-        # Exec first: commands waiting their turn must not hold socket slots.
-        exec_limiter = (
-            self._exec_limiter if isinstance(check, ExecCheck) else contextlib.nullcontext()
-        )
-        with trio.CancelScope() as slot.cancel_scope:
-            now = trio.current_time()
-            if slot.state.last is None:
-                slot.state = replace(slot.state, since=now)
-            start = now + offset
-            while True:
-                await trio.sleep_until(start)
-                async with exec_limiter, self._probe_limiter:
-                    began = trio.current_time()
-                    try:
-                        result = await probe(check, address, port)
-                    except Exception as error:
-                        result = ProbeResult.failure(
-                            Reason.ERROR,
-                            trio.current_time() - began,
-                            f"{type(error).__name__}: {error}"[:200],
-                        )
-                self._record(key, slot, result)
-                start = next_start(start, trio.current_time(), interval)
+        due = first_start(trio.current_time(), interval, self._rng)
+        schedule.add(probe, due, interval, is_exec=isinstance(check, ExecCheck))
+        self._wake_by(due)
 
-    def _record(self, key: K, slot: _Slot, result: ProbeResult) -> None:
-        if slot.removed:
-            return
-        before = slot.state
-        slot.state, transition = advance(before, result, trio.current_time(), slot.target[0].timing)
-        if self._on_result is not None:
-            self._on_result(key, before, slot.state)
-        if transition is not None and self._on_transition is not None:
-            self._on_transition(key, transition)
+    def _wake_by(self, due: float) -> None:
+        sleep = self._sleep
+        if sleep is not None and due < sleep.deadline:
+            sleep.deadline = due
 
+    async def _dispatch(self, schedule: Schedule[_Probe[K]]) -> None:
+        """The scheduler: starts the probes that are due, sleeps until the
+        next one is (a new target or a probe that ends moves that deadline
+        earlier when needed)."""
+        while True:
+            self._hand_out(schedule.due(trio.current_time()), keep=False)
+            with trio.move_on_at(schedule.next_due()) as self._sleep:
+                await trio.sleep_forever()
 
-def next_start(previous: float, now: float, interval: float) -> float:
-    """The next probe start on the grid `previous + n * interval` that is not
-    in the past: a probe that overran its interval skips the starts it missed
-    rather than shifting every later one."""
-    upcoming = previous + interval
-    if upcoming >= now:
-        return upcoming
-    return upcoming + math.ceil((now - upcoming) / interval) * interval
+    def _hand_out(self, due: list[tuple[_Probe[K], float]], *, keep: bool) -> _Probe[K] | None:
+        """Start the probes in `due` on idle workers (or new ones); with
+        `keep`, the caller is a worker and the first is returned for it to
+        run itself, which saves a task switch."""
+        kept: _Probe[K] | None = None
+        on_start, idle = self._on_start, self._idle
+        for probe, at in due:
+            if on_start is not None:
+                on_start(probe.target, trio.current_time() - at)
+            if keep and kept is None:
+                kept = probe
+            elif idle:
+                trio.lowlevel.reschedule(idle.pop(), outcome.Value(probe))
+            else:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._worker, probe)
+        return kept
+
+    async def _worker(self, probe: _Probe[K]) -> None:
+        """Runs probes one after the other; waits in `_idle` between them.
+        A worker costs less than a task for each probe (10,000 a second)."""
+        task = trio.lowlevel.current_task()
+        idle = self._idle
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            idle.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        while True:
+            following = await self._run_probe(probe)
+            if following is None:
+                if len(idle) >= _MAX_IDLE_WORKERS:
+                    return
+                idle.append(task)
+                following = await trio.lowlevel.wait_task_rescheduled(abort)
+            probe = following
+
+    async def _run_probe(self, probe: _Probe[K]) -> _Probe[K] | None:
+        """Runs `probe`, feeds its result to its keys; returns a probe that
+        was waiting for its slot, for this worker to run next."""
+        schedule = self._schedule
+        assert schedule is not None
+        result: ProbeResult | None = None
+        try:
+            if isinstance(probe.target[0], TcpCheck):
+                # Not cancelled when its target goes: a TCP probe holds one
+                # socket until its timeout at most, and a cancel scope for
+                # each of 10,000 probes a second costs more than that.
+                result = await self._attempt(probe.target)
+            else:
+                with trio.CancelScope() as probe.cancel_scope:
+                    result = await self._attempt(probe.target)
+        finally:
+            probe.cancel_scope = None
+            following = self._hand_out(schedule.finished(probe, trio.current_time()), keep=True)
+            self._wake_by(schedule.next_due())
+        if result is not None:
+            self._record(probe, result)
+        return following
+
+    async def _attempt(self, target: Target) -> ProbeResult:
+        function = self._running_probe
+        assert function is not None
+        began = trio.current_time()
+        try:
+            return await function(*target)
+        except Exception as error:
+            return ProbeResult.failure(
+                Reason.ERROR, trio.current_time() - began, f"{type(error).__name__}: {error}"[:200]
+            )
+
+    def _record(self, probe: _Probe[K], result: ProbeResult) -> None:
+        now = trio.current_time()
+        timing = probe.target[0].timing
+        on_result, on_transition = self._on_result, self._on_transition
+        slots = probe.slots
+        for key, slot in list(slots.items()):
+            if slots.get(key) is not slot:  # a callback removed it meanwhile
+                continue
+            before = slot.state
+            slot.state, transition = advance(before, result, now, timing)
+            if on_result is not None:
+                on_result(key, before, slot.state)
+            if transition is not None and on_transition is not None:
+                on_transition(key, transition)
 
 
 def validate_target(key: object, target: object) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -346,3 +347,262 @@ async def test_real_probes_against_loopback(nursery: trio.Nursery) -> None:
             await both.wait()
     assert seen["open"].new is Health.UP
     assert (seen["closed"].new, seen["closed"].reason) == (Health.DOWN, Reason.REFUSED)
+
+
+# -- the scheduler ---------------------------------------------------------------
+
+
+async def test_exact_probe_times_for_targets_of_several_intervals(
+    checker: Checker[str], servers: FakeServers, nursery: trio.Nursery, clock: object
+) -> None:
+    servers.duration = 0.25
+    checker.set_targets({"a": (tcp(interval=2.0), A, 80), "b": (tcp(interval=0.5), B, 80), "c": (tcp(interval=3.0), C, 80)})  # fmt: skip
+    await nursery.start(checker.run)
+    await trio.sleep_until(30.0)
+    rng = random.Random(SEED)
+    j_a, j_b, j_c = rng.uniform(0, 2.0), rng.uniform(0, 0.5), rng.uniform(0, 3.0)
+    assert servers.starts(A) == pytest.approx([j_a + 2.0 * n for n in range(15) if j_a + 2.0 * n < 30])  # fmt: skip
+    assert servers.starts(B) == pytest.approx([j_b + 0.5 * n for n in range(60) if j_b + 0.5 * n < 30])  # fmt: skip
+    assert servers.starts(C) == pytest.approx([j_c + 3.0 * n for n in range(10) if j_c + 3.0 * n < 30])  # fmt: skip
+
+
+async def test_probes_start_on_time_and_the_meter_says_so(
+    servers: FakeServers, nursery: trio.Nursery, clock: object
+) -> None:
+    lateness: list[tuple[IPAddress, float]] = []
+    checker: Checker[str] = Checker(
+        probe=servers,
+        rng=random.Random(SEED),
+        on_start=lambda t, late: lateness.append((t[1], late)),
+    )
+    checker.set_targets({"a": (tcp(), A, 80), "b": (tcp(), B, 80)})
+    await nursery.start(checker.run)
+    await trio.sleep_until(10.0)
+    assert len(lateness) == len(servers.calls) == 10
+    assert [late for _, late in lateness] == [0.0] * 10
+
+
+async def test_set_targets_loses_and_doubles_no_probe(
+    checker: Checker[str], servers: FakeServers, nursery: trio.Nursery, clock: object
+) -> None:
+    """Reloads at every phase (before, during and after a probe, with other
+    targets coming and going) leave an unchanged target's grid alone."""
+    servers.duration = 0.5
+    kept: dict[str, Target] = {"a": (tcp(interval=1.0), A, 80)}
+    checker.set_targets(kept)
+    await nursery.start(checker.run)
+    [j] = jitters(1, 1.0)
+    for step in range(1, 40):
+        await trio.sleep_until(step * 0.37)
+        others: dict[str, Target] = {f"x{step}": (tcp(interval=1.0), C, 1000 + step)} if step % 2 else {}  # fmt: skip
+        checker.set_targets(kept | others)
+    await trio.sleep_until(15.0 + j - 0.25)  # the last probe has ended
+    assert servers.starts(A) == pytest.approx([j + n for n in range(15)])
+    assert checker.state("a").successes_in_row == 15
+
+
+async def test_a_target_added_later_gets_its_own_jitter_from_then(
+    checker: Checker[str], servers: FakeServers, nursery: trio.Nursery, clock: object
+) -> None:
+    checker.set_targets({"a": (tcp(), A, 80)})
+    await nursery.start(checker.run)
+    await trio.sleep_until(7.25)
+    checker.set_targets({"a": (tcp(), A, 80), "b": (tcp(), B, 80)})
+    assert checker.state("b").since == 7.25
+    await trio.sleep_until(12.0)
+    j_a, j_b = jitters(2, 2.0)
+    assert servers.starts(A) == pytest.approx([j_a + 2.0 * n for n in range(6)])
+    assert servers.starts(B) == pytest.approx([7.25 + j_b + 2.0 * n for n in range(3) if 7.25 + j_b + 2.0 * n < 12])  # fmt: skip
+
+
+async def test_late_starts_are_skipped_rather_than_piled_up(
+    servers: FakeServers, nursery: trio.Nursery, clock: object
+) -> None:
+    """One slot for three probes a second that take a second each: each
+    target is probed every third second or so, never twice to catch up, and
+    no start is later than the round it waited."""
+    servers.duration = 1.0
+    lateness: list[float] = []
+    checker: Checker[int] = Checker(
+        probe=servers, rng=random.Random(SEED), max_probes=1, on_start=lambda _, late: lateness.append(late)
+    )  # fmt: skip
+    addresses = [A, B, C]
+    checker.set_targets({i: (tcp(interval=1.0, timeout=1.0), a, 80) for i, a in enumerate(addresses)})  # fmt: skip
+    await nursery.start(checker.run)
+    await trio.sleep_until(60.0)
+    assert servers.most_running == 1
+    assert 57 <= len(servers.calls) <= 60  # the slot was never idle
+    for address in addresses:
+        starts = servers.starts(address)
+        assert 18 <= len(starts) <= 21
+        assert min(b - a for a, b in itertools.pairwise(starts)) >= 2.0
+    assert max(lateness) < 3.0
+
+
+async def test_concurrency_is_bounded_and_waiting_probes_start_as_slots_free(
+    servers: FakeServers, nursery: trio.Nursery, clock: object
+) -> None:
+    class NoJitter(random.Random):
+        def uniform(self, a: float, b: float) -> float:
+            return a
+
+    servers.duration = 0.5
+    lateness: list[float] = []
+    checker: Checker[int] = Checker(
+        probe=servers, rng=NoJitter(), max_probes=2, on_start=lambda _, late: lateness.append(late)
+    )
+    addresses = [ip_address(f"10.3.0.{i}") for i in range(1, 6)]
+    checker.set_targets({i: (tcp(interval=10.0, timeout=1.0), a, 80) for i, a in enumerate(addresses)})  # fmt: skip
+    await nursery.start(checker.run)
+    await trio.sleep_until(19.99)
+    assert servers.most_running == 2
+    # All due at 0 and 10: two at a time, the others as slots free, in the
+    # order they were added (trio starts the tasks of one instant in any order).
+    assert [t for t, _, _ in servers.calls] == [0, 0, 0.5, 0.5, 1.0, 10, 10, 10.5, 10.5, 11.0]
+    for first in (0, 5):
+        batch = servers.calls[first : first + 5]
+        assert [{a for _, a, _ in batch[i : i + 2]} for i in (0, 2, 4)] == [set(addresses[i : i + 2]) for i in (0, 2, 4)]  # fmt: skip
+    assert lateness == [0, 0, 0.5, 0.5, 1.0] * 2
+
+
+# -- one probe for each distinct (check, address, port) --------------------------------
+
+
+async def test_keys_with_the_same_target_share_one_probe_and_keep_their_own_state(
+    checker: Checker[str],
+    servers: FakeServers,
+    recorder: Recorder,
+    nursery: trio.Nursery,
+    clock: object,
+) -> None:
+    check = tcp(interval=2.0, rise=2, fall=3)
+    checker.set_targets({"web/a": (check, A, 80), "api/a": (check, A, 80)})
+    checker.adopt("api/a", ramp_start=-30.0)  # found in service in the kernel's table
+    servers.down.add(A)
+    await nursery.start(checker.run)
+    await trio.sleep_until(4.0)
+    [j] = jitters(1, 2.0)  # one probe, one draw
+    assert servers.starts(A) == pytest.approx([j, j + 2.0])
+    assert [k for k, _, _ in recorder.results] == ["web/a", "api/a"] * 2
+    # The same results, each key's own machine: a new key is down at its
+    # first failure, the adopted one needs `fall` failures in a row.
+    assert checker.state("web/a").status is Health.DOWN
+    assert checker.state("api/a").status is Health.UNKNOWN
+    assert checker.state("api/a").failures_in_row == 2
+    servers.down.clear()
+    await trio.sleep_until(10.0)
+    web, api = checker.state("web/a"), checker.state("api/a")
+    assert (web.status, api.status) == (Health.UP, Health.UP)
+    assert web.since == pytest.approx(j + 6.0)  # after rise = 2 successes
+    assert api.since == pytest.approx(j + 4.0)  # adopted and unknown: up at once
+    assert (web.ramp_start, api.ramp_start) == (pytest.approx(j + 6.0), -30.0)
+    assert len(servers.calls) == 5
+
+
+async def test_a_key_joining_a_shared_probe_keeps_its_schedule(
+    checker: Checker[str], servers: FakeServers, nursery: trio.Nursery, clock: object
+) -> None:
+    check = tcp(interval=2.0)
+    checker.set_targets({"web/a": (check, A, 80)})
+    await nursery.start(checker.run)
+    await trio.sleep_until(5.1)
+    checker.set_targets({"web/a": (check, A, 80), "api/a": (check, A, 80), "web/b": (check, B, 80)})  # fmt: skip
+    assert checker.state("api/a").since == 5.1
+    await trio.sleep_until(9.0)
+    checker.set_targets({"api/a": (check, A, 80)})  # the first key goes, the probe stays
+    await trio.sleep_until(16.0)
+    [j] = jitters(1, 2.0)
+    assert servers.starts(A) == pytest.approx([j + 2.0 * n for n in range(8)])
+    # Its own state, from when it joined: up at the first probe after that.
+    assert checker.state("api/a").since == pytest.approx(j + 4.0)
+    assert checker.state("api/a").successes_in_row == len([t for t in servers.starts(A) if t > 5.1])
+
+
+async def test_different_checks_of_one_server_are_probed_apart(
+    checker: Checker[str], servers: FakeServers, nursery: trio.Nursery, clock: object
+) -> None:
+    checker.set_targets({"fast": (tcp(interval=1.0), A, 80), "slow": (tcp(interval=4.0), A, 80), "other-port": (tcp(interval=1.0), A, 81)})  # fmt: skip
+    await nursery.start(checker.run)
+    await trio.sleep_until(8.0)
+    ports = [p for _, _, p in servers.calls]
+    assert ports.count(80) == 8 + 2
+    assert ports.count(81) == 8
+
+
+async def test_a_result_for_a_removed_target_is_dropped_even_if_it_comes_back(
+    checker: Checker[str],
+    servers: FakeServers,
+    recorder: Recorder,
+    nursery: trio.Nursery,
+    clock: object,
+) -> None:
+    """A TCP probe is not cancelled when its target goes: its result arrives
+    and must feed nobody, not even the same key added again meanwhile."""
+    servers.duration = 1.5
+    servers.down.add(A)
+    target: Target = (tcp(interval=2.0, timeout=2.0), A, 80)
+    checker.set_targets({"a": target})
+    [j, j_again] = jitters(2, 2.0)
+    await nursery.start(checker.run)
+    await trio.sleep_until(j + 0.5)
+    checker.set_targets({})
+    await trio.sleep_until(j + 1.0)
+    checker.set_targets({"a": target})  # a new schedule, drawn now
+    await trio.sleep_until(j + 1.6)  # the first probe's result has come and gone
+    assert recorder.results == []
+    assert checker.state("a").last is None
+    await trio.sleep_until(j + 1.0 + j_again + 1.6)
+    assert [(k, r.reason) for k, r, _ in recorder.results] == [("a", Reason.REFUSED)]
+    assert servers.starts(A) == pytest.approx([j, j + 1.0 + j_again])
+
+
+async def test_an_exec_probe_is_cancelled_when_its_target_goes(
+    checker: Checker[str],
+    servers: FakeServers,
+    recorder: Recorder,
+    nursery: trio.Nursery,
+    clock: object,
+) -> None:
+    servers.duration = 5.0
+    checker.set_targets({"a": (ExecCheck(("sleep", "5"), Timing(interval=10.0, timeout=6.0)), A, 0)})  # fmt: skip
+    [j] = jitters(1, 10.0)
+    await nursery.start(checker.run)
+    await trio.sleep_until(j + 1.0)
+    assert servers.running == 1
+    checker.set_targets({})
+    await trio.sleep(0.001)
+    assert servers.running == 0
+    await trio.sleep_until(30.0)
+    assert recorder.results == []
+    assert len(servers.calls) == 1
+
+
+async def test_a_probe_that_raises_is_a_failed_result(
+    recorder: Recorder, nursery: trio.Nursery, clock: object
+) -> None:
+    async def broken(check: Check, address: IPAddress, port: int) -> ProbeResult:
+        await trio.sleep(0.25)
+        raise ZeroDivisionError("division by zero")
+
+    checker: Checker[str] = Checker(probe=broken, rng=random.Random(SEED), on_result=recorder.on_result)  # fmt: skip
+    checker.set_targets({"a": (tcp(), A, 80)})
+    await nursery.start(checker.run)
+    await trio.sleep_until(5.0)
+    [(_, result, _), *_] = recorder.results
+    assert (result.ok, result.reason, result.detail, result.latency) == (
+        False, Reason.ERROR, "ZeroDivisionError: division by zero", pytest.approx(0.25),
+    )  # fmt: skip
+    assert len(recorder.results) == 2
+
+
+async def test_a_checker_runs_again_after_it_stopped(
+    checker: Checker[str], servers: FakeServers, clock: object
+) -> None:
+    checker.set_targets({"a": (tcp(), A, 80)})
+    for _ in range(2):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(checker.run)
+            await trio.sleep(4.0)
+            nursery.cancel_scope.cancel()
+    assert len(servers.calls) == 4
+    assert checker.state("a").successes_in_row == 4

@@ -1,0 +1,170 @@
+"""When each probe starts: due times on a steady grid, and a bound on how many run.
+
+Pure: no trio, no clock. The caller (the checker) passes the time in and
+starts the probes it is handed. Rules kept here:
+
+- A probe's starts lie on its grid `first + n * interval`: one that overran
+  its interval (or waited for a slot) skips the starts it missed rather than
+  shifting every later one (`next_start`).
+- At most `max_running` probes run at once, and of those at most `max_exec`
+  are commands. A command waiting for a command slot holds no other slot, so
+  that slow commands never starve the socket probes.
+- Probes that are due wait in order of due time (equal times: in the order
+  they were added), and start as slots free up.
+- A removed probe never starts again; if it is running, its slot is held
+  until `finished` is called for it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T", bound=Hashable)
+
+
+def next_start(previous: float, now: float, interval: float) -> float:
+    """The next probe start on the grid `previous + n * interval` (n >= 1)
+    that is not in the past: a probe that overran its interval skips the
+    starts it missed rather than shifting every later one. Seconds."""
+    upcoming = previous + interval
+    if upcoming >= now:
+        return upcoming
+    return upcoming + math.ceil((now - upcoming) / interval) * interval
+
+
+def first_start(now: float, interval: float, rng: random.Random) -> float:
+    """A new probe's first start: at random within one interval from `now`,
+    so that thousands of checks added at once do not fire together."""
+    return now + rng.uniform(0, interval)
+
+
+@dataclass(eq=False, slots=True)
+class _Entry(Generic[T]):
+    item: T
+    interval: float
+    is_exec: bool
+    due: float
+    running: bool = False
+    removed: bool = False
+
+
+class Schedule(Generic[T]):
+    """Probes by due time, with the bound on how many run at once.
+
+    `add` a probe with its first due time; `due(now)` hands back the probes to
+    start now, each with the time it was due; `finished(item, now)` frees its
+    slot, puts it back on its grid and hands back the waiting probes that may
+    start now. `next_due` is when to call `due` again.
+    """
+
+    def __init__(self, max_running: int, max_exec: int) -> None:
+        if max_running < 1 or max_exec < 1:
+            raise ValueError(
+                f"max_running and max_exec must be >= 1, got {max_running}, {max_exec}"
+            )
+        self.max_running = max_running
+        self.max_exec = max_exec
+        self.running = 0
+        self.running_exec = 0
+        self._entries: dict[T, _Entry[T]] = {}
+        self._leaving: dict[T, _Entry[T]] = {}  # removed while running
+        self._heap: list[tuple[float, int, _Entry[T]]] = []
+        self._sequence = 0
+        self._waiting: deque[_Entry[T]] = deque()
+        self._waiting_exec: deque[_Entry[T]] = deque()
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, item: T, due: float, interval: float, *, is_exec: bool = False) -> None:
+        """Start `item` at `due`, then every `interval` seconds."""
+        if item in self._entries or item in self._leaving:
+            raise ValueError(f"{item!r} is already scheduled")
+        entry = _Entry(item, interval, is_exec, due)
+        self._entries[item] = entry
+        self._push(entry)
+
+    def remove(self, item: T) -> None:
+        """Never start `item` again (a no-op for an unknown item). A running
+        item keeps its slot until `finished`."""
+        entry = self._entries.pop(item, None)
+        if entry is not None:
+            entry.removed = True
+            if entry.running:
+                self._leaving[item] = entry
+
+    def next_due(self) -> float:
+        """When the earliest scheduled probe is due (inf when none is)."""
+        heap = self._heap
+        while heap and heap[0][2].removed:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else math.inf
+
+    def due(self, now: float) -> list[tuple[T, float]]:
+        """The probes to start now, with the time each was due; they count
+        as running until `finished`."""
+        self._collect(now)
+        return self._admit()
+
+    def finished(self, item: T, now: float) -> list[tuple[T, float]]:
+        """`item`, started by `due` or `finished`, ended at `now`: its next
+        start is the next point of its grid not in the past (none if it was
+        removed). Returns the waiting probes that may start now. Raises
+        ValueError for an item that is not running."""
+        entry = self._entries.get(item) or self._leaving.pop(item, None)
+        if entry is None or not entry.running:
+            raise ValueError(f"{item!r} is not running")
+        self._release(entry)
+        if not entry.removed:
+            entry.due = next_start(entry.due, now, entry.interval)
+            self._push(entry)
+        self._collect(now)
+        return self._admit()
+
+    def _collect(self, now: float) -> None:
+        """Move what is due by `now` from the heap to the waiting queues."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)[2]
+            if not entry.removed:
+                (self._waiting_exec if entry.is_exec else self._waiting).append(entry)
+
+    def _release(self, entry: _Entry[T]) -> None:
+        entry.running = False
+        self.running -= 1
+        if entry.is_exec:
+            self.running_exec -= 1
+
+    def _push(self, entry: _Entry[T]) -> None:
+        self._sequence += 1
+        heapq.heappush(self._heap, (entry.due, self._sequence, entry))
+
+    def _admit(self) -> list[tuple[T, float]]:
+        started: list[tuple[T, float]] = []
+        waiting, waiting_exec = self._waiting, self._waiting_exec
+        while self.running < self.max_running:
+            while waiting and waiting[0].removed:
+                waiting.popleft()
+            while waiting_exec and waiting_exec[0].removed:
+                waiting_exec.popleft()
+            exec_may_run = bool(waiting_exec) and self.running_exec < self.max_exec
+            if waiting and not (exec_may_run and waiting_exec[0].due < waiting[0].due):
+                entry = waiting.popleft()
+            elif exec_may_run:
+                entry = waiting_exec.popleft()
+                self.running_exec += 1
+            else:
+                break
+            entry.running = True
+            self.running += 1
+            started.append((entry.item, entry.due))
+        return started

@@ -1,0 +1,139 @@
+"""The pure probe schedule: due times on a grid, the bound on running probes."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from director.health.schedule import Schedule, first_start, next_start
+
+
+@pytest.mark.parametrize(
+    ("previous", "now", "expected"),
+    [(10.0, 10.3, 12.0), (10.0, 12.0, 12.0), (10.0, 12.5, 14.0), (10.0, 16.0, 16.0), (10.0, 16.1, 18.0)],
+)  # fmt: skip
+def test_next_start_stays_on_the_grid(previous: float, now: float, expected: float) -> None:
+    assert next_start(previous, now, 2.0) == expected
+
+
+def test_first_start_is_within_one_interval_and_follows_the_generator() -> None:
+    starts = [first_start(100.0, 2.0, random.Random(7)) for _ in range(3)]
+    assert starts[0] == starts[1] == starts[2] == 100.0 + random.Random(7).uniform(0, 2.0)
+    rng = random.Random(8)
+    assert all(100.0 <= first_start(100.0, 2.0, rng) <= 102.0 for _ in range(1000))
+
+
+def test_probes_start_when_due_in_order_of_due_time() -> None:
+    schedule: Schedule[str] = Schedule(max_running=10, max_exec=2)
+    schedule.add("b", 0.7, 2.0)
+    schedule.add("a", 0.2, 2.0)
+    schedule.add("c", 1.5, 2.0)
+    assert schedule.next_due() == 0.2
+    assert schedule.due(0.1) == []
+    assert schedule.due(0.9) == [("a", 0.2), ("b", 0.7)]
+    assert schedule.next_due() == 1.5
+    assert schedule.running == 2
+
+
+def test_a_finished_probe_goes_back_on_its_grid() -> None:
+    schedule: Schedule[str] = Schedule(max_running=10, max_exec=2)
+    schedule.add("a", 0.5, 2.0)
+    assert schedule.due(0.5) == [("a", 0.5)]
+    assert schedule.next_due() == math.inf  # running: not scheduled
+    assert schedule.finished("a", 0.8) == []
+    assert schedule.next_due() == 2.5
+    assert schedule.due(2.5) == [("a", 2.5)]
+    schedule.finished("a", 7.0)  # overran: 4.5 and 6.5 are skipped
+    assert schedule.next_due() == 8.5
+    assert schedule.running == 0
+
+
+def test_no_more_than_max_running_and_the_rest_wait_in_order() -> None:
+    schedule: Schedule[str] = Schedule(max_running=2, max_exec=2)
+    for name, due in [("a", 0.1), ("b", 0.2), ("c", 0.3), ("d", 0.4)]:
+        schedule.add(name, due, 1.0)
+    assert schedule.due(0.5) == [("a", 0.1), ("b", 0.2)]
+    assert schedule.running == 2
+    # A slot that frees goes to the one due first; its start is late by 0.8.
+    assert schedule.finished("b", 0.9) == [("c", 0.3)]
+    assert schedule.finished("a", 1.0) == [("d", 0.4)]
+    assert schedule.running == 2
+    # "a" and "b" are due again (1.1, 1.2) while the slots are taken.
+    assert schedule.due(1.3) == []
+    assert schedule.finished("c", 1.4) == [("a", 1.1)]
+
+
+def test_late_starts_are_skipped_not_piled_up() -> None:
+    """One slot, three probes every second, each taking a second: each probe
+    waits once per round, and never runs twice in a row to catch up."""
+    schedule: Schedule[str] = Schedule(max_running=1, max_exec=1)
+    for name, due in [("a", 0.0), ("b", 0.1), ("c", 0.2)]:
+        schedule.add(name, due, 1.0)
+    starts: list[tuple[str, float, float]] = []  # (name, due, started)
+    running = schedule.due(0.3)
+    now = 0.3
+    for _ in range(12):
+        [(name, due)] = running
+        starts.append((name, due, now))
+        now += 1.0
+        running = schedule.finished(name, now)
+    assert [s[0] for s in starts] == ["a", "b", "c"] * 4
+    lateness = [started - due for _, due, started in starts]
+    assert max(lateness) < 3.0  # at most one round behind, whatever the run length
+    assert lateness[-3:] == pytest.approx(lateness[-6:-3])  # steady, not growing
+
+
+def test_exec_probes_waiting_for_their_bound_hold_no_socket_slot() -> None:
+    schedule: Schedule[str] = Schedule(max_running=3, max_exec=1)
+    schedule.add("exec1", 0.1, 1.0, is_exec=True)
+    schedule.add("exec2", 0.2, 1.0, is_exec=True)
+    schedule.add("tcp1", 0.3, 1.0)
+    schedule.add("tcp2", 0.4, 1.0)
+    assert schedule.due(0.5) == [("exec1", 0.1), ("tcp1", 0.3), ("tcp2", 0.4)]
+    assert (schedule.running, schedule.running_exec) == (3, 1)
+    assert schedule.finished("tcp1", 0.6) == []  # exec2 waits for exec1, not for a socket slot
+    assert schedule.finished("exec1", 0.7) == [("exec2", 0.2)]
+
+
+def test_a_removed_probe_never_starts_again() -> None:
+    schedule: Schedule[str] = Schedule(max_running=1, max_exec=1)
+    schedule.add("a", 0.1, 1.0)
+    schedule.add("b", 0.2, 1.0)
+    schedule.add("c", 0.3, 1.0)
+    assert schedule.due(0.5) == [("a", 0.1)]  # b and c wait
+    schedule.remove("b")  # waiting
+    schedule.remove("a")  # running: keeps its slot until it ends
+    assert "a" not in schedule and "b" not in schedule and len(schedule) == 1
+    assert schedule.due(0.6) == []
+    assert schedule.finished("a", 0.7) == [("c", 0.3)]
+    assert schedule.finished("c", 0.8) == []
+    assert schedule.due(100.0) == [("c", 1.3)]  # late: due on its grid, not when asked
+    schedule.remove("c")
+    schedule.remove("unknown")
+    assert schedule.next_due() == math.inf
+
+
+def test_a_removed_probe_can_come_back_under_a_new_schedule() -> None:
+    schedule: Schedule[str] = Schedule(max_running=5, max_exec=1)
+    schedule.add("a", 0.1, 1.0)
+    schedule.remove("a")
+    schedule.add("a", 0.5, 1.0)
+    assert schedule.next_due() == 0.5
+    assert schedule.due(2.0) == [("a", 0.5)]  # once, not for the removed entry too
+
+
+def test_misuse_is_refused() -> None:
+    schedule: Schedule[str] = Schedule(max_running=1, max_exec=1)
+    schedule.add("a", 0.1, 1.0)
+    with pytest.raises(ValueError, match="'a' is already scheduled"):
+        schedule.add("a", 0.2, 1.0)
+    with pytest.raises(ValueError, match="'a' is not running"):
+        schedule.finished("a", 1.0)
+    schedule.due(0.1)
+    schedule.remove("a")
+    with pytest.raises(ValueError, match="'a' is already scheduled"):
+        schedule.add("a", 0.2, 1.0)  # still running under its old schedule
+    with pytest.raises(ValueError, match="max_running and max_exec must be >= 1"):
+        Schedule(max_running=0, max_exec=1)
