@@ -258,7 +258,9 @@ class Checker(Generic[K]):
         assert schedule is not None
         result: ProbeResult | None = None
         try:
-            if isinstance(probe.target[0], TcpCheck):
+            if not probe.slots:
+                pass  # its target went after it was handed out
+            elif isinstance(probe.target[0], TcpCheck):
                 # Not cancelled when its target goes: a TCP probe holds one
                 # socket until its timeout at most, and a cancel scope for
                 # each of 10,000 probes a second costs more than that.
