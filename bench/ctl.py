@@ -374,9 +374,11 @@ def restore_ipvsadm(text: str) -> float:
 def restore_directorctl(
     args: argparse.Namespace, text: str, timing: TcpTiming, workdir: Path, round_: int
 ) -> dict[str, float]:
+    # A stop that had to kill the previous daemon may have left its table.
+    run_checked([IPVSADM, "-C"])
     daemon = Directord([], timing, workdir / f"restore-{round_}")
     try:
-        daemon.start(timeout=120)
+        daemon.start(timeout=300)
         sock = daemon.workdir / "director.sock"
         client = clients(daemon.workdir, sock)[args.restore_client]
         seconds, out, err, status = timed([*client, "-R"], text.encode())
@@ -398,6 +400,7 @@ def restore_directorctl(
         return split
     finally:
         daemon.stop()
+        run_checked([IPVSADM, "-C"])
 
 
 def run_checked(argv: Sequence[str]) -> None:
