@@ -1,0 +1,87 @@
+"""The controller over a threaded kernel table, as in the daemon: a -R's
+lines run in a worker thread, one hop for each run of changes, with the
+listings between them answered in order. Real time, no autojump clock (a
+worker thread and a virtual clock do not mix); nothing here waits on time."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Sequence
+
+import trio
+
+from director.config import parse_config
+from director.control.handler import Controller
+from director.control.messages import Peer, Request, Response
+from director.engine import Director
+from director.health.result import ProbeResult
+from director.health.spec import Check
+from director.ipvs.memory import MemoryBackend
+from director.ipvs.model import IPAddress, Protocol, ServiceKey
+from director.ipvs.ops import Operation
+from director.kernel import KernelTable
+
+ROOT = Peer(uid=0, gid=0, pid=4242, may_change=True)
+CONFIG = """
+[daemon]
+reconcile_interval = 60.0
+[control]
+runtime_check = { type = "tcp", interval = 60.0, timeout = 1.0, rise = 1, fall = 1 }
+"""
+
+
+class Threads(MemoryBackend):
+    """Records the thread of every apply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def apply(self, operations: Sequence[Operation]) -> None:
+        self.threads.append(threading.get_ident())
+        super().apply(operations)
+
+
+async def never(check: Check, address: IPAddress, port: int) -> ProbeResult:
+    await trio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+async def restore(backend: MemoryBackend, text: str) -> Response:
+    director = Director(
+        parse_config(CONFIG), KernelTable(backend), probe=never, rng=random.Random(1)
+    )
+    controller = Controller(director, reads=KernelTable(backend))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        response = await controller.handle(Request(argv=("-R",), args={"stdin": text}), ROOT)
+        nursery.cancel_scope.cancel()
+    return response
+
+
+async def test_restore_lines_run_in_one_worker_thread_off_the_event_loop() -> None:
+    backend = Threads()
+    text = "".join(
+        f"-A -t 10.0.0.{i}:80 -s wrr\n-a -t 10.0.0.{i}:80 -r 10.0.1.{i}:80 -m -w 2\n"
+        for i in range(1, 21)
+    )
+    text += "-A -t 10.0.0.1:80 -s wrr\n"
+    response = await restore(backend, text)
+    assert response == Response(255, "", "Service already exists\n")
+    assert {e.service.key for e in backend.services()} == {
+        ServiceKey.inet(Protocol.TCP, f"10.0.0.{i}", 80) for i in range(1, 21)
+    }
+    probes = backend.threads[:20]  # the -A lines' kernel probes, then the commit's pass
+    assert len(set(probes)) == 1
+    assert probes[0] != threading.get_ident()
+
+
+async def test_a_listing_inside_a_restore_answers_between_the_lines_around_it() -> None:
+    text = (
+        "-A -t 10.0.0.1:80 -s rr\n-A -u 10.0.0.9:53 -s rr\n-S -n\n-A -t 10.0.0.2:80 -s rr\n-S -n\n"
+    )
+    response = await restore(Threads(), text)
+    first = "-A -t 10.0.0.1:80 -s rr\n-A -u 10.0.0.9:53 -s rr\n"
+    second = "-A -t 10.0.0.1:80 -s rr\n-A -t 10.0.0.2:80 -s rr\n-A -u 10.0.0.9:53 -s rr\n"
+    assert response == Response(0, first + second, "")
