@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import select
+import signal
 import time
 import tracemalloc
 from ipaddress import ip_address
@@ -11,7 +13,9 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from structlog.testing import capture_logs
 
+import director.health.probes.command as command_module
 from director.health.probes import probe, probe_exec
 from director.health.probes.command import (
     MAX_STDERR,
@@ -280,3 +284,52 @@ async def test_exec_as_a_user_that_no_longer_exists_is_an_error() -> None:
     check = ExecCheck(("true",), Timing(timeout=30.0), user="no-such-user-here")
     result = await probe(check, HERE, 80)
     assert (result.ok, result.reason, result.detail) == (False, Reason.ERROR, "no user 'no-such-user-here'")  # fmt: skip
+
+
+# -- a command that outlives SIGKILL (issue 7 leftover) -------------------------------------
+
+
+async def test_a_command_that_outlives_sigkill_is_left_to_the_reaper(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A process in uninterruptible sleep (state D) ignores SIGKILL until the
+    # kernel lets it go; a kill that does nothing stands in for one here.
+    monkeypatch.setattr(command_module, "_kill_group", lambda pgid: None)
+    monkeypatch.setattr(command_module, "KILL_WAIT", 0.05)  # real seconds
+    reaper = command_module.Reaper()
+    monkeypatch.setattr(command_module, "REAPER", reaper)
+    with capture_logs() as logs:
+        first = await run("sleep", "3600", within=2.0)
+        second = await run("sleep", "3600", within=2.0)
+    pids = []
+    for result in (first, second):
+        assert (result.ok, result.reason, result.latency) == (False, Reason.TIMEOUT, 2.0)
+        match = re.fullmatch(
+            r"no verdict within 2 s; pid (\d+) still running 0.05 s after SIGKILL"
+            r" \(stuck in the kernel\?\), left to a reaper",
+            result.detail,
+        )
+        assert match, result.detail
+        pids.append(int(match[1]))
+    # Logged once, at the first.
+    assert [(e["event"], e["pid"], e["taken"]) for e in logs] == [("exec_check_unkillable", pids[0], 1)]  # fmt: skip
+    assert (reaper.taken, reaper.waiting) == (2, 2)
+
+    # When the kernel lets them go, the reaper reaps them: no zombie is left.
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10.0
+    while reaper.waiting and time.monotonic() < deadline:
+        await trio.lowlevel.checkpoint()
+    assert reaper.waiting == 0
+    assert not [pid for pid in pids if _in_proc(pid)]
+
+
+def _in_proc(pid: int) -> bool:
+    """Whether `pid` exists, even as a zombie (one left unreaped)."""
+    return os.path.exists(f"/proc/{pid}")
+
+
+@pytest.mark.parametrize(("n", "power"), [(1, True), (10, True), (1000, True), (2, False), (20, False), (11, False)])  # fmt: skip
+def test_reaper_logs_at_powers_of_ten(n: int, power: bool) -> None:
+    assert command_module._is_power_of_ten(n) is power

@@ -8,6 +8,12 @@ tails are kept (MAX_STDOUT, MAX_STDERR), so a command printing forever
 neither grows memory nor blocks on a full pipe. With dynamic_weight, the last
 line of its standard output sets the weight.
 
+A killed command is waited for KILL_WAIT seconds at most: one stuck in the
+kernel (state D, an NFS server gone) outlives SIGKILL until the kernel lets
+it go. The probe then fails, saying so, and the process is left to a reaper
+task that waits for it (no zombie is left once it exits); it is logged as
+`exec_check_unkillable` at the 1st, 10th, 100th... such process.
+
 It runs with the daemon's environment less the variables systemd gives the
 daemon alone (the notify socket, the watchdog, socket activation), as the
 daemon's user unless `user` names another one: then with that user's uid,
@@ -20,6 +26,7 @@ import contextlib
 import os
 import pwd
 import re
+import select
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -27,6 +34,7 @@ from typing import Any
 
 import trio
 
+from director import log
 from director.health.probes.attempt import probe_attempt
 from director.health.result import ProbeResult, Reason
 from director.health.spec import ExecCheck
@@ -36,6 +44,7 @@ from director.ipvs.model import IPAddress
 MAX_STDOUT = 64 << 10  # bytes of standard output kept: the end, with the weight line
 MAX_STDERR = 4 << 10  # bytes of standard error kept: the end, for the failure's detail
 READ_SIZE = 64 << 10
+KILL_WAIT = 3.0  # seconds a killed command may take to exit before it is left to the reaper
 # sd_notify(3), sd_watchdog_enabled(3), sd_listen_fds(3): meant for the daemon only.
 SYSTEMD_ONLY = frozenset(
     {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
@@ -106,31 +115,46 @@ class Tail:
         return bytes(self._data)
 
 
+@dataclass
+class _Run:
+    """What one run of a command leaves: the tails of its output, and the pid
+    of a process that outlived SIGKILL by KILL_WAIT (left to the reaper)."""
+
+    stdout: Tail
+    stderr: Tail
+    left_to_reaper: int | None = None
+
+
 async def probe_exec(check: ExecCheck, address: IPAddress, port: int) -> ProbeResult:
-    stdout, stderr = Tail(MAX_STDOUT), Tail(MAX_STDERR)
+    run = _Run(Tail(MAX_STDOUT), Tail(MAX_STDERR))
     with probe_attempt(check.timing.timeout) as attempt:
         try:
             identity = Identity.of(check.user) if check.user is not None else None
         except UnknownUser as e:
             attempt.fail(Reason.ERROR, str(e))
             return attempt.result
-        returncode = await _run(check.command, identity, stdout, stderr)
+        returncode = await _run(check.command, identity, run)
         if returncode != 0:
-            attempt.fail(Reason.EXIT_STATUS, _describe_failure(returncode, bytes(stderr)))
+            attempt.fail(Reason.EXIT_STATUS, _describe_failure(returncode, bytes(run.stderr)))
         elif check.dynamic_weight:
-            weight, detail = weight_from_output(bytes(stdout))
+            weight, detail = weight_from_output(bytes(run.stdout))
             attempt.succeed(weight=weight, detail=detail)
         else:
             attempt.succeed(detail="exit 0")
-    return attempt.result
+    result = attempt.result
+    if run.left_to_reaper is not None:
+        detail = (
+            f"{result.detail}; pid {run.left_to_reaper} still running {KILL_WAIT:g} s"
+            " after SIGKILL (stuck in the kernel?), left to a reaper"
+        )
+        return ProbeResult.failure(result.reason, result.latency, detail)
+    return result
 
 
-async def _run(
-    command: tuple[str, ...], identity: Identity | None, stdout: Tail, stderr: Tail
-) -> int:
-    """Run `command` to its exit, keeping the tails of its output; the exit
-    status (negative: killed by that signal). On cancellation the group is
-    killed first."""
+async def _run(command: tuple[str, ...], identity: Identity | None, run: _Run) -> int:
+    """Run `command` to its exit, keeping the tails of its output in `run`;
+    the exit status (negative: killed by that signal). On cancellation the
+    group is killed first."""
     # Opened outside the nursery: a command that cannot start (ENOENT, EACCES)
     # raises its OSError as such, for probe_attempt, not in an exception group.
     process = await trio.lowlevel.open_process(
@@ -145,8 +169,8 @@ async def _run(
     try:
         async with trio.open_nursery() as nursery:
             assert process.stdout is not None and process.stderr is not None
-            nursery.start_soon(_keep_tail, process.stdout, stdout)
-            nursery.start_soon(_keep_tail, process.stderr, stderr)
+            nursery.start_soon(_keep_tail, process.stdout, run.stdout)
+            nursery.start_soon(_keep_tail, process.stderr, run.stderr)
             await process.wait()
             # What the command left behind must not keep the pipes open.
             _kill_group(process.pid)
@@ -156,9 +180,84 @@ async def _run(
             for stream in (process.stdout, process.stderr):
                 if stream is not None:
                     await stream.aclose()
-            await process.wait()  # prompt after SIGKILL (unless stuck in the kernel)
+            # In real time, in a worker thread: how long the kernel takes
+            # to end a process has nothing to do with trio's clock.
+            if process.poll() is None and not await trio.to_thread.run_sync(
+                _exits_within, process.pid, KILL_WAIT
+            ):
+                run.left_to_reaper = process.pid
+                REAPER.take(process, command)
+            else:
+                await process.wait()
     assert process.returncode is not None
     return process.returncode
+
+
+class Reaper:
+    """Waits, in trio system tasks, for commands that outlived SIGKILL, so
+    that each is reaped whenever the kernel lets it exit; counts them and
+    logs the 1st, 10th, 100th... The daemon has one (REAPER)."""
+
+    def __init__(self) -> None:
+        self.taken = 0  # processes handed over since start
+        self.waiting = 0  # of which not exited yet
+
+    def take(self, process: trio.Process, command: tuple[str, ...]) -> None:
+        self.taken += 1
+        self.waiting += 1
+        if _is_power_of_ten(self.taken):
+            log.get("probe").warning(
+                "exec_check_unkillable",
+                pid=process.pid,
+                command=" ".join(command)[:200],
+                state=_process_state(process.pid),
+                kill_wait=KILL_WAIT,
+                taken=self.taken,
+                waiting=self.waiting,
+            )
+        trio.lowlevel.spawn_system_task(self._reap, process, name=f"reap pid {process.pid}")
+
+    async def _reap(self, process: trio.Process) -> None:
+        try:
+            await process.wait()
+        except Exception as exc:  # a system task must not raise: it would end the run
+            log.get("probe").error("exec_reap_failed", pid=process.pid, error=repr(exc))
+        finally:
+            self.waiting -= 1
+
+
+REAPER = Reaper()
+
+
+def _exits_within(pid: int, seconds: float) -> bool:
+    """Whether our child `pid` exits within `seconds` (it stays a zombie, for
+    Process.wait to reap). Blocks: for a worker thread."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        # poll, not select: the daemon's descriptors go past FD_SETSIZE (1024).
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)  # readable once it exits: pidfd_open(2)
+        return bool(poller.poll(seconds * 1000))
+    finally:
+        os.close(pidfd)
+
+
+def _is_power_of_ten(n: int) -> bool:
+    while n % 10 == 0:
+        n //= 10
+    return n == 1
+
+
+def _process_state(pid: int) -> str:
+    """The state letter of proc(5)'s /proc/PID/stat (D: uninterruptible sleep)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
 
 
 async def _keep_tail(stream: trio.abc.ReceiveStream, tail: Tail) -> None:
