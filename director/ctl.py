@@ -303,9 +303,7 @@ def _check_config(words: list[str]) -> int:
     except ConfigError as e:
         _write(2, f"{e}\n")
         return 1
-    services = len(config.virtual_servers)
-    servers = sum(len(vs.real_servers) for vs in config.virtual_servers)
-    _write(1, f"{words[0]}: OK, {services} virtual services, {servers} real servers\n")
+    _write(1, f"{words[0]}: OK, {config.counts()}\n")
     return 0
 
 

@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.config}: {line}", file=sys.stderr)
         return 1
     if args.check:
-        print(f"{args.config}: ok ({len(config.virtual_servers)} virtual servers)")
+        print(f"{args.config}: OK, {config.counts()}")
         return 0
     json = {"auto": None, "json": True, "console": False}[args.log_format]
     log.configure(args.log_level or config.daemon.log_level.value, json=json)

@@ -183,3 +183,14 @@ class Config:
 
     def real_server_ids(self) -> list[RealServerId]:
         return [vs.real_server_id(rs) for vs in self.virtual_servers for rs in vs.real_servers]
+
+    def counts(self) -> str:
+        """ "1 virtual service, 4 real servers": what `directord --check` and
+        `directorctl check-config` say of a valid file."""
+        services = len(self.virtual_servers)
+        servers = sum(len(vs.real_servers) for vs in self.virtual_servers)
+        return f"{_plural(services, 'virtual service')}, {_plural(servers, 'real server')}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

@@ -500,7 +500,7 @@ class Controller:
                 return Response(USAGE, "", 'director: check-config needs "text" or "path"\n')
         except ConfigError as error:
             return Response(1, "", "".join(f"{source}: {e}\n" for e in error.errors))
-        return Response(0, f"{source}: ok ({len(config.virtual_servers)} virtual servers)\n")
+        return Response(0, f"{source}: OK, {config.counts()}\n")
 
 
 class _Work:

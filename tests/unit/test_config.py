@@ -999,3 +999,22 @@ def test_a_control_socket_path_longer_than_a_socket_takes_is_refused() -> None:
         f"control.socket: longer than a socket path may be (107 bytes): '{path}'"
     )
     assert parse_config(f'[control]\nsocket = "{path[: 107 - 5 - 5]}.sock"\ngroup = "root"\n')
+
+
+@pytest.mark.parametrize(
+    ("text", "counts"),
+    [
+        ("", "0 virtual services, 0 real servers"),
+        (VS, "1 virtual service, 0 real servers"),
+        (VS + 'real_server = [{ address = "10.0.0.2:80" }]\n', "1 virtual service, 1 real server"),
+        (
+            VS
+            + 'real_server = [{ address = "10.0.0.2:80" }, { address = "10.0.0.3:80" }]\n'
+            + VS.replace("10.0.0.1", "10.0.0.9"),
+            "2 virtual services, 2 real servers",
+        ),
+    ],
+)
+def test_config_counts_are_pluralised(text: str, counts: str) -> None:
+    # What directord --check and directorctl check-config print after "OK, ".
+    assert parse_config(text, "test.toml", NO_MODULES).counts() == counts

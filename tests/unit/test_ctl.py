@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -225,6 +226,23 @@ async def test_check_config_runs_locally(sock_dir: str) -> None:
     assert result.returncode == 1
     assert result.stdout == b""
     assert result.stderr.decode().startswith(f"{bad}: ")
+
+
+async def test_check_config_says_what_directord_check_says() -> None:
+    good = f"{REPO}/conf/director.toml"
+    ctl = await directorctl("check-config", good)
+    daemon = await trio.run_process(
+        [sys.executable, "-m", "director.daemon", "--config", good, "--check"],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        cwd=REPO,
+    )
+    assert (ctl.returncode, daemon.returncode) == (0, 0), (ctl.stderr, daemon.stderr)
+    assert ctl.stdout == daemon.stdout
+    assert re.fullmatch(
+        rf"{re.escape(good)}: OK, \d+ virtual services?, \d+ real servers?\n", ctl.stdout.decode()
+    )
 
 
 def test_importing_ctl_loads_nothing_heavy() -> None:

@@ -384,7 +384,7 @@ async def test_unknown_command_and_check_config(
         unknown = await r.command("frobnicate")
         assert unknown.status == 2 and "unknown command 'frobnicate'" in unknown.stderr
         assert await r.command("check-config", READER, text=CONFIG, source="x.toml") == Response(
-            0, "x.toml: ok (1 virtual servers)\n"
+            0, "x.toml: OK, 1 virtual service, 1 real server\n"
         )
         bad = await r.command("check-config", READER, text="[daemon]\nbogus = 1\n", source="y")
         assert bad.status == 1 and bad.stderr.startswith("y: ")
