@@ -75,6 +75,20 @@ class Verdict:
         return self.reason is None
 
 
+@dataclass
+class Ignored:
+    """Datagrams ignored in one probe: how many, and why the first was (a
+    count, not a list: a flood of them must not grow memory)."""
+
+    count: int = 0
+    first: str = ""
+
+    def add(self, why: str) -> None:
+        if not self.count:
+            self.first = why
+        self.count += 1
+
+
 @functools.lru_cache(maxsize=1024)
 def query_template(name: str, rdtype: str) -> tuple[dns.message.Message, bytes]:
     """The query for `name` and `rdtype` (a valid name and a type mnemonic, as
@@ -158,7 +172,7 @@ async def probe_dns(check: DnsCheck, address: IPAddress, port: int) -> ProbeResu
     query, template = query_template(check.query_name, check.query_type)
     query_id = secrets.randbits(16)
     wire = with_id(template, query_id)
-    ignored: list[str] = []
+    ignored = Ignored()
     with probe_attempt(check.timing.timeout) as attempt:
         if check.transport == "tcp":
             verdict = await _exchange_tcp(check, query, query_id, wire, address, port)
@@ -169,9 +183,9 @@ async def probe_dns(check: DnsCheck, address: IPAddress, port: int) -> ProbeResu
         elif verdict.reason is not None:
             attempt.fail(verdict.reason, verdict.detail)
     result = attempt.result
-    if ignored and result.reason is Reason.TIMEOUT:
-        more = f" and {len(ignored) - 1} more" if len(ignored) > 1 else ""
-        detail = f"{result.detail}; ignored {ignored[0]}{more}"
+    if ignored.count and result.reason is Reason.TIMEOUT:
+        more = f" and {ignored.count - 1} more" if ignored.count > 1 else ""
+        detail = f"{result.detail}; ignored {ignored.first}{more}"
         return ProbeResult.failure(Reason.TIMEOUT, result.latency, detail)
     return result
 
@@ -183,7 +197,7 @@ async def _exchange_udp(
     wire: bytes,
     address: IPAddress,
     port: int,
-    ignored: list[str],
+    ignored: Ignored,
 ) -> Verdict:
     """Send the query from a connected socket and read datagrams until one is
     a reply to it (the others go to `ignored`), or an ICMP error comes."""
@@ -208,7 +222,7 @@ async def _exchange_udp(
             verdict = judge(check, query, query_id, data)
             if not verdict.ignored:
                 return verdict
-            ignored.append(verdict.detail)
+            ignored.add(verdict.detail)
 
 
 async def _exchange_tcp(
