@@ -157,8 +157,12 @@ def _answer_problem(check: DnsCheck, reply: dns.message.Message) -> str | None:
 def _summary(message: dns.message.Message) -> str:
     kind = "response" if message.flags & dns.flags.QR else "query"
     opcode = dns.opcode.to_text(message.opcode())
-    question = ", ".join(f"{q.name} {dns.rdatatype.to_text(q.rdtype)}" for q in message.question)
-    return f"{kind} {opcode} {question or 'without question'}"
+    if not message.question:
+        return f"{kind} {opcode} without question"
+    first = message.question[0]
+    more = f" and {len(message.question) - 1} more" if len(message.question) > 1 else ""
+    question = f"{first.name.to_text()[:100]} {dns.rdatatype.to_text(first.rdtype)}"
+    return f"{kind} {opcode} {question}{more}"
 
 
 def _describe(exc: BaseException) -> str:
