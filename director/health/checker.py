@@ -47,7 +47,7 @@ K = TypeVar("K", bound=Hashable)
 
 Target = tuple[Check, IPAddress, int]
 
-_MAX_IDLE_WORKERS = 64  # beyond that, a worker with nothing to do ends
+_MAX_IDLE_WORKERS = 256  # beyond that, a worker with nothing to do ends
 
 __all__ = ["Checker", "Target", "default_max_probes", "next_start", "validate_target"]
 
@@ -271,7 +271,11 @@ class Checker(Generic[K]):
         finally:
             probe.cancel_scope = None
             following = self._hand_out(schedule.finished(probe, trio.current_time()), keep=True)
-            self._wake_by(schedule.next_due())
+            # Later too: under load, the workers start what is due as their
+            # probes end, and the scheduler need not wake (each wake-up by a
+            # deadline costs trio an exception).
+            if self._sleep is not None:
+                self._sleep.deadline = schedule.next_due()
         if result is not None:
             self._record(probe, result)
         return following
