@@ -1,31 +1,49 @@
 """HTTP(S) check: the server is up when it answers with an expected status
 (and, when asked, a body matching a regex).
 
-Every probe has a client and a connection of its own, closed after the answer:
-many checks hold no idle sockets, and thousands of probes in flight do not
-queue in one shared connection pool (whose bookkeeping grows with the number
-of requests in it). What is costly to build, the TLS contexts, is shared
-through `TlsContexts`.
+One exchange per probe, on a connection of its own (`Connection: close`),
+spoken by h11 (httpx's HTTP/1.1 engine) straight over a non-blocking socket:
+a literal address needs no name resolution and one address no happy-eyeballs
+race, and a health check needs no client, pool or proxy logic. HTTPS runs
+through `trio.SSLStream`; the contexts and the last TLS session of each
+(settings, address, port, server name) are shared through `TlsContexts`, so
+that a server that allows it resumes the session instead of a full handshake.
+Building a context (loading the trust store: tens of milliseconds) happens in
+a worker thread before the probe's clock starts, never inside a probe's time.
 
 What a server sends is bounded before anything decodes it. The probe asks for
 `Accept-Encoding: identity` and never decompresses: the body is read raw
 (a lying `Content-Encoding` or a decompression bomb is just bytes), at most
-MAX_BODY of it, and only when `expect_body` needs it. The header section is
-buffered by h11, which refuses one that stays incomplete past httpcore's
-MAX_INCOMPLETE_EVENT_SIZE (100 KiB, plus at most one 64 KiB read); a header
-section above MAX_HEADER is then a bad reply. Whatever trickles is cut by the
-probe's timeout.
+MAX_BODY of it, and only when `expect_body` needs it. h11 buffers the header
+section and refuses one that stays incomplete past MAX_INCOMPLETE_EVENT
+(httpcore's limit, 100 KiB) plus at most one READ_SIZE read; a complete header
+section above MAX_HEADER is a bad reply. Whatever trickles is cut by the
+probe's timeout. Redirects are not followed: a 3xx is a status like any other.
+
+`expect_body` is searched by the `regex` module (the syntax of `re`) in a
+worker thread that does not hold the GIL while it matches, with the probe's
+remaining time as the search's own timeout: a pattern that backtracks
+catastrophically on a hostile body fails its probe with a timeout and blocks
+neither the event loop nor other probes. Such a search keeps its thread (one
+of at most SEARCH_THREADS) until `regex` gives up, which it does some time
+after that timeout (measured: up to 3x later).
 """
 
 from __future__ import annotations
 
-import re
+import email.message
+import errno
+import os
+import socket
 import ssl
+from collections.abc import Iterable
+from dataclasses import replace
 
-import httpx
+import h11
+import regex  # type: ignore[import-untyped]  # no stubs in the venv; the calls below are few
 import trio
 
-from director.health.probes.attempt import probe_attempt
+from director.health.probes.attempt import Attempt, probe_attempt
 from director.health.probes.tls import TlsContexts, TlsSettings, TlsSetupError
 from director.health.result import ProbeResult, Reason
 from director.health.spec import HttpCheck, host_problem
@@ -35,75 +53,84 @@ MAX_BODY = 1 << 20  # bytes of raw body searched for expect_body
 # Bytes of header fields (names, values, ": " and CRLF): HAProxy relays no more
 # than its tune.bufsize (16 KiB) and nginx than proxy_buffer_size (4 or 8 KiB).
 MAX_HEADER = 32 << 10
+# An incomplete event (status line and header section, a chunk header) h11
+# buffers before it refuses the reply: httpcore's h11 limit, as before.
+MAX_INCOMPLETE_EVENT = 100 << 10
+READ_SIZE = 64 << 10
+SEARCH_THREADS = 2  # expect_body searches at once, per trio run
 USER_AGENT = "director-health-check"
-_NO_KEEPALIVE = httpx.Limits(max_connections=None, max_keepalive_connections=0)
-_CLIENT_HEADERS = {
-    "Connection": "close",
-    "User-Agent": USER_AGENT,
-    "Accept-Encoding": "identity",  # a health check never needs compression
-}
+_DEFAULT_PORT = {False: 80, True: 443}
+_EMPTY_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # sent with Content-Length: 0
+_DISCONNECTED = "Server disconnected without sending a response."
 
-__all__ = ["MAX_BODY", "MAX_HEADER", "TlsContexts", "probe_http", "read_raw_body", "url_for"]
+__all__ = [
+    "MAX_BODY",
+    "MAX_HEADER",
+    "TlsContexts",
+    "decode_body",
+    "probe_http",
+    "request_for",
+    "url_for",
+]
 
 
 async def probe_http(
     check: HttpCheck, address: IPAddress, port: int, tls: TlsContexts | None = None
 ) -> ProbeResult:
+    """One HTTP(S) exchange with `address`:`port` (the check's own address and
+    port when set). Never raises for anything the server or the network does:
+    see attempt.py for the reasons; a reply h11 refuses is BAD_REPLY."""
     address = check.address or address
     port = check.port if check.port is not None else port
-    headers: dict[str, str] = {}
-    extensions: dict[str, str] = {}
     if check.host is not None:
         problem = host_problem(check.host)
         if problem is not None:
             return ProbeResult.failure(Reason.ERROR, 0.0, f"host {check.host!r}: {problem}")
-        headers["Host"] = f"[{check.host}]" if ":" in check.host else check.host
-        if check.tls:
-            # Python's ssl sends no SNI for an IP literal; it then checks the
-            # certificate's IP addresses instead of its names.
-            extensions["sni_hostname"] = check.host.removesuffix(".")
-    with probe_attempt(check.timing.timeout) as attempt:
+    try:
+        request = request_for(check, address, port)
+    except h11.LocalProtocolError as e:
+        return ProbeResult.failure(Reason.ERROR, 0.0, f"request: {e}")
+    context: ssl.SSLContext | None = None
+    if check.tls:
+        tls = tls or TlsContexts()
         try:
-            context = (tls or TlsContexts()).get(TlsSettings.of(check))
+            context = await tls.prepare(TlsSettings.of(check))  # off the probe's clock
         except TlsSetupError as e:
-            attempt.fail(Reason.ERROR, f"tls: {e}")
-            return attempt.result
-        async with (
-            _new_client(context) as client,
-            client.stream(
-                check.method, url_for(check, address, port), headers=headers, extensions=extensions
-            ) as response,
-        ):
-            status = response.status_code
-            header_size = sum(len(name) + len(value) + 4 for name, value in response.headers.raw)
-            if header_size > MAX_HEADER:
-                detail = (
-                    f"status {status}, {header_size} bytes of header fields (limit {MAX_HEADER})"
-                )
-                attempt.fail(Reason.BAD_REPLY, detail)
-            elif not any(status in expected for expected in check.expect_status):
-                attempt.fail(Reason.BAD_STATUS, f"status {status}")
-            elif check.expect_body is None:
-                attempt.succeed(detail=f"status {status}")
-            else:
-                body = await read_raw_body(response, MAX_BODY)
-                if re.search(check.expect_body, decode_body(body, response.charset_encoding)):
-                    attempt.succeed(detail=f"status {status}")
-                else:
-                    detail = f"status {status}, body does not match {check.expect_body!r}"
-                    attempt.fail(Reason.BAD_BODY, detail)
-    return attempt.result
+            return ProbeResult.failure(Reason.ERROR, 0.0, f"tls: {e}")
+    exchange = _Exchange(check, address, port, request, context, tls)
+    try:
+        with probe_attempt(check.timing.timeout) as attempt:
+            await exchange.run(attempt)
+    finally:
+        await exchange.close(attempt.started + check.timing.timeout)
+    result = attempt.result
+    if result.reason is Reason.TIMEOUT and exchange.searching:
+        detail = f"{result.detail}: expect_body {check.expect_body!r} still searching the body"
+        result = replace(result, detail=detail)
+    return result
 
 
-def _new_client(context: ssl.SSLContext) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        verify=context,
-        trust_env=False,  # no proxies, no netrc: probe the server itself
-        timeout=None,  # the probe's own deadline bounds it
-        follow_redirects=False,
-        limits=_NO_KEEPALIVE,
-        headers=_CLIENT_HEADERS,
-    )
+def request_for(check: HttpCheck, address: IPAddress, port: int) -> h11.Request:
+    """The request a probe sends, as httpx sent it: Host is the check's host
+    (bracketed when an IPv6 literal, without a port) or the address with the
+    port unless it is the scheme's default; raises h11.LocalProtocolError for
+    a method or path HTTP cannot carry."""
+    if check.host is not None:
+        host = f"[{check.host}]" if ":" in check.host else check.host
+    elif port == _DEFAULT_PORT[check.tls]:
+        host = f"[{address}]" if address.version == 6 else str(address)
+    else:
+        host = endpoint(address, port)
+    headers = [
+        ("Host", host),
+        ("Accept", "*/*"),
+        ("Accept-Encoding", "identity"),  # a health check never needs compression
+        ("Connection", "close"),
+        ("User-Agent", USER_AGENT),
+    ]
+    if check.method.upper() in _EMPTY_BODY_METHODS:
+        headers.append(("Content-Length", "0"))
+    return h11.Request(method=check.method, target=check.path, headers=headers)
 
 
 def url_for(check: HttpCheck, address: IPAddress, port: int) -> str:
@@ -111,19 +138,205 @@ def url_for(check: HttpCheck, address: IPAddress, port: int) -> str:
     return f"{scheme}://{endpoint(address, port)}{check.path}"
 
 
-async def read_raw_body(response: httpx.Response, limit: int) -> bytes:
-    """At most `limit` bytes of the body as sent (no content decoding); the
-    rest is never read (the connection is closed after the probe)."""
+class _Exchange:
+    """One request and its answer, judged into an Attempt; the connection
+    stays open until `close`, outside the probe's time."""
+
+    def __init__(
+        self,
+        check: HttpCheck,
+        address: IPAddress,
+        port: int,
+        request: h11.Request,
+        context: ssl.SSLContext | None,
+        tls: TlsContexts | None,
+    ) -> None:
+        self.check, self.address, self.port = check, address, port
+        self.request, self.context, self.tls = request, context, tls
+        self.server_name = check.host.removesuffix(".") if check.host else str(address)
+        self.stream: trio.abc.Stream | None = None
+        self.answered = False  # a whole response head came back
+        self.searching = False  # inside the expect_body search
+
+    async def run(self, attempt: Attempt) -> None:
+        self.stream = await _connect(self.address, self.port)
+        if self.context is not None:
+            self.stream = self._secure(self.stream, self.context)
+        try:
+            await self._converse(self.stream, attempt)
+        except h11.RemoteProtocolError as e:
+            attempt.fail(Reason.BAD_REPLY, str(e) or _DISCONNECTED)
+
+    async def close(self, deadline: float) -> None:
+        """Close the connection; after a TLS exchange that was answered, keep
+        its session and send a close_notify first (OpenSSL marks the session
+        of a connection freed without one not resumable), by `deadline`."""
+        stream = self.stream
+        if stream is None:
+            return
+        try:
+            if isinstance(stream, trio.SSLStream) and self.answered:
+                self._keep_session(stream)
+                with trio.move_on_at(deadline):
+                    await stream.aclose()
+        except (trio.BrokenResourceError, OSError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    def _secure(self, stream: trio.abc.Stream, context: ssl.SSLContext) -> trio.abc.Stream:
+        # Python's ssl sends no SNI for an IP literal; it then checks the
+        # certificate's IP addresses instead of its names.
+        secure = trio.SSLStream(stream, context, server_hostname=self.server_name)
+        assert self.tls is not None
+        session = self.tls.session(context, self.address, self.port, self.server_name)
+        if session is not None:
+            secure.session = session
+        return secure
+
+    def _keep_session(self, stream: trio.SSLStream[trio.abc.Stream]) -> None:
+        assert self.tls is not None and self.context is not None
+        session = stream.session
+        if isinstance(session, ssl.SSLSession):
+            self.tls.keep_session(self.context, self.address, self.port, self.server_name, session)  # fmt: skip
+
+    async def _converse(self, stream: trio.abc.Stream, attempt: Attempt) -> None:
+        check = self.check
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_INCOMPLETE_EVENT)
+        await stream.send_all(conn.send(self.request) + (conn.send(h11.EndOfMessage()) or b""))
+        response = await _response(conn, stream)
+        self.answered = True
+        status = response.status_code
+        header_size = sum(len(name) + len(value) + 4 for name, value in response.headers)
+        if header_size > MAX_HEADER:
+            detail = f"status {status}, {header_size} bytes of header fields (limit {MAX_HEADER})"
+            attempt.fail(Reason.BAD_REPLY, detail)
+        elif not any(status in expected for expected in check.expect_status):
+            attempt.fail(Reason.BAD_STATUS, f"status {status}")
+        elif check.expect_body is None:
+            attempt.succeed(detail=f"status {status}")
+        else:
+            body = await read_raw_body(conn, stream, MAX_BODY)
+            charset = charset_of(response.headers)
+            self.searching = True  # left set when the probe's deadline cuts the search
+            try:
+                matched = await search_body(check.expect_body, body, charset, attempt)
+            except regex.error as e:
+                attempt.fail(Reason.ERROR, f"expect_body {check.expect_body!r}: {e}")
+                return
+            except TimeoutError:
+                detail = f"expect_body {check.expect_body!r} still searching the body"
+                attempt.fail(Reason.TIMEOUT, f"no verdict within {attempt.timeout:g} s: {detail}")
+                return
+            self.searching = False
+            if matched:
+                attempt.succeed(detail=f"status {status}")
+            else:
+                detail = f"status {status}, body does not match {check.expect_body!r}"
+                attempt.fail(Reason.BAD_BODY, detail)
+
+
+async def _connect(address: IPAddress, port: int) -> _Connection:
+    """A TCP connection to a literal address: one non-blocking connect, no
+    name resolution, no happy-eyeballs nursery. Raises OSError."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    try:
+        error = sock.connect_ex((str(address), port))
+        if error == errno.EINPROGRESS:
+            await trio.lowlevel.wait_writable(sock)
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            raise OSError(error, os.strerror(error))
+    except BaseException:
+        sock.close()
+        raise
+    return _Connection(sock)
+
+
+class _Connection(trio.abc.Stream):
+    """A connected non-blocking socket as the least of a trio Stream that a
+    probe (and `trio.SSLStream` over it) needs: no conflict detection (one
+    task uses it), no Nagle tuning (one write per request), OSError as is
+    (attempt.py names it). A third of the Python calls of `trio.SocketStream`
+    over `trio.socket`, per probe."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.socket = sock
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.socket.send(view) :]
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self.socket)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.wait_writable(self.socket)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.wait_readable(self.socket)
+        return self.socket.recv(max_bytes or READ_SIZE)
+
+    async def aclose(self) -> None:
+        if self.socket.fileno() != -1:
+            trio.lowlevel.notify_closing(self.socket)
+            self.socket.close()
+        await trio.lowlevel.checkpoint()
+
+
+async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> object:
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        data = bytes(await stream.receive_some(READ_SIZE))
+        if not data and conn.their_state is h11.SEND_RESPONSE:
+            # h11 would say "can't handle event type ConnectionClosed when
+            # role=SERVER and state=SEND_RESPONSE"; httpcore says this.
+            raise h11.RemoteProtocolError(_DISCONNECTED)
+        conn.receive_data(data)
+
+
+async def _response(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Response:
+    """The final response (1xx before it are skipped, as httpcore does, except
+    101); raises h11.RemoteProtocolError."""
+    while True:
+        event = await _next_event(conn, stream)
+        if isinstance(event, h11.Response):
+            return event
+        if isinstance(event, h11.InformationalResponse):
+            if event.status_code == 101:
+                return h11.Response(status_code=101, headers=event.headers, reason=event.reason)
+            continue
+        raise h11.RemoteProtocolError(_DISCONNECTED)
+
+
+async def read_raw_body(conn: h11.Connection, stream: trio.abc.Stream, limit: int) -> bytes:
+    """At most `limit` bytes of the body as sent, after the transfer coding
+    (chunks) but with no content decoding; the rest is never read. Raises
+    h11.RemoteProtocolError for a body that ends early or is badly framed."""
     body = bytearray()
-    # Stop by cancelling the read in progress rather than by leaving the loop:
-    # the cancellation runs through httpx's and httpcore's nested generators
-    # and finishes them, where a break would leave them to the collector.
-    with trio.CancelScope() as reading:
-        async for chunk in response.aiter_raw():
-            body += chunk[: limit - len(body)]
-            if len(body) >= limit:
-                reading.cancel()
+    while len(body) < limit:
+        event = await _next_event(conn, stream)
+        if isinstance(event, h11.Data):
+            body += event.data[: limit - len(body)]
+        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+            break
     return bytes(body)
+
+
+def charset_of(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The charset parameter of Content-Type, as httpx reads it (the email
+    package's parser), or None."""
+    for name, value in headers:
+        if name == b"content-type":
+            message = email.message.Message()
+            message["content-type"] = value.decode("latin-1")
+            charset = message.get_content_charset(failobj=None)
+            return charset if isinstance(charset, str) else None
+    return None
 
 
 def decode_body(body: bytes, charset: str | None) -> str:
@@ -136,3 +349,27 @@ def decode_body(body: bytes, charset: str | None) -> str:
         except (LookupError, ValueError, TypeError):
             pass
     return body.decode("utf-8", "replace")
+
+
+_SEARCH_LIMITER: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("http_search")
+
+
+async def search_body(pattern: str, body: bytes, charset: str | None, attempt: Attempt) -> bool:
+    """Whether `pattern` is found in the decoded body, decided in a worker
+    thread (one of SEARCH_THREADS) that matches without the GIL and gives up
+    after the attempt's remaining time (raising TimeoutError); cancelling the
+    probe abandons the thread. Raises regex.error for a bad pattern."""
+    try:
+        limiter = _SEARCH_LIMITER.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(SEARCH_THREADS)
+        _SEARCH_LIMITER.set(limiter)
+    remaining = max(attempt.timeout - attempt.elapsed(), 0.001)
+    return await trio.to_thread.run_sync(
+        _search, pattern, body, charset, remaining, abandon_on_cancel=True, limiter=limiter
+    )
+
+
+def _search(pattern: str, body: bytes, charset: str | None, timeout: float) -> bool:
+    text = decode_body(body, charset)
+    return regex.search(pattern, text, concurrent=True, timeout=timeout) is not None

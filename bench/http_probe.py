@@ -1,0 +1,230 @@
+"""CPU per HTTP(S) probe: the prober alone, against a responder in other processes.
+
+    .venv/bin/python bench/http_probe.py [--probes 3000] [--concurrency 1]
+        [--old-tree /tmp/http-before] [--kinds http,https,https-no-reuse]
+
+For each kind of probe, and for each source tree (this checkout, and with
+--old-tree another one, e.g. `git worktree add /tmp/http-before <commit>`),
+a fresh interpreter imports `director` from that tree, runs WARMUP probes, then
+`--probes` probes of one `HttpCheck` (GET /, expect 200, no body check) through
+one `Prober`, `--concurrency` at a time, against 127.0.0.1, and reports the
+CPU time of its process (user + system, all threads) divided by the probes,
+and the wall time per probe. Every probe must pass, or the run aborts.
+
+Kinds: `http`; `https` (TLS 1.3, the server sends session tickets, so a
+client may resume); `https-no-reuse` (the server sends none: every handshake
+is a full one). For the TLS kinds the responder counts the handshakes that
+resumed a session.
+
+The responder is WORKERS forked processes on one listening socket, each a
+blocking accept loop that reads the request head and answers
+`200 OK` with `Content-Length: 0` and `Connection: close`; it runs in other
+processes, so its CPU is not counted. Host figures only: Python in the VM is
+about 6x slower. For a comparison with keepalived's HTTP_GET in one VM boot,
+import `measure` (one kind, one tree, in this process) or run this file inside
+`tests/vm/run.py`; keepalived's CPU per check comes from its own run against
+the same responder (`serve`), e.g. through bench/keepalived.py's config writer
+and bench/common.py's process meters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+KINDS = ("http", "https", "https-no-reuse")
+WARMUP = 200
+WORKERS = 2
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+@dataclass(frozen=True)
+class Figures:
+    kind: str
+    probes: int
+    cpu_us: float  # CPU of the probing process per probe, microseconds
+    wall_us: float  # wall time per probe (with `concurrency` in flight)
+    resumed: int  # TLS handshakes that resumed a session (server's count)
+
+
+# -- the responder -------------------------------------------------------------
+
+
+def _certificate(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", "/CN=bench.test", "-keyout", str(key), "-out", str(cert),
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def _worker(listener: socket.socket, context: ssl.SSLContext | None, resumed: object) -> None:
+    while True:
+        conn, _ = listener.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            if context is not None:
+                conn = context.wrap_socket(conn, server_side=True)
+                if conn.session_reused:  # type: ignore[attr-defined]
+                    with resumed.get_lock():  # type: ignore[attr-defined]
+                        resumed.value += 1  # type: ignore[attr-defined]
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                head += data
+            conn.sendall(ANSWER)
+            if isinstance(conn, ssl.SSLSocket):
+                conn.unwrap()  # close_notify both ways, as a polite server does
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            conn.close()
+
+
+@contextmanager
+def serve(kind: str, certificate: tuple[Path, Path]) -> Iterator[tuple[int, object]]:
+    """A responder for `kind` on 127.0.0.1: yields its port and its shared
+    count of resumed handshakes (a multiprocessing.Value)."""
+    context = None
+    if kind != "http":
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*certificate)
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        if kind == "https-no-reuse":
+            context.num_tickets = 0
+    listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    resumed = multiprocessing.Value("l", 0)
+    workers = [
+        multiprocessing.Process(target=_worker, args=(listener, context, resumed), daemon=True)
+        for _ in range(WORKERS)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        yield listener.getsockname()[1], resumed
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.join()
+        listener.close()
+
+
+# -- the prober ----------------------------------------------------------------
+
+
+def measure(kind: str, port: int, probes: int, concurrency: int = 1) -> tuple[float, float]:
+    """CPU and wall seconds of `probes` probes of `kind` to 127.0.0.1:`port`
+    through one Prober of the `director` on sys.path, after WARMUP of them."""
+    from ipaddress import IPv4Address
+
+    import trio
+
+    from director.health.probes import Prober
+    from director.health.spec import HttpCheck, Timing
+
+    check = HttpCheck(tls=kind != "http", verify_tls=False, timing=Timing(timeout=5.0))
+    address = IPv4Address("127.0.0.1")
+
+    async def run() -> tuple[float, float]:
+        prober = Prober()
+
+        async def worker(count: int) -> None:
+            for _ in range(count):
+                result = await prober(check, address, port)
+                if not result.ok:
+                    raise SystemExit(f"probe failed: {result}")
+
+        await worker(WARMUP)
+        cpu, wall = time.process_time(), time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for i in range(concurrency):
+                nursery.start_soon(worker, probes // concurrency + (i < probes % concurrency))
+        return time.process_time() - cpu, time.perf_counter() - wall
+
+    return trio.run(run)
+
+
+def _child(kind: str, port: int, probes: int, concurrency: int) -> None:
+    cpu, wall = measure(kind, port, probes, concurrency)
+    print(json.dumps({"cpu": cpu, "wall": wall}))
+
+
+def run_tree(
+    tree: Path, kind: str, port: int, probes: int, concurrency: int
+) -> tuple[float, float]:
+    """`measure` in a fresh interpreter that imports `director` from `tree`."""
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    argv = [sys.executable, str(Path(__file__).resolve()), "--child", kind, str(port)]
+    argv += ["--probes", str(probes), "--concurrency", str(concurrency)]
+    done = subprocess.run(argv, env=env, cwd=tree, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{tree} {kind}: {done.stderr or done.stdout}")
+    figures = json.loads(done.stdout.splitlines()[-1])
+    return figures["cpu"], figures["wall"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--probes", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="rows are medians of rounds")
+    parser.add_argument("--old-tree", type=Path, help="another checkout to compare with")
+    parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "PORT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child[0], int(args.child[1]), args.probes, args.concurrency)
+        return
+    trees = [("new", REPO)] + ([("old", args.old_tree.resolve())] if args.old_tree else [])
+    print(
+        f"{args.probes} probes per round, {args.concurrency} at a time, after {WARMUP} of"
+        f" warm-up; medians of {args.rounds} rounds, the trees taking turns"
+    )
+    print(f"{'kind':<16} {'tree':<4} {'CPU/probe':>11} {'wall/probe':>11} {'resumed':>11}")
+    with tempfile.TemporaryDirectory() as directory:
+        certificate = _certificate(Path(directory))
+        for kind in args.kinds.split(","):
+            rounds: dict[str, list[tuple[float, float, int]]] = {name: [] for name, _ in trees}
+            for _ in range(args.rounds):
+                for name, tree in trees:
+                    with serve(kind, certificate) as (port, resumed):
+                        cpu, wall = run_tree(tree, kind, port, args.probes, args.concurrency)
+                        rounds[name].append((cpu, wall, resumed.value))  # type: ignore[attr-defined]
+            for name, _ in trees:
+                figures = Figures(
+                    kind,
+                    args.probes,
+                    statistics.median(cpu for cpu, _, _ in rounds[name]) / args.probes * 1e6,
+                    statistics.median(wall for _, wall, _ in rounds[name]) / args.probes * 1e6,
+                    min(count for _, _, count in rounds[name]),
+                )
+                total = args.probes + WARMUP
+                shown = f"{figures.resumed}/{total}" if kind != "http" else "-"
+                print(
+                    f"{kind:<16} {name:<4} {figures.cpu_us:>8.0f} µs"
+                    f" {figures.wall_us:>8.0f} µs {shown:>11}",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
