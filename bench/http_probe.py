@@ -13,7 +13,8 @@ and the wall time per probe. Every probe must pass, or the run aborts.
 
 Kinds: `http`; `https` (TLS 1.3, the server sends session tickets, so a
 client may resume); `https-no-reuse` (the server sends none: every handshake
-is a full one). For the TLS kinds the responder counts the handshakes that
+is a full one). HTTPS probes verify the server's certificate (an ECDSA P-256
+one, made for the run) against it as `ca_file`, as a production check does. For the TLS kinds the responder counts the handshakes that
 resumed a session.
 
 The responder is WORKERS forked processes on one listening socket, each a
@@ -131,9 +132,12 @@ def serve(kind: str, certificate: tuple[Path, Path]) -> Iterator[tuple[int, obje
 # -- the prober ----------------------------------------------------------------
 
 
-def measure(kind: str, port: int, probes: int, concurrency: int = 1) -> tuple[float, float]:
+def measure(
+    kind: str, port: int, probes: int, concurrency: int = 1, ca_file: str | None = None
+) -> tuple[float, float]:
     """CPU and wall seconds of `probes` probes of `kind` to 127.0.0.1:`port`
-    through one Prober of the `director` on sys.path, after WARMUP of them."""
+    through one Prober of the `director` on sys.path, after WARMUP of them.
+    HTTPS verifies the server's certificate against `ca_file` when given."""
     from ipaddress import IPv4Address
 
     import trio
@@ -141,7 +145,8 @@ def measure(kind: str, port: int, probes: int, concurrency: int = 1) -> tuple[fl
     from director.health.probes import Prober
     from director.health.spec import HttpCheck, Timing
 
-    check = HttpCheck(tls=kind != "http", verify_tls=False, timing=Timing(timeout=5.0))
+    tls = kind != "http"
+    check = HttpCheck(tls=tls, verify_tls=ca_file is not None, ca_file=ca_file, timing=Timing(timeout=5.0))  # fmt: skip
     address = IPv4Address("127.0.0.1")
 
     async def run() -> tuple[float, float]:
@@ -163,17 +168,17 @@ def measure(kind: str, port: int, probes: int, concurrency: int = 1) -> tuple[fl
     return trio.run(run)
 
 
-def _child(kind: str, port: int, probes: int, concurrency: int) -> None:
-    cpu, wall = measure(kind, port, probes, concurrency)
+def _child(kind: str, port: int, probes: int, concurrency: int, ca_file: str) -> None:
+    cpu, wall = measure(kind, port, probes, concurrency, ca_file)
     print(json.dumps({"cpu": cpu, "wall": wall}))
 
 
 def run_tree(
-    tree: Path, kind: str, port: int, probes: int, concurrency: int
+    tree: Path, kind: str, port: int, probes: int, concurrency: int, ca_file: Path
 ) -> tuple[float, float]:
     """`measure` in a fresh interpreter that imports `director` from `tree`."""
     env = dict(os.environ, PYTHONPATH=str(tree))
-    argv = [sys.executable, str(Path(__file__).resolve()), "--child", kind, str(port)]
+    argv = [sys.executable, str(Path(__file__).resolve()), "--child", kind, str(port), str(ca_file)]
     argv += ["--probes", str(probes), "--concurrency", str(concurrency)]
     done = subprocess.run(argv, env=env, cwd=tree, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -189,10 +194,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rows are medians of rounds")
     parser.add_argument("--old-tree", type=Path, help="another checkout to compare with")
     parser.add_argument("--kinds", default=",".join(KINDS))
-    parser.add_argument("--child", nargs=2, metavar=("KIND", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, metavar=("KIND", "PORT", "CA"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _child(args.child[0], int(args.child[1]), args.probes, args.concurrency)
+        _child(args.child[0], int(args.child[1]), args.probes, args.concurrency, args.child[2])
         return
     trees = [("new", REPO)] + ([("old", args.old_tree.resolve())] if args.old_tree else [])
     print(
@@ -207,7 +212,9 @@ def main() -> None:
             for _ in range(args.rounds):
                 for name, tree in trees:
                     with serve(kind, certificate) as (port, resumed):
-                        cpu, wall = run_tree(tree, kind, port, args.probes, args.concurrency)
+                        cpu, wall = run_tree(
+                            tree, kind, port, args.probes, args.concurrency, certificate[0]
+                        )
                         rounds[name].append((cpu, wall, resumed.value))  # type: ignore[attr-defined]
             for name, _ in trees:
                 figures = Figures(

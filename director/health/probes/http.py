@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import email.message
 import errno
+import functools
 import os
 import socket
 import ssl
@@ -87,7 +88,7 @@ async def probe_http(
         if problem is not None:
             return ProbeResult.failure(Reason.ERROR, 0.0, f"host {check.host!r}: {problem}")
     try:
-        request = request_for(check, address, port)
+        request = _request(check, address, port)
     except h11.LocalProtocolError as e:
         return ProbeResult.failure(Reason.ERROR, 0.0, f"request: {e}")
     context: ssl.SSLContext | None = None
@@ -133,6 +134,11 @@ def request_for(check: HttpCheck, address: IPAddress, port: int) -> h11.Request:
     return h11.Request(method=check.method, target=check.path, headers=headers)
 
 
+# A probe's request depends only on (check, address, port): built and
+# validated by h11 once, not at every probe (about 14 us of the host's CPU).
+_request = functools.lru_cache(maxsize=16384)(request_for)
+
+
 def url_for(check: HttpCheck, address: IPAddress, port: int) -> str:
     scheme = "https" if check.tls else "http"
     return f"{scheme}://{endpoint(address, port)}{check.path}"
@@ -154,14 +160,15 @@ class _Exchange:
         self.check, self.address, self.port = check, address, port
         self.request, self.context, self.tls = request, context, tls
         self.server_name = check.host.removesuffix(".") if check.host else str(address)
-        self.stream: trio.abc.Stream | None = None
+        self.connection: _Connection | None = None
+        self.stream: trio.abc.Stream | None = None  # the connection, or TLS over it
         self.answered = False  # a whole response head came back
         self.searching = False  # inside the expect_body search
 
     async def run(self, attempt: Attempt) -> None:
-        self.stream = await _connect(self.address, self.port)
+        self.stream = self.connection = await _connect(self.address, self.port)
         if self.context is not None:
-            self.stream = self._secure(self.stream, self.context)
+            self.stream = self._secure(self.connection, self.context)
         try:
             await self._converse(self.stream, attempt)
         except h11.RemoteProtocolError as e:
@@ -171,18 +178,17 @@ class _Exchange:
         """Close the connection; after a TLS exchange that was answered, keep
         its session and send a close_notify first (OpenSSL marks the session
         of a connection freed without one not resumable), by `deadline`."""
-        stream = self.stream
-        if stream is None:
+        if self.connection is None:
             return
         try:
-            if isinstance(stream, trio.SSLStream) and self.answered:
-                self._keep_session(stream)
+            if isinstance(self.stream, trio.SSLStream) and self.answered:
+                self._keep_session(self.stream)
                 with trio.move_on_at(deadline):
-                    await stream.aclose()
+                    await self.stream.aclose()
         except (trio.BrokenResourceError, OSError):
             pass
         finally:
-            await trio.aclose_forcefully(stream)
+            self.connection.close()
 
     def _secure(self, stream: trio.abc.Stream, context: ssl.SSLContext) -> trio.abc.Stream:
         # Python's ssl sends no SNI for an IP literal; it then checks the
@@ -279,10 +285,13 @@ class _Connection(trio.abc.Stream):
         await trio.lowlevel.wait_readable(self.socket)
         return self.socket.recv(max_bytes or READ_SIZE)
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         if self.socket.fileno() != -1:
             trio.lowlevel.notify_closing(self.socket)
             self.socket.close()
+
+    async def aclose(self) -> None:
+        self.close()
         await trio.lowlevel.checkpoint()
 
 
