@@ -393,7 +393,7 @@ def restore_directorctl(
         split = {"directorctl -R": seconds, "daemon answer": answer}
         time.sleep(0.5)  # the daemon's log is written by a thread of its own
         for event in daemon.events("control_restore_timing")[:1]:
-            for part in ("parse", "changes", "commit"):
+            for part in ("parse", "wait", "changes", "commit"):
                 value = event.get(part)
                 if isinstance(value, int | float):
                     split[f"daemon: {part}"] = float(value)
