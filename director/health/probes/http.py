@@ -176,8 +176,10 @@ class _Exchange:
 
     async def close(self, deadline: float) -> None:
         """Close the connection; after a TLS exchange that was answered, keep
-        its session and send a close_notify first (OpenSSL marks the session
-        of a connection freed without one not resumable), by `deadline`."""
+        its session and send a close_notify first, by `deadline` (a server
+        then sees a clean end; and OpenSSL marks the session of a connection
+        freed without one not resumable, which matters wherever Python does
+        not copy the session it hands out)."""
         if self.connection is None:
             return
         try:
@@ -201,7 +203,14 @@ class _Exchange:
         return secure
 
     def _keep_session(self, stream: trio.SSLStream[trio.abc.Stream]) -> None:
+        # CPython copies a session through its DER form both ways (getting
+        # and setting it: about 300 us of the host's CPU each, the peer's
+        # certificate parsed again), so one that resumed is kept as it is: a
+        # server that no longer takes it gets a full handshake, and then a
+        # new session is kept.
         assert self.tls is not None and self.context is not None
+        if stream.session_reused:
+            return
         session = stream.session
         if isinstance(session, ssl.SSLSession):
             self.tls.keep_session(self.context, self.address, self.port, self.server_name, session)  # fmt: skip
