@@ -247,14 +247,23 @@ async def test_informational_responses_are_skipped(
     assert (result.ok, result.detail) == (True, "status 200")
 
 
-async def test_a_path_http_cannot_carry_is_an_error(
+def test_paths_are_quoted_as_httpx_quoted_them() -> None:
+    # The config takes these (test_config_checks); the old httpx probe sent
+    # them quoted, and so does this one.
+    quoted = {"/a b": b"/a%20b", "/ä": b"/%C3%A4", "/%zz": b"/%zz", "/[x]": b"/[x]", "/a?b=c d": b"/a?b=c%20d"}  # fmt: skip
+    for path, target in quoted.items():
+        assert request_for(HttpCheck(path=path), HERE, 80).target == target
+    assert request_for(HttpCheck(method="head"), HERE, 80).method == b"HEAD"
+
+
+async def test_a_method_http_cannot_carry_is_an_error(
     raw_server: Callable[[RawBehaviour], Awaitable[int]],
 ) -> None:
     async def never(stream: trio.SocketStream) -> None:
         raise AssertionError("no request should come")
 
     port = await raw_server(never)
-    result = await Prober()(HttpCheck(path="/a b"), HERE, port)
+    result = await Prober()(HttpCheck(method="GET X"), HERE, port)
     assert (result.ok, result.reason) == (False, Reason.ERROR)
     assert result.detail.startswith("request: "), result.detail
 

@@ -41,6 +41,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 import h11
+import httpx
 import regex  # type: ignore[import-untyped]  # no stubs in the venv; the calls below are few
 import trio
 
@@ -89,7 +90,7 @@ async def probe_http(
             return ProbeResult.failure(Reason.ERROR, 0.0, f"host {check.host!r}: {problem}")
     try:
         request = _request(check, address, port)
-    except h11.LocalProtocolError as e:
+    except (h11.LocalProtocolError, httpx.InvalidURL) as e:
         return ProbeResult.failure(Reason.ERROR, 0.0, f"request: {e}")
     context: ssl.SSLContext | None = None
     if check.tls:
@@ -112,10 +113,12 @@ async def probe_http(
 
 
 def request_for(check: HttpCheck, address: IPAddress, port: int) -> h11.Request:
-    """The request a probe sends, as httpx sent it: Host is the check's host
-    (bracketed when an IPv6 literal, without a port) or the address with the
-    port unless it is the scheme's default; raises h11.LocalProtocolError for
-    a method or path HTTP cannot carry."""
+    """The request a probe sends, as httpx sent it: the method in capitals,
+    the path quoted by httpx's URL (a space as %20, non-ASCII as UTF-8
+    escapes, a fragment left out), Host the check's host (bracketed when an
+    IPv6 literal, without a port) or the address with the port unless it is
+    the scheme's default; raises h11.LocalProtocolError for a method or path
+    HTTP cannot carry, httpx.InvalidURL for a path no URL holds."""
     if check.host is not None:
         host = f"[{check.host}]" if ":" in check.host else check.host
     elif port == _DEFAULT_PORT[check.tls]:
@@ -131,7 +134,8 @@ def request_for(check: HttpCheck, address: IPAddress, port: int) -> h11.Request:
     ]
     if check.method.upper() in _EMPTY_BODY_METHODS:
         headers.append(("Content-Length", "0"))
-    return h11.Request(method=check.method, target=check.path, headers=headers)
+    target = httpx.URL(url_for(check, address, port)).raw_path
+    return h11.Request(method=check.method.upper(), target=target, headers=headers)
 
 
 # A probe's request depends only on (check, address, port): built and
