@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from director.config.model import (
@@ -87,6 +87,32 @@ def desired_table(
     }
 
 
+def services_changed(
+    old: Iterable[VirtualServer],
+    new: Iterable[VirtualServer],
+    old_admin: Mapping[RealServerId, AdminState],
+    new_admin: Mapping[RealServerId, AdminState],
+) -> set[ServiceKey]:
+    """The services whose desired state may differ between two configs:
+    added, dropped, or defined differently (the service or any of its real
+    servers), or with a real server whose admin state changed. A reload or an
+    operator's change needs a pass over these only."""
+    before = {vs.key: vs for vs in old}
+    changed: set[ServiceKey] = set()
+    for vs in new:
+        previous = before.pop(vs.key, None)
+        if previous is None or (previous is not vs and previous != vs):
+            changed.add(vs.key)
+    changed.update(before)
+    if old_admin is not new_admin:
+        changed.update(
+            rid.service
+            for rid in old_admin.keys() | new_admin.keys()
+            if old_admin.get(rid) != new_admin.get(rid)
+        )
+    return changed
+
+
 def desired_service(
     vs: VirtualServer,
     health: Mapping[RealServerId, RealServerView],
@@ -94,9 +120,15 @@ def desired_service(
     now: float,
     admin: Mapping[RealServerId, AdminState],
 ) -> DesiredService:
-    in_kernel = {e.destination.key: e.destination for e in kernel.destinations} if kernel else {}
-    ids = [vs.real_server_id(rs) for rs in vs.real_servers]
+    ids = vs.real_server_ids
     views = [health.get(i, _UNKNOWN) for i in ids]
+    # Only a server not checked yet (or the sorry server) looks at the kernel.
+    in_kernel = (
+        {e.destination.key: e.destination for e in kernel.destinations}
+        if kernel
+        and (vs.sorry_server is not None or any(v.status is Health.UNKNOWN for v in views))
+        else {}
+    )
     states = (
         [admin.get(i, AdminState.ENABLED) for i in ids]
         if admin

@@ -11,6 +11,13 @@ through it and never hold up a pass.
 
 A pass reads the kernel's table for the owned services, computes the desired
 table (director.desired) and applies the difference (director.reconcile).
+A pass is full (every managed service) at start, every `reconcile_interval`
+(drift repair), after a failed pass and when the caller asks; otherwise it
+covers only the services something happened to: a health transition or a new
+dynamic weight marks its own service, a reload or an operator's change the
+services it changed, a due retry the services of the refused operations, a
+weight ramp the services with slow start. So one health change costs the
+work of its service, whatever the size of the table.
 Operations the kernel refuses are held back with an exponential backoff, up
 to `reconcile_interval`, while every other operation goes out
 (director.refusals). Nothing the kernel answers ends the loop: a failed read
@@ -33,7 +40,14 @@ import trio
 
 from director import log, statefile
 from director.config import Config, ConfigError, RealServerId, load_config, service_label
-from director.desired import DesiredService, RealServerView, desired_table
+from director.config.model import VirtualServer
+from director.desired import (
+    DesiredService,
+    RealServerView,
+    desired_service,
+    desired_table,
+    services_changed,
+)
 from director.health.checker import Checker, Target
 from director.health.probes import ProbeFunction
 from director.health.state import Health, HealthState, Transition, failure_worth_logging
@@ -47,6 +61,7 @@ from director.refusals import (
     Refusal,
     Subject,
     backoff,
+    describe_subject,
     hold_back,
     next_retry,
     record,
@@ -64,9 +79,16 @@ def check_targets(config: Config) -> dict[RealServerId, Target]:
     """What to probe for every configured real server."""
     targets: dict[RealServerId, Target] = {}
     for vs in config.virtual_servers:
-        for rs in vs.real_servers:
-            targets[vs.real_server_id(rs)] = (rs.check, rs.address, rs.port)
+        targets.update(service_targets(vs))
     return targets
+
+
+def service_targets(vs: VirtualServer) -> dict[RealServerId, Target]:
+    """What to probe for each real server of one virtual server."""
+    return {
+        target: (rs.check, rs.address, rs.port)
+        for target, rs in zip(vs.real_server_ids, vs.real_servers, strict=True)
+    }
 
 
 def restart_needed(old: Config, new: Config) -> list[str]:
@@ -127,7 +149,13 @@ class Director:
         [daemon] log_level."""
         self.config = config
         self.runtime = runtime
-        self.effective = effective_config(config, runtime)
+        self.effective = config  # set by _set_effective
+        self._by_key: dict[ServiceKey, VirtualServer] = {}
+        self._ramping: frozenset[ServiceKey] = frozenset()  # services with slow start
+        # What the checker checks, by service: a reload recomputes the
+        # targets of the services it changed only.
+        self._targets: dict[ServiceKey, dict[RealServerId, Target]] = {}
+        self._set_effective(effective_config(config, runtime))
         self.kernel = kernel
         self.state_path = Path(state_path) if state_path is not None else None
         self.checker: Checker[RealServerId] = Checker(
@@ -141,14 +169,17 @@ class Director:
         self.foreign: set[ServiceKey] = set()
         self.pass_error: str | None = None  # why the last pass failed, while it does
         self.log = log.get("director")
-        self.last_pass = 0.0  # when a pass last completed
+        self.last_pass = 0.0  # when a pass (full or scoped) last completed
+        self._last_full = 0.0  # when a full pass last completed: drift repair counts from it
+        self._last_ramp = 0.0  # when the services with slow start were last passed over
         self._follow_log_level = follow_log_level
         self._saved_owned: frozenset[ServiceKey] | None = None
         self._timeouts_pending = self.effective.ipvs.timeouts
         self._failed_passes = 0
         self._retry_pass_at: float | None = None
         self._wake = trio.Event()
-        self._poked = False
+        self._poked = False  # a full pass is asked for
+        self._dirty: set[ServiceKey] = set()  # services a scoped pass is asked for
         self._why = "start"
         self._jobs: deque[tuple[Callable[[], Awaitable[object]], _Reply]] = deque()
         self._running = False
@@ -166,7 +197,7 @@ class Director:
             latency=round(last.latency, 4) if last else None,
             **transition.log_fields(),
         )
-        self.poke(f"{event} {endpoint(target.address, target.port)}")
+        self.poke(f"{event} {endpoint(target.address, target.port)}", target.service)
 
     def _on_result(self, target: RealServerId, before: HealthState, after: HealthState) -> None:
         """A failed probe is logged when it starts a series, changes reason,
@@ -192,16 +223,69 @@ class Director:
                 old=before.weight,
                 new=after.weight,
             )
-            self.poke(f"dynamic weight {endpoint(target.address, target.port)}")
+            self.poke(f"dynamic weight {endpoint(target.address, target.port)}", target.service)
 
-    def health_views(self) -> dict[RealServerId, RealServerView]:
-        return {target: RealServerView.from_state(s) for target, s in self.checker.states().items()}
+    def health_views(
+        self, services: Set[ServiceKey] | None = None
+    ) -> dict[RealServerId, RealServerView]:
+        """The health of every checked real server, or of those of `services`
+        only (O(their servers), not O(table))."""
+        if services is None:
+            return {t: RealServerView.from_state(s) for t, s in self.checker.states().items()}
+        views: dict[RealServerId, RealServerView] = {}
+        for key in services:
+            vs = self._by_key.get(key)
+            if vs is None:
+                continue
+            for target in vs.real_server_ids:
+                try:
+                    views[target] = RealServerView.from_state(self.checker.state(target))
+                except KeyError:  # not checked (yet): unknown
+                    continue
+        return views
 
-    def poke(self, why: str) -> None:
-        """Ask the loop for a reconcile pass soon."""
-        self._poked = True
+    def poke(self, why: str, service: ServiceKey | None = None) -> None:
+        """Ask the loop for a pass soon: over `service` only, or over every
+        managed service (None)."""
+        if service is None:
+            self._poked = True
+        else:
+            self._dirty.add(service)
         self._why = why
         self._wake.set()
+
+    def _retarget(
+        self, changed: Set[ServiceKey] | None
+    ) -> tuple[dict[RealServerId, Target], dict[RealServerId, Target]]:
+        """Hand the checker the effective config's targets, recomputing those
+        of the `changed` services only (None: all); the checker is not
+        called when no target changed. The targets of the changed services,
+        before and after."""
+        before, after = self._targets, {}
+        old: dict[RealServerId, Target] = {}
+        new: dict[RealServerId, Target] = {}
+        for vs in self.effective.virtual_servers:
+            kept = before.get(vs.key)
+            if kept is None or changed is None or vs.key in changed:
+                after[vs.key] = service_targets(vs)
+                new.update(after[vs.key])
+            else:
+                after[vs.key] = kept
+        for key, part in before.items():
+            if changed is None or key in changed:
+                old.update(part)
+        self._targets = after
+        if changed is None or old != new:
+            targets: dict[RealServerId, Target] = {}
+            for part in after.values():
+                targets.update(part)
+            self.checker.set_targets(targets)
+        return old, new
+
+    def _set_effective(self, effective: Config) -> None:
+        self.effective = effective
+        self._by_key = {vs.key: vs for vs in effective.virtual_servers}
+        self._ramping = frozenset(vs.key for vs in effective.virtual_servers if vs.slow_start)
 
     # -- jobs: the only way in for other tasks --------------------------------
 
@@ -229,7 +313,7 @@ class Director:
     # -- the loop -----------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.checker.set_targets(check_targets(self.effective))
+        self._retarget(None)
         self._adopt(await self._read("adopt"))
         # The first pass runs before any probe: it only adds what is missing
         # (every server is still unknown), deletes what a previous run owned
@@ -247,37 +331,81 @@ class Director:
                         await self._wake.wait()
                     self._wake = trio.Event()
                     await self._run_jobs()
-                    if self._poked or trio.current_time() >= self._next_pass_at():
-                        why, self._why, self._poked = self._why, "drift check", False
-                        try:
-                            await self.reconcile(why)
-                        except Exception as error:
-                            # A bug must not end health checking for every
-                            # service: log it, and try again after a backoff.
-                            self.log.exception("pass_bug")
-                            self._pass_failed(why, error)
+                    await self._pass_if_due()
         finally:
             self._running = False
             for _, reply in self._jobs:
                 reply.outcome = outcome.Error(RuntimeError("the engine stopped"))
                 reply.done.set()
 
+    async def _pass_if_due(self) -> None:
+        """A full pass when one is asked for or due, else a pass over the
+        services that are due (dirty, ramping, or with a refusal to retry)."""
+        now = trio.current_time()
+        scope: set[ServiceKey] | None
+        if self._poked or now >= self._full_due():
+            scope, why = None, self._why if self._poked else "drift check"
+        else:
+            scope, why = self._due_services(now)
+            if scope is None:
+                why = "retry"
+            elif not scope:
+                return
+            elif not self._dirty:
+                why = "retry" if scope - self._ramping else "slow start"
+            else:
+                why = self._why
+        self._poked, self._why = False, "drift check"
+        self._dirty = set()
+        try:
+            await self.reconcile(why, only=scope)
+        except Exception as error:
+            # A bug must not end health checking for every service: log it,
+            # and try again after a backoff.
+            self.log.exception("pass_bug")
+            self._pass_failed(why, error)
+
+    def _due_services(self, now: float) -> tuple[set[ServiceKey] | None, str]:
+        """The services a scoped pass is due for now; None when a full one
+        is (a refusal of no one service, the timeouts, is due)."""
+        scope = set(self._dirty)
+        if self._ramping and now >= self._last_ramp + SLOW_START_STEP:
+            scope |= self._ramping
+        for subject, refusal in self.refusals.items():
+            if refusal.retry_at <= now:
+                service = describe_subject(subject)[0]
+                if service is None:
+                    return None, "retry"
+                scope.add(service)
+        return scope, ""
+
+    def _full_due(self) -> float:
+        if self._retry_pass_at is not None:
+            return self._retry_pass_at
+        return self._last_full + self.config.daemon.reconcile_interval
+
     def _managed_keys(self) -> set[ServiceKey]:
         """The services a pass reads: a large table of services owned by
         others (kube-proxy's, say) costs one service dump, not one
         destination dump each."""
-        return set(self.owned | self.effective.service_keys())
+        return set(self.owned | self._by_key.keys())
 
-    async def _read(self, why: str) -> list[ServiceEntry] | None:
-        """The owned services as the kernel has them, or None (logged) when
-        the kernel cannot be read."""
+    async def _read(
+        self, why: str, only: Set[ServiceKey] | None = None
+    ) -> list[ServiceEntry] | None:
+        """The managed services (or those of `only` that are managed) as the
+        kernel has them, or None (logged) when the kernel cannot be read."""
+        if only is not None and not only:
+            return []
         try:
-            return await self.kernel.services(self._managed_keys())
+            return await self.kernel.services(self._managed_keys() if only is None else only)
         except KernelError as error:
             self._pass_failed(why, error)
             return None
 
-    def _adopt(self, entries: list[ServiceEntry] | None) -> None:
+    def _adopt(
+        self, entries: list[ServiceEntry] | None, only: Set[ServiceKey] | None = None
+    ) -> None:
         """Real servers in service in the kernel before their first probe are
         adopted: they stay until `fall` probes in a row fail, and a weight
         ramp (slow start) goes on from the weight found, not from 1."""
@@ -290,50 +418,77 @@ class Director:
             for d in e.destinations
             if d.destination.weight > 0
         }
-        states = self.checker.states()
-        for vs in self.effective.virtual_servers:
-            for rs in vs.real_servers:
+        for vs in self.effective.virtual_servers if only is None else self._services(only):
+            for target, rs in zip(vs.real_server_ids, vs.real_servers, strict=True):
                 weight = found.get((vs.key, rs.address, rs.port))
-                target = vs.real_server_id(rs)
-                if weight is None or target not in states:
+                if weight is None:
+                    continue
+                try:
+                    self.checker.state(target)
+                except KeyError:
                     continue
                 ramp_start = now - vs.slow_start
                 if vs.slow_start > 0 and 1 <= weight < rs.weight:
                     ramp_start = now - vs.slow_start * (weight - 1) / (rs.weight - 1)
                 self.checker.adopt(target, ramp_start)
 
+    def _services(self, keys: Set[ServiceKey]) -> list[VirtualServer]:
+        """The effective virtual servers of `keys` (those configured)."""
+        return [vs for key in keys if (vs := self._by_key.get(key)) is not None]
+
     def _next_pass_at(self) -> float:
-        interval = self.config.daemon.reconcile_interval
-        ramping = any(vs.slow_start for vs in self.effective.virtual_servers)
-        due = self.last_pass + (min(interval, SLOW_START_STEP) if ramping else interval)
-        if self._retry_pass_at is not None:
-            due = self._retry_pass_at
+        due = self._full_due()
+        if self._ramping:
+            due = min(due, self._last_ramp + SLOW_START_STEP)
         retry = next_retry(self.refusals)
         return due if retry is None else min(due, retry)
 
-    async def reconcile(self, why: str) -> list[Operation]:
-        """One pass; the operations sent (applied or refused). Runs in the
-        engine's task: from a job, or before the loop starts."""
+    async def reconcile(self, why: str, only: Set[ServiceKey] | None = None) -> list[Operation]:
+        """One pass over every managed service, or over those of `only`
+        (the others, their refusals and their ownership are left as they
+        are); the operations sent (applied or refused). Runs in the engine's
+        task: from a job, or before the loop starts."""
         now = trio.current_time()
-        entries = await self._read(why)
+        scope = None if only is None else {k for k in only if k in self.owned or k in self._by_key}
+        entries = await self._read(why, scope)
         if entries is None:
             return []
         kernel: dict[ServiceKey, ServiceEntry] = {e.service.key: e for e in entries}
-        desired: Mapping[ServiceKey, DesiredService] = desired_table(
-            self.effective, self.health_views(), kernel, now, self.runtime.admin
-        )
-        operations = plan(desired, kernel, self.owned)
+        desired: Mapping[ServiceKey, DesiredService]
+        if scope is None:
+            desired = desired_table(
+                self.effective, self.health_views(), kernel, now, self.runtime.admin
+            )
+            owned_here: Set[ServiceKey] = self.owned
+            refusals: dict[Subject, Refusal] = self.refusals
+            others: dict[Subject, Refusal] = {}
+        else:
+            assert only is not None
+            views = self.health_views(scope)
+            admin = self.runtime.admin
+            desired = {
+                vs.key: desired_service(vs, views, kernel.get(vs.key), now, admin)
+                for vs in self._services(scope)
+            }
+            owned_here = self.owned & scope
+            refusals, others = {}, {}
+            # Refusals of the services asked for go through this pass (those
+            # of a service no longer managed are forgotten); the others stay.
+            for subject, refusal in self.refusals.items():
+                service = describe_subject(subject)[0]
+                (refusals if service is None or service in only else others)[subject] = refusal
+        operations = plan(desired, kernel, owned_here)
         # An owned service the config dropped is deleted even when this read
         # did not show it: an IPVS dump is no consistent snapshot (another
         # tool's changes during it can make it skip services), so only the
         # kernel's answer (done, or "No such service") ends the ownership.
         operations += [
             DeleteService(key)
-            for key in sorted(self.owned - desired.keys() - kernel.keys(), key=service_sort_key)
+            for key in sorted(owned_here - desired.keys() - kernel.keys(), key=service_sort_key)
         ]
         if self._timeouts_pending is not None:
             operations.insert(0, SetTimeouts(self._timeouts_pending))
-        split = hold_back(operations, self.refusals, now)
+        split = hold_back(operations, refusals, now)
         owned = set(self.owned | desired.keys())
         adding = {op.service.key for op in split.send if isinstance(op, AddService)}
         # Written ahead: a crash after the kernel took a new service must not
@@ -361,24 +516,27 @@ class Director:
                     moved += 1
                     result = None
                 errors.append(None if result is None else (str(result), err))
-        self.refusals = self._log_refusals(
-            record(
-                self.refusals,
-                operations,
-                split.send,
-                errors,
-                now,
-                base=RETRY_BASE,
-                cap=self.config.daemon.reconcile_interval,
-            )
+        recorded = record(
+            refusals,
+            operations,
+            split.send,
+            errors,
+            now,
+            base=RETRY_BASE,
+            cap=self.config.daemon.reconcile_interval,
         )
+        self.refusals = self._log_refusals({**others, **recorded})
         self.owned = frozenset(owned)
         await self._save_owned(self.owned)
         self.last_pass = trio.current_time()
         self._passes += 1
-        if self._failed_passes:
-            self.log.info("pass_recovered", after_failures=self._failed_passes)
-        self._failed_passes, self._retry_pass_at, self.pass_error = 0, None, None
+        if scope is None or self._ramping <= scope:
+            self._last_ramp = self.last_pass
+        if scope is None:
+            self._last_full = self.last_pass
+            if self._failed_passes:
+                self.log.info("pass_recovered", after_failures=self._failed_passes)
+            self._failed_passes, self._retry_pass_at, self.pass_error = 0, None, None
         if moved:
             self.log.info("ipvs_table_moved", why=why, operations=moved)
             self._retry_pass_at = self.last_pass + RETRY_BASE
@@ -456,10 +614,15 @@ class Director:
         """Take new operator changes: what to check changes at once, the
         table at the next pass. A service they drop stays owned until the
         kernel no longer has it. Call from a job."""
+        before, admin = self.effective, self.runtime.admin
         self.runtime = runtime
-        self.effective = effective_config(self.config, runtime)
+        self._set_effective(effective_config(self.config, runtime))
         self.owned |= self.effective.service_keys()
-        self.checker.set_targets(check_targets(self.effective))
+        self._retarget(
+            services_changed(
+                before.virtual_servers, self.effective.virtual_servers, admin, runtime.admin
+            )
+        )
         if runtime.timeouts is not None:
             self._timeouts_pending = None  # the control socket sent them itself
         self.refusals = retry_now(self.refusals, trio.current_time())
@@ -510,18 +673,19 @@ class Director:
         Call from a job (reload_file does)."""
         old = self.effective
         new = effective_config(config, self.runtime)
-        old_targets, new_targets = check_targets(old), check_targets(new)
+        admin = self.runtime.admin
+        changed = services_changed(old.virtual_servers, new.virtual_servers, admin, admin)
         self.config = config
-        self.effective = new
+        self._set_effective(new)
         self.owned |= new.service_keys()
-        self.checker.set_targets(new_targets)
-        self._adopt(await self._read("reload"))
+        old_targets, new_targets = self._retarget(changed)
+        self._adopt(await self._read("reload", changed), changed)
         if new.ipvs.timeouts is not None and new.ipvs.timeouts != old.ipvs.timeouts:
             self._timeouts_pending = new.ipvs.timeouts
         self.refusals = retry_now(self.refusals, trio.current_time())
         if self._follow_log_level and config.daemon.log_level != old.daemon.log_level:
             log.set_level(config.daemon.log_level.value)
-        operations = await self.reconcile("reload")
+        operations = await self.reconcile("reload", only=changed)
         summary = ReloadSummary(
             services_added=tuple(
                 sorted(new.service_keys() - old.service_keys(), key=service_sort_key)

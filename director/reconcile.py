@@ -56,18 +56,14 @@ def plan(
         if not service_matches(want.service, entry.service):
             services.append(EditService(want.service))
         have = {e.destination.key: e.destination for e in entry.destinations}
-        wanted = {d.key for d in want.destinations}
-        delete_destinations.extend(
-            DeleteDestination(key, address, port)
-            for address, port in have
-            if (address, port) not in wanted
-        )
         for d in want.destinations:
-            current = have.get(d.key)
+            current = have.pop(d.key, None)
             if current is None:
                 destinations.append(AddDestination(key, d))
             elif not destination_matches(d, current):
                 destinations.append(EditDestination(key, d))
+        # What is left in `have` is not wanted (in the kernel's order).
+        delete_destinations.extend(DeleteDestination(key, address, port) for address, port in have)
 
     return [*delete_destinations, *delete_services, *services, *destinations]
 

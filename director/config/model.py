@@ -8,7 +8,8 @@ that the rest of the daemon never re-reads TOML.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 from director.health.spec import Check, TcpCheck
 from director.ipvs.model import (
@@ -42,6 +43,16 @@ class RealServerId:
     service: ServiceKey
     address: IPAddress
     port: int
+    # The key of every per-server map, looked up in each pass: hashing a
+    # ServiceKey and an address (IPv4Address hashes through hex()) every time
+    # cost more than the lookups themselves.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.service, self.address, self.port)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,11 @@ class VirtualServer:
 
     def real_server_id(self, real_server: RealServer) -> RealServerId:
         return RealServerId(self.key, real_server.address, real_server.port)
+
+    @cached_property
+    def real_server_ids(self) -> tuple[RealServerId, ...]:
+        """real_server_id of each of `real_servers`, in order (made once)."""
+        return tuple(RealServerId(self.key, rs.address, rs.port) for rs in self.real_servers)
 
     @property
     def label(self) -> str:

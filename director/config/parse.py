@@ -8,6 +8,7 @@ from __future__ import annotations
 import grp
 import os
 import re
+import threading
 from collections.abc import Mapping
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
@@ -239,13 +240,86 @@ def _daemon(table: Table | None) -> DaemonSettings:
     return settings
 
 
+class _Remembered:
+    """The virtual servers of the last parse that found no problem in them,
+    with the TOML tables they came from, by position: a reload of a large
+    file where one real server changed parses that one service again and
+    takes the others as they were (a service's parse depends only on its
+    table and the kernel's modules, except an exec check's user, which is
+    looked up in the system and never remembered). The tables are kept as
+    tomli gave them; nothing reads them but the comparison."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: list[tuple[Mapping[str, object], KernelModules, VirtualServer] | None] = []
+
+    def get(
+        self, i: int, data: Mapping[str, object], modules: KernelModules
+    ) -> VirtualServer | None:
+        with self._lock:
+            entry = self._entries[i] if i < len(self._entries) else None
+        if entry is not None and entry[1] == modules and _same(entry[0], data):
+            return entry[2]
+        return None
+
+    def keep(
+        self, entries: list[tuple[Mapping[str, object], KernelModules, VirtualServer] | None]
+    ) -> None:
+        with self._lock:
+            self._entries = entries
+
+
+_REMEMBERED = _Remembered()
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal TOML values of equal types (Python has 1 == True == 1.0, the
+    config does not)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        assert isinstance(b, dict)
+        return len(a) == len(b) and all(k in b and _same(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        assert isinstance(b, list)
+        return len(a) == len(b) and all(_same(v, w) for v, w in zip(a, b, strict=True))
+    return a == b
+
+
+def _looks_up_users(data: Mapping[str, object]) -> bool:
+    """Whether a virtual server's table holds an exec check (its user is
+    looked up in the system at each parse)."""
+    stack: list[object] = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            if value.get("type") == "exec":
+                return True
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
+
+
 def _virtual_servers(
     tables: list[Table], problems: Problems, modules: KernelModules
 ) -> tuple[VirtualServer, ...]:
     result: list[VirtualServer] = []
     seen: dict[ServiceKey, str] = {}
-    for table in tables:
-        vs = _virtual_server(table, modules)
+    remembered: list[tuple[Mapping[str, object], KernelModules, VirtualServer] | None] = []
+    for i, table in enumerate(tables):
+        vs = _REMEMBERED.get(i, table.data, modules)
+        if vs is None:
+            before = len(problems)
+            vs = _virtual_server(table, modules)
+            clean = vs is not None and len(problems) == before
+            remembered.append(
+                (table.data, modules, vs)
+                if clean and vs is not None and not _looks_up_users(table.data)
+                else None
+            )
+        else:
+            remembered.append((table.data, modules, vs))
         if vs is None:
             continue
         if vs.key in seen:
@@ -255,6 +329,7 @@ def _virtual_servers(
             continue
         seen[vs.key] = table.path
         result.append(vs)
+    _REMEMBERED.keep(remembered)
     return tuple(result)
 
 

@@ -1,0 +1,246 @@
+"""Scoped passes: a health change, a reload or a retry costs the work of the
+services it touches, not of the whole table (issue 8); full passes still
+repair drift and delete what the config dropped. The engine over the
+in-memory backend, counted through a wrapper, under trio's autojump clock."""
+
+from __future__ import annotations
+
+import errno
+import random
+from collections.abc import Collection, Sequence
+from ipaddress import ip_address
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from director.config import parse_config
+from director.engine import Director
+from director.health.result import ProbeResult, Reason
+from director.health.spec import Check
+from director.ipvs.errors import KernelError, error_for
+from director.ipvs.memory import MemoryBackend
+from director.ipvs.model import IPAddress, Protocol, ServiceEntry, ServiceKey
+from director.ipvs.ops import (
+    AddDestination,
+    AddService,
+    DeleteDestination,
+    DeleteService,
+    EditDestination,
+    Operation,
+)
+from director.kernel import KernelTable
+from director.refusals import service_of
+
+SERVICES = 3
+PER_SERVICE = 4
+
+
+def key(i: int) -> ServiceKey:
+    return ServiceKey.inet(Protocol.TCP, "10.0.0.1", 8000 + i)
+
+
+def config_text(services: int = SERVICES, extra: dict[int, str] | None = None) -> str:
+    lines = ["[daemon]", "reconcile_interval = 5.0"]
+    for i in range(services):
+        lines += [
+            "[[virtual_server]]",
+            'protocol = "tcp"',
+            f'address = "10.0.0.1:{8000 + i}"',
+            'scheduler = "rr"',
+            'check = { type = "tcp", interval = 1.0, timeout = 0.5, rise = 1, fall = 1 }',
+            (extra or {}).get(i, ""),
+        ]
+        for j in range(PER_SERVICE):
+            lines += ["[[virtual_server.real_server]]", f'address = "10.0.{i + 1}.{j + 1}"']
+    return "\n".join(lines) + "\n"
+
+
+class CountingKernel(MemoryBackend):
+    """The in-memory backend, recording the services each read returned and
+    every operation sent; `refuse` may refuse an operation, `hide` keeps
+    services out of reads (as a dump that skipped them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[set[ServiceKey]] = []
+        self.sent: list[Operation] = []
+        self.refused_schedulers: set[str] = set()
+        self.hide: set[ServiceKey] = set()
+
+    def services(
+        self, only: Collection[ServiceKey] | None = None, *, brief: bool = False
+    ) -> list[ServiceEntry]:
+        entries = [e for e in super().services(only, brief=brief) if e.service.key not in self.hide]
+        self.reads.append({e.service.key for e in entries})
+        return entries
+
+    def apply_each(self, operations: Sequence[Operation]) -> list[KernelError | None]:
+        outcomes: list[KernelError | None] = []
+        for op in operations:
+            self.sent.append(op)
+            if isinstance(op, AddService) and op.service.scheduler in self.refused_schedulers:
+                outcomes.append(error_for(errno.ENOENT, "AddService"))
+                continue
+            outcomes.extend(super().apply_each([op]))
+        return outcomes
+
+    def table(self) -> dict[ServiceKey, set[IPAddress]]:
+        return {
+            e.service.key: {d.destination.address for d in e.destinations}
+            for e in MemoryBackend.services(self)
+        }
+
+
+class Network:
+    def __init__(self) -> None:
+        self.down: set[IPAddress] = set()
+
+    async def probe(self, check: Check, address: IPAddress, port: int) -> ProbeResult:
+        await trio.sleep(0.01)
+        if address in self.down:
+            return ProbeResult.failure(Reason.REFUSED, 0.01)
+        return ProbeResult.success(0.01)
+
+
+def director_for(
+    backend: CountingKernel, network: Network, text: str | None = None, **kwargs: object
+) -> Director:
+    return Director(
+        parse_config(text or config_text()),
+        KernelTable(backend, threaded=False),
+        probe=network.probe,
+        rng=random.Random(3),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def full_table(backend: CountingKernel, services: int = SERVICES) -> None:
+    while sum(len(a) for a in backend.table().values()) < services * PER_SERVICE:  # noqa: ASYNC110
+        await trio.sleep(0.1)
+
+
+async def test_a_transition_reads_and_changes_only_its_own_service(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    backend, network = CountingKernel(), Network()
+    director = director_for(backend, network)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await full_table(backend)
+        # Just after a drift pass, so that none falls into the window.
+        await trio.sleep(director._full_due() - trio.current_time() + 0.05)
+        reads, sent = len(backend.reads), len(backend.sent)
+        network.down.add(ip_address("10.0.2.3"))
+        while ip_address("10.0.2.3") in backend.table()[key(1)]:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert backend.reads[reads:] == [{key(1)}]
+    assert backend.sent[sent:] == [DeleteDestination(key(1), ip_address("10.0.2.3"), 8001)]
+
+
+async def test_a_reload_with_one_server_changed_sends_exactly_one_operation(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    backend, network = CountingKernel(), Network()
+    director = director_for(backend, network)
+    path = tmp_path / "director.toml"
+    server = 'address = "10.0.3.2"'
+    path.write_text(config_text().replace(server, server + "\nweight = 9"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await full_table(backend)
+        reads, sent = len(backend.reads), len(backend.sent)
+        result = await director.reload_file(path)
+        nursery.cancel_scope.cancel()
+    assert result.summary is not None
+    assert [type(op) for op in result.summary.operations] == [EditDestination]
+    assert backend.sent[sent:] == list(result.summary.operations)
+    op = result.summary.operations[0]
+    assert isinstance(op, EditDestination)
+    assert (service_of(op), op.destination.address, op.destination.weight) == (
+        key(2),
+        ip_address("10.0.3.2"),
+        9,
+    )
+    assert all(read <= {key(2)} for read in backend.reads[reads:])
+
+
+async def test_a_refusal_in_one_service_backs_off_while_another_fails_over(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    backend, network = CountingKernel(), Network()
+    backend.refused_schedulers.add("sed")
+    text = config_text(extra={0: ""}).replace('scheduler = "rr"', 'scheduler = "sed"', 1)
+    director = director_for(backend, network, text)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await trio.sleep(30)
+        assert key(0) not in backend.table()
+        assert backend.table()[key(1)] == {ip_address(f"10.0.2.{j + 1}") for j in range(4)}
+        network.down.add(ip_address("10.0.2.1"))
+        started = trio.current_time()
+        while ip_address("10.0.2.1") in backend.table()[key(1)]:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        # One probe (fall = 1) and one pass: the refusal holds nothing up.
+        assert trio.current_time() - started <= 1.1
+        await trio.sleep(30)
+        nursery.cancel_scope.cancel()
+    tries = [op for op in backend.sent if isinstance(op, AddService) and op.service.key == key(0)]
+    # 1, 2, 4 s, then every reconcile_interval (5 s): about 14 tries in 61 s.
+    assert 10 <= len(tries) <= 16
+    refusal = director.refusals[("service", key(0))]
+    assert refusal.attempts == len(tries)
+    # Its servers are not refusals of their own, and no other service has one.
+    assert list(director.refusals) == [("service", key(0))]
+
+
+async def test_a_reload_deletes_the_dropped_service_even_when_a_read_skipped_it(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    backend, network = CountingKernel(), Network()
+    director = director_for(backend, network)
+    path = tmp_path / "director.toml"
+    path.write_text(config_text(services=2))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await full_table(backend)
+        backend.hide.add(key(2))
+        result = await director.reload_file(path)
+        nursery.cancel_scope.cancel()
+    assert result.summary is not None
+    assert result.summary.operations == (DeleteService(key(2)),)
+    assert key(2) not in backend.table()
+    assert key(2) not in director.owned
+
+
+async def test_drift_passes_repair_the_table_while_another_service_flaps(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Scoped passes never postpone the full one: with a server flapping in
+    one service, a server deleted behind the daemon's back in another comes
+    back within reconcile_interval."""
+    backend, network = CountingKernel(), Network()
+    director = director_for(backend, network)
+    flapper = ip_address("10.0.1.1")
+
+    async def flap() -> None:
+        while True:
+            network.down ^= {flapper}
+            await trio.sleep(1.5)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await full_table(backend)
+        nursery.start_soon(flap)
+        await trio.sleep(2)
+        MemoryBackend.apply(backend, [DeleteDestination(key(2), ip_address("10.0.3.4"), 8002)])
+        deleted = trio.current_time()
+        while ip_address("10.0.3.4") not in backend.table()[key(2)]:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+        repaired = trio.current_time() - deleted
+        nursery.cancel_scope.cancel()
+    assert repaired <= 5.0 + 0.1
+    flaps = [op for op in backend.sent if isinstance(op, AddDestination | DeleteDestination)]
+    assert any(service_of(op) == key(0) for op in flaps)
+    assert AddDestination in {type(op) for op in backend.sent[-3:] if service_of(op) == key(2)}
