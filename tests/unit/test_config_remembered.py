@@ -1,0 +1,70 @@
+"""The parser takes a virtual server of the previous parse when its TOML
+table is the same (a reload of a large file parses only what changed), and
+never when the table differs in a value's type or holds an exec check."""
+
+from __future__ import annotations
+
+import pytest
+
+from director.config import ConfigError, parse_config
+from director.ipvs.facts import NO_MODULES
+
+SERVICE = """
+[[virtual_server]]
+protocol = "tcp"
+address = "10.0.0.1:80"
+check = { type = "tcp", interval = 1.0 }
+[[virtual_server.real_server]]
+address = "10.0.1.1"
+WEIGHT
+"""
+
+
+def parse(text: str) -> object:
+    return parse_config(text, modules=NO_MODULES)
+
+
+def test_an_unchanged_virtual_server_is_the_one_parsed_before() -> None:
+    first = parse_config(SERVICE.replace("WEIGHT", "weight = 2"), modules=NO_MODULES)
+    second = parse_config(SERVICE.replace("WEIGHT", "weight = 2"), modules=NO_MODULES)
+    assert second.virtual_servers[0] is first.virtual_servers[0]
+    third = parse_config(SERVICE.replace("WEIGHT", "weight = 3"), modules=NO_MODULES)
+    assert third.virtual_servers[0].real_servers[0].weight == 3
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("true", "virtual_server[0].real_server[0].weight: expected an integer"),
+        ("1.0", "virtual_server[0].real_server[0].weight: expected an integer"),
+    ],
+)
+def test_a_value_equal_in_python_but_of_another_type_is_parsed_again(
+    value: str, error: str
+) -> None:
+    """1 == True == 1.0 in Python; a weight of true is still an error after
+    a parse of weight = 1."""
+    parse(SERVICE.replace("WEIGHT", "weight = 1"))
+    with pytest.raises(ConfigError) as raised:
+        parse(SERVICE.replace("WEIGHT", f"weight = {value}"))
+    assert any(e.startswith(error) for e in raised.value.errors), raised.value.errors
+
+
+def test_a_virtual_server_with_an_exec_check_is_parsed_every_time() -> None:
+    """An exec check's user is looked up in the system at each parse."""
+    text = SERVICE.replace("WEIGHT", "").replace(
+        'check = { type = "tcp", interval = 1.0 }',
+        'check = { type = "exec", command = ["/bin/true"] }',
+    )
+    first = parse_config(text, modules=NO_MODULES)
+    second = parse_config(text, modules=NO_MODULES)
+    assert second.virtual_servers[0] == first.virtual_servers[0]
+    assert second.virtual_servers[0] is not first.virtual_servers[0]
+
+
+def test_an_invalid_virtual_server_is_never_remembered() -> None:
+    bad = SERVICE.replace("WEIGHT", "weight = -1")
+    for _ in range(2):
+        with pytest.raises(ConfigError) as raised:
+            parse(bad)
+        assert any("weight" in e for e in raised.value.errors)
