@@ -443,13 +443,13 @@ class Directord(BenchProcess):
                 if "READY=1" in message.splitlines():
                     return time.monotonic() - started
 
-    def events(self, event: str) -> list[dict[str, object]]:
-        """The JSON log lines whose "event" is `event`, oldest first."""
+    def events(self, event: str | None) -> list[dict[str, object]]:
+        """The JSON log lines whose "event" is `event` (None: all), oldest first."""
         found = []
         for line in (self.workdir / "directord.log").read_text(errors="replace").splitlines():
             with contextlib.suppress(ValueError):
                 record = json.loads(line)
-                if isinstance(record, dict) and record.get("event") == event:
+                if isinstance(record, dict) and (event is None or record.get("event") == event):
                     found.append(record)
         return found
 

@@ -11,18 +11,39 @@ count over the measuring window. CPU % is utime+stime of the daemon's process
 tree over the window (100 % = one core); memory is VmRSS at the end and VmHWM
 (peak RSS), summed over the tree.
 
+For directord, after the window, the engine's own costs at this size (issue 8):
+
+- verdict to kernel: `--transitions` times, one real server is made to fail
+  at once (a `prohibit` route to its address in the daemon's namespace: its
+  connects fail with EACCES) and then restored; each time, the seconds from
+  the daemon's `real_server_down` (or `real_server_up`) event to its
+  `ipvs_op` for that server (the kernel acknowledged the change) and to the
+  moment /proc/net/ip_vs shows it (polled every 5 ms: a substring test of the
+  raw file, no parsing). Medians; compare a run of 10 servers
+  (`--services 1 --per-service 10`) with one of 10,000 (the ratio must stay
+  below 2);
+- reload with one server changed: the config file rewritten with one real
+  server's weight changed, SIGHUP, and the daemon's CPU (utime + stime)
+  until its `reloaded` event, and the `ipvs_op` events it logged meanwhile
+  (the target: exactly 1).
+
     DIRECTOR_VM_MEMORY=4G python tests/vm/run.py python bench/scale.py
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
 import signal
+import socket
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -94,6 +115,18 @@ class Load:
 
 
 @dataclass(frozen=True)
+class EngineFigures:
+    """directord's engine at this size: medians of verdict -> ipvs_op and
+    verdict -> seen in /proc, in seconds; the reload's CPU and operations."""
+
+    transitions: int
+    to_op: float
+    to_table: float
+    reload_cpu: float
+    reload_ops: int
+
+
+@dataclass(frozen=True)
 class Measurement:
     name: str
     ready_after: float  # start -> the daemon's own readiness
@@ -105,6 +138,7 @@ class Measurement:
     hwm_mib: float
     fewest_in_table: int
     sink_cpu_percent: float
+    engine: EngineFigures | None = None
 
     def probe_rate(self) -> float:
         return self.probes / self.window
@@ -134,6 +168,87 @@ def wait_full(name: str, wanted: int, started: float, timeout: float) -> float |
     return full_after
 
 
+def _stamp(event: dict[str, object]) -> float:
+    """An event's ISO UTC timestamp (director.log) as a time.time() value."""
+    text = str(event["timestamp"]).replace("Z", "+00:00")
+    return datetime.datetime.fromisoformat(text).timestamp()
+
+
+def _in_proc_table(address: str, port: int) -> bool:
+    needle = f"{socket.inet_aton(address).hex().upper()}:{port:04X}"
+    with open("/proc/thread-self/net/ip_vs") as table:
+        return needle in table.read()
+
+
+def _wait_event(daemon: Directord, event: str, after: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(daemon.events(event)) <= after:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"directord: no {event} event after {timeout:g} s")
+        time.sleep(0.05)
+
+
+def engine_figures(daemon: Directord, load: Load, transitions: int) -> EngineFigures:
+    """Verdict-to-kernel latency and the cost of a one-server reload (see the
+    module's docstring)."""
+    to_op: list[float] = []
+    to_table: list[float] = []
+    for n in range(transitions):
+        i = n % load.services
+        address, port = f"10.2.{i + 1}.{n // load.services % load.per_service + 1}", FIRST_PORT + i
+        rs = f"{address}:{port}"
+        for going_down in (True, False):
+            event = "real_server_down" if going_down else "real_server_up"
+            ops_before = len(daemon.events("ipvs_op"))
+            seen_before = len(daemon.events(event))
+            verb = "add" if going_down else "del"
+            subprocess.run(
+                ["ip", "route", verb, "prohibit", f"{address}/32"], check=True, capture_output=True
+            )
+            while _in_proc_table(address, port) == going_down:
+                time.sleep(0.005)
+            changed_at = time.time()
+            _wait_event(daemon, event, seen_before)
+            verdict = next(e for e in daemon.events(event)[seen_before:] if e.get("rs") == rs)
+            op = next(
+                e
+                for e in daemon.events("ipvs_op")[ops_before:]
+                if e.get("rs") == rs
+                and e.get("op") == ("delete_destination" if going_down else "add_destination")
+            )
+            to_op.append(_stamp(op) - _stamp(verdict))
+            to_table.append(changed_at - _stamp(verdict))
+    # Reload: the first real server of the first service gets weight 3.
+    text = daemon.config.read_text()
+    server = f'address = "10.2.1.1:{FIRST_PORT}"'
+    daemon.config.write_text(text.replace(server, server + "\nweight = 3", 1))
+    reloads = len(daemon.events("reloaded"))
+    pids = descendants(daemon.pid)
+    cpu0 = cpu_seconds(pids)
+    os.kill(daemon.pid, signal.SIGHUP)
+    _wait_event(daemon, "reloaded", reloads)
+    cpu1 = cpu_seconds(pids)
+    reloaded = daemon.events("reloaded")[reloads]
+    # The ipvs_op events between the reload's start and its end.
+    records = daemon.events(None)
+    start = max(i for i, r in enumerate(records) if r.get("event") == "reload")
+    end = next(i for i, r in enumerate(records) if i > start and r.get("event") == "reloaded")
+    ops = sum(1 for r in records[start:end] if r.get("event") == "ipvs_op")
+    print(
+        f"  directord: reload: daemon CPU {1000 * (cpu1 - cpu0):.1f} ms over the wait "
+        f"(probes included), its own count {reloaded.get('cpu_ms')} ms, "
+        f"{reloaded.get('operations')} operations, {ops} ipvs_op",
+        flush=True,
+    )
+    return EngineFigures(
+        transitions=len(to_op),
+        to_op=statistics.median(to_op),
+        to_table=statistics.median(to_table),
+        reload_cpu=float(str(reloaded.get("cpu_ms", "nan"))) / 1000,
+        reload_ops=ops,
+    )
+
+
 def measure(
     factory: DaemonFactory,
     load: Load,
@@ -142,6 +257,7 @@ def measure(
     sinks: int,
     fill_timeout: float,
     workdir: Path,
+    transitions: int = 0,
 ) -> Measurement:
     daemon = factory(load.virtual_services(), load.timing, workdir)
     counter = AcceptCounter(sinks)
@@ -196,6 +312,16 @@ def measure(
                 f"CPU {measurement.cpu_percent:.1f} %, RSS {measurement.rss_mib:.1f} MiB",
                 flush=True,
             )
+            if isinstance(daemon, Directord) and transitions:
+                engine = engine_figures(daemon, load, transitions)
+                print(
+                    f"  {daemon.name}: verdict -> ipvs_op {engine.to_op * 1000:.1f} ms, "
+                    f"-> /proc {engine.to_table * 1000:.1f} ms (median of {engine.transitions}); "
+                    f"reload of one server: {engine.reload_cpu * 1000:.1f} ms CPU, "
+                    f"{engine.reload_ops} ipvs_op",
+                    flush=True,
+                )
+                measurement = replace(measurement, engine=engine)
             return measurement
         finally:
             daemon.stop()
@@ -258,6 +384,15 @@ def report(load: Load, results: dict[str, Measurement]) -> None:
         ],
         rows,
     )
+    for m in results.values():
+        if m.engine is not None:
+            e = m.engine
+            print(
+                f"{m.name} engine at {load.real_servers} servers: verdict -> ipvs_op "
+                f"{e.to_op * 1000:.1f} ms, verdict -> /proc {e.to_table * 1000:.1f} ms "
+                f"(medians of {e.transitions}); reload with one server changed: "
+                f"{e.reload_cpu * 1000:.1f} ms CPU, {e.reload_ops} ipvs_op"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -273,6 +408,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--fill-timeout", type=float, default=900.0, help="max wait for the full table (s)"
     )
     parser.add_argument("--only", choices=("directord", "keepalived"), action="append")
+    parser.add_argument(
+        "--transitions",
+        type=int,
+        default=5,
+        help="directord: servers failed and restored for the verdict-to-kernel latency (0: none)",
+    )
     args = parser.parse_args(argv)
     load = Load(args.services, args.per_service, TcpTiming(args.interval, args.timeout, 2, 1))
     limit = raise_fd_limit()
@@ -294,6 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.sinks,
                 args.fill_timeout,
                 Path(tmp) / name,
+                args.transitions,
             )
     report(load, results)
     return 0

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import random
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Set
 from dataclasses import dataclass
@@ -647,7 +648,7 @@ class Director:
 
         async def job() -> ReloadResult:
             try:
-                config = await trio.to_thread.run_sync(load_config, str(path))
+                config, parse_cpu = await trio.to_thread.run_sync(_timed_load, str(path))
             except ConfigError as error:
                 errors = tuple(f"{path}: {e}" for e in error.errors)
                 self.log.error("reload_rejected", **origin, errors=list(errors))
@@ -664,13 +665,17 @@ class Director:
                 self.log.error("reload_rejected", **origin, errors=list(errors))
                 return ReloadResult(errors=errors)
             self.log.info("reload", **origin)
-            return ReloadResult(summary=await self.reload(config))
+            return ReloadResult(summary=await self.reload(config, parse_cpu=parse_cpu))
 
         return await self.exclusive(job)
 
-    async def reload(self, config: Config) -> ReloadSummary:
+    async def reload(self, config: Config, *, parse_cpu: float = 0.0) -> ReloadSummary:
         """Take a new config; the runtime layer is applied over it again.
-        Call from a job (reload_file does)."""
+        Call from a job (reload_file does). The `reloaded` event's cpu_ms is
+        `parse_cpu` (seconds, the file's parse in its thread) plus this
+        thread's CPU in here (other tasks' turns during the kernel calls
+        included)."""
+        began = time.thread_time()
         old = self.effective
         new = effective_config(config, self.runtime)
         admin = self.runtime.admin
@@ -712,6 +717,7 @@ class Director:
                 endpoint(t.address, t.port) for t in summary.real_servers_changed
             ],
             operations=len(operations),
+            cpu_ms=round(1000 * (parse_cpu + time.thread_time() - began), 1),
         )
         return summary
 
@@ -771,6 +777,13 @@ class Director:
         if self.pass_error is not None:
             line += f"; passes failing: {self.pass_error}"
         return line
+
+
+def _timed_load(path: str) -> tuple[Config, float]:
+    """load_config, and the CPU seconds it took (of the calling thread)."""
+    began = time.thread_time()
+    config = load_config(path)
+    return config, time.thread_time() - began
 
 
 class _Reply:
