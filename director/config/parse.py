@@ -8,6 +8,7 @@ from __future__ import annotations
 import grp
 import os
 import re
+import socket
 import threading
 from collections.abc import Mapping
 from ipaddress import IPv4Address, ip_address
@@ -145,17 +146,20 @@ def parse_config(
 def parse_endpoint(text: str) -> tuple[IPAddress, int | None] | None:
     """'10.0.0.1:80', '[2001:db8::1]:80', or an address alone (port None);
     None when it is neither."""
-    try:
-        return ip_address(text), None
-    except ValueError:
-        pass
+    # One colon: an IPv4 address and a port, never an address alone (the
+    # common case, and a raised ValueError costs more than the rest).
+    if text.count(":") != 1:
+        try:
+            return ip_address(text), None
+        except ValueError:
+            pass
     match = _ENDPOINT.fullmatch(text)
     if match is None:
         return None
     host = match["v6"] or match["v4"]
     port_text = match["v6port"] if match["v6"] else match["v4port"]
     try:
-        address = ip_address(host)
+        address = _ipv4(host) if match["v4"] else ip_address(host)
     except ValueError:
         return None
     if match["v6"] and address.version != 6:
@@ -165,6 +169,16 @@ def parse_endpoint(text: str) -> tuple[IPAddress, int | None] | None:
     if not port_text.isascii() or not port_text.isdigit() or int(port_text) > PORT_MAX:
         return None
     return address, int(port_text)
+
+
+def _ipv4(text: str) -> IPAddress:
+    """ip_address(text), faster for a dotted quad: inet_pton takes exactly
+    what ipaddress takes for IPv4 (four decimal octets up to 255, no leading
+    zeros, ASCII only); anything else goes to ip_address as before."""
+    try:
+        return IPv4Address(socket.inet_pton(socket.AF_INET, text))
+    except (OSError, ValueError, UnicodeEncodeError):
+        return ip_address(text)
 
 
 def _ipvs(table: Table | None) -> IpvsSettings:
