@@ -18,6 +18,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -554,7 +555,9 @@ class FlakyBackend(MemoryBackend):
         return super().services()
 
 
-async def test_an_interrupted_dump_is_read_again_after_a_short_pause() -> None:
+async def test_an_interrupted_dump_is_read_again_after_a_short_pause(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     backend = FlakyBackend(failures=READ_ATTEMPTS - 1)
     table = KernelTable(backend, threaded=False)
     start = trio.current_time()
