@@ -50,7 +50,7 @@ def events(text: str) -> list[dict[str, Any]]:
 async def test_a_writer_blocked_on_a_full_pipe_does_not_block_a_task_that_logs() -> None:
     read_end, write_end = os.pipe()
     fill(write_end)  # nobody reads: the writer thread's first write blocks
-    stream = os.fdopen(write_end, "w")
+    stream = os.fdopen(write_end, "w", buffering=1)  # line-buffered: its first line blocks
     received: list[bytes] = []
     reader = threading.Thread(target=drain, args=(read_end, received))
     try:
