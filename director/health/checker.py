@@ -308,29 +308,36 @@ class Checker(Generic[K]):
 
 
 def validate_target(key: object, target: object) -> None:
-    where = f"health check target {key!r}"
+    """Raise ValueError, naming `key`, when `target` is no (check, address,
+    port) the checker can probe. Called for every target of every reload:
+    the message (the key's repr) is built only for a bad one."""
+    problem = target_problem(target)
+    if problem is not None:
+        raise ValueError(f"health check target {key!r}: {problem}")
+
+
+def target_problem(target: object) -> str | None:
     if not (isinstance(target, tuple) and len(target) == 3):
-        raise ValueError(f"{where}: expected (check, address, port), got {target!r}")
+        return f"expected (check, address, port), got {target!r}"
     check, address, port = target
     if not isinstance(check, Check):
-        raise ValueError(f"{where}: {check!r} is not a health check")
+        return f"{check!r} is not a health check"
     if not isinstance(address, IPv4Address | IPv6Address):
-        raise ValueError(f"{where}: address {address!r} is not an IP address")
+        return f"address {address!r} is not an IP address"
     if not (isinstance(port, int) and 0 <= port <= 65535):
-        raise ValueError(f"{where}: port {port!r} is not in 0..65535")
+        return f"port {port!r} is not in 0..65535"
     if not isinstance(check, ExecCheck) and (check.port if check.port is not None else port) == 0:
-        raise ValueError(
-            f"{where}: no port to probe (the server's port is 0; set the check's port)"
-        )
+        return "no port to probe (the server's port is 0; set the check's port)"
     timing = check.timing
     for name in ("interval", "timeout"):
         value = getattr(timing, name)
         if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-            raise ValueError(f"{where}: {name} must be a positive number of seconds, got {value!r}")
+            return f"{name} must be a positive number of seconds, got {value!r}"
     for name in ("rise", "fall"):
         value = getattr(timing, name)
         if not (isinstance(value, int) and value >= 1):
-            raise ValueError(f"{where}: {name} must be a whole number >= 1, got {value!r}")
+            return f"{name} must be a whole number >= 1, got {value!r}"
+    return None
 
 
 def default_max_probes() -> int:
