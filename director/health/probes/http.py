@@ -245,7 +245,8 @@ class _Exchange:
             except regex.error as e:
                 attempt.fail(Reason.ERROR, f"expect_body {check.expect_body!r}: {e}")
                 return
-            except TimeoutError:
+            except TimeoutError:  # the regex module's own timeout: said here, once
+                self.searching = False
                 detail = f"expect_body {check.expect_body!r} still searching the body"
                 attempt.fail(Reason.TIMEOUT, f"no verdict within {attempt.timeout:g} s: {detail}")
                 return
