@@ -351,8 +351,10 @@ def test_a_broken_reload_is_rejected_and_a_valid_one_applies_only_the_diff(h: Ha
 def test_a_server_deleted_behind_the_daemons_back_comes_back(h: Harness) -> None:
     daemon = h.start(Settings(reconcile_interval=1.0))
     h.wait_weights(h.web, all_up(h))
+    # ipvsadm fails the test if the delete fails. No look at the table
+    # between the delete and the repair: a drift pass (every 1 s here) may
+    # restore it before one; the second add below is the proof of the repair.
     ipvsadm("-d", *h.web.split(), "-r", h.rs("rs2"))
-    assert h.rs("rs2") not in destinations(h.web)
     h.wait_weights(h.web, all_up(h))
     repairs = daemon.events("ipvs_op", op="add_destination", rs=h.rs("rs2"))
     assert len(repairs) == 2  # the first one at start, the repair
