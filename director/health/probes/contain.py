@@ -12,12 +12,13 @@ must not flood the log.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import assert_never
 
 import trio
 
 from director import log
 from director.health.result import ProbeResult, Reason
-from director.health.spec import Check, ExecCheck, HttpCheck, TcpCheck, UdpCheck
+from director.health.spec import Check, DnsCheck, ExecCheck, HttpCheck, TcpCheck, UdpCheck
 from director.ipvs.model import IPAddress
 
 BUG_LOG_INTERVAL = 600.0  # seconds between two logs of the same (check type, exception type)
@@ -53,7 +54,9 @@ def check_type(check: Check) -> str:
         return "udp"
     if isinstance(check, ExecCheck):
         return "exec"
-    return type(check).__name__
+    if isinstance(check, DnsCheck):
+        return "dns"
+    assert_never(check)
 
 
 def describe(exc: BaseException) -> str:
