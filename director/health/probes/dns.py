@@ -102,6 +102,20 @@ def with_id(wire: bytes, query_id: int) -> bytes:
     return query_id.to_bytes(2, "big") + wire[2:]
 
 
+@dataclass(frozen=True)
+class _Sent:
+    """One probe's query, as both transports send and judge it: the check,
+    dnspython's message, the id this probe gave it and the wire form with it."""
+
+    check: DnsCheck
+    query: dns.message.Message
+    query_id: int
+    wire: bytes
+
+    def judge(self, data: bytes) -> Verdict:
+        return judge(self.check, self.query, self.query_id, data)
+
+
 def judge(check: DnsCheck, query: dns.message.Message, query_id: int, data: bytes) -> Verdict:
     """The verdict on `data`, received in answer to `query` sent with id
     `query_id` (`query` itself may carry another id). Never raises."""
@@ -175,13 +189,13 @@ async def probe_dns(check: DnsCheck, address: IPAddress, port: int) -> ProbeResu
     port = check.port if check.port is not None else port
     query, template = query_template(check.query_name, check.query_type)
     query_id = secrets.randbits(16)
-    wire = with_id(template, query_id)
+    sent = _Sent(check, query, query_id, with_id(template, query_id))
     ignored = Ignored()
     with probe_attempt(check.timing.timeout) as attempt:
         if check.transport == "tcp":
-            verdict = await _exchange_tcp(check, query, query_id, wire, address, port)
+            verdict = await _exchange_tcp(sent, address, port)
         else:
-            verdict = await _exchange_udp(check, query, query_id, wire, address, port, ignored)
+            verdict = await _exchange_udp(sent, address, port, ignored)
         if verdict.reason is Reason.OK:
             attempt.succeed(detail=verdict.detail)
         elif verdict.reason is not None:
@@ -194,22 +208,14 @@ async def probe_dns(check: DnsCheck, address: IPAddress, port: int) -> ProbeResu
     return result
 
 
-async def _exchange_udp(
-    check: DnsCheck,
-    query: dns.message.Message,
-    query_id: int,
-    wire: bytes,
-    address: IPAddress,
-    port: int,
-    ignored: Ignored,
-) -> Verdict:
+async def _exchange_udp(sent: _Sent, address: IPAddress, port: int, ignored: Ignored) -> Verdict:
     """Send the query from a connected socket and read datagrams until one is
     a reply to it (the others go to `ignored`), or an ICMP error comes."""
     raw = _socket_with_recverr(address)
     with trio.socket.from_stdlib_socket(raw) as sock:
         await sock.connect((str(address), port))
         try:
-            await sock.send(wire)
+            await sock.send(sent.wire)
         except OSError:
             # The kernel's own refusal (EPERM from a firewall, ...) unless the
             # queue holds an ICMP error that arrived before.
@@ -223,25 +229,18 @@ async def _exchange_udp(
                 if (icmp := read_icmp_error(raw) or _from_errno(error)) is None:
                     raise
                 return Verdict(*icmp)
-            verdict = judge(check, query, query_id, data)
+            verdict = sent.judge(data)
             if not verdict.ignored:
                 return verdict
             ignored.add(verdict.detail)
 
 
-async def _exchange_tcp(
-    check: DnsCheck,
-    query: dns.message.Message,
-    query_id: int,
-    wire: bytes,
-    address: IPAddress,
-    port: int,
-) -> Verdict:
+async def _exchange_tcp(sent: _Sent, address: IPAddress, port: int) -> Verdict:
     """Send the query, length-prefixed, on a new connection and read one
     message back (RFC 1035 section 4.2.2)."""
     with trio.socket.socket(family_of(address), trio.socket.SOCK_STREAM) as sock:
         await sock.connect((str(address), port))
-        await _send_all(sock, _LENGTH.pack(len(wire)) + wire)
+        await _send_all(sock, _LENGTH.pack(len(sent.wire)) + sent.wire)
         header = await _receive_exactly(sock, _LENGTH.size)
         if header is None:
             return Verdict(Reason.BAD_REPLY, "connection closed before a reply")
@@ -249,7 +248,7 @@ async def _exchange_tcp(
         data = await _receive_exactly(sock, length)
         if data is None:
             return Verdict(Reason.BAD_REPLY, f"connection closed inside a {length} byte reply")
-    verdict = judge(check, query, query_id, data)
+    verdict = sent.judge(data)
     if verdict.ignored:
         return Verdict(Reason.BAD_REPLY, f"reply to another query: {verdict.detail}")
     return verdict
