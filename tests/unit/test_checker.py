@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import random
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -12,6 +10,7 @@ from ipaddress import ip_address
 import pytest
 import trio
 import trio.testing
+from tcp_support import syn_dropping_port
 
 from director.health.checker import Checker, Target, next_start, validate_target
 from director.health.probes import probe_tcp
@@ -617,27 +616,6 @@ async def test_a_checker_runs_again_after_it_stopped(
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-@contextlib.contextmanager
-def syn_dropping_port() -> Iterator[int]:
-    """A listener whose accept queue is full: Linux drops new SYNs."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(0)
-        port = server.getsockname()[1]
-        fillers = []
-        for _ in range(2):
-            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            filler.setblocking(False)
-            fillers.append(filler)
-            with contextlib.suppress(BlockingIOError):
-                filler.connect(("127.0.0.1", port))
-        try:
-            yield port
-        finally:
-            for filler in fillers:
-                filler.close()
 
 
 async def test_the_tcp_probe_closes_its_socket_on_every_path(

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import contextlib
 import socket
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -8,6 +7,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 import pytest
 import trio
 import trio.testing
+from tcp_support import syn_dropping_port
 
 from director.health.probes import probe, probe_tcp
 from director.health.result import Reason
@@ -57,22 +57,7 @@ async def test_check_port_and_address_override_the_servers(closed_port: int) -> 
 
 
 async def test_listener_that_drops_syns_times_out(autojump_clock: trio.testing.MockClock) -> None:
-    # A full accept queue makes Linux drop new SYNs: the connect never completes.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(0)
-        port = server.getsockname()[1]
-        fillers = []
-        for _ in range(2):
-            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            filler.setblocking(False)
-            fillers.append(filler)
-            with contextlib.suppress(BlockingIOError):
-                filler.connect(("127.0.0.1", port))
-        try:
-            result = await probe_tcp(TcpCheck(timing=Timing(timeout=3.0)), ip_address("127.0.0.1"), port)  # fmt: skip
-        finally:
-            for filler in fillers:
-                filler.close()
+    with syn_dropping_port() as port:
+        result = await probe_tcp(TcpCheck(timing=Timing(timeout=3.0)), ip_address("127.0.0.1"), port)  # fmt: skip
     assert (result.ok, result.reason, result.detail) == (False, Reason.TIMEOUT, "no verdict within 3 s")  # fmt: skip
     assert result.latency == 3.0
