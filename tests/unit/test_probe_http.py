@@ -106,9 +106,9 @@ async def http_server(nursery: trio.Nursery) -> ServerFactory:
     return start
 
 
-@pytest.fixture(scope="session")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    directory = tmp_path_factory.mktemp("tls")
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A self-signed P-256 certificate for health.test, 127.0.0.1 and ::1,
+    valid a day, made by openssl: (cert.pem, key.pem) in `directory`."""
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
@@ -117,6 +117,11 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         check=True, capture_output=True,
     )  # fmt: skip
     return cert, key
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return self_signed(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

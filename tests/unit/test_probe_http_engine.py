@@ -5,7 +5,6 @@ sends, and an expect_body search that cannot block the event loop."""
 from __future__ import annotations
 
 import ssl
-import subprocess
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from test_probe_http import self_signed
 
 import director.health.probes.tls as tls_module
 from director.health.probes import Prober, probe_http
@@ -37,15 +37,7 @@ class TlsServer:
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "1", "-subj", "/CN=health.test", "-keyout", str(key), "-out", str(cert),
-         "-addext", "subjectAltName=DNS:health.test,IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    return self_signed(tmp_path_factory.mktemp("tls"))
 
 
 TlsServerFactory = Callable[[ssl.SSLContext], Awaitable[TlsServer]]
