@@ -6,6 +6,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import ip_address
+from typing import NamedTuple
 
 import pytest
 import trio
@@ -90,6 +91,23 @@ def checker(servers: FakeServers, recorder: Recorder) -> Checker[str]:
     )
 
 
+class Rig(NamedTuple):
+    """A checker over fake servers, what it reports recorded, and the test's
+    nursery to run it in."""
+
+    checker: Checker[str]
+    servers: FakeServers
+    recorder: Recorder
+    nursery: trio.Nursery
+
+
+@pytest.fixture
+def rig(
+    checker: Checker[str], servers: FakeServers, recorder: Recorder, nursery: trio.Nursery
+) -> Rig:
+    return Rig(checker, servers, recorder, nursery)
+
+
 def tcp(interval: float = 2.0, rise: int = 2, fall: int = 3, timeout: float = 1.0) -> TcpCheck:
     return TcpCheck(timing=Timing(interval=interval, timeout=timeout, rise=rise, fall=fall))
 
@@ -134,13 +152,8 @@ async def test_a_probe_longer_than_the_interval_skips_missed_starts(
     assert servers.starts(A) == pytest.approx([j, j + 6.0, j + 12.0, j + 18.0])
 
 
-async def test_transitions_happen_at_the_expected_virtual_times(
-    checker: Checker[str],
-    servers: FakeServers,
-    recorder: Recorder,
-    nursery: trio.Nursery,
-    clock: object,
-) -> None:
+async def test_transitions_happen_at_the_expected_virtual_times(rig: Rig, clock: object) -> None:
+    checker, servers, recorder, nursery = rig
     checker.set_targets({"a": (tcp(interval=2.0, rise=2, fall=3), A, 80)})
     [j] = jitters(1, 2.0)
     await nursery.start(checker.run)
@@ -164,13 +177,8 @@ async def test_transitions_happen_at_the_expected_virtual_times(
     assert (state.status, state.successes_in_row, state.since) == (Health.UP, 5, pytest.approx(j + 22.0))  # fmt: skip
 
 
-async def test_a_dead_server_is_down_after_its_first_probe(
-    checker: Checker[str],
-    servers: FakeServers,
-    recorder: Recorder,
-    nursery: trio.Nursery,
-    clock: object,
-) -> None:
+async def test_a_dead_server_is_down_after_its_first_probe(rig: Rig, clock: object) -> None:
+    checker, servers, recorder, nursery = rig
     servers.down.add(A)
     checker.set_targets({"a": (tcp(fall=5), A, 80)})
     assert checker.state("a").status is Health.UNKNOWN
@@ -181,12 +189,9 @@ async def test_a_dead_server_is_down_after_its_first_probe(
 
 
 async def test_set_targets_keeps_unchanged_targets_and_the_health_of_changed_ones(
-    checker: Checker[str],
-    servers: FakeServers,
-    recorder: Recorder,
-    nursery: trio.Nursery,
-    clock: object,
+    rig: Rig, clock: object
 ) -> None:
+    checker, servers, recorder, nursery = rig
     checker.set_targets({"a": (tcp(), A, 80), "b": (tcp(), B, 80), "gone": (tcp(), C, 80)})
     await nursery.start(checker.run)
     await trio.sleep_until(7.0)
@@ -220,13 +225,8 @@ async def test_set_targets_keeps_unchanged_targets_and_the_health_of_changed_one
     assert [m[:3] for m in recorder.moves() if m[0] == "b"] == [("b", Health.UNKNOWN, Health.UP)]
 
 
-async def test_removing_a_target_mid_probe_reports_nothing(
-    checker: Checker[str],
-    servers: FakeServers,
-    recorder: Recorder,
-    nursery: trio.Nursery,
-    clock: object,
-) -> None:
+async def test_removing_a_target_mid_probe_reports_nothing(rig: Rig, clock: object) -> None:
+    checker, servers, recorder, nursery = rig
     servers.duration = 1.5
     checker.set_targets({"a": (tcp(interval=2.0, timeout=2.0), A, 80)})
     [j] = jitters(1, 2.0)
@@ -472,12 +472,9 @@ async def test_concurrency_is_bounded_and_waiting_probes_start_as_slots_free(
 
 
 async def test_keys_with_the_same_target_share_one_probe_and_keep_their_own_state(
-    checker: Checker[str],
-    servers: FakeServers,
-    recorder: Recorder,
-    nursery: trio.Nursery,
-    clock: object,
+    rig: Rig, clock: object
 ) -> None:
+    checker, servers, recorder, nursery = rig
     check = tcp(interval=2.0, rise=2, fall=3)
     checker.set_targets({"web/a": (check, A, 80), "api/a": (check, A, 80)})
     checker.adopt("api/a", ramp_start=-30.0)  # found in service in the kernel's table
@@ -533,12 +530,9 @@ async def test_different_checks_of_one_server_are_probed_apart(
 
 
 async def test_a_result_for_a_removed_target_is_dropped_even_if_it_comes_back(
-    checker: Checker[str],
-    servers: FakeServers,
-    recorder: Recorder,
-    nursery: trio.Nursery,
-    clock: object,
+    rig: Rig, clock: object
 ) -> None:
+    checker, servers, recorder, nursery = rig
     """A TCP probe is not cancelled when its target goes: its result arrives
     and must feed nobody, not even the same key added again meanwhile."""
     servers.duration = 1.5
@@ -559,13 +553,8 @@ async def test_a_result_for_a_removed_target_is_dropped_even_if_it_comes_back(
     assert servers.starts(A) == pytest.approx([j, j + 1.0 + j_again])
 
 
-async def test_an_exec_probe_is_cancelled_when_its_target_goes(
-    checker: Checker[str],
-    servers: FakeServers,
-    recorder: Recorder,
-    nursery: trio.Nursery,
-    clock: object,
-) -> None:
+async def test_an_exec_probe_is_cancelled_when_its_target_goes(rig: Rig, clock: object) -> None:
+    checker, servers, recorder, nursery = rig
     servers.duration = 5.0
     checker.set_targets({"a": (ExecCheck(("sleep", "5"), Timing(interval=10.0, timeout=6.0)), A, 0)})  # fmt: skip
     [j] = jitters(1, 10.0)
