@@ -41,6 +41,33 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str, every: flo
         time.sleep(every)
 
 
+def wait_alive(
+    condition: Callable[[], T],
+    what: str,
+    *,
+    alive: Callable[[], bool],
+    log: Callable[[], str],
+    timeout: float,
+    every: float = 0.1,
+    context: Callable[[], str] | None = None,
+) -> T:
+    """wait_until for a test that needs a daemon alive: poll `condition`
+    every `every` seconds until it returns something truthy; that value.
+    Fails at once, with `log()`, when `alive()` turns false, and after
+    `timeout` seconds with `context()` (the log when not given)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if not alive():
+            raise AssertionError(f"directord exited while waiting for: {what}\n{log()}")
+        if time.monotonic() > deadline:
+            shown = context() if context is not None else log()
+            raise AssertionError(f"after {timeout:.0f} s still not: {what}\n{shown}")
+        time.sleep(every)
+
+
 class Daemon:
     def __init__(self, config: Path) -> None:
         self.config = config
@@ -110,6 +137,10 @@ class Daemon:
             self._notify.close()
             os.unlink(self._notify_path)
         self.process = self._reader = self._notify = None
+
+    def alive(self) -> bool:
+        """Whether the daemon was started and has not exited."""
+        return self.process is not None and self.process.poll() is None
 
     def _running(self) -> subprocess.Popen[str]:
         assert self.process is not None, "directord is not running"

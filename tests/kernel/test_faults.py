@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 
 import pytest
 from ctl_support import ctl
-from daemon_runner import Daemon
+from daemon_runner import Daemon, wait_alive
 from topology import Network, RealServers, inside, ipvsadm, network, run
 
 T = TypeVar("T")
@@ -86,19 +86,15 @@ class Rig:
 
     def wait(self, condition: Callable[[], T], what: str, timeout: float = DEADLINE) -> T:
         """Poll `condition` until truthy; fail at once when the daemon exits."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = condition()
-            if value:
-                return value
-            if not self.alive():
-                raise AssertionError(f"directord exited waiting for: {what}\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"after {timeout:.0f} s still not: {what}\n"
-                    f"table:\n{ipvsadm('-Sn')}\nlog:\n{self.log()}"
-                )
-            time.sleep(0.2)
+        return wait_alive(
+            condition,
+            what,
+            alive=self.alive,
+            log=self.log,
+            timeout=timeout,
+            every=0.2,
+            context=lambda: f"table:\n{ipvsadm('-Sn')}\nlog:\n{self.log()}",
+        )
 
     def log(self) -> str:
         return self.daemon.log_text()

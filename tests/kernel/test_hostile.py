@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from daemon_runner import Daemon, cpu_seconds
+from daemon_runner import Daemon, cpu_seconds, wait_alive
 from hostile import BEHAVIOURS
 from topology import Network, batch, inside, ipvsadm, network, run
 
@@ -210,16 +210,9 @@ class Rig:
 
     def wait(self, condition: Callable[[], T], what: str, timeout: float = DEADLINE) -> T:
         """Like daemon_runner.wait_until, but fails at once when the daemon exits."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = condition()
-            if value:
-                return value
-            if not self.alive():
-                raise AssertionError(f"directord exited while waiting for: {what}\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"after {timeout:.0f} s still not: {what}\n{self.log()}")
-            time.sleep(POLL)
+        return wait_alive(
+            condition, what, alive=self.alive, log=self.log, timeout=timeout, every=POLL
+        )
 
     def log(self) -> str:
         return self.daemon.log_text() if self.daemon is not None else "(no daemon)"

@@ -1,0 +1,659 @@
+"""Issue 7's operator examples on the real kernel: what an operator did, and
+what they expect, each a test against a running directord.
+
+    client --- director (VIP, runs directord) ---+--- rs1, rs2, rs3 (HTTP :80)
+
+One network and its real servers for the module (building it costs seconds in
+the VM); each test starts a daemon of its own on a config of its own and, at
+its end, stops it, clears the kernel table and restarts any real server it
+killed. The kernel table is read with the real `ipvsadm -Sn` (and `-Ln`).
+
+Deadlines are generous because the VM is slow and shared: they bound how long
+a wait may take, they are not performance claims. The one comparison of
+times, failover under listing load, is a loose ratio against the same
+measurement without the load (see test_listing_in_a_loop_does_not_delay_failover).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from ctl_support import CTL, ctl
+from daemon_runner import Daemon, wait_alive
+from tables import Outcome
+from topology import HTTP_PORT, Network, RealServers, inside, ipvsadm, network, run
+
+T = TypeVar("T")
+DEADLINE = 30.0  # seconds any one wait may take in the (slow, shared) VM
+POLL = 0.1  # seconds between two looks at the table
+BROADCAST = "10.1.1.255"  # topology: the director is 10.1.1.1/24 on its link to rs1
+# TCP connect checks: cheap in the VM, and a killed server is refused at once.
+FAST = "interval = 0.5, timeout = 1.0, rise = 1, fall = 1"
+
+
+@dataclass
+class World:
+    net: Network
+    servers: RealServers
+    tmp: pytest.TempPathFactory
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    director = f"do{os.getpid()}"
+    run("ip", "netns", "add", director)
+    try:
+        with inside(director):
+            run("ip", "link", "set", "lo", "up")
+            with network(director, web=3, udp=0) as net:
+                servers = RealServers(net)
+                try:
+                    servers.start("rs1", "rs2", "rs3")
+                    yield World(net, servers, tmp_path_factory)
+                finally:
+                    servers.close()
+    finally:
+        subprocess.run(["ip", "netns", "del", director], check=False)
+
+
+@dataclass
+class Rig:
+    """One test's daemon, its files and the ways to look at what it did."""
+
+    world: World
+    workdir: Path
+    daemon: Daemon | None = None
+    extra_control: list[str] = field(default_factory=list)
+
+    @property
+    def net(self) -> Network:
+        return self.world.net
+
+    @property
+    def config(self) -> Path:
+        return self.workdir / "director.toml"
+
+    @property
+    def socket(self) -> Path:
+        return self.workdir / "director.sock"
+
+    @property
+    def state_file(self) -> Path:
+        return self.workdir / "state.json"
+
+    def rs(self, name: str, port: int = HTTP_PORT) -> str:
+        return f"{self.net.host(name).address}:{port}"
+
+    def vs(self, port: int) -> str:
+        """The service as drain and status name it."""
+        return f"tcp:{self.net.vip}:{port}"
+
+    def config_text(self, services: str, *, daemon: str = "", control: str = "") -> str:
+        return (
+            "[daemon]\n"
+            "reconcile_interval = 3.0\n"
+            f'state_file = "{self.state_file}"\n'
+            f"{daemon}\n"
+            "[control]\n"
+            f'socket = "{self.socket}"\n'
+            f"{control}\n"
+            f"{services}"
+        )
+
+    def service(self, port: int, check: str, *servers: str, extra: str = "") -> str:
+        """A [[virtual_server]] on VIP:port (rr) with `check`; each of
+        `servers` is the body of one real_server table."""
+        text = (
+            "[[virtual_server]]\n"
+            'protocol = "tcp"\n'
+            f'address = "{self.net.vip}:{port}"\n'
+            'scheduler = "rr"\n'
+            f"check = {check}\n{extra}\n"
+        )
+        for body in servers:
+            text += f"[[virtual_server.real_server]]\n{body}\n"
+        return text
+
+    def server(self, name: str, *extra: str, port: int = HTTP_PORT) -> str:
+        return "\n".join([f'address = "{self.rs(name, port)}"', 'forward = "masq"', *extra]) + "\n"
+
+    def start(self, text: str) -> Daemon:
+        self.config.write_text(text)
+        self.daemon = Daemon(self.config)
+        self.daemon.start()
+        return self.daemon
+
+    def running(self) -> Daemon:
+        assert self.daemon is not None
+        return self.daemon
+
+    def alive(self) -> bool:
+        return self.daemon is not None and self.daemon.alive()
+
+    def log(self) -> str:
+        return self.daemon.log_text() if self.daemon is not None else "(no daemon)"
+
+    def wait(self, condition: Callable[[], T], what: str, timeout: float = DEADLINE) -> T:
+        return wait_alive(
+            condition,
+            what,
+            alive=self.alive,
+            log=self.log,
+            timeout=timeout,
+            every=POLL,
+            context=lambda: f"table:\n{ipvsadm('-Sn')}\nlog:\n{self.log()}",
+        )
+
+    def ctl(self, *args: str, stdin: str | None = None) -> Outcome:
+        return ctl(self.socket, args, stdin)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """`directorctl status --json`: each service by its name."""
+        answer = self.ctl("status", "--json")
+        assert answer.status == 0, answer
+        return {vs["service"]: vs for vs in json.loads(answer.stdout)["services"]}
+
+    def server_status(self, port: int, server: str) -> dict[str, Any]:
+        for rs in self.status()[self.vs(port)]["real_servers"]:
+            if rs["server"] == server:
+                return rs  # type: ignore[no-any-return]
+        raise AssertionError(f"{server} not in the status of {self.vs(port)}")
+
+    def weights(self, port: int) -> dict[str, int] | None:
+        """Real server -> weight of tcp VIP:port in `ipvsadm -Sn`; None
+        without the service."""
+        return weights_in(ipvsadm("-Sn"), f"-t {self.net.vip}:{port}")
+
+    def owned(self) -> list[dict[str, object]]:
+        owned = json.loads(self.state_file.read_text())["owned_services"]
+        assert isinstance(owned, list)
+        return owned
+
+    def reload(self, text: str) -> Outcome:
+        """Write the config and `directorctl reload` (it waits for the answer)."""
+        self.config.write_text(text)
+        return self.ctl("reload")
+
+
+def weights_in(saved: str, service: str) -> dict[str, int] | None:
+    lines = saved.splitlines()
+    if not any(line.startswith(f"-A {service} ") for line in lines):
+        return None
+    weights = {}
+    for line in lines:
+        if line.startswith(f"-a {service} -r "):
+            words = line.split()
+            weights[words[4]] = int(words[words.index("-w") + 1])
+    return weights
+
+
+@pytest.fixture
+def rig(world: World) -> Iterator[Rig]:
+    built = Rig(world, world.tmp.mktemp("operator"))
+    try:
+        yield built
+    finally:
+        if built.daemon is not None:
+            built.daemon.close()
+        ipvsadm("-C")
+        down = [n for n in ("rs1", "rs2", "rs3") if n not in world.servers.processes]
+        if down:
+            world.servers.start(*down)
+
+
+# -- 1. a dynamic weight is held through a failure short of fall -------------------------
+
+
+def test_dynamic_weight_of_7_is_held_through_one_timed_out_probe(rig: Rig) -> None:
+    """An exec check with dynamic_weight reports 7 (configured weight 100);
+    one probe times out (fall = 3): the kernel's weight stays 7 from the
+    failure to the next success, never the configured 100."""
+    flag = rig.workdir / "slow"
+    script = rig.workdir / "weight.sh"
+    # The flag makes exactly one probe outlast its timeout.
+    script.write_text(f"#!/bin/sh\nif [ -e {flag} ]; then rm -f {flag}; sleep 30; fi\necho 7\n")
+    # The window between the timed-out probe and the next one: interval - timeout.
+    interval = 4.0
+    check = (
+        f'{{ type = "exec", command = ["/bin/sh", "{script}"], dynamic_weight = true, '
+        f"interval = {interval}, timeout = 2.0, rise = 1, fall = 3 }}"
+    )
+    rs = rig.rs("rs1")
+    daemon = rig.start(rig.config_text(rig.service(80, check, rig.server("rs1", "weight = 100"))))
+    rig.wait(lambda: rig.weights(80) == {rs: 7}, "rs1 in the table at its dynamic weight 7")
+
+    before = len(daemon.events("probe_failed", rs=rs))
+    flag.touch()
+    samples: list[int | None] = []
+    failed_at: float | None = None
+    # Watch the table from the flag to well past the next probe: a reset to
+    # 100 would show between the timed-out probe and the next success.
+    deadline = time.monotonic() + DEADLINE
+    while failed_at is None or time.monotonic() < failed_at + interval:
+        samples.append((rig.weights(80) or {}).get(rs))
+        if failed_at is None and len(daemon.events("probe_failed", rs=rs)) > before:
+            failed_at = time.monotonic()
+        assert time.monotonic() < deadline, f"no probe_failed for {rs}:\n{rig.log()}"
+        assert rig.alive(), rig.log()
+        time.sleep(POLL)
+
+    # The flag's probe timed out; a slow VM may time out another, never fall's 3 in a row.
+    failures = daemon.events("probe_failed", rs=rs)
+    assert failures[before]["reason"] == "timeout", failures
+    assert all(f["failures_in_row"] < 3 for f in failures), failures
+    assert set(samples) == {7}, samples
+    after = rig.wait(
+        lambda: (s := rig.server_status(80, rs))["last_ok"] and s,
+        "a probe passed after the timed-out one",
+    )
+    assert (after["health"], after["current_weight"]) == ("up", 7), after
+    assert not daemon.events("real_server_down", rs=rs)
+    assert {e["new"] for e in daemon.events("dynamic_weight", rs=rs)} == {7}
+    assert rig.weights(80) == {rs: 7}
+
+
+# -- 2. slow start does not restart on a restart or a timing-only reload -----------------
+
+
+def test_slow_start_weights_survive_a_restart_and_a_timing_reload(rig: Rig) -> None:
+    """slow_start = 5, weights 100 and 50: once ramped, a restart of the
+    daemon (same state file) and a reload that only changes the check's
+    interval leave the kernel's weights at 100 and 50 (sampled after each,
+    once every server was probed again), and no destination is edited."""
+    rs1, rs2 = rig.rs("rs1"), rig.rs("rs2")
+    full = {rs1: 100, rs2: 50}
+
+    def config(interval: float) -> str:
+        check = f'{{ type = "tcp", interval = {interval}, timeout = 1.0, rise = 1, fall = 2 }}'
+        servers = (rig.server("rs1", "weight = 100"), rig.server("rs2", "weight = 50"))
+        return rig.config_text(rig.service(80, check, *servers, extra="slow_start = 5"))
+
+    rig.start(config(0.5))
+    ramp: list[dict[str, int] | None] = []
+
+    def ramped() -> bool:
+        ramp.append(rig.weights(80))
+        return ramp[-1] == full
+
+    rig.wait(ramped, "the ramp ended")
+    # The ramp was seen (so a restarted ramp would be too).
+    assert any(w and w.get(rs1, 100) < 100 for w in ramp), ramp
+
+    def watch(daemon: Daemon, probed: Callable[[dict[str, Any]], bool], what: str) -> None:
+        """Sample the table until `probed` holds for both servers' status,
+        and for 3 s more (a restarted ramp takes 5): always 100 and 50, and
+        no destination edited."""
+        samples: list[dict[str, int] | None] = []
+
+        def both_probed() -> bool:
+            samples.append(rig.weights(80))
+            return all(probed(s) for s in rig.status()[rig.vs(80)]["real_servers"])
+
+        rig.wait(both_probed, what)
+        for _ in range(12):
+            samples.append(rig.weights(80))
+            time.sleep(0.25)
+        assert all(w == full for w in samples), samples
+        edits = daemon.events("ipvs_op", op="edit_destination")
+        assert not edits, edits
+
+    # A restart: stop, and start on the same config and state file.
+    assert rig.running().stop() == 0, rig.log()
+    assert rig.weights(80) == full
+    restarted = Daemon(rig.config)
+    rig.daemon = restarted
+    restarted.start()
+    watch(
+        restarted,
+        lambda s: s["health"] == "up" and s["successes_in_row"] >= 2,
+        "both servers passed two probes since the restart",
+    )
+
+    # A reload that changes only the check's timing.
+    before = {s["server"]: s["successes_in_row"] for s in rig.status()[rig.vs(80)]["real_servers"]}
+    outcome = rig.reload(config(0.7))
+    assert outcome.status == 0, outcome
+    (reloaded,) = restarted.events("reloaded")
+    # The servers are kept (with a changed check), neither dropped nor added.
+    assert sorted(reloaded["real_servers_changed"]) == sorted(full), reloaded
+    assert reloaded["real_servers_added"] == reloaded["real_servers_removed"] == [], reloaded
+    watch(
+        restarted,
+        lambda s: s["health"] == "up" and s["successes_in_row"] >= before[s["server"]] + 2,
+        "both servers passed two probes since the reload",
+    )
+
+
+# -- 3. drain --wait without --timeout waits -----------------------------------------------
+
+
+def test_drain_wait_without_timeout_waits_for_the_connections_to_end(rig: Rig) -> None:
+    """`directorctl drain VS RS --wait`, no --timeout, with a client's
+    connection open through the VIP: it commits the drain (weight 0) and
+    does not return while the connection lives; once the client resets it
+    and the kernel forgets it, drain exits 0."""
+    rs = rig.rs("rs1")
+    rig.start(rig.config_text(rig.service(80, f'{{ type = "tcp", {FAST} }}', rig.server("rs1"))))
+    rig.wait(lambda: rig.weights(80) == {rs: 1}, "rs1 in the table")
+
+    with inside(rig.net.client.netns):
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with client:
+        client.settimeout(DEADLINE)
+        client.connect((str(rig.net.vip), HTTP_PORT))
+        drain = subprocess.Popen(
+            [str(CTL), "--socket", str(rig.socket), "drain", rig.vs(80), rs, "--wait"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            rig.wait(lambda: rig.weights(80) == {rs: 0}, "the drain was committed (weight 0)")
+            # Several of the daemon's looks at the count (one a second).
+            time.sleep(3.0)
+            assert drain.poll() is None, drain.communicate()
+            assert connections(rig, 80, rs) == (1, 0), ipvsadm("-Ln")
+            # A reset: the kernel's entry goes to CLOSE (10 s), not TIME_WAIT (2 min).
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except BaseException:
+            drain.kill()
+            drain.communicate()
+            raise
+    out, err = drain.communicate(timeout=DEADLINE + 15.0)
+    assert (drain.returncode, err) == (0, ""), (drain.returncode, out, err, rig.log())
+    assert "drained: no connections left" in out, out
+    assert rig.alive()
+
+
+def connections(rig: Rig, port: int, server: str) -> tuple[int, int]:
+    """ActiveConn and InActConn of `server` under tcp VIP:port in `ipvsadm -Ln`."""
+    lines = ipvsadm("-Ln").splitlines()
+    start = next(i for i, line in enumerate(lines) if f"{rig.net.vip}:{port}" in line)
+    for line in lines[start + 1 :]:
+        words = line.split()
+        if words[:1] != ["->"]:
+            break
+        if words[1] == server:
+            return int(words[4]), int(words[5])
+    raise AssertionError(f"{server} not under {rig.net.vip}:{port}:\n" + "\n".join(lines))
+
+
+# -- 4. a dropped service is deleted even when the batch has a refusal ---------------------
+
+
+def test_reload_dropping_a_service_deletes_it_while_the_kernel_refuses_another_op(
+    rig: Rig,
+) -> None:
+    """VIP:80 has a real server at the broadcast address of the director's
+    link to rs1 (up by its check, refused by the kernel: EINVAL); a reload
+    drops VIP:82. The reload's pass retries the refused add and deletes
+    VIP:82 in one batch: VIP:82 leaves the kernel and the state file's owned
+    services, and `directorctl status` still names the refusal."""
+    check = f'{{ type = "tcp", {FAST} }}'
+    broadcast = "\n".join(
+        [
+            f'address = "{BROADCAST}:80"',
+            'forward = "masq"',
+            f'check = {{ address = "{rig.net.host("rs1").address}" }}',
+        ]
+    )
+    web = rig.service(80, check, rig.server("rs1"), broadcast)
+    dropped = rig.service(82, check, rig.server("rs2"))
+    daemon = rig.start(rig.config_text(web + dropped))
+    rig.wait(lambda: rig.weights(82) == {rig.rs("rs2"): 1}, "VIP:82 with rs2 in the table")
+
+    def refusal() -> str | None:
+        return rig.server_status(80, f"{BROADCAST}:80")["refused"]  # type: ignore[no-any-return]
+
+    rig.wait(refusal, "status names the broadcast server's refusal")
+    assert {o["port"] for o in rig.owned()} == {80, 82}
+
+    seen = len(daemon.events("reloaded"))
+    outcome = rig.reload(rig.config_text(web))
+    assert outcome.status == 0, outcome
+    rig.wait(lambda: rig.weights(82) is None, "the dropped VIP:82 left the kernel")
+    reloaded = daemon.events("reloaded")[seen:]
+    assert reloaded, rig.log()
+    # The reload's pass sent both: the delete and the retried, refused add.
+    (apply,) = [e for e in daemon.events("ipvs_apply") if e.get("why") == "reload"]
+    assert apply["count"] >= 2, apply
+    (deleted,) = daemon.events("ipvs_op", op="delete_service")
+    assert deleted["vs"].endswith(f"{rig.net.vip}:82"), deleted
+    assert rig.weights(80) == {rig.rs("rs1"): 1}
+    text = refusal()
+    assert text is not None and "AddDestination" in text and "Invalid" in text, text
+    assert rig.vs(82) not in rig.status()
+    assert {o["port"] for o in rig.owned()} == {80}
+    assert rig.alive()
+
+
+# -- 5. settings only a restart applies ---------------------------------------------------
+
+
+def test_reload_changing_control_or_state_file_is_rejected_and_the_old_config_runs(
+    rig: Rig,
+) -> None:
+    """Each of [control] socket, group, mode and [daemon] state_file changed
+    (in a file that also drops VIP:82): `directorctl reload` exits 1 saying
+    a restart is needed, VIP:82 stays, and the old config is still checked:
+    a killed real server leaves the table."""
+    check = f'{{ type = "tcp", {FAST} }}'
+    services = rig.service(80, check, rig.server("rs1"), rig.server("rs2")) + rig.service(
+        82, check, rig.server("rs3")
+    )
+    daemon = rig.start(rig.config_text(services))
+    rig.wait(
+        lambda: (
+            rig.weights(80) == {rig.rs("rs1"): 1, rig.rs("rs2"): 1}
+            and rig.weights(82) == {rig.rs("rs3"): 1}
+        ),
+        "both services converged",
+    )
+    without_82 = rig.service(80, check, rig.server("rs1"), rig.server("rs2"))
+    socket_line = f'socket = "{rig.socket}"\n'
+    changes = {
+        "[control] socket": rig.config_text(without_82).replace(
+            socket_line, f'socket = "{rig.workdir}/other.sock"\n'
+        ),
+        "[control] group": rig.config_text(without_82, control='group = "root"'),
+        "[control] mode": rig.config_text(without_82, control='mode = "0600"'),
+        "[daemon] state_file": rig.config_text(without_82).replace(
+            str(rig.state_file), str(rig.workdir / "other.json")
+        ),
+    }
+    for setting, text in changes.items():
+        outcome = rig.reload(text)
+        assert outcome.status == 1, (setting, outcome)
+        assert setting in outcome.stderr and "needs a restart" in outcome.stderr, outcome
+        assert rig.weights(82) == {rig.rs("rs3"): 1}, setting
+    assert len(daemon.events("reload_rejected")) == len(changes)
+    assert not daemon.events("reloaded")
+    assert not (rig.workdir / "other.sock").exists()
+    assert rig.socket.exists()
+
+    rig.world.servers.kill("rs2")
+    rig.wait(lambda: rig.weights(80) == {rig.rs("rs1"): 1}, "killed rs2 left the table")
+    rig.world.servers.start("rs2")
+    rig.wait(lambda: rig.rs("rs2") in (rig.weights(80) or {}), "restarted rs2 came back")
+    assert rig.weights(82) == {rig.rs("rs3"): 1}
+    assert rig.alive()
+
+
+# -- 6. a long outage logs probe_failed at 1, 10, 100 ------------------------------------
+
+
+def test_probe_failed_is_logged_at_the_1st_10th_and_100th_failure_in_a_row(rig: Rig) -> None:
+    """A real server whose check port has no listener, probed every 0.05 s:
+    after more than 100 refused probes in a row, the log has probe_failed
+    at the 1st, 10th and 100th and at no other."""
+    rs = rig.rs("rs1")
+    # Nothing listens on 81: every probe is refused at once.
+    check = '{ type = "tcp", port = 81, interval = 0.05, timeout = 2.0, rise = 1, fall = 1 }'
+    daemon = rig.start(rig.config_text(rig.service(80, check, rig.server("rs1"))))
+    state = rig.wait(
+        lambda: (s := rig.server_status(80, rs))["failures_in_row"] >= 110 and s,
+        "110 failures in a row",
+        timeout=60.0,
+    )
+    failures = daemon.events("probe_failed", rs=rs)
+    assert [e["failures_in_row"] for e in failures] == [1, 10, 100], failures
+    assert {e["reason"] for e in failures} == {"refused"}, failures
+    assert state["health"] == "down" and rig.weights(80) == {}, state
+    assert rig.alive()
+
+
+# -- 7. listings do not delay failover --------------------------------------------------
+
+LISTERS = 4  # clients listing at once, each in a loop
+FOREIGN = 300  # another tool's services, so that each listing has work to do
+
+
+class Listers:
+    """Threads that each send `-Ln` on the control socket in a loop."""
+
+    def __init__(self, path: Path, count: int) -> None:
+        self.path = path
+        self.done = [0] * count
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _loop(self, index: int) -> None:
+        request = b'{"v": 1, "argv": ["-Ln"]}\n'
+        while not self._stop.is_set():
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.settimeout(DEADLINE)
+                    sock.connect(str(self.path))
+                    sock.sendall(request)
+                    answer = b""
+                    while not answer.endswith(b"\n"):
+                        chunk = sock.recv(1 << 20)
+                        if not chunk:
+                            break
+                        answer += chunk
+                response = json.loads(answer)
+                if response.get("status") != 0:
+                    self.errors.append(repr(response)[:200])
+            except (OSError, ValueError) as e:
+                self.errors.append(repr(e))
+            self.done[index] += 1
+
+    def running(self) -> bool:
+        return all(thread.is_alive() for thread in self._threads)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=DEADLINE)
+
+
+def test_listing_in_a_loop_does_not_delay_failover(rig: Rig) -> None:
+    """With LISTERS clients listing a table of FOREIGN + 1 services in a
+    loop, a killed real server leaves the table while they still list, no
+    listing fails, and the removal is the daemon's own pass for that server's
+    down transition (listings are read through their own netlink socket and
+    never queue behind it, nor it behind them). The failover's time with and
+    without listers is printed, not asserted: wall-clock bounds in the VM
+    measure the host's load."""
+    foreign = "".join(
+        f"-A -t 10.80.{i // 250}.{i % 250 + 1}:80 -s rr\n"
+        f"-a -t 10.80.{i // 250}.{i % 250 + 1}:80 -r 10.200.0.1:80 -g -w 1\n"
+        for i in range(FOREIGN)
+    )
+    done = subprocess.run(["ipvsadm", "-R"], input=foreign, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    check = f'{{ type = "tcp", {FAST} }}'
+    names = ("rs1", "rs2", "rs3")
+    servers = [rig.server(n) for n in names]
+    rig.start(rig.config_text(rig.service(80, check, *servers)))
+    everyone = {rig.rs(n): 1 for n in names}
+    rig.wait(lambda: rig.weights(80) == everyone, "rs1, rs2, rs3 in the table")
+
+    def failover(name: str) -> float:
+        killed = time.monotonic()
+        rig.world.servers.kill(name)
+        rig.wait(lambda: rig.rs(name) not in (rig.weights(80) or {}), f"killed {name} left")
+        return time.monotonic() - killed
+
+    baseline = failover("rs2")
+    rig.world.servers.start("rs2")
+    rig.wait(lambda: rig.weights(80) == everyone, "rs2 came back")
+
+    listers = Listers(rig.socket, LISTERS)
+    try:
+        rig.wait(lambda: min(listers.done) >= 1, "every lister got a listing")
+        before = list(listers.done)
+        loaded = failover("rs3")
+        still_running = listers.running()
+        during = [after - b for after, b in zip(listers.done, before, strict=True)]
+    finally:
+        listers.stop()
+    print(
+        f"\nfailover {baseline:.2f} s alone, {loaded:.2f} s under {LISTERS} listers "
+        f"({sum(during)} listings of {FOREIGN + 1} services during it)"
+    )
+    assert still_running and not listers.errors, listers.errors[:5]
+    removal = rig.daemon.events("ipvs_op", op="delete_destination", rs=rig.rs("rs3"))
+    assert removal, "rs3 left the table, but not by the daemon's delete"
+    assert rig.alive()
+
+
+# -- 8. -Sn, -C, -R leaves a hand-made service alone ------------------------------------
+
+
+def test_save_clear_restore_leaves_a_hand_made_service_unmanaged(rig: Rig) -> None:
+    """A service made with the real `ipvsadm -A` (its real server has no
+    listener, so a probe would take it out), then `directorctl -Sn`, `-C`,
+    `-R` of the saved table: the hand-made service comes back as it was and
+    stays unmanaged: not in the state file's owned services, not in
+    `directorctl status`, never probed (its server stays in the table)."""
+    hand_made = f"-t {rig.net.vip}:8080"
+    stray = rig.rs("rs3", 81)  # nothing listens there
+    ipvsadm("-A", *hand_made.split(), "-s", "wrr")
+    ipvsadm("-a", *hand_made.split(), "-r", stray, "-m", "-w", "3")
+    check = f'{{ type = "tcp", {FAST} }}'
+    runtime_check = f'runtime_check = {{ type = "tcp", {FAST} }}'
+    managed = {rig.rs("rs1"): 1, rig.rs("rs2"): 1}
+    daemon = rig.start(
+        rig.config_text(
+            rig.service(80, check, rig.server("rs1"), rig.server("rs2")), control=runtime_check
+        )
+    )
+    rig.wait(lambda: rig.weights(80) == managed, "rs1 and rs2 in the table")
+    before = [line for line in ipvsadm("-Sn").splitlines() if hand_made in line]
+    assert len(before) == 2, before
+
+    rules = rig.ctl("-Sn")
+    assert rules.status == 0 and hand_made in rules.stdout, rules
+    assert rig.ctl("-C") == Outcome("", "", 0)
+    assert ipvsadm("-Sn") == ""
+    assert rig.ctl("-R", stdin=rules.stdout) == Outcome("", "", 0)
+    rig.wait(lambda: rig.weights(80) == managed, "rs1 and rs2 back in the table")
+
+    # Ten runtime-check intervals: a probe of the stray server would fail
+    # (refused) and, fall = 1, take it out of the table.
+    for _ in range(10):
+        assert [line for line in ipvsadm("-Sn").splitlines() if hand_made in line] == before
+        time.sleep(0.5)
+    assert f"{rig.net.vip}:8080" not in json.dumps(rig.owned())
+    assert {o["port"] for o in rig.owned()} == {80}
+    assert list(rig.status()) == [rig.vs(80)]
+    for event in ("probe_failed", "real_server_down", "real_server_up"):
+        assert not daemon.events(event, rs=stray), daemon.events(event, rs=stray)
+    assert rig.alive()
