@@ -27,6 +27,7 @@ from director.health.spec import (
     Timing,
     UdpCheck,
     host_problem,
+    pattern_problem,
 )
 from director.ipvs.facts import unicast_problem
 from director.ipvs.model import IPAddress
@@ -318,10 +319,9 @@ def _statuses(table: Table) -> tuple[StatusRange, ...] | None:
 def _regex(table: Table, key: str) -> str | None:
     pattern = table.string(key)
     if pattern is not None:
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            table.error(key, f"not a valid regular expression ({e})", pattern)
+        problem = pattern_problem(pattern)
+        if problem is not None:
+            table.error(key, f"not a valid regular expression ({problem})", pattern)
             return None
     return pattern
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from ipaddress import IPv6Address, ip_address
 from typing import Literal
 
+import regex  # type: ignore[import-untyped]  # no stubs in the venv; the calls below are few
+
 from director.ipvs.model import IPAddress
 
 MAX_HOST_NAME = 253  # bytes, without the trailing dot (RFC 1035 section 2.3.4)
@@ -142,4 +144,16 @@ def host_problem(host: str) -> str | None:
                 f"label {label!r} is not 1 to 63 letters, digits and hyphens"
                 " that neither start nor end with a hyphen"
             )
+    return None
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why `pattern` does not compile as the probes compile it (the `regex`
+    module, in Python's `re` syntax: see probes/patterns.py), or None."""
+    try:
+        regex.compile(pattern)
+    except regex.error as e:
+        return str(e)
+    except (ValueError, TypeError, RecursionError, OverflowError) as e:
+        return f"{type(e).__name__}: {e}"
     return None

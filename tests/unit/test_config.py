@@ -413,7 +413,7 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             VS + "check = { type = 'http', expect_body = '[' }\n",
-            "virtual_server[0].check.expect_body: not a valid regular expression (unterminated character set at position 0): '['",
+            "virtual_server[0].check.expect_body: not a valid regular expression (unterminated character set at position 1): '['",
         ),
         (
             VS + "check = { type = 'http', path = 'x' }\n",

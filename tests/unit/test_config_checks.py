@@ -305,7 +305,7 @@ def test_dns_expected_nxdomain() -> None:
         ('{ type = "dns", expect_address = "192.0.2.7" }', "expect_address: an IPv4 address answers query_type = \"A\", not \"SOA\": '192.0.2.7'"),
         ('{ type = "dns", query_type = "A", expect_address = "2001:db8::7" }', "expect_address: an IPv6 address answers query_type = \"AAAA\", not \"A\": '2001:db8::7'"),
         ('{ type = "dns", query_type = "A", expect_address = "192.0.2.7", expect_rcode = "NXDOMAIN" }', "expect_address: an answer comes only with expect_rcode = \"NOERROR\""),
-        ('{ type = "dns", expect_answer = "(" }', "expect_answer: not a valid regular expression (missing ), unterminated subpattern at position 0): '('"),
+        ('{ type = "dns", expect_answer = "(" }', "expect_answer: not a valid regular expression (missing ) at position 1): '('"),
         ('{ type = "dns", transport = "quic" }', "transport: must be one of udp, tcp: 'quic'"),
         ('{ type = "dns", port = 0 }', "port: must be between 1 and 65535: 0"),
         ('{ type = "dns", payload = "x" }', "payload: not a key of a dns check (it is for udp)"),

@@ -403,3 +403,34 @@ def test_judge_never_raises(data: bytes) -> None:
     verdict = judge(check, query, 0x1234, b"\x12\x34" + data)
     assert isinstance(verdict, Verdict)
     assert verdict.reason is not Reason.OK or verdict.detail.startswith("NOERROR")
+
+
+# -- a catastrophic expect_answer never holds up the event loop ----------------------------
+
+
+async def test_dns_catastrophic_expect_answer_fails_its_probe_and_the_loop_goes_on() -> None:
+    # `(a|aa)+$` against 40 a's and a b backtracks for longer than anyone
+    # waits: matched on the event loop it froze the daemon for 5 s at 35 a's
+    # (an operator trial). A real clock: the search is real work.
+    def unlucky(query: dns.message.Message, _: bytes) -> list[bytes]:
+        return [answer(query, f"txt.example. 300 IN TXT {'a' * 40}b").to_wire()]
+
+    check = DnsCheck(
+        Timing(timeout=0.5), query_name="txt.example", query_type="TXT", expect_answer="(a|aa)+$"
+    )
+    ticks = 0
+    finished = trio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not finished.is_set():
+            ticks += 1
+            await trio.sleep(0.01)
+
+    async with udp_responder(IPv4Address("127.0.0.1"), unlucky) as port, trio.open_nursery() as n:
+        n.start_soon(ticker)
+        result = await probe_dns(check, IPv4Address("127.0.0.1"), port)
+        finished.set()
+    assert not result.ok
+    assert (result.reason, result.detail) == (Reason.TIMEOUT, "no verdict within 0.5 s")
+    assert ticks >= 10  # the loop kept running while the search did

@@ -277,3 +277,37 @@ def test_icmp_errors_from_a_router_are_down(routed: str, target: str, expected: 
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == expected
+
+
+async def test_udp_catastrophic_expect_fails_its_probe_and_the_loop_goes_on(
+    address: IPAddress,
+) -> None:
+    # The same kind as expect_body's and expect_answer's: a regex matched on
+    # the event loop would freeze the daemon (a real clock: real work).
+    sock = await bound_socket(address)
+
+    async def unlucky() -> None:
+        while True:
+            _, peer = await sock.recvfrom(65535)
+            await sock.sendto(b"a" * 40 + b"b", peer)
+
+    check = UdpCheck(Timing(timeout=0.5), payload=b"ping", expect="(a|aa)+$")
+    ticks = 0
+    finished = trio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not finished.is_set():
+            ticks += 1
+            await trio.sleep(0.01)
+
+    with sock:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(unlucky)
+            nursery.start_soon(ticker)
+            result = await probe(check, address, sock.getsockname()[1])
+            finished.set()
+            nursery.cancel_scope.cancel()
+    assert not result.ok and result.reason is Reason.TIMEOUT
+    assert result.detail == "no verdict within 0.5 s: expect '(a|aa)+$' still searching the reply"
+    assert ticks >= 10

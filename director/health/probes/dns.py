@@ -29,7 +29,6 @@ one message of at most 65535 bytes over TCP (its 16-bit length prefix, RFC
 from __future__ import annotations
 
 import functools
-import re
 import secrets
 import struct
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ import dns.rcode
 import dns.rdatatype
 import trio
 
+from director.health.probes import patterns
 from director.health.probes.attempt import probe_attempt
 from director.health.probes.udp import (
     MAX_DATAGRAM,
@@ -115,6 +115,13 @@ class _Sent:
     def judge(self, data: bytes) -> Verdict:
         return judge(self.check, self.query, self.query_id, data)
 
+    async def judge_off_loop(self, data: bytes) -> Verdict:
+        """judge(data), in a worker thread when an expect_answer regex may
+        have to be matched (patterns.py: it never holds up the event loop)."""
+        if self.check.expect_answer is None:
+            return self.judge(data)
+        return await patterns.off_loop(self.judge, data)
+
 
 def judge(check: DnsCheck, query: dns.message.Message, query_id: int, data: bytes) -> Verdict:
     """The verdict on `data`, received in answer to `query` sent with id
@@ -163,7 +170,11 @@ def _answer_problem(check: DnsCheck, reply: dns.message.Message) -> str | None:
             return f"no address {check.expect_address}"
     if check.expect_answer is not None:
         text = "\n".join(rrset.to_text() for rrset in reply.answer)
-        if not re.search(check.expect_answer, text):
+        try:
+            found = patterns.search_now(check.expect_answer, text, check.timing.timeout)
+        except patterns.StillSearching:
+            return f"expect_answer {check.expect_answer!r} still searching the answer"
+        if not found:
             return f"answer does not match {check.expect_answer!r}"
     return None
 
@@ -229,7 +240,7 @@ async def _exchange_udp(sent: _Sent, address: IPAddress, port: int, ignored: Ign
                 if (icmp := read_icmp_error(raw) or _from_errno(error)) is None:
                     raise
                 return Verdict(*icmp)
-            verdict = sent.judge(data)
+            verdict = await sent.judge_off_loop(data)
             if not verdict.ignored:
                 return verdict
             ignored.add(verdict.detail)
@@ -248,7 +259,7 @@ async def _exchange_tcp(sent: _Sent, address: IPAddress, port: int) -> Verdict:
         data = await _receive_exactly(sock, length)
         if data is None:
             return Verdict(Reason.BAD_REPLY, f"connection closed inside a {length} byte reply")
-    verdict = sent.judge(data)
+    verdict = await sent.judge_off_loop(data)
     if verdict.ignored:
         return Verdict(Reason.BAD_REPLY, f"reply to another query: {verdict.detail}")
     return verdict

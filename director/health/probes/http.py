@@ -45,6 +45,7 @@ import httpx
 import regex  # type: ignore[import-untyped]  # no stubs in the venv; the calls below are few
 import trio
 
+from director.health.probes import patterns
 from director.health.probes.attempt import Attempt, probe_attempt
 from director.health.probes.tls import TlsContexts, TlsSettings, TlsSetupError
 from director.health.result import ProbeResult, Reason
@@ -59,7 +60,7 @@ MAX_HEADER = 32 << 10
 # buffers before it refuses the reply: httpcore's h11 limit, as before.
 MAX_INCOMPLETE_EVENT = 100 << 10
 READ_SIZE = 64 << 10
-SEARCH_THREADS = 2  # expect_body searches at once, per trio run
+SEARCH_THREADS = patterns.SEARCH_THREADS  # expect_body searches at once, per trio run
 USER_AGENT = "director-health-check"
 _DEFAULT_PORT = {False: 80, True: 443}
 _EMPTY_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # sent with Content-Length: 0
@@ -376,25 +377,8 @@ def decode_body(body: bytes, charset: str | None) -> str:
     return body.decode("utf-8", "replace")
 
 
-_SEARCH_LIMITER: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("http_search")
-
-
 async def search_body(pattern: str, body: bytes, charset: str | None, attempt: Attempt) -> bool:
-    """Whether `pattern` is found in the decoded body, decided in a worker
-    thread (one of SEARCH_THREADS) that matches without the GIL and gives up
-    after the attempt's remaining time (raising TimeoutError); cancelling the
-    probe abandons the thread. Raises regex.error for a bad pattern."""
-    try:
-        limiter = _SEARCH_LIMITER.get()
-    except LookupError:
-        limiter = trio.CapacityLimiter(SEARCH_THREADS)
-        _SEARCH_LIMITER.set(limiter)
-    remaining = max(attempt.timeout - attempt.elapsed(), 0.001)
-    return await trio.to_thread.run_sync(
-        _search, pattern, body, charset, remaining, abandon_on_cancel=True, limiter=limiter
-    )
-
-
-def _search(pattern: str, body: bytes, charset: str | None, timeout: float) -> bool:
-    text = decode_body(body, charset)
-    return regex.search(pattern, text, concurrent=True, timeout=timeout) is not None
+    """Whether `pattern` is found in the decoded body (patterns.search: off
+    the event loop, giving up with TimeoutError when the attempt's time runs
+    out). Raises regex.error for a bad pattern."""
+    return await patterns.search(pattern, decode_body(body, charset), attempt)

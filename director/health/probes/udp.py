@@ -19,13 +19,14 @@ include/uapi/linux/errqueue.h).
 from __future__ import annotations
 
 import errno
-import re
 import socket
 import struct
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
 
 import trio
 
+from director.health.probes import patterns
 from director.health.probes.attempt import probe_attempt
 from director.health.result import ProbeResult, Reason
 from director.health.spec import UdpCheck
@@ -86,6 +87,7 @@ _ICMP_ERRNOS = {
 async def probe_udp(check: UdpCheck, address: IPAddress, port: int) -> ProbeResult:
     address = check.address or address
     port = check.port if check.port is not None else port
+    replied = False
     with probe_attempt(check.timing.timeout) as attempt:
         raw = _socket_with_recverr(address)
         with trio.socket.from_stdlib_socket(raw) as sock:
@@ -106,11 +108,24 @@ async def probe_udp(check: UdpCheck, address: IPAddress, port: int) -> ProbeResu
                     raise
                 attempt.fail(*icmp)
                 return attempt.result
-        if check.expect is None or re.search(check.expect, reply.decode("latin-1")):
-            attempt.succeed(detail=f"{len(reply)} byte reply")
+        replied = True
+        try:
+            matched = check.expect is None or await patterns.search(
+                check.expect, reply.decode("latin-1"), attempt
+            )
+        except patterns.StillSearching:
+            attempt.fail(Reason.TIMEOUT, f"no verdict within {attempt.timeout:g} s")
         else:
-            attempt.fail(Reason.BAD_REPLY, f"reply {reply[:40]!r} does not match {check.expect!r}")
+            if matched:
+                attempt.succeed(detail=f"{len(reply)} byte reply")
+            else:
+                detail = f"reply {reply[:40]!r} does not match {check.expect!r}"
+                attempt.fail(Reason.BAD_REPLY, detail)
     result = attempt.result
+    if result.reason is Reason.TIMEOUT and replied:
+        # A reply came, and the time ran out matching it against `expect`.
+        detail = f"{result.detail}: expect {check.expect!r} still searching the reply"
+        return replace(result, detail=detail)
     if result.reason is Reason.TIMEOUT:
         if check.silence_is_up:
             return ProbeResult.success(result.latency, detail="no reply")
