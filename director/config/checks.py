@@ -92,7 +92,7 @@ def parse_check(table: Table) -> Check | None:
     for key in table.data:
         if key not in keys and key in _ALL_KEYS:
             users = ", ".join(t for t, ks in KEYS_BY_TYPE.items() if key in ks)
-            table.error(key, f"not a key of a {kind} check (it is for {users})")
+            table.error(key, f"not a key of {_article(kind)} {kind} check (it is for {users})")
             table.raw(key)
 
     timing = Timing(
@@ -375,3 +375,7 @@ def _address(table: Table, key: str) -> IPAddress | None:
         table.error(key, f"not an address a probe can reach ({problem})", text)
         return None
     return address
+
+
+def _article(kind: str) -> str:
+    return "an" if kind in ("exec", "http", "https") else "a"  # an HTTP, a UDP

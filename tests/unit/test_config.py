@@ -361,11 +361,11 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             VS + "check = { type = 'http', verify_tls = false }\n",
-            "virtual_server[0].check.verify_tls: not a key of a http check (it is for https)",
+            "virtual_server[0].check.verify_tls: not a key of an http check (it is for https)",
         ),
         (
             VS + "check = { type = 'exec', command = 'x', port = 1 }\n",
-            "virtual_server[0].check.port: not a key of a exec check (it is for tcp, http, https, udp, dns)",
+            "virtual_server[0].check.port: not a key of an exec check (it is for tcp, http, https, udp, dns)",
         ),
         (
             VS + "check = { type = 'tcp', intervall = 1 }\n",

@@ -144,7 +144,7 @@ def test_tls_file_errors(pem: dict[str, Path], keys: str, error: str) -> None:
 @pytest.mark.parametrize("key", ["ca_file", "cert_file", "key_file"])
 def test_tls_files_are_keys_of_https_only(key: str) -> None:
     assert errors_of(f'{{ type = "http", {key} = "/x.pem" }}') == [
-        f"{WHERE}.{key}: not a key of a http check (it is for https)"
+        f"{WHERE}.{key}: not a key of an http check (it is for https)"
     ]
 
 
