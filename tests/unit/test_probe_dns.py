@@ -22,6 +22,7 @@ import trio
 import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
+from loop_support import ticking
 
 from director.health.probes import probe, probe_dns
 from director.health.probes.dns import Verdict, judge, query_template, with_id
@@ -418,19 +419,8 @@ async def test_dns_catastrophic_expect_answer_fails_its_probe_and_the_loop_goes_
     check = DnsCheck(
         Timing(timeout=0.5), query_name="txt.example", query_type="TXT", expect_answer="(a|aa)+$"
     )
-    ticks = 0
-    finished = trio.Event()
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while not finished.is_set():
-            ticks += 1
-            await trio.sleep(0.01)
-
-    async with udp_responder(IPv4Address("127.0.0.1"), unlucky) as port, trio.open_nursery() as n:
-        n.start_soon(ticker)
+    async with udp_responder(IPv4Address("127.0.0.1"), unlucky) as port, ticking() as ticks:
         result = await probe_dns(check, IPv4Address("127.0.0.1"), port)
-        finished.set()
     assert not result.ok
     assert (result.reason, result.detail) == (Reason.TIMEOUT, "no verdict within 0.5 s")
-    assert ticks >= 10  # the loop kept running while the search did
+    assert ticks.count >= 10  # the loop kept running while the search did

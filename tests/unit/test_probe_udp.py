@@ -13,6 +13,7 @@ from ipaddress import IPv4Address, IPv6Address
 import pytest
 import trio
 import trio.testing
+from loop_support import ticking
 
 import director.health.probes.udp as udp_module
 from director.health.probes import probe, probe_udp
@@ -292,22 +293,11 @@ async def test_udp_catastrophic_expect_fails_its_probe_and_the_loop_goes_on(
             await sock.sendto(b"a" * 40 + b"b", peer)
 
     check = UdpCheck(Timing(timeout=0.5), payload=b"ping", expect="(a|aa)+$")
-    ticks = 0
-    finished = trio.Event()
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while not finished.is_set():
-            ticks += 1
-            await trio.sleep(0.01)
-
     with sock:
-        async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery, ticking() as ticks:
             nursery.start_soon(unlucky)
-            nursery.start_soon(ticker)
             result = await probe(check, address, sock.getsockname()[1])
-            finished.set()
             nursery.cancel_scope.cancel()
     assert not result.ok and result.reason is Reason.TIMEOUT
     assert result.detail == "no verdict within 0.5 s: expect '(a|aa)+$' still searching the reply"
-    assert ticks >= 10
+    assert ticks.count >= 10
