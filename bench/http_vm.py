@@ -55,10 +55,8 @@ from common import (
     wait_for,
 )
 from keepalived import Keepalived
+from scale import SERVER_PREFIX, Load
 
-VIP = "10.1.0.1"
-FIRST_PORT = 20000
-SERVER_PREFIX = "10.2.0.0/16"
 REPLY = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
@@ -143,17 +141,6 @@ class Result:
         return 1000 * self.cpu / self.requests if self.requests else float("nan")
 
 
-def services(count: int, per_service: int) -> list[VirtualService]:
-    return [
-        VirtualService(
-            VIP,
-            FIRST_PORT + i,
-            tuple((f"10.2.{i + 1}.{j + 1}", FIRST_PORT + i) for j in range(per_service)),
-        )
-        for i in range(count)
-    ]
-
-
 def measure(
     name: str,
     table: list[VirtualService],
@@ -228,8 +215,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="each daemon, alternating")
     args = parser.parse_args()
     raise_fd_limit()
-    table = services(args.services, args.per_service)
     timing = TcpTiming(interval=args.interval, timeout=args.timeout, fall=2, rise=1)
+    table = Load(args.services, args.per_service, timing).virtual_services()
     results: dict[str, list[Result]] = {"directord": [], "keepalived": []}
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         for round_ in range(args.rounds):
