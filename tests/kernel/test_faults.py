@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 import pytest
 from ctl_support import ctl
 from daemon_runner import Daemon, wait_alive
-from topology import Network, RealServers, inside, ipvsadm, network, run
+from topology import Network, RealServers, director_network, ipvsadm
 
 T = TypeVar("T")
 DEADLINE = 30.0  # seconds any one wait may take in the (slow, shared) VM
@@ -207,30 +207,23 @@ def config_text(net: Network, workdir: Path, extra: int = 0) -> str:
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    director = f"df{os.getpid()}"
-    run("ip", "netns", "add", director)
-    try:
-        with inside(director):
-            run("ip", "link", "set", "lo", "up")
-            with network(director, web=3, udp=0) as net:
-                servers = RealServers(net)
-                workdir = tmp_path_factory.mktemp("faults")
-                daemon = Daemon(workdir / "director.toml")
-                try:
-                    servers.start("rs1", "rs2", "rs3")
-                    daemon.config.write_text(config_text(net, workdir))
-                    daemon.start()
-                    built = Rig(net, servers, workdir, daemon)
-                    built.wait(
-                        lambda: built.destinations(WEB_PORT) == built.healthy(),
-                        "rs1, rs2 and rs3 in the table",
-                    )
-                    yield built
-                finally:
-                    daemon.close()
-                    servers.close()
-    finally:
-        subprocess.run(["ip", "netns", "del", director], check=False)
+    with director_network("df") as net:
+        servers = RealServers(net)
+        workdir = tmp_path_factory.mktemp("faults")
+        daemon = Daemon(workdir / "director.toml")
+        try:
+            servers.start("rs1", "rs2", "rs3")
+            daemon.config.write_text(config_text(net, workdir))
+            daemon.start()
+            built = Rig(net, servers, workdir, daemon)
+            built.wait(
+                lambda: built.destinations(WEB_PORT) == built.healthy(),
+                "rs1, rs2 and rs3 in the table",
+            )
+            yield built
+        finally:
+            daemon.close()
+            servers.close()
 
 
 def test_kernel_refuses_a_scheduler_it_has_no_module_for(rig: Rig) -> None:

@@ -35,7 +35,6 @@ a disconnection), the test accepts both.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -49,7 +48,7 @@ from typing import Any, TypeVar
 import pytest
 from daemon_runner import Daemon, cpu_seconds, wait_alive
 from hostile import BEHAVIOURS
-from topology import Network, batch, inside, ipvsadm, network, run
+from topology import Network, batch, director_network, ipvsadm, run
 
 T = TypeVar("T")
 HOSTILE = Path(__file__).with_name("hostile.py")
@@ -260,36 +259,29 @@ class Rig:
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    director = f"dh{os.getpid()}"
-    run("ip", "netns", "add", director)
-    try:
-        with inside(director):
-            run("ip", "link", "set", "lo", "up")
-            with network(director, web=3, udp=0) as net:
-                router = net.host("rs3")
-                batch([f"route add {ROUTED}.0.0/16 via {router.address}"], director)
-                run(
-                    *("ip", "netns", "exec", router.netns, "sysctl", "-qw"),
-                    *("net.ipv4.ip_forward=1", "net.ipv4.icmp_ratelimit=0"),
-                )
-                batch(
-                    [
-                        f"route add blackhole {ROUTED}.1.0/24",
-                        f"route add unreachable {ROUTED}.2.0/24",
-                    ],
-                    router.netns,
-                )
-                built = Rig(net, tmp_path_factory.mktemp("hostile"))
-                try:
-                    built.start_servers()
-                    built.config.write_text(built.config_text())
-                    built.start_daemon()
-                    built.wait(built.canary_in_table, "the canary is in the table")
-                    yield built
-                finally:
-                    built.close()
-    finally:
-        subprocess.run(["ip", "netns", "del", director], check=False)
+    with director_network("dh") as net:
+        router = net.host("rs3")
+        batch([f"route add {ROUTED}.0.0/16 via {router.address}"], net.director)
+        run(
+            *("ip", "netns", "exec", router.netns, "sysctl", "-qw"),
+            *("net.ipv4.ip_forward=1", "net.ipv4.icmp_ratelimit=0"),
+        )
+        batch(
+            [
+                f"route add blackhole {ROUTED}.1.0/24",
+                f"route add unreachable {ROUTED}.2.0/24",
+            ],
+            router.netns,
+        )
+        built = Rig(net, tmp_path_factory.mktemp("hostile"))
+        try:
+            built.start_servers()
+            built.config.write_text(built.config_text())
+            built.start_daemon()
+            built.wait(built.canary_in_table, "the canary is in the table")
+            yield built
+        finally:
+            built.close()
 
 
 # -- measuring the daemon -------------------------------------------------------------

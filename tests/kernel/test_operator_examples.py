@@ -17,7 +17,6 @@ measurement without the load (see test_listing_in_a_loop_does_not_delay_failover
 from __future__ import annotations
 
 import json
-import os
 import socket
 import struct
 import subprocess
@@ -32,7 +31,14 @@ import pytest
 from ctl_support import CTL, ctl
 from daemon_runner import Daemon, wait_alive
 from tables import Outcome
-from topology import HTTP_PORT, Network, RealServers, inside, ipvsadm, network, run
+from topology import (
+    HTTP_PORT,
+    Network,
+    RealServers,
+    director_network,
+    inside,
+    ipvsadm,
+)
 
 T = TypeVar("T")
 DEADLINE = 30.0  # seconds any one wait may take in the (slow, shared) VM
@@ -51,20 +57,13 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    director = f"do{os.getpid()}"
-    run("ip", "netns", "add", director)
-    try:
-        with inside(director):
-            run("ip", "link", "set", "lo", "up")
-            with network(director, web=3, udp=0) as net:
-                servers = RealServers(net)
-                try:
-                    servers.start("rs1", "rs2", "rs3")
-                    yield World(net, servers, tmp_path_factory)
-                finally:
-                    servers.close()
-    finally:
-        subprocess.run(["ip", "netns", "del", director], check=False)
+    with director_network("do") as net:
+        servers = RealServers(net)
+        try:
+            servers.start("rs1", "rs2", "rs3")
+            yield World(net, servers, tmp_path_factory)
+        finally:
+            servers.close()
 
 
 @dataclass

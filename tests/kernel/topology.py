@@ -126,6 +126,22 @@ def _link(director: str, name: str, subnet: str, netns: str) -> tuple[Host, list
 
 
 @contextmanager
+def director_network(prefix: str, web: int = 3, udp: int = 0) -> Iterator[Network]:
+    """A director namespace of the test's own (`prefix` + pid), with this
+    thread inside it and its loopback up, and `network` built around it;
+    all of it deleted afterwards."""
+    director = f"{prefix}{os.getpid()}"
+    run("ip", "netns", "add", director)
+    try:
+        with inside(director):
+            run("ip", "link", "set", "lo", "up")
+            with network(director, web=web, udp=udp) as net:
+                yield net
+    finally:
+        subprocess.run(["ip", "netns", "del", director], check=False)
+
+
+@contextmanager
 def network(director: str, web: int = 3, udp: int = 2) -> Iterator[Network]:
     """Build the network around the namespace `director`; delete it afterwards."""
     names = [
