@@ -113,7 +113,7 @@ def start_daemon(config: Path, notify: socket.socket, log: Path) -> subprocess.P
          "--config", str(config), "--log-format", "console"],
         stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
-    notify.settimeout(60)
+    notify.settimeout(150)  # as the kernel rig: imports over 9p are slow in a loaded VM
     while b"READY=1" not in notify.recv(4096):
         pass
     return daemon
