@@ -30,6 +30,7 @@ import random
 import resource
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from ipaddress import IPv4Address, IPv6Address
 from typing import Generic, TypeVar
 
@@ -37,6 +38,7 @@ import outcome
 import trio
 
 from director.health.probes import ProbeFunction, Prober
+from director.health.probes.tcp import Connects, ProbeDone, TcpDestination, destination
 from director.health.result import ProbeResult, Reason
 from director.health.schedule import Schedule, first_start, next_start
 from director.health.spec import Check, ExecCheck, TcpCheck
@@ -62,11 +64,15 @@ class _Slot:
 
 @dataclass(eq=False)
 class _Probe(Generic[K]):
-    """One distinct (check, address, port), probed for every key in `slots`."""
+    """One distinct (check, address, port), probed for every key in `slots`.
+    A TCP check's probe is started with `Connects.start(tcp, done)`, no task
+    of its own; the others run in a worker task."""
 
     target: Target
     slots: dict[K, _Slot] = field(default_factory=dict)
     cancel_scope: trio.CancelScope | None = None  # while a probe runs
+    tcp: TcpDestination | None = None
+    done: ProbeDone | None = None
 
 
 class Checker(Generic[K]):
@@ -102,6 +108,7 @@ class Checker(Generic[K]):
         self._sleep: trio.CancelScope | None = None  # the scheduler's, while it waits
         self._running_probe: ProbeFunction | None = None
         self._idle: list[trio.lowlevel.Task] = []  # workers waiting for a probe
+        self._connects: Connects | None = None  # the real TCP probes, while running
 
     def set_targets(self, targets: Mapping[K, Target]) -> None:
         """Check exactly these targets from now on. Raises ValueError, naming
@@ -126,7 +133,7 @@ class Checker(Generic[K]):
             slot = self._slots[key] = _Slot(target, kept.get(key) or HealthState())
             probe = self._probes.get(target)
             if probe is None:
-                probe = self._probes[target] = _Probe(target)
+                probe = self._probes[target] = self._new_probe(target)
                 self._schedule_new(probe)
             probe.slots[key] = slot
             joined.append((probe, slot))
@@ -161,6 +168,9 @@ class Checker(Generic[K]):
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self._probe is None:
+                    self._connects = Connects()
+                    nursery.start_soon(self._connects.watch)
                 self._schedule = Schedule(self._max_probes, self._max_exec)
                 now = trio.current_time()
                 for slot in self._slots.values():
@@ -175,7 +185,16 @@ class Checker(Generic[K]):
             self._schedule = None
             self._sleep = None
             self._running_probe = None
+            self._connects = None
             self._idle.clear()
+
+    def _new_probe(self, target: Target) -> _Probe[K]:
+        probe: _Probe[K] = _Probe(target)
+        check, address, port = target
+        if isinstance(check, TcpCheck):
+            probe.tcp = destination(check, address, port)
+            probe.done = partial(self._tcp_done, probe)
+        return probe
 
     def _leave(self, key: K, slot: _Slot) -> None:
         probe = self._probes[slot.target]
@@ -219,11 +238,13 @@ class Checker(Generic[K]):
         `keep`, the caller is a worker and the first is returned for it to
         run itself, which saves a task switch."""
         kept: _Probe[K] | None = None
-        on_start, idle = self._on_start, self._idle
+        on_start, idle, connects = self._on_start, self._idle, self._connects
         for probe, at in due:
             if on_start is not None:
                 on_start(probe.target, trio.current_time() - at)
-            if keep and kept is None:
+            if connects is not None and probe.tcp is not None and probe.done is not None:
+                connects.start(probe.tcp, probe.done)
+            elif keep and kept is None:
                 kept = probe
             elif idle:
                 trio.lowlevel.reschedule(idle.pop(), outcome.Value(probe))
@@ -279,6 +300,17 @@ class Checker(Generic[K]):
         if result is not None:
             self._record(probe, result)
         return following
+
+    def _tcp_done(self, probe: _Probe[K], result: ProbeResult) -> None:
+        """A TCP probe's verdict, from `Connects.watch`: as `_run_probe` does
+        when a worker's probe ends."""
+        schedule = self._schedule
+        if schedule is None:
+            return
+        self._hand_out(schedule.finished(probe, trio.current_time()), keep=False)
+        if self._sleep is not None:
+            self._sleep.deadline = schedule.next_due()
+        self._record(probe, result)
 
     async def _attempt(self, target: Target) -> ProbeResult:
         function = self._running_probe

@@ -671,3 +671,87 @@ async def test_the_tcp_probe_tells_refused_from_timeout_through_the_checker(
         Reason.TIMEOUT,
         pytest.approx(2.0),
     )
+
+
+# -- the checker's TCP probes: no task each, verdicts by callback (Connects) ----------
+
+
+async def test_a_target_removed_while_its_connect_is_pending_gets_no_result(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    here = ip_address("127.0.0.1")
+    recorder = Recorder()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    open_port = listeners[0].socket.getsockname()[1]
+    async with listeners[0]:
+        with syn_dropping_port() as dropping:
+            checker: Checker[str] = Checker(on_result=recorder.on_result, rng=random.Random(SEED))
+            check = tcp(interval=1.0, timeout=0.9)
+            checker.set_targets({"open": (check, here, open_port), "gone": (check, here, dropping)})  # fmt: skip
+            await nursery.start(checker.run)
+            await trio.sleep(1.0)  # every first probe has started
+            checker.set_targets({"open": (check, here, open_port)})
+            await trio.sleep(5.0)
+            nursery.cancel_scope.cancel()
+    assert {key for key, _, _ in recorder.results} == {"open"}
+    assert [result.ok for _, result, _ in recorder.results] == [True] * 6
+    assert checker.state("open").successes_in_row == 6
+
+
+async def test_a_stopped_checker_leaves_no_tcp_socket_open(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    here = ip_address("127.0.0.1")
+    with syn_dropping_port() as dropping:
+        checker: Checker[int] = Checker(rng=random.Random(SEED))
+        # Distinct timeouts make distinct targets: one probe each.
+        checker.set_targets({n: (tcp(interval=1.0, timeout=5.0 + n / 100), here, dropping) for n in range(50)})  # fmt: skip
+        before = open_fds()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(checker.run)
+            await trio.sleep(1.0)
+            assert open_fds() >= before + 50  # every probe is connecting
+            nursery.cancel_scope.cancel()
+        assert open_fds() == before
+        assert all(state.last is None for state in checker.states().values())
+
+
+async def test_a_tcp_probe_that_raises_is_a_failed_result_and_the_checker_goes_on(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    recorder = Recorder()
+    checker: Checker[str] = Checker(on_result=recorder.on_result, rng=random.Random(SEED))
+    checker.set_targets({"a": (tcp(interval=1.0), ip_address("127.0.0.1"), 9)})
+
+    def broken(*args: object) -> None:
+        raise ValueError("no sockets today")
+
+    monkeypatch.setattr("director.health.probes.tcp.socket.socket", broken)
+    await nursery.start(checker.run)
+    await trio.sleep(3.0)
+    results = [result for _, result, _ in recorder.results]
+    assert len(results) == 3
+    assert {(r.ok, r.reason, r.detail) for r in results} == {
+        (False, Reason.ERROR, "ValueError: no sockets today")
+    }
+
+
+async def test_an_exception_in_a_tcp_verdicts_callback_ends_the_run(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """As for a probe run in a worker: a bug in a callback is not hidden."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+
+    def on_result(key: str, before: HealthState, after: HealthState) -> None:
+        raise RuntimeError("bug in on_result")
+
+    checker: Checker[str] = Checker(on_result=on_result, rng=random.Random(SEED))
+    checker.set_targets({"a": (tcp(interval=1.0), ip_address("127.0.0.1"), port)})
+    async with listeners[0]:
+        with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="bug in on_result"), flatten_subgroups=True):  # fmt: skip
+            async with trio.open_nursery() as nursery:
+                await nursery.start(checker.run)
+                await trio.sleep(2.0)

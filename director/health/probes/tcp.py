@@ -8,13 +8,15 @@ address is a literal), no exception on the way to a success, and the socket
 is closed on every path, cancellation included. Failures carry the reasons
 and details of `probe_attempt` (attempt.py).
 
-The wait goes through one epoll set of this module's for all the probes of
-a trio run (`_Connects`), watched by one system task that also keeps their
-deadlines: a socket costs one epoll_ctl, and one wake-up serves every
-connect that completed meanwhile. Through `trio.lowlevel.wait_writable`
-under a cancel scope, each socket cost a failed EPOLL_CTL_MOD (trio tries
-MOD, then ADD: an exception each time), a wake-up and a deadline of its
-own: more than the rest of the probe.
+`Connects` holds the connecting sockets in one epoll set and their deadlines
+in one heap, and its `watch` task delivers each verdict to a callback: a
+probe costs one epoll_ctl and no task, no cancel scope and no wake-up of its
+own, and one wake-up serves every connect that completed meanwhile. The
+checker starts its TCP probes this way (`Connects.start`), with no task per
+probe; `probe_tcp` is the same probe for one caller, awaited. Through
+`trio.lowlevel.wait_writable` under a cancel scope, each socket cost a failed
+EPOLL_CTL_MOD (trio tries MOD, then ADD: an exception each time), a wake-up
+and a deadline of its own: more than the rest of the probe.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import select
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -33,9 +36,14 @@ import outcome
 import trio
 
 from director.health.probes.attempt import translate
+from director.health.probes.contain import BugLog, contained
 from director.health.result import ProbeResult
 from director.health.spec import TcpCheck
 from director.ipvs.model import IPAddress
+
+__all__ = ["Connects", "ProbeDone", "TcpDestination", "destination", "probe_tcp"]
+
+ProbeDone = Callable[[ProbeResult], None]
 
 _FLAGS = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 # SO_LINGER on with a zero timeout: close() sends a RST instead of a FIN, so
@@ -48,114 +56,211 @@ _RST_ON_CLOSE = struct.pack("ii", 1, 0)
 _PENDING = (errno.EINPROGRESS, errno.EINTR)
 
 
-async def probe_tcp(check: TcpCheck, address: IPAddress, port: int) -> ProbeResult:
+@dataclass(frozen=True, slots=True)
+class TcpDestination:
+    """Where a TCP check connects, in the socket module's terms: computed
+    once per target, not once per probe (formatting an address costs more
+    than the rest of the probe's Python)."""
+
+    check: TcpCheck
+    address: IPAddress
+    port: int
+    family: int
+    sockaddr: tuple[str, int]
+
+
+def destination(check: TcpCheck, address: IPAddress, port: int) -> TcpDestination:
+    """The check's own address and port where it has them, else the server's."""
     address = check.address or address
     port = check.port if check.port is not None else port
-    timeout = check.timing.timeout
-    started = trio.current_time()
-    try:
-        sock = socket.socket(
-            socket.AF_INET if isinstance(address, IPv4Address) else socket.AF_INET6, _FLAGS
-        )
-    except OSError as exc:
-        reason, detail = translate(exc, timeout)
-        return ProbeResult.failure(reason, trio.current_time() - started, detail)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST_ON_CLOSE)
-        code = sock.connect_ex((str(address), port))
-        if code in _PENDING and await _connects().wait(sock.fileno(), started + timeout):
-            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code == 0:
-            return ProbeResult.success(trio.current_time() - started)
-        failure = trio.TooSlowError() if code in _PENDING else OSError(code, os.strerror(code))
-        reason, detail = translate(failure, timeout)
-        return ProbeResult.failure(reason, trio.current_time() - started, detail)
-    finally:
-        sock.close()
+    family = socket.AF_INET if isinstance(address, IPv4Address) else socket.AF_INET6
+    return TcpDestination(check, address, port, family, (str(address), port))
+
+
+async def probe_tcp(check: TcpCheck, address: IPAddress, port: int) -> ProbeResult:
+    """One TCP probe, awaited. Cancellation passes through (the socket is
+    closed). Network failures are failed results; see `Connects.start`."""
+    task = trio.lowlevel.current_task()
+
+    def done(result: ProbeResult) -> None:
+        trio.lowlevel.reschedule(task, outcome.Value(result))
+
+    connects = _connects()
+    connect = connects.start(destination(check, address, port), done)
+
+    def abort(_: object) -> trio.lowlevel.Abort:
+        connects.cancel(connect)
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    result: ProbeResult = await trio.lowlevel.wait_task_rescheduled(abort)
+    return result
 
 
 @dataclass(eq=False, slots=True)
-class _Wait:
-    fd: int
-    task: trio.lowlevel.Task
+class _Connect:
+    """One probe in flight. `done` is None once its verdict went out or it
+    was cancelled; `sock` is None once the socket is closed."""
+
+    target: TcpDestination
+    started: float
+    done: ProbeDone | None
+    sock: socket.socket | None = None
+    result: ProbeResult | None = None  # a verdict known at start, waiting to go out
 
 
-class _Connects:
+class Connects:
     """Connecting sockets in one epoll set, their deadlines in one heap, and
-    one task that wakes the probes: with True when a connect completed or
-    failed (then see SO_ERROR), with False at its deadline. A probe costs no
-    cancel scope of its own (one each cost about as much as the rest of the
-    probe's Python) and no wake-up of its own.
+    `watch`, which delivers each probe's verdict to its callback: a success
+    when the connect completed, a failure with its reason when it failed
+    (SO_ERROR) or its deadline passed.
 
     A socket is registered EPOLLOUT | EPOLLONESHOT: it reports once (when
     the connect completes, or fails: EPOLLERR and EPOLLHUP always report),
-    then stays disarmed until close(2) takes it out of the set. A wait that
+    then stays disarmed until close(2) takes it out of the set. A probe that
     ends without its event (deadline, cancel) takes its socket out at once:
     were the file kept open by a fork for a moment after our close, its
-    entry could later wake whichever socket had reused the number."""
+    entry could later wake whichever socket had reused the number.
+
+    One owner: the task that runs `watch` (the checker's nursery, or a system
+    task for `probe_tcp`). Callbacks run in that task, never inside `start`;
+    an exception a callback raises ends `watch` with it. When `watch` ends,
+    every socket still connecting is closed and its callback never runs."""
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
-        self._waiting: dict[int, _Wait] = {}
-        self._deadlines: list[tuple[float, int, _Wait]] = []
+        self._pending: dict[int, _Connect] = {}
+        self._deadlines: list[tuple[float, int, _Connect]] = []
         self._sequence = 0
+        self._known: list[_Connect] = []  # verdicts known at start
         self._sleep: trio.CancelScope | None = None
-        self._watched = False
+        self._bugs = BugLog()
+        self._closed = False
 
-    async def wait(self, fd: int, deadline: float) -> bool:
-        """Whether `fd`'s connect completed or failed before `deadline`
-        (trio time). Cancellation passes through; `fd` is then out of the set."""
-        self._epoll.register(fd, select.EPOLLOUT | select.EPOLLONESHOT)
-        wait = self._waiting[fd] = _Wait(fd, trio.lowlevel.current_task())
-        self._sequence += 1
-        heapq.heappush(self._deadlines, (deadline, self._sequence, wait))
-        if not self._watched:
-            trio.lowlevel.spawn_system_task(self._watch)
-            self._watched = True
-        elif self._sleep is not None and deadline < self._sleep.deadline:
-            self._sleep.deadline = deadline
+    def start(self, target: TcpDestination, done: ProbeDone) -> _Connect:
+        """Begin one probe; `done(result)` is called later from `watch`,
+        exactly once unless the probe is cancelled or `watch` ends first.
+        Never raises for the probe's sake: whatever goes wrong is its
+        verdict (a bug: reason `error`, logged once in a while, contain.py).
+        Raises trio.ClosedResourceError once `watch` has ended."""
+        if self._closed:
+            raise trio.ClosedResourceError("the TCP probes' watcher has ended")
+        started = trio.current_time()
+        connect = _Connect(target, started, done)
+        timeout = target.check.timing.timeout
+        try:
+            sock = connect.sock = socket.socket(target.family, _FLAGS)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST_ON_CLOSE)
+            code = sock.connect_ex(target.sockaddr)
+            if code in _PENDING:
+                fd = sock.fileno()
+                self._epoll.register(fd, select.EPOLLOUT | select.EPOLLONESHOT)
+                self._pending[fd] = connect
+                deadline = started + timeout
+                self._sequence += 1
+                heapq.heappush(self._deadlines, (deadline, self._sequence, connect))
+                sleep = self._sleep
+                if sleep is not None and deadline < sleep.deadline:
+                    sleep.deadline = deadline
+                return connect
+            connect.result = _verdict(code, 0.0, timeout)
+        except OSError as exc:
+            reason, detail = translate(exc, timeout)
+            connect.result = ProbeResult.failure(reason, 0.0, detail)
+        except Exception as exc:  # a probe can only fail: see contain.py
+            check, address, port = target.check, target.address, target.port
+            connect.result = contained(exc, check, address, port, started, self._bugs)
+        self._close(connect)
+        self._known.append(connect)
+        if self._sleep is not None:
+            self._sleep.deadline = -math.inf
+        return connect
 
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._forget(wait)
-            return trio.lowlevel.Abort.SUCCEEDED
+    def cancel(self, connect: _Connect) -> None:
+        """The probe's callback will not run; its socket is closed now."""
+        connect.done = None
+        if connect.sock is not None:
+            self._forget(connect)
 
-        completed: bool = await trio.lowlevel.wait_task_rescheduled(abort)
-        return completed
-
-    def _forget(self, wait: _Wait) -> None:
-        del self._waiting[wait.fd]
-        self._epoll.unregister(wait.fd)
-
-    async def _watch(self) -> None:
-        waiting, epoll, deadlines = self._waiting, self._epoll, self._deadlines
+    async def watch(self) -> None:
+        """Deliver verdicts until cancelled."""
+        pending, epoll, deadlines = self._pending, self._epoll, self._deadlines
         try:
             while True:
-                while deadlines and waiting.get(deadlines[0][2].fd) is not deadlines[0][2]:
-                    heapq.heappop(deadlines)  # that wait is over
-                with trio.move_on_at(deadlines[0][0] if deadlines else math.inf) as self._sleep:
+                while self._known:
+                    known, self._known = self._known, []
+                    for connect in known:
+                        assert connect.result is not None
+                        self._deliver(connect, connect.result)
+                while deadlines and deadlines[0][2].sock is None:
+                    heapq.heappop(deadlines)  # that probe is over
+                wake_at = -math.inf if self._known else deadlines[0][0] if deadlines else math.inf
+                with trio.move_on_at(wake_at) as self._sleep:
                     await trio.lowlevel.wait_readable(epoll)
                 self._sleep = None
-                for fd, _ in epoll.poll(0):
-                    wait = waiting.pop(fd, None)
-                    if wait is not None:
-                        trio.lowlevel.reschedule(wait.task, outcome.Value(True))
                 now = trio.current_time()
+                for fd, _ in epoll.poll(0):
+                    ready = pending.pop(fd, None)
+                    sock = ready.sock if ready is not None else None
+                    if ready is None or sock is None:
+                        continue
+                    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    self._close(ready)
+                    timeout = ready.target.check.timing.timeout
+                    self._deliver(ready, _verdict(code, now - ready.started, timeout))
                 while deadlines and deadlines[0][0] <= now:
-                    wait = heapq.heappop(deadlines)[2]
-                    if waiting.get(wait.fd) is wait:
-                        self._forget(wait)
-                        trio.lowlevel.reschedule(wait.task, outcome.Value(False))
+                    connect = heapq.heappop(deadlines)[2]
+                    if connect.sock is not None:
+                        self._forget(connect)
+                        timeout = connect.target.check.timing.timeout
+                        self._deliver(connect, _verdict(errno.EINPROGRESS, now - connect.started, timeout))  # fmt: skip
         finally:
+            self._closed = True
+            self._sleep = None
+            for connect in list(pending.values()):
+                connect.done = None
+                self._forget(connect)
+            self._known.clear()
             epoll.close()
 
+    def _deliver(self, connect: _Connect, result: ProbeResult) -> None:
+        done, connect.done = connect.done, None
+        if done is not None:
+            done(result)
 
-_CONNECTS: trio.lowlevel.RunVar[_Connects] = trio.lowlevel.RunVar("director_tcp_connects")
+    def _forget(self, connect: _Connect) -> None:
+        sock = connect.sock
+        assert sock is not None
+        fd = sock.fileno()
+        if self._pending.get(fd) is connect:
+            del self._pending[fd]
+            self._epoll.unregister(fd)
+        self._close(connect)
+
+    def _close(self, connect: _Connect) -> None:
+        if connect.sock is not None:
+            connect.sock.close()
+            connect.sock = None
 
 
-def _connects() -> _Connects:
+def _verdict(code: int, latency: float, timeout: float) -> ProbeResult:
+    """The result for a connect's outcome: 0, an errno, or EINPROGRESS for
+    one still connecting at its deadline."""
+    if code == 0:
+        return ProbeResult.success(latency)
+    failure = trio.TooSlowError() if code in _PENDING else OSError(code, os.strerror(code))
+    reason, detail = translate(failure, timeout)
+    return ProbeResult.failure(reason, latency, detail)
+
+
+_CONNECTS: trio.lowlevel.RunVar[Connects] = trio.lowlevel.RunVar("director_tcp_connects")
+
+
+def _connects() -> Connects:
+    """The run's own `Connects` for `probe_tcp`, watched by a system task."""
     try:
         return _CONNECTS.get()
     except LookupError:
-        connects = _Connects()
+        connects = Connects()
         _CONNECTS.set(connects)
+        trio.lowlevel.spawn_system_task(connects.watch)
         return connects
