@@ -37,6 +37,7 @@ import datetime
 import os
 import signal
 import socket
+import shutil
 import statistics
 import subprocess
 import sys
@@ -414,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=5,
         help="directord: servers failed and restored for the verdict-to-kernel latency (0: none)",
     )
+    parser.add_argument("--keep", type=Path, help="copy each daemon's log into this directory")
     args = parser.parse_args(argv)
     load = Load(args.services, args.per_service, TcpTiming(args.interval, args.timeout, 2, 1))
     limit = raise_fd_limit()
@@ -427,16 +429,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, Measurement] = {}
     with tempfile.TemporaryDirectory(prefix="director-bench-") as tmp:
         for name in args.only or list(factories):
-            results[name] = measure(
-                factories[name],
-                load,
-                args.warmup,
-                args.window,
-                args.sinks,
-                args.fill_timeout,
-                Path(tmp) / name,
-                args.transitions,
-            )
+            try:
+                results[name] = measure(
+                    factories[name],
+                    load,
+                    args.warmup,
+                    args.window,
+                    args.sinks,
+                    args.fill_timeout,
+                    Path(tmp) / name,
+                    args.transitions,
+                )
+            finally:
+                if args.keep is not None:
+                    args.keep.mkdir(parents=True, exist_ok=True)
+                    for log in (Path(tmp) / name).glob("*.log"):
+                        shutil.copy(log, args.keep / f"{name}-{log.name}")
     report(load, results)
     return 0
 

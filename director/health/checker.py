@@ -308,8 +308,11 @@ class Checker(Generic[K]):
         if schedule is None:
             return
         self._hand_out(schedule.finished(probe, trio.current_time()), keep=False)
-        if self._sleep is not None:
-            self._sleep.deadline = schedule.next_due()
+        sleep = self._sleep
+        if sleep is not None:
+            due = schedule.next_due()
+            if due != sleep.deadline:  # setting it costs trio more than comparing
+                sleep.deadline = due
         self._record(probe, result)
 
     async def _attempt(self, target: Target) -> ProbeResult:

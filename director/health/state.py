@@ -12,7 +12,7 @@ goes down after `fall` failures in a row and a down server comes up after
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from director.health.result import ProbeResult, Reason
 from director.health.spec import Timing
@@ -24,7 +24,7 @@ class Health(enum.StrEnum):
     DOWN = "down"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HealthState:
     status: Health = Health.UNKNOWN
     successes_in_row: int = 0
@@ -77,10 +77,12 @@ def advance(
         successes, failures = 0, state.failures_in_row + 1
     new_status = _next_status(state, result.ok, successes, failures, timing)
     weight = result.weight if result.ok and result.weight is not None else state.weight
-    counted = replace(
-        state, successes_in_row=successes, failures_in_row=failures, last=result, weight=weight
-    )
     if new_status is state.status:
+        # The constructor, not replace(): this runs for every probe.
+        counted = HealthState(
+            state.status, successes, failures, state.since, result, state.adopted,
+            state.ramp_start, weight,
+        )  # fmt: skip
         return counted, None
     transition = Transition(
         old=state.status,
@@ -96,7 +98,10 @@ def advance(
     if new_status is Health.UP:
         adopted = state.adopted and state.status is Health.UNKNOWN
         ramp_start = state.ramp_start if adopted and state.ramp_start is not None else now
-    return replace(counted, status=new_status, since=now, ramp_start=ramp_start), transition
+    after = HealthState(
+        new_status, successes, failures, now, result, state.adopted, ramp_start, weight
+    )
+    return after, transition
 
 
 def failure_worth_logging(before: HealthState, after: HealthState) -> bool:
