@@ -35,9 +35,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import shutil
 import signal
 import socket
-import shutil
 import statistics
 import subprocess
 import sys
