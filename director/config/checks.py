@@ -6,16 +6,12 @@ import os
 import pwd
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from ipaddress import ip_address
 from typing import Literal
 
-import dns.exception
-import dns.rcode
-import dns.rdatatype
-
 from director.config.reader import Problems, Table, describe_type
-from director.health.probes.dns import query_template
+from director.health.probes import load_probe
 from director.health.probes.tls import TlsSettings, TlsSetupError, tls_context
 from director.health.spec import (
     Check,
@@ -46,16 +42,6 @@ KEYS_BY_TYPE: dict[str, tuple[str, ...]] = {
 }
 _SILENCE: dict[str, Literal["up", "down"]] = {"up": "up", "down": "down"}
 _TRANSPORTS: dict[str, Literal["udp", "tcp"]] = {"udp": "udp", "tcp": "tcp"}
-# RR types a query may ask for: every type dnspython names but the meta-types
-# (RFC 6895 section 3.1: OPT, TSIG, AXFR, ...), save ANY.
-QUERY_TYPES = tuple(
-    t.name
-    for t in dns.rdatatype.RdataType
-    if not dns.rdatatype.is_metatype(t) or t == dns.rdatatype.ANY
-)
-# Rcodes a reply to a query without EDNS can carry: the header's 4 bits (RFC
-# 6895 section 2.3); the others need EDNS's extended rcode.
-REPLY_RCODES = tuple(r.name for r in dns.rcode.Rcode if r < 16)
 _ALL_KEYS = tuple(dict.fromkeys(k for keys in KEYS_BY_TYPE.values() for k in keys))
 # A request line longer than 8 KiB is refused by Apache (LimitRequestLine 8190)
 # and nginx (large_client_header_buffers 8k) alike.
@@ -121,6 +107,9 @@ def parse_check(table: Table) -> Check | None:
         else:
             check = _http(table, timing, port, address, tls=kind == "https")
     table.close(known=keys)
+    # Its probe's libraries load now, with the config (in the reload's
+    # thread), rather than at its first probe, on the event loop.
+    load_probe(type(check))
     return check
 
 
@@ -210,7 +199,10 @@ def _udp(table: Table, timing: Timing, port: int | None, address: IPAddress | No
 
 
 def _dns(table: Table, timing: Timing, port: int | None, address: IPAddress | None) -> DnsCheck:
-    name = _dns_name(table)
+    # dnspython's names: imported with the first DNS check, not with the config module.
+    from director.health.probes.dns import QUERY_TYPES, REPLY_RCODES, name_problem
+
+    name = _dns_name(table, name_problem)
     query_type = _mnemonic(table, "query_type", QUERY_TYPES, "an RR type (A, AAAA, SOA, NS, ...)")
     rcode = _mnemonic(table, "expect_rcode", REPLY_RCODES, f"an rcode ({', '.join(REPLY_RCODES)})")
     expect_address = _expected_address(table, query_type or DnsCheck.query_type)
@@ -229,17 +221,16 @@ def _dns(table: Table, timing: Timing, port: int | None, address: IPAddress | No
     )
 
 
-def _dns_name(table: Table) -> str | None:
+def _dns_name(table: Table, name_problem: Callable[[str], str | None]) -> str | None:
     name = table.string("query_name")
     if name is None:
         return None
     if not name:
         table.error("query_name", 'empty (the root is ".")')
         return None
-    try:
-        query_template(name, DnsCheck.query_type)
-    except dns.exception.DNSException as e:
-        table.error("query_name", f"not a DNS name ({e})", name)
+    problem = name_problem(name)
+    if problem is not None:
+        table.error("query_name", f"not a DNS name ({problem})", name)
         return None
     return name
 

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from ipaddress import IPv6Address, ip_address
 from typing import Literal
 
-import regex  # type: ignore[import-untyped]  # no stubs in the venv; the calls below are few
-
 from director.ipvs.model import IPAddress
 
 MAX_HOST_NAME = 253  # bytes, without the trailing dot (RFC 1035 section 2.3.4)
@@ -150,6 +148,9 @@ def host_problem(host: str) -> str | None:
 def pattern_problem(pattern: str) -> str | None:
     """Why `pattern` does not compile as the probes compile it (the `regex`
     module, in Python's `re` syntax: see probes/patterns.py), or None."""
+    # Imported here: only a config with a pattern needs it (start-up time).
+    import regex  # type: ignore[import-untyped]  # no stubs in the venv
+
     try:
         regex.compile(pattern)
     except regex.error as e:

@@ -4,21 +4,29 @@ A probe runs its I/O inside `probe_attempt(timeout)`: the attempt bounds it by
 the check's timeout, times it, and turns whatever the network, TLS, httpx or
 trio raise into a failed `ProbeResult`. Anything else (a bug) propagates, to
 the `Prober`, which contains it (contain.py).
+
+httpx is not imported here: its exceptions are looked for only once something
+has imported it (an exception of a module never loaded cannot exist), so a
+daemon that checks TCP alone never loads it.
 """
 
 from __future__ import annotations
 
 import errno
 import ssl
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import httpx
 import trio
 
 from director.health.result import ProbeResult, Reason
 
-_NETWORK_FAILURES = (OSError, httpx.TransportError, trio.TooSlowError, trio.BrokenResourceError)
+_NETWORK_FAILURES: tuple[type[BaseException], ...] = (
+    OSError,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+)
 
 _REASON_FOR_ERRNO = {
     errno.ECONNREFUSED: Reason.REFUSED,
@@ -57,7 +65,7 @@ def probe_attempt(timeout: float) -> Iterator[Attempt]:
     try:
         with trio.fail_after(timeout):
             yield attempt
-    except _NETWORK_FAILURES as exc:
+    except _network_failures() as exc:
         reason, detail = translate(exc, timeout)
         attempt.fail(reason, detail)
 
@@ -65,7 +73,9 @@ def probe_attempt(timeout: float) -> Iterator[Attempt]:
 def translate(exc: BaseException, timeout: float) -> tuple[Reason, str]:
     """Reason and detail for a network failure, looking through wrapped causes."""
     chain = list(_causes(exc))
-    if any(isinstance(e, trio.TooSlowError | httpx.TimeoutException) for e in chain):
+    httpx = sys.modules.get("httpx")
+    timeouts = trio.TooSlowError if httpx is None else (trio.TooSlowError, httpx.TimeoutException)
+    if any(isinstance(e, timeouts) for e in chain):
         return Reason.TIMEOUT, f"no verdict within {timeout:g} s"
     for e in chain:
         if isinstance(e, ssl.SSLError):
@@ -73,11 +83,18 @@ def translate(exc: BaseException, timeout: float) -> tuple[Reason, str]:
     for e in chain:
         if isinstance(e, OSError) and e.errno is not None:
             return _REASON_FOR_ERRNO.get(e.errno, Reason.ERROR), _describe_os_error(e)
-    if isinstance(exc, httpx.ProtocolError):
+    if httpx is not None and isinstance(exc, httpx.ProtocolError):
         return Reason.BAD_REPLY, str(exc) or type(exc).__name__
     if any(isinstance(e, trio.BrokenResourceError) for e in chain):
         return Reason.ERROR, "connection broken"
     return Reason.ERROR, str(exc) or type(exc).__name__
+
+
+def _network_failures() -> tuple[type[BaseException], ...]:
+    """What probe_attempt turns into a failed result: httpx's transport errors
+    too once httpx is loaded (evaluated only when an exception is raised)."""
+    httpx = sys.modules.get("httpx")
+    return _NETWORK_FAILURES if httpx is None else (*_NETWORK_FAILURES, httpx.TransportError)
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:

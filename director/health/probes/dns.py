@@ -55,6 +55,18 @@ from director.health.spec import DnsCheck
 from director.ipvs.model import IPAddress, family_of
 
 MAX_TCP_MESSAGE = 65535  # the 16-bit length prefix (RFC 1035 section 4.2.2)
+# RR types a query may ask for: every type dnspython names but the meta-types
+# (RFC 6895 section 3.1: OPT, TSIG, AXFR, ...), save ANY. The config checks
+# query_type against it.
+QUERY_TYPES = tuple(
+    t.name
+    for t in dns.rdatatype.RdataType
+    if not dns.rdatatype.is_metatype(t) or t == dns.rdatatype.ANY
+)
+# Rcodes a reply to a query without EDNS can carry: the header's 4 bits (RFC
+# 6895 section 2.3); the others need EDNS's extended rcode. The config checks
+# expect_rcode against it.
+REPLY_RCODES = tuple(r.name for r in dns.rcode.Rcode if r < 16)
 _LENGTH = struct.Struct("!H")
 _ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
 # What dnspython's parser raises on bytes that are no DNS message: its own
@@ -96,6 +108,15 @@ def query_template(name: str, rdtype: str) -> tuple[dns.message.Message, bytes]:
     Raises dns.exception.DNSException for a name or type dnspython refuses."""
     query = dns.message.make_query(name, dns.rdatatype.from_text(rdtype), id=0)
     return query, query.to_wire()
+
+
+def name_problem(name: str) -> str | None:
+    """Why dnspython refuses `name` as a query name, or None when it takes it."""
+    try:
+        query_template(name, DnsCheck.query_type)
+    except dns.exception.DNSException as e:
+        return str(e)
+    return None
 
 
 def with_id(wire: bytes, query_id: int) -> bytes:
