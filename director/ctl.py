@@ -34,6 +34,7 @@ usage: directorctl [--socket PATH] IPVSADM-ARGS...
        directorctl [--socket PATH] enable VS RS
        directorctl [--socket PATH] reload
        directorctl check-config FILE
+       directorctl import-keepalived KEEPALIVED.CONF > director.toml
 The socket is --socket, else $DIRECTOR_SOCKET, else /run/director/director.sock.
 """
 
@@ -52,6 +53,10 @@ def main(argv: "Sequence[str] | None" = None) -> int:
         path, words = _socket_path(words)
         if words[:1] == ["check-config"]:
             return _check_config(words[1:])
+        if words[:1] == ["import-keepalived"]:
+            from director.keepalived.cli import main as import_keepalived
+
+            return import_keepalived(words[1:])
         if asks_help(words):
             _write(1, help_text())
             return 0
