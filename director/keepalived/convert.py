@@ -62,12 +62,17 @@ class _Service:
     port: int
     fwmark: int | None = None
     family: str | None = None
+    grouped: bool = False  # from a virtual_server_group
 
 
 def convert(config: KeepalivedConfig, notes: Notes, source: str) -> list[Table]:
     """The tables of director.toml for `config`; notes get what changed."""
     top = Table(None)
     top.comment(HEADER.format(source=source))
+    attached = {id(note) for vs in config.virtual_servers for note in vs.notes}
+    for note in notes.items:
+        if id(note) not in attached:
+            top.comment(str(note))
     tables = [top]
     if config.timeouts is not None:
         tables.append(_ipvs(config, notes))
@@ -130,8 +135,8 @@ def _services(vs: VirtualServer, config: KeepalivedConfig, notes: Notes) -> list
 def _group_services(entry: GroupEntry, protocol: str, family: str) -> list[_Service]:
     if entry.fwmark is not None:
         entry_family = {"inet": "ipv4", "inet6": "ipv6"}.get(entry.family or "", family)
-        return [_Service(entry.where, None, None, 0, entry.fwmark, entry_family)]
-    return [_Service(entry.where, protocol, a, entry.port) for a in entry.addresses]
+        return [_Service(entry.where, None, None, 0, entry.fwmark, entry_family, grouped=True)]
+    return [_Service(entry.where, protocol, a, entry.port, grouped=True) for a in entry.addresses]
 
 
 def _fwmark_family(vs: VirtualServer) -> str:
@@ -165,6 +170,8 @@ def _service_tables(
     )
     group = f" (group {vs.group})" if vs.group else ""
     table.comment(f"{vs.where}: virtual_server {label}{group}")
+    for note in vs.notes:
+        table.comment(str(note))
     if service.fwmark is not None:
         table.set("fwmark", service.fwmark)
         if service.family == "ipv6":
@@ -395,8 +402,9 @@ class _Converted:
 def _server_port(service: _Service, forwarding: Forwarding, port: int) -> int | None:
     """The port keepalived gives a real or sorry server in the kernel
     (validate_check_config): NAT keeps its own (the service's if none); DR
-    and TUN take the service's; a fwmark service's need their own."""
-    if service.fwmark is not None:
+    and TUN take the service's; a fwmark service's, and any of a group's,
+    keep their own (ipvswrapper.c ipvs_set_drule), 0 when none is given."""
+    if service.fwmark is not None or service.grouped:
         return port or None
     if forwarding.method == "NAT":
         return port or service.port or None
@@ -440,7 +448,23 @@ def _real_server(
             rs.where, "real_server: no port director can use (port 0, no connect_port); skipped"
         )
         return None
-    if service.fwmark is None and forwarding.method != "NAT" and rs.port not in (0, service.port):
+    if service.fwmark is not None and forwarding.method != "NAT" and rs.port:
+        comments.append(
+            str(
+                notes.add(
+                    rs.where,
+                    f"real_server port {rs.port}: keepalived clears the port of a fwmark "
+                    f"service's real server without NAT (the kernel shows :0); director needs one: "
+                    f"{rs.port} (direct routing and tunnels do not change the port)",
+                )
+            )
+        )
+    if (
+        service.fwmark is None
+        and not service.grouped
+        and forwarding.method != "NAT"
+        and rs.port not in (0, service.port)
+    ):
         comments.append(
             str(
                 notes.add(

@@ -182,6 +182,7 @@ class VirtualServer:
     virtualhost: str | None = None
     sorry: SorryServer | None = None
     real_servers: list[RealServer] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)  # made reading it, written with it
 
 
 @dataclass
@@ -404,6 +405,7 @@ class Reader:
     def virtual_server(self, node: Node) -> None:
         args = node.args
         vs = VirtualServer(node.where)
+        first_note = len(self.notes.items)
         if len(args) >= 2 and args[0] == "group":
             vs.group = args[1]
         elif len(args) >= 2 and args[0] == "fwmark":
@@ -428,6 +430,7 @@ class Reader:
                 vs.flags.append(child.keyword)
             else:
                 self.ignored(child)
+        vs.notes = self.notes.items[first_note:]
         self.config.virtual_servers.append(vs)
 
     def vs_scheduler(self, vs: VirtualServer, node: Node) -> None:
