@@ -113,7 +113,8 @@ def closed_port() -> Iterator[int]:
 
 
 def test_a_tcp_only_config_loads_no_other_probe(tmp_path: Path) -> None:
-    assert start(tmp_path, TCP_ONLY)["loaded"] == []
+    loaded = start(tmp_path, TCP_ONLY)["loaded"]
+    assert loaded == [], f"imported by directord with TCP checks only: {loaded}"
 
 
 def test_a_tcp_probe_fails_without_httpx(tmp_path: Path, closed_port: int) -> None:
