@@ -10,7 +10,8 @@ import trio.testing
 from tcp_support import syn_dropping_port
 
 from director.health.probes import probe, probe_tcp
-from director.health.result import Reason
+from director.health.probes.tcp import Connects, destination
+from director.health.result import ProbeResult, Reason
 from director.health.spec import TcpCheck, Timing
 from director.ipvs.model import IPAddress
 
@@ -61,3 +62,36 @@ async def test_listener_that_drops_syns_times_out(autojump_clock: trio.testing.M
         result = await probe_tcp(TcpCheck(timing=Timing(timeout=3.0)), ip_address("127.0.0.1"), port)  # fmt: skip
     assert (result.ok, result.reason, result.detail) == (False, Reason.TIMEOUT, "no verdict within 3 s")  # fmt: skip
     assert result.latency == 3.0
+
+
+async def test_a_connect_that_completed_while_the_watcher_was_busy_is_no_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An overloaded daemon delivers verdicts late: more completed connects
+    than one batch, and callbacks slow enough that every deadline has passed
+    when the last batch is read. Each connect completed in time, in the
+    kernel: all are up, none a timeout (a watcher that read one batch and
+    then expired the deadlines failed the rest)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(512)  # the handshakes complete in the accept queue
+        port = server.getsockname()[1]
+        connects = Connects(batch=16)
+        results: list[ProbeResult] = []
+        all_in = trio.Event()
+
+        def done(result: ProbeResult) -> None:
+            autojump_clock.jump(0.1)  # a slow callback: 20 of them pass a 2 s timeout
+            results.append(result)
+            if len(results) == 100:
+                all_in.set()
+
+        target = destination(TcpCheck(timing=Timing(timeout=2.0)), ip_address("127.0.0.1"), port)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connects.watch)
+            for _ in range(100):
+                connects.start(target, done)
+            with trio.fail_after(60):
+                await all_in.wait()
+            nursery.cancel_scope.cancel()
+    assert [(r.ok, r.reason) for r in results] == [(True, Reason.OK)] * 100
