@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from director import log, statefile
+from director import log, metrics, statefile
 from director.config import Config, ConfigError, load_config
 from director.control import server
 from director.control.handler import Controller
@@ -123,10 +123,12 @@ async def serve(
                 # The socket first: a second instance (or a missing group)
                 # must stop here, before its first pass changes the table.
                 accepting = trio.Event()
+                handler = metrics.CountedHandler(controller, director.events)
                 await nursery.start(
-                    partial(server.serve, config.control, controller, accepting=accepting)
+                    partial(server.serve, config.control, handler, accepting=accepting)
                 )
                 await nursery.start(director.run)
+                nursery.start_soon(metrics.serve, config.metrics, director, controller.reads)
                 accepting.set()
                 starting.cancel()
                 notifier.ready(director.status_line())

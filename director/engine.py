@@ -56,6 +56,7 @@ from director.ipvs.errors import IPVSError, KernelError
 from director.ipvs.model import ServiceEntry, ServiceKey, endpoint
 from director.ipvs.ops import AddService, DeleteService, Operation, SetTimeouts
 from director.kernel import KernelTable
+from director.metrics.events import Events
 from director.oplog import describe_operation
 from director.reconcile import plan, service_sort_key
 from director.refusals import (
@@ -99,6 +100,7 @@ def restart_needed(old: Config, new: Config) -> list[str]:
     for section, fields in (
         ("control", ("socket", "group", "admin_group", "mode")),
         ("daemon", ("state_file",)),
+        ("metrics", ("listen",)),
     ):
         for name in fields:
             before = getattr(getattr(old, section), name)
@@ -159,8 +161,13 @@ class Director:
         self._set_effective(effective_config(config, runtime))
         self.kernel = kernel
         self.state_path = Path(state_path) if state_path is not None else None
+        self.events = Events()  # counted for director.metrics
         self.checker: Checker[RealServerId] = Checker(
-            on_transition=self._on_transition, on_result=self._on_result, probe=probe, rng=rng
+            on_transition=self._on_transition,
+            on_result=self._on_result,
+            probe=probe,
+            rng=rng,
+            on_start=self.events.probe_started,
         )
         self.owned: frozenset[ServiceKey] = owned | self.effective.service_keys()
         self.refusals: dict[Subject, Refusal] = {}
@@ -189,6 +196,7 @@ class Director:
     # -- health -------------------------------------------------------------
 
     def _on_transition(self, target: RealServerId, transition: Transition) -> None:
+        self.events.transitioned(target, transition)
         event = "real_server_up" if transition.new is Health.UP else "real_server_down"
         last = self.checker.state(target).last
         self.log.info(
@@ -206,6 +214,7 @@ class Director:
         A new dynamic weight of an up server asks for a pass."""
         result = after.last
         assert result is not None
+        self.events.probed(target, result)
         if failure_worth_logging(before, after):
             self.log.info(
                 "probe_failed",
@@ -359,7 +368,8 @@ class Director:
         self._poked, self._why = False, "drift check"
         self._dirty = set()
         try:
-            await self.reconcile(why, only=scope)
+            with self.events.timed_pass(full=scope is None):
+                await self.reconcile(why, only=scope)
         except Exception as error:
             # A bug must not end health checking for every service: log it,
             # and try again after a backoff.
@@ -508,6 +518,7 @@ class Director:
                 return list(split.send)
             for op, result in zip(split.send, outcomes, strict=True):
                 err = _errno(result) if result is not None else None
+                self.events.operation(op, result)
                 if isinstance(op, DeleteService) and (result is None or err == errno.ESRCH):
                     owned.discard(op.key)
                 if result is None:
@@ -667,7 +678,9 @@ class Director:
             self.log.info("reload", **origin)
             return ReloadResult(summary=await self.reload(config, parse_cpu=parse_cpu))
 
-        return await self.exclusive(job)
+        result = await self.exclusive(job)
+        self.events.reloaded(result.summary is not None)
+        return result
 
     async def reload(self, config: Config, *, parse_cpu: float = 0.0) -> ReloadSummary:
         """Take a new config; the runtime layer is applied over it again.

@@ -181,11 +181,25 @@ class DaemonSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """[metrics]: where the Prometheus endpoint listens; off when `listen` is
+    None. `listen` is as written ('127.0.0.1:9531', '[::1]:9531' or an
+    absolute Unix socket path); `address` and `port` are set for an IP
+    endpoint, `path` for a Unix socket."""
+
+    listen: str | None = None
+    address: IPAddress | None = None
+    port: int = 0
+    path: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     virtual_servers: tuple[VirtualServer, ...] = ()
     ipvs: IpvsSettings = IpvsSettings()
     control: ControlSettings = ControlSettings()
     daemon: DaemonSettings = DaemonSettings()
+    metrics: MetricsSettings = MetricsSettings()
     source: str = "<config>"
 
     def service_keys(self) -> frozenset[ServiceKey]:

@@ -25,6 +25,7 @@ from director.config.model import (
     DaemonSettings,
     IpvsSettings,
     LogLevel,
+    MetricsSettings,
     OnFailure,
     RealServer,
     SorryServer,
@@ -134,6 +135,7 @@ def parse_config(
         ipvs=_ipvs(root.table("ipvs")),
         control=_control(root.table("control")),
         daemon=_daemon(root.table("daemon")),
+        metrics=_metrics(root.table("metrics")),
         virtual_servers=_virtual_servers(root.tables("virtual_server"), problems, modules),
         source=source,
     )
@@ -252,6 +254,33 @@ def _daemon(table: Table | None) -> DaemonSettings:
     )
     table.close()
     return settings
+
+
+def _metrics(table: Table | None) -> MetricsSettings:
+    """[metrics] listen: an IP address and port (IPv6 in brackets) or an
+    absolute Unix socket path; absent, no endpoint."""
+    if table is None:
+        return MetricsSettings()
+    listen = table.string("listen")
+    table.close()
+    if listen is None:
+        return MetricsSettings()
+    if listen.startswith("/"):
+        if len(os.fsencode(listen)) > SUN_PATH_MAX:
+            table.error(
+                "listen", f"longer than a socket path may be ({SUN_PATH_MAX} bytes)", listen
+            )
+        return MetricsSettings(listen=listen, path=listen)
+    endpoint = parse_endpoint(listen)
+    if endpoint is None or endpoint[1] is None or endpoint[1] == 0:
+        table.error(
+            "listen",
+            "expected an IP address and port ('127.0.0.1:9531', '[::1]:9531') "
+            "or an absolute Unix socket path",
+            listen,
+        )
+        return MetricsSettings()
+    return MetricsSettings(listen=listen, address=endpoint[0], port=endpoint[1])
 
 
 class _Remembered:
