@@ -399,16 +399,21 @@ class _Converted:
     check_notes: list[Note]
 
 
-def _server_port(service: _Service, forwarding: Forwarding, port: int) -> int | None:
-    """The port keepalived gives a real or sorry server in the kernel
-    (validate_check_config): NAT keeps its own (the service's if none); DR
-    and TUN take the service's; a fwmark service's, and any of a group's,
-    keep their own (ipvswrapper.c ipvs_set_drule), 0 when none is given."""
-    if service.fwmark is not None or service.grouped:
-        return port or None
+def _kernel_port(service: _Service, forwarding: Forwarding, port: int) -> int:
+    """The port keepalived gives a real or sorry server in the kernel, 0 for
+    none (check_data.c validate_check_config, ipvswrapper.c ipvs_cmd and
+    ipvs_group_cmd): with NAT its own (a lone service's when it has none);
+    without NAT the service's, 0 for a fwmark service."""
     if forwarding.method == "NAT":
-        return port or service.port or None
-    return service.port or port or None
+        if service.fwmark is None and not service.grouped:
+            return port or service.port
+        return port
+    return 0 if service.fwmark is not None else service.port
+
+
+def _server_port(service: _Service, forwarding: Forwarding, port: int) -> int | None:
+    """_kernel_port, or the configured port where that is 0 (director needs one)."""
+    return _kernel_port(service, forwarding, port) or port or None
 
 
 def _forwarding_keys(forwarding: Forwarding) -> dict[str, object]:
@@ -428,53 +433,47 @@ def _real_server(
 ) -> _Converted | None:
     comments: list[str] = []
     forwarding = rs.forwarding or vs.forwarding or Forwarding("NAT")
+
+    def note(text: str) -> None:
+        comments.append(str(notes.add(rs.where, text)))
+
+    kernel_port = _kernel_port(service, forwarding, rs.port)
     port = _server_port(service, forwarding, rs.port)
     checker = rs.checkers[0] if rs.checkers else None
     if port is None and checker is not None and checker.connect_port is not None:
         port = checker.connect_port
-        comments.append(
-            str(
-                notes.add(
-                    rs.where,
-                    (
-                        "real_server: keepalived puts it in with port 0 (a fwmark or port-0 service "
-                        f"without NAT); director needs a port: {port}, its checker's connect_port"
-                    ),
-                )
-            )
-        )
     if port is None:
         notes.add(
-            rs.where, "real_server: no port director can use (port 0, no connect_port); skipped"
+            rs.where,
+            "real_server: keepalived puts it in with port 0, which director "
+            "cannot; no port given, nor a connect_port: skipped",
         )
         return None
-    if service.fwmark is not None and forwarding.method != "NAT" and rs.port:
-        comments.append(
-            str(
-                notes.add(
-                    rs.where,
-                    f"real_server port {rs.port}: keepalived clears the port of a fwmark "
-                    f"service's real server without NAT (the kernel shows :0); director needs one: "
-                    f"{rs.port} (direct routing and tunnels do not change the port)",
-                )
+    if kernel_port == 0:
+        note(
+            f"real_server: keepalived puts it in with port 0 (the kernel shows :0); director "
+            f"needs a port: {port}"
+            + (
+                " (direct routing and tunnels keep the client's port)"
+                if forwarding.method != "NAT"
+                else ""
             )
         )
+    elif rs.port not in (0, kernel_port):
+        note(
+            f"real_server port {rs.port}: keepalived uses the virtual service's port "
+            f"{kernel_port} with {forwarding.method}, as director does"
+        )
     if (
-        service.fwmark is None
-        and not service.grouped
-        and forwarding.method != "NAT"
-        and rs.port not in (0, service.port)
+        rs.port == 0
+        and checker is not None
+        and checker.connect_port is None
+        and (checker.kind not in ("MISC_CHECK", "PING_CHECK", "BFD_CHECK", "FILE_CHECK"))
     ):
-        comments.append(
-            str(
-                notes.add(
-                    rs.where,
-                    (
-                        f"real_server port {rs.port}: keepalived uses the virtual server's port "
-                        f"{service.port} with {forwarding.method}, as director does"
-                    ),
-                )
-            )
+        note(
+            f"real_server without a port: keepalived's {checker.kind} connects to port 0 "
+            f"(it copies the address before the port is filled in) and fails; director's "
+            f"check connects to {port}"
         )
     values: dict[str, object] = {"address": _endpoint(rs.address, port)}
     values.update(_forwarding_keys(forwarding))

@@ -140,12 +140,12 @@ def test_dr_group_with_an_include_expands_every_address() -> None:
     keys = [(str(vs.key.address), vs.key.port) for vs in config.virtual_servers]
     assert keys == [("192.168.100.10", 8080), ("192.168.100.20", 8081), ("192.168.100.21", 8081)]
     for vs in config.virtual_servers:
+        # without NAT a group's real servers take each entry's port (ipvs_group_cmd)
+        assert [rs.port for rs in vs.real_servers] == [vs.key.port] * 2
         assert vs.scheduler == "sh"
         assert vs.scheduler_flags == ServiceFlags.SCHED2  # sh-port
         assert vs.on_failure.value == "weight0"  # inhibit_on_failure
         assert [rs.forward for rs in vs.real_servers] == [Forward.ROUTE] * 2
-        # a group's real servers keep their own port (ipvs_set_drule)
-        assert [rs.port for rs in vs.real_servers] == [8080, 8080]
         assert [rs.weight for rs in vs.real_servers] == [5, 5]
         check = vs.check
         assert isinstance(check, TcpCheck) and check.port == 80  # connect_port
@@ -429,3 +429,32 @@ def test_directorctl_dispatches_import_keepalived(capsys: pytest.CaptureFixture[
 
     assert main(["--socket", "/nonexistent", "import-keepalived", str(DATA / "dr-group.conf")]) == 0
     assert "[[virtual_server]]" in capsys.readouterr().out
+
+
+def test_a_real_server_without_a_port_is_checked_at_port_0_by_keepalived() -> None:
+    # seen in the VM: keepalived's TCP_CHECK of such a server fails at once
+    conversion = convert_text(
+        "virtual_server 10.0.0.1 80 {\n protocol TCP\n"
+        " real_server 10.0.0.2 {\n  TCP_CHECK {\n  }\n }\n}\n"
+    )
+    (vs,) = checked(conversion).virtual_servers
+    assert vs.real_servers[0].port == 80
+    assert any(
+        n.startswith(
+            "k.conf:3: real_server without a port: keepalived's TCP_CHECK connects to port 0"
+        )
+        for n in note_texts(conversion)
+    )
+
+
+def test_a_fwmark_real_server_without_nat_is_port_0_in_keepalived() -> None:
+    conversion = convert_text(
+        "virtual_server fwmark 3 {\n lb_kind DR\n"
+        " real_server 10.0.0.2 443 {\n  TCP_CHECK {\n  }\n }\n}\n"
+    )
+    (vs,) = checked(conversion).virtual_servers
+    assert vs.real_servers[0].port == 443
+    assert any(
+        n.startswith("k.conf:3: real_server: keepalived puts it in with port 0")
+        for n in note_texts(conversion)
+    )
