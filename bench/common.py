@@ -404,6 +404,13 @@ class BenchProcess:
             self.process.wait()
 
 
+def _profiled() -> list[str]:
+    """cProfile's arguments when $DIRECTOR_BENCH_PROFILE names a file for
+    directord's profile (written when it stops), else none."""
+    path = os.environ.get("DIRECTOR_BENCH_PROFILE")
+    return ["-m", "cProfile", "-o", path] if path else []
+
+
 class Directord(BenchProcess):
     """directord started in the current namespace, READY=1 awaited over
     $NOTIFY_SOCKET; its log goes to workdir/directord.log."""
@@ -427,7 +434,14 @@ class Directord(BenchProcess):
             started = time.monotonic()
             log = (self.workdir / "directord.log").open("wb")
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "director.daemon", "--config", str(self.config)],
+                [
+                    sys.executable,
+                    *_profiled(),
+                    "-m",
+                    "director.daemon",
+                    "--config",
+                    str(self.config),
+                ],
                 cwd=REPO,
                 stdout=log,
                 stderr=log,
