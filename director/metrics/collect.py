@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 import trio
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.platform_collector import PlatformCollector
@@ -550,7 +550,7 @@ class SnapshotCollector(Collector):
 _PROCESS = CollectorRegistry(auto_describe=False)
 ProcessCollector(registry=_PROCESS)
 PlatformCollector(registry=_PROCESS)
-CONTENT_TYPE = CONTENT_TYPE_LATEST  # the text format 0.0.4
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def render(snapshot: Snapshot, gzipped: bool = False) -> bytes:
