@@ -204,3 +204,34 @@ def test_set_level_changes_the_filter_and_keeps_the_stream() -> None:
     assert [e["event"] for e in events(stream.getvalue())] == ["after"]
     with pytest.raises(ValueError, match="unknown log level 'loud': one of debug, info"):
         log.set_level("loud")
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_a_burst_of_lines_costs_the_writer_few_writes() -> None:
+    """While the writer pauses after a write, lines queue up; the next look
+    at the queue writes them 256 to a write, not one wake-up per line."""
+    stream = CountingStream()
+    paused, resume = threading.Event(), threading.Event()
+
+    def pause() -> None:
+        paused.set()
+        resume.wait(10)
+
+    sink = QueuedSink(stream, lambda method, event: str(event), max_queued=2000, pause=pause)
+    sink.put("first")
+    assert paused.wait(10)
+    for n in range(1000):
+        sink.put(f"line {n}")
+    resume.set()
+    assert sink.close(10)
+    assert stream.getvalue().splitlines() == ["first", *(f"line {n}" for n in range(1000))]
+    assert stream.writes == 1 + 4  # "first", then 1,000 lines 256 at a time
