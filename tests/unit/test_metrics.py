@@ -305,6 +305,9 @@ async def test_a_scrape_shows_health_weights_probes_and_transitions(
         )
         assert value(samples, "director_pass_duration_seconds_count", {"scope": "scoped"}) >= 3
         assert value(samples, "director_pass_failing") == 0
+        # Each probe start was timed against its due time (one per target here).
+        assert value(samples, "director_probe_start_delay_seconds_count") >= probes
+        assert value(samples, "director_probes_late_total") == 0
         nursery.cancel_scope.cancel()
 
 
