@@ -46,7 +46,7 @@ from director.metrics.endpoint import Scraper, serve
 
 
 def config_text(services: int, servers: int) -> str:
-    lines = ["[daemon]", "reconcile_interval = 60.0"]
+    lines = ["[daemon]", "reconcile_interval = 60.0", "[metrics]", 'listen = "127.0.0.1:9531"']
     base = int(IPv4Address("10.64.0.0"))
     for s in range(services):
         lines += [
@@ -99,6 +99,7 @@ async def bench(services: int, servers: int, scrapes: int) -> None:
     ticker = Ticker()
     async with trio.open_nursery() as nursery:
         await nursery.start(director.run)
+        # The configured port may be taken on this host: an ephemeral one.
         listen = MetricsSettings("127.0.0.1:0", IPv4Address("127.0.0.1"), 0)
         where = await nursery.start(serve, listen, scraper)
         total = services * servers

@@ -161,7 +161,7 @@ class Director:
         self._set_effective(effective_config(config, runtime))
         self.kernel = kernel
         self.state_path = Path(state_path) if state_path is not None else None
-        self.events = Events()  # counted for director.metrics
+        self.events = Events(enabled=config.metrics.listen is not None)  # director.metrics
         self.checker: Checker[RealServerId] = Checker(
             on_transition=self._on_transition,
             on_result=self._on_result,

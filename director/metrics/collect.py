@@ -6,10 +6,10 @@ Two steps, so that the event loop does O(1)-per-server copying only:
 engine owns (the effective config, immutable; a copy of the checker's states,
 which are frozen values; the admin states and refusals as they are now; the
 event counters, director.metrics.events), and `render` turns a snapshot into
-the exposition text through prometheus_client's registry and encoders, in a
-worker thread. A `SnapshotCollector` is the custom Collector: it yields the
-families of one snapshot, so nothing keeps a gauge per server up to date on
-each probe.
+the exposition text in a worker thread. `families` is the collector: it
+reads one snapshot into metric families at scrape time (and
+`SnapshotCollector` is the same as a prometheus_client Collector), so nothing
+keeps a gauge per server up to date on each probe.
 
 Names and labels. Everything of ours starts with `director_`; counters end
 in `_total`, durations are `_seconds`, times are Unix `_timestamp_seconds`
@@ -20,7 +20,8 @@ labels (collector/ipvs_linux.go): `local_address`, `local_port`,
 (`proto` is TCP, UDP, SCTP or FWM; a fwmark service has an empty
 `local_address`, `local_port` "0" and `local_mark` the mark as 8 upper-case
 hex digits, as /proc/net/ip_vs prints it; `local_mark` is empty otherwise).
-A service's series carry the first four. The kernel's counters are named
+A service's series carry `local_address`, `local_port`, `proto` and
+`local_mark`. The kernel's counters are named
 `director_ipvs_*` after node_exporter's `node_ipvs_*`: the same labels, so a
 dashboard or an alert written for node_exporter carries over by its prefix,
 while both exporters can run on one host without colliding (node_exporter
@@ -35,13 +36,12 @@ are `Family` values whose samples share pre-rendered label sets (a real
 server's six labels are formatted once for its twenty-odd series), written
 in the text format 0.0.4 by `Family.write` (about 0.5 us a sample), which
 every Prometheus accepts (the fallback of its Accept header; OpenMetrics is
-not offered). The
-same families are a prometheus_client Collector (`SnapshotCollector`, each
-`Family.metric()` a prometheus_client Metric) for any registry, and
-prometheus_client's own process and platform collectors (`process_*`,
-`python_info`) are rendered by its generate_latest and appended. The tests
-parse the output with prometheus_client's parser and compare it with the
-Collector's.
+not offered). The same families are a prometheus_client Collector
+(`SnapshotCollector`, each `Family.metric()` a prometheus_client Metric) for
+any registry, and prometheus_client's own process and platform collectors
+(`process_*`, `python_info`) are rendered by its generate_latest and
+appended. The tests parse the output with prometheus_client's parser and
+compare it with the Collector's.
 """
 
 from __future__ import annotations
@@ -324,7 +324,7 @@ def _real_servers(s: Snapshot) -> list[Family]:
     )
     states, admins, tallies = s.states, s.admin, s.tallies
     enabled = AdminState.ENABLED
-    unknown = HealthState(since=s.last_pass)
+    unknown = HealthState(since=s.trio_now)  # not in the checker yet: unknown from now
     width = len(PROBE_BUCKETS) + 1
     to_up, to_down = _TO[Health.UP], _TO[Health.DOWN]
     health_states = [(name, _STATE[name]) for name in HEALTH_STATES]

@@ -1,25 +1,26 @@
 """The Prometheus endpoint: a small HTTP/1.1 server on trio and h11.
 
 Why not an async HTTP server of a framework: prometheus_client's ASGI app and
-its own HTTP servers call generate_latest inline, and rendering 10,000 real
-servers' series is CPU work (about a third of a second) that must not run
-on the event loop the probes, passes and control socket share. Here the loop
-only parses the request (h11, the sans-IO HTTP/1.1 state machine httpx's
-stack is built on), copies the engine's state (collect.take_snapshot, O(real
-servers) in dict copies) and writes the reply; the kernel read runs in the
-control socket's kernel table's worker thread (director.kernel.KernelTable,
-the read that `ipvsadm -L --stats` through the control socket makes), and
-prometheus_client's encoder in a worker thread of its own. A scrape then
-takes the GIL from the loop in slices of sys.getswitchinterval() (5 ms), not
-for its whole length, and one render runs at a time.
+its own HTTP servers render inline, and rendering 10,000 real servers' series
+is CPU work (about a third of a second) that must not run on the event loop
+the probes, passes and control socket share. Here the loop only parses the
+request (h11, the sans-IO HTTP/1.1 state machine httpx's stack is built on),
+copies the engine's state (collect.take_snapshot, O(real servers) in dict
+copies, a few milliseconds at 10,000) and writes the reply; the kernel read
+runs in the control socket's kernel table's worker thread
+(director.kernel.KernelTable: the read that `ipvsadm -L --stats` through the
+control socket makes, one call at a time with the listings), and the render
+in a worker thread of its own. A scrape then takes the GIL from the loop in
+slices of sys.getswitchinterval() (5 ms), not for its whole length, and one
+render runs at a time.
 
 The kernel read is cached for KERNEL_CACHE seconds: two Prometheus servers
 scraping together cost one netlink dump. A failed read is reported by
 `director_ipvs_read_success 0`, never as a failed scrape.
 
-GET or HEAD /metrics (any query) answers the metrics in the text format 0.0.4
-(collect.py says why not OpenMetrics), gzipped when Accept-Encoding allows; / answers a
-line pointing there; anything else 404, other methods 405. At most
+GET or HEAD /metrics (any query) answers the metrics in the text format
+0.0.4 (collect.py says why not OpenMetrics), gzipped when Accept-Encoding
+allows; / answers a line pointing there; anything else 404, other methods 405. At most
 MAX_CONNECTIONS connections at once (more are closed at once); a connection
 idle for IDLE_TIMEOUT seconds, or that does not take a reply within
 SEND_TIMEOUT, is closed. A listen address that cannot be bound (a port in

@@ -117,9 +117,15 @@ class Histogram:
 
 class Events:
     """The daemon's event counters; one instance, owned by the engine
-    (Director.events). Every method runs in the trio thread and is O(1)."""
+    (Director.events). Every method runs in the trio thread and is O(1).
+    Not `enabled` (no [metrics] listen), every hook returns at once and
+    nothing is counted. A real server's tally is dropped by the first scrape
+    after it left the config (forget). Cost per probe, measured on the host:
+    about 1 us for `probed` and 0.6 us for `probe_started`, against some
+    75 us of the checker's own (bench/checker.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, enabled: bool = True) -> None:
+        self.enabled = enabled
         self.tallies: dict[RealServerId, list[float]] = {}
         self.start_delay = Histogram(DELAY_BUCKETS)
         self.late = 0
@@ -131,6 +137,8 @@ class Events:
     # -- health (per probe: keep these cheap) ---------------------------------
 
     def probed(self, target: RealServerId, result: ProbeResult) -> None:
+        if not self.enabled:
+            return
         tally = self.tallies.get(target)
         if tally is None:
             tally = self.tallies[target] = [0] * TALLY_SIZE
@@ -139,6 +147,8 @@ class Events:
         tally[SUM_AT] += result.latency
 
     def transitioned(self, target: RealServerId, transition: Transition) -> None:
+        if not self.enabled:
+            return
         tally = self.tallies.get(target)
         if tally is None:
             tally = self.tallies[target] = [0] * TALLY_SIZE
@@ -149,6 +159,8 @@ class Events:
 
     def probe_started(self, target: Target, lateness: float) -> None:
         """The checker's on_start: how many seconds after its due time."""
+        if not self.enabled:
+            return
         self.start_delay.observe(lateness)
         if lateness >= LATE_AFTER:
             self.late += 1
@@ -163,26 +175,32 @@ class Events:
 
     def operation(self, op: Operation, error: KernelError | None) -> None:
         """One operation sent to the kernel: applied (error None) or refused."""
+        if not self.enabled:
+            return
         key = (operation_kind(op), "applied" if error is None else "refused")
         self.operations[key] = self.operations.get(key, 0) + 1
 
     def timed_pass(self, *, full: bool) -> _PassTimer:
         """`with events.timed_pass(full=...):` around one pass."""
-        return _PassTimer(self.passes[full])
+        return _PassTimer(self.passes[full] if self.enabled else None)
 
     def reloaded(self, applied: bool) -> None:
+        if not self.enabled:
+            return
         result = "applied" if applied else "rejected"
         self.reloads[result] = self.reloads.get(result, 0) + 1
 
     # -- the control socket ------------------------------------------------------
 
     def answered(self, request: Request, response: Response) -> None:
+        if not self.enabled:
+            return
         key = (request_command(request), "ok" if response.status == 0 else "error")
         self.control[key] = self.control.get(key, 0) + 1
 
 
 class _PassTimer:
-    def __init__(self, histogram: Histogram) -> None:
+    def __init__(self, histogram: Histogram | None) -> None:
         self._histogram = histogram
         self._began = 0.0
 
@@ -195,7 +213,8 @@ class _PassTimer:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._histogram.observe(time.perf_counter() - self._began)
+        if self._histogram is not None:
+            self._histogram.observe(time.perf_counter() - self._began)
 
 
 class CountedHandler:

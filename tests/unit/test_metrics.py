@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 from test_engine import (
     CONFIG,
+    TWO_SERVICES,
     VIP,
     FakeNetwork,
     FaultyKernel,
@@ -60,6 +61,7 @@ from director.metrics.events import (
 )
 from director.runtime import RuntimeLayer
 
+METRICS = '\n[metrics]\nlisten = "127.0.0.1:9531"\n'
 RS1 = {
     "local_address": "10.0.0.1",
     "local_port": "80",
@@ -154,15 +156,15 @@ async def test_reload_file_rejects_a_new_listen_and_counts_both_results(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     path = tmp_path / "director.toml"
-    path.write_text(CONFIG)
-    director = make_director(MemoryBackend(), FakeNetwork("10.0.1.1"))
+    path.write_text(CONFIG + METRICS)
+    director = make_director(MemoryBackend(), FakeNetwork("10.0.1.1"), extra=METRICS)
     async with trio.open_nursery() as nursery:
         await nursery.start(director.run)
         assert (await director.reload_file(path)).summary is not None
-        path.write_text(CONFIG + '[metrics]\nlisten = "127.0.0.1:9531"\n')
+        path.write_text(CONFIG)
         result = await director.reload_file(path)
         assert result.summary is None
-        assert "[metrics] listen: None -> '127.0.0.1:9531' needs a restart" in result.errors[0]
+        assert "[metrics] listen: '127.0.0.1:9531' -> None needs a restart" in result.errors[0]
         samples = await scrape(director)
         assert value(samples, "director_reloads_total", {"result": "applied"}) == 1
         assert value(samples, "director_reloads_total", {"result": "rejected"}) == 1
@@ -170,6 +172,19 @@ async def test_reload_file_rejects_a_new_listen_and_counts_both_results(
 
 
 # -- the event counters ---------------------------------------------------------------
+
+
+def test_without_metrics_listen_nothing_is_counted() -> None:
+    director = make_director(MemoryBackend(), FakeNetwork())
+    assert not director.events.enabled
+    target = director.effective.virtual_servers[0].real_server_ids[0]
+    director.events.probed(target, ProbeResult.success(0.001))
+    director.events.operation(DeleteService(VIP), None)
+    with director.events.timed_pass(full=True):
+        pass
+    assert director.events.tallies == {} and director.events.operations == {}
+    assert sum(director.events.passes[True].counts) == 0
+    assert make_director(MemoryBackend(), FakeNetwork(), extra=METRICS).events.enabled
 
 
 def test_a_probe_is_counted_by_reason_and_latency_bucket() -> None:
@@ -247,7 +262,7 @@ async def test_a_scrape_shows_health_weights_probes_and_transitions(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     network = FakeNetwork("10.0.1.1", "10.0.1.2")
-    director = make_director(MemoryBackend(), network)
+    director = make_director(MemoryBackend(), network, extra=METRICS)
     async with trio.open_nursery() as nursery:
         await nursery.start(director.run)
         await trio.sleep(1.1)
@@ -312,7 +327,7 @@ async def test_a_scrape_shows_health_weights_probes_and_transitions(
 
 
 async def test_a_scrape_shows_the_admin_state(autojump_clock: trio.testing.MockClock) -> None:
-    director = make_director(MemoryBackend(), FakeNetwork("10.0.1.1", "10.0.1.2"))
+    director = make_director(MemoryBackend(), FakeNetwork("10.0.1.1", "10.0.1.2"), extra=METRICS)
     async with trio.open_nursery() as nursery:
         await nursery.start(director.run)
         await trio.sleep(1.1)
@@ -336,7 +351,9 @@ async def test_refused_operations_are_counted_and_shown_while_held(
 ) -> None:
     backend = FaultyKernel()
     backend.refuse = refuses_destination("10.0.1.2", errno.EINVAL)
-    director = faulty_director(backend, FakeNetwork("10.0.1.1", "10.0.1.2", "10.0.2.1"))
+    director = faulty_director(
+        backend, FakeNetwork("10.0.1.1", "10.0.1.2", "10.0.2.1"), TWO_SERVICES + METRICS
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(director.run)
         await trio.sleep(10)
@@ -358,7 +375,7 @@ async def test_a_failed_kernel_read_is_a_gauge_not_a_failed_scrape(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     backend = FaultyKernel()
-    director = faulty_director(backend, FakeNetwork("10.0.1.1"))
+    director = faulty_director(backend, FakeNetwork("10.0.1.1"), TWO_SERVICES + METRICS)
     async with trio.open_nursery() as nursery:
         await nursery.start(director.run)
         await trio.sleep(1.1)
@@ -374,7 +391,7 @@ async def test_two_scrapes_within_the_cache_read_the_kernel_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     backend = FaultyKernel()
-    director = faulty_director(backend, FakeNetwork("10.0.1.1"))
+    director = faulty_director(backend, FakeNetwork("10.0.1.1"), TWO_SERVICES + METRICS)
     async with trio.open_nursery() as nursery:
         await nursery.start(director.run)
         scraper = Scraper(director, inline(backend), cache=2.0)
@@ -393,7 +410,7 @@ async def test_two_scrapes_within_the_cache_read_the_kernel_once(
 async def test_a_removed_real_server_leaves_the_scrape_and_its_tally(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    director = make_director(MemoryBackend(), FakeNetwork("10.0.1.1", "10.0.1.2"))
+    director = make_director(MemoryBackend(), FakeNetwork("10.0.1.1", "10.0.1.2"), extra=METRICS)
     async with trio.open_nursery() as nursery:
         await nursery.start(director.run)
         await trio.sleep(1.1)
@@ -413,7 +430,7 @@ async def test_a_removed_real_server_leaves_the_scrape_and_its_tally(
 
 
 def kernel_snapshot(entries: list[ServiceEntry], config: str = CONFIG) -> Snapshot:
-    director = Director(parse_config(config), inline(MemoryBackend()))
+    director = Director(parse_config(config + METRICS), inline(MemoryBackend()))
     return take_snapshot(director, entries)
 
 
@@ -492,7 +509,7 @@ def test_a_transition_to_unknown_counts_nowhere() -> None:
 async def test_the_collector_yields_what_the_endpoint_serves(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    director = make_director(MemoryBackend(), FakeNetwork("10.0.1.1"))
+    director = make_director(MemoryBackend(), FakeNetwork("10.0.1.1"), extra=METRICS)
     async with trio.open_nursery() as nursery:
         await nursery.start(director.run)
         await trio.sleep(1.1)

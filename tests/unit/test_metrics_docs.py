@@ -20,7 +20,14 @@ import trio
 import trio.testing
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from test_engine import FakeNetwork, FaultyKernel, faulty_director, refuses_destination
+from test_engine import (
+    TWO_SERVICES,
+    FakeNetwork,
+    FaultyKernel,
+    faulty_director,
+    refuses_destination,
+)
+from test_metrics import METRICS
 
 from director.control.messages import Request, Response
 from director.metrics.endpoint import Scraper
@@ -44,7 +51,7 @@ def exposition() -> str:
     async def scrape() -> str:
         backend = FaultyKernel()
         backend.refuse = refuses_destination("10.0.2.1", errno.EINVAL)
-        director = faulty_director(backend, FakeNetwork("10.0.1.1"))
+        director = faulty_director(backend, FakeNetwork("10.0.1.1"), TWO_SERVICES + METRICS)
         async with trio.open_nursery() as nursery:
             await nursery.start(director.run)
             await trio.sleep(7)

@@ -17,7 +17,7 @@ import structlog.testing
 import trio
 import trio.testing
 from test_engine import FakeNetwork, make_director
-from test_metrics import parse, value
+from test_metrics import METRICS, parse, value
 
 from director import metrics
 from director.config.model import MetricsSettings
@@ -62,7 +62,7 @@ def split(reply: bytes) -> tuple[int, dict[str, str], bytes]:
 
 @pytest.fixture
 async def director() -> AsyncIterator[Director]:
-    director = make_director(MemoryBackend(), FakeNetwork("10.0.1.1", "10.0.1.2"))
+    director = make_director(MemoryBackend(), FakeNetwork("10.0.1.1", "10.0.1.2"), extra=METRICS)
     async with trio.open_nursery() as nursery:
         await nursery.start(director.run)
         yield director
