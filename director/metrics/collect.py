@@ -51,6 +51,7 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 
 import trio
@@ -530,6 +531,7 @@ def _add_stats(families: list[tuple[str, Family]], row: str, stats: Stats) -> No
         family.add(row, getattr(stats, field))
 
 
+@cache
 def _version() -> str:
     try:
         return version("director")
