@@ -95,3 +95,44 @@ async def test_a_connect_that_completed_while_the_watcher_was_busy_is_no_timeout
                 await all_in.wait()
             nursery.cancel_scope.cancel()
     assert [(r.ok, r.reason) for r in results] == [(True, Reason.OK)] * 100
+
+
+async def test_connects_begin_only_as_fast_as_their_verdicts_are_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Each verdict asks for five more probes (a checker far behind its
+    schedule). They begin after the round of verdicts, at most a batch at a
+    time: the connects in flight stay near one batch instead of growing
+    five-fold each round, so that no verdict waits long unread."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1024)
+        port = server.getsockname()[1]
+        connects = Connects(batch=8)
+        target = destination(TcpCheck(), ip_address("127.0.0.1"), port)
+        results: list[ProbeResult] = []
+        in_flight: list[int] = []
+        asked = 8
+        all_in = trio.Event()
+
+        def done(result: ProbeResult) -> None:
+            nonlocal asked
+            results.append(result)
+            in_flight.append(connects.in_flight)
+            for _ in range(5):
+                if asked < 300:
+                    asked += 1
+                    connects.start(target, done)
+            if len(results) == 300:
+                all_in.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connects.watch)
+            await trio.sleep(0)
+            for _ in range(8):
+                connects.start(target, done)
+            with trio.fail_after(60):
+                await all_in.wait()
+            nursery.cancel_scope.cancel()
+    assert [r.ok for r in results] == [True] * 300
+    assert max(in_flight) <= 8

@@ -28,6 +28,7 @@ import os
 import select
 import socket
 import struct
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -134,6 +135,8 @@ class Connects:
         self._deadlines: list[tuple[float, int, _Connect]] = []
         self._sequence = 0
         self._known: list[_Connect] = []  # verdicts known at start
+        self._deferred: deque[_Connect] = deque()  # asked for while verdicts were read
+        self._reading = False  # `watch` is reading verdicts
         self._sleep: trio.CancelScope | None = None
         self._bugs = BugLog()
         self._closed = False
@@ -141,13 +144,23 @@ class Connects:
     def start(self, target: TcpDestination, done: ProbeDone) -> _Connect:
         """Begin one probe; `done(result)` is called later from `watch`,
         exactly once unless the probe is cancelled or `watch` ends first.
-        Never raises for the probe's sake: whatever goes wrong is its
+        While `watch` is reading verdicts the connect waits, and starts
+        after them (at most `batch` at a time), its timeout counted from
+        then. Never raises for the probe's sake: whatever goes wrong is its
         verdict (a bug: reason `error`, logged once in a while, contain.py).
         Raises trio.ClosedResourceError once `watch` has ended."""
         if self._closed:
             raise trio.ClosedResourceError("the TCP probes' watcher has ended")
-        started = trio.current_time()
-        connect = _Connect(target, started, done)
+        connect = _Connect(target, 0.0, done)
+        if self._reading:
+            self._deferred.append(connect)
+        else:
+            self._begin(connect)
+        return connect
+
+    def _begin(self, connect: _Connect) -> None:
+        target = connect.target
+        started = connect.started = trio.current_time()
         timeout = target.check.timing.timeout
         try:
             sock = connect.sock = socket.socket(target.family, _FLAGS)
@@ -163,7 +176,7 @@ class Connects:
                 sleep = self._sleep
                 if sleep is not None and deadline < sleep.deadline:
                     sleep.deadline = deadline
-                return connect
+                return
             connect.result = _verdict(code, 0.0, timeout)
         except OSError as exc:
             reason, detail = translate(exc, timeout)
@@ -175,7 +188,11 @@ class Connects:
         self._known.append(connect)
         if self._sleep is not None:
             self._sleep.deadline = -math.inf
-        return connect
+
+    @property
+    def in_flight(self) -> int:
+        """Connects begun whose verdict has not been read yet."""
+        return len(self._pending)
 
     def cancel(self, connect: _Connect) -> None:
         """The probe's callback will not run; its socket is closed now."""
@@ -184,8 +201,19 @@ class Connects:
             self._forget(connect)
 
     async def watch(self) -> None:
-        """Deliver verdicts until cancelled."""
+        """Deliver verdicts until cancelled.
+
+        Each round reads every connect the kernel reports done, in batches
+        with a checkpoint between them (a busy loop must not starve the
+        other tasks), then fails the connects whose deadline passed, then
+        begins at most `batch` of the connects asked for meanwhile. A socket
+        is timed out only when the kernel has not reported it after a full
+        read, never for having waited its turn; and connects begin only as
+        fast as their verdicts are read, so that under overload probes start
+        late (the checker skips the starts they missed) instead of their
+        verdicts waiting, unread, past their timeouts."""
         pending, epoll, deadlines, batch = self._pending, self._epoll, self._deadlines, self._batch
+        deferred = self._deferred
         try:
             while True:
                 while self._known:
@@ -195,14 +223,14 @@ class Connects:
                         self._deliver(connect, connect.result)
                 while deadlines and deadlines[0][2].sock is None:
                     heapq.heappop(deadlines)  # that probe is over
-                wake_at = -math.inf if self._known else deadlines[0][0] if deadlines else math.inf
+                if self._known or deferred:
+                    wake_at = -math.inf
+                else:
+                    wake_at = deadlines[0][0] if deadlines else math.inf
                 with trio.move_on_at(wake_at) as self._sleep:
                     await trio.lowlevel.wait_readable(epoll)
                 self._sleep = None
-                # Every completed connect first, in batches with a checkpoint
-                # between them (a busy loop must not starve the others): a
-                # socket is timed out only when the kernel has not reported
-                # it after a full drain, never for having waited its turn.
+                self._reading = True
                 while True:
                     events = epoll.poll(0, batch)
                     now = trio.current_time()
@@ -227,13 +255,20 @@ class Connects:
                         self._forget(connect)
                         timeout = connect.target.check.timing.timeout
                         self._deliver(connect, _verdict(errno.EINPROGRESS, now - connect.started, timeout))  # fmt: skip
+                self._reading = False
+                for _ in range(min(batch, len(deferred))):
+                    connect = deferred.popleft()
+                    if connect.done is not None:
+                        self._begin(connect)
         finally:
             self._closed = True
             self._sleep = None
+            self._reading = False
             for connect in list(pending.values()):
                 connect.done = None
                 self._forget(connect)
             self._known.clear()
+            deferred.clear()
             epoll.close()
 
     def _deliver(self, connect: _Connect, result: ProbeResult) -> None:
