@@ -59,6 +59,12 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument(
+        "--tick",
+        type=float,
+        default=0.01,
+        help="the checker's tick (s), as directord's engine sets it",
+    )
     parser.add_argument("--source", type=Path, help="import director from this checkout")
     args = parser.parse_args()
     if args.source is not None:
@@ -123,9 +129,12 @@ def measure(args: argparse.Namespace, endpoints: list[tuple[str, int]]) -> dict[
         "rng": random.Random(1),
     }
     try:
-        checker = checker_module.Checker(on_start=on_start, **kwargs)
-    except TypeError:  # a checker from before the on_start meter
-        checker = checker_module.Checker(**kwargs)
+        checker = checker_module.Checker(on_start=on_start, tick=args.tick, **kwargs)
+    except TypeError:  # a checker from before the tick, or the on_start meter
+        try:
+            checker = checker_module.Checker(on_start=on_start, **kwargs)
+        except TypeError:
+            checker = checker_module.Checker(**kwargs)
     checker.set_targets(targets)
 
     figures: dict[str, Any] = {}

@@ -75,6 +75,7 @@ from director.runtime import EMPTY, RuntimeLayer, effective_config
 T = TypeVar("T")
 RETRY_BASE = 1.0  # seconds before the first retry of a refused operation or a failed pass
 SLOW_START_STEP = 1.0  # seconds between passes while a weight ramps
+CHECK_TICK = 0.01  # seconds: probes start, and TCP verdicts are read, on 10 ms ticks (checker.py)
 
 
 def check_targets(config: Config) -> dict[RealServerId, Target]:
@@ -167,7 +168,8 @@ class Director:
             on_result=self._on_result,
             probe=probe,
             rng=rng,
-            on_start=self.events.probe_started,
+            on_start=self.events.probe_started if self.events.enabled else None,
+            tick=CHECK_TICK,
         )
         self.owned: frozenset[ServiceKey] = owned | self.effective.service_keys()
         self.refusals: dict[Subject, Refusal] = {}

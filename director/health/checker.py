@@ -86,6 +86,7 @@ class Checker(Generic[K]):
         max_probes: int | None = None,
         max_exec: int = 16,
         on_start: Callable[[Target, float], None] | None = None,
+        tick: float = 0.0,
     ) -> None:
         """`on_transition` and `on_result` run in the checker's task and must
         not block; `on_result` gets the state before and after each probe
@@ -93,10 +94,15 @@ class Checker(Generic[K]):
         most `max_probes` probes (default: half the file descriptor limit)
         and `max_exec` commands run at once; the others wait their turn.
         `on_start(target, lateness)` is told of each probe as it starts,
-        with how many seconds after its due time (a meter: bench/checker.py)."""
+        with how many seconds after its due time (a meter: bench/checker.py).
+        With `tick` > 0 (seconds), probes start on multiples of it, at most
+        one tick late, and the TCP probes' verdicts are read once a tick:
+        a few wake-ups a tick, however many probes a second, instead of a
+        few for each probe."""
         self._on_transition = on_transition
         self._on_result = on_result
         self._on_start = on_start
+        self._tick = tick
         self._probe = probe
         self._rng = rng or random.Random()
         self._max_probes = max_probes or default_max_probes()
@@ -169,7 +175,7 @@ class Checker(Generic[K]):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 if self._probe is None:
-                    self._connects = Connects()
+                    self._connects = Connects(tick=self._tick)
                     nursery.start_soon(self._connects.watch)
                 self._schedule = Schedule(self._max_probes, self._max_exec)
                 now = trio.current_time()
@@ -219,10 +225,17 @@ class Checker(Generic[K]):
         schedule.add(probe, due, interval, is_exec=isinstance(check, ExecCheck))
         self._wake_by(due)
 
+    def _wake_at(self, due: float) -> float:
+        """When the scheduler wakes for a probe due at `due`: the next tick."""
+        tick = self._tick
+        return due if tick <= 0 or math.isinf(due) else math.ceil(due / tick) * tick
+
     def _wake_by(self, due: float) -> None:
         sleep = self._sleep
-        if sleep is not None and due < sleep.deadline:
-            sleep.deadline = due
+        if sleep is not None:
+            wake = self._wake_at(due)
+            if wake < sleep.deadline:
+                sleep.deadline = wake
 
     async def _dispatch(self, schedule: Schedule[_Probe[K]]) -> None:
         """The scheduler: starts the probes that are due, sleeps until the
@@ -230,7 +243,7 @@ class Checker(Generic[K]):
         earlier when needed)."""
         while True:
             self._hand_out(schedule.due(trio.current_time()), keep=False)
-            with trio.move_on_at(schedule.next_due()) as self._sleep:
+            with trio.move_on_at(self._wake_at(schedule.next_due())) as self._sleep:
                 await trio.sleep_forever()
 
     def _hand_out(self, due: list[tuple[_Probe[K], float]], *, keep: bool) -> _Probe[K] | None:
@@ -296,7 +309,7 @@ class Checker(Generic[K]):
             # probes end, and the scheduler need not wake (each wake-up by a
             # deadline costs trio an exception).
             if self._sleep is not None:
-                self._sleep.deadline = schedule.next_due()
+                self._sleep.deadline = self._wake_at(schedule.next_due())
         if result is not None:
             self._record(probe, result)
         return following
@@ -310,9 +323,9 @@ class Checker(Generic[K]):
         self._hand_out(schedule.finished(probe, trio.current_time()), keep=False)
         sleep = self._sleep
         if sleep is not None:
-            due = schedule.next_due()
-            if due != sleep.deadline:  # setting it costs trio more than comparing
-                sleep.deadline = due
+            wake = self._wake_at(schedule.next_due())
+            if wake != sleep.deadline:  # setting it costs trio more than comparing
+                sleep.deadline = wake
         self._record(probe, result)
 
     async def _attempt(self, target: Target) -> ProbeResult:

@@ -127,9 +127,14 @@ class Connects:
     an exception a callback raises ends `watch` with it. When `watch` ends,
     every socket still connecting is closed and its callback never runs."""
 
-    def __init__(self, batch: int = 512) -> None:
-        """`batch`: verdicts delivered between two checkpoints of `watch`."""
+    def __init__(self, batch: int = 512, tick: float = 0.0) -> None:
+        """`batch`: verdicts delivered between two checkpoints of `watch`.
+        `tick` > 0 (seconds): once a connect is reported, `watch` waits for
+        the next multiple of `tick` before reading, so that one read serves
+        the connects that complete meanwhile (a verdict is read at most one
+        tick late; its latency includes that wait)."""
         self._batch = batch
+        self._tick = tick
         self._epoll = select.epoll()
         self._pending: dict[int, _Connect] = {}
         self._deadlines: list[tuple[float, int, _Connect]] = []
@@ -230,6 +235,8 @@ class Connects:
                 with trio.move_on_at(wake_at) as self._sleep:
                     await trio.lowlevel.wait_readable(epoll)
                 self._sleep = None
+                if self._tick > 0:
+                    await trio.sleep_until(math.ceil(trio.current_time() / self._tick) * self._tick)
                 self._reading = True
                 while True:
                     events = epoll.poll(0, batch)
