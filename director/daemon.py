@@ -5,6 +5,7 @@ director.engine and the pure core; this module is the shell around them."""
 from __future__ import annotations
 
 import argparse
+import gc
 import signal
 import sys
 from collections.abc import Sequence
@@ -131,6 +132,11 @@ async def serve(
                 nursery.start_soon(metrics.serve, config.metrics, director, controller.reads)
                 accepting.set()
                 starting.cancel()
+                # What the start built (modules, config, tables, targets) lives
+                # as long as the daemon: out of the collector's generations, a
+                # full collection no longer walks it (at 10,000 servers one
+                # took about 100 ms, a pause of every probe).
+                gc.freeze()
                 notifier.ready(director.status_line())
                 interval = watchdog_interval()
                 if interval:
