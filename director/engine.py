@@ -624,33 +624,37 @@ class Director:
 
     # -- changes: runtime layer, reload, stop (from jobs) -----------------------
 
-    def set_runtime(self, runtime: RuntimeLayer) -> None:
+    def set_runtime(self, runtime: RuntimeLayer) -> set[ServiceKey]:
         """Take new operator changes: what to check changes at once, the
         table at the next pass. A service they drop stays owned until the
-        kernel no longer has it. Call from a job."""
+        kernel no longer has it. Returns the services whose desired state
+        the change may have changed. Call from a job."""
         before, admin = self.effective, self.runtime.admin
         self.runtime = runtime
         self._set_effective(effective_config(self.config, runtime))
         self.owned |= self.effective.service_keys()
-        self._retarget(
-            services_changed(
-                before.virtual_servers, self.effective.virtual_servers, admin, runtime.admin
-            )
+        changed = services_changed(
+            before.virtual_servers, self.effective.virtual_servers, admin, runtime.admin
         )
+        self._retarget(changed)
         if runtime.timeouts is not None:
             self._timeouts_pending = None  # the control socket sent them itself
         self.refusals = retry_now(self.refusals, trio.current_time())
+        return changed
 
     async def commit(
         self, runtime: RuntimeLayer, why: str, added: Set[ServiceKey] = frozenset()
     ) -> list[Operation]:
         """Take, save and apply an operator's change; `added` are services it
         already sent to the kernel itself (owned from now on, so deleted if
-        the change dropped them again). Call from a job."""
+        the change dropped them again). The pass covers the services the
+        change touched: a hand-made service someone restores with -R is
+        the kernel's and theirs, not a reason to read the whole table.
+        Call from a job."""
         self.owned |= added
-        self.set_runtime(runtime)
+        changed = self.set_runtime(runtime) | added
         await self.save()
-        return await self.reconcile(why)
+        return await self.reconcile(why, only=changed)
 
     async def reload_file(self, path: str | Path, **origin: object) -> ReloadResult:
         """Re-read the config file and apply it (SIGHUP and `directorctl
