@@ -622,4 +622,4 @@ async def test_a_restore_passes_over_the_services_it_made_only(
     # then the pass over the services the lines made, not the other one.
     assert reads[0] is None
     assert reads[1:] and all(read is not None and VIP not in read for read in reads[1:])
-    assert all(f"-a -t 10.9.9.{i}:80 -r 10.0.2.1:80 -m -w 1\n" in table for i in (1, 2, 3))
+    assert all(f"-A -t 10.9.9.{i}:80 -s rr\n" in table for i in (1, 2, 3))
