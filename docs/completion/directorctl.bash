@@ -1,0 +1,118 @@
+# bash completion for directorctl(8).
+# Installed as /usr/share/bash-completion/completions/directorctl (make install).
+# The command list is director/ctl.py's (tests/unit/test_docs_completion.py
+# checks it); virtual services and real servers come from the running daemon
+# (directorctl -Sn), as the words drain, disable and enable take.
+
+_directorctl_commands="status drain disable enable reload check-config import-keepalived"
+_directorctl_ipvsadm_options="-A -E -D -C -R -S -a -e -d -L -l -Z --set --start-daemon
+--stop-daemon -h -t -u -f --sctp-service -s -p -M -r -g -i -m -w -x -y -c -n --numeric
+--exact --stats --rate --timeout --daemon --sort --persistent-conn --tun-info -6 -o --ops
+--pe -b --sched-flags --tun-type --tun-port --tun-nocsum --tun-csum --tun-remcsum
+--add-service --edit-service --delete-service --clear --restore --save --add-server
+--edit-server --delete-server --list --zero --help --version"
+
+# The words of the line up to the cursor, split on blanks only: bash's own
+# COMP_WORDS splits tcp:10.0.0.1:80 at its colons (COMP_WORDBREAKS).
+_directorctl_words=()
+_directorctl_split() {
+    local line=${COMP_LINE:0:COMP_POINT}
+    read -ra _directorctl_words <<<"$line"
+    [[ -z $line || $line == *[[:space:]] ]] && _directorctl_words+=("")
+}
+
+# The socket options already typed, to pass on to directorctl -Sn.
+_directorctl_socket_args() {
+    local i last=$((${#_directorctl_words[@]} - 1))
+    for ((i = 1; i < last; i++)); do
+        case ${_directorctl_words[i]} in
+            --socket) printf '%s\n' --socket "${_directorctl_words[i + 1]}" ;;
+            --socket=*) printf '%s\n' "${_directorctl_words[i]}" ;;
+        esac
+    done
+}
+
+# Virtual services as drain/disable/enable take them (tcp:IP:PORT, fwm:MARK),
+# or with $1 one such service, its real servers (IP:PORT).
+_directorctl_table() {
+    local -a socket_args
+    mapfile -t socket_args < <(_directorctl_socket_args)
+    directorctl "${socket_args[@]}" -Sn 2>/dev/null | awk -v want="$1" '
+        function service(flag, value) {
+            if (flag == "-t") return "tcp:" value
+            if (flag == "-u") return "udp:" value
+            if (flag == "--sctp-service") return "sctp:" value
+            if (flag == "-f") return "fwm:" value
+        }
+        $1 == "-A" && want == "" { print service($2, $3) }
+        $1 == "-a" && want != "" && service($2, $3) == want { print $5 }
+    '
+}
+
+_directorctl() {
+    local cur
+    _directorctl_complete
+    # bash replaces only what follows the cursor word's last colon.
+    if [[ $cur == *:* ]]; then
+        local strip=${cur%"${cur##*:}"}
+        COMPREPLY=("${COMPREPLY[@]#"$strip"}")
+    fi
+}
+
+_directorctl_complete() {
+    local i command="" position=0 cword
+    _directorctl_split
+    local -a words=("${_directorctl_words[@]}")
+    cword=$((${#words[@]} - 1))
+    cur=${words[cword]}
+    local prev=${words[cword - 1]}
+    for ((i = 1; i < cword; i++)); do
+        case ${words[i]} in
+            --socket) ((i++)) ;;
+            --socket=*) ;;
+            -*) [[ -z $command ]] && command=ipvsadm ;;
+            *)
+                if [[ -z $command ]]; then
+                    command=${words[i]}
+                elif [[ ${words[i - 1]} != --timeout ]]; then
+                    ((position++))
+                fi
+                ;;
+        esac
+    done
+    if [[ $prev == --socket ]]; then
+        mapfile -t COMPREPLY < <(compgen -f -- "$cur")
+        return
+    fi
+    case $command in
+        "")
+            mapfile -t COMPREPLY < <(compgen -W "$_directorctl_commands --socket $_directorctl_ipvsadm_options" -- "$cur")
+            ;;
+        status)
+            mapfile -t COMPREPLY < <(compgen -W "--json" -- "$cur")
+            ;;
+        drain | disable | enable)
+            if [[ $cur == -* && $command == drain ]]; then
+                mapfile -t COMPREPLY < <(compgen -W "--wait --timeout" -- "$cur")
+            elif [[ $prev == --timeout ]]; then
+                COMPREPLY=()
+            elif ((position == 0)); then
+                mapfile -t COMPREPLY < <(compgen -W "$(_directorctl_table)" -- "$cur")
+            elif ((position == 1)); then
+                local service
+                for ((i = 1; i < cword; i++)); do
+                    case ${words[i]} in tcp:* | udp:* | sctp:* | fwm:*) service=${words[i]} ;; esac
+                done
+                mapfile -t COMPREPLY < <(compgen -W "$(_directorctl_table "$service")" -- "$cur")
+            fi
+            ;;
+        check-config | import-keepalived)
+            mapfile -t COMPREPLY < <(compgen -f -- "$cur")
+            ;;
+        ipvsadm)
+            mapfile -t COMPREPLY < <(compgen -W "$_directorctl_ipvsadm_options" -- "$cur")
+            ;;
+    esac
+}
+
+complete -o default -F _directorctl directorctl
