@@ -1,0 +1,262 @@
+"""The worked example of docs/operations.md, "Connection timeouts": why
+ipvsadm's ActiveConn and InActConn stay above what the real servers hold, and
+what `[ipvs] timeouts` (ipvsadm --set tcp tcpfin udp) changes, on a real table.
+
+A NAT (masq) virtual service with two real servers in namespaces
+(topology.py). The client makes SHORT connections (an HTTP/1.0 GET each, the
+server closes) and holds IDLE ones open without a request. The test prints
+`ipvsadm -Ln`, `ipvsadm -Lnc` and the real servers' established sockets at each
+step (the guide quotes that output), and checks the kernel's own expiry: every
+entry's `expire` column against the timeout of its state, before and after a
+reload that sets `[ipvs] timeouts = { tcp = 5, tcpfin = 10, udp = 300 }`.
+
+The kernel's timeouts by state are `tcp_timeouts` in
+net/netfilter/ipvs/ip_vs_proto_tcp.c (ESTABLISHED 900 s, FIN_WAIT and
+TIME_WAIT 120 s, CLOSE 10 s ...); `ip_vs_set_timeout` (ip_vs_ctl.c) changes
+only ESTABLISHED (tcp), FIN_WAIT (tcpfin) and UDP's. A table change applies to
+an entry at its next packet (set_tcp_state), not to its running timer.
+
+Deadlines are generous (the VM is emulated and shared): they bound a wait and
+claim nothing about speed; the assertions read the kernel's expire values.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from daemon_runner import Daemon, wait_alive
+from topology import HTTP_PORT, Network, RealServers, http_get, inside, ipvsadm, network
+
+SHORT = 20
+IDLE = 4
+KEPT = 2
+DEADLINE = 90.0
+SHORT_TIMEOUTS = "{ tcp = 5, tcpfin = 10, udp = 300 }"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of `ipvsadm -Lnc`: its state and seconds left (expire mm:ss)."""
+
+    state: str
+    expire: int
+    source: str
+
+
+def entries() -> list[Entry]:
+    """The connection entries through the VIP, from `ipvsadm -Lnc`."""
+    found = []
+    for line in ipvsadm("-Lnc").splitlines()[2:]:
+        fields = line.split()
+        if len(fields) == 6 and fields[0] == "TCP":
+            minutes, _, seconds = fields[1].partition(":")
+            found.append(Entry(fields[2], int(minutes) * 60 + int(seconds), fields[3]))
+    return found
+
+
+def established_on_real_servers(net: Network) -> int:
+    """Sockets the real servers hold ESTABLISHED with the client (NAT keeps
+    the client's address): what they see, as `ss` counts it."""
+    total = 0
+    for host in net.web:
+        ss = ["ss", "-Htn", "state", "established", "dst", str(net.client.address)]
+        out = subprocess.run(
+            ["ip", "netns", "exec", host.netns, *ss],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        total += len(out.splitlines())
+    return total
+
+
+def show(title: str, net: Network) -> list[Entry]:
+    """Print the listings the guide quotes; the -Lnc entries."""
+    listed = entries()
+    states = Counter(e.state for e in listed)
+    print(f"\n### {title}")
+    print("$ ipvsadm -L --timeout")
+    print(ipvsadm("-L", "--timeout").rstrip())
+    print("$ ipvsadm -Ln")
+    print(ipvsadm("-Ln").rstrip())
+    print("$ ipvsadm -Lnc | (by state, with the shortest and longest expire)")
+    for state, count in sorted(states.items()):
+        left = [e.expire for e in listed if e.state == state]
+        print(f"  {state:<12} {count:>3} entries, expire {min(left)} .. {max(left)} s")
+    print(f"real servers' ESTABLISHED sockets with the client: {established_on_real_servers(net)}")
+    return listed
+
+
+def conns(column: str) -> int:
+    """ActiveConn (column 5) or InActConn (6) summed over the real servers."""
+    index = {"active": 4, "inactive": 5}[column]
+    return sum(
+        int(line.split()[index])
+        for line in ipvsadm("-Ln").splitlines()
+        if line.strip().startswith("->") and line.split()[1][0].isdigit()
+    )
+
+
+def config_text(net: Network, workdir: Path, timeouts: str | None) -> str:
+    lines = [
+        "[daemon]",
+        f'state_file = "{workdir}/state.json"',
+        "",
+        "[control]",
+        f'socket = "{workdir}/director.sock"',
+        "",
+    ]
+    if timeouts is not None:
+        lines += ["[ipvs]", f"timeouts = {timeouts}", ""]
+    lines += [
+        "[[virtual_server]]",
+        'protocol = "tcp"',
+        f'address = "{net.vip}:{HTTP_PORT}"',
+        'scheduler = "rr"',
+        'check = { type = "tcp", interval = 2.0, timeout = 1.0, rise = 1, fall = 2 }',
+    ]
+    for host in net.web:
+        lines += ["", "[[virtual_server.real_server]]", f'address = "{host.address}"']
+        lines += ['forward = "masq"']
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def net(netns: str) -> Iterator[Network]:
+    with network(netns, web=2, udp=0) as built:
+        yield built
+
+
+@pytest.fixture
+def servers(net: Network) -> Iterator[RealServers]:
+    running = RealServers(net)
+    try:
+        running.start_all()
+        yield running
+    finally:
+        running.close()
+
+
+def open_idle(net: Network, count: int) -> list[socket.socket]:
+    """`count` connections through the VIP that send nothing (as a client's
+    keep-alive connections between requests)."""
+    opened = []
+    for _ in range(count):
+        with inside(net.client.netns):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(30)
+        sock.connect((str(net.vip), HTTP_PORT))
+        opened.append(sock)
+    return opened
+
+
+def drop_silently(net: Network) -> None:
+    """The real servers drop their connections with the client without the
+    director seeing it (as it never sees a real server's FIN or RST in
+    direct routing, or when a client vanishes): `ss -K` aborts each socket,
+    and the RST that sends is dropped at the server's own interface."""
+    subprocess.run(["modprobe", "-q", "-a", "sch_ingress", "cls_flower", "act_gact"], check=False)
+    for host in net.web:
+        tc = ["ip", "netns", "exec", host.netns, "tc"]
+        subprocess.run([*tc, "qdisc", "add", "dev", "eth0", "clsact"], check=True)
+        for flag in ("0x1/0x1", "0x4/0x4"):  # FIN, RST
+            filter_ = ["filter", "add", "dev", "eth0", "egress", "protocol", "ip", "flower"]
+            match = ["ip_proto", "tcp", "tcp_flags", flag, "action", "drop"]
+            subprocess.run([*tc, *filter_, *match], check=True)
+        ss = ["ss", "-K", "-tn", "state", "established", "dst", str(net.client.address)]
+        subprocess.run(["ip", "netns", "exec", host.netns, *ss], check=True, capture_output=True)
+        subprocess.run([*tc, "qdisc", "del", "dev", "eth0", "clsact"], check=True)
+
+
+def test_timeouts_worked_example(net: Network, servers: RealServers, tmp_path: Path) -> None:
+    config = tmp_path / "director.toml"
+    config.write_text(config_text(net, tmp_path, None))
+    daemon = Daemon(config)
+    idle: list[socket.socket] = []
+    try:
+        daemon.start()
+
+        def wait(condition: object, what: str) -> object:
+            return wait_alive(
+                condition,  # type: ignore[arg-type]
+                what,
+                alive=daemon.alive,
+                log=daemon.log_text,
+                timeout=DEADLINE,
+                every=0.5,
+                context=lambda: f"{ipvsadm('-Ln')}\n{daemon.log_text()}",
+            )
+
+        wait(lambda: ipvsadm("-Ln").count("Masq") == 2, "both real servers in the table")
+        assert "900 120 300" in ipvsadm("-L", "--timeout")  # the kernel's defaults
+
+        # 1. The kernel's defaults: IDLE connections held open, SHORT ones done.
+        idle += open_idle(net, IDLE)
+        answered = Counter(http_get(net) for _ in range(SHORT))
+        assert set(answered) == {"rs1", "rs2"}
+        before = show(f"defaults: {IDLE} idle connections open, {SHORT} short ones ended", net)
+        by_state = Counter(e.state for e in before)
+        assert by_state["ESTABLISHED"] == IDLE
+        assert by_state["TIME_WAIT"] == SHORT
+        assert conns("active") == IDLE and conns("inactive") == SHORT
+        # Each ended connection is still an entry, for TIME_WAIT's 120 s;
+        # each idle one for ESTABLISHED's 900 s (15 min) since its last packet.
+        assert all(60 < e.expire <= 120 for e in before if e.state == "TIME_WAIT")
+        assert all(840 < e.expire <= 900 for e in before if e.state == "ESTABLISHED")
+        assert established_on_real_servers(net) == IDLE
+
+        # The servers drop the idle ones without the director seeing it:
+        # ActiveConn stays, for the rest of the 900 s.
+        drop_silently(net)
+        gone = show("the real servers dropped the idle connections unseen", net)
+        assert established_on_real_servers(net) == 0
+        assert conns("active") == IDLE
+        assert all(e.expire > 800 for e in gone if e.state == "ESTABLISHED")
+        old = {e.source for e in gone}
+
+        # 2. [ipvs] timeouts through a reload (SIGHUP), as ipvsadm --set 5 10 300.
+        config.write_text(config_text(net, tmp_path, SHORT_TIMEOUTS))
+        daemon.reload()
+        wait(lambda: "5 10 300" in ipvsadm("-L", "--timeout"), "the kernel's timeouts at 5 10 300")
+
+        # 3. The same again: entries made from now on take the new timeouts.
+        fresh_idle = open_idle(net, IDLE)
+        idle += fresh_idle
+        for _ in range(SHORT):
+            http_get(net)
+        drop_silently(net)
+        kept_idle = open_idle(net, KEPT)  # these the servers keep
+        idle += kept_idle
+        after = show("after --set 5 10 300: the same again, and 2 idle ones kept", net)
+        fresh = [e for e in after if e.source not in old]
+        by_state = Counter(e.state for e in fresh)
+        assert by_state["TIME_WAIT"] == SHORT  # TIME_WAIT is none of the three timeouts
+        assert all(10 < e.expire <= 120 for e in fresh if e.state == "TIME_WAIT")
+        assert all(e.expire <= 10 for e in fresh if e.state == "FIN_WAIT")
+        assert all(e.expire <= 5 for e in fresh if e.state == "ESTABLISHED")
+        # The old entries keep the timers they had: a table change applies
+        # to an entry at its next packet.
+        assert all(e.expire > 60 for e in after if e.source in old and e.state == "ESTABLISHED")
+
+        # 4. 5 s later the kernel has expired every new ESTABLISHED entry:
+        # the dropped ones, and also the two idle ones the servers still hold.
+        wait(lambda: conns("active") == IDLE, "the new idle entries expired (tcp = 5)")
+        later = show("5 s after the last packet of the new idle connections", net)
+        assert {e.source for e in later if e.state == "ESTABLISHED"} <= old
+        assert established_on_real_servers(net) == KEPT
+        try:
+            kept_idle[0].sendall(b"GET / HTTP/1.0\r\n\r\n")
+            reply = kept_idle[0].recv(100)
+            print(f"the next packet on a kept idle connection: answered {reply!r}")
+        except OSError as error:
+            print(f"the next packet on a kept idle connection: {error!r}")
+    finally:
+        for sock in idle:
+            sock.close()
+        daemon.close()
