@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 IPAddress = IPv4Address | IPv6Address
@@ -123,6 +123,17 @@ class ServiceKey:
     address: IPAddress | None
     port: int
     fwmark: int = 0
+    # A key of the engine's maps and sets, hashed at every transition and in
+    # every pass: an IPv4Address hashes through hex() each time.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "_hash", hash((self.family, self.protocol, self.address, self.port, self.fwmark))
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def inet(cls, protocol: Protocol, address: IPAddress | str, port: int) -> ServiceKey:

@@ -218,7 +218,8 @@ class CountingStream(io.StringIO):
 
 def test_a_burst_of_lines_costs_the_writer_few_writes() -> None:
     """While the writer pauses after a write, lines queue up; the next look
-    at the queue writes them 256 to a write, not one wake-up per line."""
+    at the queue writes them LINES_PER_WRITE to a write, not one wake-up per
+    line."""
     stream = CountingStream()
     paused, resume = threading.Event(), threading.Event()
 
@@ -226,12 +227,13 @@ def test_a_burst_of_lines_costs_the_writer_few_writes() -> None:
         paused.set()
         resume.wait(10)
 
-    sink = QueuedSink(stream, lambda method, event: str(event), max_queued=2000, pause=pause)
+    sink = QueuedSink(stream, lambda method, event: str(event), max_queued=20_000, pause=pause)
     sink.put("first")
     assert paused.wait(10)
-    for n in range(1000):
+    for n in range(10_000):
         sink.put(f"line {n}")
     resume.set()
     assert sink.close(10)
-    assert stream.getvalue().splitlines() == ["first", *(f"line {n}" for n in range(1000))]
-    assert stream.writes == 1 + 4  # "first", then 1,000 lines 256 at a time
+    assert stream.getvalue().splitlines() == ["first", *(f"line {n}" for n in range(10_000))]
+    assert log.LINES_PER_WRITE == 4096
+    assert stream.writes == 1 + 3  # "first", then 4,096 + 4,096 + 1,808 lines

@@ -128,7 +128,7 @@ async def test_connects_begin_only_as_fast_as_their_verdicts_are_read(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(connects.watch)
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             for _ in range(8):
                 connects.start(target, done)
             with trio.fail_after(60):
