@@ -361,7 +361,7 @@ def directord_config(services: Sequence[VirtualService], timing: TcpTiming, work
     lines = [
         "[daemon]",
         "flush_on_stop = true",
-        "reconcile_interval = 5.0",
+        f"reconcile_interval = {os.environ.get('DIRECTOR_BENCH_RECONCILE', '5.0')}",
         f'state_file = "{workdir / "state.json"}"',
         'log_level = "info"',
         "",
