@@ -16,14 +16,20 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
+import importlib.util
+import marshal
 import os
 import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
+import time
 import xml.etree.ElementTree as ET
+import zipfile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -64,14 +70,242 @@ def guest_kernel() -> str:
     return kernels[-1]
 
 
-def guest_script(command: list[str], rc_file: Path) -> str:
+# What goes into the guest's zip of pure-Python code (see pure_python_zip):
+# the venv's packages that directord, directorctl, the kernel tests and the
+# benches import, less those with C extensions (tomli is mypyc-compiled,
+# hypothesis has _native) or reading data files next to their code (certifi).
+ZIP_SITE_PACKAGES = (
+    "trio",
+    "outcome",
+    "sniffio",
+    "sortedcontainers",
+    "idna",
+    "attr",
+    "attrs",
+    "structlog",
+    "h11",
+    "httpx",
+    "httpcore",
+    "anyio",
+    "dns",
+    "prometheus_client",
+    "_pytest",
+    "pytest",
+    "pluggy",
+    "iniconfig",
+    "packaging",
+    "pytest_trio",
+    "typing_extensions",
+    "_hypothesis_pytestplugin",
+    "_hypothesis_globals",
+    "_distutils_hack",
+)
+# The standard library's top-level modules those processes import (found with
+# sys.modules after importing every director module, pytest and its plugins,
+# and what the kernel tests and benches import), less the modules frozen into
+# the interpreter (os, site, codecs, ...), encodings (imported before sys.path
+# is read), importlib and Debian's sitecustomize.
+ZIP_STDLIB = [
+    "__future__",
+    "_compat_pickle",
+    "_compression",
+    "_weakrefset",
+    "argparse",
+    "ast",
+    "asyncio",
+    "base64",
+    "bdb",
+    "bisect",
+    "bz2",
+    "calendar",
+    "cmd",
+    "code",
+    "codeop",
+    "collections",
+    "concurrent",
+    "contextlib",
+    "contextvars",
+    "copy",
+    "copyreg",
+    "cProfile",
+    "csv",
+    "ctypes",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "dis",
+    "doctest",
+    "email",
+    "enum",
+    "fnmatch",
+    "fractions",
+    "functools",
+    "gettext",
+    "glob",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "hmac",
+    "html",
+    "http",
+    "inspect",
+    "ipaddress",
+    "json",
+    "keyword",
+    "linecache",
+    "locale",
+    "logging",
+    "lzma",
+    "mimetypes",
+    "multiprocessing",
+    "numbers",
+    "opcode",
+    "operator",
+    "pathlib",
+    "pdb",
+    "pickle",
+    "pkgutil",
+    "platform",
+    "pprint",
+    "profile",
+    "pstats",
+    "queue",
+    "quopri",
+    "random",
+    "re",
+    "reprlib",
+    "secrets",
+    "selectors",
+    "shlex",
+    "shutil",
+    "signal",
+    "socket",
+    "socketserver",
+    "ssl",
+    "statistics",
+    "string",
+    "stringprep",
+    "struct",
+    "subprocess",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "timeit",
+    "token",
+    "tokenize",
+    "traceback",
+    "types",
+    "typing",
+    "unittest",
+    "urllib",
+    "uuid",
+    "warnings",
+    "weakref",
+    "wsgiref",
+    "xml",
+    "zipfile",
+    "zoneinfo",
+]
+ZIP_SKIPPED_DIRS = {"__pycache__", "tests", "_tests", "test"}
+ZIP_FORMAT = b"pylib 2"  # bump when what goes into the zip changes
+GUEST_PYLIB = "/run/director-vm/pylib.zip"  # on the guest's tmpfs
+
+
+def zip_sources() -> dict[str, Path]:
+    """Every module source the zip holds: {name in the zip: path on the host}."""
+    roots = [(REPO, "director")]
+    roots += [(Path(sysconfig.get_path("purelib")), name) for name in ZIP_SITE_PACKAGES]
+    roots += [(Path(sysconfig.get_path("stdlib")), name) for name in ZIP_STDLIB]
+    sources: dict[str, Path] = {}
+    for base, name in roots:
+        module = base / f"{name}.py"
+        if module.is_file():
+            sources[module.name] = module
+        elif (base / name / "__init__.py").is_file():
+            for directory, dirs, files in os.walk(base / name):
+                dirs[:] = sorted(d for d in dirs if d not in ZIP_SKIPPED_DIRS)
+                for file in files:
+                    if file.endswith(".py"):
+                        path = Path(directory, file)
+                        sources[path.relative_to(base).as_posix()] = path
+    return sources
+
+
+def pure_python_zip() -> Path:
+    """The zip of pure-Python code for the guest, built when any of its
+    sources changed: .vmtest/pylib-DIGEST.zip.
+
+    In the guest every module would otherwise come over the 9p share (mounted
+    without a cache), a few stat/open/read calls each, every one a round trip
+    to the host under emulation: directord spent 10-60 s importing its 300
+    modules. The guest copies the zip to its tmpfs at GUEST_PYLIB (one
+    sequential read) and puts it first on PYTHONPATH; C extensions, and
+    packages left out, come from their usual places after it.
+
+    Each module is stored as its source and, next to it where zipimport looks,
+    an unchecked hash-based .pyc (PEP 552) whose code names the module's path
+    under GUEST_PYLIB, as zipimport itself names a module it compiles, so that
+    __file__ and tracebacks agree (pytest cuts its own frames by that path).
+    A .pyc of another Python is passed over for the source.
+
+    The name carries a digest of the sources' names, sizes and mtimes: a zip
+    is never rewritten, so a VM booting from an earlier one is not disturbed.
+    Zips unused for a day are removed.
+    """
+    sources = zip_sources()
+    digest = hashlib.sha256(ZIP_FORMAT + importlib.util.MAGIC_NUMBER)
+    for name, path in sorted(sources.items()):
+        stat = path.stat()
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    workdir = REPO / ".vmtest"
+    workdir.mkdir(exist_ok=True)
+    target = workdir / f"pylib-{digest.hexdigest()[:16]}.zip"
+    if target.exists():
+        os.utime(target)
+    else:
+        started = time.monotonic()
+        partial = target.with_suffix(f".{os.getpid()}.tmp")
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as archive:
+            for name, path in sorted(sources.items()):
+                source = path.read_bytes()
+                where = f"{GUEST_PYLIB}/{name}"
+                code = compile(source, where, "exec", dont_inherit=True)
+                pyc = importlib.util.MAGIC_NUMBER + (0b01).to_bytes(4, "little")
+                pyc += importlib.util.source_hash(source) + marshal.dumps(code)
+                archive.writestr(name, source)
+                archive.writestr(name + "c", pyc)
+        os.replace(partial, target)
+        print(
+            f"run.py: built {target.relative_to(REPO)}: {len(sources)} modules,"
+            f" {time.monotonic() - started:.1f} s"
+        )
+    for old in workdir.glob("pylib-*.zip"):
+        if old != target and time.time() - old.stat().st_mtime > 86400:
+            old.unlink(missing_ok=True)
+    return target
+
+
+def guest_script(command: list[str], rc_file: Path, pylib: Path | None = None) -> str:
+    """The guest's shell script. `pylib` (a zip of pure-Python code, see
+    pure_python_zip) is copied to GUEST_PYLIB and put first on PYTHONPATH, with
+    PYTHONSAFEPATH=1 so that `python -m` and `python -c` run in the checkout
+    do not put the checkout (the 9p share) before it."""
     venv_bin = REPO / ".venv" / "bin"
+    zipped = []
+    if pylib is not None:
+        guest = shlex.quote(GUEST_PYLIB)
+        zipped = [
+            f"mkdir -p {shlex.quote(os.path.dirname(GUEST_PYLIB))}",
+            f"cp {shlex.quote(str(pylib))} {guest} && export PYTHONPATH={guest} PYTHONSAFEPATH=1",
+        ]
     return "\n".join(
         [
             "set -u",
             f"cd {shlex.quote(str(REPO))}",
             f"export PATH={shlex.quote(str(venv_bin))}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "export PYTHONDONTWRITEBYTECODE=1 HOME=/tmp",
+            *zipped,
             "mkdir -p /run/netns",
             f'for m in {" ".join(MODULES)}; do modprobe $m || echo "modprobe $m failed" >&2; done',
             shlex.join(command),
@@ -95,12 +329,14 @@ def compile_sources() -> None:
 def run_in_vm(command: list[str]) -> int:
     vng = shutil.which("vng") or str(REPO / ".venv" / "bin" / "vng")
     compile_sources()
+    zipped = os.environ.get("DIRECTOR_VM_ZIP", "1") != "0"
+    pylib = pure_python_zip() if zipped else None
     workdir = REPO / ".vmtest"
     workdir.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         rc_file = Path(tmp) / "rc"
         script = Path(tmp) / "guest.sh"
-        script.write_text(guest_script(command, rc_file))
+        script.write_text(guest_script(command, rc_file, pylib))
         argv = [
             vng,
             "--run",
