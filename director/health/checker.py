@@ -54,7 +54,7 @@ _MAX_IDLE_WORKERS = 256  # beyond that, a worker with nothing to do ends
 __all__ = ["Checker", "Target", "default_max_probes", "next_start", "validate_target"]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Slot:
     """One key's view of its target: its own health."""
 
@@ -62,7 +62,7 @@ class _Slot:
     state: HealthState = field(default_factory=HealthState)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Probe(Generic[K]):
     """One distinct (check, address, port), probed for every key in `slots`.
     A TCP check's probe is started with `Connects.start(tcp, done)`, no task

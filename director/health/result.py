@@ -25,7 +25,7 @@ class Reason(enum.StrEnum):
     ERROR = "error"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProbeResult:
     ok: bool
     reason: Reason
