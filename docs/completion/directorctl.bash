@@ -1,5 +1,6 @@
 # bash completion for directorctl(8).
-# Installed as /usr/share/bash-completion/completions/directorctl (make install).
+# Installed as $(PREFIX)/share/bash-completion/completions/directorctl by make install
+# (/usr/local by default, where bash-completion also looks).
 # The command list is director/ctl.py's (tests/unit/test_docs_completion.py
 # checks it); virtual services and real servers come from the running daemon
 # (directorctl -Sn), as the words drain, disable and enable take.
