@@ -369,6 +369,14 @@ def _quorum(
             "sorry_server: no port director can use (port 0); not converted",
         )
         return
+    if sorry.port not in (None, 0, port):
+        _note(
+            table,
+            notes,
+            sorry.where,
+            f"sorry_server port {sorry.port}: keepalived uses the virtual service's port "
+            f"{port} with {forwarding.method}, as director does",
+        )
     values: dict[str, object] = {"address": _endpoint(sorry.address, port)}
     values.update(_forwarding_keys(forwarding))
     table.set("sorry_server", values)

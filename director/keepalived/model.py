@@ -336,6 +336,13 @@ class Reader:
                 )
             elif child.keyword in _NOT_FOR_DIRECTOR:
                 self.ignored(child)
+            elif child.keyword == "net_namespace":
+                self.note(
+                    child,
+                    f"net_namespace {' '.join(child.args)}: not converted; keepalived manages the "
+                    "IPVS table of that namespace: run directord inside it "
+                    "(`ip netns exec NAME directord ...`, or NetworkNamespacePath= in its unit)",
+                )
             else:
                 other.append(child.keyword)
         if other:

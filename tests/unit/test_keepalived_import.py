@@ -458,3 +458,41 @@ def test_a_fwmark_real_server_without_nat_is_port_0_in_keepalived() -> None:
         n.startswith("k.conf:3: real_server: keepalived puts it in with port 0")
         for n in note_texts(conversion)
     )
+
+
+def test_a_sorry_servers_port_changed_by_direct_routing_is_noted() -> None:
+    """keepalived puts a DR sorry server in with the virtual service's port,
+    as it does a real server: the changed port is said, not done silently
+    (an operator trial found it silent)."""
+    conversion = convert_text(
+        "virtual_server 10.0.0.1 443 {\n"
+        "  lb_kind DR\n"
+        "  protocol TCP\n"
+        "  sorry_server 192.168.200.250 8080\n"
+        "  real_server 10.0.1.1 443 {\n"
+        "    TCP_CHECK {\n"
+        "      connect_timeout 3\n"
+        "    }\n"
+        "  }\n"
+        "}\n"
+    )
+    table = tomli.loads(conversion.text)
+    assert table["virtual_server"][0]["sorry_server"]["address"] == "192.168.200.250:443"
+    assert (
+        "k.conf:4: sorry_server port 8080: keepalived uses the virtual service's port 443 "
+        "with DR, as director does" in note_texts(conversion)
+    )
+    checked(conversion)
+
+
+def test_net_namespace_says_which_table_keepalived_managed() -> None:
+    conversion = convert_text(
+        "global_defs {\n  router_id lb1\n  net_namespace lb\n}\n"
+        "virtual_server 10.0.0.1 80 {\n  real_server 10.0.1.1 80 {\n  }\n}\n"
+    )
+    notes = note_texts(conversion)
+    assert any(
+        n.startswith("k.conf:3: net_namespace lb: not converted; keepalived manages the IPVS table")
+        for n in notes
+    ), notes
+    assert not any("not IPVS settings): net_namespace" in n for n in notes), notes
