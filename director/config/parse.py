@@ -275,12 +275,30 @@ def _metrics(table: Table | None) -> MetricsSettings:
     if endpoint is None or endpoint[1] is None or endpoint[1] == 0:
         table.error(
             "listen",
-            "expected an IP address and port ('127.0.0.1:9531', '[::1]:9531') "
-            "or an absolute Unix socket path",
+            f"{_listen_problem(listen)}: expected an IP address and port ('127.0.0.1:9531', "
+            "'[::1]:9531') or an absolute Unix socket path",
             listen,
         )
         return MetricsSettings()
     return MetricsSettings(listen=listen, address=endpoint[0], port=endpoint[1])
+
+
+def _listen_problem(listen: str) -> str:
+    """What is wrong with a `listen` that parse_endpoint refused."""
+    host, colon, port = listen.rpartition(":")
+    if not colon:
+        return "no port"
+    if host.count(":") and not host.startswith("["):
+        return "an IPv6 address goes in brackets"
+    if not port.isdigit():
+        return f"port {port!r} is not a number"
+    if not 1 <= int(port) <= 65535:
+        return f"port {int(port)} is not in 1..65535"
+    try:
+        ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return f"{host!r} is not an IP address (no host names)"
+    return "not an endpoint"
 
 
 class _Remembered:
