@@ -104,10 +104,33 @@ def _requests(words: list[str]) -> list[dict[str, object]]:
     if command == "reload":
         _flags(words[1:], command, set())
         return [_command("reload", {})]
+    if command is not None and not command.startswith("-"):
+        _refuse_misspelt(command)
     if needs_stdin(words):
         text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
         return [{"v": 1, "argv": words, "args": {"stdin": chunk}} for chunk in restore_chunks(text)]
     return [{"v": 1, "argv": words}]
+
+
+def _refuse_misspelt(word: str) -> None:
+    """A word close to one of director's own commands is a typo of it, not an
+    ipvsadm line (which the daemon would answer with ipvsadm's "Try
+    `ipvsadm -h'"): raises UsageError naming the command meant. Other words
+    go to the daemon, which answers as ipvsadm does."""
+    from difflib import get_close_matches
+
+    commands = (
+        "status",
+        "drain",
+        "disable",
+        "enable",
+        "reload",
+        "check-config",
+        "import-keepalived",
+    )
+    close = get_close_matches(word, commands, n=1)
+    if close:
+        raise UsageError(f"unknown command {word!r}; did you mean {close[0]!r}?")
 
 
 def _command(name: str, args: dict[str, object]) -> dict[str, object]:

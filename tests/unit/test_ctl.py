@@ -84,6 +84,20 @@ async def test_ipvsadm_argv_goes_through_and_output_comes_back_verbatim(sock_dir
     assert result.returncode == 255
 
 
+async def test_a_word_like_no_command_of_directors_goes_to_the_daemon(sock_dir: str) -> None:
+    """ipvsadm answers `ipvsadm foo` with its "Try `ipvsadm -h'": the daemon
+    does the same (the golden outputs); only a near miss of one of
+    director's own commands is refused here."""
+    path = f"{sock_dir}/d.sock"
+    handler = Scripted(
+        Response(255, "", "Try `ipvsadm -h' or 'ipvsadm --help' for more information.\n")
+    )
+    async with daemon(path, handler):
+        result = await directorctl("--socket", path, "foo")
+    assert handler.requests == [Request(argv=("foo",))]
+    assert result.returncode == 255
+
+
 async def test_socket_from_the_environment(sock_dir: str) -> None:
     path = f"{sock_dir}/env.sock"
     handler = Scripted(Response(0, "IP Virtual Server version 1.2.1 (size=4096)\n"))
@@ -152,6 +166,9 @@ async def test_director_commands(
         (["reload", "now"], "reload: unexpected argument 'now'"),
         (["--socket"], "--socket needs a path"),
         (["check-config"], "check-config: expected one configuration file"),
+        (["stauts"], "unknown command 'stauts'; did you mean 'status'?"),
+        (["dran", "a", "b"], "unknown command 'dran'; did you mean 'drain'?"),
+        (["import-keepalive", "k.conf"], "did you mean 'import-keepalived'?"),
     ],
 )
 async def test_usage_errors_exit_2_without_contacting_the_daemon(

@@ -107,7 +107,9 @@ def test_import_keepalived_is_dispatched_before_the_socket(
 
 def test_other_words_are_ipvsadm_command_lines() -> None:
     assert ctl._requests(["-Ln"]) == [{"v": 1, "argv": ["-Ln"]}]
-    assert ctl._requests(["statuses"]) == [{"v": 1, "argv": ["statuses"]}]
+    assert ctl._requests(["foo"]) == [{"v": 1, "argv": ["foo"]}]
+    with pytest.raises(ctl.UsageError, match="did you mean 'status'"):
+        ctl._requests(["statuses"])  # a near miss of a command is a typo of it
 
 
 def test_control_commands_are_read_from_the_handler() -> None:
