@@ -43,11 +43,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--log-format", choices=("auto", "json", "console"), default="auto", help="log rendering"
     )
+    parser.add_argument("--version", action="store_true", help="print director's version and exit")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.version:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"directord {version('director')}")
+        except PackageNotFoundError:
+            print("directord (version unknown: not installed as a package)")
+        return 0
     try:
         config = load_config(args.config)
     except ConfigError as error:
