@@ -129,18 +129,9 @@ def config_text(net: Network, workdir: Path, timeouts: str | None) -> str:
 
 @pytest.fixture
 def net(netns: str) -> Iterator[Network]:
+    """Two web servers, no UDP ones; conftest's `servers` runs them."""
     with network(netns, web=2, udp=0) as built:
         yield built
-
-
-@pytest.fixture
-def servers(net: Network) -> Iterator[RealServers]:
-    running = RealServers(net)
-    try:
-        running.start_all()
-        yield running
-    finally:
-        running.close()
 
 
 def open_idle(net: Network, count: int) -> list[socket.socket]:
