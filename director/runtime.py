@@ -389,10 +389,14 @@ class LayerBuilder:
                 self._set_service(service)
             case AddDestination(key, destination):
                 rid = RealServerId(key, destination.address, destination.port)
-                self._set_real_server(rid, self._with_saved_thresholds(rid, destination))
+                configured = self._config_server(rid)
+                destination = self._with_saved_thresholds(rid, destination)
+                weight = None if configured is None else configured.weight
+                self._set_real_server(rid, self._weight_or_drain(rid, destination, weight))
             case EditDestination(key, destination):
+                rid = RealServerId(key, destination.address, destination.port)
                 self._set_real_server(
-                    RealServerId(key, destination.address, destination.port), destination
+                    rid, self._weight_or_drain(rid, destination, self._weight(rid))
                 )
             case DeleteService(key):
                 self._delete_service(key)
@@ -486,6 +490,33 @@ class LayerBuilder:
             u_threshold=configured.u_threshold,
             l_threshold=configured.l_threshold,
         )
+
+    def _weight(self, rid: RealServerId) -> int | None:
+        """`rid`'s weight in the effective state (None: no such server)."""
+        destination = self._by_service.get(rid.service, {}).get(rid)
+        if destination is not None:
+            return destination.weight
+        configured = self._config_server(rid)
+        return None if configured is None else configured.weight
+
+    def _weight_or_drain(
+        self, rid: RealServerId, destination: Destination, weight: int | None
+    ) -> Destination:
+        """Weight 0 is ipvsadm's way to drain (ipvsadm(8): "quiesced"), and
+        what -S saves for a drained server: an -a or -e of weight 0 for a
+        server whose `weight` (its weight before this line) is not 0 drains
+        it as `directorctl drain` does and keeps that weight, so `status`
+        says drain, `enable` restores the weight, and a later -S saves 0
+        again. A weight that is not 0 ends a drain (the kernel gets what the
+        line asks for); disabled stays disabled."""
+        state = self._admin.get(rid)
+        if destination.weight == 0 and weight:
+            if state is not AdminState.DISABLED:
+                self._admin[rid] = AdminState.DRAIN
+            return replace(destination, weight=weight)
+        if destination.weight and state is AdminState.DRAIN:
+            del self._admin[rid]
+        return destination
 
     def _set_real_server(self, rid: RealServerId, destination: Destination) -> None:
         """Record `destination`'s fields where they differ from the config's."""

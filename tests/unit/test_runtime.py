@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from director import statefile
-from director.config import RealServerId, parse_config
+from director.config import RealServer, RealServerId, VirtualServer, parse_config
 from director.desired import AdminState
 from director.health.spec import TcpCheck, Timing
 from director.ipvs.errors import IPVSError
@@ -577,8 +577,14 @@ def _kernel_would(table: Table, restored: set[tuple[ServiceKey, str]], op: Opera
 
 
 def _table(layer: RuntimeLayer) -> Table:
+    """The weights the kernel gets: a drained server's is 0 (an -a or -e of
+    weight 0 drains a server that had a weight, test_runtime_drain)."""
+
+    def kernel_weight(vs: VirtualServer, rs: RealServer) -> int:
+        return 0 if layer.admin.get(vs.real_server_id(rs)) is AdminState.DRAIN else rs.weight
+
     return {
-        vs.key: (vs.scheduler, {str(rs.address): rs.weight for rs in vs.real_servers})
+        vs.key: (vs.scheduler, {str(rs.address): kernel_weight(vs, rs) for rs in vs.real_servers})
         for vs in effective_config(CONFIG, layer).virtual_servers
     }
 
