@@ -35,7 +35,8 @@ usage: directorctl [--socket PATH] IPVSADM-ARGS...
        directorctl [--socket PATH] reload
        directorctl check-config FILE
        directorctl import-keepalived KEEPALIVED.CONF > director.toml
-The socket is --socket, else $DIRECTOR_SOCKET, else /run/director/director.sock.
+The socket is --socket, else $DIRECTOR_SOCKET, else /run/director/director.sock;
+--socket may come before the command or after it.
 """
 
 
@@ -72,22 +73,25 @@ def main(argv: "Sequence[str] | None" = None) -> int:
 
 
 def _socket_path(words: list[str]) -> tuple[str, list[str]]:
+    """The socket and the words without `--socket PATH` / `--socket=PATH`,
+    which may come before the command or anywhere after it (`status
+    --socket X`, `-Ln --socket X`): no ipvsadm option nor any of director's
+    own is spelt so. The last one given wins."""
     from_env = posix.environ.get(SOCKET_ENV.encode())
     path = from_env.decode("utf-8", "surrogateescape") if from_env else DEFAULT_SOCKET
-    while words and words[0].startswith("--socket"):
-        word = words.pop(0)
+    rest: list[str] = []
+    given = iter(words)
+    for word in given:
         if word.startswith("--socket="):
             path = word[len("--socket=") :]
         elif word == "--socket":
-            if not words:
-                raise UsageError("--socket needs a path")
-            path = words.pop(0)
+            path = next(given, "")
         else:
-            words.insert(0, word)
-            break
+            rest.append(word)
+            continue
         if not path:
             raise UsageError("--socket needs a path")
-    return path, words
+    return path, rest
 
 
 def _requests(words: list[str]) -> list[dict[str, object]]:

@@ -87,10 +87,9 @@ async def test_drain_save_clear_restore_then_enable_and_status(
     """The trial's sequence through the controller: after the -R, status
     says drain with the configured weight 5 and the kernel's 0; enable puts
     5 back in the kernel, and the state file keeps no weight 0."""
-    target = {"service": "tcp:10.0.0.1:80", "server": "10.0.1.1"}
     async with rig(tmp_path) as r:
         await until(lambda: r.weights() == {"10.0.1.1:80": 5})
-        assert (await r.command("drain", **target)).status == 0
+        assert (await r.command("drain", service="tcp:10.0.0.1:80", server="10.0.1.1")).status == 0
         await until(lambda: r.weights() == {"10.0.1.1:80": 0})
         saved = (await r.ipvsadm("-Sn")).stdout
         assert "-a -t 10.0.0.1:80 -r 10.0.1.1:80 -g -w 0\n" in saved
@@ -103,7 +102,7 @@ async def test_drain_save_clear_restore_then_enable_and_status(
         assert (rs["admin"], rs["configured_weight"], rs["current_weight"]) == ("drain", 5, 0)
         assert (await r.ipvsadm("-Sn")).stdout == saved
 
-        assert (await r.command("enable", **target)).status == 0
+        assert (await r.command("enable", service="tcp:10.0.0.1:80", server="10.0.1.1")).status == 0
         await until(lambda: r.weights() == {"10.0.1.1:80": 5})
         response = await r.command("status", json=True)
         assert isinstance(response.data, dict)
