@@ -32,7 +32,7 @@ kernel: $(VENV_STAMP)
 bench: $(VENV_STAMP)
 	$(PY) tests/vm/run.py sh bench/run-all.sh
 
-# The man pages and the bash completion (the package itself: pip, see
+# The man pages and the bash and zsh completions (the package itself: pip, see
 # docs/operations.md). A wheel has no portable place for them: setuptools'
 # data-files install under the interpreter's prefix (a virtualenv's share/,
 # which man and bash-completion never look in), so they go here, under
@@ -40,6 +40,7 @@ bench: $(VENV_STAMP)
 PREFIX ?= /usr/local
 MANDIR ?= $(PREFIX)/share/man
 COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPLETIONDIR ?= $(PREFIX)/share/zsh/site-functions
 DOCDIR ?= $(PREFIX)/share/doc/director
 
 install:
@@ -47,6 +48,7 @@ install:
 	install -D -m 0644 docs/man/directorctl.8 $(DESTDIR)$(MANDIR)/man8/directorctl.8
 	install -D -m 0644 docs/man/director.toml.5 $(DESTDIR)$(MANDIR)/man5/director.toml.5
 	install -D -m 0644 docs/completion/directorctl.bash $(DESTDIR)$(COMPLETIONDIR)/directorctl
+	install -D -m 0644 docs/completion/_directorctl $(DESTDIR)$(ZSHCOMPLETIONDIR)/_directorctl
 	install -d $(DESTDIR)$(DOCDIR)
 	install -m 0644 README.md docs/*.md docs/dashboard.json docs/alerts.yml $(DESTDIR)$(DOCDIR)/
 

@@ -3,7 +3,9 @@
 # (/usr/local by default, where bash-completion also looks).
 # The command list is director/ctl.py's (tests/unit/test_docs_completion.py
 # checks it); virtual services and real servers come from the running daemon
-# (directorctl -Sn), as the words drain, disable and enable take.
+# (directorctl -Sn), as the words drain, disable and enable take. --socket may
+# come before or after the command (director/ctl.py). docs/completion/_directorctl
+# is the zsh completion, with the same logic.
 
 _directorctl_commands="status drain disable enable reload check-config import-keepalived"
 _directorctl_ipvsadm_options="-A -E -D -C -R -S -a -e -d -L -l -Z --set --start-daemon
@@ -33,20 +35,23 @@ _directorctl_socket_args() {
     done
 }
 
-# Virtual services as drain/disable/enable take them (tcp:IP:PORT, fwm:MARK),
-# or with $1 one such service, its real servers (IP:PORT).
+# Virtual services as drain/disable/enable take them (tcp:IP:PORT,
+# udp:[IPv6]:PORT, fwm:MARK, fwm:MARK:ipv6), or with $1 one such service, its
+# real servers (IP:PORT, [IPv6]:PORT). -Sn prints an IPv6 fwmark service's
+# lines with -6 after the mark: `-A -f 6 -6 -s wlc`, `-a -f 6 -6 -r [::1]:80`.
 _directorctl_table() {
     local -a socket_args
     mapfile -t socket_args < <(_directorctl_socket_args)
     directorctl "${socket_args[@]}" -Sn 2>/dev/null | awk -v want="$1" '
-        function service(flag, value) {
+        function service(flag, value, v6) {
             if (flag == "-t") return "tcp:" value
             if (flag == "-u") return "udp:" value
             if (flag == "--sctp-service") return "sctp:" value
-            if (flag == "-f") return "fwm:" value
+            if (flag == "-f") return "fwm:" value (v6 ? ":ipv6" : "")
         }
-        $1 == "-A" && want == "" { print service($2, $3) }
-        $1 == "-a" && want != "" && service($2, $3) == want { print $5 }
+        { v6 = ($4 == "-6"); vs = service($2, $3, v6) }
+        $1 == "-A" && want == "" { print vs }
+        $1 == "-a" && want != "" && vs == want { print (v6 ? $6 : $5) }
     '
 }
 
@@ -90,11 +95,13 @@ _directorctl_complete() {
             mapfile -t COMPREPLY < <(compgen -W "$_directorctl_commands --socket $_directorctl_ipvsadm_options" -- "$cur")
             ;;
         status)
-            mapfile -t COMPREPLY < <(compgen -W "--json" -- "$cur")
+            mapfile -t COMPREPLY < <(compgen -W "--json --socket" -- "$cur")
             ;;
         drain | disable | enable)
             if [[ $cur == -* && $command == drain ]]; then
-                mapfile -t COMPREPLY < <(compgen -W "--wait --timeout" -- "$cur")
+                mapfile -t COMPREPLY < <(compgen -W "--wait --timeout --socket" -- "$cur")
+            elif [[ $cur == -* ]]; then
+                mapfile -t COMPREPLY < <(compgen -W "--socket" -- "$cur")
             elif [[ $prev == --timeout ]]; then
                 COMPREPLY=()
             elif ((position == 0)); then
@@ -108,10 +115,14 @@ _directorctl_complete() {
             fi
             ;;
         check-config | import-keepalived)
-            mapfile -t COMPREPLY < <(compgen -f -- "$cur")
+            if [[ $cur == -* ]]; then
+                mapfile -t COMPREPLY < <(compgen -W "--socket" -- "$cur")
+            else
+                mapfile -t COMPREPLY < <(compgen -f -- "$cur")
+            fi
             ;;
         ipvsadm)
-            mapfile -t COMPREPLY < <(compgen -W "$_directorctl_ipvsadm_options" -- "$cur")
+            mapfile -t COMPREPLY < <(compgen -W "--socket $_directorctl_ipvsadm_options" -- "$cur")
             ;;
     esac
 }

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 
 need=""
 for pkg in qemu-system-x86 linux-image-amd64 busybox-static ipvsadm keepalived iproute2 kmod procps \
-    python3 python3-venv prometheus groff-base man-db; do
+    python3 python3-venv prometheus groff-base man-db zsh; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need="$need $pkg"
 done
 if [ -n "$need" ]; then
