@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as error:
-        for line in error.errors:
+        for line in error.named_errors:
             print(f"{args.config}: {line}", file=sys.stderr)
         return 1
     if args.check:

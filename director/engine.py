@@ -667,7 +667,7 @@ class Director:
             try:
                 config, parse_cpu = await trio.to_thread.run_sync(_timed_load, str(path))
             except ConfigError as error:
-                errors = tuple(f"{path}: {e}" for e in error.errors)
+                errors = tuple(f"{path}: {e}" for e in error.named_errors)
                 self.log.error("reload_rejected", **origin, errors=list(errors))
                 return ReloadResult(errors=errors)
             except Exception as error:  # a bug must not end the daemon

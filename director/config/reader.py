@@ -35,14 +35,62 @@ def describe_type(value: object) -> str:
 class Problems:
     def __init__(self) -> None:
         self.errors: list[str] = []
+        # "virtual_server[17]" -> "10.0.0.1:80 tcp": what each indexed entry
+        # is, so that an error names it (index alone, the operator must count
+        # [[virtual_server]] tables, as in a converted keepalived.conf).
+        self._entries: dict[str, str] = {}
+        self._paths: list[str] = []  # each error's path, in `errors`' order
+
+    def name_entry(self, path: str, what: str) -> None:
+        """Errors at `path` (an indexed entry, "x[3]") or under it name it:
+        "x[3] (what).key"."""
+        self._entries[path] = what
 
     def add(self, path: str, message: str, *value: object) -> None:
         text = f"{path}: {message}" + "".join(f": {v!r}" for v in value)
         if text not in self.errors:
             self.errors.append(text)
+            self._paths.append(path)
+
+    def named_errors(self) -> list[str]:
+        """`errors` with the indexed entries each is in named after its path
+        (what an operator reads: `virtual_server[17] (10.0.0.1:80 tcp):
+        ...`); `errors` keeps the bare paths."""
+        return [
+            self._named(path) + error[len(path) :]
+            for path, error in zip(self._paths, self.errors, strict=True)
+        ]
 
     def __len__(self) -> int:
         return len(self.errors)
+
+    def _named(self, path: str) -> str:
+        """`path` with the names of the indexed entries it is in, after it:
+        "virtual_server[17] (10.0.0.1:80 tcp)", "virtual_server[3].real_server[1].weight
+        (10.0.0.1:80 tcp, 10.0.1.1:80)". After the whole path, so the path
+        stays one dotted path to search for."""
+        if not self._entries:
+            return path
+        names = []
+        end = path.find("]")
+        while end != -1:
+            what = self._entries.get(path[: end + 1])
+            if what is not None:
+                names.append(what)
+            end = path.find("]", end + 1)
+        return f"{path} ({', '.join(names)})" if names else path
+
+
+def entry_name(item: Mapping[str, object]) -> str | None:
+    """What names an entry of an array of tables, from its own keys as
+    written: "10.0.0.1:80 tcp" (address and protocol), "fwmark 7", or an
+    address alone (a real server); None when it has none of them."""
+    address, protocol, fwmark = item.get("address"), item.get("protocol"), item.get("fwmark")
+    if isinstance(fwmark, int) and not isinstance(fwmark, bool):
+        return f"fwmark {fwmark}"
+    if not isinstance(address, str):
+        return None
+    return f"{address} {protocol}" if isinstance(protocol, str) else address
 
 
 class Table:
@@ -143,6 +191,9 @@ class Table:
         for i, item in enumerate(value):
             where = f"{self.where(key)}[{i}]"
             if isinstance(item, dict):
+                what = entry_name(item)
+                if what is not None:
+                    self.problems.name_entry(where, what)
                 result.append(Table(item, where, self.problems))
             else:
                 self.problems.add(where, f"expected a table, got {describe_type(item)}", item)

@@ -499,7 +499,7 @@ class Controller:
             else:
                 return Response(USAGE, "", 'director: check-config needs "text" or "path"\n')
         except ConfigError as error:
-            return Response(1, "", "".join(f"{source}: {e}\n" for e in error.errors))
+            return Response(1, "", "".join(f"{source}: {e}\n" for e in error.named_errors))
         return Response(0, f"{source}: OK, {config.counts()}\n")
 
 

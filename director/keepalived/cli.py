@@ -6,6 +6,7 @@ FILE cannot be read or parsed, 2 for a usage error."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -39,7 +40,8 @@ def main(words: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | No
         config = parse_config(conversion.text, "<converted>")
     except ConfigError as e:
         err.write(f"{PROGRAM}: warning: the result does not pass directord --check here:\n")
-        err.writelines(f"  {error}\n" for error in e.errors)
+        sources = _sources(conversion.text)
+        err.writelines(f"  {_with_source(error, sources)}\n" for error in e.named_errors)
         return 0
     count = len(conversion.notes)
     err.write(
@@ -47,3 +49,30 @@ def main(words: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | No
         f"{count} note{'' if count == 1 else 's'} (commented in the output)\n"
     )
     return 0
+
+
+_SOURCE = re.compile(r"^# (.+:\d+): virtual_server ")
+_INDEX = re.compile(r"^virtual_server\[(\d+)\]")
+
+
+def _sources(text: str) -> list[str]:
+    """The keepalived file:line of each [[virtual_server]] of the output, in
+    order: the comment the converter writes before each one."""
+    sources: list[str] = []
+    last = ""
+    for line in text.splitlines():
+        match = _SOURCE.match(line)
+        if match:
+            last = match[1]
+        elif line == "[[virtual_server]]":
+            sources.append(last)
+    return sources
+
+
+def _with_source(error: str, sources: list[str]) -> str:
+    """A config error about virtual_server[i] with where that service came
+    from in keepalived.conf."""
+    match = _INDEX.match(error)
+    if match is None or int(match[1]) >= len(sources) or not sources[int(match[1])]:
+        return error
+    return f"{error} (from {sources[int(match[1])]})"

@@ -23,6 +23,7 @@ from typing import Any
 
 from director.keepalived.lexer import Location
 from director.keepalived.model import (
+    EVENT_CHECKERS,
     Checker,
     Forwarding,
     GroupEntry,
@@ -336,13 +337,7 @@ def _quorum(
     count = _quorum_count(vs.quorum, weights)
     if vs.quorum != 1 or count != 1:
         if len(set(weights)) > 1 or (weights and weights[0] != 1):
-            _note(
-                table,
-                notes,
-                where,
-                f"quorum {vs.quorum}: keepalived counts the weight of the live servers, director "
-                f"counts servers: quorum = {count} servers of weights {sorted(set(weights))}",
-            )
+            _note(table, notes, where, _quorum_note(vs.quorum, count, weights))
         table.set("quorum", count)
     sorry = vs.sorry
     forwarding = sorry.forwarding or vs.forwarding or Forwarding("NAT")
@@ -380,6 +375,35 @@ def _quorum(
     values: dict[str, object] = {"address": _endpoint(sorry.address, port)}
     values.update(_forwarding_keys(forwarding))
     table.set("sorry_server", values)
+
+
+def _quorum_note(quorum: int, count: int, weights: list[int]) -> str:
+    """keepalived's weight quorum against director's count of servers: when
+    the two agree, and when they do not, with an example. `count` is the
+    fewest servers that can make the weight (the heaviest first), so fewer
+    never do in keepalived either: director is never the stricter one."""
+    head = (
+        f"quorum {quorum}: keepalived needs the weights of the live real servers to add up "
+        f"to {quorum}, director counts live servers: quorum = {count}"
+    )
+    if len(set(weights)) == 1:
+        return (
+            f"{head}; every server weighs {weights[0]}, so the two agree (while the weights "
+            "stay equal: a weight changed with -e or by a dynamic check is not counted)"
+        )
+    light = sorted(weights)[:count]
+    if sum(light) >= quorum:
+        return (
+            f"{head}; any {count} of these servers (weights {sorted(weights)}) weigh at least "
+            f"{quorum}, so the two agree"
+        )
+    return (
+        f"{head}, the fewest that can weigh {quorum} (weights {sorted(weights)}). They differ "
+        f"when light servers are the ones up: {count} of weights {light} weigh {sum(light)}, "
+        f"below {quorum}: keepalived has lost the quorum (sorry server in, every real server "
+        "out), director has not (the live servers stay, no sorry server). A higher quorum "
+        "makes director the stricter one instead"
+    )
 
 
 def _quorum_count(quorum: int, weights: list[int]) -> int:
@@ -551,6 +575,9 @@ def _check(
         )
         return _timed({"type": "exec", "command": ["true"]}, delay_loop, 1.0, 1), comments
     checker = rs.checkers[0]
+    if checker.kind in EVENT_CHECKERS:
+        note(checker.where, _event_checker_note(checker))
+        return _timed({"type": "exec", "command": ["true"]}, delay_loop, 1.0, 1), comments
     delay_loop = checker.delay_loop or delay_loop
     retry = _first(checker.retry, rs.retry, vs.retry, _DEFAULT_RETRY.get(checker.kind, 1))
     delay_before_retry = _first(
@@ -582,6 +609,30 @@ def _check(
     if checker.kind == "SSL_GET" and ssl is not None:
         check.update(_ssl(ssl, note))
     return _timed(check, delay_loop, timeout, retry + 1), comments
+
+
+def _event_checker_note(checker: Checker) -> str:
+    """A BFD_CHECK or FILE_CHECK, reported whole: what keepalived does with
+    it (at once, on a change: no delay_loop or retry) and what the converted
+    server gets instead."""
+    key = EVENT_CHECKERS[checker.kind]
+    follows = f" ({key} {checker.follows})" if checker.follows else ""
+    if checker.kind == "BFD_CHECK":
+        what = (
+            "director has no BFD; keepalived takes the server out as soon as that BFD "
+            "session goes down and puts it back when it comes up"
+        )
+    else:
+        what = (
+            "director does not track files; keepalived reads the file's value as soon as "
+            "it changes (inotify) and sets the server's state from it at once, with no "
+            "delay_loop, retry or connect_timeout; an exec check that reads the file would "
+            "see a change only at its next probe, up to interval later"
+        )
+    return (
+        f"{checker.kind}{follows}: not converted ({what}); the server is kept up by an exec "
+        "check of `true`, so director never takes it out"
+    )
 
 
 def _first(*values: Any) -> Any:

@@ -41,6 +41,12 @@ CHECKERS = (
     "BFD_CHECK",
     "FILE_CHECK",
 )
+# Checkers that are not probes: keepalived changes the server's state when
+# the thing they follow changes (a BFD session, check_bfd.c; a tracked file
+# read through inotify, track_file.c), so no delay_loop, retry or timeout
+# applies. Director has neither: each is reported whole, at its line, with
+# the keyword that names what it follows.
+EVENT_CHECKERS = {"BFD_CHECK": "name", "FILE_CHECK": "track_file"}
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,8 @@ class Checker:
     reply: str | None = None  # hex digits, X for a nibble that may be anything
     min_reply_length: int = 0
     max_reply_length: int = 255
+    # BFD_CHECK, FILE_CHECK: the BFD instance or track_file it follows
+    follows: str | None = None
 
 
 @dataclass
@@ -313,6 +321,12 @@ class Reader:
             handler = _TOP.get(node.keyword)
             if handler is not None:
                 handler(self, node)
+            elif node.keyword == "track_file":
+                self.note(
+                    node,
+                    "track_file: not converted (director does not track files; the "
+                    "FILE_CHECKs that use it are noted where they are)",
+                )
             elif node.keyword.startswith(("vrrp_", "static_", "track_", "garp_")) or (
                 node.keyword in ("bfd_instance", "linkbeat_interfaces", "net_namespace")
             ):
@@ -625,6 +639,13 @@ class Reader:
 
     def checker(self, node: Node) -> Checker | None:
         checker = Checker(node.where, node.keyword)
+        follows = EVENT_CHECKERS.get(checker.kind)
+        if follows is not None:
+            # Not converted, so none of its keywords is read on its own.
+            for child in node.children():
+                if child.keyword == follows and child.args:
+                    checker.follows = child.args[0]
+            return checker
         for child in node.children():
             if not self.checker_keyword(checker, child):
                 self.ignored(child)

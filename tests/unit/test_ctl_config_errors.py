@@ -1,0 +1,102 @@
+"""Config errors about an entry of an array of tables name it (operator
+trial: `directord --check` of a converted keepalived.conf said
+`virtual_server[17]` and nothing else to find it by): after the path, the
+service (address and protocol, or fwmark) and the real server. `errors`
+keeps the bare paths; `named_errors`, str() and every place that prints
+them (directord --check, directorctl check-config, the control socket's
+check-config and reload) name the entries."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio.testing
+from test_handler import rig
+
+from director import daemon
+from director.config import ConfigError, parse_config
+from director.ipvs.facts import NO_MODULES
+
+SERVICES = "".join(
+    f'[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.{i}:80"\n'
+    f'[[virtual_server.real_server]]\naddress = "10.0.1.{i}:80"\n'
+    for i in range(1, 18)
+)
+BAD = (
+    SERVICES
+    + '[[virtual_server]]\nprotocol = "udp"\naddress = "10.0.0.1:53"\nscheduler = "nosuch"\n'
+    + '[[virtual_server]]\nfwmark = 7\n[[virtual_server.real_server]]\naddress = "10.0.2.1:80"\n'
+    + "weight = -1\n"
+    + '[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.1:80"\n'
+    + "[[virtual_server]]\nscheduler = 3\n"
+)
+NAMED = [
+    "virtual_server[17].scheduler (10.0.0.1:53 udp): unknown scheduler",
+    "virtual_server[18].real_server[0].weight (fwmark 7, 10.0.2.1:80): must be between",
+    "virtual_server[19] (10.0.0.1:80 tcp): duplicate virtual service",
+    # nothing to name it by
+    "virtual_server[20].address: required",
+    "virtual_server[20].protocol: required",
+    "virtual_server[20].scheduler: expected a string",
+]
+
+
+def errors(text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "d.toml", NO_MODULES)
+    return caught.value
+
+
+def test_errors_name_the_entries_they_are_in() -> None:
+    error = errors(BAD)
+    for start, named in zip(NAMED, error.named_errors, strict=True):
+        assert named.startswith(start), (start, error.named_errors)
+    assert error.errors[0].startswith("virtual_server[17].scheduler: unknown scheduler")
+    assert [e.partition(": ")[2] for e in error.errors] == [
+        e.partition(": ")[2] for e in error.named_errors
+    ]
+    assert all(f"  {named}" in str(error) for named in error.named_errors)
+
+
+def test_directord_check_prints_them_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "director.toml"
+    path.write_text(BAD)
+    assert daemon.main(["--config", str(path), "--check"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == len(NAMED)
+    for start, line in zip(NAMED, lines, strict=True):
+        assert line.startswith(f"{path}: {start}"), line
+
+
+def test_directorctl_check_config_prints_them_named(tmp_path: Path) -> None:
+    path = tmp_path / "director.toml"
+    path.write_text(BAD)
+    result = subprocess.run(
+        [sys.executable, "-m", "director.ctl", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    for start in NAMED:
+        assert f"  {start}" in result.stderr, result.stderr
+
+
+async def test_the_control_sockets_check_config_and_reload_print_them_named(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with rig(tmp_path) as r:
+        checked = await r.command("check-config", text=BAD, source="new.toml")
+        assert checked.status == 1
+        for start in NAMED:
+            assert f"new.toml: {start}" in checked.stderr, checked.stderr
+        (tmp_path / "director.toml").write_text(BAD)
+        refused = await r.command("reload")
+        assert refused.status == 1
+        for start in NAMED:
+            assert f"{tmp_path / 'director.toml'}: {start}" in refused.stderr, refused.stderr
