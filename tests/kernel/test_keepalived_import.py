@@ -2,7 +2,9 @@
 by keepalived 2.2.7 (its checker alone, `keepalived --check --dont-fork`)
 in one namespace, and converted by `directorctl import-keepalived` and run
 by directord in a fresh one, give the same table (`ipvsadm -Sn`) and the
-same timeouts (`ipvsadm -L --timeout`) once every real server is up.
+same timeouts (`ipvsadm -L --timeout`) and the same connection thresholds
+(`ipvsadm -Ln --thresholds`: -S does not print them) once every real server
+is up.
 
 The configs are tests/data/keepalived/*.conf; their real servers are the
 hosts of tests/kernel/topology.py (rs1..rs3 serve HTTP on 10.1.N.2:80,
@@ -43,19 +45,38 @@ def real_servers(prefix: str) -> Iterator[None]:
             servers.close()
 
 
-def table() -> tuple[list[str], str]:
+Table = tuple[list[str], str, list[str]]
+
+
+def table() -> Table:
     """The table's lines (`ipvsadm -Sn`, sorted: services come in the
-    kernel's hash order, destinations in the order they were added) and
-    the timeouts line."""
+    kernel's hash order, destinations in the order they were added), the
+    timeouts line, and each real server's connection thresholds. -S never
+    prints -x/-y (ipvsadm's print_service_entry writes a rule's weight and
+    tunnel options only; director/ipvsadm/listing.py does as it does), so
+    they come from `ipvsadm -Ln --thresholds`: "SERVICE -> SERVER UPPER
+    LOWER", sorted (ActiveConn and InActConn left out)."""
     lines = sorted(line for line in ipvsadm("-Sn").splitlines() if line.strip())
-    return lines, ipvsadm("-L", "--timeout").strip()
+    return lines, ipvsadm("-L", "--timeout").strip(), thresholds()
 
 
-def settled(expected: int, alive: Callable[[], bool], what: str) -> tuple[list[str], str]:
+def thresholds() -> list[str]:
+    found = []
+    service = ""
+    for line in ipvsadm("-Ln", "--thresholds").splitlines()[3:]:
+        fields = line.split()
+        if fields and fields[0] != "->":
+            service = " ".join(fields[:2])
+        elif len(fields) >= 4:
+            found.append(f"{service} -> {fields[1]} {fields[2]} {fields[3]}")
+    return sorted(found)
+
+
+def settled(expected: int, alive: Callable[[], bool], what: str) -> Table:
     """The table once it holds `expected` destinations and stays so for a
     second; fails after SETTLE seconds or when `alive()` turns false."""
     deadline = time.monotonic() + SETTLE
-    last: tuple[list[str], str] = ([], "")
+    last: Table = ([], "", [])
     while time.monotonic() < deadline:
         assert alive(), f"{what} exited; table: {last}"
         now = table()
@@ -66,7 +87,7 @@ def settled(expected: int, alive: Callable[[], bool], what: str) -> tuple[list[s
     raise AssertionError(f"{what}: not {expected} destinations in {SETTLE:.0f} s: {last}")
 
 
-def under_keepalived(config: Path, workdir: Path, expected: int) -> tuple[list[str], str]:
+def under_keepalived(config: Path, workdir: Path, expected: int) -> Table:
     binary = shutil.which("keepalived") or "/usr/sbin/keepalived"
     log = workdir / "keepalived.log"
     with log.open("wb") as out:
@@ -100,7 +121,7 @@ def under_keepalived(config: Path, workdir: Path, expected: int) -> tuple[list[s
             process.wait()
 
 
-def under_directord(text: str, workdir: Path, expected: int) -> tuple[list[str], str]:
+def under_directord(text: str, workdir: Path, expected: int) -> Table:
     config = workdir / "director.toml"
     config.write_text(
         "[daemon]\n"
@@ -134,6 +155,17 @@ def test_keepalived_and_the_converted_config_make_the_same_table(
         keepalived = under_keepalived(source, workdir, expected)
     with real_servers("dd"):
         directord = under_directord(conversion.text, workdir, expected)
-    both = ["keepalived:", *keepalived[0], keepalived[1], "directord:", *directord[0], directord[1]]
+    both = [
+        "keepalived:",
+        *keepalived[0],
+        keepalived[1],
+        *keepalived[2],
+        "directord:",
+        *directord[0],
+        directord[1],
+        *directord[2],
+    ]
     print(f"{name}:", *both, sep="\n")
     assert directord == keepalived, "\n".join(both)
+    if name == "web-nat.conf":  # its uthreshold 100, lthreshold 10 are compared
+        assert any(line.endswith(" 100 10") for line in keepalived[2]), keepalived[2]

@@ -176,3 +176,22 @@ def zsh_complete(line: str, tmp_path: Path) -> list[str]:
 )
 def test_zsh_completes_the_same(line: str, words: list[str], tmp_path: Path) -> None:
     assert sorted(zsh_complete(line, tmp_path)) == sorted(words)
+
+
+def test_make_install_puts_both_completions_where_the_shells_look(tmp_path: Path) -> None:
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    result = subprocess.run(
+        [make, "-s", "install", f"DESTDIR={tmp_path}", "PREFIX=/usr/local"],
+        cwd=COMPLETION.parents[1],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    share = tmp_path / "usr" / "local" / "share"
+    bash = share / "bash-completion" / "completions" / "directorctl"
+    zsh = share / "zsh" / "site-functions" / "_directorctl"
+    assert bash.read_text() == SCRIPT.read_text()
+    assert zsh.read_text() == ZSH_SCRIPT.read_text()
+    assert zsh.read_text().startswith("#compdef directorctl\n")
