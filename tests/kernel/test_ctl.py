@@ -359,3 +359,57 @@ def test_status_drain_disable_enable_survive_restart_and_reload(d: Director) -> 
     d.ctl_ok("enable", "fwm:7", "10.7.0.6:8080")
     for line in MANAGED_SAVED:
         d.wait_saved(line)
+
+
+def test_a_drained_server_saved_cleared_and_restored_stays_drained_until_enabled(
+    netns: str, tmp_path: Path
+) -> None:
+    """Operator trial: `-Sn` while a server was drained, `-C`, `-R` of that
+    save restored a hidden weight 0 that `enable` did not clear, and
+    `status` said enabled. Now the -R drains it (its weight kept), status
+    and the kernel agree, and enable gives the weight back. Every command
+    here gives --socket after its command word (also refused before)."""
+
+    def ctl_after(*args: str, stdin: str | None = None) -> str:
+        done = subprocess.run(
+            [str(CTL), *args[:1], "--socket", str(d.socket), *args[1:]],
+            input=stdin,
+            capture_output=True,
+            text=True,
+        )
+        assert (done.stderr, done.returncode) == ("", 0), (args, done, d.log())
+        return done.stdout
+
+    def server() -> dict[str, object]:
+        status = json.loads(ctl_after("status", "--json"))
+        (service,) = [s for s in status["services"] if s["service"] == "tcp:10.9.0.1:80"]
+        (rs,) = [rs for rs in service["real_servers"] if rs["server"] == "10.7.0.2:80"]
+        return rs
+
+    with backends(netns) as listeners:
+        for address, port in LISTENERS[:2]:
+            listeners.listen(address, port)
+        d = Director(tmp_path, CONFIG_SERVICES, netns)
+        try:
+            d.start()
+            for line in CONFIG_LINES[1:]:
+                d.wait_saved(line)
+            ctl_after("drain", "tcp:10.9.0.1:80", "10.7.0.2:80")
+            drained = "-a -t 10.9.0.1:80 -r 10.7.0.2:80 -m -w 0"
+            saved = d.wait_saved(drained)
+            ctl_after("-C")
+            ctl_after("-R", stdin=saved)
+            d.wait_saved(drained)
+            rs = server()
+            assert (rs["admin"], rs["configured_weight"], rs["current_weight"]) == ("drain", 3, 0)
+            assert drained in ctl_after("-Sn")
+            ctl_after("enable", "tcp:10.9.0.1:80", "10.7.0.2:80")
+            d.wait_saved(CONFIG_LINES[1])
+            rs = server()
+            assert (rs["admin"], rs["configured_weight"], rs["current_weight"]) == (
+                "enabled",
+                3,
+                3,
+            )
+        finally:
+            d.close()
