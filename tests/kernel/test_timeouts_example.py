@@ -3,7 +3,9 @@ ipvsadm's ActiveConn and InActConn stay above what the real servers hold, and
 what `[ipvs] timeouts` (ipvsadm --set tcp tcpfin udp) changes, on a real table.
 
 A NAT (masq) virtual service with two real servers in namespaces
-(topology.py). The client makes SHORT connections (an HTTP/1.0 GET each, the
+(topology.py), and the same with direct routing (the guide's "What differs
+in direct routing": the director sees only the client's half, so an ended
+connection waits in FIN_WAIT, which `tcpfin` sets, not TIME_WAIT). The client makes SHORT connections (an HTTP/1.0 GET each, the
 server closes) and holds IDLE ones open without a request. The test prints
 `ipvsadm -Ln`, `ipvsadm -Lnc` and the real servers' established sockets at each
 step (the guide quotes that output), and checks the kernel's own expiry: every
@@ -31,7 +33,16 @@ from pathlib import Path
 
 import pytest
 from daemon_runner import Daemon, wait_alive
-from topology import HTTP_PORT, Network, RealServers, http_get, inside, ipvsadm, network
+from topology import (
+    HTTP_PORT,
+    Network,
+    RealServers,
+    batch,
+    http_get,
+    inside,
+    ipvsadm,
+    network,
+)
 
 SHORT = 20
 IDLE = 4
@@ -103,7 +114,7 @@ def conns(column: str) -> int:
     )
 
 
-def config_text(net: Network, workdir: Path, timeouts: str | None) -> str:
+def config_text(net: Network, workdir: Path, timeouts: str | None, forward: str = "masq") -> str:
     lines = [
         "[daemon]",
         f'state_file = "{workdir}/state.json"',
@@ -123,7 +134,7 @@ def config_text(net: Network, workdir: Path, timeouts: str | None) -> str:
     ]
     for host in net.web:
         lines += ["", "[[virtual_server.real_server]]", f'address = "{host.address}"']
-        lines += ['forward = "masq"']
+        lines += [f'forward = "{forward}"']
     return "\n".join(lines) + "\n"
 
 
@@ -247,6 +258,109 @@ def test_timeouts_worked_example(net: Network, servers: RealServers, tmp_path: P
             print(f"the next packet on a kept idle connection: answered {reply!r}")
         except OSError as error:
             print(f"the next packet on a kept idle connection: {error!r}")
+    finally:
+        for sock in idle:
+            sock.close()
+        daemon.close()
+
+
+def direct_routing(net: Network) -> None:
+    """Make `net`'s web servers direct-routing real servers: each accepts
+    the VIP (on its loopback) and answers the client from it over a link of
+    its own to the client (a veth pair, a /32 route to the client's
+    address), never through the director's namespace, as on a LAN where
+    replies go straight to the router. (Replies routed back through the
+    director's namespace are seen by IPVS, which then tracks both halves as
+    in NAT: a first run here found every ended connection in TIME_WAIT.)"""
+    client = net.client
+    for i, host in enumerate(net.web, start=1):
+        batch(
+            [
+                f"addr add {net.vip}/32 dev lo",
+                f"link add back type veth peer name back{i} netns {client.netns}",
+                "link set back up",
+                f"route add {client.address}/32 dev back src {net.vip}",
+            ],
+            host.netns,
+        )
+        batch([f"link set back{i} up"], client.netns)
+    sysctl = ["ip", "netns", "exec", client.netns, "sysctl", "-qw"]
+    for iface in ("all", "default", *(f"back{i}" for i in range(1, len(net.web) + 1))):
+        subprocess.run([*sysctl, f"net.ipv4.conf.{iface}.rp_filter=0"], check=True)
+
+
+def test_timeouts_worked_example_direct_routing(
+    net: Network, servers: RealServers, tmp_path: Path
+) -> None:
+    """The guide's direct-routing case: the director sees the client's
+    packets only. A connection the client ends (its FIN) waits in FIN_WAIT
+    for `tcpfin` (120 s by default, --set's second value), not TIME_WAIT; a
+    real server's reset never reaches IPVS, so its entry stays ESTABLISHED
+    for `tcp` without any trick to hide it."""
+    direct_routing(net)
+    config = tmp_path / "director.toml"
+    config.write_text(config_text(net, tmp_path, None, forward="route"))
+    daemon = Daemon(config)
+    idle: list[socket.socket] = []
+    try:
+        daemon.start()
+
+        def wait(condition: object, what: str) -> object:
+            return wait_alive(
+                condition,  # type: ignore[arg-type]
+                what,
+                alive=daemon.alive,
+                log=daemon.log_text,
+                timeout=DEADLINE,
+                every=0.5,
+                context=lambda: f"{ipvsadm('-Ln')}\n{daemon.log_text()}",
+            )
+
+        wait(lambda: ipvsadm("-Ln").count("Route") == 2, "both real servers in the table")
+
+        # 1. The kernel's defaults.
+        idle += open_idle(net, IDLE)
+        answered = Counter(http_get(net) for _ in range(SHORT))
+        assert set(answered) == {"rs1", "rs2"}
+        before = show(f"DR, defaults: {IDLE} idle connections open, {SHORT} short ones ended", net)
+        by_state = Counter(e.state for e in before)
+        assert by_state["ESTABLISHED"] == IDLE
+        assert by_state["FIN_WAIT"] == SHORT, by_state  # not TIME_WAIT: the client's FIN only
+        assert all(60 < e.expire <= 120 for e in before if e.state == "FIN_WAIT")
+        assert conns("active") == IDLE and conns("inactive") == SHORT
+
+        # The servers reset the idle connections: their RSTs go straight to
+        # the client, and IPVS never sees them.
+        for host in net.web:
+            ss = ["ss", "-K", "-tn", "state", "established", "dst", str(net.client.address)]
+            subprocess.run(
+                ["ip", "netns", "exec", host.netns, *ss], check=True, capture_output=True
+            )
+        gone = show("DR: the real servers reset the idle connections", net)
+        assert established_on_real_servers(net) == 0
+        assert conns("active") == IDLE
+        assert all(e.expire > 800 for e in gone if e.state == "ESTABLISHED")
+        old = {e.source for e in gone}
+
+        # 2. [ipvs] timeouts through a reload.
+        config.write_text(config_text(net, tmp_path, SHORT_TIMEOUTS, forward="route"))
+        daemon.reload()
+        wait(lambda: "5 10 300" in ipvsadm("-L", "--timeout"), "the kernel's timeouts at 5 10 300")
+        for _ in range(SHORT):
+            http_get(net)
+        after = show("DR, after --set 5 10 300: 20 more short connections", net)
+        fresh = [e for e in after if e.source not in old]
+        assert Counter(e.state for e in fresh)["FIN_WAIT"] == SHORT
+        assert all(e.expire <= 10 for e in fresh if e.state == "FIN_WAIT")
+
+        # 3. Within tcpfin (10 s) the new ended connections leave InActConn;
+        # the old ones keep the 120 s timers they had.
+        wait(
+            lambda: all(e.source in old for e in entries()),
+            "the new FIN_WAIT entries expired (tcpfin = 10)",
+        )
+        later = show("DR, 10 s after the last short connection", net)
+        assert {e.source for e in later} <= old
     finally:
         for sock in idle:
             sock.close()
