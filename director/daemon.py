@@ -121,6 +121,7 @@ async def serve(
             owned=loaded.owned,
             state_path=state_path,
             follow_log_level=follow_log_level,
+            sync_owned=loaded.sync,
         )
         logger.info("starting", open_files=nofile, owned_services=len(loaded.owned))
         controller = Controller(

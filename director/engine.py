@@ -53,7 +53,7 @@ from director.health.checker import Checker, Target
 from director.health.probes import ProbeFunction
 from director.health.state import Health, HealthState, Transition, failure_worth_logging
 from director.ipvs.errors import IPVSError, KernelError
-from director.ipvs.model import ServiceEntry, ServiceKey, endpoint
+from director.ipvs.model import ServiceEntry, ServiceKey, SyncDaemon, SyncState, endpoint
 from director.ipvs.ops import AddService, DeleteService, Operation, SetTimeouts
 from director.kernel import KernelTable
 from director.metrics.events import Events
@@ -71,6 +71,7 @@ from director.refusals import (
     table_moved,
 )
 from director.runtime import EMPTY, RuntimeLayer, effective_config
+from director.sync import SyncKeeper
 
 T = TypeVar("T")
 RETRY_BASE = 1.0  # seconds before the first retry of a refused operation or a failed pass
@@ -143,6 +144,7 @@ class Director:
         probe: ProbeFunction | None = None,
         rng: random.Random | None = None,
         follow_log_level: bool = False,
+        sync_owned: Mapping[SyncState, SyncDaemon] | None = None,
     ) -> None:
         """`config` is the config file's, `runtime` the operator's changes
         over it (director.runtime), `owned` the services a previous run owned
@@ -173,6 +175,10 @@ class Director:
         )
         self.owned: frozenset[ServiceKey] = owned | self.effective.service_keys()
         self.refusals: dict[Subject, Refusal] = {}
+        # [ipvs.sync]: its own state, passes and refusals; `sync_owned` from the state file.
+        self.sync = SyncKeeper(
+            config.ipvs.sync, sync_owned, interval=config.daemon.reconcile_interval
+        )
         # Services someone else made that a -C through the control socket
         # cleared: a later -A of one (ipvsadm -R of a saved table) is theirs
         # again, not a new one of ours. Changed by control jobs only.
@@ -332,6 +338,7 @@ class Director:
         # and the config dropped, and the start is not slowed down by
         # thousands of probes starting at once.
         await self.reconcile("start")
+        await self.sync.converge(self.kernel, "start", self.save)
         self._running = True
         try:
             async with trio.open_nursery() as nursery:
@@ -344,6 +351,7 @@ class Director:
                     self._wake = trio.Event()
                     await self._run_jobs()
                     await self._pass_if_due()
+                    await self.sync.pass_if_due(self.kernel, self.save)
         finally:
             self._running = False
             for _, reply in self._jobs:
@@ -450,7 +458,7 @@ class Director:
         return [vs for key in keys if (vs := self._by_key.get(key)) is not None]
 
     def _next_pass_at(self) -> float:
-        due = self._full_due()
+        due = min(self._full_due(), self.sync.due_at())
         if self._ramping:
             due = min(due, self._last_ramp + SLOW_START_STEP)
         retry = next_retry(self.refusals)
@@ -615,8 +623,8 @@ class Director:
             self._saved_owned = owned
             return
         try:
-            path, runtime = self.state_path, self.runtime
-            await self.kernel.run_sync(lambda: statefile.save(path, runtime, owned))
+            path, runtime, sync = self.state_path, self.runtime, dict(self.sync.owned)
+            await self.kernel.run_sync(lambda: statefile.save(path, runtime, owned, sync))
         except OSError as error:
             self.log.error("state_file_write_failed", path=str(self.state_path), error=str(error))
             return
@@ -710,6 +718,8 @@ class Director:
         if self._follow_log_level and config.daemon.log_level != old.daemon.log_level:
             log.set_level(config.daemon.log_level.value)
         operations = await self.reconcile("reload", only=changed)
+        self.sync.configure(config.ipvs.sync, config.daemon.reconcile_interval)
+        await self.sync.pass_if_due(self.kernel, self.save, "reload")
         summary = ReloadSummary(
             services_added=tuple(
                 sorted(new.service_keys() - old.service_keys(), key=service_sort_key)

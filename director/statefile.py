@@ -4,7 +4,10 @@ JSON written atomically.
 
 The owned services are what lets a restart delete a service the config no
 longer has: without them, a service dropped from the config between two runs
-would stay in the kernel, unchecked, for good.
+would stay in the kernel, unchecked, for good. The owned sync daemons
+("sync_daemons", director.sync: each with the settings last asked of the
+kernel) do the same for [ipvs.sync]; an optional key of version 2, so that
+a daemon of an earlier release still reads the file (and drops the key).
 
 `encode`/`decode` are pure; `save` writes a temporary file in the same
 directory, fsyncs it, renames it over the state file and fsyncs the
@@ -21,7 +24,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
 from typing import TypeVar
@@ -44,6 +47,8 @@ from director.ipvs.model import (
     Service,
     ServiceFlags,
     ServiceKey,
+    SyncDaemon,
+    SyncState,
     Timeouts,
     TunnelFlags,
     TunnelType,
@@ -53,6 +58,7 @@ from director.runtime import EMPTY, RuntimeLayer
 
 FORMAT_VERSION = 2  # 2 added "owned_services"; version 1 files still load
 _FAMILIES: dict[int, str] = {AF_INET: "ipv4", AF_INET6: "ipv6"}
+_SYNC_STATES: dict[SyncState, str] = {SyncState.MASTER: "master", SyncState.BACKUP: "backup"}
 T = TypeVar("T")
 
 
@@ -67,12 +73,18 @@ class StateFileError(Exception):
 class Saved:
     layer: RuntimeLayer = EMPTY
     owned: frozenset[ServiceKey] = frozenset()  # services the daemon made or manages
+    sync: Mapping[SyncState, SyncDaemon] = field(default_factory=dict)  # owned sync daemons
 
 
-def encode(layer: RuntimeLayer, owned: Set[ServiceKey] = frozenset()) -> str:
+def encode(
+    layer: RuntimeLayer,
+    owned: Set[ServiceKey] = frozenset(),
+    sync: Mapping[SyncState, SyncDaemon] | None = None,
+) -> str:
     data = {
         "version": FORMAT_VERSION,
         "owned_services": [_key(k) for k in sorted(owned, key=service_sort_key)],
+        "sync_daemons": [_sync_daemon(d) for _, d in sorted((sync or {}).items())],
         "services": [_service(s) for s in layer.services.values()],
         "deleted_services": [_key(k) for k in sorted(layer.deleted_services, key=str)],
         "real_servers": [{**_rid(rid), **_destination(d)} for rid, d in layer.real_servers.items()],
@@ -124,6 +136,18 @@ def _service(service: Service) -> dict[str, object]:
         "timeout": service.timeout,
         "netmask": service.netmask,
         "pe_name": service.pe_name,
+    }
+
+
+def _sync_daemon(daemon: SyncDaemon) -> dict[str, object]:
+    return {
+        "state": _SYNC_STATES[daemon.state],
+        "mcast_ifn": daemon.mcast_ifn,
+        "syncid": daemon.syncid,
+        "sync_maxlen": daemon.sync_maxlen,
+        "mcast_group": None if daemon.mcast_group is None else str(daemon.mcast_group),
+        "mcast_port": daemon.mcast_port,
+        "mcast_ttl": daemon.mcast_ttl,
     }
 
 
@@ -237,7 +261,14 @@ def decode(text: str) -> Saved:
         admin=admin,
         timeouts=timeouts,
     )
-    return Saved(layer, owned)
+    sync = {}
+    if version >= 2 and root.get("sync_daemons", list, optional=True) is not None:
+        for r in root.objects("sync_daemons"):
+            daemon = _read_sync_daemon(r)
+            if daemon.state in sync:
+                raise StateFileError(f"{r.path}.state: a second {r.get('state', str)} daemon")
+            sync[daemon.state] = daemon
+    return Saved(layer, owned, sync)
 
 
 def _read_key(r: _Reader) -> ServiceKey:
@@ -251,6 +282,25 @@ def _read_key(r: _Reader) -> ServiceKey:
     if address.version != (6 if family == AF_INET6 else 4):
         raise StateFileError(f"{r.path}.address: not an {_FAMILIES[family]} address")
     return ServiceKey.inet(protocol, address, port)
+
+
+def _read_sync_daemon(r: _Reader) -> SyncDaemon:
+    """Ranges as daemon_nest encodes them (director.ipvs.genl), so that a
+    saved daemon is never one the encoder refuses."""
+    group_text = r.get("mcast_group", str, optional=True)
+    group = None if group_text is None else r.wrap(lambda: ip_address(group_text))
+    name = r.get("mcast_ifn", str)
+    if not name or len(name.encode()) >= 16 or "\0" in name:
+        raise StateFileError(f"{r.path}.mcast_ifn: {name!r} is not an interface name")
+    return SyncDaemon(
+        r.choice("state", {v: k for k, v in _SYNC_STATES.items()}),
+        name,
+        r.number("syncid", 255),
+        r.number("sync_maxlen", 0xFFFF),
+        group,
+        _port(r, "mcast_port"),
+        r.number("mcast_ttl", 255),
+    )
 
 
 def _port(r: _Reader, key: str) -> int:
@@ -299,7 +349,12 @@ def _read_destination(r: _Reader) -> Destination:
 # -- files ------------------------------------------------------------------------
 
 
-def save(path: str | Path, layer: RuntimeLayer, owned: Set[ServiceKey] = frozenset()) -> None:
+def save(
+    path: str | Path,
+    layer: RuntimeLayer,
+    owned: Set[ServiceKey] = frozenset(),
+    sync: Mapping[SyncState, SyncDaemon] | None = None,
+) -> None:
     """Replace the state file atomically (blocking: run it in a thread).
     Raises OSError."""
     path = Path(path)
@@ -307,7 +362,7 @@ def save(path: str | Path, layer: RuntimeLayer, owned: Set[ServiceKey] = frozens
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(encode(layer, owned))
+            f.write(encode(layer, owned, sync))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -326,6 +381,7 @@ def save(path: str | Path, layer: RuntimeLayer, owned: Set[ServiceKey] = frozens
 class Loaded:
     layer: RuntimeLayer
     owned: frozenset[ServiceKey] = frozenset()
+    sync: Mapping[SyncState, SyncDaemon] = field(default_factory=dict)  # owned sync daemons
     problem: str | None = None  # why the file was not used; None when it was (or is absent)
     moved_to: Path | None = None  # where a corrupt file was kept
 
@@ -344,7 +400,7 @@ def load(path: str | Path) -> Loaded:
         saved = decode(text)
     except StateFileError as error:
         return _set_aside(path, str(error))
-    return Loaded(saved.layer, saved.owned)
+    return Loaded(saved.layer, saved.owned, saved.sync)
 
 
 def _set_aside(path: Path, problem: str) -> Loaded:

@@ -16,6 +16,7 @@ from director.health.state import HealthState
 from director.ipvs.model import ServiceEntry, ServiceKey
 from director.refusals import Refusal, Refusals, describe_subject
 from director.runtime import describe_endpoint, describe_service
+from director.sync import SyncDaemonStatus
 
 
 @dataclass(frozen=True)
@@ -117,15 +118,42 @@ def _check_name(check: object) -> str:
     return "https" if getattr(check, "tls", False) else name
 
 
-def status_data(report: tuple[ServiceStatus, ...]) -> dict[str, object]:
-    return {"services": [asdict(s) for s in report]}
+def status_data(
+    report: tuple[ServiceStatus, ...], sync: tuple[SyncDaemonStatus, ...] = ()
+) -> dict[str, object]:
+    """{"services": [...]}, and "sync_daemons" when the daemon keeps any
+    (director.sync.SyncKeeper.report)."""
+    data: dict[str, object] = {"services": [asdict(s) for s in report]}
+    if sync:
+        data["sync_daemons"] = [asdict(d) for d in sync]
+    return data
 
 
 _COLUMNS = ("SERVER", "HEALTH", "FOR", "ADMIN", "WEIGHT", "LAST PROBE", "OK/FAIL", "TABLE")
 
 
-def status_text(report: tuple[ServiceStatus, ...]) -> str:
-    """One block per service, one aligned row per real server."""
+def status_text(report: tuple[ServiceStatus, ...], sync: tuple[SyncDaemonStatus, ...] = ()) -> str:
+    """One block per service, one aligned row per real server; then one line
+    per sync daemon the daemon keeps."""
+    return _services_text(report) + _sync_text(sync)
+
+
+def _sync_text(sync: tuple[SyncDaemonStatus, ...]) -> str:
+    if not sync:
+        return ""
+    out = ["sync daemons ([ipvs.sync])\n"]
+    for daemon in sync:
+        if daemon.error is not None:
+            state = f"kernel not readable: {daemon.error}"
+        elif daemon.refused is not None:
+            state = daemon.refused
+        else:
+            state = "running" if daemon.wanted else "stopping (no longer in the config)"
+        out.append(f"  {daemon.state} ({daemon.settings}): {state}\n")
+    return "".join(out)
+
+
+def _services_text(report: tuple[ServiceStatus, ...]) -> str:
     if not report:
         return "no virtual services\n"
     out = []

@@ -19,6 +19,8 @@ from director.ipvs.model import (
     Service,
     ServiceFlags,
     ServiceKey,
+    SyncDaemon,
+    SyncState,
     Timeouts,
     TunnelFlags,
     TunnelType,
@@ -148,9 +150,56 @@ class VirtualServer:
         return service_label(self.key)
 
 
+class SyncRole(enum.Enum):
+    """Which of the kernel's two sync daemons run (ipvsadm --start-daemon
+    takes master or backup; "both" starts the two)."""
+
+    MASTER = "master"
+    BACKUP = "backup"
+    BOTH = "both"
+
+    @property
+    def states(self) -> tuple[SyncState, ...]:
+        if self is SyncRole.BOTH:
+            return (SyncState.MASTER, SyncState.BACKUP)
+        return (SyncState.MASTER,) if self is SyncRole.MASTER else (SyncState.BACKUP,)
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """[ipvs.sync]: the kernel's connection sync daemon(s). 0 (or None for
+    the group) leaves a value to the kernel's default (start_sync_thread,
+    net/netfilter/ipvs/ip_vs_sync.c): group 224.0.0.81, port 8848, ttl 1,
+    maxlen from the interface's MTU."""
+
+    role: SyncRole
+    interface: str
+    syncid: int
+    group: IPAddress | None = None
+    port: int = 0
+    ttl: int = 0
+    maxlen: int = 0  # bytes of UDP payload in a sync message
+
+    def daemons(self) -> dict[SyncState, SyncDaemon]:
+        """The daemon of each state `role` runs, as IPVS_CMD_NEW_DAEMON sends it."""
+        return {
+            state: SyncDaemon(
+                state,
+                self.interface,
+                self.syncid,
+                self.maxlen,
+                self.group,
+                self.port,
+                self.ttl,
+            )
+            for state in self.role.states
+        }
+
+
 @dataclass(frozen=True)
 class IpvsSettings:
     timeouts: Timeouts | None = None  # None: leave the kernel's as they are
+    sync: SyncSettings | None = None  # None: no sync daemon of the config's
 
 
 SUN_PATH_MAX = 107  # bytes of a Unix socket path: sizeof(sun_path) - 1, <sys/un.h>

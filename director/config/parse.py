@@ -30,6 +30,8 @@ from director.config.model import (
     OnFailure,
     RealServer,
     SorryServer,
+    SyncRole,
+    SyncSettings,
     VirtualServer,
 )
 from director.config.reader import Problems, Table
@@ -65,6 +67,7 @@ from director.ipvs.model import (
     TunnelType,
     family_of,
 )
+from director.sync import SYNCID_MAX, TTL_MAX, interface_problem, maxlen_range
 
 _FORWARDS = {"route": Forward.ROUTE, "masq": Forward.MASQ, "tunnel": Forward.TUNNEL}
 _FAMILIES = {"ipv4": AF_INET, "ipv6": AF_INET6}
@@ -203,8 +206,65 @@ def _ipvs(table: Table | None) -> IpvsSettings:
             udp=t.integer("udp", 0, TIMEOUT_MAX) or 0,
         )
         t.close()
+    sync = _sync(table.table("sync"))
     table.close()
-    return IpvsSettings(timeouts)
+    return IpvsSettings(timeouts, sync)
+
+
+_SYNC_ROLES = {role.value: role for role in SyncRole}
+
+
+def _sync(table: Table | None) -> SyncSettings | None:
+    """[ipvs.sync]: the kernel's sync daemon(s), with the ranges
+    ipvsadm's --start-daemon options and the kernel take (director.sync)."""
+    if table is None:
+        return None
+    role = table.choice("role", _SYNC_ROLES)
+    if "role" not in table:
+        table.error("role", f"required ({', '.join(_SYNC_ROLES)})")
+    interface = table.string("interface")
+    if interface is None:
+        if "interface" not in table:
+            table.error("interface", "required: the interface sync messages use")
+    elif (problem := interface_problem(interface)) is not None:
+        table.error("interface", problem, interface)
+        interface = None
+    syncid = table.integer("syncid", 0, SYNCID_MAX)
+    if "syncid" not in table:
+        table.error("syncid", f"required (0..{SYNCID_MAX}; 0: a backup takes every master's)")
+    group = _sync_group(table)
+    port = table.integer("port", 1, PORT_MAX)
+    ttl = table.integer("ttl", 1, TTL_MAX)
+    maxlen = table.integer("maxlen", 1, PORT_MAX)
+    if maxlen is not None and role is not None:
+        low, high = maxlen_range(role.states, group)
+        if not low <= maxlen <= high:
+            # start_sync_thread would clamp it: say so rather than let the
+            # kernel run with another value than the file's.
+            why = f"a backup's is at least {low}" if maxlen < low else "with this group"
+            table.error(
+                "maxlen", f"must be between {low} and {high} for role {role.value} ({why})", maxlen
+            )
+            maxlen = None
+    table.close()
+    if role is None or interface is None or syncid is None:
+        return None
+    return SyncSettings(role, interface, syncid, group, port or 0, ttl or 0, maxlen or 0)
+
+
+def _sync_group(table: Table) -> IPAddress | None:
+    text = table.string("group")
+    if text is None:
+        return None
+    try:
+        group = ip_address(text)
+    except ValueError:
+        table.error("group", "not an IP address", text)
+        return None
+    if not group.is_multicast:
+        table.error("group", "not a multicast address (224.0.0.0/4, ff00::/8)", text)
+        return None
+    return group
 
 
 def _control(table: Table | None) -> ControlSettings:

@@ -391,10 +391,11 @@ class Controller:
             trio.current_time(),
             director.refusals,
         )
-        data = status_data(report)
+        sync = director.sync.report(trio.current_time())
+        data = status_data(report, sync)
         if args.get("json"):
             return Response(0, "", "", data)
-        return Response(0, status_text(report), "", data)
+        return Response(0, status_text(report, sync), "", data)
 
     async def _drain(self, args: Mapping[str, object], peer: Peer) -> Response:
         response = await self._admin(args, peer, AdminState.DRAIN)

@@ -143,6 +143,11 @@ EVERY_TABLE = """
 [ipvs.timeouts]
 #@ipvs.timeouts
 tcp = 900
+[ipvs.sync]
+#@ipvs.sync
+role = "master"
+interface = "eth0"
+syncid = 1
 [daemon]
 #@daemon
 [control]
@@ -234,7 +239,7 @@ def test_every_table_the_parser_reads_refuses_an_unknown_key() -> None:
     """So that what a table read is all it accepts."""
     text = every_table()
     tables = sorted(set(marked_tables(text)))
-    assert len(tables) == 13  # the root, 5 sections, 7 sub-tables
+    assert len(tables) == 14  # the root, 5 sections, 8 sub-tables
     for table in tables:
         with pytest.raises(ConfigError) as info:
             parse_config(add_line(text, table, "stray_key = 1"), "t.toml", NO_MODULES)
