@@ -12,6 +12,18 @@ in CPU seconds of this process (utime + stime):
 - transition: the pass that one server's health change causes (one server of
   the first service goes down): its CPU, the services it read and the
   operations it sent;
+- full pass: `Director.reconcile` over every managed service once the
+  table is full and nothing changed (what a poke, a recovery after a failed
+  pass, and every drift check before the digests cost): its CPU, median of
+  FULL_PASSES, without the kernel's decoding; and its netlink decoding
+  over the real kernel, one GET_DEST reply per destination (with its stats,
+  as the kernel sends them) decoded as NetlinkBackend.services decodes them;
+- drift check: `Director.drift_check` with nothing changed, median of
+  DRIFT_CHECKS in a row after the first: the digests of /proc/net/ip_vs
+  (netlink.table_digests of the table as the kernel prints it; that part
+  alone on its own row), one slice of services read in full (their number,
+  averaged), and the netlink decoding those reads add over the real kernel
+  (estimated from the decode row);
 - reload: `Director.reload_file` of the same config with one real server's
   weight changed (parsing, validation, the checker's targets and the pass):
   its CPU and the operations sent (the target is exactly 1);
@@ -19,7 +31,7 @@ in CPU seconds of this process (utime + stime):
 and prints the large table's figures over the small one's. The config is
 written by bench/common.directord_config, as the scale benchmark writes it.
 
-    .venv/bin/python bench/engine.py [--small 1x10] [--large 100x100] [--profile transition|reload|start]
+    .venv/bin/python bench/engine.py [--small 1x10] [--large 100x100] [--profile start|fill|transition|full|drift|reload]
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ import os
 import pstats
 import random
 import resource
+import struct
 import sys
 import tempfile
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -37,6 +50,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
+from typing import Any
 
 import trio
 import trio.testing
@@ -51,14 +65,19 @@ from director.config import load_config
 from director.engine import Director
 from director.health.result import ProbeResult, Reason
 from director.health.spec import Check
+from director.ipvs import genl
 from director.ipvs.errors import KernelError
 from director.ipvs.memory import MemoryBackend
-from director.ipvs.model import IPAddress, ServiceEntry, ServiceKey
+from director.ipvs.model import Forward, IPAddress, ServiceEntry, ServiceKey
+from director.ipvs.netlink import table_digests
 from director.ipvs.ops import Operation
+from director.ipvs.servicetable import TableKey
 from director.kernel import KernelTable
 
 VIP = "10.1.0.1"
 FIRST_PORT = 20000
+FULL_PASSES = 7
+DRIFT_CHECKS = 24
 
 
 def cpu() -> float:
@@ -67,12 +86,21 @@ def cpu() -> float:
 
 
 class CountingBackend(MemoryBackend):
-    """The in-memory backend, counting services read and operations sent."""
+    """The in-memory backend, counting services read and operations sent;
+    its `service_digests` are NetlinkBackend's: table_digests of the table
+    as the kernel prints it in /proc/net/ip_vs (rendered again only when an
+    operation changed it: the kernel's work, not the daemon's)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.services_read = 0
         self.operations = 0
+        self._text: tuple[int, str] = (-1, "")
+
+    def service_digests(self) -> dict[TableKey, str] | None:
+        if self._text[0] != len(self.applied):
+            self._text = (len(self.applied), service_table(MemoryBackend.services(self)))
+        return table_digests(self._text[1])
 
     def services(
         self, only: Collection[ServiceKey] | None = None, *, brief: bool = False
@@ -95,6 +123,14 @@ class Figures:
     transition_cpu: float = 0.0
     transition_reads: int = 0
     transition_ops: int = 0
+    full_pass_cpu: float = 0.0
+    full_pass_ops: int = 0
+    decode_cpu: float = 0.0
+    drift_cpu: float = 0.0
+    drift_ops: int = 0
+    drift_reads: float = 0.0
+    digest_cpu: float = 0.0
+    drift_decode_cpu: float = 0.0
     reload_cpu: float = 0.0
     reload_ops: int = 0
 
@@ -162,13 +198,13 @@ async def measure(services: int, per_service: int, profile: str | None) -> Figur
             reconcile = director.reconcile
 
             async def timed(
-                why: str, only: Collection[ServiceKey] | None = None
+                why: str, only: Collection[ServiceKey] | None = None, **kwargs: Any
             ) -> list[Operation]:
                 t = cpu()
                 if passes_profile is not None and only is not None:
                     passes_profile.enable()
                 try:
-                    return await reconcile(why, only=None if only is None else set(only))
+                    return await reconcile(why, only=None if only is None else set(only), **kwargs)
                 finally:
                     if passes_profile is not None:
                         passes_profile.disable()
@@ -208,6 +244,34 @@ async def measure(services: int, per_service: int, profile: str | None) -> Figur
                 figures.transition_ops = backend.operations - ops
 
                 ops = backend.operations
+                samples = []
+                with profiled(profile == "full"):
+                    for _ in range(FULL_PASSES):
+                        t = cpu()
+                        await reconcile("drift check")
+                        samples.append(cpu() - t)
+                figures.full_pass_cpu = sorted(samples)[len(samples) // 2]
+                figures.full_pass_ops = backend.operations - ops
+                figures.decode_cpu = decode_cpu(MemoryBackend.services(backend))
+
+                ops, reads = backend.operations, backend.services_read
+                samples = []
+                await director.drift_check()  # the first after a full pass reads all
+                ops, reads = backend.operations, backend.services_read
+                with profiled(profile == "drift"):
+                    for _ in range(DRIFT_CHECKS):
+                        t = cpu()
+                        await director.drift_check()
+                        samples.append(cpu() - t)
+                figures.drift_cpu = sorted(samples)[len(samples) // 2]
+                figures.drift_ops = backend.operations - ops
+                figures.drift_reads = (backend.services_read - reads) / DRIFT_CHECKS
+                figures.digest_cpu = digest_cpu(MemoryBackend.services(backend))
+                figures.drift_decode_cpu = (
+                    figures.decode_cpu * figures.drift_reads / max(services, 1)
+                )
+
+                ops = backend.operations
                 with profiled(profile == "reload"):
                     t = cpu()
                     result = await director.reload_file(second)
@@ -216,6 +280,70 @@ async def measure(services: int, per_service: int, profile: str | None) -> Figur
                 figures.reload_ops = backend.operations - ops
                 nursery.cancel_scope.cancel()
     return figures
+
+
+def decode_cpu(entries: Sequence[ServiceEntry]) -> float:
+    """CPU seconds to decode `entries`' destinations from GET_DEST replies as
+    the kernel sends them (ip_vs_genl_fill_dest: stats and stats64 included),
+    the way NetlinkBackend.services does."""
+    stats = genl.nested(
+        genl.DEST_ATTR_STATS64, *(genl.attr(i, struct.pack("=Q", 1000 + i)) for i in range(1, 11))
+    )
+    replies = []
+    for entry in entries:
+        key = entry.service.key
+        for d in entry.destinations:
+            nest = genl.parse_attrs(genl.destination_nest(key, d.destination))[genl.CMD_ATTR_DEST]
+            extra = b"".join(
+                genl.attr(kind, struct.pack("=I", 0))
+                for kind in (
+                    genl.DEST_ATTR_ACTIVE_CONNS,
+                    genl.DEST_ATTR_INACT_CONNS,
+                    genl.DEST_ATTR_PERSIST_CONNS,
+                )
+            )
+            body = genl.genl_body(
+                genl.CMD_NEW_DEST, genl.attr(genl.CMD_ATTR_DEST, nest + extra + stats)
+            )
+            replies.append((genl.frame(1, genl.NLM_F_MULTI, 1, body), key.family))
+    began = cpu()
+    for data, family in replies:
+        for message in genl.messages(data):
+            genl.parse_destination(message, family)
+    return cpu() - began
+
+
+def service_table(entries: Sequence[ServiceEntry]) -> str:
+    """`entries` as the kernel prints them in /proc/net/ip_vs
+    (ip_vs_info_seq_show; IPv4 TCP services only), with connection counts."""
+    lines = [
+        "IP Virtual Server version 1.2.1 (size=4096)",
+        "Prot LocalAddress:Port Scheduler Flags",
+        "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn",
+    ]
+    names = {Forward.MASQ: "Masq", Forward.ROUTE: "Route", Forward.TUNNEL: "Tunnel"}
+    for entry in entries:
+        key = entry.service.key
+        assert key.address is not None
+        lines.append(f"TCP  {int(key.address):08X}:{key.port:04X} {entry.service.scheduler} ")
+        for d in entry.destinations:
+            dest = d.destination
+            lines.append(
+                f"  -> {int(dest.address):08X}:{dest.port:04X}      "
+                f"{names.get(dest.forward, 'Local'):<7s} {dest.weight:<6d} {3:<10d} {17:<10d}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def digest_cpu(entries: Sequence[ServiceEntry]) -> float:
+    """CPU seconds of netlink.table_digests over `entries` as the kernel
+    prints them."""
+    text = service_table(entries)
+    began = cpu()
+    digests = table_digests(text)
+    spent = cpu() - began
+    assert len(digests) == len(entries)
+    return spent
 
 
 def shape(text: str) -> tuple[int, int]:
@@ -227,7 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", type=shape, default=(1, 10), help="SERVICESxSERVERS")
     parser.add_argument("--large", type=shape, default=(100, 100), help="SERVICESxSERVERS")
-    parser.add_argument("--profile", choices=("start", "fill", "transition", "reload"))
+    parser.add_argument(
+        "--profile", choices=("start", "fill", "transition", "full", "drift", "reload")
+    )
     args = parser.parse_args(argv)
     log.configure("info", open(os.devnull, "w"), json=True)  # noqa: SIM115
     results = []
@@ -248,6 +378,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("transition pass, CPU ms", lambda f: 1000 * f.transition_cpu),
         ("  services read", lambda f: f.transition_reads),
         ("  operations", lambda f: f.transition_ops),
+        ("full pass, nothing changed, CPU ms", lambda f: 1000 * f.full_pass_cpu),
+        ("  operations", lambda f: f.full_pass_ops),
+        ("  + netlink decode, CPU ms", lambda f: 1000 * f.decode_cpu),
+        ("drift check, nothing changed, CPU ms", lambda f: 1000 * f.drift_cpu),
+        ("  services read in full", lambda f: f.drift_reads),
+        ("  operations", lambda f: f.drift_ops),
+        ("  of which /proc/net/ip_vs digests, ms", lambda f: 1000 * f.digest_cpu),
+        ("  + netlink decode of its reads, ms", lambda f: 1000 * f.drift_decode_cpu),
         ("reload, one server changed, CPU ms", lambda f: 1000 * f.reload_cpu),
         ("  operations", lambda f: f.reload_ops),
     ]

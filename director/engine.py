@@ -11,13 +11,23 @@ through it and never hold up a pass.
 
 A pass reads the kernel's table for the owned services, computes the desired
 table (director.desired) and applies the difference (director.reconcile).
-A pass is full (every managed service) at start, every `reconcile_interval`
-(drift repair), after a failed pass and when the caller asks; otherwise it
-covers only the services something happened to: a health transition or a new
-dynamic weight marks its own service, a reload or an operator's change the
-services it changed, a due retry the services of the refused operations, a
-weight ramp the services with slow start. So one health change costs the
-work of its service, whatever the size of the table.
+A pass is full (every managed service) at start, after a failed pass and
+when the caller asks; otherwise it covers only the services something
+happened to: a health transition or a new dynamic weight marks its own
+service, a reload or an operator's change the services it changed, a due
+retry the services of the refused operations, a weight ramp the services
+with slow start. So one health change costs the work of its service,
+whatever the size of the table.
+
+Drift repair, every `reconcile_interval`, reads the whole table cheaply
+(KernelTable.digests: one read of /proc/net/ip_vs, nothing decoded) and
+passes over the services it cannot vouch for: those whose digest changed
+since a drift check found them as desired, those a pass has touched since,
+and one slice of DRIFT_ROTATION of the others, read in full, for what the
+digest does not show (thresholds, tunnel settings, scheduler flags,
+persistence engines). Every service is read in full at least once every
+DRIFT_ROTATION intervals, and a change ipvsadm's listing shows is repaired
+at the next one.
 Operations the kernel refuses are held back with an exponential backoff, up
 to `reconcile_interval`, while every other operation goes out
 (director.refusals). Nothing the kernel answers ends the loop: a failed read
@@ -55,6 +65,7 @@ from director.health.state import Health, HealthState, Transition, failure_worth
 from director.ipvs.errors import IPVSError, KernelError
 from director.ipvs.model import ServiceEntry, ServiceKey, SyncDaemon, SyncState, endpoint
 from director.ipvs.ops import AddService, DeleteService, Operation, SetTimeouts
+from director.ipvs.servicetable import TableKey, table_key
 from director.kernel import KernelTable
 from director.metrics.events import Events
 from director.oplog import describe_operation
@@ -68,6 +79,7 @@ from director.refusals import (
     next_retry,
     record,
     retry_now,
+    service_of,
     table_moved,
 )
 from director.runtime import EMPTY, RuntimeLayer, effective_config
@@ -77,6 +89,7 @@ T = TypeVar("T")
 RETRY_BASE = 1.0  # seconds before the first retry of a refused operation or a failed pass
 SLOW_START_STEP = 1.0  # seconds between passes while a weight ramps
 CHECK_TICK = 0.01  # seconds: probes start, and TCP verdicts are read, on 10 ms ticks (checker.py)
+DRIFT_ROTATION = 12  # drift checks over which every managed service is read in full
 
 
 def check_targets(config: Config) -> dict[RealServerId, Target]:
@@ -196,6 +209,11 @@ class Director:
         self._wake = trio.Event()
         self._poked = False  # a full pass is asked for
         self._dirty: set[ServiceKey] = set()  # services a scoped pass is asked for
+        # The digest of each service a drift check read in full and found as
+        # desired, until a pass touches it: the next drift check skips it
+        # while its digest stays the same.
+        self._verified: dict[ServiceKey, str] = {}
+        self._rotation = 0  # where the next drift check's slice of full reads starts
         self._why = "start"
         self._jobs: deque[tuple[Callable[[], Awaitable[object]], _Reply]] = deque()
         self._running = False
@@ -363,8 +381,10 @@ class Director:
         services that are due (dirty, ramping, or with a refusal to retry)."""
         now = trio.current_time()
         scope: set[ServiceKey] | None
+        drift = False
         if self._poked or now >= self._full_due():
             scope, why = None, self._why if self._poked else "drift check"
+            drift = not self._poked and self._retry_pass_at is None
         else:
             scope, why = self._due_services(now)
             if scope is None:
@@ -379,12 +399,40 @@ class Director:
         self._dirty = set()
         try:
             with self.events.timed_pass(full=scope is None):
-                await self.reconcile(why, only=scope)
+                if drift:
+                    await self.drift_check()
+                else:
+                    await self.reconcile(why, only=scope)
         except Exception as error:
             # A bug must not end health checking for every service: log it,
             # and try again after a backoff.
             self.log.exception("pass_bug")
             self._pass_failed(why, error)
+
+    async def drift_check(self) -> list[Operation]:
+        """Drift repair (see the module's docstring): a pass over the managed
+        services the kernel's digests and the rotation do not vouch for, or
+        a full pass when the digests cannot be read. The operations sent.
+        Runs in the engine's task."""
+        try:
+            digests = await self.kernel.digests()
+        except KernelError:
+            digests = None
+        if digests is None:
+            return await self.reconcile("drift check")
+        managed = sorted(self._managed_keys(), key=service_sort_key)
+        verified = self._verified
+        suspect = {
+            key
+            for key in managed
+            if (seen := verified.get(key)) is None or seen != digests.get(table_key(key))
+        }
+        if managed:
+            size = -(-len(managed) // DRIFT_ROTATION)
+            start = self._rotation if self._rotation < len(managed) else 0
+            suspect.update(managed[start : start + size])
+            self._rotation = start + size
+        return await self.reconcile("drift check", only=suspect, digests=digests)
 
     def _due_services(self, now: float) -> tuple[set[ServiceKey] | None, str]:
         """The services a scoped pass is due for now; None when a full one
@@ -464,17 +512,42 @@ class Director:
         retry = next_retry(self.refusals)
         return due if retry is None else min(due, retry)
 
-    async def reconcile(self, why: str, only: Set[ServiceKey] | None = None) -> list[Operation]:
+    async def reconcile(
+        self,
+        why: str,
+        only: Set[ServiceKey] | None = None,
+        *,
+        known: Mapping[ServiceKey, ServiceEntry] | None = None,
+        digests: Mapping[TableKey, str] | None = None,
+    ) -> list[Operation]:
         """One pass over every managed service, or over those of `only`
         (the others, their refusals and their ownership are left as they
         are); the operations sent (applied or refused). Runs in the engine's
-        task: from a job, or before the loop starts."""
+        task: from a job, or before the loop starts.
+
+        `known`: services of `only` whose kernel state the caller knows
+        exactly (it just made them so): they are not read, unless the pass
+        finds something to change in them (then the whole pass reads).
+        `digests` (drift_check's): this pass is a drift check, and the
+        services of `only` it finds as desired are vouched for by their
+        digest until a pass touches them again."""
         now = trio.current_time()
         scope = None if only is None else {k for k in only if k in self.owned or k in self._by_key}
-        entries = await self._read(why, scope)
+        if digests is None:
+            # What this pass changes (or finds to change) no digest vouches for.
+            if scope is None:
+                self._verified.clear()
+            else:
+                for key in scope:
+                    self._verified.pop(key, None)
+        taken: dict[ServiceKey, ServiceEntry] = {}
+        if known and scope is not None:
+            taken = {k: e for k, e in known.items() if k in scope}
+        entries = await self._read(why, scope - taken.keys() if scope is not None else None)
         if entries is None:
             return []
         kernel: dict[ServiceKey, ServiceEntry] = {e.service.key: e for e in entries}
+        kernel.update(taken)
         desired: Mapping[ServiceKey, DesiredService]
         if scope is None:
             desired = desired_table(
@@ -499,6 +572,9 @@ class Director:
                 service = describe_subject(subject)[0]
                 (refusals if service is None or service in only else others)[subject] = refusal
         operations = plan(desired, kernel, owned_here)
+        if taken and not taken.keys().isdisjoint(map(service_of, operations)):
+            # The caller's services are not as desired: read them after all.
+            return await self.reconcile(why, only)
         # An owned service the config dropped is deleted even when this read
         # did not show it: an IPVS dump is no consistent snapshot (another
         # tool's changes during it can make it skip services), so only the
@@ -554,6 +630,9 @@ class Director:
         self._passes += 1
         if scope is None or self._ramping <= scope:
             self._last_ramp = self.last_pass
+        if digests is not None and scope is not None:
+            self._vouch(scope, operations, digests)
+            self._last_full = self.last_pass
         if scope is None:
             self._last_full = self.last_pass
             if self._failed_passes:
@@ -563,6 +642,22 @@ class Director:
             self.log.info("ipvs_table_moved", why=why, operations=moved)
             self._retry_pass_at = self.last_pass + RETRY_BASE
         return list(split.send)
+
+    def _vouch(
+        self,
+        scope: Set[ServiceKey],
+        operations: list[Operation],
+        digests: Mapping[TableKey, str],
+    ) -> None:
+        """After a drift check's pass over `scope`: a service it had nothing
+        to send (or hold back) for is vouched for by its digest."""
+        touched = {service_of(op) for op in operations}
+        for key in scope:
+            digest = digests.get(table_key(key))
+            if digest is None or key in touched:
+                self._verified.pop(key, None)
+            else:
+                self._verified[key] = digest
 
     def _applied(self, op: Operation) -> None:
         self.log.info("ipvs_op", **describe_operation(op))
@@ -651,18 +746,24 @@ class Director:
         return changed
 
     async def commit(
-        self, runtime: RuntimeLayer, why: str, added: Set[ServiceKey] = frozenset()
+        self,
+        runtime: RuntimeLayer,
+        why: str,
+        added: Set[ServiceKey] = frozenset(),
+        known: Mapping[ServiceKey, ServiceEntry] | None = None,
     ) -> list[Operation]:
         """Take, save and apply an operator's change; `added` are services it
         already sent to the kernel itself (owned from now on, so deleted if
-        the change dropped them again). The pass covers the services the
-        change touched: a hand-made service someone restores with -R is
-        the kernel's and theirs, not a reason to read the whole table.
-        Call from a job."""
+        the change dropped them again), `known` those of them whose kernel
+        state it knows exactly (every operation it sent for them taken): the
+        pass does not read these back unless they need a change. The pass
+        covers the services the change touched: a hand-made service someone
+        restores with -R is the kernel's and theirs, not a reason to read
+        the whole table. Call from a job."""
         self.owned |= added
         changed = self.set_runtime(runtime) | added
         await self.save()
-        return await self.reconcile(why, only=changed)
+        return await self.reconcile(why, only=changed, known=known)
 
     async def reload_file(self, path: str | Path, **origin: object) -> ReloadResult:
         """Re-read the config file and apply it (SIGHUP and `directorctl

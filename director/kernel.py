@@ -27,8 +27,17 @@ from typing import TypeVar
 import trio
 
 from director.ipvs.errors import KernelError, TransientKernelError
-from director.ipvs.model import Connection, Info, ServiceEntry, ServiceKey, SyncDaemon, Timeouts
+from director.ipvs.model import (
+    Connection,
+    Info,
+    ServiceEntry,
+    ServiceFlags,
+    ServiceKey,
+    SyncDaemon,
+    Timeouts,
+)
 from director.ipvs.ops import Backend, Operation
+from director.ipvs.servicetable import TableKey, table_key
 
 T = TypeVar("T")
 
@@ -73,6 +82,24 @@ class KernelTable:
     ) -> list[ServiceEntry]:
         return await self._read(lambda: self.backend.services(only, brief=brief))
 
+    async def digests(self) -> dict[TableKey, str] | None:
+        """What each service looks like, as a string that changes when what
+        ipvsadm's plain listing shows of it changes (not its connection
+        counts or stats), by servicetable.table_key: the backend's
+        `service_digests()` where it has one (NetlinkBackend: one read of
+        /proc/net/ip_vs, no destination decoded), else entry_digest of a
+        brief read. None when the backend's cheap read failed (the caller
+        reads the table instead)."""
+        read = getattr(self.backend, "service_digests", None)
+        if read is not None:
+            digests: dict[TableKey, str] | None = await self._call(read)
+            return digests
+        digests = {}
+        for entry in await self.services(brief=True):
+            key = table_key(entry.service.key)
+            digests[key] = digests.get(key, "") + entry_digest(entry)
+        return digests
+
     async def apply(self, operations: Sequence[Operation]) -> None:
         """Backend.apply: stops at the first failure (BatchError)."""
         if operations:
@@ -98,3 +125,19 @@ class KernelTable:
 
     async def connections(self) -> list[Connection]:
         return await self._read(self.backend.connections)
+
+
+def entry_digest(entry: ServiceEntry) -> str:
+    """The fields of a service and its destinations that /proc/net/ip_vs
+    shows (director.ipvs.netlink.table_digests), as one string: for
+    backends without the file, so that they see the same changes."""
+    s = entry.service
+    lines = [
+        f"{s.key} {s.scheduler} {int(s.flags & (ServiceFlags.PERSISTENT | ServiceFlags.ONEPACKET))}"
+    ]
+    if s.flags & ServiceFlags.PERSISTENT:
+        lines.append(f" {s.timeout} {s.netmask}")
+    for e in entry.destinations:
+        d = e.destination
+        lines.append(f"\n{d.address} {d.port} {int(d.forward)} {d.weight}")
+    return "".join(lines) + "\n"

@@ -36,7 +36,7 @@ from director.control.messages import Peer, Request, Response
 from director.desired import AdminState
 from director.engine import Director, ReloadSummary
 from director.ipvs.errors import BatchError, IPVSError, KernelError, ipvsadm_message
-from director.ipvs.model import ServiceKey
+from director.ipvs.model import ServiceEntry, ServiceKey
 from director.ipvs.ops import (
     AddService,
     DeleteService,
@@ -65,6 +65,7 @@ from director.ipvsadm import (
 )
 from director.kernel import KernelTable
 from director.oplog import describe_operation
+from director.refusals import service_of
 from director.runtime import (
     LayerBuilder,
     describe_endpoint,
@@ -315,8 +316,10 @@ class Controller:
         try:
             self.director.kernel.backend.apply([op])
         except BatchError as error:
+            work.unknown(op)
             return _Outcome("", _kernel_error(error.error), KERNEL_ERROR)
         except KernelError as error:
+            work.unknown(op)
             return _Outcome("", _kernel_error(error), KERNEL_ERROR)
         work.applied(op)
         self.log.info("control_kernel_op", **describe_operation(op))
@@ -338,7 +341,10 @@ class Controller:
         if not outcome.changed:
             return
         await self.director.commit(
-            work.layer.freeze(), f"control ({peer.uid}/{peer.pid})", work.probed
+            work.layer.freeze(),
+            f"control ({peer.uid}/{peer.pid})",
+            work.probed,
+            known={k: e for k, e in work.known.items() if e is not None},
         )
 
     def _log_refusal(self, peer: Peer, what: object) -> None:
@@ -518,6 +524,10 @@ class _Work:
         self._keys: set[ServiceKey] | None = None
         self._failure: KernelError | None = None
         self.probed: set[ServiceKey] = set()  # services a kernel probe added
+        # The kernel's state of each service this request made, as its own
+        # operations left it (None once one of them failed or left it
+        # unknown): the commit's pass need not read these back.
+        self.known: dict[ServiceKey, ServiceEntry | None] = {}
 
     @property
     def owned(self) -> Set[ServiceKey]:
@@ -547,7 +557,21 @@ class _Work:
             raise self._failure or RuntimeError("read_keys was not awaited")
         return self._keys
 
+    def unknown(self, op: Operation) -> None:
+        """`op` failed, or its outcome is unknown: its service's state is."""
+        key = service_of(op)
+        if key is not None:
+            self.known[key] = None
+        elif isinstance(op, Flush):
+            self.known = dict.fromkeys(self.known)
+
     def applied(self, op: Operation) -> None:
+        if isinstance(op, AddService):
+            self.known[op.service.key] = ServiceEntry(op.service)
+        elif isinstance(op, EditService) and (entry := self.known.get(op.service.key)):
+            self.known[op.service.key] = ServiceEntry(op.service, entry.destinations)
+        else:
+            self.unknown(op)
         if self._keys is None:
             return
         if isinstance(op, AddService):

@@ -590,8 +590,21 @@ def family_id(message: Message) -> int:
     return _uint(genl_attrs(message)[CTRL_ATTR_FAMILY_ID])
 
 
+# A stats nest as ip_vs_genl_fill_stats64 writes it where no padding is
+# needed (nla_put_u64_64bit on x86-64 and others): every counter, in order,
+# as a 12-byte u64 attribute. One unpack instead of a walk; any other layout
+# takes the walk.
+_STATS64_PLAIN = struct.Struct("=" + "HHQ" * len(_STATS_FIELDS))
+_STATS64_LENGTHS = (12,) * len(_STATS_FIELDS)
+_STATS64_KINDS = tuple(range(1, len(_STATS_FIELDS) + 1))
+
+
 @_decoder("stats")
 def parse_stats(raw: bytes) -> Stats:
+    if len(raw) == _STATS64_PLAIN.size:
+        values = _STATS64_PLAIN.unpack(raw)
+        if values[0::3] == _STATS64_LENGTHS and values[1::3] == _STATS64_KINDS:
+            return Stats(*values[2::3])
     attrs = parse_attrs(raw)
     return Stats(*(_uint(attrs.get(i + 1, b"")) for i in range(len(_STATS_FIELDS))))
 

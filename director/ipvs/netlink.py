@@ -16,6 +16,7 @@ during the send() itself, so silence means a lost message.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import socket
 import struct
@@ -48,6 +49,7 @@ from director.ipvs.model import (
 from director.ipvs.ops import Operation
 from director.ipvs.servicetable import (
     TableKey,
+    _service_key,
     exact_destinations,
     parse_service_table,
     table_key,
@@ -69,6 +71,12 @@ ACK_CHARGE = 1024
 RECV_SIZE = 64 * 1024
 RECV_TIMEOUT = 10.0  # seconds
 SEQ_LIMIT = 0x7FFFFFFF
+
+# The tail of a destination line of /proc/net/ip_vs that holds its two
+# connection counts (ip_vs_info_seq_show: "... %-6d %-10d %-10d\n" for the
+# weight, active and inactive connections; a count never has more than 10
+# characters, and one that had would only make its service look changed).
+_COUNTS_WIDTH = 22
 
 # Socket errors that say nothing about the request: the same call may succeed again.
 TRANSIENT_ERRNOS = frozenset((errno.ENOBUFS, errno.EAGAIN, errno.ENOMEM))
@@ -344,6 +352,17 @@ class NetlinkBackend:
         except (OSError, ValueError):
             return {}
 
+    def service_digests(self) -> dict[TableKey, str] | None:
+        """table_digests of one read of the service table (/proc/net/ip_vs):
+        what changed in each service since an earlier read, for the cost of
+        one read of the file and no decoding of its destinations. None when
+        the file cannot be read or parsed."""
+        try:
+            with open(SERVICE_TABLE) as table:
+                return table_digests(table.read())
+        except (OSError, ValueError):
+            return None
+
     def timeouts(self) -> Timeouts:
         return genl.parse_timeouts(
             self._request(genl.genl_body(genl.CMD_GET_CONFIG), "GetTimeouts")
@@ -498,3 +517,35 @@ class NetlinkBackend:
                     failures.append((message.seq - first_seq, err))
         failures.sort()
         return failures
+
+
+def table_digests(text: str, source: str = SERVICE_TABLE) -> dict[TableKey, str]:
+    """Each service's text in the service table (net/netfilter/ipvs/
+    ip_vs_ctl.c, ip_vs_info_seq_show), by what the file knows it by
+    (servicetable.table_key): its line (protocol, address, port, scheduler,
+    one-packet, persistence timeout and netmask) and its destinations' lines
+    (address, port, forwarding method, weight, in the kernel's order) without
+    their connection counts. Equal digests: nothing the file shows changed;
+    thresholds, tunnel settings, scheduler flags and persistence engines
+    are not in it. The two services of a firewall mark used in both families
+    share one digest; a service of a protocol this code does not know is
+    left out. ValueError when `text` is no service table."""
+    lines = text.split("\n")
+    if len(lines) < 3 or not lines[0].startswith("IP Virtual Server version"):
+        raise ValueError(f"{source}: not an IPVS service table: {lines[:1]!r}")
+    digests: dict[TableKey, str] = {}
+    key: TableKey | None = None
+    parts: list[str] = []
+    for line in itertools.chain(lines[3:], ("",)):
+        if line.startswith("  ->"):
+            parts.append(line[:-_COUNTS_WIDTH])
+            continue
+        if key is not None:
+            digests[key] = digests.get(key, "") + "\n".join(parts) + "\n"
+        key, parts = None, [line]
+        if line:
+            try:
+                key = _service_key(line.split())
+            except (ValueError, IndexError):
+                continue  # a protocol this code does not know: not one of ours
+    return digests

@@ -1,0 +1,82 @@
+"""NetlinkBackend.service_digests against the real kernel's /proc/net/ip_vs
+(issue 8's drift check): one digest per service, by the keys the engine
+knows them by, that changes with what ipvsadm's listing shows and not with
+connection counts. Each test runs in a fresh network namespace."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+from director.ipvs.model import AF_INET6, Protocol, ServiceKey
+from director.ipvs.netlink import NetlinkBackend
+from director.ipvs.servicetable import table_key
+from director.kernel import KernelTable, entry_digest
+
+
+def ipvsadm(*args: str, stdin: str | None = None) -> str:
+    return subprocess.run(
+        ["ipvsadm", *args], input=stdin, check=True, capture_output=True, text=True
+    ).stdout
+
+
+@pytest.fixture
+def backend(netns: str) -> Iterator[NetlinkBackend]:
+    with NetlinkBackend() as b:
+        yield b
+
+
+RULES = """\
+-A -t 10.1.0.1:80 -s wrr
+-a -t 10.1.0.1:80 -r 10.2.0.1:80 -m -w 3
+-a -t 10.1.0.1:80 -r 10.2.0.2:80 -g -w 1
+-A -u [2001:db8::1]:53 -s rr -p 300
+-a -u [2001:db8::1]:53 -r [2001:db8::2]:53 -i -w 1
+-A -f 7 -s sh
+-a -f 7 -r 10.2.0.3:0 -g -w 2
+-A -f 7 -6 -s rr
+"""
+TCP = ServiceKey.inet(Protocol.TCP, "10.1.0.1", 80)
+UDP = ServiceKey.inet(Protocol.UDP, "2001:db8::1", 53)
+
+
+def test_one_digest_per_service_by_the_engines_keys(backend: NetlinkBackend) -> None:
+    ipvsadm("-R", stdin=RULES)
+    digests = backend.service_digests()
+    assert digests is not None
+    keys = {table_key(e.service.key) for e in backend.services()}
+    assert set(digests) == keys == {TCP, UDP, ("FWM", 7)}
+    assert ServiceKey.mark(7, AF_INET6) in {e.service.key for e in backend.services()}
+
+
+def test_a_digest_changes_with_the_listing_only(backend: NetlinkBackend) -> None:
+    ipvsadm("-R", stdin=RULES)
+    before = backend.service_digests()
+    assert before is not None
+    # A threshold is not in the file: the engine's rotation reads it.
+    ipvsadm("-e", "-t", "10.1.0.1:80", "-r", "10.2.0.1:80", "-m", "-w", "3", "-x", "50")
+    assert backend.service_digests() == before
+    ipvsadm("-e", "-t", "10.1.0.1:80", "-r", "10.2.0.1:80", "-m", "-w", "4", "-x", "50")
+    after = backend.service_digests()
+    assert after is not None
+    assert after[TCP] != before[TCP]
+    assert {k: v for k, v in after.items() if k != TCP} == {
+        k: v for k, v in before.items() if k != TCP
+    }
+    ipvsadm("-d", "-u", "[2001:db8::1]:53", "-r", "[2001:db8::2]:53")
+    assert backend.service_digests()[UDP] != after[UDP]  # type: ignore[index]
+
+
+def test_the_table_digests_through_the_file_not_the_entries(backend: NetlinkBackend) -> None:
+    """KernelTable.digests takes the backend's file read; the entries'
+    fallback is for backends without the file."""
+    ipvsadm("-R", stdin=RULES)
+
+    digests = trio.run(KernelTable(backend, threaded=False).digests)
+    assert digests == backend.service_digests()
+    assert digests is not None
+    tcp = next(e for e in backend.services() if e.service.key == TCP)
+    assert digests[TCP] != entry_digest(tcp)

@@ -1,0 +1,296 @@
+"""Drift repair by digests (issue 8): a drift check reads the whole table
+cheaply and in full only the services it cannot vouch for, yet still repairs
+whatever changed behind the daemon's back. The engine over the in-memory
+backend under trio's autojump clock; the digests of /proc/net/ip_vs as pure
+functions."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Collection
+from ipaddress import ip_address
+
+import pytest
+import trio
+import trio.testing
+
+from director.config import parse_config
+from director.engine import DRIFT_ROTATION, Director
+from director.health.result import ProbeResult, Reason
+from director.health.spec import Check
+from director.ipvs.memory import MemoryBackend
+from director.ipvs.model import (
+    Destination,
+    Forward,
+    IPAddress,
+    Protocol,
+    Service,
+    ServiceEntry,
+    ServiceKey,
+)
+from director.ipvs.netlink import table_digests
+from director.ipvs.ops import AddDestination, DeleteDestination, EditDestination
+from director.ipvs.servicetable import TableKey
+from director.kernel import KernelTable
+
+SERVICES = 24
+PER_SERVICE = 3
+INTERVAL = 5.0
+
+
+def key(i: int) -> ServiceKey:
+    return ServiceKey.inet(Protocol.TCP, "10.0.0.1", 8000 + i)
+
+
+def address(i: int, j: int) -> IPAddress:
+    return ip_address(f"10.0.{i + 1}.{j + 1}")
+
+
+def config_text() -> str:
+    lines = ["[daemon]", f"reconcile_interval = {INTERVAL}"]
+    for i in range(SERVICES):
+        lines += [
+            "[[virtual_server]]",
+            'protocol = "tcp"',
+            f'address = "10.0.0.1:{8000 + i}"',
+            'scheduler = "rr"',
+            'check = { type = "tcp", interval = 1.0, timeout = 0.5, rise = 1, fall = 1 }',
+        ]
+        for j in range(PER_SERVICE):
+            lines += ["[[virtual_server.real_server]]", f'address = "10.0.{i + 1}.{j + 1}"']
+    return "\n".join(lines) + "\n"
+
+
+class Kernel(MemoryBackend):
+    """Records the services each full (not brief) read returned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full_reads: list[set[ServiceKey]] = []
+
+    def services(
+        self, only: Collection[ServiceKey] | None = None, *, brief: bool = False
+    ) -> list[ServiceEntry]:
+        entries = super().services(only, brief=brief)
+        if not brief:
+            self.full_reads.append({e.service.key for e in entries})
+        return entries
+
+    def destination(self, service: ServiceKey, address: IPAddress) -> Destination | None:
+        for entry in MemoryBackend.services(self, [service]):
+            for d in entry.destinations:
+                if d.destination.address == address:
+                    return d.destination
+        return None
+
+
+class Network:
+    def __init__(self) -> None:
+        self.down: set[IPAddress] = set()
+
+    async def probe(self, check: Check, address: IPAddress, port: int) -> ProbeResult:
+        await trio.sleep(0.01)
+        if address in self.down:
+            return ProbeResult.failure(Reason.REFUSED, 0.01)
+        return ProbeResult.success(0.01)
+
+
+def director_for(kernel: Kernel, network: Network) -> Director:
+    return Director(
+        parse_config(config_text()),
+        KernelTable(kernel, threaded=False),
+        probe=network.probe,
+        rng=random.Random(5),
+    )
+
+
+async def settled(kernel: Kernel, director: Director) -> None:
+    """The whole table up, then two drift checks: every service vouched for."""
+    while (  # noqa: ASYNC110
+        sum(len(e.destinations) for e in MemoryBackend.services(kernel)) < SERVICES * PER_SERVICE
+    ):
+        await trio.sleep(0.1)
+    await trio.sleep(2 * INTERVAL + 0.1)
+
+
+async def test_a_quiet_drift_check_reads_one_slice_in_full(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    kernel, network = Kernel(), Network()
+    director = director_for(kernel, network)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await settled(kernel, director)
+        reads = len(kernel.full_reads)
+        await trio.sleep(INTERVAL)
+        nursery.cancel_scope.cancel()
+    slice_size = -(-SERVICES // DRIFT_ROTATION)
+    assert [len(r) for r in kernel.full_reads[reads:]] == [slice_size]
+
+
+async def test_every_service_is_read_in_full_within_the_rotation(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    kernel, network = Kernel(), Network()
+    director = director_for(kernel, network)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await settled(kernel, director)
+        reads = len(kernel.full_reads)
+        await trio.sleep(DRIFT_ROTATION * INTERVAL)
+        nursery.cancel_scope.cancel()
+    seen: set[ServiceKey] = set().union(*kernel.full_reads[reads:])
+    assert seen == {key(i) for i in range(SERVICES)}
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["delete", "weight"],
+)
+async def test_a_change_the_listing_shows_is_repaired_at_the_next_drift_check(
+    autojump_clock: trio.testing.MockClock, change: str
+) -> None:
+    kernel, network = Kernel(), Network()
+    director = director_for(kernel, network)
+    victim = address(7, 1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await settled(kernel, director)
+        if change == "delete":
+            MemoryBackend.apply(kernel, [DeleteDestination(key(7), victim, 8007)])
+        else:
+            dest = Destination(victim, 8007, Forward.ROUTE, 9)
+            MemoryBackend.apply(kernel, [EditDestination(key(7), dest)])
+        changed = trio.current_time()
+        while (d := kernel.destination(key(7), victim)) is None or d.weight != 1:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+        repaired = trio.current_time() - changed
+        nursery.cancel_scope.cancel()
+    assert repaired <= INTERVAL + 0.1
+
+
+async def test_a_change_the_listing_hides_is_repaired_within_the_rotation(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A threshold is not in /proc/net/ip_vs: the rotation's full reads
+    find it."""
+    kernel, network = Kernel(), Network()
+    director = director_for(kernel, network)
+    victim = address(3, 0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await settled(kernel, director)
+        dest = Destination(victim, 8003, Forward.ROUTE, 1, u_threshold=50)
+        MemoryBackend.apply(kernel, [EditDestination(key(3), dest)])
+        changed = trio.current_time()
+        while (d := kernel.destination(key(3), victim)) is None or d.u_threshold:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+        repaired = trio.current_time() - changed
+        nursery.cancel_scope.cancel()
+    assert repaired <= DRIFT_ROTATION * INTERVAL + 0.1
+
+
+async def test_a_service_a_pass_touched_is_not_vouched_for_by_its_old_digest(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A server goes down (its pass removes it), then someone puts it back
+    by hand, exactly as it was when the last drift check vouched for the
+    service: the digest is the old one, yet the next drift check removes it."""
+    kernel, network = Kernel(), Network()
+    director = director_for(kernel, network)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await settled(kernel, director)
+        # Just after a drift check, and a service the next one's slice of
+        # full reads leaves out.
+        await trio.sleep(director._full_due() - trio.current_time() + 0.05)
+        i = (director._rotation + SERVICES // 2) % SERVICES
+        port = 8000 + i
+        # The last of its service in the kernel's order: put back at the
+        # end, it is as it was.
+        victim = MemoryBackend.services(kernel, [key(i)])[0].destinations[-1].destination.address
+        before = await director.kernel.digests()
+        network.down.add(victim)
+        while kernel.destination(key(i), victim) is not None:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        MemoryBackend.apply(
+            kernel, [AddDestination(key(i), Destination(victim, port, Forward.ROUTE, 1))]
+        )
+        restored = await director.kernel.digests()
+        assert before is not None and restored is not None
+        assert restored[key(i)] == before[key(i)]
+        put_back = trio.current_time()
+        assert put_back < director._full_due()
+        while kernel.destination(key(i), victim) is not None:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+        removed = trio.current_time() - put_back
+        nursery.cancel_scope.cancel()
+    assert removed <= INTERVAL + 0.1
+
+
+# --- the digests of /proc/net/ip_vs ------------------------------------------------
+
+HEADER = (
+    "IP Virtual Server version 1.2.1 (size=4096)\n"
+    "Prot LocalAddress:Port Scheduler Flags\n"
+    "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n"
+)
+
+
+def table(weight: int = 1, active: int = 0, inactive: int = 0, scheduler: str = "wrr") -> str:
+    """A table as ip_vs_info_seq_show prints it."""
+    return (
+        HEADER
+        + f"TCP  0A010001:0050 {scheduler} \n"
+        + f"  -> 0A020001:0050      Masq    {weight:<6d} {active:<10d} {inactive:<10d}\n"
+        + f"  -> 0A020002:0050      Route   1      {active:<10d} {inactive:<10d}\n"
+        + "UDP  [2001:0db8:0000:0000:0000:0000:0000:0001]:0035 rr persistent 300 FFFFFF00\n"
+        + "FWM  00000007 sh \n"
+        + "  -> [2001:0db8:0000:0000:0000:0000:0000:0002]:0000      Tunnel  1      0          0\n"
+        + "FWM  00000007 rr \n"
+        + "XYZ  0A010001:0050 rr \n"
+    )
+
+
+def test_the_digests_ignore_connection_counts() -> None:
+    assert table_digests(table(active=3, inactive=1234567890)) == table_digests(table())
+
+
+def test_the_digests_change_with_what_the_listing_shows() -> None:
+    tcp = ServiceKey.inet(Protocol.TCP, "10.1.0.1", 80)
+    base = table_digests(table())
+    assert table_digests(table(weight=100000))[tcp] != base[tcp]
+    assert table_digests(table(scheduler="rr"))[tcp] != base[tcp]
+    assert table_digests(table(weight=100000))[("FWM", 7)] == base[("FWM", 7)]
+
+
+def test_the_digests_name_each_service_as_the_file_does() -> None:
+    digests = table_digests(table())
+    udp = ServiceKey.inet(Protocol.UDP, "2001:db8::1", 53)
+    assert set(digests) == {ServiceKey.inet(Protocol.TCP, "10.1.0.1", 80), udp, ("FWM", 7)}
+    assert "persistent 300 FFFFFF00" in digests[udp]
+    # Both families' services of mark 7 in one digest.
+    assert "sh" in digests[("FWM", 7)] and "rr" in digests[("FWM", 7)]
+
+
+def test_what_is_no_service_table_is_refused() -> None:
+    with pytest.raises(ValueError, match="not an IPVS service table"):
+        table_digests("hello\n")
+
+
+def test_a_backend_without_the_file_digests_what_the_listing_shows() -> None:
+    service = Service(ServiceKey.inet(Protocol.TCP, "10.1.0.1", 80), "wrr")
+    dest = Destination(ip_address("10.2.0.1"), 80, Forward.MASQ, 1)
+
+    async def digests(kernel: MemoryBackend) -> dict[TableKey, str] | None:
+        return await KernelTable(kernel, threaded=False).digests()
+
+    one = MemoryBackend([ServiceEntry(service, ())])
+    one.apply([AddDestination(service.key, dest)])
+    hidden = MemoryBackend([ServiceEntry(service, ())])
+    hidden.apply([AddDestination(service.key, Destination(dest.address, 80, Forward.MASQ, 1, 9))])
+    shown = MemoryBackend([ServiceEntry(service, ())])
+    shown.apply([AddDestination(service.key, Destination(dest.address, 80, Forward.MASQ, 2))])
+    a, b, c = (trio.run(digests, k) for k in (one, hidden, shown))
+    assert a == b
+    assert a != c
