@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/http_probe.py [--probes 3000] [--concurrency 1]
         [--old-tree /tmp/http-before] [--kinds http,https,https-no-reuse]
+        [--checker 300 [--window 10]]
 
 For each kind of probe, and for each source tree (this checkout, and with
 --old-tree another one, e.g. `git worktree add /tmp/http-before <commit>`),
@@ -10,6 +11,14 @@ a fresh interpreter imports `director` from that tree, runs WARMUP probes, then
 one `Prober`, `--concurrency` at a time, against 127.0.0.1, and reports the
 CPU time of its process (user + system, all threads) divided by the probes,
 and the wall time per probe. Every probe must pass, or the run aborts.
+
+With `--checker N`, each row is instead director's `Checker` with the real
+probes, as the daemon runs it (a 10 ms tick: engine.CHECK_TICK), on N
+distinct targets of that kind (paths /0 .. /N-1 on the one responder), each
+every second: the CPU of the process over `--window` seconds after a warm-up,
+divided by the results in that window. That is the daemon's own way of
+probing (plain HTTP checks without a task each since issue 8), where the
+Prober's figure is one awaited probe at a time.
 
 Kinds: `http`; `https` (TLS 1.3, the server sends session tickets, so a
 client may resume); `https-no-reuse` (the server sends none: every handshake
@@ -168,23 +177,85 @@ def measure(
     return trio.run(run)
 
 
+CHECKER_WARMUP = 3.0  # seconds before the window: every target probed at least twice
+
+
+def measure_checker(
+    kind: str, port: int, targets: int, window: float, ca_file: str | None = None
+) -> tuple[float, int]:
+    """CPU seconds and results of director's Checker (real probes, the
+    daemon's tick) over `window` seconds, probing `targets` distinct HTTP
+    checks of `kind` to 127.0.0.1:`port` every second; failed probes abort."""
+    from ipaddress import IPv4Address
+
+    import trio
+
+    from director.health.checker import Checker
+    from director.health.spec import HttpCheck, Timing
+
+    tls = kind != "http"
+    address = IPv4Address("127.0.0.1")
+    timing = Timing(interval=1.0, timeout=1.0)
+    verify = ca_file is not None
+    checks = {
+        i: (
+            HttpCheck(tls=tls, verify_tls=verify, ca_file=ca_file, path=f"/{i}", timing=timing),
+            address,
+            port,
+        )
+        for i in range(targets)
+    }
+    counted = {"results": 0, "failed": 0}
+
+    def on_result(key: int, before: object, after: object) -> None:
+        counted["results"] += 1
+        if not after.last.ok:  # type: ignore[attr-defined]
+            counted["failed"] += 1
+
+    async def run() -> tuple[float, int]:
+        checker: Checker[int] = Checker(on_result=on_result, tick=0.01)
+        checker.set_targets(checks)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(checker.run)
+            await trio.sleep(CHECKER_WARMUP)
+            cpu, results = time.process_time(), counted["results"]
+            await trio.sleep(window)
+            cpu, results = time.process_time() - cpu, counted["results"] - results
+            nursery.cancel_scope.cancel()
+        if counted["failed"]:
+            raise SystemExit(f"{counted['failed']} of {counted['results']} probes failed")
+        return cpu, results
+
+    return trio.run(run)
+
+
 def _child(kind: str, port: int, probes: int, concurrency: int, ca_file: str) -> None:
+    if CHECKER_TARGETS:
+        cpu, results = measure_checker(kind, port, CHECKER_TARGETS, CHECKER_WINDOW, ca_file)
+        print(json.dumps({"cpu": cpu, "wall": CHECKER_WINDOW, "probes": results}))
+        return
     cpu, wall = measure(kind, port, probes, concurrency, ca_file)
-    print(json.dumps({"cpu": cpu, "wall": wall}))
+    print(json.dumps({"cpu": cpu, "wall": wall, "probes": probes}))
+
+
+CHECKER_TARGETS = 0  # set by --checker
+CHECKER_WINDOW = 10.0
 
 
 def run_tree(
     tree: Path, kind: str, port: int, probes: int, concurrency: int, ca_file: Path
 ) -> tuple[float, float]:
-    """`measure` in a fresh interpreter that imports `director` from `tree`."""
+    """`measure` (or `measure_checker`) in a fresh interpreter that imports
+    `director` from `tree`: CPU and wall seconds per probe."""
     env = dict(os.environ, PYTHONPATH=str(tree))
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", kind, str(port), str(ca_file)]
     argv += ["--probes", str(probes), "--concurrency", str(concurrency)]
+    argv += ["--checker", str(CHECKER_TARGETS), "--window", str(CHECKER_WINDOW)]
     done = subprocess.run(argv, env=env, cwd=tree, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{tree} {kind}: {done.stderr or done.stdout}")
     figures = json.loads(done.stdout.splitlines()[-1])
-    return figures["cpu"], figures["wall"]
+    return figures["cpu"] / figures["probes"], figures["wall"] / figures["probes"]
 
 
 def main() -> None:
@@ -194,16 +265,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rows are medians of rounds")
     parser.add_argument("--old-tree", type=Path, help="another checkout to compare with")
     parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--checker", type=int, default=0, metavar="TARGETS")
+    parser.add_argument("--window", type=float, default=10.0, help="seconds, with --checker")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "PORT", "CA"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global CHECKER_TARGETS, CHECKER_WINDOW
+    CHECKER_TARGETS, CHECKER_WINDOW = args.checker, args.window
     if args.child:
         _child(args.child[0], int(args.child[1]), args.probes, args.concurrency, args.child[2])
         return
     trees = [("new", REPO)] + ([("old", args.old_tree.resolve())] if args.old_tree else [])
-    print(
-        f"{args.probes} probes per round, {args.concurrency} at a time, after {WARMUP} of"
-        f" warm-up; medians of {args.rounds} rounds, the trees taking turns"
-    )
+    if args.checker:
+        print(
+            f"Checker: {args.checker} targets every 1 s, 10 ms tick, a {args.window:g} s window"
+            f" after {CHECKER_WARMUP:g} s; medians of {args.rounds} rounds, the trees taking turns"
+        )
+    else:
+        print(
+            f"{args.probes} probes per round, {args.concurrency} at a time, after {WARMUP} of"
+            f" warm-up; medians of {args.rounds} rounds, the trees taking turns"
+        )
     print(f"{'kind':<16} {'tree':<4} {'CPU/probe':>11} {'wall/probe':>11} {'resumed':>11}")
     with tempfile.TemporaryDirectory() as directory:
         certificate = _certificate(Path(directory))
@@ -220,12 +301,13 @@ def main() -> None:
                 figures = Figures(
                     kind,
                     args.probes,
-                    statistics.median(cpu for cpu, _, _ in rounds[name]) / args.probes * 1e6,
-                    statistics.median(wall for _, wall, _ in rounds[name]) / args.probes * 1e6,
+                    statistics.median(cpu for cpu, _, _ in rounds[name]) * 1e6,
+                    statistics.median(wall for _, wall, _ in rounds[name]) * 1e6,
                     min(count for _, _, count in rounds[name]),
                 )
                 total = args.probes + WARMUP
-                shown = f"{figures.resumed}/{total}" if kind != "http" else "-"
+                shown = f"{figures.resumed}" + ("" if args.checker else f"/{total}")
+                shown = shown if kind != "http" else "-"
                 print(
                     f"{kind:<16} {name:<4} {figures.cpu_us:>8.0f} µs"
                     f" {figures.wall_us:>8.0f} µs {shown:>11}",

@@ -32,7 +32,7 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from ipaddress import IPv4Address, IPv6Address
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import outcome
 import trio
@@ -41,9 +41,12 @@ from director.health.probes import ProbeFunction, Prober
 from director.health.probes.tcp import Connects, ProbeDone, TcpDestination, destination
 from director.health.result import ProbeResult, Reason
 from director.health.schedule import Schedule, first_start, next_start
-from director.health.spec import Check, ExecCheck, TcpCheck
+from director.health.spec import Check, ExecCheck, HttpCheck, TcpCheck
 from director.health.state import HealthState, Transition, advance
 from director.ipvs.model import IPAddress
+
+if TYPE_CHECKING:  # h11 and httpx load only with a config that has HTTP checks
+    from director.health.probes.http_exchange import Exchanges, HttpDestination
 
 K = TypeVar("K", bound=Hashable)
 
@@ -65,13 +68,16 @@ class _Slot:
 @dataclass(eq=False, slots=True)
 class _Probe(Generic[K]):
     """One distinct (check, address, port), probed for every key in `slots`.
-    A TCP check's probe is started with `Connects.start(tcp, done)`, no task
-    of its own; the others run in a worker task."""
+    A TCP check's probe is started with `Connects.start(tcp, done)`, and a
+    plain HTTP check's judged on its head with `Exchanges.start(http, done)`
+    (http_exchange.py), no task of their own; the others run in a worker
+    task."""
 
     target: Target
     slots: dict[K, _Slot] = field(default_factory=dict)
     cancel_scope: trio.CancelScope | None = None  # while a probe runs
     tcp: TcpDestination | None = None
+    http: HttpDestination | None = None
     done: ProbeDone | None = None
 
 
@@ -115,6 +121,7 @@ class Checker(Generic[K]):
         self._running_probe: ProbeFunction | None = None
         self._idle: list[trio.lowlevel.Task] = []  # workers waiting for a probe
         self._connects: Connects | None = None  # the real TCP probes, while running
+        self._exchanges: Exchanges | None = None  # the real plain HTTP probes, once one ran
 
     def set_targets(self, targets: Mapping[K, Target]) -> None:
         """Check exactly these targets from now on. Raises ValueError, naming
@@ -192,6 +199,7 @@ class Checker(Generic[K]):
             self._sleep = None
             self._running_probe = None
             self._connects = None
+            self._exchanges = None
             self._idle.clear()
 
     def _new_probe(self, target: Target) -> _Probe[K]:
@@ -199,7 +207,13 @@ class Checker(Generic[K]):
         check, address, port = target
         if isinstance(check, TcpCheck):
             probe.tcp = destination(check, address, port)
-            probe.done = partial(self._tcp_done, probe)
+            probe.done = partial(self._probe_done, probe)
+        elif isinstance(check, HttpCheck):
+            from director.health.probes.http_exchange import http_destination
+
+            probe.http = http_destination(check, address, port)
+            if probe.http is not None:
+                probe.done = partial(self._probe_done, probe)
         return probe
 
     def _leave(self, key: K, slot: _Slot) -> None:
@@ -257,6 +271,8 @@ class Checker(Generic[K]):
                 on_start(probe.target, trio.current_time() - at)
             if connects is not None and probe.tcp is not None and probe.done is not None:
                 connects.start(probe.tcp, probe.done)
+            elif connects is not None and probe.http is not None and probe.done is not None:
+                self._http_exchanges().start(probe.http, probe.done)
             elif keep and kept is None:
                 kept = probe
             elif idle:
@@ -314,9 +330,21 @@ class Checker(Generic[K]):
             self._record(probe, result)
         return following
 
-    def _tcp_done(self, probe: _Probe[K], result: ProbeResult) -> None:
-        """A TCP probe's verdict, from `Connects.watch`: as `_run_probe` does
-        when a worker's probe ends."""
+    def _http_exchanges(self) -> Exchanges:
+        """The run's `Exchanges`, started in its nursery at the first plain
+        HTTP probe (a daemon without one never imports h11)."""
+        exchanges = self._exchanges
+        if exchanges is None:
+            from director.health.probes.http_exchange import Exchanges
+
+            assert self._nursery is not None
+            exchanges = self._exchanges = Exchanges(tick=self._tick)
+            self._nursery.start_soon(exchanges.watch)
+        return exchanges
+
+    def _probe_done(self, probe: _Probe[K], result: ProbeResult) -> None:
+        """A TCP or plain HTTP probe's verdict, from `Connects.watch` or
+        `Exchanges.watch`: as `_run_probe` does when a worker's probe ends."""
         schedule = self._schedule
         if schedule is None:
             return

@@ -4,7 +4,13 @@
 One exchange per probe, on a connection of its own (`Connection: close`),
 spoken by h11 (httpx's HTTP/1.1 engine) straight over a non-blocking socket:
 a literal address needs no name resolution and one address no happy-eyeballs
-race, and a health check needs no client, pool or proxy logic. HTTPS runs
+race, and a health check needs no client, pool or proxy logic. The request
+and the judging of the response's head are http_head.py's. A plain-HTTP
+check without `expect_body` is judged on the head alone and runs without a
+task of its own, in http_exchange.py's `Exchanges` (one epoll set; the
+checker starts those probes there itself); `probe_http` sends such a check
+there too. The others (HTTPS, `expect_body`) run here, in the caller's
+task, over a stream. HTTPS runs
 through `trio.SSLStream`; the contexts and the last TLS session of each
 (settings, address, port, server name) are shared through `TlsContexts`, so
 that a server that allows it resumes the session instead of a full handshake.
@@ -33,7 +39,6 @@ from __future__ import annotations
 
 import email.message
 import errno
-import functools
 import os
 import socket
 import ssl
@@ -41,30 +46,32 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 import h11
-import httpx
 import regex  # type: ignore[import-untyped]  # no stubs in the venv; the calls below are few
 import trio
 
 from director.health.probes import patterns
 from director.health.probes.attempt import Attempt, probe_attempt
+from director.health.probes.http_exchange import exchange_once, http_destination
+from director.health.probes.http_head import (
+    DISCONNECTED,
+    MAX_HEADER,
+    READ_SIZE,
+    Connection,
+    head_failure,
+    new_connection,
+    next_response,
+    receive,
+    request,
+    request_for,
+    url_for,
+)
 from director.health.probes.tls import TlsContexts, TlsSettings, TlsSetupError
 from director.health.result import ProbeResult, Reason
 from director.health.spec import HttpCheck, host_problem
-from director.ipvs.model import IPAddress, endpoint
+from director.ipvs.model import IPAddress
 
 MAX_BODY = 1 << 20  # bytes of raw body searched for expect_body
-# Bytes of header fields (names, values, ": " and CRLF): HAProxy relays no more
-# than its tune.bufsize (16 KiB) and nginx than proxy_buffer_size (4 or 8 KiB).
-MAX_HEADER = 32 << 10
-# An incomplete event (status line and header section, a chunk header) h11
-# buffers before it refuses the reply: httpcore's h11 limit, as before.
-MAX_INCOMPLETE_EVENT = 100 << 10
-READ_SIZE = 64 << 10
 SEARCH_THREADS = patterns.SEARCH_THREADS  # expect_body searches at once, per trio run
-USER_AGENT = "director-health-check"
-_DEFAULT_PORT = {False: 80, True: 443}
-_EMPTY_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # sent with Content-Length: 0
-_DISCONNECTED = "Server disconnected without sending a response."
 
 __all__ = [
     "MAX_BODY",
@@ -83,6 +90,9 @@ async def probe_http(
     """One HTTP(S) exchange with `address`:`port` (the check's own address and
     port when set). Never raises for anything the server or the network does:
     see attempt.py for the reasons; a reply h11 refuses is BAD_REPLY."""
+    target = http_destination(check, address, port)
+    if target is not None:
+        return await exchange_once(target)
     address = check.address or address
     port = check.port if check.port is not None else port
     if check.host is not None:
@@ -90,7 +100,7 @@ async def probe_http(
         if problem is not None:
             return ProbeResult.failure(Reason.ERROR, 0.0, f"host {check.host!r}: {problem}")
     try:
-        request = _request(check, address, port)
+        built = request(check, address, port)
     except h11.LocalProtocolError as e:
         return ProbeResult.failure(Reason.ERROR, 0.0, f"request: {e}")
     context: ssl.SSLContext | None = None
@@ -100,7 +110,7 @@ async def probe_http(
             context = await tls.prepare(TlsSettings.of(check))  # off the probe's clock
         except TlsSetupError as e:
             return ProbeResult.failure(Reason.ERROR, 0.0, f"tls: {e}")
-    exchange = _Exchange(check, address, port, request, context, tls)
+    exchange = _Exchange(check, address, port, built, context, tls)
     try:
         with probe_attempt(check.timing.timeout) as attempt:
             await exchange.run(attempt)
@@ -111,44 +121,6 @@ async def probe_http(
         detail = f"{result.detail}: expect_body {check.expect_body!r} still searching the body"
         result = replace(result, detail=detail)
     return result
-
-
-def request_for(check: HttpCheck, address: IPAddress, port: int) -> h11.Request:
-    """The request a probe sends, as httpx sent it: the method in capitals,
-    the path quoted by httpx's URL (a space as %20, non-ASCII as UTF-8
-    escapes, a fragment left out), Host the check's host (bracketed when an
-    IPv6 literal, without a port) or the address with the port unless it is
-    the scheme's default; raises h11.LocalProtocolError for a method or path
-    HTTP cannot carry, httpx.InvalidURL for a path no URL holds (one with a
-    control character, which the config refuses: left to the Prober, which
-    contains it as a bug, as before)."""
-    if check.host is not None:
-        host = f"[{check.host}]" if ":" in check.host else check.host
-    elif port == _DEFAULT_PORT[check.tls]:
-        host = f"[{address}]" if address.version == 6 else str(address)
-    else:
-        host = endpoint(address, port)
-    headers = [
-        ("Host", host),
-        ("Accept", "*/*"),
-        ("Accept-Encoding", "identity"),  # a health check never needs compression
-        ("Connection", "close"),
-        ("User-Agent", USER_AGENT),
-    ]
-    if check.method.upper() in _EMPTY_BODY_METHODS:
-        headers.append(("Content-Length", "0"))
-    target = httpx.URL(url_for(check, address, port)).raw_path
-    return h11.Request(method=check.method.upper(), target=target, headers=headers)
-
-
-# A probe's request depends only on (check, address, port): built and
-# validated by h11 once, not at every probe (about 14 us of the host's CPU).
-_request = functools.lru_cache(maxsize=16384)(request_for)
-
-
-def url_for(check: HttpCheck, address: IPAddress, port: int) -> str:
-    scheme = "https" if check.tls else "http"
-    return f"{scheme}://{endpoint(address, port)}{check.path}"
 
 
 class _Exchange:
@@ -179,7 +151,7 @@ class _Exchange:
         try:
             await self._converse(self.stream, attempt)
         except h11.RemoteProtocolError as e:
-            attempt.fail(Reason.BAD_REPLY, str(e) or _DISCONNECTED)
+            attempt.fail(Reason.BAD_REPLY, str(e) or DISCONNECTED)
 
     async def close(self, deadline: float) -> None:
         """Close the connection; after a TLS exchange that was answered, keep
@@ -224,17 +196,14 @@ class _Exchange:
 
     async def _converse(self, stream: trio.abc.Stream, attempt: Attempt) -> None:
         check = self.check
-        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_INCOMPLETE_EVENT)
+        conn = new_connection()
         await stream.send_all(conn.send(self.request) + (conn.send(h11.EndOfMessage()) or b""))
         response = await _response(conn, stream)
         self.answered = True
         status = response.status_code
-        header_size = sum(len(name) + len(value) + 4 for name, value in response.headers)
-        if header_size > MAX_HEADER:
-            detail = f"status {status}, {header_size} bytes of header fields (limit {MAX_HEADER})"
-            attempt.fail(Reason.BAD_REPLY, detail)
-        elif not any(status in expected for expected in check.expect_status):
-            attempt.fail(Reason.BAD_STATUS, f"status {status}")
+        failure = head_failure(check, response)
+        if failure is not None:
+            attempt.fail(*failure)
         elif check.expect_body is None:
             attempt.succeed(detail=f"status {status}")
         else:
@@ -312,34 +281,25 @@ class _Connection(trio.abc.Stream):
         await trio.lowlevel.checkpoint()
 
 
-async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> object:
+async def _next_event(conn: Connection, stream: trio.abc.Stream) -> object:
     while True:
         event = conn.next_event()
         if event is not h11.NEED_DATA:
             return event
-        data = bytes(await stream.receive_some(READ_SIZE))
-        if not data and conn.their_state is h11.SEND_RESPONSE:
-            # h11 would say "can't handle event type ConnectionClosed when
-            # role=SERVER and state=SEND_RESPONSE"; httpcore says this.
-            raise h11.RemoteProtocolError(_DISCONNECTED)
-        conn.receive_data(data)
+        receive(conn, bytes(await stream.receive_some(READ_SIZE)))
 
 
-async def _response(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Response:
-    """The final response (1xx before it are skipped, as httpcore does, except
-    101); raises h11.RemoteProtocolError."""
+async def _response(conn: Connection, stream: trio.abc.Stream) -> h11.Response:
+    """The final response (http_head.next_response); raises
+    h11.RemoteProtocolError."""
     while True:
-        event = await _next_event(conn, stream)
-        if isinstance(event, h11.Response):
-            return event
-        if isinstance(event, h11.InformationalResponse):
-            if event.status_code == 101:
-                return h11.Response(status_code=101, headers=event.headers, reason=event.reason)
-            continue
-        raise h11.RemoteProtocolError(_DISCONNECTED)
+        response = next_response(conn)
+        if response is not None:
+            return response
+        receive(conn, bytes(await stream.receive_some(READ_SIZE)))
 
 
-async def read_raw_body(conn: h11.Connection, stream: trio.abc.Stream, limit: int) -> bytes:
+async def read_raw_body(conn: Connection, stream: trio.abc.Stream, limit: int) -> bytes:
     """At most `limit` bytes of the body as sent, after the transfer coding
     (chunks) but with no content decoding; the rest is never read. Raises
     h11.RemoteProtocolError for a body that ends early or is badly framed."""

@@ -1,0 +1,259 @@
+"""Plain HTTP probes without a task each (http_exchange.py), as the checker
+runs them: every hostile reply from a raw server on loopback, in this trio
+run, gets its verdict while a healthy neighbour is probed on time by the
+same checker, through the same epoll set."""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from ipaddress import IPv4Address
+
+import pytest
+import trio
+import trio.testing
+
+from director.health.checker import Checker
+from director.health.probes.http_exchange import Exchanges, http_destination
+from director.health.probes.http_head import DISCONNECTED, MAX_HEADER, MAX_INTERIM
+from director.health.result import ProbeResult, Reason
+from director.health.spec import HttpCheck, StatusRange, Timing
+from director.health.state import HealthState
+
+HERE = IPv4Address("127.0.0.1")
+TICK = 0.01  # the daemon's: engine.CHECK_TICK
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+Behaviour = Callable[[trio.SocketStream], Awaitable[None]]
+Serve = Callable[[Behaviour], Awaitable[int]]
+
+
+@pytest.fixture
+async def serve(nursery: trio.Nursery) -> Serve:
+    """A raw server on loopback: reads the request, then `behaviour`."""
+
+    async def start(behaviour: Behaviour) -> int:
+        listeners = await trio.open_tcp_listeners(0, host=str(HERE))
+
+        async def handler(stream: trio.SocketStream) -> None:
+            try:
+                await stream.receive_some(65536)
+                await behaviour(stream)
+            except trio.BrokenResourceError:
+                pass
+            finally:
+                await trio.aclose_forcefully(stream)
+
+        nursery.start_soon(trio.serve_listeners, handler, listeners)
+        port: int = listeners[0].socket.getsockname()[1]
+        return port
+
+    return start
+
+
+async def healthy(stream: trio.SocketStream) -> None:
+    await stream.send_all(OK)
+
+
+async def run_checker(
+    checks: dict[str, tuple[HttpCheck, int]], seconds: float
+) -> dict[str, list[ProbeResult]]:
+    """The results of each key over `seconds` of a Checker with the real
+    probes and the daemon's tick."""
+    results: dict[str, list[ProbeResult]] = {key: [] for key in checks}
+
+    def on_result(key: str, before: HealthState, after: HealthState) -> None:
+        assert after.last is not None
+        results[key].append(after.last)
+
+    checker: Checker[str] = Checker(on_result=on_result, rng=random.Random(1), tick=TICK)
+    checker.set_targets({key: (check, HERE, port) for key, (check, port) in checks.items()})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(checker.run)
+        await trio.sleep(seconds)
+        assert checker._exchanges is not None  # the plain checks went through the epoll set
+        nursery.cancel_scope.cancel()
+    return results
+
+
+async def verdict_beside_a_healthy_neighbour(
+    serve: Serve, behaviour: Behaviour, check: HttpCheck
+) -> ProbeResult:
+    """The hostile target's first verdict; the neighbour, probed every
+    second, must have passed every probe meanwhile (at least 4)."""
+    bad, good = await serve(behaviour), await serve(healthy)
+    neighbour = HttpCheck(timing=Timing(interval=1.0, timeout=1.0))
+    results = await run_checker({"bad": (check, bad), "good": (neighbour, good)}, 5.5)
+    assert len(results["good"]) >= 4
+    assert all(r.ok and r.detail == "status 200" for r in results["good"])
+    assert results["bad"]
+    return results["bad"][0]
+
+
+EVERY_10_S = Timing(interval=10.0, timeout=3.0)
+
+
+async def test_a_healthy_server_is_up_with_its_status(serve: Serve, autojump_clock: trio.testing.MockClock) -> None:  # fmt: skip
+    port = await serve(healthy)
+    results = await run_checker({"a": (HttpCheck(timing=Timing(interval=1.0)), port)}, 3.5)
+    assert len(results["a"]) in (3, 4)  # the first at random within the interval
+    assert {r.detail for r in results["a"]} == {"status 200"}
+    assert all(r.ok and r.latency <= 2 * TICK for r in results["a"])
+
+
+async def test_an_unexpected_status_is_bad_status(serve: Serve, autojump_clock: trio.testing.MockClock) -> None:  # fmt: skip
+    async def unavailable(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+
+    result = await verdict_beside_a_healthy_neighbour(serve, unavailable, HttpCheck(timing=EVERY_10_S))  # fmt: skip
+    assert (result.ok, result.reason, result.detail) == (False, Reason.BAD_STATUS, "status 503")
+    check = HttpCheck(timing=EVERY_10_S, expect_status=(StatusRange(503, 503),))
+    result = await verdict_beside_a_healthy_neighbour(serve, unavailable, check)
+    assert (result.ok, result.detail) == (True, "status 503")
+
+
+async def test_garbage_is_a_bad_reply_named_by_h11(serve: Serve, autojump_clock: trio.testing.MockClock) -> None:  # fmt: skip
+    async def garbage(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"\x16\x03\x01garbage \xff\xfe\r\n\r\n")
+
+    result = await verdict_beside_a_healthy_neighbour(serve, garbage, HttpCheck(timing=EVERY_10_S))
+    assert (result.ok, result.reason) == (False, Reason.BAD_REPLY)
+    assert "illegal status line" in result.detail
+
+
+async def test_a_slow_drip_of_the_head_times_out(serve: Serve, autojump_clock: trio.testing.MockClock) -> None:  # fmt: skip
+    async def drip(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        while True:
+            await trio.sleep(0.5)
+            await stream.send_all(b"a")
+
+    result = await verdict_beside_a_healthy_neighbour(serve, drip, HttpCheck(timing=EVERY_10_S))
+    assert (result.ok, result.reason, result.detail) == (False, Reason.TIMEOUT, "no verdict within 3 s")  # fmt: skip
+    assert result.latency == pytest.approx(3.0, abs=2 * TICK)
+
+
+async def test_a_huge_header_line_is_refused_by_h11(serve: Serve, autojump_clock: trio.testing.MockClock) -> None:  # fmt: skip
+    # 1 MiB without an end of line: read 64 KiB a round, and h11 gives up
+    # past its 100 KiB limit on an incomplete event.
+    async def huge(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (1 << 20))
+        await trio.sleep_forever()
+
+    result = await verdict_beside_a_healthy_neighbour(serve, huge, HttpCheck(timing=EVERY_10_S))
+    assert (result.ok, result.reason) == (False, Reason.BAD_REPLY)
+    assert "buffer" in result.detail.lower()
+
+
+async def test_a_complete_header_section_over_the_limit_is_a_bad_reply(serve: Serve, autojump_clock: trio.testing.MockClock) -> None:  # fmt: skip
+    async def big(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (64 << 10) + b"\r\n\r\n")
+
+    result = await verdict_beside_a_healthy_neighbour(serve, big, HttpCheck(timing=EVERY_10_S))
+    assert (result.ok, result.reason) == (False, Reason.BAD_REPLY)
+    assert result.detail == f"status 200, {(64 << 10) + 5 + 4} bytes of header fields (limit {MAX_HEADER})"  # fmt: skip
+
+
+async def test_a_reset_is_an_error_with_its_errno(serve: Serve, autojump_clock: trio.testing.MockClock) -> None:  # fmt: skip
+    async def reset(stream: trio.SocketStream) -> None:
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.close()
+
+    result = await verdict_beside_a_healthy_neighbour(serve, reset, HttpCheck(timing=EVERY_10_S))
+    assert (result.ok, result.reason, result.detail) == (False, Reason.ERROR, "ECONNRESET: Connection reset by peer")  # fmt: skip
+
+
+async def test_a_close_in_the_middle_of_the_head_is_a_bad_reply(serve: Serve, autojump_clock: trio.testing.MockClock) -> None:  # fmt: skip
+    async def half(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-")
+
+    result = await verdict_beside_a_healthy_neighbour(serve, half, HttpCheck(timing=EVERY_10_S))
+    assert (result.ok, result.reason, result.detail) == (False, Reason.BAD_REPLY, DISCONNECTED)
+
+
+async def test_a_close_before_any_reply_is_a_bad_reply(serve: Serve, autojump_clock: trio.testing.MockClock) -> None:  # fmt: skip
+    async def hang_up(stream: trio.SocketStream) -> None:
+        pass
+
+    result = await verdict_beside_a_healthy_neighbour(serve, hang_up, HttpCheck(timing=EVERY_10_S))
+    assert (result.ok, result.reason, result.detail) == (False, Reason.BAD_REPLY, DISCONNECTED)
+
+
+async def test_a_flood_of_interim_responses_is_a_bad_reply(serve: Serve, autojump_clock: trio.testing.MockClock) -> None:  # fmt: skip
+    # Complete 1xx events never reach h11's limit on an incomplete event.
+    async def flood(stream: trio.SocketStream) -> None:
+        interim = b"HTTP/1.1 100 Continue\r\n\r\n" * 2000
+        while True:
+            await stream.send_all(interim)
+
+    result = await verdict_beside_a_healthy_neighbour(serve, flood, HttpCheck(timing=EVERY_10_S))
+    detail = f"more than {MAX_INTERIM} interim (1xx) responses"
+    assert (result.ok, result.reason, result.detail) == (False, Reason.BAD_REPLY, detail)
+
+
+async def test_a_refused_connect_is_refused(autojump_clock: trio.testing.MockClock) -> None:
+    with socket.socket() as unused:
+        unused.bind((str(HERE), 0))
+        port = unused.getsockname()[1]
+        results = await run_checker({"a": (HttpCheck(timing=EVERY_10_S), port)}, 10.5)
+    [result] = results["a"]
+    assert (result.ok, result.reason, result.detail) == (False, Reason.REFUSED, "ECONNREFUSED: Connection refused")  # fmt: skip
+
+
+async def test_a_bad_host_is_an_error_before_any_connect(autojump_clock: trio.testing.MockClock) -> None:  # fmt: skip
+    check = HttpCheck(timing=EVERY_10_S, host="bad host")
+    target = http_destination(check, HERE, 80)
+    assert target is not None and target.request is None
+    results = await run_checker({"a": (check, 80)}, 10.5)
+    [result] = results["a"]
+    assert (result.ok, result.reason) == (False, Reason.ERROR)
+    assert result.detail.startswith("host 'bad host': ")
+
+
+def test_checks_that_need_more_than_the_head_take_the_task_path() -> None:
+    assert http_destination(HttpCheck(tls=True), HERE, 443) is None
+    assert http_destination(HttpCheck(expect_body="ok"), HERE, 80) is None
+    target = http_destination(HttpCheck(port=8080, address=IPv4Address("127.0.0.2")), HERE, 80)
+    assert target is not None and target.sockaddr == ("127.0.0.2", 8080)
+
+
+@pytest.fixture
+async def exchanges() -> AsyncIterator[Exchanges]:
+    exchanges = Exchanges()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(exchanges.watch)
+        yield exchanges
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_cancelled_exchange_never_calls_back(serve: Serve, exchanges: Exchanges, autojump_clock: trio.testing.MockClock) -> None:  # fmt: skip
+    async def hang(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    port = await serve(hang)
+    called: list[ProbeResult] = []
+    target = http_destination(HttpCheck(timing=Timing(timeout=1.0)), HERE, port)
+    assert target is not None
+    exchange = exchanges.start(target, called.append)
+    await trio.sleep(0.1)
+    assert exchanges.in_flight == 1
+    exchanges.cancel(exchange)
+    assert exchanges.in_flight == 0
+    await trio.sleep(2.0)
+    assert called == []
+    done: list[ProbeResult] = []
+    exchanges.start(target, done.append)
+    await trio.sleep(2.0)
+    assert [r.reason for r in done] == [Reason.TIMEOUT]
+
+
+async def test_a_watcher_that_ended_refuses_new_exchanges() -> None:
+    exchanges = Exchanges()
+    with trio.move_on_after(0.01):
+        await exchanges.watch()
+    target = http_destination(HttpCheck(), HERE, 80)
+    assert target is not None
+    with pytest.raises(trio.ClosedResourceError):
+        exchanges.start(target, lambda result: None)
