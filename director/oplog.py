@@ -53,7 +53,23 @@ def describe_operation(op: Operation) -> dict[str, object]:
         case SetTimeouts(t):
             return {"op": "set_timeouts", "tcp": t.tcp, "tcpfin": t.tcp_fin, "udp": t.udp}
         case StartDaemon(d):
-            return {"op": "start_daemon", "state": d.state.name, "mcast_ifn": d.mcast_ifn}
+            fields: dict[str, object] = {
+                "op": "start_daemon",
+                "state": d.state.name,
+                "mcast_ifn": d.mcast_ifn,
+                "syncid": d.syncid,
+            }
+            # 0 and None are the kernel's defaults: left out, as ipvsadm's
+            # --start-daemon leaves them unsent.
+            if d.sync_maxlen:
+                fields["sync_maxlen"] = d.sync_maxlen
+            if d.mcast_group is not None:
+                fields["mcast_group"] = str(d.mcast_group)
+            if d.mcast_port:
+                fields["mcast_port"] = d.mcast_port
+            if d.mcast_ttl:
+                fields["mcast_ttl"] = d.mcast_ttl
+            return fields
         case StopDaemon(state):
             return {"op": "stop_daemon", "state": state.name}
     raise TypeError(f"not an operation: {op!r}")

@@ -1,0 +1,48 @@
+"""Operations as log fields: a started sync daemon logs every setting it was
+started with, and leaves out those left to the kernel's defaults."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address
+
+from director.ipvs.model import SyncDaemon, SyncState
+from director.ipvs.ops import StartDaemon, StopDaemon
+from director.oplog import describe_operation
+
+
+def test_a_started_sync_daemon_logs_its_settings() -> None:
+    daemon = SyncDaemon(
+        SyncState.BACKUP,
+        "eth1",
+        syncid=9,
+        sync_maxlen=1500,
+        mcast_group=ip_address("ff02::81"),
+        mcast_port=8849,
+        mcast_ttl=3,
+    )
+    assert describe_operation(StartDaemon(daemon)) == {
+        "op": "start_daemon",
+        "state": "BACKUP",
+        "mcast_ifn": "eth1",
+        "syncid": 9,
+        "sync_maxlen": 1500,
+        "mcast_group": "ff02::81",
+        "mcast_port": 8849,
+        "mcast_ttl": 3,
+    }
+
+
+def test_kernel_defaults_are_left_out() -> None:
+    assert describe_operation(StartDaemon(SyncDaemon(SyncState.MASTER, "eth0"))) == {
+        "op": "start_daemon",
+        "state": "MASTER",
+        "mcast_ifn": "eth0",
+        "syncid": 0,
+    }
+
+
+def test_a_stopped_sync_daemon_names_its_role() -> None:
+    assert describe_operation(StopDaemon(SyncState.MASTER)) == {
+        "op": "stop_daemon",
+        "state": "MASTER",
+    }
