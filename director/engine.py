@@ -84,6 +84,7 @@ from director.refusals import (
 )
 from director.runtime import EMPTY, RuntimeLayer, effective_config
 from director.sync import SyncKeeper
+from director.vips import AddressBackend, Vip, VipKeeper
 
 T = TypeVar("T")
 RETRY_BASE = 1.0  # seconds before the first retry of a refused operation or a failed pass
@@ -158,6 +159,9 @@ class Director:
         rng: random.Random | None = None,
         follow_log_level: bool = False,
         sync_owned: Mapping[SyncState, SyncDaemon] | None = None,
+        addresses: AddressBackend | None = None,
+        vips_owned: Set[Vip] = frozenset(),
+        maintenance: bool = False,
     ) -> None:
         """`config` is the config file's, `runtime` the operator's changes
         over it (director.runtime), `owned` the services a previous run owned
@@ -174,6 +178,14 @@ class Director:
         # What the checker checks, by service: a reload recomputes the
         # targets of the services it changed only.
         self._targets: dict[ServiceKey, dict[RealServerId, Target]] = {}
+        # VIPs on interfaces (director.vips) through `addresses` (None: none
+        # kept); `vips_owned` and `maintenance` from the state file.
+        self.vips = VipKeeper(
+            addresses,
+            vips_owned,
+            maintenance=maintenance,
+            interval=config.daemon.reconcile_interval,
+        )
         self._set_effective(effective_config(config, runtime))
         self.kernel = kernel
         self.state_path = Path(state_path) if state_path is not None else None
@@ -232,6 +244,8 @@ class Director:
             latency=round(last.latency, 4) if last else None,
             **transition.log_fields(),
         )
+        if target.service in self.vips.keys:
+            self.vips.poke()
         self.poke(f"{event} {endpoint(target.address, target.port)}", target.service)
 
     def _on_result(self, target: RealServerId, before: HealthState, after: HealthState) -> None:
@@ -322,6 +336,7 @@ class Director:
         self.effective = effective
         self._by_key = {vs.key: vs for vs in effective.virtual_servers}
         self._ramping = frozenset(vs.key for vs in effective.virtual_servers if vs.slow_start)
+        self.vips.configure(effective.virtual_servers, effective.daemon.reconcile_interval)
 
     # -- jobs: the only way in for other tasks --------------------------------
 
@@ -357,6 +372,7 @@ class Director:
         # thousands of probes starting at once.
         await self.reconcile("start")
         await self.sync.converge(self.kernel, "start", self.save)
+        await self.vip_pass("start")
         self._running = True
         try:
             async with trio.open_nursery() as nursery:
@@ -370,6 +386,7 @@ class Director:
                     await self._run_jobs()
                     await self._pass_if_due()
                     await self.sync.pass_if_due(self.kernel, self.save)
+                    await self.vips.pass_if_due(self._vip_health, self.runtime.admin, self.save)
         finally:
             self._running = False
             for _, reply in self._jobs:
@@ -381,10 +398,14 @@ class Director:
         services that are due (dirty, ramping, or with a refusal to retry)."""
         now = trio.current_time()
         scope: set[ServiceKey] | None
-        drift = False
+        drift, due = False, None
         if self._poked or now >= self._full_due():
             scope, why = None, self._why if self._poked else "drift check"
             drift = not self._poked and self._retry_pass_at is None
+            # The drift check covers what a scoped pass is due for, unless a
+            # refusal of no one service (the timeouts) is: then a full pass.
+            due, _ = self._due_services(now)
+            drift = drift and due is not None
         else:
             scope, why = self._due_services(now)
             if scope is None:
@@ -400,7 +421,7 @@ class Director:
         try:
             with self.events.timed_pass(full=scope is None):
                 if drift:
-                    await self.drift_check()
+                    await self.drift_check(due or set())
                 else:
                     await self.reconcile(why, only=scope)
         except Exception as error:
@@ -409,11 +430,12 @@ class Director:
             self.log.exception("pass_bug")
             self._pass_failed(why, error)
 
-    async def drift_check(self) -> list[Operation]:
+    async def drift_check(self, due: Set[ServiceKey] = frozenset()) -> list[Operation]:
         """Drift repair (see the module's docstring): a pass over the managed
-        services the kernel's digests and the rotation do not vouch for, or
-        a full pass when the digests cannot be read. The operations sent.
-        Runs in the engine's task."""
+        services the kernel's digests and the rotation do not vouch for, and
+        over `due` (those a scoped pass is due for), or a full pass when the
+        digests cannot be read. The operations sent. Runs in the engine's
+        task."""
         try:
             digests = await self.kernel.digests()
         except KernelError:
@@ -427,6 +449,7 @@ class Director:
             for key in managed
             if (seen := verified.get(key)) is None or seen != digests.get(table_key(key))
         }
+        suspect.update(due)
         if managed:
             size = -(-len(managed) // DRIFT_ROTATION)
             start = self._rotation if self._rotation < len(managed) else 0
@@ -505,8 +528,19 @@ class Director:
         """The effective virtual servers of `keys` (those configured)."""
         return [vs for key in keys if (vs := self._by_key.get(key)) is not None]
 
+    async def vip_pass(self, why: str) -> list[object]:
+        """The VIPs converge now (director.vips.VipKeeper); the operations
+        sent. Runs in the engine's task."""
+        self.vips.poke()
+        return list(
+            await self.vips.pass_if_due(self._vip_health, self.runtime.admin, self.save, why)
+        )
+
+    def _vip_health(self) -> dict[RealServerId, RealServerView]:
+        return self.health_views(self.vips.keys) if self.vips.keys else {}
+
     def _next_pass_at(self) -> float:
-        due = min(self._full_due(), self.sync.due_at())
+        due = min(self._full_due(), self.sync.due_at(), self.vips.due_at())
         if self._ramping:
             due = min(due, self._last_ramp + SLOW_START_STEP)
         retry = next_retry(self.refusals)
@@ -719,7 +753,12 @@ class Director:
             return
         try:
             path, runtime, sync = self.state_path, self.runtime, dict(self.sync.owned)
-            await self.kernel.run_sync(lambda: statefile.save(path, runtime, owned, sync))
+            vips, maintenance = self.vips.owned, self.vips.maintenance
+            await self.kernel.run_sync(
+                lambda: statefile.save(
+                    path, runtime, owned, sync, vips=vips, maintenance=maintenance
+                )
+            )
         except OSError as error:
             self.log.error("state_file_write_failed", path=str(self.state_path), error=str(error))
             return
@@ -821,6 +860,7 @@ class Director:
         operations = await self.reconcile("reload", only=changed)
         self.sync.configure(config.ipvs.sync, config.daemon.reconcile_interval)
         await self.sync.pass_if_due(self.kernel, self.save, "reload")
+        await self.vip_pass("reload")
         summary = ReloadSummary(
             services_added=tuple(
                 sorted(new.service_keys() - old.service_keys(), key=service_sort_key)

@@ -228,6 +228,32 @@ async def test_a_service_a_pass_touched_is_not_vouched_for_by_its_old_digest(
     assert removed <= INTERVAL + 0.1
 
 
+async def test_a_drift_check_covers_the_services_a_pass_was_asked_for(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A pass asked for a service just as the drift check falls due is not
+    lost to the check: the check reads that service in full, though its
+    digest vouches for it."""
+    kernel, network = Kernel(), Network()
+    director = director_for(kernel, network)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await settled(kernel, director)
+        await trio.sleep(director._full_due() - trio.current_time() + 0.05)
+        i = (director._rotation + SERVICES // 2) % SERVICES
+        assert key(i) in director._verified
+        reads = len(kernel.full_reads)
+
+        async def due_now() -> None:
+            director._last_full -= INTERVAL
+            director.poke("test", key(i))
+
+        await director.exclusive(due_now)
+        await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert any(key(i) in read for read in kernel.full_reads[reads:])
+
+
 # --- the digests of /proc/net/ip_vs ------------------------------------------------
 
 HEADER = (
