@@ -33,6 +33,7 @@ usage: directorctl [--socket PATH] IPVSADM-ARGS...
        directorctl [--socket PATH] disable VS RS
        directorctl [--socket PATH] enable VS RS
        directorctl [--socket PATH] reload
+       directorctl [--socket PATH] maintenance [on|off]
        directorctl check-config FILE
        directorctl import-keepalived KEEPALIVED.CONF > director.toml
 The socket is --socket, else $DIRECTOR_SOCKET, else /run/director/director.sock;
@@ -108,6 +109,11 @@ def _requests(words: list[str]) -> list[dict[str, object]]:
     if command == "reload":
         _flags(words[1:], command, set())
         return [_command("reload", {})]
+    if command == "maintenance":
+        mode = words[1:]
+        if mode not in ([], ["on"], ["off"]):
+            raise UsageError("maintenance: expected on or off (or nothing, to ask)")
+        return [_command("maintenance", {"mode": mode[0]} if mode else {})]
     if command is not None and not command.startswith("-"):
         _refuse_misspelt(command)
     if needs_stdin(words):
@@ -129,6 +135,7 @@ def _refuse_misspelt(word: str) -> None:
         "disable",
         "enable",
         "reload",
+        "maintenance",
         "check-config",
         "import-keepalived",
     )

@@ -24,6 +24,7 @@ from director.ipvs.netlink import NetlinkBackend
 from director.ipvsadm import SystemNames
 from director.kernel import KernelTable
 from director.rlimits import raise_nofile_limit
+from director.rtnl import Rtnl
 from director.sdnotify import Notifier, watchdog_interval
 
 DEFAULT_CONFIG = "/etc/director/director.toml"
@@ -103,6 +104,7 @@ async def serve(
     except BaseException:
         backend.close()
         raise
+    addresses = Rtnl()  # VIPs (director.vips): its netlink socket opens at first use
     try:
         state_path = config.daemon.state_file
         loaded = await trio.to_thread.run_sync(statefile.load, state_path)
@@ -122,6 +124,9 @@ async def serve(
             state_path=state_path,
             follow_log_level=follow_log_level,
             sync_owned=loaded.sync,
+            addresses=addresses,
+            vips_owned=loaded.vips,
+            maintenance=loaded.maintenance,
         )
         logger.info("starting", open_files=nofile, owned_services=len(loaded.owned))
         controller = Controller(
@@ -165,6 +170,7 @@ async def serve(
     finally:
         backend.close()
         reads.close()
+        addresses.close()
 
 
 START_EXTEND_EVERY = 10.0  # seconds

@@ -8,6 +8,8 @@ would stay in the kernel, unchecked, for good. The owned sync daemons
 ("sync_daemons", director.sync: each with the settings last asked of the
 kernel) do the same for [ipvs.sync]; an optional key of version 2, so that
 a daemon of an earlier release still reads the file (and drops the key).
+The owned VIPs ("owned_vips", director.vips: interface and address) and the
+maintenance flag ("maintenance") are optional keys of version 2 too.
 
 `encode`/`decode` are pure; `save` writes a temporary file in the same
 directory, fsyncs it, renames it over the state file and fsyncs the
@@ -55,6 +57,8 @@ from director.ipvs.model import (
 )
 from director.reconcile import service_sort_key
 from director.runtime import EMPTY, RuntimeLayer
+from director.sync import interface_problem
+from director.vips import Vip, vip_sort_key
 
 FORMAT_VERSION = 2  # 2 added "owned_services"; version 1 files still load
 _FAMILIES: dict[int, str] = {AF_INET: "ipv4", AF_INET6: "ipv6"}
@@ -74,17 +78,27 @@ class Saved:
     layer: RuntimeLayer = EMPTY
     owned: frozenset[ServiceKey] = frozenset()  # services the daemon made or manages
     sync: Mapping[SyncState, SyncDaemon] = field(default_factory=dict)  # owned sync daemons
+    vips: frozenset[Vip] = frozenset()  # addresses the daemon added (director.vips)
+    maintenance: bool = False  # directorctl maintenance on
 
 
 def encode(
     layer: RuntimeLayer,
     owned: Set[ServiceKey] = frozenset(),
     sync: Mapping[SyncState, SyncDaemon] | None = None,
+    *,
+    vips: Set[Vip] = frozenset(),
+    maintenance: bool = False,
 ) -> str:
     data = {
         "version": FORMAT_VERSION,
         "owned_services": [_key(k) for k in sorted(owned, key=service_sort_key)],
         "sync_daemons": [_sync_daemon(d) for _, d in sorted((sync or {}).items())],
+        "owned_vips": [
+            {"interface": v.interface, "address": str(v.address)}
+            for v in sorted(vips, key=vip_sort_key)
+        ],
+        "maintenance": maintenance,
         "services": [_service(s) for s in layer.services.values()],
         "deleted_services": [_key(k) for k in sorted(layer.deleted_services, key=str)],
         "real_servers": [{**_rid(rid), **_destination(d)} for rid, d in layer.real_servers.items()],
@@ -268,7 +282,18 @@ def decode(text: str) -> Saved:
             if daemon.state in sync:
                 raise StateFileError(f"{r.path}.state: a second {r.get('state', str)} daemon")
             sync[daemon.state] = daemon
-    return Saved(layer, owned, sync)
+    vips = set()
+    if version >= 2 and root.get("owned_vips", list, optional=True) is not None:
+        vips = {_read_vip(r) for r in root.objects("owned_vips")}
+    maintenance = version >= 2 and bool(root.get("maintenance", bool, optional=True))
+    return Saved(layer, owned, sync, frozenset(vips), maintenance)
+
+
+def _read_vip(r: _Reader) -> Vip:
+    name = r.get("interface", str)
+    if interface_problem(name) is not None:
+        raise StateFileError(f"{r.path}.interface: {name!r} is not an interface name")
+    return Vip(name, r.wrap(lambda: ip_address(r.get("address", str))))
 
 
 def _read_key(r: _Reader) -> ServiceKey:
@@ -354,6 +379,9 @@ def save(
     layer: RuntimeLayer,
     owned: Set[ServiceKey] = frozenset(),
     sync: Mapping[SyncState, SyncDaemon] | None = None,
+    *,
+    vips: Set[Vip] = frozenset(),
+    maintenance: bool = False,
 ) -> None:
     """Replace the state file atomically (blocking: run it in a thread).
     Raises OSError."""
@@ -362,7 +390,7 @@ def save(
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(encode(layer, owned, sync))
+            f.write(encode(layer, owned, sync, vips=vips, maintenance=maintenance))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -382,6 +410,8 @@ class Loaded:
     layer: RuntimeLayer
     owned: frozenset[ServiceKey] = frozenset()
     sync: Mapping[SyncState, SyncDaemon] = field(default_factory=dict)  # owned sync daemons
+    vips: frozenset[Vip] = frozenset()  # owned VIPs
+    maintenance: bool = False
     problem: str | None = None  # why the file was not used; None when it was (or is absent)
     moved_to: Path | None = None  # where a corrupt file was kept
 
@@ -400,7 +430,7 @@ def load(path: str | Path) -> Loaded:
         saved = decode(text)
     except StateFileError as error:
         return _set_aside(path, str(error))
-    return Loaded(saved.layer, saved.owned, saved.sync)
+    return Loaded(saved.layer, saved.owned, saved.sync, saved.vips, saved.maintenance)
 
 
 def _set_aside(path: Path, problem: str) -> Loaded:

@@ -17,6 +17,7 @@ from director.ipvs.model import ServiceEntry, ServiceKey
 from director.refusals import Refusal, Refusals, describe_subject
 from director.runtime import describe_endpoint, describe_service
 from director.sync import SyncDaemonStatus
+from director.vips import VipStatus
 
 
 @dataclass(frozen=True)
@@ -119,23 +120,57 @@ def _check_name(check: object) -> str:
 
 
 def status_data(
-    report: tuple[ServiceStatus, ...], sync: tuple[SyncDaemonStatus, ...] = ()
+    report: tuple[ServiceStatus, ...],
+    sync: tuple[SyncDaemonStatus, ...] = (),
+    *,
+    vips: tuple[VipStatus, ...] = (),
+    maintenance: bool | None = None,
 ) -> dict[str, object]:
-    """{"services": [...]}, and "sync_daemons" when the daemon keeps any
-    (director.sync.SyncKeeper.report)."""
+    """{"services": [...]}, "sync_daemons" when the daemon keeps any
+    (director.sync.SyncKeeper.report), "vips" when it keeps any
+    (director.vips.VipKeeper.report), and "maintenance" (a bool) when given."""
     data: dict[str, object] = {"services": [asdict(s) for s in report]}
     if sync:
         data["sync_daemons"] = [asdict(d) for d in sync]
+    if vips:
+        data["vips"] = [asdict(v) for v in vips]
+    if maintenance is not None:
+        data["maintenance"] = maintenance
     return data
 
 
 _COLUMNS = ("SERVER", "HEALTH", "FOR", "ADMIN", "WEIGHT", "LAST PROBE", "OK/FAIL", "TABLE")
 
 
-def status_text(report: tuple[ServiceStatus, ...], sync: tuple[SyncDaemonStatus, ...] = ()) -> str:
-    """One block per service, one aligned row per real server; then one line
-    per sync daemon the daemon keeps."""
-    return _services_text(report) + _sync_text(sync)
+def status_text(
+    report: tuple[ServiceStatus, ...],
+    sync: tuple[SyncDaemonStatus, ...] = (),
+    *,
+    vips: tuple[VipStatus, ...] = (),
+    maintenance: bool = False,
+) -> str:
+    """A maintenance line when on; one block per service, one aligned row
+    per real server; then one line per sync daemon and per VIP the daemon
+    keeps."""
+    head = (
+        "maintenance: on (every VIP of the daemon's removed; directorctl maintenance off)\n"
+        if maintenance
+        else ""
+    )
+    return head + _services_text(report) + _sync_text(sync) + _vips_text(vips)
+
+
+def _vips_text(vips: tuple[VipStatus, ...]) -> str:
+    if not vips:
+        return ""
+    out = ["VIPs (vip_interface)\n"]
+    for vip in vips:
+        services = f" ({', '.join(vip.services)})" if vip.services else ""
+        line = f"  {vip.address} dev {vip.interface}{services}: {vip.state}, {vip.reason}"
+        if vip.refused is not None:
+            line += f"; {vip.refused}"
+        out.append(line + "\n")
+    return "".join(out)
 
 
 def _sync_text(sync: tuple[SyncDaemonStatus, ...]) -> str:

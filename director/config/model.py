@@ -119,6 +119,10 @@ class VirtualServer:
     panic: bool = False
     slow_start: float = 0.0  # seconds
     real_servers: tuple[RealServer, ...] = ()
+    # The interface the daemon puts the VIP on while the service should
+    # receive traffic (director.vips); None: the VIP is not the daemon's.
+    vip_interface: str | None = None
+    create_vip_interface: bool = False  # a missing vip_interface is made a dummy one
 
     def service(self) -> Service:
         """The kernel service this virtual server implies."""

@@ -110,9 +110,7 @@ class ConfigError(Exception):
         self.named_errors = named_errors if named_errors is not None else errors
         self.source = source
         count = f"{len(errors)} error" + ("s" if len(errors) != 1 else "")
-        super().__init__(
-            f"{source}: {count}:\n" + "\n".join(f"  {e}" for e in self.named_errors)
-        )
+        super().__init__(f"{source}: {count}:\n" + "\n".join(f"  {e}" for e in self.named_errors))
 
 
 def load_config(path: str | Path, modules: KernelModules | None = None) -> Config:
@@ -527,6 +525,7 @@ def _virtual_server(table: Table, modules: KernelModules) -> VirtualServer | Non
     on_failure = table.choice("on_failure", _ON_FAILURE) or OnFailure.REMOVE
     panic = table.boolean("panic", False)
     slow_start = table.seconds("slow_start", allow_zero=True) or 0.0
+    vip_interface, create_vip_interface = _vip_interface(table, key)
     table.close()
     if key is None or check is None:
         return None
@@ -545,7 +544,32 @@ def _virtual_server(table: Table, modules: KernelModules) -> VirtualServer | Non
         panic=panic,
         slow_start=slow_start,
         real_servers=real_servers,
+        vip_interface=vip_interface,
+        create_vip_interface=create_vip_interface,
     )
+
+
+def _vip_interface(table: Table, key: ServiceKey | None) -> tuple[str | None, bool]:
+    """vip_interface and create_vip_interface (director.vips): an interface
+    name as the kernel takes one (dev_valid_name), for a service with an
+    address (a fwmark service has none to put there)."""
+    name = table.string("vip_interface")
+    create = table.boolean("create_vip_interface", False)
+    if name is not None:
+        if (problem := interface_problem(name)) is not None:
+            table.error("vip_interface", problem, name)
+            name = None
+        elif key is not None and key.is_fwmark:
+            table.error(
+                "vip_interface",
+                "a fwmark service has no address to put on an interface "
+                "(put the addresses its mark matches there yourself)",
+                name,
+            )
+            name = None
+    elif create:
+        table.error("create_vip_interface", "only with vip_interface")
+    return name, create and name is not None
 
 
 def _netmask(table: Table, family: int | None) -> int | None:

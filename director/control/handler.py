@@ -374,11 +374,13 @@ class Controller:
             "enable": self._enable,
             "reload": self._reload,
             "check-config": self._check_config,
+            "maintenance": self._maintenance,
         }
         if name not in handlers:
             known = ", ".join(sorted(handlers))
             return Response(USAGE, "", f"director: unknown command {name!r} (known: {known})\n")
-        if name not in READ_ONLY_COMMANDS and not peer.may_change:
+        asks = name == "maintenance" and "mode" not in request.args  # only reads it
+        if name not in READ_ONLY_COMMANDS and not asks and not peer.may_change:
             self._log_refusal(peer, name)
             return Response(KERNEL_ERROR, "", PERMISSION_DENIED)
         return await handlers[name](request.args, peer)
@@ -398,10 +400,46 @@ class Controller:
             director.refusals,
         )
         sync = director.sync.report(trio.current_time())
-        data = status_data(report, sync)
+        vips = director.vips.report(trio.current_time())
+        maintenance = director.vips.maintenance
+        data = status_data(report, sync, vips=vips, maintenance=maintenance)
         if args.get("json"):
             return Response(0, "", "", data)
-        return Response(0, status_text(report, sync), "", data)
+        text = status_text(report, sync, vips=vips, maintenance=maintenance)
+        return Response(0, text, "", data)
+
+    async def _maintenance(self, args: Mapping[str, object], peer: Peer) -> Response:
+        """`maintenance on`: every VIP the daemon owns is removed (and kept
+        off while on); `off`: each comes back where its service has its
+        quorum. Persisted in the state file before any address changes.
+        Without "mode": the current setting."""
+        mode = args.get("mode")
+        if "mode" not in args:
+            on = self.director.vips.maintenance
+            return Response(0, f"maintenance: {'on' if on else 'off'}\n", "", {"maintenance": on})
+        if mode not in ("on", "off"):
+            return Response(
+                USAGE, "", f'director: maintenance: expected "on" or "off", not {mode!r}\n'
+            )
+        on = mode == "on"
+
+        async def change() -> Response:
+            director = self.director
+            was = director.vips.set_maintenance(on)
+            self.log.info(
+                "maintenance_on" if on else "maintenance_off",
+                was="on" if was else "off",
+                uid=peer.uid,
+                pid=peer.pid,
+            )
+            await director.save()
+            sent = await director.vip_pass(f"maintenance {mode}")
+            verb = "removed" if on else "added"
+            return Response(
+                0, f"maintenance {mode}: {len(sent)} VIPs {verb}\n", "", {"sent": len(sent)}
+            )
+
+        return await self.director.exclusive(change)
 
     async def _drain(self, args: Mapping[str, object], peer: Peer) -> Response:
         response = await self._admin(args, peer, AdminState.DRAIN)

@@ -7,7 +7,7 @@
 # come before or after the command (director/ctl.py). docs/completion/_directorctl
 # is the zsh completion, with the same logic.
 
-_directorctl_commands="status drain disable enable reload check-config import-keepalived"
+_directorctl_commands="status drain disable enable reload maintenance check-config import-keepalived"
 _directorctl_ipvsadm_options="-A -E -D -C -R -S -a -e -d -L -l -Z --set --start-daemon
 --stop-daemon -h -t -u -f --sctp-service -s -p -M -r -g -i -m -w -x -y -c -n --numeric
 --exact --stats --rate --timeout --daemon --sort --persistent-conn --tun-info -6 -o --ops
