@@ -89,6 +89,7 @@ ZIP_SITE_PACKAGES = (
     "anyio",
     "dns",
     "prometheus_client",
+    "pyroute2",  # director.rtnl (VIPs): pure Python, no data files
     "_pytest",
     "pytest",
     "pluggy",
