@@ -128,7 +128,13 @@ async def serve(
             vips_owned=loaded.vips,
             maintenance=loaded.maintenance,
         )
-        logger.info("starting", open_files=nofile, owned_services=len(loaded.owned))
+        logger.info(
+            "starting",
+            open_files=nofile,
+            owned_services=len(loaded.owned),
+            owned_vips=len(loaded.vips),
+            maintenance=loaded.maintenance,
+        )
         controller = Controller(
             director, config_path=config_path, names=SystemNames(), reads=KernelTable(reads)
         )

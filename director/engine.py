@@ -892,8 +892,9 @@ class Director:
         return summary
 
     async def stop(self) -> None:
-        """Leave the table in place, or with [daemon] flush_on_stop delete the
-        owned services (never anyone else's)."""
+        """Leave the table (and the VIPs) in place, or with [daemon]
+        flush_on_stop delete the owned services and remove the owned VIPs
+        (never anyone else's)."""
 
         async def job() -> None:
             if not self.config.daemon.flush_on_stop:
@@ -920,6 +921,7 @@ class Director:
                     self.log.error("flush_refused", error=str(result), **describe_operation(op))
             self.owned -= deleted
             await self.save()
+            await self.vips.flush(self.save)
 
         await self.exclusive(job)
 

@@ -32,13 +32,19 @@ if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
 T = TypeVar("T")
+# An IPv6 VIP skips duplicate address detection (IFA_F_NODAD, <linux/if_addr.h>):
+# a VIP announced by several directors on one link must not end "dadfailed".
+IFA_F_NODAD = 0x02
 
 
 class Rtnl:
     """director.vips.AddressBackend over pyroute2's IPRoute."""
 
-    def __init__(self) -> None:
+    def __init__(self, factory: Callable[[], IPRoute] | None = None) -> None:
+        """`factory` makes the IPRoute (tests: a fake); by default
+        pyroute2's, imported at first use (it takes 0.1-0.2 s)."""
         self._ipr: IPRoute | None = None
+        self._factory = factory
         self._limiter = trio.CapacityLimiter(1)
 
     async def present(self) -> Present:
@@ -56,21 +62,26 @@ class Rtnl:
         return await trio.to_thread.run_sync(self._translated, fn, limiter=self._limiter)
 
     def _translated(self, fn: Callable[[], T]) -> T:
-        from pyroute2.netlink.exceptions import NetlinkError
-
         try:
             return fn()
-        except NetlinkError as error:
-            code = error.code if isinstance(error.code, int) else None
-            raise AddressError(_words(code, error), code) from None
+        except AddressError:
+            raise
         except OSError as error:
             raise AddressError(error.strerror or str(error), error.errno) from None
+        except Exception as error:
+            # pyroute2's NetlinkError (not an OSError) carries the kernel's errno.
+            code = getattr(error, "code", None)
+            if not isinstance(code, int):
+                raise
+            raise AddressError(os.strerror(code), code) from None
 
     def _route(self) -> IPRoute:
         if self._ipr is None:
-            from pyroute2 import IPRoute
+            if self._factory is None:
+                from pyroute2 import IPRoute
 
-            self._ipr = IPRoute()
+                self._factory = IPRoute
+            self._ipr = self._factory()
         return self._ipr
 
     def _present(self) -> Present:
@@ -101,7 +112,10 @@ class Rtnl:
         index = self._index(ipr, vip.interface)
         command = "add" if isinstance(op, AddAddress) else "del"
         assert isinstance(op, AddAddress | RemoveAddress)
-        ipr.addr(command, index=index, address=str(vip.address), prefixlen=vip.prefixlen)
+        flags = IFA_F_NODAD if vip.address.version == 6 and command == "add" else 0
+        ipr.addr(
+            command, index=index, address=str(vip.address), prefixlen=vip.prefixlen, flags=flags
+        )
 
     @staticmethod
     def _index(ipr: Any, name: str) -> int:
@@ -109,9 +123,3 @@ class Rtnl:
         if not found:
             raise AddressError(f'Cannot find device "{name}"', errno.ENODEV)
         return int(found[0])
-
-
-def _words(code: int | None, error: Exception) -> str:
-    if code is None:
-        return str(error)
-    return os.strerror(code)

@@ -485,6 +485,37 @@ class VipKeeper:
         self._due = min(now + self.interval, retry)
         return send
 
+    async def flush(self, save: Callable[[], Awaitable[None]]) -> list[VipOperation]:
+        """Remove every owned VIP that is present ([daemon] flush_on_stop:
+        the services go, their addresses with them); the removals sent.
+        Never raises but for cancellation."""
+        if self.backend is None or not self.owned:
+            return []
+        try:
+            present = await self.backend.present()
+        except AddressError as error:
+            self.log.error("vip_flush_failed", error=str(error))
+            return []
+        send: list[VipOperation] = [
+            RemoveAddress(v) for v in sorted(self.owned, key=vip_sort_key) if present.has(v)
+        ]
+        errors: list[tuple[str, int | None] | None] = []
+        for op in send:
+            try:
+                await self.backend.apply(op)
+            except AddressError as error:
+                errors.append((str(error), error.errno))
+                self.log.error("vip_flush_refused", error=str(error), **describe_op(op))
+            else:
+                errors.append(None)
+                self.log.info("vip_op", why="flush on stop", **describe_op(op))
+        owned = owned_after(self.owned, send, errors)
+        owned = frozenset(v for v in owned if present.has(v))
+        if owned != self.owned:
+            self.owned = owned
+            await save()
+        return send
+
     def _log_news(self, plan: VipPlan) -> None:
         """A VIP found there already, or without its interface: once, when
         it starts."""

@@ -546,3 +546,37 @@ def test_a_bad_vip_record_in_the_state_file_is_named() -> None:
     text = statefile.encode(EMPTY, vips={VIP}).replace('"director0"', '"a/b"')
     with pytest.raises(statefile.StateFileError, match=r"owned_vips\[0\].interface"):
         statefile.decode(text)
+
+
+async def test_flush_on_stop_removes_the_owned_vips_only(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    links = Links()
+    hand = ip_address("192.0.2.9")
+    links.on().add(hand)
+    path = tmp_path / "state.json"
+    text = service().replace(
+        "reconcile_interval = 5.0", "reconcile_interval = 5.0\nflush_on_stop = true"
+    )
+    director = director_for(text, links, Network(), path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await trio.sleep(1.1)
+        assert links.on() == {ADDRESS, hand}
+        nursery.cancel_scope.cancel()
+    await director.stop()
+    assert links.on() == {hand}
+    assert statefile.load(path).vips == set()
+
+
+async def test_stop_leaves_the_vips_in_place_by_default(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    links = Links()
+    director = director_for(service(), links, Network())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await trio.sleep(1.1)
+        nursery.cancel_scope.cancel()
+    await director.stop()
+    assert links.on() == {ADDRESS}
