@@ -5,7 +5,9 @@ return; a restart leaves it in place (no remove, no add in the log); a
 reload that drops vip_interface removes it; an address added by hand on the
 same interface is never touched; `directorctl maintenance on` removes it,
 `off` restores it, and the setting survives a restart; a missing interface
-without create_vip_interface is reported and the daemon keeps running.
+without create_vip_interface is reported and the daemon keeps running. An
+IPv6 service's VIP goes on the same interface as a /128, without duplicate
+address detection (nodad).
 
 The network is tests/kernel/topology.py's (the director is the test's own
 namespace, the real servers rs1..rs3 behind it, NAT); the VIP here is an
@@ -28,6 +30,7 @@ from daemon_runner import Daemon, wait_alive
 from topology import HTTP_PORT, Network, RealServers, http_get, ipvsadm
 
 VIP = IPv4Address("192.168.200.10")
+VIP6 = "2001:db8:200::10"  # a second service's, its real server rs1 through a tunnel
 HAND = "192.168.201.7/32"  # an operator's address on the same interface
 DEADLINE = 60.0
 TIMING = "interval = 1.0, timeout = 1.0, rise = 1, fall = 1"
@@ -40,6 +43,7 @@ def config_text(
     interface: str | None = "director0",
     create: bool = False,
     servers: tuple[str, ...] = ("rs1", "rs2"),
+    six: bool = False,
 ) -> str:
     lines = [
         "[daemon]",
@@ -61,6 +65,17 @@ def config_text(
             f'address = "{net.host(name).address}"',
             'forward = "masq"',
         ]
+    if six:
+        lines += [
+            "[[virtual_server]]",
+            'protocol = "tcp"',
+            f'address = "[{VIP6}]:{HTTP_PORT}"',
+            f'check = {{ type = "tcp", {TIMING} }}',
+            *([f'vip_interface = "{interface}"'] if interface else []),
+            "[[virtual_server.real_server]]",
+            f'address = "{net.host("rs1").address}:{HTTP_PORT}"',
+            'forward = "tunnel"',
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -80,8 +95,10 @@ class Harness:
         self.daemon: Daemon | None = None
         self.logs: list[str] = []
 
-    def write(self, interface: str | None = "director0", create: bool = False) -> None:
-        text = config_text(self.net, self.workdir, interface=interface, create=create)
+    def write(
+        self, interface: str | None = "director0", create: bool = False, six: bool = False
+    ) -> None:
+        text = config_text(self.net, self.workdir, interface=interface, create=create, six=six)
         self.config.write_text(text)
 
     def start(self) -> Daemon:
@@ -106,8 +123,10 @@ class Harness:
         assert outcome.status == 0, (args, outcome, self.log())
         return outcome.stdout
 
-    def wait_vip(self, present: bool, interface: str = "director0") -> None:
-        want = f"{VIP}/32"
+    def wait_vip(
+        self, present: bool, interface: str = "director0", want: str = f"{VIP}/32"
+    ) -> None:
+        """Until `want` is (or is not) on `interface`."""
         wait_alive(
             lambda: (want in addresses(interface)) == present,
             f"{want} {'on' if present else 'not on'} {interface}",
@@ -142,10 +161,15 @@ def test_the_vip_follows_the_quorum_survives_a_restart_and_goes_with_the_config(
     subprocess.run(["ip", "link", "add", "director0", "type", "dummy"], check=True)
     subprocess.run(["ip", "link", "set", "director0", "up"], check=True)
     subprocess.run(["ip", "addr", "add", HAND, "dev", "director0"], check=True)
-    h.write()
+    h.write(six=True)
     h.start()
     h.wait_vip(True)
+    h.wait_vip(True, want=f"{VIP6}/128")
     assert HAND in addresses()
+    nodad = subprocess.run(
+        ["ip", "-6", "-o", "addr", "show", "dev", "director0"], capture_output=True, text=True
+    ).stdout
+    assert re.search(rf"{VIP6}/128 .*\bnodad\b", nodad), nodad
     # Traffic to it goes through IPVS to a real server.
     assert http_get(replace(h.net, vip=VIP)) in ("rs1", "rs2")
     status = h.ctl("status")
@@ -154,25 +178,28 @@ def test_the_vip_follows_the_quorum_survives_a_restart_and_goes_with_the_config(
     h.servers.kill("rs1")
     h.servers.kill("rs2")
     h.wait_vip(False)
+    h.wait_vip(False, want=f"{VIP6}/128")
     assert HAND in addresses()
     h.servers.start("rs1", "rs2")
     h.wait_vip(True)
+    h.wait_vip(True, want=f"{VIP6}/128")
 
     # A restart: the VIP is adopted from the state file, never removed nor re-added.
     h.stop()
-    assert f"{VIP}/32" in addresses()
+    assert {f"{VIP}/32", f"{VIP6}/128"} <= set(addresses())
     daemon = h.start()
     daemon.wait_event("real_server_up", DEADLINE)
     daemon.wait_event("real_server_up", DEADLINE, rs=f"{h.net.host('rs2').address}:80")
-    assert f"{VIP}/32" in addresses()
+    assert {f"{VIP}/32", f"{VIP6}/128"} <= set(addresses())
     assert h.vip_ops("remove_address") == [] and h.vip_ops("add_address") == []
 
-    # A reload without vip_interface: the VIP goes, the hand-added address stays.
-    h.write(interface=None)
+    # A reload without vip_interface: the VIPs go, the hand-added address stays.
+    h.write(interface=None, six=True)
     daemon.reload()
     h.wait_vip(False)
+    h.wait_vip(False, want=f"{VIP6}/128")
     assert HAND in addresses()
-    assert len(h.vip_ops("remove_address")) == 1
+    assert len(h.vip_ops("remove_address")) == 2
     assert ipvsadm("-Ln").count("Masq") == 2  # the service itself is untouched
 
 
