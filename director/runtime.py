@@ -38,7 +38,6 @@ from director.config import (
     VirtualServer,
     parse_endpoint,
 )
-from director.config.model import IpvsSettings
 from director.desired import AdminState
 from director.health.checker import validate_target
 from director.health.spec import Check
@@ -154,7 +153,7 @@ def effective_config(config: Config, layer: RuntimeLayer) -> Config:
             virtual_servers.append(_with_real_servers(vs, changes.get(key, {}), deleted))
     ipvs = config.ipvs
     if layer.timeouts is not None:
-        ipvs = IpvsSettings(merge_timeouts(config.ipvs.timeouts, layer.timeouts))
+        ipvs = replace(ipvs, timeouts=merge_timeouts(config.ipvs.timeouts, layer.timeouts))
     return replace(config, virtual_servers=tuple(virtual_servers), ipvs=ipvs)
 
 

@@ -401,6 +401,26 @@ def test_set_timeouts_merges_zeroes_as_keep() -> None:
     assert effective_config(CONFIG, layer).ipvs.timeouts == Timeouts(7, 10, 60)
 
 
+def test_set_timeouts_keeps_the_rest_of_the_ipvs_section() -> None:
+    """An operator's --set changes the timeouts only: the config's
+    [ipvs.sync] stays in the effective config."""
+    config = parse_config(
+        """
+[ipvs]
+timeouts = { tcp = 900, tcpfin = 120, udp = 300 }
+[ipvs.sync]
+role = "master"
+interface = "eth0"
+syncid = 7
+"""
+    )
+    assert config.ipvs.sync is not None
+    layer = run(SetTimeouts(Timeouts(5, 0, 0)))
+    effective = effective_config(config, layer)
+    assert effective.ipvs.timeouts == Timeouts(5, 120, 300)
+    assert effective.ipvs.sync == config.ipvs.sync
+
+
 def test_reload_keeps_runtime_changes_and_runtime_wins() -> None:
     layer = run(
         AddService(Service(NEW)),
