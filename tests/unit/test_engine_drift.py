@@ -13,11 +13,10 @@ from ipaddress import ip_address
 import pytest
 import trio
 import trio.testing
+from engine_support import Network, running
 
 from director.config import parse_config
 from director.engine import DRIFT_ROTATION, Director
-from director.health.result import ProbeResult, Reason
-from director.health.spec import Check
 from director.ipvs.memory import MemoryBackend
 from director.ipvs.model import (
     Destination,
@@ -84,17 +83,6 @@ class Kernel(MemoryBackend):
         return None
 
 
-class Network:
-    def __init__(self) -> None:
-        self.down: set[IPAddress] = set()
-
-    async def probe(self, check: Check, address: IPAddress, port: int) -> ProbeResult:
-        await trio.sleep(0.01)
-        if address in self.down:
-            return ProbeResult.failure(Reason.REFUSED, 0.01)
-        return ProbeResult.success(0.01)
-
-
 def director_for(kernel: Kernel, network: Network) -> Director:
     return Director(
         parse_config(config_text()),
@@ -118,12 +106,10 @@ async def test_a_quiet_drift_check_reads_one_slice_in_full(
 ) -> None:
     kernel, network = Kernel(), Network()
     director = director_for(kernel, network)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(director.run)
+    async with running(director):
         await settled(kernel, director)
         reads = len(kernel.full_reads)
         await trio.sleep(INTERVAL)
-        nursery.cancel_scope.cancel()
     slice_size = -(-SERVICES // DRIFT_ROTATION)
     assert [len(r) for r in kernel.full_reads[reads:]] == [slice_size]
 
@@ -133,12 +119,10 @@ async def test_every_service_is_read_in_full_within_the_rotation(
 ) -> None:
     kernel, network = Kernel(), Network()
     director = director_for(kernel, network)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(director.run)
+    async with running(director):
         await settled(kernel, director)
         reads = len(kernel.full_reads)
         await trio.sleep(DRIFT_ROTATION * INTERVAL)
-        nursery.cancel_scope.cancel()
     seen: set[ServiceKey] = set().union(*kernel.full_reads[reads:])
     assert seen == {key(i) for i in range(SERVICES)}
 
@@ -153,8 +137,7 @@ async def test_a_change_the_listing_shows_is_repaired_at_the_next_drift_check(
     kernel, network = Kernel(), Network()
     director = director_for(kernel, network)
     victim = address(7, 1)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(director.run)
+    async with running(director):
         await settled(kernel, director)
         if change == "delete":
             MemoryBackend.apply(kernel, [DeleteDestination(key(7), victim, 8007)])
@@ -165,7 +148,6 @@ async def test_a_change_the_listing_shows_is_repaired_at_the_next_drift_check(
         while (d := kernel.destination(key(7), victim)) is None or d.weight != 1:  # noqa: ASYNC110
             await trio.sleep(0.05)
         repaired = trio.current_time() - changed
-        nursery.cancel_scope.cancel()
     assert repaired <= INTERVAL + 0.1
 
 
@@ -177,8 +159,7 @@ async def test_a_change_the_listing_hides_is_repaired_within_the_rotation(
     kernel, network = Kernel(), Network()
     director = director_for(kernel, network)
     victim = address(3, 0)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(director.run)
+    async with running(director):
         await settled(kernel, director)
         dest = Destination(victim, 8003, Forward.ROUTE, 1, u_threshold=50)
         MemoryBackend.apply(kernel, [EditDestination(key(3), dest)])
@@ -186,7 +167,6 @@ async def test_a_change_the_listing_hides_is_repaired_within_the_rotation(
         while (d := kernel.destination(key(3), victim)) is None or d.u_threshold:  # noqa: ASYNC110
             await trio.sleep(0.05)
         repaired = trio.current_time() - changed
-        nursery.cancel_scope.cancel()
     assert repaired <= DRIFT_ROTATION * INTERVAL + 0.1
 
 
@@ -198,8 +178,7 @@ async def test_a_service_a_pass_touched_is_not_vouched_for_by_its_old_digest(
     service: the digest is the old one, yet the next drift check removes it."""
     kernel, network = Kernel(), Network()
     director = director_for(kernel, network)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(director.run)
+    async with running(director):
         await settled(kernel, director)
         # Just after a drift check, and a service the next one's slice of
         # full reads leaves out.
@@ -224,7 +203,6 @@ async def test_a_service_a_pass_touched_is_not_vouched_for_by_its_old_digest(
         while kernel.destination(key(i), victim) is not None:  # noqa: ASYNC110
             await trio.sleep(0.05)
         removed = trio.current_time() - put_back
-        nursery.cancel_scope.cancel()
     assert removed <= INTERVAL + 0.1
 
 
@@ -236,8 +214,7 @@ async def test_a_drift_check_covers_the_services_a_pass_was_asked_for(
     digest vouches for it."""
     kernel, network = Kernel(), Network()
     director = director_for(kernel, network)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(director.run)
+    async with running(director):
         await settled(kernel, director)
         await trio.sleep(director._full_due() - trio.current_time() + 0.05)
         i = (director._rotation + SERVICES // 2) % SERVICES
@@ -250,7 +227,6 @@ async def test_a_drift_check_covers_the_services_a_pass_was_asked_for(
 
         await director.exclusive(due_now)
         await trio.sleep(0.01)
-        nursery.cancel_scope.cancel()
     assert any(key(i) in read for read in kernel.full_reads[reads:])
 
 

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import trio
 import trio.testing
+from engine_support import Network, running
 
 from director.config import parse_config
 from director.engine import Director
-from director.health.result import ProbeResult, Reason
-from director.health.spec import Check
 from director.ipvs.errors import KernelError, error_for
 from director.ipvs.memory import MemoryBackend
 from director.ipvs.model import IPAddress, Protocol, ServiceEntry, ServiceKey
@@ -92,17 +91,6 @@ class CountingKernel(MemoryBackend):
         }
 
 
-class Network:
-    def __init__(self) -> None:
-        self.down: set[IPAddress] = set()
-
-    async def probe(self, check: Check, address: IPAddress, port: int) -> ProbeResult:
-        await trio.sleep(0.01)
-        if address in self.down:
-            return ProbeResult.failure(Reason.REFUSED, 0.01)
-        return ProbeResult.success(0.01)
-
-
 def director_for(
     backend: CountingKernel, network: Network, text: str | None = None, **kwargs: object
 ) -> Director:
@@ -125,8 +113,7 @@ async def test_a_transition_reads_and_changes_only_its_own_service(
 ) -> None:
     backend, network = CountingKernel(), Network()
     director = director_for(backend, network)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(director.run)
+    async with running(director):
         await full_table(backend)
         # Just after a drift pass, so that none falls into the window.
         await trio.sleep(director._full_due() - trio.current_time() + 0.05)
@@ -134,7 +121,6 @@ async def test_a_transition_reads_and_changes_only_its_own_service(
         network.down.add(ip_address("10.0.2.3"))
         while ip_address("10.0.2.3") in backend.table()[key(1)]:  # noqa: ASYNC110
             await trio.sleep(0.01)
-        nursery.cancel_scope.cancel()
     assert backend.reads[reads:] == [{key(1)}]
     assert backend.sent[sent:] == [DeleteDestination(key(1), ip_address("10.0.2.3"), 8001)]
 
@@ -150,12 +136,10 @@ async def test_a_reload_with_one_server_changed_sends_exactly_one_operation(
     path = tmp_path / "director.toml"
     server = 'address = "10.0.3.2"'
     path.write_text(text.replace(server, server + "\nweight = 9"))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(director.run)
+    async with running(director):
         await full_table(backend)
         reads, sent = len(backend.reads), len(backend.sent)
         result = await director.reload_file(path)
-        nursery.cancel_scope.cancel()
     assert result.summary is not None
     assert [type(op) for op in result.summary.operations] == [EditDestination]
     assert backend.sent[sent:] == list(result.summary.operations)
@@ -176,8 +160,7 @@ async def test_a_refusal_in_one_service_backs_off_while_another_fails_over(
     backend.refused_schedulers.add("sed")
     text = config_text(extra={0: ""}).replace('scheduler = "rr"', 'scheduler = "sed"', 1)
     director = director_for(backend, network, text)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(director.run)
+    async with running(director):
         await trio.sleep(30)
         assert key(0) not in backend.table()
         assert backend.table()[key(1)] == {ip_address(f"10.0.2.{j + 1}") for j in range(4)}
@@ -188,7 +171,6 @@ async def test_a_refusal_in_one_service_backs_off_while_another_fails_over(
         # One probe (fall = 1) and one pass: the refusal holds nothing up.
         assert trio.current_time() - started <= 1.1
         await trio.sleep(30)
-        nursery.cancel_scope.cancel()
     tries = [op for op in backend.sent if isinstance(op, AddService) and op.service.key == key(0)]
     # 1, 2, 4 s, then every reconcile_interval (5 s): about 14 tries in 61 s.
     assert 10 <= len(tries) <= 16
@@ -205,12 +187,10 @@ async def test_a_reload_deletes_the_dropped_service_even_when_a_read_skipped_it(
     director = director_for(backend, network)
     path = tmp_path / "director.toml"
     path.write_text(config_text(services=2))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(director.run)
+    async with running(director):
         await full_table(backend)
         backend.hide.add(key(2))
         result = await director.reload_file(path)
-        nursery.cancel_scope.cancel()
     assert result.summary is not None
     assert result.summary.operations == (DeleteService(key(2)),)
     assert key(2) not in backend.table()
@@ -232,8 +212,7 @@ async def test_drift_passes_repair_the_table_while_another_service_flaps(
             network.down ^= {flapper}
             await trio.sleep(1.5)
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(director.run)
+    async with running(director) as nursery:
         await full_table(backend)
         nursery.start_soon(flap)
         await trio.sleep(2)
@@ -242,7 +221,6 @@ async def test_drift_passes_repair_the_table_while_another_service_flaps(
         while ip_address("10.0.3.4") not in backend.table()[key(2)]:  # noqa: ASYNC110
             await trio.sleep(0.05)
         repaired = trio.current_time() - deleted
-        nursery.cancel_scope.cancel()
     assert repaired <= 5.0 + 0.1
     flaps = [op for op in backend.sent if isinstance(op, AddDestination | DeleteDestination)]
     assert any(service_of(op) == key(0) for op in flaps)

@@ -15,6 +15,7 @@ import pytest
 import structlog.testing
 import trio
 import trio.testing
+from engine_support import Network, running
 
 from director import statefile
 from director.config import ConfigError, parse_config
@@ -23,8 +24,6 @@ from director.control.handler import Controller
 from director.control.messages import Peer, Request
 from director.desired import AdminState, RealServerView
 from director.engine import Director
-from director.health.result import ProbeResult
-from director.health.spec import Check
 from director.health.state import Health
 from director.ipvs.facts import NO_MODULES
 from director.ipvs.memory import MemoryBackend
@@ -256,17 +255,6 @@ class Links:
         return self.addresses.get(interface, set())
 
 
-class Network:
-    def __init__(self) -> None:
-        self.down: set[IPAddress] = set()
-
-    async def probe(self, check: Check, address: IPAddress, port: int) -> ProbeResult:
-        await trio.sleep(0.01)
-        if address in self.down:
-            return ProbeResult.failure("refused", 0.01)  # type: ignore[arg-type]
-        return ProbeResult.success(0.01)
-
-
 def director_for(
     text: str,
     links: Links,
@@ -299,8 +287,7 @@ async def test_the_vip_follows_the_quorum(
     links, network = Links(), Network()
     path = tmp_path / "state.json"
     director = director_for(service(), links, network, path)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(director.run)
+    async with running(director):
         assert links.on() == set()  # nothing checked yet: not known
         await trio.sleep(1.1)
         assert links.on() == {ADDRESS}
@@ -315,7 +302,6 @@ async def test_the_vip_follows_the_quorum(
         network.down.clear()
         await trio.sleep(2.1)
         assert links.on() == {ADDRESS}
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_vip_removed_behind_the_daemons_back_comes_back(
@@ -323,13 +309,11 @@ async def test_a_vip_removed_behind_the_daemons_back_comes_back(
 ) -> None:
     links = Links()
     director = director_for(service(), links, Network())
-    async with trio.open_nursery() as nursery:
-        await nursery.start(director.run)
+    async with running(director):
         await trio.sleep(1.1)
         links.on().clear()
         await trio.sleep(5.1)
         assert links.on() == {ADDRESS}
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_restart_adopts_the_owned_vip_without_removing_it(
@@ -338,22 +322,18 @@ async def test_a_restart_adopts_the_owned_vip_without_removing_it(
     links, network, backend = Links(), Network(), MemoryBackend()
     path = tmp_path / "state.json"
     first = director_for(service(), links, network, path, backend)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(first.run)
+    async with running(first):
         await trio.sleep(1.1)
-        nursery.cancel_scope.cancel()
     await first.stop()
     assert links.on() == {ADDRESS}
     links.sent.clear()
     second = director_for(service(), links, network, path, backend)
     assert second.vips.owned == {VIP}
-    async with trio.open_nursery() as nursery:
-        await nursery.start(second.run)
+    async with running(second):
         # Before any probe: the servers are adopted unchecked, the VIP stays.
         assert links.on() == {ADDRESS}
         await trio.sleep(3.1)
         assert links.on() == {ADDRESS}
-        nursery.cancel_scope.cancel()
     assert links.sent == []  # never removed, never added again
 
 
@@ -365,8 +345,7 @@ async def test_a_reload_without_the_service_removes_the_vip_and_keeps_hand_added
     links.on().add(hand)
     path = tmp_path / "state.json"
     director = director_for(service(), links, Network(), path)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(director.run)
+    async with running(director):
         await trio.sleep(1.1)
         assert links.on() == {ADDRESS, hand}
         config = parse_config("[daemon]\nreconcile_interval = 5.0\n", "t.toml", NO_MODULES)
@@ -374,7 +353,6 @@ async def test_a_reload_without_the_service_removes_the_vip_and_keeps_hand_added
         assert links.on() == {hand}
         assert statefile.load(path).vips == set()
         assert director.vips.report(trio.current_time()) == ()
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_vip_there_already_is_left_alone_and_reported(
@@ -385,15 +363,13 @@ async def test_a_vip_there_already_is_left_alone_and_reported(
     network = Network()
     director = director_for(service(), links, network)
     with structlog.testing.capture_logs() as logs:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(director.run)
+        async with running(director):
             await trio.sleep(1.1)
             (line,) = director.vips.report(trio.current_time())
             assert line.state == "there already on director0, not ours: left alone"
             network.down |= {A, B}
             await trio.sleep(2.1)
             assert links.on() == {ADDRESS}  # not ours: never removed
-            nursery.cancel_scope.cancel()
     assert links.sent == []
     (event,) = [e for e in logs if e["event"] == "vip_there_already"]
     assert event["found_on"] == ["director0"]
@@ -405,8 +381,7 @@ async def test_a_missing_interface_is_reported_retried_and_taken_once_it_exists(
     links = Links("lo")
     director = director_for(service(), links, Network())
     with structlog.testing.capture_logs() as logs:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(director.run)
+        async with running(director):
             await trio.sleep(1.1)
             (entry,) = director.kernel.backend.services()  # type: ignore[attr-defined]
             assert len(entry.destinations) == 2  # the service applied all the same
@@ -416,7 +391,6 @@ async def test_a_missing_interface_is_reported_retried_and_taken_once_it_exists(
             links.addresses["director0"] = set()
             await trio.sleep(5.1)
             assert links.on() == {ADDRESS}
-            nursery.cancel_scope.cancel()
     assert [e["dev"] for e in logs if e["event"] == "vip_no_interface"] == ["director0"]
 
 
@@ -425,12 +399,10 @@ async def test_create_vip_interface_makes_a_dummy_interface(
 ) -> None:
     links = Links("lo")
     director = director_for(service(extra="create_vip_interface = true"), links, Network())
-    async with trio.open_nursery() as nursery:
-        await nursery.start(director.run)
+    async with running(director):
         await trio.sleep(1.1)
         assert links.sent == [CreateInterface("director0"), AddAddress(VIP)]
         assert links.on() == {ADDRESS}
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_refused_add_is_retried_with_backoff_and_shown(
@@ -440,8 +412,7 @@ async def test_a_refused_add_is_retried_with_backoff_and_shown(
     links.refuse[AddAddress] = errno.EPERM
     director = director_for(service(), links, Network())
     with structlog.testing.capture_logs() as logs:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(director.run)
+        async with running(director):
             await trio.sleep(1.05)
             links.sent.clear()
             began = trio.current_time()
@@ -461,7 +432,6 @@ async def test_a_refused_add_is_retried_with_backoff_and_shown(
             del links.refuse[AddAddress]
             await trio.sleep(5.1)
             assert links.on() == {ADDRESS}
-            nursery.cancel_scope.cancel()
     refused = [e for e in logs if e["event"] == "vip_refused"]
     assert refused[0]["error"] == "Operation not permitted"
 
@@ -482,8 +452,7 @@ async def test_maintenance_removes_the_vip_restores_it_and_survives_a_restart(
     links, network, backend = Links(), Network(), MemoryBackend()
     path = tmp_path / "state.json"
     director = director_for(service(), links, network, path, backend)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(director.run)
+    async with running(director):
         await trio.sleep(1.1)
         assert links.on() == {ADDRESS}
         controller = Controller(director)
@@ -497,20 +466,17 @@ async def test_maintenance_removes_the_vip_restores_it_and_survives_a_restart(
         assert status.data["vips"][0]["reason"] == "maintenance"  # type: ignore[index]
         await trio.sleep(6)
         assert links.on() == set()  # kept off while on
-        nursery.cancel_scope.cancel()
     await director.stop()
 
     second = director_for(service(), links, network, path, backend)
     assert second.vips.maintenance is True
-    async with trio.open_nursery() as nursery:
-        await nursery.start(second.run)
+    async with running(second):
         await trio.sleep(2.1)
         assert links.on() == set()
         controller = Controller(second)
         assert await maintenance(controller, "off") == "maintenance off: 1 VIPs added\n"
         assert links.on() == {ADDRESS}
         assert statefile.load(path).maintenance is False
-        nursery.cancel_scope.cancel()
 
 
 async def test_maintenance_asks_for_on_or_off_and_reading_it_needs_no_rights(
@@ -559,11 +525,9 @@ async def test_flush_on_stop_removes_the_owned_vips_only(
         "reconcile_interval = 5.0", "reconcile_interval = 5.0\nflush_on_stop = true"
     )
     director = director_for(text, links, Network(), path)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(director.run)
+    async with running(director):
         await trio.sleep(1.1)
         assert links.on() == {ADDRESS, hand}
-        nursery.cancel_scope.cancel()
     await director.stop()
     assert links.on() == {hand}
     assert statefile.load(path).vips == set()
@@ -574,9 +538,7 @@ async def test_stop_leaves_the_vips_in_place_by_default(
 ) -> None:
     links = Links()
     director = director_for(service(), links, Network())
-    async with trio.open_nursery() as nursery:
-        await nursery.start(director.run)
+    async with running(director):
         await trio.sleep(1.1)
-        nursery.cancel_scope.cancel()
     await director.stop()
     assert links.on() == {ADDRESS}
