@@ -424,6 +424,7 @@ def _virtual_servers(
 ) -> tuple[VirtualServer, ...]:
     result: list[VirtualServer] = []
     seen: dict[ServiceKey, str] = {}
+    vips: dict[IPAddress, tuple[str, str]] = {}  # address -> (interface, path) first named
     remembered: list[tuple[bytes, KernelModules, VirtualServer] | None] = []
     for i, table in enumerate(tables):
         digest = _digest(table.data)
@@ -447,6 +448,18 @@ def _virtual_servers(
             )
             continue
         seen[vs.key] = table.path
+        if vs.vip_interface is not None and vs.key.address is not None:
+            first = vips.setdefault(vs.key.address, (vs.vip_interface, table.path))
+            if first[0] != vs.vip_interface:
+                # One address is one VIP (services on it share it): on two
+                # interfaces each copy would follow only its own services.
+                problems.add(
+                    f"{table.path}.vip_interface",
+                    f"{vs.key.address} is already the VIP on {first[0]!r} "
+                    f"(at {first[1]}): one address, one vip_interface",
+                    vs.vip_interface,
+                )
+                continue
         result.append(vs)
     _REMEMBERED.keep(remembered)
     return tuple(result)
