@@ -33,6 +33,7 @@ from director.keepalived.model import (
     Notes,
     RealServer,
     Ssl,
+    SyncDaemon,
     VirtualServer,
 )
 from director.keepalived.writer import Comment, Table
@@ -77,6 +78,8 @@ def convert(config: KeepalivedConfig, notes: Notes, source: str) -> list[Table]:
     tables = [top]
     if config.timeouts is not None:
         tables.append(_ipvs(config, notes))
+    if config.sync is not None:
+        tables.append(_sync(config.sync, notes))
     for vs in config.virtual_servers:
         tables.extend(_virtual_server(vs, config, notes))
     return tables
@@ -99,6 +102,51 @@ def _ipvs(config: KeepalivedConfig, notes: Notes) -> Table:
         "director leaves them set",
     )
     table.set("timeouts", values)
+    return table
+
+
+def _sync(sync: SyncDaemon, notes: Notes) -> Table:
+    """[ipvs.sync] for lvs_sync_daemon. keepalived runs the master or the
+    backup daemon as its VRRP instance is MASTER or BACKUP; director has no
+    VRRP, so both run on every director (the kernel allows it: each sends
+    its own connections and takes the other's)."""
+    table = Table("ipvs.sync")
+    _note(
+        table,
+        notes,
+        sync.where,
+        f"lvs_sync_daemon: keepalived ran the master or the backup daemon as VRRP "
+        f"instance {sync.vrrp_instance} was MASTER or BACKUP; director has no VRRP, "
+        'so role = "both" runs both on every director (set "master" or "backup" '
+        "for a fixed pair)",
+    )
+    table.set("role", "both")
+    table.set("interface", sync.interface)
+    if sync.syncid is None:
+        _note(
+            table,
+            notes,
+            sync.where,
+            f"lvs_sync_daemon: no id: keepalived used VRRP instance {sync.vrrp_instance}'s "
+            "virtual_router_id; set syncid to it on every director (0 here: a backup "
+            "takes every master's connections)",
+        )
+    table.set("syncid", sync.syncid or 0)
+    for name in ("group", "port", "ttl"):
+        value = getattr(sync, name)
+        if value is not None:
+            table.set(name, str(value) if name == "group" else value)
+    if sync.maxlen is not None:
+        if sync.maxlen < 1024:
+            _note(
+                table,
+                notes,
+                sync.where,
+                f"lvs_sync_daemon: maxlen {sync.maxlen} is below a backup's least (1024), "
+                "where the kernel would raise it: left to the kernel's default",
+            )
+        else:
+            table.set("maxlen", sync.maxlen)
     return table
 
 

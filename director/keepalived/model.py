@@ -211,11 +211,24 @@ class Timeouts:
 
 
 @dataclass
+class SyncDaemon:
+    where: Location
+    interface: str
+    vrrp_instance: str
+    syncid: int | None = None
+    maxlen: int | None = None
+    port: int | None = None
+    ttl: int | None = None
+    group: IPAddress | None = None
+
+
+@dataclass
 class KeepalivedConfig:
     virtual_servers: list[VirtualServer] = field(default_factory=list)
     groups: dict[str, list[GroupEntry]] = field(default_factory=dict)
     ssl: Ssl | None = None
     timeouts: Timeouts | None = None
+    sync: SyncDaemon | None = None
 
 
 # -- values, read as keepalived reads them (lib/parser.c)
@@ -343,11 +356,7 @@ class Reader:
             if child.keyword == "lvs_timeouts":
                 self.lvs_timeouts(child)
             elif child.keyword == "lvs_sync_daemon":
-                self.note(
-                    child,
-                    "lvs_sync_daemon: not converted (director runs no IPVS connection "
-                    "sync daemon; start it with `ipvsadm --start-daemon` if needed)",
-                )
+                self.lvs_sync_daemon(child)
             elif child.keyword in _NOT_FOR_DIRECTOR:
                 self.ignored(child)
             elif child.keyword == "net_namespace":
@@ -379,6 +388,38 @@ class Reader:
             setattr(timeouts, name, value)
             i += 2
         self.config.timeouts = timeouts
+
+    def lvs_sync_daemon(self, node: Node) -> None:
+        """`lvs_sync_daemon INTERFACE VRRP_INSTANCE [id N] [maxlen N] [port N]
+        [ttl N] [group ADDRESS]` (keepalived.conf(5)); keepalived's default
+        id is the VRRP instance's virtual_router_id, which is not converted."""
+        args = node.args
+        if len(args) < 2:
+            self.invalid(node, "interface and VRRP instance")
+            return
+        sync = SyncDaemon(node.where, args[0], args[1])
+        limits = {"id": 255, "maxlen": 65507, "port": 65535, "ttl": 255}
+        i = 2
+        while i < len(args):
+            name = args[i]
+            value = args[i + 1] if i + 1 < len(args) else None
+            if name == "group" and value is not None:
+                try:
+                    sync.group = ip_address(value)
+                except ValueError:
+                    self.note(node, f"lvs_sync_daemon: invalid group {value!r}, ignored")
+            elif name in limits and value is not None:
+                number = _unsigned(value, 0 if name == "id" else 1, limits[name])
+                if number is None:
+                    self.note(node, f"lvs_sync_daemon: invalid {name} {value!r}, ignored")
+                else:
+                    setattr(sync, "syncid" if name == "id" else name, number)
+            else:
+                self.note(node, f"lvs_sync_daemon: unknown {name!r}, ignored")
+                i += 1
+                continue
+            i += 2
+        self.config.sync = sync
 
     def ssl(self, node: Node) -> None:
         ssl = Ssl(node.where)

@@ -214,7 +214,7 @@ def test_everything_else() -> None:
     assert isinstance(port0.check, ExecCheck) and port0.check.command == ("true",)
     notes = note_texts(conversion)
     for expected in [
-        "everything.conf:8: lvs_sync_daemon: not converted",
+        "everything.conf:8: lvs_sync_daemon: keepalived ran the master or the backup",
         "everything.conf:15: vrrp_instance: not converted",
         "everything.conf:25: alpha:",
         "everything.conf:31: omega: not converted",
@@ -241,6 +241,37 @@ def test_misc_dynamic_wrapper_gives_keepalived_s_weights(tmp_path: Path) -> None
         command = [*check.command[:3], str(script)]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         assert (result.stdout.strip(), result.returncode) == (out, exit_status), status
+
+
+def test_lvs_sync_daemon_becomes_ipvs_sync() -> None:
+    """An operator trial: lvs_sync_daemon was reported unconverted with advice
+    to start the daemon by hand, which directord then never manages. It is
+    [ipvs.sync] now: role "both" (no VRRP to choose), the interface, id,
+    group, port, ttl and maxlen as given."""
+    conversion = convert_text(
+        "global_defs {\n"
+        "  lvs_sync_daemon eth1 VI_1 id 7 maxlen 1500 port 8849 ttl 2 group 239.1.2.3\n"
+        "}\n"
+        "virtual_server 10.0.0.1 80 {\n protocol TCP\n real_server 10.0.0.2 80 {\n }\n}\n"
+    )
+    sync = checked(conversion).ipvs.sync
+    assert sync is not None
+    assert (sync.role.value, sync.interface, sync.syncid) == ("both", "eth1", 7)
+    assert (str(sync.group), sync.port, sync.ttl, sync.maxlen) == ("239.1.2.3", 8849, 2, 1500)
+    assert any("role = \"both\"" in n.text for n in conversion.notes)
+
+
+def test_lvs_sync_daemon_without_id_says_what_keepalived_used() -> None:
+    conversion = convert_text(
+        "global_defs {\n  lvs_sync_daemon eth1 VI_9 maxlen 100 bogus\n}\n"
+        "virtual_server 10.0.0.1 80 {\n protocol TCP\n real_server 10.0.0.2 80 {\n }\n}\n"
+    )
+    sync = checked(conversion).ipvs.sync
+    assert sync is not None and sync.syncid == 0 and sync.maxlen == 0
+    texts = note_texts(conversion)
+    assert any("VI_9's virtual_router_id" in t for t in texts), texts
+    assert any("maxlen 100 is below a backup's least" in t for t in texts), texts
+    assert "k.conf:2: lvs_sync_daemon: unknown 'bogus', ignored" in texts
 
 
 # -- the grammar
