@@ -190,18 +190,20 @@ def plan_vips(
     creating: set[str] = set()
     for vip in sorted(desired, key=vip_sort_key):
         verdict = desired[vip]
-        if verdict is not True:
-            continue
         if present.has(vip) and vip in owned:
             continue
         # Where it is and not ours (ours elsewhere: a vip_interface the
-        # config changed; that one goes below).
+        # config changed; that one goes below), whatever the verdict: status
+        # must not call an address the host still answers for "absent".
         where = frozenset(
             i for i in present.addresses.get(vip.address, ()) if Vip(i, vip.address) not in owned
         )
         if where:
             there_already[vip] = where
-            after.discard(vip)
+            if verdict is True:
+                after.discard(vip)
+            continue
+        if verdict is not True:
             continue
         if vip.interface not in present.interfaces:
             if vip.interface not in create:
