@@ -1,0 +1,320 @@
+"""Probes without a task each: non-blocking sockets in one epoll set, their
+deadlines in one heap, and a `watch` task that delivers each verdict to a
+callback.
+
+`Watcher` is the machinery tcp.py's `Connects` and http_exchange.py's
+`Exchanges` share: starting a probe (or deferring it while verdicts are
+read), the watcher's rounds (read what the kernel reports in batches, fail
+the probes whose deadline passed, begin at most `batch` deferred ones),
+cancellation and the closing of every socket when `watch` ends. Each
+subclass keeps its own protocol steps: how a probe opens its socket
+(`_open`), what the watcher does with an event (`_handle`), how it waits
+between rounds (`_wait`). `awaited` runs one probe for one caller through
+the run's own watcher, which a system task watches (`run_watcher`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import select
+import socket
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+import outcome
+import trio
+
+from director.health.probes.attempt import translate
+from director.health.probes.contain import BugLog, contained
+from director.health.result import ProbeResult
+from director.health.spec import Check
+from director.ipvs.model import IPAddress
+
+__all__ = ["Probe", "ProbeDone", "Target", "Watcher", "awaited", "network_failure", "run_watcher"]
+
+ProbeDone = Callable[[ProbeResult], None]
+
+
+class Target(Protocol):
+    """What a watcher needs of a probe's destination."""
+
+    @property
+    def check(self) -> Check: ...
+    @property
+    def address(self) -> IPAddress: ...
+    @property
+    def port(self) -> int: ...
+
+
+T = TypeVar("T", bound=Target)
+
+
+@dataclass(eq=False, slots=True)
+class Probe(Generic[T]):
+    """One probe in flight. `done` is None once its verdict went out or it
+    was cancelled; `sock` is None once the socket is closed."""
+
+    target: T
+    started: float
+    done: ProbeDone | None
+    sock: socket.socket | None = None
+    result: ProbeResult | None = None  # a verdict known at start, waiting to go out
+
+
+P = TypeVar("P", bound=Probe[Any])
+
+
+def network_failure(exc: BaseException, latency: float, timeout: float) -> ProbeResult:
+    """The failed result for a network failure (attempt.py's reasons);
+    trio.TooSlowError is the timeout's."""
+    reason, detail = translate(exc, timeout)
+    return ProbeResult.failure(reason, latency, detail)
+
+
+class Watcher(Generic[T, P]):
+    """Probes' sockets in one epoll set, their deadlines in one heap, and
+    `watch`, which delivers each probe's verdict to its callback.
+
+    One owner: the task that runs `watch` (the checker's nursery, or a
+    system task for `awaited`). Callbacks run in that task, never inside
+    `start`; an exception a callback raises ends `watch` with it. When
+    `watch` ends, every probe in flight is closed and its callback never
+    runs."""
+
+    _what = "probes'"  # the subclass's name for its probes, in errors
+
+    def __init__(self, batch: int = 512, tick: float = 0.0) -> None:
+        """`batch`: events handled between two checkpoints of `watch`.
+        `tick` (seconds): the subclass's `_wait` says what it does."""
+        self._batch = batch
+        self._tick = tick
+        self._epoll = select.epoll()
+        self._pending: dict[int, P] = {}
+        self._deadlines: list[tuple[float, int, P]] = []
+        self._sequence = 0
+        self._known: list[P] = []  # verdicts known at start
+        self._again: list[P] = []  # to handle again next round, as if readable
+        self._deferred: deque[P] = deque()  # asked for while verdicts were read
+        self._reading = False  # `watch` is reading verdicts
+        self._sleep: trio.CancelScope | None = None
+        self._bugs = BugLog()
+        self._closed = False
+
+    @property
+    def in_flight(self) -> int:
+        """Probes begun whose verdict has not been read yet."""
+        return len(self._pending)
+
+    def start(self, target: T, done: ProbeDone) -> P:
+        """Begin one probe; `done(result)` is called later from `watch`,
+        exactly once unless the probe is cancelled or `watch` ends first.
+        While `watch` is reading verdicts the probe waits, and begins after
+        them (at most `batch` at a time), its timeout counted from then.
+        Never raises for the probe's sake: whatever goes wrong is its
+        verdict (a bug: reason `error`, logged once in a while, contain.py).
+        Raises trio.ClosedResourceError once `watch` has ended."""
+        if self._closed:
+            raise trio.ClosedResourceError(f"the {self._what} watcher has ended")
+        probe = self._new(target, done)
+        if self._reading:
+            self._deferred.append(probe)
+        else:
+            self._begin(probe)
+        return probe
+
+    def cancel(self, probe: P) -> None:
+        """The probe's callback will not run; its socket is closed now."""
+        probe.done = None
+        if probe.sock is not None:
+            self._forget(probe)
+
+    def _new(self, target: T, done: ProbeDone) -> P:
+        raise NotImplementedError
+
+    def _open(self, probe: P) -> int | ProbeResult:
+        """Open the probe's socket: the epoll events to register it for, or
+        its verdict when known at once. An OSError is its failure."""
+        raise NotImplementedError
+
+    def _handle(self, probe: P, flags: int, now: float) -> None:
+        """Advance a registered probe by what epoll reported (`flags`);
+        `_finish` it when it has its verdict."""
+        raise NotImplementedError
+
+    async def _wait(self, wake_at: float) -> None:
+        """Wait until the next round: by default, for an event or `wake_at`."""
+        await self._wait_readable(wake_at)
+
+    async def _wait_readable(self, wake_at: float) -> None:
+        with trio.move_on_at(wake_at) as self._sleep:
+            await trio.lowlevel.wait_readable(self._epoll)
+        self._sleep = None
+
+    def _begin(self, probe: P) -> None:
+        target = probe.target
+        started = probe.started = trio.current_time()
+        timeout = target.check.timing.timeout
+        try:
+            opened = self._open(probe)
+            if isinstance(opened, int):
+                sock = probe.sock
+                assert sock is not None
+                fd = sock.fileno()
+                self._epoll.register(fd, opened)
+                self._pending[fd] = probe
+                deadline = started + timeout
+                self._sequence += 1
+                heapq.heappush(self._deadlines, (deadline, self._sequence, probe))
+                sleep = self._sleep
+                if sleep is not None and deadline < sleep.deadline:
+                    sleep.deadline = deadline
+                return
+            probe.result = opened
+        except OSError as exc:
+            probe.result = network_failure(exc, 0.0, timeout)
+        except Exception as exc:  # a probe can only fail: see contain.py
+            probe.result = contained(exc, target.check, target.address, target.port, started, self._bugs)  # fmt: skip
+        self._close(probe)
+        self._known.append(probe)
+        if self._sleep is not None:
+            self._sleep.deadline = -math.inf
+
+    async def watch(self) -> None:
+        """Deliver verdicts until cancelled.
+
+        Each round handles every event the kernel reports, in batches with
+        a checkpoint between them (a busy loop must not starve the other
+        tasks), then the probes to handle again, then fails the probes whose
+        deadline passed, then begins at most `batch` of the probes asked for
+        meanwhile. A probe is timed out only when the kernel has not
+        reported it after a full read, never for having waited its turn;
+        and probes begin only as fast as their verdicts are read, so that
+        under overload probes start late (the checker skips the starts they
+        missed) instead of their verdicts waiting, unread, past their
+        timeouts."""
+        pending, epoll, deadlines, batch = self._pending, self._epoll, self._deadlines, self._batch
+        deferred = self._deferred
+        try:
+            while True:
+                while self._known:
+                    known, self._known = self._known, []
+                    for probe in known:
+                        assert probe.result is not None
+                        self._deliver(probe, probe.result)
+                while deadlines and deadlines[0][2].sock is None:
+                    heapq.heappop(deadlines)  # that probe is over
+                if self._known or deferred or self._again:
+                    wake_at = -math.inf
+                else:
+                    wake_at = deadlines[0][0] if deadlines else math.inf
+                await self._wait(wake_at)
+                self._reading = True
+                again, self._again = self._again, []
+                while True:
+                    events = epoll.poll(0, batch)
+                    now = trio.current_time()
+                    for fd, flags in events:
+                        ready = pending.get(fd)
+                        if ready is not None:
+                            self._handle(ready, flags, now)
+                    if len(events) < batch:
+                        break
+                    await trio.lowlevel.checkpoint()
+                now = trio.current_time()
+                for probe in again:
+                    if probe.sock is not None:
+                        self._handle(probe, select.EPOLLIN, now)
+                expired = 0
+                while deadlines and deadlines[0][0] <= now and expired < batch:
+                    probe = heapq.heappop(deadlines)[2]
+                    if probe.sock is not None:
+                        expired += 1
+                        self._forget(probe)
+                        timeout = probe.target.check.timing.timeout
+                        self._deliver(probe, network_failure(trio.TooSlowError(), now - probe.started, timeout))  # fmt: skip
+                self._reading = False
+                for _ in range(min(batch, len(deferred))):
+                    probe = deferred.popleft()
+                    if probe.done is not None:
+                        self._begin(probe)
+        finally:
+            self._closed = True
+            self._sleep = None
+            self._reading = False
+            for probe in list(pending.values()):
+                probe.done = None
+                self._forget(probe)
+            self._known.clear()
+            self._again.clear()
+            deferred.clear()
+            epoll.close()
+
+    def _finish(self, probe: P, result: ProbeResult) -> None:
+        """Close a registered probe's socket and deliver its verdict.
+
+        Closed without EPOLL_CTL_DEL: close(2) takes the socket out of the
+        set. Were its file kept open a moment longer by a fork (an exec
+        check's), an event of the old socket could reach the one that
+        reuses its number: harmless, as every event is only a cue to try
+        the socket (a subclass registered EPOLLONESHOT reports it once)."""
+        sock = probe.sock
+        assert sock is not None
+        del self._pending[sock.fileno()]
+        self._close(probe)
+        self._deliver(probe, result)
+
+    def _deliver(self, probe: P, result: ProbeResult) -> None:
+        done, probe.done = probe.done, None
+        if done is not None:
+            done(result)
+
+    def _forget(self, probe: P) -> None:
+        sock = probe.sock
+        if sock is None:
+            return
+        fd = sock.fileno()
+        if self._pending.get(fd) is probe:
+            del self._pending[fd]
+            self._epoll.unregister(fd)
+        self._close(probe)
+
+    def _close(self, probe: P) -> None:
+        if probe.sock is not None:
+            probe.sock.close()
+            probe.sock = None
+
+
+W = TypeVar("W", bound=Watcher[Any, Any])
+
+
+def run_watcher(var: trio.lowlevel.RunVar[W], new: Callable[[], W]) -> W:
+    """The run's own watcher in `var` (made by `new` the first time),
+    watched by a system task."""
+    try:
+        return var.get()
+    except LookupError:
+        watcher = new()
+        var.set(watcher)
+        trio.lowlevel.spawn_system_task(watcher.watch)
+        return watcher
+
+
+async def awaited(watcher: Watcher[T, Any], target: T) -> ProbeResult:
+    """One probe through `watcher`, awaited. Cancellation passes through
+    (the probe is cancelled: its socket is closed)."""
+    task = trio.lowlevel.current_task()
+
+    def done(result: ProbeResult) -> None:
+        trio.lowlevel.reschedule(task, outcome.Value(result))
+
+    probe = watcher.start(target, done)
+
+    def abort(_: object) -> trio.lowlevel.Abort:
+        watcher.cancel(probe)
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    result: ProbeResult = await trio.lowlevel.wait_task_rescheduled(abort)
+    return result
