@@ -73,8 +73,8 @@ from director.reconcile import plan, service_sort_key
 from director.refusals import (
     Refusal,
     Subject,
-    backoff,
     describe_subject,
+    failed,
     hold_back,
     next_retry,
     record,
@@ -721,21 +721,17 @@ class Director:
         return refusals
 
     def _pass_failed(self, why: str, error: Exception) -> None:
-        self._failed_passes += 1
-        delay = backoff(self._failed_passes, RETRY_BASE, self.config.daemon.reconcile_interval)
-        self._retry_pass_at = trio.current_time() + delay
+        now, cap = trio.current_time(), self.config.daemon.reconcile_interval
+        failure = failed(self._failed_passes, now, base=RETRY_BASE, cap=cap)
+        self._failed_passes, self._retry_pass_at = failure.count, failure.retry_at
         self.pass_error = str(error)
-        count = self._failed_passes
-        while count % 10 == 0:
-            count //= 10
-        if count == 1:
+        if failure.logged:
             self.log.error(
                 "pass_failed",
                 why=why,
                 error=str(error),
                 error_type=type(error).__name__,
-                failures_in_row=self._failed_passes,
-                retry_in=delay,
+                **failure.fields(),
             )
 
     # -- the state file -------------------------------------------------------

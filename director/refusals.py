@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol, TypeVar
 
 from director.ipvs.model import IPAddress, ServiceKey
 from director.ipvs.ops import (
@@ -171,6 +172,65 @@ def backoff(attempts: int, base: float, cap: float) -> float:
     """Seconds to wait after `attempts` refusals in a row: base, 2*base,
     4*base, ... never more than cap."""
     return min(cap, base * float(2 ** min(attempts - 1, 32)))
+
+
+def logged_at(count: int) -> bool:
+    """Whether the `count`th refusal or failure in a row is logged: the 1st,
+    10th, 100th... (a long outage logs a few lines, not one a pass)."""
+    while count and count % 10 == 0:
+        count //= 10
+    return count == 1
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A pass that failed, the `count`th in a row: tried again after
+    `delay` seconds (`backoff`), at `retry_at` (the caller's clock)."""
+
+    count: int
+    delay: float
+    retry_at: float
+
+    @property
+    def logged(self) -> bool:
+        """At the 1st, 10th, 100th... failure in a row."""
+        return logged_at(self.count)
+
+    def fields(self) -> dict[str, object]:
+        """The log event's fields for it: failures_in_row, retry_in."""
+        return {"failures_in_row": self.count, "retry_in": self.delay}
+
+
+def failed(before: int, now: float, *, base: float, cap: float) -> Failed:
+    """A pass failed after `before` failures in a row (0 after a success)."""
+    count = before + 1
+    delay = backoff(count, base, cap)
+    return Failed(count, delay, now + delay)
+
+
+class Attempts(Protocol):
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def error(self) -> str: ...
+
+
+K = TypeVar("K")
+A = TypeVar("A", bound=Attempts)
+
+
+def to_log(before: Mapping[K, A], after: Mapping[K, A]) -> list[A]:
+    """The refusals of `after` to log: each at its 1st, 10th, 100th...
+    attempt, and when the kernel's answer changes; none refused again
+    since `before`."""
+    logged: list[A] = []
+    for key, refusal in after.items():
+        previous = before.get(key)
+        if previous is not None and previous.attempts == refusal.attempts:
+            continue
+        if logged_at(refusal.attempts) or previous is None or previous.error != refusal.error:
+            logged.append(refusal)
+    return logged
 
 
 def next_retry(refusals: Refusals) -> float | None:

@@ -45,11 +45,12 @@ from director.oplog import describe_operation
 from director.refusals import (
     Refusal,
     Subject,
-    backoff,
+    failed,
     hold_back,
     next_retry,
     record,
     retry_now,
+    to_log,
 )
 
 if TYPE_CHECKING:
@@ -372,41 +373,24 @@ class SyncKeeper:
         """The kernel's daemons could not be read, or an apply's outcome is
         unknown: logged (at the 1st, 10th, 100th... failure in a row), and
         tried again after a backoff."""
-        self._failures += 1
-        delay = backoff(self._failures, RETRY_BASE, self.interval)
-        self._due = trio.current_time() + delay
-        self.error = str(error)
-        count = self._failures
-        while count % 10 == 0:
-            count //= 10
-        if count == 1:
-            self.log.error(
-                "sync_pass_failed",
-                why=why,
-                error=str(error),
-                failures_in_row=self._failures,
-                retry_in=delay,
-            )
+        now = trio.current_time()
+        failure = failed(self._failures, now, base=RETRY_BASE, cap=self.interval)
+        self._failures, self._due, self.error = failure.count, failure.retry_at, str(error)
+        if failure.logged:
+            self.log.error("sync_pass_failed", why=why, error=str(error), **failure.fields())
 
     def _log_refusals(self, before: Mapping[Subject, Refusal]) -> None:
         """Each refusal at its 1st, 10th, 100th... attempt, and when the
         kernel's answer changes (as the engine logs the services')."""
         now = trio.current_time()
-        for key, refusal in self.refusals.items():
-            previous = before.get(key)
-            if previous is not None and previous.attempts == refusal.attempts:
-                continue
-            count = refusal.attempts
-            while count % 10 == 0:
-                count //= 10
-            if count == 1 or previous is None or previous.error != refusal.error:
-                self.log.error(
-                    "ipvs_refused",
-                    error=refusal.error,
-                    attempts=refusal.attempts,
-                    retry_in=round(refusal.retry_at - now, 3),
-                    **describe_operation(refusal.operation),
-                )
+        for refusal in to_log(before, self.refusals):
+            self.log.error(
+                "ipvs_refused",
+                error=refusal.error,
+                attempts=refusal.attempts,
+                retry_in=round(refusal.retry_at - now, 3),
+                **describe_operation(refusal.operation),
+            )
 
     def report(self, now: float) -> tuple[SyncDaemonStatus, ...]:
         """For `directorctl status`."""

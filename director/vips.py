@@ -39,7 +39,7 @@ from director.config.model import RealServerId, VirtualServer
 from director.desired import AdminState, RealServerView
 from director.health.state import Health
 from director.ipvs.model import IPAddress, ServiceKey
-from director.refusals import backoff
+from director.refusals import backoff, failed, to_log
 from director.runtime import describe_service
 
 RETRY_BASE = 1.0  # seconds before the first retry of a refused change
@@ -543,38 +543,21 @@ class VipKeeper:
 
     def _log_refusals(self, before: Mapping[object, VipRefusal]) -> None:
         now = trio.current_time()
-        for key, refusal in self.refusals.items():
-            previous = before.get(key)
-            if previous is not None and previous.attempts == refusal.attempts:
-                continue
-            count = refusal.attempts
-            while count % 10 == 0:
-                count //= 10
-            if count == 1 or previous is None or previous.error != refusal.error:
-                self.log.error(
-                    "vip_refused",
-                    error=refusal.error,
-                    attempts=refusal.attempts,
-                    retry_in=round(refusal.retry_at - now, 3),
-                    **describe_op(refusal.operation),
-                )
+        for refusal in to_log(before, self.refusals):
+            self.log.error(
+                "vip_refused",
+                error=refusal.error,
+                attempts=refusal.attempts,
+                retry_in=round(refusal.retry_at - now, 3),
+                **describe_op(refusal.operation),
+            )
 
     def _failed(self, why: str, error: Exception) -> None:
-        self._failures += 1
-        delay = backoff(self._failures, RETRY_BASE, self.interval)
-        self._due = trio.current_time() + delay
-        self.error = str(error)
-        count = self._failures
-        while count % 10 == 0:
-            count //= 10
-        if count == 1:
-            self.log.error(
-                "vip_pass_failed",
-                why=why,
-                error=str(error),
-                failures_in_row=self._failures,
-                retry_in=delay,
-            )
+        now = trio.current_time()
+        failure = failed(self._failures, now, base=RETRY_BASE, cap=self.interval)
+        self._failures, self._due, self.error = failure.count, failure.retry_at, str(error)
+        if failure.logged:
+            self.log.error("vip_pass_failed", why=why, error=str(error), **failure.fields())
 
     def report(self, now: float) -> tuple[VipStatus, ...]:
         """For `directorctl status`: each VIP configured or owned."""
