@@ -258,7 +258,7 @@ def test_lvs_sync_daemon_becomes_ipvs_sync() -> None:
     assert sync is not None
     assert (sync.role.value, sync.interface, sync.syncid) == ("both", "eth1", 7)
     assert (str(sync.group), sync.port, sync.ttl, sync.maxlen) == ("239.1.2.3", 8849, 2, 1500)
-    assert any("role = \"both\"" in n.text for n in conversion.notes)
+    assert any('role = "both"' in n.text for n in conversion.notes)
 
 
 def test_lvs_sync_daemon_without_id_says_what_keepalived_used() -> None:
