@@ -30,6 +30,21 @@ from director.sdnotify import Notifier, watchdog_interval
 DEFAULT_CONFIG = "/etc/director/director.toml"
 
 
+# Signals whose default action ends the process and that mean nothing to
+# directord: logged (with the status line) and otherwise ignored. An
+# operator used to keepalived sends USR1 and USR2 for its data and stats
+# dumps; a daemon that dies of them stops checking (signal(7)).
+IGNORED_SIGNALS = (
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGALRM,
+    signal.SIGIO,
+    signal.SIGPROF,
+    signal.SIGVTALRM,
+    signal.SIGPWR,
+)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="directord", description="Health-checking IPVS director daemon."
@@ -138,7 +153,9 @@ async def serve(
         controller = Controller(
             director, config_path=config_path, names=SystemNames(), reads=KernelTable(reads)
         )
-        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(
+            signal.SIGHUP, signal.SIGTERM, signal.SIGINT, *IGNORED_SIGNALS
+        ) as signals:
             async with trio.open_nursery() as nursery:
                 starting = trio.CancelScope()
                 nursery.start_soon(_extend_start, notifier, starting)
@@ -163,6 +180,13 @@ async def serve(
                 if interval:
                     nursery.start_soon(_keep_alive, notifier, director, interval)
                 async for signum in signals:
+                    if signum in IGNORED_SIGNALS:
+                        logger.warning(
+                            "signal_ignored",
+                            signal=signal.Signals(signum).name,
+                            status=director.status_line(),
+                        )
+                        continue
                     if signum == signal.SIGHUP:
                         notifier.reloading()
                         await director.reload_file(config_path, signal="SIGHUP")

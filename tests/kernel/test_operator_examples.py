@@ -17,6 +17,8 @@ measurement without the load (see test_listing_in_a_loop_does_not_delay_failover
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import struct
 import subprocess
@@ -24,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -659,3 +662,31 @@ def test_save_clear_restore_leaves_a_hand_made_service_unmanaged(rig: Rig) -> No
     for event in ("probe_failed", "real_server_down", "real_server_up"):
         assert not daemon.events(event, rs=stray), daemon.events(event, rs=stray)
     assert rig.alive()
+
+
+# -- 9. signals that mean nothing to directord do not end it ------------------------------
+
+
+def test_usr1_usr2_and_other_stray_signals_are_logged_not_fatal(rig: Rig) -> None:
+    """An operator used to keepalived sends SIGUSR1 and SIGUSR2 (its data and
+    stats dumps), and stray SIGALRM, SIGIO, SIGPROF, SIGVTALRM or SIGPWR can
+    come from anywhere: each killed directord silently (their default action)
+    and stopped every check. Each is logged with the status line, and the
+    daemon goes on checking and answering."""
+    rs = rig.rs("rs1")
+    check = f'{{ type = "tcp", {FAST} }}'
+    daemon = rig.start(rig.config_text(rig.service(80, check, rig.server("rs1"))))
+    rig.wait(lambda: rig.weights(80) == {rs: 1}, "rs1 in the table")
+    names = ["SIGUSR1", "SIGUSR2", "SIGALRM", "SIGIO", "SIGPROF", "SIGVTALRM", "SIGPWR"]
+    for name in names:
+        os.kill(daemon.pid, getattr(signal, name))
+        rig.wait(partial(daemon.events, "signal_ignored", signal=name), f"{name} logged")
+        assert rig.alive(), rig.log()
+    logged = daemon.events("signal_ignored")
+    assert [e["signal"] for e in logged] == names
+    assert all("1 real servers: 1 up" in e["status"] for e in logged), logged
+    assert not daemon.events("stopping")
+    # Still checking: a killed server leaves the table, and the socket answers.
+    rig.world.servers.kill("rs1")
+    rig.wait(lambda: rig.weights(80) == {}, "rs1 out of the table after the signals")
+    assert rig.ctl("status").status == 0
