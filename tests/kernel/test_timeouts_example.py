@@ -27,7 +27,7 @@ from __future__ import annotations
 import socket
 import subprocess
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,6 +176,24 @@ def drop_silently(net: Network) -> None:
         subprocess.run([*tc, "qdisc", "del", "dev", "eth0", "clsact"], check=True)
 
 
+def waiter(daemon: Daemon) -> Callable[[Callable[[], object], str], object]:
+    """`wait(condition, what)`: wait_alive on `daemon`, with the table and
+    its log when it times out."""
+
+    def wait(condition: Callable[[], object], what: str) -> object:
+        return wait_alive(
+            condition,
+            what,
+            alive=daemon.alive,
+            log=daemon.log_text,
+            timeout=DEADLINE,
+            every=0.5,
+            context=lambda: f"{ipvsadm('-Ln')}\n{daemon.log_text()}",
+        )
+
+    return wait
+
+
 def test_timeouts_worked_example(net: Network, servers: RealServers, tmp_path: Path) -> None:
     config = tmp_path / "director.toml"
     config.write_text(config_text(net, tmp_path, None))
@@ -184,16 +202,7 @@ def test_timeouts_worked_example(net: Network, servers: RealServers, tmp_path: P
     try:
         daemon.start()
 
-        def wait(condition: object, what: str) -> object:
-            return wait_alive(
-                condition,  # type: ignore[arg-type]
-                what,
-                alive=daemon.alive,
-                log=daemon.log_text,
-                timeout=DEADLINE,
-                every=0.5,
-                context=lambda: f"{ipvsadm('-Ln')}\n{daemon.log_text()}",
-            )
+        wait = waiter(daemon)
 
         wait(lambda: ipvsadm("-Ln").count("Masq") == 2, "both real servers in the table")
         assert "900 120 300" in ipvsadm("-L", "--timeout")  # the kernel's defaults
@@ -305,16 +314,7 @@ def test_timeouts_worked_example_direct_routing(
     try:
         daemon.start()
 
-        def wait(condition: object, what: str) -> object:
-            return wait_alive(
-                condition,  # type: ignore[arg-type]
-                what,
-                alive=daemon.alive,
-                log=daemon.log_text,
-                timeout=DEADLINE,
-                every=0.5,
-                context=lambda: f"{ipvsadm('-Ln')}\n{daemon.log_text()}",
-            )
+        wait = waiter(daemon)
 
         wait(lambda: ipvsadm("-Ln").count("Route") == 2, "both real servers in the table")
 
