@@ -123,6 +123,9 @@ class VirtualServer:
     # receive traffic (director.vips); None: the VIP is not the daemon's.
     vip_interface: str | None = None
     create_vip_interface: bool = False  # a missing vip_interface is made a dummy one
+    # The VIP is announced over BGP ([bgp]) while the service should receive
+    # traffic (director.bgp).
+    bgp: bool = False
 
     def service(self) -> Service:
         """The kernel service this virtual server implies."""
@@ -206,6 +209,48 @@ class IpvsSettings:
     sync: SyncSettings | None = None  # None: no sync daemon of the config's
 
 
+BGP_PORT = 179
+
+
+@dataclass(frozen=True)
+class BgpPeer:
+    """[[bgp.peer]]: one BGP neighbour (a router), `as_number` its AS
+    (TOML key "as"). VIPs of the peer's address family go to it."""
+
+    address: IPAddress
+    as_number: int
+    port: int = BGP_PORT
+    # An eBGP neighbour more than one hop away (BIRD's `multihop`); None: directly connected.
+    multihop: int | None = None
+    password: str | None = None  # TCP MD5 signature (RFC 2385)
+
+
+@dataclass(frozen=True)
+class BgpSettings:
+    """[bgp]: the VIPs of the services with `bgp = true` are announced as
+    host routes (/32, /128) through BIRD 2, which directord runs as its
+    child (director.bird). `hold_time` in seconds (RFC 4271: 0 or 3..65535;
+    keepalives at a third of it); `med` (MULTI_EXIT_DISC) and `local_pref`
+    (iBGP peers only) make a pair active/backup instead of ECMP; `next_hop`
+    None: this director's own address on the session."""
+
+    local_as: int
+    peers: tuple[BgpPeer, ...]
+    router_id: IPAddress | None = None  # IPv4; None: BIRD takes its lowest IPv4 address
+    next_hop: IPAddress | None = None
+    hold_time: int = 90
+    med: int | None = None
+    local_pref: int | None = None
+    bird: str = "bird"
+    birdc: str = "birdc"
+    runtime_dir: str = "/run/director/bgp"  # BIRD's config file and control socket
+
+    @property
+    def families(self) -> frozenset[int]:
+        """The address families (4, 6) of the peers."""
+        return frozenset(peer.address.version for peer in self.peers)
+
+
 SUN_PATH_MAX = 107  # bytes of a Unix socket path: sizeof(sun_path) - 1, <sys/un.h>
 
 
@@ -253,6 +298,7 @@ class Config:
     control: ControlSettings = ControlSettings()
     daemon: DaemonSettings = DaemonSettings()
     metrics: MetricsSettings = MetricsSettings()
+    bgp: BgpSettings | None = None  # None: nothing announced
     source: str = "<config>"
 
     def service_keys(self) -> frozenset[ServiceKey]:

@@ -18,9 +18,11 @@ from typing import TypeVar
 
 import tomli
 
+from director.config.bgp import bgp_service_problem, parse_bgp
 from director.config.checks import merge_check, parse_check
 from director.config.model import (
     SUN_PATH_MAX,
+    BgpSettings,
     Config,
     ControlSettings,
     DaemonSettings,
@@ -140,12 +142,16 @@ def parse_config(
         modules = kernel_modules()
     problems = Problems()
     root = Table(data, "", problems)
+    bgp = parse_bgp(root.table("bgp"))
     config = Config(
         ipvs=_ipvs(root.table("ipvs")),
         control=_control(root.table("control")),
         daemon=_daemon(root.table("daemon")),
         metrics=_metrics(root.table("metrics")),
-        virtual_servers=_virtual_servers(root.tables("virtual_server"), problems, modules),
+        virtual_servers=_virtual_servers(
+            root.tables("virtual_server"), problems, modules, bgp, bgp_invalid="bgp" in data
+        ),
+        bgp=bgp,
         source=source,
     )
     root.close()
@@ -420,8 +426,15 @@ def _looks_up_users(data: Mapping[str, object]) -> bool:
 
 
 def _virtual_servers(
-    tables: list[Table], problems: Problems, modules: KernelModules
+    tables: list[Table],
+    problems: Problems,
+    modules: KernelModules,
+    bgp: BgpSettings | None = None,
+    *,
+    bgp_invalid: bool = False,
 ) -> tuple[VirtualServer, ...]:
+    """`bgp_invalid`: [bgp] is there but wrong (its own errors say why; a
+    service's `bgp = true` is not also called wrong for it)."""
     result: list[VirtualServer] = []
     seen: dict[ServiceKey, str] = {}
     vips: dict[IPAddress, tuple[str, str]] = {}  # address -> (interface, path) first named
@@ -460,6 +473,13 @@ def _virtual_servers(
                     vs.vip_interface,
                 )
                 continue
+        if vs.bgp and (bgp is not None or not bgp_invalid):
+            problem = bgp_service_problem(vs, bgp)
+        else:
+            problem = None
+        if problem is not None:
+            problems.add(f"{table.path}.bgp", problem, True)
+            continue
         result.append(vs)
     _REMEMBERED.keep(remembered)
     return tuple(result)
@@ -539,6 +559,7 @@ def _virtual_server(table: Table, modules: KernelModules) -> VirtualServer | Non
     panic = table.boolean("panic", False)
     slow_start = table.seconds("slow_start", allow_zero=True) or 0.0
     vip_interface, create_vip_interface = _vip_interface(table, key)
+    bgp = table.boolean("bgp", False)
     table.close()
     if key is None or check is None:
         return None
@@ -559,6 +580,7 @@ def _virtual_server(table: Table, modules: KernelModules) -> VirtualServer | Non
         real_servers=real_servers,
         vip_interface=vip_interface,
         create_vip_interface=create_vip_interface,
+        bgp=bgp,
     )
 
 
