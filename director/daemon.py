@@ -15,6 +15,7 @@ from pathlib import Path
 import trio
 
 from director import log, metrics, statefile
+from director.bird import Bird
 from director.config import Config, ConfigError, load_config
 from director.control import server
 from director.control.handler import Controller
@@ -142,6 +143,7 @@ async def serve(
             addresses=addresses,
             vips_owned=loaded.vips,
             maintenance=loaded.maintenance,
+            speaker=Bird(),
         )
         logger.info(
             "starting",

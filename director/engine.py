@@ -50,6 +50,7 @@ import outcome
 import trio
 
 from director import log, statefile
+from director.bgp import BgpKeeper, Speaker
 from director.config import Config, ConfigError, RealServerId, load_config, service_label
 from director.config.model import VirtualServer
 from director.desired import (
@@ -63,7 +64,14 @@ from director.health.checker import Checker, Target
 from director.health.probes import ProbeFunction
 from director.health.state import Health, HealthState, Transition, failure_worth_logging
 from director.ipvs.errors import IPVSError, KernelError
-from director.ipvs.model import ServiceEntry, ServiceKey, SyncDaemon, SyncState, endpoint
+from director.ipvs.model import (
+    IPAddress,
+    ServiceEntry,
+    ServiceKey,
+    SyncDaemon,
+    SyncState,
+    endpoint,
+)
 from director.ipvs.ops import AddService, DeleteService, Operation, SetTimeouts
 from director.ipvs.servicetable import TableKey, table_key
 from director.kernel import KernelTable
@@ -162,6 +170,7 @@ class Director:
         addresses: AddressBackend | None = None,
         vips_owned: Set[Vip] = frozenset(),
         maintenance: bool = False,
+        speaker: Speaker | None = None,
     ) -> None:
         """`config` is the config file's, `runtime` the operator's changes
         over it (director.runtime), `owned` the services a previous run owned
@@ -169,7 +178,8 @@ class Director:
         `state_path` where runtime changes and owned services are saved
         (None: not saved). `probe` and `rng` replace the real probes and the
         jitter's source (tests). With `follow_log_level`, a reload applies
-        [daemon] log_level."""
+        [daemon] log_level. `speaker` announces the VIPs of [bgp] (director.bird;
+        None: decided, never announced)."""
         self.config = config
         self.runtime = runtime
         self.effective = config  # set by _set_effective
@@ -186,6 +196,7 @@ class Director:
             maintenance=maintenance,
             interval=config.daemon.reconcile_interval,
         )
+        self.bgp = BgpKeeper(config.bgp, speaker)  # [bgp]: VIPs announced through BIRD
         self._set_effective(effective_config(config, runtime))
         self.kernel = kernel
         self.state_path = Path(state_path) if state_path is not None else None
@@ -246,6 +257,8 @@ class Director:
         )
         if target.service in self.vips.keys:
             self.vips.poke()
+        if target.service in self.bgp.keys:
+            self.bgp.poke()
         self.poke(f"{event} {endpoint(target.address, target.port)}", target.service)
 
     def _on_result(self, target: RealServerId, before: HealthState, after: HealthState) -> None:
@@ -337,6 +350,7 @@ class Director:
         self._by_key = {vs.key: vs for vs in effective.virtual_servers}
         self._ramping = frozenset(vs.key for vs in effective.virtual_servers if vs.slow_start)
         self.vips.configure(effective.virtual_servers, effective.daemon.reconcile_interval)
+        self.bgp.configure(effective.bgp, effective.virtual_servers)
 
     # -- jobs: the only way in for other tasks --------------------------------
 
@@ -376,6 +390,7 @@ class Director:
         self._running = True
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.bgp.run)
                 await nursery.start(self.checker.run)
                 self.log.info("ready", **self.counts())
                 task_status.started()
@@ -387,6 +402,7 @@ class Director:
                     await self._pass_if_due()
                     await self.sync.pass_if_due(self.kernel, self.save)
                     await self.vips.pass_if_due(self._vip_health, self.runtime.admin, self.save)
+                    self.bgp_pass("quorum not met")
         finally:
             self._running = False
             for _, reply in self._jobs:
@@ -539,8 +555,26 @@ class Director:
     def _vip_health(self) -> dict[RealServerId, RealServerView]:
         return self.health_views(self.vips.keys) if self.vips.keys else {}
 
+    def bgp_pass(self, why: str) -> list[tuple[str, IPAddress]]:
+        """The routes announced over BGP follow the verdicts now, if due
+        (director.bgp.BgpKeeper); the changes, as ("announce" | "withdraw",
+        address). Runs in the engine's task."""
+        return self.bgp.update(
+            lambda: self.health_views(self.bgp.keys),
+            self.runtime.admin,
+            self.vips.maintenance,
+            why,
+        )
+
+    def set_maintenance(self, on: bool) -> bool:
+        """Enter or leave maintenance (no VIP on an interface, nothing
+        announced over BGP while on); the previous setting. The caller
+        saves it and runs vip_pass and bgp_pass."""
+        self.bgp.poke()
+        return self.vips.set_maintenance(on)
+
     def _next_pass_at(self) -> float:
-        due = min(self._full_due(), self.sync.due_at(), self.vips.due_at())
+        due = min(self._full_due(), self.sync.due_at(), self.vips.due_at(), self.bgp.due_at())
         if self._ramping:
             due = min(due, self._last_ramp + SLOW_START_STEP)
         retry = next_retry(self.refusals)
@@ -888,11 +922,12 @@ class Director:
         return summary
 
     async def stop(self) -> None:
-        """Leave the table (and the VIPs) in place, or with [daemon]
-        flush_on_stop delete the owned services and remove the owned VIPs
-        (never anyone else's)."""
+        """Withdraw every BGP announcement (BIRD stopped); leave the table
+        (and the VIPs) in place, or with [daemon] flush_on_stop delete the
+        owned services and remove the owned VIPs (never anyone else's)."""
 
         async def job() -> None:
+            await self.bgp.stop("daemon stopping")
             if not self.config.daemon.flush_on_stop:
                 self.log.info("table_left_in_place", services=len(self.owned))
                 return

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+from director.bgp import BgpStatus
 from director.config import Config, RealServerId
 from director.desired import AdminState, RealServerView, desired_table
 from director.health.state import HealthState
@@ -125,10 +126,13 @@ def status_data(
     *,
     vips: tuple[VipStatus, ...] = (),
     maintenance: bool | None = None,
+    bgp: BgpStatus | None = None,
 ) -> dict[str, object]:
     """{"services": [...]}, "sync_daemons" when the daemon keeps any
     (director.sync.SyncKeeper.report), "vips" when it keeps any
-    (director.vips.VipKeeper.report), and "maintenance" (a bool) when given."""
+    (director.vips.VipKeeper.report), "maintenance" (a bool) when given,
+    and "bgp" with [bgp] (director.bgp.BgpKeeper.report: "speaker" {state,
+    pid, error}, "peers", "routes")."""
     data: dict[str, object] = {"services": [asdict(s) for s in report]}
     if sync:
         data["sync_daemons"] = [asdict(d) for d in sync]
@@ -136,6 +140,15 @@ def status_data(
         data["vips"] = [asdict(v) for v in vips]
     if maintenance is not None:
         data["maintenance"] = maintenance
+    if bgp is not None:
+        data["bgp"] = {
+            "speaker": {"state": bgp.speaker, "pid": bgp.pid, "error": bgp.error},
+            "peers": [
+                {"name": p.name, "address": p.address, "as": p.as_number, "state": p.state}
+                for p in bgp.peers
+            ],
+            "routes": [asdict(r) for r in bgp.routes],
+        }
     return data
 
 
@@ -148,16 +161,34 @@ def status_text(
     *,
     vips: tuple[VipStatus, ...] = (),
     maintenance: bool = False,
+    bgp: BgpStatus | None = None,
 ) -> str:
     """A maintenance line when on; one block per service, one aligned row
     per real server; then one line per sync daemon and per VIP the daemon
-    keeps."""
+    keeps, and the BGP speaker, its peers and routes."""
     head = (
-        "maintenance: on (every VIP of the daemon's removed; directorctl maintenance off)\n"
+        "maintenance: on (every VIP of the daemon's removed or withdrawn; "
+        "directorctl maintenance off)\n"
         if maintenance
         else ""
     )
-    return head + _services_text(report) + _sync_text(sync) + _vips_text(vips)
+    return head + _services_text(report) + _sync_text(sync) + _vips_text(vips) + _bgp_text(bgp)
+
+
+def _bgp_text(bgp: BgpStatus | None) -> str:
+    if bgp is None:
+        return ""
+    speaker = f"BIRD {bgp.speaker}" + (f" (pid {bgp.pid})" if bgp.pid is not None else "")
+    if bgp.error is not None:
+        speaker += f": {bgp.error}"
+    out = [f"BGP ([bgp]): {speaker}\n"]
+    for peer in bgp.peers:
+        out.append(f"  peer {peer.address} AS {peer.as_number}: {peer.state}\n")
+    for route in bgp.routes:
+        services = f" ({', '.join(route.services)})" if route.services else ""
+        state = "announced" if route.announced else "withdrawn"
+        out.append(f"  route {route.address}{services}: {state}, {route.reason}\n")
+    return "".join(out)
 
 
 def _vips_text(vips: tuple[VipStatus, ...]) -> str:

@@ -30,7 +30,7 @@ import errno
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import trio
 
@@ -43,6 +43,7 @@ from director.refusals import backoff, failed, to_log
 from director.runtime import describe_service
 
 RETRY_BASE = 1.0  # seconds before the first retry of a refused change
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -106,16 +107,22 @@ def desired_vips(
     verdict of receives_traffic; several services on one address (tcp:80
     and tcp:443) share it: True when any is True, else None when any is
     None, else False."""
-    verdicts: dict[Vip, bool | None] = {}
-    for vs in services:
-        if vs.vip_interface is None or vs.key.address is None:
-            continue
-        vip = Vip(vs.vip_interface, vs.key.address)
-        verdict = receives_traffic(vs, health, maintenance, admin)
-        if vip not in verdicts or verdict is True:
-            verdicts[vip] = verdict
-        elif verdict is None and verdicts[vip] is False:
-            verdicts[vip] = None
+    return combine_verdicts(
+        (Vip(vs.vip_interface, vs.key.address), receives_traffic(vs, health, maintenance, admin))
+        for vs in services
+        if vs.vip_interface is not None and vs.key.address is not None
+    )
+
+
+def combine_verdicts(pairs: Iterable[tuple[K, bool | None]]) -> dict[K, bool | None]:
+    """One verdict per key from those of the services sharing it: True when
+    any is True, else None when any is None, else False."""
+    verdicts: dict[K, bool | None] = {}
+    for key, verdict in pairs:
+        if key not in verdicts or verdict is True:
+            verdicts[key] = verdict
+        elif verdict is None and verdicts[key] is False:
+            verdicts[key] = None
     return verdicts
 
 

@@ -402,10 +402,11 @@ class Controller:
         sync = director.sync.report(trio.current_time())
         vips = director.vips.report(trio.current_time())
         maintenance = director.vips.maintenance
-        data = status_data(report, sync, vips=vips, maintenance=maintenance)
+        bgp = await director.bgp.report(maintenance)
+        data = status_data(report, sync, vips=vips, maintenance=maintenance, bgp=bgp)
         if args.get("json"):
             return Response(0, "", "", data)
-        text = status_text(report, sync, vips=vips, maintenance=maintenance)
+        text = status_text(report, sync, vips=vips, maintenance=maintenance, bgp=bgp)
         return Response(0, text, "", data)
 
     async def _maintenance(self, args: Mapping[str, object], peer: Peer) -> Response:
@@ -425,7 +426,7 @@ class Controller:
 
         async def change() -> Response:
             director = self.director
-            was = director.vips.set_maintenance(on)
+            was = director.set_maintenance(on)
             self.log.info(
                 "maintenance_on" if on else "maintenance_off",
                 was="on" if was else "off",
@@ -434,10 +435,12 @@ class Controller:
             )
             await director.save()
             sent = await director.vip_pass(f"maintenance {mode}")
+            routes = director.bgp_pass(f"maintenance {mode}")
             verb = "removed" if on else "added"
-            return Response(
-                0, f"maintenance {mode}: {len(sent)} VIPs {verb}\n", "", {"sent": len(sent)}
-            )
+            text = f"maintenance {mode}: {len(sent)} VIPs {verb}"
+            if director.bgp.settings is not None:
+                text += f", {len(routes)} BGP routes {'withdrawn' if on else 'announced'}"
+            return Response(0, text + "\n", "", {"sent": len(sent), "bgp_changes": len(routes)})
 
         return await self.director.exclusive(change)
 

@@ -1,0 +1,524 @@
+"""VIPs announced over BGP: a service with `bgp = true` has its address
+announced as a host route (/32, /128) to the [[bgp.peer]] routers while it
+should receive traffic (director.vips.receives_traffic: its quorum up, the
+director not in maintenance), and withdrawn otherwise.
+
+The BGP speaker is BIRD 2 (director.bird), run as the daemon's child: this
+module decides what BIRD is told, never speaks BGP. Pure here: `verdicts`,
+`announced_after`, `render` (BIRD's config file), `parse_protocols`
+(`birdc show protocols`) and `bgp_report`. `BgpKeeper` is the one owner of
+the BGP state in the daemon; the engine feeds it verdicts, and its task
+keeps BIRD running with the config that says what to announce.
+
+Not known yet (None, as after a start, before the first checks): a route
+announced stays announced, one not announced stays withdrawn. A start
+announces nothing until the checks say so.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Set
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from director import log
+from director.config.model import BgpPeer, BgpSettings, RealServerId, VirtualServer
+from director.desired import AdminState, RealServerView
+from director.ipvs.model import IPAddress, ServiceKey
+from director.refusals import failed
+from director.runtime import describe_service
+from director.vips import combine_verdicts, receives_traffic
+
+RETRY_BASE = 1.0  # seconds before BIRD is started again after a failure, doubling
+RETRY_CAP = 30.0
+STOP_GRACE = 5.0  # seconds BIRD gets to close its sessions on SIGTERM before SIGKILL
+BIRD_LOG_CLASSES = "{ trace, info, remote, warning, error, auth, fatal, bug }"
+
+
+def address_sort_key(address: IPAddress) -> tuple[int, int]:
+    return address.version, int(address)
+
+
+def prefix(address: IPAddress) -> str:
+    """'10.0.0.1/32', '2001:db8::1/128': the host route of a VIP."""
+    return f"{address}/{32 if address.version == 4 else 128}"
+
+
+# -- what to announce -------------------------------------------------------------
+
+
+def verdicts(
+    services: Iterable[VirtualServer],
+    health: Mapping[RealServerId, RealServerView],
+    maintenance: bool,
+    admin: Mapping[RealServerId, AdminState] | None = None,
+) -> dict[IPAddress, bool | None]:
+    """Each address of the services with bgp = true, with the verdict of
+    receives_traffic; services sharing an address: director.vips.combine_verdicts."""
+    return combine_verdicts(
+        (vs.key.address, receives_traffic(vs, health, maintenance, admin))
+        for vs in services
+        if vs.bgp and vs.key.address is not None
+    )
+
+
+def announced_after(
+    announced: Set[IPAddress], verdicts: Mapping[IPAddress, bool | None]
+) -> frozenset[IPAddress]:
+    """The routes to announce: those whose verdict is True, and those
+    announced now whose verdict is not known yet (None). An address no
+    longer in `verdicts` (its service gone, or bgp = false) is withdrawn."""
+    return frozenset(
+        address
+        for address, verdict in verdicts.items()
+        if verdict is True or (verdict is None and address in announced)
+    )
+
+
+# -- BIRD's config ----------------------------------------------------------------
+
+
+def protocol_name(peer: BgpPeer) -> str:
+    """BIRD's name of a peer's BGP protocol (a BIRD symbol: letters, digits, _)."""
+    return "peer_" + re.sub(r"[^0-9A-Za-z]", "_", str(peer.address))
+
+
+def render(settings: BgpSettings, routes: Iterable[IPAddress]) -> str:
+    """The whole of BIRD 2's config file: no kernel protocol (BIRD installs
+    nothing in the director's routing table), one static protocol per
+    family holding the routes to announce (unreachable host routes: their
+    next hop on the sessions is set by the BGP protocols), one BGP
+    protocol per peer exporting the routes of its family, nothing
+    imported. The grammar is BIRD 2.0's (doc/bird.sgml, "Configuration").
+    Every value in it was checked by director.config.bgp."""
+    by_family: dict[int, list[IPAddress]] = {4: [], 6: []}
+    for address in sorted(set(routes), key=address_sort_key):
+        by_family[address.version].append(address)
+    lines = [
+        "# Written by directord: every change is made there, not here.",
+        f"log stderr {BIRD_LOG_CLASSES};",
+    ]
+    if settings.router_id is not None:
+        lines.append(f"router id {settings.router_id};")
+    lines += ["", "protocol device {}", ""]
+    for family, addresses in by_family.items():
+        lines.append(f"protocol static director_vips{family} {{")
+        lines.append(f"  ipv{family};")
+        lines += [f"  route {prefix(address)} unreachable;" for address in addresses]
+        lines += ["}", ""]
+    attributes = []
+    if settings.med is not None:
+        attributes.append(f"bgp_med = {settings.med};")
+    if settings.local_pref is not None:
+        attributes.append(f"bgp_local_pref = {settings.local_pref};")
+    lines.append(f"filter director_export {{ {' '.join([*attributes, 'accept;'])} }}")
+    lines.append("")
+    keepalive = max(settings.hold_time // 3, 1)
+    for peer in settings.peers:
+        family = peer.address.version
+        if settings.next_hop is not None and settings.next_hop.version == family:
+            next_hop = f"next hop address {settings.next_hop};"
+        else:
+            next_hop = "next hop self;"
+        lines.append(f"protocol bgp {protocol_name(peer)} {{")
+        lines.append("  debug { states };")
+        lines.append(f"  local as {settings.local_as};")
+        lines.append(f"  neighbor {peer.address} port {peer.port} as {peer.as_number};")
+        if settings.hold_time:
+            lines.append(f"  hold time {settings.hold_time};")
+            lines.append(f"  keepalive time {keepalive};")
+        else:
+            lines.append("  hold time 0;")
+        # BIRD waits 120 s by default before it tries a refused connection again.
+        lines.append("  connect retry time 5;")
+        lines.append("  start delay time 1;")
+        lines.append("  error wait time 5, 60;")
+        if peer.multihop is not None:
+            lines.append(f"  multihop {peer.multihop};")
+        if peer.password is not None:
+            lines.append(f'  password "{peer.password}";')
+        lines.append(f"  ipv{family} {{")
+        lines.append("    import none;")
+        lines.append("    export filter director_export;")
+        lines.append(f"    {next_hop}")
+        lines.append("  };")
+        lines += ["}", ""]
+    return "\n".join(lines)
+
+
+def routes_in(text: str) -> frozenset[str]:
+    """The prefixes a config from `render` announces (for tests and status)."""
+    return frozenset(re.findall(r"^  route (\S+) unreachable;$", text, re.MULTILINE))
+
+
+# -- BIRD's answers -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProtocolState:
+    """One row of `birdc show protocols`."""
+
+    name: str
+    state: str  # BIRD's: up, down, start, stop
+    since: str
+    info: str  # for BGP: Established, Active, Connect, Idle, ... and the last error
+
+
+def parse_protocols(text: str) -> dict[str, ProtocolState]:
+    """The rows of `birdc show protocols` (BIRD 2: a banner, a heading, then
+    name, protocol, table, state, since (date and/or time), info)."""
+    rows: dict[str, ProtocolState] = {}
+    for line in text.splitlines():
+        fields = line.split(None, 4)
+        if len(fields) < 5 or fields[1] in ("Proto", "ready."):
+            continue
+        name, _proto, _table, state, rest = fields
+        since, _, info = rest.partition("  ")
+        if not re.match(r"[0-9]", since):
+            continue
+        rows[name] = ProtocolState(name, state, since.strip(), info.strip())
+    return rows
+
+
+# -- status -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BgpPeerStatus:
+    name: str  # BIRD's protocol name
+    address: str
+    as_number: int
+    state: str  # BIRD's info: "Established", "Active", ...; "unknown" when BIRD is not asked
+
+
+@dataclass(frozen=True)
+class BgpRouteStatus:
+    address: str  # "10.0.0.1/32"
+    services: tuple[str, ...]
+    announced: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class BgpStatus:
+    speaker: str  # running, starting, stopped, failed
+    pid: int | None
+    error: str | None
+    peers: tuple[BgpPeerStatus, ...]
+    routes: tuple[BgpRouteStatus, ...]
+
+
+def bgp_report(
+    settings: BgpSettings,
+    services: Iterable[VirtualServer],
+    verdicts: Mapping[IPAddress, bool | None],
+    announced: Set[IPAddress],
+    protocols: Mapping[str, ProtocolState] | None,
+    *,
+    speaker: str,
+    pid: int | None,
+    error: str | None,
+    maintenance: bool,
+) -> BgpStatus:
+    """Pure: the BGP part of `directorctl status` (protocols None: BIRD not
+    asked, or not answering)."""
+    peers = []
+    for peer in settings.peers:
+        name = protocol_name(peer)
+        row = (protocols or {}).get(name)
+        state = "unknown" if row is None else (row.info or row.state)
+        peers.append(BgpPeerStatus(name, str(peer.address), peer.as_number, state))
+    names: dict[IPAddress, list[str]] = {}
+    for vs in services:
+        if vs.bgp and vs.key.address is not None:
+            names.setdefault(vs.key.address, []).append(describe_service(vs.key))
+    routes = []
+    for address in sorted(names.keys() | set(announced), key=address_sort_key):
+        verdict = verdicts.get(address, False)
+        reason = {
+            True: "quorum met",
+            None: "quorum not known yet: kept as it is",
+            False: "quorum not met" if address in names else "no longer configured",
+        }[verdict]
+        if maintenance and address in names:
+            reason = "maintenance"
+        routes.append(
+            BgpRouteStatus(
+                prefix(address), tuple(names.get(address, ())), address in announced, reason
+            )
+        )
+    return BgpStatus(speaker, pid, error, tuple(peers), tuple(routes))
+
+
+# -- the shell's seam -----------------------------------------------------------------
+
+
+class SpeakerError(Exception):
+    """BIRD could not be started, refused its config, or did not answer; the
+    message is in BIRD's (or the system's) words."""
+
+
+class Speaker(Protocol):
+    """What BgpKeeper needs of the BGP speaker (director.bird.Bird; a fake
+    in the unit tests)."""
+
+    async def run(
+        self,
+        settings: BgpSettings,
+        config: str,
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> tuple[int, str]:
+        """Start the speaker with `config`; started() with its pid once it
+        answers; return (its exit status, its last words) when it exits.
+        Cancelled: stop it (SIGTERM, then SIGKILL after STOP_GRACE).
+        Raises SpeakerError when it cannot start."""
+        ...
+
+    async def configure(self, settings: BgpSettings, config: str) -> None:
+        """Give the running speaker `config`. Raises SpeakerError."""
+        ...
+
+    async def protocols(self, settings: BgpSettings) -> str:
+        """`birdc show protocols`. Raises SpeakerError."""
+        ...
+
+
+def _restart_needed(old: BgpSettings | None, new: BgpSettings | None) -> bool:
+    """A change BIRD cannot take by reconfiguring: which BIRD, and where."""
+    if old is None or new is None:
+        return old is not new
+    return (old.bird, old.runtime_dir) != (new.bird, new.runtime_dir)
+
+
+class BgpKeeper:
+    """The one owner of the BGP state: the settings, the services with
+    bgp = true, their verdicts, the routes announced, and the speaker's
+    process. `configure` and `update` run in the engine's task; `run` is a
+    task of the engine's nursery that keeps BIRD running with the config
+    `render` makes of the announced routes."""
+
+    def __init__(self, settings: BgpSettings | None, speaker: Speaker | None = None) -> None:
+        self.settings = settings
+        self.speaker = speaker
+        self.services: tuple[VirtualServer, ...] = ()
+        self.keys: frozenset[ServiceKey] = frozenset()
+        self.verdicts: dict[IPAddress, bool | None] = {}
+        self.announced: frozenset[IPAddress] = frozenset()
+        self.state = "stopped"  # of the speaker: starting, running, stopped, failed
+        self.pid: int | None = None
+        self.error: str | None = None
+        self._due = False
+        self._changed = trio.Event()  # the announced routes or the settings changed
+        self._interrupt = trio.CancelScope()  # the speaker's life, or the wait before one
+        self._idle = trio.Event()  # set while no speaker runs
+        self._stopping = False
+        self._why = "start"
+        self._failures = 0
+        self.log = log.get("bgp")
+
+    # -- the engine's side (its task) --
+
+    def configure(self, settings: BgpSettings | None, services: Iterable[VirtualServer]) -> None:
+        """The effective config's [bgp] and services: the verdicts are due
+        again, and the speaker restarted, reconfigured or stopped to match."""
+        mine = tuple(vs for vs in services if vs.bgp)
+        if settings != self.settings or mine != self.services:
+            if _restart_needed(self.settings, settings):
+                self._why = "bgp removed from the config" if settings is None else "reload"
+                self._interrupt.cancel()
+            self.settings, self.services = settings, mine
+            self.keys = frozenset(vs.key for vs in mine)
+            self._changed.set()
+        self.poke()
+
+    def poke(self) -> None:
+        """Health (or maintenance) changed: `update` is due."""
+        self._due = True
+
+    def due_at(self) -> float:
+        return -math.inf if self._due and (self.settings or self.announced) else math.inf
+
+    def update(
+        self,
+        health: Callable[[], Mapping[RealServerId, RealServerView]],
+        admin: Mapping[RealServerId, AdminState],
+        maintenance: bool,
+        why: str,
+    ) -> list[tuple[str, IPAddress]]:
+        """When due: the verdicts now and the routes to announce after them
+        (each change logged and handed to the task); the changes, as
+        ("announce" | "withdraw", address)."""
+        if self.due_at() == math.inf:
+            return []
+        self._due = False
+        if self.settings is None:
+            self.verdicts = {}
+        else:
+            self.verdicts = verdicts(self.services, health(), maintenance, admin)
+        announced = announced_after(self.announced, self.verdicts)
+        changes = [
+            ("announce", a) for a in sorted(announced - self.announced, key=address_sort_key)
+        ]
+        changes += [
+            ("withdraw", a) for a in sorted(self.announced - announced, key=address_sort_key)
+        ]
+        for change, address in changes:
+            if change == "announce":
+                self.log.info("bgp_announced", address=prefix(address), why="quorum met")
+                continue
+            verdict = self.verdicts.get(address)
+            reason = "maintenance" if maintenance and verdict is False else why
+            if address not in self.verdicts:
+                reason = "no longer configured"
+            self.log.info("bgp_withdrawn", address=prefix(address), why=reason)
+        if changes:
+            self.announced = announced
+            self._changed.set()
+        return changes
+
+    async def stop(self, why: str) -> None:
+        """Withdraw everything by stopping the speaker (its sessions close:
+        a Cease NOTIFICATION to each peer) and never start it again; returns
+        once it has exited (at most STOP_GRACE and a second)."""
+        self._stopping, self._why = True, why
+        self._interrupt.cancel()
+        if self.pid is None:
+            return
+        with trio.move_on_after(STOP_GRACE + 1.0):
+            await self._idle.wait()
+
+    # -- the task --
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the speaker running while there are settings, with the
+        config of the announced routes; start it again with backoff when it
+        exits or cannot start. Never raises but for cancellation;
+        cancelled, the speaker is stopped."""
+        task_status.started()
+        while True:
+            self._interrupt = trio.CancelScope()
+            with self._interrupt:
+                settings = self.settings
+                if settings is None or self.speaker is None or self._stopping:
+                    self.state = "stopped"
+                    self._idle.set()
+                    await trio.sleep_forever()
+                    continue
+                try:
+                    retry_in = await self._life(settings)
+                except Exception as error:  # a bug must not end the daemon
+                    self.log.exception("bgp_bug")
+                    retry_in = self._failed("bgp_bug", repr(error))
+                await trio.sleep(retry_in)
+            if self._interrupt.cancelled_caught and self.state == "running":
+                self.log.info("bgp_speaker_stopped", why=self._why)
+            if self.pid is None and self.state != "failed":
+                self.state = "stopped"
+
+    async def _life(self, settings: BgpSettings) -> float:
+        """One life of the speaker: until it exits (the seconds to wait
+        before the next) or the task is cancelled."""
+        assert self.speaker is not None
+        self._idle = trio.Event()
+        self.state, self.error = "starting", None
+        exited: list[tuple[int, str]] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    self.pid = await nursery.start(self._speak, nursery, settings, exited)
+                except SpeakerError as error:
+                    return self._failed("bgp_speaker_failed", str(error))
+                self.state = "running"
+                self.log.info(
+                    "bgp_speaker_started",
+                    pid=self.pid,
+                    peers=len(settings.peers),
+                    announced=[prefix(a) for a in sorted(self.announced, key=address_sort_key)],
+                )
+                if self._failures:
+                    self.log.info("bgp_speaker_recovered", after_failures=self._failures)
+                self._failures = 0
+                nursery.start_soon(self._follow, settings)
+        finally:
+            self.pid = None
+            self._idle.set()
+        code, words = exited[0]
+        return self._failed("bgp_speaker_exited", words, returncode=code)
+
+    async def _speak(
+        self,
+        nursery: trio.Nursery,
+        settings: BgpSettings,
+        exited: list[tuple[int, str]],
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        assert self.speaker is not None
+        config = render(settings, self.announced)
+        self._changed = trio.Event()  # what it starts with is applied
+        exited.append(await self.speaker.run(settings, config, task_status=task_status))
+        nursery.cancel_scope.cancel()
+
+    async def _follow(self, settings: BgpSettings) -> None:
+        """Hand each change of the announced routes, or of the settings BIRD
+        takes by reconfiguring, to the running speaker."""
+        assert self.speaker is not None
+        applied = render(settings, self.announced)
+        while True:
+            await self._changed.wait()
+            self._changed = trio.Event()
+            if self.settings is None:
+                continue  # configure() ends this life
+            config = render(self.settings, self.announced)
+            if config == applied:
+                continue
+            try:
+                await self.speaker.configure(self.settings, config)
+            except SpeakerError as error:
+                # BIRD keeps its previous config; the whole config goes again
+                # after RETRY_BASE, or with the next change.
+                self.error = str(error)
+                self.log.error("bgp_configure_failed", error=str(error), retry_in=RETRY_BASE)
+                await trio.sleep(RETRY_BASE)
+                self._changed.set()
+                continue
+            applied, self.error = config, None
+
+    def _failed(self, event: str, error: str, **fields: object) -> float:
+        now = trio.current_time()
+        failure = failed(self._failures, now, base=RETRY_BASE, cap=RETRY_CAP)
+        self._failures, self.state, self.error = failure.count, "failed", error
+        retry_in = failure.retry_at - now
+        self.log.error(event, error=error, restart_in=round(retry_in, 3), **fields)
+        return retry_in
+
+    # -- status --
+
+    async def report(self, maintenance: bool) -> BgpStatus | None:
+        """For `directorctl status` (None without [bgp]); asks BIRD for its
+        sessions' states when it runs."""
+        if self.settings is None:
+            return None
+        protocols = None
+        error = self.error
+        if self.speaker is not None and self.state == "running":
+            try:
+                protocols = parse_protocols(await self.speaker.protocols(self.settings))
+            except SpeakerError as failure:
+                error = str(failure)
+        return bgp_report(
+            self.settings,
+            self.services,
+            self.verdicts,
+            self.announced,
+            protocols,
+            speaker=self.state,
+            pid=self.pid,
+            error=error,
+            maintenance=maintenance,
+        )
