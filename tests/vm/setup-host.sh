@@ -1,14 +1,15 @@
 #!/bin/sh
 # Set up a fresh Debian machine (as root) for director's demo, tests and
 # benchmarks: the kernel that has ip_vs, qemu to boot it, the reference tools
-# (ipvsadm, keepalived), promtool (Debian's prometheus package) and groff/man
+# (ipvsadm, keepalived), BIRD 2 (the BGP speaker directord runs, and the
+# tests' upstream router), promtool (Debian's prometheus package) and groff/man
 # for the metrics and docs tests, and a virtualenv with the package and its
 # test tools.
 set -eu
 cd "$(dirname "$0")/../.."
 
 need=""
-for pkg in qemu-system-x86 linux-image-amd64 busybox-static ipvsadm keepalived iproute2 kmod procps \
+for pkg in qemu-system-x86 linux-image-amd64 busybox-static ipvsadm keepalived bird2 iproute2 kmod util-linux procps \
     python3 python3-venv prometheus groff-base man-db zsh; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need="$need $pkg"
 done
