@@ -62,6 +62,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from director.bgp import BgpStatus
 from director.config.model import Config, RealServerId
 from director.desired import AdminState
 from director.engine import Director
@@ -78,6 +79,8 @@ from director.metrics.events import (
     operation_kind,
 )
 from director.refusals import Refusal, Subject
+from director.sync import SyncDaemonStatus
+from director.vips import VipStatus
 
 SERVICE_LABELS = ("local_address", "local_port", "proto", "local_mark")
 BACKEND_LABELS = (
@@ -124,6 +127,10 @@ class Snapshot:
     unix_now: float
     kernel: list[ServiceEntry] | None  # None: the read failed
     kernel_error: str | None = None
+    maintenance: bool = False
+    vips: tuple[VipStatus, ...] = ()
+    sync: tuple[SyncDaemonStatus, ...] = ()
+    bgp: BgpStatus | None = None
 
     def unix(self, at: float) -> float:
         """A time on the engine's clock as Unix time."""
@@ -131,10 +138,14 @@ class Snapshot:
 
 
 def take_snapshot(
-    director: Director, kernel: list[ServiceEntry] | None, kernel_error: str | None = None
+    director: Director,
+    kernel: list[ServiceEntry] | None,
+    kernel_error: str | None = None,
+    bgp: BgpStatus | None = None,
 ) -> Snapshot:
     """The engine's state now. Run in the trio thread (the engine's task owns
-    what this reads); O(real servers) in dict copies, nothing formatted."""
+    what this reads); O(real servers) in dict copies, nothing formatted.
+    `bgp`: director.bgp.BgpKeeper.report's, asked for just before."""
     events = director.events
     states = director.checker.states()
     events.forget(states)
@@ -156,6 +167,10 @@ def take_snapshot(
         unix_now=time.time(),
         kernel=kernel,
         kernel_error=kernel_error,
+        maintenance=director.vips.maintenance,
+        vips=director.vips.report(trio.current_time()),
+        sync=director.sync.report(trio.current_time()),
+        bgp=bgp,
     )
 
 
@@ -264,7 +279,12 @@ def _backend(service: list[str], address: object, port: int) -> str:
 
 def families(snapshot: Snapshot) -> list[Family]:
     """Every metric family of a snapshot (the daemon's, then the kernel's)."""
-    return [*_real_servers(snapshot), *_daemon(snapshot), *_kernel(snapshot)]
+    return [
+        *_real_servers(snapshot),
+        *_daemon(snapshot),
+        *_directors(snapshot),
+        *_kernel(snapshot),
+    ]
 
 
 _STATE = {name: labels(("state",), (name,)) for name in (*HEALTH_STATES, *ADMIN_STATES)}
@@ -470,6 +490,66 @@ def _daemon(s: Snapshot) -> list[Family]:
             "(ok, error).",
             ("command", "result"),
             s.control.items(),
+        ),
+    ]
+
+
+def _directors(s: Snapshot) -> list[Family]:
+    """Maintenance, the VIPs on interfaces, the sync daemons and BGP: what
+    a pair or a group of directors is watched by."""
+    families = [
+        _single(
+            "director_maintenance",
+            "gauge",
+            "1 while the director is in maintenance (directorctl maintenance on), else 0.",
+            1 if s.maintenance else 0,
+        ),
+        _by(
+            "director_vip_present",
+            "gauge",
+            "1 while a VIP the config names is on its vip_interface (put there by the "
+            "daemon), else 0.",
+            ("address", "interface"),
+            [((v.address, v.interface), 1 if v.state.startswith("present") else 0) for v in s.vips],
+        ),
+        _by(
+            "director_ipvs_sync_daemon_running",
+            "gauge",
+            "1 while a sync daemon of [ipvs.sync] runs as configured, by state (master, "
+            "backup), else 0.",
+            ("state",),
+            [
+                ((d.state,), 1 if d.wanted and d.error is None and d.refused is None else 0)
+                for d in s.sync
+            ],
+        ),
+    ]
+    if s.bgp is None:
+        return families
+    return [
+        *families,
+        _single(
+            "director_bgp_speaker_up",
+            "gauge",
+            "1 while BIRD, the BGP speaker directord runs for [bgp], is running, else 0.",
+            1 if s.bgp.speaker == "running" else 0,
+        ),
+        _by(
+            "director_bgp_session_established",
+            "gauge",
+            "1 while the BGP session with a [[bgp.peer]] is established, else 0.",
+            ("peer", "peer_as"),
+            [
+                ((p.address, str(p.as_number)), 1 if p.state.startswith("Established") else 0)
+                for p in s.bgp.peers
+            ],
+        ),
+        _by(
+            "director_bgp_route_announced",
+            "gauge",
+            "1 while a VIP (a service with bgp = true) is announced to the peers, else 0.",
+            ("prefix",),
+            [((r.address,), 1 if r.announced else 0) for r in s.bgp.routes],
         ),
     ]
 

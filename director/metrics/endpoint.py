@@ -97,8 +97,9 @@ class Scraper:
     async def scrape(self, gzipped: bool = False) -> bytes:
         """The exposition body (collect.render: the text format 0.0.4)."""
         entries, error = await self.kernel()
+        bgp = await self.director.bgp.report(self.director.vips.maintenance)
         async with self._render:
-            snapshot = take_snapshot(self.director, entries, error)
+            snapshot = take_snapshot(self.director, entries, error, bgp)
             return await self.reads.run_sync(partial(render, snapshot, gzipped))
 
 

@@ -527,3 +527,64 @@ async def test_the_collector_yields_what_the_endpoint_serves(
         assert ours == through_client
         assert len({f.name for f in families(snapshot)}) == len(families(snapshot))
         nursery.cancel_scope.cancel()
+
+
+async def test_maintenance_vips_sync_daemons_and_bgp_are_gauges() -> None:
+    from dataclasses import replace
+
+    from director.bgp import BgpPeerStatus, BgpRouteStatus, BgpStatus
+    from director.sync import SyncDaemonStatus
+    from director.vips import VipStatus
+
+    base = kernel_snapshot([])
+    vips = (
+        VipStatus("10.0.0.1/32", "director0", ("tcp:10.0.0.1:80",), "present (ours)", "", True),
+        VipStatus("10.0.0.2/32", "director0", ("tcp:10.0.0.2:80",), "absent", "", False),
+    )
+    sync = (
+        SyncDaemonStatus("master", "eth1 syncid 7", wanted=True),
+        SyncDaemonStatus("backup", "eth1 syncid 7", wanted=True, refused="EPERM"),
+    )
+    bgp = BgpStatus(
+        "running",
+        42,
+        None,
+        (
+            BgpPeerStatus("peer_10_9_0_1", "10.9.0.1", 65000, "Established"),
+            BgpPeerStatus(
+                "peer_10_9_0_2", "10.9.0.2", 65000, "Active    Socket: Connection refused"
+            ),
+        ),
+        (
+            BgpRouteStatus("10.0.0.1/32", ("tcp:10.0.0.1:80",), True, "quorum met"),
+            BgpRouteStatus("10.0.0.2/32", ("tcp:10.0.0.2:80",), False, "quorum not met"),
+        ),
+    )
+    samples = parse(render(replace(base, maintenance=True, vips=vips, sync=sync, bgp=bgp)).decode())
+    assert value(samples, "director_maintenance") == 1
+    assert (
+        value(samples, "director_vip_present", {"address": "10.0.0.1/32", "interface": "director0"})
+        == 1
+    )
+    assert (
+        value(samples, "director_vip_present", {"address": "10.0.0.2/32", "interface": "director0"})
+        == 0
+    )
+    assert value(samples, "director_ipvs_sync_daemon_running", {"state": "master"}) == 1
+    assert value(samples, "director_ipvs_sync_daemon_running", {"state": "backup"}) == 0
+    assert value(samples, "director_bgp_speaker_up") == 1
+    assert (
+        value(samples, "director_bgp_session_established", {"peer": "10.9.0.1", "peer_as": "65000"})
+        == 1
+    )
+    assert (
+        value(samples, "director_bgp_session_established", {"peer": "10.9.0.2", "peer_as": "65000"})
+        == 0
+    )
+    assert value(samples, "director_bgp_route_announced", {"prefix": "10.0.0.1/32"}) == 1
+    assert value(samples, "director_bgp_route_announced", {"prefix": "10.0.0.2/32"}) == 0
+    plain = parse(render(base).decode())
+    assert value(plain, "director_maintenance") == 0
+    assert not any(name.startswith("director_bgp_") for name, _ in plain)
+    stopped = parse(render(replace(base, bgp=replace(bgp, speaker="failed", pid=None))).decode())
+    assert value(stopped, "director_bgp_speaker_up") == 0
