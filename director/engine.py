@@ -50,7 +50,7 @@ import outcome
 import trio
 
 from director import log, statefile
-from director.bgp import BgpKeeper, Speaker
+from director.bgp import BgpKeeper, Speaker, prefix
 from director.config import Config, ConfigError, RealServerId, load_config, service_label
 from director.config.model import VirtualServer
 from director.desired import (
@@ -92,7 +92,7 @@ from director.refusals import (
 )
 from director.runtime import EMPTY, RuntimeLayer, effective_config
 from director.sync import SyncKeeper
-from director.vips import AddressBackend, Vip, VipKeeper
+from director.vips import AddressBackend, Vip, VipKeeper, VipOperation, describe_op
 
 T = TypeVar("T")
 RETRY_BASE = 1.0  # seconds before the first retry of a refused operation or a failed pass
@@ -143,6 +143,9 @@ class ReloadSummary:
     real_servers_removed: tuple[RealServerId, ...]
     real_servers_changed: tuple[RealServerId, ...]
     operations: tuple[Operation, ...]
+    # What else the reload changed at once: sync daemons, VIPs on their
+    # interfaces, BGP announcements; each as its log event's fields.
+    others: tuple[dict[str, object], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -544,7 +547,7 @@ class Director:
         """The effective virtual servers of `keys` (those configured)."""
         return [vs for key in keys if (vs := self._by_key.get(key)) is not None]
 
-    async def vip_pass(self, why: str) -> list[object]:
+    async def vip_pass(self, why: str) -> list[VipOperation]:
         """The VIPs converge now (director.vips.VipKeeper); the operations
         sent. Runs in the engine's task."""
         self.vips.poke()
@@ -889,8 +892,13 @@ class Director:
             log.set_level(config.daemon.log_level.value)
         operations = await self.reconcile("reload", only=changed)
         self.sync.configure(config.ipvs.sync, config.daemon.reconcile_interval)
-        await self.sync.pass_if_due(self.kernel, self.save, "reload")
-        await self.vip_pass("reload")
+        others: list[dict[str, object]] = []
+        for op in await self.sync.pass_if_due(self.kernel, self.save, "reload"):
+            others.append({"what": "sync daemon", **describe_operation(op)})
+        for vip_op in await self.vip_pass("reload"):
+            others.append({"what": "vip", **describe_op(vip_op)})
+        for change, address in self.bgp_pass("reload"):
+            others.append({"what": "bgp", "op": change, "address": prefix(address)})
         summary = ReloadSummary(
             services_added=tuple(
                 sorted(new.service_keys() - old.service_keys(), key=service_sort_key)
@@ -904,6 +912,7 @@ class Director:
                 t for t in new_targets if t in old_targets and new_targets[t] != old_targets[t]
             ),
             operations=tuple(operations),
+            others=tuple(others),
         )
         self.log.info(
             "reloaded",

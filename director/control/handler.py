@@ -651,6 +651,7 @@ def reload_text(summary: ReloadSummary) -> str:
         *(f"+ real server {_rid(r)}" for r in summary.real_servers_added),
         *(f"- real server {_rid(r)}" for r in summary.real_servers_removed),
         *(f"~ real server {_rid(r)}" for r in summary.real_servers_changed),
+        *(f"> {_other(fields)}" for fields in summary.others),
     ]
     return "".join(f"{line}\n" for line in lines) + (
         f"reloaded: {len(summary.operations)} table operations\n"
@@ -665,7 +666,15 @@ def reload_data(summary: ReloadSummary) -> dict[str, object]:
         "real_servers_removed": [_rid(r) for r in summary.real_servers_removed],
         "real_servers_changed": [_rid(r) for r in summary.real_servers_changed],
         "operations": [describe_operation(op) for op in summary.operations],
+        "others": list(summary.others),
     }
+
+
+def _other(fields: Mapping[str, object]) -> str:
+    """'vip add_address address=10.0.0.1/32 dev=director0': one change of a
+    reload beyond the IPVS table (ReloadSummary.others)."""
+    rest = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("what", "op"))
+    return f"{fields['what']} {fields['op']} {rest}".rstrip()
 
 
 def _rid(rid: RealServerId) -> str:

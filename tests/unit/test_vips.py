@@ -542,3 +542,25 @@ async def test_stop_leaves_the_vips_in_place_by_default(
         await trio.sleep(1.1)
     await director.stop()
     assert links.on() == {ADDRESS}
+
+
+async def test_a_reload_says_what_it_did_to_the_vips(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from director.control.handler import reload_data, reload_text
+
+    links = Links()
+    director = director_for(service(), links, Network())
+    async with running(director):
+        await trio.sleep(1.1)
+        config = parse_config("[daemon]\nreconcile_interval = 5.0\n", "t.toml", NO_MODULES)
+        summary = await director.exclusive(lambda: director.reload(config))
+    removal = {
+        "what": "vip",
+        "op": "remove_address",
+        "address": f"{ADDRESS}/32",
+        "dev": "director0",
+    }
+    assert summary.others == (removal,)
+    assert f"> vip remove_address address={ADDRESS}/32 dev=director0\n" in reload_text(summary)
+    assert reload_data(summary)["others"] == [removal]
