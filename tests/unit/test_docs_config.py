@@ -43,6 +43,8 @@ SECTIONS = {
     "`[metrics]`": "metrics",
     "`[[virtual_server]]`": "virtual_server",
     "`[[virtual_server.real_server]]`": "virtual_server.real_server",
+    "`[bgp]`": "bgp",
+    "`[[bgp.peer]]`": "bgp.peer",
     "Check tables": CHECK,
 }
 ALL_TYPES = frozenset(KEYS_BY_TYPE)
@@ -157,6 +159,13 @@ syncid = 1
 [metrics]
 #@metrics
 listen = "127.0.0.1:9531"
+[bgp]
+#@bgp
+local_as = 65001
+[[bgp.peer]]
+#@bgp.peer
+address = "10.0.0.254"
+as = 65000
 {services}
 """
 SERVICE = """
@@ -239,7 +248,7 @@ def test_every_table_the_parser_reads_refuses_an_unknown_key() -> None:
     """So that what a table read is all it accepts."""
     text = every_table()
     tables = sorted(set(marked_tables(text)))
-    assert len(tables) == 14  # the root, 5 sections, 8 sub-tables
+    assert len(tables) == 16  # the root, 6 sections, 9 sub-tables
     for table in tables:
         with pytest.raises(ConfigError) as info:
             parse_config(add_line(text, table, "stray_key = 1"), "t.toml", NO_MODULES)
