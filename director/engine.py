@@ -562,12 +562,16 @@ class Director:
         """The routes announced over BGP follow the verdicts now, if due
         (director.bgp.BgpKeeper); the changes, as ("announce" | "withdraw",
         address). Runs in the engine's task."""
-        return self.bgp.update(
-            lambda: self.health_views(self.bgp.keys),
-            self.runtime.admin,
-            self.vips.maintenance,
-            why,
-        )
+        try:
+            return self.bgp.update(
+                lambda: self.health_views(self.bgp.keys),
+                self.runtime.admin,
+                self.vips.maintenance,
+                why,
+            )
+        except Exception:  # a bug must not end the daemon; the next poke tries again
+            self.log.exception("bgp_bug", why=why)
+            return []
 
     def set_maintenance(self, on: bool) -> bool:
         """Enter or leave maintenance (no VIP on an interface, nothing
