@@ -324,9 +324,10 @@ class Director:
         self, changed: Set[ServiceKey] | None
     ) -> tuple[dict[RealServerId, Target], dict[RealServerId, Target]]:
         """Hand the checker the effective config's targets, recomputing those
-        of the `changed` services only (None: all); the checker is not
-        called when no target changed. The targets of the changed services,
-        before and after."""
+        of the `changed` services only (None: all), and telling the checker
+        of theirs only (a service the effective config no longer has counts
+        as changed); the checker is not called when no target changed. The
+        targets of the changed services, before and after."""
         before, after = self._targets, {}
         old: dict[RealServerId, Target] = {}
         new: dict[RealServerId, Target] = {}
@@ -338,14 +339,19 @@ class Director:
             else:
                 after[vs.key] = kept
         for key, part in before.items():
-            if changed is None or key in changed:
+            if changed is None or key in changed or key not in after:
                 old.update(part)
-        self._targets = after
-        if changed is None or old != new:
+        if changed is None:
             targets: dict[RealServerId, Target] = {}
             for part in after.values():
                 targets.update(part)
             self.checker.set_targets(targets)
+        elif old != new:
+            self.checker.update_targets(
+                {rid: target for rid, target in new.items() if old.get(rid) != target},
+                [rid for rid in old if rid not in new],
+            )
+        self._targets = after
         return old, new
 
     def _set_effective(self, effective: Config) -> None:

@@ -28,11 +28,11 @@ from __future__ import annotations
 import math
 import random
 import resource
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from ipaddress import IPv4Address, IPv6Address
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import outcome
 import trio
@@ -127,34 +127,57 @@ class Checker(Generic[K]):
         """Check exactly these targets from now on. Raises ValueError, naming
         the key, for a target that is not (check, address, port) with a
         usable check: then nothing changes."""
-        for key, target in targets.items():
-            validate_target(key, target)
+        _validate(targets)
+        self._change(targets, [key for key in self._slots if key not in targets])
+
+    def update_targets(self, targets: Mapping[K, Target], remove: Iterable[K] = ()) -> None:
+        """Check `targets` from now on (added, or changed as
+        set_targets changes them) and stop checking the keys in `remove`;
+        every other target stays as it is. O(the change), where set_targets
+        is O(all targets). Removing a key that is not checked is no error.
+        Raises ValueError, naming the key, for a target set_targets would
+        refuse or a key both set and removed: then nothing changes."""
+        _validate(targets)
+        gone = [key for key in remove if key in self._slots]
+        for key in gone:
+            if key in targets:
+                raise ValueError(f"health check target {key!r}: both set and removed")
+        self._change(targets, gone)
+
+    def _change(self, targets: Mapping[K, Target], gone: Iterable[K]) -> None:
+        """Stop checking `gone`, and check `targets` (valid): a key whose
+        target is unchanged keeps its probe and schedule; one whose target
+        changed keeps its health under the new target's probe."""
+        slots = self._slots
+        for key in gone:
+            self._leave(key, slots.pop(key))
         kept: dict[K, HealthState] = {}
-        for key, slot in list(self._slots.items()):
-            wanted = targets.get(key)
-            if wanted != slot.target:
-                del self._slots[key]
-                self._leave(key, slot)
-                if wanted is not None:
-                    kept[key] = slot.state
-        joined: list[tuple[_Probe[K], _Slot]] = []
         for key, target in targets.items():
-            if key in self._slots:
+            slot = slots.get(key)
+            if slot is not None and slot.target != target:
+                del slots[key]
+                self._leave(key, slot)
+                kept[key] = slot.state
+        # Joined after every leave, in the caller's order: a probe that the
+        # change empties goes before a key that wants its target joins it,
+        # and a seeded generator draws the same schedule every time.
+        now = trio.current_time() if self._schedule is not None else None
+        for key, target in targets.items():
+            if key in slots:
                 continue
             # A changed check keeps what is known of the server: a reload
             # that only retimes a check must not make it unknown.
-            slot = self._slots[key] = _Slot(target, kept.get(key) or HealthState())
+            state = kept.get(key)
+            if state is None:
+                state = HealthState() if now is None else HealthState(since=now)
+            elif now is not None and state.last is None:
+                state = replace(state, since=now)
+            slot = slots[key] = _Slot(target, state)
             probe = self._probes.get(target)
             if probe is None:
                 probe = self._probes[target] = self._new_probe(target)
                 self._schedule_new(probe)
             probe.slots[key] = slot
-            joined.append((probe, slot))
-        if self._schedule is not None:
-            now = trio.current_time()
-            for _, slot in joined:
-                if slot.state.last is None:
-                    slot.state = replace(slot.state, since=now)
 
     def adopt(self, key: K, ramp_start: float | None = None) -> None:
         """Mark a target that is already in service and not yet probed as
@@ -392,7 +415,19 @@ def validate_target(key: object, target: object) -> None:
         raise ValueError(f"health check target {key!r}: {problem}")
 
 
-def target_problem(target: object) -> str | None:
+def _validate(targets: Mapping[Any, object]) -> None:
+    """validate_target of each target, each distinct check's own settings
+    judged once (thousands of targets share a handful of checks)."""
+    checks: dict[int, str | None] = {}  # id(check): its problem; `targets` holds them
+    for key, target in targets.items():
+        problem = target_problem(target, checks)
+        if problem is not None:
+            raise ValueError(f"health check target {key!r}: {problem}")
+
+
+def target_problem(target: object, checks: dict[int, str | None] | None = None) -> str | None:
+    """What is wrong with `target`, or None. `checks` remembers each check's
+    check_problem by id(), for a caller that keeps the checks alive."""
     if not (isinstance(target, tuple) and len(target) == 3):
         return f"expected (check, address, port), got {target!r}"
     check, address, port = target
@@ -404,6 +439,17 @@ def target_problem(target: object) -> str | None:
         return f"port {port!r} is not in 0..65535"
     if not isinstance(check, ExecCheck) and (check.port if check.port is not None else port) == 0:
         return "no port to probe (the server's port is 0; set the check's port)"
+    if checks is None:
+        return check_problem(check)
+    try:
+        return checks[id(check)]
+    except KeyError:
+        problem = checks[id(check)] = check_problem(check)
+        return problem
+
+
+def check_problem(check: Check) -> str | None:
+    """What is wrong with a check's timing, or None."""
     timing = check.timing
     for name in ("interval", "timeout"):
         value = getattr(timing, name)
