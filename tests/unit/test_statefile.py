@@ -173,3 +173,116 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(
     monkeypatch.undo()
     assert statefile.load(path).layer == LAYER
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def _former_records(layer: RuntimeLayer) -> dict[str, list[str]]:
+    """The records as the encoder of a -R's first state file wrote them
+    (json.dumps of one dict each): the format the file keeps."""
+
+    def key(k: ServiceKey) -> dict[str, object]:
+        return {
+            "family": "ipv6" if k.family == AF_INET6 else "ipv4",
+            "protocol": k.protocol.name.lower() if k.protocol is not None else None,
+            "address": str(k.address) if k.address is not None else None,
+            "port": k.port,
+            "fwmark": k.fwmark,
+        }
+
+    def rid(r: RealServerId) -> dict[str, object]:
+        return {"service": key(r.service), "address": str(r.address), "port": r.port}
+
+    return {
+        "services": [
+            json.dumps(
+                {
+                    "key": key(s.key),
+                    "scheduler": s.scheduler,
+                    "flags": int(s.flags & ~ServiceFlags.HASHED),
+                    "timeout": s.timeout,
+                    "netmask": s.netmask,
+                    "pe_name": s.pe_name,
+                }
+            )
+            for s in layer.services.values()
+        ],
+        "real_servers": [
+            json.dumps(
+                {
+                    **rid(r),
+                    "forward": d.forward.name.lower(),
+                    "weight": d.weight,
+                    "u_threshold": d.u_threshold,
+                    "l_threshold": d.l_threshold,
+                    "tun_type": d.tun_type.name.lower(),
+                    "tun_port": d.tun_port,
+                    "tun_flags": int(d.tun_flags),
+                }
+            )
+            for r, d in layer.real_servers.items()
+        ],
+    }
+
+
+def _records(text: str, name: str) -> list[str]:
+    """The lines of one list of the file: its records as written."""
+    lines = text.splitlines()
+    if {f' "{name}": []', f' "{name}": [],'} & set(lines):
+        return []
+    start = lines.index(f' "{name}": [') + 1
+    end = next(i for i in range(start, len(lines)) if lines[i] in (" ]", " ],"))
+    return [line.removeprefix("  ").removesuffix(",") for line in lines[start:end]]
+
+
+@given(
+    servers=st.lists(
+        st.tuples(
+            st.sampled_from([VIP, V6, MARK]),
+            st.ip_addresses(),
+            st.integers(0, 65535),
+            st.sampled_from(list(Forward)),
+            st.integers(0, 2**31 - 1),
+            st.integers(0, 2**32 - 1),
+            st.sampled_from(list(TunnelType)),
+            st.sampled_from(list(TunnelFlags)),
+        ),
+        max_size=6,
+    ),
+    schedulers=st.lists(
+        st.tuples(
+            st.text(max_size=6), st.integers(0, 0x3F), st.integers(0, 2**31), st.text(max_size=4)
+        ),
+        max_size=3,
+    ),
+)
+def test_records_are_written_as_json_dumps_writes_them(
+    servers: list[tuple[ServiceKey, object, int, Forward, int, int, TunnelType, TunnelFlags]],
+    schedulers: list[tuple[str, int, int, str]],
+) -> None:
+    """The encoder shares the text of keys and settings between records:
+    each record is still, byte for byte, json.dumps of its fields (any
+    scheduler name, escapes included), and the file decodes to the layer."""
+    real_servers = {
+        RealServerId(service, address, port): Destination(
+            address,
+            port,
+            forward,
+            weight,
+            threshold,
+            threshold // 2,
+            tun_type,
+            port,
+            tun_flags,  # type: ignore[arg-type]
+        )
+        for service, address, port, forward, weight, threshold, tun_type, tun_flags in servers
+    }
+    keys = [VIP, V6, MARK]
+    services = {
+        keys[i]: Service(keys[i], name, ServiceFlags(flags), timeout, 32, pe)
+        for i, (name, flags, timeout, pe) in enumerate(schedulers)
+    }
+    layer = RuntimeLayer(services=services, real_servers=real_servers)
+    text = statefile.encode(layer)
+    former = _former_records(layer)
+    assert _records(text, "services") == former["services"]
+    assert _records(text, "real_servers") == former["real_servers"]
+    assert json.loads(text)["real_servers"] == [json.loads(r) for r in former["real_servers"]]
