@@ -161,23 +161,27 @@ class Checker(Generic[K]):
         # Joined after every leave, in the caller's order: a probe that the
         # change empties goes before a key that wants its target joins it,
         # and a seeded generator draws the same schedule every time.
-        now = trio.current_time() if self._schedule is not None else None
+        schedule, probes = self._schedule, self._probes
+        now = trio.current_time() if schedule is not None else None
+        fresh = HealthState() if now is None else HealthState(since=now)  # shared: frozen
+        earliest = math.inf
         for key, target in targets.items():
             if key in slots:
                 continue
             # A changed check keeps what is known of the server: a reload
             # that only retimes a check must not make it unknown.
-            state = kept.get(key)
-            if state is None:
-                state = HealthState() if now is None else HealthState(since=now)
-            elif now is not None and state.last is None:
+            state = kept.get(key, fresh)
+            if now is not None and state.last is None and state.since != now:
                 state = replace(state, since=now)
             slot = slots[key] = _Slot(target, state)
-            probe = self._probes.get(target)
+            probe = probes.get(target)
             if probe is None:
-                probe = self._probes[target] = self._new_probe(target)
-                self._schedule_new(probe)
+                probe = probes[target] = self._new_probe(target)
+                if schedule is not None:
+                    earliest = min(earliest, self._schedule_new(schedule, probe))
             probe.slots[key] = slot
+        if earliest < math.inf:
+            self._wake_by(earliest)
 
     def adopt(self, key: K, ramp_start: float | None = None) -> None:
         """Mark a target that is already in service and not yet probed as
@@ -209,11 +213,18 @@ class Checker(Generic[K]):
                     nursery.start_soon(self._connects.watch)
                 self._schedule = Schedule(self._max_probes, self._max_exec)
                 now = trio.current_time()
+                # Slots added before the run share their fresh state (frozen):
+                # one replace for each distinct state, not for each slot.
+                moved: dict[int, tuple[HealthState, HealthState]] = {}
                 for slot in self._slots.values():
-                    if slot.state.last is None:
-                        slot.state = replace(slot.state, since=now)
+                    state = slot.state
+                    if state.last is None:
+                        known = moved.get(id(state))
+                        if known is None:
+                            known = moved[id(state)] = (state, replace(state, since=now))
+                        slot.state = known[1]
                 for probe in self._probes.values():
-                    self._schedule_new(probe)
+                    self._schedule_new(self._schedule, probe)
                 task_status.started()
                 await self._dispatch(self._schedule)
         finally:
@@ -250,17 +261,16 @@ class Checker(Generic[K]):
         if probe.cancel_scope is not None:
             probe.cancel_scope.cancel()
 
-    def _schedule_new(self, probe: _Probe[K]) -> None:
-        schedule = self._schedule
-        if schedule is None:
-            return
+    def _schedule_new(self, schedule: Schedule[_Probe[K]], probe: _Probe[K]) -> float:
+        """Put a new probe on `schedule`; when it is first due (the caller
+        wakes the scheduler by then)."""
         # Drawn here, in the caller's order of targets: a seeded generator
         # gives the same schedule every time.
         check = probe.target[0]
         interval = check.timing.interval
         due = first_start(trio.current_time(), interval, self._rng)
         schedule.add(probe, due, interval, is_exec=isinstance(check, ExecCheck))
-        self._wake_by(due)
+        return due
 
     def _wake_at(self, due: float) -> float:
         """When the scheduler wakes for a probe due at `due`: the next tick."""

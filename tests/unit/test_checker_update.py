@@ -169,6 +169,30 @@ async def test_a_bad_update_changes_nothing(checker: Checker[str], clock: object
     assert set(checker.states()) == {"a"}
 
 
+async def test_targets_given_before_the_run_are_unknown_since_it_started(
+    checker: Checker[str], servers: FakeServers, nursery: trio.Nursery, clock: object
+) -> None:
+    """Keys added before the run share one fresh state: each gets its own
+    `since` at the start, and an adopted one stays adopted."""
+    checker.set_targets({"a": (tcp(), A, 80), "b": (tcp(), B, 80)})
+    checker.update_targets({"c": (tcp(), C, 80)})
+    checker.adopt("b", ramp_start=-5.0)
+    servers.down.add(A)
+    await trio.sleep(50)
+    await nursery.start(checker.run)
+    states = checker.states()
+    assert {k: (s.status, s.since, s.adopted) for k, s in states.items()} == {
+        "a": (Health.UNKNOWN, 50.0, False),
+        "b": (Health.UNKNOWN, 50.0, True),
+        "c": (Health.UNKNOWN, 50.0, False),
+    }
+    assert checker.state("b").ramp_start == -5.0
+    await trio.sleep_until(52.0)
+    j_a, _, j_c = jitters(3, 2.0)
+    assert (checker.state("a").status, checker.state("a").since) == (Health.DOWN, 50.0 + j_a)
+    assert (checker.state("c").status, checker.state("c").since) == (Health.UP, 50.0 + j_c)
+
+
 @pytest.mark.parametrize("seed", range(6))
 async def test_updates_probe_as_the_whole_map_would(
     seed: int, nursery: trio.Nursery, clock: trio.testing.MockClock

@@ -1,0 +1,195 @@
+"""`directorctl -R`'s cost in the daemon, on the host, without a kernel.
+
+The restore part of bench/ctl.py needs IPVS (the VM); this is the daemon's
+side of it alone: a fresh Director with no virtual servers (the config
+bench/ctl.py's directord gets: a TCP `runtime_check`, a state file in a
+temporary directory) over the in-memory backend, called inline (no worker
+thread, so that this thread's CPU is all of it), and the Controller's -R of
+ctl.table()'s lines (1,000 TCP services x 4 masquerading destinations by
+default: 5,000 lines). Per round, a new Director; printed, in CPU ms of
+this thread (medians of --rounds), the whole -R and its parts:
+
+- parse: the lines parsed (parse_restore);
+- changes: the lines' changes into the runtime layer, kernel probes included;
+- commit: `Director.commit`, and of it `set_runtime` (the effective config
+  and the checker's targets), of that the checker's `set_targets` or
+  `update_targets`, the state file (`Director.save`: encoding and the atomic
+  write with its fsyncs; statefile.encode alone on its own row), and the pass.
+
+    .venv/bin/python bench/restore.py [--services 1000] [--dests 4] [--rounds 5] [--profile]
+
+With --profile, the last round's commit runs under cProfile (printed); with
+--no-gc, the garbage collector is off during the -R (the daemon's has it on:
+its full collections land in whichever part allocates at the time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import os
+import pstats
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import TcpTiming, directord_config
+from ctl import table
+
+from director import log, statefile
+from director.config import parse_config
+from director.control.handler import Controller
+from director.control.messages import Peer, Request
+from director.engine import Director
+from director.health.result import ProbeResult
+from director.health.spec import Check
+from director.ipvs.memory import MemoryBackend
+from director.ipvs.model import IPAddress
+from director.kernel import KernelTable
+
+ROOT = Peer(uid=0, gid=0, pid=1, may_change=True)
+PARTS = ("restore", "commit", "set_runtime", "targets", "save", "encode", "pass")
+
+
+async def probe(check: Check, address: IPAddress, port: int) -> ProbeResult:
+    await trio.lowlevel.checkpoint()
+    return ProbeResult.success(0.0)
+
+
+def timed(samples: dict[str, float], name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        began = time.thread_time()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            samples[name] = samples.get(name, 0.0) + time.thread_time() - began
+
+    return wrapper
+
+
+def timed_async(
+    samples: dict[str, float], name: str, function: Callable[..., Any]
+) -> Callable[..., Any]:
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        began = time.thread_time()
+        try:
+            return await function(*args, **kwargs)
+        finally:
+            samples[name] = samples.get(name, 0.0) + time.thread_time() - began
+
+    return wrapper
+
+
+async def one_round(text: str, workdir: Path, profile: bool, collect: bool) -> dict[str, float]:
+    timing = TcpTiming(interval=60.0)
+    config = parse_config(directord_config([], timing, workdir))
+    director = Director(
+        config,
+        KernelTable(MemoryBackend(), threaded=False),
+        state_path=workdir / "state.json",
+        probe=probe,
+        rng=random.Random(1),
+    )
+    controller = Controller(director)
+    samples: dict[str, float] = {}
+    profiler = cProfile.Profile() if profile else None
+    commit = director.commit
+
+    async def profiled_commit(*args: Any, **kwargs: Any) -> Any:
+        if profiler is not None:
+            profiler.enable()
+        try:
+            return await commit(*args, **kwargs)
+        finally:
+            if profiler is not None:
+                profiler.disable()
+
+    director.commit = timed_async(samples, "commit", profiled_commit)  # type: ignore[method-assign]
+    director.set_runtime = timed(samples, "set_runtime", director.set_runtime)  # type: ignore[method-assign]
+    director.save = timed_async(samples, "save", director.save)  # type: ignore[method-assign]
+    director.reconcile = timed_async(samples, "pass", director.reconcile)  # type: ignore[method-assign]
+    checker: Any = director.checker
+    for name in ("set_targets", "update_targets"):
+        if hasattr(checker, name):
+            setattr(checker, name, timed(samples, "targets", getattr(checker, name)))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        samples.clear()
+        if not collect:
+            gc.disable()
+        began = time.thread_time()
+        try:
+            response = await controller.handle(Request(argv=("-R",), args={"stdin": text}), ROOT)
+        finally:
+            gc.enable()
+        samples["restore"] = time.thread_time() - began
+        nursery.cancel_scope.cancel()
+    if response.status != 0 or response.stderr:
+        raise SystemExit(f"-R: {response}")
+    saved = statefile.load(workdir / "state.json")
+    began = time.thread_time()
+    statefile.encode(saved.layer, saved.owned, saved.sync, vips=saved.vips)
+    samples["encode"] = time.thread_time() - began
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    return samples
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    text = table(args.services, args.dests)
+    print(
+        f"table: {args.services} services x {args.dests} destinations ({text.count(chr(10))} lines)"
+    )
+    rounds: list[dict[str, float]] = []
+    for round_ in range(args.rounds):
+        gc.collect()  # the previous rounds' garbage: each round is a fresh daemon
+        with tempfile.TemporaryDirectory(prefix="director-bench-restore-") as tmp:
+            last = round_ == args.rounds - 1
+            samples = await one_round(text, Path(tmp), args.profile and last, args.gc)
+        rounds.append(samples)
+        print(
+            f"round {round_ + 1}: "
+            + ", ".join(f"{n} {samples.get(n, 0.0) * 1000:.1f}" for n in PARTS)
+            + " (CPU ms)",
+            flush=True,
+        )
+    print(
+        f"median of {args.rounds}: "
+        + ", ".join(
+            f"{n} {statistics.median(r.get(n, 0.0) for r in rounds) * 1000:.1f}" for n in PARTS
+        )
+        + " (CPU ms)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--dests", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--gc",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--no-gc: the garbage collector off during the -R (its collections,"
+        " which come at any allocation, make the parts' figures noisy)",
+    )
+    args = parser.parse_args()
+    log.configure("info", open(os.devnull, "w"), json=True)  # noqa: SIM115 (as the daemon logs)
+    trio.run(main_async, args)
+
+
+if __name__ == "__main__":
+    main()
