@@ -226,7 +226,7 @@ def test_each_peer_gets_the_channel_of_its_family() -> None:
         "  hold time 90;",
         "  keepalive time 30;",
         "  connect retry time 5;",
-        "  start delay time 1;",
+        "  connect delay time 1;",
         "  error wait time 5, 60;",
         "  ipv4 {",
         "    import none;",
@@ -1215,6 +1215,42 @@ async def test_maintenance_and_status_through_the_control_socket(
         assert response.stdout == "maintenance off: 0 VIPs added, 1 BGP routes announced\n"
         await trio.sleep(0.1)
         assert announced(speaker) == {"10.9.1.100/32"}
+
+
+async def test_a_disabled_server_withdraws_and_an_enabled_one_announces(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    speaker, network = FakeSpeaker(), Network()
+    director = director_with(speaker, network)
+    controller = Controller(director)
+    server = {"service": "tcp:10.9.1.100:80", "server": "10.9.2.1:80"}
+    async with running(director):
+        await trio.sleep(1.1)
+        assert announced(speaker) == {"10.9.1.100/32"}
+        for command, expected in [("disable", frozenset()), ("enable", {"10.9.1.100/32"})]:
+            response = await controller.handle(Request(command=command, args=server), ADMIN)
+            assert response.status == 0, response
+            await trio.sleep(0.1)
+            assert announced(speaker) == expected, command
+
+
+async def test_maintenance_kept_from_the_last_run_announces_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    speaker, network = FakeSpeaker(), Network()
+    director = Director(
+        config_of(ENGINE),
+        KernelTable(MemoryBackend(), threaded=False),
+        probe=network.probe,
+        rng=random.Random(1),
+        speaker=speaker,
+        maintenance=True,
+    )
+    async with running(director):
+        await trio.sleep(10)
+        assert announced(speaker) == frozenset()
+        assert director.checker.states()  # checked, and up
+        assert all(s.status is Health.UP for s in director.checker.states().values())
 
 
 async def test_a_reload_without_bgp_true_withdraws_and_without_bgp_stops(
