@@ -35,6 +35,7 @@ from director.vips import combine_verdicts, receives_traffic
 
 RETRY_BASE = 1.0  # seconds before BIRD is started again after a failure, doubling
 RETRY_CAP = 30.0
+SETTLE_TIMEOUT = 2.0  # seconds a withdrawal may hold up the VIPs' removal (settled)
 STOP_GRACE = 5.0  # seconds BIRD gets to close its sessions on SIGTERM before SIGKILL
 BIRD_LOG_CLASSES = "{ trace, info, remote, warning, error, auth, fatal, bug }"
 
@@ -135,7 +136,7 @@ def render(settings: BgpSettings, routes: Iterable[IPAddress]) -> str:
             lines.append("  hold time 0;")
         # BIRD waits 120 s by default before it tries a refused connection again.
         lines.append("  connect retry time 5;")
-        lines.append("  start delay time 1;")
+        lines.append("  connect delay time 1;")
         lines.append("  error wait time 5, 60;")
         if peer.multihop is not None:
             lines.append(f"  multihop {peer.multihop};")
@@ -314,6 +315,8 @@ class BgpKeeper:
         self.error: str | None = None
         self._due = False
         self._changed = trio.Event()  # the announced routes or the settings changed
+        self._applied: frozenset[IPAddress] | None = None  # the routes BIRD has
+        self._applied_changed = trio.Event()
         self._interrupt = trio.CancelScope()  # the speaker's life, or the wait before one
         self._idle = trio.Event()  # set while no speaker runs
         self._stopping = False
@@ -349,18 +352,23 @@ class BgpKeeper:
         admin: Mapping[RealServerId, AdminState],
         maintenance: bool,
         why: str,
+        *,
+        withdraw_only: bool = False,
     ) -> list[tuple[str, IPAddress]]:
         """When due: the verdicts now and the routes to announce after them
         (each change logged and handed to the task); the changes, as
-        ("announce" | "withdraw", address)."""
+        ("announce" | "withdraw", address). `withdraw_only`: the
+        withdrawals alone, and the update stays due for the rest."""
         if self.due_at() == math.inf:
             return []
-        self._due = False
+        self._due = withdraw_only
         if self.settings is None:
             self.verdicts = {}
         else:
             self.verdicts = verdicts(self.services, health(), maintenance, admin)
         announced = announced_after(self.announced, self.verdicts)
+        if withdraw_only:
+            announced &= self.announced
         changes = [
             ("announce", a) for a in sorted(announced - self.announced, key=address_sort_key)
         ]
@@ -380,6 +388,19 @@ class BgpKeeper:
             self.announced = announced
             self._changed.set()
         return changes
+
+    async def settled(self) -> None:
+        """Returns once the running speaker has been given the announced
+        routes (at once when none runs), or after SETTLE_TIMEOUT seconds: a
+        VIP leaves its interface only after its route is withdrawn."""
+        with trio.move_on_after(SETTLE_TIMEOUT):
+            while self.state == "running" and self._applied != self.announced:
+                await self._applied_changed.wait()
+
+    def _set_applied(self, routes: frozenset[IPAddress] | None) -> None:
+        self._applied = routes
+        self._applied_changed.set()
+        self._applied_changed = trio.Event()
 
     async def stop(self, why: str) -> None:
         """Withdraw everything by stopping the speaker (its sessions close:
@@ -447,6 +468,7 @@ class BgpKeeper:
         finally:
             self.pid = None
             self._idle.set()
+            self._set_applied(None)
         code, words = exited[0]
         return self._failed("bgp_speaker_exited", words, returncode=code)
 
@@ -459,9 +481,12 @@ class BgpKeeper:
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         assert self.speaker is not None
-        config = render(settings, self.announced)
+        routes = self.announced
         self._changed = trio.Event()  # what it starts with is applied
-        exited.append(await self.speaker.run(settings, config, task_status=task_status))
+        self._set_applied(routes)
+        exited.append(
+            await self.speaker.run(settings, render(settings, routes), task_status=task_status)
+        )
         nursery.cancel_scope.cancel()
 
     async def _follow(self, settings: BgpSettings) -> None:
@@ -474,8 +499,10 @@ class BgpKeeper:
             self._changed = trio.Event()
             if self.settings is None:
                 continue  # configure() ends this life
-            config = render(self.settings, self.announced)
+            routes = self.announced
+            config = render(self.settings, routes)
             if config == applied:
+                self._set_applied(routes)
                 continue
             try:
                 await self.speaker.configure(self.settings, config)
@@ -488,6 +515,7 @@ class BgpKeeper:
                 self._changed.set()
                 continue
             applied, self.error = config, None
+            self._set_applied(routes)
 
     def _failed(self, event: str, error: str, **fields: object) -> float:
         now = trio.current_time()

@@ -395,7 +395,7 @@ class Director:
         # thousands of probes starting at once.
         await self.reconcile("start")
         await self.sync.converge(self.kernel, "start", self.save)
-        await self.vip_pass("start")
+        await self.traffic_pass("start", vips_now=True)
         self._running = True
         try:
             async with trio.open_nursery() as nursery:
@@ -410,8 +410,7 @@ class Director:
                     await self._run_jobs()
                     await self._pass_if_due()
                     await self.sync.pass_if_due(self.kernel, self.save)
-                    await self.vips.pass_if_due(self._vip_health, self.runtime.admin, self.save)
-                    self.bgp_pass("quorum not met")
+                    await self.traffic_pass("quorum not met")
         finally:
             self._running = False
             for _, reply in self._jobs:
@@ -553,27 +552,37 @@ class Director:
         """The effective virtual servers of `keys` (those configured)."""
         return [vs for key in keys if (vs := self._by_key.get(key)) is not None]
 
-    async def vip_pass(self, why: str) -> list[VipOperation]:
-        """The VIPs converge now (director.vips.VipKeeper); the operations
-        sent. Runs in the engine's task."""
-        self.vips.poke()
-        return list(
-            await self.vips.pass_if_due(self._vip_health, self.runtime.admin, self.save, why)
-        )
+    async def traffic_pass(
+        self, why: str, *, vips_now: bool = False
+    ) -> tuple[list[VipOperation], list[tuple[str, IPAddress]]]:
+        """Where traffic reaches this director follows the verdicts, in an
+        order that drops no packet of its own making: BGP withdrawals first
+        (once BIRD has them, at most SETTLE_TIMEOUT), then the VIPs on their
+        interfaces (`vips_now`: whether due or not), then BGP announcements
+        (of VIPs now in place). The VIP operations sent and the BGP changes.
+        Runs in the engine's task."""
+        changes = self.bgp_pass(why, withdraw_only=True)
+        if changes:
+            await self.bgp.settled()
+        if vips_now:
+            self.vips.poke()
+        sent = await self.vips.pass_if_due(self._vip_health, self.runtime.admin, self.save, why)
+        return sent, changes + self.bgp_pass(why)
 
     def _vip_health(self) -> dict[RealServerId, RealServerView]:
         return self.health_views(self.vips.keys) if self.vips.keys else {}
 
-    def bgp_pass(self, why: str) -> list[tuple[str, IPAddress]]:
+    def bgp_pass(self, why: str, *, withdraw_only: bool = False) -> list[tuple[str, IPAddress]]:
         """The routes announced over BGP follow the verdicts now, if due
-        (director.bgp.BgpKeeper); the changes, as ("announce" | "withdraw",
-        address). Runs in the engine's task."""
+        (director.bgp.BgpKeeper.update); the changes, as ("announce" |
+        "withdraw", address). Runs in the engine's task."""
         try:
             return self.bgp.update(
                 lambda: self.health_views(self.bgp.keys),
                 self.runtime.admin,
                 self.vips.maintenance,
                 why,
+                withdraw_only=withdraw_only,
             )
         except Exception:  # a bug must not end the daemon; the next poke tries again
             self.log.exception("bgp_bug", why=why)
@@ -582,7 +591,7 @@ class Director:
     def set_maintenance(self, on: bool) -> bool:
         """Enter or leave maintenance (no VIP on an interface, nothing
         announced over BGP while on); the previous setting. The caller
-        saves it and runs vip_pass and bgp_pass."""
+        saves it and runs traffic_pass."""
         self.bgp.poke()
         return self.vips.set_maintenance(on)
 
@@ -905,9 +914,10 @@ class Director:
         others: list[dict[str, object]] = []
         for op in await self.sync.pass_if_due(self.kernel, self.save, "reload"):
             others.append({"what": "sync daemon", **describe_operation(op)})
-        for vip_op in await self.vip_pass("reload"):
+        vip_ops, bgp_changes = await self.traffic_pass("reload", vips_now=True)
+        for vip_op in vip_ops:
             others.append({"what": "vip", **describe_op(vip_op)})
-        for change, address in self.bgp_pass("reload"):
+        for change, address in bgp_changes:
             others.append({"what": "bgp", "op": change, "address": prefix(address)})
         summary = ReloadSummary(
             services_added=tuple(

@@ -54,8 +54,10 @@ def parse_bgp(table: Table | None) -> BgpSettings | None:
     local_pref = table.integer("local_pref", 0, ATTRIBUTE_MAX)
     bird = _command(table, "bird", BgpSettings.bird)
     birdc = _command(table, "birdc", BgpSettings.birdc)
-    runtime_dir = table.string("runtime_dir") or BgpSettings.runtime_dir
-    if not runtime_dir.startswith("/"):
+    runtime_dir = table.string("runtime_dir")
+    if runtime_dir is None:
+        runtime_dir = BgpSettings.runtime_dir
+    elif not runtime_dir.startswith("/"):
         table.error("runtime_dir", "must be an absolute path", runtime_dir)
     elif len(os.fsencode(os.path.join(runtime_dir, CONTROL_SOCKET))) > SUN_PATH_MAX:
         table.error(

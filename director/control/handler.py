@@ -434,8 +434,7 @@ class Controller:
                 pid=peer.pid,
             )
             await director.save()
-            sent = await director.vip_pass(f"maintenance {mode}")
-            routes = director.bgp_pass(f"maintenance {mode}")
+            sent, routes = await director.traffic_pass(f"maintenance {mode}", vips_now=True)
             verb = "removed" if on else "added"
             text = f"maintenance {mode}: {len(sent)} VIPs {verb}"
             if director.bgp.settings is not None:
