@@ -18,6 +18,8 @@ from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
+import structlog.testing
+import trio
 
 from director import bird
 from director.bgp import SpeakerError
@@ -316,3 +318,118 @@ async def test_a_config_that_cannot_be_written_is_a_speaker_error(tmp_path: Path
     with pytest.raises(SpeakerError) as info:
         await Bird().configure(settings_in(gone), "x\n")
     assert str(info.value) == f"{gone}/bird.conf: No such file or directory"
+
+
+# -- Bird.run with a stand-in for BIRD ----------------------------------------------------------
+
+FAKE_BIRD = """#!{python}
+# A stand-in for `bird -f -c CONF -s SOCKET -P PIDFILE`: {what}
+import os, signal, socket, sys
+
+args = sys.argv[1:]
+conf, path, pidfile = (args[args.index(flag) + 1] for flag in ("-c", "-s", "-P"))
+def say(text):
+    print(text, file=sys.stderr, flush=True)
+if {refuse}:
+    say("bird: " + conf + ":3:1 syntax error, unexpected '%'")
+    sys.exit(1)
+def stop(signum, frame):
+    say("2026-12-01 02:13:44.150 <INFO> Shutting down")
+    say("2026-12-01 02:13:44.151 <FATAL> Shutdown completed")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+with open(pidfile, "w") as f:
+    f.write(str(os.getpid()) + "\\n")
+if os.path.exists(path):  # as BIRD does: a socket left by an earlier one
+    os.unlink(path)
+server = socket.socket(socket.AF_UNIX)
+server.bind(path)
+server.listen()
+say("2026-12-01 02:13:38.141 <TRACE> peer_10_9_0_1: Initializing")
+say("2026-12-01 02:13:38.141 <INFO> Started")
+while True:
+    connection, _ = server.accept()
+    connection.sendall(b"0001 BIRD 2.0.12 ready.\\n")
+    connection.close()
+    if {exit_after_start}:
+        say("2026-12-01 02:13:39.000 <ERR> out of memory")
+        sys.exit(3)
+"""
+
+
+def fake_bird(tmp_path: Path, *, refuse: bool = False, exit_after_start: bool = False) -> str:
+    script = tmp_path / "fake-bird"
+    script.write_text(
+        FAKE_BIRD.format(
+            python=sys.executable,
+            what=(refuse and "refuses its config")
+            or (exit_after_start and "exits once it has answered")
+            or "runs until SIGTERM",
+            refuse=refuse,
+            exit_after_start=exit_after_start,
+        )
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+def cmdline_of(pid: int) -> list[bytes] | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return None
+
+
+def bird_settings(tmp_path: Path, bird_path: str) -> BgpSettings:
+    return BgpSettings(
+        65001,
+        (BgpPeer(ip_address("10.9.0.1"), 65000),),
+        bird=bird_path,
+        runtime_dir=str(tmp_path / "run" / "bgp"),
+    )
+
+
+async def test_a_bird_refusing_its_config_is_an_error_in_its_words(tmp_path: Path) -> None:
+    settings = bird_settings(tmp_path, fake_bird(tmp_path, refuse=True))
+    conf = tmp_path / "run" / "bgp" / "bird.conf"
+    with pytest.raises(SpeakerError) as info:
+        await Bird().run(settings, 'protocol bgp p { password "x"; }\n')
+    assert str(info.value) == (
+        f"BIRD exited at start (status 1): bird: {conf}:3:1 syntax error, unexpected '%'"
+    )
+    assert conf.read_text() == 'protocol bgp p { password "x"; }\n'
+    assert mode(conf) == 0o600
+    assert mode(conf.parent) == 0o700
+
+
+async def test_a_missing_bird_is_an_error(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-bird")
+    with pytest.raises(SpeakerError) as info:
+        await Bird().run(bird_settings(tmp_path, missing), "x\n")
+    assert str(info.value).startswith("BIRD exited at start (status ")
+    assert missing in str(info.value)  # setpriv's own words name it
+
+
+async def test_bird_runs_until_cancelled_and_is_stopped_with_sigterm(tmp_path: Path) -> None:
+    settings = bird_settings(tmp_path, fake_bird(tmp_path))
+    conf, _, pidfile = paths(settings)
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            pid = await nursery.start(Bird().run, settings, "x\n")
+            # setpriv exec'd BIRD: the pid is BIRD's, its command line names
+            # the config (what stop_stale looks for), and so does its pid file.
+            assert os.fsencode(conf) in (cmdline_of(pid) or [])
+            assert pidfile.read_text() == f"{pid}\n"
+            nursery.cancel_scope.cancel()
+    assert cmdline_of(pid) is None  # stopped and reaped
+    bird_lines = [(e["log_level"], e["message"]) for e in logs if e["event"] == "bird"]
+    assert ("debug", "peer_10_9_0_1: Initializing") in bird_lines
+    assert ("info", "Started") in bird_lines
+
+
+async def test_a_bird_that_exits_returns_its_status_and_last_words(tmp_path: Path) -> None:
+    settings = bird_settings(tmp_path, fake_bird(tmp_path, exit_after_start=True))
+    code, words = await Bird().run(settings, "x\n")
+    assert code == 3
+    assert words.endswith("<ERR> out of memory")
+    assert "<INFO> Started" in words
