@@ -1279,6 +1279,22 @@ async def test_a_reload_without_bgp_true_withdraws_and_without_bgp_stops(
         assert len(speaker.starts) == 1
 
 
+async def test_a_reload_that_adds_bgp_starts_the_speaker(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    speaker, network = FakeSpeaker(), Network()
+    without = "[daemon]\nreconcile_interval = 5.0\n" + service(servers=1, bgp=False)
+    director = director_with(speaker, network, without)
+    async with running(director):
+        await trio.sleep(5)
+        assert speaker.starts == [] and director.bgp.state == "stopped"
+        summary = await director.exclusive(lambda: director.reload(config_of(ENGINE)))
+        # the server is up already: announced by the reload itself
+        assert summary.others == ({"what": "bgp", "op": "announce", "address": "10.9.1.100/32"},)
+        await trio.sleep(0.1)
+        assert len(speaker.starts) == 1 and announced(speaker) == {"10.9.1.100/32"}
+
+
 async def test_stop_stops_the_speaker(autojump_clock: trio.testing.MockClock) -> None:
     speaker, network = FakeSpeaker(), Network()
     director = director_with(speaker, network)
