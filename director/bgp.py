@@ -226,7 +226,8 @@ def bgp_report(
     maintenance: bool,
 ) -> BgpStatus:
     """Pure: the BGP part of `directorctl status` (protocols None: BIRD not
-    asked, or not answering)."""
+    asked, or not answering). A route is announced while it is decided so
+    (`announced`) and the speaker runs."""
     peers = []
     for peer in settings.peers:
         name = protocol_name(peer)
@@ -247,9 +248,15 @@ def bgp_report(
         }[verdict]
         if maintenance and address in names:
             reason = "maintenance"
+        wanted = address in announced
+        if wanted and speaker != "running":
+            reason += f"; not announced while BIRD is {speaker}"
         routes.append(
             BgpRouteStatus(
-                prefix(address), tuple(names.get(address, ())), address in announced, reason
+                prefix(address),
+                tuple(names.get(address, ())),
+                wanted and speaker == "running",
+                reason,
             )
         )
     return BgpStatus(speaker, pid, error, tuple(peers), tuple(routes))
@@ -319,6 +326,7 @@ class BgpKeeper:
         self._applied_changed = trio.Event()
         self._interrupt = trio.CancelScope()  # the speaker's life, or the wait before one
         self._idle = trio.Event()  # set while no speaker runs
+        self._idle.set()
         self._stopping = False
         self._why = "start"
         self._failures = 0
@@ -408,8 +416,6 @@ class BgpKeeper:
         once it has exited (at most STOP_GRACE and a second)."""
         self._stopping, self._why = True, why
         self._interrupt.cancel()
-        if self.pid is None:
-            return
         with trio.move_on_after(STOP_GRACE + 1.0):
             await self._idle.wait()
 
@@ -461,10 +467,8 @@ class BgpKeeper:
                     peers=len(settings.peers),
                     announced=[prefix(a) for a in sorted(self.announced, key=address_sort_key)],
                 )
-                if self._failures:
-                    self.log.info("bgp_speaker_recovered", after_failures=self._failures)
-                self._failures = 0
                 nursery.start_soon(self._follow, settings)
+                nursery.start_soon(self._stable)
         finally:
             self.pid = None
             self._idle.set()
@@ -489,11 +493,21 @@ class BgpKeeper:
         )
         nursery.cancel_scope.cancel()
 
+    async def _stable(self) -> None:
+        """A speaker that ran RETRY_CAP seconds has recovered: the next exit
+        is retried after RETRY_BASE again (one that exits sooner keeps
+        doubling the wait)."""
+        await trio.sleep(RETRY_CAP)
+        if self._failures:
+            self.log.info("bgp_speaker_recovered", after_failures=self._failures)
+        self._failures = 0
+
     async def _follow(self, settings: BgpSettings) -> None:
         """Hand each change of the announced routes, or of the settings BIRD
         takes by reconfiguring, to the running speaker."""
         assert self.speaker is not None
-        applied = render(settings, self.announced)
+        # What it was started with (by _speak); None: not known to BIRD.
+        applied: str | None = render(settings, self._applied or frozenset())
         while True:
             await self._changed.wait()
             self._changed = trio.Event()
@@ -509,7 +523,7 @@ class BgpKeeper:
             except SpeakerError as error:
                 # BIRD keeps its previous config; the whole config goes again
                 # after RETRY_BASE, or with the next change.
-                self.error = str(error)
+                self.error, applied = str(error), None
                 self.log.error("bgp_configure_failed", error=str(error), retry_in=RETRY_BASE)
                 await trio.sleep(RETRY_BASE)
                 self._changed.set()

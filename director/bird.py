@@ -50,6 +50,7 @@ def write_config(path: Path, text: str) -> None:
     """Atomically, mode 0600 (a peer's password may be in it); blocking."""
     tmp = path.with_name(path.name + ".new")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a leftover file keeps its mode through O_CREAT
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(text)
     os.replace(tmp, path)
@@ -124,20 +125,32 @@ class Bird:
         pidfd = os.pidfd_open(process.pid)
         tail: deque[str] = deque(maxlen=TAIL)
         said_all = trio.Event()
+        # BIRD's last words (why it would not start, its shutdown) are read
+        # even when this task is cancelled: until its stderr ends, or a
+        # second after it exited.
+        listening = trio.CancelScope(shield=True)
+
+        async def listen() -> None:
+            with listening:
+                await self._pump(stderr, tail, said_all)
+
+        problem: str | None = "cancelled"
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump, stderr, tail, said_all)
-                problem = await self._until_ready(process, sock)
-                if problem is None:
-                    task_status.started(process.pid)
-                    await trio.lowlevel.wait_readable(pidfd)
-                    process.wait()
-                    with trio.move_on_after(1.0):  # its last words
-                        await said_all.wait()
-                nursery.cancel_scope.cancel()
+                nursery.start_soon(listen)
+                try:
+                    problem = await self._until_ready(process, sock)
+                    if problem is None:
+                        task_status.started(process.pid)
+                        await trio.lowlevel.wait_readable(pidfd)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await _end(process, pidfd)
+                        with trio.move_on_after(1.0):
+                            await said_all.wait()
+                    listening.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                await _end(process, pidfd)
                 await stderr.aclose()
                 os.close(pidfd)
         words = "; ".join(tail)
@@ -250,6 +263,8 @@ def bird_log_level(line: str) -> tuple[str, str]:
         return "info", line
     message = line[end + 2 :]
     if "State changed" in message:  # a session up or down (debug { states })
+        return "info", message
+    if message == "Shutdown completed":  # logged as FATAL at every clean stop
         return "info", message
     return _LEVELS.get(line[start + 1 : end], "info"), message
 

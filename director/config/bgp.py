@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from director.config.model import (
     SUN_PATH_MAX,
@@ -46,6 +46,9 @@ def parse_bgp(table: Table | None) -> BgpSettings | None:
         )
         router_id = None
     next_hop = _address(table, "next_hop")
+    if next_hop is not None and (problem := _unicast_problem(next_hop)) is not None:
+        table.error("next_hop", problem, str(next_hop))
+        next_hop = None
     hold_time = table.integer("hold_time", 0, HOLD_TIME_MAX)
     if hold_time in (1, 2):
         table.error("hold_time", "must be 0 (no keepalives) or at least 3 seconds", hold_time)
@@ -106,6 +109,9 @@ def _peers(table: Table) -> list[BgpPeer]:
                 "address", "a link-local neighbour needs an interface: not supported", str(address)
             )
             address = None
+        elif address is not None and (problem := _unicast_problem(address)) is not None:
+            peer_table.error("address", problem, str(address))
+            address = None
         as_number = peer_table.integer("as", 1, AS_MAX)
         if "as" not in peer_table:
             peer_table.error("as", "required: the neighbour's AS number")
@@ -139,6 +145,15 @@ def _address(table: Table, key: str) -> IPAddress | None:
         return None
 
 
+def _unicast_problem(address: IPAddress) -> str | None:
+    """Why BIRD would refuse `address` as a neighbour or a next hop."""
+    if address.is_unspecified or address.is_multicast:
+        return "not a unicast address"
+    if isinstance(address, IPv6Address) and address.scope_id:
+        return "a zone (%...) is not taken here"
+    return None
+
+
 def _command(table: Table, key: str, default: str) -> str:
     text = table.string(key)
     if text is None:
@@ -155,6 +170,8 @@ def bgp_service_problem(vs: VirtualServer, bgp: BgpSettings | None) -> str | Non
         return "needs a [bgp] section (local_as and at least one [[bgp.peer]])"
     if vs.key.address is None:
         return "a fwmark service has no address to announce"
+    if isinstance(vs.key.address, IPv6Address) and vs.key.address.scope_id:
+        return f"{vs.key.address} has a zone (%...): not an address to announce"
     if vs.key.address.version not in bgp.families:
         return f"no [[bgp.peer]] is IPv{vs.key.address.version} to announce {vs.key.address} to"
     return None
