@@ -205,10 +205,7 @@ class Bird:
         )
 
     def birdc(self, *command: str) -> str:
-        result = subprocess.run(
-            ["birdc", "-s", str(self.socket), *command], capture_output=True, text=True
-        )
-        return result.stdout + result.stderr
+        return birdc(self.socket, *command)
 
     def log(self) -> str:
         path = self.rundir / "bird.log"
@@ -230,6 +227,12 @@ class Bird:
                     self.process.kill()
                     self.process.wait()
             self.process = None
+
+
+def birdc(sock: Path, *command: str) -> str:
+    """What birdc answers on the control socket `sock` (any BIRD's)."""
+    result = subprocess.run(["birdc", "-s", str(sock), *command], capture_output=True, text=True)
+    return result.stdout + result.stderr
 
 
 def router_conf(peers: tuple[str, ...], six_peers: tuple[str, ...] = ()) -> str:

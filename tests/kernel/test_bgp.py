@@ -1,16 +1,19 @@
 """BGP announcement of VIPs against a real BIRD 2 upstream (issue 10's
 proof): two directors running directord peer with a router in a namespace
-of its own (tests/kernel/bgp_rig.py draws the network); the router's
-route to the VIP has both directors as next hops (ECMP), loses one when
-that director's real servers all fail, when its daemon stops cleanly, when
-it is killed (within the hold time), when it is put in maintenance; with a
-MED the backup carries nothing until the preferred director fails. The
-first test runs plain BIRDs in the directors' place: if it fails, the
-network is wrong, not the daemon.
+of its own (tests/kernel/bgp_rig.py draws the network). The router's
+route to the VIP has both directors as next hops (ECMP) and loses one when
+that director's real servers all fail, when its daemon stops cleanly,
+when it is killed (kill -9: its BIRD gets SIGTERM from the kernel and
+closes the session, and no BIRD is left), when it is put in maintenance;
+with a MED the backup carries nothing until the preferred director fails;
+an IPv6 VIP goes to an IPv6 peer; a bird that does not exist is reported
+while IPVS goes on. The first test runs plain BIRDs in the directors'
+place (and a hung one, which only the router's hold timer ends): if it
+fails, the network is wrong, not the daemon.
 
-Each figure measured (seconds from the cause to the router's table
-showing the change, polled every 50 ms) is printed: run with -s to see them.
-"""
+Each figure measured (seconds from the cause to the router's kernel table
+showing the change, polled every 50 ms) is printed, never asserted: run
+with -s to see them."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -37,6 +41,7 @@ from bgp_rig import (
     ask,
     bgp_network,
     bird_pids,
+    birdc,
     director_config,
     hops,
     next_hops,
@@ -99,6 +104,12 @@ class Rig:
             ]
         for name, director in self.directors.items():
             parts.append(f"{name}'s log:\n{director.log()}")
+            if director.alive():
+                parts += [
+                    f"{name}'s BIRD:",
+                    birdc(director.rundir / "bird.ctl", "show", "protocols", "all"),
+                    birdc(director.rundir / "bird.ctl", "show", "route", "all"),
+                ]
         return "\n".join(parts)
 
 
@@ -126,6 +137,11 @@ def rig(netns: str, tmp_path: Path) -> Iterator[Rig]:
 
 def report(what: str, seconds: float) -> None:
     print(f"\nMEASURED {what}: {seconds:.2f} s")
+
+
+def at(event: dict[str, object]) -> float:
+    """A logged event's time (its ISO timestamp) as time.time() counts."""
+    return datetime.fromisoformat(str(event["timestamp"])).timestamp()
 
 
 def test_the_network_with_plain_bird_speakers_in_the_directors_place(rig: Rig) -> None:
@@ -213,14 +229,20 @@ def test_ecmp_both_directors_announce_and_one_without_servers_is_withdrawn(rig: 
     assert next_hops(route(rig.net)) == hops("d1", "d2")
 
     # Every one of d1's servers: d1's next hop goes, the client is served by d2.
-    started = time.monotonic()
+    wall, started = time.time(), time.monotonic()
     rig.servers.stop("r2")
     elapsed = rig.wait_hops("d2", since=started)
     report(
         "d1's last real server stopped -> d1's next hop withdrawn (check 0.5 s, fall 1)", elapsed
     )
+    down = d1.daemon.wait_event("real_server_down", DEADLINE, rs=f"{Net.address('r2')}:7000")
     withdrawn = d1.daemon.wait_event("bgp_withdrawn", DEADLINE, address=f"{VIP}/32")
-    print(f"d1 logged: {withdrawn}")
+    assert withdrawn["why"] == "quorum not met", withdrawn
+    print(
+        f"  of which: the check saw it {at(down) - wall:.2f} s after,"
+        f" directord withdrew {at(withdrawn) - at(down):.2f} s later,"
+        f" the router's table {wall + elapsed - at(withdrawn):.2f} s after that"
+    )
     assert tally(rig.net, 8) == {"d2": 8}
     assert d1.alive() and d2.alive()
 
@@ -248,6 +270,9 @@ def test_a_clean_stop_withdraws_the_route_and_the_other_director_carries_all(rig
     assert d1.stop() == 0, d1.log()
     assert d1.daemon.events("bgp_speaker_stopped"), d1.log()
     assert d1.birds() == []
+    # BIRD closed its session with a Cease (the router did not wait for its hold timer).
+    assert rig.router is not None
+    assert "d1: Received: Administrative shutdown" in rig.router.log(), rig.router.log()
     assert tally(rig.net, 8) == {"d2": 8}
     assert d2.alive()
 
@@ -268,10 +293,9 @@ def test_kill_9_of_a_daemon_takes_its_bird_and_its_route_with_it(rig: Rig) -> No
     assert d1.stop() == -signal.SIGKILL
     # The router heard a Cease from BIRD (PDEATHSIG: SIGTERM), not its hold timer.
     assert rig.router is not None
-    said = rig.router.log()
-    print(
-        "the router's log of d1:\n" + "\n".join(line for line in said.splitlines() if "d1" in line)
-    )
+    said = [line for line in rig.router.log().splitlines() if " d1: " in line]
+    print("the router's log of d1:\n" + "\n".join(said))
+    assert any("d1: Received: Administrative shutdown" in line for line in said), said
     assert tally(rig.net, 8) == {"d2": 8}
     assert d2.alive()
 
