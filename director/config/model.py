@@ -38,7 +38,7 @@ class OnFailure(enum.Enum):
     WEIGHT0 = "weight0"  # keep it with weight 0: established connections live on
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RealServerId:
     """Names one real server of one virtual service across config reloads."""
 
@@ -57,7 +57,7 @@ class RealServerId:
         return self._hash
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RealServer:
     address: IPAddress
     port: int

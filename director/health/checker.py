@@ -30,7 +30,6 @@ import random
 import resource
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from functools import partial
 from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -38,7 +37,7 @@ import outcome
 import trio
 
 from director.health.probes import ProbeFunction, Prober
-from director.health.probes.tcp import Connects, ProbeDone, TcpDestination, destination
+from director.health.probes.tcp import Connects, TcpDestination, destination
 from director.health.result import ProbeResult, Reason
 from director.health.schedule import Schedule, first_start, next_start
 from director.health.spec import Check, ExecCheck, HttpCheck, TcpCheck
@@ -78,7 +77,13 @@ class _Probe(Generic[K]):
     cancel_scope: trio.CancelScope | None = None  # while a probe runs
     tcp: TcpDestination | None = None
     http: HttpDestination | None = None
-    done: ProbeDone | None = None
+    # For TCP and plain HTTP: the checker that gets the verdict. The probe is
+    # its own ProbeDone (a partial each cost 250 bytes a target).
+    owner: Checker[K] | None = None
+
+    def __call__(self, result: ProbeResult) -> None:
+        assert self.owner is not None
+        self.owner._probe_done(self, result)
 
 
 class Checker(Generic[K]):
@@ -241,13 +246,13 @@ class Checker(Generic[K]):
         check, address, port = target
         if isinstance(check, TcpCheck):
             probe.tcp = destination(check, address, port)
-            probe.done = partial(self._probe_done, probe)
+            probe.owner = self
         elif isinstance(check, HttpCheck):
             from director.health.probes.http_exchange import http_destination
 
             probe.http = http_destination(check, address, port)
             if probe.http is not None:
-                probe.done = partial(self._probe_done, probe)
+                probe.owner = self
         return probe
 
     def _leave(self, key: K, slot: _Slot) -> None:
@@ -302,10 +307,10 @@ class Checker(Generic[K]):
         for probe, at in due:
             if on_start is not None:
                 on_start(probe.target, trio.current_time() - at)
-            if connects is not None and probe.tcp is not None and probe.done is not None:
-                connects.start(probe.tcp, probe.done)
-            elif connects is not None and probe.http is not None and probe.done is not None:
-                self._http_exchanges().start(probe.http, probe.done)
+            if connects is not None and probe.tcp is not None and probe.owner is not None:
+                connects.start(probe.tcp, probe)
+            elif connects is not None and probe.http is not None and probe.owner is not None:
+                self._http_exchanges().start(probe.http, probe)
             elif keep and kept is None:
                 kept = probe
             elif idle:
