@@ -361,10 +361,13 @@ def test_an_ipv6_vip_goes_to_the_ipv6_peer(rig: Rig) -> None:
     assert {ask(rig.net, f"six {i}", six=True) for i in range(6)} == set(REAL["d1"])
     peers = {p["address"]: p["state"] for p in bgp_status(d1)["peers"]}  # type: ignore[attr-defined]
     assert peers == {"10.9.0.1": "Established", "fd00:9::1": "Established"}, peers
-    # Each family's VIP went to its own peer only.
+    # Each family's VIP came over its own family's session: the /128 from
+    # d1's IPv6 session (d1_6 at the router), the /32 from its IPv4 one.
     assert rig.router is not None
-    assert VIP6 not in rig.router.birdc("show", "route", "protocol", "d1")
-    assert VIP not in rig.router.birdc("show", "route", "protocol", "d1_6")
+    six_routes = rig.router.birdc("show", "route", f"{VIP6}/128")
+    four_routes = rig.router.birdc("show", "route", f"{VIP}/32")
+    assert "[d1_6 " in six_routes and "[d1 " not in six_routes, six_routes
+    assert "[d1 " in four_routes and "[d1_6 " not in four_routes, four_routes
 
     started = time.monotonic()
     rig.servers.stop(*REAL["d1"])
