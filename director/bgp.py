@@ -31,7 +31,7 @@ from director.desired import AdminState, RealServerView
 from director.ipvs.model import IPAddress, ServiceKey
 from director.refusals import failed
 from director.runtime import describe_service
-from director.vips import combine_verdicts, receives_traffic
+from director.vips import combine_verdicts, receives_traffic, verdict_reason
 
 RETRY_BASE = 1.0  # seconds before BIRD is started again after a failure, doubling
 RETRY_CAP = 30.0
@@ -241,13 +241,7 @@ def bgp_report(
     routes = []
     for address in sorted(names.keys() | set(announced), key=address_sort_key):
         verdict = verdicts.get(address, False)
-        reason = {
-            True: "quorum met",
-            None: "quorum not known yet: kept as it is",
-            False: "quorum not met" if address in names else "no longer configured",
-        }[verdict]
-        if maintenance and address in names:
-            reason = "maintenance"
+        reason = verdict_reason(verdict, configured=address in names, maintenance=maintenance)
         wanted = address in announced
         if wanted and speaker != "running":
             reason += f"; not announced while BIRD is {speaker}"

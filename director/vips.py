@@ -114,6 +114,17 @@ def desired_vips(
     )
 
 
+def verdict_reason(verdict: bool | None, *, configured: bool, maintenance: bool) -> str:
+    """Why a VIP is (or is not) to receive traffic, for status."""
+    if maintenance and configured:
+        return "maintenance"
+    if verdict is None:
+        return "quorum not known yet: kept as it is"
+    if verdict:
+        return "quorum met"
+    return "quorum not met" if configured else "no longer configured"
+
+
 def combine_verdicts(pairs: Iterable[tuple[K, bool | None]]) -> dict[K, bool | None]:
     """One verdict per key from those of the services sharing it: True when
     any is True, else None when any is None, else False."""
@@ -601,13 +612,7 @@ def vip_report(
     report = []
     for vip in sorted(names.keys() | owned, key=vip_sort_key):
         verdict = verdicts.get(vip, False) if vip in names else False
-        reason = {
-            True: "quorum met",
-            None: "quorum not known yet: kept as it is",
-            False: "quorum not met" if vip in names else "no longer configured",
-        }[verdict]
-        if maintenance and vip in names:
-            reason = "maintenance"
+        reason = verdict_reason(verdict, configured=vip in names, maintenance=maintenance)
 
         if vip in owned:
             state = "present (ours)" if verdict is not False else "removing"
