@@ -46,12 +46,13 @@ UNITS = ("seconds", "bytes")
 @pytest.fixture(scope="module")
 def exposition() -> str:
     """A scrape of a daemon with every kind of series: a refused operation,
-    a down server, a control request, passes, probes."""
+    a down server, a control request, passes, probes, [bgp] (no BIRD run)."""
 
     async def scrape() -> str:
         backend = FaultyKernel()
         backend.refuse = refuses_destination("10.0.2.1", errno.EINVAL)
-        director = faulty_director(backend, FakeNetwork("10.0.1.1"), TWO_SERVICES + METRICS)
+        bgp = '[bgp]\nlocal_as = 65001\n[[bgp.peer]]\naddress = "10.9.0.1"\nas = 65000\n'
+        director = faulty_director(backend, FakeNetwork("10.0.1.1"), TWO_SERVICES + METRICS + bgp)
         async with trio.open_nursery() as nursery:
             await nursery.start(director.run)
             await trio.sleep(7)
