@@ -9,7 +9,7 @@ ctl.table()'s lines (1,000 TCP services x 4 masquerading destinations by
 default: 5,000 lines). Per round, a new Director; printed, in CPU ms of
 this thread (medians of --rounds), the whole -R and its parts:
 
-- parse: the lines parsed (parse_restore);
+- parse: the lines parsed (parse_restore, through the Controller's _bulk);
 - changes: the lines' changes into the runtime layer, kernel probes included;
 - commit: `Director.commit`, and of it `set_runtime` (the effective config
   and the checker's targets), of that the checker's `set_targets` or
@@ -17,6 +17,10 @@ this thread (medians of --rounds), the whole -R and its parts:
   write with its fsyncs; statefile.encode alone on its own row), and the pass.
 
     .venv/bin/python bench/restore.py [--services 1000] [--dests 4] [--rounds 5] [--profile]
+
+Then, on the same daemon, one line (`-a` of one more real server): its
+CPU, its commit, the checker's part, the state file and the pass ("one ...":
+what a change costs once the daemon holds the -R's thousands of servers).
 
 With --profile, the last round's commit runs under cProfile (printed); with
 --no-gc, the garbage collector is off during the -R (the daemon's has it on:
@@ -59,7 +63,20 @@ from director.ipvs.model import IPAddress
 from director.kernel import KernelTable
 
 ROOT = Peer(uid=0, gid=0, pid=1, may_change=True)
-PARTS = ("restore", "commit", "set_runtime", "targets", "save", "encode", "pass")
+PARTS = (
+    "restore",
+    "parse",
+    "changes",
+    "commit",
+    "set_runtime",
+    "targets",
+    "save",
+    "encode",
+    "pass",
+)
+ONE_PARTS = ("one restore", "one commit", "one targets", "one save", "one pass")
+# One real server more for the -R's first service (ctl.table's 10.1.0.1:80).
+ONE_LINE = ("-a", "-t", "10.1.0.1:80", "-r", "10.3.0.1:80", "-m", "-w", "1")
 
 
 async def probe(check: Check, address: IPAddress, port: int) -> ProbeResult:
@@ -101,8 +118,10 @@ async def one_round(text: str, workdir: Path, profile: bool, collect: bool) -> d
         probe=probe,
         rng=random.Random(1),
     )
-    controller = Controller(director)
     samples: dict[str, float] = {}
+    controller = Controller(director)
+    controller._bulk = timed_async(samples, "parse", controller._bulk)  # type: ignore[method-assign]
+    controller._changes = timed(samples, "changes", controller._changes)  # type: ignore[method-assign]
     profiler = cProfile.Profile() if profile else None
     commit = director.commit
 
@@ -134,9 +153,26 @@ async def one_round(text: str, workdir: Path, profile: bool, collect: bool) -> d
         finally:
             gc.enable()
         samples["restore"] = time.thread_time() - began
+        if response.status != 0 or response.stderr:
+            raise SystemExit(f"-R: {response}")
+        # Then one line into the table the -R made: what it costs is what
+        # a change costs once the daemon holds thousands of servers.
+        restored = dict(samples)
+        samples.clear()
+        if not collect:
+            gc.disable()
+        began = time.thread_time()
+        try:
+            response = await controller.handle(Request(argv=ONE_LINE), ROOT)
+        finally:
+            gc.enable()
+        samples["restore"] = time.thread_time() - began
+        if response.status != 0 or response.stderr:
+            raise SystemExit(f"{' '.join(ONE_LINE)}: {response}")
+        one = {f"one {name}": seconds for name, seconds in samples.items()}
+        samples.clear()
+        samples.update(restored, **one)
         nursery.cancel_scope.cancel()
-    if response.status != 0 or response.stderr:
-        raise SystemExit(f"-R: {response}")
     saved = statefile.load(workdir / "state.json")
     began = time.thread_time()
     statefile.encode(saved.layer, saved.owned, saved.sync, vips=saved.vips)
@@ -160,14 +196,15 @@ async def main_async(args: argparse.Namespace) -> None:
         rounds.append(samples)
         print(
             f"round {round_ + 1}: "
-            + ", ".join(f"{n} {samples.get(n, 0.0) * 1000:.1f}" for n in PARTS)
+            + ", ".join(f"{n} {samples.get(n, 0.0) * 1000:.1f}" for n in PARTS + ONE_PARTS)
             + " (CPU ms)",
             flush=True,
         )
     print(
         f"median of {args.rounds}: "
         + ", ".join(
-            f"{n} {statistics.median(r.get(n, 0.0) for r in rounds) * 1000:.1f}" for n in PARTS
+            f"{n} {statistics.median(r.get(n, 0.0) for r in rounds) * 1000:.1f}"
+            for n in PARTS + ONE_PARTS
         )
         + " (CPU ms)"
     )
