@@ -562,11 +562,14 @@ def director_config(
     bird: str | None = None,
     six: bool = False,
     four: bool = True,
+    servers: tuple[str, ...] | None = None,
 ) -> str:
     """The director's config: [bgp] peering with the router (IPv4, and IPv6
     with `six`), the VIP's service (`four`) and the IPv6 VIP's (`six`), each
-    with bgp = true, its real servers by direct routing, quick checks."""
+    with bgp = true, its real servers (`servers`, REAL[name] when not given)
+    by direct routing, quick checks."""
     workdir, name = director.workdir, director.name
+    servers = REAL[name] if servers is None else servers
     lines = [
         "[daemon]",
         "reconcile_interval = 2.0",
@@ -596,7 +599,7 @@ def director_config(
             "bgp = true",
             CHECK,
         ]
-        for server in REAL[name]:
+        for server in servers:
             address = f"[{Net.address(server, True)}]" if vip != VIP else Net.address(server)
             lines += ["[[virtual_server.real_server]]", f'address = "{address}:{PORT}"']
             lines += ['forward = "route"']
