@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+import signal
 from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass
 from typing import Protocol
@@ -154,6 +155,18 @@ def render(settings: BgpSettings, routes: Iterable[IPAddress]) -> str:
 def routes_in(text: str) -> frozenset[str]:
     """The prefixes a config from `render` announces (for tests and status)."""
     return frozenset(re.findall(r"^  route (\S+) unreachable;$", text, re.MULTILINE))
+
+
+def exit_reason(code: int) -> str:
+    """'killed by signal 9 (SIGKILL)', 'exited with status 1': a speaker's
+    end as Popen.returncode gives it (negative: the signal)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown"
+        return f"killed by signal {-code} ({name})"
+    return f"exited with status {code}"
 
 
 # -- BIRD's answers -----------------------------------------------------------------
@@ -468,7 +481,12 @@ class BgpKeeper:
             self._idle.set()
             self._set_applied(None)
         code, words = exited[0]
-        return self._failed("bgp_speaker_exited", words, returncode=code)
+        retry_in = self._failed(
+            "bgp_speaker_exited", exit_reason(code), returncode=code, last_words=words
+        )
+        if words:  # for status: its last line says most
+            self.error = f"{exit_reason(code)}; last: {words.rsplit('; ', 1)[-1]}"
+        return retry_in
 
     async def _speak(
         self,

@@ -866,14 +866,23 @@ async def test_an_exit_is_logged_with_its_words_and_restarted(
             k.speaker.exit()
             await trio.testing.wait_all_tasks_blocked()
             assert (k.keeper.state, k.keeper.pid) == ("failed", None)
-            assert k.keeper.error == "bird: out of memory"
+            assert k.keeper.error == "exited with status 1; last: bird: out of memory"
             await trio.sleep(1.5)
         assert gaps(k.speaker.exits[:1] + k.speaker.starts[1:]) == [1.0]
         assert k.keeper.state == "running" and k.routes() == BOTH  # restarted with the routes
         exited = [e for e in logs if e["event"] == "bgp_speaker_exited"]
-        assert [(e["returncode"], e["error"], e["restart_in"]) for e in exited] == [
-            (1, "bird: out of memory", 1.0)
-        ]
+        assert [
+            (e["returncode"], e["error"], e["last_words"], e["restart_in"]) for e in exited
+        ] == [(1, "exited with status 1", "bird: out of memory", 1.0)]
+
+
+def test_an_exit_is_said_as_a_status_or_a_signal() -> None:
+    from director.bgp import exit_reason
+
+    assert exit_reason(1) == "exited with status 1"
+    assert exit_reason(0) == "exited with status 0"
+    assert exit_reason(-9) == "killed by signal 9 (SIGKILL)"
+    assert exit_reason(-15) == "killed by signal 15 (SIGTERM)"
 
 
 async def test_the_failure_count_resets_after_a_success(
