@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 import signal
-from collections.abc import Callable, Iterable, Mapping, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -53,6 +53,20 @@ def prefix(address: IPAddress) -> str:
 # -- what to announce -------------------------------------------------------------
 
 
+def service_verdicts(
+    services: Iterable[VirtualServer],
+    health: Mapping[RealServerId, RealServerView],
+    maintenance: bool,
+    admin: Mapping[RealServerId, AdminState] | None = None,
+) -> dict[ServiceKey, bool | None]:
+    """The verdict of receives_traffic for each service with bgp = true."""
+    return {
+        vs.key: receives_traffic(vs, health, maintenance, admin)
+        for vs in services
+        if vs.bgp and vs.key.address is not None
+    }
+
+
 def verdicts(
     services: Iterable[VirtualServer],
     health: Mapping[RealServerId, RealServerView],
@@ -61,10 +75,12 @@ def verdicts(
 ) -> dict[IPAddress, bool | None]:
     """Each address of the services with bgp = true, with the verdict of
     receives_traffic; services sharing an address: director.vips.combine_verdicts."""
+    return by_address(service_verdicts(services, health, maintenance, admin))
+
+
+def by_address(verdicts: Mapping[ServiceKey, bool | None]) -> dict[IPAddress, bool | None]:
     return combine_verdicts(
-        (vs.key.address, receives_traffic(vs, health, maintenance, admin))
-        for vs in services
-        if vs.bgp and vs.key.address is not None
+        (key.address, verdict) for key, verdict in verdicts.items() if key.address is not None
     )
 
 
@@ -237,10 +253,12 @@ def bgp_report(
     pid: int | None,
     error: str | None,
     maintenance: bool,
+    service_verdicts: Mapping[ServiceKey, bool | None] | None = None,
 ) -> BgpStatus:
     """Pure: the BGP part of `directorctl status` (protocols None: BIRD not
     asked, or not answering). A route is announced while it is decided so
-    (`announced`) and the speaker runs."""
+    (`announced`) and the speaker runs. Where services share an address and
+    their verdicts differ (`service_verdicts`), the reason says which."""
     peers = []
     for peer in settings.peers:
         name = protocol_name(peer)
@@ -248,13 +266,18 @@ def bgp_report(
         state = "unknown" if row is None else (row.info or row.state)
         peers.append(BgpPeerStatus(name, str(peer.address), peer.as_number, state))
     names: dict[IPAddress, list[str]] = {}
+    services_of: dict[IPAddress, list[ServiceKey]] = {}
     for vs in services:
         if vs.bgp and vs.key.address is not None:
             names.setdefault(vs.key.address, []).append(describe_service(vs.key))
+            services_of.setdefault(vs.key.address, []).append(vs.key)
     routes = []
     for address in sorted(names.keys() | set(announced), key=address_sort_key):
         verdict = verdicts.get(address, False)
         reason = verdict_reason(verdict, configured=address in names, maintenance=maintenance)
+        split = _split(services_of.get(address, ()), service_verdicts or {})
+        if split and not maintenance:
+            reason += f" ({split})"
         wanted = address in announced
         if wanted and speaker != "running":
             reason += f"; not announced while BIRD is {speaker}"
@@ -267,6 +290,19 @@ def bgp_report(
             )
         )
     return BgpStatus(speaker, pid, error, tuple(peers), tuple(routes))
+
+
+def _split(keys: Sequence[ServiceKey], verdicts: Mapping[ServiceKey, bool | None]) -> str:
+    """'met by tcp:10.0.0.1:443; not by tcp:10.0.0.1:80' when the services
+    on one address differ; '' when they agree (or there is one)."""
+    parts: dict[bool | None, list[str]] = {}
+    for key in keys:
+        if key in verdicts:
+            parts.setdefault(verdicts[key], []).append(describe_service(key))
+    if len(parts) < 2:
+        return ""
+    words = {True: "met by", False: "not by", None: "not known yet for"}
+    return "; ".join(f"{words[v]} {', '.join(parts[v])}" for v in (True, False, None) if v in parts)
 
 
 # -- the shell's seam -----------------------------------------------------------------
@@ -323,6 +359,7 @@ class BgpKeeper:
         self.services: tuple[VirtualServer, ...] = ()
         self.keys: frozenset[ServiceKey] = frozenset()
         self.verdicts: dict[IPAddress, bool | None] = {}
+        self.service_verdicts: dict[ServiceKey, bool | None] = {}
         self.announced: frozenset[IPAddress] = frozenset()
         self.state = "stopped"  # of the speaker: starting, running, stopped, failed
         self.pid: int | None = None
@@ -378,9 +415,10 @@ class BgpKeeper:
             return []
         self._due = withdraw_only
         if self.settings is None:
-            self.verdicts = {}
+            self.verdicts, self.service_verdicts = {}, {}
         else:
-            self.verdicts = verdicts(self.services, health(), maintenance, admin)
+            self.service_verdicts = service_verdicts(self.services, health(), maintenance, admin)
+            self.verdicts = by_address(self.service_verdicts)
         announced = announced_after(self.announced, self.verdicts)
         if withdraw_only:
             announced &= self.announced
@@ -575,4 +613,5 @@ class BgpKeeper:
             pid=self.pid,
             error=error,
             maintenance=maintenance,
+            service_verdicts=self.service_verdicts,
         )

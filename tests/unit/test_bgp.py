@@ -512,6 +512,45 @@ def test_report_reasons() -> None:
     ]
 
 
+def test_report_says_which_services_on_a_shared_address_qualify() -> None:
+    """Operator trial: port 80 with no server up and 443 fine on one VIP:
+    announced (443 qualifies), and the reason says 80 does not."""
+    from director.bgp import service_verdicts
+
+    config = config_of(HEAD + service() + service("10.9.1.100:443", servers=1))
+    web, tls = config.virtual_servers
+    health = {**views(web, DOWN, DOWN), **views(tls, UP)}
+    each = service_verdicts([web, tls], health, False)
+    assert config.bgp is not None
+    (route,) = bgp_report(
+        config.bgp,
+        config.virtual_servers,
+        {VIP: True},
+        {VIP},
+        None,
+        speaker="running",
+        pid=1,
+        error=None,
+        maintenance=False,
+        service_verdicts=each,
+    ).routes
+    assert route.reason == "quorum met (met by tcp:10.9.1.100:443; not by tcp:10.9.1.100:80)"
+    agreeing = service_verdicts([web, tls], {**views(web, UP, UP), **views(tls, UP)}, False)
+    (route,) = bgp_report(
+        config.bgp,
+        config.virtual_servers,
+        {VIP: True},
+        {VIP},
+        None,
+        speaker="running",
+        pid=1,
+        error=None,
+        maintenance=False,
+        service_verdicts=agreeing,
+    ).routes
+    assert route.reason == "quorum met"
+
+
 def test_report_of_a_route_no_longer_configured() -> None:
     assert report_of(HEAD + service(bgp=False), {}, {VIP}) == [
         BgpRouteStatus("10.9.1.100/32", (), True, "no longer configured")
