@@ -928,9 +928,7 @@ class Director:
             ),
             real_servers_added=tuple(t for t in new_targets if t not in old_targets),
             real_servers_removed=tuple(t for t in old_targets if t not in new_targets),
-            real_servers_changed=tuple(
-                t for t in new_targets if t in old_targets and new_targets[t] != old_targets[t]
-            ),
+            real_servers_changed=_real_servers_changed(old, new, changed),
             operations=tuple(operations),
             others=tuple(others),
         )
@@ -1009,6 +1007,26 @@ class Director:
         if self.pass_error is not None:
             line += f"; passes failing: {self.pass_error}"
         return line
+
+
+def _real_servers_changed(
+    old: Config, new: Config, changed: Set[ServiceKey]
+) -> tuple[RealServerId, ...]:
+    """The real servers of the `changed` services in both configs whose
+    settings differ (weight, forwarding method, thresholds, check...)."""
+    before = {
+        vs.real_server_id(rs): rs
+        for vs in old.virtual_servers
+        if vs.key in changed
+        for rs in vs.real_servers
+    }
+    return tuple(
+        rid
+        for vs in new.virtual_servers
+        if vs.key in changed
+        for rs in vs.real_servers
+        if (rid := vs.real_server_id(rs)) in before and before[rid] != rs
+    )
 
 
 def _timed_load(path: str) -> tuple[Config, float]:

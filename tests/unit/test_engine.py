@@ -257,6 +257,28 @@ address = "10.0.2.1:53"
         nursery.cancel_scope.cancel()
 
 
+async def test_a_reload_that_changes_a_weight_names_the_real_server(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Operator trial: weight 5 -> 3 was 'reloaded: 1 table operations' and
+    real_servers_changed []; the check (what the checker probes) is the same,
+    the real server is not."""
+    from director.control.handler import reload_text
+
+    backend = MemoryBackend()
+    director = make_director(backend, FakeNetwork("10.0.1.1", "10.0.1.2"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await trio.sleep(2.1)
+        new = parse_config(CONFIG.replace("weight = 5", "weight = 3"))
+        summary = await director.exclusive(lambda: director.reload(new))
+        assert summary.real_servers_changed == (RealServerId(VIP, ip_address("10.0.1.1"), 80),)
+        assert summary.real_servers_added == summary.real_servers_removed == ()
+        assert "~ real server tcp:10.0.0.1:80 10.0.1.1:80\n" in reload_text(summary)
+        assert weights(backend) == {"10.0.1.1": 3, "10.0.1.2": 7}
+        nursery.cancel_scope.cancel()
+
+
 async def test_flush_on_stop_deletes_only_own_services(
     autojump_clock: trio.testing.MockClock, unmanaged: ServiceEntry
 ) -> None:
