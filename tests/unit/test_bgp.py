@@ -519,36 +519,30 @@ def test_report_says_which_services_on_a_shared_address_qualify() -> None:
 
     config = config_of(HEAD + service() + service("10.9.1.100:443", servers=1))
     web, tls = config.virtual_servers
-    health = {**views(web, DOWN, DOWN), **views(tls, UP)}
-    each = service_verdicts([web, tls], health, False)
-    assert config.bgp is not None
-    (route,) = bgp_report(
-        config.bgp,
-        config.virtual_servers,
-        {VIP: True},
-        {VIP},
-        None,
-        speaker="running",
-        pid=1,
-        error=None,
-        maintenance=False,
-        service_verdicts=each,
-    ).routes
-    assert route.reason == "quorum met (met by tcp:10.9.1.100:443; not by tcp:10.9.1.100:80)"
-    agreeing = service_verdicts([web, tls], {**views(web, UP, UP), **views(tls, UP)}, False)
-    (route,) = bgp_report(
-        config.bgp,
-        config.virtual_servers,
-        {VIP: True},
-        {VIP},
-        None,
-        speaker="running",
-        pid=1,
-        error=None,
-        maintenance=False,
-        service_verdicts=agreeing,
-    ).routes
-    assert route.reason == "quorum met"
+    bgp = config.bgp
+    assert bgp is not None
+
+    def reason(health: dict[RealServerId, RealServerView]) -> str:
+        each = service_verdicts([web, tls], health, False)
+        (route,) = bgp_report(
+            bgp,
+            config.virtual_servers,
+            {VIP: True},
+            {VIP},
+            None,
+            speaker="running",
+            pid=1,
+            error=None,
+            maintenance=False,
+            service_verdicts=each,
+        ).routes
+        return route.reason
+
+    assert (
+        reason({**views(web, DOWN, DOWN), **views(tls, UP)})
+        == "quorum met (met by tcp:10.9.1.100:443; not by tcp:10.9.1.100:80)"
+    )
+    assert reason({**views(web, UP, UP), **views(tls, UP)}) == "quorum met"
 
 
 def test_report_of_a_route_no_longer_configured() -> None:
