@@ -11,6 +11,7 @@ from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
+import test_checker
 import trio
 import trio.testing
 from engine_support import Network, running
@@ -25,27 +26,10 @@ from director.ipvs.memory import MemoryBackend
 from director.ipvs.model import Protocol, ServiceKey
 from director.kernel import KernelTable
 
+# test_checker's fixtures, the same here
+servers, recorder, checker = test_checker.servers, test_checker.recorder, test_checker.checker
+
 A, B, C = ip_address("10.0.0.1"), ip_address("10.0.0.2"), ip_address("10.0.0.3")
-
-
-@pytest.fixture
-def servers() -> FakeServers:
-    return FakeServers()
-
-
-@pytest.fixture
-def recorder() -> Recorder:
-    return Recorder()
-
-
-@pytest.fixture
-def checker(servers: FakeServers, recorder: Recorder) -> Checker[str]:
-    return Checker(
-        probe=servers,
-        rng=random.Random(SEED),
-        on_transition=recorder.on_transition,
-        on_result=recorder.on_result,
-    )
 
 
 @pytest.fixture
