@@ -444,13 +444,19 @@ def ask(net: Net, message: str, six: bool = False, timeout: float = 5.0) -> str:
     with sock:
         sock.settimeout(timeout)
         sock.connect((VIP6 if six else VIP, PORT))
-        sock.sendall(message.encode())
-        reply = b""
-        while not reply.endswith(b" " + message.encode()):
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise ConnectionError(f"connection closed after {reply!r}")
-            reply += chunk
+        return echo(sock, message)
+
+
+def echo(sock: socket.socket, message: str) -> str:
+    """Send `message` on a connected client socket; the name of the real
+    server that echoed it. OSError (ConnectionError) when none comes."""
+    sock.sendall(message.encode())
+    reply = b""
+    while not reply.endswith(b" " + message.encode()):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError(f"connection closed after {reply!r}")
+        reply += chunk
     return reply.decode().partition(" ")[0]
 
 

@@ -53,6 +53,7 @@ from bgp_rig import (
     bird_pids,
     birdc,
     director_config,
+    echo,
     hops,
     router_conf,
     rundirs,
@@ -165,19 +166,6 @@ def pair(netns: str, tmp_path: Path) -> Iterator[Pair]:
 
 def report(what: str, seconds: float) -> None:
     print(f"\nMEASURED {what}: {seconds:.2f} s")
-
-
-def echo(sock: socket.socket, message: str) -> str:
-    """Send `message` on the client's connection; the name of the real
-    server that echoed it."""
-    sock.sendall(message.encode())
-    reply = b""
-    while not reply.endswith(b" " + message.encode()):
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError(f"connection closed after {reply!r}")
-        reply += chunk
-    return reply.decode().partition(" ")[0]
 
 
 def entry(director: Director, client_port: int) -> list[str]:
