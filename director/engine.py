@@ -818,14 +818,19 @@ class Director:
 
     # -- changes: runtime layer, reload, stop (from jobs) -----------------------
 
-    def set_runtime(self, runtime: RuntimeLayer) -> set[ServiceKey]:
+    def set_runtime(
+        self, runtime: RuntimeLayer, effective: Config | None = None
+    ) -> set[ServiceKey]:
         """Take new operator changes: what to check changes at once, the
         table at the next pass. A service they drop stays owned until the
         kernel no longer has it. Returns the services whose desired state
-        the change may have changed. Call from a job."""
+        the change may have changed. `effective`: effective_config(self.config,
+        runtime) if the caller has it already. Call from a job."""
         before, admin = self.effective, self.runtime.admin
         self.runtime = runtime
-        self._set_effective(effective_config(self.config, runtime))
+        if effective is None:
+            effective = effective_config(self.config, runtime)
+        self._set_effective(effective)
         self.owned |= self.effective.service_keys()
         changed = services_changed(
             before.virtual_servers, self.effective.virtual_servers, admin, runtime.admin
@@ -842,6 +847,7 @@ class Director:
         why: str,
         added: Set[ServiceKey] = frozenset(),
         known: Mapping[ServiceKey, ServiceEntry] | None = None,
+        effective: Config | None = None,
     ) -> list[Operation]:
         """Take, save and apply an operator's change; `added` are services it
         already sent to the kernel itself (owned from now on, so deleted if
@@ -850,9 +856,9 @@ class Director:
         pass does not read these back unless they need a change. The pass
         covers the services the change touched: a hand-made service someone
         restores with -R is the kernel's and theirs, not a reason to read
-        the whole table. Call from a job."""
+        the whole table. `effective`: as set_runtime's. Call from a job."""
         self.owned |= added
-        changed = self.set_runtime(runtime) | added
+        changed = self.set_runtime(runtime, effective) | added
         await self.save()
         return await self.reconcile(why, only=changed, known=known)
 

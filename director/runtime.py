@@ -39,7 +39,7 @@ from director.config import (
     parse_endpoint,
 )
 from director.desired import AdminState
-from director.health.checker import validate_target
+from director.health.checker import target_problem, validate_target
 from director.health.spec import Check
 from director.ipvs.errors import IPVSError, error_for
 from director.ipvs.facts import (
@@ -93,6 +93,12 @@ class RuntimeLayer:
     # servers stay and a later -a of one answers as the kernel would.
     restored: frozenset[RealServerId] = frozenset()
 
+    # `by_service`, made once (or handed over by the LayerBuilder that froze
+    # the layer). Not part of the layer's value.
+    _by_service: dict[ServiceKey, dict[RealServerId, Destination]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
     def __post_init__(self) -> None:
         for name in ("services", "real_servers", "admin"):
             value = getattr(self, name)
@@ -105,6 +111,23 @@ class RuntimeLayer:
     @property
     def empty(self) -> bool:
         return self == EMPTY
+
+    @property
+    def by_service(self) -> Mapping[ServiceKey, Mapping[RealServerId, Destination]]:
+        """`real_servers` by service, each service's in their order there:
+        made once (a LayerBuilder hands over its own), so that a builder
+        over a layer of thousands of real servers starts without indexing
+        them again. Read-only, shared with the builders made over it."""
+        return self._index()
+
+    def _index(self) -> dict[ServiceKey, dict[RealServerId, Destination]]:
+        index = self._by_service
+        if index is None:
+            index = {}
+            for rid, destination in self.real_servers.items():
+                index.setdefault(rid.service, {})[rid] = destination
+            object.__setattr__(self, "_by_service", index)
+        return index
 
 
 EMPTY = RuntimeLayer()
@@ -315,13 +338,18 @@ class LayerBuilder:
         self._timeouts = layer.timeouts
         self._restored = set(layer.restored)
         self._keys = (self._file.keys() - self._deleted_services) | self._services.keys()
-        self._by_service: dict[ServiceKey, dict[RealServerId, Destination]] = {}
-        for rid, destination in self._real_servers.items():
-            self._by_service.setdefault(rid.service, {})[rid] = destination
+        # The layer's real servers by service: the layer's own index, each
+        # service's copied before its first change here (_servers_of).
+        self._by_service = layer._index().copy()
+        self._mine: set[ServiceKey] = set()  # the services of _by_service copied
+        # The services whose effective state may have changed since `layer`
+        # (`effective`; -C deletes all, and each that comes back is touched).
+        self._touched: set[ServiceKey] = set()
+        self._checks: dict[int, str | None] = {}  # target_problem's, by id() of the check
 
     def freeze(self) -> RuntimeLayer:
         """The layer as changed so far (the builder can go on changing)."""
-        return RuntimeLayer(
+        layer = RuntimeLayer(
             services=self._services.copy(),
             deleted_services=frozenset(self._deleted_services),
             real_servers=self._real_servers.copy(),
@@ -330,6 +358,55 @@ class LayerBuilder:
             timeouts=self._timeouts,
             restored=frozenset(self._restored),
         )
+        # The index goes with it; this builder copies a service's again
+        # before it changes it.
+        object.__setattr__(layer, "_by_service", self._by_service.copy())
+        self._mine.clear()
+        return layer
+
+    def effective(self, before: Config) -> Config:
+        """effective_config(self.config, self.freeze()), given `before`, the
+        effective config of the layer this builder started from over the
+        same config: the services no change touched are taken from it as
+        they are, so a change costs its own services, not the table."""
+        if (
+            not self._services
+            and not self._deleted_services
+            and not self._real_servers
+            and not self._deleted_real_servers
+            and not self._admin
+            and self._timeouts is None
+            and not self._restored
+        ):
+            return self.config  # an empty layer: effective_config's answer
+        touched = self._touched
+        old = {vs.key: vs for vs in before.virtual_servers}
+        virtual_servers: list[VirtualServer] = []
+        for vs in self.config.virtual_servers:
+            key = vs.key
+            if key not in self._deleted_services:
+                virtual_servers.append(self._current(key, old, touched))
+        for key in self._services:
+            if key not in self._file:
+                virtual_servers.append(self._current(key, old, touched))
+        ipvs = self.config.ipvs
+        if self._timeouts is not None:
+            ipvs = replace(ipvs, timeouts=merge_timeouts(ipvs.timeouts, self._timeouts))
+        return replace(self.config, virtual_servers=tuple(virtual_servers), ipvs=ipvs)
+
+    def _current(
+        self, key: ServiceKey, old: Mapping[ServiceKey, VirtualServer], touched: Set[ServiceKey]
+    ) -> VirtualServer:
+        vs = None if key in touched else old.get(key)
+        return self.virtual_server(key) if vs is None else vs
+
+    def _servers_of(self, key: ServiceKey) -> dict[RealServerId, Destination]:
+        """The real servers of service `key` in the layer, to change: the
+        builder's own copy."""
+        if key not in self._mine:
+            self._mine.add(key)
+            self._by_service[key] = self._by_service.get(key, {}).copy()
+        return self._by_service[key]
 
     # -- the effective state --------------------------------------------------
 
@@ -350,6 +427,13 @@ class LayerBuilder:
                 raise KeyError(key)
             return virtual_server_for(service, self.config.control.runtime_check)
         return vs if service is None else with_service_fields(vs, service)
+
+    def _check(self, key: ServiceKey) -> Check:
+        """The check of service `key` (one of the effective state's): the
+        config's, or [control] runtime_check for a service made at runtime
+        (what _base(key).check is, without making the virtual server)."""
+        vs = None if key in self._deleted_services else self._file.get(key)
+        return self.config.control.runtime_check if vs is None else vs.check
 
     def _config_server(self, rid: RealServerId) -> RealServer | None:
         """The config file's definition of `rid`, if its service is the
@@ -445,11 +529,12 @@ class LayerBuilder:
                 if destination_problem(destination.address) is not None:
                     return error_for(errno.EINVAL, name)
                 if self._config_server(rid) is None:
-                    target = (self._base(key).check, destination.address, destination.port)
-                    try:
-                        validate_target(rid, target)
-                    except ValueError as error:
-                        return NotCheckable(f"{error}")
+                    target = (self._check(key), destination.address, destination.port)
+                    if target_problem(target, self._checks) is not None:
+                        try:
+                            validate_target(rid, target)
+                        except ValueError as error:
+                            return NotCheckable(f"{error}")
             case DeleteDestination(key, address, port):
                 if key not in self._keys:
                     return error_for(errno.ESRCH, name)
@@ -471,6 +556,7 @@ class LayerBuilder:
 
     def _set_service(self, service: Service) -> None:
         """Record `service`'s fields where they differ from the config's."""
+        self._touched.add(service.key)
         vs = None if service.key in self._deleted_services else self._file.get(service.key)
         if vs is not None and vs.service() == service:
             self._services.pop(service.key, None)
@@ -520,7 +606,8 @@ class LayerBuilder:
     def _set_real_server(self, rid: RealServerId, destination: Destination) -> None:
         """Record `destination`'s fields where they differ from the config's."""
         configured = self._config_server(rid)
-        by_service = self._by_service.setdefault(rid.service, {})
+        by_service = self._servers_of(rid.service)
+        self._touched.add(rid.service)
         if configured is not None and configured.destination() == destination:
             self._real_servers.pop(rid, None)
             by_service.pop(rid, None)
@@ -534,6 +621,8 @@ class LayerBuilder:
         """-D: forget every runtime change to the service and its real
         servers, and hide the config's definition of it if it has one (a
         later -A brings that definition back)."""
+        self._touched.add(key)
+        self._mine.discard(key)
         for rid in list(self._by_service.pop(key, {})):
             del self._real_servers[rid]
         vs = self._file.get(key)
@@ -555,6 +644,7 @@ class LayerBuilder:
         self._services.clear()
         self._real_servers.clear()
         self._by_service.clear()
+        self._mine.clear()
         self._deleted_real_servers.clear()
         self._admin.clear()
         self._restored.clear()
@@ -562,8 +652,10 @@ class LayerBuilder:
     def _delete_real_server(self, rid: RealServerId) -> None:
         if self._config_server(rid) is not None:
             self._deleted_real_servers.add(rid)
+        self._touched.add(rid.service)
         self._real_servers.pop(rid, None)
-        self._by_service.get(rid.service, {}).pop(rid, None)
+        if rid in self._by_service.get(rid.service, ()):
+            del self._servers_of(rid.service)[rid]
         self._admin.pop(rid, None)
         self._restored.discard(rid)
 

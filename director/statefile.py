@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from json.encoder import encode_basestring_ascii as _string
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from director.config import RealServerId
 from director.desired import AdminState
@@ -99,16 +99,16 @@ def encode(
     return _layout(
         {
             "version": json.dumps(FORMAT_VERSION),
-            "owned_services": [_key_text(k) for k in sorted(owned, key=service_sort_key)],
+            "owned_services": _OWNED.texts(owned),
             "sync_daemons": [json.dumps(_sync_daemon(d)) for _, d in sorted((sync or {}).items())],
             "owned_vips": [
                 json.dumps({"interface": v.interface, "address": str(v.address)})
                 for v in sorted(vips, key=vip_sort_key)
             ],
             "maintenance": json.dumps(maintenance),
-            "services": [_service_text(s) for s in layer.services.values()],
+            "services": _SERVICES.texts(layer.services),
             "deleted_services": [_key_text(k) for k in sorted(layer.deleted_services, key=str)],
-            "real_servers": [_real_server_text(r, d) for r, d in layer.real_servers.items()],
+            "real_servers": _REAL_SERVERS.texts(layer.real_servers),
             "deleted_real_servers": [
                 json.dumps(_rid(r)) for r in sorted(layer.deleted_real_servers, key=str)
             ],
@@ -127,6 +127,51 @@ def encode(
             ),
         }
     )
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Records(Generic[K, V]):
+    """The records of one field of the last encode, by key, each with the
+    value it was made of: the next encode makes again only the records of
+    values it has not seen (a layer keeps its objects from one save to the
+    next, so a change to one real server of thousands encodes one record).
+    A record's text depends only on its key and value. Safe from several
+    threads: each encode reads one memo and puts a whole new one."""
+
+    def __init__(self, record: Callable[[K, V], str]) -> None:
+        self._record = record
+        self._memo: dict[K, tuple[V, str]] = {}
+
+    def texts(self, items: Mapping[K, V]) -> list[str]:
+        before, memo, texts = self._memo, {}, []
+        record = self._record
+        for key, value in items.items():
+            entry = before.get(key)
+            if entry is None or entry[0] is not value:
+                entry = (value, record(key, value))
+            memo[key] = entry
+            texts.append(entry[1])
+        self._memo = memo
+        return texts
+
+
+class _Owned:
+    """The owned services' records, in service_sort_key's order, kept for
+    the next encode of the same set."""
+
+    def __init__(self) -> None:
+        self._memo: tuple[frozenset[ServiceKey], list[str]] = (frozenset(), [])
+
+    def texts(self, owned: Set[ServiceKey]) -> list[str]:
+        keys, texts = self._memo
+        if owned != keys:
+            keys = frozenset(owned)
+            texts = [_key_text(k) for k in sorted(keys, key=service_sort_key)]
+            self._memo = (keys, texts)
+        return texts.copy()
 
 
 def _layout(fields: Mapping[str, str | list[str]]) -> str:
@@ -196,6 +241,11 @@ def _real_server_text(rid: RealServerId, d: Destination) -> str:
         f'{{"service": {_key_text(rid.service)}, "address": {_string(str(rid.address))},'
         f' "port": {port if type(port) is int else json.dumps(port)}, {settings}}}'
     )
+
+
+_OWNED = _Owned()
+_SERVICES: _Records[ServiceKey, Service] = _Records(lambda _, service: _service_text(service))
+_REAL_SERVERS: _Records[RealServerId, Destination] = _Records(_real_server_text)
 
 
 @functools.lru_cache(maxsize=256, typed=True)

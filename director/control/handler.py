@@ -340,11 +340,19 @@ class Controller:
         )
         if not outcome.changed:
             return
-        await self.director.commit(
-            work.layer.freeze(),
+        director = self.director
+        layer = work.layer
+        effective = None
+        if director.config is layer.config and director.runtime is work.runtime:
+            # The builder merges only the services it changed over the
+            # effective config it started from.
+            effective = layer.effective(director.effective)
+        await director.commit(
+            layer.freeze(),
             f"control ({peer.uid}/{peer.pid})",
             work.probed,
             known={k: e for k, e in work.known.items() if e is not None},
+            effective=effective,
         )
 
     def _log_refusal(self, peer: Peer, what: object) -> None:
@@ -560,6 +568,7 @@ class _Work:
         self._controller = controller
         director = controller.director
         # Schedulers and engines are the kernel's to judge (kernel_probe).
+        self.runtime = director.runtime  # the layer this request started from
         self.layer = LayerBuilder(director.config, director.runtime, engines=None)
         self._keys: set[ServiceKey] | None = None
         self._failure: KernelError | None = None

@@ -445,11 +445,8 @@ def _scan_lines(text: str) -> list[list[str]]:
             lines.append(words)
 
 
-_DOTTED_QUAD_PORT = re.compile(
-    r"((?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
-    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]))"
-    r":([1-9][0-9]{0,4})"
-)
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_DOTTED_QUAD_PORT = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}:([1-9][0-9]{{0,4}})")
 _WEIGHT = re.compile(r"0|[1-9][0-9]{0,9}")
 _SCHEDULER = re.compile(f"[a-z]{{1,{SCHED_NAME_MAX}}}")
 _CANONICAL_PROTOCOLS = {"-t": Protocol.TCP, "-u": Protocol.UDP}
@@ -464,10 +461,13 @@ class _Canonical:
     answers None for any other line, which the full parser then reads; for
     the lines it takes, the Command is the one the full parser gives (the
     unit tests compare the two). Endpoints repeat in a table: each is
-    parsed once."""
+    parsed once, and each service's key made once (the same object for
+    every line of that service: the daemon's maps then find it by identity
+    rather than comparing equal keys)."""
 
     def __init__(self) -> None:
         self._endpoints: dict[str, tuple[IPv4Address, int] | None] = {}
+        self._keys: dict[tuple[Protocol, str], ServiceKey | None] = {}
 
     def parse(self, words: Sequence[str]) -> Command | None:
         count = len(words)
@@ -475,36 +475,44 @@ class _Canonical:
             if words[0] != "-A" or words[3] != "-s":
                 return None
             protocol = _CANONICAL_PROTOCOLS.get(words[1])
-            service = self._endpoint(words[2])
-            if protocol is None or service is None or not _SCHEDULER.fullmatch(words[4]):
+            key = None if protocol is None else self._key(protocol, words[2])
+            if key is None or not _SCHEDULER.fullmatch(words[4]):
                 return None
-            key = ServiceKey(AF_INET, protocol, service[0], service[1])
             return Apply(ops.AddService(Service(key, words[4], ServiceFlags.NONE, 0, 0xFFFFFFFF)))
         if count == 8:
             if words[0] != "-a" or words[3] != "-r" or words[6] != "-w":
                 return None
             protocol = _CANONICAL_PROTOCOLS.get(words[1])
             forward = _CANONICAL_FORWARDS.get(words[5])
-            service = self._endpoint(words[2])
+            key = None if protocol is None else self._key(protocol, words[2])
             real = self._endpoint(words[4])
-            if protocol is None or forward is None or service is None or real is None:
+            if key is None or forward is None or real is None:
                 return None
             if not _WEIGHT.fullmatch(words[7]) or int(words[7]) > INT_MAX:
                 return None
-            key = ServiceKey(AF_INET, protocol, service[0], service[1])
             # -g sends the service's port (ipvsadm's process_options)
-            port = real[1] if forward is Forward.MASQ else service[1]
+            port = real[1] if forward is Forward.MASQ else key.port
             destination = Destination(real[0], port, forward, int(words[7]))
             return Apply(ops.AddDestination(key, destination))
         return None
+
+    def _key(self, protocol: Protocol, word: str) -> ServiceKey | None:
+        try:
+            return self._keys[protocol, word]
+        except KeyError:
+            service = self._endpoint(word)
+            key = None if service is None else ServiceKey(AF_INET, protocol, *service)
+            self._keys[protocol, word] = key
+            return key
 
     def _endpoint(self, word: str) -> tuple[IPv4Address, int] | None:
         if word in self._endpoints:
             return self._endpoints[word]
         found = None
         match = _DOTTED_QUAD_PORT.fullmatch(word)
-        if match is not None and int(match[2]) <= 65535:
-            found = (IPv4Address(match[1]), int(match[2]))
+        if match is not None and int(match[5]) <= 65535:
+            a, b, c, d, port = map(int, match.groups())
+            found = (IPv4Address(a << 24 | b << 16 | c << 8 | d), port)
         self._endpoints[word] = found
         return found
 
