@@ -24,12 +24,18 @@ what a change costs once the daemon holds the -R's thousands of servers).
 
 With --profile, the last round's commit runs under cProfile (printed); with
 --no-gc, the garbage collector is off during the -R (the daemon's has it on:
-its full collections land in whichever part allocates at the time).
+its full collections land in whichever part allocates at the time). The
+daemon holds the collector off during a -R itself (director.control.handler
+_collector_held); --no-hold measures it without that hold, --freeze with
+gc.freeze() after the daemon's start (its objects then out of every
+collection). "collect" is a full collection right after the -R: what the
+held collector does once it is on again (with --gc).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import gc
 import os
@@ -44,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 import trio
+
+import director.control.handler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -73,6 +81,7 @@ PARTS = (
     "save",
     "encode",
     "pass",
+    "collect",
 )
 ONE_PARTS = ("one restore", "one commit", "one targets", "one save", "one pass")
 # One real server more for the -R's first service (ctl.table's 10.1.0.1:80).
@@ -108,7 +117,9 @@ def timed_async(
     return wrapper
 
 
-async def one_round(text: str, workdir: Path, profile: bool, collect: bool) -> dict[str, float]:
+async def one_round(
+    text: str, workdir: Path, profile: bool, collect: bool, freeze: bool
+) -> dict[str, float]:
     timing = TcpTiming(interval=60.0)
     config = parse_config(directord_config([], timing, workdir))
     director = Director(
@@ -144,6 +155,8 @@ async def one_round(text: str, workdir: Path, profile: bool, collect: bool) -> d
             setattr(checker, name, timed(samples, "targets", getattr(checker, name)))
     async with trio.open_nursery() as nursery:
         await nursery.start(director.run)
+        if freeze:
+            gc.freeze()
         samples.clear()
         if not collect:
             gc.disable()
@@ -153,6 +166,12 @@ async def one_round(text: str, workdir: Path, profile: bool, collect: bool) -> d
         finally:
             gc.enable()
         samples["restore"] = time.thread_time() - began
+        if collect:
+            began = time.thread_time()
+            gc.collect()
+            samples["collect"] = time.thread_time() - began
+        if freeze:
+            gc.unfreeze()
         if response.status != 0 or response.stderr:
             raise SystemExit(f"-R: {response}")
         # Then one line into the table the -R made: what it costs is what
@@ -192,7 +211,7 @@ async def main_async(args: argparse.Namespace) -> None:
         gc.collect()  # the previous rounds' garbage: each round is a fresh daemon
         with tempfile.TemporaryDirectory(prefix="director-bench-restore-") as tmp:
             last = round_ == args.rounds - 1
-            samples = await one_round(text, Path(tmp), args.profile and last, args.gc)
+            samples = await one_round(text, Path(tmp), args.profile and last, args.gc, args.freeze)
         rounds.append(samples)
         print(
             f"round {round_ + 1}: "
@@ -223,7 +242,16 @@ def main() -> None:
         help="--no-gc: the garbage collector off during the -R (its collections,"
         " which come at any allocation, make the parts' figures noisy)",
     )
+    parser.add_argument(
+        "--hold",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--no-hold: without the daemon's hold of the collector during the -R",
+    )
+    parser.add_argument("--freeze", action="store_true", help="gc.freeze() after the start")
     args = parser.parse_args()
+    if not args.hold:
+        director.control.handler._collector_held = contextlib.nullcontext  # type: ignore[assignment]
     log.configure("info", open(os.devnull, "w"), json=True)  # noqa: SIM115 (as the daemon logs)
     trio.run(main_async, args)
 

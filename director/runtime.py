@@ -172,8 +172,8 @@ def effective_config(config: Config, layer: RuntimeLayer) -> Config:
         virtual_servers.append(_with_real_servers(merged, changes.get(vs.key, {}), deleted))
     for key, service in layer.services.items():
         if key not in seen:
-            vs = virtual_server_for(service, config.control.runtime_check)
-            virtual_servers.append(_with_real_servers(vs, changes.get(key, {}), deleted))
+            check = config.control.runtime_check
+            virtual_servers.append(virtual_server_for(service, check, changes.get(key)))
     ipvs = config.ipvs
     if layer.timeouts is not None:
         ipvs = replace(ipvs, timeouts=merge_timeouts(config.ipvs.timeouts, layer.timeouts))
@@ -190,10 +190,30 @@ def merge_timeouts(base: Timeouts | None, change: Timeouts) -> Timeouts:
     )
 
 
-def virtual_server_for(service: Service, check: Check) -> VirtualServer:
+def virtual_server_for(
+    service: Service,
+    check: Check,
+    real_servers: Mapping[RealServerId, Destination] | None = None,
+) -> VirtualServer:
     """A virtual server made with ipvsadm -A: the service's kernel fields and
-    `check` (the config's [control] runtime_check)."""
-    return with_service_fields(VirtualServer(key=service.key, check=check), service)
+    `check` (the config's [control] runtime_check), and the real servers
+    added to it (each with that check). Made at once: with_service_fields
+    and _with_real_servers would make it three times over."""
+    return VirtualServer(
+        key=service.key,
+        check=check,
+        scheduler=service.scheduler,
+        persistent=service.timeout if service.persistent else None,
+        persistent_netmask=service.netmask if service.persistent else None,
+        scheduler_flags=service.flags & _SCHED_FLAGS,
+        one_packet=bool(service.flags & ServiceFlags.ONEPACKET),
+        pe=service.pe_name,
+        real_servers=tuple(
+            _real_server(rid, destination, check) for rid, destination in real_servers.items()
+        )
+        if real_servers
+        else (),
+    )
 
 
 def with_service_fields(vs: VirtualServer, service: Service) -> VirtualServer:
@@ -227,17 +247,17 @@ def _with_real_servers(
         real_servers.append(rs if destination is None else with_destination_fields(rs, destination))
     for rid, destination in changes.items():
         if rid not in present:
-            real_servers.append(
-                with_destination_fields(
-                    RealServer(rid.address, rid.port, check=vs.check), destination
-                )
-            )
+            real_servers.append(_real_server(rid, destination, vs.check))
     return replace(vs, real_servers=tuple(real_servers))
 
 
 def with_destination_fields(rs: RealServer, destination: Destination) -> RealServer:
-    return replace(
-        rs,
+    """`rs` with `destination`'s kernel fields: replace(rs, forward=...,
+    weight=..., ...), made directly (thousands per -R; a unit test holds it
+    to replace's answer for every field RealServer has)."""
+    return RealServer(
+        address=rs.address,
+        port=rs.port,
         forward=destination.forward,
         weight=destination.weight,
         u_threshold=destination.u_threshold,
@@ -245,6 +265,25 @@ def with_destination_fields(rs: RealServer, destination: Destination) -> RealSer
         tun_type=destination.tun_type,
         tun_port=destination.tun_port,
         tun_flags=destination.tun_flags,
+        check=rs.check,
+        name=rs.name,
+    )
+
+
+def _real_server(rid: RealServerId, destination: Destination, check: Check) -> RealServer:
+    """A real server added at runtime: with_destination_fields of
+    RealServer(rid.address, rid.port, check=check)."""
+    return RealServer(
+        address=rid.address,
+        port=rid.port,
+        forward=destination.forward,
+        weight=destination.weight,
+        u_threshold=destination.u_threshold,
+        l_threshold=destination.l_threshold,
+        tun_type=destination.tun_type,
+        tun_port=destination.tun_port,
+        tun_flags=destination.tun_flags,
+        check=check,
     )
 
 
@@ -346,6 +385,7 @@ class LayerBuilder:
         # (`effective`; -C deletes all, and each that comes back is touched).
         self._touched: set[ServiceKey] = set()
         self._checks: dict[int, str | None] = {}  # target_problem's, by id() of the check
+        self._last_rid: tuple[ServiceKey, Destination, RealServerId] | None = None
 
     def freeze(self) -> RuntimeLayer:
         """The layer as changed so far (the builder can go on changing)."""
@@ -414,9 +454,12 @@ class LayerBuilder:
         return self._keys
 
     def virtual_server(self, key: ServiceKey) -> VirtualServer:
-        return _with_real_servers(
-            self._base(key), self._by_service.get(key, {}), self._deleted_real_servers
-        )
+        servers = self._by_service.get(key, {})
+        if key in self._deleted_services or key not in self._file:
+            # made at runtime: at once, with its real servers
+            check = self.config.control.runtime_check
+            return virtual_server_for(self._services[key], check, servers)
+        return _with_real_servers(self._base(key), servers, self._deleted_real_servers)
 
     def _base(self, key: ServiceKey) -> VirtualServer:
         """The virtual server without its runtime real servers."""
@@ -427,6 +470,16 @@ class LayerBuilder:
                 raise KeyError(key)
             return virtual_server_for(service, self.config.control.runtime_check)
         return vs if service is None else with_service_fields(vs, service)
+
+    def _rid(self, key: ServiceKey, destination: Destination) -> RealServerId:
+        """The id of `destination` in service `key`: made once for an -a or
+        -e (its checks, then its record)."""
+        last = self._last_rid
+        if last is not None and last[0] is key and last[1] is destination:
+            return last[2]
+        rid = RealServerId(key, destination.address, destination.port)
+        self._last_rid = (key, destination, rid)
+        return rid
 
     def _check(self, key: ServiceKey) -> Check:
         """The check of service `key` (one of the effective state's): the
@@ -471,13 +524,13 @@ class LayerBuilder:
             case EditService(service):
                 self._set_service(service)
             case AddDestination(key, destination):
-                rid = RealServerId(key, destination.address, destination.port)
+                rid = self._rid(key, destination)
                 configured = self._config_server(rid)
                 destination = self._with_saved_thresholds(rid, destination)
                 weight = None if configured is None else configured.weight
                 self._set_real_server(rid, self._weight_or_drain(rid, destination, weight))
             case EditDestination(key, destination):
-                rid = RealServerId(key, destination.address, destination.port)
+                rid = self._rid(key, destination)
                 self._set_real_server(
                     rid, self._weight_or_drain(rid, destination, self._weight(rid))
                 )
@@ -519,7 +572,7 @@ class LayerBuilder:
                 error = _destination_refusal(key, destination, name)
                 if error is not None:
                     return error
-                rid = RealServerId(key, destination.address, destination.port)
+                rid = self._rid(key, destination)
                 exists = self.has_real_server(rid)
                 if isinstance(op, EditDestination):
                     return None if exists else error_for(errno.ENOENT, name)

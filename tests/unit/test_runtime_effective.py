@@ -8,15 +8,25 @@ layer the one before froze, as the control socket runs them."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import fields, replace
 from ipaddress import ip_address
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_runtime import CONFIG, NEW, VIP, _operations, dest
 
-from director.config import Config, RealServerId, parse_config
+from director.config import Config, RealServer, RealServerId, parse_config
 from director.desired import AdminState
-from director.ipvs.model import Destination, Protocol, ServiceKey, Timeouts
+from director.health.spec import TcpCheck
+from director.ipvs.model import (
+    Destination,
+    Forward,
+    Protocol,
+    ServiceKey,
+    Timeouts,
+    TunnelFlags,
+    TunnelType,
+)
 from director.ipvs.ops import (
     AddDestination,
     AddService,
@@ -24,7 +34,14 @@ from director.ipvs.ops import (
     Operation,
     SetTimeouts,
 )
-from director.runtime import EMPTY, LayerBuilder, RuntimeLayer, effective_config
+from director.runtime import (
+    EMPTY,
+    LayerBuilder,
+    RuntimeLayer,
+    _real_server,
+    effective_config,
+    with_destination_fields,
+)
 
 # A second service of the config's (with two real servers) so that one
 # request leaves some config services untouched, and a request that only
@@ -161,3 +178,39 @@ def test_a_builder_does_not_change_the_layer_it_started_from() -> None:
     assert first.apply(AddDestination(VIP, dest("10.0.1.7"))) is None
     assert {k: dict(v) for k, v in layer.by_service.items()} == index
     assert _same_index(second.freeze()) and _same_index(first.freeze())
+
+
+def test_with_destination_fields_is_replace_of_the_destinations_fields() -> None:
+    """Made field by field: every field of RealServer is either one of the
+    destination's or kept from the real server (a new field of RealServer
+    fails here until with_destination_fields keeps it)."""
+    kernel_fields = {
+        "forward",
+        "weight",
+        "u_threshold",
+        "l_threshold",
+        "tun_type",
+        "tun_port",
+        "tun_flags",
+    }
+    kept = {"address", "port", "check", "name"}
+    assert {f.name for f in fields(RealServer)} == kernel_fields | kept
+    rs = RealServer(
+        ip_address("10.0.1.1"),
+        80,
+        Forward.TUNNEL,
+        4,
+        10,
+        2,
+        TunnelType.GUE,
+        6080,
+        TunnelFlags.CSUM,
+        TcpCheck(port=81),
+        "web-1",
+    )
+    destination = Destination(ip_address("10.0.1.1"), 80, Forward.MASQ, 9, 5, 1)
+    expected = replace(rs, **{name: getattr(destination, name) for name in kernel_fields})
+    assert with_destination_fields(rs, destination) == expected
+    rid = RealServerId(VIP, rs.address, rs.port)
+    added = RealServer(rs.address, rs.port, check=rs.check)
+    assert _real_server(rid, destination, rs.check) == with_destination_fields(added, destination)
