@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
@@ -376,7 +376,18 @@ def parse_restore(
     """
     steps: list[Command | ParseError] = []
     canonical = _Canonical()
-    for words in restore_lines(text):
+    for line in _restore_input(text):
+        if isinstance(line, str):
+            # A canonical line is taken whole; any other is split into words.
+            command = canonical.line(line)
+            if command is not None:
+                steps.append(command)
+                continue
+            words = _words(line)
+            if not words:
+                continue
+        else:
+            words = line
         command = canonical.parse(words)
         if command is not None:
             steps.append(command)
@@ -398,15 +409,27 @@ def restore_lines(text: str) -> list[list[str]]:
     its config_stream_read() does with fscanf: words separated by blanks,
     every word "ipvsadm" dropped, "#" not special, and the input ending
     early when two blanks meet its end without a newline."""
-    # Up to its last newline the input splits line by line (the quirks are
-    # all at its end); what follows goes through the scanner.
-    whole = text.rfind("\n") + 1
     lines: list[list[str]] = []
-    for line in text[: whole - 1].split("\n") if whole else ():
-        words = [w for w in _BLANKS.split(line) if w and w != "ipvsadm"]
+    for line in _restore_input(text):
+        words = _words(line) if isinstance(line, str) else line
         if words:
             lines.append(words)
-    return lines + _scan_lines(text[whole:])
+    return lines
+
+
+def _restore_input(text: str) -> Iterator[str | list[str]]:
+    """restore_lines' input: each line up to the last newline, as text (the
+    quirks are all at the input's end), then the argv of those after it,
+    as the scanner reads them."""
+    whole = text.rfind("\n") + 1
+    if whole:
+        yield from text[: whole - 1].split("\n")
+    yield from _scan_lines(text[whole:])
+
+
+def _words(line: str) -> list[str]:
+    """One line's argv: its words, every word "ipvsadm" dropped."""
+    return [w for w in _BLANKS.split(line) if w and w != "ipvsadm"]
 
 
 def _scan_lines(text: str) -> list[list[str]]:
@@ -448,6 +471,11 @@ def _scan_lines(text: str) -> list[list[str]]:
 _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _DOTTED_QUAD_PORT = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}:([1-9][0-9]{{0,4}})")
 _WEIGHT = re.compile(r"0|[1-9][0-9]{0,9}")
+# A canonical line exactly as -S writes it (one blank between words, none
+# around): the words _Canonical.parse reads, without splitting the line.
+_WORD = "([^ \t\r]+)"
+_CANONICAL_ADD_SERVICE = re.compile(f"-A (-[tu]) {_WORD} -s {_WORD}")
+_CANONICAL_ADD_SERVER = re.compile(f"-a (-[tu]) {_WORD} -r {_WORD} (-[mg]) -w {_WORD}")
 _SCHEDULER = re.compile(f"[a-z]{{1,{SCHED_NAME_MAX}}}")
 _CANONICAL_PROTOCOLS = {"-t": Protocol.TCP, "-u": Protocol.UDP}
 _CANONICAL_FORWARDS = {"-m": Forward.MASQ, "-g": Forward.ROUTE}
@@ -468,6 +496,20 @@ class _Canonical:
     def __init__(self) -> None:
         self._endpoints: dict[str, tuple[IPv4Address, int] | None] = {}
         self._keys: dict[tuple[Protocol, str], ServiceKey | None] = {}
+
+    def line(self, line: str) -> Command | None:
+        """parse() of a line's words, for a line with one blank between its
+        words and none around them: split, it gives these very words (a word
+        "ipvsadm", which the split drops, is no canonical endpoint, weight or
+        scheduler, so such a line is None here as in parse)."""
+        match = _CANONICAL_ADD_SERVER.fullmatch(line)
+        if match is not None:
+            protocol, service, real, forward, weight = match.groups()
+            return self.parse(("-a", protocol, service, "-r", real, forward, "-w", weight))
+        match = _CANONICAL_ADD_SERVICE.fullmatch(line)
+        if match is not None:
+            return self.parse(("-A", match[1], match[2], "-s", match[3]))
+        return None
 
     def parse(self, words: Sequence[str]) -> Command | None:
         count = len(words)

@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from director.ipvs import ops
 from director.ipvs.model import Destination, Forward, Protocol, Service, ServiceKey
-from director.ipvsadm.cli import _Canonical, _parse, _scan_lines, parse_restore, restore_lines
+from director.ipvsadm.cli import (
+    _Canonical,
+    _parse,
+    _scan_lines,
+    _words,
+    parse_restore,
+    restore_lines,
+)
 from director.ipvsadm.commands import Apply, Command
 from director.ipvsadm.errors import ParseError
 from director.ipvsadm.names import NUMERIC
@@ -170,3 +177,30 @@ def test_a_saved_table_reads_as_the_full_parser_reads_it() -> None:
     steps = parse_restore(text)
     assert len(steps) == 1500
     assert same(steps, full_restore(text))
+
+
+@given(
+    st.one_of(
+        st.builds(
+            lambda p, s, r, f, w: f"-a {p} {s} -r {r} {f} -w {w}",
+            st.sampled_from(["-t", "-u", "-f"]),
+            ENDPOINTS | WORDS,
+            ENDPOINTS | WORDS,
+            st.sampled_from(["-m", "-g", "-i"]),
+            st.sampled_from(["0", "1", "100", "-1", "ipvsadm", "1\0"]),
+        ),
+        st.builds(lambda s, x: f"-A -t {s} -s {x}", ENDPOINTS | WORDS, WORDS),
+    ),
+    st.sampled_from(["", " ", "\t", "ipvsadm ", "\v"]),
+    st.sampled_from(["", " ", "\r", " ipvsadm"]),
+)
+@example("-a -t 10.1.0.1:80 -r 10.2.0.1:80 -m -w 1", "ipvsadm ", "")
+@example("-a -t 10.1.0.1:80 -r ipvsadm -m -w 1", "", "")
+def test_a_whole_canonical_line_is_its_words(line: str, before: str, after: str) -> None:
+    """_Canonical.line takes a line without splitting it: what it answers
+    is what parse answers for the words the split gives."""
+    text = before + line + after
+    fast = _Canonical().line(text)
+    if fast is not None:
+        assert fast == _Canonical().parse(_words(text))
+        assert fast == full(_words(text))
