@@ -31,7 +31,7 @@ import resource
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import outcome
 import trio
@@ -66,14 +66,19 @@ class _Slot:
 
 @dataclass(eq=False, slots=True)
 class _Probe(Generic[K]):
-    """One distinct (check, address, port), probed for every key in `slots`.
+    """One distinct (check, address, port), probed for each of its keys.
     A TCP check's probe is started with `Connects.start(tcp, done)`, and a
     plain HTTP check's judged on its head with `Exchanges.start(http, done)`
     (http_exchange.py), no task of their own; the others run in a worker
     task."""
 
     target: Target
-    slots: dict[K, _Slot] = field(default_factory=dict)
+    # Its keys: almost every probe has one, held here (a dict of one cost
+    # about 220 bytes a target); a probe several services share has the
+    # others in `more`, in the order they joined.
+    key: K | None = None
+    slot: _Slot | None = None
+    more: dict[K, _Slot] | None = None
     cancel_scope: trio.CancelScope | None = None  # while a probe runs
     tcp: TcpDestination | None = None
     http: HttpDestination | None = None
@@ -84,6 +89,41 @@ class _Probe(Generic[K]):
     def __call__(self, result: ProbeResult) -> None:
         assert self.owner is not None
         self.owner._probe_done(self, result)
+
+    def join(self, key: K, slot: _Slot) -> None:
+        if self.slot is None:
+            self.key, self.slot = key, slot
+        elif self.more is None:
+            self.more = {key: slot}
+        else:
+            self.more[key] = slot
+
+    def leave(self, key: K) -> bool:
+        """Forget `key` (one of its keys); whether none is left."""
+        more = self.more
+        if self.slot is not None and self.key == key:
+            if more:
+                self.key = key = next(iter(more))
+                self.slot = more.pop(key)
+            else:
+                self.key = self.slot = None
+        elif more is not None:
+            del more[key]
+        if not more:
+            self.more = None
+        return self.slot is None
+
+    def holds(self, key: K, slot: _Slot) -> bool:
+        if self.slot is slot:
+            return True
+        return self.more is not None and self.more.get(key) is slot
+
+    def members(self) -> list[tuple[K, _Slot]]:
+        """Its keys and their slots, in the order they joined."""
+        if self.slot is None:
+            return []
+        first = [(cast(K, self.key), self.slot)]
+        return first if self.more is None else first + list(self.more.items())
 
 
 class Checker(Generic[K]):
@@ -184,7 +224,7 @@ class Checker(Generic[K]):
                 probe = probes[target] = self._new_probe(target)
                 if schedule is not None:
                     earliest = min(earliest, self._schedule_new(schedule, probe))
-            probe.slots[key] = slot
+            probe.join(key, slot)
         if earliest < math.inf:
             self._wake_by(earliest)
 
@@ -257,8 +297,7 @@ class Checker(Generic[K]):
 
     def _leave(self, key: K, slot: _Slot) -> None:
         probe = self._probes[slot.target]
-        del probe.slots[key]
-        if probe.slots:
+        if not probe.leave(key):
             return
         del self._probes[slot.target]
         if self._schedule is not None:
@@ -346,7 +385,7 @@ class Checker(Generic[K]):
         assert schedule is not None
         result: ProbeResult | None = None
         try:
-            if not probe.slots:
+            if probe.slot is None:
                 pass  # its target went after it was handed out
             elif isinstance(probe.target[0], TcpCheck):
                 # Not cancelled when its target goes: a TCP probe holds one
@@ -409,9 +448,8 @@ class Checker(Generic[K]):
         now = trio.current_time()
         timing = probe.target[0].timing
         on_result, on_transition = self._on_result, self._on_transition
-        slots = probe.slots
-        for key, slot in list(slots.items()):
-            if slots.get(key) is not slot:  # a callback removed it meanwhile
+        for key, slot in probe.members():
+            if not probe.holds(key, slot):  # a callback removed it meanwhile
                 continue
             before = slot.state
             slot.state, transition = advance(before, result, now, timing)
