@@ -5,7 +5,9 @@ director.engine and the pure core; this module is the shell around them."""
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -46,6 +48,28 @@ IGNORED_SIGNALS = (
 )
 
 
+# glibc's malloc gives a thread that allocates while another holds the main
+# arena an arena of its own (up to 8 per core), and what is freed in one
+# stays with the process. directord's worker threads (the kernel table's
+# reads and writes, the state file) need none of their own: with one arena,
+# host, 10,000 real servers (bench/rss.py): 50.3 -> 49.3 MiB RSS. An
+# operator's MALLOC_ARENA_MAX wins.
+MALLOC_ARENAS = 1
+_M_ARENA_MAX = -8  # malloc.h
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """mallopt(M_ARENA_MAX, arenas), before any thread starts; whether it
+    was set (not with $MALLOC_ARENA_MAX set, nor without glibc's mallopt)."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # no libc to load, or not glibc (musl)
+        return False
+    return bool(mallopt(_M_ARENA_MAX, arenas))
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="directord", description="Health-checking IPVS director daemon."
@@ -65,6 +89,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    limit_malloc_arenas()
     args = parse_args(argv)
     if args.version:
         from importlib.metadata import PackageNotFoundError, version
