@@ -492,7 +492,7 @@ class LayerBuilder:
         """The config file's definition of `rid`, if its service is the
         file's (not deleted at runtime)."""
         key = rid.service
-        if key in self._deleted_services or key not in self._file:
+        if key not in self._file or key in self._deleted_services:
             return None
         if key not in self._file_servers:
             vs = self._file[key]
@@ -526,14 +526,14 @@ class LayerBuilder:
             case AddDestination(key, destination):
                 rid = self._rid(key, destination)
                 configured = self._config_server(rid)
-                destination = self._with_saved_thresholds(rid, destination)
+                destination = _with_saved_thresholds(configured, destination)
                 weight = None if configured is None else configured.weight
-                self._set_real_server(rid, self._weight_or_drain(rid, destination, weight))
+                destination = self._weight_or_drain(rid, destination, weight)
+                self._set_real_server(rid, destination, configured)
             case EditDestination(key, destination):
                 rid = self._rid(key, destination)
-                self._set_real_server(
-                    rid, self._weight_or_drain(rid, destination, self._weight(rid))
-                )
+                destination = self._weight_or_drain(rid, destination, self._weight(rid))
+                self._set_real_server(rid, destination, self._config_server(rid))
             case DeleteService(key):
                 self._delete_service(key)
             case DeleteDestination(key, address, port):
@@ -573,7 +573,10 @@ class LayerBuilder:
                 if error is not None:
                     return error
                 rid = self._rid(key, destination)
-                exists = self.has_real_server(rid)
+                configured = self._config_server(rid)
+                exists = rid in self._by_service.get(key, ()) or (
+                    configured is not None and rid not in self._deleted_real_servers
+                )  # has_real_server(rid)
                 if isinstance(op, EditDestination):
                     return None if exists else error_for(errno.ENOENT, name)
                 if exists and rid not in self._restored:
@@ -581,7 +584,7 @@ class LayerBuilder:
                 # ip_vs_new_dest, after the lookups
                 if destination_problem(destination.address) is not None:
                     return error_for(errno.EINVAL, name)
-                if self._config_server(rid) is None:
+                if configured is None:
                     target = (self._check(key), destination.address, destination.port)
                     if target_problem(target, self._checks) is not None:
                         try:
@@ -616,19 +619,6 @@ class LayerBuilder:
         else:
             self._services[service.key] = service
 
-    def _with_saved_thresholds(self, rid: RealServerId, destination: Destination) -> Destination:
-        """-a of a server the config defines, without thresholds: the
-        config's. ipvsadm -S never saves -x and -y (print_service_entry), so
-        re-adding a line of a save must not drop them."""
-        configured = self._config_server(rid)
-        if configured is None or destination.u_threshold or destination.l_threshold:
-            return destination
-        return replace(
-            destination,
-            u_threshold=configured.u_threshold,
-            l_threshold=configured.l_threshold,
-        )
-
     def _weight(self, rid: RealServerId) -> int | None:
         """`rid`'s weight in the effective state (None: no such server)."""
         destination = self._by_service.get(rid.service, {}).get(rid)
@@ -656,9 +646,11 @@ class LayerBuilder:
             del self._admin[rid]
         return destination
 
-    def _set_real_server(self, rid: RealServerId, destination: Destination) -> None:
-        """Record `destination`'s fields where they differ from the config's."""
-        configured = self._config_server(rid)
+    def _set_real_server(
+        self, rid: RealServerId, destination: Destination, configured: RealServer | None
+    ) -> None:
+        """Record `destination`'s fields where they differ from the config's
+        (`configured`: _config_server(rid))."""
         by_service = self._servers_of(rid.service)
         self._touched.add(rid.service)
         if configured is not None and configured.destination() == destination:
@@ -734,6 +726,19 @@ class LayerBuilder:
         if service.key.family == AF_INET6 and service.netmask not in IPV6_PREFIX_RANGE:
             return error_for(errno.EINVAL, name)
         return None
+
+
+def _with_saved_thresholds(configured: RealServer | None, destination: Destination) -> Destination:
+    """-a of a server the config defines (`configured`), without thresholds:
+    the config's. ipvsadm -S never saves -x and -y (print_service_entry), so
+    re-adding a line of a save must not drop them."""
+    if configured is None or destination.u_threshold or destination.l_threshold:
+        return destination
+    return replace(
+        destination,
+        u_threshold=configured.u_threshold,
+        l_threshold=configured.l_threshold,
+    )
 
 
 def _destination_refusal(key: ServiceKey, destination: Destination, name: str) -> IPVSError | None:
