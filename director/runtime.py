@@ -198,8 +198,10 @@ def virtual_server_for(
     """A virtual server made with ipvsadm -A: the service's kernel fields and
     `check` (the config's [control] runtime_check), and the real servers
     added to it (each with that check). Made at once: with_service_fields
-    and _with_real_servers would make it three times over."""
-    return VirtualServer(
+    and _with_real_servers would make it three times over. Its
+    real_server_ids are the ids `real_servers` has (the engine, the checker
+    and the pass ask for them at once: the same objects, not a new id each)."""
+    vs = VirtualServer(
         key=service.key,
         check=check,
         scheduler=service.scheduler,
@@ -214,6 +216,11 @@ def virtual_server_for(
         if real_servers
         else (),
     )
+    if real_servers:
+        # functools.cached_property keeps its value in the instance's
+        # __dict__: this is the value it would compute, made already.
+        vs.__dict__["real_server_ids"] = tuple(real_servers)
+    return vs
 
 
 def with_service_fields(vs: VirtualServer, service: Service) -> VirtualServer:

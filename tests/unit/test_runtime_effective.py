@@ -22,6 +22,7 @@ from director.ipvs.model import (
     Destination,
     Forward,
     Protocol,
+    Service,
     ServiceKey,
     Timeouts,
     TunnelFlags,
@@ -214,3 +215,18 @@ def test_with_destination_fields_is_replace_of_the_destinations_fields() -> None
     rid = RealServerId(VIP, rs.address, rs.port)
     added = RealServer(rs.address, rs.port, check=rs.check)
     assert _real_server(rid, destination, rs.check) == with_destination_fields(added, destination)
+
+
+def test_a_runtime_services_ids_are_those_it_would_make() -> None:
+    """virtual_server_for hands its real servers' ids to the virtual
+    server's cached real_server_ids: the same ids, in the same order."""
+    builder = LayerBuilder(WIDE)
+    new = ServiceKey.inet(Protocol.TCP, "10.0.0.9", 80)
+    assert builder.apply(AddService(Service(new, "rr"))) is None
+    for address in ("10.0.1.3", "10.0.1.1", "10.0.1.2"):
+        assert builder.apply(AddDestination(new, dest(address))) is None
+    vs = builder.effective(WIDE).virtual_server(new)
+    made = tuple(RealServerId(new, rs.address, rs.port) for rs in vs.real_servers)
+    assert vs.real_server_ids == made
+    assert [str(rid.address) for rid in vs.real_server_ids] == ["10.0.1.3", "10.0.1.1", "10.0.1.2"]
+    assert effective_config(WIDE, builder.freeze()).virtual_server(new).real_server_ids == made
