@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import random
 import resource
+import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address
@@ -38,6 +39,7 @@ import trio
 
 from director.health.probes import ProbeFunction, Prober
 from director.health.probes.tcp import Connects, TcpDestination, destination
+from director.health.probes.watch import SLICE
 from director.health.result import ProbeResult, Reason
 from director.health.schedule import Schedule, first_start, next_start
 from director.health.spec import Check, ExecCheck, HttpCheck, TcpCheck
@@ -52,6 +54,10 @@ K = TypeVar("K", bound=Hashable)
 Target = tuple[Check, IPAddress, int]
 
 _MAX_IDLE_WORKERS = 256  # beyond that, a worker with nothing to do ends
+# Due probes are handed out this many at a time, with a checkpoint after each
+# SLICE seconds of it (watch.py): thousands due at once (a start, an
+# overload) were seconds of work in the VM with no other task running.
+_HAND_OUT = 16
 
 __all__ = ["Checker", "Target", "default_max_probes", "next_start", "validate_target"]
 
@@ -333,7 +339,13 @@ class Checker(Generic[K]):
         next one is (a new target or a probe that ends moves that deadline
         earlier when needed)."""
         while True:
-            self._hand_out(schedule.due(trio.current_time()), keep=False)
+            end = time.perf_counter() + SLICE
+            while len(due := schedule.due(trio.current_time(), _HAND_OUT)) == _HAND_OUT:
+                self._hand_out(due, keep=False)
+                if time.perf_counter() >= end:  # more are due: let the others run
+                    await trio.lowlevel.checkpoint()
+                    end = time.perf_counter() + SLICE
+            self._hand_out(due, keep=False)
             with trio.move_on_at(self._wake_at(schedule.next_due())) as self._sleep:
                 await trio.sleep_forever()
 

@@ -109,11 +109,11 @@ class Schedule(Generic[T]):
             heapq.heappop(heap)
         return heap[0][0] if heap else math.inf
 
-    def due(self, now: float) -> list[tuple[T, float]]:
-        """The probes to start now, with the time each was due; they count
-        as running until `finished`."""
+    def due(self, now: float, limit: int | None = None) -> list[tuple[T, float]]:
+        """The probes to start now (at most `limit`), with the time each was
+        due; they count as running until `finished`."""
         self._collect(now)
-        return self._admit()
+        return self._admit(limit)
 
     def finished(self, item: T, now: float) -> list[tuple[T, float]]:
         """`item`, started by `due` or `finished`, ended at `now`: its next
@@ -128,7 +128,7 @@ class Schedule(Generic[T]):
             entry.due = next_start(entry.due, now, entry.interval)
             self._push(entry)
         self._collect(now)
-        return self._admit()
+        return self._admit(1)  # its slot: the caller of `due` hands out the others
 
     def _collect(self, now: float) -> None:
         """Move what is due by `now` from the heap to the waiting queues."""
@@ -148,10 +148,11 @@ class Schedule(Generic[T]):
         self._sequence += 1
         heapq.heappush(self._heap, (entry.due, self._sequence, entry))
 
-    def _admit(self) -> list[tuple[T, float]]:
+    def _admit(self, limit: int | None = None) -> list[tuple[T, float]]:
         started: list[tuple[T, float]] = []
         waiting, waiting_exec = self._waiting, self._waiting_exec
-        while self.running < self.max_running:
+        room = self.max_running if limit is None else min(self.max_running, self.running + limit)
+        while self.running < room:
             while waiting and waiting[0].removed:
                 waiting.popleft()
             while waiting_exec and waiting_exec[0].removed:

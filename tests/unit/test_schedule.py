@@ -37,6 +37,27 @@ def test_probes_start_when_due_in_order_of_due_time() -> None:
     assert schedule.running == 2
 
 
+def test_due_hands_out_at_most_its_limit_in_order_and_the_rest_wait() -> None:
+    schedule: Schedule[int] = Schedule(max_running=100, max_exec=2)
+    for n in range(10):
+        schedule.add(n, 0.1 * n, 5.0)
+    assert schedule.due(2.0, 4) == [(n, 0.1 * n) for n in range(4)]
+    assert schedule.due(2.0, 4) == [(n, 0.1 * n) for n in range(4, 8)]
+    # A probe that ends frees its one slot: one waiting probe may start.
+    assert schedule.finished(0, 2.0) == [(8, 0.8)]
+    assert schedule.due(2.0, 4) == [(9, 0.9)]
+    assert schedule.running == 9
+
+
+def test_a_limit_never_exceeds_the_bound_on_running_probes() -> None:
+    schedule: Schedule[int] = Schedule(max_running=3, max_exec=2)
+    for n in range(5):
+        schedule.add(n, 0.0, 5.0)
+    assert [item for item, _ in schedule.due(1.0, 16)] == [0, 1, 2]
+    assert schedule.due(1.0, 16) == []
+    assert [item for item, _ in schedule.finished(1, 1.5)] == [3]
+
+
 def test_a_finished_probe_goes_back_on_its_grid() -> None:
     schedule: Schedule[str] = Schedule(max_running=10, max_exec=2)
     schedule.add("a", 0.5, 2.0)
