@@ -189,6 +189,22 @@ def _wait_event(daemon: Directord, event: str, after: int, timeout: float = 60.0
         time.sleep(0.05)
 
 
+def _op_event(
+    daemon: Directord, rs: str, going_down: bool, after: int, timeout: float = 60.0
+) -> dict[str, object]:
+    """The ipvs_op event that took `rs` out (or put it back): the log is
+    written from a queue, so it may come a little after the kernel change."""
+    wanted = "delete_destination" if going_down else "add_destination"
+    deadline = time.monotonic() + timeout
+    while True:
+        for e in daemon.events("ipvs_op")[after:]:
+            if e.get("rs") == rs and e.get("op") == wanted:
+                return e
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"directord: no {wanted} of {rs} after {timeout:g} s")
+        time.sleep(0.05)
+
+
 def engine_figures(daemon: Directord, load: Load, transitions: int) -> EngineFigures:
     """Verdict-to-kernel latency and the cost of a one-server reload (see the
     module's docstring)."""
@@ -211,12 +227,7 @@ def engine_figures(daemon: Directord, load: Load, transitions: int) -> EngineFig
             changed_at = time.time()
             _wait_event(daemon, event, seen_before)
             verdict = next(e for e in daemon.events(event)[seen_before:] if e.get("rs") == rs)
-            op = next(
-                e
-                for e in daemon.events("ipvs_op")[ops_before:]
-                if e.get("rs") == rs
-                and e.get("op") == ("delete_destination" if going_down else "add_destination")
-            )
+            op = _op_event(daemon, rs, going_down, ops_before)
             to_op.append(_stamp(op) - _stamp(verdict))
             to_table.append(changed_at - _stamp(verdict))
     # Reload: the first real server of the first service gets weight 3.
