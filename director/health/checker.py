@@ -38,7 +38,7 @@ import outcome
 import trio
 
 from director.health.probes import ProbeFunction, Prober
-from director.health.probes.tcp import Connects, TcpDestination, destination
+from director.health.probes.tcp import Connects, destination
 from director.health.probes.watch import SLICE
 from director.health.result import ProbeResult, Reason
 from director.health.schedule import Schedule, first_start, next_start
@@ -73,7 +73,8 @@ class _Slot:
 @dataclass(eq=False, slots=True)
 class _Probe(Generic[K]):
     """One distinct (check, address, port), probed for each of its keys.
-    A TCP check's probe is started with `Connects.start(tcp, done)`, and a
+    A TCP check's probe is its own TcpDestination, started with
+    `Connects.start(probe, probe)`, and a
     plain HTTP check's judged on its head with `Exchanges.start(http, done)`
     (http_exchange.py), no task of their own; the others run in a worker
     task."""
@@ -86,7 +87,9 @@ class _Probe(Generic[K]):
     slot: _Slot | None = None
     more: dict[K, _Slot] | None = None
     cancel_scope: trio.CancelScope | None = None  # while a probe runs
-    tcp: TcpDestination | None = None
+    tcp: bool = False  # then `family` and `sockaddr` are where it connects
+    family: int = 0
+    sockaddr: tuple[str, int] = ("", 0)
     http: HttpDestination | None = None
     # For TCP and plain HTTP: the checker that gets the verdict. The probe is
     # its own ProbeDone (a partial each cost 250 bytes a target).
@@ -95,6 +98,22 @@ class _Probe(Generic[K]):
     def __call__(self, result: ProbeResult) -> None:
         assert self.owner is not None
         self.owner._probe_done(self, result)
+
+    # The rest of a TcpDestination (tcp.py), for a TCP check's probe.
+    @property
+    def check(self) -> Check:
+        return self.target[0]
+
+    @property
+    def address(self) -> IPAddress:
+        check = self.target[0]
+        if isinstance(check, TcpCheck) and check.address is not None:
+            return check.address
+        return self.target[1]
+
+    @property
+    def port(self) -> int:
+        return self.sockaddr[1]
 
     def join(self, key: K, slot: _Slot) -> None:
         if self.slot is None:
@@ -291,7 +310,8 @@ class Checker(Generic[K]):
         probe: _Probe[K] = _Probe(target)
         check, address, port = target
         if isinstance(check, TcpCheck):
-            probe.tcp = destination(check, address, port)
+            where = destination(check, address, port)
+            probe.tcp, probe.family, probe.sockaddr = True, where.family, where.sockaddr
             probe.owner = self
         elif isinstance(check, HttpCheck):
             from director.health.probes.http_exchange import http_destination
@@ -358,8 +378,8 @@ class Checker(Generic[K]):
         for probe, at in due:
             if on_start is not None:
                 on_start(probe.target, trio.current_time() - at)
-            if connects is not None and probe.tcp is not None and probe.owner is not None:
-                connects.start(probe.tcp, probe)
+            if connects is not None and probe.tcp and probe.owner is not None:
+                connects.start(probe, probe)
             elif connects is not None and probe.http is not None and probe.owner is not None:
                 self._http_exchanges().start(probe.http, probe)
             elif keep and kept is None:
