@@ -510,11 +510,13 @@ class Director:
         self, why: str, only: Set[ServiceKey] | None = None
     ) -> list[ServiceEntry] | None:
         """The managed services (or those of `only` that are managed) as the
-        kernel has them, or None (logged) when the kernel cannot be read."""
+        kernel has them, without their counters (no pass reads them), or
+        None (logged) when the kernel cannot be read."""
         if only is not None and not only:
             return []
         try:
-            return await self.kernel.services(self._managed_keys() if only is None else only)
+            keys = self._managed_keys() if only is None else only
+            return await self.kernel.services(keys, counters=False)
         except KernelError as error:
             self._pass_failed(why, error)
             return None

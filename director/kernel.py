@@ -36,6 +36,7 @@ from director.ipvs.model import (
     SyncDaemon,
     Timeouts,
 )
+from director.ipvs.netlink import NetlinkBackend
 from director.ipvs.ops import Backend, Operation
 from director.ipvs.servicetable import TableKey, table_key
 
@@ -78,9 +79,19 @@ class KernelTable:
         return await self._call(function)
 
     async def services(
-        self, only: Collection[ServiceKey] | None = None, *, brief: bool = False
+        self,
+        only: Collection[ServiceKey] | None = None,
+        *,
+        brief: bool = False,
+        counters: bool = True,
     ) -> list[ServiceEntry]:
-        return await self._read(lambda: self.backend.services(only, brief=brief))
+        """Backend.services. `counters=False`: the caller needs no stats and
+        no connection counts (a reconcile pass): the netlink backend then
+        decodes none (they read as zero); other backends hold them anyway."""
+        backend = self.backend
+        if not counters and isinstance(backend, NetlinkBackend):
+            return await self._read(lambda: backend.services(only, brief=brief, counters=False))
+        return await self._read(lambda: backend.services(only, brief=brief))
 
     async def digests(self) -> dict[TableKey, str] | None:
         """What each service looks like, as a string that changes when what

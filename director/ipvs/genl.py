@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address
-from typing import ParamSpec, TypeVar
+from typing import NamedTuple, ParamSpec, TypeVar
 
 from director.ipvs import ops
 from director.ipvs.errors import InvalidOperation as InvalidOperation
@@ -169,6 +169,7 @@ IFNAME_MAXLEN = 16
 U8_MAX = 0xFF
 U16_MAX = 0xFFFF
 U32_MAX = 0xFFFFFFFF
+U64_MAX = 0xFFFFFFFFFFFFFFFF
 
 NLMSG_HEADER = struct.Struct("=IHHII")
 GENL_HEADER = struct.Struct("=BBH")
@@ -376,6 +377,107 @@ def destination_nest(service: ServiceKey, dest: Destination) -> bytes:
     )
 
 
+# IPVS_CMD_ATTR_DEST as the kernel writes it in a GET_DEST reply
+# (ip_vs_genl_fill_dest, net/netfilter/ipvs/ip_vs_ctl.c): these attributes
+# (kind, payload format, padding) in this order, each of a fixed size, then
+# the STATS and STATS64 nests (ip_vs_genl_fill_stats and _stats64), of fixed
+# sizes too where a u64 needs no padding attribute before it (x86-64 and
+# most others). Linux 5.3 on; 4.1 to 5.1 write the same without the tunnel
+# attributes (TUN_TYPE and TUN_PORT came in 5.2, TUN_FLAGS in 5.3).
+_FILL_DEST = (
+    (DEST_ATTR_ADDR, "16s", 0),
+    (DEST_ATTR_PORT, "H", 2),  # network order
+    (DEST_ATTR_FWD_METHOD, "I", 0),
+    (DEST_ATTR_WEIGHT, "I", 0),
+    (DEST_ATTR_TUN_TYPE, "B", 3),
+    (DEST_ATTR_TUN_PORT, "H", 2),  # network order
+    (DEST_ATTR_TUN_FLAGS, "H", 2),
+    (DEST_ATTR_U_THRESH, "I", 0),
+    (DEST_ATTR_L_THRESH, "I", 0),
+    (DEST_ATTR_ACTIVE_CONNS, "I", 0),
+    (DEST_ATTR_INACT_CONNS, "I", 0),
+    (DEST_ATTR_PERSIST_CONNS, "I", 0),
+    (DEST_ATTR_ADDR_FAMILY, "H", 2),
+)
+_TUNNEL_ATTRS = (DEST_ATTR_TUN_TYPE, DEST_ATTR_TUN_PORT, DEST_ATTR_TUN_FLAGS)
+_FILL_DEST_BEFORE_TUNNELS = tuple(f for f in _FILL_DEST if f[0] not in _TUNNEL_ATTRS)
+_FILL_DEST_KINDS = frozenset(kind for kind, _, _ in _FILL_DEST)
+# ip_vs_genl_fill_stats: the packet and connection counters and the rates as
+# u32, the byte counters as u64 (all ten as u64 in the STATS64 nest).
+_STATS32_FORMATS = "III" + "QQ" + "IIIII"
+_FILL_DEST_STATS = (
+    (DEST_ATTR_STATS, f"{sum(NLA_HEADER.size + struct.calcsize(f) for f in _STATS32_FORMATS)}s", 0),
+    (DEST_ATTR_STATS64, f"{len(_STATS_FIELDS) * (NLA_HEADER.size + 8)}s", 0),
+)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """A run of fixed-size attributes read by one Struct, three values an
+    attribute (its length, its kind and its payload)."""
+
+    struct: struct.Struct
+    lengths: tuple[int, ...]
+    kinds: tuple[int, ...]
+    tunnels: bool  # has the tunnel attributes
+    whole: bool  # the stats nests too: nothing may follow
+
+    @classmethod
+    def of(cls, fields: tuple[tuple[int, str, int], ...]) -> _Layout:
+        kinds = tuple(kind for kind, _, _ in fields)
+        return cls(
+            struct.Struct("=" + "".join("HH" + value + "x" * pad for _, value, pad in fields)),
+            tuple(NLA_HEADER.size + struct.calcsize("=" + value) for _, value, _ in fields),
+            kinds,
+            tunnels=DEST_ATTR_TUN_TYPE in kinds,
+            whole=DEST_ATTR_STATS64 in kinds,
+        )
+
+
+# Tried in this order.
+_DEST_LAYOUTS = (
+    _Layout.of(_FILL_DEST + _FILL_DEST_STATS),
+    _Layout.of(_FILL_DEST),
+    _Layout.of(_FILL_DEST_BEFORE_TUNNELS),
+)
+
+
+def destination_reply_nest(entry: DestinationEntry, *, tunnels: bool = True) -> bytes:
+    """IPVS_CMD_ATTR_DEST of a GET_DEST reply, byte for byte as the kernel
+    writes it on x86-64 (ip_vs_genl_fill_dest; `tunnels=False`: as 4.1 to
+    5.1 do): what tests and benchmarks feed the reader. Values are written
+    as they are (a reply is not a request: no range checks)."""
+    d = entry.destination
+    by_kind = {
+        DEST_ATTR_ADDR: _address_bytes(d.address),
+        DEST_ATTR_PORT: _be16(d.port),
+        DEST_ATTR_FWD_METHOD: _u32(d.forward),
+        DEST_ATTR_WEIGHT: _u32(d.weight),
+        DEST_ATTR_TUN_TYPE: _u8(d.tun_type),
+        DEST_ATTR_TUN_PORT: _be16(d.tun_port),
+        DEST_ATTR_TUN_FLAGS: _u16(d.tun_flags),
+        DEST_ATTR_U_THRESH: _u32(d.u_threshold),
+        DEST_ATTR_L_THRESH: _u32(d.l_threshold),
+        DEST_ATTR_ACTIVE_CONNS: _u32(entry.active_conns),
+        DEST_ATTR_INACT_CONNS: _u32(entry.inact_conns),
+        DEST_ATTR_PERSIST_CONNS: _u32(entry.persist_conns),
+        DEST_ATTR_ADDR_FAMILY: _u16(d.family),
+    }
+    fields = _FILL_DEST if tunnels else _FILL_DEST_BEFORE_TUNNELS
+    counters = [getattr(entry.stats, name) for name in _STATS_FIELDS]
+    stats32 = (
+        attr(i + 1, struct.pack("=" + f, value & (U32_MAX if f == "I" else U64_MAX)))
+        for i, (f, value) in enumerate(zip(_STATS32_FORMATS, counters, strict=True))
+    )
+    stats64 = (attr(i + 1, struct.pack("=Q", value)) for i, value in enumerate(counters))
+    return nested(
+        CMD_ATTR_DEST,
+        *(attr(kind, by_kind[kind]) for kind, _, _ in fields),
+        nested(DEST_ATTR_STATS, *stats32),
+        nested(DEST_ATTR_STATS64, *stats64),
+    )
+
+
 def daemon_nest(daemon: SyncDaemon) -> bytes:
     """IPVS_CMD_ATTR_DAEMON. The syncid is refused above 255 (the kernel
     would truncate it to its u8, ip_vs_genl_new_daemon); a group that is not
@@ -485,14 +587,18 @@ R = TypeVar("R")
 
 def _decoder(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Turn whatever a decoder trips on in a bad reply (a missing attribute,
-    short bytes, an address of the wrong size) into KernelReplyError naming
-    `what` was being read."""
+    short bytes, an address of the wrong size, a malformed attribute) into
+    KernelReplyError naming `what` was being read."""
 
     def wrap(function: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(function)
         def decode(*args: P.args, **kwargs: P.kwargs) -> R:
             try:
                 return function(*args, **kwargs)
+            except UnrepresentableEntry:
+                raise  # a good reply of an entry the model cannot hold
+            except KernelReplyError as exc:
+                raise KernelReplyError(f"{what}: {exc}") from exc
             except KeyError as exc:
                 raise KernelReplyError(f"{what}: attribute {exc} missing") from exc
             except (ValueError, IndexError, struct.error) as exc:
@@ -503,10 +609,10 @@ def _decoder(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     return wrap
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
     """One netlink message of a reply: its header fields and payload (after
-    the netlink header)."""
+    the netlink header). A named tuple: a dump makes one per entry, and a
+    frozen dataclass costs twice as much to make."""
 
     type: int
     flags: int
@@ -651,24 +757,121 @@ def parse_service(message: Message, stats: bool = True) -> ServiceEntry:
     return ServiceEntry(service, (), _stats_of(svc, SVC_ATTR_STATS64, SVC_ATTR_STATS))
 
 
+E = TypeVar("E", Forward, TunnelType, TunnelFlags)
+
+# Enum members by value, filled as values turn up: an enum call costs more
+# than decoding the attribute it comes from. An unknown value gets its
+# pseudo-member, as from the enum itself.
+_FORWARDS: dict[int, Forward] = {}
+_TUNNEL_TYPES: dict[int, TunnelType] = {}
+_TUNNEL_FLAGS: dict[int, TunnelFlags] = {}
+
+
+def _member(kind: type[E], members: dict[int, E], value: int) -> E:
+    member = members.get(value)
+    if member is None:
+        member = members[value] = kind(value)
+    return member
+
+
 @_decoder("destination reply")
-def parse_destination(message: Message, service_family: int) -> DestinationEntry:
-    """A destination from a GET_DEST reply. An unknown forwarding method or
-    tunnel type decodes to a pseudo-member, unknown tunnel flag bits are
-    kept; UnrepresentableEntry for an address in an unknown family."""
+def parse_destination(
+    message: Message, service_family: int, counters: bool = True
+) -> DestinationEntry:
+    """A destination from a GET_DEST reply (without its connection counts
+    and stats unless `counters`). An unknown forwarding method or tunnel
+    type decodes to a pseudo-member, unknown tunnel flag bits are kept;
+    UnrepresentableEntry for an address in an unknown family. A reply as
+    the kernel writes it is read in one unpack, any other by the walk, with
+    the same result."""
+    entry = _filled_destination(message.payload, service_family, counters)
+    if entry is None:
+        entry = _walked_destination(message, service_family, counters)
+    return entry
+
+
+def _filled_destination(
+    payload: bytes, service_family: int, counters: bool
+) -> DestinationEntry | None:
+    """The destination of a reply whose one attribute is IPVS_CMD_ATTR_DEST as
+    ip_vs_genl_fill_dest writes it (a layout of _DEST_LAYOUTS, then only
+    well-formed attributes of other kinds), read in one unpack; None for
+    anything else, left to the walk (whose errors name what it read)."""
+    start = GENL_HEADER.size + NLA_HEADER.size
+    end = len(payload)
+    if end < start:
+        return None
+    length, kind = NLA_HEADER.unpack_from(payload, GENL_HEADER.size)
+    if kind & NLA_TYPE_MASK != CMD_ATTR_DEST or GENL_HEADER.size + length != end:
+        return None
+    for layout in _DEST_LAYOUTS:
+        size = layout.struct.size
+        if size == end - start or (size < end - start and not layout.whole):
+            values = layout.struct.unpack_from(payload, start)
+            if values[0::3] == layout.lengths and values[1::3] == layout.kinds:
+                break
+    else:
+        return None
+    fields = values[2::3]
+    if not layout.tunnels:
+        fields = (*fields[:4], 0, 0, 0, *fields[4:])
+    (raw, port, forward, weight, tun_type, tun_port, tun_flags, u_threshold, l_threshold,
+     active, inactive, persistent, family) = fields[:13]  # fmt: skip
+    if layout.whole:
+        rest = {DEST_ATTR_STATS: fields[13], DEST_ATTR_STATS64: fields[14]}
+    elif (other := _other_attrs(payload, start + size)) is not None:
+        rest = other
+    else:
+        return None
+    destination = Destination(
+        _address(family or service_family, raw),
+        socket.ntohs(port),
+        _member(Forward, _FORWARDS, forward & 0x7),
+        weight,
+        u_threshold,
+        l_threshold,
+        _member(TunnelType, _TUNNEL_TYPES, tun_type),
+        socket.ntohs(tun_port),
+        _member(TunnelFlags, _TUNNEL_FLAGS, tun_flags),
+    )
+    if not counters:
+        return DestinationEntry(destination)
+    stats = _stats_of(rest, DEST_ATTR_STATS64, DEST_ATTR_STATS)
+    return DestinationEntry(destination, active, inactive, persistent, stats)
+
+
+def _other_attrs(data: bytes, offset: int) -> dict[int, bytes] | None:
+    """parse_attrs from `offset`, or None where an attribute is malformed or
+    of a kind _FILL_DEST has (the walk would take its value, not the first)."""
+    out: dict[int, bytes] = {}
+    end = len(data)
+    header, mask, fixed = NLA_HEADER.unpack_from, NLA_TYPE_MASK, _FILL_DEST_KINDS
+    while offset + 4 <= end:
+        length, kind = header(data, offset)
+        kind &= mask
+        if length < 4 or offset + length > end or kind in fixed:
+            return None
+        out[kind] = data[offset + 4 : offset + length]
+        offset += (length + 3) & ~3
+    return out
+
+
+def _walked_destination(message: Message, service_family: int, counters: bool) -> DestinationEntry:
     dest = parse_attrs(genl_attrs(message)[CMD_ATTR_DEST])
     family = _uint(dest.get(DEST_ATTR_ADDR_FAMILY, b"")) or service_family
     destination = Destination(
         address=_address(family, dest[DEST_ATTR_ADDR]),
         port=_be(dest[DEST_ATTR_PORT]),
-        forward=Forward(_uint(dest[DEST_ATTR_FWD_METHOD]) & 0x7),
+        forward=_member(Forward, _FORWARDS, _uint(dest[DEST_ATTR_FWD_METHOD]) & 0x7),
         weight=_uint(dest[DEST_ATTR_WEIGHT]),
         u_threshold=_uint(dest[DEST_ATTR_U_THRESH]),
         l_threshold=_uint(dest[DEST_ATTR_L_THRESH]),
-        tun_type=TunnelType(_uint(dest.get(DEST_ATTR_TUN_TYPE, b""))),
+        tun_type=_member(TunnelType, _TUNNEL_TYPES, _uint(dest.get(DEST_ATTR_TUN_TYPE, b""))),
         tun_port=_be(dest.get(DEST_ATTR_TUN_PORT, b"\0\0")),
-        tun_flags=TunnelFlags(_uint(dest.get(DEST_ATTR_TUN_FLAGS, b""))),
+        tun_flags=_member(TunnelFlags, _TUNNEL_FLAGS, _uint(dest.get(DEST_ATTR_TUN_FLAGS, b""))),
     )
+    if not counters:
+        return DestinationEntry(destination)
     return DestinationEntry(
         destination,
         active_conns=_uint(dest.get(DEST_ATTR_ACTIVE_CONNS, b"")),

@@ -313,15 +313,22 @@ class NetlinkBackend:
         return genl.parse_info(self._request(genl.genl_body(genl.CMD_GET_INFO), "GetInfo"))
 
     def services(
-        self, only: Collection[ServiceKey] | None = None, *, brief: bool = False
+        self,
+        only: Collection[ServiceKey] | None = None,
+        *,
+        brief: bool = False,
+        counters: bool = True,
     ) -> list[ServiceEntry]:
-        """See Backend.services. An entry the model cannot hold is left out
-        and kept in `skipped`."""
+        """See Backend.services. Without `counters`, no stats and no
+        connection counts are decoded from the dumps (they read as zero; a
+        brief read's destinations from /proc/net/ip_vs keep theirs): what a
+        reconcile pass reads, for less CPU. An entry the model cannot hold
+        is left out and kept in `skipped`."""
         skipped: list[UnrepresentableEntry] = []
         services = []
         for message in self._dump(genl.genl_body(genl.CMD_GET_SERVICE), "GetService"):
             try:
-                services.append(genl.parse_service(message, stats=not brief))
+                services.append(genl.parse_service(message, stats=counters and not brief))
             except UnrepresentableEntry as exc:
                 skipped.append(exc)
         brief_table = self._brief_destinations() if brief else {}
@@ -335,7 +342,7 @@ class NetlinkBackend:
                 dests = []
                 for message in self._dump(genl.get_dests_body(key), "GetDestinations"):
                     try:
-                        dests.append(genl.parse_destination(message, key.family))
+                        dests.append(genl.parse_destination(message, key.family, counters))
                     except UnrepresentableEntry as exc:
                         skipped.append(exc)
             entries.append(ServiceEntry(entry.service, tuple(dests), entry.stats))
