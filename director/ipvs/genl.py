@@ -440,6 +440,7 @@ _DEST_LAYOUTS = (
     _Layout.of(_FILL_DEST),
     _Layout.of(_FILL_DEST_BEFORE_TUNNELS),
 )
+_FIRST_ATTR = (_DEST_LAYOUTS[0].lengths[0], _DEST_LAYOUTS[0].kinds[0])  # the address's
 
 
 def destination_reply_nest(entry: DestinationEntry, *, tunnels: bool = True) -> bytes:
@@ -804,6 +805,8 @@ def _filled_destination(
     length, kind = NLA_HEADER.unpack_from(payload, GENL_HEADER.size)
     if kind & NLA_TYPE_MASK != CMD_ATTR_DEST or GENL_HEADER.size + length != end:
         return None
+    if end - start < NLA_HEADER.size or NLA_HEADER.unpack_from(payload, start) != _FIRST_ATTR:
+        return None  # every layout starts with the address: no unpack of any of them
     for layout in _DEST_LAYOUTS:
         size = layout.struct.size
         if size == end - start or (size < end - start and not layout.whole):
