@@ -65,6 +65,7 @@ from director.health.probes import ProbeFunction
 from director.health.state import Health, HealthState, Transition, failure_worth_logging
 from director.ipvs.errors import IPVSError, KernelError
 from director.ipvs.model import (
+    DestinationEntry,
     IPAddress,
     ServiceEntry,
     ServiceKey,
@@ -239,6 +240,12 @@ class Director:
         # desired, until a pass touches it: the next drift check skips it
         # while its digest stays the same.
         self._verified: dict[ServiceKey, str] = {}
+        # Each service as the last pass over it left the kernel (every
+        # operation for it done): a pass for a health change plans from it
+        # instead of reading the service back (100 destinations decoded for
+        # one change). Control jobs and failures forget it; drift checks
+        # and full passes read.
+        self._believed: dict[ServiceKey, ServiceEntry] = {}
         self._rotation = 0  # where the next drift check's slice of full reads starts
         self._why = "start"
         self._jobs: deque[tuple[Callable[[], Awaitable[object]], _Reply]] = deque()
@@ -381,6 +388,7 @@ class Director:
     async def _run_jobs(self) -> None:
         while self._jobs:
             job, reply = self._jobs.popleft()
+            self._believed.clear()  # a job may change the kernel itself
             reply.outcome = await outcome.acapture(job)
             reply.done.set()
 
@@ -447,7 +455,7 @@ class Director:
                 if drift:
                     await self.drift_check(due or set())
                 else:
-                    await self.reconcile(why, only=scope)
+                    await self.reconcile(why, only=scope, believed=scope is not None)
         except Exception as error:
             # A bug must not end health checking for every service: log it,
             # and try again after a backoff.
@@ -611,6 +619,7 @@ class Director:
         *,
         known: Mapping[ServiceKey, ServiceEntry] | None = None,
         digests: Mapping[TableKey, str] | None = None,
+        believed: bool = False,
     ) -> list[Operation]:
         """One pass over every managed service, or over those of `only`
         (the others, their refusals and their ownership are left as they
@@ -622,7 +631,10 @@ class Director:
         finds something to change in them (then the whole pass reads).
         `digests` (drift_check's): this pass is a drift check, and the
         services of `only` it finds as desired are vouched for by their
-        digest until a pass touches them again."""
+        digest until a pass touches them again. With `believed`, services
+        of `only` that an earlier pass left as it wanted are planned from
+        that, not read (a table another tool moved meanwhile shows in the
+        kernel's answers, and the next read repairs it)."""
         now = trio.current_time()
         scope = None if only is None else {k for k in only if k in self.owned or k in self._by_key}
         if digests is None:
@@ -635,10 +647,16 @@ class Director:
         taken: dict[ServiceKey, ServiceEntry] = {}
         if known and scope is not None:
             taken = {k: e for k, e in known.items() if k in scope}
-        entries = await self._read(why, scope - taken.keys() if scope is not None else None)
+        trusted: dict[ServiceKey, ServiceEntry] = {}
+        if believed and scope is not None:
+            trusted = {k: e for k in scope - taken.keys() if (e := self._believed.get(k))}
+        entries = await self._read(
+            why, scope - taken.keys() - trusted.keys() if scope is not None else None
+        )
         if entries is None:
             return []
         kernel: dict[ServiceKey, ServiceEntry] = {e.service.key: e for e in entries}
+        kernel.update(trusted)
         kernel.update(taken)
         desired: Mapping[ServiceKey, DesiredService]
         if scope is None:
@@ -685,6 +703,14 @@ class Director:
         await self._save_owned(frozenset(owned | adding))
         errors: list[tuple[str, int | None] | None] = []
         moved = 0
+        unsure: set[ServiceKey | None] = set()  # services an operation of failed for
+        # What this pass leaves as it wants it is believed below; the rest
+        # (its services, or all of them) is forgotten now.
+        if scope is None:
+            self._believed.clear()
+        else:
+            for key in scope:
+                self._believed.pop(key, None)
         if split.send:
             self.log.info("ipvs_apply", why=why, count=len(split.send), held=len(split.held))
             try:
@@ -701,11 +727,19 @@ class Director:
                     owned.discard(op.key)
                 if result is None:
                     self._applied(op)
-                elif table_moved(op, err):
-                    # The table was not as read: read again soon, no refusal.
-                    moved += 1
-                    result = None
+                else:
+                    unsure.add(service_of(op))
+                    if table_moved(op, err):
+                        # The table was not as read: read again soon, no refusal.
+                        moved += 1
+                        result = None
                 errors.append(None if result is None else (str(result), err))
+        unsure.update(service_of(op) for op in split.held)
+        for key, want in desired.items():
+            if key not in unsure:
+                self._believed[key] = ServiceEntry(
+                    want.service, tuple(map(DestinationEntry, want.destinations))
+                )
         recorded = record(
             refusals,
             operations,

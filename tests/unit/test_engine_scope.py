@@ -19,7 +19,7 @@ from director.config import parse_config
 from director.engine import Director
 from director.ipvs.errors import KernelError, error_for
 from director.ipvs.memory import MemoryBackend
-from director.ipvs.model import IPAddress, Protocol, ServiceEntry, ServiceKey
+from director.ipvs.model import Destination, IPAddress, Protocol, ServiceEntry, ServiceKey
 from director.ipvs.ops import (
     AddDestination,
     AddService,
@@ -108,9 +108,11 @@ async def full_table(backend: CountingKernel, services: int = SERVICES) -> None:
         await trio.sleep(0.1)
 
 
-async def test_a_transition_reads_and_changes_only_its_own_service(
+async def test_a_transition_changes_only_its_own_service_and_reads_nothing(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
+    """The pass plans from the service as the last pass left it: no read of
+    its destinations for one change."""
     backend, network = CountingKernel(), Network()
     director = director_for(backend, network)
     async with running(director):
@@ -121,8 +123,67 @@ async def test_a_transition_reads_and_changes_only_its_own_service(
         network.down.add(ip_address("10.0.2.3"))
         while ip_address("10.0.2.3") in backend.table()[key(1)]:  # noqa: ASYNC110
             await trio.sleep(0.01)
-    assert backend.reads[reads:] == [{key(1)}]
+    assert backend.reads[reads:] == []
     assert backend.sent[sent:] == [DeleteDestination(key(1), ip_address("10.0.2.3"), 8001)]
+
+
+async def test_a_transition_after_another_tool_moved_the_table_reads_and_repairs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Someone deletes a destination by hand, then it goes down: the delete
+    planned from the pass's own view finds nothing (the table moved), so
+    the service is read and the rest of the table stays as desired; a
+    destination deleted by hand that is still up comes back by the next
+    read of its service."""
+    backend, network = CountingKernel(), Network()
+    director = director_for(backend, network)
+    async with running(director):
+        await full_table(backend)
+        await trio.sleep(director._full_due() - trio.current_time() + 0.05)
+        gone, kept = ip_address("10.0.2.3"), ip_address("10.0.2.4")
+        MemoryBackend.apply_each(
+            backend,
+            [DeleteDestination(key(1), gone, 8001), DeleteDestination(key(1), kept, 8001)],
+        )
+        reads, sent = len(backend.reads), len(backend.sent)
+        network.down.add(gone)
+        while key(1) not in set().union(*backend.reads[reads:]):  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        while kept not in backend.table()[key(1)]:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    assert backend.sent[sent] == DeleteDestination(key(1), gone, 8001)
+    assert AddDestination(key(1), kept_destination(director, 1, kept)) in backend.sent[sent:]
+    assert gone not in backend.table()[key(1)]
+    assert backend.table()[key(1)] == {ip_address(f"10.0.2.{j}") for j in (1, 2, 4)}
+
+
+def kept_destination(director: Director, i: int, address: IPAddress) -> Destination:
+    vs = next(v for v in director.effective.virtual_servers if v.key == key(i))
+    rs = next(r for r in vs.real_servers if r.address == address)
+    return rs.destination(rs.weight)
+
+
+async def test_a_transition_after_a_control_job_reads_its_service(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A job (a control command, a reload) may change the kernel itself:
+    the next transition's pass reads its service again."""
+    backend, network = CountingKernel(), Network()
+    director = director_for(backend, network)
+    async with running(director):
+        await full_table(backend)
+        await trio.sleep(director._full_due() - trio.current_time() + 0.05)
+
+        async def job() -> None:
+            MemoryBackend.apply_each(backend, [DeleteDestination(key(1), ip_address("10.0.2.4"), 8001)])  # fmt: skip
+
+        await director.exclusive(job)
+        reads = len(backend.reads)
+        network.down.add(ip_address("10.0.2.3"))
+        while ip_address("10.0.2.3") in backend.table()[key(1)]:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    assert backend.reads[reads] == {key(1)}
+    assert ip_address("10.0.2.4") in backend.table()[key(1)]  # the read saw it gone
 
 
 async def test_a_reload_with_one_server_changed_sends_exactly_one_operation(
