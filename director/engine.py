@@ -16,8 +16,11 @@ when the caller asks; otherwise it covers only the services something
 happened to: a health transition or a new dynamic weight marks its own
 service, a reload or an operator's change the services it changed, a due
 retry the services of the refused operations, a weight ramp the services
-with slow start. So one health change costs the work of its service,
-whatever the size of the table.
+with slow start. A pass for a health change does not even read its
+service: it plans from the service as the last pass left it (`_believed`,
+forgotten by any job, failure or refusal); an answer that the table moved
+under it (another tool's change) makes the next pass read. So one health
+change costs the work of its service, whatever the size of the table.
 
 Drift repair, every `reconcile_interval`, reads the whole table cheaply
 (KernelTable.digests: one read of /proc/net/ip_vs, nothing decoded) and
