@@ -197,7 +197,9 @@ async def one_round(
     statefile.encode(saved.layer, saved.owned, saved.sync, vips=saved.vips)
     samples["encode"] = time.thread_time() - began
     if profiler is not None:
-        pstats.Stats(profiler).sort_stats(os.environ.get("SORT", "tottime")).print_stats(int(os.environ.get("TOP", "25")))
+        pstats.Stats(profiler).sort_stats(os.environ.get("SORT", "tottime")).print_stats(
+            int(os.environ.get("TOP", "25"))
+        )
     return samples
 
 
