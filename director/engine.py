@@ -250,6 +250,7 @@ class Director:
         # and full passes read.
         self._believed: dict[ServiceKey, ServiceEntry] = {}
         self._rotation = 0  # where the next drift check's slice of full reads starts
+        self._scoped_at = 0.0  # when a scoped pass may next start (see _pass_if_due)
         self._why = "start"
         self._jobs: deque[tuple[Callable[[], Awaitable[object]], _Reply]] = deque()
         self._running = False
@@ -445,8 +446,8 @@ class Director:
             scope, why = self._due_services(now)
             if scope is None:
                 why = "retry"
-            elif not scope:
-                return
+            elif not scope or now < self._scoped_at:
+                return  # (what is due waits: the loop wakes by then)
             elif not self._dirty:
                 why = "retry" if scope - self._ramping else "slow start"
             else:
@@ -459,6 +460,15 @@ class Director:
                     await self.drift_check(due or set())
                 else:
                     await self.reconcile(why, only=scope, believed=scope is not None)
+            if scope is not None:
+                # The next scoped pass waits as long as this one took, so
+                # that a burst of changes (thousands of servers coming up
+                # at a start) makes few passes of many changes, not one
+                # pass over a 100-server service for each: passes take at
+                # most about half the loop, and one change alone, on a
+                # quiet loop, waits a pass's time (a millisecond or two).
+                end = trio.current_time()
+                self._scoped_at = end + (end - now)
         except Exception as error:
             # A bug must not end health checking for every service: log it,
             # and try again after a backoff.
@@ -610,6 +620,8 @@ class Director:
 
     def _next_pass_at(self) -> float:
         due = min(self._full_due(), self.sync.due_at(), self.vips.due_at(), self.bgp.due_at())
+        if self._dirty:
+            due = min(due, self._scoped_at)
         if self._ramping:
             due = min(due, self._last_ramp + SLOW_START_STEP)
         retry = next_retry(self.refusals)

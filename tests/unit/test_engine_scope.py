@@ -6,6 +6,7 @@ in-memory backend, counted through a wrapper, under trio's autojump clock."""
 from __future__ import annotations
 
 import errno
+import itertools
 import random
 from collections.abc import Collection, Sequence
 from ipaddress import ip_address
@@ -286,3 +287,43 @@ async def test_drift_passes_repair_the_table_while_another_service_flaps(
     flaps = [op for op in backend.sent if isinstance(op, AddDestination | DeleteDestination)]
     assert any(service_of(op) == key(0) for op in flaps)
     assert AddDestination in {type(op) for op in backend.sent[-3:] if service_of(op) == key(2)}
+
+
+class SlowKernel(CountingKernel):
+    """Each apply takes `cost` seconds of the test's clock (a kernel, or a
+    loop, that is slow), and is timed."""
+
+    def __init__(self, clock: trio.testing.MockClock, cost: float) -> None:
+        super().__init__()
+        self.clock, self.cost = clock, cost
+        self.applies: list[tuple[float, float]] = []  # (start, end)
+
+    def apply_each(self, operations: Sequence[Operation]) -> list[KernelError | None]:
+        start = trio.current_time()
+        self.clock.jump(self.cost)
+        self.applies.append((start, trio.current_time()))
+        return super().apply_each(operations)
+
+
+async def test_a_scoped_pass_waits_as_long_as_the_last_one_took(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Servers going down one after the other while each pass takes 0.3 s:
+    a pass never starts sooner after the last one than that one took, so
+    the changes of a burst share passes; each still reaches the kernel."""
+    backend, network = SlowKernel(autojump_clock, 0.3), Network()
+    director = director_for(backend, network)
+    downs = [ip_address(f"10.0.{i + 1}.{j + 1}") for i in range(SERVICES) for j in range(3)]
+    async with running(director):
+        await full_table(backend)
+        await trio.sleep(director._full_due() - trio.current_time() + 0.05)
+        first = len(backend.applies)
+        for address in downs:
+            network.down.add(address)
+            await trio.sleep(0.1)
+        while any(d in backend.table()[key(i)] for i in range(SERVICES) for d in downs):  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    applies = backend.applies[first:]
+    assert 1 < len(applies) < len(downs)
+    for (start, end), (after, _) in itertools.pairwise(applies):
+        assert after >= end + (end - start) - 0.02  # (the pass's own work before its apply)
