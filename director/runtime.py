@@ -54,6 +54,7 @@ from director.ipvs.model import (
     AF_INET6,
     Destination,
     Forward,
+    IPAddress,
     Service,
     ServiceFlags,
     ServiceKey,
@@ -262,27 +263,21 @@ def with_destination_fields(rs: RealServer, destination: Destination) -> RealSer
     """`rs` with `destination`'s kernel fields: replace(rs, forward=...,
     weight=..., ...), made directly (thousands per -R; a unit test holds it
     to replace's answer for every field RealServer has)."""
-    return RealServer(
-        address=rs.address,
-        port=rs.port,
-        forward=destination.forward,
-        weight=destination.weight,
-        u_threshold=destination.u_threshold,
-        l_threshold=destination.l_threshold,
-        tun_type=destination.tun_type,
-        tun_port=destination.tun_port,
-        tun_flags=destination.tun_flags,
-        check=rs.check,
-        name=rs.name,
-    )
+    return _with_fields(rs.address, rs.port, destination, rs.check, rs.name)
 
 
 def _real_server(rid: RealServerId, destination: Destination, check: Check) -> RealServer:
     """A real server added at runtime: with_destination_fields of
     RealServer(rid.address, rid.port, check=check)."""
+    return _with_fields(rid.address, rid.port, destination, check, None)
+
+
+def _with_fields(
+    address: IPAddress, port: int, destination: Destination, check: Check, name: str | None
+) -> RealServer:
     return RealServer(
-        address=rid.address,
-        port=rid.port,
+        address=address,
+        port=port,
         forward=destination.forward,
         weight=destination.weight,
         u_threshold=destination.u_threshold,
@@ -291,6 +286,7 @@ def _real_server(rid: RealServerId, destination: Destination, check: Check) -> R
         tun_port=destination.tun_port,
         tun_flags=destination.tun_flags,
         check=check,
+        name=name,
     )
 
 
