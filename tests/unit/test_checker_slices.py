@@ -49,33 +49,53 @@ def targets(port: int) -> dict[int, Target]:
     }
 
 
-async def watch_progress(count: list[int], marks: list[int]) -> None:
-    """Note how far `count` has got each time this task gets to run."""
-    for _ in range(PROBES * 3):
-        marks.append(count[0])
-        await trio.lowlevel.checkpoint()
+class Meter:
+    """Counts probe starts (or first verdicts); the first starts a task that
+    notes the count each time it gets to run."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.count, self.marks, self._nursery = 0, list[int](), nursery
+
+    def note(self) -> None:
+        if self.count == 0:
+            self._nursery.start_soon(self._watch)
+        self.count += 1
+
+    async def _watch(self) -> None:
+        for _ in range(PROBES * 3):
+            self.marks.append(self.count)
+            await trio.lowlevel.checkpoint()
 
 
-async def first_starts(port: int, slice_: float, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    # The watcher's too: a probe's verdict, read in the watcher's slice,
-    # hands out the next waiting probe.
+async def progress(
+    port: int, slice_: float, monkeypatch: pytest.MonkeyPatch, *, verdicts: bool
+) -> list[int]:
+    """The marks of a task started by the first probe's start (or, with
+    `verdicts`, by its first verdict), with both slices set to `slice_`."""
     monkeypatch.setattr(checker_module, "SLICE", slice_)
     monkeypatch.setattr(watch, "SLICE", slice_)
-    started, marks = [0], list[int]()
     async with trio.open_nursery() as nursery:
+        meter = Meter(nursery)
 
         def on_start(target: Target, lateness: float) -> None:
-            if started[0] == 0:
-                nursery.start_soon(watch_progress, started, marks)
-            started[0] += 1
+            if not verdicts:
+                meter.note()
 
-        checker: Checker[int] = Checker(rng=random.Random(7), on_start=on_start, tick=1.0)
+        def on_result(key: int, before: HealthState, after: HealthState) -> None:
+            assert after.last is not None and after.last.ok
+            if verdicts and after.successes_in_row == 1:  # the first round's
+                meter.note()
+
+        checker: Checker[int] = Checker(
+            rng=random.Random(7), on_start=on_start, on_result=on_result, tick=1.0
+        )
         checker.set_targets(targets(port))
         await nursery.start(checker.run)
-        await trio.sleep(1.5)
+        # Started on the 1 s tick; their verdicts read on the 2 s tick.
+        await trio.sleep(2.5 if verdicts else 1.5)
         nursery.cancel_scope.cancel()
-    assert started[0] == PROBES
-    return marks
+    assert meter.count == PROBES
+    return meter.marks
 
 
 async def test_probes_due_together_start_in_slices_with_other_tasks_between(
@@ -83,7 +103,7 @@ async def test_probes_due_together_start_in_slices_with_other_tasks_between(
     monkeypatch: pytest.MonkeyPatch,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    marks = await first_starts(listening_port, 0.0, monkeypatch)
+    marks = await progress(listening_port, 0.0, monkeypatch, verdicts=False)
     # Between two turns of the other task: one hand-out of the scheduler
     # (checker._HAND_OUT) and one verdict's hand-out of the watcher (a slot
     # freed); twice that when trio runs them in the other order in the next
@@ -100,30 +120,8 @@ async def test_without_slices_the_hand_out_holds_the_loop(
     monkeypatch: pytest.MonkeyPatch,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    marks = await first_starts(listening_port, FOREVER, monkeypatch)
+    marks = await progress(listening_port, FOREVER, monkeypatch, verdicts=False)
     assert marks[0] == PROBES
-
-
-async def verdicts_read(port: int, slice_: float, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    monkeypatch.setattr(watch, "SLICE", slice_)
-    read, marks = [0], list[int]()
-    async with trio.open_nursery() as nursery:
-
-        def on_result(key: int, before: HealthState, after: HealthState) -> None:
-            assert after.last is not None and after.last.ok
-            if after.successes_in_row > 1:
-                return  # the second round's, started on the 2 s tick
-            if read[0] == 0:
-                nursery.start_soon(watch_progress, read, marks)
-            read[0] += 1
-
-        checker: Checker[int] = Checker(rng=random.Random(7), on_result=on_result, tick=1.0)
-        checker.set_targets(targets(port))
-        await nursery.start(checker.run)
-        await trio.sleep(2.5)  # started at 1 s, read on the 2 s tick
-        nursery.cancel_scope.cancel()
-    assert read[0] == PROBES
-    return marks
 
 
 async def test_verdicts_read_together_are_delivered_in_slices_with_other_tasks_between(
@@ -131,7 +129,7 @@ async def test_verdicts_read_together_are_delivered_in_slices_with_other_tasks_b
     monkeypatch: pytest.MonkeyPatch,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    marks = await verdicts_read(listening_port, 0.0, monkeypatch)
+    marks = await progress(listening_port, 0.0, monkeypatch, verdicts=True)
     assert marks[0] <= 2  # (two: see the hand-out's test)
     steps = [b - a for a, b in itertools.pairwise(marks)]
     assert max(steps) <= 2
@@ -143,5 +141,5 @@ async def test_without_slices_the_verdicts_hold_the_loop(
     monkeypatch: pytest.MonkeyPatch,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    marks = await verdicts_read(listening_port, FOREVER, monkeypatch)
+    marks = await progress(listening_port, FOREVER, monkeypatch, verdicts=True)
     assert marks[0] == PROBES
