@@ -102,6 +102,7 @@ T = TypeVar("T")
 RETRY_BASE = 1.0  # seconds before the first retry of a refused operation or a failed pass
 SLOW_START_STEP = 1.0  # seconds between passes while a weight ramps
 CHECK_TICK = 0.01  # seconds: probes start, and TCP verdicts are read, on 10 ms ticks (checker.py)
+SPACING_MAX = 1.0  # seconds: the longest a scoped pass waits for the last one's cost
 DRIFT_ROTATION = 12  # drift checks over which every managed service is read in full
 
 
@@ -466,9 +467,10 @@ class Director:
                 # at a start) makes few passes of many changes, not one
                 # pass over a 100-server service for each: passes take at
                 # most about half the loop, and one change alone, on a
-                # quiet loop, waits a pass's time (a millisecond or two).
+                # quiet loop, waits a pass's time (a millisecond or two);
+                # after a pass the kernel held up, at most SPACING_MAX.
                 end = trio.current_time()
-                self._scoped_at = end + (end - now)
+                self._scoped_at = end + min(end - now, SPACING_MAX)
         except Exception as error:
             # A bug must not end health checking for every service: log it,
             # and try again after a backoff.

@@ -17,7 +17,7 @@ import trio.testing
 from engine_support import Network, running
 
 from director.config import parse_config
-from director.engine import Director
+from director.engine import SPACING_MAX, Director
 from director.ipvs.errors import KernelError, error_for
 from director.ipvs.memory import MemoryBackend
 from director.ipvs.model import Destination, IPAddress, Protocol, ServiceEntry, ServiceKey
@@ -327,3 +327,26 @@ async def test_a_scoped_pass_waits_as_long_as_the_last_one_took(
     assert 1 < len(applies) < len(downs)
     for (start, end), (after, _) in itertools.pairwise(applies):
         assert after >= end + (end - start) - 0.02  # (the pass's own work before its apply)
+
+
+async def test_after_a_pass_the_kernel_held_up_the_next_waits_at_most_spacing_max(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    backend, network = SlowKernel(autojump_clock, 0.0), Network()
+    # No drift check in the way: it would take the change up at once.
+    text = config_text().replace("reconcile_interval = 5.0", "reconcile_interval = 3600.0")
+    director = director_for(backend, network, text)
+    async with running(director):
+        await full_table(backend)
+        backend.cost = 4.0  # the next apply takes 4 s
+        network.down.add(ip_address("10.0.1.1"))
+        while ip_address("10.0.1.1") in backend.table()[key(0)]:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        backend.cost = 0.0
+        first = len(backend.applies)
+        network.down.add(ip_address("10.0.2.1"))
+        while ip_address("10.0.2.1") in backend.table()[key(1)]:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    (slow_start, slow_end), (after, _) = backend.applies[first - 1], backend.applies[first]
+    assert slow_end - slow_start == 4.0
+    assert slow_end + SPACING_MAX - 0.02 <= after < slow_end + 4.0
