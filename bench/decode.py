@@ -173,15 +173,7 @@ class ReplaySocket:
 def replayed(entries: dict[ServiceKey, list[DestinationEntry]]) -> NetlinkBackend:
     """A NetlinkBackend over a ReplaySocket (its constructor would open a
     netlink socket and look the IPVS family up)."""
-    backend = object.__new__(NetlinkBackend)
-    backend._sock = ReplaySocket(entries)  # type: ignore[assignment]
-    backend._chunk_bytes = 128 * 1024
-    backend._seq = 1
-    backend._open_dump = None
-    backend._max_in_flight = 1000
-    backend._family = FAMILY
-    backend.skipped = []
-    return backend
+    return NetlinkBackend.over(ReplaySocket(entries), FAMILY)  # type: ignore[arg-type]
 
 
 def kernel_backend(entries: dict[ServiceKey, list[DestinationEntry]]) -> NetlinkBackend:

@@ -162,6 +162,28 @@ class NetlinkBackend:
             self._sock.close()
             raise
 
+    @classmethod
+    def over(
+        cls,
+        sock: socket.socket,
+        family: int,
+        *,
+        chunk_bytes: int = 128 * 1024,
+        max_in_flight: int = 1000,
+    ) -> NetlinkBackend:
+        """A backend over an open netlink socket whose IPVS family id is
+        known: no socket opened, no family looked up (tests and benches
+        replay a kernel's answers through a socket of their own)."""
+        backend = object.__new__(cls)
+        backend._sock = sock
+        backend._chunk_bytes = chunk_bytes
+        backend._seq = 1
+        backend._open_dump = None
+        backend._max_in_flight = max_in_flight
+        backend._family = family
+        backend.skipped = []
+        return backend
+
     def _set_buffer(self, forced: int, plain: int, size: int) -> None:
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, forced, size)

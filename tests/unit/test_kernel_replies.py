@@ -331,16 +331,8 @@ class ScriptedSocket:
 def scripted(
     answer: Callable[[int, int, bytes], list[Reply]],
 ) -> tuple[NetlinkBackend, ScriptedSocket]:
-    backend = object.__new__(NetlinkBackend)
     sock = ScriptedSocket(answer)
-    backend._sock = sock  # type: ignore[assignment]
-    backend._chunk_bytes = 128 * 1024
-    backend._seq = 1
-    backend._open_dump = None
-    backend._max_in_flight = 1000
-    backend._family = FAMILY
-    backend.skipped = []
-    return backend, sock
+    return NetlinkBackend.over(sock, FAMILY), sock  # type: ignore[arg-type]
 
 
 def done(seq: int, flags: int = genl.NLM_F_MULTI) -> bytes:
