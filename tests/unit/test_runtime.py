@@ -54,8 +54,7 @@ from director.runtime import (
 
 VIP = ServiceKey.inet(Protocol.TCP, "10.0.0.1", 80)
 NEW = ServiceKey.inet(Protocol.TCP, "10.0.0.2", 80)
-CONFIG = parse_config(
-    """
+CONFIG_TEXT = """
 [ipvs]
 timeouts = { tcp = 100, tcpfin = 10, udp = 0 }
 [[virtual_server]]
@@ -67,7 +66,7 @@ check = { type = "tcp", interval = 2.0, rise = 3 }
 address = "10.0.1.1:80"
 weight = 5
 """
-)
+CONFIG = parse_config(CONFIG_TEXT)
 RS1 = RealServerId(VIP, ip_address("10.0.1.1"), 80)
 
 

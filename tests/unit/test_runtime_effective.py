@@ -13,7 +13,7 @@ from ipaddress import ip_address
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_runtime import CONFIG, NEW, VIP, _operations, dest
+from test_runtime import CONFIG, CONFIG_TEXT, NEW, VIP, _operations, dest
 
 from director.config import Config, RealServer, RealServerId, parse_config
 from director.desired import AdminState
@@ -48,17 +48,8 @@ from director.runtime import (
 # request leaves some config services untouched, and a request that only
 # drains or sets timeouts.
 WIDE = parse_config(
-    """
-[ipvs]
-timeouts = { tcp = 100, tcpfin = 10, udp = 0 }
-[[virtual_server]]
-protocol = "tcp"
-address = "10.0.0.1:80"
-scheduler = "rr"
-check = { type = "tcp", interval = 2.0, rise = 3 }
-[[virtual_server.real_server]]
-address = "10.0.1.1:80"
-weight = 5
+    CONFIG_TEXT
+    + """
 [[virtual_server]]
 protocol = "tcp"
 address = "10.0.0.3:80"
