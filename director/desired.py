@@ -160,6 +160,43 @@ def desired_service(
     return DesiredService(vs.service(), tuple(destinations), tuple(decisions))
 
 
+def independent(vs: VirtualServer) -> bool:
+    """Whether each real server's place in `vs`'s table hangs on its own
+    health and admin state alone: no sorry server (a quorum counts them
+    all) and no panic (nor does it). A change of some of its servers is
+    then planned from theirs alone (desired_servers)."""
+    return vs.sorry_server is None and not vs.panic
+
+
+def desired_servers(
+    vs: VirtualServer,
+    ids: Iterable[RealServerId],
+    health: Mapping[RealServerId, RealServerView],
+    kernel: Mapping[tuple[IPAddress, int], Destination],
+    now: float,
+    admin: Mapping[RealServerId, AdminState],
+) -> dict[tuple[IPAddress, int], Destination | None]:
+    """For an `independent` virtual server: the destination each real
+    server of `ids` should be (None: not in the table), exactly as
+    desired_service places it; `kernel` holds the service's destinations
+    by (address, port). An id `vs` does not have is skipped. O(len(ids)),
+    not O(the service's servers)."""
+    if not independent(vs):
+        raise ValueError(f"{vs.label}: a sorry server or panic ties its servers together")
+    index = vs.real_server_index
+    wanted: dict[tuple[IPAddress, int], Destination | None] = {}
+    for rid in ids:
+        rs = index.get(rid)
+        if rs is None:
+            continue
+        key = (rs.address, rs.port)
+        state = admin.get(rid, AdminState.ENABLED)
+        view = health.get(rid, _UNKNOWN)
+        decision = _decide(vs, rs, view, state, kernel.get(key), now, False)
+        wanted[key] = None if decision.weight is None else rs.destination(decision.weight)
+    return wanted
+
+
 def _decide(
     vs: VirtualServer,
     rs: RealServer,

@@ -19,8 +19,11 @@ retry the services of the refused operations, a weight ramp the services
 with slow start. A pass for a health change does not even read its
 service: it plans from the service as the last pass left it (`_believed`,
 forgotten by any job, failure or refusal); an answer that the table moved
-under it (another tool's change) makes the next pass read. So one health
-change costs the work of its service, whatever the size of the table.
+under it (another tool's change) makes the next pass read. Where a server's
+place hangs on its own health alone (no sorry server, no panic), the pass
+plans the changed servers only (desired.desired_servers): one health change
+costs the work of that server, whatever the size of its service or the
+table; a ramp step or a retry still passes over its whole service.
 
 Drift repair, every `reconcile_interval`, reads the whole table cheaply
 (KernelTable.digests: one read of /proc/net/ip_vs, nothing decoded) and
@@ -44,7 +47,7 @@ import errno
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Set
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar, cast
@@ -59,8 +62,10 @@ from director.config.model import VirtualServer
 from director.desired import (
     DesiredService,
     RealServerView,
+    desired_servers,
     desired_service,
     desired_table,
+    independent,
     services_changed,
 )
 from director.health.checker import Checker, Target
@@ -68,8 +73,10 @@ from director.health.probes import ProbeFunction
 from director.health.state import Health, HealthState, Transition, failure_worth_logging
 from director.ipvs.errors import IPVSError, KernelError
 from director.ipvs.model import (
+    Destination,
     DestinationEntry,
     IPAddress,
+    Service,
     ServiceEntry,
     ServiceKey,
     SyncDaemon,
@@ -81,7 +88,7 @@ from director.ipvs.servicetable import TableKey, table_key
 from director.kernel import KernelTable
 from director.metrics.events import Events
 from director.oplog import describe_operation
-from director.reconcile import plan, service_sort_key
+from director.reconcile import plan, plan_destinations, service_sort_key
 from director.refusals import (
     Refusal,
     Subject,
@@ -162,6 +169,27 @@ class ReloadResult:
     errors: tuple[str, ...] = ()
 
 
+@dataclass(slots=True)
+class _Belief:
+    """A service as the last pass over it left the kernel (every operation
+    for it done), its destinations by (address, port). The engine's own:
+    a pass over some of its servers patches it (`take`)."""
+
+    service: Service
+    destinations: dict[tuple[IPAddress, int], Destination]
+
+    def entry(self) -> ServiceEntry:
+        return ServiceEntry(self.service, tuple(map(DestinationEntry, self.destinations.values())))
+
+    def take(self, wanted: Mapping[tuple[IPAddress, int], Destination | None]) -> None:
+        """The kernel now holds `wanted` (None: absent)."""
+        for key, destination in wanted.items():
+            if destination is None:
+                self.destinations.pop(key, None)
+            else:
+                self.destinations[key] = destination
+
+
 class Director:
     def __init__(
         self,
@@ -239,7 +267,9 @@ class Director:
         self._retry_pass_at: float | None = None
         self._wake = trio.Event()
         self._poked = False  # a full pass is asked for
-        self._dirty: set[ServiceKey] = set()  # services a scoped pass is asked for
+        # The services a scoped pass is asked for, each with the real servers
+        # whose health changed (None: the whole service is to be passed over).
+        self._dirty: dict[ServiceKey, set[RealServerId] | None] = {}
         # The digest of each service a drift check read in full and found as
         # desired, until a pass touches it: the next drift check skips it
         # while its digest stays the same.
@@ -249,7 +279,7 @@ class Director:
         # instead of reading the service back (100 destinations decoded for
         # one change). Control jobs and failures forget it; drift checks
         # and full passes read.
-        self._believed: dict[ServiceKey, ServiceEntry] = {}
+        self._believed: dict[ServiceKey, _Belief] = {}
         self._rotation = 0  # where the next drift check's slice of full reads starts
         self._scoped_at = 0.0  # when a scoped pass may next start (see _pass_if_due)
         self._why = "start"
@@ -274,7 +304,7 @@ class Director:
             self.vips.poke()
         if target.service in self.bgp.keys:
             self.bgp.poke()
-        self.poke(f"{event} {endpoint(target.address, target.port)}", target.service)
+        self.poke(f"{event} {endpoint(target.address, target.port)}", target.service, target)
 
     def _on_result(self, target: RealServerId, before: HealthState, after: HealthState) -> None:
         """A failed probe is logged when it starts a series, changes reason,
@@ -301,7 +331,9 @@ class Director:
                 old=before.weight,
                 new=after.weight,
             )
-            self.poke(f"dynamic weight {endpoint(target.address, target.port)}", target.service)
+            self.poke(
+                f"dynamic weight {endpoint(target.address, target.port)}", target.service, target
+            )
 
     def health_views(
         self, services: Set[ServiceKey] | None = None
@@ -322,13 +354,32 @@ class Director:
                     continue
         return views
 
-    def poke(self, why: str, service: ServiceKey | None = None) -> None:
-        """Ask the loop for a pass soon: over `service` only, or over every
-        managed service (None)."""
+    def _views(self, ids: Iterable[RealServerId]) -> dict[RealServerId, RealServerView]:
+        """The health of the real servers `ids` (those checked)."""
+        views: dict[RealServerId, RealServerView] = {}
+        for rid in ids:
+            try:
+                views[rid] = RealServerView.from_state(self.checker.state(rid))
+            except KeyError:  # not checked (yet): unknown
+                continue
+        return views
+
+    def poke(
+        self, why: str, service: ServiceKey | None = None, server: RealServerId | None = None
+    ) -> None:
+        """Ask the loop for a pass soon: over every managed service (None),
+        over `service`, or, for a change of one real server's health alone,
+        over `server` of `service` (the pass may then plan that server's
+        place only)."""
         if service is None:
             self._poked = True
+        elif server is None:
+            self._dirty[service] = None
         else:
-            self._dirty.add(service)
+            servers = self._dirty.get(service, set())
+            if servers is not None:
+                servers.add(server)
+                self._dirty[service] = servers
         self._why = why
         self._wake.set()
 
@@ -434,33 +485,36 @@ class Director:
         """A full pass when one is asked for or due, else a pass over the
         services that are due (dirty, ramping, or with a refusal to retry)."""
         now = trio.current_time()
-        scope: set[ServiceKey] | None
+        scope: dict[ServiceKey, set[RealServerId] | None] | None
         drift, due = False, None
         if self._poked or now >= self._full_due():
             scope, why = None, self._why if self._poked else "drift check"
             drift = not self._poked and self._retry_pass_at is None
             # The drift check covers what a scoped pass is due for, unless a
             # refusal of no one service (the timeouts) is: then a full pass.
-            due, _ = self._due_services(now)
+            due = self._due_services(now)
             drift = drift and due is not None
         else:
-            scope, why = self._due_services(now)
+            scope = self._due_services(now)
             if scope is None:
                 why = "retry"
             elif not scope or now < self._scoped_at:
                 return  # (what is due waits: the loop wakes by then)
             elif not self._dirty:
-                why = "retry" if scope - self._ramping else "slow start"
+                why = "retry" if scope.keys() - self._ramping else "slow start"
             else:
                 why = self._why
         self._poked, self._why = False, "drift check"
-        self._dirty = set()
+        self._dirty = {}
         try:
             with self.events.timed_pass(full=scope is None):
                 if drift:
-                    await self.drift_check(due or set())
+                    await self.drift_check(set(due or ()))
+                elif scope is None:
+                    await self.reconcile(why)
                 else:
-                    await self.reconcile(why, only=scope, believed=scope is not None)
+                    changed = {k: ids for k, ids in scope.items() if ids is not None}
+                    await self.reconcile(why, only=scope.keys(), believed=True, changed=changed)
             if scope is not None:
                 # The next scoped pass waits as long as this one took, so
                 # that a burst of changes (thousands of servers coming up
@@ -504,19 +558,21 @@ class Director:
             self._rotation = start + size
         return await self.reconcile("drift check", only=suspect, digests=digests)
 
-    def _due_services(self, now: float) -> tuple[set[ServiceKey] | None, str]:
-        """The services a scoped pass is due for now; None when a full one
-        is (a refusal of no one service, the timeouts, is due)."""
-        scope = set(self._dirty)
+    def _due_services(self, now: float) -> dict[ServiceKey, set[RealServerId] | None] | None:
+        """The services a scoped pass is due for now, each with the real
+        servers whose health changed, or None when the whole service is due
+        (its weight ramp, a retry, another change); None when a full pass is
+        (a refusal of no one service, the timeouts, is due)."""
+        scope = dict(self._dirty)
         if self._ramping and now >= self._last_ramp + SLOW_START_STEP:
-            scope |= self._ramping
+            scope.update(dict.fromkeys(self._ramping))
         for subject, refusal in self.refusals.items():
             if refusal.retry_at <= now:
                 service = describe_subject(subject)[0]
                 if service is None:
-                    return None, "retry"
-                scope.add(service)
-        return scope, ""
+                    return None
+                scope[service] = None
+        return scope
 
     def _full_due(self) -> float:
         if self._retry_pass_at is not None:
@@ -637,6 +693,7 @@ class Director:
         known: Mapping[ServiceKey, ServiceEntry] | None = None,
         digests: Mapping[TableKey, str] | None = None,
         believed: bool = False,
+        changed: Mapping[ServiceKey, Set[RealServerId]] | None = None,
     ) -> list[Operation]:
         """One pass over every managed service, or over those of `only`
         (the others, their refusals and their ownership are left as they
@@ -651,7 +708,11 @@ class Director:
         digest until a pass touches them again. With `believed`, services
         of `only` that an earlier pass left as it wanted are planned from
         that, not read (a table another tool moved meanwhile shows in the
-        kernel's answers, and the next read repairs it)."""
+        kernel's answers, and the next read repairs it). `changed` (with
+        `believed`): for a service of `only`, the real servers whose health
+        changed since that earlier pass: where their places hang on their
+        own health alone (desired.independent), the pass plans theirs only,
+        O(the change) instead of O(the service)."""
         now = trio.current_time()
         scope = None if only is None else {k for k in only if k in self.owned or k in self._by_key}
         if digests is None:
@@ -665,10 +726,20 @@ class Director:
         if known and scope is not None:
             taken = {k: e for k, e in known.items() if k in scope}
         trusted: dict[ServiceKey, ServiceEntry] = {}
+        beliefs: dict[ServiceKey, _Belief] = {}  # planned from their changed servers alone
         if believed and scope is not None:
-            trusted = {k: e for k in scope - taken.keys() if (e := self._believed.get(k))}
+            for key in scope - taken.keys():
+                belief = self._believed.get(key)
+                if belief is None:
+                    continue
+                vs = self._by_key.get(key)
+                if changed and key in changed and vs is not None and independent(vs):
+                    beliefs[key] = belief
+                else:
+                    trusted[key] = belief.entry()
         entries = await self._read(
-            why, scope - taken.keys() - trusted.keys() if scope is not None else None
+            why,
+            scope - taken.keys() - trusted.keys() - beliefs.keys() if scope is not None else None,
         )
         if entries is None:
             return []
@@ -685,13 +756,14 @@ class Director:
             others: dict[Subject, Refusal] = {}
         else:
             assert only is not None
-            views = self.health_views(scope)
+            rest = scope - beliefs.keys()
+            views = self.health_views(rest)
             admin = self.runtime.admin
             desired = {
                 vs.key: desired_service(vs, views, kernel.get(vs.key), now, admin)
-                for vs in self._services(scope)
+                for vs in self._services(rest)
             }
-            owned_here = self.owned & scope
+            owned_here = self.owned & rest
             refusals, others = {}, {}
             # Refusals of the services asked for go through this pass (those
             # of a service no longer managed are forgotten); the others stay.
@@ -699,6 +771,21 @@ class Director:
                 service = describe_subject(subject)[0]
                 (refusals if service is None or service in only else others)[subject] = refusal
         operations = plan(desired, kernel, owned_here)
+        wanted: dict[ServiceKey, dict[tuple[IPAddress, int], Destination | None]] = {}
+        if beliefs:
+            assert changed is not None
+            deletes: list[Operation] = []
+            changes: list[Operation] = []
+            for key in sorted(beliefs, key=service_sort_key):
+                have = beliefs[key].destinations
+                ids = changed[key]
+                wanted[key] = servers = desired_servers(
+                    self._by_key[key], ids, self._views(ids), have, now, self.runtime.admin
+                )
+                service_deletes, service_changes = plan_destinations(key, servers, have)
+                deletes += service_deletes
+                changes += service_changes
+            operations = [*deletes, *operations, *changes]
         if taken and not taken.keys().isdisjoint(map(service_of, operations)):
             # The caller's services are not as desired: read them after all.
             return await self.reconcile(why, only)
@@ -713,7 +800,7 @@ class Director:
         if self._timeouts_pending is not None:
             operations.insert(0, SetTimeouts(self._timeouts_pending))
         split = hold_back(operations, refusals, now)
-        owned = set(self.owned | desired.keys())
+        owned = set(self.owned | desired.keys() | beliefs.keys())
         adding = {op.service.key for op in split.send if isinstance(op, AddService)}
         # Written ahead: a crash after the kernel took a new service must not
         # leave it unowned (a restart with a config without it would orphan it).
@@ -754,9 +841,11 @@ class Director:
         unsure.update(service_of(op) for op in split.held)
         for key, want in desired.items():
             if key not in unsure:
-                self._believed[key] = ServiceEntry(
-                    want.service, tuple(map(DestinationEntry, want.destinations))
-                )
+                self._believed[key] = _Belief(want.service, {d.key: d for d in want.destinations})
+        for key, belief in beliefs.items():
+            if key not in unsure:
+                belief.take(wanted[key])
+                self._believed[key] = belief
         recorded = record(
             refusals,
             operations,

@@ -14,6 +14,7 @@ from director.ipvs.model import (
     SETTABLE_SERVICE_FLAGS,
     Destination,
     Forward,
+    IPAddress,
     Service,
     ServiceEntry,
     ServiceKey,
@@ -66,6 +67,30 @@ def plan(
         delete_destinations.extend(DeleteDestination(key, address, port) for address, port in have)
 
     return [*delete_destinations, *delete_services, *services, *destinations]
+
+
+def plan_destinations(
+    key: ServiceKey,
+    wanted: Mapping[tuple[IPAddress, int], Destination | None],
+    have: Mapping[tuple[IPAddress, int], Destination],
+) -> tuple[list[Operation], list[Operation]]:
+    """The operations that make the destinations of service `key` that
+    `wanted` names as it says (None: absent), from `have` (the service's
+    destinations by (address, port)); the service's other destinations are
+    left alone. (deletes, adds and edits): plan puts them in that order.
+    O(len(wanted))."""
+    deletes: list[Operation] = []
+    changes: list[Operation] = []
+    for (address, port), want in wanted.items():
+        current = have.get((address, port))
+        if want is None:
+            if current is not None:
+                deletes.append(DeleteDestination(key, address, port))
+        elif current is None:
+            changes.append(AddDestination(key, want))
+        elif not destination_matches(want, current):
+            changes.append(EditDestination(key, want))
+    return deletes, changes
 
 
 def service_matches(want: Service, have: Service) -> bool:

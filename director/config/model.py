@@ -154,6 +154,12 @@ class VirtualServer:
         """real_server_id of each of `real_servers`, in order (made once)."""
         return tuple(RealServerId(self.key, rs.address, rs.port) for rs in self.real_servers)
 
+    @cached_property
+    def real_server_index(self) -> dict[RealServerId, RealServer]:
+        """Each of `real_servers` by its id (made when first asked for: a
+        health pass over some of a service's servers looks them up)."""
+        return dict(zip(self.real_server_ids, self.real_servers, strict=True))
+
     @property
     def label(self) -> str:
         return service_label(self.key)

@@ -11,12 +11,17 @@ import random
 from collections.abc import Collection, Sequence
 from ipaddress import ip_address
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from engine_support import Network, running
 
+from director import engine
 from director.config import parse_config
+from director.config.model import VirtualServer
+from director.desired import DesiredService
 from director.engine import SPACING_MAX, Director
 from director.ipvs.errors import KernelError, error_for
 from director.ipvs.memory import MemoryBackend
@@ -350,3 +355,110 @@ async def test_after_a_pass_the_kernel_held_up_the_next_waits_at_most_spacing_ma
     (slow_start, slow_end), (after, _) = backend.applies[first - 1], backend.applies[first]
     assert slow_end - slow_start == 4.0
     assert slow_end + SPACING_MAX - 0.02 <= after < slow_end + 4.0
+
+
+class PlannedServices:
+    """Counts the services a pass planned as a whole (desired_service)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.services: list[ServiceKey] = []
+        whole = engine.desired_service
+
+        def counted(vs: VirtualServer, *args: Any, **kwargs: Any) -> DesiredService:
+            self.services.append(vs.key)
+            return whole(vs, *args, **kwargs)
+
+        monkeypatch.setattr(engine, "desired_service", counted)
+
+
+async def test_a_transition_plans_its_own_server_only(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pass for one server's health change plans that server's place
+    alone (O(the change), issue 8), and two changes of one service before a
+    pass go out in that one pass."""
+    backend, network = CountingKernel(), Network()
+    director = director_for(backend, network)
+    planned = PlannedServices(monkeypatch)
+    async with running(director):
+        await full_table(backend)
+        await trio.sleep(director._full_due() - trio.current_time() + 0.05)
+        before, sent, passes = len(planned.services), len(backend.sent), director._passes
+        network.down.update({ip_address("10.0.2.3"), ip_address("10.0.2.1")})
+        while backend.table()[key(1)] != {ip_address("10.0.2.2"), ip_address("10.0.2.4")}:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        assert planned.services[before:] == []
+        assert sorted(map(repr, backend.sent[sent:])) == sorted(
+            repr(DeleteDestination(key(1), ip_address(f"10.0.2.{j}"), 8001)) for j in (1, 3)
+        )
+        assert director._passes - passes <= 2
+        network.down.clear()
+        while len(backend.table()[key(1)]) < PER_SERVICE:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        assert planned.services[before:] == []
+        assert backend.sent[-1] in {
+            AddDestination(key(1), kept_destination(director, 1, ip_address(f"10.0.2.{j}")))
+            for j in (1, 3)
+        }
+
+
+async def test_a_sorry_server_service_is_planned_whole_and_takes_its_sorry_server(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quorum ties a service's servers together: a change of one server is
+    planned over the whole service, which puts the sorry server in when the
+    quorum is lost."""
+    extra = {1: f'quorum = {PER_SERVICE}\nsorry_server = {{ address = "10.0.9.9" }}'}
+    backend, network = CountingKernel(), Network()
+    director = director_for(backend, network, config_text(extra=extra))
+    planned = PlannedServices(monkeypatch)
+    async with running(director):
+        await full_table(backend)
+        await trio.sleep(director._full_due() - trio.current_time() + 0.05)
+        before = len(planned.services)
+        network.down.add(ip_address("10.0.2.3"))
+        while ip_address("10.0.9.9") not in backend.table()[key(1)]:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    assert key(1) in planned.services[before:]
+    assert ip_address("10.0.2.3") not in backend.table()[key(1)]
+
+
+async def test_a_server_back_in_a_ramping_service_ramps_up(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With slow start, the server's return is planned from its own place
+    (weight 1, the ramp's start) and the ramp's steps over the whole
+    service take it up to its weight."""
+    text = config_text(extra={1: "slow_start = 3.0"})
+    for j in range(1, PER_SERVICE + 1):
+        text = text.replace(f'address = "10.0.2.{j}"', f'address = "10.0.2.{j}"\nweight = 10')
+    backend, network = CountingKernel(), Network()
+    director = director_for(backend, network, text)
+    planned = PlannedServices(monkeypatch)
+    back = ip_address("10.0.2.3")
+
+    def weight() -> int | None:
+        (entry,) = MemoryBackend.services(backend, {key(1)})
+        return next(
+            (d.destination.weight for d in entry.destinations if d.destination.address == back),
+            None,
+        )
+
+    async with running(director):
+        await full_table(backend)
+        await trio.sleep(10)  # the start's ramp is over
+        assert weight() == 10
+        network.down.add(back)
+        while weight() is not None:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        network.down.clear()
+        while weight() is None:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        before = len(planned.services)
+        weights = [weight()]
+        while weights[-1] != 10:
+            await trio.sleep(0.25)
+            weights.append(weight())
+    assert weights[0] is not None and weights[0] < 4
+    assert weights == sorted(weights, key=lambda w: w or 0) and len(set(weights)) >= 3
+    assert key(1) in planned.services[before:]  # the ramp's steps
