@@ -11,6 +11,12 @@ count over the measuring window. CPU % is utime+stime of the daemon's process
 tree over the window (100 % = one core); memory is VmRSS at the end and VmHWM
 (peak RSS), summed over the tree.
 
+`--only keepalived-alpha` (or all three, `--only directord --only keepalived
+--only keepalived-alpha`) adds keepalived with `alpha`: every real server
+down until its first good check, which is how directord starts (plain
+keepalived puts every server in the table before any check, so its "full"
+is its start-up alone). Its "ready" is its checker process's pid file.
+
 For directord, after the window, the engine's own costs at this size (issue 8):
 
 - verdict to kernel: `--transitions` times, one real server is made to fail
@@ -69,7 +75,7 @@ from common import (
     server_namespace,
     stop_process,
 )
-from keepalived import Keepalived
+from keepalived import Keepalived, KeepalivedAlpha
 
 VIP = "10.1.0.1"
 FIRST_PORT = 20000
@@ -341,6 +347,25 @@ def measure(
                 stop_process(pid, signal.SIGKILL)
 
 
+def ratios(d: Measurement, k: Measurement) -> list[str]:
+    """directord's figures over another daemon's, as a row of the table."""
+    return [
+        f"directord/{k.name}",
+        ratio(d.probe_rate(), k.probe_rate()),
+        "",
+        ratio(d.cpu_percent, k.cpu_percent),
+        ratio(d.cpu_ms_per_probe(), k.cpu_ms_per_probe()),
+        ratio(d.rss_mib, k.rss_mib),
+        ratio(d.hwm_mib, k.hwm_mib),
+        ratio(d.ready_after, k.ready_after),
+        ratio(d.full_after, k.full_after)
+        if d.full_after is not None and k.full_after is not None
+        else "",
+        "",
+        "",
+    ]
+
+
 def report(load: Load, results: dict[str, Measurement]) -> None:
     def row(m: Measurement) -> list[str]:
         return [
@@ -358,25 +383,9 @@ def report(load: Load, results: dict[str, Measurement]) -> None:
         ]
 
     rows = [row(m) for m in results.values()]
-    if {"directord", "keepalived"} <= results.keys():
-        d, k = results["directord"], results["keepalived"]
-        rows.append(
-            [
-                "directord/keepalived",
-                ratio(d.probe_rate(), k.probe_rate()),
-                "",
-                ratio(d.cpu_percent, k.cpu_percent),
-                ratio(d.cpu_ms_per_probe(), k.cpu_ms_per_probe()),
-                ratio(d.rss_mib, k.rss_mib),
-                ratio(d.hwm_mib, k.hwm_mib),
-                ratio(d.ready_after, k.ready_after),
-                ratio(d.full_after, k.full_after)
-                if d.full_after is not None and k.full_after is not None
-                else "",
-                "",
-                "",
-            ]
-        )
+    for other in ("keepalived", "keepalived-alpha"):
+        if {"directord", other} <= results.keys():
+            rows.append(ratios(results["directord"], results[other]))
     print_table(
         f"Scale: {load.real_servers} real servers x {load.services} services, TCP check every "
         f"{load.timing.interval:g} s (target {load.target_rate:.0f} probes/s); "
@@ -419,7 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--fill-timeout", type=float, default=900.0, help="max wait for the full table (s)"
     )
-    parser.add_argument("--only", choices=("directord", "keepalived"), action="append")
+    parser.add_argument(
+        "--only", choices=("directord", "keepalived", "keepalived-alpha"), action="append"
+    )
     parser.add_argument(
         "--transitions",
         type=int,
@@ -430,7 +441,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     load = Load(args.services, args.per_service, TcpTiming(args.interval, args.timeout, 2, 1))
     limit = raise_fd_limit()
-    factories: dict[str, DaemonFactory] = {"directord": Directord, "keepalived": Keepalived}
+    factories: dict[str, DaemonFactory] = {
+        "directord": Directord,
+        "keepalived": Keepalived,
+        "keepalived-alpha": KeepalivedAlpha,
+    }
     print(
         f"scale: {load.real_servers} real servers, {load.services} services, "
         f"TCP check every {args.interval:g} s, timeout {args.timeout:g} s; "
