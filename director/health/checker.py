@@ -172,9 +172,11 @@ class Checker(Generic[K]):
         `on_start(target, lateness)` is told of each probe as it starts,
         with how many seconds after its due time (a meter: bench/checker.py).
         With `tick` > 0 (seconds), probes start on multiples of it, at most
-        one tick late, and the TCP probes' verdicts are read once a tick:
-        a few wake-ups a tick, however many probes a second, instead of a
-        few for each probe."""
+        one tick late, and the TCP and plain HTTP probes' verdicts are read
+        at most a few times a tick (watch.py's READS_A_TICK): a few wake-ups
+        a tick, however many probes a second, instead of a few for each
+        probe. At a low rate the verdicts a hand-out's connects already have
+        are read in the same wake-up (`Watcher.read_now`)."""
         self._on_transition = on_transition
         self._on_result = on_result
         self._on_start = on_start
@@ -360,12 +362,23 @@ class Checker(Generic[K]):
         earlier when needed)."""
         while True:
             end = time.perf_counter() + SLICE
+            few = True
             while len(due := schedule.due(trio.current_time(), _HAND_OUT)) == _HAND_OUT:
+                few = False
                 self._hand_out(due, keep=False)
                 if time.perf_counter() >= end:  # more are due: let the others run
                     await trio.lowlevel.checkpoint()
                     end = time.perf_counter() + SLICE
             self._hand_out(due, keep=False)
+            if due and few:
+                # What the kernel already knows of the few probes just
+                # begun (a connect nearby completes within connect(2)) is
+                # read in this wake-up, not in one of the watchers' own;
+                # many are the watchers' to read, in their slices.
+                if self._connects is not None:
+                    self._connects.read_now()
+                if self._exchanges is not None:
+                    self._exchanges.read_now()
             with trio.move_on_at(self._wake_at(schedule.next_due())) as self._sleep:
                 await trio.sleep_forever()
 

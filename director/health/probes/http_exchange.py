@@ -29,7 +29,6 @@ deadline, whatever trickles in.
 from __future__ import annotations
 
 import errno
-import math
 import os
 import select
 import socket
@@ -136,15 +135,11 @@ class Exchanges(Watcher[HttpDestination, _Exchange]):
 
     def __init__(self, batch: int = 512, tick: float = 0.0) -> None:
         """`batch`: events handled between two checkpoints of `watch`.
-        `tick` > 0 (seconds): `watch` reads at most once between two
-        multiples of `tick`. Woken by an event in a later tick than its last
-        read, it reads at once; in the same tick, it waits for the next
-        multiple, and while probes are in flight it sleeps until then
-        instead of waiting for their events: one read serves the sockets
-        that became ready meanwhile, and a lone probe costs one wake-up for
-        each of its two waits (connect, answer), each up to one tick late."""
+        `tick` > 0 (seconds): as for tcp.py's `Connects` (watch.py's
+        `Watcher._wait`): a lone probe's two waits (connect, answer) are
+        read as their events come, and a busy watcher reads about once a
+        tick."""
         super().__init__(batch, tick)
-        self._next_read = -math.inf  # with a tick: the multiple of it after the last read
 
     def _new(self, target: HttpDestination, done: ProbeDone) -> _Exchange:
         return _Exchange(target, 0.0, done)
@@ -165,16 +160,6 @@ class Exchanges(Watcher[HttpDestination, _Exchange]):
             # set reports the state a socket is in when it is added.
             return _EVENTS
         return network_failure(OSError(code, os.strerror(code)), 0.0, target.check.timing.timeout)
-
-    async def _wait(self, wake_at: float) -> None:
-        if self._pending and trio.current_time() < self._next_read:
-            await trio.sleep_until(self._next_read)
-        else:
-            await self._wait_readable(wake_at)
-            if trio.current_time() < self._next_read:
-                await trio.sleep_until(self._next_read)
-        if self._tick > 0:
-            self._next_read = (trio.current_time() // self._tick + 1) * self._tick
 
     def _handle(self, probe: _Exchange, flags: int, now: float) -> None:
         """Advance one exchange by what epoll reported; deliver its verdict

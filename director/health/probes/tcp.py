@@ -22,7 +22,6 @@ and a deadline of its own: more than the rest of the probe.
 from __future__ import annotations
 
 import errno
-import math
 import os
 import select
 import socket
@@ -123,10 +122,11 @@ class Connects(Watcher[TcpDestination, _Connect]):
 
     def __init__(self, batch: int = 512, tick: float = 0.0) -> None:
         """`batch`: verdicts delivered between two checkpoints of `watch`.
-        `tick` > 0 (seconds): once a connect is reported, `watch` waits for
-        the next multiple of `tick` before reading, so that one read serves
-        the connects that complete meanwhile (a verdict is read at most one
-        tick late; its latency includes that wait)."""
+        `tick` > 0 (seconds): `watch` makes at most READS_A_TICK rounds at
+        once between two multiples of it, and waits for the next multiple
+        past those (watch.py's `Watcher._wait`): a verdict is read at once
+        at a low rate, at most one tick late under load (its latency
+        includes that wait)."""
         super().__init__(batch, tick)
 
     def _new(self, target: TcpDestination, done: ProbeDone) -> _Connect:
@@ -149,11 +149,6 @@ class Connects(Watcher[TcpDestination, _Connect]):
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         timeout = probe.target.check.timing.timeout
         self._finish(probe, _verdict(code, now - probe.started, timeout))
-
-    async def _wait(self, wake_at: float) -> None:
-        await self._wait_readable(wake_at)
-        if self._tick > 0:
-            await trio.sleep_until(math.ceil(trio.current_time() / self._tick) * self._tick)
 
 
 def _verdict(code: int, latency: float, timeout: float) -> ProbeResult:

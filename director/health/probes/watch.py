@@ -10,7 +10,8 @@ checkpoint after each SLICE of that work),
 cancellation and the closing of every socket when `watch` ends. Each
 subclass keeps its own protocol steps: how a probe opens its socket
 (`_open`), what the watcher does with an event (`_handle`), how it waits
-between rounds (`_wait`). `awaited` runs one probe for one caller through
+between rounds (`_wait`). `read_now` reads, in the starter's task, what
+the kernel already reports of probes just begun. `awaited` runs one probe for one caller through
 the run's own watcher, which a system task watches (`run_watcher`).
 """
 
@@ -44,6 +45,14 @@ ProbeDone = Callable[[ProbeResult], None]
 # at least this often. Counted in probes, a batch of 512 was 0.5-1 s of work
 # in the VM at 10,000 real servers, and each await of a pass waited that long.
 SLICE = 0.005
+# Rounds of `watch` that go at once, when their events come, between two
+# multiples of the tick: two serve a probe alone whose two waits (connect,
+# answer) fall in one tick, and bound a busy watcher to twice the tick's
+# rate of reads.
+READS_A_TICK = 2
+# Events `read_now` handles at most: it runs in the starter's task, with no
+# checkpoint (a busy watcher reads in its own rounds).
+READ_NOW = 16
 
 
 class Target(Protocol):
@@ -111,6 +120,10 @@ class Watcher(Generic[T, P]):
         self._bugs = BugLog()
         self._closed = False
         self._slice_end = 0.0  # when `watch` next checkpoints (time.perf_counter)
+        # With a tick: the multiple of it after the last round, and how many
+        # rounds went since the one before it (`_wait`).
+        self._next_tick = -math.inf
+        self._reads = 0
 
     @property
     def in_flight(self) -> int:
@@ -154,8 +167,84 @@ class Watcher(Generic[T, P]):
         raise NotImplementedError
 
     async def _wait(self, wake_at: float) -> None:
-        """Wait until the next round: by default, for an event or `wake_at`."""
-        await self._wait_readable(wake_at)
+        """Wait until the next round: for an event or `wake_at`. With a tick,
+        at most READS_A_TICK rounds go at once between two multiples of it;
+        past those, the next round waits for the next multiple (while probes
+        are in flight it sleeps until then rather than wait for their
+        events: one round serves every socket that became ready meanwhile).
+        So a busy watcher reads about once a tick, however many probes a
+        second, and an idle one answers an event at once: a probe alone
+        costs a wake-up for each of its events, not also a timed wake-up
+        for each (a timed wake-up of an idle process costs trio more than
+        the probe's own Python)."""
+        tick = self._tick
+        if tick <= 0:
+            await self._wait_readable(wake_at)
+            return
+        if self._reads >= READS_A_TICK and trio.current_time() < self._next_tick:
+            if self._pending:
+                await trio.sleep_until(self._next_tick)
+            else:
+                await self._wait_readable(wake_at)
+                if trio.current_time() < self._next_tick:
+                    await trio.sleep_until(self._next_tick)
+        else:
+            await self._wait_readable(wake_at)
+            if self._reads >= READS_A_TICK and trio.current_time() < self._next_tick:
+                await trio.sleep_until(self._next_tick)
+        now = trio.current_time()
+        if now >= self._next_tick:
+            self._next_tick = (now // tick + 1) * tick
+            self._reads = 0
+        self._reads += 1
+
+    def read_now(self) -> None:
+        """Deliver the verdicts the kernel already has (at most READ_NOW),
+        from the caller's task: for the starter of probes, right after
+        starting them (a connect to a host nearby has completed by then),
+        so that a probe alone needs no wake-up of `watch` of its own. Does
+        nothing unless `watch` is waiting for events and, with a tick, has
+        a round of the tick left (the read is one). The deliveries are as
+        `watch` makes them; probes started meanwhile, and sockets to read
+        again, are left to `watch`, which is woken for them."""
+        if self._sleep is None or self._reading or self._closed:
+            return
+        tick = self._tick
+        if tick > 0:
+            now = trio.current_time()
+            if now >= self._next_tick:
+                self._next_tick = (now // tick + 1) * tick
+                self._reads = 0
+            if self._reads >= READS_A_TICK:
+                return
+            self._reads += 1
+        events = self._epoll.poll(0, READ_NOW)
+        if not events:
+            return
+        now = trio.current_time()
+        pending = self._pending
+        self._reading = True
+        try:
+            for fd, flags in events:
+                ready = pending.get(fd)
+                if ready is not None:
+                    self._handle(ready, flags, now)
+        finally:
+            self._reading = False
+            sleep = self._sleep
+            if sleep is not None:
+                # `watch` waits until the earliest deadline of a probe still
+                # in flight (not one just read: a wake-up for nothing), or
+                # not at all for the work left to it.
+                if self._deferred or self._again or self._known:
+                    sleep.deadline = -math.inf
+                else:
+                    deadlines = self._deadlines
+                    while deadlines and deadlines[0][2].sock is None:
+                        heapq.heappop(deadlines)  # that probe is over
+                    wake_at = deadlines[0][0] if deadlines else math.inf
+                    if sleep.deadline != wake_at:
+                        sleep.deadline = wake_at
 
     async def _wait_readable(self, wake_at: float) -> None:
         with trio.move_on_at(wake_at) as self._sleep:

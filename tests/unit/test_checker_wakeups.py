@@ -1,0 +1,133 @@
+"""Wake-ups per probe at low rates (issue 8): with the daemon's tick, a TCP
+probe alone is begun and its verdict read in one wake-up of the scheduler
+(checker.py's `read_now` after a hand-out), and a watcher answers an event
+at once unless it already made READS_A_TICK rounds in that tick (watch.py):
+a busy watcher still reads about once a tick. Counted with an instrument
+under the autojump clock, against real loopback sockets."""
+
+from __future__ import annotations
+
+import collections
+import random
+import socket
+from collections.abc import Iterator
+from ipaddress import ip_address
+
+import pytest
+import trio
+import trio.testing
+
+from director.health.checker import Checker, Target
+from director.health.probes.tcp import Connects, destination
+from director.health.probes.watch import READS_A_TICK
+from director.health.result import ProbeResult
+from director.health.spec import TcpCheck, Timing
+from director.health.state import HealthState
+
+HERE = ip_address("127.0.0.1")
+TICK = 0.01  # the daemon's: engine.CHECK_TICK
+
+
+@pytest.fixture
+def listening_port() -> Iterator[int]:
+    """A loopback port whose listener never accepts: connects complete in
+    its backlog, within connect(2)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1024)
+        yield server.getsockname()[1]
+
+
+class Steps(trio.abc.Instrument):
+    """Task steps by the task's function name."""
+
+    def __init__(self) -> None:
+        self.steps: collections.Counter[str] = collections.Counter()
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps[task.name.rsplit(".", 1)[-1]] += 1
+
+
+async def test_a_tcp_probe_alone_is_begun_and_read_in_one_wake_up(
+    listening_port: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Ten targets, one probe each a second, at random within it: most
+    # ticks have one probe due.
+    # (Distinct timeouts make distinct targets on the one port.)
+    targets: dict[int, Target] = {
+        n: (TcpCheck(timing=Timing(interval=1.0, timeout=0.5 + n / 100)), HERE, listening_port)
+        for n in range(10)
+    }
+    results: list[tuple[float, ProbeResult]] = []
+    lateness: list[float] = []
+
+    def on_result(key: int, before: HealthState, after: HealthState) -> None:
+        assert after.last is not None
+        results.append((trio.current_time(), after.last))
+
+    def on_start(target: Target, late: float) -> None:
+        lateness.append(late)
+
+    checker: Checker[int] = Checker(
+        on_result=on_result, on_start=on_start, rng=random.Random(3), tick=TICK
+    )
+    checker.set_targets(targets)
+    steps = Steps()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(checker.run)
+        await trio.sleep(1.0)  # every target's first probe
+        results.clear()
+        lateness.clear()
+        trio.lowlevel.add_instrument(steps)
+        await trio.sleep(5.0)
+        trio.lowlevel.remove_instrument(steps)
+        nursery.cancel_scope.cancel()
+    assert 45 <= len(results) <= 55
+    assert all(result.ok for _, result in results)
+    # Read in the wake-up that began it: no time passed.
+    assert all(result.latency == 0 for _, result in results)
+    # Starts as late as before: at most one tick.
+    assert len(lateness) >= len(results)
+    assert max(lateness) <= TICK
+    # One step of the scheduler for each tick with a probe due (at most one
+    # a probe), and the watcher is not woken for them at all.
+    assert steps.steps["_dispatch"] + steps.steps["run"] <= len(results)
+    assert steps.steps["watch"] == 0
+
+
+async def test_an_event_is_read_at_once_unless_the_tick_had_its_rounds(
+    listening_port: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Probes begun one at a time, 1 ms apart, in a 1 s tick, through
+    Connects itself (no `read_now`): the first READS_A_TICK verdicts are
+    read as their connects complete; the others wait for the next tick."""
+    tick = 1.0
+    connects = Connects(tick=tick)
+    where = destination(TcpCheck(timing=Timing(timeout=5.0)), HERE, listening_port)
+    verdicts: list[tuple[float, ProbeResult]] = []
+
+    def done(result: ProbeResult) -> None:
+        verdicts.append((trio.current_time(), result))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connects.watch)
+        await trio.sleep_until(10.5)
+        for _ in range(5):
+            connects.start(where, done)
+            await trio.sleep(0.001)
+        await trio.sleep_until(12.5)
+        for _ in range(3):  # a new tick: at once again
+            connects.start(where, done)
+            await trio.sleep(0.001)
+        await trio.sleep_until(13.5)
+        nursery.cancel_scope.cancel()
+    assert all(result.ok for _, result in verdicts)
+    read_at = [round(at, 6) for at, _ in verdicts]
+    first = [10.5 + 0.001 * n for n in range(READS_A_TICK)]
+    assert read_at[:READS_A_TICK] == pytest.approx(first)
+    assert read_at[READS_A_TICK:5] == [11.0] * (5 - READS_A_TICK)
+    assert read_at[5:5 + READS_A_TICK] == pytest.approx([12.5 + 0.001 * n for n in range(READS_A_TICK)])  # fmt: skip
+    assert read_at[5 + READS_A_TICK :] == [13.0] * (3 - READS_A_TICK)
+    # The latency is the wait for the read.
+    assert [result.latency for _, result in verdicts][:READS_A_TICK] == [0.0] * READS_A_TICK
+    assert verdicts[4][1].latency == pytest.approx(11.0 - 10.504)
