@@ -257,3 +257,53 @@ async def test_a_watcher_that_ended_refuses_new_exchanges() -> None:
     assert target is not None
     with pytest.raises(trio.ClosedResourceError):
         exchanges.start(target, lambda result: None)
+
+
+class _Steps(trio.abc.Instrument):
+    """When the tasks named `name` take steps."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.times = name, list[float]()
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith(self.name):
+            self.times.append(trio.current_time())
+
+
+async def test_a_probe_alone_is_read_as_its_answer_comes(serve: Serve, autojump_clock: trio.testing.MockClock) -> None:  # fmt: skip
+    """At the daemon's tick, a lone probe's request goes in the scheduler's
+    wake-up (read_now), and the watcher wakes once, for the answer, and
+    reads it at once: not at the next tick, nor once more for the end of
+    the stream after a head already judged."""
+    port = await serve(healthy)
+    steps = _Steps(".watch")
+    trio.lowlevel.add_instrument(steps)
+    try:
+        results = await run_checker({"a": (HttpCheck(timing=Timing(interval=1.0)), port)}, 5.5)
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert len(results["a"]) in (5, 6)
+    assert all(r.ok and r.latency == 0 for r in results["a"])
+    # After the first probe (which starts the HTTP watcher) and before the
+    # end (its cancellation): one step for each probe, its answer.
+    assert len([t for t in steps.times if 1.0 < t < 5.0]) == 4
+
+
+async def test_an_answer_later_in_the_tick_is_read_as_it_comes(serve: Serve, autojump_clock: trio.testing.MockClock) -> None:  # fmt: skip
+    """A server that answers 3 ms after the request (in the same 10 ms
+    tick): the answer is read as it comes, in one wake-up of the watcher,
+    not at the next tick."""
+
+    async def later(stream: trio.SocketStream) -> None:
+        await trio.sleep(0.003)
+        await stream.send_all(OK)
+
+    port = await serve(later)
+    steps = _Steps(".watch")
+    trio.lowlevel.add_instrument(steps)
+    try:
+        results = await run_checker({"a": (HttpCheck(timing=Timing(interval=1.0)), port)}, 5.5)
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert all(r.ok and r.latency == pytest.approx(0.003) for r in results["a"])
+    assert len([t for t in steps.times if 1.0 < t < 5.0]) == 4

@@ -194,12 +194,14 @@ class Exchanges(Watcher[HttpDestination, _Exchange]):
                 data = sock.recv(READ_SIZE)
             except BlockingIOError:
                 return None
-            if len(data) == READ_SIZE or (data and flags & _CLOSED):
-                # More may wait (data, or the end of the stream after the
-                # data just read), and no new edge would say so.
-                self._again.append(exchange)
             receive(conn, data)
             response = next_response(conn)
+            if response is None and (len(data) == READ_SIZE or (data and flags & _CLOSED)):
+                # More may wait (data, or the end of the stream after the
+                # data just read), and no new edge would say so. (Not once
+                # judged: a round for a closed socket is a wake-up for
+                # nothing, a tick later when the tick's rounds are spent.)
+                self._again.append(exchange)
         except OSError as exc:
             return network_failure(exc, now - exchange.started, timeout)
         except h11.RemoteProtocolError as e:

@@ -177,26 +177,25 @@ class Watcher(Generic[T, P]):
         costs a wake-up for each of its events, not also a timed wake-up
         for each (a timed wake-up of an idle process costs trio more than
         the probe's own Python)."""
-        tick = self._tick
-        if tick <= 0:
+        if self._tick <= 0:
             await self._wait_readable(wake_at)
             return
-        if self._reads >= READS_A_TICK and trio.current_time() < self._next_tick:
-            if self._pending:
-                await trio.sleep_until(self._next_tick)
-            else:
-                await self._wait_readable(wake_at)
-                if trio.current_time() < self._next_tick:
-                    await trio.sleep_until(self._next_tick)
+        if self._spent() and self._pending:
+            await trio.sleep_until(self._next_tick)
         else:
             await self._wait_readable(wake_at)
-            if self._reads >= READS_A_TICK and trio.current_time() < self._next_tick:
+            if self._spent():  # (read_now may have spent them meanwhile)
                 await trio.sleep_until(self._next_tick)
+        self._spent()  # after a sleep: a new tick, whose count starts
+        self._reads += 1
+
+    def _spent(self) -> bool:
+        """Whether this tick had its READS_A_TICK rounds (with a tick)."""
         now = trio.current_time()
         if now >= self._next_tick:
-            self._next_tick = (now // tick + 1) * tick
+            self._next_tick = (now // self._tick + 1) * self._tick
             self._reads = 0
-        self._reads += 1
+        return self._reads >= READS_A_TICK
 
     def read_now(self) -> None:
         """Deliver the verdicts the kernel already has (at most READ_NOW),
@@ -207,15 +206,10 @@ class Watcher(Generic[T, P]):
         a round of the tick left (the read is one). The deliveries are as
         `watch` makes them; probes started meanwhile, and sockets to read
         again, are left to `watch`, which is woken for them."""
-        if self._sleep is None or self._reading or self._closed:
+        if self._sleep is None or self._reading or self._closed or not self._pending:
             return
-        tick = self._tick
-        if tick > 0:
-            now = trio.current_time()
-            if now >= self._next_tick:
-                self._next_tick = (now // tick + 1) * tick
-                self._reads = 0
-            if self._reads >= READS_A_TICK:
+        if self._tick > 0:
+            if self._spent():
                 return
             self._reads += 1
         events = self._epoll.poll(0, READ_NOW)
