@@ -22,7 +22,8 @@ Then, on the same daemon, one line (`-a` of one more real server): its
 CPU, its commit, the checker's part, the state file and the pass ("one ...":
 what a change costs once the daemon holds the -R's thousands of servers).
 
-With --profile, the last round's commit runs under cProfile (printed); with
+With --profile, the last round's commit runs under cProfile (printed), with
+--profile-all its whole -R (SORT and TOP: pstats' order and row count); with
 --no-gc, the garbage collector is off during the -R (the daemon's has it on:
 its full collections land in whichever part allocates at the time). The
 daemon holds the collector off during a -R itself (director.control.handler
@@ -118,7 +119,7 @@ def timed_async(
 
 
 async def one_round(
-    text: str, workdir: Path, profile: bool, collect: bool, freeze: bool
+    text: str, workdir: Path, profile: bool, collect: bool, freeze: bool, profile_all: bool = False
 ) -> dict[str, float]:
     timing = TcpTiming(interval=60.0)
     config = parse_config(directord_config([], timing, workdir))
@@ -160,10 +161,16 @@ async def one_round(
         samples.clear()
         if not collect:
             gc.disable()
+        whole = cProfile.Profile() if profile_all else None
         began = time.thread_time()
         try:
+            if whole is not None:
+                whole.enable()
             response = await controller.handle(Request(argv=("-R",), args={"stdin": text}), ROOT)
         finally:
+            if whole is not None:
+                whole.disable()
+                profiler = whole
             gc.enable()
         samples["restore"] = time.thread_time() - began
         if collect:
@@ -213,7 +220,14 @@ async def main_async(args: argparse.Namespace) -> None:
         gc.collect()  # the previous rounds' garbage: each round is a fresh daemon
         with tempfile.TemporaryDirectory(prefix="director-bench-restore-") as tmp:
             last = round_ == args.rounds - 1
-            samples = await one_round(text, Path(tmp), args.profile and last, args.gc, args.freeze)
+            samples = await one_round(
+                text,
+                Path(tmp),
+                args.profile and last,
+                args.gc,
+                args.freeze,
+                args.profile_all and last,
+            )
         rounds.append(samples)
         print(
             f"round {round_ + 1}: "
@@ -236,7 +250,10 @@ def main() -> None:
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--dests", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="cProfile of the last commit")
+    parser.add_argument(
+        "--profile-all", action="store_true", help="cProfile of the last round's whole -R"
+    )
     parser.add_argument(
         "--gc",
         action=argparse.BooleanOptionalAction,
