@@ -37,7 +37,7 @@ from director.config.model import (
     SyncSettings,
     VirtualServer,
 )
-from director.config.reader import Problems, Table
+from director.config.reader import Problems, Table, entry_name
 from director.health.spec import Check, TcpCheck
 from director.ipvs.facts import (
     FWMARK_MAX,
@@ -143,25 +143,32 @@ def parse_config(
 
 
 def _parse_config(text: str, source: str, modules: KernelModules | None) -> Config:
+    if modules is None:
+        modules = kernel_modules()
     try:
-        data = tomli.loads(text)
+        data, pieces = _load(text, modules)
     except tomli.TOMLDecodeError as e:
         raise ConfigError([f"TOML syntax error: {e}"], source) from e
     except RecursionError as e:  # tomli's bound on nested inline arrays and tables
         raise ConfigError([f"TOML too deeply nested: {e}"], source) from e
-    if modules is None:
-        modules = kernel_modules()
     problems = Problems()
     root = Table(data, "", problems)
     bgp = parse_bgp(root.table("bgp"))
+    tables: list[tuple[bytes, Table | _Memory]]
+    if pieces is None:
+        tables = [(_digest(t.data), t) for t in root.tables("virtual_server")]
+    else:
+        root.raw("virtual_server")
+        tables = [
+            (digest, _piece_table(piece, i, problems) if isinstance(piece, dict) else piece)
+            for i, (digest, piece) in enumerate(pieces)
+        ]
     config = Config(
         ipvs=_ipvs(root.table("ipvs")),
         control=_control(root.table("control")),
         daemon=_daemon(root.table("daemon")),
         metrics=_metrics(root.table("metrics")),
-        virtual_servers=_virtual_servers(
-            root.tables("virtual_server"), problems, modules, bgp, bgp_invalid="bgp" in data
-        ),
+        virtual_servers=_virtual_servers(tables, problems, modules, bgp, bgp_invalid="bgp" in data),
         bgp=bgp,
         source=source,
     )
@@ -397,6 +404,83 @@ def _listen_problem(listen: str) -> str:
     return "not an endpoint"
 
 
+# A [[virtual_server]] header (at a line's start) and the rest of its line;
+# a line that opens anything but a virtual server's sub-table (another
+# table, an array's element on a line of its own): see _cut.
+_VS_HEADER = "[[virtual_server]]"
+_HEADER_END = re.compile(r"[ \t]*(?:#[^\n]*)?(?:\n|\Z)")
+_FOREIGN_LINE = re.compile(r"\n[ \t]*\[(?!\[?[ \t]*virtual_server[ \t]*[.\]])")
+
+
+def _cut(text: str) -> tuple[str, list[str]] | None:
+    """`text` cut before each `[[virtual_server]]` header that starts a
+    line: the text before the first, and each virtual server's own (its
+    header, its keys, its sub-tables). Each piece is then a TOML document of
+    its own that says what it says in `text`. None when the text cannot be
+    cut so: a multi-line string (it could hold such a line), no virtual
+    server, or a line after the first one that opens anything but a virtual
+    server's sub-table or header. (A header written otherwise, with spaces
+    or quotes, stays inside a piece, whose own parse then finds two virtual
+    servers or an error: _load reads the whole text.) O(len(text)) in C:
+    str.find and one regex search."""
+    if '"""' in text or "'''" in text:
+        return None
+    starts = [0] if text.startswith(_VS_HEADER) else []
+    at = text.find("\n" + _VS_HEADER)
+    while at != -1:
+        starts.append(at + 1)
+        at = text.find("\n" + _VS_HEADER, at + 1)
+    if not starts or _FOREIGN_LINE.search(text, max(starts[0] - 1, 0)) is not None:
+        return None
+    for start in starts:
+        if _HEADER_END.match(text, start + len(_VS_HEADER)) is None:
+            return None
+    ends = [*starts[1:], len(text)]
+    return text[: starts[0]], [text[a:b] for a, b in zip(starts, ends, strict=True)]
+
+
+def _load(
+    text: str, modules: KernelModules
+) -> tuple[dict[str, object], list[tuple[bytes, _Memory | dict[str, object]]] | None]:
+    """tomli.loads(text), or, when the text can be cut at its virtual
+    servers (_cut): the document without them and each virtual server's
+    piece, as (digest of its text, the virtual server a previous parse made
+    of the same text at the same position, or its table): a reload of a
+    large file where one real server changed reads that one piece again.
+    Raises what tomli raises, for the whole text (its line numbers)."""
+    cut = _cut(text)
+    if cut is None:
+        return tomli.loads(text), None
+    head, texts = cut
+    try:
+        data = tomli.loads(head)
+        if "virtual_server" in data:
+            return tomli.loads(text), None
+        pieces: list[tuple[bytes, _Memory | dict[str, object]]] = []
+        for i, piece in enumerate(texts):
+            digest = hashlib.blake2b(piece.encode(), digest_size=16).digest()
+            memory = _REMEMBERED.get(i, digest, modules)
+            if memory is not None:
+                pieces.append((digest, memory))
+                continue
+            tables = tomli.loads(piece).get("virtual_server")
+            if not (isinstance(tables, list) and len(tables) == 1 and isinstance(tables[0], dict)):
+                return tomli.loads(text), None
+            pieces.append((digest, tables[0]))
+    except tomli.TOMLDecodeError:
+        return tomli.loads(text), None  # its error, with the whole text's line numbers
+    return data, pieces
+
+
+def _piece_table(data: dict[str, object], i: int, problems: Problems) -> Table:
+    """A virtual server's table, as Table.tables names it."""
+    where = f"virtual_server[{i}]"
+    what = entry_name(data)
+    if what is not None:
+        problems.name_entry(where, what)
+    return Table(data, where, problems)
+
+
 class _Remembered:
     """The virtual servers of the last parse that found no problem in them,
     with a digest of the TOML tables they came from, by position: a reload
@@ -408,18 +492,23 @@ class _Remembered:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: list[tuple[bytes, KernelModules, VirtualServer] | None] = []
+        self._entries: list[_Memory | None] = []
 
-    def get(self, i: int, digest: bytes, modules: KernelModules) -> VirtualServer | None:
+    def get(self, i: int, digest: bytes, modules: KernelModules) -> _Memory | None:
+        """What position `i` held, if its digest and the modules match."""
         with self._lock:
             entry = self._entries[i] if i < len(self._entries) else None
         if entry is not None and entry[0] == digest and entry[1] == modules:
-            return entry[2]
+            return entry
         return None
 
-    def keep(self, entries: list[tuple[bytes, KernelModules, VirtualServer] | None]) -> None:
+    def keep(self, entries: list[_Memory | None]) -> None:
         with self._lock:
             self._entries = entries
+
+
+# (digest, the kernel's modules, the virtual server, its entry name)
+_Memory = tuple[bytes, KernelModules, VirtualServer, str | None]
 
 
 _REMEMBERED = _Remembered()
@@ -450,48 +539,53 @@ def _looks_up_users(data: Mapping[str, object]) -> bool:
 
 
 def _virtual_servers(
-    tables: list[Table],
+    pieces: list[tuple[bytes, Table | _Memory]],
     problems: Problems,
     modules: KernelModules,
     bgp: BgpSettings | None = None,
     *,
     bgp_invalid: bool = False,
 ) -> tuple[VirtualServer, ...]:
-    """`bgp_invalid`: [bgp] is there but wrong (its own errors say why; a
-    service's `bgp = true` is not also called wrong for it)."""
+    """Each virtual server from its table, or as a previous parse made it
+    (_load), with the digest it is remembered by. `bgp_invalid`: [bgp] is
+    there but wrong (its own errors say why; a service's `bgp = true` is not
+    also called wrong for it)."""
     result: list[VirtualServer] = []
     seen: dict[ServiceKey, str] = {}
     vips: dict[IPAddress, tuple[str, str]] = {}  # address -> (interface, path) first named
-    remembered: list[tuple[bytes, KernelModules, VirtualServer] | None] = []
-    for i, table in enumerate(tables):
-        digest = _digest(table.data)
-        vs = _REMEMBERED.get(i, digest, modules)
-        if vs is None:
+    remembered: list[_Memory | None] = []
+    for i, (digest, piece) in enumerate(pieces):
+        path = f"virtual_server[{i}]"
+        memory = piece if isinstance(piece, tuple) else _REMEMBERED.get(i, digest, modules)
+        vs: VirtualServer | None
+        if memory is not None:
+            vs, name = memory[2], memory[3]
+            if name is not None:
+                problems.name_entry(path, name)
+            remembered.append(memory)
+        else:
+            assert isinstance(piece, Table)
             before = len(problems)
-            vs = _virtual_server(table, modules)
+            vs = _virtual_server(piece, modules)
             clean = vs is not None and len(problems) == before
             remembered.append(
-                (digest, modules, vs)
-                if clean and vs is not None and not _looks_up_users(table.data)
+                (digest, modules, vs, entry_name(piece.data))
+                if clean and vs is not None and not _looks_up_users(piece.data)
                 else None
             )
-        else:
-            remembered.append((digest, modules, vs))
         if vs is None:
             continue
         if vs.key in seen:
-            problems.add(
-                table.path, f"duplicate virtual service {vs.label} (first at {seen[vs.key]})"
-            )
+            problems.add(path, f"duplicate virtual service {vs.label} (first at {seen[vs.key]})")
             continue
-        seen[vs.key] = table.path
+        seen[vs.key] = path
         if vs.vip_interface is not None and vs.key.address is not None:
-            first = vips.setdefault(vs.key.address, (vs.vip_interface, table.path))
+            first = vips.setdefault(vs.key.address, (vs.vip_interface, path))
             if first[0] != vs.vip_interface:
                 # One address is one VIP (services on it share it): on two
                 # interfaces each copy would follow only its own services.
                 problems.add(
-                    f"{table.path}.vip_interface",
+                    f"{path}.vip_interface",
                     f"{vs.key.address} is already the VIP on {first[0]!r} "
                     f"(at {first[1]}): one address, one vip_interface",
                     vs.vip_interface,
@@ -502,7 +596,7 @@ def _virtual_servers(
         else:
             problem = None
         if problem is not None:
-            problems.add(f"{table.path}.bgp", problem, True)
+            problems.add(f"{path}.bgp", problem, True)
             continue
         result.append(vs)
     _REMEMBERED.keep(remembered)
