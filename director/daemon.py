@@ -14,21 +14,31 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-import trio
+from director.lazyimport import standing_in
 
-from director import log, metrics, statefile
-from director.bird import Bird
-from director.config import Config, ConfigError, load_config
-from director.control import server
-from director.control.handler import Controller
-from director.engine import Director
-from director.ipvs.errors import KernelError
-from director.ipvs.netlink import NetlinkBackend
-from director.ipvsadm import SystemNames
-from director.kernel import KernelTable
-from director.rlimits import raise_nofile_limit
-from director.rtnl import Rtnl
-from director.sdnotify import Notifier, watchdog_interval
+# trio imports ssl (its TLS streams) and hmac (DTLS cookies) at its top, and
+# the probes' modules import ssl: with OpenSSL's libraries, about 4 MiB of a
+# daemon checking plain TCP, which never uses them (issue 8's RSS). Imported
+# here, they get stand-ins that import the real modules at first use (an
+# HTTPS check's context, a TLS error to look at). Where a module touches one
+# at its import (a type alias of ssl.SSLContext) or for every failed probe
+# (isinstance of ssl.SSLError), the real module comes in then.
+with standing_in("ssl", "hmac", "hashlib"):
+    import trio
+
+    from director import log, metrics, statefile
+    from director.bird import Bird
+    from director.config import Config, ConfigError, load_config
+    from director.control import server
+    from director.control.handler import Controller
+    from director.engine import Director
+    from director.ipvs.errors import KernelError
+    from director.ipvs.netlink import NetlinkBackend
+    from director.ipvsadm import SystemNames
+    from director.kernel import KernelTable
+    from director.rlimits import raise_nofile_limit
+    from director.rtnl import Rtnl
+    from director.sdnotify import Notifier, watchdog_interval
 
 DEFAULT_CONFIG = "/etc/director/director.toml"
 
