@@ -37,7 +37,13 @@ from director.config import ConfigError, RealServerId, load_config, parse_config
 from director.control.messages import Peer, Request, Response
 from director.desired import AdminState
 from director.engine import Director, ReloadSummary
-from director.ipvs.errors import BatchError, IPVSError, KernelError, ipvsadm_message
+from director.ipvs.errors import (
+    AcknowledgementsLost,
+    BatchError,
+    IPVSError,
+    KernelError,
+    ipvsadm_message,
+)
 from director.ipvs.model import ServiceEntry, ServiceKey
 from director.ipvs.ops import (
     AddDestination,
@@ -229,10 +235,19 @@ class Controller:
 
         async def restore() -> None:
             nonlocal stopped
+            nonlocal total
             times["job"] = time.perf_counter()
-            work = _Work(self)
+            work = _Work(self, deferring=True)
             try:
-                stopped = await self._restore_lines(steps, work, total)
+                try:
+                    stopped = await self._restore_lines(steps, work, total)
+                except _Replay:
+                    # A kernel probe sent with others failed: the services
+                    # they added are gone again, and the lines run again
+                    # with each probe sent in its turn.
+                    self._log_sent(work)
+                    work, total = _Work(self), _Outcome()
+                    stopped = await self._restore_lines(steps, work, total)
                 times["lines"] = time.perf_counter()
                 await self._commit(work, total, peer, {"argv": ["-R"], "lines": len(steps)})
                 times["commit"] = time.perf_counter()
@@ -287,6 +302,7 @@ class Controller:
                 total.stderr += step.message
                 total.status = step.status
                 if step.fatal:
+                    work.flush()
                     return True
             elif isinstance(step, Apply):
                 op = step.operation
@@ -301,6 +317,7 @@ class Controller:
                         total.status = KERNEL_ERROR
                 else:
                     total.add(self._change(op, work))
+        work.flush()  # before a listing, or the commit
         return False
 
     def _change(self, op: Operation, work: _Work) -> _Outcome:
@@ -319,6 +336,7 @@ class Controller:
         if isinstance(op, AddService) and op.service.key in self.director.foreign:
             # Flushed by -C while it was someone else's: -R puts it back as
             # theirs, not as a new service of ours.
+            work.flush()  # before the change below: a replay starts from scratch
             self.director.foreign.discard(op.service.key)
             return self._to_kernel(op, work)
         if not is_managed(op, work.layer, kernel, work.owned):
@@ -329,7 +347,10 @@ class Controller:
         first: Operation | None = op if isinstance(op, SetTimeouts) else kernel_probe(op, kernel)
         if first is not None and first is not op and work.layer.refusal(op) is not None:
             first = None  # refused before the kernel would look at the scheduler
-        if first is not None:
+        if isinstance(first, AddService) and work.deferring:
+            work.defer(first)  # sent with the others (work.flush)
+            work.probed.add(first.service.key)
+        elif first is not None:
             outcome = self._to_kernel(first, work)
             if outcome.status:
                 return outcome
@@ -349,6 +370,7 @@ class Controller:
         return _Outcome(changed=True)
 
     def _to_kernel(self, op: Operation, work: _Work) -> _Outcome:
+        work.flush()
         try:
             self.director.kernel.backend.apply([op])
         except BatchError as error:
@@ -650,8 +672,21 @@ class _Work:
     most once and kept up to date with the operations it sends straight to
     the kernel."""
 
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: Controller, *, deferring: bool = False) -> None:
+        """`deferring`: the kernel probes that add services (kernel_probe's
+        AddService for a managed -A) wait in `defer` until `flush` sends
+        them all at once (one netlink send for hundreds: a -R's thousand
+        -A lines cost 1.0 s of the VM's CPU one send each, 0.4-0.9 s in
+        one), as if each had been taken; a `flush` where one was refused
+        deletes the others' services and raises _Replay, for the caller
+        to run the lines again with a new _Work that sends each probe in
+        its turn (the kernel's error then answers its own line, and the
+        lines after it see the kernel as it is). A flush comes before any
+        other operation goes to the kernel, and after it nothing more is
+        deferred: a replay starts from the kernel as the request found it."""
         self._controller = controller
+        self.deferring = deferring
+        self._deferred: list[AddService] = []
         director = controller.director
         # Schedulers and engines are the kernel's to judge (kernel_probe).
         self.runtime = director.runtime  # the layer this request started from
@@ -693,6 +728,42 @@ class _Work:
             raise self._failure or RuntimeError("read_keys was not awaited")
         return self._keys
 
+    def defer(self, probe: AddService) -> None:
+        """Take `probe` as sent and taken (until `flush`)."""
+        self._deferred.append(probe)
+        self.applied(probe)
+        self.sent.append(probe)
+
+    def flush(self) -> None:
+        """Send the deferred probes (blocking: from the worker thread); no
+        more are deferred after this. Raises _Replay when one of them was
+        refused or its outcome is unknown, after deleting the services the
+        others added (`sent` then holds exactly what the kernel took)."""
+        self.deferring = False
+        probes, self._deferred = self._deferred, []
+        if not probes:
+            return
+        backend = self._controller.director.kernel.backend
+        unknown: list[AddService] = []
+        try:
+            outcomes: Sequence[KernelError | None] = backend.apply_each(probes)
+        except AcknowledgementsLost as lost:
+            # Those from the first lost acknowledgement on may have been taken.
+            outcomes, unknown = lost.known, probes[len(lost.known) :]
+        except KernelError:  # nothing was sent
+            outcomes = [None]
+        if len(outcomes) == len(probes) and not any(outcomes):
+            return
+        # Deleted again: only what this request added (a refusal may be
+        # EEXIST for a service someone else made meanwhile).
+        taken = [p for p, outcome in zip(probes, outcomes, strict=False) if outcome is None]
+        undo = [DeleteService(p.service.key) for p in taken + unknown]
+        undone = backend.apply_each(undo) if undo else []
+        deleted = [op for op, out in zip(undo, undone, strict=True) if out is None]
+        gone = {op.key for op in deleted}
+        self.sent = [*taken, *(p for p in unknown if p.service.key in gone), *deleted]
+        raise _Replay
+
     def unknown(self, op: Operation) -> None:
         """`op` failed, or its outcome is unknown: its service's state is."""
         key = service_of(op)
@@ -716,6 +787,11 @@ class _Work:
             self._keys.discard(op.key)
         elif isinstance(op, Flush):
             self._keys.clear()
+
+
+class _Replay(Exception):
+    """A deferred kernel probe was refused (_Work.flush): run the lines
+    again, each probe sent in its turn."""
 
 
 class _Union(Set[ServiceKey]):

@@ -458,14 +458,18 @@ async def test_restore_is_the_same_as_one_request_per_line_but_one_pass(
     saved = [statefile.load(tmp_path / d / "state.json").layer for d in ("lines", "restore")]
     assert saved[0] == saved[1] and not saved[0].empty
     assert table == expected_table and "-a -t 10.0.0.29:80 -r 10.0.2.1:80 -m -w 1\n" in table
-    # Lines went to the kernel one at a time only where the kernel alone can
-    # answer: the unmanaged ones, and each managed -A (does it have the
-    # scheduler?). Then one pass for all the rest; later passes only add
-    # real servers as their probes come up.
+    # Lines went to the kernel only where the kernel alone can answer: the
+    # unmanaged ones, one at a time, and each managed -A (does it have the
+    # scheduler?): those before the first unmanaged line in one send (the
+    # request's deferred probes), the later ones each in its turn. Then one
+    # pass for all the rest; later passes only add real servers as their
+    # probes come up.
     direct = [b for kind, b in batches if kind == "apply"]
-    passes = [b for kind, b in batches if kind == "each"]
+    probes, *passes = [b for kind, b in batches if kind == "each"]
     assert all(len(b) == 1 for b in direct)
-    probed = {op.service.key for [op] in direct if isinstance(op, AddService)}
+    assert probes == [AddService(Service(ServiceKey.inet(Protocol.TCP, "10.0.0.2", 80), "rr"))]
+    probed = {op.service.key for op in probes}
+    probed |= {op.service.key for [op] in direct if isinstance(op, AddService)}
     assert probed == {
         ServiceKey.inet(Protocol.TCP, "10.0.0.4", 80),
         ServiceKey.inet(Protocol.TCP, "10.0.0.2", 80),
