@@ -39,7 +39,7 @@ import trio
 
 from director.health.probes import ProbeFunction, Prober
 from director.health.probes.tcp import Connects, destination
-from director.health.probes.watch import SLICE
+from director.health.probes.watch import SLICE, nap
 from director.health.result import ProbeResult, Reason
 from director.health.schedule import Schedule, first_start, next_start
 from director.health.spec import Check, ExecCheck, HttpCheck, TcpCheck
@@ -379,8 +379,8 @@ class Checker(Generic[K]):
                     self._connects.read_now()
                 if self._exchanges is not None:
                     self._exchanges.read_now()
-            with trio.move_on_at(self._wake_at(schedule.next_due())) as self._sleep:
-                await trio.sleep_forever()
+            with trio.CancelScope(deadline=self._wake_at(schedule.next_due())) as self._sleep:
+                await nap(self._sleep)
 
     def _hand_out(self, due: list[tuple[_Probe[K], float]], *, keep: bool) -> _Probe[K] | None:
         """Start the probes in `due` on idle workers (or new ones); with

@@ -3,7 +3,9 @@ probe alone is begun and its verdict read in one wake-up of the scheduler
 (checker.py's `read_now` after a hand-out), and a watcher answers an event
 at once unless it already made READS_A_TICK rounds in that tick (watch.py):
 a busy watcher still reads about once a tick. Counted with an instrument
-under the autojump clock, against real loopback sockets."""
+under the autojump clock, against real loopback sockets. And `nap`, the
+timed wait of those wake-ups, which ends at its deadline without raising
+Cancelled."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import trio.testing
 
 from director.health.checker import Checker, Target
 from director.health.probes.tcp import Connects, destination
-from director.health.probes.watch import READS_A_TICK
+from director.health.probes.watch import READS_A_TICK, nap, nap_until
 from director.health.result import ProbeResult
 from director.health.spec import TcpCheck, Timing
 from director.health.state import HealthState
@@ -131,3 +133,36 @@ async def test_an_event_is_read_at_once_unless_the_tick_had_its_rounds(
     # The latency is the wait for the read.
     assert [result.latency for _, result in verdicts][:READS_A_TICK] == [0.0] * READS_A_TICK
     assert verdicts[4][1].latency == pytest.approx(11.0 - 10.504)
+
+
+async def test_a_nap_ends_at_its_deadline_as_moved_without_a_cancellation(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope(deadline=start + 5.0) as scope:
+
+            async def move() -> None:
+                await trio.sleep(1.0)
+                scope.deadline = start + 2.0
+
+            nursery.start_soon(move)
+            await nap(scope)
+            woke = trio.current_time()
+    assert woke == start + 2.0
+    # Rescheduled with a value: no Cancelled went through the scope.
+    assert scope.cancel_called and not scope.cancelled_caught
+    await nap_until(start + 3.0)
+    assert trio.current_time() == start + 3.0
+
+
+async def test_a_cancellation_from_outside_goes_through_a_nap(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    start = trio.current_time()
+    with trio.CancelScope(deadline=start + 1.0) as outer:
+        with trio.CancelScope(deadline=start + 10.0) as scope:
+            await nap(scope)
+        pytest.fail("the nap outlived its caller's cancellation")  # pragma: no cover
+    assert outer.cancelled_caught and not scope.cancel_called
+    assert trio.current_time() == start + 1.0

@@ -36,7 +36,17 @@ from director.health.result import ProbeResult
 from director.health.spec import Check
 from director.ipvs.model import IPAddress
 
-__all__ = ["Probe", "ProbeDone", "Target", "Watcher", "awaited", "network_failure", "run_watcher"]
+__all__ = [
+    "Probe",
+    "ProbeDone",
+    "Target",
+    "Watcher",
+    "awaited",
+    "nap",
+    "nap_until",
+    "network_failure",
+    "run_watcher",
+]
 
 ProbeDone = Callable[[ProbeResult], None]
 
@@ -181,11 +191,11 @@ class Watcher(Generic[T, P]):
             await self._wait_readable(wake_at)
             return
         if self._spent() and self._pending:
-            await trio.sleep_until(self._next_tick)
+            await nap_until(self._next_tick)
         else:
             await self._wait_readable(wake_at)
             if self._spent():  # (read_now may have spent them meanwhile)
-                await trio.sleep_until(self._next_tick)
+                await nap_until(self._next_tick)
         self._spent()  # after a sleep: a new tick, whose count starts
         self._reads += 1
 
@@ -388,6 +398,30 @@ class Watcher(Generic[T, P]):
         if probe.sock is not None:
             probe.sock.close()
             probe.sock = None
+
+
+async def nap(scope: trio.CancelScope) -> None:
+    """Sleep until `scope` (entered by the caller, its deadline movable
+    meanwhile) reaches its deadline, and return; a cancellation from outside
+    it raises as usual. Not a checkpoint when the deadline ends it: where
+    trio.sleep_until raises Cancelled at the deadline and its scope catches
+    it (an exception, its traceback and an outcome.Error), this is rescheduled
+    with a plain value, for the wake-ups a checker makes on every tick."""
+    task = trio.lowlevel.current_task()
+
+    def abort(_: object) -> trio.lowlevel.Abort:
+        if scope.cancel_called:  # its own deadline (or its own cancel)
+            trio.lowlevel.reschedule(task)
+            return trio.lowlevel.Abort.FAILED
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+async def nap_until(deadline: float) -> None:
+    """trio.sleep_until(deadline), by `nap`."""
+    with trio.CancelScope(deadline=deadline) as scope:
+        await nap(scope)
 
 
 W = TypeVar("W", bound=Watcher[Any, Any])
