@@ -6,11 +6,14 @@ Every problem is collected with its TOML path; ConfigError carries them all.
 from __future__ import annotations
 
 import grp
-import hashlib
 import os
 import re
 import socket
 import threading
+
+# hashlib's own BLAKE2, without hashlib: its import loads OpenSSL's libcrypto
+# (about 3 MiB of a daemon with no TLS check).
+from _blake2 import blake2b
 from collections.abc import Mapping
 from contextvars import ContextVar
 from ipaddress import IPv4Address, ip_address
@@ -458,7 +461,7 @@ def _load(
             return tomli.loads(text), None
         pieces: list[tuple[bytes, _Memory | dict[str, object]]] = []
         for i, piece in enumerate(texts):
-            digest = hashlib.blake2b(piece.encode(), digest_size=16).digest()
+            digest = blake2b(piece.encode(), digest_size=16).digest()
             memory = _REMEMBERED.get(i, digest, modules)
             if memory is not None:
                 pieces.append((digest, memory))
@@ -520,7 +523,7 @@ def _digest(data: Mapping[str, object]) -> bytes:
     str, int, float, bool, dates and times, lists and dicts, each with an
     exact repr). Keys in another order digest differently, which costs a
     parse, never a wrong answer."""
-    return hashlib.blake2b(repr(data).encode(), digest_size=16).digest()
+    return blake2b(repr(data).encode(), digest_size=16).digest()
 
 
 def _looks_up_users(data: Mapping[str, object]) -> bool:
