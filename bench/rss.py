@@ -10,11 +10,17 @@ connect that is refused at once. VmRSS and VmHWM (peak) of the process are
 read `--after` seconds after it reports READY=1; the median of `--runs`
 fresh starts is printed.
 
+With `--keepalived` (where the kernel has IPVS: in the VM), keepalived's
+checker (2.2.7, bench/keepalived.py) runs on the same load in a network
+namespace of its own after directord's runs, and the VmRSS of its process
+tree is read `--after` seconds after every server is in its table: the
+reference, from the same boot, for the ratio.
+
 With `--tracemalloc N`, one more run under tracemalloc prints the N biggest
 allocation sites of what is live at that moment (by line, then by type of
 object with --by-type) and the total: what each real server costs.
 
-    python bench/rss.py [--runs 3] [--after 4] [--tracemalloc 25]
+    python bench/rss.py [--runs 3] [--after 4] [--keepalived] [--tracemalloc 25]
 """
 
 from __future__ import annotations
@@ -31,7 +37,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, TcpTiming, VirtualService, directord_config
+from common import (
+    REPO,
+    TcpTiming,
+    VirtualService,
+    descendants,
+    directord_config,
+    memory_kib,
+    namespace,
+)
 
 # The daemon, with MemoryBackend for NetlinkBackend (no IPVS needed). Kept to
 # the imports the daemon makes itself (bench/common's would count).
@@ -60,6 +74,9 @@ def snapshot():
 threading.Thread(target=snapshot, daemon=True).start()
 sys.exit(daemon.main(sys.argv[1:]))
 """
+
+
+TIMING = TcpTiming(1.0, 1.0, 2, 1)
 
 
 def load(services: int, per_service: int) -> list[VirtualService]:
@@ -124,6 +141,25 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def keepalived_rss(services: list[VirtualService], workdir: Path, after: float) -> float:
+    """keepalived's checker on `services` in a namespace of its own: the
+    VmRSS (MiB) of its process tree `after` seconds after it was ready."""
+    from keepalived import Keepalived
+
+    with namespace("bench-rss-keepalived"):
+        daemon = Keepalived(services, TIMING, workdir / "keepalived")
+        ready = daemon.start(timeout=600)
+        try:
+            time.sleep(after)
+            rss = memory_kib(descendants(daemon.pid), "VmRSS") / 1024
+        finally:
+            daemon.stop()
+    print(
+        f"keepalived: ready after {ready:.2f} s, {after:g} s later VmRSS {rss:.1f} MiB", flush=True
+    )
+    return rss
+
+
 def traced(workdir: Path, after: float, top: int, by_type: bool, frames: int) -> None:
     import tracemalloc
 
@@ -168,6 +204,7 @@ def main() -> None:
     parser.add_argument("--per-service", type=int, default=100)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--after", type=float, default=4.0, help="seconds after READY=1")
+    parser.add_argument("--keepalived", action="store_true", help="keepalived's too (needs IPVS)")
     parser.add_argument("--tracemalloc", type=int, default=0, metavar="TOP")
     parser.add_argument("--frames", type=int, default=1, help="tracemalloc's frames a site")
     parser.add_argument("--by-type", action="store_true", help="also by file")
@@ -176,9 +213,7 @@ def main() -> None:
     count = args.services * args.per_service
     with tempfile.TemporaryDirectory(prefix="director-rss-") as name:
         workdir = Path(name)
-        (workdir / "director.toml").write_text(
-            directord_config(services, TcpTiming(1.0, 1.0, 2, 1), workdir)
-        )
+        (workdir / "director.toml").write_text(directord_config(services, TIMING, workdir))
         rss, hwm, readies = [], [], []
         for run in range(args.runs):
             (workdir / "state.json").unlink(missing_ok=True)
@@ -200,6 +235,9 @@ def main() -> None:
                 f"VmHWM {statistics.median(hwm):.1f} MiB, "
                 f"READY=1 {statistics.median(readies):.2f} s"
             )
+        if args.keepalived and args.runs:
+            theirs = keepalived_rss(services, workdir, args.after)
+            print(f"ratio directord/keepalived: {statistics.median(rss) / theirs:.2f}")
         if args.tracemalloc:
             (workdir / "state.json").unlink(missing_ok=True)
             traced(workdir, args.after, args.tracemalloc, args.by_type, args.frames)
