@@ -316,14 +316,22 @@ async def _serve_connection(
                 with trio.move_on_after(limits.send_timeout):
                     await _send(stream, encode_error(timeout))
                 return
-            if isinstance(event, ProtocolError):
-                logger.info("control_bad_request", uid=peer.uid, pid=peer.pid, error=event.message)
-                reply = encode_error(event)
-            else:
-                reply = await _answer(handler, event, peer, logger)
-            sent = False
-            with trio.move_on_after(limits.send_timeout):
-                sent = await _send(stream, reply)
+            # Controller.holding: what stays held until the answer is sent.
+            hold: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+            holding = getattr(handler, "holding", None)
+            if holding is not None and isinstance(event, Request):
+                hold = holding(event)
+            with hold:
+                if isinstance(event, ProtocolError):
+                    logger.info(
+                        "control_bad_request", uid=peer.uid, pid=peer.pid, error=event.message
+                    )
+                    reply = encode_error(event)
+                else:
+                    reply = await _answer(handler, event, peer, logger)
+                sent = False
+                with trio.move_on_after(limits.send_timeout):
+                    sent = await _send(stream, reply)
             if not sent:
                 return
             if isinstance(event, ProtocolError) and event.fatal:
