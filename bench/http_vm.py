@@ -16,6 +16,12 @@ keepalived 2.2.7's HTTP_GET (keepalived.conf(5)): `url { path / status_code
 "/", status 200-299, the same interval, timeout and fall, rise 1.
 
     python tests/vm/run.py python bench/http_vm.py [--services 2] [--per-service 100]
+        [--old-tree DIR]
+
+With `--old-tree DIR`, a third daemon, "directord-old", takes its turn in
+each round: directord importing `director` from DIR first (PYTHONPATH), for
+a before/after in the same boot. DIR must be readable in the guest (under
+the checkout, e.g. .vmtest/, not the host's /tmp), and hold `director/`.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,8 +154,9 @@ def measure(
     warmup: float,
     window: float,
     workdir: Path,
+    old_tree: Path | None = None,
 ) -> Result:
-    if name == "directord":
+    if name.startswith("directord"):
         daemon: Directord | Keepalived = Directord(table, timing, workdir)
         daemon.config.write_text(directord_http_config(daemon.config.read_text()))
     else:
@@ -168,7 +175,8 @@ def measure(
             sock.close()
         try:
             started = time.monotonic()
-            daemon.start(timeout=300)
+            with python_path(old_tree if name == "directord-old" else None):
+                daemon.start(timeout=300)
             try:
                 wait_for(
                     "every real server in the table", lambda: destination_count() >= wanted, 120
@@ -204,6 +212,24 @@ def measure(
             stop_process(responder, signal.SIGKILL)
 
 
+@contextlib.contextmanager
+def python_path(first: Path | None) -> Iterator[None]:
+    """$PYTHONPATH with `first` ahead of it, for the processes started
+    meanwhile (their environment is copied at start)."""
+    if first is None:
+        yield
+        return
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = f"{first}:{before}" if before else str(first)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--services", type=int, default=2)
@@ -213,19 +239,24 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=10.0)
     parser.add_argument("--window", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=2, help="each daemon, alternating")
+    parser.add_argument("--old-tree", type=Path, help="also directord from this tree's director/")
     args = parser.parse_args()
+    old_tree = args.old_tree.resolve() if args.old_tree else None
+    if old_tree is not None and not (old_tree / "director" / "__init__.py").is_file():
+        parser.error(f"{old_tree} holds no director/ package")
     raise_fd_limit()
     timing = TcpTiming(interval=args.interval, timeout=args.timeout, fall=2, rise=1)
     table = Load(args.services, args.per_service, timing).virtual_services()
-    results: dict[str, list[Result]] = {"directord": [], "keepalived": []}
+    names = ["directord", "keepalived"] + (["directord-old"] if old_tree else [])
+    results: dict[str, list[Result]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         for round_ in range(args.rounds):
-            order = ["directord", "keepalived"] if round_ % 2 == 0 else ["keepalived", "directord"]
+            order = names if round_ % 2 == 0 else names[::-1]
             for name in order:
                 print(f"round {round_ + 1}: {name}", flush=True)
                 workdir = Path(tmp) / f"{name}-{round_}"
                 results[name].append(
-                    measure(name, table, timing, args.warmup, args.window, workdir)
+                    measure(name, table, timing, args.warmup, args.window, workdir, old_tree)
                 )
     rows = []
     best = {}
@@ -233,14 +264,8 @@ def main() -> int:
         best[name] = min(r.cpu_ms_per_probe for r in runs)
         for r in runs:
             rows.append([name, f"{r.rate:.0f}", f"{r.cpu_ms_per_probe:.3f}", f"{r.rss_mib:.1f}"])
-    rows.append(
-        [
-            "directord/keepalived (best)",
-            "",
-            ratio(best["directord"], best["keepalived"]),
-            "",
-        ]
-    )
+    for name in [n for n in names if n != "keepalived"]:
+        rows.append([f"{name}/keepalived (best)", "", ratio(best[name], best["keepalived"]), ""])
     print_table(
         f"HTTP check: {len(table) * args.per_service} real servers, every {args.interval:g} s",
         ["daemon", "probes/s", "CPU ms/probe", "RSS MiB"],

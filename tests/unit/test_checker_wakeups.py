@@ -166,3 +166,41 @@ async def test_a_cancellation_from_outside_goes_through_a_nap(
         pytest.fail("the nap outlived its caller's cancellation")  # pragma: no cover
     assert outer.cancelled_caught and not scope.cancel_called
     assert trio.current_time() == start + 1.0
+
+
+async def test_probes_a_verdict_read_now_admits_are_begun_by_the_watcher(
+    listening_port: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    """One probe at a time (max_probes=1), five due in the same tick: the
+    first one's verdict, read by the scheduler's read_now, frees the slot
+    for the next, whose start the watcher defers and then begins, and so on:
+    every probe runs once an interval, none lost or doubled."""
+    targets: dict[int, Target] = {
+        n: (TcpCheck(timing=Timing(interval=1.0, timeout=0.5 + n / 100)), HERE, listening_port)
+        for n in range(5)
+    }
+    starts: collections.Counter[int] = collections.Counter()
+    results: collections.Counter[int] = collections.Counter()
+
+    def on_result(key: int, before: HealthState, after: HealthState) -> None:
+        assert after.last is not None and after.last.ok
+        results[key] += 1
+
+    def on_start(target: Target, late: float) -> None:
+        starts[target[0].timing.timeout] += 1
+        assert late <= 2 * TICK  # a tick, and the turns of the four before it
+
+    class SameDue(random.Random):
+        def uniform(self, a: float, b: float) -> float:
+            return 0.5  # every target first due at 0.5 s
+
+    checker: Checker[int] = Checker(
+        on_result=on_result, on_start=on_start, rng=SameDue(), tick=TICK, max_probes=1
+    )
+    checker.set_targets(targets)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(checker.run)
+        await trio.sleep(3.0)  # due at 0.5, 1.5 and 2.5 s
+        nursery.cancel_scope.cancel()
+    assert results == {n: 3 for n in range(5)}
+    assert sorted(starts.values()) == [3] * 5
