@@ -77,9 +77,13 @@ def translate(exc: BaseException, timeout: float) -> tuple[Reason, str]:
     timeouts = trio.TooSlowError if httpx is None else (trio.TooSlowError, httpx.TimeoutException)
     if any(isinstance(e, timeouts) for e in chain):
         return Reason.TIMEOUT, f"no verdict within {timeout:g} s"
-    for e in chain:
-        if isinstance(e, ssl.SSLError):
-            return Reason.ERROR, f"tls: {_describe_tls_error(e)}"
+    # Like httpx's: an SSLError exists only once something imported ssl (the
+    # daemon's ssl is a stand-in until an HTTPS check uses it).
+    tls = sys.modules.get("ssl")
+    if tls is not None:
+        for e in chain:
+            if isinstance(e, tls.SSLError):
+                return Reason.ERROR, f"tls: {_describe_tls_error(e)}"
     for e in chain:
         if isinstance(e, OSError) and e.errno is not None:
             return _REASON_FOR_ERRNO.get(e.errno, Reason.ERROR), _describe_os_error(e)

@@ -21,7 +21,7 @@ import ssl
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
@@ -135,7 +135,8 @@ class TlsContexts:
             del self._sessions[next(iter(self._sessions))]
 
 
-_SessionKey = tuple[ssl.SSLContext, IPAddress, int, str]
+if TYPE_CHECKING:  # not at import: ssl may be a stand-in until used (daemon.py)
+    _SessionKey = tuple[ssl.SSLContext, IPAddress, int, str]
 
 
 def _load(key: str, path: str, load: Callable[[], T], pem_lib_hint: str = "") -> T:
