@@ -113,7 +113,9 @@ def test_an_id_the_virtual_server_does_not_have_is_skipped() -> None:
     assert wanted == {(vs.real_servers[0].address, 80): vs.real_servers[0].destination()}
 
 
-@pytest.mark.parametrize("extra", ['sorry_server = { address = "10.0.0.99:80" }\nquorum = 2', "panic = true"])
+@pytest.mark.parametrize(
+    "extra", ['sorry_server = { address = "10.0.0.99:80" }\nquorum = 2', "panic = true"]
+)
 def test_a_sorry_server_or_panic_ties_the_servers_together(extra: str) -> None:
     vs = virtual_server(extra)
     assert not independent(vs)
