@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import trio
-from test_control_server import Recorder, exchange, running, sock_dir
+from test_control_server import Recorder, read_response, running, sock_dir
 
 from director.control.handler import Controller, _collector_held
 from director.control.messages import Request
@@ -27,6 +27,7 @@ class Holding(Recorder):
         super().__init__()
         self.client: socket.socket | None = None
         self.answered_before_release: list[bool] = []
+        self.released = trio.Event()
 
     @contextmanager
     def holding(self, request: Request) -> Iterator[None]:
@@ -37,6 +38,7 @@ class Holding(Recorder):
         except BlockingIOError:
             waiting = b""
         self.answered_before_release.append(bool(waiting))
+        self.released.set()
 
 
 async def test_the_answer_is_sent_before_the_hold_ends(sock_dir: str) -> None:
@@ -45,7 +47,12 @@ async def test_the_answer_is_sent_before_the_hold_ends(sock_dir: str) -> None:
         stream = await trio.open_unix_socket(path)
         async with stream:
             handler.client = stream.socket._sock  # type: ignore[attr-defined]
-            answer = await exchange(stream, b'{"v":1,"argv":["-R"],"args":{"stdin":""}}\n')
+            # The answer is read only once the hold has ended, so that the
+            # hold's end finds it waiting if it was sent before.
+            await stream.send_all(b'{"v":1,"argv":["-R"],"args":{"stdin":""}}\n')
+            with trio.fail_after(30):
+                await handler.released.wait()
+            answer = await read_response(stream)
     assert answer["status"] == 0
     assert handler.answered_before_release == [True]
 

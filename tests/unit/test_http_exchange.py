@@ -291,10 +291,10 @@ async def test_a_probe_alone_is_read_as_its_answer_comes(serve: Serve, autojump_
     assert len(results) in (5, 6)
     assert all(r.ok and r.latency == 0 for r in results)
     # After the first probe (which starts the HTTP watcher) and before the
-    # end (its cancellation): one step for each probe, its answer (the
-    # sockets are real: on a loaded host an answer's bytes and its end can
-    # come apart, one step more in all).
-    assert len([t for t in steps if 1.0 < t < 5.0]) in (4, 5)
+    # end (its cancellation): one step for each probe, its answer. The
+    # sockets are real: on a loaded host an answer's bytes and its end come
+    # apart at times, a step more; before, it took 4 steps a probe (16).
+    assert 4 <= len([t for t in steps if 1.0 < t < 5.0]) <= 8
 
 
 async def test_an_answer_later_in_the_tick_is_read_as_it_comes(serve: Serve, autojump_clock: trio.testing.MockClock) -> None:  # fmt: skip
@@ -308,4 +308,4 @@ async def test_an_answer_later_in_the_tick_is_read_as_it_comes(serve: Serve, aut
 
     results, steps = await probed_with_steps(await serve(later))
     assert all(r.ok and r.latency == pytest.approx(0.003) for r in results)
-    assert len([t for t in steps if 1.0 < t < 5.0]) in (4, 5)  # as above
+    assert 4 <= len([t for t in steps if 1.0 < t < 5.0]) <= 8  # as above
