@@ -880,6 +880,11 @@ def _real_server(
     if tun_type in (None, TunnelType.IPIP) and tun_flags not in (None, TunnelFlags.NOCSUM):
         table.error("tun_checksum", "only with tun_type 'gue' or 'gre'")
     name = table.string("name")
+    if name is not None and not name.isprintable():
+        # A newline or tab would split or shift the line of a log or a
+        # status table that shows it.
+        table.error("name", "must be printable (no newline, tab or other control character)", name)
+        name = None
     check = service_check
     override = table.raw("check")
     if override is not None:

@@ -159,3 +159,20 @@ def test_a_syntax_error_in_a_piece_has_the_whole_texts_line_number() -> None:
         parse_config(text, modules=NO_MODULES)
     (error,) = raised.value.errors
     assert "at line 13," in error, error  # 2 lines before, 6 a virtual server
+
+
+@pytest.mark.parametrize("escaped", ["\\n", "\\t", "\\u001b"])
+def test_a_real_server_name_with_a_control_character_is_refused(escaped: str) -> None:
+    """A multi-line name split the status table's row (operator trial)."""
+    named = 'address = "10.0.1.1"\nname = "web{}three"'
+    text = lines(1).replace('address = "10.0.1.1"', named.format(escaped))
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, modules=NO_MODULES)
+    assert [e.split(":", 2)[:2] for e in raised.value.errors] == [
+        ["virtual_server[0].real_server[0].name", " must be printable (no newline, tab or other control character)"]
+    ]  # fmt: skip
+    fine = lines(1).replace('address = "10.0.1.1"', named.format(" "))
+    assert (
+        parse_config(fine, modules=NO_MODULES).virtual_servers[0].real_servers[0].name
+        == "web three"
+    )
