@@ -346,17 +346,7 @@ class Director:
         only (O(their servers), not O(table))."""
         if services is None:
             return {t: RealServerView.from_state(s) for t, s in self.checker.states().items()}
-        views: dict[RealServerId, RealServerView] = {}
-        for key in services:
-            vs = self._by_key.get(key)
-            if vs is None:
-                continue
-            for target in vs.real_server_ids:
-                try:
-                    views[target] = RealServerView.from_state(self.checker.state(target))
-                except KeyError:  # not checked (yet): unknown
-                    continue
-        return views
+        return self._views(rid for vs in self._services(services) for rid in vs.real_server_ids)
 
     def _views(self, ids: Iterable[RealServerId]) -> dict[RealServerId, RealServerView]:
         """The health of the real servers `ids` (those checked)."""
