@@ -339,6 +339,11 @@ def test_a_broken_reload_is_rejected_and_a_valid_one_applies_only_the_diff(h: Ha
     assert reloaded["real_servers_added"] == [h.rs("rs3")]
     assert reloaded["real_servers_removed"] == [h.rs("rs2")]
     h.wait_weights(h.web, all_up(h, ("rs1", "rs3")))
+    # The kernel has them before the log does: each ipvs_op line is written
+    # after its operation, by the log's writer thread (CI, a loaded host).
+    wait_until(
+        lambda: len(daemon.events("ipvs_op")) >= ops_before + 2, DEADLINE, "both ipvs_op lines"
+    )
     ops = daemon.events("ipvs_op")[ops_before:]
     touched = sorted((op["op"], op.get("rs")) for op in ops)
     assert touched == [("add_destination", h.rs("rs3")), ("delete_destination", h.rs("rs2"))]
