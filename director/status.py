@@ -7,6 +7,7 @@ and a dump of the kernel table, at a given time.
 
 from __future__ import annotations
 
+from _socket import inet_ntoa
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -14,7 +15,7 @@ from director.bgp import BgpStatus
 from director.config import Config, RealServerId
 from director.desired import AdminState, RealServerView, desired_table
 from director.health.state import HealthState
-from director.ipvs.model import ServiceEntry, ServiceKey
+from director.ipvs.model import IPAddress, ServiceEntry, ServiceKey
 from director.refusals import Refusal, Refusals, describe_subject
 from director.runtime import describe_endpoint, describe_service
 from director.sync import SyncDaemonStatus
@@ -77,7 +78,7 @@ def status_report(
             last = state.last
             servers.append(
                 RealServerStatus(
-                    server=describe_endpoint(rs.address, rs.port),
+                    server=_endpoint(rs.address, rs.port),
                     name=rs.name,
                     health=str(state.status),
                     admin=str(admin.get(rid, AdminState.ENABLED)),
@@ -107,6 +108,14 @@ def status_report(
     return tuple(report)
 
 
+def _endpoint(address: IPAddress, port: int) -> str:
+    """describe_endpoint, without ipaddress's str() of an IPv4 address (about
+    15 us each on the host: a sixth of a 10,000-server status)."""
+    if address.version == 4:
+        return f"{inet_ntoa(address.packed)}:{port}"
+    return describe_endpoint(address, port)
+
+
 def _refusal_text(refusal: Refusal, now: float) -> str:
     kind = type(refusal.operation).__name__
     return (
@@ -133,7 +142,7 @@ def status_data(
     (director.vips.VipKeeper.report), "maintenance" (a bool) when given,
     and "bgp" with [bgp] (director.bgp.BgpKeeper.report: "speaker" {state,
     pid, error}, "peers", "routes")."""
-    data: dict[str, object] = {"services": [asdict(s) for s in report]}
+    data: dict[str, object] = {"services": [_service_data(s) for s in report]}
     if sync:
         data["sync_daemons"] = [asdict(d) for d in sync]
     if vips:
@@ -149,6 +158,16 @@ def status_data(
             ],
             "routes": [asdict(r) for r in bgp.routes],
         }
+    return data
+
+
+def _service_data(service: ServiceStatus) -> dict[str, object]:
+    """asdict(service) without its deep copy of every value (the fields are
+    strings, numbers, booleans and None): 1.1 s of a 10,000-server status
+    on the host with asdict. A frozen dataclass without slots keeps its
+    fields in its __dict__, in order."""
+    data = dict(vars(service))
+    data["real_servers"] = tuple(dict(vars(rs)) for rs in service.real_servers)
     return data
 
 

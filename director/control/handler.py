@@ -481,28 +481,42 @@ class Controller:
         return await handlers[name](request.args, peer)
 
     async def _status(self, args: Mapping[str, object], peer: Peer) -> Response:
+        """The status, built in a worker thread from a snapshot taken on the
+        loop (the config, admin states and health states are immutable
+        values; the mappings are copied): at 10,000 real servers it is
+        about 0.3 s of the host's CPU that the probes need not wait for.
+        `data` always, unless "data" is false (directorctl's text status:
+        it never reads it, at 10,000 servers 2.9 MB to encode, send and
+        decode)."""
         director = self.director
+        config = director.effective
         try:
-            entries = await self.reads.services(director.effective.service_keys())
+            entries = await self.reads.services(config.service_keys())
         except KernelError as error:
             return Response(LIST_ERROR, "", _kernel_error(error))
-        report = status_report(
-            director.effective,
-            director.checker.states(),
-            director.runtime.admin,
-            {e.service.key: e for e in entries},
-            trio.current_time(),
-            director.refusals,
-        )
-        sync = director.sync.report(trio.current_time())
-        vips = director.vips.report(trio.current_time())
+        now = trio.current_time()
+        states = director.checker.states()
+        admin = director.runtime.admin
+        refusals = dict(director.refusals)
+        sync = director.sync.report(now)
+        vips = director.vips.report(now)
         maintenance = director.vips.maintenance
         bgp = await director.bgp.report(maintenance)
-        data = status_data(report, sync, vips=vips, maintenance=maintenance, bgp=bgp)
-        if args.get("json"):
-            return Response(0, "", "", data)
-        text = status_text(report, sync, vips=vips, maintenance=maintenance, bgp=bgp)
-        return Response(0, text, "", data)
+        json = bool(args.get("json"))
+        with_data = json or args.get("data") is not False
+
+        def build() -> Response:
+            kernel = {e.service.key: e for e in entries}
+            report = status_report(config, states, admin, kernel, now, refusals)
+            data = None
+            if with_data:
+                data = status_data(report, sync, vips=vips, maintenance=maintenance, bgp=bgp)
+            if json:
+                return Response(0, "", "", data)
+            text = status_text(report, sync, vips=vips, maintenance=maintenance, bgp=bgp)
+            return Response(0, text, "", data)
+
+        return await self.reads.run_sync(build)
 
     async def _maintenance(self, args: Mapping[str, object], peer: Peer) -> Response:
         """`maintenance on`: every VIP the daemon owns is removed (and kept

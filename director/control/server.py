@@ -347,9 +347,14 @@ def _timeout_error(buffered: int, timeout: float) -> ProtocolError:
     return ProtocolError(ErrorKind.TIMEOUT, message)
 
 
+# A response with `data` (`status --json`: 2.9 MB of JSON at 10,000 real
+# servers, about 50 ms of the host's CPU) is encoded in a worker thread.
 async def _answer(handler: Handler, request: Request, peer: Peer, logger: Any) -> bytes:
     try:
-        return encode_response(await handler.handle(request, peer))
+        response = await handler.handle(request, peer)
+        if response.data is None:
+            return encode_response(response)
+        return await trio.to_thread.run_sync(encode_response, response)
     except Exception as e:
         logger.exception(
             "control_handler_failed",

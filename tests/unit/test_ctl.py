@@ -113,7 +113,7 @@ async def test_socket_from_the_environment(sock_dir: str) -> None:
 @pytest.mark.parametrize(
     ("args", "command", "expected"),
     [
-        (["status"], "status", {"json": False}),
+        (["status"], "status", {"json": False, "data": False}),
         (["status", "--json"], "status", {"json": True}),
         (
             ["drain", "tcp:10.0.0.1:80", "10.0.1.1:80"],

@@ -14,7 +14,7 @@ from test_ctl import Scripted, daemon, directorctl
 from director.control.messages import Response
 
 COMMANDS = [
-    (["status"], "status", {"json": False}),
+    (["status"], "status", {"json": False, "data": False}),
     (["status", "--json"], "status", {"json": True}),
     (
         ["drain", "tcp:10.0.0.1:80", "10.0.1.1:80"],

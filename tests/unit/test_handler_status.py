@@ -1,0 +1,149 @@
+"""`directorctl status` at scale (issue 8): built off the event loop, its
+data without deep copies, its text without the data the client never reads."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from ipaddress import ip_address
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+import trio
+import trio.testing
+from test_handler import rig, until
+
+from director import ctl, status
+from director.ipvs.memory import MemoryBackend
+from director.kernel import KernelTable
+from director.runtime import describe_endpoint
+
+T = TypeVar("T")
+
+
+class RecordingTable(KernelTable):
+    """Inline, as the rig's tables are, but it records what ran through run_sync."""
+
+    def __init__(self, backend: MemoryBackend) -> None:
+        super().__init__(backend, threaded=False)
+        self.ran: list[str] = []
+        self.inside = False
+
+    async def run_sync(self, function: Callable[[], T]) -> T:
+        self.inside = True
+        try:
+            result = await super().run_sync(function)
+        finally:
+            self.inside = False
+        self.ran.append(getattr(function, "__name__", "?"))
+        return result
+
+
+async def test_status_is_built_in_the_reads_worker_not_on_the_loop(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with rig(tmp_path) as r:
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
+        table = RecordingTable(r.backend)
+        r.controller.reads = table
+        built_inside: list[bool] = []
+        report = status.status_report
+
+        def recording_report(*args: object, **kwargs: object) -> tuple[status.ServiceStatus, ...]:
+            built_inside.append(table.inside)
+            return report(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr("director.control.handler.status_report", recording_report)
+        for args in ({"json": True}, {"json": False}, {"json": False, "data": False}):
+            response = await r.command("status", **args)
+            assert response.status == 0
+        assert built_inside == [True, True, True]
+
+
+async def test_text_status_without_data_when_the_client_says_so(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with rig(tmp_path) as r:
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
+        plain = await r.command("status", json=False)
+        text_only = await r.command("status", json=False, data=False)
+        as_json = await r.command("status", json=True)
+        # A client that does not say (the protocol's v1 answer) still gets the data.
+        assert isinstance(plain.data, dict) and plain.data == as_json.data
+        assert text_only.data is None
+        assert text_only.stdout == plain.stdout and "10.0.1.1:80" in plain.stdout
+        assert as_json.stdout == ""
+
+
+def test_directorctl_asks_text_status_without_data() -> None:
+    assert ctl._requests(["status"]) == [
+        {"v": 1, "command": "status", "args": {"json": False, "data": False}}
+    ]
+    assert ctl._requests(["status", "--json"]) == [
+        {"v": 1, "command": "status", "args": {"json": True}}
+    ]
+
+
+def _report() -> tuple[status.ServiceStatus, ...]:
+    server = status.RealServerStatus(
+        server="10.0.1.1:80",
+        name="web-1",
+        health="up",
+        admin="enabled",
+        in_state_for=12.5,
+        successes_in_row=3,
+        failures_in_row=0,
+        last_ok=True,
+        last_reason="ok",
+        last_latency=0.0003,
+        last_detail=None,
+        configured_weight=5,
+        current_weight=5,
+        decision="up",
+    )
+    return (
+        status.ServiceStatus("tcp:10.0.0.1:80", "rr", "tcp", True, (server, server), None),
+        status.ServiceStatus("tcp:10.0.0.2:80", "wlc", "http", False, (), "refused"),
+    )
+
+
+def test_status_data_is_asdicts_without_deep_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    report = _report()
+    expected = [dataclasses.asdict(s) for s in report]
+
+    def no_deepcopy(*args: object, **kwargs: object) -> object:
+        raise AssertionError("status_data deep-copied a value")
+
+    monkeypatch.setattr(copy, "deepcopy", no_deepcopy)
+    data = status.status_data(report)
+    assert data == {"services": expected}
+    # the same key order as asdict's: the JSON text is unchanged
+    assert [list(s) for s in data["services"]] == [list(s) for s in expected]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("address", "port"),
+    [("10.0.1.1", 80), ("0.0.0.0", 0), ("255.255.255.255", 65535), ("2001:db8::1", 443)],
+)
+def test_status_endpoint_is_describe_endpoint(address: str, port: int) -> None:
+    ip = ip_address(address)
+    assert status._endpoint(ip, port) == describe_endpoint(ip, port)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"services": [{"a": 1, "b": None, "c": True, "d": 0.0003, "e": 'é\n"x"', "f": []}]},
+        {"maintenance": False, "n": -7, "big": 2**70, "f": 1e-7},
+        [],
+    ],
+)
+def test_json_status_is_printed_as_the_python_encoder_wrote_it(data: object) -> None:
+    assert ctl.encode_data(data) == ctl.encode(data)
+
+
+def test_json_status_with_a_value_json_lacks_still_says_why() -> None:
+    with pytest.raises(TypeError, match="cannot send set as JSON"):
+        ctl.encode_data({"x": {1}})
