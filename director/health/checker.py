@@ -388,9 +388,10 @@ class Checker(Generic[K]):
         run itself, which saves a task switch."""
         kept: _Probe[K] | None = None
         on_start, idle, connects = self._on_start, self._idle, self._connects
+        now = trio.current_time() if on_start is not None else 0.0  # one read for them all
         for probe, at in due:
             if on_start is not None:
-                on_start(probe.target, trio.current_time() - at)
+                on_start(probe.target, now - at)
             if connects is not None and probe.tcp and probe.owner is not None:
                 connects.start(probe, probe)
             elif connects is not None and probe.http is not None and probe.owner is not None:
@@ -470,13 +471,16 @@ class Checker(Generic[K]):
         schedule = self._schedule
         if schedule is None:
             return
-        self._hand_out(schedule.finished(probe, trio.current_time()), keep=False)
+        now = trio.current_time()
+        following = schedule.finished(probe, now)
+        if following:
+            self._hand_out(following, keep=False)
         sleep = self._sleep
         if sleep is not None:
             wake = self._wake_at(schedule.next_due())
             if wake != sleep.deadline:  # setting it costs trio more than comparing
                 sleep.deadline = wake
-        self._record(probe, result)
+        self._record(probe, result, now)
 
     async def _attempt(self, target: Target) -> ProbeResult:
         function = self._running_probe
@@ -489,10 +493,21 @@ class Checker(Generic[K]):
                 Reason.ERROR, trio.current_time() - began, f"{type(error).__name__}: {error}"[:200]
             )
 
-    def _record(self, probe: _Probe[K], result: ProbeResult) -> None:
-        now = trio.current_time()
+    def _record(self, probe: _Probe[K], result: ProbeResult, now: float | None = None) -> None:
+        if now is None:
+            now = trio.current_time()
         timing = probe.target[0].timing
         on_result, on_transition = self._on_result, self._on_transition
+        slot = probe.slot
+        if probe.more is None and slot is not None:  # one key: most probes
+            key = cast(K, probe.key)
+            before = slot.state
+            slot.state, transition = advance(before, result, now, timing)
+            if on_result is not None:
+                on_result(key, before, slot.state)
+            if transition is not None and on_transition is not None:
+                on_transition(key, transition)
+            return
         for key, slot in probe.members():
             if not probe.holds(key, slot):  # a callback removed it meanwhile
                 continue

@@ -728,7 +728,7 @@ async def test_a_tcp_probe_that_raises_is_a_failed_result_and_the_checker_goes_o
     def broken(*args: object) -> None:
         raise ValueError("no sockets today")
 
-    monkeypatch.setattr("director.health.probes.tcp.socket.socket", broken)
+    monkeypatch.setattr("director.health.probes.tcp._socket.socket", broken)
     await nursery.start(checker.run)
     await trio.sleep(3.0)
     results = [result for _, result, _ in recorder.results]

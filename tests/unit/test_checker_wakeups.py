@@ -130,9 +130,11 @@ async def test_an_event_is_read_at_once_unless_the_tick_had_its_rounds(
     assert read_at[READS_A_TICK:5] == [11.0] * (5 - READS_A_TICK)
     assert read_at[5:5 + READS_A_TICK] == pytest.approx([12.5 + 0.001 * n for n in range(READS_A_TICK)])  # fmt: skip
     assert read_at[5 + READS_A_TICK :] == [13.0] * (3 - READS_A_TICK)
-    # The latency is the wait for the read.
-    assert [result.latency for _, result in verdicts][:READS_A_TICK] == [0.0] * READS_A_TICK
-    assert verdicts[4][1].latency == pytest.approx(11.0 - 10.504)
+    # The latency is the handshake's (the kernel's round trip on loopback,
+    # well under a millisecond), not the wait for the read: 0.496 s for the
+    # fifth, read at the next tick.
+    assert all(0 <= result.latency < 0.001 for _, result in verdicts)
+    assert verdicts[4][1].latency > 0  # a real round trip, not the virtual clock's
 
 
 async def test_a_nap_ends_at_its_deadline_as_moved_without_a_cancellation(

@@ -10,7 +10,7 @@ import trio.testing
 from tcp_support import syn_dropping_port
 
 from director.health.probes import probe, probe_tcp
-from director.health.probes.tcp import Connects, destination
+from director.health.probes.tcp import Connects, destination, handshake_time
 from director.health.result import ProbeResult, Reason
 from director.health.spec import TcpCheck, Timing
 from director.ipvs.model import IPAddress
@@ -136,3 +136,75 @@ async def test_connects_begin_only_as_fast_as_their_verdicts_are_read(
             nursery.cancel_scope.cancel()
     assert [r.ok for r in results] == [True] * 300
     assert max(in_flight) <= 8
+
+
+async def _read_after_a_stall(
+    clock: trio.testing.MockClock, check: TcpCheck, port: int, stall: float
+) -> ProbeResult:
+    """One probe through Connects, begun, then the loop held up for `stall`
+    seconds (no task runs: a long synchronous stretch) before the watcher
+    gets its turn to read the verdict."""
+    connects = Connects()
+    results: list[ProbeResult] = []
+    read = trio.Event()
+
+    def done(result: ProbeResult) -> None:
+        results.append(result)
+        read.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connects.watch)
+        await trio.lowlevel.checkpoint()  # the watcher waits for events
+        connects.start(destination(check, ip_address("127.0.0.1"), port), done)
+        clock.jump(stall)
+        with trio.fail_after(stall + 60):
+            await read.wait()
+        nursery.cancel_scope.cancel()
+    (result,) = results
+    return result
+
+
+async def test_a_success_read_late_reports_the_handshake_not_the_daemons_lag(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The operator's "ok 78958 ms" for a 1 s timeout: the connect completed
+    at once, the daemon read it 80 s later. The latency is the kernel's
+    round trip of the handshake (loopback: microseconds)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+        result = await _read_after_a_stall(autojump_clock, TcpCheck(), port, 80.0)
+    assert (result.ok, result.reason) == (True, Reason.OK)
+    assert 0 <= result.latency < 0.01
+
+
+async def test_a_timeout_read_late_reports_its_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with syn_dropping_port() as port:
+        check = TcpCheck(timing=Timing(timeout=3.0))
+        result = await _read_after_a_stall(autojump_clock, check, port, 80.0)
+    assert (result.ok, result.reason, result.latency) == (False, Reason.TIMEOUT, 3.0)
+
+
+async def test_a_refusal_read_late_reports_at_most_its_timeout(
+    autojump_clock: trio.testing.MockClock, closed_port: int
+) -> None:
+    """The kernel does not time a refusal: its read's time, bounded by the
+    timeout (a later one would have been failed at the deadline but for the
+    daemon's lag)."""
+    result = await _read_after_a_stall(autojump_clock, TcpCheck(), closed_port, 80.0)
+    assert (result.ok, result.reason) == (False, Reason.REFUSED)
+    assert result.latency == 1.0
+
+
+def test_handshake_time_is_the_kernels_round_trip_at_most_the_elapsed_time() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        with socket.create_connection(server.getsockname()) as client:
+            assert 0 < handshake_time(client, 5.0) < 0.01
+            assert handshake_time(client, 0.0) == 0.0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:  # no TCP_INFO
+        assert handshake_time(udp, 2.5) == 2.5

@@ -17,10 +17,10 @@ the run's own watcher, which a system task watches (`run_watcher`).
 
 from __future__ import annotations
 
+import _socket
 import heapq
 import math
 import select
-import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -87,7 +87,7 @@ class Probe(Generic[T]):
     target: T
     started: float
     done: ProbeDone | None
-    sock: socket.socket | None = None
+    sock: _socket.socket | None = None
     result: ProbeResult | None = None  # a verdict known at start, waiting to go out
 
 
@@ -338,8 +338,10 @@ class Watcher(Generic[T, P]):
                     if probe.sock is not None:
                         expired += 1
                         self._forget(probe)
+                        # Its latency is its timeout, however late this
+                        # round came: the rest was the daemon's lag.
                         timeout = probe.target.check.timing.timeout
-                        self._deliver(probe, network_failure(trio.TooSlowError(), now - probe.started, timeout))  # fmt: skip
+                        self._deliver(probe, network_failure(trio.TooSlowError(), timeout, timeout))
                         await self._slice_over()
                 self._reading = False
                 for _ in range(min(batch, len(deferred))):
