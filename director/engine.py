@@ -28,8 +28,10 @@ table; a ramp step or a retry still passes over its whole service.
 Drift repair, every `reconcile_interval`, reads the whole table cheaply
 (KernelTable.digests: one read of /proc/net/ip_vs, nothing decoded) and
 passes over the services it cannot vouch for: those whose digest changed
-since a drift check found them as desired, those a pass has touched since,
-and one slice of DRIFT_ROTATION of the others, read in full, for what the
+since a drift check found them as desired (unless a pass of the engine's
+changed them, and the digest shows just what that pass left: the churn of
+health changes costs no reads), and one slice of DRIFT_ROTATION of the
+others, read in full, for what the
 digest does not show (thresholds, tunnel settings, scheduler flags,
 persistence engines). Every service is read in full at least once every
 DRIFT_ROTATION intervals, and a change ipvsadm's listing shows is repaired
@@ -84,9 +86,9 @@ from director.ipvs.model import (
     endpoint,
 )
 from director.ipvs.ops import AddService, DeleteService, Operation, SetTimeouts
-from director.ipvs.servicetable import TableKey, table_key
+from director.ipvs.servicetable import TableKey, digest_shows, table_key
 from director.kernel import KernelTable
-from director.metrics.events import Events
+from director.metrics.events import LATE_AFTER, Events
 from director.oplog import describe_operation
 from director.reconcile import plan, plan_destinations, service_sort_key
 from director.refusals import (
@@ -111,6 +113,10 @@ SLOW_START_STEP = 1.0  # seconds between passes while a weight ramps
 CHECK_TICK = 0.01  # seconds: probes start, and TCP verdicts are read, on 10 ms ticks (checker.py)
 SPACING_MAX = 1.0  # seconds: the longest a scoped pass waits for the last one's cost
 DRIFT_ROTATION = 12  # drift checks over which every managed service is read in full
+# A pass that takes more than this share of reconcile_interval, or probes
+# that start LATE_AFTER late, mean the daemon is short of CPU for its load.
+SLOW_PASS_SHARE = 0.5
+OVERLOAD_WARNING_EVERY = 60.0  # seconds: the least time between two warnings of one kind
 
 
 def check_targets(config: Config) -> dict[RealServerId, Target]:
@@ -246,7 +252,7 @@ class Director:
             on_result=self._on_result,
             probe=probe,
             rng=rng,
-            on_start=self.events.probe_started if self.events.enabled else None,
+            on_start=self._on_start,
             tick=CHECK_TICK,
         )
         self.owned: frozenset[ServiceKey] = owned | self.effective.service_keys()
@@ -274,10 +280,12 @@ class Director:
         # The services a scoped pass is asked for, each with the real servers
         # whose health changed (None: the whole service is to be passed over).
         self._dirty: dict[ServiceKey, set[RealServerId] | None] = {}
-        # The digest of each service a drift check read in full and found as
-        # desired, until a pass touches it: the next drift check skips it
-        # while its digest stays the same.
+        # The digest of each service a drift check found as desired: the
+        # next drift check skips it while its digest stays the same, or, for
+        # one a pass has touched since, while the digest shows what that
+        # pass left (its belief).
         self._verified: dict[ServiceKey, str] = {}
+        self._touched: set[ServiceKey] = set()
         # Each service as the last pass over it left the kernel (every
         # operation for it done): a pass for a health change plans from it
         # instead of reading the service back (100 destinations decoded for
@@ -290,6 +298,9 @@ class Director:
         self._jobs: deque[tuple[Callable[[], Awaitable[object]], _Reply]] = deque()
         self._running = False
         self._passes = 0
+        self._late = 0  # probes started LATE_AFTER or more late since the last warning
+        self._latest = 0.0  # seconds: the latest of those
+        self._warned: dict[str, tuple[float, int]] = {}  # event -> (when, warnings held back)
 
     # -- health -------------------------------------------------------------
 
@@ -309,6 +320,55 @@ class Director:
         if target.service in self.bgp.keys:
             self.bgp.poke()
         self.poke(f"{event} {endpoint(target.address, target.port)}", target.service, target)
+
+    def _on_start(self, target: Target, lateness: float) -> None:
+        """The checker's on_start: a probe started `lateness` seconds after
+        its due time."""
+        if lateness >= LATE_AFTER:
+            self._late += 1
+            self._latest = max(self._latest, lateness)
+        if self.events.enabled:
+            self.events.probe_started(target, lateness)
+
+    def _overloaded(self, event: str, **fields: object) -> bool:
+        """A warning that the daemon is short of CPU for its load, at most
+        once every OVERLOAD_WARNING_EVERY seconds for each `event` (with
+        how many were held back since the last). Whether it was logged."""
+        now = trio.current_time()
+        last, held = self._warned.get(event, (-OVERLOAD_WARNING_EVERY, 0))
+        if now - last < OVERLOAD_WARNING_EVERY:
+            self._warned[event] = (last, held + 1)
+            return False
+        self._warned[event] = (now, 0)
+        self.log.warning(event, **fields, held_back=held)
+        return True
+
+    def _check_load(self, why: str, took: float, services: int | None) -> None:
+        """After a pass that took `took` seconds over `services` services
+        (None: all): warn of a pass that takes too much of
+        reconcile_interval, and, after a full one, of late probes."""
+        interval = self.config.daemon.reconcile_interval
+        if took > SLOW_PASS_SHARE * interval:
+            self._overloaded(
+                "pass_slow",
+                why=why,
+                seconds=round(took, 3),
+                services=services if services is not None else len(self._managed_keys()),
+                reconcile_interval=interval,
+                hint="short of CPU for this table: raise reconcile_interval or the checks' intervals",
+            )
+        if (
+            services is None
+            and self._late
+            and self._overloaded(
+                "probes_late",
+                probes=self._late,
+                late_after_s=LATE_AFTER,
+                latest_s=round(self._latest, 3),
+                hint="probes start late: short of CPU for this many checks at their intervals",
+            )
+        ):
+            self._late, self._latest = 0, 0.0
 
     def _on_result(self, target: RealServerId, before: HealthState, after: HealthState) -> None:
         """A failed probe is logged when it starts a series, changes reason,
@@ -509,6 +569,8 @@ class Director:
                 else:
                     changed = {k: ids for k, ids in scope.items() if ids is not None}
                     await self.reconcile(why, only=scope.keys(), believed=True, changed=changed)
+            end = trio.current_time()
+            self._check_load(why, end - now, None if scope is None else len(scope))
             if scope is not None:
                 # The next scoped pass waits as long as this one took, so
                 # that a burst of changes (thousands of servers coming up
@@ -517,7 +579,6 @@ class Director:
                 # most about half the loop, and one change alone, on a
                 # quiet loop, waits a pass's time (a millisecond or two);
                 # after a pass the kernel held up, at most SPACING_MAX.
-                end = trio.current_time()
                 self._scoped_at = end + min(end - now, SPACING_MAX)
         except Exception as error:
             # A bug must not end health checking for every service: log it,
@@ -538,12 +599,7 @@ class Director:
         if digests is None:
             return await self.reconcile("drift check")
         managed = sorted(self._managed_keys(), key=service_sort_key)
-        verified = self._verified
-        suspect = {
-            key
-            for key in managed
-            if (seen := verified.get(key)) is None or seen != digests.get(table_key(key))
-        }
+        suspect = {key for key in managed if not self._vouched(key, digests.get(table_key(key)))}
         suspect.update(due)
         if managed:
             size = -(-len(managed) // DRIFT_ROTATION)
@@ -551,6 +607,25 @@ class Director:
             suspect.update(managed[start : start + size])
             self._rotation = start + size
         return await self.reconcile("drift check", only=suspect, digests=digests)
+
+    def _vouched(self, key: ServiceKey, digest: str | None) -> bool:
+        """Whether a drift check may skip `key` (its rotation aside): its
+        digest is the one vouched for, or, if a pass has touched it since,
+        shows the service line vouched for and the destinations that pass
+        left (then it is vouched for in turn: under churn, health changes
+        touch most services between two drift checks, and reading each
+        back costs a dump and a plan of all its destinations)."""
+        seen = self._verified.get(key)
+        if seen is None or digest is None:
+            return False
+        if key not in self._touched:
+            return seen == digest
+        belief = self._believed.get(key)
+        if belief is None or not digest_shows(digest, seen, belief.destinations.values()):
+            return False
+        self._verified[key] = digest
+        self._touched.discard(key)
+        return True
 
     def _due_services(self, now: float) -> dict[ServiceKey, set[RealServerId] | None] | None:
         """The services a scoped pass is due for now, each with the real
@@ -710,12 +785,11 @@ class Director:
         now = trio.current_time()
         scope = None if only is None else {k for k in only if k in self.owned or k in self._by_key}
         if digests is None:
-            # What this pass changes (or finds to change) no digest vouches for.
-            if scope is None:
-                self._verified.clear()
-            else:
-                for key in scope:
-                    self._verified.pop(key, None)
+            # What this pass changes (or finds to change) no earlier digest
+            # shows: the next drift check compares it with the belief.
+            self._touched.update(
+                self._verified.keys() if scope is None else scope & self._verified.keys()
+            )
         taken: dict[ServiceKey, ServiceEntry] = {}
         if known and scope is not None:
             taken = {k: e for k, e in known.items() if k in scope}
@@ -879,6 +953,7 @@ class Director:
         to send (or hold back) for is vouched for by its digest."""
         touched = {service_of(op) for op in operations}
         for key in scope:
+            self._touched.discard(key)
             digest = digests.get(table_key(key))
             if digest is None or key in touched:
                 self._verified.pop(key, None)

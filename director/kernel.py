@@ -38,7 +38,7 @@ from director.ipvs.model import (
 )
 from director.ipvs.netlink import NetlinkBackend
 from director.ipvs.ops import Backend, Operation
-from director.ipvs.servicetable import TableKey, table_key
+from director.ipvs.servicetable import TableKey, proc_destination, table_key
 
 T = TypeVar("T")
 
@@ -141,7 +141,9 @@ class KernelTable:
 def entry_digest(entry: ServiceEntry) -> str:
     """The fields of a service and its destinations that /proc/net/ip_vs
     shows (director.ipvs.netlink.table_digests), as one string: for
-    backends without the file, so that they see the same changes."""
+    backends without the file, so that they see the same changes. Its
+    destination lines are the file's (servicetable.proc_destination), which
+    servicetable.digest_shows reads."""
     s = entry.service
     lines = [
         f"{s.key} {s.scheduler} {int(s.flags & (ServiceFlags.PERSISTENT | ServiceFlags.ONEPACKET))}"
@@ -149,6 +151,5 @@ def entry_digest(entry: ServiceEntry) -> str:
     if s.flags & ServiceFlags.PERSISTENT:
         lines.append(f" {s.timeout} {s.netmask}")
     for e in entry.destinations:
-        d = e.destination
-        lines.append(f"\n{d.address} {d.port} {int(d.forward)} {d.weight}")
+        lines.append(f"\n  {proc_destination(e.destination)}")
     return "".join(lines) + "\n"

@@ -18,6 +18,7 @@ names a firewall-mark service without its family.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from ipaddress import IPv4Address, IPv6Address
 
 from director.ipvs.facts import KERNEL_PROTOCOLS
@@ -39,6 +40,8 @@ _FORWARDS = {
     "Route": Forward.ROUTE,
 }
 
+_FORWARD_NAMES = {forward: name for name, forward in _FORWARDS.items()}
+
 # What a service line is known by: its ServiceKey, or ("FWM", mark) for a
 # firewall-mark service, whose family the file does not show.
 TableKey = ServiceKey | tuple[str, int]
@@ -50,6 +53,18 @@ def _endpoint(text: str) -> tuple[IPAddress, int]:
     if host.startswith("["):
         return IPv6Address(host[1:-1]), int(port, 16)
     return IPv4Address(int(host, 16)), int(port, 16)
+
+
+def proc_destination(destination: Destination) -> str:
+    """A destination's line as the file shows it, without its connection
+    counts and column padding: '-> 0A020001:0050 Masq 1'."""
+    address, port = destination.address, destination.port
+    if address.version == 6:
+        endpoint = f"[{address.exploded}]:{port:04X}"
+    else:
+        endpoint = f"{int(address):08X}:{port:04X}"
+    forward = _FORWARD_NAMES.get(destination.forward, str(int(destination.forward)))
+    return f"-> {endpoint} {forward} {destination.weight}"
 
 
 def _service_key(fields: list[str]) -> TableKey:
@@ -128,3 +143,27 @@ def exact_destinations(
         for key, dests in out.items()
         if key not in ambiguous and all(d.destination.forward is not Forward.TUNNEL for d in dests)
     }
+
+
+def digest_shows(digest: str, earlier: str, destinations: Collection[Destination]) -> bool:
+    """Whether `digest`, one service's text in the table without connection
+    counts (director.ipvs.netlink.table_digests, director.kernel.entry_digest),
+    has the service line of `earlier` (an older digest of the same service)
+    and exactly `destinations`: their addresses, ports, forwarding methods
+    and weights, in any order. False for anything else, a firewall mark's
+    two families in one digest included: the caller reads the service."""
+    lines = digest.split("\n")
+    if lines[0] != earlier.split("\n", 1)[0] or lines[-1] or len(lines) - 2 != len(destinations):
+        return False
+    want = {(d.address, d.port): (d.forward, d.weight) for d in destinations}
+    for line in lines[1:-1]:
+        fields = line.split()
+        if len(fields) != 4 or fields[0] != "->":
+            return False
+        try:
+            shown = _FORWARDS.get(fields[2]), int(fields[3])
+            if want.pop(_endpoint(fields[1])) != shown:
+                return False
+        except (KeyError, ValueError):
+            return False
+    return not want

@@ -13,7 +13,7 @@ import trio
 
 from director.ipvs.model import AF_INET6, Protocol, ServiceKey
 from director.ipvs.netlink import NetlinkBackend
-from director.ipvs.servicetable import table_key
+from director.ipvs.servicetable import digest_shows, table_key
 from director.kernel import KernelTable, entry_digest
 
 
@@ -80,3 +80,25 @@ def test_the_table_digests_through_the_file_not_the_entries(backend: NetlinkBack
     assert digests is not None
     tcp = next(e for e in backend.services() if e.service.key == TCP)
     assert digests[TCP] != entry_digest(tcp)
+
+
+def test_a_digest_shows_the_destinations_the_kernel_dumps(backend: NetlinkBackend) -> None:
+    """digest_shows reads the real file's destination lines: each
+    service's digest shows exactly the destinations its netlink dump gives
+    (both families, every forwarding method), and not after a weight edit.
+    The two families of mark 7 share one digest, which shows nothing."""
+    ipvsadm("-R", stdin=RULES + "-a -t 10.1.0.1:80 -r 10.2.0.4:8080 -i -w 0\n")
+    digests = backend.service_digests()
+    assert digests is not None
+    entries = {e.service.key: e for e in backend.services()}
+    for key in (TCP, UDP):
+        shown = [d.destination for d in entries[key].destinations]
+        assert digest_shows(digests[key], digests[key], shown)
+        assert digest_shows(entry_digest(entries[key]), entry_digest(entries[key]), shown)
+    mark = [d.destination for d in entries[ServiceKey.mark(7)].destinations]
+    assert not digest_shows(digests[("FWM", 7)], digests[("FWM", 7)], mark)
+    ipvsadm("-e", "-t", "10.1.0.1:80", "-r", "10.2.0.1:80", "-m", "-w", "4")
+    edited = backend.service_digests()
+    assert edited is not None
+    tcp = [d.destination for d in entries[TCP].destinations]
+    assert not digest_shows(edited[TCP], digests[TCP], tcp)

@@ -20,6 +20,7 @@ from director.engine import DRIFT_ROTATION, Director
 from director.ipvs.memory import MemoryBackend
 from director.ipvs.model import (
     Destination,
+    DestinationEntry,
     Forward,
     IPAddress,
     Protocol,
@@ -29,8 +30,8 @@ from director.ipvs.model import (
 )
 from director.ipvs.netlink import table_digests
 from director.ipvs.ops import AddDestination, DeleteDestination, EditDestination
-from director.ipvs.servicetable import TableKey
-from director.kernel import KernelTable
+from director.ipvs.servicetable import TableKey, digest_shows
+from director.kernel import KernelTable, entry_digest
 
 SERVICES = 24
 PER_SERVICE = 3
@@ -206,6 +207,57 @@ async def test_a_service_a_pass_touched_is_not_vouched_for_by_its_old_digest(
     assert removed <= INTERVAL + 0.1
 
 
+async def churn(kernel: Kernel, director: Director, network: Network) -> int:
+    """Just after a drift check, one server of every service goes down and
+    its pass removes it: every service is touched before the next check.
+    How many full reads there were by then."""
+    await trio.sleep(director._full_due() - trio.current_time() + 0.05)
+    network.down |= {address(i, 0) for i in range(SERVICES)}
+    while any(  # noqa: ASYNC110
+        kernel.destination(key(i), address(i, 0)) is not None for i in range(SERVICES)
+    ):
+        await trio.sleep(0.01)
+    assert trio.current_time() < director._full_due()
+    return len(kernel.full_reads)
+
+
+async def test_under_churn_a_drift_check_reads_one_slice_in_full(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The digest of a service a pass touched shows what that pass left:
+    the drift check vouches for it without reading it back."""
+    kernel, network = Kernel(), Network()
+    director = director_for(kernel, network)
+    async with running(director):
+        await settled(kernel, director)
+        reads = await churn(kernel, director, network)
+        await trio.sleep(director._full_due() - trio.current_time() + 0.05)
+    slice_size = -(-SERVICES // DRIFT_ROTATION)
+    assert [len(r) for r in kernel.full_reads[reads:]] == [slice_size]
+
+
+async def test_under_churn_a_hand_change_to_a_touched_service_is_repaired(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A service a pass touched, then changed by hand where the listing
+    shows it: its digest no longer shows the pass's belief, and the next
+    drift check reads and repairs it."""
+    kernel, network = Kernel(), Network()
+    director = director_for(kernel, network)
+    async with running(director):
+        await settled(kernel, director)
+        await churn(kernel, director, network)
+        i = (director._rotation + SERVICES // 2) % SERVICES
+        victim = address(i, 1)
+        dest = Destination(victim, 8000 + i, Forward.ROUTE, 9)
+        MemoryBackend.apply(kernel, [EditDestination(key(i), dest)])
+        changed = trio.current_time()
+        while (d := kernel.destination(key(i), victim)) is None or d.weight != 1:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+        repaired = trio.current_time() - changed
+    assert repaired <= INTERVAL + 0.1
+
+
 async def test_a_drift_check_covers_the_services_a_pass_was_asked_for(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -296,3 +348,59 @@ def test_a_backend_without_the_file_digests_what_the_listing_shows() -> None:
     a, b, c = (trio.run(digests, k) for k in (one, hidden, shown))
     assert a == b
     assert a != c
+
+
+# --- what a digest shows --------------------------------------------------------
+
+TCP = ServiceKey.inet(Protocol.TCP, "10.1.0.1", 80)
+SHOWN = (
+    Destination(ip_address("10.2.0.1"), 80, Forward.MASQ, 1),
+    Destination(ip_address("10.2.0.2"), 80, Forward.ROUTE, 1),
+)
+
+
+def test_a_digest_shows_its_destinations_in_any_order() -> None:
+    digest = table_digests(table())[TCP]
+    assert digest_shows(digest, digest, SHOWN)
+    assert digest_shows(digest, digest, SHOWN[::-1])
+
+
+@pytest.mark.parametrize(
+    "destinations",
+    [
+        SHOWN[:1],
+        (*SHOWN, Destination(ip_address("10.2.0.3"), 80, Forward.MASQ, 1)),
+        (SHOWN[0], Destination(ip_address("10.2.0.2"), 80, Forward.MASQ, 1)),
+        (SHOWN[0], Destination(ip_address("10.2.0.2"), 80, Forward.ROUTE, 2)),
+        (SHOWN[0], Destination(ip_address("10.2.0.2"), 81, Forward.ROUTE, 1)),
+        (SHOWN[0], SHOWN[0]),
+    ],
+    ids=["missing", "extra", "forward", "weight", "port", "twice"],
+)
+def test_a_digest_does_not_show_other_destinations(destinations: tuple[Destination, ...]) -> None:
+    digest = table_digests(table())[TCP]
+    assert not digest_shows(digest, digest, destinations)
+
+
+def test_a_digest_with_another_service_line_shows_nothing() -> None:
+    earlier = table_digests(table(scheduler="rr"))[TCP]
+    assert not digest_shows(table_digests(table())[TCP], earlier, SHOWN)
+
+
+def test_a_digest_of_a_mark_in_both_families_shows_nothing() -> None:
+    one = HEADER + "FWM  00000007 sh \n" + TUNNEL_LINE
+    both = one + "FWM  00000007 rr \n"
+    digest, merged = table_digests(one)[("FWM", 7)], table_digests(both)[("FWM", 7)]
+    tunnel = Destination(ip_address("2001:db8::2"), 0, Forward.TUNNEL, 1)
+    assert digest_shows(digest, digest, [tunnel])
+    assert not digest_shows(merged, merged, [tunnel])
+
+
+TUNNEL_LINE = "  -> [2001:0db8:0000:0000:0000:0000:0000:0002]:0000      Tunnel  1      0          0         \n"
+
+
+def test_a_digest_without_the_file_reads_as_the_files() -> None:
+    entry = ServiceEntry(Service(TCP, "wrr"), tuple(map(DestinationEntry, SHOWN)))
+    digest = entry_digest(entry)
+    assert digest_shows(digest, digest, SHOWN[::-1])
+    assert not digest_shows(digest, digest, SHOWN[:1])

@@ -1,0 +1,103 @@
+"""The engine warns when the daemon is short of CPU for its load (issue 8:
+at 10,000 real servers in a loaded VM, drift checks took longer than
+reconcile_interval and most probes started late, and nothing said so):
+a pass that takes more than half of reconcile_interval, and probes that
+start a second or more late, each at most once a minute."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Collection
+
+import structlog
+import trio
+import trio.testing
+from engine_support import Network, running
+
+from director.config import parse_config
+from director.engine import OVERLOAD_WARNING_EVERY, Director, check_targets
+from director.health.checker import Target
+from director.ipvs.memory import MemoryBackend
+from director.ipvs.model import ServiceEntry, ServiceKey
+from director.kernel import KernelTable
+
+INTERVAL = 5.0
+CONFIG = f"""
+[daemon]
+reconcile_interval = {INTERVAL}
+[[virtual_server]]
+protocol = "tcp"
+address = "10.0.0.1:80"
+check = {{ type = "tcp", interval = 1.0, timeout = 0.5 }}
+[[virtual_server.real_server]]
+address = "10.0.1.1"
+"""
+
+
+class SlowKernel(KernelTable):
+    """A kernel whose full reads take `delay` seconds."""
+
+    def __init__(self) -> None:
+        super().__init__(MemoryBackend(), threaded=False)
+        self.delay = 0.0
+
+    async def services(
+        self,
+        only: Collection[ServiceKey] | None = None,
+        *,
+        counters: bool = True,
+        brief: bool = False,
+    ) -> list[ServiceEntry]:
+        await trio.sleep(self.delay)
+        return await super().services(only, counters=counters, brief=brief)
+
+
+def warnings(logs: list[dict[str, object]], event: str) -> list[dict[str, object]]:
+    return [e for e in logs if e["event"] == event and e["log_level"] == "warning"]
+
+
+async def test_a_pass_over_half_the_interval_is_warned_of_once_a_minute(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    kernel = SlowKernel()
+    director = Director(parse_config(CONFIG), kernel, probe=Network().probe, rng=random.Random(1))
+    with structlog.testing.capture_logs() as logs:
+        async with running(director):
+            await trio.sleep(3 * INTERVAL)
+            assert warnings(logs, "pass_slow") == []
+            kernel.delay = 0.6 * INTERVAL
+            await trio.sleep(OVERLOAD_WARNING_EVERY + 3 * INTERVAL)
+            kernel.delay = 0.1 * INTERVAL  # (a drift check reads twice)
+            await trio.sleep(2 * OVERLOAD_WARNING_EVERY)
+    slow = warnings(logs, "pass_slow")
+    assert len(slow) == 2
+    assert isinstance(seconds := slow[0]["seconds"], float) and seconds >= 0.6 * INTERVAL
+    assert slow[0]["held_back"] == 0 and slow[0]["reconcile_interval"] == INTERVAL
+    assert isinstance(slow[1]["held_back"], int) and slow[1]["held_back"] >= 3
+
+
+async def test_late_probes_are_warned_of_after_the_next_full_pass(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The checker tells the engine of each start's lateness (its own
+    tests check the figure); the engine sums the late ones up."""
+    director = Director(
+        parse_config(CONFIG),
+        KernelTable(MemoryBackend(), threaded=False),
+        probe=Network().probe,
+        rng=random.Random(1),
+    )
+    target: Target = next(iter(check_targets(director.config).values()))
+    with structlog.testing.capture_logs() as logs:
+        async with running(director):
+            await trio.sleep(INTERVAL)
+            director._on_start(target, 0.5)
+            await trio.sleep(INTERVAL)
+            assert warnings(logs, "probes_late") == []
+            for lateness in (1.5, 3.0, 1.0):
+                director._on_start(target, lateness)
+            await trio.sleep(INTERVAL)
+            director._on_start(target, 2.0)
+            await trio.sleep(INTERVAL)
+    late = warnings(logs, "probes_late")
+    assert [(e["probes"], e["latest_s"]) for e in late] == [(3, 3.0)]
