@@ -228,7 +228,11 @@ def _decide(
             return present(rs.weight, "down, but every server is down: panic keeps all")
         return failed("down")
     if in_kernel is not None:
-        return present(in_kernel.weight, "not checked yet, weight kept as in the kernel")
+        # A weight of the kernel's own making is kept: a ramp's step, an
+        # exec check's last word, or 0 (down or drained at the last run).
+        if in_kernel.weight == 0 or vs.slow_start > 0 or getattr(rs.check, "dynamic_weight", False):
+            return present(in_kernel.weight, "not checked yet, weight kept as in the kernel")
+        return present(rs.weight, "not checked yet, kept as in the kernel at the configured weight")
     return absent("not checked yet, and not in the kernel")
 
 

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
+import pytest
+
 from director.config import Config, RealServerId, parse_config
 from director.desired import AdminState, DesiredService, RealServerView, desired_table
 from director.health.result import ProbeResult, Reason
@@ -71,17 +73,34 @@ def test_down_server_is_removed_or_kept_at_weight_0() -> None:
     assert reasons(kept)["10.0.0.11"] == "down, kept at weight 0"
 
 
-def test_unknown_server_is_left_as_the_kernel_has_it() -> None:
+def test_unknown_server_is_left_in_or_out_as_the_kernel_has_it() -> None:
+    """In or out as in the kernel until checked; the weight is the
+    configured one (an operator's reload of it applies at once: found at
+    10,000 servers, where the first probe came minutes after a reload)."""
     kernel = kernel_with(dest(0, 17))
     result = only(desired_table(config(), {}, kernel, now=0.0))
-    assert weights(result) == {"10.0.0.10": 17}
+    assert weights(result) == {"10.0.0.10": 3}
     assert reasons(result) == {
-        "10.0.0.10": "not checked yet, weight kept as in the kernel",
+        "10.0.0.10": "not checked yet, kept as in the kernel at the configured weight",
         "10.0.0.11": "not checked yet, and not in the kernel",
     }
-    # once known, the configured weight wins
     result = only(desired_table(config(), {rid(0): UP, rid(1): UNKNOWN}, kernel, now=0.0))
     assert weights(result) == {"10.0.0.10": 3}
+
+
+@pytest.mark.parametrize(
+    ("extra", "found"),
+    [
+        ("slow_start = 30", 17),  # a ramp goes on from its step
+        ('check = { type = "exec", command = ["true"], dynamic_weight = true }', 17),
+        ("", 0),  # down (on_failure weight0) or drained at the last run
+    ],
+    ids=["slow start", "dynamic weight", "weight 0"],
+)
+def test_unknown_server_keeps_a_weight_of_the_daemons_making(extra: str, found: int) -> None:
+    result = only(desired_table(config(extra), {}, kernel_with(dest(0, found)), now=0.0))
+    assert weights(result) == {"10.0.0.10": found}
+    assert reasons(result)["10.0.0.10"] == "not checked yet, weight kept as in the kernel"
 
 
 def test_dynamic_weight_from_exec_check_and_clamping() -> None:
