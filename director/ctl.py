@@ -25,9 +25,16 @@ MAX_REQUEST_BYTES = 1024 * 1024  # director.control.protocol.MAX_REQUEST_BYTES
 # table of some thousand lines goes in one.
 RESTORE_CHUNK = 256 * 1024
 PROGRAM = "directorctl"
+# Seconds the client waits without a byte from the daemon before it gives up
+# (--answer-timeout; 0: for ever). While it works on a request the daemon
+# sends a space every KEEPALIVE seconds at most (the request asks for it,
+# director.control.server.keepalive_interval), so a long -R is not cut off;
+# silence means a daemon that stopped answering.
+ANSWER_TIMEOUT = 60.0
+KEEPALIVE = 5.0
 
 USAGE = """\
-usage: directorctl [--socket PATH] IPVSADM-ARGS...
+usage: directorctl [--socket PATH] [--answer-timeout SECONDS] IPVSADM-ARGS...
        directorctl [--socket PATH] status [--json]
        directorctl [--socket PATH] drain VS RS [--wait] [--timeout SECONDS]
        directorctl [--socket PATH] disable VS RS
@@ -37,7 +44,10 @@ usage: directorctl [--socket PATH] IPVSADM-ARGS...
        directorctl check-config FILE
        directorctl import-keepalived KEEPALIVED.CONF > director.toml
 The socket is --socket, else $DIRECTOR_SOCKET, else /run/director/director.sock;
---socket may come before the command or after it.
+--socket may come before the command or after it, and so may
+--answer-timeout: how long to wait for the daemon while it sends nothing
+(default 60 s; the daemon sends a space every few seconds while it works;
+0 waits for ever).
 """
 
 
@@ -52,7 +62,7 @@ class ConnectError(Exception):
 def main(argv: "Sequence[str] | None" = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     try:
-        path, words = _socket_path(words)
+        path, timeout, words = _global_options(words)
         if words[:1] == ["check-config"]:
             return _check_config(words[1:])
         if words[:1] == ["import-keepalived"]:
@@ -67,32 +77,48 @@ def main(argv: "Sequence[str] | None" = None) -> int:
         _write(2, f"{PROGRAM}: {e}\n{USAGE}")
         return 2
     try:
-        return _run(path, requests)
+        return _run(path, requests, timeout)
     except ConnectError as e:
         _write(2, f"{PROGRAM}: {e}\n")
         return 1
 
 
-def _socket_path(words: list[str]) -> tuple[str, list[str]]:
-    """The socket and the words without `--socket PATH` / `--socket=PATH`,
-    which may come before the command or anywhere after it (`status
-    --socket X`, `-Ln --socket X`): no ipvsadm option nor any of director's
-    own is spelt so. The last one given wins."""
+def _global_options(words: list[str]) -> tuple[str, float, list[str]]:
+    """The socket, the answer timeout and the words without `--socket PATH`
+    / `--socket=PATH` and `--answer-timeout SECONDS` (or `=SECONDS`), which
+    may come before the command or anywhere after it (`status --socket X`,
+    `-Ln --socket X`): no ipvsadm option nor any of director's own is spelt
+    so. The last one given wins."""
     from_env = posix.environ.get(SOCKET_ENV.encode())
     path = from_env.decode("utf-8", "surrogateescape") if from_env else DEFAULT_SOCKET
+    timeout = ANSWER_TIMEOUT
     rest: list[str] = []
     given = iter(words)
     for word in given:
-        if word.startswith("--socket="):
-            path = word[len("--socket=") :]
-        elif word == "--socket":
-            path = next(given, "")
-        else:
+        name, equals, value = word.partition("=")
+        if name not in ("--socket", "--answer-timeout"):
             rest.append(word)
             continue
-        if not path:
-            raise UsageError("--socket needs a path")
-    return path, rest
+        text: str | None = value if equals else next(given, None)
+        if name == "--socket":
+            path = text or ""
+            if not path:
+                raise UsageError("--socket needs a path")
+        else:
+            timeout = _answer_timeout(text)
+    return path, timeout, rest
+
+
+def _answer_timeout(text: str | None) -> float:
+    try:
+        value = float(text) if text is not None else -1.0
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise UsageError(
+            f"--answer-timeout needs a number of seconds (0: wait for ever), not {text!r}"
+        )
+    return value
 
 
 def _requests(words: list[str]) -> list[dict[str, object]]:
@@ -254,13 +280,28 @@ def restore_chunks(text: str) -> list[str]:
     return chunks
 
 
-def _run(path: str, requests: list[dict[str, object]]) -> int:
-    sock = _connect(path)
+def keepalive(timeout: float) -> float | None:
+    """The interval the daemon is asked to send spaces at, for `timeout`
+    (None: no timeout, no spaces): a tenth of it, within 0.1 and KEEPALIVE
+    seconds, so that a daemon whose loop is busy has several chances."""
+    if not timeout:
+        return None
+    return min(max(timeout / 10, 0.1), KEEPALIVE)
+
+
+def _run(path: str, requests: list[dict[str, object]], timeout: float = ANSWER_TIMEOUT) -> int:
+    sock = _connect(path, timeout)
+    interval = keepalive(timeout)
     status = 0
     try:
         for request in requests:
-            sock.sendall(encode(request).encode("ascii"))
-            response = _receive(sock, path)
+            if interval is not None:
+                args = request.get("args")
+                asked = dict(args) if isinstance(args, dict) else {}
+                asked["keepalive"] = interval
+                request = {**request, "args": asked}
+            _send(sock, encode(request).encode("ascii"), path, timeout)
+            response = _receive(sock, path, timeout)
             status = _show(response)
             data = response.get("data")
             if _asks_json(request) and data is not None and not response.get("stdout"):
@@ -279,10 +320,20 @@ def _asks_json(request: dict[str, object]) -> bool:
     )
 
 
-def _connect(path: str) -> _socket.socket:
+def _connect(path: str, timeout: float = ANSWER_TIMEOUT) -> _socket.socket:
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    if timeout:
+        # Each connect, send and receive: a daemon whose backlog is full
+        # (it stopped accepting) or that stopped reading.
+        sock.settimeout(timeout)
     try:
         sock.connect(path)
+    except TimeoutError:
+        sock.close()
+        raise ConnectError(
+            f"cannot connect to {path}: no answer in {timeout:g} s"
+            " (directord is not accepting connections; --answer-timeout SECONDS waits longer)"
+        ) from None
     except OSError as e:
         sock.close()
         hint = {
@@ -294,11 +345,32 @@ def _connect(path: str) -> _socket.socket:
     return sock
 
 
-def _receive(sock: _socket.socket, path: str) -> dict[str, object]:
+def _send(sock: _socket.socket, data: bytes, path: str, timeout: float) -> None:
+    try:
+        sock.sendall(data)
+    except TimeoutError:
+        raise ConnectError(
+            f"directord took no request on {path} in {timeout:g} s (it stopped reading;"
+            " --answer-timeout SECONDS waits longer)"
+        ) from None
+    except OSError as e:
+        raise ConnectError(f"lost the connection to {path}: {e.strerror}") from None
+
+
+def _receive(sock: _socket.socket, path: str, timeout: float = ANSWER_TIMEOUT) -> dict[str, object]:
+    """One response line; the spaces a working daemon sends before it
+    (keepalive) reset the timeout, and are whitespace to JSON."""
     chunks: list[bytes] = []
     while True:
         try:
             chunk = sock.recv(1 << 20)
+        except TimeoutError:
+            raise ConnectError(
+                f"directord sent nothing on {path} for {timeout:g} s (it sends a space every"
+                " few seconds while it works: it has stopped answering). A change asked for"
+                " may or may not be made: check with -Ln or status."
+                " --answer-timeout SECONDS waits longer, 0 for ever"
+            ) from None
         except OSError as e:
             raise ConnectError(f"lost the connection to {path}: {e.strerror}") from None
         if not chunk:
@@ -307,7 +379,7 @@ def _receive(sock: _socket.socket, path: str) -> dict[str, object]:
         if chunk.endswith(b"\n"):
             break
     try:
-        value, _ = _SCANNER(b"".join(chunks).decode("utf-8").rstrip("\n"), 0)
+        value, _ = _SCANNER(b"".join(chunks).decode("utf-8").strip(" \n"), 0)
     except (ValueError, StopIteration):
         value = None
     if not (isinstance(value, dict) and type(value.get("status")) is int):

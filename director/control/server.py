@@ -9,6 +9,7 @@ reaches the rest of the daemon.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import grp
 import os
@@ -16,6 +17,7 @@ import socket as stdlib_socket
 import stat
 import struct
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import trio
@@ -328,7 +330,15 @@ async def _serve_connection(
                     )
                     reply = encode_error(event)
                 else:
-                    reply = await _answer(handler, event, peer, logger)
+                    interval = keepalive_interval(event)
+                    event = _without_keepalive(event)
+                    if interval is None:
+                        reply = await _answer(handler, event, peer, logger)
+                    else:
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(_keep_alive, stream, interval)
+                            reply = await _answer(handler, event, peer, logger)
+                            nursery.cancel_scope.cancel()
                 sent = False
                 with trio.move_on_after(limits.send_timeout):
                     sent = await _send(stream, reply)
@@ -337,6 +347,42 @@ async def _serve_connection(
             if isinstance(event, ProtocolError) and event.fatal:
                 return
             deadline = trio.current_time() + limits.request_timeout
+
+
+# A request's "args" may ask for a space every `keepalive` seconds while
+# its answer is being made (directorctl does, for its --answer-timeout: a
+# -R of thousands of lines works for minutes in a loaded VM, and a client
+# that hears nothing cannot tell a busy daemon from a stuck one). The
+# spaces come before the response's JSON, on its line: JSON allows
+# whitespace there, so a client that parses the line as JSON reads the
+# same response. The interval is clamped to these bounds.
+KEEPALIVE_MIN = 0.1
+KEEPALIVE_MAX = 60.0
+
+
+def keepalive_interval(request: Request) -> float | None:
+    """Seconds between two spaces while `request` is answered, or None."""
+    value = request.args.get("keepalive")
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        return None
+    return min(max(float(value), KEEPALIVE_MIN), KEEPALIVE_MAX)
+
+
+def _without_keepalive(request: Request) -> Request:
+    """The request as the handler sees it: "keepalive" is the server's."""
+    if "keepalive" not in request.args:
+        return request
+    args = {k: v for k, v in request.args.items() if k != "keepalive"}
+    return dataclasses.replace(request, args=MappingProxyType(args))
+
+
+async def _keep_alive(stream: trio.SocketStream, interval: float) -> None:
+    """A space every `interval` seconds until cancelled (the answer is made)
+    or the client is gone. One byte: a cancelled send sent it or not."""
+    while True:
+        await trio.sleep(interval)
+        if not await _send(stream, b" "):
+            return
 
 
 def _timeout_error(buffered: int, timeout: float) -> ProtocolError:

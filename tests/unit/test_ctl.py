@@ -180,7 +180,9 @@ async def test_usage_errors_exit_2_without_contacting_the_daemon(
     first, _, usage = result.stderr.decode().partition("\n")
     assert first.startswith("directorctl: ")
     assert message in first
-    assert usage.startswith("usage: directorctl [--socket PATH] IPVSADM-ARGS...\n")
+    assert usage.startswith(
+        "usage: directorctl [--socket PATH] [--answer-timeout SECONDS] IPVSADM-ARGS...\n"
+    )
 
 
 async def test_daemon_not_running(sock_dir: str) -> None:
