@@ -111,10 +111,103 @@ def clients(workdir: Path, sock: Path) -> dict[str, list[str]]:
     }
 
 
+# Seconds any one command or raw request may take (--step-timeout): past
+# that it is a hang, reported with what is known, not a wait for ever (two
+# -R rounds in the VM once printed nothing for 8 minutes).
+STEP_TIMEOUT = 600.0
+# The directord the current step talks to, for the hang report.
+WATCHED: list[Directord] = []
+
+
 def timed(argv: Sequence[str], stdin: bytes | None = None) -> tuple[float, bytes, bytes, int]:
     started = time.perf_counter()
-    done = subprocess.run(argv, input=stdin, capture_output=True, check=False)
+    try:
+        done = subprocess.run(
+            argv, input=stdin, capture_output=True, check=False, timeout=STEP_TIMEOUT
+        )
+    except subprocess.TimeoutExpired as expired:
+        raise SystemExit(
+            hang_report(
+                f"{' '.join(argv)}{' (with input)' if stdin else ''}",
+                time.perf_counter() - started,
+                expired.stdout,
+                expired.stderr,
+            )
+        ) from None
     return time.perf_counter() - started, done.stdout, done.stderr, done.returncode
+
+
+def hang_report(what: str, seconds: float, out: bytes | None, err: bytes | None) -> str:
+    """What is known when `what` did not finish: its output so far, and the
+    daemon's state (process and threads, where they wait, its Python stacks
+    when py-spy is there, its log's tail, the kernel's table size)."""
+    lines = [
+        f"HANG: {what} did not finish in {seconds:.1f} s (--step-timeout {STEP_TIMEOUT:g}); killed",
+        f"  its stdout so far: {(out or b'')[-500:]!r}",
+        f"  its stderr so far: {(err or b'')[-500:]!r}",
+    ]
+    try:
+        lines.append(f"  kernel table: {len(ipvs_table())} services")
+    except Exception as error:  # a report must not fail on what it reports
+        lines.append(f"  kernel table: unreadable ({error!r})")
+    for daemon in WATCHED:
+        lines.extend(_daemon_state(daemon))
+    return "\n".join(lines)
+
+
+def _daemon_state(daemon: Directord) -> list[str]:
+    process = daemon.process
+    if process is None:
+        return ["  directord: not started"]
+    pid = process.pid
+    if process.poll() is not None:
+        lines = [f"  directord {pid}: exited with {process.returncode}"]
+    else:
+        lines = [f"  directord {pid}: running"]
+        for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+            try:
+                stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                wchan = (task / "wchan").read_text()
+                comm = (task / "comm").read_text().strip()
+            except OSError:
+                continue
+            lines.append(f"    thread {task.name} ({comm}): state {stat[0]}, wchan {wchan}")
+        spy = REPO / ".venv" / "bin" / "py-spy"
+        if spy.exists():
+            try:
+                dump = subprocess.run(
+                    [str(spy), "dump", "--pid", str(pid)],
+                    capture_output=True,
+                    timeout=120,
+                    check=False,
+                )
+                lines.append("    py-spy dump:")
+                lines.extend(f"      {line}" for line in dump.stdout.decode().splitlines())
+                if dump.returncode:
+                    lines.append(f"      (py-spy: {dump.stderr.decode()[-300:]!r})")
+            except subprocess.TimeoutExpired:
+                lines.append("    py-spy dump: no answer in 120 s")
+    try:
+        log = (daemon.workdir / "directord.log").read_text(errors="replace").splitlines()
+    except OSError as error:
+        log = [f"(log unreadable: {error})"]
+    lines.append(f"  directord log, last {min(len(log), 30)} of {len(log)} lines:")
+    lines.extend(f"    {line[:400]}" for line in log[-30:])
+    return lines
+
+
+def _request_line(
+    conn: socket.socket, reader: object, request: bytes, what: str
+) -> dict[str, object]:
+    """One raw request and its response line, within STEP_TIMEOUT."""
+    started = time.perf_counter()
+    try:
+        conn.sendall(request)
+        line = reader.readline()  # type: ignore[attr-defined]
+    except TimeoutError:
+        raise SystemExit(hang_report(what, time.perf_counter() - started, None, None)) from None
+    reply: dict[str, object] = json.loads(line)
+    return reply
 
 
 def rounds(
@@ -160,15 +253,15 @@ def answer_time(sock: Path, argv: Sequence[str], count: int) -> float:
     request = json.dumps({"v": 1, "argv": list(argv)}).encode() + b"\n"
     samples = []
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(STEP_TIMEOUT)
         conn.connect(str(sock))
-        reader = conn.makefile("rb")
-        for _ in range(count):
-            started = time.perf_counter()
-            conn.sendall(request)
-            reply = json.loads(reader.readline())
-            samples.append(time.perf_counter() - started)
-            if reply.get("status") != 0:
-                raise SystemExit(f"daemon answered {argv}: {reply}")
+        with conn.makefile("rb") as reader:
+            for _ in range(count):
+                started = time.perf_counter()
+                reply = _request_line(conn, reader, request, f"raw {' '.join(argv)}")
+                samples.append(time.perf_counter() - started)
+                if reply.get("status") != 0:
+                    raise SystemExit(f"daemon answered {argv}: {reply}")
     return statistics.median(samples)
 
 
@@ -182,12 +275,15 @@ def raw_answer(
         message["args"] = {"stdin": stdin}
     request = json.dumps(message).encode() + b"\n"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(STEP_TIMEOUT)
         conn.connect(str(sock))
-        reader = conn.makefile("rb")
-        started = time.perf_counter()
-        conn.sendall(request)
-        reply = json.loads(reader.readline())
-        return time.perf_counter() - started, reply
+        with conn.makefile("rb") as reader:
+            started = time.perf_counter()
+            what = f"raw {' '.join(argv)}"
+            if stdin:
+                what += f" ({len(stdin)} characters of input)"
+            reply = _request_line(conn, reader, request, what)
+            return time.perf_counter() - started, reply
 
 
 def answer_split(count: int) -> dict[str, float]:
@@ -253,6 +349,7 @@ def unmanaged(args: argparse.Namespace, text: str, workdir: Path) -> float:
     with namespace("bench-ctl"):
         daemon = Directord([], TcpTiming(), workdir / "unmanaged")
         try:
+            WATCHED[:] = [daemon]
             daemon.start(timeout=120)
             restore, _, err, status = timed([IPVSADM, "-R"], text.encode())
             if status != 0:
@@ -271,6 +368,7 @@ def unmanaged(args: argparse.Namespace, text: str, workdir: Path) -> float:
             )
         finally:
             daemon.stop()
+            WATCHED.clear()
     return restore
 
 
@@ -284,6 +382,7 @@ def managed(args: argparse.Namespace, text: str, workdir: Path, ipvsadm_restore:
         timing = TcpTiming(interval=args.managed_interval)
         daemon = Directord([], timing, workdir / "managed")
         try:
+            WATCHED[:] = [daemon]
             daemon.start(timeout=120)
             sock = daemon.workdir / "director.sock"
             runs = clients(daemon.workdir, sock)
@@ -316,6 +415,7 @@ def managed(args: argparse.Namespace, text: str, workdir: Path, ipvsadm_restore:
             )
         finally:
             daemon.stop()
+            WATCHED.clear()
             stop_process(sink, signal.SIGKILL)
 
 
@@ -378,6 +478,7 @@ def restore_directorctl(
     run_checked([IPVSADM, "-C"])
     daemon = Directord([], timing, workdir / f"restore-{round_}")
     try:
+        WATCHED[:] = [daemon]
         daemon.start(timeout=300)
         sock = daemon.workdir / "director.sock"
         client = clients(daemon.workdir, sock)[args.restore_client]
@@ -400,6 +501,7 @@ def restore_directorctl(
         return split
     finally:
         daemon.stop()
+        WATCHED.clear()
         run_checked([IPVSADM, "-C"])
 
 
@@ -410,6 +512,7 @@ def run_checked(argv: Sequence[str]) -> None:
 
 
 def main() -> None:
+    global STEP_TIMEOUT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--dests", type=int, default=4)
@@ -423,6 +526,13 @@ def main() -> None:
         help="seconds between two checks of a server in the managed part (its"
         " [control] runtime_check): the VM probes a few hundred servers a second",
     )
+    parser.add_argument(
+        "--step-timeout",
+        type=float,
+        default=STEP_TIMEOUT,
+        help="seconds one command or raw request may take before the run stops"
+        " as a hang, with a report of what is known (the daemon's threads, stacks, log)",
+    )
     parser.add_argument("--restore", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument(
         "--only-restore", action="store_true", help="only the restore part (implies --restore)"
@@ -434,6 +544,7 @@ def main() -> None:
         help="how the restore part starts directorctl (see clients())",
     )
     args = parser.parse_args()
+    STEP_TIMEOUT = args.step_timeout
     if os.geteuid() != 0:
         raise SystemExit("run as root where the kernel has ip_vs (tests/vm/run.py)")
     text = table(args.services, args.dests)
