@@ -177,7 +177,8 @@ def _parse_config(text: str, source: str, modules: KernelModules | None) -> Conf
     )
     root.close()
     if problems.errors:
-        raise ConfigError(problems.errors, source, problems.named_errors())
+        lines = _entry_lines(text, tables)
+        raise ConfigError(problems.errors, source, problems.named_errors(lines))
     return config
 
 
@@ -473,6 +474,49 @@ def _load(
     except tomli.TOMLDecodeError:
         return tomli.loads(text), None  # its error, with the whole text's line numbers
     return data, pieces
+
+
+_ENTRY_HEADER = re.compile(
+    r"^[ \t]*\[\[[ \t]*virtual_server[ \t]*(?P<rs>\.[ \t]*real_server[ \t]*)?\]\]", re.M
+)
+
+
+def _entry_lines(text: str, tables: list[tuple[bytes, Table | _Memory]]) -> dict[str, int]:
+    """The line (from 1) of each virtual server's `[[virtual_server]]` header
+    in `text`, as "virtual_server[i]", and of its
+    `[[virtual_server.real_server]]` headers, as
+    "virtual_server[i].real_server[j]"; `tables` are the virtual servers
+    the parse made of it. Only where the headers found are as many as the
+    entries (none written inline or with quotes, no multi-line string that
+    could hold such a line), so that no line is another entry's; else
+    none."""
+    if '"""' in text or "'''" in text:
+        return {}
+    found: list[tuple[int, list[int]]] = []
+    line, at = 1, 0
+    for header in _ENTRY_HEADER.finditer(text):
+        line += text.count("\n", at, header.start())
+        at = header.start()
+        if header["rs"] is None:
+            found.append((line, []))
+        elif found:
+            found[-1][1].append(line)
+        else:
+            return {}
+    if len(found) != len(tables):
+        return {}
+    lines: dict[str, int] = {}
+    for i, ((vs_line, rs_lines), (_, table)) in enumerate(zip(found, tables, strict=True)):
+        where = f"virtual_server[{i}]"
+        lines[where] = vs_line
+        if isinstance(table, Table):
+            servers = table.data.get("real_server")
+            count = len(servers) if isinstance(servers, list) else None
+        else:
+            count = len(table[2].real_servers)
+        if count == len(rs_lines):
+            lines.update((f"{where}.real_server[{j}]", n) for j, n in enumerate(rs_lines))
+    return lines
 
 
 def _piece_table(data: dict[str, object], i: int, problems: Problems) -> Table:

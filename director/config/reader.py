@@ -52,32 +52,40 @@ class Problems:
             self.errors.append(text)
             self._paths.append(path)
 
-    def named_errors(self) -> list[str]:
+    def named_errors(self, lines: Mapping[str, int] | None = None) -> list[str]:
         """`errors` with the indexed entries each is in named after its path
         (what an operator reads: `virtual_server[17] (10.0.0.1:80 tcp):
-        ...`); `errors` keeps the bare paths."""
+        ...`), and the line of the innermost entry that `lines` has (by its
+        path, "virtual_server[17]": `virtual_server[17] (10.0.0.1:80 tcp,
+        line 204)`); `errors` keeps the bare paths."""
         return [
-            self._named(path) + error[len(path) :]
+            self._named(path, lines or {}) + error[len(path) :]
             for path, error in zip(self._paths, self.errors, strict=True)
         ]
 
     def __len__(self) -> int:
         return len(self.errors)
 
-    def _named(self, path: str) -> str:
-        """`path` with the names of the indexed entries it is in, after it:
-        "virtual_server[17] (10.0.0.1:80 tcp)", "virtual_server[3].real_server[1].weight
-        (10.0.0.1:80 tcp, 10.0.1.1:80)". After the whole path, so the path
-        stays one dotted path to search for."""
-        if not self._entries:
+    def _named(self, path: str, lines: Mapping[str, int]) -> str:
+        """`path` with the names of the indexed entries it is in, after it,
+        and the line of the innermost one `lines` has: "virtual_server[17]
+        (10.0.0.1:80 tcp, line 204)", "virtual_server[3].real_server[1].weight
+        (10.0.0.1:80 tcp, 10.0.1.1:80, line 57)". After the whole path, so
+        the path stays one dotted path to search for."""
+        if not self._entries and not lines:
             return path
         names = []
+        line = None
         end = path.find("]")
         while end != -1:
-            what = self._entries.get(path[: end + 1])
+            entry = path[: end + 1]
+            what = self._entries.get(entry)
             if what is not None:
                 names.append(what)
+            line = lines.get(entry, line)
             end = path.find("]", end + 1)
+        if line is not None:
+            names.append(f"line {line}")
         return f"{path} ({', '.join(names)})" if names else path
 
 

@@ -443,6 +443,6 @@ def test_a_service_error_names_the_entry_for_people() -> None:
     with pytest.raises(ConfigError) as info:
         config(HEAD + PEER6 + service())
     assert info.value.named_errors == [
-        "virtual_server[0].bgp (10.9.1.100:80 tcp): "
+        "virtual_server[0].bgp (10.9.1.100:80 tcp, line 6): "
         "no [[bgp.peer]] is IPv4 to announce 10.9.1.100 to: True"
     ]

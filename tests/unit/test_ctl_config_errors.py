@@ -4,7 +4,9 @@ trial: `directord --check` of a converted keepalived.conf said
 service (address and protocol, or fwmark) and the real server. `errors`
 keeps the bare paths; `named_errors`, str() and every place that prints
 them (directord --check, directorctl check-config, the control socket's
-check-config and reload) name the entries."""
+check-config and reload) name the entries, with the line of the innermost
+one's header (operator trial at 10,000 real servers: a path alone leaves
+thousands of [[virtual_server.real_server]] tables to count)."""
 
 from __future__ import annotations
 
@@ -34,13 +36,13 @@ BAD = (
     + "[[virtual_server]]\nscheduler = 3\n"
 )
 NAMED = [
-    "virtual_server[17].scheduler (10.0.0.1:53 udp): unknown scheduler",
-    "virtual_server[18].real_server[0].weight (fwmark 7, 10.0.2.1:80): must be between",
-    "virtual_server[19] (10.0.0.1:80 tcp): duplicate virtual service",
-    # nothing to name it by
-    "virtual_server[20].address: required",
-    "virtual_server[20].protocol: required",
-    "virtual_server[20].scheduler: expected a string",
+    "virtual_server[17].scheduler (10.0.0.1:53 udp, line 86): unknown scheduler",
+    "virtual_server[18].real_server[0].weight (fwmark 7, 10.0.2.1:80, line 92): must be between",
+    "virtual_server[19] (10.0.0.1:80 tcp, line 95): duplicate virtual service",
+    # nothing to name it by but its line
+    "virtual_server[20].address (line 98): required",
+    "virtual_server[20].protocol (line 98): required",
+    "virtual_server[20].scheduler (line 98): expected a string",
 ]
 
 
@@ -59,6 +61,24 @@ def test_errors_name_the_entries_they_are_in() -> None:
         e.partition(": ")[2] for e in error.named_errors
     ]
     assert all(f"  {named}" in str(error) for named in error.named_errors)
+
+
+def test_lines_are_left_out_where_the_headers_do_not_match_the_entries() -> None:
+    """Real servers written inline, or a header with quotes, would shift
+    every line after them: those entries get none, the others keep theirs."""
+    inline = BAD.replace(
+        '[[virtual_server.real_server]]\naddress = "10.0.2.1:80"\nweight = -1\n',
+        'real_server = [{ address = "10.0.2.1:80", weight = -1 }]\n',
+    )
+    named = errors(inline).named_errors
+    assert named[1].startswith(
+        "virtual_server[18].real_server[0].weight (fwmark 7, 10.0.2.1:80, line 90): must be"
+    )
+    quoted = BAD.replace("[[virtual_server]]\nscheduler = 3", '[["virtual_server"]]\nscheduler = 3')
+    assert errors(quoted).named_errors[3].startswith("virtual_server[20].address: required")
+    long = '"""\n[[virtual_server]]\n"""'
+    named = errors(f'[daemon]\nlog_level = "info"\n[control]\nsocket = {long}\n' + BAD).named_errors
+    assert named[1].startswith("virtual_server[17].scheduler (10.0.0.1:53 udp): unknown scheduler")
 
 
 def test_directord_check_prints_them_named(
