@@ -22,6 +22,16 @@ every `--interval` seconds, for `--duration` seconds. Over the window after
 - verdicts: results by reason (all "ok" unless the host ran short of
   something).
 
+`--engine` runs the same targets through the daemon's engine instead of a
+bare Checker: `Director` over the in-memory IPVS backend (no kernel), the
+config bench/scale.py writes (`--addresses` real servers per service, one
+service per port; a 1 s interval, the daemon's tick), log lines to
+/dev/null as JSON, `--metrics` for the metrics events too (the engine counts them; no endpoint is served). Every server is
+up: per probe, the engine's own part (its `on_result`: metrics events, the
+failure filter) and whatever else the daemon runs meanwhile (drift checks
+every 5 s, the log writer) on top of the checker's. The probes are counted
+by a wrapper of the engine's `on_result` (one call a probe).
+
 `--source DIR` imports `director` from another checkout (a `git worktree` of
 an older commit), to compare before and after on the same host:
 
@@ -66,6 +76,8 @@ def main() -> None:
         help="the checker's tick (s), as directord's engine sets it",
     )
     parser.add_argument("--source", type=Path, help="import director from this checkout")
+    parser.add_argument("--engine", action="store_true", help="through Director, not a Checker")
+    parser.add_argument("--metrics", action="store_true", help="with --engine: [metrics] on")
     args = parser.parse_args()
     if args.source is not None:
         sys.path.insert(0, str(args.source.resolve()))
@@ -128,21 +140,26 @@ def measure(args: argparse.Namespace, endpoints: list[tuple[str, int]]) -> dict[
         "on_result": on_result,
         "rng": random.Random(1),
     }
-    try:
-        checker = checker_module.Checker(on_start=on_start, tick=args.tick, **kwargs)
-    except TypeError:  # a checker from before the tick, or the on_start meter
+    runner: Callable[..., Any]
+    if args.engine:
+        runner = engine_runner(args, endpoints, on_result, on_start)
+    else:
         try:
-            checker = checker_module.Checker(on_start=on_start, **kwargs)
-        except TypeError:
-            checker = checker_module.Checker(**kwargs)
-    checker.set_targets(targets)
+            checker = checker_module.Checker(on_start=on_start, tick=args.tick, **kwargs)
+        except TypeError:  # a checker from before the tick, or the on_start meter
+            try:
+                checker = checker_module.Checker(on_start=on_start, **kwargs)
+            except TypeError:
+                checker = checker_module.Checker(**kwargs)
+        checker.set_targets(targets)
+        runner = checker.run
 
     figures: dict[str, Any] = {}
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
             started = trio.current_time()
-            await nursery.start(checker.run)
+            await nursery.start(runner)
             await trio.sleep_until(started + args.warmup)
             window["open"] = True
             figures["cpu0"], figures["t0"] = cpu(), time.monotonic()
@@ -171,6 +188,58 @@ def measure(args: argparse.Namespace, endpoints: list[tuple[str, int]]) -> dict[
         "max RSS MiB": f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}",
     }
     return report
+
+
+def engine_runner(
+    args: argparse.Namespace,
+    endpoints: list[tuple[str, int]],
+    on_result: Callable[..., None],
+    on_start: Callable[[Any, float], None],
+) -> Callable[..., Any]:
+    """`Director.run` of a Director over the in-memory backend, checking
+    `endpoints` (one service per port), with the bench's meters wrapped
+    around the engine's own callbacks (keys: the real servers' ids)."""
+    import os
+    import tempfile
+
+    from common import TcpTiming, VirtualService, directord_config
+
+    from director import log
+    from director.config import load_config
+    from director.engine import Director
+    from director.ipvs.memory import MemoryBackend
+    from director.kernel import KernelTable
+
+    by_port: dict[int, list[tuple[str, int]]] = {}
+    for address, port in endpoints:
+        by_port.setdefault(port, []).append((address, port))
+    services = [VirtualService("10.1.0.1", port, tuple(rs)) for port, rs in sorted(by_port.items())]
+    timing = TcpTiming(interval=args.interval, timeout=args.timeout)
+    workdir = Path(tempfile.mkdtemp(prefix="director-bench-checker-"))
+    text = directord_config(services, timing, workdir)
+    if args.metrics:
+        text = text.replace("[control]", '[metrics]\nlisten = "127.0.0.1:9"\n\n[control]', 1)
+    (workdir / "director.toml").write_text(text)
+    log.configure("info", open(os.devnull, "w"), json=True)  # noqa: SIM115
+    config = load_config(str(workdir / "director.toml"))
+    director = Director(config, KernelTable(MemoryBackend(), threaded=False), rng=random.Random(1))
+    checker = director.checker
+    engine_result = checker._on_result
+    keys: dict[Any, int] = {}
+
+    def counted(key: Any, before: Any, after: Any) -> None:
+        engine_result(key, before, after)
+        on_result(keys.setdefault(key, len(keys)), before, after)
+
+    engine_start = checker._on_start
+
+    def started(target: Any, late: float) -> None:
+        if engine_start is not None:
+            engine_start(target, late)
+        on_start(target, late)
+
+    checker._on_result, checker._on_start = counted, started
+    return director.run
 
 
 def cpu() -> tuple[float, float]:
