@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 from director.health.checker import Checker
+from director.health.probes import http_exchange
 from director.health.probes.http_exchange import Exchanges, http_destination
 from director.health.probes.http_head import DISCONNECTED, MAX_HEADER, MAX_INTERIM
 from director.health.result import ProbeResult, Reason
@@ -210,6 +211,47 @@ async def test_a_bad_host_is_an_error_before_any_connect(autojump_clock: trio.te
     [result] = results["a"]
     assert (result.ok, result.reason) == (False, Reason.ERROR)
     assert result.detail.startswith("host 'bad host': ")
+
+
+def test_the_request_is_written_once_for_its_target() -> None:
+    """The bytes every probe of a target sends, as h11 writes the request
+    (http_head.request_for): built with the target, not at each probe."""
+    target = http_destination(HttpCheck(path="/health check"), HERE, 8080)
+    assert target is not None
+    assert target.wire == (
+        b"GET /health%20check HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAccept: */*\r\n"
+        b"Accept-Encoding: identity\r\nConnection: close\r\n"
+        b"User-Agent: director-health-check\r\n\r\n"
+    )
+    post = http_destination(HttpCheck(method="post"), HERE, 80)
+    assert post is not None
+    assert post.wire.startswith(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    assert post.wire.endswith(b"Content-Length: 0\r\n\r\n")
+
+
+async def test_h11_keeps_state_only_for_a_probe_that_is_answered(serve: Serve, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock) -> None:  # fmt: skip
+    """One h11 connection writes a target's request (http_destination);
+    then a probe makes one only once an answer comes: none for a refused
+    connect, one for each probe answered."""
+    made: list[object] = []
+    real = http_exchange.new_connection
+
+    def counted() -> http_exchange.Connection:
+        made.append(conn := real())
+        return conn
+
+    monkeypatch.setattr(http_exchange, "new_connection", counted)
+    with socket.socket() as unused:
+        unused.bind((str(HERE), 0))
+        refused = unused.getsockname()[1]
+        results = await run_checker({"a": (HttpCheck(timing=Timing(interval=1.0)), refused)}, 3.5)
+    assert len(results["a"]) >= 3 and not any(r.ok for r in results["a"])
+    assert len(made) == 1
+    made.clear()
+    port = await serve(healthy)
+    results = await run_checker({"a": (HttpCheck(timing=Timing(interval=1.0)), port)}, 3.5)
+    assert len(results["a"]) >= 3 and all(r.ok for r in results["a"])
+    assert len(made) == 1 + len(results["a"])
 
 
 def test_checks_that_need_more_than_the_head_take_the_task_path() -> None:

@@ -74,8 +74,10 @@ _PENDING = (errno.EINPROGRESS, errno.EINTR)
 @dataclass(frozen=True, slots=True)
 class HttpDestination:
     """Where and what a plain HTTP check asks, computed once per target:
-    the socket module's address, and the request (None when `problem`, the
-    detail of an ERROR known before any I/O: a bad host or request)."""
+    the socket module's address, the request (None when `problem`, the
+    detail of an ERROR known before any I/O: a bad host or request) and
+    `wire`, its bytes as h11 writes them (every probe sends those; h11
+    keeps no state of a probe that gets no answer)."""
 
     check: HttpCheck
     address: IPAddress
@@ -84,6 +86,7 @@ class HttpDestination:
     sockaddr: tuple[str, int]
     request: h11.Request | None
     problem: str = ""
+    wire: bytes = b""
 
 
 def http_destination(check: HttpCheck, address: IPAddress, port: int) -> HttpDestination | None:
@@ -103,11 +106,14 @@ def http_destination(check: HttpCheck, address: IPAddress, port: int) -> HttpDes
             return HttpDestination(check, address, port, family, sockaddr, None, f"host {check.host!r}: {problem}")  # fmt: skip
     try:
         built = request(check, address, port)
+        # No EndOfMessage: the request has no body (its framing is
+        # Content-Length: 0, whose end h11 writes as b"").
+        wire = new_connection().send(built) or b""
     except h11.LocalProtocolError as e:
         return HttpDestination(check, address, port, family, sockaddr, None, f"request: {e}")
     except Exception:
         return None
-    return HttpDestination(check, address, port, family, sockaddr, built)
+    return HttpDestination(check, address, port, family, sockaddr, built, wire=wire)
 
 
 async def exchange_once(target: HttpDestination) -> ProbeResult:
@@ -120,7 +126,8 @@ async def exchange_once(target: HttpDestination) -> ProbeResult:
 @dataclass(eq=False, slots=True)
 class _Exchange(Probe[HttpDestination]):
     """One probe in flight (watch.py's `Probe`); `out` is the part of the
-    request not sent yet (empty once it all went)."""
+    request not sent yet (empty once it all went); `conn`, h11's side of
+    the exchange, once the first bytes of an answer (or its end) came."""
 
     conn: Connection | None = None
     out: bytes = b""
@@ -148,11 +155,7 @@ class Exchanges(Watcher[HttpDestination, _Exchange]):
         target = probe.target
         if target.request is None:
             return ProbeResult.failure(Reason.ERROR, 0.0, target.problem)
-        # No EndOfMessage: the request has no body (its framing is
-        # Content-Length: 0, whose end h11 writes as b""), and h11
-        # reads the response whatever our side's state.
-        conn = probe.conn = new_connection()
-        probe.out = conn.send(target.request) or b""
+        probe.out = target.wire
         sock = probe.sock = socket.socket(target.family, _FLAGS)
         code = sock.connect_ex(target.sockaddr)
         if code == 0 or code in _PENDING:
@@ -173,8 +176,8 @@ class Exchanges(Watcher[HttpDestination, _Exchange]):
             self._finish(probe, result)
 
     def _advance(self, exchange: _Exchange, flags: int, now: float) -> ProbeResult | None:
-        sock, conn = exchange.sock, exchange.conn
-        assert sock is not None and conn is not None
+        sock = exchange.sock
+        assert sock is not None
         timeout = exchange.target.check.timing.timeout
         try:
             if exchange.out:  # connecting, or the request not all sent
@@ -194,6 +197,15 @@ class Exchanges(Watcher[HttpDestination, _Exchange]):
                 data = sock.recv(READ_SIZE)
             except BlockingIOError:
                 return None
+            conn = exchange.conn
+            if conn is None:
+                # h11's state of an exchange whose request went (the bytes
+                # sent are `wire`, what this send writes again); it reads
+                # the response whatever our side's state (no EndOfMessage).
+                request = exchange.target.request
+                assert request is not None  # (else _open gave the verdict)
+                conn = exchange.conn = new_connection()
+                conn.send(request)
             receive(conn, data)
             response = next_response(conn)
             if response is None and (len(data) == READ_SIZE or (data and flags & _CLOSED)):
