@@ -298,6 +298,7 @@ class Director:
         self._jobs: deque[tuple[Callable[[], Awaitable[object]], _Reply]] = deque()
         self._running = False
         self._passes = 0
+        self._drift_vouched = 0  # services the last drift check's digests vouched for
         self._late = 0  # probes started LATE_AFTER or more late since the last warning
         self._latest = 0.0  # seconds: the latest of those
         self._warned: dict[str, tuple[float, int]] = {}  # event -> (when, warnings held back)
@@ -354,6 +355,7 @@ class Director:
                 why=why,
                 seconds=round(took, 3),
                 services=services if services is not None else len(self._managed_keys()),
+                **({"vouched": self._drift_vouched} if why == "drift check" else {}),
                 reconcile_interval=interval,
                 hint="short of CPU for this table: raise reconcile_interval or the checks' intervals",
             )
@@ -601,6 +603,7 @@ class Director:
         managed = sorted(self._managed_keys(), key=service_sort_key)
         suspect = {key for key in managed if not self._vouched(key, digests.get(table_key(key)))}
         suspect.update(due)
+        self._drift_vouched = len(managed) - len(suspect)
         if managed:
             size = -(-len(managed) // DRIFT_ROTATION)
             start = self._rotation if self._rotation < len(managed) else 0

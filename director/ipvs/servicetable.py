@@ -161,8 +161,11 @@ def digest_shows(digest: str, earlier: str, destinations: Collection[Destination
         if len(fields) != 4 or fields[0] != "->":
             return False
         try:
-            shown = _FORWARDS.get(fields[2]), int(fields[3])
-            if want.pop(_endpoint(fields[1])) != shown:
+            forward, weight = want.pop(_endpoint(fields[1]))
+            shown = _FORWARDS.get(fields[2])
+            # The kernel keeps a local address as Local whatever was asked
+            # (ip_vs_ctl.c, __ip_vs_update_dest), as reconcile takes it.
+            if int(fields[3]) != weight or (shown != forward and shown is not Forward.LOCAL):
                 return False
         except (KeyError, ValueError):
             return False

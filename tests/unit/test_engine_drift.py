@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Collection
+from dataclasses import replace
 from ipaddress import ip_address
 
 import pytest
@@ -404,3 +405,16 @@ def test_a_digest_without_the_file_reads_as_the_files() -> None:
     digest = entry_digest(entry)
     assert digest_shows(digest, digest, SHOWN[::-1])
     assert not digest_shows(digest, digest, SHOWN[:1])
+
+
+def test_a_digest_shows_a_local_destination_whatever_was_asked() -> None:
+    """The kernel makes a destination whose address is the director's own
+    Local (ip_vs_ctl.c), whatever forwarding method was asked."""
+    text = (
+        HEADER
+        + "TCP  0A010001:0050 wrr \n"
+        + "  -> 0A020001:0050      Local   1      0          0         \n"
+    )
+    digest = table_digests(text)[TCP]
+    assert digest_shows(digest, digest, SHOWN[:1])
+    assert not digest_shows(digest, digest, [replace(SHOWN[0], weight=2)])
