@@ -190,6 +190,10 @@ class Checker(Generic[K]):
         self._nursery: trio.Nursery | None = None
         self._schedule: Schedule[_Probe[K]] | None = None
         self._sleep: trio.CancelScope | None = None  # the scheduler's, while it waits
+        # The due time `_sleep`'s deadline was last computed for (NaN: not
+        # known): a verdict whose schedule's next due is the same (most of
+        # them) leaves the deadline alone without computing it again.
+        self._sleep_due = math.nan
         self._running_probe: ProbeFunction | None = None
         self._idle: list[trio.lowlevel.Task] = []  # workers waiting for a probe
         self._connects: Connects | None = None  # the real TCP probes, while running
@@ -360,6 +364,7 @@ class Checker(Generic[K]):
             wake = self._wake_at(due)
             if wake < sleep.deadline:
                 sleep.deadline = wake
+                self._sleep_due = math.nan
 
     async def _dispatch(self, schedule: Schedule[_Probe[K]]) -> None:
         """The scheduler: starts the probes that are due, sleeps until the
@@ -384,7 +389,8 @@ class Checker(Generic[K]):
                     self._connects.read_now()
                 if self._exchanges is not None:
                     self._exchanges.read_now()
-            with trio.CancelScope(deadline=self._wake_at(schedule.next_due())) as self._sleep:
+            self._sleep_due = due_at = schedule.next_due()
+            with trio.CancelScope(deadline=self._wake_at(due_at)) as self._sleep:
                 await nap(self._sleep)
 
     def _hand_out(self, due: list[tuple[_Probe[K], float]], *, keep: bool) -> _Probe[K] | None:
@@ -453,7 +459,8 @@ class Checker(Generic[K]):
             # probes end, and the scheduler need not wake (each wake-up by a
             # deadline costs trio an exception).
             if self._sleep is not None:
-                self._sleep.deadline = self._wake_at(schedule.next_due())
+                self._sleep_due = due_at = schedule.next_due()
+                self._sleep.deadline = self._wake_at(due_at)
         if result is not None:
             self._record(probe, result)
         return following
@@ -482,9 +489,12 @@ class Checker(Generic[K]):
             self._hand_out(following, keep=False)
         sleep = self._sleep
         if sleep is not None:
-            wake = self._wake_at(schedule.next_due())
-            if wake != sleep.deadline:  # setting it costs trio more than comparing
-                sleep.deadline = wake
+            due_at = schedule.next_due()
+            if due_at != self._sleep_due:
+                self._sleep_due = due_at
+                wake = self._wake_at(due_at)
+                if wake != sleep.deadline:  # setting it costs trio more than comparing
+                    sleep.deadline = wake
         self._record(probe, result, now)
 
     async def _attempt(self, target: Target) -> ProbeResult:
@@ -505,13 +515,13 @@ class Checker(Generic[K]):
         on_result, on_transition = self._on_result, self._on_transition
         slot = probe.slot
         if probe.more is None and slot is not None:  # one key: most probes
-            key = cast(K, probe.key)
+            key = probe.key  # (K: not None while it has a slot; no cast call)
             before = slot.state
             slot.state, transition = advance(before, result, now, timing)
             if on_result is not None:
-                on_result(key, before, slot.state)
+                on_result(key, before, slot.state)  # type: ignore[arg-type]
             if transition is not None and on_transition is not None:
-                on_transition(key, transition)
+                on_transition(key, transition)  # type: ignore[arg-type]
             return
         for key, slot in probe.members():
             if not probe.holds(key, slot):  # a callback removed it meanwhile

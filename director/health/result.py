@@ -36,7 +36,7 @@ class ProbeResult:
 
     @classmethod
     def success(cls, latency: float, *, weight: int | None = None, detail: str = "") -> ProbeResult:
-        return cls(True, Reason.OK, latency, weight, _shared(detail))
+        return cls(True, Reason.OK, latency, weight, _shared(detail) if detail else "")
 
     @classmethod
     def failure(cls, reason: Reason, latency: float, detail: str = "") -> ProbeResult:
