@@ -7,6 +7,7 @@ the same as ipvsadm when no name resolves).
 
 from __future__ import annotations
 
+from _socket import inet_ntoa
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -218,6 +219,10 @@ def _addrport(
     address: IPAddress, port: int, protocol: str | None, numeric: bool, names: Names
 ) -> str:
     """addrport_to_anyname(), cut at 59 characters as its buffer does."""
+    if numeric and address.version == 4:
+        # inet_ntop's text, without ipaddress's str() (a third of a 10,000
+        # destination -Ln's CPU); at most 21 characters, under the cut.
+        return f"{inet_ntoa(address.packed)}:{port}"
     host = inet_ntop(address)
     if numeric:
         port_text = str(port)
