@@ -405,6 +405,19 @@ def managed(args: argparse.Namespace, text: str, workdir: Path, ipvsadm_restore:
                 flush=True,
             )
             times, moved = rounds(runs, args.rounds)
+            for argv in (["status"], ["status", "--json"]):
+                samples = []
+                for _ in range(args.rounds):
+                    seconds, out, err, status = timed([*runs["launcher"], *argv])
+                    if status != 0:
+                        raise SystemExit(f"directorctl {argv}: exit {status}: {err[:300]!r}")
+                    samples.append(seconds)
+                print(
+                    f"directorctl {' '.join(argv)} (launcher, {args.services * args.dests}"
+                    f" real servers): median {statistics.median(samples) * 1000:.0f} ms,"
+                    f" min {min(samples) * 1000:.0f} ms, {len(out)} bytes",
+                    flush=True,
+                )
             report(
                 f"managed table (loaded by directorctl -R, {count} destinations up,"
                 f" each checked every {timing.interval:g} s), {args.rounds} rounds, outputs identical"
