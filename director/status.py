@@ -181,17 +181,68 @@ def status_text(
     vips: tuple[VipStatus, ...] = (),
     maintenance: bool = False,
     bgp: BgpStatus | None = None,
+    summary: bool = False,
 ) -> str:
     """A maintenance line when on; one block per service, one aligned row
-    per real server; then one line per sync daemon and per VIP the daemon
-    keeps, and the BGP speaker, its peers and routes."""
+    per real server (`summary`: the totals and what is not up, summary_text);
+    then one line per sync daemon and per VIP the daemon keeps, and the BGP
+    speaker, its peers and routes."""
     head = (
         "maintenance: on (every VIP of the daemon's removed or withdrawn; "
         "directorctl maintenance off)\n"
         if maintenance
         else ""
     )
-    return head + _services_text(report) + _sync_text(sync) + _vips_text(vips) + _bgp_text(bgp)
+    services = summary_text(report) if summary else _services_text(report)
+    return head + services + _sync_text(sync) + _vips_text(vips) + _bgp_text(bgp)
+
+
+def summary_text(report: tuple[ServiceStatus, ...]) -> str:
+    """`status --summary`, for a table of thousands: one line of totals,
+    then only the services with a real server that is not up, not enabled,
+    not in the table or refused (and those servers' rows), and the
+    services not in the kernel table or refused."""
+    servers = [rs for service in report for rs in service.real_servers]
+    health = {name: 0 for name in ("up", "down", "unknown")}
+    admin = {name: 0 for name in ("disabled", "drain")}
+    for rs in servers:
+        health[rs.health] = health.get(rs.health, 0) + 1
+        if rs.admin in admin:
+            admin[rs.admin] += 1
+    in_table = sum(1 for rs in servers if rs.current_weight is not None)
+    out = [
+        f"{len(servers)} real servers in {len(report)} services: "
+        + ", ".join(f"{count} {name}" for name, count in health.items())
+        + f"; {in_table} in the kernel table; "
+        + ", ".join(f"{count} {name}" for name, count in admin.items())
+        + "\n"
+    ]
+    for service in report:
+        shown = tuple(rs for rs in service.real_servers if _needs_a_look(rs))
+        if not shown and service.in_kernel and not service.refused:
+            continue
+        up = sum(1 for rs in service.real_servers if rs.health == "up")
+        kernel = "" if service.in_kernel else ", not in the kernel table"
+        out.append(
+            f"{service.service} {service.scheduler} ({service.check} check{kernel}):"
+            f" {up} of {len(service.real_servers)} up\n"
+        )
+        if service.refused:
+            out.append(f"  {service.refused}\n")
+        if shown:
+            out.append(_rows_text(shown))
+    if len(out) == 1:
+        out.append("every real server is up, enabled and in the kernel table\n")
+    return "".join(out)
+
+
+def _needs_a_look(rs: RealServerStatus) -> bool:
+    return (
+        rs.health != "up"
+        or rs.admin != "enabled"
+        or rs.current_weight is None
+        or rs.refused is not None
+    )
 
 
 def _bgp_text(bgp: BgpStatus | None) -> str:
@@ -247,11 +298,18 @@ def _services_text(report: tuple[ServiceStatus, ...]) -> str:
         out.append(f"{service.service} {service.scheduler} ({service.check} check{kernel})\n")
         if service.refused:
             out.append(f"  {service.refused}\n")
-        rows = [_COLUMNS] + [_row(rs) for rs in service.real_servers]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS) - 1)]
-        for row in rows:
-            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-            out.append("  " + "  ".join([*cells, row[-1]]).rstrip() + "\n")
+        out.append(_rows_text(service.real_servers))
+    return "".join(out)
+
+
+def _rows_text(servers: tuple[RealServerStatus, ...]) -> str:
+    """The column heads and one aligned row per real server."""
+    rows = [_COLUMNS] + [_row(rs) for rs in servers]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS) - 1)]
+    out = []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        out.append("  " + "  ".join([*cells, row[-1]]).rstrip() + "\n")
     return "".join(out)
 
 

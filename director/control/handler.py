@@ -504,6 +504,7 @@ class Controller:
         bgp = await director.bgp.report(maintenance)
         json = bool(args.get("json"))
         with_data = json or args.get("data") is not False
+        summary = args.get("summary") is True
 
         def build() -> Response:
             kernel = {e.service.key: e for e in entries}
@@ -513,7 +514,9 @@ class Controller:
                 data = status_data(report, sync, vips=vips, maintenance=maintenance, bgp=bgp)
             if json:
                 return Response(0, "", "", data)
-            text = status_text(report, sync, vips=vips, maintenance=maintenance, bgp=bgp)
+            text = status_text(
+                report, sync, vips=vips, maintenance=maintenance, bgp=bgp, summary=summary
+            )
             return Response(0, text, "", data)
 
         return await self.reads.run_sync(build)

@@ -147,3 +147,59 @@ def test_json_status_is_printed_as_the_python_encoder_wrote_it(data: object) -> 
 def test_json_status_with_a_value_json_lacks_still_says_why() -> None:
     with pytest.raises(TypeError, match="cannot send set as JSON"):
         ctl.encode_data({"x": {1}})
+
+
+async def test_summary_has_the_totals_and_only_what_is_not_up(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with rig(tmp_path) as r:
+        await r.ipvsadm("-a", "-t", "10.0.0.1:80", "-r", "10.0.1.3:80", "-w", "2")
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
+        await trio.sleep(2)
+        full = (await r.command("status", json=False, data=False)).stdout
+        summary = (await r.command("status", json=False, data=False, summary=True)).stdout
+    lines = summary.splitlines()
+    assert lines[0] == (
+        "2 real servers in 1 services: 1 up, 1 down, 0 unknown;"
+        " 1 in the kernel table; 0 disabled, 0 drain"
+    )
+    assert lines[1] == "tcp:10.0.0.1:80 rr (tcp check): 1 of 2 up"
+    assert lines[2].split() == [
+        "SERVER",
+        "HEALTH",
+        "FOR",
+        "ADMIN",
+        "WEIGHT",
+        "LAST",
+        "PROBE",
+        "OK/FAIL",
+        "TABLE",
+    ]
+    assert lines[3].split()[:2] == ["10.0.1.3:80", "down"]
+    assert len(lines) == 4  # the server that is up has no row
+    assert "10.0.1.1:80" in full and "10.0.1.1:80" not in summary
+
+
+def test_summary_of_a_healthy_table_says_so() -> None:
+    (service, _) = _report()
+    assert status.summary_text((service,)) == (
+        "2 real servers in 1 services: 2 up, 0 down, 0 unknown;"
+        " 2 in the kernel table; 0 disabled, 0 drain\n"
+        "every real server is up, enabled and in the kernel table\n"
+    )
+
+
+def test_summary_names_a_service_missing_from_the_kernel() -> None:
+    (_, missing) = _report()
+    assert status.summary_text((missing,)).splitlines()[1:] == [
+        "tcp:10.0.0.2:80 wlc (http check, not in the kernel table): 0 of 0 up",
+        "  refused",
+    ]
+
+
+def test_directorctl_status_summary() -> None:
+    assert ctl._requests(["status", "--summary"]) == [
+        {"v": 1, "command": "status", "args": {"json": False, "data": False, "summary": True}}
+    ]
+    with pytest.raises(ctl.UsageError, match="--summary is for the text"):
+        ctl._requests(["status", "--json", "--summary"])
