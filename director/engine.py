@@ -512,8 +512,13 @@ class Director:
         # The first pass runs before any probe: it only adds what is missing
         # (every server is still unknown), deletes what a previous run owned
         # and the config dropped, and the start is not slowed down by
-        # thousands of probes starting at once.
-        await self.reconcile("start")
+        # thousands of probes starting at once. It reads every service in
+        # full, so the first drift check need not (the digests vouch).
+        try:
+            digests = await self.kernel.digests()
+        except KernelError:
+            digests = None
+        await self.reconcile("start", digests=digests)
         await self.sync.converge(self.kernel, "start", self.save)
         await self.traffic_pass("start", vips_now=True)
         self._running = True
@@ -775,9 +780,9 @@ class Director:
         `known`: services of `only` whose kernel state the caller knows
         exactly (it just made them so): they are not read, unless the pass
         finds something to change in them (then the whole pass reads).
-        `digests` (drift_check's): this pass is a drift check, and the
-        services of `only` it finds as desired are vouched for by their
-        digest until a pass touches them again. With `believed`, services
+        `digests` (drift_check's, or the start's, read before the pass):
+        the services it reads in full are vouched for by their digest (see
+        _vouch) until a pass touches them again. With `believed`, services
         of `only` that an earlier pass left as it wanted are planned from
         that, not read (a table another tool moved meanwhile shows in the
         kernel's answers, and the next read repairs it). `changed` (with
@@ -933,8 +938,17 @@ class Director:
         self._passes += 1
         if scope is None or self._ramping <= scope:
             self._last_ramp = self.last_pass
-        if digests is not None and scope is not None:
-            self._vouch(scope, operations, digests)
+        if digests is not None:
+            keys = self._managed_keys() if scope is None else scope
+            if any(table_key(key) not in digests for key in self._believed.keys() & keys):
+                # Services this pass made (all of them at a first start): the
+                # digests read before it lack them; read them now.
+                try:
+                    after = await self.kernel.digests()
+                except KernelError:
+                    after = None
+                digests = {**(after or {}), **digests}
+            self._vouch(keys, operations, digests)
             self._last_full = self.last_pass
         if scope is None:
             self._last_full = self.last_pass
@@ -952,16 +966,26 @@ class Director:
         operations: list[Operation],
         digests: Mapping[TableKey, str],
     ) -> None:
-        """After a drift check's pass over `scope`: a service it had nothing
-        to send (or hold back) for is vouched for by its digest."""
+        """After a pass over `scope` that read it in full, with the digests
+        read before it: a service it had nothing to send (or hold back) for
+        is vouched for by its digest; one it changed, by its digest and the
+        belief the pass left (see _vouched), which the next drift check
+        compares with the digest then. (Without that, a service the pass
+        changed was read in full again at the next drift check, and at the
+        start's fill, where most drift checks find new servers to add,
+        that was a third of the services at every check.)"""
         touched = {service_of(op) for op in operations}
         for key in scope:
-            self._touched.discard(key)
             digest = digests.get(table_key(key))
-            if digest is None or key in touched:
+            if digest is None:
                 self._verified.pop(key, None)
+                self._touched.discard(key)
+                continue
+            self._verified[key] = digest
+            if key in touched:
+                self._touched.add(key)
             else:
-                self._verified[key] = digest
+                self._touched.discard(key)
 
     def _applied(self, op: Operation) -> None:
         self.log.info("ipvs_op", **describe_operation(op))

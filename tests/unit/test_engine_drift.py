@@ -116,6 +116,46 @@ async def test_a_quiet_drift_check_reads_one_slice_in_full(
     assert [len(r) for r in kernel.full_reads[reads:]] == [slice_size]
 
 
+async def test_the_first_drift_check_reads_one_slice_in_full(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The start's pass reads every service in full and the fill's passes
+    change them as they believe: the digests vouch for them at the first
+    drift check (at 10,000 servers it read all 100 services in full, and a
+    third of them at every check of the fill)."""
+    kernel, network = Kernel(), Network()
+    director = director_for(kernel, network)
+    async with running(director):
+        reads = len(kernel.full_reads)
+        await trio.sleep(INTERVAL + 0.1)
+        assert sum(len(e.destinations) for e in MemoryBackend.services(kernel)) == (
+            SERVICES * PER_SERVICE
+        )
+    slice_size = -(-SERVICES // DRIFT_ROTATION)
+    assert [len(r) for r in kernel.full_reads[reads:]] == [slice_size]
+
+
+async def test_a_service_a_drift_check_changed_is_vouched_for_at_the_next(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A drift check that repairs a service leaves it as it believes: the
+    next check vouches for it by its digest, without reading it again."""
+    kernel, network = Kernel(), Network()
+    director = director_for(kernel, network)
+    async with running(director):
+        await settled(kernel, director)
+        await trio.sleep(director._full_due() - trio.current_time() + 0.05)
+        i = (director._rotation + SERVICES // 2) % SERVICES
+        MemoryBackend.apply(kernel, [DeleteDestination(key(i), address(i, 1), 8000 + i)])
+        await trio.sleep(director._full_due() - trio.current_time() + 0.05)
+        assert kernel.destination(key(i), address(i, 1)) is not None
+        assert any(key(i) in read for read in kernel.full_reads[-1:])
+        reads = len(kernel.full_reads)
+        await trio.sleep(INTERVAL)
+    assert [len(r) for r in kernel.full_reads[reads:]] == [-(-SERVICES // DRIFT_ROTATION)]
+    assert not any(key(i) in read for read in kernel.full_reads[reads:])
+
+
 async def test_every_service_is_read_in_full_within_the_rotation(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
