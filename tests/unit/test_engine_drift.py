@@ -144,10 +144,10 @@ async def test_a_service_a_drift_check_changed_is_vouched_for_at_the_next(
     director = director_for(kernel, network)
     async with running(director):
         await settled(kernel, director)
-        await trio.sleep(director._full_due() - trio.current_time() + 0.05)
-        i = (director._rotation + SERVICES // 2) % SERVICES
+        await past_drift_check(director)
+        i = outside_next_slice(director)
         MemoryBackend.apply(kernel, [DeleteDestination(key(i), address(i, 1), 8000 + i)])
-        await trio.sleep(director._full_due() - trio.current_time() + 0.05)
+        await past_drift_check(director)
         assert kernel.destination(key(i), address(i, 1)) is not None
         assert any(key(i) in read for read in kernel.full_reads[-1:])
         reads = len(kernel.full_reads)
@@ -224,8 +224,8 @@ async def test_a_service_a_pass_touched_is_not_vouched_for_by_its_old_digest(
         await settled(kernel, director)
         # Just after a drift check, and a service the next one's slice of
         # full reads leaves out.
-        await trio.sleep(director._full_due() - trio.current_time() + 0.05)
-        i = (director._rotation + SERVICES // 2) % SERVICES
+        await past_drift_check(director)
+        i = outside_next_slice(director)
         port = 8000 + i
         # The last of its service in the kernel's order: put back at the
         # end, it is as it was.
@@ -248,11 +248,21 @@ async def test_a_service_a_pass_touched_is_not_vouched_for_by_its_old_digest(
     assert removed <= INTERVAL + 0.1
 
 
+async def past_drift_check(director: Director) -> None:
+    """Until just after the next drift check."""
+    await trio.sleep(director._full_due() - trio.current_time() + 0.05)
+
+
+def outside_next_slice(director: Director) -> int:
+    """A service the next drift check's slice of full reads leaves out."""
+    return (director._rotation + SERVICES // 2) % SERVICES
+
+
 async def churn(kernel: Kernel, director: Director, network: Network) -> int:
     """Just after a drift check, one server of every service goes down and
     its pass removes it: every service is touched before the next check.
     How many full reads there were by then."""
-    await trio.sleep(director._full_due() - trio.current_time() + 0.05)
+    await past_drift_check(director)
     network.down |= {address(i, 0) for i in range(SERVICES)}
     while any(  # noqa: ASYNC110
         kernel.destination(key(i), address(i, 0)) is not None for i in range(SERVICES)
@@ -272,7 +282,7 @@ async def test_under_churn_a_drift_check_reads_one_slice_in_full(
     async with running(director):
         await settled(kernel, director)
         reads = await churn(kernel, director, network)
-        await trio.sleep(director._full_due() - trio.current_time() + 0.05)
+        await past_drift_check(director)
     slice_size = -(-SERVICES // DRIFT_ROTATION)
     assert [len(r) for r in kernel.full_reads[reads:]] == [slice_size]
 
@@ -288,7 +298,7 @@ async def test_under_churn_a_hand_change_to_a_touched_service_is_repaired(
     async with running(director):
         await settled(kernel, director)
         await churn(kernel, director, network)
-        i = (director._rotation + SERVICES // 2) % SERVICES
+        i = outside_next_slice(director)
         victim = address(i, 1)
         dest = Destination(victim, 8000 + i, Forward.ROUTE, 9)
         MemoryBackend.apply(kernel, [EditDestination(key(i), dest)])
@@ -309,8 +319,8 @@ async def test_a_drift_check_covers_the_services_a_pass_was_asked_for(
     director = director_for(kernel, network)
     async with running(director):
         await settled(kernel, director)
-        await trio.sleep(director._full_due() - trio.current_time() + 0.05)
-        i = (director._rotation + SERVICES // 2) % SERVICES
+        await past_drift_check(director)
+        i = outside_next_slice(director)
         assert key(i) in director._verified
         reads = len(kernel.full_reads)
 
