@@ -31,11 +31,12 @@ passes over the services it cannot vouch for: those whose digest changed
 since a drift check found them as desired (unless a pass of the engine's
 changed them, and the digest shows just what that pass left: the churn of
 health changes costs no reads), and one slice of DRIFT_ROTATION of the
-others, read in full, for what the
-digest does not show (thresholds, tunnel settings, scheduler flags,
-persistence engines). Every service is read in full at least once every
-DRIFT_ROTATION intervals, and a change ipvsadm's listing shows is repaired
-at the next one.
+others, read in full, for what the digest does not show (thresholds,
+tunnel settings, scheduler flags, persistence engines). Every service is
+read in full at least once every DRIFT_ROTATION intervals, and a change
+ipvsadm's listing shows is repaired at the next one. A pass that takes
+more than half of `reconcile_interval`, and probes that start a second
+late, are warned of (pass_slow, probes_late): the daemon is short of CPU.
 Operations the kernel refuses are held back with an exponential backoff, up
 to `reconcile_interval`, while every other operation goes out
 (director.refusals). Nothing the kernel answers ends the loop: a failed read
