@@ -491,7 +491,12 @@ class Controller:
         director = self.director
         config = director.effective
         try:
-            entries = await self.reads.services(config.service_keys())
+            # Brief: the status reads each destination's weight and presence
+            # alone (status_report, desired_table), as plain listings do: one
+            # service dump and /proc/net/ip_vs, not a decoded dump of every
+            # service with its stats (in a loaded VM at 1,000 real servers,
+            # 2.5 s of the process's CPU against 0.5).
+            entries = await self.reads.services(config.service_keys(), brief=True)
         except KernelError as error:
             return Response(LIST_ERROR, "", _kernel_error(error))
         now = trio.current_time()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from ipaddress import ip_address
 from pathlib import Path
 from typing import TypeVar
@@ -17,6 +17,8 @@ from test_handler import rig, until
 
 from director import ctl, status
 from director.ipvs.memory import MemoryBackend
+from director.ipvs.model import ServiceEntry, ServiceKey
+from director.ipvs.ops import AddDestination, AddService
 from director.kernel import KernelTable
 from director.runtime import describe_endpoint
 
@@ -203,3 +205,39 @@ def test_directorctl_status_summary() -> None:
     ]
     with pytest.raises(ctl.UsageError, match="--summary is for the text"):
         ctl._requests(["status", "--json", "--summary"])
+
+
+class BriefRecorder(MemoryBackend):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[bool] = []
+
+    def services(
+        self, only: Collection[ServiceKey] | None = None, *, brief: bool = False
+    ) -> list[ServiceEntry]:
+        self.reads.append(brief)
+        return super().services(only, brief=brief)
+
+
+async def test_status_reads_the_kernel_briefly(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Weights and presence are all it shows of the kernel: no stats, no
+    thresholds (the netlink backend's brief read, as -Ln's)."""
+    async with rig(tmp_path) as r:
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
+        recorder = BriefRecorder()
+        recorder.apply(
+            [AddService(e.service) for e in r.backend.services()]
+            + [
+                AddDestination(e.service.key, d.destination)
+                for e in r.backend.services()
+                for d in e.destinations
+            ]
+        )
+        r.controller.reads = KernelTable(recorder, threaded=False)
+        response = await r.command("status", json=True)
+    assert recorder.reads == [True]
+    assert isinstance(response.data, dict)
+    (service,) = response.data["services"]
+    assert service["real_servers"][0]["current_weight"] == 5
