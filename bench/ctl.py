@@ -372,7 +372,9 @@ def unmanaged(args: argparse.Namespace, text: str, workdir: Path) -> float:
     return restore
 
 
-def managed(args: argparse.Namespace, text: str, workdir: Path, ipvsadm_restore: float) -> None:
+def managed(
+    args: argparse.Namespace, text: str, workdir: Path, ipvsadm_restore: float | None
+) -> None:
     expected = args.services * args.dests
     with namespace("bench-ctl-m"), server_namespace("bench-ctl-rs", SERVER_PREFIX) as servers:
         with inside(servers):
@@ -389,11 +391,12 @@ def managed(args: argparse.Namespace, text: str, workdir: Path, ipvsadm_restore:
             seconds, out, err, status = timed([*runs["script"], "-R"], text.encode())
             if status != 0 or out or err:
                 raise SystemExit(f"directorctl -R: exit {status}: {err[:300]!r}")
-            print(
-                f"directorctl -R of the table: {seconds:.2f} s"
-                f" (ipvsadm -R: {ipvsadm_restore:.2f} s, x{ratio(seconds, ipvsadm_restore)})",
-                flush=True,
+            against = (
+                f" (ipvsadm -R: {ipvsadm_restore:.2f} s, x{ratio(seconds, ipvsadm_restore)})"
+                if ipvsadm_restore is not None
+                else ""
             )
+            print(f"directorctl -R of the table: {seconds:.2f} s{against}", flush=True)
             started = time.monotonic()
             deadline = started + args.up_timeout
             while destination_count() < expected and time.monotonic() < deadline:
@@ -530,6 +533,7 @@ def main() -> None:
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--dests", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--unmanaged", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--managed", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--up-timeout", type=float, default=300.0)
     parser.add_argument(
@@ -572,7 +576,7 @@ def main() -> None:
             restore(args, text, Path(tmp))
         if args.only_restore:
             return
-        ipvsadm_restore = unmanaged(args, text, Path(tmp))
+        ipvsadm_restore = unmanaged(args, text, Path(tmp)) if args.unmanaged else None
         if args.managed:
             managed(args, text, Path(tmp), ipvsadm_restore)
 
