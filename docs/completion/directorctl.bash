@@ -92,10 +92,10 @@ _directorctl_complete() {
     fi
     case $command in
         "")
-            mapfile -t COMPREPLY < <(compgen -W "$_directorctl_commands --socket $_directorctl_ipvsadm_options" -- "$cur")
+            mapfile -t COMPREPLY < <(compgen -W "$_directorctl_commands --socket --answer-timeout $_directorctl_ipvsadm_options" -- "$cur")
             ;;
         status)
-            mapfile -t COMPREPLY < <(compgen -W "--json --socket" -- "$cur")
+            mapfile -t COMPREPLY < <(compgen -W "--json --summary --socket --answer-timeout" -- "$cur")
             ;;
         drain | disable | enable)
             if [[ $cur == -* && $command == drain ]]; then

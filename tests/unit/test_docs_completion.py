@@ -105,7 +105,12 @@ def test_services_then_their_real_servers() -> None:
 
 
 def test_options_of_status_and_drain() -> None:
-    assert complete("directorctl status --") == ["--json", "--socket"]
+    assert complete("directorctl status --") == [
+        "--json",
+        "--summary",
+        "--socket",
+        "--answer-timeout",
+    ]
     assert complete("directorctl drain tcp:10.0.0.1:80 10.0.1.1:80 --") == [
         "--wait",
         "--timeout",
@@ -170,7 +175,7 @@ def zsh_complete(line: str, tmp_path: Path) -> list[str]:
         ("directorctl disable tcp:[2001:db8::1]:80 ", ["[2001:db8::2]:80", "[2001:db8::3]:80"]),
         ("directorctl drain udp:[2001:db8::1]:53 ", ["[2001:db8::53]:53"]),
         ("directorctl drain fwm:7:ipv6 --socket /tmp/d.sock ", ["[2001:db8::7]:80"]),
-        ("directorctl status --", ["--json", "--socket"]),
+        ("directorctl status --", ["--json", "--summary", "--socket", "--answer-timeout"]),
         ("directorctl drain tcp:10.0.0.1:80 10.0.1.1:80 --", ["--socket", "--timeout", "--wait"]),
     ],
 )
