@@ -448,8 +448,14 @@ class Directord(BenchProcess):
                 env=dict(os.environ, NOTIFY_SOCKET=str(notify_path)),
             )
             log.close()
+            # One deadline for the whole start: the daemon's start-up
+            # keep-alives (EXTEND_TIMEOUT_USEC, every few seconds) must not
+            # restart it, or a daemon that never gets ready is waited for
+            # for ever.
+            deadline = started + timeout
             while True:
                 try:
+                    notify.settimeout(max(deadline - time.monotonic(), 0.001))
                     message = notify.recv(4096).decode()
                 except TimeoutError:
                     self.stop()
