@@ -371,10 +371,10 @@ def _receive(sock: _socket.socket, path: str, timeout: float = ANSWER_TIMEOUT) -
             chunk = sock.recv(1 << 20)
         except TimeoutError:
             raise ConnectError(
-                f"directord sent nothing on {path} for {timeout:g} s (it sends a space every"
-                " few seconds while it works: it has stopped answering). A change asked for"
-                " may or may not be made: check with -Ln or status."
-                " --answer-timeout SECONDS waits longer, 0 for ever"
+                f"directord sent nothing on {path} for {timeout:g} s (while it works it sends"
+                " a space every tenth of --answer-timeout, at least every 0.1 s: it is stuck"
+                " or far behind). If the command was a change, it may or may not be made:"
+                " check with -Ln or status. --answer-timeout SECONDS waits longer, 0 for ever"
             ) from None
         except OSError as e:
             raise ConnectError(f"lost the connection to {path}: {e.strerror}") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Callable, Collection
+from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
 from typing import TypeVar
@@ -189,6 +190,19 @@ def test_summary_of_a_healthy_table_says_so() -> None:
         " 2 in the kernel table; 0 disabled, 0 drain\n"
         "every real server is up, enabled and in the kernel table\n"
     )
+
+
+def test_summary_counts_servers_not_checked_yet_without_listing_them() -> None:
+    """After a restart of 10,000 servers the summary listed thousands of
+    unknown ones (operator trial): they are counted; one drained is listed."""
+    (service, _) = _report()
+    first, second = service.real_servers
+    unknown = replace(first, health="unknown", last_ok=None, current_weight=None)
+    drained = replace(second, health="unknown", admin="drain")
+    text = status.summary_text((replace(service, real_servers=(unknown, drained)),))
+    lines = text.splitlines()
+    assert lines[0].startswith("2 real servers in 1 services: 0 up, 0 down, 2 unknown;")
+    assert [line.split()[0] for line in lines[3:]] == [drained.server]
 
 
 def test_summary_names_a_service_missing_from_the_kernel() -> None:
