@@ -49,6 +49,9 @@ class ServiceStatus:
     in_kernel: bool
     real_servers: tuple[RealServerStatus, ...]
     refused: str | None = None  # the kernel refuses the change to the service, and why
+    sorry: str | None = None  # the sorry server, "10.0.9.99:80", with `sorry_server`
+    sorry_decision: str | None = None  # why it is (or is not) in the table
+    sorry_weight: int | None = None  # in the kernel table now; None when absent
 
 
 def status_report(
@@ -70,7 +73,9 @@ def status_report(
         weights = (
             {d.destination.key: d.destination.weight for d in entry.destinations} if entry else {}
         )
-        reasons = {(d.address, d.port): d.reason for d in desired[vs.key].decisions if not d.sorry}
+        decisions = desired[vs.key].decisions
+        reasons = {(d.address, d.port): d.reason for d in decisions if not d.sorry}
+        sorry = next((d for d in decisions if d.sorry), None)
         servers = []
         for rs in vs.real_servers:
             rid = vs.real_server_id(rs)
@@ -103,6 +108,9 @@ def status_report(
                 in_kernel=entry is not None,
                 real_servers=tuple(servers),
                 refused=refused.get((vs.key, None, None)),
+                sorry=None if sorry is None else _endpoint(sorry.address, sorry.port),
+                sorry_decision=None if sorry is None else sorry.reason,
+                sorry_weight=None if sorry is None else weights.get((sorry.address, sorry.port)),
             )
         )
     return tuple(report)
@@ -222,7 +230,7 @@ def summary_text(report: tuple[ServiceStatus, ...]) -> str:
     ]
     for service in report:
         shown = tuple(rs for rs in service.real_servers if _needs_a_look(rs))
-        if not shown and service.in_kernel and not service.refused:
+        if not shown and service.in_kernel and not service.refused and service.sorry_weight is None:
             continue
         up = sum(1 for rs in service.real_servers if rs.health == "up")
         kernel = "" if service.in_kernel else ", not in the kernel table"
@@ -232,6 +240,7 @@ def summary_text(report: tuple[ServiceStatus, ...]) -> str:
         )
         if service.refused:
             out.append(f"  {service.refused}\n")
+        out.append(_sorry_text(service))
         if shown:
             out.append(_rows_text(shown))
     if len(out) == 1:
@@ -303,8 +312,17 @@ def _services_text(report: tuple[ServiceStatus, ...]) -> str:
         out.append(f"{service.service} {service.scheduler} ({service.check} check{kernel})\n")
         if service.refused:
             out.append(f"  {service.refused}\n")
+        out.append(_sorry_text(service))
         out.append(_rows_text(service.real_servers))
     return "".join(out)
+
+
+def _sorry_text(service: ServiceStatus) -> str:
+    """The sorry server's line: where it is, and why it is in the table or not."""
+    if service.sorry is None:
+        return ""
+    where = "not in the table" if service.sorry_weight is None else f"weight {service.sorry_weight}"
+    return f"  sorry server {service.sorry} ({where}): {service.sorry_decision}\n"
 
 
 def _rows_text(servers: tuple[RealServerStatus, ...]) -> str:

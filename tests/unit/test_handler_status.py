@@ -17,8 +17,11 @@ import trio.testing
 from test_handler import rig, until
 
 from director import ctl, status
+from director.config import parse_config
+from director.health.state import Health, HealthState
+from director.ipvs.facts import NO_MODULES
 from director.ipvs.memory import MemoryBackend
-from director.ipvs.model import ServiceEntry, ServiceKey
+from director.ipvs.model import Destination, DestinationEntry, Forward, ServiceEntry, ServiceKey
 from director.ipvs.ops import AddDestination, AddService
 from director.kernel import KernelTable
 from director.runtime import describe_endpoint
@@ -255,3 +258,27 @@ async def test_status_reads_the_kernel_briefly(
     assert isinstance(response.data, dict)
     (service,) = response.data["services"]
     assert service["real_servers"][0]["current_weight"] == 5
+
+
+def test_a_sorry_server_has_its_line_with_why() -> None:
+    """docs/operations.md promises the sorry server's "quorum lost (...)"
+    in status; the operator trial found no trace of it."""
+    config = parse_config(
+        '[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.1:80"\nquorum = 2\n'
+        'sorry_server = { address = "10.0.9.99:80" }\n'
+        '[[virtual_server.real_server]]\naddress = "10.0.1.1:80"\n'
+        '[[virtual_server.real_server]]\naddress = "10.0.1.2:80"\n',
+        modules=NO_MODULES,
+    )
+    vs = config.virtual_servers[0]
+    down = HealthState(Health.DOWN, since=0.0)
+    states = {vs.real_server_id(rs): down for rs in vs.real_servers}
+    sorry = Destination(ip_address("10.0.9.99"), 80, Forward.ROUTE, 1)
+    kernel = {vs.key: ServiceEntry(vs.service(), (DestinationEntry(sorry),))}
+    (service,) = status.status_report(config, states, {}, kernel, now=10.0)
+    assert service.sorry == "10.0.9.99:80" and service.sorry_weight == 1
+    line = "  sorry server 10.0.9.99:80 (weight 1): quorum lost (0 up of quorum 2)"
+    assert line in status.status_text((service,)).splitlines()
+    assert line in status.summary_text((service,)).splitlines()
+    (none,) = status.status_report(config, states, {}, {}, now=10.0)
+    assert "sorry server 10.0.9.99:80 (not in the table)" in status.status_text((none,))
