@@ -300,6 +300,7 @@ class Director:
         self._running = False
         self._passes = 0
         self._drift_vouched = 0  # services the last drift check's digests vouched for
+        self.lateness = 0.0  # seconds: how late the last probe started (status shows it)
         self._late = 0  # probes started LATE_AFTER or more late since the last warning
         self._latest = 0.0  # seconds: the latest of those
         self._warned: dict[str, tuple[float, int]] = {}  # event -> (when, warnings held back)
@@ -326,6 +327,7 @@ class Director:
     def _on_start(self, target: Target, lateness: float) -> None:
         """The checker's on_start: a probe started `lateness` seconds after
         its due time."""
+        self.lateness = lateness
         if lateness >= LATE_AFTER:
             self._late += 1
             self._latest = max(self._latest, lateness)

@@ -16,6 +16,7 @@ from director.config import Config, RealServerId
 from director.desired import AdminState, RealServerView, desired_table
 from director.health.state import HealthState
 from director.ipvs.model import IPAddress, ServiceEntry, ServiceKey
+from director.metrics.events import LATE_AFTER
 from director.refusals import Refusal, Refusals, describe_subject
 from director.runtime import describe_endpoint, describe_service
 from director.sync import SyncDaemonStatus
@@ -144,13 +145,17 @@ def status_data(
     vips: tuple[VipStatus, ...] = (),
     maintenance: bool | None = None,
     bgp: BgpStatus | None = None,
+    lateness: float | None = None,
 ) -> dict[str, object]:
-    """{"services": [...]}, "sync_daemons" when the daemon keeps any
+    """{"services": [...]}, "probe_lateness" when given (seconds the last
+    probe started after its due time), "sync_daemons" when the daemon keeps any
     (director.sync.SyncKeeper.report), "vips" when it keeps any
     (director.vips.VipKeeper.report), "maintenance" (a bool) when given,
     and "bgp" with [bgp] (director.bgp.BgpKeeper.report: "speaker" {state,
     pid, error}, "peers", "routes")."""
     data: dict[str, object] = {"services": [_service_data(s) for s in report]}
+    if lateness is not None:
+        data["probe_lateness"] = round(lateness, 3)
     if sync:
         data["sync_daemons"] = [asdict(d) for d in sync]
     if vips:
@@ -190,8 +195,11 @@ def status_text(
     maintenance: bool = False,
     bgp: BgpStatus | None = None,
     summary: bool = False,
+    lateness: float = 0.0,
 ) -> str:
-    """A maintenance line when on; one block per service, one aligned row
+    """A maintenance line when on, a line when the last probe started
+    LATE_AFTER or more after its due time (`lateness`, seconds: the checks
+    are behind, and LAST PROBE may be that old); one block per service, one aligned row
     per real server (`summary`: the totals and what is not up, summary_text);
     then one line per sync daemon and per VIP the daemon keeps, and the BGP
     speaker, its peers and routes."""
@@ -201,6 +209,12 @@ def status_text(
         if maintenance
         else ""
     )
+    if lateness >= LATE_AFTER:
+        head += (
+            f"checks behind: the last probe started {lateness:.1f}s after its time (short of"
+            " CPU for this many checks at their intervals: LAST PROBE may be that old, and"
+            " failures are seen that late)\n"
+        )
     services = summary_text(report) if summary else _services_text(report)
     return head + services + _sync_text(sync) + _vips_text(vips) + _bgp_text(bgp)
 

@@ -506,6 +506,7 @@ class Controller:
         sync = director.sync.report(now)
         vips = director.vips.report(now)
         maintenance = director.vips.maintenance
+        lateness = director.lateness
         bgp = await director.bgp.report(maintenance)
         json = bool(args.get("json"))
         with_data = json or args.get("data") is not False
@@ -516,11 +517,19 @@ class Controller:
             report = status_report(config, states, admin, kernel, now, refusals)
             data = None
             if with_data:
-                data = status_data(report, sync, vips=vips, maintenance=maintenance, bgp=bgp)
+                data = status_data(
+                    report, sync, vips=vips, maintenance=maintenance, bgp=bgp, lateness=lateness
+                )
             if json:
                 return Response(0, "", "", data)
             text = status_text(
-                report, sync, vips=vips, maintenance=maintenance, bgp=bgp, summary=summary
+                report,
+                sync,
+                vips=vips,
+                maintenance=maintenance,
+                bgp=bgp,
+                summary=summary,
+                lateness=lateness,
             )
             return Response(0, text, "", data)
 

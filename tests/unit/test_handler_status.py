@@ -21,7 +21,14 @@ from director.config import parse_config
 from director.health.state import Health, HealthState
 from director.ipvs.facts import NO_MODULES
 from director.ipvs.memory import MemoryBackend
-from director.ipvs.model import Destination, DestinationEntry, Forward, ServiceEntry, ServiceKey
+from director.ipvs.model import (
+    Destination,
+    DestinationEntry,
+    Forward,
+    Protocol,
+    ServiceEntry,
+    ServiceKey,
+)
 from director.ipvs.ops import AddDestination, AddService
 from director.kernel import KernelTable
 from director.runtime import describe_endpoint
@@ -282,3 +289,32 @@ def test_a_sorry_server_has_its_line_with_why() -> None:
     assert line in status.summary_text((service,)).splitlines()
     (none,) = status.status_report(config, states, {}, {}, now=10.0)
     assert "sorry server 10.0.9.99:80 (not in the table)" in status.status_text((none,))
+
+
+def test_checks_behind_are_said_at_the_top() -> None:
+    """A daemon short of CPU started its probes minutes late, and status
+    looked healthy (operator trial): the last probe's lateness is shown
+    from LATE_AFTER on, and always in the data."""
+    report = _report()
+    assert "checks behind" not in status.status_text(report, lateness=0.2)
+    text = status.status_text(report, lateness=119.34)
+    assert text.startswith("checks behind: the last probe started 119.3s after its time")
+    assert status.summary_text(report) in status.status_text(report, summary=True, lateness=5.0)
+    assert status.status_data(report, lateness=119.3456)["probe_lateness"] == 119.346
+
+
+async def test_the_daemons_status_says_when_its_checks_are_behind(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with rig(tmp_path) as r:
+        await trio.sleep(2)
+        on_time = await r.command("status", json=False)
+        target = next(
+            iter(r.director._targets[ServiceKey.inet(Protocol.TCP, "10.0.0.1", 80)].values())
+        )
+        r.director._on_start(target, 42.0)
+        behind = await r.command("status", json=False)
+    assert "checks behind" not in on_time.stdout
+    assert on_time.data is not None and on_time.data["probe_lateness"] < 1.0
+    assert behind.stdout.startswith("checks behind: the last probe started 42.0s")
+    assert behind.data is not None and behind.data["probe_lateness"] == 42.0
