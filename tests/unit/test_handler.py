@@ -352,13 +352,19 @@ async def test_drain_wait_without_a_timeout_waits(
         assert 30 <= trio.current_time() - started <= 32
 
 
+async def add_a_third_server(r: Rig) -> None:
+    """10.0.1.3 added with ipvsadm at weight 2 (no probe answers it), and
+    the table settled: only 10.0.1.1 in it, two seconds of probes after."""
+    await r.ipvsadm("-a", "-t", "10.0.0.1:80", "-r", "10.0.1.3:80", "-w", "2")
+    await until(lambda: r.weights() == {"10.0.1.1:80": 5})
+    await trio.sleep(2)
+
+
 async def test_status_reports_health_weights_and_admin(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     async with rig(tmp_path) as r:
-        await r.ipvsadm("-a", "-t", "10.0.0.1:80", "-r", "10.0.1.3:80", "-w", "2")
-        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
-        await trio.sleep(2)
+        await add_a_third_server(r)
         await r.command("disable", service="tcp:10.0.0.1:80", server="10.0.1.1")
         response = await r.command("status", json=True)
         assert response.status == 0 and response.stdout == ""

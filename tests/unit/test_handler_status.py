@@ -14,7 +14,7 @@ from typing import TypeVar
 import pytest
 import trio
 import trio.testing
-from test_handler import rig, until
+from test_handler import add_a_third_server, rig, until
 
 from director import ctl, status
 from director.config import parse_config
@@ -166,9 +166,7 @@ async def test_summary_has_the_totals_and_only_what_is_not_up(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     async with rig(tmp_path) as r:
-        await r.ipvsadm("-a", "-t", "10.0.0.1:80", "-r", "10.0.1.3:80", "-w", "2")
-        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
-        await trio.sleep(2)
+        await add_a_third_server(r)
         full = (await r.command("status", json=False, data=False)).stdout
         summary = (await r.command("status", json=False, data=False, summary=True)).stdout
     lines = summary.splitlines()
