@@ -240,6 +240,7 @@ class BgpStatus:
     error: str | None
     peers: tuple[BgpPeerStatus, ...]
     routes: tuple[BgpRouteStatus, ...]
+    retry_in: float | None = None  # failed: seconds to the next start; None while one is under way
 
 
 def bgp_report(
@@ -254,6 +255,7 @@ def bgp_report(
     error: str | None,
     maintenance: bool,
     service_verdicts: Mapping[ServiceKey, bool | None] | None = None,
+    retry_in: float | None = None,
 ) -> BgpStatus:
     """Pure: the BGP part of `directorctl status` (protocols None: BIRD not
     asked, or not answering). A route is announced while it is decided so
@@ -289,7 +291,7 @@ def bgp_report(
                 reason,
             )
         )
-    return BgpStatus(speaker, pid, error, tuple(peers), tuple(routes))
+    return BgpStatus(speaker, pid, error, tuple(peers), tuple(routes), retry_in)
 
 
 def _split(keys: Sequence[ServiceKey], verdicts: Mapping[ServiceKey, bool | None]) -> str:
@@ -364,6 +366,7 @@ class BgpKeeper:
         self.state = "stopped"  # of the speaker: starting, running, stopped, failed
         self.pid: int | None = None
         self.error: str | None = None
+        self.retry_at: float | None = None  # trio time of the next start, after a failure
         self._due = False
         self._changed = trio.Event()  # the announced routes or the settings changed
         self._applied: frozenset[IPAddress] | None = None  # the routes BIRD has
@@ -477,7 +480,7 @@ class BgpKeeper:
             with self._interrupt:
                 settings = self.settings
                 if settings is None or self.speaker is None or self._stopping:
-                    self.state = "stopped"
+                    self.state, self.retry_at = "stopped", None
                     self._idle.set()
                     await trio.sleep_forever()
                     continue
@@ -497,7 +500,9 @@ class BgpKeeper:
         before the next) or the task is cancelled."""
         assert self.speaker is not None
         self._idle = trio.Event()
-        self.state, self.error = "starting", None
+        if self.state != "failed":  # a retry stays failed, with its error, until it runs
+            self.state, self.error = "starting", None
+        self.retry_at = None
         exited: list[tuple[int, str]] = []
         try:
             async with trio.open_nursery() as nursery:
@@ -505,7 +510,7 @@ class BgpKeeper:
                     self.pid = await nursery.start(self._speak, nursery, settings, exited)
                 except SpeakerError as error:
                     return self._failed("bgp_speaker_failed", str(error))
-                self.state = "running"
+                self.state, self.error = "running", None
                 self.log.info(
                     "bgp_speaker_started",
                     pid=self.pid,
@@ -586,6 +591,7 @@ class BgpKeeper:
         failure = failed(self._failures, now, base=RETRY_BASE, cap=RETRY_CAP)
         self._failures, self.state, self.error = failure.count, "failed", error
         retry_in = failure.retry_at - now
+        self.retry_at = failure.retry_at
         self.log.error(event, error=error, restart_in=round(retry_in, 3), **fields)
         return retry_in
 
@@ -614,4 +620,9 @@ class BgpKeeper:
             error=error,
             maintenance=maintenance,
             service_verdicts=self.service_verdicts,
+            retry_in=(
+                None
+                if self.state != "failed" or self.retry_at is None
+                else max(0.0, round(self.retry_at - trio.current_time(), 1))
+            ),
         )

@@ -152,7 +152,7 @@ def status_data(
     (director.sync.SyncKeeper.report), "vips" when it keeps any
     (director.vips.VipKeeper.report), "maintenance" (a bool) when given,
     and "bgp" with [bgp] (director.bgp.BgpKeeper.report: "speaker" {state,
-    pid, error}, "peers", "routes")."""
+    pid, error, retry_in}, "peers", "routes")."""
     data: dict[str, object] = {"services": [_service_data(s) for s in report]}
     if lateness is not None:
         data["probe_lateness"] = round(lateness, 3)
@@ -164,7 +164,12 @@ def status_data(
         data["maintenance"] = maintenance
     if bgp is not None:
         data["bgp"] = {
-            "speaker": {"state": bgp.speaker, "pid": bgp.pid, "error": bgp.error},
+            "speaker": {
+                "state": bgp.speaker,
+                "pid": bgp.pid,
+                "error": bgp.error,
+                "retry_in": bgp.retry_in,
+            },
             "peers": [
                 {"name": p.name, "address": p.address, "as": p.as_number, "state": p.state}
                 for p in bgp.peers
@@ -279,6 +284,12 @@ def _bgp_text(bgp: BgpStatus | None) -> str:
     speaker = f"BIRD {bgp.speaker}" + (f" (pid {bgp.pid})" if bgp.pid is not None else "")
     if bgp.error is not None:
         speaker += f": {bgp.error}"
+    if bgp.speaker == "failed":
+        speaker += (
+            " (starting again now)"
+            if bgp.retry_in is None
+            else f" (next start in {bgp.retry_in:g} s)"
+        )
     out = [f"BGP ([bgp]): {speaker}\n"]
     for peer in bgp.peers:
         out.append(f"  peer {peer.address} AS {peer.as_number}: {peer.state}\n")

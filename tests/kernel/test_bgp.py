@@ -399,6 +399,8 @@ def test_a_missing_bird_is_reported_and_ipvs_goes_on(rig: Rig) -> None:
     wait_until(
         lambda: d1.ipvsadm("-Ln").count(" Route ") == 2, DEADLINE, "both real servers in d1's table"
     )
+    # Failed, with what failed, also while a retry is starting (CI once
+    # read "starting" and no error there).
     status = bgp_status(d1)
     assert status["speaker"]["state"] == "failed", status  # type: ignore[index]
     assert "/nonexistent/bird" in status["speaker"]["error"], status  # type: ignore[index]

@@ -32,6 +32,7 @@ from director.bgp import (
     BgpKeeper,
     BgpPeerStatus,
     BgpRouteStatus,
+    BgpStatus,
     ProtocolState,
     SpeakerError,
     announced_after,
@@ -53,6 +54,7 @@ from director.ipvs.facts import NO_MODULES
 from director.ipvs.memory import MemoryBackend
 from director.ipvs.model import IPAddress
 from director.kernel import KernelTable
+from director.status import status_text
 
 UP, DOWN, UNKNOWN = (RealServerView(h) for h in (Health.UP, Health.DOWN, Health.UNKNOWN))
 VIP, VIP2, VIP6 = ip_address("10.9.1.100"), ip_address("10.9.1.101"), ip_address("2001:db8:1::100")
@@ -859,10 +861,11 @@ async def test_a_speaker_that_cannot_start_is_tried_again_with_backoff(
             assert k.keeper.error == "cannot run setpriv: No such file or directory"
             report = await k.keeper.report(False)
             assert report is not None
-            assert (report.speaker, report.pid, report.error) == (
+            assert (report.speaker, report.pid, report.error, report.retry_in) == (
                 "failed",
                 None,
                 "cannot run setpriv: No such file or directory",
+                0.5,
             )
             assert [p.state for p in report.peers] == ["unknown", "unknown"]
             assert k.speaker.protocol_asks == 0
@@ -873,6 +876,16 @@ async def test_a_speaker_that_cannot_start_is_tried_again_with_backoff(
         assert [e["restart_in"] for e in failed] == [1, 2, 4, 8, 16, 30, 30, 30]
         assert failed[0]["error"] == "cannot run setpriv: No such file or directory"
         assert [e["after_failures"] for e in logs if e["event"] == "bgp_speaker_recovered"] == [8]
+
+
+def test_status_says_what_failed_and_when_the_next_start_is() -> None:
+    def line(retry_in: float | None) -> str:
+        bgp = BgpStatus("failed", None, "exited with status 1", (), (), retry_in)
+        return status_text((), bgp=bgp).splitlines()[-1]
+
+    assert line(4.0) == "BGP ([bgp]): BIRD failed: exited with status 1 (next start in 4 s)"
+    assert line(0.5) == "BGP ([bgp]): BIRD failed: exited with status 1 (next start in 0.5 s)"
+    assert line(None) == "BGP ([bgp]): BIRD failed: exited with status 1 (starting again now)"
 
 
 async def test_a_speaker_that_exits_is_started_again_with_backoff(
@@ -896,11 +909,21 @@ async def test_an_exit_is_logged_with_its_words_and_restarted(
     async with keeper_running(k.keeper):
         await trio.sleep(10)
         with structlog.testing.capture_logs() as logs:
+            k.speaker.start_delay = 1.0
             k.speaker.exit()
             await trio.testing.wait_all_tasks_blocked()
             assert (k.keeper.state, k.keeper.pid) == ("failed", None)
             assert k.keeper.error == "exited with status 1; last: bird: out of memory"
+            report = await k.keeper.report(False)
+            assert report is not None and report.retry_in == 1.0
+            # Starting again (1 s to start): still failed, with what failed,
+            # until it runs; status said the operator's error all along.
             await trio.sleep(1.5)
+            assert (k.keeper.state, k.keeper.pid) == ("failed", None)
+            assert k.keeper.error == "exited with status 1; last: bird: out of memory"
+            report = await k.keeper.report(False)
+            assert report is not None and report.retry_in is None
+            await trio.sleep(1.0)
         assert gaps(k.speaker.exits[:1] + k.speaker.starts[1:]) == [1.0]
         assert k.keeper.state == "running" and k.routes() == BOTH  # restarted with the routes
         exited = [e for e in logs if e["event"] == "bgp_speaker_exited"]
@@ -1228,7 +1251,7 @@ async def test_maintenance_and_status_through_the_control_socket(
         status = await controller.handle(Request(command="status", args={}), ADMIN)
         assert isinstance(status.data, dict)
         assert json.loads(json.dumps(status.data["bgp"])) == {
-            "speaker": {"state": "running", "pid": 1001, "error": None},
+            "speaker": {"state": "running", "pid": 1001, "error": None, "retry_in": None},
             "peers": [
                 {
                     "name": "peer_10_9_0_1",
