@@ -40,6 +40,7 @@ class RealServerStatus:
     current_weight: int | None  # in the kernel table now; None when absent
     decision: str  # why it is (or is not) in the table
     refused: str | None = None  # the kernel refuses the change to it, and why
+    last_age: float | None = None  # seconds since the last probe's verdict; None: not probed
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,11 @@ def status_report(
                     current_weight=weights.get((rs.address, rs.port)),
                     decision=reasons.get((rs.address, rs.port), ""),
                     refused=refused.get((vs.key, rs.address, rs.port)),
+                    last_age=(
+                        None
+                        if state.probed_at is None
+                        else round(max(now - state.probed_at, 0.0), 3)
+                    ),
                 )
             )
         report.append(
@@ -369,6 +375,8 @@ def _row(rs: RealServerStatus) -> tuple[str, ...]:
         last = f"{rs.last_reason} {rs.last_latency * 1000:.1f}ms"
         if rs.last_detail:
             last += f" ({rs.last_detail})"
+        if rs.last_age is not None:
+            last += f", {_duration(rs.last_age)} ago"
     current = "-" if rs.current_weight is None else str(rs.current_weight)
     return (
         rs.server if rs.name is None else f"{rs.server} ({rs.name})",

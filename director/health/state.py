@@ -43,6 +43,7 @@ class HealthState:
     # The last weight a successful dynamic-weight probe reported; it stays
     # through failed probes (fewer than `fall` do not make a server down).
     weight: int | None = None
+    probed_at: float | None = None  # when `last` came, on the caller's clock
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def advance(
         # The constructor, not replace(): this runs for every probe.
         counted = HealthState(
             state.status, successes, failures, state.since, result, state.adopted,
-            state.ramp_start, weight,
+            state.ramp_start, weight, now,
         )  # fmt: skip
         return counted, None
     transition = Transition(
@@ -99,7 +100,7 @@ def advance(
         adopted = state.adopted and state.status is Health.UNKNOWN
         ramp_start = state.ramp_start if adopted and state.ramp_start is not None else now
     after = HealthState(
-        new_status, successes, failures, now, result, state.adopted, ramp_start, weight
+        new_status, successes, failures, now, result, state.adopted, ramp_start, weight, now
     )
     return after, transition
 

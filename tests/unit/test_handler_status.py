@@ -14,10 +14,11 @@ from typing import TypeVar
 import pytest
 import trio
 import trio.testing
-from test_handler import add_a_third_server, rig, until
+from test_handler import CONFIG, add_a_third_server, rig, until
 
 from director import ctl, status
 from director.config import parse_config
+from director.health.result import ProbeResult
 from director.health.state import Health, HealthState
 from director.ipvs.facts import NO_MODULES
 from director.ipvs.memory import MemoryBackend
@@ -316,3 +317,33 @@ async def test_the_daemons_status_says_when_its_checks_are_behind(
     assert on_time.data is not None and on_time.data["probe_lateness"] < 1.0
     assert behind.stdout.startswith("checks behind: the last probe started 42.0s")
     assert behind.data is not None and behind.data["probe_lateness"] == 42.0
+
+
+async def test_each_row_says_how_old_its_last_probe_is(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with rig(tmp_path) as r:
+        await trio.sleep(0.1)
+        before = await r.command("status", json=False)
+        await trio.sleep(2.3)
+        response = await r.command("status", json=False)
+    assert before.data is not None
+    assert before.data["services"][0]["real_servers"][0]["last_age"] is None  # not probed yet
+    assert response.data is not None
+    (row,) = response.data["services"][0]["real_servers"]
+    # A 1 s interval: the last verdict came within the last second.
+    assert 0.0 <= row["last_age"] < 1.0, row
+    assert f"ok 10.0ms, {row['last_age']:.1f}s ago" in response.stdout
+
+
+def test_a_stale_probe_shows_its_age() -> None:
+    config = parse_config(CONFIG)
+    (vs,) = config.virtual_servers
+    rid = vs.real_server_id(vs.real_servers[0])
+    state = HealthState(
+        Health.UP, 3, 0, since=10.0, last=ProbeResult.success(0.0004), probed_at=100.0
+    )
+    (service,) = status.status_report(config, {rid: state}, {}, {}, now=412.5)
+    (server,) = service.real_servers
+    assert server.last_age == 312.5
+    assert "ok 0.4ms, 5m12s ago" in status.status_text((service,))
