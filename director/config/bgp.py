@@ -124,7 +124,12 @@ def _peers(table: Table) -> list[BgpPeer]:
             )
             password = None
         if address is not None and address in seen:
-            peer_table.error("address", f"a second peer at this address (first at {seen[address]})")
+            first = seen[address]
+            peer_table.problems.add(
+                peer_table.where("address"),
+                f"a second peer at this address (first at {first})",
+                first=first,
+            )
             address = None
         peer_table.close()
         if address is None or as_number is None:

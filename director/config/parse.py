@@ -24,6 +24,7 @@ import tomli
 
 from director.config.bgp import bgp_service_problem, parse_bgp
 from director.config.checks import merge_check, parse_check
+from director.config.lines import key_lines
 from director.config.model import (
     SUN_PATH_MAX,
     BgpSettings,
@@ -177,8 +178,7 @@ def _parse_config(text: str, source: str, modules: KernelModules | None) -> Conf
     )
     root.close()
     if problems.errors:
-        lines = _entry_lines(text, tables)
-        raise ConfigError(problems.errors, source, problems.named_errors(lines))
+        raise ConfigError(problems.errors, source, problems.named_errors(key_lines(text)))
     return config
 
 
@@ -476,49 +476,6 @@ def _load(
     return data, pieces
 
 
-_ENTRY_HEADER = re.compile(
-    r"^[ \t]*\[\[[ \t]*virtual_server[ \t]*(?P<rs>\.[ \t]*real_server[ \t]*)?\]\]", re.M
-)
-
-
-def _entry_lines(text: str, tables: list[tuple[bytes, Table | _Memory]]) -> dict[str, int]:
-    """The line (from 1) of each virtual server's `[[virtual_server]]` header
-    in `text`, as "virtual_server[i]", and of its
-    `[[virtual_server.real_server]]` headers, as
-    "virtual_server[i].real_server[j]"; `tables` are the virtual servers
-    the parse made of it. Only where the headers found are as many as the
-    entries (none written inline or with quotes, no multi-line string that
-    could hold such a line), so that no line is another entry's; else
-    none."""
-    if '"""' in text or "'''" in text:
-        return {}
-    found: list[tuple[int, list[int]]] = []
-    line, at = 1, 0
-    for header in _ENTRY_HEADER.finditer(text):
-        line += text.count("\n", at, header.start())
-        at = header.start()
-        if header["rs"] is None:
-            found.append((line, []))
-        elif found:
-            found[-1][1].append(line)
-        else:
-            return {}
-    if len(found) != len(tables):
-        return {}
-    lines: dict[str, int] = {}
-    for i, ((vs_line, rs_lines), (_, table)) in enumerate(zip(found, tables, strict=True)):
-        where = f"virtual_server[{i}]"
-        lines[where] = vs_line
-        if isinstance(table, Table):
-            servers = table.data.get("real_server")
-            count = len(servers) if isinstance(servers, list) else None
-        else:
-            count = len(table[2].real_servers)
-        if count == len(rs_lines):
-            lines.update((f"{where}.real_server[{j}]", n) for j, n in enumerate(rs_lines))
-    return lines
-
-
 def _piece_table(data: dict[str, object], i: int, problems: Problems) -> Table:
     """A virtual server's table, as Table.tables names it."""
     where = f"virtual_server[{i}]"
@@ -623,7 +580,11 @@ def _virtual_servers(
         if vs is None:
             continue
         if vs.key in seen:
-            problems.add(path, f"duplicate virtual service {vs.label} (first at {seen[vs.key]})")
+            problems.add(
+                path,
+                f"duplicate virtual service {vs.label} (first at {seen[vs.key]})",
+                first=seen[vs.key],
+            )
             continue
         seen[vs.key] = path
         if vs.vip_interface is not None and vs.key.address is not None:
@@ -636,6 +597,7 @@ def _virtual_servers(
                     f"{vs.key.address} is already the VIP on {first[0]!r} "
                     f"(at {first[1]}): one address, one vip_interface",
                     vs.vip_interface,
+                    first=first[1],
                 )
                 continue
         if vs.bgp and (bgp is not None or not bgp_invalid):
@@ -846,9 +808,9 @@ def _real_servers(
         if rs is None:
             continue
         if (rs.address, rs.port) in seen:
+            first = seen[(rs.address, rs.port)]
             rs_table.problems.add(
-                rs_table.path,
-                f"duplicate real server {rs.label} (first at {seen[(rs.address, rs.port)]})",
+                rs_table.path, f"duplicate real server {rs.label} (first at {first})", first=first
             )
             continue
         seen[(rs.address, rs.port)] = rs_table.path

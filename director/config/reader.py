@@ -40,50 +40,55 @@ class Problems:
         # [[virtual_server]] tables, as in a converted keepalived.conf).
         self._entries: dict[str, str] = {}
         self._paths: list[str] = []  # each error's path, in `errors`' order
+        self._firsts: list[str | None] = []  # and the path its message names
 
     def name_entry(self, path: str, what: str) -> None:
         """Errors at `path` (an indexed entry, "x[3]") or under it name it:
         "x[3] (what).key"."""
         self._entries[path] = what
 
-    def add(self, path: str, message: str, *value: object) -> None:
+    def add(self, path: str, message: str, *value: object, first: str | None = None) -> None:
+        """`first`: the path of the entry a duplicate repeats, which
+        `message` names as "at {first})": named_errors adds its line there."""
         text = f"{path}: {message}" + "".join(f": {v!r}" for v in value)
         if text not in self.errors:
             self.errors.append(text)
             self._paths.append(path)
+            self._firsts.append(first)
 
-    def named_errors(self, lines: Mapping[str, int] | None = None) -> list[str]:
+    def named_errors(self, line_of: Callable[[str], int | None] | None = None) -> list[str]:
         """`errors` with the indexed entries each is in named after its path
-        (what an operator reads: `virtual_server[17] (10.0.0.1:80 tcp):
-        ...`), and the line of the innermost entry that `lines` has (by its
-        path, "virtual_server[17]": `virtual_server[17] (10.0.0.1:80 tcp,
-        line 204)`); `errors` keeps the bare paths."""
-        return [
-            self._named(path, lines or {}) + error[len(path) :]
-            for path, error in zip(self._paths, self.errors, strict=True)
-        ]
+        and the line `line_of` gives for the path (what an operator reads:
+        `virtual_server[17].scheduler (10.0.0.1:80 tcp, line 204): ...`),
+        and a duplicate's first one's line after its path (`(first at
+        virtual_server[3], line 52)`); `errors` keeps the bare paths."""
+        named = []
+        for path, error, first in zip(self._paths, self.errors, self._firsts, strict=True):
+            text = self._named(path, line_of) + error[len(path) :]
+            line = line_of(first) if first is not None and line_of is not None else None
+            if line is not None:
+                text = text.replace(f"at {first})", f"at {first}, line {line})", 1)
+            named.append(text)
+        return named
 
     def __len__(self) -> int:
         return len(self.errors)
 
-    def _named(self, path: str, lines: Mapping[str, int]) -> str:
+    def _named(self, path: str, line_of: Callable[[str], int | None] | None) -> str:
         """`path` with the names of the indexed entries it is in, after it,
-        and the line of the innermost one `lines` has: "virtual_server[17]
-        (10.0.0.1:80 tcp, line 204)", "virtual_server[3].real_server[1].weight
-        (10.0.0.1:80 tcp, 10.0.1.1:80, line 57)". After the whole path, so
-        the path stays one dotted path to search for."""
-        if not self._entries and not lines:
-            return path
+        and its line: "virtual_server[17] (10.0.0.1:80 tcp, line 204)",
+        "virtual_server[3].real_server[1].weight (10.0.0.1:80 tcp,
+        10.0.1.1:80, line 60)". After the whole path, so the path stays one
+        dotted path to search for."""
         names = []
-        line = None
-        end = path.find("]")
-        while end != -1:
-            entry = path[: end + 1]
-            what = self._entries.get(entry)
-            if what is not None:
-                names.append(what)
-            line = lines.get(entry, line)
-            end = path.find("]", end + 1)
+        if self._entries:
+            end = path.find("]")
+            while end != -1:
+                what = self._entries.get(path[: end + 1])
+                if what is not None:
+                    names.append(what)
+                end = path.find("]", end + 1)
+        line = line_of(path) if line_of is not None else None
         if line is not None:
             names.append(f"line {line}")
         return f"{path} ({', '.join(names)})" if names else path

@@ -380,7 +380,7 @@ def test_peer_errors_name_the_entry_for_people() -> None:
     with pytest.raises(ConfigError) as info:
         config(HEAD + PEER + "port = 0\n")
     assert info.value.named_errors == [
-        "bgp.peer[0].port (10.9.0.1): must be between 1 and 65535: 0"
+        "bgp.peer[0].port (10.9.0.1, line 6): must be between 1 and 65535: 0"
     ]
 
 
@@ -443,6 +443,6 @@ def test_a_service_error_names_the_entry_for_people() -> None:
     with pytest.raises(ConfigError) as info:
         config(HEAD + PEER6 + service())
     assert info.value.named_errors == [
-        "virtual_server[0].bgp (10.9.1.100:80 tcp, line 6): "
+        "virtual_server[0].bgp (10.9.1.100:80 tcp, line 9): "
         "no [[bgp.peer]] is IPv4 to announce 10.9.1.100 to: True"
     ]

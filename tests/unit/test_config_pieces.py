@@ -149,7 +149,7 @@ def test_a_remembered_virtual_server_still_names_its_entry_in_errors() -> None:
         parse_config(text.replace("10.0.0.1:80", "10.0.0.1:81", 1), modules=NO_MODULES)
     assert raised.value.named_errors == [
         "virtual_server[1] (10.0.0.1:81 tcp, line 9): duplicate virtual service TCP 10.0.0.1:81 "
-        "(first at virtual_server[0])"
+        "(first at virtual_server[0], line 3)"
     ]
 
 

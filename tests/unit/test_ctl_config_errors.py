@@ -4,9 +4,11 @@ trial: `directord --check` of a converted keepalived.conf said
 service (address and protocol, or fwmark) and the real server. `errors`
 keeps the bare paths; `named_errors`, str() and every place that prints
 them (directord --check, directorctl check-config, the control socket's
-check-config and reload) name the entries, with the line of the innermost
-one's header (operator trial at 10,000 real servers: a path alone leaves
-thousands of [[virtual_server.real_server]] tables to count)."""
+check-config and reload, the reload_rejected log line) name the entries,
+with the line of the key that is wrong, or of the entry's header when the
+error is the entry's (operator trial at 10,000 real servers: a path alone
+leaves thousands of [[virtual_server.real_server]] tables to count).
+Exact lines of each kind: test_config_lines.py."""
 
 from __future__ import annotations
 
@@ -36,13 +38,14 @@ BAD = (
     + "[[virtual_server]]\nscheduler = 3\n"
 )
 NAMED = [
-    "virtual_server[17].scheduler (10.0.0.1:53 udp, line 86): unknown scheduler",
-    "virtual_server[18].real_server[0].weight (fwmark 7, 10.0.2.1:80, line 92): must be between",
-    "virtual_server[19] (10.0.0.1:80 tcp, line 95): duplicate virtual service",
+    "virtual_server[17].scheduler (10.0.0.1:53 udp, line 89): unknown scheduler",
+    "virtual_server[18].real_server[0].weight (fwmark 7, 10.0.2.1:80, line 94): must be between",
+    "virtual_server[19] (10.0.0.1:80 tcp, line 95): duplicate virtual service TCP 10.0.0.1:80 "
+    "(first at virtual_server[0], line 1)",
     # nothing to name it by but its line
     "virtual_server[20].address (line 98): required",
     "virtual_server[20].protocol (line 98): required",
-    "virtual_server[20].scheduler (line 98): expected a string",
+    "virtual_server[20].scheduler (line 99): expected a string",
 ]
 
 
@@ -57,28 +60,39 @@ def test_errors_name_the_entries_they_are_in() -> None:
     for start, named in zip(NAMED, error.named_errors, strict=True):
         assert named.startswith(start), (start, error.named_errors)
     assert error.errors[0].startswith("virtual_server[17].scheduler: unknown scheduler")
+    # the same messages, but for the first one's line in a duplicate's
     assert [e.partition(": ")[2] for e in error.errors] == [
-        e.partition(": ")[2] for e in error.named_errors
+        e.partition(": ")[2].replace("virtual_server[0], line 1)", "virtual_server[0])")
+        for e in error.named_errors
     ]
+    assert error.errors[2] == "virtual_server[19]: duplicate virtual service TCP 10.0.0.1:80 " + (
+        "(first at virtual_server[0])"
+    )
     assert all(f"  {named}" in str(error) for named in error.named_errors)
 
 
-def test_lines_are_left_out_where_the_headers_do_not_match_the_entries() -> None:
-    """Real servers written inline, or a header with quotes, would shift
-    every line after them: those entries get none, the others keep theirs."""
+def test_lines_stay_right_past_inline_entries_quoted_headers_and_long_strings() -> None:
+    """Real servers written inline, a header with quotes, a multi-line
+    string holding a header's text: each error keeps its own line."""
     inline = BAD.replace(
         '[[virtual_server.real_server]]\naddress = "10.0.2.1:80"\nweight = -1\n',
         'real_server = [{ address = "10.0.2.1:80", weight = -1 }]\n',
     )
     named = errors(inline).named_errors
     assert named[1].startswith(
-        "virtual_server[18].real_server[0].weight (fwmark 7, 10.0.2.1:80, line 90): must be"
+        "virtual_server[18].real_server[0].weight (fwmark 7, 10.0.2.1:80, line 92): must be"
     )
+    assert named[3].startswith("virtual_server[20].address (line 96): required")
     quoted = BAD.replace("[[virtual_server]]\nscheduler = 3", '[["virtual_server"]]\nscheduler = 3')
-    assert errors(quoted).named_errors[3].startswith("virtual_server[20].address: required")
+    assert errors(quoted).named_errors[3:] == [
+        "virtual_server[20].address (line 98): required (or fwmark instead of protocol and address)",
+        "virtual_server[20].protocol (line 98): required (tcp, udp, sctp), or fwmark instead",
+        "virtual_server[20].scheduler (line 99): expected a string, got an integer: 3",
+    ]
     long = '"""\n[[virtual_server]]\n"""'
     named = errors(f'[daemon]\nlog_level = "info"\n[control]\nsocket = {long}\n' + BAD).named_errors
-    assert named[1].startswith("virtual_server[17].scheduler (10.0.0.1:53 udp): unknown scheduler")
+    assert named[0] == "control.socket (line 4): must be an absolute path: '[[virtual_server]]\\n'"
+    assert named[1].startswith("virtual_server[17].scheduler (10.0.0.1:53 udp, line 95): unknown")
 
 
 def test_directord_check_prints_them_named(

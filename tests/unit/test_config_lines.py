@@ -1,0 +1,171 @@
+"""Config errors name the line of the key that is wrong (operator trial at
+10,000 real servers: the line of an entry's header left `weight = 300`
+to find among its keys, and a duplicate's first one, a top-level table's
+key and an inline table's had no line at all): each kind with its exact
+message and line; director.config.lines.key_lines on what could shift a
+line (multi-line values, quoted and dotted keys, a statement it cannot
+read)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from test_config_plain import config_text
+
+from director.config import ConfigError, parse_config
+from director.config.lines import key_lines
+from director.ipvs.facts import NO_MODULES
+
+SERVICE = '[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.1:80"\n'
+
+
+def named(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "d.toml", NO_MODULES)
+    return caught.value.named_errors
+
+
+def test_a_key_of_an_entry_has_its_own_line() -> None:
+    text = (
+        SERVICE
+        + '[[virtual_server.real_server]]\naddress = "10.0.1.1:80"\n'
+        + '[[virtual_server.real_server]]\naddress = "10.0.1.2:80"\nname = "b"\n\nweight = 300\n'
+    )
+    assert named(text.replace("300", "70000")) == [
+        "virtual_server[0].real_server[1].weight (10.0.0.1:80 tcp, 10.0.1.2:80, line 10): "
+        "must be between 0 and 65535: 70000"
+    ]
+
+
+def test_a_key_of_a_top_level_table_has_its_line() -> None:
+    text = '# director\n[daemon]\nflush_on_stop = true\nlog_level = "loud"\n\n[metrics]\nlisten = "x"\n'
+    assert named(text) == [
+        "daemon.log_level (line 4): must be one of debug, info, warning, error: 'loud'",
+        "metrics.listen (line 7): no port: expected an IP address and port ('127.0.0.1:9531', "
+        "'[::1]:9531') or an absolute Unix socket path: 'x'",
+    ]
+    # a dotted key, and a key of a table never opened but by a dotted key
+    assert named("[ipvs]\ntimeouts.tcp = -1\n") == [
+        "ipvs.timeouts.tcp (line 2): must be between 0 and 2147483: -1"
+    ]
+
+
+def test_a_key_of_an_inline_table_has_the_line_the_table_is_on() -> None:
+    text = SERVICE + "scheduler = 'rr'\ncheck = { type = 'tcp', interval = -1 }\n"
+    assert named(text) == [
+        "virtual_server[0].check.interval (10.0.0.1:80 tcp, line 5): "
+        "must be a finite number above 0: -1"
+    ]
+    inline = SERVICE + (
+        'real_server = [{ address = "10.0.1.1:80" },\n'
+        '  { address = "10.0.1.2:80", weight = -1 },\n]\nscheduler = 3\n'
+    )
+    assert named(inline) == [
+        "virtual_server[0].scheduler (10.0.0.1:80 tcp, line 7): expected a string, got an integer: 3",
+        "virtual_server[0].real_server[1].weight (10.0.0.1:80 tcp, 10.0.1.2:80, line 5): "
+        "must be between 0 and 65535: -1",
+    ]
+    control = '[control]\nsocket = "/run/d.sock"\nruntime_check = { type = "tcp", fall = 0 }\n'
+    assert named(control) == [
+        "control.runtime_check.fall (line 3): must be between 1 and 1000000: 0"
+    ]
+
+
+def test_a_duplicate_names_both_lines() -> None:
+    server = '[[virtual_server.real_server]]\naddress = "10.0.1.1:80"\n'
+    text = SERVICE + server + server.replace("1.1", "1.2") + "weight = 2\n" + server + SERVICE
+    assert named(text) == [
+        "virtual_server[0].real_server[2] (10.0.0.1:80 tcp, 10.0.1.1:80, line 9): "
+        "duplicate real server 10.0.1.1:80 (first at virtual_server[0].real_server[0], line 4)",
+        "virtual_server[1] (10.0.0.1:80 tcp, line 11): duplicate virtual service "
+        "TCP 10.0.0.1:80 (first at virtual_server[0], line 1)",
+    ]
+    peer = '[[bgp.peer]]\naddress = "10.9.0.1"\nas = 65000\n'
+    assert named("[bgp]\nlocal_as = 65001\n" + peer + "\n" + peer) == [
+        "bgp.peer[1].address (10.9.0.1, line 8): a second peer at this address "
+        "(first at bgp.peer[0], line 3)"
+    ]
+
+
+def test_a_missing_key_has_its_tables_header_line() -> None:
+    text = SERVICE + '[[virtual_server.real_server]]\nweight = 3\n\n[ipvs.sync]\nrole = "master"\n'
+    assert named(text) == [
+        "ipvs.sync.interface (line 7): required: the interface sync messages use",
+        "ipvs.sync.syncid (line 7): required (0..255; 0: a backup takes every master's)",
+        "virtual_server[0].real_server[0].address (10.0.0.1:80 tcp, line 4): required",
+    ]
+
+
+def test_keys_over_several_lines() -> None:
+    """A multi-line array's element has its own line, and the keys after a
+    multi-line value keep theirs. A multi-line array in an inline table
+    has the table's line (what is wrong is on the lines that follow)."""
+    text = SERVICE + (
+        'scheduler = "sh"\nscheduler_flags = [\n  "sh-port",  # ]\n\n  "mh-port",\n]\n'
+        'persistent = """\n[[virtual_server]]\nweight = 3\n"""\n'
+        "quorum = 0\n"
+        '[virtual_server.check]\ntype = "http"\nexpect_status = [\n  200,\n  "99-100",\n]\n'
+    )
+    assert named(text) == [
+        "virtual_server[0].persistent (10.0.0.1:80 tcp, line 10): "
+        "expected an integer, got a string: '[[virtual_server]]\\nweight = 3\\n'",
+        "virtual_server[0].scheduler_flags[1] (10.0.0.1:80 tcp, line 8): "
+        "only for the mh scheduler, not sh: 'mh-port'",
+        "virtual_server[0].check.expect_status[1] (10.0.0.1:80 tcp, line 19): "
+        "expected a status (200) or a range ('200-299'), got a string: '99-100'",
+        "virtual_server[0].quorum (10.0.0.1:80 tcp, line 14): must be between 1 and 2147483647: 0",
+    ]
+    inline = SERVICE + 'check = { type = "http", expect_status = [\n  200,\n  "99-100",\n] }\n'
+    assert named(inline) == [
+        "virtual_server[0].check.expect_status[1] (10.0.0.1:80 tcp, line 4): "
+        "expected a status (200) or a range ('200-299'), got a string: '99-100'",
+    ]
+
+
+def test_key_lines_read_quoted_keys_and_stop_at_what_they_cannot_read() -> None:
+    text = (
+        "[ 'a' . \"b.c\" ]\nd = 1\n"  # line 1, 2
+        '[[x]]\n[[x]]\n"y" . z = [\n  [1,\n   2], 3\n]\n'  # 3-8
+        '"e\\"f" = 1\n[g]\nh = 1\n'  # 9-11: an escape in a key: nothing known after it
+    )
+    line_of = key_lines(text)
+    assert [line_of(path) for path in ("a.b.c", "a.b.c.d", "a.b.c.nokey", "a", "x[0]")] == [
+        1,
+        2,
+        1,
+        1,
+        3,
+    ]
+    assert [line_of(path) for path in ("x[1].y.z[0]", "x[1].y.z[1]", "x[1].y", "x[2]")] == [
+        6,
+        6,  # the line its part of the array begins on: "[1,\n2], 3"
+        5,
+        3,
+    ]
+    assert [line_of(path) for path in ('e"f', "g", "g.h", "nothing")] == [None, None, None, None]
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=config_text())
+def test_every_error_of_a_file_with_headers_has_its_keys_line(text: str) -> None:
+    """Of the plain path's test's files (every table with a header): each
+    error has a line, that of its key when the key is in its table (the
+    key's own line), else its entry's header."""
+    try:
+        parse_config(text, modules=NO_MODULES)
+    except ConfigError as error:
+        errors = error.named_errors
+    else:
+        return
+    lines = text.split("\n")
+    for message in errors:
+        match = re.match(r"(\S+) \((?:[^()]*, )?line (\d+)\)", message)
+        assert match is not None, message
+        path, line = match[1], lines[int(match[2]) - 1]
+        key = re.fullmatch(r".*\]\.(\w+)", path)
+        if key is not None and re.search(rf"^{key[1]} = ", "\n".join(lines), re.M):
+            assert line.startswith((f"{key[1]} = ", "[[")), (message, line)
+        else:
+            assert line.startswith("[["), (message, line)
