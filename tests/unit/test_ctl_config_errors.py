@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import structlog
 import trio.testing
 from test_handler import rig
 
@@ -130,7 +131,13 @@ async def test_the_control_sockets_check_config_and_reload_print_them_named(
         for start in NAMED:
             assert f"new.toml: {start}" in checked.stderr, checked.stderr
         (tmp_path / "director.toml").write_text(BAD)
-        refused = await r.command("reload")
+        with structlog.testing.capture_logs() as logs:
+            refused = await r.command("reload")
         assert refused.status == 1
         for start in NAMED:
             assert f"{tmp_path / 'director.toml'}: {start}" in refused.stderr, refused.stderr
+        # and the log line of the refused reload
+        (logged,) = [e["errors"] for e in logs if e["event"] == "reload_rejected"]
+        assert len(logged) == len(NAMED)
+        for start, error in zip(NAMED, logged, strict=True):
+            assert error.startswith(f"{tmp_path / 'director.toml'}: {start}"), error
