@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import os
 import ssl
 import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -207,6 +209,91 @@ async def test_hang_up_without_answer_is_a_bad_reply(http_server: ServerFactory)
     server.reply = Reply(hang_up=True)
     result = await probe(HttpCheck(), server.address, server.port)
     assert (result.ok, result.reason) == (False, Reason.BAD_REPLY)
+
+
+HOLD = 0.05  # more than two ticks of the kernel's clock (tcp.TICK: 10 ms at most)
+
+
+class _Holding(trio.abc.Stream):
+    """A server's connection whose writes go at once (os.write: no
+    checkpoint, so no other task runs before what follows) and, once
+    `hold` is set, hold the event loop that long after each: what it wrote
+    waits unread in the peer's socket, as a reply does while a busy daemon
+    is at other work."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream, self.hold = stream, 0.0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self.stream.socket.fileno(), view) :]
+            except BlockingIOError:
+                await self.stream.wait_send_all_might_not_block()
+        if self.hold:
+            time.sleep(self.hold)  # noqa: ASYNC251  (the point: the loop held)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+@pytest.mark.parametrize(
+    ("tls", "status", "expect"),
+    [
+        (False, 200, (True, Reason.OK)),
+        (True, 200, (True, Reason.OK)),
+        (True, 503, (False, Reason.BAD_STATUS)),
+    ],
+    ids=["expect_body", "https", "https-503"],
+)
+async def test_a_reply_read_late_reports_the_servers_time(
+    tls: bool,
+    status: int,
+    expect: tuple[bool, Reason],
+    nursery: trio.Nursery,
+    server_tls: ssl.SSLContext,
+) -> None:
+    """The server (a task of this trio run, on loopback) writes its whole
+    reply, then holds the event loop for HOLD seconds before the probe can
+    read it. The latency is the server's time (the handshakes and the
+    request's round trip, to the reply's arrival in the kernel), not the
+    time to the probe's read; the verdict and its detail are the reply's as
+    ever."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+
+    async def handler(raw: trio.SocketStream) -> None:
+        holding = _Holding(raw)
+        stream = trio.SSLStream(holding, server_tls, server_side=True) if tls else holding
+        conn = h11.Connection(h11.SERVER)
+        try:
+            if await read_request(stream, conn) is not None:
+                headers = [("content-length", "5")]
+                reply = conn.send(h11.Response(status_code=status, headers=headers))
+                reply += conn.send(h11.Data(data=b"hello")) + (conn.send(h11.EndOfMessage()) or b"")
+                holding.hold = HOLD
+                await stream.send_all(reply)
+                await stream.receive_some(65536)  # until the probe hangs up
+        except (trio.BrokenResourceError, ssl.SSLError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    nursery.start_soon(trio.serve_listeners, handler, listeners)
+    port = listeners[0].socket.getsockname()[1]
+    check = HttpCheck(tls=True, verify_tls=False) if tls else HttpCheck(expect_body="hello")
+    before = trio.current_time()
+    result = await probe(check, LOOPBACKS[0], port)
+    read = trio.current_time() - before
+    assert (result.ok, result.reason, result.detail) == (*expect, f"status {status}")
+    assert read > HOLD  # the probe read the reply after the hold
+    assert 0 < result.latency < HOLD
 
 
 async def test_no_answer_times_out(

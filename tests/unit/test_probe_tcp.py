@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import select
 import socket
+import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
@@ -10,7 +12,7 @@ import trio.testing
 from tcp_support import syn_dropping_port
 
 from director.health.probes import probe, probe_tcp
-from director.health.probes.tcp import Connects, destination, handshake_time
+from director.health.probes.tcp import TICK, Connects, arrival, destination, handshake_time
 from director.health.result import ProbeResult, Reason
 from director.health.spec import TcpCheck, Timing
 from director.ipvs.model import IPAddress
@@ -208,3 +210,29 @@ def test_handshake_time_is_the_kernels_round_trip_at_most_the_elapsed_time() -> 
             assert handshake_time(client, 0.0) == 0.0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:  # no TCP_INFO
         assert handshake_time(udp, 2.5) == 2.5
+
+
+def test_arrival_is_the_datas_not_the_reads_and_never_before_it() -> None:
+    """Data that waited HOLD seconds in the socket before its read: its
+    arrival is the kernel's (to within two ticks of its clock: HOLD is
+    more), never before it was sent."""
+    hold = max(0.05, 5 * TICK)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        with socket.create_connection(server.getsockname()) as client:
+            peer, _ = server.accept()
+            with peer:
+                sent = time.perf_counter()
+                peer.sendall(b"reply")
+                assert select.select([client], [], [], 10.0)[0]  # on loopback: at once
+                time.sleep(hold)  # the daemon busy elsewhere
+                assert client.recv(16) == b"reply"
+                now = time.perf_counter()
+                came = arrival(client, now)
+    assert sent <= came < sent + hold < now
+
+
+def test_arrival_without_tcp_info_is_the_read() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        assert arrival(udp, 2.5) == 2.5

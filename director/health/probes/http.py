@@ -26,6 +26,15 @@ section and refuses one that stays incomplete past MAX_INCOMPLETE_EVENT
 section above MAX_HEADER is a bad reply. Whatever trickles is cut by the
 probe's timeout. Redirects are not followed: a 3xx is a status like any other.
 
+A verdict on a reply (up, a bad status, body or reply) reports the server's
+time, not the daemon's: the TCP handshake as the kernel timed it, then each
+round trip of the exchange (TLS handshake included) from its first send to
+the arrival in the kernel of the last data read for it (tcp.py's `arrival`:
+to within two ticks of the kernel's clock when the daemon read it late),
+as `_Connection` keeps it. The daemon's lag before a send or a read, its
+TLS computations and a body's search are not in it. Other failures count
+the time to their verdict, at most the timeout.
+
 `expect_body` is searched by the `regex` module (the syntax of `re`) in a
 worker thread that does not hold the GIL while it matches, with the probe's
 remaining time as the search's own timeout: a pattern that backtracks
@@ -44,6 +53,7 @@ import socket
 import ssl
 from collections.abc import Iterable
 from dataclasses import replace
+from time import perf_counter
 
 import h11
 import regex  # type: ignore[import-untyped]  # no stubs in the venv; the calls below are few
@@ -65,12 +75,15 @@ from director.health.probes.http_head import (
     request_for,
     url_for,
 )
+from director.health.probes.tcp import arrival, handshake_time
 from director.health.probes.tls import TlsContexts, TlsSettings, TlsSetupError
 from director.health.result import ProbeResult, Reason
 from director.health.spec import HttpCheck, host_problem
 from director.ipvs.model import IPAddress
 
 MAX_BODY = 1 << 20  # bytes of raw body searched for expect_body
+# Verdicts on a reply, whose latency is the server's time (`_Connection.served`).
+_ANSWERED = frozenset({Reason.OK, Reason.BAD_STATUS, Reason.BAD_BODY, Reason.BAD_REPLY})
 SEARCH_THREADS = patterns.SEARCH_THREADS  # expect_body searches at once, per trio run
 
 __all__ = [
@@ -114,12 +127,18 @@ async def probe_http(
     try:
         with probe_attempt(check.timing.timeout) as attempt:
             await exchange.run(attempt)
+        # (before the close: a close_notify is a send, and opens a round)
+        served = exchange.connection.served() if exchange.connection is not None else None
     finally:
         await exchange.close(attempt.started + check.timing.timeout)
     result = attempt.result
     if result.reason is Reason.TIMEOUT and exchange.searching:
         detail = f"{result.detail}: expect_body {check.expect_body!r} still searching the body"
         result = replace(result, detail=detail)
+    if served is not None and result.reason in _ANSWERED:
+        result = replace(result, latency=served)
+    elif result.latency > check.timing.timeout:  # a failure read late: the rest was the daemon's
+        result = replace(result, latency=check.timing.timeout)
     return result
 
 
@@ -145,7 +164,7 @@ class _Exchange:
         self.searching = False  # inside the expect_body search
 
     async def run(self, attempt: Attempt) -> None:
-        self.stream = self.connection = await _connect(self.address, self.port)
+        self.stream = self.connection = await _connect(self.address, self.port, attempt.started)
         if self.context is not None:
             # The client's Finished and the request are two writes: with
             # Nagle, the request waits for the ACK of the first, which a
@@ -232,9 +251,11 @@ class _Exchange:
                 attempt.fail(Reason.BAD_BODY, detail)
 
 
-async def _connect(address: IPAddress, port: int) -> _Connection:
+async def _connect(address: IPAddress, port: int, started: float) -> _Connection:
     """A TCP connection to a literal address: one non-blocking connect, no
-    name resolution, no happy-eyeballs nursery. Raises OSError."""
+    name resolution, no happy-eyeballs nursery; its handshake as the kernel
+    timed it, at most the time since `started` (trio's clock). Raises
+    OSError."""
     family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
@@ -247,7 +268,7 @@ async def _connect(address: IPAddress, port: int) -> _Connection:
     except BaseException:
         sock.close()
         raise
-    return _Connection(sock)
+    return _Connection(sock, handshake_time(sock, trio.current_time() - started))
 
 
 class _Connection(trio.abc.Stream):
@@ -256,12 +277,34 @@ class _Connection(trio.abc.Stream):
     task uses it), Nagle left on for plain HTTP (one write per request;
     HTTPS turns it off, in `_Exchange.run`), OSError as is (attempt.py
     names it). A third of the Python calls of `trio.SocketStream` over
-    `trio.socket`, per probe."""
+    `trio.socket`, per probe.
 
-    def __init__(self, sock: socket.socket) -> None:
+    It also keeps the server's time (`served`): the handshake, then each
+    round (from the first send after the last answer to the arrival in the
+    kernel of the last data read before the next send: tcp.py's `arrival`),
+    not the daemon's lag before a send or a read, nor its own work between
+    them (a TLS handshake's computations, a body's search)."""
+
+    def __init__(self, sock: socket.socket, handshake: float) -> None:
         self.socket = sock
+        self._served = handshake  # the handshake and the rounds answered
+        self._sent: float | None = None  # the open round's first send (perf_counter)
+        self._arrived: float | None = None  # the last data it read in
+
+    def served(self) -> float | None:
+        """The server's time up to the last data read, or None when no
+        data came since the last send."""
+        if self._arrived is None or self._sent is None:
+            return None
+        return self._served + (self._arrived - self._sent)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._arrived is not None:  # the answer came: a new round
+            assert self._sent is not None
+            self._served += self._arrived - self._sent
+            self._sent = self._arrived = None
+        if self._sent is None:
+            self._sent = perf_counter()
         view = memoryview(data)
         while view:
             try:
@@ -274,7 +317,10 @@ class _Connection(trio.abc.Stream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         await trio.lowlevel.wait_readable(self.socket)
-        return self.socket.recv(max_bytes or READ_SIZE)
+        data = self.socket.recv(max_bytes or READ_SIZE)
+        if data and self._sent is not None:
+            self._arrived = max(arrival(self.socket, perf_counter()), self._sent)
+        return data
 
     def close(self) -> None:
         if self.socket.fileno() != -1:

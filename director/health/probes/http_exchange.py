@@ -19,6 +19,15 @@ sending a response." for a close before a whole head), and the head's own
 verdict. The body is never read: the socket is closed as soon as the head
 is judged.
 
+A verdict on a reply reports the server's time, not the daemon's: the TCP
+handshake as the kernel timed it (tcp.py's `handshake_time`), plus the time
+from the request's send to the reply's arrival in the kernel (tcp.py's
+`arrival`: exact when the daemon read it within a tick of the kernel's
+clock, else to within two ticks, never less than the server took). A busy
+daemon's lag between the connect and the send, or the arrival and the read,
+is not in it. A failure the kernel reports (refused, reset) counts the time
+to its read, at most the timeout; a timeout, its timeout.
+
 Whatever the server sends costs it, not the checker: at most one READ_SIZE
 read per socket per round of `watch` (a socket whose read filled the buffer
 is read again next round rather than drained now), h11 refuses a head that
@@ -28,12 +37,14 @@ deadline, whatever trickles in.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import select
 import socket
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from time import perf_counter
 
 import h11
 import trio
@@ -49,6 +60,7 @@ from director.health.probes.http_head import (
     receive,
     request,
 )
+from director.health.probes.tcp import arrival, handshake_time
 from director.health.probes.watch import (
     Probe,
     ProbeDone,
@@ -127,10 +139,14 @@ async def exchange_once(target: HttpDestination) -> ProbeResult:
 class _Exchange(Probe[HttpDestination]):
     """One probe in flight (watch.py's `Probe`); `out` is the part of the
     request not sent yet (empty once it all went); `conn`, h11's side of
-    the exchange, once the first bytes of an answer (or its end) came."""
+    the exchange, once the first bytes of an answer (or its end) came;
+    `handshake`, the connect's time as the kernel timed it, and `sent`, the
+    request's first send (time.perf_counter), once connected."""
 
     conn: Connection | None = None
     out: bytes = b""
+    handshake: float = 0.0
+    sent: float = 0.0
 
 
 class Exchanges(Watcher[HttpDestination, _Exchange]):
@@ -179,14 +195,19 @@ class Exchanges(Watcher[HttpDestination, _Exchange]):
         sock = exchange.sock
         assert sock is not None
         timeout = exchange.target.check.timing.timeout
+        data = b""
         try:
-            if exchange.out:  # connecting, or the request not all sent
+            out = exchange.out
+            if out:  # connecting, or the request not all sent
                 if flags & _FAILED:
                     code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                     if code:
                         raise OSError(code, os.strerror(code))
+                if out is exchange.target.wire:  # connected: the first send
+                    exchange.handshake = handshake_time(sock, now - exchange.started)
+                    exchange.sent = perf_counter()
                 try:
-                    exchange.out = exchange.out[sock.send(exchange.out) :]
+                    exchange.out = out[sock.send(out) :]
                 except BlockingIOError:
                     return None
                 if exchange.out:
@@ -215,19 +236,27 @@ class Exchanges(Watcher[HttpDestination, _Exchange]):
                 # nothing, a tick later when the tick's rounds are spent.)
                 self._again.append(exchange)
         except OSError as exc:
-            return network_failure(exc, now - exchange.started, timeout)
+            return network_failure(exc, min(now - exchange.started, timeout), timeout)
         except h11.RemoteProtocolError as e:
-            return ProbeResult.failure(Reason.BAD_REPLY, now - exchange.started, str(e) or DISCONNECTED)  # fmt: skip
+            latency = _served(exchange, sock) if data else min(now - exchange.started, timeout)
+            return ProbeResult.failure(Reason.BAD_REPLY, latency, str(e) or DISCONNECTED)
         if response is None:
             return None
         failure = head_failure(exchange.target.check, response)
         if failure is not None:
-            return ProbeResult.failure(failure[0], now - exchange.started, failure[1])
-        return ProbeResult.success(now - exchange.started, detail=f"status {response.status_code}")
+            return ProbeResult.failure(failure[0], _served(exchange, sock), failure[1])
+        return ProbeResult.success(_served(exchange, sock), detail=f"status {response.status_code}")
 
     def _close(self, probe: _Exchange) -> None:
         super()._close(probe)
         probe.conn = None
+
+
+def _served(exchange: _Exchange, sock: _socket.socket) -> float:
+    """The server's time for the reply just read: the handshake as the
+    kernel timed it, then the request's send to the reply's arrival in the
+    kernel (tcp.py's `arrival`), not to the daemon's read of it."""
+    return exchange.handshake + max(arrival(sock, perf_counter()) - exchange.sent, 0.0)
 
 
 _EXCHANGES: trio.lowlevel.RunVar[Exchanges] = trio.lowlevel.RunVar("director_http_exchanges")

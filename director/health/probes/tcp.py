@@ -37,6 +37,7 @@ import os
 import select
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Protocol
@@ -55,7 +56,17 @@ from director.health.result import ProbeResult
 from director.health.spec import Check, TcpCheck
 from director.ipvs.model import IPAddress
 
-__all__ = ["Connects", "Destination", "ProbeDone", "TcpDestination", "destination", "probe_tcp"]
+__all__ = [
+    "TICK",
+    "Connects",
+    "Destination",
+    "ProbeDone",
+    "TcpDestination",
+    "arrival",
+    "destination",
+    "handshake_time",
+    "probe_tcp",
+]
 
 _FLAGS = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 # SO_LINGER on with a zero timeout: close() sends a RST instead of a FIN, so
@@ -73,6 +84,25 @@ _FAILED = select.EPOLLERR | select.EPOLLHUP
 # alone) at 68, tcpi_total_retrans at 100.
 _TCP_INFO = getattr(socket, "TCP_INFO", 11)
 _INFO = struct.Struct("=56xI8xI28xI")
+# tcpi_last_data_recv (ms since the last data segment arrived) at 52.
+_DATA_AGE = struct.Struct("=52xI")
+
+
+def _kernel_tick() -> float:
+    """Seconds a tick of the kernel's clock (a jiffy, 1/HZ: 4 ms at Debian's
+    HZ=250), which TCP_INFO's ages count in: the resolution of
+    CLOCK_MONOTONIC_COARSE (6 on Linux). A tick that is not a whole number
+    of milliseconds (HZ=300) gets one more: the kernel rounds those ages up
+    to the millisecond."""
+    try:
+        tick = time.clock_getres(getattr(time, "CLOCK_MONOTONIC_COARSE", 6))
+    except OSError:  # not Linux's clock: the coarsest common HZ (100)
+        return 0.01
+    ms = tick * 1e3
+    return tick if abs(ms - round(ms)) < 1e-6 else tick + 1e-3
+
+
+TICK = _kernel_tick()
 
 
 class TcpDestination(Protocol):
@@ -190,6 +220,23 @@ def handshake_time(sock: _socket.socket, elapsed: float) -> float:
         return elapsed
     own = rtt_us / 1e6 if rtt_us and not retransmitted else elapsed - ack_age_ms / 1e3
     return own if 0.0 <= own < elapsed else (elapsed if own > 0.0 else 0.0)
+
+
+def arrival(sock: _socket.socket, now: float) -> float:
+    """The latest time the data just read from a TCP socket can have arrived
+    in the kernel, on the clock of `now` (read after the read): `now` less
+    the time the kernel counts since the last data segment came
+    (tcpi_last_data_recv, in ticks of its clock, TICK, given in ms) less one
+    tick, as that count may be a tick more than the wait it stands for. So
+    a reply that waited in the socket while the daemon was busy counts to
+    within two ticks of its arrival, never before it; one read within its
+    tick counts as `now`. Without TCP_INFO, `now`."""
+    try:
+        (age_ms,) = _DATA_AGE.unpack(sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _DATA_AGE.size))  # fmt: skip
+    except (OSError, struct.error):
+        return now
+    waited = age_ms / 1e3 - TICK
+    return now - waited if waited > 0.0 else now
 
 
 def _verdict(code: int, latency: float, timeout: float) -> ProbeResult:
