@@ -8,10 +8,10 @@ tomli stays the parser: this reads only the lines that open a statement
 (a `[table]` or `[[array]]` header, or a `key = ` line) and asks tomli
 where a value that may go on over several lines ends (an array, a
 multi-line string, an inline table) and how many elements each line of a
-multi-line array holds. A statement it cannot read (a quoted key with an
-escape) ends the search: what comes after it gets no line rather than a
-wrong one. Run only when there are errors to name, never on a good file's
-parse.
+multi-line array holds. A statement it cannot read ends the search
+(there should be none in a text tomli took): what comes after it gets
+no line rather than a wrong one. Run only when there are errors to name,
+never on a good file's parse.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import tomli
 
-_KEY = r"""(?:[A-Za-z0-9_-]+|"[^"\\\n]*"|'[^'\n]*')"""
+_KEY = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
 _DOTTED = rf"{_KEY}(?:[ \t]*\.[ \t]*{_KEY})*"
 _PART = re.compile(_KEY)
 _HEADER = re.compile(rf"[ \t]*(\[\[?)[ \t]*({_DOTTED})[ \t]*(\]\]?)[ \t]*(?:#.*)?")
@@ -103,8 +103,14 @@ def _find(text: str) -> dict[str, int]:
 
 
 def _parts(dotted: str) -> list[str]:
-    """The keys of a dotted key, unquoted."""
-    return [part[1:-1] if part[0] in "\"'" else part for part in _PART.findall(dotted)]
+    """The keys of a dotted key, unquoted (by tomli, if escaped)."""
+    return [_unquoted(part) if part[0] in "\"'" else part for part in _PART.findall(dotted)]
+
+
+def _unquoted(key: str) -> str:
+    if "\\" not in key or key[0] == "'":
+        return key[1:-1]
+    return next(iter(tomli.loads(key + "=0")))
 
 
 def _value(text: str) -> object:

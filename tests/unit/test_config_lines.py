@@ -124,27 +124,20 @@ def test_keys_over_several_lines() -> None:
     ]
 
 
-def test_key_lines_read_quoted_keys_and_stop_at_what_they_cannot_read() -> None:
+def test_key_lines_read_quoted_and_dotted_keys_and_stop_at_what_they_cannot_read() -> None:
     text = (
         "[ 'a' . \"b.c\" ]\nd = 1\n"  # line 1, 2
         '[[x]]\n[[x]]\n"y" . z = [\n  [1,\n   2], 3\n]\n'  # 3-8
-        '"e\\"f" = 1\n[g]\nh = 1\n'  # 9-11: an escape in a key: nothing known after it
+        '"e\\"f" = 1\n[g]\nh = 1\n'  # 9-11
     )
     line_of = key_lines(text)
-    assert [line_of(path) for path in ("a.b.c", "a.b.c.d", "a.b.c.nokey", "a", "x[0]")] == [
-        1,
-        2,
-        1,
-        1,
-        3,
-    ]
-    assert [line_of(path) for path in ("x[1].y.z[0]", "x[1].y.z[1]", "x[1].y", "x[2]")] == [
-        6,
-        6,  # the line its part of the array begins on: "[1,\n2], 3"
-        5,
-        3,
-    ]
-    assert [line_of(path) for path in ('e"f', "g", "g.h", "nothing")] == [None, None, None, None]
+    paths = ["a.b.c", "a.b.c.d", "a.b.c.nokey", "a", "x[0]", "x[1].y", "x[2]", 'x[1].e"f', "g.h"]
+    assert [line_of(path) for path in paths] == [1, 2, 1, 1, 3, 5, 3, 9, 11]
+    # an element has the line its part of the array begins on: "[1,\n2], 3"
+    assert [line_of("x[1].y.z[0]"), line_of("x[1].y.z[1]")] == [6, 6]
+    # not TOML: nothing after it is known
+    line_of = key_lines("a = 1\n@@ = 2\n[b]\nc = 3\n")
+    assert [line_of(path) for path in ("a", "b", "b.c", "nothing")] == [1, None, None, None]
 
 
 @settings(max_examples=200, deadline=None)
