@@ -95,8 +95,8 @@ def _find(text: str) -> dict[str, int]:
                 found.setdefault(path, at)  # a dotted key's tables: their first key's line
         found[path] = at
         value = line[key.end() :]
-        if value.startswith("["):
-            at = _array_end(lines, at, value[1:], path, found)
+        if value[:1] in ("[", "{"):
+            at = _items_end(lines, at, value, path, found)
         elif _OPENS.search(value):
             at = _value_end(lines, at, value)
     return found
@@ -137,25 +137,32 @@ def _value_end(lines: list[str], at: int, value: str) -> int:
     return at
 
 
-def _array_end(lines: list[str], at: int, rest: str, path: str, found: dict[str, int]) -> int:
-    """The index of the line after the array whose text after "[" begins
-    with `rest` (the end of line `at`, from 1), and into `found` the line
-    each of its elements begins on: tomli reads the lines so far with the
-    array closed after them, to count the elements they hold."""
+def _items_end(lines: list[str], at: int, value: str, path: str, found: dict[str, int]) -> int:
+    """The index of the line after the array or inline table that `value`
+    opens (the end of line `at`, from 1), and into `found` the line each
+    of its elements or keys begins on: tomli reads the lines so far with
+    the array or table closed after them, to tell which they hold. (Of
+    items on the line an item over several lines begins on, that line.)"""
+    opening, closing = value[0], "]" if value[0] == "[" else "}"
+    rest = value[1:]
     index = 0
     start = at  # the line `rest` begins on
     while True:
-        whole = _value("[" + rest)
-        done = whole if whole is not _NONE else _value("[" + rest + "\n]")
+        whole = _value(opening + rest)
+        done = whole if whole is not _NONE else _value(f"{opening}{rest}\n{closing}")
         if isinstance(done, list):
             for i in range(index, index + len(done)):
                 found.setdefault(f"{path}[{i}]", start)
             index += len(done)
+        elif isinstance(done, dict):
+            for key in done:
+                found.setdefault(f"{path}.{key}", start)
+        if done is not _NONE:
             if whole is not _NONE or at >= len(lines):
                 return at
             rest, start = lines[at], at + 1
         elif at >= len(lines):
             return at
         else:
-            rest += "\n" + lines[at]  # an element goes on
+            rest += "\n" + lines[at]  # an item goes on
         at += 1

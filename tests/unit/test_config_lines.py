@@ -100,8 +100,9 @@ def test_a_missing_key_has_its_tables_header_line() -> None:
 
 def test_keys_over_several_lines() -> None:
     """A multi-line array's element has its own line, and the keys after a
-    multi-line value keep theirs. A multi-line array in an inline table
-    has the table's line (what is wrong is on the lines that follow)."""
+    multi-line value keep theirs; so has a key of an inline table over
+    several lines. A multi-line array in an inline table has the line its
+    key is on (what is wrong is on the lines that follow)."""
     text = SERVICE + (
         'scheduler = "sh"\nscheduler_flags = [\n  "sh-port",  # ]\n\n  "mh-port",\n]\n'
         'persistent = """\n[[virtual_server]]\nweight = 3\n"""\n'
@@ -121,6 +122,13 @@ def test_keys_over_several_lines() -> None:
     assert named(inline) == [
         "virtual_server[0].check.expect_status[1] (10.0.0.1:80 tcp, line 4): "
         "expected a status (200) or a range ('200-299'), got a string: '99-100'",
+    ]
+    # an inline table over several lines (TOML 1.1): each key its line
+    inline = SERVICE + 'check = {\n  type = "http",\n  fall = 0, path = "x",\n  rise = 0,\n}\n'
+    assert named(inline) == [
+        "virtual_server[0].check.rise (10.0.0.1:80 tcp, line 7): must be between 1 and 1000000: 0",
+        "virtual_server[0].check.fall (10.0.0.1:80 tcp, line 6): must be between 1 and 1000000: 0",
+        "virtual_server[0].check.path (10.0.0.1:80 tcp, line 6): must start with '/': 'x'",
     ]
 
 
