@@ -194,7 +194,16 @@ def test_a_refused_start_leaves_the_daemon_running_reported_and_retrying(
         node.wait_daemons(
             "master sync daemon (mcast=nosuch0, syncid=7, maxlen=1472, group=224.0.0.81, port=8848, ttl=1)\n"
         )
-        assert "master (mcast=nosuch0, syncid=7): running" in node.ctl("status")
+        # The kernel lists the daemon once it started it; the refusal is
+        # cleared when the start's answer is back: status may lag the listing.
+        wait_alive(
+            lambda: "master (mcast=nosuch0, syncid=7): running" in node.ctl("status"),
+            "status says the master sync daemon runs",
+            alive=node.alive,
+            log=node.log,
+            timeout=DEADLINE,
+            context=lambda: f"{node.ctl('status')}\n{node.log()}",
+        )
     finally:
         node.close()
         stop_all_daemons()
@@ -379,7 +388,7 @@ def test_connections_through_the_master_live_on_through_the_backup(
                 conns = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(4)]
             served: dict[int, str] = {}
             for i, sock in enumerate(conns):
-                sock.settimeout(10)
+                sock.settimeout(DEADLINE)  # a reply, not a figure: the VM may be loaded
                 sock.connect((VIP, PORT))
                 # A few packets each: the master syncs a connection from its
                 # third packet (sync_threshold) and flushes every 2 s or so.
