@@ -14,7 +14,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from ctl_support import Director, Listeners, backends
+from ctl_support import DEADLINE, Director, Listeners, backends
+from daemon_runner import wait_until
 from tables import Outcome, entered, namespace, real, real_ok, same_lines
 
 CONFIG = """\
@@ -170,6 +171,17 @@ def servers_in_status(d: Director) -> dict[str, str]:
     }
 
 
+def judged(d: Director) -> dict[str, str]:
+    """servers_in_status once every server had its first verdict: the
+    fixture (and a -R) waits for the up servers in the table, and the down
+    one's first probe may not be made yet ("unknown")."""
+    return wait_until(
+        lambda: (found := servers_in_status(d)) and "unknown" not in found.values() and found,
+        DEADLINE,
+        "every real server of the service judged in status",
+    )
+
+
 def test_save_clear_restore_with_a_server_down_brings_it_back(w: World) -> None:
     """`directorctl -Sn > rules; directorctl -C; directorctl -R < rules` (what
     Debian's ipvsadm init script does) while a configured server is down: it
@@ -177,7 +189,7 @@ def test_save_clear_restore_with_a_server_down_brings_it_back(w: World) -> None:
     and enters the table once up; nothing of the cycle survives in the state
     file, and a restart keeps it all."""
     d = w.d
-    assert servers_in_status(d) == {"10.7.0.2:80": "up", "10.7.0.3:80": "up", "10.7.0.4:80": "down"}
+    assert judged(d) == {"10.7.0.2:80": "up", "10.7.0.3:80": "up", "10.7.0.4:80": "down"}
     rules = d.ctl_ok("-Sn")
     assert DOWN not in rules
     assert same_lines(rules, "".join(line + "\n" for line in TABLE))
@@ -186,7 +198,7 @@ def test_save_clear_restore_with_a_server_down_brings_it_back(w: World) -> None:
     assert d.ctl("-R", stdin=rules) == Outcome("", "", 0)
     for address in UP:
         d.wait_saved(f"-r {address}:80")
-    assert servers_in_status(d) == {"10.7.0.2:80": "up", "10.7.0.3:80": "up", "10.7.0.4:80": "down"}
+    assert judged(d) == {"10.7.0.2:80": "up", "10.7.0.3:80": "up", "10.7.0.4:80": "down"}
     state = json.loads(d.state_file.read_text())
     assert (state["services"], state["deleted_services"]) == ([], [])
     assert (state["real_servers"], state["deleted_real_servers"]) == ([], [])
