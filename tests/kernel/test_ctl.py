@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ctl_support import CTL, Director, backends
+from ctl_support import CTL, DEADLINE, Director, backends
+from daemon_runner import wait_until
 from tables import PER_SERVICE_FORMATS, entered, namespace, real, real_ok, same_lines
 
 CHECK = 'check = { type = "tcp", interval = 0.5, timeout = 1.0, rise = 1, fall = 1 }'
@@ -312,7 +313,15 @@ def test_status_drain_disable_enable_survive_restart_and_reload(d: Director) -> 
     text = d.ctl_ok("status")
     for server in ("10.7.0.2:80", "10.7.0.3:80", "10.7.0.4:53", "[fd07::3]:443", "10.7.0.6:8080"):
         assert server in text, text
-    before = rows(d)
+    # In the table is not yet judged: a server added through -a or -R may
+    # be in the kernel before its first probe. Wait for every verdict.
+    before = wait_until(
+        lambda: (
+            (found := rows(d)) and all(rs["health"] != "unknown" for rs in found.values()) and found
+        ),
+        DEADLINE,
+        "every real server judged in status",
+    )
     assert len(before) == 7, before
     for key, rs in before.items():
         assert (rs["health"], rs["admin"]) == ("up", "enabled"), (key, rs)
