@@ -30,7 +30,11 @@ class Reason(enum.StrEnum):
 class ProbeResult:
     ok: bool
     reason: Reason
-    latency: float  # seconds from the start of the probe to its verdict
+    # Seconds the real server took: a TCP or HTTP(S) verdict on an answer
+    # counts the kernel's times (probes/tcp.py, probes/http.py), not the
+    # daemon's lag in reading it; other verdicts, the time to them, at most
+    # the timeout.
+    latency: float
     weight: int | None = None  # asked for by a dynamic-weight exec check
     detail: str = ""
 
