@@ -407,3 +407,56 @@ async def test_an_answer_later_in_the_tick_is_read_as_it_comes(serve: Serve, aut
     assert all(r.ok for r in results)
     assert reads == pytest.approx([0.003] * len(results))
     assert 4 <= len([t for t in steps if 1.0 < t < 5.0]) <= 8  # as above
+
+
+async def test_the_daemons_lag_before_the_send_is_not_the_servers_timeout(
+    serve: Serve, exchanges: Exchanges, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The connect completes at once, but the daemon gets round to it (and
+    sends the request) only after the deadline: the server, which answers
+    at once, gets its whole timeout from the send, and is up. Its latency is
+    its own. (Before, such a probe was a timeout: a busy daemon failed
+    healthy servers, an operator's trial saw 107 of 200 flap.)"""
+    port = await serve(healthy)
+    target = http_destination(HttpCheck(timing=Timing(timeout=1.0)), HERE, port)
+    assert target is not None
+    done: list[ProbeResult] = []
+    exchanges.start(target, done.append)
+    autojump_clock.jump(1.5)  # no task ran: the watcher comes to it late
+    await trio.sleep(0.5)
+    [result] = done
+    assert (result.ok, result.reason, result.detail) == (True, Reason.OK, "status 200")
+    assert 0 < result.latency < 1.0
+
+
+async def test_a_silent_server_still_times_out_after_a_late_send(
+    serve: Serve, exchanges: Exchanges, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def hang(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    port = await serve(hang)
+    target = http_destination(HttpCheck(timing=Timing(timeout=1.0)), HERE, port)
+    assert target is not None
+    done: list[ProbeResult] = []
+    at: list[float] = []
+
+    def record(result: ProbeResult) -> None:
+        done.append(result)
+        at.append(trio.current_time())
+
+    started = trio.current_time()
+    exchanges.start(target, record)
+    autojump_clock.jump(1.5)
+    await trio.sleep(0.1)
+    assert done == []  # the server has had 0.1 s of its 1 s since the send
+    await trio.sleep(2.0)
+    [result] = done
+    assert (result.ok, result.reason, result.detail) == (
+        False,
+        Reason.TIMEOUT,
+        "no verdict within 1 s",
+    )
+    assert result.latency == 1.0
+    # the late send, then its whole timeout less the handshake (µs on loopback)
+    assert at[0] - started == pytest.approx(1.5 + 1.0, abs=0.01)

@@ -147,6 +147,7 @@ class _Exchange(Probe[HttpDestination]):
     out: bytes = b""
     handshake: float = 0.0
     sent: float = 0.0
+    sent_at: float = -1.0  # the request's first send, on trio's clock (the deadlines')
 
 
 class Exchanges(Watcher[HttpDestination, _Exchange]):
@@ -206,6 +207,7 @@ class Exchanges(Watcher[HttpDestination, _Exchange]):
                 if out is exchange.target.wire:  # connected: the first send
                     exchange.handshake = handshake_time(sock, now - exchange.started)
                     exchange.sent = perf_counter()
+                    exchange.sent_at = now
                 try:
                     exchange.out = out[sock.send(out) :]
                 except BlockingIOError:
@@ -246,6 +248,16 @@ class Exchanges(Watcher[HttpDestination, _Exchange]):
         if failure is not None:
             return ProbeResult.failure(failure[0], _served(exchange, sock), failure[1])
         return ProbeResult.success(_served(exchange, sock), detail=f"status {response.status_code}")
+
+    def _left(self, probe: _Exchange, now: float) -> float:
+        """The timeout is the server's time, as the latency is: the
+        handshake and the wait since the request went, not the daemon's lag
+        between the connect and the send. A busy daemon that sent the
+        request only as the deadline came gives the server the rest."""
+        if probe.sent_at < 0:  # not connected after a full read: the network's time
+            return 0.0
+        served = probe.handshake + (now - probe.sent_at)
+        return probe.target.check.timing.timeout - served
 
     def _close(self, probe: _Exchange) -> None:
         super()._close(probe)

@@ -101,6 +101,11 @@ def network_failure(exc: BaseException, latency: float, timeout: float) -> Probe
     return ProbeResult.failure(reason, latency, detail)
 
 
+# A deadline is put back only for more than this (seconds): the server's
+# time left, not rounding.
+_RE_ARM_AT_LEAST = 0.001
+
+
 class Watcher(Generic[T, P]):
     """Probes' sockets in one epoll set, their deadlines in one heap, and
     `watch`, which delivers each probe's verdict to its callback.
@@ -181,6 +186,14 @@ class Watcher(Generic[T, P]):
         """Advance a registered probe by what epoll reported (`flags`);
         `_finish` it when it has its verdict."""
         raise NotImplementedError
+
+    def _left(self, probe: P, now: float) -> float:
+        """Seconds of its timeout the probe's server has not had yet, when
+        its deadline has passed and a full read found no verdict: 0 when
+        the server had all of it. A subclass whose probe waits on the
+        daemon between two steps (an exchange's send after its connect)
+        gives back the time the daemon's lag took."""
+        return 0.0
 
     async def _wait(self, wake_at: float) -> None:
         """Wait until the next round: for an event or `wake_at`. With a tick,
@@ -345,6 +358,12 @@ class Watcher(Generic[T, P]):
                     probe = heapq.heappop(deadlines)[2]
                     if probe.sock is not None:
                         expired += 1
+                        left = self._left(probe, now)
+                        if left > _RE_ARM_AT_LEAST:
+                            # The daemon's lag used its time, not the server.
+                            self._sequence += 1
+                            heapq.heappush(deadlines, (now + left, self._sequence, probe))
+                            continue
                         self._forget(probe)
                         # Its latency is its timeout, however late this
                         # round came: the rest was the daemon's lag.
