@@ -32,6 +32,20 @@ def describe_type(value: object) -> str:
     return type(value).__name__
 
 
+# Other names of a choice's values: keepalived's lb_kind (NAT, DR, TUN) and
+# ipvsadm's long options (--masquerading, --gatewaying, --ipip) for the
+# forwarding method, as an operator coming from them writes them.
+_SAME_AS = {
+    "nat": "masq",
+    "masquerading": "masq",
+    "dr": "route",
+    "direct": "route",
+    "gatewaying": "route",
+    "tun": "tunnel",
+    "ipip": "tunnel",
+}
+
+
 class Problems:
     def __init__(self) -> None:
         self.errors: list[str] = []
@@ -182,7 +196,9 @@ class Table:
         if value is None:
             return None
         if value not in choices:
-            self.error(key, f"must be one of {', '.join(choices)}", value)
+            alias = _SAME_AS.get(value.lower())
+            hint = f" (for {value!r} write {alias!r})" if alias in choices else ""
+            self.error(key, f"must be one of {', '.join(choices)}{hint}", value)
             return None
         return choices[value]
 

@@ -550,7 +550,15 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             VS + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\nforward = 'dr'\n",
-            "virtual_server[0].real_server[0].forward: must be one of route, masq, tunnel: 'dr'",
+            "virtual_server[0].real_server[0].forward: must be one of route, masq, tunnel (for 'dr' write 'route'): 'dr'",
+        ),
+        (
+            VS + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\nforward = 'NAT'\n",
+            "virtual_server[0].real_server[0].forward: must be one of route, masq, tunnel (for 'NAT' write 'masq'): 'NAT'",
+        ),
+        (
+            VS + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\nforward = 'nut'\n",
+            "virtual_server[0].real_server[0].forward: must be one of route, masq, tunnel: 'nut'",
         ),
         (
             VS + "[[virtual_server.real_server]]\naddress = '2001:db8::2'\n",
