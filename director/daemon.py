@@ -8,9 +8,10 @@ import argparse
 import ctypes
 import gc
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -32,6 +33,7 @@ with standing_in("ssl", "hmac", "hashlib"):
     from director.control import server
     from director.control.handler import Controller
     from director.engine import Director
+    from director.health.spec import ExecCheck
     from director.ipvs.errors import KernelError
     from director.ipvs.netlink import NetlinkBackend
     from director.ipvsadm import SystemNames
@@ -98,6 +100,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def missing_commands(
+    config: Config, which: Callable[[str], str | None] = shutil.which
+) -> list[str]:
+    """For `--check`: the commands the config runs that this machine does
+    not have (`which`: shutil.which's answer, None for a name not on PATH
+    or a path not executable): [bgp] bird and birdc, each exec check's
+    program. A warning, not an error: it may be installed before the
+    start; the daemon then reports it at run time and goes on."""
+    wanted: dict[str, str] = {}
+    if config.bgp is not None:
+        wanted.setdefault(config.bgp.bird, "[bgp] bird")
+        wanted.setdefault(config.bgp.birdc, "[bgp] birdc")
+    for vs in config.virtual_servers:
+        for check in (vs.check, *(rs.check for rs in vs.real_servers)):
+            if isinstance(check, ExecCheck) and check.command:
+                wanted.setdefault(check.command[0], f"the exec check of {vs.label}")
+    return [
+        f"{where}: {command!r} is not an executable here (not found, or not on PATH)"
+        for command, where in wanted.items()
+        if which(command) is None
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     limit_malloc_arenas()
     args = parse_args(argv)
@@ -116,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.config}: {line}", file=sys.stderr)
         return 1
     if args.check:
+        for warning in missing_commands(config):
+            print(f"{args.config}: warning: {warning}", file=sys.stderr)
         print(f"{args.config}: OK, {config.counts()}")
         return 0
     json = {"auto": None, "json": True, "console": False}[args.log_format]

@@ -141,3 +141,35 @@ async def test_the_control_sockets_check_config_and_reload_print_them_named(
         assert len(logged) == len(NAMED)
         for start, error in zip(NAMED, logged, strict=True):
             assert error.startswith(f"{tmp_path / 'director.toml'}: {start}"), error
+
+
+def test_directord_check_warns_of_commands_this_machine_lacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Operator trial: `directord --check` said OK of bird = "/nonexistent/sbin/bird";
+    # BIRD's absence showed only at run time. Valid all the same (exit 0): it
+    # may be installed before the start.
+    path = tmp_path / "director.toml"
+    here = tmp_path / "check.sh"
+    here.write_text("#!/bin/sh\nexit 0\n")
+    here.chmod(0o755)
+    path.write_text(
+        '[bgp]\nlocal_as = 65001\nrouter_id = "10.9.0.2"\n'
+        f'bird = "{tmp_path}/no/bird"\nbirdc = "{here}"\n'
+        '[[bgp.peer]]\naddress = "10.9.0.1"\nas = 65000\n'
+        '[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.1:80"\n'
+        f'check = {{ type = "exec", command = ["{tmp_path}/no/check"] }}\n'
+        '[[virtual_server.real_server]]\naddress = "10.0.1.1:80"\n'
+        '[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.2:80"\n'
+        f'check = {{ type = "exec", command = ["{here}"] }}\n'
+        '[[virtual_server.real_server]]\naddress = "10.0.1.2:80"\n'
+    )
+    assert daemon.main(["--config", str(path), "--check"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{path}: OK, 2 virtual services, 2 real servers\n"
+    assert err.splitlines() == [
+        f"{path}: warning: [bgp] bird: '{tmp_path}/no/bird' is not an executable here"
+        " (not found, or not on PATH)",
+        f"{path}: warning: the exec check of TCP 10.0.0.1:80: '{tmp_path}/no/check' is not an"
+        " executable here (not found, or not on PATH)",
+    ]
