@@ -431,15 +431,19 @@ class BgpKeeper:
         changes += [
             ("withdraw", a) for a in sorted(self.announced - announced, key=address_sort_key)
         ]
+        # What BIRD does with it: a route decided while BIRD is not running
+        # goes out when it runs (operator trial: bgp_announced with BIRD
+        # failed read as if the router had the route).
+        bird = self.state
         for change, address in changes:
             if change == "announce":
-                self.log.info("bgp_announced", address=prefix(address), why="quorum met")
+                self.log.info("bgp_announced", address=prefix(address), why="quorum met", bird=bird)
                 continue
             verdict = self.verdicts.get(address)
             reason = "maintenance" if maintenance and verdict is False else why
             if address not in self.verdicts:
                 reason = "no longer configured"
-            self.log.info("bgp_withdrawn", address=prefix(address), why=reason)
+            self.log.info("bgp_withdrawn", address=prefix(address), why=reason, bird=bird)
         if changes:
             self.announced = announced
             self._changed.set()

@@ -741,9 +741,11 @@ async def test_update_announces_withdraws_and_keeps(
             assert k.set(UP) == [("announce", VIP), ("announce", VIP6)]
             await trio.sleep(1)
         assert k.routes() == BOTH and len(k.speaker.configures) == 1
-        assert [(e["event"], e["address"], e["why"]) for e in logs if "address" in e] == [
-            ("bgp_announced", "10.9.1.100/32", "quorum met"),
-            ("bgp_announced", "2001:db8:1::100/128", "quorum met"),
+        assert [
+            (e["event"], e["address"], e["why"], e["bird"]) for e in logs if "address" in e
+        ] == [
+            ("bgp_announced", "10.9.1.100/32", "quorum met", "running"),
+            ("bgp_announced", "2001:db8:1::100/128", "quorum met", "running"),
         ]
         assert k.set(UNKNOWN) == []  # not known: kept
         await trio.sleep(1)
@@ -886,6 +888,26 @@ def test_status_says_what_failed_and_when_the_next_start_is() -> None:
     assert line(4.0) == "BGP ([bgp]): BIRD failed: exited with status 1 (next start in 4 s)"
     assert line(0.5) == "BGP ([bgp]): BIRD failed: exited with status 1 (next start in 0.5 s)"
     assert line(None) == "BGP ([bgp]): BIRD failed: exited with status 1 (starting again now)"
+
+
+async def test_a_route_decided_while_bird_failed_is_logged_so(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Operator trial: "bgp_announced" while BIRD had failed read as if the
+    # router had the route; the line says BIRD's state, and the route goes
+    # out with bgp_speaker_started's `announced` once BIRD runs.
+    k = Keeping()
+    k.speaker.start_errors = ["cannot run setpriv: No such file or directory"]
+    async with keeper_running(k.keeper):
+        with structlog.testing.capture_logs() as logs:
+            await trio.sleep(0.5)
+            assert k.set(UP) == [("announce", VIP), ("announce", VIP6)]
+            await trio.sleep(2)
+        assert k.routes() == BOTH
+    announced = [(e["address"], e["bird"]) for e in logs if e["event"] == "bgp_announced"]
+    assert announced == [("10.9.1.100/32", "failed"), ("2001:db8:1::100/128", "failed")]
+    [started] = [e for e in logs if e["event"] == "bgp_speaker_started"]
+    assert started["announced"] == ["10.9.1.100/32", "2001:db8:1::100/128"]
 
 
 async def test_a_speaker_that_exits_is_started_again_with_backoff(
