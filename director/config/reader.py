@@ -45,6 +45,22 @@ _SAME_AS = {
     "ipip": "tunnel",
 }
 
+# Keys by the names keepalived.conf(5) and BIRD's bgp protocol give them,
+# as an operator coming from them writes them; suggested where the table
+# has the key (difflib finds none of these).
+_KEY_SAME_AS = {
+    "remote_as": "as",
+    "neighbor": "address",
+    "lb_algo": "scheduler",
+    "lb_kind": "forward",
+    "delay_loop": "interval",
+    "connect_timeout": "timeout",
+    "persistence_timeout": "persistent",
+    "sorry": "sorry_server",
+    "inhibit_on_failure": "on_failure",
+    "retry": "fall",
+}
+
 
 class Problems:
     def __init__(self) -> None:
@@ -235,6 +251,11 @@ class Table:
         for key in self.data:
             if key in allowed:
                 continue
-            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            alias = _KEY_SAME_AS.get(key)
+            close = (
+                [alias]
+                if alias in allowed
+                else difflib.get_close_matches(key, sorted(allowed), n=1)
+            )
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             self.error(key, f"unknown key{hint}")

@@ -446,3 +446,12 @@ def test_a_service_error_names_the_entry_for_people() -> None:
         "virtual_server[0].bgp (10.9.1.100:80 tcp, line 9): "
         "no [[bgp.peer]] is IPv4 to announce 10.9.1.100 to: True"
     ]
+
+
+def test_a_peers_remote_as_is_pointed_at_as() -> None:
+    # Operator trial: BIRD's `remote as` written as remote_as got "unknown key" alone.
+    peer = '[[bgp.peer]]\naddress = "10.9.0.1"\nremote_as = 65000\n'
+    assert errors(HEAD + peer) == [
+        "bgp.peer[0].as: required: the neighbour's AS number",
+        "bgp.peer[0].remote_as: unknown key (did you mean 'as'?)",
+    ]

@@ -355,6 +355,15 @@ def test_all_errors_are_collected() -> None:
             "virtual_server[0].schedular: unknown key (did you mean 'scheduler'?)",
         ),
         (VS + "frobnicate = 1\n", "virtual_server[0].frobnicate: unknown key"),
+        # keepalived.conf's names (operator trial: remote_as got no hint)
+        (
+            VS + 'lb_algo = "rr"\n',
+            "virtual_server[0].lb_algo: unknown key (did you mean 'scheduler'?)",
+        ),
+        (
+            VS + "check = { type = 'tcp', delay_loop = 2 }\n",
+            "virtual_server[0].check.delay_loop: unknown key (did you mean 'interval'?)",
+        ),
         (
             VS + "check = { type = 'tcp', path = '/' }\n",
             "virtual_server[0].check.path: not a key of a tcp check (it is for http, https)",
