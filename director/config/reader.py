@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
@@ -62,9 +63,20 @@ _KEY_SAME_AS = {
 }
 
 
+# What an operator reads of a file's errors: at most this many distinct ones
+# (a line each, and one for the rest of those alike), then how many more.
+SHOWN = 50
+# The lines the line for errors alike lists: the first this many, "..." and
+# the last.
+ALIKE_LINES = 5
+
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
 class Problems:
     def __init__(self) -> None:
         self.errors: list[str] = []
+        self._seen: set[str] = set()  # `errors`, to add each once
         # "virtual_server[17]" -> "10.0.0.1:80 tcp": what each indexed entry
         # is, so that an error names it (index alone, the operator must count
         # [[virtual_server]] tables, as in a converted keepalived.conf).
@@ -81,30 +93,74 @@ class Problems:
         """`first`: the path of the entry a duplicate repeats, which
         `message` names as "at {first})": named_errors adds its line there."""
         text = f"{path}: {message}" + "".join(f": {v!r}" for v in value)
-        if text not in self.errors:
+        if text not in self._seen:
+            self._seen.add(text)
             self.errors.append(text)
             self._paths.append(path)
             self._firsts.append(first)
 
-    def named_errors(self, line_of: Callable[[str], int | None] | None = None) -> list[str]:
-        """`errors` with the indexed entries each is in named after its path
-        and the line `line_of` gives for the path (what an operator reads:
-        `virtual_server[17].scheduler (10.0.0.1:80 tcp, line 204): ...`),
-        and a duplicate's first one's line after its path (`(first at
-        virtual_server[3], line 52)`); `errors` keeps the bare paths."""
+    def named_errors(
+        self, line_of: Callable[[str], int | None] | None = None, shown: int = SHOWN
+    ) -> list[str]:
+        """What an operator reads of `errors`, a line each: the indexed
+        entries each is in named after its path and the line `line_of`
+        gives for the path (`virtual_server[17].scheduler (10.0.0.1:80 tcp,
+        line 204): ...`), a duplicate's first one's line after its path
+        (`(first at virtual_server[3], line 52)`); in file order (by line,
+        those with none after, as found). One mistake repeated, the same
+        message about the same key at other entries, is one error in full
+        and one line for the rest: `... and 499 more alike:
+        virtual_server[0].real_server[1..499].forward (lines 25, 30, 35,
+        40, 45, ..., 2520)`. Past `shown` distinct errors, one line counts
+        the rest: `... and 312 more errors not listed (40 distinct)`.
+        `errors` keeps the bare paths, each error once, in the parse's
+        order."""
+        lines = [line_of(path) if line_of is not None else None for path in self._paths]
+        order = sorted(range(len(lines)), key=lambda i: (lines[i] is None, lines[i] or 0))
+        alike: dict[tuple[str, str], list[int]] = {}
+        for i in order:
+            path = self._paths[i]
+            alike.setdefault((_INDEX.sub("[]", path), self.errors[i][len(path) :]), []).append(i)
+        groups = list(alike.values())
         named = []
-        for path, error, first in zip(self._paths, self.errors, self._firsts, strict=True):
-            text = self._named(path, line_of) + error[len(path) :]
+        for i, *more in groups[:shown]:
+            path, first = self._paths[i], self._firsts[i]
+            text = self._named(path, lines[i]) + self.errors[i][len(path) :]
             line = line_of(first) if first is not None and line_of is not None else None
             if line is not None:
                 text = text.replace(f"at {first})", f"at {first}, line {line})", 1)
             named.append(text)
+            if more:
+                named.append(self._alike(more, lines))
+        if len(groups) > shown:
+            rest = sum(len(group) for group in groups[shown:])
+            distinct = len(groups) - shown
+            named.append(
+                f"... and {rest} more error{'' if rest == 1 else 's'} not listed"
+                + (f" ({distinct} distinct)" if distinct != rest else "")
+            )
         return named
+
+    def _alike(self, more: list[int], lines: list[int | None]) -> str:
+        """The line for errors alike past the first: their count, their
+        path with the indices they have ("virtual_server[0].real_server
+        [1..499].forward") and their lines, bounded."""
+        parts = _INDEX.split(self._paths[more[0]])
+        for at in range(1, len(parts), 2):
+            indices = sorted({int(_INDEX.split(self._paths[i])[at]) for i in more})
+            parts[at] = f"[{_spans(indices)}]"
+        found = list(dict.fromkeys(line for i in more if (line := lines[i]) is not None))
+        if len(found) > ALIKE_LINES + 1:
+            found_text = ", ".join(map(str, found[:ALIKE_LINES])) + f", ..., {found[-1]}"
+        else:
+            found_text = ", ".join(map(str, found))
+        where = f" (line{'' if len(found) == 1 else 's'} {found_text})" if found else ""
+        return f"... and {len(more)} more alike: {''.join(parts)}{where}"
 
     def __len__(self) -> int:
         return len(self.errors)
 
-    def _named(self, path: str, line_of: Callable[[str], int | None] | None) -> str:
+    def _named(self, path: str, line: int | None) -> str:
         """`path` with the names of the indexed entries it is in, after it,
         and its line: "virtual_server[17] (10.0.0.1:80 tcp, line 204)",
         "virtual_server[3].real_server[1].weight (10.0.0.1:80 tcp,
@@ -118,10 +174,24 @@ class Problems:
                 if what is not None:
                     names.append(what)
                 end = path.find("]", end + 1)
-        line = line_of(path) if line_of is not None else None
         if line is not None:
             names.append(f"line {line}")
         return f"{path} ({', '.join(names)})" if names else path
+
+
+def _spans(indices: list[int]) -> str:
+    """Sorted `indices` as runs: "1..499", "0,2..5,9"; past ALIKE_LINES
+    runs, "..." and the last index."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    text = [str(low) if low == high else f"{low}..{high}" for low, high in runs]
+    if len(text) > ALIKE_LINES + 1:
+        text = [*text[:ALIKE_LINES], "...", str(indices[-1])]
+    return ",".join(text)
 
 
 def entry_name(item: Mapping[str, object]) -> str | None:

@@ -63,9 +63,9 @@ def test_a_key_of_an_inline_table_has_the_line_the_table_is_on() -> None:
         '  { address = "10.0.1.2:80", weight = -1 },\n]\nscheduler = 3\n'
     )
     assert named(inline) == [
-        "virtual_server[0].scheduler (10.0.0.1:80 tcp, line 7): expected a string, got an integer: 3",
         "virtual_server[0].real_server[1].weight (10.0.0.1:80 tcp, 10.0.1.2:80, line 5): "
         "must be between 0 and 65535: -1",
+        "virtual_server[0].scheduler (10.0.0.1:80 tcp, line 7): expected a string, got an integer: 3",
     ]
     control = '[control]\nsocket = "/run/d.sock"\nruntime_check = { type = "tcp", fall = 0 }\n'
     assert named(control) == [
@@ -92,9 +92,9 @@ def test_a_duplicate_names_both_lines() -> None:
 def test_a_missing_key_has_its_tables_header_line() -> None:
     text = SERVICE + '[[virtual_server.real_server]]\nweight = 3\n\n[ipvs.sync]\nrole = "master"\n'
     assert named(text) == [
+        "virtual_server[0].real_server[0].address (10.0.0.1:80 tcp, line 4): required",
         "ipvs.sync.interface (line 7): required: the interface sync messages use",
         "ipvs.sync.syncid (line 7): required (0..255; 0: a backup takes every master's)",
-        "virtual_server[0].real_server[0].address (10.0.0.1:80 tcp, line 4): required",
     ]
 
 
@@ -110,13 +110,13 @@ def test_keys_over_several_lines() -> None:
         '[virtual_server.check]\ntype = "http"\nexpect_status = [\n  200,\n  "99-100",\n]\n'
     )
     assert named(text) == [
-        "virtual_server[0].persistent (10.0.0.1:80 tcp, line 10): "
-        "expected an integer, got a string: '[[virtual_server]]\\nweight = 3\\n'",
         "virtual_server[0].scheduler_flags[1] (10.0.0.1:80 tcp, line 8): "
         "only for the mh scheduler, not sh: 'mh-port'",
+        "virtual_server[0].persistent (10.0.0.1:80 tcp, line 10): "
+        "expected an integer, got a string: '[[virtual_server]]\\nweight = 3\\n'",
+        "virtual_server[0].quorum (10.0.0.1:80 tcp, line 14): must be between 1 and 2147483647: 0",
         "virtual_server[0].check.expect_status[1] (10.0.0.1:80 tcp, line 19): "
         "expected a status (200) or a range ('200-299'), got a string: '99-100'",
-        "virtual_server[0].quorum (10.0.0.1:80 tcp, line 14): must be between 1 and 2147483647: 0",
     ]
     inline = SERVICE + 'check = { type = "http", expect_status = [\n  200,\n  "99-100",\n] }\n'
     assert named(inline) == [
@@ -126,9 +126,9 @@ def test_keys_over_several_lines() -> None:
     # an inline table over several lines (TOML 1.1): each key its line
     inline = SERVICE + 'check = {\n  type = "http",\n  fall = 0, path = "x",\n  rise = 0,\n}\n'
     assert named(inline) == [
-        "virtual_server[0].check.rise (10.0.0.1:80 tcp, line 7): must be between 1 and 1000000: 0",
         "virtual_server[0].check.fall (10.0.0.1:80 tcp, line 6): must be between 1 and 1000000: 0",
         "virtual_server[0].check.path (10.0.0.1:80 tcp, line 6): must start with '/': 'x'",
+        "virtual_server[0].check.rise (10.0.0.1:80 tcp, line 7): must be between 1 and 1000000: 0",
     ]
 
 
@@ -153,20 +153,33 @@ def test_key_lines_read_quoted_and_dotted_keys_and_stop_at_what_they_cannot_read
 def test_every_error_of_a_file_with_headers_has_its_keys_line(text: str) -> None:
     """Of the plain path's test's files (every table with a header): each
     error has a line, that of its key when the key is in its table (the
-    key's own line), else its entry's header."""
+    key's own line), else its entry's header; so has each listed on the
+    line for errors alike. They come in file order, and the lines count
+    every error once."""
     try:
         parse_config(text, modules=NO_MODULES)
     except ConfigError as error:
-        errors = error.named_errors
+        errors, count = error.named_errors, len(error.errors)
     else:
         return
     lines = text.split("\n")
+    text_lines, counted = [], 0
     for message in errors:
-        match = re.match(r"(\S+) \((?:[^()]*, )?line (\d+)\)", message)
-        assert match is not None, message
-        path, line = match[1], lines[int(match[2]) - 1]
-        key = re.fullmatch(r".*\]\.(\w+)", path)
-        if key is not None and re.search(rf"^{key[1]} = ", "\n".join(lines), re.M):
-            assert line.startswith((f"{key[1]} = ", "[[")), (message, line)
+        full = re.match(r"(\S+) \((?:[^()]*, )?line (\d+)\)", message)
+        alike = re.fullmatch(r"\.\.\. and (\d+) more alike: (\S+) \(lines? ([\d, .]+)\)", message)
+        if full is not None:
+            path, numbers, counted = full[1], [int(full[2])], counted + 1
+            text_lines.append(numbers[0])
         else:
-            assert line.startswith("[["), (message, line)
+            assert alike is not None, message
+            path, counted = alike[2], counted + int(alike[1])
+            numbers = [int(n) for n in alike[3].split(", ") if n != "..."]
+        key = re.fullmatch(r".*\]\.(\w+)", path)
+        for number in numbers:
+            line = lines[number - 1]
+            if key is not None and re.search(rf"^{key[1]} = ", "\n".join(lines), re.M):
+                assert line.startswith((f"{key[1]} = ", "[[")), (message, line)
+            else:
+                assert line.startswith("[["), (message, line)
+    assert text_lines == sorted(text_lines)
+    assert counted == count, errors

@@ -7,8 +7,10 @@ them (directord --check, directorctl check-config, the control socket's
 check-config and reload, the reload_rejected log line) name the entries,
 with the line of the key that is wrong, or of the entry's header when the
 error is the entry's (operator trial at 10,000 real servers: a path alone
-leaves thousands of [[virtual_server.real_server]] tables to count).
-Exact lines of each kind: test_config_lines.py."""
+leaves thousands of [[virtual_server.real_server]] tables to count),
+all in file order and one mistake repeated as two lines. Exact lines of
+each kind: test_config_lines.py; the order, the grouping and the cap:
+test_config_errors.py."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 import structlog
 import trio.testing
+from test_config_errors import ALIKE
 from test_handler import rig
 
 from director import daemon
@@ -47,6 +50,16 @@ NAMED = [
     "virtual_server[20].address (line 98): required",
     "virtual_server[20].protocol (line 98): required",
     "virtual_server[20].scheduler (line 99): expected a string",
+]
+# What ALIKE's 502 errors print as (test_config_errors.py)
+ALIKE_NAMED = [
+    "virtual_server[0].real_server[0].forward (10.0.0.1:80 tcp, 10.1.0.1:80, line 6): "
+    "must be one of route, masq, tunnel (for 'nat' write 'masq'): 'nat'",
+    "... and 499 more alike: virtual_server[0].real_server[1..499].forward "
+    "(lines 9, 12, 15, 18, 21, ..., 1504)",
+    "virtual_server[0].real_server[300].weight (10.0.0.1:80 tcp, 10.1.1.51:80, line 907): "
+    "must be between 0 and 65535: 70000",
+    "daemon.log_level (line 1506): must be one of debug, info, warning, error: 'loud'",
 ]
 
 
@@ -173,3 +186,40 @@ def test_directord_check_warns_of_commands_this_machine_lacks(
         f"{path}: warning: the exec check of TCP 10.0.0.1:80: '{tmp_path}/no/check' is not an"
         " executable here (not found, or not on PATH)",
     ]
+
+
+def test_every_printer_groups_one_mistake_repeated_in_file_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """directord --check and directorctl check-config print the 4 lines of
+    test_config_errors' 500 alike errors, not 502."""
+    path = tmp_path / "director.toml"
+    path.write_text(ALIKE)
+    assert daemon.main(["--config", str(path), "--check"]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"{path}: {line}" for line in ALIKE_NAMED]
+    result = subprocess.run(
+        [sys.executable, "-m", "director.ctl", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr == f"{path}: 502 errors:\n" + "".join(f"  {e}\n" for e in ALIKE_NAMED)
+
+
+async def test_the_control_sockets_check_config_and_reload_group_them(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with rig(tmp_path) as r:
+        checked = await r.command("check-config", text=ALIKE, source="new.toml")
+        assert checked.status == 1
+        assert checked.stderr == "".join(f"new.toml: {e}\n" for e in ALIKE_NAMED)
+        path = tmp_path / "director.toml"
+        path.write_text(ALIKE)
+        with structlog.testing.capture_logs() as logs:
+            refused = await r.command("reload")
+        assert refused.status == 1
+        assert refused.stderr == "".join(f"{path}: {e}\n" for e in ALIKE_NAMED)
+        # and the log line of the refused reload (SIGHUP's too)
+        (logged,) = [e["errors"] for e in logs if e["event"] == "reload_rejected"]
+        assert logged == [f"{path}: {e}" for e in ALIKE_NAMED]
