@@ -146,9 +146,9 @@ class Problems:
         path with the indices they have ("virtual_server[0].real_server
         [1..499].forward") and their lines, bounded."""
         parts = _INDEX.split(self._paths[more[0]])
+        found_at = [_INDEX.findall(self._paths[i]) for i in more]
         for at in range(1, len(parts), 2):
-            indices = sorted({int(_INDEX.split(self._paths[i])[at]) for i in more})
-            parts[at] = f"[{_spans(indices)}]"
+            parts[at] = f"[{_spans(sorted({int(each[at // 2]) for each in found_at}))}]"
         found = list(dict.fromkeys(line for i in more if (line := lines[i]) is not None))
         if len(found) > ALIKE_LINES + 1:
             found_text = ", ".join(map(str, found[:ALIKE_LINES])) + f", ..., {found[-1]}"
