@@ -106,9 +106,12 @@ T = TypeVar("T")
 
 class ConfigError(Exception):
     """The configuration is invalid; `errors` lists every problem, each as
-    'path: what is wrong: value'; `named_errors` the same with the entries
-    of arrays each is in named after the path ('virtual_server[17]
-    (10.0.0.1:80 tcp).scheduler: ...'), for people to read."""
+    'path: what is wrong: value', once, in the parse's order (for code);
+    `named_errors` is what people read, a line each, and what every printer
+    prints: the entries of arrays each is in and its line named after the
+    path ('virtual_server[17].scheduler (10.0.0.1:80 tcp, line 204): ...'),
+    in file order, one mistake repeated as the first and a line for the
+    rest alike, at most 50 distinct (Problems.named_errors)."""
 
     def __init__(
         self, errors: list[str], source: str = "<config>", named_errors: list[str] | None = None
