@@ -619,7 +619,7 @@ async def test_the_tcp_probe_closes_its_socket_on_every_path(
             before = open_fds()
             assert (await probe_tcp(tcp(), here, open_port)).ok
             timed_out = await probe_tcp(tcp(timeout=3.0), here, dropping)
-            assert (timed_out.reason, timed_out.detail, timed_out.latency) == (Reason.TIMEOUT, "no verdict within 3 s", 3.0)  # fmt: skip
+            assert (timed_out.reason, timed_out.detail, timed_out.latency) == (Reason.TIMEOUT, "no connection within 3 s", 3.0)  # fmt: skip
             with trio.move_on_after(0.5) as cancelled:
                 await probe_tcp(tcp(timeout=3.0), here, dropping)
             assert cancelled.cancelled_caught

@@ -62,7 +62,7 @@ async def test_check_port_and_address_override_the_servers(closed_port: int) -> 
 async def test_listener_that_drops_syns_times_out(autojump_clock: trio.testing.MockClock) -> None:
     with syn_dropping_port() as port:
         result = await probe_tcp(TcpCheck(timing=Timing(timeout=3.0)), ip_address("127.0.0.1"), port)  # fmt: skip
-    assert (result.ok, result.reason, result.detail) == (False, Reason.TIMEOUT, "no verdict within 3 s")  # fmt: skip
+    assert (result.ok, result.reason, result.detail) == (False, Reason.TIMEOUT, "no connection within 3 s")  # fmt: skip
     assert result.latency == 3.0
 
 

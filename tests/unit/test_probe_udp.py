@@ -146,7 +146,7 @@ async def test_udp_silence_down(
     check = UdpCheck(timing=Timing(timeout=2.5), payload=b"ping", silence="down")
     result = await probe_udp(check, address, silent_port)
     assert (result.ok, result.reason, result.latency) == (False, Reason.NO_REPLY, 2.5)
-    assert result.detail == "no verdict within 2.5 s"
+    assert result.detail == "no reply within 2.5 s"
 
 
 async def test_udp_silence_is_down_with_expect_whatever_silence_says(

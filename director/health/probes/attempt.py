@@ -3,7 +3,14 @@
 A probe runs its I/O inside `probe_attempt(timeout)`: the attempt bounds it by
 the check's timeout, times it, and turns whatever the network, TLS, httpx or
 trio raise into a failed `ProbeResult`. Anything else (a bug) propagates, to
-the `Prober`, which contains it (contain.py).
+the `Prober`, which contains it (contain.py). A probe that bounds its own
+waits (http.py: the timeout is the server's time, not the daemon's) enters
+it with `deadline=False`.
+
+A timeout's detail says what did not come within the timeout, in the words
+`timed_out` gives: "no connection within 2 s" (no SYN-ACK), "connected in
+1.2 ms; no answer within 2 s of the request", ... A probe that cannot say
+(udp, dns, exec) keeps "no verdict within 2 s".
 
 httpx is not imported here: its exceptions are looked for only once something
 has imported it (an exception of a module never loaded cannot exist), so a
@@ -60,14 +67,50 @@ class Attempt:
 
 
 @contextmanager
-def probe_attempt(timeout: float) -> Iterator[Attempt]:
+def probe_attempt(timeout: float, *, deadline: bool = True) -> Iterator[Attempt]:
+    """The attempt, bounded by `timeout` (trio.fail_after) unless `deadline`
+    is False: then the probe bounds its own waits."""
     attempt = Attempt(timeout)
     try:
-        with trio.fail_after(timeout):
+        if deadline:
+            with trio.fail_after(timeout):
+                yield attempt
+        else:
             yield attempt
     except _network_failures() as exc:
         reason, detail = translate(exc, timeout)
         attempt.fail(reason, detail)
+
+
+# What a probe waited for when its time ran out (`timed_out`'s `step`).
+CONNECT = "connect"  # the SYN-ACK
+TLS = "tls"  # the end of the TLS handshake
+ANSWER = "answer"  # the first bytes of an answer to the request
+HEAD = "head"  # the rest of the answer's head (some of it came)
+BODY = "body"  # the rest of the body (expect_body)
+
+
+def timed_out(step: str, timeout: float, handshake: float = 0.0, status: int | None = None) -> str:
+    """A timeout's detail: what did not come within `timeout` (seconds),
+    after a TCP handshake of `handshake` seconds once connected."""
+    within = f"{timeout:g} s"
+    if step == CONNECT:
+        return f"no connection within {within}"
+    if step == TLS:
+        what = f"no TLS handshake within {within}"
+    elif step == ANSWER:
+        what = f"no answer within {within} of the request"
+    elif step == HEAD:
+        what = f"the head incomplete within {within} of the request"
+    else:
+        what = f"status {status}, the body incomplete within {within} of the request"
+    return f"connected in {duration(handshake)}; {what}"
+
+
+def duration(seconds: float) -> str:
+    """Seconds as an operator reads them: "1.2 ms", "0.041 ms", "1.5 s"."""
+    ms = seconds * 1e3
+    return f"{ms:.3g} ms" if ms < 999.5 else f"{seconds:.3g} s"
 
 
 def translate(exc: BaseException, timeout: float) -> tuple[Reason, str]:

@@ -33,13 +33,33 @@ the arrival in the kernel of the last data read for it (tcp.py's `arrival`:
 to within two ticks of the kernel's clock when the daemon read it late),
 as `_Connection` keeps it. The daemon's lag before a send or a read, its
 TLS computations and a body's search are not in it. Other failures count
-the time to their verdict, at most the timeout.
+the time to their verdict, at most the timeout; a timeout, its timeout.
+
+The timeout is the server's time too, counted as the latency is, on trio's
+clock: the connect gets `timeout` from the start; once connected, the
+server's time so far is the handshake, the rounds it answered, and the wait
+since the first send of the round open (each wait of `_Connection` runs
+under that round's deadline: its first send + timeout - the time the server
+already had). The daemon's lag before a send (a TLS handshake or a request
+sent late by a busy loop) is not counted, and a reply already in the kernel
+when a deadline passes is read before anything is judged. A silent server
+times out when its own time reaches the timeout (the handshake, the rounds
+it answered, then the wait since the open round's first send): whatever the
+daemon's lag, it gets its whole timeout, and no more.
+The probe's wall time is bounded all the same, by LIMIT x timeout from its
+start (every wait's deadline is at most that): the connect's wait is at most
+one timeout (the network's), the server's time at most another, and the
+rest is the daemon's lag before its sends; a daemon late by more than a
+whole timeout in all fails the probe ("... the rest was the daemon's lag")
+rather than hold it, and the next one, without end. A timeout's detail
+says what timed out (attempt.py's `timed_out`): the connect, the TLS
+handshake, the answer, a head or a body still coming.
 
 `expect_body` is searched by the `regex` module (the syntax of `re`) in a
-worker thread that does not hold the GIL while it matches, with the probe's
-remaining time as the search's own timeout: a pattern that backtracks
-catastrophically on a hostile body fails its probe with a timeout and blocks
-neither the event loop nor other probes. Such a search keeps its thread (one
+worker thread that does not hold the GIL while it matches, with the time the
+server left of the timeout (within the probe's limit) as the search's own
+timeout: a pattern that backtracks catastrophically on a hostile body fails
+its probe with a timeout and blocks neither the event loop nor other probes. Such a search keeps its thread (one
 of at most SEARCH_THREADS) until `regex` gives up, which it does some time
 after that timeout (measured: up to 3x later).
 """
@@ -49,6 +69,7 @@ from __future__ import annotations
 import email.message
 import errno
 import os
+import select
 import socket
 import ssl
 from collections.abc import Iterable
@@ -60,7 +81,16 @@ import regex  # type: ignore[import-untyped]  # no stubs in the venv; the calls 
 import trio
 
 from director.health.probes import patterns
-from director.health.probes.attempt import Attempt, probe_attempt
+from director.health.probes.attempt import (
+    ANSWER,
+    BODY,
+    CONNECT,
+    HEAD,
+    TLS,
+    Attempt,
+    probe_attempt,
+    timed_out,
+)
 from director.health.probes.http_exchange import exchange_once, http_destination
 from director.health.probes.http_head import (
     DISCONNECTED,
@@ -85,6 +115,8 @@ MAX_BODY = 1 << 20  # bytes of raw body searched for expect_body
 # Verdicts on a reply, whose latency is the server's time (`_Connection.served`).
 _ANSWERED = frozenset({Reason.OK, Reason.BAD_STATUS, Reason.BAD_BODY, Reason.BAD_REPLY})
 SEARCH_THREADS = patterns.SEARCH_THREADS  # expect_body searches at once, per trio run
+# A probe's wall time at most, in timeouts (the module's docstring says why).
+LIMIT = 2.0
 
 __all__ = [
     "MAX_BODY",
@@ -124,21 +156,20 @@ async def probe_http(
         except TlsSetupError as e:
             return ProbeResult.failure(Reason.ERROR, 0.0, f"tls: {e}")
     exchange = _Exchange(check, address, port, built, context, tls)
+    timeout = check.timing.timeout
     try:
-        with probe_attempt(check.timing.timeout) as attempt:
+        with probe_attempt(timeout, deadline=False) as attempt:  # the waits have theirs
             await exchange.run(attempt)
         # (before the close: a close_notify is a send, and opens a round)
         served = exchange.connection.served() if exchange.connection is not None else None
     finally:
-        await exchange.close(attempt.started + check.timing.timeout)
+        await exchange.close(attempt.started + LIMIT * timeout)
     result = attempt.result
-    if result.reason is Reason.TIMEOUT and exchange.searching:
-        detail = f"{result.detail}: expect_body {check.expect_body!r} still searching the body"
-        result = replace(result, detail=detail)
     if served is not None and result.reason in _ANSWERED:
         result = replace(result, latency=served)
-    elif result.latency > check.timing.timeout:  # a failure read late: the rest was the daemon's
-        result = replace(result, latency=check.timing.timeout)
+    elif result.latency > timeout or result.reason is Reason.TIMEOUT:
+        # A timeout's latency is its timeout; a failure read late: the rest was the daemon's.
+        result = replace(result, latency=timeout)
     return result
 
 
@@ -161,20 +192,38 @@ class _Exchange:
         self.connection: _Connection | None = None
         self.stream: trio.abc.Stream | None = None  # the connection, or TLS over it
         self.answered = False  # a whole response head came back
-        self.searching = False  # inside the expect_body search
+        self.step = CONNECT  # what the exchange waits for (attempt.py's steps)
+        self.status: int | None = None  # the answer's, once its head came
 
     async def run(self, attempt: Attempt) -> None:
-        self.stream = self.connection = await _connect(self.address, self.port, attempt.started)
-        if self.context is not None:
-            # The client's Finished and the request are two writes: with
-            # Nagle, the request waits for the ACK of the first, which a
-            # server that sends no session ticket delays (40 ms on Linux).
-            self.connection.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.stream = self._secure(self.connection, self.context)
+        timeout = attempt.timeout
         try:
+            self.stream = self.connection = await _connect(self.address, self.port, attempt)
+            if self.context is not None:
+                # The client's Finished and the request are two writes: with
+                # Nagle, the request waits for the ACK of the first, which a
+                # server that sends no session ticket delays (40 ms on Linux).
+                self.connection.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.step = TLS
+                self.stream = secure = self._secure(self.connection, self.context)
+                await secure.do_handshake()
             await self._converse(self.stream, attempt)
         except h11.RemoteProtocolError as e:
             attempt.fail(Reason.BAD_REPLY, str(e) or DISCONNECTED)
+        except _Silent as silent:
+            attempt.fail(Reason.TIMEOUT, self._silence(silent, timeout))
+
+    def _silence(self, silent: _Silent, timeout: float) -> str:
+        """What timed out, for a timeout's detail."""
+        handshake = self.connection.handshake if self.connection is not None else 0.0
+        detail = timed_out(self.step, timeout, handshake, self.status)
+        if silent.served is None:
+            return detail
+        connected = detail.partition(";")[0]  # the wall-clock limit: the daemon's lag
+        return (
+            f"{connected}; no verdict within {LIMIT * timeout:g} s of the start: the server"
+            f" had {silent.served:.2g} s of it, the rest was the daemon's lag"
+        )
 
     async def close(self, deadline: float) -> None:
         """Close the connection; after a TLS exchange that was answered, keep
@@ -194,7 +243,9 @@ class _Exchange:
         finally:
             self.connection.close()
 
-    def _secure(self, stream: trio.abc.Stream, context: ssl.SSLContext) -> trio.abc.Stream:
+    def _secure(
+        self, stream: trio.abc.Stream, context: ssl.SSLContext
+    ) -> trio.SSLStream[trio.abc.Stream]:
         # Python's ssl sends no SNI for an IP literal; it then checks the
         # certificate's IP addresses instead of its names.
         secure = trio.SSLStream(stream, context, server_hostname=self.server_name)
@@ -220,55 +271,105 @@ class _Exchange:
     async def _converse(self, stream: trio.abc.Stream, attempt: Attempt) -> None:
         check = self.check
         conn = new_connection()
+        self.step = ANSWER
+        assert self.connection is not None
+        self.connection.next_round()
         await stream.send_all(conn.send(self.request) + (conn.send(h11.EndOfMessage()) or b""))
-        response = await _response(conn, stream)
+        response = await self._response(conn, stream)
         self.answered = True
-        status = response.status_code
+        status = self.status = response.status_code
         failure = head_failure(check, response)
         if failure is not None:
             attempt.fail(*failure)
         elif check.expect_body is None:
             attempt.succeed(detail=f"status {status}")
         else:
+            self.step = BODY
             body = await read_raw_body(conn, stream, MAX_BODY)
             charset = charset_of(response.headers)
-            self.searching = True  # left set when the probe's deadline cuts the search
+            connection = self.connection
+            assert connection is not None
+            # The search is the daemon's work: it gets the time the server
+            # left of the timeout, within the probe's limit.
+            now = trio.current_time()
+            left = attempt.timeout - (connection.served() or 0.0)
+            deadline = min(now + left, attempt.started + LIMIT * attempt.timeout)
+            matched: bool | None = None
             try:
-                matched = await search_body(check.expect_body, body, charset, attempt)
+                with trio.move_on_at(deadline):
+                    matched = await search_body(check.expect_body, body, charset, deadline - now)
             except regex.error as e:
                 attempt.fail(Reason.ERROR, f"expect_body {check.expect_body!r}: {e}")
                 return
-            except TimeoutError:  # the regex module's own timeout: said here, once
-                self.searching = False
+            except TimeoutError:  # the regex module's own timeout
+                pass
+            if matched is None:
                 detail = f"expect_body {check.expect_body!r} still searching the body"
                 attempt.fail(Reason.TIMEOUT, f"no verdict within {attempt.timeout:g} s: {detail}")
-                return
-            self.searching = False
-            if matched:
+            elif matched:
                 attempt.succeed(detail=f"status {status}")
             else:
                 detail = f"status {status}, body does not match {check.expect_body!r}"
                 attempt.fail(Reason.BAD_BODY, detail)
 
+    async def _response(self, conn: Connection, stream: trio.abc.Stream) -> h11.Response:
+        """The final response (http_head.next_response); raises
+        h11.RemoteProtocolError."""
+        while True:
+            response = next_response(conn)
+            if response is not None:
+                return response
+            data = bytes(await stream.receive_some(READ_SIZE))
+            if data:
+                self.step = HEAD
+            receive(conn, data)
 
-async def _connect(address: IPAddress, port: int, started: float) -> _Connection:
+
+async def _connect(address: IPAddress, port: int, attempt: Attempt) -> _Connection:
     """A TCP connection to a literal address: one non-blocking connect, no
-    name resolution, no happy-eyeballs nursery; its handshake as the kernel
-    timed it, at most the time since `started` (trio's clock). Raises
-    OSError."""
+    name resolution, no happy-eyeballs nursery, within the attempt's timeout
+    from its start (trio's clock; a connect that completed by then is taken,
+    however late the daemon looks); its handshake as the kernel timed it,
+    at most the time since the start. Raises OSError, or _Silent for no
+    connection."""
+    started, timeout = attempt.started, attempt.timeout
     family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
         error = sock.connect_ex((str(address), port))
         if error == errno.EINPROGRESS:
-            await trio.lowlevel.wait_writable(sock)
+            with trio.move_on_at(started + timeout) as waited:
+                await trio.lowlevel.wait_writable(sock)
+            if waited.cancelled_caught and not _ready(sock, select.POLLOUT):
+                raise _Silent()
             error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
             raise OSError(error, os.strerror(error))
+        handshake = handshake_time(sock, trio.current_time() - started)
+        if handshake >= timeout:  # (the SYN-ACK came after the deadline)
+            raise _Silent()
     except BaseException:
         sock.close()
         raise
-    return _Connection(sock, handshake_time(sock, trio.current_time() - started))
+    return _Connection(sock, handshake, timeout, started + LIMIT * timeout)
+
+
+def _ready(sock: socket.socket, events: int) -> bool:
+    """Whether the kernel has `events` for the socket now (a zero poll):
+    asked when a deadline passed, before judging."""
+    poll = select.poll()
+    poll.register(sock, events)
+    return bool(poll.poll(0))
+
+
+class _Silent(trio.TooSlowError):
+    """The server did not answer within its time (`served` None), or the
+    probe reached its wall-clock limit first (`served`: the server's time
+    by then)."""
+
+    def __init__(self, served: float | None = None) -> None:
+        super().__init__()
+        self.served = served
 
 
 class _Connection(trio.abc.Stream):
@@ -283,13 +384,24 @@ class _Connection(trio.abc.Stream):
     round (from the first send after the last answer to the arrival in the
     kernel of the last data read before the next send: tcp.py's `arrival`),
     not the daemon's lag before a send or a read, nor its own work between
-    them (a TLS handshake's computations, a body's search)."""
+    them (a TLS handshake's computations, a body's search). And it bounds
+    its waits by that time: each wait of a round ends at the round's
+    deadline, its first send (trio's clock) + `timeout` - the server's time
+    before the round, or at `limit` (the probe's wall-clock bound) when that
+    comes first; a wait that ends so raises _Silent unless the kernel has
+    what it waited for. One cancel scope a wait (a scope for the whole
+    exchange, cancelled once its deadline passed, would stay so, and fail
+    a reply that had come)."""
 
-    def __init__(self, sock: socket.socket, handshake: float) -> None:
+    def __init__(self, sock: socket.socket, handshake: float, timeout: float, limit: float) -> None:
         self.socket = sock
+        self.handshake = handshake  # the TCP handshake, as the kernel timed it
         self._served = handshake  # the handshake and the rounds answered
         self._sent: float | None = None  # the open round's first send (perf_counter)
+        self._sent_at = 0.0  # the same, on trio's clock (the deadlines')
         self._arrived: float | None = None  # the last data it read in
+        self._timeout, self._limit = timeout, limit
+        self._deadline = limit  # the open round's (trio's clock)
 
     def served(self) -> float | None:
         """The server's time up to the last data read, or None when no
@@ -298,26 +410,61 @@ class _Connection(trio.abc.Stream):
             return None
         return self._served + (self._arrived - self._sent)
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+    def next_round(self) -> None:
+        """What is sent next opens a round of its own (a request after the
+        TLS handshake): the time since the open round's last answer (or
+        since its first send, when nothing answered it: a TLS 1.3 client's
+        Finished) is the daemon's, not the server's."""
+        if self._arrived is not None:
+            assert self._sent is not None
+            self._served += self._arrived - self._sent
+        self._sent = self._arrived = None
+
+    def _open_round(self) -> None:
         if self._arrived is not None:  # the answer came: a new round
             assert self._sent is not None
             self._served += self._arrived - self._sent
             self._sent = self._arrived = None
         if self._sent is None:
             self._sent = perf_counter()
+            self._sent_at = now = trio.current_time()
+            deadline = now + self._timeout - self._served
+            self._deadline = deadline if deadline < self._limit else self._limit
+
+    def _silent(self) -> _Silent:
+        if self._deadline < self._limit:
+            return _Silent()
+        # The limit came first: how long the server has had.
+        return _Silent(self._served + (trio.current_time() - self._sent_at))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sent is None or self._arrived is not None:
+            self._open_round()
         view = memoryview(data)
         while view:
             try:
                 view = view[self.socket.send(view) :]
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.socket)
+                with trio.move_on_at(self._deadline) as waited:
+                    await trio.lowlevel.wait_writable(self.socket)
+                if waited.cancelled_caught and not _ready(self.socket, select.POLLOUT):
+                    raise self._silent() from None
 
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.wait_writable(self.socket)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        await trio.lowlevel.wait_readable(self.socket)
-        data = self.socket.recv(max_bytes or READ_SIZE)
+        if self._sent is None:  # (a read before any send: the server's time from now)
+            self._open_round()
+        while True:
+            with trio.move_on_at(self._deadline) as waited:
+                await trio.lowlevel.wait_readable(self.socket)
+            try:
+                data = self.socket.recv(max_bytes or READ_SIZE)
+                break
+            except BlockingIOError:
+                if waited.cancelled_caught:
+                    raise self._silent() from None
         if data and self._sent is not None:
             self._arrived = max(arrival(self.socket, perf_counter()), self._sent)
         return data
@@ -337,16 +484,6 @@ async def _next_event(conn: Connection, stream: trio.abc.Stream) -> object:
         event = conn.next_event()
         if event is not h11.NEED_DATA:
             return event
-        receive(conn, bytes(await stream.receive_some(READ_SIZE)))
-
-
-async def _response(conn: Connection, stream: trio.abc.Stream) -> h11.Response:
-    """The final response (http_head.next_response); raises
-    h11.RemoteProtocolError."""
-    while True:
-        response = next_response(conn)
-        if response is not None:
-            return response
         receive(conn, bytes(await stream.receive_some(READ_SIZE)))
 
 
@@ -388,8 +525,9 @@ def decode_body(body: bytes, charset: str | None) -> str:
     return body.decode("utf-8", "replace")
 
 
-async def search_body(pattern: str, body: bytes, charset: str | None, attempt: Attempt) -> bool:
-    """Whether `pattern` is found in the decoded body (patterns.search: off
-    the event loop, giving up with TimeoutError when the attempt's time runs
-    out). Raises regex.error for a bad pattern."""
-    return await patterns.search(pattern, decode_body(body, charset), attempt)
+async def search_body(pattern: str, body: bytes, charset: str | None, seconds: float) -> bool:
+    """Whether `pattern` is found in the decoded body (off the event loop,
+    giving up with TimeoutError after `seconds`: patterns.py). Raises
+    regex.error for a bad pattern."""
+    text = decode_body(body, charset)
+    return await patterns.off_loop(patterns.search_now, pattern, text, max(seconds, 0.001))

@@ -13,7 +13,9 @@ It serves the checks that need nothing past the head: plain `http` without
 `expect_body` (`http_destination` returns None for the others, which take
 http.py's task with `trio.SSLStream` and the body's search). Reasons and
 details are those of http.py: attempt.py's for the network (refused,
-unreachable, reset, timeout "no verdict within T s"), BAD_REPLY with h11's
+unreachable, reset; a timeout says what timed out: "no connection within
+T s", "connected in 1.2 ms; no answer within T s of the request", or "...;
+the head incomplete within T s of the request"), BAD_REPLY with h11's
 message for a reply it refuses (or httpcore's "Server disconnected without
 sending a response." for a close before a whole head), and the head's own
 verdict. The body is never read: the socket is closed as soon as the head
@@ -49,6 +51,7 @@ from time import perf_counter
 import h11
 import trio
 
+from director.health.probes.attempt import ANSWER, CONNECT, HEAD, timed_out
 from director.health.probes.contain import contained
 from director.health.probes.http_head import (
     DISCONNECTED,
@@ -258,6 +261,12 @@ class Exchanges(Watcher[HttpDestination, _Exchange]):
             return 0.0
         served = probe.handshake + (now - probe.sent_at)
         return probe.target.check.timing.timeout - served
+
+    def _silence(self, probe: _Exchange, timeout: float) -> str:
+        if probe.sent_at < 0:
+            return timed_out(CONNECT, timeout)
+        # Bytes of an answer came (h11 has them) or none did.
+        return timed_out(ANSWER if probe.conn is None else HEAD, timeout, probe.handshake)
 
     def _close(self, probe: _Exchange) -> None:
         super()._close(probe)

@@ -6,7 +6,8 @@ a wait for the socket to turn writable under the check's timeout, and
 SO_ERROR for the verdict (connect(2), "EINPROGRESS"). No name resolution (the
 address is a literal), no exception on the way to a success, and the socket
 is closed on every path, cancellation included. Failures carry the reasons
-and details of `probe_attempt` (attempt.py).
+and details of `probe_attempt` (attempt.py); a timeout's detail is "no
+connection within T s" (no SYN-ACK came).
 
 A result's latency is the probe's own time, not the daemon's: a success
 reports the handshake as the kernel timed it (TCP_INFO: the SYN's round
@@ -44,6 +45,7 @@ from typing import Protocol
 
 import trio
 
+from director.health.probes.attempt import CONNECT, timed_out
 from director.health.probes.watch import (
     Probe,
     ProbeDone,
@@ -192,6 +194,9 @@ class Connects(Watcher[TcpDestination, _Connect]):
         if code in _PENDING:
             return select.EPOLLOUT | select.EPOLLONESHOT
         return _verdict(code, 0.0, target.check.timing.timeout)
+
+    def _silence(self, probe: _Connect, timeout: float) -> str:
+        return timed_out(CONNECT, timeout)
 
     def _handle(self, probe: _Connect, flags: int, now: float) -> None:
         sock = probe.sock

@@ -129,7 +129,8 @@ async def probe_udp(check: UdpCheck, address: IPAddress, port: int) -> ProbeResu
     if result.reason is Reason.TIMEOUT:
         if check.silence_is_up:
             return ProbeResult.success(result.latency, detail="no reply")
-        return ProbeResult.failure(Reason.NO_REPLY, result.latency, result.detail)
+        detail = f"no reply within {check.timing.timeout:g} s"
+        return ProbeResult.failure(Reason.NO_REPLY, result.latency, detail)
     return result
 
 

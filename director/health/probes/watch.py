@@ -32,7 +32,7 @@ import trio
 
 from director.health.probes.attempt import translate
 from director.health.probes.contain import BugLog, contained
-from director.health.result import ProbeResult
+from director.health.result import ProbeResult, Reason
 from director.health.spec import Check
 from director.ipvs.model import IPAddress
 
@@ -194,6 +194,11 @@ class Watcher(Generic[T, P]):
         daemon between two steps (an exchange's send after its connect)
         gives back the time the daemon's lag took."""
         return 0.0
+
+    def _silence(self, probe: P, timeout: float) -> str:
+        """A timeout's detail: what the probe waited for (attempt.py's
+        `timed_out`), before its socket is closed."""
+        return translate(trio.TooSlowError(), timeout)[1]
 
     async def _wait(self, wake_at: float) -> None:
         """Wait until the next round: for an event or `wake_at`. With a tick,
@@ -364,11 +369,12 @@ class Watcher(Generic[T, P]):
                             self._sequence += 1
                             heapq.heappush(deadlines, (now + left, self._sequence, probe))
                             continue
-                        self._forget(probe)
                         # Its latency is its timeout, however late this
                         # round came: the rest was the daemon's lag.
                         timeout = probe.target.check.timing.timeout
-                        self._deliver(probe, network_failure(trio.TooSlowError(), timeout, timeout))
+                        detail = self._silence(probe, timeout)
+                        self._forget(probe)
+                        self._deliver(probe, ProbeResult.failure(Reason.TIMEOUT, timeout, detail))
                         if perf_counter() >= self._slice_end:
                             await self._slice_over()
                 self._reading = False
