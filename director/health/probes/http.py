@@ -296,7 +296,7 @@ class _Exchange:
             deadline = min(now + left, attempt.started + LIMIT * attempt.timeout)
             matched: bool | None = None
             try:
-                with trio.move_on_at(deadline):
+                with trio.CancelScope(deadline=deadline):
                     matched = await search_body(check.expect_body, body, charset, deadline - now)
             except regex.error as e:
                 attempt.fail(Reason.ERROR, f"expect_body {check.expect_body!r}: {e}")
@@ -338,7 +338,7 @@ async def _connect(address: IPAddress, port: int, attempt: Attempt) -> _Connecti
     try:
         error = sock.connect_ex((str(address), port))
         if error == errno.EINPROGRESS:
-            with trio.move_on_at(started + timeout) as waited:
+            with trio.CancelScope(deadline=started + timeout) as waited:
                 await trio.lowlevel.wait_writable(sock)
             if waited.cancelled_caught and not _ready(sock, select.POLLOUT):
                 raise _Silent()
@@ -445,7 +445,7 @@ class _Connection(trio.abc.Stream):
             try:
                 view = view[self.socket.send(view) :]
             except BlockingIOError:
-                with trio.move_on_at(self._deadline) as waited:
+                with trio.CancelScope(deadline=self._deadline) as waited:
                     await trio.lowlevel.wait_writable(self.socket)
                 if waited.cancelled_caught and not _ready(self.socket, select.POLLOUT):
                     raise self._silent() from None
@@ -457,7 +457,7 @@ class _Connection(trio.abc.Stream):
         if self._sent is None:  # (a read before any send: the server's time from now)
             self._open_round()
         while True:
-            with trio.move_on_at(self._deadline) as waited:
+            with trio.CancelScope(deadline=self._deadline) as waited:
                 await trio.lowlevel.wait_readable(self.socket)
             try:
                 data = self.socket.recv(max_bytes or READ_SIZE)
