@@ -781,8 +781,10 @@ class Director:
         task: from a job, or before the loop starts.
 
         `known`: services of `only` whose kernel state the caller knows
-        exactly (it just made them so): they are not read, unless the pass
-        finds something to change in them (then the whole pass reads).
+        exactly (it just made them so): they are planned from that, not
+        read (an operation the kernel then refuses because the table was
+        not so is retried after a read, as with `believed`), and their
+        digests after the pass vouch for them (see _vouch).
         `digests` (drift_check's, or the start's, read before the pass):
         the services it reads in full are vouched for by their digest (see
         _vouch) until a pass touches them again. With `believed`, services
@@ -865,9 +867,6 @@ class Director:
                 deletes += service_deletes
                 changes += service_changes
             operations = [*deletes, *operations, *changes]
-        if taken and not taken.keys().isdisjoint(map(service_of, operations)):
-            # The caller's services are not as desired: read them after all.
-            return await self.reconcile(why, only)
         # An owned service the config dropped is deleted even when this read
         # did not show it: an IPVS dump is no consistent snapshot (another
         # tool's changes during it can make it skip services), so only the
@@ -953,6 +952,10 @@ class Director:
                 digests = {**(after or {}), **digests}
             self._vouch(keys, operations, digests)
             self._last_full = self.last_pass
+        if taken and digests is None and len(taken) * DRIFT_ROTATION >= len(self._managed_keys()):
+            # (The digests cost a read of the whole table's text: for a few
+            # services, the drift check's dumps of them cost less.)
+            await self._vouch_made(taken.keys() - unsure)
         if scope is None:
             self._last_full = self.last_pass
             if self._failed_passes:
@@ -988,6 +991,27 @@ class Director:
             if key in touched:
                 self._touched.add(key)
             else:
+                self._touched.discard(key)
+
+    async def _vouch_made(self, keys: Set[ServiceKey]) -> None:
+        """After a pass over services a caller made (`known`, every
+        operation taken): each whose digest now shows the destinations the
+        pass left is vouched for by it, as a read would have: a -R's
+        thousand new services are not read in full at the next drift check.
+        (Their service lines are the caller's word, the kernel having taken
+        every operation of theirs.)"""
+        try:
+            after = await self.kernel.digests()
+        except KernelError:
+            after = None
+        if after is None:
+            return
+        for key in keys:
+            digest, belief = after.get(table_key(key)), self._believed.get(key)
+            if digest is None or belief is None:
+                continue
+            if digest_shows(digest, digest, belief.destinations.values()):
+                self._verified[key] = digest
                 self._touched.discard(key)
 
     def _applied(self, op: Operation) -> None:
