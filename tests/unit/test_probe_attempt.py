@@ -8,7 +8,16 @@ import pytest
 import trio
 import trio.testing
 
-from director.health.probes.attempt import probe_attempt, translate
+from director.health.probes.attempt import (
+    ANSWER,
+    BODY,
+    CONNECT,
+    HEAD,
+    TLS,
+    probe_attempt,
+    timed_out,
+    translate,
+)
 from director.health.result import Reason
 
 
@@ -82,3 +91,34 @@ def test_translate_looks_into_trios_connect_error_group() -> None:
     )
     failure = wrapped(wrapped(group, OSError("all attempts failed")), httpx.ConnectError("z"))
     assert translate(failure, 1.0) == (Reason.REFUSED, "ECONNREFUSED: Connection refused")
+
+
+async def test_an_attempt_without_deadline_is_bounded_by_its_probe(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """deadline=False: no fail_after (the probe bounds its own waits); its
+    failures are translated as ever."""
+    with probe_attempt(1.0, deadline=False) as attempt:
+        await trio.sleep(3.0)
+        attempt.succeed()
+    assert (attempt.result.ok, attempt.result.latency) == (True, 3.0)
+    with probe_attempt(1.0, deadline=False) as attempt:
+        raise trio.TooSlowError
+    assert (attempt.result.reason, attempt.result.detail) == (Reason.TIMEOUT, "no verdict within 1 s")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("step", "timeout", "handshake", "status", "detail"),
+    [
+        (CONNECT, 2.0, 0.0, None, "no connection within 2 s"),
+        (TLS, 2.0, 0.0012, None, "connected in 1.2 ms; no TLS handshake within 2 s"),
+        (ANSWER, 0.5, 0.0000412, None, "connected in 0.0412 ms; no answer within 0.5 s of the request"),
+        (HEAD, 2.0, 0.25, None, "connected in 250 ms; the head incomplete within 2 s of the request"),
+        (BODY, 3.0, 1.5, 200, "connected in 1.5 s; status 200, the body incomplete within 3 s of the request"),
+        (ANSWER, 2.0, 0.9996, None, "connected in 1 s; no answer within 2 s of the request"),
+    ],
+)  # fmt: skip
+def test_a_timeout_says_what_timed_out(
+    step: str, timeout: float, handshake: float, status: int | None, detail: str
+) -> None:
+    assert timed_out(step, timeout, handshake, status) == detail
