@@ -289,15 +289,18 @@ class _Exchange:
             charset = charset_of(response.headers)
             connection = self.connection
             assert connection is not None
-            # The search is the daemon's work: it gets the time the server
-            # left of the timeout, within the probe's limit.
+            # The search is the daemon's work: the regex module gives up
+            # after the time the server left of the timeout, and the probe's
+            # limit cuts it if it does not (it may take 3x that to give up);
+            # a loop too busy to take a finished search's result meanwhile
+            # does not fail it short of the limit.
             now = trio.current_time()
-            left = attempt.timeout - (connection.served() or 0.0)
-            deadline = min(now + left, attempt.started + LIMIT * attempt.timeout)
+            limit = attempt.started + LIMIT * attempt.timeout
+            left = min(attempt.timeout - (connection.served() or 0.0), limit - now)
             matched: bool | None = None
             try:
-                with trio.CancelScope(deadline=deadline):
-                    matched = await search_body(check.expect_body, body, charset, deadline - now)
+                with trio.CancelScope(deadline=limit):
+                    matched = await search_body(check.expect_body, body, charset, left)
             except regex.error as e:
                 attempt.fail(Reason.ERROR, f"expect_body {check.expect_body!r}: {e}")
                 return
