@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 from director.bgp import BgpStatus
 from director.config import Config, RealServerId
-from director.desired import AdminState, RealServerView, desired_table
+from director.desired import AdminState, Decision, RealServerView, desired_table
 from director.health.state import HealthState
 from director.ipvs.model import IPAddress, ServiceEntry, ServiceKey
 from director.metrics.events import LATE_AFTER
@@ -41,6 +41,9 @@ class RealServerStatus:
     decision: str  # why it is (or is not) in the table
     refused: str | None = None  # the kernel refuses the change to it, and why
     last_age: float | None = None  # seconds since the last probe's verdict; None: not probed
+    # The decision not in the kernel yet (the next pass applies it): "not in
+    # the kernel yet", "still in the kernel", "weight 3 not in the kernel yet"
+    pending: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,13 +79,15 @@ def status_report(
             {d.destination.key: d.destination.weight for d in entry.destinations} if entry else {}
         )
         decisions = desired[vs.key].decisions
-        reasons = {(d.address, d.port): d.reason for d in decisions if not d.sorry}
+        reasons = {(d.address, d.port): d for d in decisions if not d.sorry}
         sorry = next((d for d in decisions if d.sorry), None)
         servers = []
         for rs in vs.real_servers:
             rid = vs.real_server_id(rs)
             state = states.get(rid, HealthState(since=now))
             last = state.last
+            decision = reasons.get((rs.address, rs.port))
+            current = weights.get((rs.address, rs.port))
             servers.append(
                 RealServerStatus(
                     server=_endpoint(rs.address, rs.port),
@@ -97,14 +102,15 @@ def status_report(
                     last_latency=None if last is None else round(last.latency, 6),
                     last_detail=None if last is None else last.detail,
                     configured_weight=rs.weight,
-                    current_weight=weights.get((rs.address, rs.port)),
-                    decision=reasons.get((rs.address, rs.port), ""),
+                    current_weight=current,
+                    decision="" if decision is None else decision.reason,
                     refused=refused.get((vs.key, rs.address, rs.port)),
                     last_age=(
                         None
                         if state.probed_at is None
                         else round(max(now - state.probed_at, 0.0), 3)
                     ),
+                    pending=None if decision is None else _pending(decision, current),
                 )
             )
         report.append(
@@ -121,6 +127,21 @@ def status_report(
             )
         )
     return tuple(report)
+
+
+def _pending(decision: Decision, current: int | None) -> str | None:
+    """How the kernel (a server's `current` weight there, None: absent)
+    differs from `decision`, None when it does not: between a verdict and
+    the pass that applies it (milliseconds, or a pass's spacing under load),
+    a refused change (its refusal says why), or a table another tool
+    changed (the next drift check repairs it)."""
+    if decision.weight is None:
+        return None if current is None else "still in the kernel"
+    if current is None:
+        return "not in the kernel yet"
+    if current != decision.weight:
+        return f"weight {decision.weight} not in the kernel yet"
+    return None
 
 
 def _endpoint(address: IPAddress, port: int) -> str:
@@ -386,8 +407,18 @@ def _row(rs: RealServerStatus) -> tuple[str, ...]:
         f"{current}/{rs.configured_weight}",
         last,
         f"{rs.successes_in_row}/{rs.failures_in_row}",
-        rs.decision if rs.refused is None else f"{rs.decision}; {rs.refused}",
+        _table(rs),
     )
+
+
+def _table(rs: RealServerStatus) -> str:
+    """The TABLE column: the decision, and what the kernel does not have of
+    it yet, or the kernel's refusal of it."""
+    if rs.refused is not None:
+        return f"{rs.decision}; {rs.refused}"
+    if rs.pending is not None:
+        return f"{rs.decision}; pending: {rs.pending}"
+    return rs.decision
 
 
 def _duration(seconds: float) -> str:

@@ -18,7 +18,7 @@ from test_handler import CONFIG, add_a_third_server, rig, until
 
 from director import ctl, status
 from director.config import parse_config
-from director.health.result import ProbeResult
+from director.health.result import ProbeResult, Reason
 from director.health.state import Health, HealthState
 from director.ipvs.facts import NO_MODULES
 from director.ipvs.memory import MemoryBackend
@@ -347,3 +347,47 @@ def test_a_stale_probe_shows_its_age() -> None:
     (server,) = service.real_servers
     assert server.last_age == 312.5
     assert "ok 0.4ms, 5m12s ago" in status.status_text((service,))
+
+
+def test_table_says_what_the_kernel_does_not_have_yet() -> None:
+    """Operator trial: TABLE read `up` with WEIGHT `-/5` for a moment (the
+    verdict before the pass that applies it). The row now says so, as does
+    the data ("pending"), for each way the kernel can lag the decision."""
+    config = parse_config(
+        '[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.1:80"\n'
+        + "".join(
+            f'[[virtual_server.real_server]]\naddress = "10.0.1.{i}:80"\nweight = 5\n'
+            for i in (1, 2, 3, 4)
+        ),
+        modules=NO_MODULES,
+    )
+    (vs,) = config.virtual_servers
+    up = HealthState(Health.UP, 1, 0, since=0.0, last=ProbeResult.success(0.001))
+    down = HealthState(Health.DOWN, 0, 1, since=0.0, last=ProbeResult.failure(Reason.REFUSED, 0.001))  # fmt: skip
+    rids = [vs.real_server_id(rs) for rs in vs.real_servers]
+    states = {rids[0]: up, rids[1]: down, rids[2]: up, rids[3]: up}
+    in_kernel = {"10.0.1.2": 5, "10.0.1.3": 2, "10.0.1.4": 5}  # .1 missing, .2 down
+    kernel = {
+        vs.key: ServiceEntry(
+            vs.service(),
+            tuple(
+                DestinationEntry(Destination(ip_address(a), 80, Forward.ROUTE, w))
+                for a, w in in_kernel.items()
+            ),
+        )
+    }
+    (service,) = status.status_report(config, states, {}, kernel, now=10.0)
+    pending = [rs.pending for rs in service.real_servers]
+    assert pending == [
+        "not in the kernel yet",
+        "still in the kernel",
+        "weight 5 not in the kernel yet",
+        None,
+    ]
+    rows = status.status_text((service,)).splitlines()
+    assert rows[2].endswith("up; pending: not in the kernel yet")
+    assert rows[3].endswith("down, removed; pending: still in the kernel")
+    assert rows[4].endswith("up; pending: weight 5 not in the kernel yet")
+    assert rows[5].endswith("up")
+    data = status.status_data((service,))
+    assert [rs["pending"] for rs in data["services"][0]["real_servers"]] == pending  # type: ignore[index]
