@@ -314,13 +314,16 @@ def test_status_drain_disable_enable_survive_restart_and_reload(d: Director) -> 
     for server in ("10.7.0.2:80", "10.7.0.3:80", "10.7.0.4:53", "[fd07::3]:443", "10.7.0.6:8080"):
         assert server in text, text
     # In the table is not yet judged: a server added through -a or -R may
-    # be in the kernel before its first probe. Wait for every verdict.
+    # be in the kernel before its first probe. Wait for every verdict, and
+    # for the kernel to have it (a verdict comes before the pass applying it).
     before = wait_until(
         lambda: (
-            (found := rows(d)) and all(rs["health"] != "unknown" for rs in found.values()) and found
+            (found := rows(d))
+            and all(rs["health"] != "unknown" and rs["pending"] is None for rs in found.values())
+            and found
         ),
         DEADLINE,
-        "every real server judged in status",
+        "every real server judged in status, and the kernel as judged",
     )
     assert len(before) == 7, before
     for key, rs in before.items():
