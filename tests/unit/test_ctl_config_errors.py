@@ -121,15 +121,20 @@ def test_directord_check_prints_them_named(
         assert line.startswith(f"{path}: {start}"), line
 
 
-def test_directorctl_check_config_prints_them_named(tmp_path: Path) -> None:
-    path = tmp_path / "director.toml"
-    path.write_text(BAD)
-    result = subprocess.run(
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    """`directorctl check-config PATH`, in a process of its own."""
+    return subprocess.run(
         [sys.executable, "-m", "director.ctl", "check-config", str(path)],
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def test_directorctl_check_config_prints_them_named(tmp_path: Path) -> None:
+    path = tmp_path / "director.toml"
+    path.write_text(BAD)
+    result = check_config(path)
     assert result.returncode == 1
     for start in NAMED:
         assert f"  {start}" in result.stderr, result.stderr
@@ -197,12 +202,7 @@ def test_every_printer_groups_one_mistake_repeated_in_file_order(
     path.write_text(ALIKE)
     assert daemon.main(["--config", str(path), "--check"]) == 1
     assert capsys.readouterr().err.splitlines() == [f"{path}: {line}" for line in ALIKE_NAMED]
-    result = subprocess.run(
-        [sys.executable, "-m", "director.ctl", "check-config", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = check_config(path)
     assert result.returncode == 1
     assert result.stderr == f"{path}: 502 errors:\n" + "".join(f"  {e}\n" for e in ALIKE_NAMED)
 
