@@ -131,7 +131,7 @@ class Problems:
                 text = text.replace(f"at {first})", f"at {first}, line {line})", 1)
             named.append(text)
             if more:
-                named.append(self._alike(more, lines))
+                named.append(self._alike(i, more, lines))
         if len(groups) > shown:
             rest = sum(len(group) for group in groups[shown:])
             distinct = len(groups) - shown
@@ -141,21 +141,21 @@ class Problems:
             )
         return named
 
-    def _alike(self, more: list[int], lines: list[int | None]) -> str:
+    def _alike(self, i: int, more: list[int], lines: list[int | None]) -> str:
         """The line for errors alike past the first: their count, their
         path with the indices they have ("virtual_server[0].real_server
         [1..499].forward") and their lines, bounded."""
         parts = _INDEX.split(self._paths[more[0]])
-        found_at = [_INDEX.findall(self._paths[i]) for i in more]
-        for at in range(1, len(parts), 2):
-            parts[at] = f"[{_spans(sorted({int(each[at // 2]) for each in found_at}))}]"
+        found_at = {tuple(map(int, _INDEX.findall(self._paths[i]))) for i in more}
+        first = tuple(map(int, _INDEX.findall(self._paths[i])))
+        paths = _indexed(parts, sorted(found_at), first)
         found = list(dict.fromkeys(line for i in more if (line := lines[i]) is not None))
         if len(found) > ALIKE_LINES + 1:
             found_text = ", ".join(map(str, found[:ALIKE_LINES])) + f", ..., {found[-1]}"
         else:
             found_text = ", ".join(map(str, found))
         where = f" (line{'' if len(found) == 1 else 's'} {found_text})" if found else ""
-        return f"... and {len(more)} more alike: {''.join(parts)}{where}"
+        return f"... and {len(more)} more alike: {paths}{where}"
 
     def __len__(self) -> int:
         return len(self.errors)
@@ -177,6 +177,43 @@ class Problems:
         if line is not None:
             names.append(f"line {line}")
         return f"{path} ({', '.join(names)})" if names else path
+
+
+def _indexed(parts: list[str], found: list[tuple[int, ...]], first: tuple[int, ...]) -> str:
+    """The path whose split by its indices is `parts` (names at even
+    places) with the indices `found` (sorted tuples, one index a level),
+    alike errors past the one at `first`, so that the count a path reads as
+    is the count there is: runs a level where every combination of them is
+    in `found` ("virtual_server[0].real_server[1..499]"), or in `found` and
+    `first` ("the rest of virtual_server[0..99].real_server[0..99]"), else
+    the last level's runs for each of the others
+    ("virtual_server[0].real_server[1], virtual_server[2].real_server[0..1]";
+    past ALIKE_LINES of them, "..." and the last)."""
+
+    def path(indices: list[list[int]]) -> str:
+        text = list(parts)
+        for level, values in enumerate(indices):
+            text[2 * level + 1] = f"[{_spans(values)}]"
+        return "".join(text)
+
+    def levels(of: list[tuple[int, ...]]) -> list[list[int]] | None:
+        """Each level's indices, when every combination of them is `of`."""
+        each = [sorted({at[level] for at in of}) for level in range(len(parts) // 2)]
+        return each if math.prod(map(len, each)) == len(of) else None
+
+    exact = levels(found)
+    if exact is not None:
+        return path(exact)
+    exact = levels([*found, first])
+    if exact is not None:
+        return f"the rest of {path(exact)}"
+    outer: dict[tuple[int, ...], list[int]] = {}
+    for each in found:
+        outer.setdefault(each[:-1], []).append(each[-1])
+    paths = [path([*([i] for i in prefix), last]) for prefix, last in outer.items()]
+    if len(paths) > ALIKE_LINES + 1:
+        paths = [*paths[:ALIKE_LINES], "...", paths[-1]]
+    return ", ".join(paths)
 
 
 def _spans(indices: list[int]) -> str:

@@ -68,7 +68,10 @@ def test_one_mistake_in_500_real_servers_is_two_lines_and_the_other_is_kept() ->
 
 def test_alike_across_entries_and_unlike_values_stay_apart() -> None:
     """The same key with another value is another error; the indices of
-    the alike ones are given as runs, over every level they differ at."""
+    the alike ones are given as runs, each level's where every combination
+    is there, else the last level's for each of the others (operator trial:
+    "virtual_server[1..2].real_server[3..4,7]" for three errors read as
+    six)."""
     text = "".join(
         SERVICE.replace("0.1:80", f"0.{vs + 1}:80")
         + server(10 * vs, 'forward = "nat"')
@@ -77,10 +80,27 @@ def test_alike_across_entries_and_unlike_values_stay_apart() -> None:
     )
     assert error(text).named_errors == [
         f"virtual_server[0].real_server[0].forward (10.0.0.1:80 tcp, 10.1.0.1:80, line 6): {NAT}",
-        "... and 4 more alike: virtual_server[0..2].real_server[0..1].forward "
+        "... and 4 more alike: virtual_server[0].real_server[1].forward, "
+        "virtual_server[1].real_server[0].forward, virtual_server[2].real_server[0..1].forward "
         "(lines 9, 15, 24, 27)",
         "virtual_server[1].real_server[1].forward (10.0.0.2:80 tcp, 10.1.0.12:80, line 18): "
         "must be one of route, masq, tunnel (for 'dr' write 'route'): 'dr'",
+    ]
+
+
+def test_alike_in_every_entry_reads_as_the_rest_of_them() -> None:
+    """One mistake in every real server of every service: the first in
+    full, the others as "the rest of" each level's runs (exact: the count
+    is the product less the first)."""
+    text = "".join(
+        SERVICE.replace("0.1:80", f"0.{vs + 1}:80")
+        + server(10 * vs, 'forward = "nat"')
+        + server(10 * vs + 1, 'forward = "nat"')
+        for vs in range(2)
+    )
+    assert error(text).named_errors[1:] == [
+        "... and 3 more alike: the rest of virtual_server[0..1].real_server[0..1].forward "
+        "(lines 9, 15, 18)",
     ]
 
 

@@ -166,7 +166,10 @@ def test_every_error_of_a_file_with_headers_has_its_keys_line(text: str) -> None
     text_lines, counted = [], 0
     for message in errors:
         full = re.match(r"(\S+) \((?:[^()]*, )?line (\d+)\)", message)
-        alike = re.fullmatch(r"\.\.\. and (\d+) more alike: (\S+) \(lines? ([\d, .]+)\)", message)
+        alike = re.fullmatch(
+            r"\.\.\. and (\d+) more alike: (?:the rest of )?(\S+?),? .*\(lines? ([\d, .]+)\)",
+            message,
+        )
         rest = re.fullmatch(
             r"\.\.\. and (\d+) more errors? not listed( \(\d+ distinct\))?", message
         )
