@@ -174,10 +174,13 @@ class ReloadSummary:
 @dataclass(frozen=True)
 class ReloadResult:
     """A reload's outcome: a summary, or the errors that kept the running
-    config (each line names the file, or the setting that needs a restart)."""
+    config (each line names the file, or the setting that needs a restart;
+    `errors` as an operator reads them, at most ConfigError's named_errors
+    lists, and `count` how many there are)."""
 
     summary: ReloadSummary | None = None
     errors: tuple[str, ...] = ()
+    count: int = 0
 
 
 @dataclass(slots=True)
@@ -1139,19 +1142,20 @@ class Director:
                 config, parse_cpu = await trio.to_thread.run_sync(_timed_load, str(path))
             except ConfigError as error:
                 errors = tuple(f"{path}: {e}" for e in error.named_errors)
-                self.log.error("reload_rejected", **origin, errors=list(errors))
-                return ReloadResult(errors=errors)
+                count = len(error.errors)
+                self.log.error("reload_rejected", **origin, count=count, errors=list(errors))
+                return ReloadResult(errors=errors, count=count)
             except Exception as error:  # a bug must not end the daemon
                 self.log.exception("reload_failed", **origin)
-                return ReloadResult(errors=(f"{path}: internal error: {error!r}",))
+                return ReloadResult(errors=(f"{path}: internal error: {error!r}",), count=1)
             needs_restart = restart_needed(self.config, config)
             if needs_restart:
                 errors = tuple(
                     f"{path}: {change} needs a restart of directord; the running config is kept"
                     for change in needs_restart
                 )
-                self.log.error("reload_rejected", **origin, errors=list(errors))
-                return ReloadResult(errors=errors)
+                self.log.error("reload_rejected", **origin, count=len(errors), errors=list(errors))
+                return ReloadResult(errors=errors, count=len(errors))
             self.log.info("reload", **origin)
             return ReloadResult(summary=await self.reload(config, parse_cpu=parse_cpu))
 

@@ -652,7 +652,9 @@ class Controller:
             return Response(1, "", "director: no config file to reload\n")
         result = await self.director.reload_file(self.config_path, **origin)
         if result.summary is None:
-            return Response(1, "", "".join(f"{e}\n" for e in result.errors))
+            count = f"{result.count} error{'' if result.count == 1 else 's'}"
+            head = f"director: reload rejected, the running config is kept ({count}):\n"
+            return Response(1, "", head + "".join(f"{e}\n" for e in result.errors))
         return Response(0, reload_text(result.summary), "", reload_data(result.summary))
 
     async def _check_config(self, args: Mapping[str, object], peer: Peer) -> Response:
