@@ -413,6 +413,14 @@ def _write(fd: int, text: str) -> None:
 
 
 def _check_config(words: list[str]) -> int:
+    if words in (["--help"], ["-h"]):  # (a file of that name: ./--help)
+        _write(
+            1,
+            "usage: directorctl check-config FILE\n"
+            "Checks FILE as directord --check does, without a daemon: every\n"
+            "error with its place in the file, or FILE: OK and what it holds.\n",
+        )
+        return 0
     if len(words) != 1:
         raise UsageError("check-config: expected one configuration file")
     from director.config import ConfigError, load_config

@@ -247,6 +247,15 @@ async def test_check_config_runs_locally(sock_dir: str) -> None:
     assert result.stderr.decode().startswith(f"{bad}: ")
 
 
+async def test_check_config_help_is_help_not_a_file() -> None:
+    """Operator trial: `check-config --help` read a file named --help."""
+    for flag in ("--help", "-h"):
+        result = await directorctl("check-config", flag)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.decode().startswith("usage: directorctl check-config FILE\n")
+        assert result.stderr == b""
+
+
 async def test_check_config_says_what_directord_check_says() -> None:
     good = f"{REPO}/conf/director.toml"
     ctl = await directorctl("check-config", good)
