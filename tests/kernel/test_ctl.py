@@ -359,6 +359,9 @@ def test_status_drain_disable_enable_survive_restart_and_reload(d: Director) -> 
     finally:
         d.config.write_text(good)
     assert refused.status == 1, refused
+    # (operator trial: the errors alone, no word of the running config)
+    head = "director: reload rejected, the running config is kept (1 error):\n"
+    assert refused.stderr.startswith(head), refused
     assert "virtual_server[0].scheduler" in refused.stderr, refused
     assert real_ok(["-Sn"]) == table
 
