@@ -251,6 +251,33 @@ async def test_a_reply_read_late_reports_its_arrival_not_the_read(
     assert 0 < result.latency < HOLD
 
 
+@pytest.mark.parametrize(
+    ("took", "expect"),
+    [
+        (0.6, (True, Reason.OK, "status 200")),
+        (1.3, (False, Reason.TIMEOUT, "answered in 1.3 s, past the 1 s timeout (status 200)")),
+    ],
+    ids=["in-time", "late"],
+)
+async def test_a_reply_that_came_after_the_timeout_is_a_timeout_however_late_it_is_read(
+    serve: Serve,
+    monkeypatch: pytest.MonkeyPatch,
+    autojump_clock: trio.testing.MockClock,
+    took: float,
+    expect: tuple[bool, Reason, str],
+) -> None:
+    """The kernel timed the reply's arrival `took` seconds after the
+    request (tcp.py's `arrival`), the handshake 1.2 ms; the watcher read it
+    then. A reply after the 1 s timeout is a timeout, with its latency the
+    timeout (it was up before, with a latency over its timeout)."""
+    monkeypatch.setattr(http_exchange, "handshake_time", lambda sock, elapsed: 0.0012)
+    monkeypatch.setattr(http_exchange, "arrival", lambda sock, now: now + took)
+    port = await serve(healthy)
+    result = await probe_http(HttpCheck(timing=Timing(timeout=1.0)), HERE, port)
+    assert (result.ok, result.reason, result.detail) == expect
+    assert result.latency == (1.0 if took > 1.0 else pytest.approx(0.0012 + took, abs=0.05))
+
+
 async def test_a_refused_connect_is_refused(autojump_clock: trio.testing.MockClock) -> None:
     with socket.socket() as unused:
         unused.bind((str(HERE), 0))

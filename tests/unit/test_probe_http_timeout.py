@@ -223,6 +223,45 @@ async def test_a_reply_in_the_kernel_when_the_deadline_passes_is_read(
     assert HANDSHAKE < result.latency < 0.5
 
 
+@pytest.mark.parametrize("check", KINDS)
+@pytest.mark.parametrize(
+    ("took", "expect"),
+    [
+        (0.6, (True, Reason.OK, "status 200")),
+        (1.3, (False, Reason.TIMEOUT, "answered in 1.3 s, past the 1 s timeout (status 200)")),
+    ],
+    ids=["in-time", "late"],
+)
+async def test_an_answer_that_came_after_the_timeout_is_a_timeout_however_late_it_is_read(
+    check: HttpCheck,
+    took: float,
+    expect: tuple[bool, Reason, str],
+    serve: Serve,
+    monkeypatch: pytest.MonkeyPatch,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The kernel timed the answer to the request `took` seconds after it
+    (tcp.py's `arrival`; the TLS handshake's rounds as they came). An
+    answer after the 1 s timeout is a timeout, with its latency the timeout
+    (it was up before, with a latency over its timeout)."""
+    asked: set[object] = set()
+    next_round, arrival = http._Connection.next_round, http.arrival
+
+    def the_request(self: http._Connection) -> None:
+        next_round(self)
+        asked.add(self.socket)
+
+    def arrived(sock: object, now: float) -> float:
+        return now + took if sock in asked else arrival(sock, now)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(http._Connection, "next_round", the_request)
+    monkeypatch.setattr(http, "arrival", arrived)
+    port = await serve(healthy, tls=check.tls)
+    result = await probe(check, HERE, port)
+    assert (result.ok, result.reason, result.detail) == expect
+    assert result.latency == (1.0 if took > 1.0 else pytest.approx(HANDSHAKE + took, abs=0.05))
+
+
 # -- a silent server still times out, and the detail says what timed out ---------
 
 

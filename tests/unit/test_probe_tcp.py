@@ -11,8 +11,15 @@ import trio
 import trio.testing
 from tcp_support import syn_dropping_port
 
-from director.health.probes import probe, probe_tcp
-from director.health.probes.tcp import TICK, Connects, arrival, destination, handshake_time
+from director.health.probes import probe, probe_tcp, tcp
+from director.health.probes.tcp import (
+    TICK,
+    Connects,
+    answered,
+    arrival,
+    destination,
+    handshake_time,
+)
 from director.health.result import ProbeResult, Reason
 from director.health.spec import TcpCheck, Timing
 from director.ipvs.model import IPAddress
@@ -179,6 +186,47 @@ async def test_a_success_read_late_reports_the_handshake_not_the_daemons_lag(
         result = await _read_after_a_stall(autojump_clock, TcpCheck(), port, 80.0)
     assert (result.ok, result.reason) == (True, Reason.OK)
     assert 0 <= result.latency < 0.01
+
+
+@pytest.mark.parametrize(
+    ("handshake", "expect"),
+    [
+        (0.7, (True, Reason.OK, 0.7, "")),
+        (1.0 + 2 * TICK, (True, Reason.OK, 1.0 + 2 * TICK, "")),
+        (1.3, (False, Reason.TIMEOUT, 1.0, "connected in 1.3 s, past the 1 s timeout")),
+    ],
+    ids=["in-time", "within-two-ticks", "late"],
+)
+async def test_a_handshake_slower_than_the_timeout_is_a_timeout_however_late_it_is_read(
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    handshake: float,
+    expect: tuple[bool, Reason, float, str],
+) -> None:
+    """The daemon reads the connect 2 s after it began, past its 1 s
+    deadline (a watcher reads what the kernel holds before it judges the
+    deadlines). A SYN-ACK the kernel timed within the timeout is up; one it
+    timed after it is a timeout, as it would be to a daemon that read in
+    time (it was read as up before). Within two ticks of the kernel's
+    clock over, the kernel's figure cannot tell: up."""
+    monkeypatch.setattr(tcp, "handshake_time", lambda sock, elapsed: handshake)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        check = TcpCheck(timing=Timing(timeout=1.0))
+        result = await _read_after_a_stall(autojump_clock, check, server.getsockname()[1], 2.0)
+    assert (result.ok, result.reason, result.latency, result.detail) == expect
+
+
+def test_an_answer_past_the_timeout_says_how_late_it_came() -> None:
+    assert answered(1.5, 1.0, "status 200") == ProbeResult.failure(
+        Reason.TIMEOUT, 1.0, "answered in 1.5 s, past the 1 s timeout (status 200)"
+    )
+    assert answered(2.25, 2.0, what="connected") == ProbeResult.failure(
+        Reason.TIMEOUT, 2.0, "connected in 2.25 s, past the 2 s timeout"
+    )
+    assert answered(0.0012, 1.0, "status 200") == ProbeResult.success(0.0012, detail="status 200")
+    assert answered(1.0, 1.0) == ProbeResult.success(1.0)
 
 
 async def test_a_timeout_read_late_reports_its_timeout(

@@ -42,7 +42,9 @@ since the first send of the round open (each wait of `_Connection` runs
 under that round's deadline: its first send + timeout - the time the server
 already had). The daemon's lag before a send (a TLS handshake or a request
 sent late by a busy loop) is not counted, and a reply already in the kernel
-when a deadline passes is read before anything is judged. A silent server
+when a deadline passes is read before anything is judged: an answer that
+came in time is up, one that came after its deadline a timeout (tcp.py's
+`answered`). A silent server
 times out when its own time reaches the timeout (the handshake, the rounds
 it answered, then the wait since the open round's first send): whatever the
 daemon's lag, it gets its whole timeout, and no more.
@@ -105,7 +107,7 @@ from director.health.probes.http_head import (
     request_for,
     url_for,
 )
-from director.health.probes.tcp import arrival, handshake_time
+from director.health.probes.tcp import answered, arrival, handshake_time
 from director.health.probes.tls import TlsContexts, TlsSettings, TlsSetupError
 from director.health.result import ProbeResult, Reason
 from director.health.spec import HttpCheck, host_problem
@@ -165,7 +167,9 @@ async def probe_http(
     finally:
         await exchange.close(attempt.started + LIMIT * timeout)
     result = attempt.result
-    if served is not None and result.reason in _ANSWERED:
+    if served is not None and result.ok:
+        result = answered(served, timeout, result.detail)
+    elif served is not None and result.reason in _ANSWERED:
         result = replace(result, latency=served)
     elif result.latency > timeout or result.reason is Reason.TIMEOUT:
         # A timeout's latency is its timeout; a failure read late: the rest was the daemon's.

@@ -13,7 +13,9 @@ A result's latency is the probe's own time, not the daemon's: a success
 reports the handshake as the kernel timed it (TCP_INFO: the SYN's round
 trip, or, after a retransmitted SYN, from the start to the SYN-ACK's
 arrival), however late the watcher read it (a loop held up for seconds, or
-the next tick); a timeout reports its timeout; a failure the kernel reports
+the next tick), and a handshake that was slower than the timeout, read
+after its deadline, is a timeout all the same ("connected in 1.3 s, past
+the 1 s timeout": `answered`); a timeout reports its timeout; a failure the kernel reports
 (refused, unreachable) the time to its read, at most the timeout (were it
 later, the deadline would have failed the probe first but for the
 daemon's own lag). How late a probe *starts* is the checker's `on_start`
@@ -45,7 +47,7 @@ from typing import Protocol
 
 import trio
 
-from director.health.probes.attempt import CONNECT, timed_out
+from director.health.probes.attempt import CONNECT, duration, timed_out
 from director.health.probes.watch import (
     Probe,
     ProbeDone,
@@ -54,7 +56,7 @@ from director.health.probes.watch import (
     network_failure,
     run_watcher,
 )
-from director.health.result import ProbeResult
+from director.health.result import ProbeResult, Reason
 from director.health.spec import Check, TcpCheck
 from director.ipvs.model import IPAddress
 
@@ -64,6 +66,7 @@ __all__ = [
     "Destination",
     "ProbeDone",
     "TcpDestination",
+    "answered",
     "arrival",
     "destination",
     "handshake_time",
@@ -205,7 +208,7 @@ class Connects(Watcher[TcpDestination, _Connect]):
         # EPOLLOUT alone: connected (a failed connect reports EPOLLERR).
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if flags & _FAILED else 0
         if code == 0:
-            result = ProbeResult.success(handshake_time(sock, elapsed))
+            result = answered(handshake_time(sock, elapsed), probe.target.check.timing.timeout, what="connected")  # fmt: skip
         else:
             timeout = probe.target.check.timing.timeout
             result = _verdict(code, min(elapsed, timeout), timeout)
@@ -242,6 +245,21 @@ def arrival(sock: _socket.socket, now: float) -> float:
         return now
     waited = age_ms / 1e3 - TICK
     return now - waited if waited > 0.0 else now
+
+
+def answered(latency: float, timeout: float, detail: str = "", *, what: str = "answered") -> ProbeResult:  # fmt: skip
+    """The verdict on an answer that took the server `latency` seconds as
+    the kernel timed it (`handshake_time`, `arrival`): a success, or a
+    timeout when that is surely over `timeout`, by more than the two ticks
+    `arrival` may add. A watcher reads what the kernel holds before it
+    judges a deadline, so that the daemon's lag fails no server; an answer
+    read so that came after the deadline is as late as one read in time:
+    "connected in 1.3 s, past the 1 s timeout", "answered in 1.3 s, past
+    the 1 s timeout (status 200)". A timeout's latency is its timeout."""
+    if latency <= timeout + 2 * TICK:
+        return ProbeResult.success(latency, detail=detail)
+    late = f"{what} in {duration(latency)}, past the {timeout:g} s timeout"
+    return ProbeResult.failure(Reason.TIMEOUT, timeout, f"{late} ({detail})" if detail else late)
 
 
 def _verdict(code: int, latency: float, timeout: float) -> ProbeResult:
