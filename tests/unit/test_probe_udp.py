@@ -301,3 +301,159 @@ async def test_udp_catastrophic_expect_fails_its_probe_and_the_loop_goes_on(
     assert not result.ok and result.reason is Reason.TIMEOUT
     assert result.detail == "no verdict within 0.5 s: expect '(a|aa)+$' still searching the reply"
     assert ticks.count >= 10
+
+
+# -- the timeout and the latency are the server's time, not the daemon's lag ---------------
+# Under the autojump clock: the daemon's lag is a jump of the clock while the
+# probe cannot run (in its socket's creation, before the send; in the
+# responder's task, after the reply went: the loop held up), and the kernel's
+# stamp of a reply's arrival is `udp.arrival`, patched where a test needs a
+# server time other than the time to the read (which bounds it).
+
+V4 = IPv4Address("127.0.0.1")
+
+
+def lag_before_the_send(
+    monkeypatch: pytest.MonkeyPatch, clock: trio.testing.MockClock, seconds: float
+) -> None:
+    real = udp_module._socket_with_recverr
+
+    def lagging(address: IPAddress) -> socket.socket:
+        sock = real(address)
+        clock.jump(seconds)
+        return sock
+
+    monkeypatch.setattr(udp_module, "_socket_with_recverr", lagging)
+
+
+def stamped(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """The kernel stamps every reply `seconds` after the send."""
+    monkeypatch.setattr(udp_module, "arrival", lambda ancillary, sent_ns: seconds, raising=False)
+
+
+async def held_echo(
+    clock: trio.testing.MockClock,
+    hold: float = 0.0,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Echo, then hold the loop `hold` seconds (a daemon busy after the reply
+    came): the reply is sent and the clock jumps with no schedule point
+    between them, so that the probe cannot read it first."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((str(V4), 0))
+        sock.setblocking(False)
+        task_status.started(sock.getsockname()[1])
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            data, peer = sock.recvfrom(65535)
+            sock.sendto(b"echo:" + data, peer)
+            clock.jump(hold)
+
+
+def search_at_once(clock: trio.testing.MockClock) -> None:
+    """A search in a worker thread: the autojump clock would take the wait
+    for it as idle and jump to the probe's limit; it jumps only after a whole
+    second of real idleness here."""
+    clock.autojump_threshold = 1.0
+
+
+@pytest.mark.parametrize("expect", [None, "^echo:ping$"])
+async def test_udp_lag_before_the_send_does_not_fail_a_server_that_answers_at_once(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock, expect: str | None
+) -> None:
+    lag_before_the_send(monkeypatch, autojump_clock, 1.5)
+    search_at_once(autojump_clock)
+    check = UdpCheck(Timing(timeout=1.0), payload=b"ping", expect=expect, silence="down")
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(held_echo, autojump_clock)
+        start = trio.current_time()
+        result = await probe_udp(check, V4, port)
+        nursery.cancel_scope.cancel()
+    # (before: 'no reply within 1 s', the lag counted against the server)
+    assert (result.ok, result.detail, result.latency) == (True, "9 byte reply", 0.0)
+    assert trio.current_time() - start == 1.5
+
+
+@pytest.mark.parametrize("expect", [None, "^echo:ping$"])
+async def test_udp_reply_in_the_kernel_when_the_deadline_passes_is_read(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock, expect: str | None
+) -> None:
+    stamped(monkeypatch, 0.002)
+    search_at_once(autojump_clock)
+    check = UdpCheck(Timing(timeout=1.0), payload=b"ping", expect=expect)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(held_echo, autojump_clock, 1.5)
+        result = await probe_udp(check, V4, port)
+        nursery.cancel_scope.cancel()
+    # (before: up in 1.5 s without expect, a timeout 'still searching' with it)
+    assert (result.ok, result.detail, result.latency) == (True, "9 byte reply", 0.002)
+
+
+@pytest.mark.parametrize("expect", [None, "^echo:ping$"])
+async def test_udp_reply_the_kernel_timed_after_the_timeout_is_a_timeout(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock, expect: str | None
+) -> None:
+    stamped(monkeypatch, 1.3)
+    check = UdpCheck(Timing(timeout=1.0), payload=b"ping", expect=expect)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(held_echo, autojump_clock, 1.5)
+        result = await probe_udp(check, V4, port)
+        nursery.cancel_scope.cancel()
+    detail = "answered in 1.3 s, past the 1 s timeout (9 byte reply)"
+    assert (result.ok, result.reason, result.detail, result.latency) == (False, Reason.TIMEOUT, detail, 1.0)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("silence", "expected"),
+    [("down", (False, Reason.NO_REPLY, "no reply within 1 s")), ("up", (True, Reason.OK, "no reply"))],
+)  # fmt: skip
+async def test_udp_silence_times_out_one_timeout_after_the_send(
+    monkeypatch: pytest.MonkeyPatch,
+    autojump_clock: trio.testing.MockClock,
+    silence: str,
+    expected: tuple[bool, Reason, str],
+) -> None:
+    lag_before_the_send(monkeypatch, autojump_clock, 0.5)
+    with await bound_socket(V4) as silent:
+        start = trio.current_time()
+        check = UdpCheck(Timing(timeout=1.0), payload=b"ping", silence=silence)  # type: ignore[arg-type]
+        result = await probe_udp(check, V4, silent.getsockname()[1])
+    assert (result.ok, result.reason, result.detail, result.latency) == (*expected, 1.0)
+    assert trio.current_time() - start == 1.5  # (before: 1.0, the lag counted)
+
+
+async def test_udp_a_probe_ends_at_twice_its_timeout_whatever_the_lag(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    lag_before_the_send(monkeypatch, autojump_clock, 1.5)
+    with await bound_socket(V4) as silent:
+        start = trio.current_time()
+        check = UdpCheck(Timing(timeout=1.0), payload=b"ping", silence="down")
+        result = await probe_udp(check, V4, silent.getsockname()[1])
+    detail = "no reply within 2 s of the start: the server had 0.5 s of it, the rest was the daemon's lag"  # fmt: skip
+    assert (result.ok, result.reason, result.detail, result.latency) == (False, Reason.NO_REPLY, detail, 1.0)  # fmt: skip
+    assert trio.current_time() - start == 2.0
+
+
+async def test_udp_a_search_result_taken_late_is_a_match(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The search is the daemon's work: a loop too busy to take its result for
+    # 1.5 s does not fail a reply that came in time, short of the probe's
+    # limit (2 s).
+    from director.health.probes import patterns
+
+    async def late(function, *args):  # type: ignore[no-untyped-def]
+        autojump_clock.jump(1.5)
+        await trio.lowlevel.checkpoint()
+        return function(*args)
+
+    monkeypatch.setattr(patterns, "off_loop", late)
+    check = UdpCheck(Timing(timeout=1.0), payload=b"ping", expect="^echo:ping$")
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(held_echo, autojump_clock)
+        result = await probe_udp(check, V4, port)
+        nursery.cancel_scope.cancel()
+    # (before: 'no verdict within 1 s: expect ... still searching the reply')
+    assert (result.ok, result.detail, result.latency) == (True, "9 byte reply", 0.0)

@@ -24,6 +24,20 @@ Over UDP an ICMP error is down (`unreachable`), read as the UDP check reads it
 (IP_RECVERR, udp.py). A reply is at most one datagram (64 KiB) over UDP and
 one message of at most 65535 bytes over TCP (its 16-bit length prefix, RFC
 1035 section 4.2.2), so what a probe buffers is bounded.
+
+Over UDP the exchange is udp.py's `Datagrams`, so the timeout and the latency
+are the server's time, as the kernel stamped the reply's arrival, not the
+daemon's: the timeout counts from the send, a datagram in the kernel when the
+deadline passes is read and judged, and judging (parsing, an `expect_answer`
+search) is the daemon's work, which never turns a reply that came in time
+into a timeout short of the probe's limit (2x the timeout from its start,
+udp.py says why). A reply the kernel timed past the timeout is a timeout,
+"answered in 1.3 s, past the 1 s timeout (NOERROR, 1 answer)"; silence, one
+timeout after the send, "no verdict within 1 s". Over TCP the whole exchange
+runs under the timeout from the start, the time to the verdict its latency.
+An `expect_answer` search that has not finished in the time the server left
+of the timeout is a timeout, "no verdict within 1 s: expect_answer '...'
+still searching the answer".
 """
 
 from __future__ import annotations
@@ -31,7 +45,7 @@ from __future__ import annotations
 import functools
 import secrets
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import ip_address
 
 import dns.exception
@@ -44,12 +58,8 @@ import trio
 
 from director.health.probes import patterns
 from director.health.probes.attempt import probe_attempt
-from director.health.probes.udp import (
-    MAX_DATAGRAM,
-    _from_errno,
-    _socket_with_recverr,
-    read_icmp_error,
-)
+from director.health.probes.tcp import TICK, answered
+from director.health.probes.udp import Datagrams, Reply
 from director.health.result import ProbeResult, Reason
 from director.health.spec import DnsCheck
 from director.ipvs.model import IPAddress, family_of
@@ -133,20 +143,28 @@ class _Sent:
     query_id: int
     wire: bytes
 
-    def judge(self, data: bytes) -> Verdict:
-        return judge(self.check, self.query, self.query_id, data)
+    def judge(self, data: bytes, search_time: float | None = None) -> Verdict:
+        return judge(self.check, self.query, self.query_id, data, search_time)
 
-    async def judge_off_loop(self, data: bytes) -> Verdict:
+    async def judge_off_loop(self, data: bytes, search_time: float | None = None) -> Verdict:
         """judge(data), in a worker thread when an expect_answer regex may
         have to be matched (patterns.py: it never holds up the event loop)."""
         if self.check.expect_answer is None:
             return self.judge(data)
-        return await patterns.off_loop(self.judge, data)
+        return await patterns.off_loop(self.judge, data, search_time)
 
 
-def judge(check: DnsCheck, query: dns.message.Message, query_id: int, data: bytes) -> Verdict:
+def judge(
+    check: DnsCheck,
+    query: dns.message.Message,
+    query_id: int,
+    data: bytes,
+    search_time: float | None = None,
+) -> Verdict:
     """The verdict on `data`, received in answer to `query` sent with id
-    `query_id` (`query` itself may carry another id). Never raises."""
+    `query_id` (`query` itself may carry another id). An `expect_answer`
+    search gives up after `search_time` seconds (the check's timeout when
+    None): a timeout. Never raises."""
     if len(data) < 2:
         return Verdict(Reason.BAD_REPLY, f"malformed reply: {len(data)} bytes")
     reply_id = int.from_bytes(data[:2], "big")
@@ -169,7 +187,11 @@ def judge(check: DnsCheck, query: dns.message.Message, query_id: int, data: byte
         return Verdict(
             Reason.BAD_STATUS, f"rcode {dns.rcode.to_text(rcode)}, expected {check.expect_rcode}"
         )
-    problem = _answer_problem(check, reply)
+    try:
+        problem = _answer_problem(check, reply, search_time)
+    except patterns.StillSearching:
+        detail = f"expect_answer {check.expect_answer!r} still searching the answer"
+        return Verdict(Reason.TIMEOUT, f"no verdict within {check.timing.timeout:g} s: {detail}")
     count = sum(len(rrset) for rrset in reply.answer)
     summary = f"{dns.rcode.to_text(rcode)}, {count} answer{'s' if count != 1 else ''}"
     if problem is not None:
@@ -179,7 +201,11 @@ def judge(check: DnsCheck, query: dns.message.Message, query_id: int, data: byte
     return Verdict(Reason.OK, summary + (", truncated" if truncated else ""))
 
 
-def _answer_problem(check: DnsCheck, reply: dns.message.Message) -> str | None:
+def _answer_problem(
+    check: DnsCheck, reply: dns.message.Message, search_time: float | None
+) -> str | None:
+    """What the reply lacks of the expected answer, or None. Raises
+    patterns.StillSearching when an expect_answer search gives up."""
     if check.expect_address is not None:
         addresses = {
             ip_address(rdata.address)
@@ -191,11 +217,8 @@ def _answer_problem(check: DnsCheck, reply: dns.message.Message) -> str | None:
             return f"no address {check.expect_address}"
     if check.expect_answer is not None:
         text = "\n".join(rrset.to_text() for rrset in reply.answer)
-        try:
-            found = patterns.search_now(check.expect_answer, text, check.timing.timeout)
-        except patterns.StillSearching:
-            return f"expect_answer {check.expect_answer!r} still searching the answer"
-        if not found:
+        seconds = check.timing.timeout if search_time is None else search_time
+        if not patterns.search_now(check.expect_answer, text, seconds):
             return f"answer does not match {check.expect_answer!r}"
     return None
 
@@ -222,49 +245,76 @@ async def probe_dns(check: DnsCheck, address: IPAddress, port: int) -> ProbeResu
     query, template = query_template(check.query_name, check.query_type)
     query_id = secrets.randbits(16)
     sent = _Sent(check, query, query_id, with_id(template, query_id))
-    ignored = Ignored()
-    with probe_attempt(check.timing.timeout) as attempt:
-        if check.transport == "tcp":
+    timeout = check.timing.timeout
+    if check.transport == "tcp":
+        with probe_attempt(timeout) as attempt:
             verdict = await _exchange_tcp(sent, address, port)
-        else:
-            verdict = await _exchange_udp(sent, address, port, ignored)
-        if verdict.reason is Reason.OK:
-            attempt.succeed(detail=verdict.detail)
-        elif verdict.reason is not None:
-            attempt.fail(verdict.reason, verdict.detail)
-    result = attempt.result
-    if ignored.count and result.reason is Reason.TIMEOUT:
-        more = f" and {ignored.count - 1} more" if ignored.count > 1 else ""
-        detail = f"{result.detail}; ignored {ignored.first}{more}"
-        return ProbeResult.failure(Reason.TIMEOUT, result.latency, detail)
-    return result
+            if verdict.reason is Reason.OK:
+                attempt.succeed(detail=verdict.detail)
+            else:
+                assert verdict.reason is not None  # (_exchange_tcp ignores nothing)
+                attempt.fail(verdict.reason, verdict.detail)
+        result: ProbeResult = attempt.result
+        if result.reason is Reason.TIMEOUT:  # (its latency: the timeout, not the time to see it)
+            return replace(result, latency=timeout)
+        return result
+    udp: ProbeResult | None = None
+    # (Datagrams bounds its waits)
+    with probe_attempt(timeout, deadline=False) as attempt, Datagrams(address, port, timeout) as datagrams:  # fmt: skip
+        udp = await _exchange_udp(sent, datagrams)
+    if udp is None:  # a network failure (attempt.py names it)
+        failed = attempt.result
+        return replace(failed, latency=min(failed.latency, timeout))
+    return udp
 
 
-async def _exchange_udp(sent: _Sent, address: IPAddress, port: int, ignored: Ignored) -> Verdict:
+async def _exchange_udp(sent: _Sent, datagrams: Datagrams) -> ProbeResult:
     """Send the query from a connected socket and read datagrams until one is
-    a reply to it (the others go to `ignored`), or an ICMP error comes."""
-    raw = _socket_with_recverr(address)
-    with trio.socket.from_stdlib_socket(raw) as sock:
-        await sock.connect((str(address), port))
-        try:
-            await sock.send(sent.wire)
-        except OSError:
-            # The kernel's own refusal (EPERM from a firewall, ...) unless the
-            # queue holds an ICMP error that arrived before.
-            if (icmp := read_icmp_error(raw)) is None:
-                raise
-            return Verdict(*icmp)
-        while True:
-            try:
-                data = await sock.recv(MAX_DATAGRAM)
-            except OSError as error:
-                if (icmp := read_icmp_error(raw) or _from_errno(error)) is None:
-                    raise
-                return Verdict(*icmp)
-            verdict = await sent.judge_off_loop(data)
-            if not verdict.ignored:
-                return verdict
+    a reply to it (the others are ignored: counted in a timeout's detail), an
+    ICMP error comes, or the deadline passes."""
+    timeout = datagrams.timeout
+    ignored = Ignored()
+    got: Reply | tuple[Reason, str] | None = await datagrams.send(sent.wire)
+    while got is None:
+        got = await datagrams.receive()
+        if got is None:
+            detail = datagrams.silence("no verdict")
+            if ignored.count:
+                more = f" and {ignored.count - 1} more" if ignored.count > 1 else ""
+                detail = f"{detail}; ignored {ignored.first}{more}"
+            return ProbeResult.failure(Reason.TIMEOUT, timeout, detail)
+        if not isinstance(got, Reply):
+            break
+        verdict = await _judge(sent, got, datagrams)
+        if verdict.ignored:
             ignored.add(verdict.detail)
+            got = None
+            await trio.lowlevel.checkpoint()  # (a flood of them must not hold the loop)
+            continue
+        late = got.served > timeout + 2 * TICK
+        if verdict.reason is Reason.OK or (late and verdict.reason is Reason.TIMEOUT):
+            # A success, or a timeout, when the kernel timed it past the timeout.
+            return answered(got.served, timeout, verdict.detail if verdict.reason is Reason.OK else "")  # fmt: skip
+        assert verdict.reason is not None
+        latency = timeout if verdict.reason is Reason.TIMEOUT else got.served
+        return ProbeResult.failure(verdict.reason, latency, verdict.detail)
+    assert not isinstance(got, Reply)
+    return ProbeResult.failure(got[0], datagrams.failed_after(), got[1])
+
+
+async def _judge(sent: _Sent, reply: Reply, datagrams: Datagrams) -> Verdict:
+    """The verdict on a reply; the daemon's work, not the server's. An
+    expect_answer search runs in a worker thread for the time the server
+    left of the timeout, and is cut at the probe's limit (a loop too busy to
+    take its result meanwhile does not fail it short of that)."""
+    timeout = datagrams.timeout
+    if sent.check.expect_answer is None:
+        return sent.judge(reply.data)
+    left = min(timeout - reply.served, datagrams.limit - trio.current_time())
+    with trio.CancelScope(deadline=datagrams.limit):
+        return await sent.judge_off_loop(reply.data, max(left, 0.001))
+    detail = f"expect_answer {sent.check.expect_answer!r} still searching the answer"
+    return Verdict(Reason.TIMEOUT, f"no verdict within {timeout:g} s: {detail}")
 
 
 async def _exchange_tcp(sent: _Sent, address: IPAddress, port: int) -> Verdict:

@@ -7,8 +7,10 @@ against 40 a's and a b). Python's `re` holds the GIL while it matches, so
 even in a worker thread it freezes the loop (measured: 14.7 s). The `regex`
 module takes the same syntax, releases the GIL (`concurrent=True`) and gives
 up after a timeout. A search runs in one of SEARCH_THREADS worker threads per
-trio run, with the probe's remaining time as its timeout; a probe cancelled
-meanwhile abandons its thread, which runs on until `regex` gives up.
+trio run, with the time the server left of the probe's timeout as its own
+(a search is the daemon's work: a reply that came in time is not failed for
+it short of the probe's limit); a probe cancelled meanwhile abandons its
+thread, which runs on until `regex` gives up.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from typing import TypeVar, TypeVarTuple
 
 import regex  # type: ignore[import-untyped]  # no stubs in the venv; the calls below are few
 import trio
-
-from director.health.probes.attempt import Attempt
 
 SEARCH_THREADS = 2  # searches at once, per trio run
 
@@ -31,13 +31,6 @@ _LIMITER: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("pat
 
 class StillSearching(TimeoutError):
     """The search had not finished when the probe's time ran out."""
-
-
-async def search(pattern: str, text: str, attempt: Attempt) -> bool:
-    """Whether `pattern` is found in `text`. Raises StillSearching when the
-    attempt's time runs out first, and regex.error for a bad pattern."""
-    remaining = max(attempt.timeout - attempt.elapsed(), 0.001)
-    return await off_loop(search_now, pattern, text, remaining)
 
 
 async def off_loop(function: Callable[[*Ts], T], *args: *Ts) -> T:
@@ -52,6 +45,8 @@ async def off_loop(function: Callable[[*Ts], T], *args: *Ts) -> T:
 
 
 def search_now(pattern: str, text: str, timeout: float) -> bool:
+    """Whether `pattern` is found in `text`; raises StillSearching when
+    `regex` gives up after `timeout` seconds, regex.error for a bad pattern."""
     try:
         return regex.search(pattern, text, concurrent=True, timeout=timeout) is not None
     except TimeoutError as e:

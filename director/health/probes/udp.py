@@ -14,6 +14,42 @@ with Linux's defaults, net.ipv4.neigh.*.mcast_solicit x retrans_time_ms) or
 what a router gives for a destination it cannot reach. The ICMP type, code
 and sender are read from the socket's error queue (struct sock_extended_err,
 include/uapi/linux/errqueue.h).
+
+The timeout and the latency are the server's time, not the daemon's: the
+kernel stamps each datagram as it arrives (SO_TIMESTAMPNS, CLOCK_REALTIME),
+and a reply's time is that stamp less the clock read right before the send
+(`Datagrams.send` says why not after), bounded by the time from there to
+the read (trio's clock, [0, that]), so however
+late a busy daemon reads it. The timeout counts from the send, on trio's
+clock: the daemon's lag before the send is not the server's, and a
+datagram already in the kernel when the deadline passes is read before
+anything is judged. A reply that came in time is judged on its merits
+however late (matching `expect` is the daemon's work, in a worker thread:
+patterns.py); one the kernel timed past the timeout is a timeout,
+"answered in 1.3 s, past the 1 s timeout" (tcp.py's `answered`, which
+allows two ticks over as TCP's clock needs: harmless here). Silence times
+out one timeout after the send ("no reply within 1 s"; up with `silence =
+"up"`), with the timeout as its latency. An ICMP error's latency is the
+time to its read, at most the timeout.
+
+The probe's wall time is bounded all the same, at LIMIT (2) x timeout from
+its start: the server's timeout, and as much again for the daemon's lag
+(before the send, or in matching `expect`), as http.py bounds its own. A
+daemon late by more than that fails the probe rather than hold it, and the
+next, without end: "no reply within 2 s of the start: the server had 0.5 s
+of it, the rest was the daemon's lag"; a search `expect` has not finished
+by then is "no verdict within 1 s: expect '...' still searching the reply".
+
+The kernel stamps arriving packets only while some socket asks for stamps
+(net_enable_timestamp: a static key, switched on by a deferred work item
+when the first such socket appears and off when the last goes). A probe's
+own socket alone would switch it on and off around every probe of a lone
+check, a costly code patch each time, and its reply could come before the
+switch and be stamped only when read. So the first probe opens one socket
+that asks for stamps and keeps it for the process's life (`_KEEPER`): the
+key stays on, and every probe's socket only counts one more.
+
+`Datagrams` is the exchange both this check and DNS over UDP (dns.py) run.
 """
 
 from __future__ import annotations
@@ -21,18 +57,29 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from dataclasses import replace
+import time
+from contextlib import suppress
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv6Address
 
 import trio
 
 from director.health.probes import patterns
 from director.health.probes.attempt import probe_attempt
+from director.health.probes.tcp import TICK, answered
 from director.health.result import ProbeResult, Reason
 from director.health.spec import UdpCheck
 from director.ipvs.model import IPAddress, family_of
 
 MAX_DATAGRAM = 65535
+# A probe's wall time at most, in timeouts (the module's docstring says why).
+LIMIT = 2.0
+_FLAGS = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # include/uapi/asm-generic/socket.h
+_TIMESPEC = struct.Struct("=qq")  # struct timespec (64-bit time_t)
+_TIMESPEC32 = struct.Struct("=ii")  # the same where time_t is 32 bits
+_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
+_KEEPER: socket.socket | None = None  # keeps the kernel stamping (the module's docstring)
 IP_RECVERR = 11  # include/uapi/linux/in.h
 IPV6_RECVERR = 25  # include/uapi/linux/in6.h
 SO_EE_ORIGIN_LOCAL, SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6 = 1, 2, 3
@@ -87,64 +134,195 @@ _ICMP_ERRNOS = {
 async def probe_udp(check: UdpCheck, address: IPAddress, port: int) -> ProbeResult:
     address = check.address or address
     port = check.port if check.port is not None else port
-    replied = False
-    with probe_attempt(check.timing.timeout) as attempt:
-        raw = _socket_with_recverr(address)
-        with trio.socket.from_stdlib_socket(raw) as sock:
-            await sock.connect((str(address), port))
-            try:
-                await sock.send(check.payload)
-            except OSError:
-                # The kernel's own refusal (EPERM from a firewall, ...) unless
-                # the queue holds an ICMP error that arrived before.
-                if (icmp := read_icmp_error(raw)) is None:
-                    raise
-                attempt.fail(*icmp)
-                return attempt.result
-            try:
-                reply = await sock.recv(MAX_DATAGRAM)
-            except OSError as error:
-                if (icmp := read_icmp_error(raw) or _from_errno(error)) is None:
-                    raise
-                attempt.fail(*icmp)
-                return attempt.result
-        replied = True
-        try:
-            matched = check.expect is None or await patterns.search(
-                check.expect, reply.decode("latin-1"), attempt
-            )
-        except patterns.StillSearching:
-            attempt.fail(Reason.TIMEOUT, f"no verdict within {attempt.timeout:g} s")
-        else:
-            if matched:
-                attempt.succeed(detail=f"{len(reply)} byte reply")
-            else:
-                detail = f"reply {reply[:40]!r} does not match {check.expect!r}"
-                attempt.fail(Reason.BAD_REPLY, detail)
-    result = attempt.result
-    if result.reason is Reason.TIMEOUT and replied:
-        # A reply came, and the time ran out matching it against `expect`.
-        detail = f"{result.detail}: expect {check.expect!r} still searching the reply"
-        return replace(result, detail=detail)
-    if result.reason is Reason.TIMEOUT:
-        if check.silence_is_up:
-            return ProbeResult.success(result.latency, detail="no reply")
-        detail = f"no reply within {check.timing.timeout:g} s"
-        return ProbeResult.failure(Reason.NO_REPLY, result.latency, detail)
+    timeout = check.timing.timeout
+    result: ProbeResult | None = None
+    # (Datagrams bounds its waits)
+    with probe_attempt(timeout, deadline=False) as attempt, Datagrams(address, port, timeout) as datagrams:  # fmt: skip
+        result = await _exchange(check, datagrams)
+    if result is None:  # a network failure (attempt.py names it)
+        failed = attempt.result
+        return replace(failed, latency=min(failed.latency, timeout))
     return result
 
 
+async def _exchange(check: UdpCheck, datagrams: Datagrams) -> ProbeResult:
+    timeout = datagrams.timeout
+    icmp = await datagrams.send(check.payload)
+    got = await datagrams.receive() if icmp is None else icmp
+    if got is None:
+        if check.silence_is_up:
+            return ProbeResult.success(timeout, detail="no reply")
+        return ProbeResult.failure(Reason.NO_REPLY, timeout, datagrams.silence("no reply"))
+    if not isinstance(got, Reply):  # an ICMP error
+        return ProbeResult.failure(got[0], datagrams.failed_after(), got[1])
+    reply, served = got.data, got.served
+    if check.expect is None or served > timeout + 2 * TICK:  # (a late reply: a timeout)
+        return answered(served, timeout, f"{len(reply)} byte reply")
+    matched = await datagrams.search(check.expect, reply.decode("latin-1"), served)
+    if matched is None:
+        detail = f"expect {check.expect!r} still searching the reply"
+        return ProbeResult.failure(Reason.TIMEOUT, timeout, f"no verdict within {timeout:g} s: {detail}")  # fmt: skip
+    if matched:
+        return ProbeResult.success(served, detail=f"{len(reply)} byte reply")
+    detail = f"reply {reply[:40]!r} does not match {check.expect!r}"
+    return ProbeResult.failure(Reason.BAD_REPLY, served, detail)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A datagram and the server's time to it: seconds from the send to its
+    arrival in the kernel."""
+
+    data: bytes
+    served: float
+
+
+class Datagrams:
+    """One probe's connected UDP socket (IP_RECVERR, SO_TIMESTAMPNS,
+    non-blocking): its send and its replies, each with the server's time as
+    the kernel stamped its arrival (the module's docstring). Closed on exit."""
+
+    def __init__(self, address: IPAddress, port: int, timeout: float) -> None:
+        self.timeout = timeout
+        self.started = trio.current_time()
+        self.limit = self.started + LIMIT * timeout  # the probe's wall-clock bound
+        self.sent_at = self.started  # the send, on trio's clock (the deadlines')
+        self.deadline = self.limit  # the server's: the send + timeout, at most the limit
+        self._sent_ns = 0  # the send, on the clock of the kernel's stamps
+        self._sockaddr = (str(address), port)
+        self.sock = _socket_with_recverr(address)
+
+    def __enter__(self) -> Datagrams:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.sock.close()
+
+    async def send(self, payload: bytes) -> tuple[Reason, str] | None:
+        """Send `payload` to the server; the ICMP error the socket holds when
+        the kernel refuses it (an ICMP error come before), else None. Raises
+        OSError for the kernel's own refusal (EPERM from a firewall, ...)."""
+        sock = self.sock
+        try:
+            sock.connect(self._sockaddr)
+            while True:
+                # The clocks are read before the send, not after: a reply can
+                # arrive before send(2) returns (on loopback the server may
+                # run and answer within it: stamps 14-67 us before the
+                # return were measured on the host), and a time read after
+                # would make such a server's time 0.
+                self._sent_ns = time.time_ns()
+                self.sent_at = now = trio.current_time()
+                try:
+                    sock.send(payload)
+                    break
+                except BlockingIOError:  # (a full send buffer: hardly ever)
+                    with trio.CancelScope(deadline=self.limit) as waited:
+                        await trio.lowlevel.wait_writable(sock)
+                    if waited.cancelled_caught:
+                        raise trio.TooSlowError() from None
+        except OSError:
+            if (icmp := read_icmp_error(sock)) is None:
+                raise
+            return icmp
+        self.deadline = min(now + self.timeout, self.limit)
+        return None
+
+    async def receive(self) -> Reply | tuple[Reason, str] | None:
+        """The next datagram (`Reply`), an ICMP error (reason and detail), or None when nothing came by the deadline. What the kernel
+        holds when the deadline passes is read (a zero-timeout read) before
+        that is judged. Raises OSError for an error that is no ICMP error."""
+        sock = self.sock
+        cut = False
+        while True:
+            try:
+                data, ancillary, _, _ = sock.recvmsg(MAX_DATAGRAM, _ANCILLARY)
+                break
+            except BlockingIOError:
+                if cut:
+                    return None
+            except OSError as error:
+                if (icmp := read_icmp_error(sock) or _from_errno(error)) is None:
+                    raise
+                return icmp
+            with trio.CancelScope(deadline=self.deadline) as waited:
+                await trio.lowlevel.wait_readable(sock)
+            cut = waited.cancelled_caught
+        elapsed = trio.current_time() - self.sent_at
+        served = arrival(ancillary, self._sent_ns)
+        if served is None or served > elapsed:  # no stamp, or a clock stepped meanwhile
+            return Reply(data, elapsed)
+        return Reply(data, served if served > 0.0 else 0.0)
+
+    async def search(self, pattern: str, text: str, served: float) -> bool | None:
+        """Whether `pattern` is found in `text`, in a worker thread
+        (patterns.py), or None when the search had not finished when the
+        server's time was up (the regex module's own timeout: the time it
+        left of the timeout) or, when the loop is too busy to take the
+        result, at the probe's limit. Raises regex.error for a bad pattern."""
+        left = min(self.timeout - served, self.limit - trio.current_time())
+        matched: bool | None = None
+        with trio.CancelScope(deadline=self.limit), suppress(patterns.StillSearching):
+            matched = await patterns.off_loop(patterns.search_now, pattern, text, max(left, 0.001))  # fmt: skip
+        return matched
+
+    def silence(self, what: str) -> str:
+        """A silent server's detail: `what` within its timeout, or, when the
+        probe's limit came first (the daemon was late before the send), what
+        of it the server had."""
+        if self.sent_at + self.timeout <= self.limit:
+            return f"{what} within {self.timeout:g} s"
+        return (
+            f"{what} within {LIMIT * self.timeout:g} s of the start: the server had"
+            f" {self.limit - self.sent_at:.2g} s of it, the rest was the daemon's lag"
+        )
+
+    def failed_after(self) -> float:
+        """A failure's latency (an ICMP error's): the time to its read, at
+        most the timeout."""
+        return min(trio.current_time() - self.started, self.timeout)
+
+
+def arrival(ancillary: list[tuple[int, int, bytes]], sent_ns: int) -> float | None:
+    """Seconds from the send (`sent_ns`: time.time_ns() right before it) to a
+    datagram's arrival in the kernel, by its SO_TIMESTAMPNS stamp in
+    recvmsg's `ancillary` data (CLOCK_REALTIME), or None without one."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+            seconds, nanoseconds = (_TIMESPEC if len(data) >= _TIMESPEC.size else _TIMESPEC32).unpack_from(data)  # fmt: skip
+            return float(seconds * 1_000_000_000 + nanoseconds - sent_ns) / 1e9
+    return None
+
+
 def _socket_with_recverr(address: IPAddress) -> socket.socket:
-    raw = socket.socket(family_of(address), socket.SOCK_DGRAM)
+    """A non-blocking UDP socket that reports ICMP errors (IP_RECVERR) and
+    stamps what it receives (SO_TIMESTAMPNS)."""
+    _keep_stamping()
+    raw = socket.socket(family_of(address), _FLAGS)
     try:
         if address.version == 4:
             raw.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
         else:
             raw.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+        raw.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     except BaseException:
         raw.close()
         raise
     return raw
+
+
+def _keep_stamping() -> None:
+    """Open the socket that keeps the kernel stamping packets (the module's
+    docstring), once per process."""
+    global _KEEPER
+    if _KEEPER is None:
+        keeper = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            keeper.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError:  # no stamps: every reply's time is then its read's
+            keeper.close()
+            return
+        _KEEPER = keeper
 
 
 def _from_errno(error: OSError) -> tuple[Reason, str] | None:
