@@ -7,6 +7,7 @@ silence run on the autojump clock."""
 from __future__ import annotations
 
 import re
+import socket
 import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,9 +25,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from loop_support import ticking
 
-from director.health.probes import probe, probe_dns
+import director.health.probes.dns as dns_module
+import director.health.probes.udp as udp_module
+from director.health.probes import patterns, probe, probe_dns
 from director.health.probes.dns import Verdict, judge, query_template, with_id
-from director.health.result import Reason
+from director.health.result import ProbeResult, Reason
 from director.health.spec import DnsCheck, Timing
 from director.ipvs.model import IPAddress, family_of
 
@@ -426,3 +429,138 @@ async def test_dns_catastrophic_expect_answer_fails_its_probe_and_the_loop_goes_
     detail = "no verdict within 0.5 s: expect_answer '(a|aa)+$' still searching the answer"
     assert (result.reason, result.detail, result.latency) == (Reason.TIMEOUT, detail, 0.5)
     assert ticks.count >= 10  # the loop kept running while the search did
+
+
+# -- over UDP, the timeout and the latency are the server's time, not the daemon's lag -----
+# As in test_probe_udp.py: the daemon's lag is a jump of the autojump clock
+# while the probe cannot run, and `udp.arrival` the kernel's stamp.
+
+V4 = IPv4Address("127.0.0.1")
+
+
+def lag_before_the_send(
+    monkeypatch: pytest.MonkeyPatch, clock: trio.testing.MockClock, seconds: float
+) -> None:
+    real = udp_module._socket_with_recverr
+
+    def lagging(address: IPAddress) -> socket.socket:
+        sock = real(address)
+        clock.jump(seconds)
+        return sock
+
+    monkeypatch.setattr(udp_module, "_socket_with_recverr", lagging)
+    # (dns.py held a name of its own for it before it ran udp.Datagrams)
+    monkeypatch.setattr(dns_module, "_socket_with_recverr", lagging, raising=False)
+
+
+def stamped(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """The kernel stamps every reply `seconds` after the send."""
+    monkeypatch.setattr(udp_module, "arrival", lambda ancillary, sent_ns: seconds, raising=False)
+
+
+async def held_responder(
+    handler: Handler,
+    clock: trio.testing.MockClock,
+    hold: float = 0.0,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """A UDP DNS server that sends its handler's datagrams, then holds the
+    loop `hold` seconds (a daemon busy after the reply came), with no
+    schedule point between: the probe cannot read the reply first."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((str(V4), 0))
+        sock.setblocking(False)
+        task_status.started(sock.getsockname()[1])
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            data, peer = sock.recvfrom(65535)
+            for reply in handler(dns.message.from_wire(data), data):
+                sock.sendto(reply, peer)
+            clock.jump(hold)
+
+
+async def run_held(
+    check: DnsCheck,
+    clock: trio.testing.MockClock,
+    hold: float = 0.0,
+    handler: Handler = authoritative,
+) -> tuple[ProbeResult, float]:
+    """The probe's result and how long it took, on trio's clock."""
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(held_responder, handler, clock, hold)
+        start = trio.current_time()
+        result = await probe_dns(check, V4, port)
+        took = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    return result, took
+
+
+async def test_dns_lag_before_the_send_does_not_fail_a_server_that_answers_at_once(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    lag_before_the_send(monkeypatch, autojump_clock, 1.5)
+    result, took = await run_held(DnsCheck(Timing(timeout=1.0)), autojump_clock)
+    # (before: 'no verdict within 1 s', the lag counted against the server)
+    assert (result.ok, result.detail, result.latency, took) == (True, "NOERROR, 1 answer", 0.0, 1.5)
+
+
+async def test_dns_reply_in_the_kernel_when_the_deadline_passes_is_read(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    stamped(monkeypatch, 0.002)
+    result, _ = await run_held(DnsCheck(Timing(timeout=1.0)), autojump_clock, 1.5)
+    # (before: up, with the 1.5 s the daemon was held as its latency)
+    assert (result.ok, result.detail, result.latency) == (True, "NOERROR, 1 answer", 0.002)
+
+
+async def test_dns_reply_the_kernel_timed_after_the_timeout_is_a_timeout(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    stamped(monkeypatch, 1.3)
+    result, _ = await run_held(DnsCheck(Timing(timeout=1.0)), autojump_clock, 1.5)
+    detail = "answered in 1.3 s, past the 1 s timeout (NOERROR, 1 answer)"
+    assert (result.ok, result.reason, result.detail, result.latency) == (False, Reason.TIMEOUT, detail, 1.0)  # fmt: skip
+
+
+async def test_dns_ignored_datagram_then_silence_times_out_one_timeout_after_the_send(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    def wrong_id(query: dns.message.Message, wire: bytes) -> list[bytes]:
+        return [other_id(authoritative(query, wire)[0])]
+
+    lag_before_the_send(monkeypatch, autojump_clock, 0.5)
+    result, took = await run_held(DnsCheck(Timing(timeout=1.0)), autojump_clock, handler=wrong_id)
+    assert (result.ok, result.reason, result.latency, took) == (False, Reason.TIMEOUT, 1.0, 1.5)
+    assert re.fullmatch(
+        r"no verdict within 1 s; ignored id 0x[0-9a-f]{4} instead of 0x[0-9a-f]{4}", result.detail
+    ), result.detail
+
+
+async def test_dns_a_probe_ends_at_twice_its_timeout_whatever_the_lag(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    lag_before_the_send(monkeypatch, autojump_clock, 1.5)
+    result, took = await run_held(
+        DnsCheck(Timing(timeout=1.0)), autojump_clock, handler=lambda query, wire: []
+    )
+    detail = "no verdict within 2 s of the start: the server had 0.5 s of it, the rest was the daemon's lag"  # fmt: skip
+    assert (result.ok, result.reason, result.detail, result.latency, took) == (False, Reason.TIMEOUT, detail, 1.0, 2.0)  # fmt: skip
+
+
+async def test_dns_an_expect_answer_result_taken_late_is_a_match(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Judging is the daemon's work: a loop too busy to take the search's
+    # result for 1.5 s does not fail a reply that came in time, short of the
+    # probe's limit (2 s).
+    async def late(function, *args):  # type: ignore[no-untyped-def]
+        autojump_clock.jump(1.5)
+        await trio.lowlevel.checkpoint()
+        return function(*args)
+
+    monkeypatch.setattr(patterns, "off_loop", late)
+    check = DnsCheck(Timing(timeout=1.0), expect_answer="nstld")
+    result, took = await run_held(check, autojump_clock)
+    # (before: 'no verdict within 1 s')
+    assert (result.ok, result.detail, result.latency, took) == (True, "NOERROR, 1 answer", 0.0, 1.5)
