@@ -457,3 +457,16 @@ async def test_udp_a_search_result_taken_late_is_a_match(
         nursery.cancel_scope.cancel()
     # (before: 'no verdict within 1 s: expect ... still searching the reply')
     assert (result.ok, result.detail, result.latency) == (True, "9 byte reply", 0.0)
+
+
+async def test_udp_a_send_after_the_limit_gives_the_server_nothing_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    lag_before_the_send(monkeypatch, autojump_clock, 2.5)
+    with await bound_socket(V4) as silent:
+        start = trio.current_time()
+        check = UdpCheck(Timing(timeout=1.0), payload=b"ping", silence="down")
+        result = await probe_udp(check, V4, silent.getsockname()[1])
+    detail = "no reply within 2 s of the start: the server had 0 s of it, the rest was the daemon's lag"  # fmt: skip
+    assert (result.reason, result.detail, result.latency) == (Reason.NO_REPLY, detail, 1.0)
+    assert trio.current_time() - start == 2.5  # (one zero-timeout read after the send)

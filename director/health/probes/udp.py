@@ -18,19 +18,20 @@ include/uapi/linux/errqueue.h).
 The timeout and the latency are the server's time, not the daemon's: the
 kernel stamps each datagram as it arrives (SO_TIMESTAMPNS, CLOCK_REALTIME),
 and a reply's time is that stamp less the clock read right before the send
-(`Datagrams.send` says why not after), bounded by the time from there to
-the read (trio's clock, [0, that]), so however
-late a busy daemon reads it. The timeout counts from the send, on trio's
-clock: the daemon's lag before the send is not the server's, and a
-datagram already in the kernel when the deadline passes is read before
-anything is judged. A reply that came in time is judged on its merits
-however late (matching `expect` is the daemon's work, in a worker thread:
-patterns.py); one the kernel timed past the timeout is a timeout,
-"answered in 1.3 s, past the 1 s timeout" (tcp.py's `answered`, which
-allows two ticks over as TCP's clock needs: harmless here). Silence times
-out one timeout after the send ("no reply within 1 s"; up with `silence =
-"up"`), with the timeout as its latency. An ICMP error's latency is the
-time to its read, at most the timeout.
+(`Datagrams.send` says why not after), bounded to [0, the time from there to
+the read] (trio's clock), however late a busy daemon reads it. The timeout
+counts from the send, on trio's clock: the daemon's lag before the send is
+not the server's, and a datagram already in the kernel when the deadline
+passes is read before anything is judged. A reply that came in time is
+judged on its merits however late (matching `expect` is the daemon's work,
+in a worker thread: patterns.py); one the kernel timed past the timeout is
+a timeout, "answered in 1.3 s, past the 1 s timeout (9 byte reply)"
+(tcp.py's `answered`). That allows two ticks of the kernel's clock over the
+timeout (8 ms at HZ=250), which TCP's coarse ages need and these stamps do
+not: a reply read late that came up to that much past the timeout is up.
+Silence times out one timeout after the send ("no reply within 1 s"; up
+with `silence = "up"`), with the timeout as its latency. An ICMP error's
+latency is the time to its read, at most the timeout.
 
 The probe's wall time is bounded all the same, at LIMIT (2) x timeout from
 its start: the server's timeout, and as much again for the daemon's lag
@@ -274,7 +275,7 @@ class Datagrams:
             return f"{what} within {self.timeout:g} s"
         return (
             f"{what} within {LIMIT * self.timeout:g} s of the start: the server had"
-            f" {self.limit - self.sent_at:.2g} s of it, the rest was the daemon's lag"
+            f" {max(self.limit - self.sent_at, 0.0):.2g} s of it, the rest was the daemon's lag"
         )
 
     def failed_after(self) -> float:
