@@ -58,7 +58,7 @@ import trio
 
 from director.health.probes import patterns
 from director.health.probes.attempt import probe_attempt
-from director.health.probes.tcp import TICK, answered
+from director.health.probes.tcp import answered
 from director.health.probes.udp import Datagrams, Reply
 from director.health.result import ProbeResult, Reason
 from director.health.spec import DnsCheck
@@ -291,10 +291,10 @@ async def _exchange_udp(sent: _Sent, datagrams: Datagrams) -> ProbeResult:
             got = None
             await trio.lowlevel.checkpoint()  # (a flood of them must not hold the loop)
             continue
-        late = got.served > timeout + 2 * TICK
+        late = got.served > timeout
         if verdict.reason is Reason.OK or (late and verdict.reason is Reason.TIMEOUT):
             # A success, or a timeout, when the kernel timed it past the timeout.
-            return answered(got.served, timeout, verdict.detail if verdict.reason is Reason.OK else "")  # fmt: skip
+            return answered(got.served, timeout, verdict.detail if verdict.reason is Reason.OK else "", slack=0.0)  # fmt: skip
         assert verdict.reason is not None
         latency = timeout if verdict.reason is Reason.TIMEOUT else got.served
         return ProbeResult.failure(verdict.reason, latency, verdict.detail)

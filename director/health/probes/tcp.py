@@ -247,16 +247,23 @@ def arrival(sock: _socket.socket, now: float) -> float:
     return now - waited if waited > 0.0 else now
 
 
-def answered(latency: float, timeout: float, detail: str = "", *, what: str = "answered") -> ProbeResult:  # fmt: skip
+def answered(
+    latency: float,
+    timeout: float,
+    detail: str = "",
+    *,
+    what: str = "answered",
+    slack: float = 2 * TICK,
+) -> ProbeResult:
     """The verdict on an answer that took the server `latency` seconds as
     the kernel timed it (`handshake_time`, `arrival`): a success, or a
-    timeout when that is surely over `timeout`, by more than the two ticks
-    `arrival` may add. A watcher reads what the kernel holds before it
+    timeout when that is surely over `timeout`, by more than `slack` (the
+    two ticks `arrival` may add; 0 for an exact figure, a datagram's stamp). A watcher reads what the kernel holds before it
     judges a deadline, so that the daemon's lag fails no server; an answer
     read so that came after the deadline is as late as one read in time:
     "connected in 1.3 s, past the 1 s timeout", "answered in 1.3 s, past
     the 1 s timeout (status 200)". A timeout's latency is its timeout."""
-    if latency <= timeout + 2 * TICK:
+    if latency <= timeout + slack:
         return ProbeResult.success(latency, detail=detail)
     late = f"{what} in {duration(latency)}, past the {timeout:g} s timeout"
     return ProbeResult.failure(Reason.TIMEOUT, timeout, f"{late} ({detail})" if detail else late)

@@ -26,9 +26,8 @@ passes is read before anything is judged. A reply that came in time is
 judged on its merits however late (matching `expect` is the daemon's work,
 in a worker thread: patterns.py); one the kernel timed past the timeout is
 a timeout, "answered in 1.3 s, past the 1 s timeout (9 byte reply)"
-(tcp.py's `answered`). That allows two ticks of the kernel's clock over the
-timeout (8 ms at HZ=250), which TCP's coarse ages need and these stamps do
-not: a reply read late that came up to that much past the timeout is up.
+(tcp.py's `answered`, with no slack: the stamp is exact, where TCP's ages
+are counted in ticks of the kernel's clock).
 Silence times out one timeout after the send ("no reply within 1 s"; up
 with `silence = "up"`), with the timeout as its latency. An ICMP error's
 latency is the time to its read, at most the timeout.
@@ -67,7 +66,7 @@ import trio
 
 from director.health.probes import patterns
 from director.health.probes.attempt import probe_attempt
-from director.health.probes.tcp import TICK, answered
+from director.health.probes.tcp import answered
 from director.health.result import ProbeResult, Reason
 from director.health.spec import UdpCheck
 from director.ipvs.model import IPAddress, family_of
@@ -157,8 +156,8 @@ async def _exchange(check: UdpCheck, datagrams: Datagrams) -> ProbeResult:
     if not isinstance(got, Reply):  # an ICMP error
         return ProbeResult.failure(got[0], datagrams.failed_after(), got[1])
     reply, served = got.data, got.served
-    if check.expect is None or served > timeout + 2 * TICK:  # (a late reply: a timeout)
-        return answered(served, timeout, f"{len(reply)} byte reply")
+    if check.expect is None or served > timeout:  # (a late reply: a timeout)
+        return answered(served, timeout, f"{len(reply)} byte reply", slack=0.0)
     matched = await datagrams.search(check.expect, reply.decode("latin-1"), served)
     if matched is None:
         detail = f"expect {check.expect!r} still searching the reply"
