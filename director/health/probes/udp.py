@@ -316,13 +316,18 @@ def _keep_stamping() -> None:
     docstring), once per process."""
     global _KEEPER
     if _KEEPER is None:
-        keeper = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        try:
-            keeper.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        except OSError:  # no stamps: every reply's time is then its read's
-            keeper.close()
+        for family in (socket.AF_INET, socket.AF_INET6):  # (a kernel may lack either)
+            try:
+                keeper = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                keeper.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            except OSError:  # no stamps: every reply's time is then its read's
+                keeper.close()
+                return
+            _KEEPER = keeper
             return
-        _KEEPER = keeper
 
 
 def _from_errno(error: OSError) -> tuple[Reason, str] | None:
