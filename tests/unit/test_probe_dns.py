@@ -24,10 +24,9 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 from loop_support import ticking
+from test_probe_udp import V4, lag_before_the_send, search_taken_late, stamped
 
-import director.health.probes.dns as dns_module
-import director.health.probes.udp as udp_module
-from director.health.probes import patterns, probe, probe_dns
+from director.health.probes import probe, probe_dns
 from director.health.probes.dns import Verdict, judge, query_template, with_id
 from director.health.result import ProbeResult, Reason
 from director.health.spec import DnsCheck, Timing
@@ -435,28 +434,6 @@ async def test_dns_catastrophic_expect_answer_fails_its_probe_and_the_loop_goes_
 # As in test_probe_udp.py: the daemon's lag is a jump of the autojump clock
 # while the probe cannot run, and `udp.arrival` the kernel's stamp.
 
-V4 = IPv4Address("127.0.0.1")
-
-
-def lag_before_the_send(
-    monkeypatch: pytest.MonkeyPatch, clock: trio.testing.MockClock, seconds: float
-) -> None:
-    real = udp_module._socket_with_recverr
-
-    def lagging(address: IPAddress) -> socket.socket:
-        sock = real(address)
-        clock.jump(seconds)
-        return sock
-
-    monkeypatch.setattr(udp_module, "_socket_with_recverr", lagging)
-    # (dns.py held a name of its own for it before it ran udp.Datagrams)
-    monkeypatch.setattr(dns_module, "_socket_with_recverr", lagging, raising=False)
-
-
-def stamped(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
-    """The kernel stamps every reply `seconds` after the send."""
-    monkeypatch.setattr(udp_module, "arrival", lambda ancillary, sent_ns: seconds, raising=False)
-
 
 async def held_responder(
     handler: Handler,
@@ -554,12 +531,7 @@ async def test_dns_an_expect_answer_result_taken_late_is_a_match(
     # Judging is the daemon's work: a loop too busy to take the search's
     # result for 1.5 s does not fail a reply that came in time, short of the
     # probe's limit (2 s).
-    async def late(function, *args):  # type: ignore[no-untyped-def]
-        autojump_clock.jump(1.5)
-        await trio.lowlevel.checkpoint()
-        return function(*args)
-
-    monkeypatch.setattr(patterns, "off_loop", late)
+    search_taken_late(monkeypatch, autojump_clock, 1.5)
     check = DnsCheck(Timing(timeout=1.0), expect_answer="nstld")
     result, took = await run_held(check, autojump_clock)
     # (before: 'no verdict within 1 s')

@@ -326,6 +326,20 @@ def lag_before_the_send(
     monkeypatch.setattr(udp_module, "_socket_with_recverr", lagging)
 
 
+def search_taken_late(
+    monkeypatch: pytest.MonkeyPatch, clock: trio.testing.MockClock, seconds: float
+) -> None:
+    """A search's result (patterns.off_loop) taken `seconds` after it was asked for."""
+    from director.health.probes import patterns
+
+    async def late(function, *args):  # type: ignore[no-untyped-def]
+        clock.jump(seconds)
+        await trio.lowlevel.checkpoint()
+        return function(*args)
+
+    monkeypatch.setattr(patterns, "off_loop", late)
+
+
 def stamped(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """The kernel stamps every reply `seconds` after the send."""
     monkeypatch.setattr(udp_module, "arrival", lambda ancillary, sent_ns: seconds, raising=False)
@@ -442,14 +456,7 @@ async def test_udp_a_search_result_taken_late_is_a_match(
     # The search is the daemon's work: a loop too busy to take its result for
     # 1.5 s does not fail a reply that came in time, short of the probe's
     # limit (2 s).
-    from director.health.probes import patterns
-
-    async def late(function, *args):  # type: ignore[no-untyped-def]
-        autojump_clock.jump(1.5)
-        await trio.lowlevel.checkpoint()
-        return function(*args)
-
-    monkeypatch.setattr(patterns, "off_loop", late)
+    search_taken_late(monkeypatch, autojump_clock, 1.5)
     check = UdpCheck(Timing(timeout=1.0), payload=b"ping", expect="^echo:ping$")
     async with trio.open_nursery() as nursery:
         port = await nursery.start(held_echo, autojump_clock)

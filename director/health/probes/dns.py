@@ -59,7 +59,7 @@ import trio
 from director.health.probes import patterns
 from director.health.probes.attempt import probe_attempt
 from director.health.probes.tcp import answered
-from director.health.probes.udp import Datagrams, Reply
+from director.health.probes.udp import Datagrams, Reply, exchange_datagrams
 from director.health.result import ProbeResult, Reason
 from director.health.spec import DnsCheck
 from director.ipvs.model import IPAddress, family_of
@@ -258,14 +258,9 @@ async def probe_dns(check: DnsCheck, address: IPAddress, port: int) -> ProbeResu
         if result.reason is Reason.TIMEOUT:  # (its latency: the timeout, not the time to see it)
             return replace(result, latency=timeout)
         return result
-    udp: ProbeResult | None = None
-    # (Datagrams bounds its waits)
-    with probe_attempt(timeout, deadline=False) as attempt, Datagrams(address, port, timeout) as datagrams:  # fmt: skip
-        udp = await _exchange_udp(sent, datagrams)
-    if udp is None:  # a network failure (attempt.py names it)
-        failed = attempt.result
-        return replace(failed, latency=min(failed.latency, timeout))
-    return udp
+    return await exchange_datagrams(
+        address, port, check.timing, functools.partial(_exchange_udp, sent)
+    )
 
 
 async def _exchange_udp(sent: _Sent, datagrams: Datagrams) -> ProbeResult:

@@ -58,8 +58,10 @@ import errno
 import socket
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, replace
+from functools import partial
 from ipaddress import IPv4Address, IPv6Address
 
 import trio
@@ -68,7 +70,7 @@ from director.health.probes import patterns
 from director.health.probes.attempt import probe_attempt
 from director.health.probes.tcp import answered
 from director.health.result import ProbeResult, Reason
-from director.health.spec import UdpCheck
+from director.health.spec import Timing, UdpCheck
 from director.ipvs.model import IPAddress, family_of
 
 MAX_DATAGRAM = 65535
@@ -134,12 +136,24 @@ _ICMP_ERRNOS = {
 async def probe_udp(check: UdpCheck, address: IPAddress, port: int) -> ProbeResult:
     address = check.address or address
     port = check.port if check.port is not None else port
-    timeout = check.timing.timeout
+    return await exchange_datagrams(address, port, check.timing, partial(_exchange, check))
+
+
+async def exchange_datagrams(
+    address: IPAddress,
+    port: int,
+    timing: Timing,
+    exchange: Callable[[Datagrams], Awaitable[ProbeResult]],
+) -> ProbeResult:
+    """`exchange`'s result over a probe's `Datagrams` to `address`:`port`,
+    or for a network failure it raises, attempt.py's result for it (its
+    latency the time to it, at most the timeout)."""
+    timeout = timing.timeout
     result: ProbeResult | None = None
     # (Datagrams bounds its waits)
     with probe_attempt(timeout, deadline=False) as attempt, Datagrams(address, port, timeout) as datagrams:  # fmt: skip
-        result = await _exchange(check, datagrams)
-    if result is None:  # a network failure (attempt.py names it)
+        result = await exchange(datagrams)
+    if result is None:
         failed = attempt.result
         return replace(failed, latency=min(failed.latency, timeout))
     return result
