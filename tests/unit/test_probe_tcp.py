@@ -218,6 +218,42 @@ async def test_a_handshake_slower_than_the_timeout_is_a_timeout_however_late_it_
     assert (result.ok, result.reason, result.latency, result.detail) == expect
 
 
+async def test_the_handshake_is_timed_on_the_clock_of_its_read_not_the_rounds(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher reads a round's events with the time it took before the
+    round (`now`); the kernel's age of the SYN-ACK is read later, when the
+    socket is handled. Were `now` the handshake's reference, the round's
+    work before it (or a pause of the daemon: an operator's SIGSTOP of 1.5 s
+    showed `ok 0.0ms` for a server 1.3 s away) would come off the server's
+    time. The elapsed time handed to `handshake_time` is the clock's at the
+    read: 2 s, not the round's 0.5."""
+    seen: list[float] = []
+
+    def timed(sock: socket.socket, elapsed: float) -> float:
+        seen.append(elapsed)
+        return 0.001
+
+    monkeypatch.setattr(tcp, "handshake_time", timed)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        connects = Connects()
+        results: list[ProbeResult] = []
+        target = destination(TcpCheck(), ip_address("127.0.0.1"), server.getsockname()[1])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connects.watch)
+            await trio.lowlevel.checkpoint()
+            start = trio.current_time()
+            connects.start(target, results.append)
+            (probe,) = connects._pending.values()
+            autojump_clock.jump(2.0)
+            connects._handle(probe, select.EPOLLOUT, start + 0.5)
+            nursery.cancel_scope.cancel()
+    assert seen == [2.0]
+    assert [(r.ok, r.latency) for r in results] == [(True, 0.001)]
+
+
 def test_an_answer_past_the_timeout_says_how_late_it_came() -> None:
     assert answered(1.5, 1.0, "status 200") == ProbeResult.failure(
         Reason.TIMEOUT, 1.0, "answered in 1.5 s, past the 1 s timeout (status 200)"

@@ -35,9 +35,9 @@ udp.py says why). A reply the kernel timed past the timeout is a timeout,
 "answered in 1.3 s, past the 1 s timeout (NOERROR, 1 answer)"; silence, one
 timeout after the send, "no verdict within 1 s". Over TCP the whole exchange
 runs under the timeout from the start, the time to the verdict its latency.
-An `expect_answer` search that has not finished in the time the server left
-of the timeout is a timeout, "no verdict within 1 s: expect_answer '...'
-still searching the answer".
+An `expect_answer` search (the daemon's work, with `timeout` seconds of its
+own: patterns.py) that has not finished then is a timeout, "no verdict
+within 1 s: expect_answer '...' still searching the answer".
 """
 
 from __future__ import annotations
@@ -298,16 +298,15 @@ async def _exchange_udp(sent: _Sent, datagrams: Datagrams) -> ProbeResult:
 
 
 async def _judge(sent: _Sent, reply: Reply, datagrams: Datagrams) -> Verdict:
-    """The verdict on a reply; the daemon's work, not the server's. An
-    expect_answer search runs in a worker thread for the time the server
-    left of the timeout, and is cut at the probe's limit (a loop too busy to
-    take its result meanwhile does not fail it short of that)."""
+    """The verdict on a reply; the daemon's work, not the server's: an
+    expect_answer search runs in a worker thread with a time of its own
+    (patterns.py)."""
     timeout = datagrams.timeout
     if sent.check.expect_answer is None:
         return sent.judge(reply.data)
-    left = min(timeout - reply.served, datagrams.limit - trio.current_time())
-    with trio.CancelScope(deadline=datagrams.limit):
-        return await sent.judge_off_loop(reply.data, max(left, 0.001))
+    verdict = await patterns.in_time(functools.partial(sent.judge, reply.data), timeout)
+    if verdict is not None:
+        return verdict
     detail = f"expect_answer {sent.check.expect_answer!r} still searching the answer"
     return Verdict(Reason.TIMEOUT, f"no verdict within {timeout:g} s: {detail}")
 

@@ -48,8 +48,9 @@ came in time is up, one that came after its deadline a timeout (tcp.py's
 times out when its own time reaches the timeout (the handshake, the rounds
 it answered, then the wait since the open round's first send): whatever the
 daemon's lag, it gets its whole timeout, and no more.
-The probe's wall time is bounded all the same, by LIMIT x timeout from its
-start (every wait's deadline is at most that): the connect's wait is at most
+The probe's waits on the network are bounded all the same, by LIMIT x
+timeout from its start (every wait's deadline is at most that; an
+`expect_body` search after them has a bound of its own): the connect's wait is at most
 one timeout (the network's), the server's time at most another, and the
 rest is the daemon's lag before its sends; a daemon late by more than a
 whole timeout in all fails the probe ("... the rest was the daemon's lag")
@@ -58,12 +59,13 @@ says what timed out (attempt.py's `timed_out`): the connect, the TLS
 handshake, the answer, a head or a body still coming.
 
 `expect_body` is searched by the `regex` module (the syntax of `re`) in a
-worker thread that does not hold the GIL while it matches, with the time the
-server left of the timeout (within the probe's limit) as the search's own
-timeout: a pattern that backtracks catastrophically on a hostile body fails
-its probe with a timeout and blocks neither the event loop nor other probes. Such a search keeps its thread (one
-of at most SEARCH_THREADS) until `regex` gives up, which it does some time
-after that timeout (measured: up to 3x later).
+worker thread that does not hold the GIL while it matches, with the check's
+timeout as the search's own, from its start (the daemon's work, whatever the
+server took: patterns.py): a pattern that backtracks catastrophically on a
+hostile body fails its probe with a timeout and blocks neither the event
+loop nor other probes. Such a search keeps its thread (one of at most
+SEARCH_THREADS) until `regex` gives up, which it does some time after that
+timeout (measured: up to 3x later).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ import socket
 import ssl
 from collections.abc import Iterable
 from dataclasses import replace
+from functools import partial
 from time import perf_counter
 
 import h11
@@ -291,25 +294,13 @@ class _Exchange:
             self.step = BODY
             body = await read_raw_body(conn, stream, MAX_BODY)
             charset = charset_of(response.headers)
-            connection = self.connection
-            assert connection is not None
-            # The search is the daemon's work: the regex module gives up
-            # after the time the server left of the timeout, and the probe's
-            # limit cuts it if it does not (it may take 3x that to give up);
-            # a loop too busy to take a finished search's result meanwhile
-            # does not fail it short of the limit.
-            now = trio.current_time()
-            limit = attempt.started + LIMIT * attempt.timeout
-            left = min(attempt.timeout - (connection.served() or 0.0), limit - now)
-            matched: bool | None = None
+            # The search is the daemon's work, with a time of its own (patterns.py).
+            search = partial(body_matches, check.expect_body, body, charset)
             try:
-                with trio.CancelScope(deadline=limit):
-                    matched = await search_body(check.expect_body, body, charset, left)
+                matched = await patterns.in_time(search, attempt.timeout)
             except regex.error as e:
                 attempt.fail(Reason.ERROR, f"expect_body {check.expect_body!r}: {e}")
                 return
-            except TimeoutError:  # the regex module's own timeout
-                pass
             if matched is None:
                 detail = f"expect_body {check.expect_body!r} still searching the body"
                 attempt.fail(Reason.TIMEOUT, f"no verdict within {attempt.timeout:g} s: {detail}")
@@ -532,9 +523,8 @@ def decode_body(body: bytes, charset: str | None) -> str:
     return body.decode("utf-8", "replace")
 
 
-async def search_body(pattern: str, body: bytes, charset: str | None, seconds: float) -> bool:
-    """Whether `pattern` is found in the decoded body (off the event loop,
-    giving up with TimeoutError after `seconds`: patterns.py). Raises
-    regex.error for a bad pattern."""
-    text = decode_body(body, charset)
-    return await patterns.off_loop(patterns.search_now, pattern, text, max(seconds, 0.001))
+def body_matches(pattern: str, body: bytes, charset: str | None, seconds: float) -> bool:
+    """Whether `pattern` is found in the decoded body, giving up with
+    patterns.StillSearching after `seconds`. Raises regex.error for a bad
+    pattern."""
+    return patterns.search_now(pattern, decode_body(body, charset), seconds)

@@ -210,7 +210,8 @@ class Exchanges(Watcher[HttpDestination, _Exchange]):
                     if code:
                         raise OSError(code, os.strerror(code))
                 if out is exchange.target.wire:  # connected: the first send
-                    exchange.handshake = handshake_time(sock, now - exchange.started)
+                    # (the clock now, not the round's: see tcp.Connects._handle)
+                    exchange.handshake = handshake_time(sock, self._now() - exchange.started)
                     exchange.sent = perf_counter()
                     exchange.sent_at = now
                 try:

@@ -7,10 +7,16 @@ against 40 a's and a b). Python's `re` holds the GIL while it matches, so
 even in a worker thread it freezes the loop (measured: 14.7 s). The `regex`
 module takes the same syntax, releases the GIL (`concurrent=True`) and gives
 up after a timeout. A search runs in one of SEARCH_THREADS worker threads per
-trio run, with the time the server left of the probe's timeout as its own
-(a search is the daemon's work: a reply that came in time is not failed for
-it short of the probe's limit); a probe cancelled meanwhile abandons its
-thread, which runs on until `regex` gives up.
+trio run (`in_time`); a probe cancelled meanwhile abandons its thread, which
+runs on until `regex` gives up.
+
+A search is the daemon's work on a reply that came in time, not the
+server's: it gets the check's timeout of its own, from when it starts,
+whatever the server took and however late a busy or paused daemon comes to
+it (a search cut by the time the server left, or by the probe's wall-clock
+limit, failed a healthy server whenever the daemon paused for a second:
+an operator's SIGSTOP of 1.5 s, "still searching the reply" for a 5-byte
+reply).
 """
 
 from __future__ import annotations
@@ -29,8 +35,28 @@ Ts = TypeVarTuple("Ts")
 _LIMITER: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("pattern_search")
 
 
+# A search's result is waited for at most this many times its own time: the
+# regex module gives up up to 3x after its timeout (measured); past that,
+# the probe moves on and the thread runs until it gives up.
+RESULT_WAIT = 4.0
+
+
 class StillSearching(TimeoutError):
-    """The search had not finished when the probe's time ran out."""
+    """The search had not finished when its time ran out."""
+
+
+async def in_time(search: Callable[[float], T], seconds: float) -> T | None:
+    """`search(seconds)`, a search that gives up with StillSearching after
+    `seconds` (search_now's), off the loop (`off_loop`), its own time
+    counted from now. None when it gave up, or its result did not come
+    within RESULT_WAIT x `seconds`. Raises what `search` raises otherwise
+    (regex.error for a bad pattern)."""
+    with trio.move_on_after(RESULT_WAIT * seconds):
+        try:
+            return await off_loop(search, seconds)
+        except StillSearching:
+            return None
+    return None
 
 
 async def off_loop(function: Callable[[*Ts], T], *args: *Ts) -> T:

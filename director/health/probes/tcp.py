@@ -204,7 +204,10 @@ class Connects(Watcher[TcpDestination, _Connect]):
     def _handle(self, probe: _Connect, flags: int, now: float) -> None:
         sock = probe.sock
         assert sock is not None
-        elapsed = now - probe.started
+        # The clock read now, not the round's `now`: TCP_INFO's ages are the
+        # kernel's as of this read, and a round's work (or a pause of the
+        # daemon) since `now` would count twice, taken off the server's time.
+        elapsed = self._now() - probe.started
         # EPOLLOUT alone: connected (a failed connect reports EPOLLERR).
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if flags & _FAILED else 0
         if code == 0:
@@ -217,11 +220,12 @@ class Connects(Watcher[TcpDestination, _Connect]):
 
 def handshake_time(sock: _socket.socket, elapsed: float) -> float:
     """Seconds from a connected socket's SYN to its SYN-ACK, as the kernel
-    timed them, `elapsed` (the start to the read) at most: the round trip
-    of the SYN when it was sent once, else the time from the start to the
-    SYN-ACK's arrival (to the millisecond). The watcher's read may come
-    long after (a tick, a loop held up): that is the daemon's time, not the
-    probe's."""
+    timed them, `elapsed` (the start to this call, read just before it) at
+    most: the round trip of the SYN when it was sent once, else the time
+    from the start to the SYN-ACK's arrival (to the millisecond: `elapsed`
+    less the kernel's age of that ACK, read here, so `elapsed` must be as
+    fresh). The watcher's read may come long after (a tick, a loop held
+    up): that is the daemon's time, not the probe's."""
     try:
         ack_age_ms, rtt_us, retransmitted = _INFO.unpack(sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _INFO.size))  # fmt: skip
     except (OSError, struct.error):  # no TCP_INFO: the read's time

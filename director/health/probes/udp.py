@@ -24,21 +24,22 @@ counts from the send, on trio's clock: the daemon's lag before the send is
 not the server's, and a datagram already in the kernel when the deadline
 passes is read before anything is judged. A reply that came in time is
 judged on its merits however late (matching `expect` is the daemon's work,
-in a worker thread: patterns.py); one the kernel timed past the timeout is
-a timeout, "answered in 1.3 s, past the 1 s timeout (9 byte reply)"
-(tcp.py's `answered`, with no slack: the stamp is exact, where TCP's ages
-are counted in ticks of the kernel's clock).
-Silence times out one timeout after the send ("no reply within 1 s"; up
-with `silence = "up"`), with the timeout as its latency. An ICMP error's
-latency is the time to its read, at most the timeout.
+in a worker thread, with a time of its own: patterns.py). One the kernel
+stamped past the timeout is silence, as a daemon that read in time saw it:
+"no reply (one came in 1.3 s)", up with `silence = "up"`, else "no reply
+within 1 s (one came in 1.3 s)" (the stamp is exact: no slack, where TCP's
+ages are counted in ticks of the kernel's clock). Silence times out one
+timeout after the send ("no reply within 1 s"; up with `silence = "up"`),
+with the timeout as its latency. An ICMP error's latency is the time to
+its read, at most the timeout.
 
-The probe's wall time is bounded all the same, at LIMIT (2) x timeout from
-its start: the server's timeout, and as much again for the daemon's lag
-(before the send, or in matching `expect`), as http.py bounds its own. A
-daemon late by more than that fails the probe rather than hold it, and the
-next, without end: "no reply within 2 s of the start: the server had 0.5 s
-of it, the rest was the daemon's lag"; a search `expect` has not finished
-by then is "no verdict within 1 s: expect '...' still searching the reply".
+The wait for the reply is bounded all the same, at LIMIT (2) x timeout from
+the probe's start: the server's timeout, and as much again for the daemon's
+lag before the send, as http.py bounds its own. A daemon late by more than
+that fails the probe rather than hold it, and the next, without end: "no
+reply within 2 s of the start: the server had 0.5 s of it, the rest was
+the daemon's lag". A search of `expect` not finished in its own time is
+"no verdict within 1 s: expect '...' still searching the reply".
 
 The kernel stamps arriving packets only while some socket asks for stamps
 (net_enable_timestamp: a static key, switched on by a deferred work item
@@ -59,7 +60,6 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 from dataclasses import dataclass, replace
 from functools import partial
 from ipaddress import IPv4Address, IPv6Address
@@ -67,8 +67,7 @@ from ipaddress import IPv4Address, IPv6Address
 import trio
 
 from director.health.probes import patterns
-from director.health.probes.attempt import probe_attempt
-from director.health.probes.tcp import answered
+from director.health.probes.attempt import duration, probe_attempt
 from director.health.result import ProbeResult, Reason
 from director.health.spec import Timing, UdpCheck
 from director.ipvs.model import IPAddress, family_of
@@ -163,16 +162,21 @@ async def _exchange(check: UdpCheck, datagrams: Datagrams) -> ProbeResult:
     timeout = datagrams.timeout
     icmp = await datagrams.send(check.payload)
     got = await datagrams.receive() if icmp is None else icmp
+    late = ""
+    if isinstance(got, Reply) and got.served > timeout:
+        # Silence, as a daemon that read in time saw it, whatever came since.
+        late, got = f" (one came in {duration(got.served)})", None
     if got is None:
         if check.silence_is_up:
-            return ProbeResult.success(timeout, detail="no reply")
-        return ProbeResult.failure(Reason.NO_REPLY, timeout, datagrams.silence("no reply"))
+            return ProbeResult.success(timeout, detail=f"no reply{late}")
+        return ProbeResult.failure(Reason.NO_REPLY, timeout, datagrams.silence("no reply") + late)
     if not isinstance(got, Reply):  # an ICMP error
         return ProbeResult.failure(got[0], datagrams.failed_after(), got[1])
     reply, served = got.data, got.served
-    if check.expect is None or served > timeout:  # (a late reply: a timeout)
-        return answered(served, timeout, f"{len(reply)} byte reply", slack=0.0)
-    matched = await datagrams.search(check.expect, reply.decode("latin-1"), served)
+    if check.expect is None:
+        return ProbeResult.success(served, detail=f"{len(reply)} byte reply")
+    search = partial(patterns.search_now, check.expect, reply.decode("latin-1"))
+    matched = await patterns.in_time(search, timeout)  # (the daemon's work: patterns.py)
     if matched is None:
         detail = f"expect {check.expect!r} still searching the reply"
         return ProbeResult.failure(Reason.TIMEOUT, timeout, f"no verdict within {timeout:g} s: {detail}")  # fmt: skip
@@ -267,18 +271,6 @@ class Datagrams:
         if served is None or served > elapsed:  # no stamp, or a clock stepped meanwhile
             return Reply(data, elapsed)
         return Reply(data, served if served > 0.0 else 0.0)
-
-    async def search(self, pattern: str, text: str, served: float) -> bool | None:
-        """Whether `pattern` is found in `text`, in a worker thread
-        (patterns.py), or None when the search had not finished when the
-        server's time was up (the regex module's own timeout: the time it
-        left of the timeout) or, when the loop is too busy to take the
-        result, at the probe's limit. Raises regex.error for a bad pattern."""
-        left = min(self.timeout - served, self.limit - trio.current_time())
-        matched: bool | None = None
-        with trio.CancelScope(deadline=self.limit), suppress(patterns.StillSearching):
-            matched = await patterns.off_loop(patterns.search_now, pattern, text, max(left, 0.001))  # fmt: skip
-        return matched
 
     def silence(self, what: str) -> str:
         """A silent server's detail: `what` within its timeout, or, when the
