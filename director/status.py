@@ -57,6 +57,10 @@ class ServiceStatus:
     sorry: str | None = None  # the sorry server, "10.0.9.99:80", with `sorry_server`
     sorry_decision: str | None = None  # why it is (or is not) in the table
     sorry_weight: int | None = None  # in the kernel table now; None when absent
+    # A real server's last verdict older than this (seconds: its check's
+    # interval + timeout + LATE_AFTER) says its checks are behind; None
+    # without a check.
+    overdue_after: float | None = None
 
 
 def status_report(
@@ -124,9 +128,34 @@ def status_report(
                 sorry=None if sorry is None else _endpoint(sorry.address, sorry.port),
                 sorry_decision=None if sorry is None else sorry.reason,
                 sorry_weight=None if sorry is None else weights.get((sorry.address, sorry.port)),
+                overdue_after=_overdue_after(vs.check),
             )
         )
     return tuple(report)
+
+
+def _overdue_after(check: object) -> float | None:
+    timing = getattr(check, "timing", None)
+    return None if timing is None else timing.interval + timing.timeout + LATE_AFTER
+
+
+def overdue(report: tuple[ServiceStatus, ...]) -> tuple[int, str | None, float | None]:
+    """How many real servers were last probed longer ago than their check's
+    interval and timeout allow (by LATE_AFTER s more), and the longest of
+    them ("tcp:10.0.0.1:80 10.0.1.1:80", seconds): a start that a busy
+    checker skips is late by nothing, so only these ages tell how far
+    behind its checks are."""
+    count, longest, age = 0, None, None
+    for service in report:
+        limit = service.overdue_after
+        if limit is None:
+            continue
+        for rs in service.real_servers:
+            if rs.last_age is not None and rs.last_age > limit:
+                count += 1
+                if age is None or rs.last_age > age:
+                    longest, age = f"{service.service} {rs.server}", rs.last_age
+    return count, longest, age
 
 
 def _pending(decision: Decision, current: int | None) -> str | None:
@@ -175,7 +204,8 @@ def status_data(
     lateness: float | None = None,
 ) -> dict[str, object]:
     """{"services": [...]}, "probe_lateness" when given (seconds the last
-    probe started after its due time), "sync_daemons" when the daemon keeps any
+    probe started after its due time) and then "probes_overdue" (`overdue`:
+    {"servers", "longest", "longest_age"}), "sync_daemons" when the daemon keeps any
     (director.sync.SyncKeeper.report), "vips" when it keeps any
     (director.vips.VipKeeper.report), "maintenance" (a bool) when given,
     and "bgp" with [bgp] (director.bgp.BgpKeeper.report: "speaker" {state,
@@ -183,6 +213,12 @@ def status_data(
     data: dict[str, object] = {"services": [_service_data(s) for s in report]}
     if lateness is not None:
         data["probe_lateness"] = round(lateness, 3)
+        count, longest, age = overdue(report)
+        data["probes_overdue"] = {
+            "servers": count,
+            "longest": longest,
+            "longest_age": None if age is None else round(age, 3),
+        }
     if sync:
         data["sync_daemons"] = [asdict(d) for d in sync]
     if vips:
@@ -230,8 +266,9 @@ def status_text(
     lateness: float = 0.0,
 ) -> str:
     """A maintenance line when on, a line when the last probe started
-    LATE_AFTER or more after its due time (`lateness`, seconds: the checks
-    are behind, and LAST PROBE may be that old); one block per service, one aligned row
+    LATE_AFTER or more after its due time (`lateness`, seconds) or real
+    servers' last probes are older than their checks allow (`overdue`): the
+    checks are behind, and LAST PROBE may be that old; one block per service, one aligned row
     per real server (`summary`: the totals and what is not up, summary_text);
     then one line per sync daemon and per VIP the daemon keeps, and the BGP
     speaker, its peers and routes."""
@@ -241,11 +278,20 @@ def status_text(
         if maintenance
         else ""
     )
+    behind = []
     if lateness >= LATE_AFTER:
+        behind.append(f"the last probe started {lateness:.1f}s after its time")
+    count, longest, age = overdue(report)
+    if count and age is not None:
+        behind.append(
+            f"{count} real server{'' if count == 1 else 's'} not probed for longer than"
+            f" {'its' if count == 1 else 'their'} interval and timeout allow, the longest"
+            f" {age:.1f}s ({longest})"
+        )
+    if behind:
         head += (
-            f"checks behind: the last probe started {lateness:.1f}s after its time (short of"
-            " CPU for this many checks at their intervals: LAST PROBE may be that old, and"
-            " failures are seen that late)\n"
+            f"checks behind: {'; '.join(behind)} (short of CPU for this many checks at their"
+            " intervals: LAST PROBE may be that old, and failures are seen that late)\n"
         )
     services = summary_text(report) if summary else _services_text(report)
     return head + services + _sync_text(sync) + _vips_text(vips) + _bgp_text(bgp)

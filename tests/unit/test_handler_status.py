@@ -302,6 +302,40 @@ def test_checks_behind_are_said_at_the_top() -> None:
     assert status.status_data(report, lateness=119.3456)["probe_lateness"] == 119.346
 
 
+def test_servers_probed_longer_ago_than_their_check_allows_say_the_checks_are_behind() -> None:
+    """A busy checker skips the starts it missed: those are late by nothing,
+    and the last start's lateness looked small (2.1 s) while a server
+    checked every 0.5 s had not been probed for 19.1 s (operator trial).
+    A server whose last verdict is older than its check's interval and
+    timeout allow (by LATE_AFTER more: `overdue_after`) counts."""
+    (base, refused) = _report()
+    fresh = base.real_servers[0]
+    old = dataclasses.replace(fresh, server="10.0.1.2:80", last_age=19.1)
+    older = dataclasses.replace(fresh, server="10.0.1.3:80", last_age=25.04)
+    edge = dataclasses.replace(fresh, server="10.0.1.4:80", last_age=2.5)  # 0.5 + 1 + 1: not over
+    checked = dataclasses.replace(
+        base, real_servers=(dataclasses.replace(fresh, last_age=0.3), old, older, edge),
+        overdue_after=2.5,
+    )  # fmt: skip
+    unchecked = dataclasses.replace(base, service="tcp:10.0.0.3:80", real_servers=(old,))
+    report = (checked, refused, unchecked)
+    assert status.overdue(report) == (2, "tcp:10.0.0.1:80 10.0.1.3:80", 25.04)
+    text = status.status_text(report, lateness=2.125)
+    assert text.startswith(
+        "checks behind: the last probe started 2.1s after its time; 2 real servers not probed"
+        " for longer than their interval and timeout allow, the longest 25.0s"
+        " (tcp:10.0.0.1:80 10.0.1.3:80) (short of CPU"
+    )
+    alone = status.status_text(report, lateness=0.1)
+    assert alone.startswith("checks behind: 2 real servers not probed for longer")
+    assert status.status_data(report, lateness=0.1)["probes_overdue"] == {
+        "servers": 2,
+        "longest": "tcp:10.0.0.1:80 10.0.1.3:80",
+        "longest_age": 25.04,
+    }
+    assert "checks behind" not in status.status_text((refused,), lateness=0.1)
+
+
 async def test_the_daemons_status_says_when_its_checks_are_behind(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
@@ -315,6 +349,7 @@ async def test_the_daemons_status_says_when_its_checks_are_behind(
         behind = await r.command("status", json=False)
     assert "checks behind" not in on_time.stdout
     assert on_time.data is not None and on_time.data["probe_lateness"] < 1.0
+    assert on_time.data["probes_overdue"] == {"servers": 0, "longest": None, "longest_age": None}
     assert behind.stdout.startswith("checks behind: the last probe started 42.0s")
     assert behind.data is not None and behind.data["probe_lateness"] == 42.0
 
