@@ -112,6 +112,7 @@ from director.health.probes.http_head import (
 )
 from director.health.probes.tcp import answered, arrival, handshake_time
 from director.health.probes.tls import TlsContexts, TlsSettings, TlsSetupError
+from director.health.probes.watch import ready_events
 from director.health.result import ProbeResult, Reason
 from director.health.spec import HttpCheck, host_problem
 from director.ipvs.model import IPAddress
@@ -338,7 +339,7 @@ async def _connect(address: IPAddress, port: int, attempt: Attempt) -> _Connecti
         if error == errno.EINPROGRESS:
             with trio.CancelScope(deadline=started + timeout) as waited:
                 await trio.lowlevel.wait_writable(sock)
-            if waited.cancelled_caught and not _ready(sock, select.POLLOUT):
+            if waited.cancelled_caught and not ready_events(sock) & select.POLLOUT:
                 raise _Silent()
             error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
@@ -350,14 +351,6 @@ async def _connect(address: IPAddress, port: int, attempt: Attempt) -> _Connecti
         sock.close()
         raise
     return _Connection(sock, handshake, timeout, started + LIMIT * timeout)
-
-
-def _ready(sock: socket.socket, events: int) -> bool:
-    """Whether the kernel has `events` for the socket now (a zero poll):
-    asked when a deadline passed, before judging."""
-    poll = select.poll()
-    poll.register(sock, events)
-    return bool(poll.poll(0))
 
 
 class _Silent(trio.TooSlowError):
@@ -445,7 +438,7 @@ class _Connection(trio.abc.Stream):
             except BlockingIOError:
                 with trio.CancelScope(deadline=self._deadline) as waited:
                     await trio.lowlevel.wait_writable(self.socket)
-                if waited.cancelled_caught and not _ready(self.socket, select.POLLOUT):
+                if waited.cancelled_caught and not ready_events(self.socket) & select.POLLOUT:
                     raise self._silent() from None
 
     async def wait_send_all_might_not_block(self) -> None:

@@ -21,6 +21,7 @@ import _socket
 import heapq
 import math
 import select
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -45,6 +46,7 @@ __all__ = [
     "nap",
     "nap_until",
     "network_failure",
+    "ready_events",
     "run_watcher",
 ]
 
@@ -315,8 +317,10 @@ class Watcher(Generic[T, P]):
         a checkpoint between them (a busy loop must not starve the other
         tasks), then the probes to handle again, then fails the probes whose
         deadline passed, then begins at most `batch` of the probes asked for
-        meanwhile. A probe is timed out only when the kernel has not
-        reported it after a full read, never for having waited its turn;
+        meanwhile. A probe is timed out only when the kernel has nothing
+        for its socket at its deadline (a zero poll then: what came during
+        the round's work is read, not timed out), never for having waited
+        its turn;
         and probes begin only as fast as their verdicts are read, so that
         under overload probes start late (the checker skips the starts they
         missed) instead of their verdicts waiting, unread, past their
@@ -363,6 +367,15 @@ class Watcher(Generic[T, P]):
                     probe = heapq.heappop(deadlines)[2]
                     if probe.sock is not None:
                         expired += 1
+                        # What came after the round's read (this round's
+                        # work, or a pause, since) is read, not timed out:
+                        # its kernel times judge it (an edge-triggered
+                        # socket's event would wait for the next round).
+                        came = ready_events(probe.sock)
+                        if came:
+                            self._handle(probe, came, now)
+                            if probe.sock is None:  # judged
+                                continue
                         left = self._left(probe, now)
                         if left > _RE_ARM_AT_LEAST:
                             # The daemon's lag used its time, not the server.
@@ -494,3 +507,15 @@ async def awaited(watcher: Watcher[T, Any], target: T) -> ProbeResult:
 
     result: ProbeResult = await trio.lowlevel.wait_task_rescheduled(abort)
     return result
+
+
+_POLL_EVENTS = select.POLLIN | select.POLLOUT
+
+
+def ready_events(sock: _socket.socket | socket.socket) -> int:
+    """The events the kernel has for `sock` now (a zero-timeout poll; its
+    POLL* bits are epoll's EPOLL* on Linux), 0 for none."""
+    poll = select.poll()
+    poll.register(sock, _POLL_EVENTS)
+    got = poll.poll(0)
+    return got[0][1] if got else 0
