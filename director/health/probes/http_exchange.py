@@ -29,8 +29,9 @@ clock, else to within two ticks, never less than the server took). A busy
 daemon's lag between the connect and the send, or the arrival and the read,
 is not in it; a reply that came after the deadline, read after it, is a
 timeout as it would be read in time (tcp.py's `answered`: "answered in
-1.3 s, past the 1 s timeout (status 200)"). A failure the kernel reports (refused, reset) counts the time
-to its read, at most the timeout; a timeout, its timeout.
+1.3 s, past the 1 s timeout (status 200)"). A failure the kernel reports
+(refused, reset) counts the time to its read, at most the timeout; a
+timeout, its timeout.
 
 Whatever the server sends costs it, not the checker: at most one READ_SIZE
 read per socket per round of `watch` (a socket whose read filled the buffer

@@ -15,8 +15,9 @@ trip, or, after a retransmitted SYN, from the start to the SYN-ACK's
 arrival), however late the watcher read it (a loop held up for seconds, or
 the next tick), and a handshake that was slower than the timeout, read
 after its deadline, is a timeout all the same ("connected in 1.3 s, past
-the 1 s timeout": `answered`); a timeout reports its timeout; a failure the kernel reports
-(refused, unreachable) the time to its read, at most the timeout (were it
+the 1 s timeout": `answered`); a timeout reports its timeout; a failure
+the kernel reports (refused, unreachable) the time to its read, at most
+the timeout (were it
 later, the deadline would have failed the probe first but for the
 daemon's own lag). How late a probe *starts* is the checker's `on_start`
 figure, not part of its latency.
@@ -262,11 +263,12 @@ def answered(
     """The verdict on an answer that took the server `latency` seconds as
     the kernel timed it (`handshake_time`, `arrival`): a success, or a
     timeout when that is surely over `timeout`, by more than `slack` (the
-    two ticks `arrival` may add; 0 for an exact figure, a datagram's stamp). A watcher reads what the kernel holds before it
-    judges a deadline, so that the daemon's lag fails no server; an answer
-    read so that came after the deadline is as late as one read in time:
-    "connected in 1.3 s, past the 1 s timeout", "answered in 1.3 s, past
-    the 1 s timeout (status 200)". A timeout's latency is its timeout."""
+    two ticks `arrival` may add; 0 for an exact figure). A watcher reads
+    what the kernel holds before it judges a deadline, so that the daemon's
+    lag fails no server; an answer read so that came after the deadline is
+    as late as one read in time: "connected in 1.3 s, past the 1 s
+    timeout", "answered in 1.3 s, past the 1 s timeout (status 200)". A
+    timeout's latency is its timeout."""
     if latency <= timeout + slack:
         return ProbeResult.success(latency, detail=detail)
     late = f"{what} in {duration(latency)}, past the {timeout:g} s timeout"
