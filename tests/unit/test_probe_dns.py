@@ -7,9 +7,8 @@ silence run on the autojump clock."""
 from __future__ import annotations
 
 import re
-import socket
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
@@ -24,7 +23,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 from loop_support import ticking
-from test_probe_udp import V4, lag_before_the_send, search_taken_late, stamped
+from test_probe_udp import V4, held_server, lag_before_the_send, search_taken_late, stamped
 
 from director.health.probes import probe, probe_dns
 from director.health.probes.dns import Verdict, judge, query_template, with_id
@@ -443,18 +442,12 @@ async def held_responder(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """A UDP DNS server that sends its handler's datagrams, then holds the
-    loop `hold` seconds (a daemon busy after the reply came), with no
-    schedule point between: the probe cannot read the reply first."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((str(V4), 0))
-        sock.setblocking(False)
-        task_status.started(sock.getsockname()[1])
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            data, peer = sock.recvfrom(65535)
-            for reply in handler(dns.message.from_wire(data), data):
-                sock.sendto(reply, peer)
-            clock.jump(hold)
+    loop `hold` seconds (test_probe_udp's `held_server`)."""
+
+    def answer(data: bytes) -> Iterable[bytes]:
+        return handler(dns.message.from_wire(data), data)
+
+    await held_server(answer, clock, hold, task_status=task_status)
 
 
 async def run_held(

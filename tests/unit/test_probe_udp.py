@@ -7,7 +7,7 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
@@ -345,13 +345,15 @@ def stamped(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     monkeypatch.setattr(udp_module, "arrival", lambda ancillary, sent_ns: seconds, raising=False)
 
 
-async def held_echo(
+async def held_server(
+    answer: Callable[[bytes], Iterable[bytes]],
     clock: trio.testing.MockClock,
     hold: float = 0.0,
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Echo, then hold the loop `hold` seconds (a daemon busy after the reply
+    """A UDP server on V4 that sends `answer`'s datagrams for each one it
+    gets, then holds the loop `hold` seconds (a daemon busy after the reply
     came): the reply is sent and the clock jumps with no schedule point
     between them, so that the probe cannot read it first."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -361,8 +363,19 @@ async def held_echo(
         while True:
             await trio.lowlevel.wait_readable(sock)
             data, peer = sock.recvfrom(65535)
-            sock.sendto(b"echo:" + data, peer)
+            for reply in answer(data):
+                sock.sendto(reply, peer)
             clock.jump(hold)
+
+
+async def held_echo(
+    clock: trio.testing.MockClock,
+    hold: float = 0.0,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Echo (`echo:<payload>`), then hold the loop `hold` seconds (`held_server`)."""
+    await held_server(lambda data: [b"echo:" + data], clock, hold, task_status=task_status)
 
 
 def search_at_once(clock: trio.testing.MockClock) -> None:
