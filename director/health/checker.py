@@ -396,24 +396,34 @@ class Checker(Generic[K]):
     def _hand_out(self, due: list[tuple[_Probe[K], float]], *, keep: bool) -> _Probe[K] | None:
         """Start the probes in `due` on idle workers (or new ones); with
         `keep`, the caller is a worker and the first is returned for it to
-        run itself, which saves a task switch."""
+        run itself, which saves a task switch.
+
+        A watcher ends only with the run (its nursery cancelled, or failing
+        on a bug), and may end before a task woken in the same instant gets
+        here: the scheduler by its own deadline, a worker whose probe the
+        stop cancelled, the other watcher with a verdict. Then the probes
+        not yet started are dropped, and the caller's task ends at its next
+        checkpoint, with the run."""
         kept: _Probe[K] | None = None
         on_start, idle, connects = self._on_start, self._idle, self._connects
         now = self._now() if on_start is not None else 0.0  # one read for them all
-        for probe, at in due:
-            if on_start is not None:
-                on_start(probe.target, now - at)
-            if connects is not None and probe.tcp and probe.owner is not None:
-                connects.start(probe, probe)
-            elif connects is not None and probe.http is not None and probe.owner is not None:
-                self._http_exchanges().start(probe.http, probe)
-            elif keep and kept is None:
-                kept = probe
-            elif idle:
-                trio.lowlevel.reschedule(idle.pop(), outcome.Value(probe))
-            else:
-                assert self._nursery is not None
-                self._nursery.start_soon(self._worker, probe)
+        try:
+            for probe, at in due:
+                if on_start is not None:
+                    on_start(probe.target, now - at)
+                if connects is not None and probe.tcp and probe.owner is not None:
+                    connects.start(probe, probe)
+                elif connects is not None and probe.http is not None and probe.owner is not None:
+                    self._http_exchanges().start(probe.http, probe)
+                elif keep and kept is None:
+                    kept = probe
+                elif idle:
+                    trio.lowlevel.reschedule(idle.pop(), outcome.Value(probe))
+                else:
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._worker, probe)
+        except trio.ClosedResourceError:  # a watcher has ended: the run is ending
+            return None
         return kept
 
     async def _worker(self, probe: _Probe[K]) -> None:
