@@ -1,0 +1,168 @@
+"""SIGTERM while hundreds of probes are in flight: directord exits 0, every
+time, and leaves the table in place.
+
+The stop cancels the checker's tasks. A task woken with a value in the same
+instant (the scheduler by its own deadline, a worker whose UDP probe the stop
+cancelled) may run after the TCP watcher has ended; in CI, one such stop made
+directord exit 1 with `ClosedResourceError: the TCP probes' watcher has
+ended` (tests/unit/test_checker_stop.py has the mechanism). Here the real
+daemon is stopped many times at seeded moments while its probes fall due on
+every tick: TCP checks whose timeout is their interval (a probe's deadline
+is its next start) against real servers that answer, refuse, or never
+complete the handshake, and UDP checks that wait on silent ports (workers
+busy at the stop).
+
+Everything lives in the test's own network namespace: the real servers are
+sockets this process opens on a dummy interface's addresses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from daemon_runner import Daemon, wait_until
+from topology import ipvsadm, run
+
+SEED = int(os.environ.get("DIRECTOR_STOP_SEED", "20261202"))
+STOPS = int(os.environ.get("DIRECTOR_STOP_TRIALS", "12"))
+SERVER_NET = "10.82.0"
+SERVERS_PER_KIND = 40
+VIPS = 4
+
+
+@contextlib.contextmanager
+def real_servers() -> Iterator[dict[str, list[tuple[str, int]]]]:
+    """Real servers on 10.82.0.1 of a dummy link: `open` (accept queue
+    room), `dropping` (accept queue full: SYNs are dropped, the connect
+    never completes), `closed` (refused), `silent` (UDP, never answered)."""
+    run("ip", "link", "add", "rs0", "type", "dummy")
+    run("ip", "addr", "add", f"{SERVER_NET}.1/24", "dev", "rs0")
+    run("ip", "link", "set", "rs0", "up")
+    held: list[socket.socket] = []
+    kinds: dict[str, list[tuple[str, int]]] = {
+        "open": [],
+        "dropping": [],
+        "closed": [],
+        "silent": [],
+    }
+    address = f"{SERVER_NET}.1"
+    try:
+        for _ in range(SERVERS_PER_KIND):
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(listener)
+            listener.bind((address, 0))
+            listener.listen(4096)
+            kinds["open"].append((address, listener.getsockname()[1]))
+
+            full = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(full)
+            full.bind((address, 0))
+            full.listen(0)
+            port = full.getsockname()[1]
+            for _ in range(2):
+                filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                held.append(filler)
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect((address, port))
+            kinds["dropping"].append((address, port))
+
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as spare:
+                spare.bind((address, 0))
+                kinds["closed"].append((address, spare.getsockname()[1]))
+
+            silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            held.append(silent)
+            silent.bind((address, 0))
+            kinds["silent"].append((address, silent.getsockname()[1]))
+        yield kinds
+    finally:
+        for sock in held:
+            sock.close()
+        run("ip", "link", "del", "rs0")
+
+
+def config_text(workdir: Path, kinds: dict[str, list[tuple[str, int]]]) -> str:
+    lines = [
+        "[daemon]",
+        "reconcile_interval = 5.0",
+        f'state_file = "{workdir}/state.json"',
+        "[control]",
+        f'socket = "{workdir}/director.sock"',
+    ]
+    tcp = 'check = { type = "tcp", interval = 0.2, timeout = 0.2, rise = 1, fall = 1 }'
+    udp = 'check = { type = "udp", silence = "up", interval = 0.3, timeout = 5.0, rise = 1, fall = 1 }'  # fmt: skip
+    for n in range(VIPS):
+        protocol = "udp" if n == VIPS - 1 else "tcp"
+        servers = (
+            kinds["silent"]
+            if protocol == "udp"
+            else [*kinds["open"], *kinds["dropping"], *kinds["closed"]][n :: VIPS - 1]
+        )
+        lines += [
+            "[[virtual_server]]",
+            f'protocol = "{protocol}"',
+            f'address = "10.83.0.{n + 1}:80"',
+            'scheduler = "wlc"',
+            udp if protocol == "udp" else tcp,
+        ]
+        for address, port in servers:
+            lines += [
+                "[[virtual_server.real_server]]",
+                f'address = "{address}:{port}"',
+                'forward = "masq"',
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def test_sigterm_while_probes_fall_due_exits_0_every_time(netns: str, tmp_path: Path) -> None:
+    rng = random.Random(SEED)
+    with real_servers() as kinds:
+        config = tmp_path / "director.toml"
+        config.write_text(config_text(tmp_path, kinds))
+        for trial in range(STOPS):
+            daemon = Daemon(config)
+            try:
+                daemon.start()
+                # Every probe has started by now (jitter: one interval), and
+                # the open servers are coming in; then a moment of the tick.
+                daemon.wait_event("real_server_up", 30.0)
+                time.sleep(rng.uniform(0.0, 0.5))
+                status = daemon.stop()
+                log = daemon.log_text()
+            finally:
+                daemon.close()
+            where = f"stop {trial + 1} of {STOPS} (seed {SEED})"
+            assert status == 0, f"{where}: exited {status}\n{log}"
+            assert "Traceback" not in log, f"{where}:\n{log}"
+            assert daemon.events("stopping", signal="SIGTERM"), f"{where}:\n{log}"
+            assert daemon.events("table_left_in_place", services=VIPS), f"{where}:\n{log}"
+        # What the stops left: the four services, and only servers that
+        # answer (those up by the last stop).
+        saved = ipvsadm("-Sn")
+        for n in range(VIPS):
+            assert f"-A -{'u' if n == VIPS - 1 else 't'} 10.83.0.{n + 1}:80" in saved, saved
+        for address, port in kinds["dropping"] + kinds["closed"]:
+            assert f"{address}:{port} " not in saved, saved
+        # A last daemon brings every answering server in; its stop leaves
+        # the table as it was.
+        daemon = Daemon(config)
+        try:
+            daemon.start()
+            wait_until(
+                lambda: all(f"{a}:{p} " in ipvsadm("-Sn") for a, p in kinds["open"]),
+                60.0,
+                "every open real server in the table",
+            )
+            before = ipvsadm("-Sn")
+            assert daemon.stop() == 0, daemon.log_text()
+        finally:
+            daemon.close()
+        assert ipvsadm("-Sn") == before
+        ipvsadm("-C")
