@@ -85,6 +85,18 @@ def entries() -> list[Entry]:
     return found
 
 
+def unmatched(net: Network, ports: list[int], listed: list[Entry]) -> str:
+    """For a failed count: the short connections' client ports (repeats, and
+    those without an entry) and the entries from other ports, so that a
+    rare miss says which connection it was."""
+    sources = {e.source: e for e in listed}
+    mine = {f"{net.client.address}:{port}" for port in ports}
+    repeated = sorted(port for port, n in Counter(ports).items() if n > 1)
+    missing = sorted(port for port in ports if f"{net.client.address}:{port}" not in sources)
+    others = sorted(f"{e.source} {e.state} {e.expire}s" for e in listed if e.source not in mine)
+    return f"client ports {sorted(ports)}; repeated {repeated}; no entry {missing}; others {others}"
+
+
 def established_on_real_servers(net: Network) -> int:
     """Sockets the real servers hold ESTABLISHED with the client (NAT keeps
     the client's address): what they see, as `ss` counts it."""
@@ -225,12 +237,13 @@ def test_timeouts_worked_example(net: Network, servers: RealServers, tmp_path: P
         idle_since = time.monotonic()
         idle += open_idle(net, IDLE)
         short_since = time.monotonic()
-        answered = Counter(http_get(net) for _ in range(SHORT))
+        ports: list[int] = []
+        answered = Counter(http_get(net, ports=ports) for _ in range(SHORT))
         assert set(answered) == {"rs1", "rs2"}
         before = show(f"defaults: {IDLE} idle connections open, {SHORT} short ones ended", net)
         by_state = Counter(e.state for e in before)
         assert by_state["ESTABLISHED"] == IDLE
-        assert by_state["TIME_WAIT"] == SHORT
+        assert by_state["TIME_WAIT"] == SHORT, (by_state, unmatched(net, ports, before))
         assert conns("active") == IDLE and conns("inactive") == SHORT
         # Each ended connection is still an entry, for TIME_WAIT's 120 s;
         # each idle one for ESTABLISHED's 900 s (15 min) since its last packet.
@@ -346,12 +359,14 @@ def test_timeouts_worked_example_direct_routing(
         idle_since = time.monotonic()
         idle += open_idle(net, IDLE)
         short_since = time.monotonic()
-        answered = Counter(http_get(net) for _ in range(SHORT))
+        ports: list[int] = []
+        answered = Counter(http_get(net, ports=ports) for _ in range(SHORT))
         assert set(answered) == {"rs1", "rs2"}
         before = show(f"DR, defaults: {IDLE} idle connections open, {SHORT} short ones ended", net)
         by_state = Counter(e.state for e in before)
         assert by_state["ESTABLISHED"] == IDLE
-        assert by_state["FIN_WAIT"] == SHORT, by_state  # not TIME_WAIT: the client's FIN only
+        # Not TIME_WAIT: the client's FIN only.
+        assert by_state["FIN_WAIT"] == SHORT, (by_state, unmatched(net, ports, before))
         floor = left(120, short_since)
         assert all(floor <= e.expire <= 120 for e in before if e.state == "FIN_WAIT"), floor
         assert conns("active") == IDLE and conns("inactive") == SHORT

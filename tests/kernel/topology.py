@@ -218,14 +218,19 @@ class RealServers:
             self.kill(name)
 
 
-def http_get(net: Network, path: str = "/", timeout: float = 5.0) -> str:
+def http_get(
+    net: Network, path: str = "/", timeout: float = 5.0, ports: list[int] | None = None
+) -> str:
     """GET http://VIP{path} from the client; the body (stripped) of a 200 reply.
-    Raises OSError when the connection fails, RuntimeError on another status."""
+    The client's port is appended to `ports`, when given. Raises OSError when
+    the connection fails, RuntimeError on another status."""
     with inside(net.client.netns):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     with sock:
         sock.settimeout(timeout)
         sock.connect((str(net.vip), HTTP_PORT))
+        if ports is not None:
+            ports.append(sock.getsockname()[1])
         sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {net.vip}\r\n\r\n".encode())
         chunks = []
         while chunk := sock.recv(65536):
