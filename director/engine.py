@@ -47,6 +47,7 @@ with the same backoff.
 from __future__ import annotations
 
 import errno
+import math
 import random
 import time
 from collections import deque
@@ -152,6 +153,13 @@ def restart_needed(old: Config, new: Config) -> list[str]:
                 shown = (oct(before), oct(after)) if name == "mode" else (before, after)
                 changes.append(f"[{section}] {name}: {shown[0]!r} -> {shown[1]!r}")
     return changes
+
+
+class Stopping(Exception):
+    """A change asked of the engine after `Director.stop` began: not made."""
+
+
+STOPPING = "directord is stopping: nothing was changed"
 
 
 @dataclass(frozen=True)
@@ -301,6 +309,9 @@ class Director:
         self._why = "start"
         self._jobs: deque[tuple[Callable[[], Awaitable[object]], _Reply]] = deque()
         self._running = False
+        # Set by `stop`: no pass, job or announcement changes the table or
+        # the routes after it (a flush stays a flush).
+        self._stopping = False
         self._passes = 0
         self._drift_vouched = 0  # services the last drift check's digests vouched for
         self.lateness = 0.0  # seconds: how late the last probe started (status shows it)
@@ -493,7 +504,10 @@ class Director:
         during a pass; its result or exception comes back here. Before the
         loop runs (or after it ended), the caller is the only actor and the
         job runs at once. A job may call the engine's own methods
-        (set_runtime, reconcile, ...): it is the owner while it runs."""
+        (set_runtime, reconcile, ...): it is the owner while it runs.
+        Raises Stopping once `stop` began."""
+        if self._stopping:
+            raise Stopping(STOPPING)
         if not self._running:
             return await job()
         reply = _Reply()
@@ -506,8 +520,11 @@ class Director:
     async def _run_jobs(self) -> None:
         while self._jobs:
             job, reply = self._jobs.popleft()
-            self._believed.clear()  # a job may change the kernel itself
-            reply.outcome = await outcome.acapture(job)
+            if self._stopping:  # queued behind the stop
+                reply.outcome = outcome.Error(Stopping(STOPPING))
+            else:
+                self._believed.clear()  # a job may change the kernel itself
+                reply.outcome = await outcome.acapture(job)
             reply.done.set()
 
     # -- the loop -----------------------------------------------------------
@@ -535,10 +552,12 @@ class Director:
                 self.log.info("ready", **self.counts())
                 task_status.started()
                 while True:
-                    with trio.move_on_at(self._next_pass_at()):
+                    with trio.move_on_at(math.inf if self._stopping else self._next_pass_at()):
                         await self._wake.wait()
                     self._wake = trio.Event()
                     await self._run_jobs()
+                    if self._stopping:
+                        continue  # until the daemon cancels the loop
                     await self._pass_if_due()
                     await self.sync.pass_if_due(self.kernel, self.save)
                     await self.traffic_pass("quorum not met")
@@ -1230,6 +1249,7 @@ class Director:
         owned services and remove the owned VIPs (never anyone else's)."""
 
         async def job() -> None:
+            self._stopping = True
             await self.bgp.stop("daemon stopping")
             if not self.config.daemon.flush_on_stop:
                 self.log.info("table_left_in_place", services=len(self.owned))

@@ -36,7 +36,7 @@ from director import log
 from director.config import ConfigError, RealServerId, load_config, parse_config
 from director.control.messages import Peer, Request, Response
 from director.desired import AdminState
-from director.engine import Director, ReloadSummary
+from director.engine import Director, ReloadSummary, Stopping
 from director.ipvs.errors import (
     AcknowledgementsLost,
     BatchError,
@@ -153,6 +153,8 @@ class Controller:
             if request.argv is not None:
                 return await self._ipvsadm(request, peer)
             return await self._command(request, peer)
+        except Stopping as error:  # (a change that raced the stop)
+            return Response(1, "", f"{error}\n")
         except Exception as error:  # a bug must answer, not kill the daemon
             self.log.exception("control_failed", uid=peer.uid, pid=peer.pid)
             return Response(1, "", f"director: internal error: {error!r}\n")

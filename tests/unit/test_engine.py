@@ -927,3 +927,30 @@ async def test_an_add_of_what_the_kernel_has_means_read_again_not_a_refusal(
     moved = [e for e in logs if e["event"] == "ipvs_table_moved"]
     assert moved and all(e["operations"] >= 1 for e in moved)
     assert weights(backend) == {"10.0.1.1": 5, "10.0.1.2": 7}
+
+
+@pytest.mark.parametrize("flush", [True, False])
+async def test_no_pass_changes_the_table_after_the_stop(
+    autojump_clock: trio.testing.MockClock, unmanaged: ServiceEntry, flush: bool
+) -> None:
+    """Operator trial: an `ipvs_apply` was logged after `table_left_in_place`.
+    The stop is a job; the loop went on to the pass that was due, before the
+    daemon cancelled it: after a flush, that pass put the services back."""
+    backend = MemoryBackend([unmanaged])
+    network = FakeNetwork("10.0.1.1")
+    director = make_director(backend, network)
+    director.config = replace(
+        director.config, daemon=replace(director.config.daemon, flush_on_stop=flush)
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await trio.sleep(3.0)  # 10.0.1.1 is up and in the table
+        before = backend.services()
+        director.poke("a change")  # a pass is due when the stop's job ends
+        with structlog.testing.capture_logs() as logs:
+            await director.stop()
+            network.alive.clear()  # and 10.0.1.1 goes down after it
+            await trio.sleep(10.0)  # the daemon's cancel may come later
+        nursery.cancel_scope.cancel()
+    assert backend.services() == ([unmanaged] if flush else before)
+    assert [e["event"] for e in logs if e["event"] in ("ipvs_apply", "ipvs_op")] == []

@@ -639,3 +639,26 @@ async def test_a_restore_passes_over_the_services_it_made_only(
     assert all(read is not None and VIP not in read for read in full)  # (none now)
     assert briefs.count(True) == 2
     assert all(f"-A -t 10.9.9.{i}:80 -s rr\n" in table for i in (1, 2, 3))
+
+
+async def test_a_change_after_the_stop_is_refused_and_changes_nothing(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Operator trial: changes raced SIGTERM. Once the stop began, a change
+    (ipvsadm or command) or a reload is answered as not made, and the table
+    and the state file stay as the stop left them."""
+    async with rig(tmp_path) as r:
+        await trio.sleep(2.0)
+        before, saved = r.backend.services(), (tmp_path / "state.json").read_bytes()
+        await r.director.stop()
+        refused = "directord is stopping: nothing was changed\n"
+        for response in [
+            await r.ipvsadm("-a", "-t", "10.0.0.1:80", "-r", "10.0.1.2:80"),
+            await r.ipvsadm("-D", "-t", "10.0.0.1:80"),
+            await r.command("drain", service="tcp:10.0.0.1:80", server="10.0.1.1:80"),
+            await r.command("reload"),
+        ]:
+            assert (response.status, response.stdout, response.stderr) == (1, "", refused)
+        await trio.sleep(5.0)
+        assert r.backend.services() == before
+        assert (tmp_path / "state.json").read_bytes() == saved
