@@ -438,7 +438,7 @@ class Directord(BenchProcess):
                     sys.executable,
                     *_profiled(),
                     "-m",
-                    "director.daemon",
+                    "director.entry",
                     "--config",
                     str(self.config),
                 ],

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
+from director import entry
+from director.entry import HANDLED_SIGNALS, IGNORED_SIGNALS
 from director.lazyimport import standing_in
 
 # trio imports ssl (its TLS streams) and hmac (DTLS cookies) at its top, and
@@ -43,21 +45,6 @@ with standing_in("ssl", "hmac", "hashlib"):
     from director.sdnotify import Notifier, watchdog_interval
 
 DEFAULT_CONFIG = "/etc/director/director.toml"
-
-
-# Signals whose default action ends the process and that mean nothing to
-# directord: logged (with the status line) and otherwise ignored. An
-# operator used to keepalived sends USR1 and USR2 for its data and stats
-# dumps; a daemon that dies of them stops checking (signal(7)).
-IGNORED_SIGNALS = (
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGALRM,
-    signal.SIGIO,
-    signal.SIGPROF,
-    signal.SIGVTALRM,
-    signal.SIGPWR,
-)
 
 
 # glibc's malloc gives a thread that allocates while another holds the main
@@ -126,6 +113,10 @@ def missing_commands(
 def main(argv: Sequence[str] | None = None) -> int:
     limit_malloc_arenas()
     args = parse_args(argv)
+    if args.version or args.check:
+        entry.uncatch()  # a run that does not serve: signals as usual
+    else:
+        entry.catch()  # (already, through the `directord` command)
     if args.version:
         from importlib.metadata import PackageNotFoundError, version
 
@@ -217,9 +208,9 @@ async def serve(
         controller = Controller(
             director, config_path=config_path, names=SystemNames(), reads=KernelTable(reads)
         )
-        with trio.open_signal_receiver(
-            signal.SIGHUP, signal.SIGTERM, signal.SIGINT, *IGNORED_SIGNALS
-        ) as signals:
+        entry.catch()
+        with trio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
+            entry.replay()  # what came before: handled once started
             async with trio.open_nursery() as nursery:
                 starting = trio.CancelScope()
                 nursery.start_soon(_extend_start, notifier, starting)

@@ -93,7 +93,7 @@ class Daemon:
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(address)
         self._notify_path = address
-        argv = [sys.executable, "-m", "director.daemon", "--config", str(self.config)]
+        argv = [sys.executable, "-m", "director.entry", "--config", str(self.config)]
         self.process = subprocess.Popen(
             [*argv, "--log-format", "json"],
             stdin=subprocess.DEVNULL,

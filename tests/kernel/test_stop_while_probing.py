@@ -1,5 +1,6 @@
 """SIGTERM while hundreds of probes are in flight: directord exits 0, every
-time, and leaves the table in place.
+time, and leaves the table in place. Signals in directord's first moments
+and during its stop end nothing but what they ask for.
 
 The stop cancels the checker's tasks. A task woken with a value in the same
 instant (the scheduler by its own deadline, a worker whose UDP probe the stop
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -165,4 +167,66 @@ def test_sigterm_while_probes_fall_due_exits_0_every_time(netns: str, tmp_path: 
         finally:
             daemon.close()
         assert ipvsadm("-Sn") == before
+        ipvsadm("-C")
+
+
+def caught(pid: int, signum: int) -> bool:
+    """Whether the process catches `signum` (its SigCgt mask, proc(5))."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+def launched_and_caught(daemon: Daemon) -> None:
+    """Launch directord; return as soon as its `directord` command catches
+    SIGHUP (director.entry, before the daemon's imports), and check that it
+    has logged nothing yet: the daemon is not listening for signals."""
+    daemon.launch()
+    wait_until(lambda: caught(daemon.pid, signal.SIGHUP), 30.0, "directord catches SIGHUP", 0.002)
+    assert daemon.log_text() == "", "the daemon was already running: too late for this test"
+
+
+def test_signals_in_the_first_moments_and_during_the_stop(netns: str, tmp_path: Path) -> None:
+    """Operator trial: a SIGHUP during directord's imports killed it with no
+    log line (exit -1), SIGINT printed a traceback, and a second signal
+    during a stop made the exit status that signal's. Now an early SIGHUP is
+    a reload once the daemon runs, an early SIGTERM a clean stop, and a
+    signal during the stop ends nothing more."""
+    with real_servers() as kinds:
+        config = tmp_path / "director.toml"
+        config.write_text(config_text(tmp_path, kinds))
+
+        daemon = Daemon(config)
+        try:
+            launched_and_caught(daemon)
+            os.kill(daemon.pid, signal.SIGHUP)
+            daemon.expect_notification("READY=1", 120.0)
+            daemon.wait_event("reload", 60.0, signal="SIGHUP")
+            assert daemon.alive()
+            daemon.wait_event("real_server_up", 30.0)
+            process = daemon.process
+            assert process is not None
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.05)
+            process.send_signal(signal.SIGINT)  # during the stop
+            status = daemon.stop(signal.SIGTERM)  # and a third
+            log = daemon.log_text()
+        finally:
+            daemon.close()
+        assert status == 0, log
+        assert "Traceback" not in log, log
+        assert len(daemon.events("stopping")) == 1, log
+
+        for early in (signal.SIGTERM, signal.SIGINT):
+            daemon = Daemon(config)
+            try:
+                launched_and_caught(daemon)
+                status = daemon.stop(early)
+                log = daemon.log_text()
+            finally:
+                daemon.close()
+            assert status == 0, f"{early.name}: {status}\n{log}"
+            assert "Traceback" not in log, log
+            assert daemon.events("stopping", signal=early.name), log
         ipvsadm("-C")

@@ -109,7 +109,7 @@ def start_server(name: str, root: Path) -> subprocess.Popen[bytes]:
 def start_daemon(config: Path, notify: socket.socket, log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, NOTIFY_SOCKET=notify.getsockname())
     daemon = subprocess.Popen(
-        ["ip", "netns", "exec", DIRECTOR, sys.executable, "-m", "director.daemon",
+        ["ip", "netns", "exec", DIRECTOR, sys.executable, "-m", "director.entry",
          "--config", str(config), "--log-format", "console"],
         stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip

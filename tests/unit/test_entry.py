@@ -1,0 +1,95 @@
+"""director.entry: the signals of directord's first moments are kept and
+replayed to the daemon's receiver, and one after the receiver closes is
+dropped (operator trial: SIGHUP in the first second killed directord with
+no log line; a second SIGTERM during a stop made the exit status -15)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from types import FrameType
+
+import pytest
+
+from director import entry
+
+
+def replayed() -> list[int]:
+    """The signals kept so far, replayed to a recording handler."""
+    heard: list[int] = []
+
+    def receiver(signum: int, frame: FrameType | None) -> None:
+        heard.append(signum)
+
+    previous = {s: signal.signal(s, receiver) for s in entry.HANDLED_SIGNALS}
+    try:
+        entry.replay()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return heard
+
+
+@pytest.fixture
+def caught() -> Iterator[None]:
+    entry.catch()
+    try:
+        yield
+    finally:
+        entry.uncatch()
+
+
+def test_signals_before_the_daemon_listens_are_kept_in_order_and_replayed(caught: None) -> None:
+    for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM):
+        os.kill(os.getpid(), signum)  # delivered to this (the main) thread at once
+    assert replayed() == [signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM]
+    assert replayed() == []  # nothing kept twice
+
+
+def test_a_signal_after_the_receiver_closed_is_dropped(caught: None) -> None:
+    """What trio's receiver puts back when it closes is the keeping handler:
+    the signals it raises again then (those it had not handed out) and any
+    later one end nothing."""
+    import trio
+
+    async def stop_then_signal() -> None:
+        with trio.open_signal_receiver(*entry.HANDLED_SIGNALS) as signals:
+            os.kill(os.getpid(), signal.SIGTERM)
+            async for signum in signals:
+                assert signum == signal.SIGTERM
+                os.kill(os.getpid(), signal.SIGINT)  # a second one, during the stop
+                break
+        os.kill(os.getpid(), signal.SIGTERM)  # and one after
+
+    trio.run(stop_then_signal)  # alive: neither killed this process nor raised
+    assert sorted(replayed()) == sorted([signal.SIGINT, signal.SIGTERM])
+
+
+def test_uncatch_restores_the_default_actions() -> None:
+    entry.catch()
+    entry.uncatch()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert all(
+        signal.getsignal(s) == signal.SIG_DFL
+        for s in entry.HANDLED_SIGNALS[1:]
+        if s != signal.SIGINT
+    )
+
+
+def test_directord_check_keeps_the_usual_signals() -> None:
+    """--check and --version do not serve: a SIGTERM ends them as usual."""
+    code = (
+        "import os, signal, sys\n"
+        "from director import entry\n"
+        "entry.catch()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "sys.argv = ['directord', '--version']\n"
+        "from director.daemon import main\n"
+        "main()\n"
+        "print('not reached')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (-signal.SIGTERM, "")
