@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import errno
 import grp
+import math
 import os
 import socket as stdlib_socket
 import stat
@@ -339,9 +340,7 @@ async def _serve_connection(
                             nursery.start_soon(_keep_alive, stream, interval)
                             reply = await _answer(handler, event, peer, logger)
                             nursery.cancel_scope.cancel()
-                sent = False
-                with trio.move_on_after(limits.send_timeout):
-                    sent = await _send(stream, reply)
+                sent = await _send_answer(stream, reply, limits.send_timeout)
             if not sent:
                 return
             if isinstance(event, ProtocolError) and event.fatal:
@@ -411,6 +410,23 @@ async def _answer(handler: Handler, request: Request, peer: Peer, logger: Any) -
         )
         failure = Response(1, "", f"directord: internal error: {type(e).__name__}: {e}\n")
         return encode_response(failure)
+
+
+# Seconds an answer already made may take to go out once the daemon stops:
+# a change made as the stop began is answered, not cut off (the client would
+# say the daemon closed without answering, of a change it made).
+STOP_SEND = 2.0
+
+
+async def _send_answer(stream: trio.SocketStream, reply: bytes, seconds: float) -> bool:
+    """Send `reply` within `seconds`, or, when the daemon is stopping (this
+    task cancelled), within STOP_SEND s shielded from the stop. False when
+    it did not go out."""
+    stopping = trio.current_effective_deadline() == -math.inf
+    with trio.CancelScope(shield=stopping) as scope:
+        scope.deadline = trio.current_time() + (STOP_SEND if stopping else seconds)
+        return await _send(stream, reply)
+    return False
 
 
 async def _send(stream: trio.SocketStream, data: bytes) -> bool:

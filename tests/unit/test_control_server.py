@@ -602,3 +602,39 @@ async def test_a_bound_socket_answers_only_once_the_daemon_accepts(
         assert response["stdout"] == "you said -Ln\n"
         await stream.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_an_answer_made_as_the_daemon_stops_is_still_sent(sock_dir: str) -> None:
+    """Operator trial: `directorctl drain` racing SIGTERM printed 'closed
+    without answering' although the drain was made. The engine answered
+    the request as the stop began, and the stop cancelled the server before
+    the answer went out: an answer made is now sent (within STOP_SEND s)."""
+    release, waiting = trio.Event(), trio.Event()
+
+    class Held:
+        async def handle(self, request: Request, peer: Peer) -> Response:
+            waiting.set()
+            await release.wait()
+            return Response(0, "drained\n", "")
+
+    stream: trio.SocketStream | None = None
+    async with trio.open_nursery() as nursery:
+        path = await nursery.start(
+            lambda task_status: serve(
+                ControlSettings(socket=f"{sock_dir}/d.sock"), Held(), task_status=task_status
+            )
+        )
+        stream = await trio.open_unix_socket(path)
+        await stream.send_all(b'{"v":1,"command":"drain"}\n')
+        await waiting.wait()
+        release.set()  # the answer is made in the handler's next step ...
+        nursery.cancel_scope.cancel()  # ... which comes after the stop
+    assert stream is not None
+    async with stream:
+        assert await read_response(stream) == {
+            "v": 1,
+            "status": 0,
+            "stdout": "drained\n",
+            "stderr": "",
+        }
+        await assert_closed(stream)
