@@ -21,6 +21,7 @@ reply).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TypeVar, TypeVarTuple
 
@@ -70,10 +71,27 @@ async def off_loop(function: Callable[[*Ts], T], *args: *Ts) -> T:
     return await trio.to_thread.run_sync(function, *args, abandon_on_cancel=True, limiter=limiter)
 
 
+# regex's timeout counts the process's CPU time (clock(3): every thread's),
+# so a search that waits for the GIL while the loop's thread works (catching
+# up after a pause: "still searching" for a 9-byte reply, in the VM) used it
+# up without searching. A search's budget is its own thread's CPU time: one
+# that regex stopped before it had spent that is run again, at most ATTEMPTS
+# times in all.
+ATTEMPTS = 4
+
+
 def search_now(pattern: str, text: str, timeout: float) -> bool:
-    """Whether `pattern` is found in `text`; raises StillSearching when
-    `regex` gives up after `timeout` seconds, regex.error for a bad pattern."""
-    try:
-        return regex.search(pattern, text, concurrent=True, timeout=timeout) is not None
-    except TimeoutError as e:
-        raise StillSearching(str(e)) from e
+    """Whether `pattern` is found in `text`; raises StillSearching when the
+    search has spent `timeout` seconds of its thread's CPU time (or regex
+    gave up ATTEMPTS times), regex.error for a bad pattern."""
+    spent = 0.0
+    for attempt in range(1, ATTEMPTS + 1):
+        began = time.thread_time()
+        try:
+            left = timeout - spent
+            return regex.search(pattern, text, concurrent=True, timeout=left) is not None
+        except TimeoutError as e:
+            spent += time.thread_time() - began
+            if spent >= timeout or attempt == ATTEMPTS:
+                raise StillSearching(str(e)) from e
+    raise AssertionError("unreachable")
