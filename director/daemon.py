@@ -149,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except* KeyboardInterrupt:
         status = 130
     finally:
+        entry.ignore()  # the run is over: exit with its status
         log.close()
     return status
 

@@ -62,6 +62,15 @@ def replay() -> None:
         signal.raise_signal(signum)
 
 
+def ignore() -> None:
+    """Ignore HANDLED_SIGNALS from now on: for the process's exit, once the
+    daemon ran (at its end Python puts the default action back in place of
+    a handler of its own, so a SIGTERM then made the exit status -15; an
+    ignored signal stays ignored)."""
+    for signum in HANDLED_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def uncatch() -> None:
     """Back to the default actions (and KeyboardInterrupt), then the kept
     signals: for the runs that do not serve (--check, --version)."""

@@ -93,3 +93,24 @@ def test_directord_check_keeps_the_usual_signals() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout) == (-signal.SIGTERM, "")
+
+
+@pytest.mark.parametrize("ignored", [True, False])
+def test_a_signal_as_the_process_exits_does_not_change_its_status(ignored: bool) -> None:
+    """Operator trial (host): a SIGTERM landing while directord exited made
+    the status -15 (1 run in 20): Python's finalization puts the default
+    action back in place of its own handlers. After the run they are
+    ignored (`ignored`; without it, the same exit dies of the signal)."""
+    code = (
+        "import os, signal, sys\n"
+        "from director import entry\n"
+        "entry.catch()\n"
+        f"if {ignored}: entry.ignore()\n"
+        "class LateKill:\n"
+        "    def __del__(self):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "late = LateKill()  # deleted as the interpreter finalizes its modules\n"
+        "sys.exit(0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == (0 if ignored else -signal.SIGTERM), done.stderr
