@@ -6,6 +6,7 @@ the daemon was paused and caught up."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -57,3 +58,37 @@ def test_a_catastrophic_search_is_still_searching_once_its_thread_spent_its_time
     # of this thread's CPU: regex stops it, and the time it spent ends it.
     with pytest.raises(StillSearching):
         search_now("(a|aa)+$", "a" * 40 + "b", 0.05)
+
+
+async def test_a_quick_search_is_done_on_the_loop_without_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """VM, busy daemon: a worker's round trip took 0.5-1.3 s for a 9-byte
+    reply, and after a pause a burst of them outlasted RESULT_WAIT."""
+
+    async def no_thread(*args: object) -> object:
+        raise AssertionError("a quick search went to a worker thread")
+
+    monkeypatch.setattr(patterns, "off_loop", no_thread)
+    assert await patterns.in_time(partial(search_now, "^pong ping$", "pong ping"), 1.0) is True
+    assert await patterns.in_time(partial(search_now, "^pang$", "pong ping"), 1.0) is False
+
+
+async def test_a_search_the_loop_cannot_finish_at_once_goes_to_a_thread_with_its_whole_time() -> (
+    None
+):
+    asked: list[float] = []
+
+    def slow(seconds: float) -> bool:
+        asked.append(seconds)
+        if len(asked) == 1:
+            raise StillSearching("not within the loop's try")
+        return True
+
+    assert await patterns.in_time(slow, 1.0) is True
+    assert asked == [patterns.ON_LOOP, 1.0]
+
+
+async def test_a_catastrophic_search_is_still_searching_through_in_time() -> None:
+    search = partial(search_now, "(a|aa)+$", "a" * 40 + "b")
+    assert await patterns.in_time(search, 0.05) is None

@@ -360,6 +360,7 @@ async def test_a_search_done_while_the_loop_was_busy_is_taken(
         return found
 
     monkeypatch.setattr(http.patterns, "off_loop", found_then_lag)
+    monkeypatch.setattr(http.patterns, "ON_LOOP", 0.0)  # no first try on the loop: to the thread
     port = await serve(healthy, tls=False)
     result, took = await timed(EXPECT_BODY, port)
     assert (result.ok, result.reason, result.detail) == (True, Reason.OK, "status 200")

@@ -338,6 +338,7 @@ def search_taken_late(
         return function(*args)
 
     monkeypatch.setattr(patterns, "off_loop", late)
+    monkeypatch.setattr(patterns, "ON_LOOP", 0.0)  # no first try on the loop: to the thread
 
 
 def stamped(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:

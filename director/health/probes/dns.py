@@ -146,12 +146,14 @@ class _Sent:
     def judge(self, data: bytes, search_time: float | None = None) -> Verdict:
         return judge(self.check, self.query, self.query_id, data, search_time)
 
-    async def judge_off_loop(self, data: bytes, search_time: float | None = None) -> Verdict:
-        """judge(data), in a worker thread when an expect_answer regex may
-        have to be matched (patterns.py: it never holds up the event loop)."""
+    async def judge_off_loop(self, data: bytes) -> Verdict:
+        """judge(data), its expect_answer search as patterns.in_time runs
+        it (it holds up the event loop a millisecond at most)."""
         if self.check.expect_answer is None:
             return self.judge(data)
-        return await patterns.off_loop(self.judge, data, search_time)
+        timeout = self.check.timing.timeout
+        verdict = await patterns.in_time(functools.partial(self.judge, data), timeout)
+        return verdict if verdict is not None else still_searching(self.check, timeout)
 
 
 def judge(
@@ -164,7 +166,7 @@ def judge(
     """The verdict on `data`, received in answer to `query` sent with id
     `query_id` (`query` itself may carry another id). An `expect_answer`
     search gives up after `search_time` seconds (the check's timeout when
-    None): a timeout. Never raises."""
+    None) with patterns.StillSearching; nothing else raises."""
     if len(data) < 2:
         return Verdict(Reason.BAD_REPLY, f"malformed reply: {len(data)} bytes")
     reply_id = int.from_bytes(data[:2], "big")
@@ -187,11 +189,7 @@ def judge(
         return Verdict(
             Reason.BAD_STATUS, f"rcode {dns.rcode.to_text(rcode)}, expected {check.expect_rcode}"
         )
-    try:
-        problem = _answer_problem(check, reply, search_time)
-    except patterns.StillSearching:
-        detail = f"expect_answer {check.expect_answer!r} still searching the answer"
-        return Verdict(Reason.TIMEOUT, f"no verdict within {check.timing.timeout:g} s: {detail}")
+    problem = _answer_problem(check, reply, search_time)
     count = sum(len(rrset) for rrset in reply.answer)
     summary = f"{dns.rcode.to_text(rcode)}, {count} answer{'s' if count != 1 else ''}"
     if problem is not None:
@@ -305,9 +303,12 @@ async def _judge(sent: _Sent, reply: Reply, datagrams: Datagrams) -> Verdict:
     if sent.check.expect_answer is None:
         return sent.judge(reply.data)
     verdict = await patterns.in_time(functools.partial(sent.judge, reply.data), timeout)
-    if verdict is not None:
-        return verdict
-    detail = f"expect_answer {sent.check.expect_answer!r} still searching the answer"
+    return verdict if verdict is not None else still_searching(sent.check, timeout)
+
+
+def still_searching(check: DnsCheck, timeout: float) -> Verdict:
+    """The verdict when the expect_answer search gave up (patterns.in_time)."""
+    detail = f"expect_answer {check.expect_answer!r} still searching the answer"
     return Verdict(Reason.TIMEOUT, f"no verdict within {timeout:g} s: {detail}")
 
 

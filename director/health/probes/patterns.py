@@ -1,14 +1,15 @@
 """The config's regular expressions (http `expect_body`, udp `expect`, dns
-`expect_answer`) matched against what a server sent, without ever holding up
-the event loop.
+`expect_answer`) matched against what a server sent, without holding up the
+event loop for more than a millisecond.
 
 A pattern can backtrack for minutes on a hostile or unlucky reply (`(a|aa)+$`
 against 40 a's and a b). Python's `re` holds the GIL while it matches, so
 even in a worker thread it freezes the loop (measured: 14.7 s). The `regex`
 module takes the same syntax, releases the GIL (`concurrent=True`) and gives
-up after a timeout. A search runs in one of SEARCH_THREADS worker threads per
-trio run (`in_time`); a probe cancelled meanwhile abandons its thread, which
-runs on until `regex` gives up.
+up after a timeout. A search first runs on the loop for ON_LOOP s (nearly
+all end there, in microseconds); one that does not runs in one of
+SEARCH_THREADS worker threads per trio run (`in_time`); a probe cancelled
+meanwhile abandons its thread, which runs on until `regex` gives up.
 
 A search is the daemon's work on a reply that came in time, not the
 server's: it gets the check's timeout of its own, from when it starts,
@@ -46,12 +47,28 @@ class StillSearching(TimeoutError):
     """The search had not finished when its time ran out."""
 
 
+# A search first runs on the loop's thread, for at most this long (seconds of
+# CPU): nearly all are done in microseconds. Only one that is not goes to a
+# worker thread, with its whole time: in a busy VM the round trip to a worker
+# took 0.5-1.3 s (the GIL handed over and back, a queue for SEARCH_THREADS),
+# and after a pause a burst of them outlasted RESULT_WAIT ("still searching"
+# a 9-byte reply).
+ON_LOOP = 0.001
+
+
 async def in_time(search: Callable[[float], T], seconds: float) -> T | None:
     """`search(seconds)`, a search that gives up with StillSearching after
-    `seconds` (search_now's), off the loop (`off_loop`), its own time
-    counted from now. None when it gave up, or its result did not come
-    within RESULT_WAIT x `seconds`. Raises what `search` raises otherwise
-    (regex.error for a bad pattern)."""
+    `seconds` (search_now's): first on the loop for ON_LOOP s, then, if it
+    gave up, off the loop (`off_loop`), its own time counted from then.
+    None when it gave up, or its result did not come within RESULT_WAIT x
+    `seconds`. Raises what `search` raises otherwise (regex.error for a bad
+    pattern)."""
+    await trio.lowlevel.checkpoint()
+    if ON_LOOP > 0:
+        try:
+            return search(min(ON_LOOP, seconds))
+        except StillSearching:
+            pass
     with trio.move_on_after(RESULT_WAIT * seconds):
         try:
             return await off_loop(search, seconds)
