@@ -42,7 +42,8 @@ VIPS = 4
 def real_servers() -> Iterator[dict[str, list[tuple[str, int]]]]:
     """Real servers on 10.82.0.1 of a dummy link: `open` (accept queue
     room), `dropping` (accept queue full: SYNs are dropped, the connect
-    never completes), `closed` (refused), `silent` (UDP, never answered)."""
+    never completes), `closed` (bound, not listening: refused), `silent`
+    (UDP, never answered)."""
     run("ip", "link", "add", "rs0", "type", "dummy")
     run("ip", "addr", "add", f"{SERVER_NET}.1/24", "dev", "rs0")
     run("ip", "link", "set", "rs0", "up")
@@ -75,9 +76,13 @@ def real_servers() -> Iterator[dict[str, list[tuple[str, int]]]]:
                     filler.connect((address, port))
             kinds["dropping"].append((address, port))
 
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as spare:
-                spare.bind((address, 0))
-                kinds["closed"].append((address, spare.getsockname()[1]))
+            # Bound, never listening: refused, and its port not given to
+            # another socket of this test (a port closed here was, once: a
+            # duplicate real server in the config).
+            closed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(closed)
+            closed.bind((address, 0))
+            kinds["closed"].append((address, closed.getsockname()[1]))
 
             silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             held.append(silent)
