@@ -50,7 +50,7 @@ class RealServerView:
         return cls(state.status, state.since if since is None else since, state.weight)
 
 
-_UNKNOWN = RealServerView()
+UNCHECKED = RealServerView()
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def desired_service(
     admin: Mapping[RealServerId, AdminState],
 ) -> DesiredService:
     ids = vs.real_server_ids
-    views = [health.get(i, _UNKNOWN) for i in ids]
+    views = [health.get(i, UNCHECKED) for i in ids]
     # Only a server not checked yet (or the sorry server) looks at the kernel.
     in_kernel = (
         {e.destination.key: e.destination for e in kernel.destinations}
@@ -134,7 +134,11 @@ def desired_service(
         if admin
         else [AdminState.ENABLED] * len(ids)
     )
-    enabled = [v.status for v, a in zip(views, states, strict=True) if a is AdminState.ENABLED]
+    enabled = [
+        counted_status(rs, v)
+        for rs, v, a in zip(vs.real_servers, views, states, strict=True)
+        if a is AdminState.ENABLED
+    ]
     panic = vs.panic and bool(enabled) and all(s is Health.DOWN for s in enabled)
 
     decisions: list[Decision] = []
@@ -145,11 +149,7 @@ def desired_service(
         if decision.weight is not None:
             destinations.append(rs.destination(decision.weight))
     if vs.sorry_server is not None:
-        up = sum(
-            1
-            for v, a in zip(views, states, strict=True)
-            if a is AdminState.ENABLED and v.status is Health.UP
-        )
+        up = enabled.count(Health.UP)
         sorry = vs.sorry_server.destination()
         decision = _decide_sorry(
             sorry, vs.quorum, up, enabled.count(Health.UNKNOWN), in_kernel.get(sorry.key)
@@ -158,6 +158,15 @@ def desired_service(
         if decision.weight is not None:
             destinations.append(replace(sorry, weight=decision.weight))
     return DesiredService(vs.service(), tuple(destinations), tuple(decisions))
+
+
+def counted_status(rs: RealServer, view: RealServerView) -> Health:
+    """The health a quorum (or panic) counts for `rs`: its own, except that
+    one not probed yet whose check has `initial = "up"` counts as up, as it
+    is in service (keepalived without `alpha` counts it alive)."""
+    if view.status is Health.UNKNOWN and rs.check.timing.initial == "up":
+        return Health.UP
+    return view.status
 
 
 def independent(vs: VirtualServer) -> bool:
@@ -191,7 +200,7 @@ def desired_servers(
             continue
         key = (rs.address, rs.port)
         state = admin.get(rid, AdminState.ENABLED)
-        view = health.get(rid, _UNKNOWN)
+        view = health.get(rid, UNCHECKED)
         decision = _decide(vs, rs, view, state, kernel.get(key), now, False)
         wanted[key] = None if decision.weight is None else rs.destination(decision.weight)
     return wanted
@@ -233,6 +242,10 @@ def _decide(
         if in_kernel.weight == 0 or vs.slow_start > 0 or getattr(rs.check, "dynamic_weight", False):
             return present(in_kernel.weight, "not checked yet, weight kept as in the kernel")
         return present(rs.weight, "not checked yet, kept as in the kernel at the configured weight")
+    if rs.check.timing.initial == "up":
+        # A ramp begins at the first passed probe (state.advance), from 1.
+        weight = 1 if vs.slow_start > 0 else rs.weight
+        return present(weight, 'not checked yet, in service from the start (initial = "up")')
     return absent("not checked yet, and not in the kernel")
 
 

@@ -36,7 +36,7 @@ import trio
 
 from director import log
 from director.config.model import RealServerId, VirtualServer
-from director.desired import AdminState, RealServerView
+from director.desired import UNCHECKED, AdminState, RealServerView, counted_status
 from director.health.state import Health
 from director.ipvs.model import IPAddress, ServiceKey
 from director.refusals import backoff, failed, to_log
@@ -83,11 +83,10 @@ def receives_traffic(
     if maintenance:
         return False
     up = unknown = 0
-    for rid in vs.real_server_ids:
+    for rid, rs in zip(vs.real_server_ids, vs.real_servers, strict=True):
         if admin and admin.get(rid, AdminState.ENABLED) is not AdminState.ENABLED:
             continue
-        view = health.get(rid)
-        status = Health.UNKNOWN if view is None else view.status
+        status = counted_status(rs, health.get(rid, UNCHECKED))
         if status is Health.UP:
             up += 1
         elif status is Health.UNKNOWN:

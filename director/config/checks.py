@@ -28,7 +28,7 @@ from director.health.spec import (
 from director.ipvs.facts import unicast_problem
 from director.ipvs.model import IPAddress
 
-_TIMING = ("type", "interval", "timeout", "rise", "fall")
+_TIMING = ("type", "interval", "timeout", "rise", "fall", "initial")
 _PROBE = ("port", "address")
 _HTTP = ("method", "path", "host", "expect_status", "expect_body")
 _DNS = ("query_name", "query_type", "expect_rcode", "expect_address", "expect_answer", "transport")
@@ -41,6 +41,7 @@ KEYS_BY_TYPE: dict[str, tuple[str, ...]] = {
     "exec": (*_TIMING, "command", "dynamic_weight", "user"),
 }
 _SILENCE: dict[str, Literal["up", "down"]] = {"up": "up", "down": "down"}
+_INITIAL: dict[str, Literal["unknown", "up"]] = {"unknown": "unknown", "up": "up"}
 _TRANSPORTS: dict[str, Literal["udp", "tcp"]] = {"udp": "udp", "tcp": "tcp"}
 _ALL_KEYS = tuple(dict.fromkeys(k for keys in KEYS_BY_TYPE.values() for k in keys))
 # A request line longer than 8 KiB is refused by Apache (LimitRequestLine 8190)
@@ -86,6 +87,7 @@ def parse_check(table: Table) -> Check | None:
         timeout=table.seconds("timeout") or Timing.timeout,
         rise=table.integer("rise", 1, 1_000_000) or Timing.rise,
         fall=table.integer("fall", 1, 1_000_000) or Timing.fall,
+        initial=table.choice("initial", _INITIAL) or Timing.initial,
     )
     check: Check
     if kind == "exec":

@@ -26,6 +26,11 @@ class Timing:
     timeout: float = 1.0  # seconds a probe may take before it counts as failed
     rise: int = 2  # successes in a row that make a down (or new) server up
     fall: int = 2  # failures in a row that make an up server down
+    # A real server's place before its first probe. "unknown": out of the
+    # table until a probe passes (one found in the kernel's table stays, as
+    # adopted). "up": in at once, as keepalived without `alpha` puts it;
+    # then, like an adopted one, out only after `fall` failures in a row.
+    initial: Literal["unknown", "up"] = "unknown"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 Pure: the caller supplies the time and the results, and logs the transitions.
 The first result after start decides at once, so that a restarted daemon
 neither keeps a dead server in service nor holds back a live one for `rise`
-intervals; except that a server adopted in service from the kernel's table
+intervals; except that a server adopted in service from the kernel's table,
+or one whose check has `initial = "up"` (in service before its first probe),
 needs `fall` failures in a row to be decided down. After that, an up server
 goes down after `fall` failures in a row and a down server comes up after
 `rise` successes in a row.
@@ -129,7 +130,8 @@ def _next_status(
     if status is Health.UNKNOWN:
         if ok:
             return Health.UP
-        return Health.DOWN if not state.adopted or failures >= timing.fall else Health.UNKNOWN
+        held = state.adopted or timing.initial == "up"  # in service unchecked
+        return Health.DOWN if not held or failures >= timing.fall else Health.UNKNOWN
     if status is Health.UP and failures >= timing.fall:
         return Health.DOWN
     if status is Health.DOWN and successes >= timing.rise:

@@ -328,3 +328,26 @@ real_server = [{ address = "10.0.0.2:53", check = { expect_address = "192.0.2.2"
     config = parse_config(text, "test.toml", NO_MODULES)
     check = config.virtual_servers[0].real_servers[0].check
     assert check == DnsCheck(query_name="example.org", query_type="A", expect_address=ip_address("192.0.2.2"))  # fmt: skip
+
+
+# -- initial ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind", ['"tcp"', '"http"', '"https"', '"udp"', '"dns"', '"exec", command = "true"']
+)
+def test_initial_is_a_key_of_every_check_type(kind: str) -> None:
+    check = check_of(f'{{ type = {kind}, initial = "up" }}')
+    assert check.timing == Timing(initial="up")  # type: ignore[attr-defined]
+    assert check_of(f"{{ type = {kind} }}").timing.initial == "unknown"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ('"down"', "initial: must be one of unknown, up: 'down'"),
+        ("true", "initial: expected a string, got a boolean: True"),
+    ],
+)
+def test_initial_errors(value: str, error: str) -> None:
+    assert errors_of(f'{{ type = "tcp", initial = {value} }}') == [f"{WHERE}.{error}"]

@@ -236,3 +236,41 @@ def test_every_configured_service_is_desired_even_with_no_server_up() -> None:
     table = desired_table(cfg, {}, {}, 0.0)
     assert list(table) == [vs.key for vs in cfg.virtual_servers]
     assert all(d.destinations == () for d in table.values())
+
+
+INITIAL_UP = 'check = { type = "tcp", initial = "up" }'
+
+
+def test_initial_up_puts_an_unchecked_server_in_at_once() -> None:
+    cfg = config(INITIAL_UP)
+    result = only(desired_table(cfg, {rid(1): DOWN}, {}, 0.0))
+    assert weights(result) == {"10.0.0.10": 3}
+    assert reasons(result)["10.0.0.10"] == (
+        'not checked yet, in service from the start (initial = "up")'
+    )
+    # without it, the same server waits for its first probe
+    assert weights(only(desired_table(config(), {rid(1): DOWN}, {}, 0.0))) == {}
+    # what the kernel has still wins: weight 0 was the last run's down or drain
+    kept = only(desired_table(cfg, {}, kernel_with(dest(0, 0)), 0.0))
+    assert weights(kept) == {"10.0.0.10": 0, "10.0.0.11": 4}
+    # admin states apply as to any server
+    admin = {rid(0): AdminState.DISABLED, rid(1): AdminState.DRAIN}
+    assert weights(only(desired_table(cfg, {}, {}, 0.0, admin))) == {"10.0.0.11": 0}
+
+
+def test_initial_up_with_slow_start_enters_at_weight_one() -> None:
+    cfg = config(f"slow_start = 10.0\n{INITIAL_UP}")
+    assert weights(only(desired_table(cfg, {}, {}, 5.0))) == {"10.0.0.10": 1, "10.0.0.11": 1}
+
+
+def test_initial_up_counts_as_up_for_the_quorum_and_panic() -> None:
+    cfg = config(f"{SORRY}\n{INITIAL_UP}")
+    met = only(desired_table(cfg, {rid(0): UP}, {}, 0.0))
+    assert weights(met) == {"10.0.0.10": 3, "10.0.0.11": 4}
+    assert met.decisions[-1].reason == "quorum met (2 up of quorum 2)"
+    lost = only(desired_table(cfg, {rid(1): DOWN}, {}, 0.0))
+    assert weights(lost) == {"10.0.0.10": 3, "10.0.0.99": 7}
+    assert lost.decisions[-1].reason == "quorum lost (1 up of quorum 2)"
+    # no panic while one is in service unchecked
+    panic = config(f"panic = true\n{INITIAL_UP}")
+    assert weights(only(desired_table(panic, {rid(1): DOWN}, {}, 0.0))) == {"10.0.0.10": 3}

@@ -22,6 +22,7 @@ from director.config import RealServerId, parse_config
 from director.engine import Director
 from director.health.result import ProbeResult, Reason
 from director.health.spec import Check
+from director.health.state import Health
 from director.ipvs.errors import (
     AcknowledgementsLost,
     BatchError,
@@ -954,3 +955,32 @@ async def test_no_pass_changes_the_table_after_the_stop(
         nursery.cancel_scope.cancel()
     assert backend.services() == ([unmanaged] if flush else before)
     assert [e["event"] for e in logs if e["event"] in ("ipvs_apply", "ipvs_op")] == []
+
+
+async def test_initial_up_puts_every_server_in_before_a_probe_and_fall_takes_one_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    backend = MemoryBackend()
+    network = FakeNetwork("10.0.1.1")
+    config = CONFIG.replace("fall = 3 }", 'fall = 3, initial = "up" }')
+    director = Director(
+        parse_config(config), KernelTable(backend, threaded=False), probe=network.probe,
+        rng=random.Random(1),
+    )  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        assert (network.probes, weights(backend)) == (0, {"10.0.1.1": 5, "10.0.1.2": 7})
+        await until(lambda: "10.0.1.2" not in weights(backend))
+        states = director.checker.states()
+        assert [s.failures_in_row for s in states.values() if s.status is Health.DOWN] == [3]
+        assert weights(backend) == {"10.0.1.1": 5}
+        # a reload that adds a server puts it in at once; one that retimes
+        # the check of the server found dead keeps it out
+        grown = config.replace("interval = 1.0", "interval = 2.0") + (
+            '[[virtual_server.real_server]]\naddress = "10.0.1.3:80"\nweight = 2\n'
+        )
+        probes = network.probes
+        await director.exclusive(lambda: director.reload(parse_config(grown)))
+        assert weights(backend) == {"10.0.1.1": 5, "10.0.1.3": 2}
+        assert network.probes == probes
+        nursery.cancel_scope.cancel()

@@ -264,3 +264,18 @@ def test_failures_logged_in_a_long_outage_grow_logarithmically() -> None:
         count += failure_worth_logging(state, after)
         state = after
     assert count == 6  # 1, 10, 100, 1000, 10000, 100000
+
+
+def test_initial_up_takes_fall_failures_to_go_down_and_one_success_to_go_up() -> None:
+    timing = Timing(rise=3, fall=3, initial="up")
+    state, transitions = run([REFUSED, TIMEOUT], timing)
+    assert (state.status, state.failures_in_row, transitions) == (UNKNOWN, 2, [])
+    state, transitions = run([REFUSED, TIMEOUT, REFUSED], timing)
+    assert state.status is DOWN
+    assert [(t.old, t.new, t.failures_in_row) for t in transitions] == [(UNKNOWN, DOWN, 3)]
+    state, transitions = run([REFUSED, OK], timing)
+    assert (state.status, state.ramp_start) == (UP, 2.0)  # a ramp starts at the first pass
+    assert [(t.old, t.new) for t in transitions] == [(UNKNOWN, UP)]
+    # once decided, `initial` plays no part: down takes `rise` successes
+    state, transitions = run([REFUSED, REFUSED, REFUSED, OK, OK], timing)
+    assert (state.status, len(transitions)) == (DOWN, 1)

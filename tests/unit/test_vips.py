@@ -564,3 +564,11 @@ async def test_a_reload_says_what_it_did_to_the_vips(
     assert summary.others == (removal,)
     assert f"> vip remove_address address={ADDRESS}/32 dev=director0\n" in reload_text(summary)
     assert reload_data(summary)["others"] == [removal]
+
+
+def test_unchecked_servers_with_initial_up_count_for_the_quorum() -> None:
+    vs = vs_of(service(quorum=2, servers=3).replace("fall = 1 }", 'fall = 1, initial = "up" }'))
+    assert vs.real_servers[0].check.timing.initial == "up"
+    assert receives_traffic(vs, views(vs, UP, UNKNOWN, DOWN), maintenance=False) is True
+    assert receives_traffic(vs, {}, maintenance=False) is True
+    assert receives_traffic(vs, views(vs, DOWN, UNKNOWN, DOWN), maintenance=False) is False
