@@ -353,10 +353,16 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]
 # -- directord ------------------------------------------------------------------
 
 
-def directord_config(services: Sequence[VirtualService], timing: TcpTiming, workdir: Path) -> str:
+def directord_config(
+    services: Sequence[VirtualService], timing: TcpTiming, workdir: Path, initial: str = "unknown"
+) -> str:
+    """`initial`: the checks' `initial` ("up": every server in before its
+    first probe, as keepalived without alpha; written only then, so that an
+    older tree, `--source`, reads the default config)."""
+    initial_key = f', initial = "{initial}"' if initial != "unknown" else ""
     check = (
         f'{{ type = "tcp", interval = {timing.interval}, timeout = {timing.timeout}, '
-        f"rise = {timing.rise}, fall = {timing.fall} }}"
+        f"rise = {timing.rise}, fall = {timing.fall}{initial_key} }}"
     )
     lines = [
         "[daemon]",
@@ -416,12 +422,13 @@ class Directord(BenchProcess):
     $NOTIFY_SOCKET; its log goes to workdir/directord.log."""
 
     name = "directord"
+    initial = "unknown"  # its checks' `initial`
 
     def __init__(self, services: Sequence[VirtualService], timing: TcpTiming, workdir: Path):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.config = workdir / "director.toml"
-        self.config.write_text(directord_config(services, timing, workdir))
+        self.config.write_text(directord_config(services, timing, workdir, self.initial))
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float) -> float:

@@ -16,6 +16,11 @@ tree over the window (100 % = one core); memory is VmRSS at the end and VmHWM
 down until its first good check, which is how directord starts (plain
 keepalived puts every server in the table before any check, so its "full"
 is its start-up alone). Its "ready" is its checker process's pid file.
+`--only directord-up` runs directord with `initial = "up"` checks, which
+start as plain keepalived does: every server in the table before its first
+probe. The ratio rows pair each directord with the keepalived that starts
+as it does (directord/keepalived-alpha, directord-up/keepalived), then with
+the other.
 
 For directord, after the window, the engine's own costs at this size (issue 8):
 
@@ -80,6 +85,14 @@ from keepalived import Keepalived, KeepalivedAlpha
 VIP = "10.1.0.1"
 FIRST_PORT = 20000
 SERVER_PREFIX = "10.2.0.0/16"
+
+
+class DirectordUp(Directord):
+    """directord with `initial = "up"` checks: every real server in the
+    table before its first probe, as plain keepalived starts."""
+
+    name = "directord-up"
+    initial = "up"
 
 
 class Daemon(Protocol):
@@ -330,7 +343,7 @@ def measure(
                 f"CPU {measurement.cpu_percent:.1f} %, RSS {measurement.rss_mib:.1f} MiB",
                 flush=True,
             )
-            if isinstance(daemon, Directord) and transitions:
+            if isinstance(daemon, Directord) and daemon.name == "directord" and transitions:
                 engine = engine_figures(daemon, load, transitions)
                 print(
                     f"  {daemon.name}: verdict -> ipvs_op {engine.to_op * 1000:.1f} ms, "
@@ -350,7 +363,7 @@ def measure(
 def ratios(d: Measurement, k: Measurement) -> list[str]:
     """directord's figures over another daemon's, as a row of the table."""
     return [
-        f"directord/{k.name}",
+        f"{d.name}/{k.name}",
         ratio(d.probe_rate(), k.probe_rate()),
         "",
         ratio(d.cpu_percent, k.cpu_percent),
@@ -383,9 +396,13 @@ def report(load: Load, results: dict[str, Measurement]) -> None:
         ]
 
     rows = [row(m) for m in results.values()]
-    for other in ("keepalived", "keepalived-alpha"):
-        if {"directord", other} <= results.keys():
-            rows.append(ratios(results["directord"], results[other]))
+    # Each directord against the keepalived that starts as it does, and
+    # against the other where both ran.
+    pairs = [("directord", "keepalived-alpha"), ("directord-up", "keepalived"),
+             ("directord", "keepalived"), ("directord-up", "keepalived-alpha")]  # fmt: skip
+    for mine, other in pairs:
+        if {mine, other} <= results.keys():
+            rows.append(ratios(results[mine], results[other]))
     print_table(
         f"Scale: {load.real_servers} real servers x {load.services} services, TCP check every "
         f"{load.timing.interval:g} s (target {load.target_rate:.0f} probes/s); "
@@ -429,7 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--fill-timeout", type=float, default=900.0, help="max wait for the full table (s)"
     )
     parser.add_argument(
-        "--only", choices=("directord", "keepalived", "keepalived-alpha"), action="append"
+        "--only",
+        choices=("directord", "directord-up", "keepalived", "keepalived-alpha"),
+        action="append",
     )
     parser.add_argument(
         "--transitions",
@@ -443,6 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit = raise_fd_limit()
     factories: dict[str, DaemonFactory] = {
         "directord": Directord,
+        "directord-up": DirectordUp,
         "keepalived": Keepalived,
         "keepalived-alpha": KeepalivedAlpha,
     }
