@@ -11,7 +11,10 @@ The timing of a check, as bench/README.md's "Equivalent check settings":
 keepalived checks every delay_loop; a failed check of an up server is retried
 `retry` times, delay_before_retry apart, and the server goes down when all
 fail; one good check brings it back. So interval = delay_loop, timeout =
-connect_timeout, fall = retry + 1, rise = 1.
+connect_timeout, fall = retry + 1, rise = 1. Without alpha, keepalived puts
+a real server in the table at start before any check, as director's
+`initial = "up"` does; with alpha it waits for a passed check, director's
+default.
 """
 
 from __future__ import annotations
@@ -46,9 +49,10 @@ _NESTED_MAX = 64  # reply bytes matched as a prefix either way; longer: the whol
 HEADER = """\
 director.toml converted from {source} by `directorctl import-keepalived`.
 How director differs from keepalived wherever it is used:
-- At start, a real server already in the kernel's table stays until `fall` probes
-  in a row fail, and one that is not enters when its first probe passes
-  (keepalived, without alpha, puts every real server in at once).
+- At start, a real server enters the table at once in both (director: a check's
+  `initial = "up"`, written wherever keepalived has no alpha), or, with alpha, when
+  its first check passes. keepalived's first check at start has no retries: a server
+  that fails it is out at once, where director waits for `fall` failed probes in a row.
 - On stop, director leaves the table as it is, so traffic flows through a restart
   (keepalived removes its services; [daemon] flush_on_stop = true does that).
 - A check's `rise` is 1 everywhere: keepalived brings a server back after one good check."""
@@ -252,14 +256,15 @@ def _service_tables(
                 "ops: only for UDP or fwmark services; dropped (as keepalived does)",
             )
     _on_failure(vs, table, notes)
-    if vs.alpha or any(rs.alpha for rs in vs.real_servers):
+    if any(_alpha(vs, rs) for rs in vs.real_servers):
         _note(
             table,
             notes,
             vs.where,
-            "alpha: director never puts a server that is not in the table in before its "
-            "first probe passes (alpha's start); but it keeps one it finds in the table "
-            "until `fall` probes fail, where alpha would take it out at once",
+            "alpha: no `initial` on the checks of servers in alpha mode: director, as "
+            "keepalived, puts such a server in the table when its first probe passes; one "
+            "already in the table at start director takes out after `fall` failed probes, "
+            "keepalived only once it has passed a check and then failed",
         )
     real_servers = [_real_server(vs, rs, service, ssl, notes) for rs in vs.real_servers]
     kept = [rs for rs in real_servers if rs is not None]
@@ -615,17 +620,18 @@ def _check(
             ),
         )
     delay_loop = rs.delay_loop or vs.delay_loop
+    up = not _alpha(vs, rs)
     if not rs.checkers:
         note(
             rs.where,
             "real_server without a checker: keepalived keeps it up; so does "
             "an exec check of `true`",
         )
-        return _timed({"type": "exec", "command": ["true"]}, delay_loop, 1.0, 1), comments
+        return _timed({"type": "exec", "command": ["true"]}, delay_loop, 1.0, 1, up), comments
     checker = rs.checkers[0]
     if checker.kind in EVENT_CHECKERS:
         note(checker.where, _event_checker_note(checker))
-        return _timed({"type": "exec", "command": ["true"]}, delay_loop, 1.0, 1), comments
+        return _timed({"type": "exec", "command": ["true"]}, delay_loop, 1.0, 1, up), comments
     delay_loop = checker.delay_loop or delay_loop
     retry = _first(checker.retry, rs.retry, vs.retry, _DEFAULT_RETRY.get(checker.kind, 1))
     delay_before_retry = _first(
@@ -656,7 +662,20 @@ def _check(
     check = _check_keys(vs, rs, checker, port, timeout, note)
     if checker.kind == "SSL_GET" and ssl is not None:
         check.update(_ssl(ssl, note))
-    return _timed(check, delay_loop, timeout, retry + 1), comments
+    return _timed(check, delay_loop, timeout, retry + 1, up), comments
+
+
+def _alpha(vs: VirtualServer, rs: RealServer) -> bool:
+    """Whether keepalived keeps `rs` out of the table at start until its
+    checks pass: when any of its checkers is in alpha mode, the checker's
+    alpha, else its real server's, else its virtual server's (check_data.c
+    validate_check_config; a FILE_CHECK never is, check_file.c). Without
+    checkers it is in at once (ipwrapper.c init_service_rs)."""
+    return any(
+        _first(checker.alpha, rs.alpha, vs.alpha)
+        for checker in rs.checkers
+        if checker.kind != "FILE_CHECK"
+    )
 
 
 def _event_checker_note(checker: Checker) -> str:
@@ -688,15 +707,19 @@ def _first(*values: Any) -> Any:
 
 
 def _timed(
-    check: dict[str, object], interval: float, timeout: float, fall: int
+    check: dict[str, object], interval: float, timeout: float, fall: int, up: bool
 ) -> dict[str, object]:
-    return {
-        **check,
+    """The check's timing keys; `up`: in service before its first probe, as
+    keepalived puts a server without alpha in the table at start."""
+    timing: dict[str, object] = {
         "interval": _seconds(interval),
         "timeout": _seconds(timeout),
         "rise": 1,
         "fall": fall,
     }
+    if up:
+        timing["initial"] = "up"
+    return {**check, **timing}
 
 
 def _seconds(value: float) -> int | float:

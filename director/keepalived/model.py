@@ -682,10 +682,14 @@ class Reader:
         checker = Checker(node.where, node.keyword)
         follows = EVENT_CHECKERS.get(checker.kind)
         if follows is not None:
-            # Not converted, so none of its keywords is read on its own.
+            # Not converted, so none of its keywords is read on its own but
+            # alpha, which sets when keepalived puts the server in at start
+            # (a FILE_CHECK is never alpha: check_file.c clears it).
             for child in node.children():
                 if child.keyword == follows and child.args:
                     checker.follows = child.args[0]
+                elif child.keyword == "alpha" and checker.kind == "BFD_CHECK":
+                    checker.alpha = _bool(child.args)
             return checker
         for child in node.children():
             if not self.checker_keyword(checker, child):

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import tomli
 
-from director.config import Config, parse_config
+from director.config import Config, load_config, parse_config
 from director.health.spec import DnsCheck, ExecCheck, HttpCheck, TcpCheck, UdpCheck
 from director.ipvs.facts import NO_MODULES
 from director.ipvs.model import Forward, Protocol, ServiceFlags
@@ -527,3 +527,96 @@ def test_net_namespace_says_which_table_keepalived_managed() -> None:
         for n in notes
     ), notes
     assert not any("not IPVS settings): net_namespace" in n for n in notes), notes
+
+
+# -- alpha: keepalived without it puts a real server in at start, as
+# director's `initial = "up"`; with it (the checker's, else its real
+# server's, else its virtual server's) it waits for a passed check, as
+# director's default does.
+
+ALPHA = """\
+virtual_server 10.0.0.1 80 {{
+    lb_algo rr
+    lb_kind NAT
+    protocol TCP
+    {vs}
+    real_server 10.0.1.1 80 {{
+        {rs}
+        TCP_CHECK {{
+            {checker}
+        }}
+    }}
+    real_server 10.0.1.2 80 {{
+        HTTP_GET {{
+            url {{
+                path /
+            }}
+        }}
+    }}
+    real_server 10.0.1.3 80 {{
+    }}
+}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("vs", "rs", "checker", "initial"),
+    [
+        ("", "", "", ("up", "up")),
+        ("alpha", "", "", ("unknown", "unknown")),
+        ("", "", "alpha", ("unknown", "up")),
+        ("", "", "alpha yes", ("unknown", "up")),
+        ("", "", "alpha off", ("up", "up")),
+        ("", "alpha", "", ("unknown", "up")),
+        ("alpha", "alpha no", "", ("up", "unknown")),
+        ("alpha", "", "alpha false", ("up", "unknown")),
+        ("", "alpha", "alpha no", ("up", "up")),  # the checker's own comes first
+    ],
+)
+def test_alpha_decides_a_checks_initial(
+    tmp_path: Path, vs: str, rs: str, checker: str, initial: tuple[str, str]
+) -> None:
+    conversion = convert_text(ALPHA.format(vs=vs, rs=rs, checker=checker))
+    path = tmp_path / "director.toml"
+    path.write_text(conversion.text)
+    (service,) = load_config(path, NO_MODULES).virtual_servers
+    first, second, unchecked = (server.check for server in service.real_servers)
+    assert (first.timing.initial, second.timing.initial) == initial
+    # A real server without a checker is in at once whatever alpha says.
+    assert unchecked.timing.initial == "up"
+    # The key is written only where it is not the default.
+    written = tomli.loads(conversion.text)["virtual_server"][0]["real_server"]
+    assert [s["check"].get("initial", "unknown") for s in written] == [*initial, "up"]
+    alpha_notes = [n for n in note_texts(conversion) if ": alpha:" in n]
+    assert len(alpha_notes) == ("unknown" in initial)
+
+
+def test_alpha_on_a_checker_not_converted_still_keeps_the_server_out() -> None:
+    """keepalived puts a server in at start only when none of its checkers
+    is in alpha mode; director converts the first, and waits for it."""
+    conversion = convert_text(
+        "virtual_server 10.0.0.1 80 {\n protocol TCP\n real_server 10.0.1.1 80 {\n"
+        "  TCP_CHECK {\n  }\n  MISC_CHECK {\n   misc_path /bin/true\n   alpha\n  }\n }\n}\n"
+    )
+    first = checked(conversion).virtual_servers[0].real_servers[0].check
+    assert isinstance(first, TcpCheck) and first.timing.initial == "unknown"
+    assert any(": alpha:" in n for n in note_texts(conversion))
+
+
+def test_bfd_alpha_counts_and_file_check_is_never_alpha() -> None:
+    conversion = convert_text(
+        "track_file ready {\n file /run/ready\n}\n"
+        "virtual_server 10.0.0.1 80 {\n protocol TCP\n alpha\n"
+        " real_server 10.0.1.1 80 {\n  BFD_CHECK {\n   name bfd1\n  }\n }\n"
+        " real_server 10.0.1.2 80 {\n  BFD_CHECK {\n   name bfd2\n   alpha no\n  }\n }\n"
+        " real_server 10.0.1.3 80 {\n  FILE_CHECK {\n   track_file ready\n  }\n }\n}\n"
+    )
+    servers = checked(conversion).virtual_servers[0].real_servers
+    assert [rs.check.timing.initial for rs in servers] == ["unknown", "up", "up"]
+
+
+def test_the_header_says_what_differs_at_start() -> None:
+    text = convert_text(ALPHA.format(vs="", rs="", checker="")).text
+    header = text.split("\n\n")[0]
+    assert 'initial = "up"' in header and "with alpha" in header
+    assert "first check at start has no retries" in header and "`fall`" in header

@@ -153,9 +153,15 @@ def test_a_result_that_fails_the_check_names_each_service_and_its_line(tmp_path:
     at = lines.index(
         "directorctl import-keepalived: warning: the result does not pass directord --check here:"
     )
+    # each line the error names: its check's in the output
+    output = out.getvalue().splitlines()
+    checks = [i for i, line in enumerate(output, 1) if line.startswith("check = ")]
+    assert len(checks) == 2
     assert lines[at + 1] == (
-        "  virtual_server[0].check.user (10.0.0.1:80 tcp, line 16): no such user: "
+        f"  virtual_server[0].check.user (10.0.0.1:80 tcp, line {checks[0]}): no such user: "
         f"'nosuchuser-director-test-a' (from {source}:1)"
     )
-    assert lines[at + 2].startswith("  virtual_server[1].check.user (10.0.0.2:443 tcp, line 29): ")
+    assert lines[at + 2].startswith(
+        f"  virtual_server[1].check.user (10.0.0.2:443 tcp, line {checks[1]}): "
+    )
     assert lines[at + 2].endswith(f" (from {source}:14)")
