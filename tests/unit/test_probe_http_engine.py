@@ -121,7 +121,7 @@ async def test_an_https_request_is_not_held_back_by_nagle(
     secure = http_module._Exchange._secure
 
     def spied(exchange: http_module._Exchange, stream: trio.abc.Stream, context: ssl.SSLContext) -> trio.abc.Stream:  # fmt: skip
-        assert isinstance(stream, http_module._Connection)
+        assert isinstance(stream, http_module.TimedConnection)
         seen.append(stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
         return secure(exchange, stream, context)
 

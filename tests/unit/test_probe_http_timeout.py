@@ -20,7 +20,7 @@ import trio.testing
 from tcp_support import syn_dropping_port
 from test_probe_http import self_signed
 
-from director.health.probes import http, probe
+from director.health.probes import http, probe, stream
 from director.health.result import ProbeResult, Reason
 from director.health.spec import HttpCheck, Timing
 
@@ -38,7 +38,7 @@ Serve = Callable[..., Awaitable[int]]
 
 @pytest.fixture(autouse=True)
 def handshake_of_1_2_ms(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(http, "handshake_time", lambda sock, elapsed: HANDSHAKE)
+    monkeypatch.setattr(stream, "handshake_time", lambda sock, elapsed: HANDSHAKE)
 
 
 @pytest.fixture(autouse=True)
@@ -140,24 +140,24 @@ def late(
     """The daemon's lag: `connected` seconds between the connect and what
     follows (the TLS handshake, or the request), `request` seconds before
     the request's send (after the TLS handshake)."""
-    connect = http._connect
+    connect = http.connect
 
-    async def late_connect(*args: object) -> http._Connection:
+    async def late_connect(*args: object) -> http.TimedConnection:
         connection = await connect(*args)  # type: ignore[arg-type]
         clock.jump(connected)
         return connection
 
-    next_round = getattr(http._Connection, "next_round", None)
+    next_round = getattr(http.TimedConnection, "next_round", None)
 
-    def late_round(self: http._Connection) -> None:
+    def late_round(self: http.TimedConnection) -> None:
         assert next_round is not None
         next_round(self)
         clock.jump(request)
 
     if connected:
-        monkeypatch.setattr(http, "_connect", late_connect)
+        monkeypatch.setattr(http, "connect", late_connect)
     if request:
-        monkeypatch.setattr(http._Connection, "next_round", late_round)
+        monkeypatch.setattr(http.TimedConnection, "next_round", late_round)
 
 
 async def timed(check: HttpCheck, port: int) -> tuple[ProbeResult, float]:
@@ -201,22 +201,22 @@ async def test_a_reply_in_the_kernel_when_the_deadline_passes_is_read(
     daemon lag, 1.5 s, past the deadline: the reply is read before anything
     is judged, and the server is up."""
     port = await serve(healthy, tls=check.tls)
-    send_all, next_round = http._Connection.send_all, http._Connection.next_round
-    requests: list[http._Connection] = []
+    send_all, next_round = http.TimedConnection.send_all, http.TimedConnection.next_round
+    requests: list[http.TimedConnection] = []
 
-    def the_request(self: http._Connection) -> None:
+    def the_request(self: http.TimedConnection) -> None:
         next_round(self)
         requests.append(self)
 
-    async def send_then_lag(self: http._Connection, data: bytes | bytearray | memoryview) -> None:  # fmt: skip
+    async def send_then_lag(self: http.TimedConnection, data: bytes | bytearray | memoryview) -> None:  # fmt: skip
         await send_all(self, data)
         if requests and requests[-1] is self:
             requests.clear()
             await trio.testing.wait_all_tasks_blocked()  # the server has answered
             autojump_clock.jump(1.5)
 
-    monkeypatch.setattr(http._Connection, "next_round", the_request)
-    monkeypatch.setattr(http._Connection, "send_all", send_then_lag)
+    monkeypatch.setattr(http.TimedConnection, "next_round", the_request)
+    monkeypatch.setattr(http.TimedConnection, "send_all", send_then_lag)
     result, took = await timed(check, port)
     assert (result.ok, result.reason, result.detail) == (True, Reason.OK, "status 200")
     assert took >= 1.5
@@ -246,18 +246,18 @@ async def test_an_answer_that_came_after_the_timeout_is_a_timeout_however_late_i
     (it was up before, with a latency over its timeout). Sends and reads on
     one stopped clock: the real time between them is not in the figures."""
     asked: set[object] = set()
-    next_round, arrival = http._Connection.next_round, http.arrival
+    next_round, arrival = http.TimedConnection.next_round, stream.arrival
 
-    def the_request(self: http._Connection) -> None:
+    def the_request(self: http.TimedConnection) -> None:
         next_round(self)
         asked.add(self.socket)
 
     def arrived(sock: object, now: float) -> float:
         return now + took if sock in asked else arrival(sock, now)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(http._Connection, "next_round", the_request)
-    monkeypatch.setattr(http, "arrival", arrived)
-    monkeypatch.setattr(http, "perf_counter", lambda: 100.0)
+    monkeypatch.setattr(http.TimedConnection, "next_round", the_request)
+    monkeypatch.setattr(stream, "arrival", arrived)
+    monkeypatch.setattr(stream, "perf_counter", lambda: 100.0)
     port = await serve(healthy, tls=check.tls)
     result = await probe(check, HERE, port)
     assert (result.ok, result.reason, result.detail) == expect
@@ -329,7 +329,7 @@ async def test_a_daemon_late_by_a_whole_timeout_ends_the_probe_at_twice_it(
     the server having had 0.8 s, and the detail says so. The rounds the
     server answered (the TLS handshake's) are counted on trio's clock here:
     on perf_counter, a loaded host's real milliseconds made it 0.81 s."""
-    monkeypatch.setattr(http, "perf_counter", trio.current_time)
+    monkeypatch.setattr(stream, "perf_counter", trio.current_time)
     port = await serve(silent)
     late(monkeypatch, autojump_clock, connected=0.6, request=0.6)
     result, took = await timed(HTTPS, port)
