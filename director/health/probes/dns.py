@@ -57,12 +57,13 @@ import dns.rdatatype
 import trio
 
 from director.health.probes import patterns
-from director.health.probes.attempt import probe_attempt
+from director.health.probes.attempt import ANSWER, CONNECT, duration, probe_attempt, timed_out
+from director.health.probes.stream import Silent, TimedConnection, connect, silence
 from director.health.probes.tcp import answered
 from director.health.probes.udp import Datagrams, Reply, exchange_datagrams
 from director.health.result import ProbeResult, Reason
 from director.health.spec import DnsCheck
-from director.ipvs.model import IPAddress, family_of
+from director.ipvs.model import IPAddress
 
 MAX_TCP_MESSAGE = 65535  # the 16-bit length prefix (RFC 1035 section 4.2.2)
 # RR types a query may ask for: every type dnspython names but the meta-types
@@ -82,6 +83,8 @@ _ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
 # What dnspython's parser raises on bytes that are no DNS message: its own
 # exceptions, and what a wire reader may let through on a malformed field.
 _MALFORMED = (dns.exception.DNSException, ValueError, struct.error, IndexError, UnicodeError)
+# Verdicts on a reply, whose latency is the server's time (stream.py's `served`).
+_ANSWERED = frozenset({Reason.OK, Reason.BAD_STATUS, Reason.BAD_REPLY})
 
 
 @dataclass(frozen=True)
@@ -243,19 +246,8 @@ async def probe_dns(check: DnsCheck, address: IPAddress, port: int) -> ProbeResu
     query, template = query_template(check.query_name, check.query_type)
     query_id = secrets.randbits(16)
     sent = _Sent(check, query, query_id, with_id(template, query_id))
-    timeout = check.timing.timeout
     if check.transport == "tcp":
-        with probe_attempt(timeout) as attempt:
-            verdict = await _exchange_tcp(sent, address, port)
-            if verdict.reason is Reason.OK:
-                attempt.succeed(detail=verdict.detail)
-            else:
-                assert verdict.reason is not None  # (_exchange_tcp ignores nothing)
-                attempt.fail(verdict.reason, verdict.detail)
-        result: ProbeResult = attempt.result
-        if result.reason is Reason.TIMEOUT:  # (its latency: the timeout, not the time to see it)
-            return replace(result, latency=timeout)
-        return result
+        return await _probe_tcp(sent, address, port)
     return await exchange_datagrams(
         address, port, check.timing, functools.partial(_exchange_udp, sent)
     )
@@ -312,37 +304,76 @@ def still_searching(check: DnsCheck, timeout: float) -> Verdict:
     return Verdict(Reason.TIMEOUT, f"no verdict within {timeout:g} s: {detail}")
 
 
-async def _exchange_tcp(sent: _Sent, address: IPAddress, port: int) -> Verdict:
-    """Send the query, length-prefixed, on a new connection and read one
-    message back (RFC 1035 section 4.2.2)."""
-    with trio.socket.socket(family_of(address), trio.socket.SOCK_STREAM) as sock:
-        await sock.connect((str(address), port))
-        await _send_all(sock, _LENGTH.pack(len(sent.wire)) + sent.wire)
-        header = await _receive_exactly(sock, _LENGTH.size)
-        if header is None:
-            return Verdict(Reason.BAD_REPLY, "connection closed before a reply")
-        (length,) = _LENGTH.unpack(header)
-        data = await _receive_exactly(sock, length)
-        if data is None:
-            return Verdict(Reason.BAD_REPLY, f"connection closed inside a {length} byte reply")
+async def _probe_tcp(sent: _Sent, address: IPAddress, port: int) -> ProbeResult:
+    """The exchange over TCP, on a connection that keeps the server's time
+    (stream.py, as HTTPS probes do): the latency and the timeout are the
+    handshake and the wait from the query's send to the reply's arrival in
+    the kernel, not the daemon's lag."""
+    timeout = sent.check.timing.timeout
+    connection: TimedConnection | None = None
+    served: float | None = None
+    try:
+        with probe_attempt(timeout, deadline=False) as attempt:  # the waits have theirs
+            try:
+                connection = await connect(address, port, attempt)
+                verdict = await _exchange_tcp(sent, connection)
+            except Silent as silent:
+                attempt.fail(Reason.TIMEOUT, silence(silent, _waited_for(connection, timeout), timeout))  # fmt: skip
+            else:
+                if verdict.reason is Reason.OK:
+                    attempt.succeed(detail=verdict.detail)
+                else:
+                    assert verdict.reason is not None  # (_exchange_tcp ignores nothing)
+                    attempt.fail(verdict.reason, verdict.detail)
+        served = connection.served() if connection is not None else None
+    finally:
+        if connection is not None:
+            connection.close()
+    result: ProbeResult = attempt.result
+    if served is not None and result.ok:
+        return answered(served, timeout, result.detail)
+    if served is not None and result.reason in _ANSWERED:
+        return replace(result, latency=served)
+    if result.latency > timeout or result.reason is Reason.TIMEOUT:
+        # A timeout's latency is its timeout; a failure read late: the rest was the daemon's.
+        return replace(result, latency=timeout)
+    return result
+
+
+def _waited_for(connection: TimedConnection | None, timeout: float) -> str:
+    """What did not come in the server's time: the connection, the reply,
+    or the rest of a reply begun."""
+    if connection is None:
+        return timed_out(CONNECT, timeout)
+    if connection.served() is None:
+        return timed_out(ANSWER, timeout, connection.handshake)
+    within = f"{timeout:g} s of the query"
+    return f"connected in {duration(connection.handshake)}; the reply incomplete within {within}"
+
+
+async def _exchange_tcp(sent: _Sent, stream: TimedConnection) -> Verdict:
+    """Send the query, length-prefixed, and read one message back (RFC 1035
+    section 4.2.2). Raises Silent (stream.py) for what did not come in the
+    server's time, OSError for a broken connection."""
+    await stream.send_all(_LENGTH.pack(len(sent.wire)) + sent.wire)
+    header = await _receive_exactly(stream, _LENGTH.size)
+    if header is None:
+        return Verdict(Reason.BAD_REPLY, "connection closed before a reply")
+    (length,) = _LENGTH.unpack(header)
+    data = await _receive_exactly(stream, length)
+    if data is None:
+        return Verdict(Reason.BAD_REPLY, f"connection closed inside a {length} byte reply")
     verdict = await sent.judge_off_loop(data)
     if verdict.ignored:
         return Verdict(Reason.BAD_REPLY, f"reply to another query: {verdict.detail}")
     return verdict
 
 
-async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        sent = await sock.send(view)
-        view = view[sent:]
-
-
-async def _receive_exactly(sock: trio.socket.SocketType, size: int) -> bytes | None:
+async def _receive_exactly(stream: TimedConnection, size: int) -> bytes | None:
     """`size` bytes (at most MAX_TCP_MESSAGE), or None if the peer closes first."""
     buffer = bytearray()
     while len(buffer) < size:
-        chunk = await sock.recv(min(size - len(buffer), MAX_TCP_MESSAGE))
+        chunk = await stream.receive_some(min(size - len(buffer), MAX_TCP_MESSAGE))
         if not chunk:
             return None
         buffer += chunk

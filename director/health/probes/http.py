@@ -106,7 +106,7 @@ from director.health.probes.http_head import (
     request_for,
     url_for,
 )
-from director.health.probes.stream import LIMIT, Silent, TimedConnection, connect
+from director.health.probes.stream import LIMIT, Silent, TimedConnection, connect, silence
 from director.health.probes.tcp import answered
 from director.health.probes.tls import TlsContexts, TlsSettings, TlsSetupError
 from director.health.result import ProbeResult, Reason
@@ -218,14 +218,7 @@ class _Exchange:
     def _silence(self, silent: Silent, timeout: float) -> str:
         """What timed out, for a timeout's detail."""
         handshake = self.connection.handshake if self.connection is not None else 0.0
-        detail = timed_out(self.step, timeout, handshake, self.status)
-        if silent.served is None:
-            return detail
-        connected = detail.partition(";")[0]  # the wall-clock limit: the daemon's lag
-        return (
-            f"{connected}; no verdict within {LIMIT * timeout:g} s of the start: the server"
-            f" had {silent.served:.2g} s of it, the rest was the daemon's lag"
-        )
+        return silence(silent, timed_out(self.step, timeout, handshake, self.status), timeout)
 
     async def close(self, deadline: float) -> None:
         """Close the connection; after a TLS exchange that was answered, keep

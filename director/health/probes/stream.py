@@ -32,7 +32,7 @@ from director.ipvs.model import IPAddress
 # A probe's wall time at most, in timeouts (the module's docstring says why).
 LIMIT = 2.0
 
-__all__ = ["LIMIT", "Silent", "TimedConnection", "connect"]
+__all__ = ["LIMIT", "Silent", "TimedConnection", "connect", "silence"]
 
 
 async def connect(address: IPAddress, port: int, attempt: Attempt) -> TimedConnection:
@@ -62,6 +62,19 @@ async def connect(address: IPAddress, port: int, attempt: Attempt) -> TimedConne
         sock.close()
         raise
     return TimedConnection(sock, handshake, timeout, started + LIMIT * timeout)
+
+
+def silence(silent: Silent, detail: str, timeout: float) -> str:
+    """A timeout's detail: `detail` (attempt.py's `timed_out`: what did not
+    come in the server's time), or, when the probe's wall-clock limit came
+    first, how much of its time the server had by then."""
+    if silent.served is None:
+        return detail
+    connected = detail.partition(";")[0]
+    return (
+        f"{connected}; no verdict within {LIMIT * timeout:g} s of the start: the server"
+        f" had {silent.served:.2g} s of it, the rest was the daemon's lag"
+    )
 
 
 class Silent(trio.TooSlowError):
