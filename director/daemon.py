@@ -34,7 +34,7 @@ with standing_in("ssl", "hmac", "hashlib"):
     from director.config import Config, ConfigError, load_config
     from director.control import server
     from director.control.handler import Controller
-    from director.engine import Director
+    from director.engine import Director, Stopping
     from director.health.spec import ExecCheck
     from director.ipvs.errors import KernelError
     from director.ipvs.netlink import NetlinkBackend
@@ -235,6 +235,7 @@ async def serve(
                 interval = watchdog_interval()
                 if interval:
                     nursery.start_soon(_keep_alive, notifier, director, interval)
+                reloads = Reloads(director, notifier, config_path)
                 async for signum in signals:
                     if signum in IGNORED_SIGNALS:
                         logger.warning(
@@ -244,12 +245,11 @@ async def serve(
                         )
                         continue
                     if signum == signal.SIGHUP:
-                        notifier.reloading()
-                        await director.reload_file(config_path, signal="SIGHUP")
-                        notifier.ready(director.status_line())
+                        reloads.ask(nursery)
                         continue
                     logger.info("stopping", signal=signal.Signals(signum).name)
                     notifier.stopping()
+                    nursery.start_soon(_extend_stop, notifier)
                     await director.stop()
                     nursery.cancel_scope.cancel()
                     break
@@ -260,6 +260,55 @@ async def serve(
 
 
 START_EXTEND_EVERY = 10.0  # seconds
+STOP_EXTEND_FOR = 120.0  # seconds: a stop asks systemd for at most this much time in all
+
+
+class Reloads:
+    """SIGHUP's reloads, one at a time, in a task of their own: the signal
+    loop goes on reading signals during one, so that a SIGTERM stops the
+    daemon at once (the stop abandons a reload still reading its file,
+    Director.stop). A SIGHUP during a reload asks for one more after it
+    (the file may have changed again), however many came."""
+
+    def __init__(self, director: Director, notifier: Notifier, path: Path) -> None:
+        self.director, self.notifier, self.path = director, notifier, path
+        self.running = False
+        self.again = False
+
+    def ask(self, nursery: trio.Nursery) -> None:
+        if self.running:
+            self.again = True
+            return
+        self.running = True
+        nursery.start_soon(self._run)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                self.again = False
+                self.notifier.reloading()
+                try:
+                    await self.director.reload_file(self.path, signal="SIGHUP")
+                except Stopping:
+                    return
+                if self.director.stop_asked:  # no READY=1 after STOPPING=1
+                    return
+                self.notifier.ready(self.director.status_line())
+                if not self.again:
+                    return
+        finally:
+            self.running = False
+
+
+async def _extend_stop(notifier: Notifier) -> None:
+    """Ask systemd for more time while a stop makes progress (a flush of a
+    large table, a reload's operations it waits for), past the unit's
+    TimeoutStopSec, for STOP_EXTEND_FOR seconds at most: a loop that is
+    stuck sends nothing, and is killed when the last extension runs out."""
+    end = trio.current_time() + STOP_EXTEND_FOR
+    while trio.current_time() < end:
+        notifier.extend_timeout(min(3 * START_EXTEND_EVERY, end - trio.current_time()))
+        await trio.sleep(START_EXTEND_EVERY)
 
 
 async def _extend_start(notifier: Notifier, starting: trio.CancelScope) -> None:

@@ -160,6 +160,7 @@ class Stopping(Exception):
 
 
 STOPPING = "directord is stopping: nothing was changed"
+ABANDONED = "directord is stopping: the reload was abandoned, the running config kept"
 
 
 @dataclass(frozen=True)
@@ -312,6 +313,8 @@ class Director:
         # Set by `stop`: no pass, job or announcement changes the table or
         # the routes after it (a flush stays a flush).
         self._stopping = False
+        self._stop_asked = False  # `stop` called (its job may wait its turn)
+        self._parse: trio.CancelScope | None = None  # a reload's read of its file, while it runs
         self._passes = 0
         self._drift_vouched = 0  # services the last drift check's digests vouched for
         self.lateness = 0.0  # seconds: how late the last probe started (status shows it)
@@ -1157,8 +1160,19 @@ class Director:
         config."""
 
         async def job() -> ReloadResult:
+            parse = self._parse = trio.CancelScope()
+            if self._stop_asked:
+                parse.cancel()
             try:
-                config, parse_cpu = await trio.to_thread.run_sync(_timed_load, str(path))
+                with parse:
+                    # Given up (the thread left to finish) when a stop comes.
+                    loaded = await trio.to_thread.run_sync(
+                        _timed_load, str(path), abandon_on_cancel=True
+                    )
+                if parse.cancelled_caught:
+                    self.log.warning("reload_abandoned", **origin, reason=ABANDONED)
+                    return ReloadResult(errors=(f"{path}: {ABANDONED}",), count=1)
+                config, parse_cpu = loaded
             except ConfigError as error:
                 errors = tuple(f"{path}: {e}" for e in error.named_errors)
                 count = len(error.errors)
@@ -1167,6 +1181,8 @@ class Director:
             except Exception as error:  # a bug must not end the daemon
                 self.log.exception("reload_failed", **origin)
                 return ReloadResult(errors=(f"{path}: internal error: {error!r}",), count=1)
+            finally:
+                self._parse = None
             needs_restart = restart_needed(self.config, config)
             if needs_restart:
                 errors = tuple(
@@ -1243,10 +1259,20 @@ class Director:
         )
         return summary
 
+    @property
+    def stop_asked(self) -> bool:
+        """Whether `stop` has been called (its job may not have run yet)."""
+        return self._stop_asked
+
     async def stop(self) -> None:
         """Withdraw every BGP announcement (BIRD stopped); leave the table
         (and the VIPs) in place, or with [daemon] flush_on_stop delete the
-        owned services and remove the owned VIPs (never anyone else's)."""
+        owned services and remove the owned VIPs (never anyone else's).
+        A reload still reading its file (or queued to) is abandoned at once,
+        the running config kept: a stop does not wait for a parse."""
+        self._stop_asked = True
+        if self._parse is not None:
+            self._parse.cancel()
 
         async def job() -> None:
             self._stopping = True

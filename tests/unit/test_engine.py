@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import random
+import threading
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from ipaddress import ip_address
@@ -17,9 +18,10 @@ import trio
 import trio.lowlevel
 import trio.testing
 
+from director import engine as engine_module
 from director import statefile
-from director.config import RealServerId, parse_config
-from director.engine import Director
+from director.config import Config, RealServerId, parse_config
+from director.engine import ABANDONED, Director, ReloadResult
 from director.health.result import ProbeResult, Reason
 from director.health.spec import Check
 from director.health.state import Health
@@ -984,3 +986,45 @@ async def test_initial_up_puts_every_server_in_before_a_probe_and_fall_takes_one
         assert weights(backend) == {"10.0.1.1": 5, "10.0.1.3": 2}
         assert network.probes == probes
         nursery.cancel_scope.cancel()
+
+
+async def test_a_stop_abandons_a_reload_still_reading_its_file(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parse runs in a thread, in the engine's turn: a stop no longer
+    waits for it (a large file under a busy loop took tens of seconds, past
+    systemd's stop timeout). The reload, and one queued behind it, answer
+    that they were abandoned; the running config stays."""
+    path = tmp_path / "director.toml"
+    path.write_text(CONFIG.replace("weight = 5", "weight = 6"))
+    parsing, release = threading.Event(), threading.Event()
+    timed_load = engine_module._timed_load
+
+    def slow_load(name: str) -> tuple[Config, float]:
+        parsing.set()
+        release.wait(30)
+        return timed_load(name)
+
+    monkeypatch.setattr(engine_module, "_timed_load", slow_load)
+    backend = MemoryBackend()
+    director = make_director(backend, FakeNetwork("10.0.1.1", "10.0.1.2"))
+    results: list[ReloadResult] = []
+
+    async def reload() -> None:
+        results.append(await director.reload_file(path))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(director.run)
+            await trio.sleep(1.1)
+            nursery.start_soon(reload)
+            await trio.to_thread.run_sync(parsing.wait)
+            nursery.start_soon(reload)  # queued behind the first
+            await trio.testing.wait_all_tasks_blocked()
+            await director.stop()
+            assert [r.errors for r in results] == [(f"{path}: {ABANDONED}",)] * 2
+            assert weights(backend) == {"10.0.1.1": 5, "10.0.1.2": 7}
+            assert director.config.virtual_servers[0].real_servers[0].weight == 5
+            nursery.cancel_scope.cancel()
+    finally:
+        release.set()
