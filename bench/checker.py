@@ -78,6 +78,12 @@ def main() -> None:
     parser.add_argument("--source", type=Path, help="import director from this checkout")
     parser.add_argument("--engine", action="store_true", help="through Director, not a Checker")
     parser.add_argument("--metrics", action="store_true", help="with --engine: [metrics] on")
+    parser.add_argument(
+        "--initial",
+        choices=("unknown", "up"),
+        default="unknown",
+        help="with --engine: the checks' `initial`",
+    )
     args = parser.parse_args()
     if args.source is not None:
         sys.path.insert(0, str(args.source.resolve()))
@@ -216,7 +222,7 @@ def engine_runner(
     services = [VirtualService("10.1.0.1", port, tuple(rs)) for port, rs in sorted(by_port.items())]
     timing = TcpTiming(interval=args.interval, timeout=args.timeout)
     workdir = Path(tempfile.mkdtemp(prefix="director-bench-checker-"))
-    text = directord_config(services, timing, workdir)
+    text = directord_config(services, timing, workdir, args.initial)
     if args.metrics:
         text = text.replace("[control]", '[metrics]\nlisten = "127.0.0.1:9"\n\n[control]', 1)
     (workdir / "director.toml").write_text(text)
