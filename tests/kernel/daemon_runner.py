@@ -68,6 +68,26 @@ def wait_alive(
         time.sleep(every)
 
 
+def waiter(
+    daemon: Daemon, timeout: float, table: Callable[[], str], every: float = 0.2
+) -> Callable[[Callable[[], T], str], T]:
+    """`wait(condition, what)`: wait_alive on `daemon`, with `table()` (an
+    ipvsadm listing) and the daemon's log when it times out."""
+
+    def wait(condition: Callable[[], T], what: str) -> T:
+        return wait_alive(
+            condition,
+            what,
+            alive=daemon.alive,
+            log=daemon.log_text,
+            timeout=timeout,
+            every=every,
+            context=lambda: f"table:\n{table()}\ndirectord's log:\n{daemon.log_text()}",
+        )
+
+    return wait
+
+
 class Daemon:
     def __init__(self, config: Path) -> None:
         self.config = config

@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from daemon_runner import Daemon, wait_alive
+from daemon_runner import Daemon, waiter
 from topology import ipvsadm, run
 
 SERVER_NET = "10.86.0"
@@ -130,14 +130,7 @@ def table_without(address: str) -> str | None:
 
 
 def wait_for(daemon: Daemon, condition: Callable[[], Any], what: str) -> Any:
-    return wait_alive(
-        condition,
-        what,
-        alive=daemon.alive,
-        log=daemon.log_text,
-        timeout=DEADLINE,
-        context=lambda: f"table:\n{ipvsadm('-Sn')}\ndirectord's log:\n{daemon.log_text()}",
-    )
+    return waiter(daemon, DEADLINE, lambda: ipvsadm("-Sn"), every=0.1)(condition, what)
 
 
 def label(service: str) -> str:

@@ -31,12 +31,12 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from daemon_runner import Daemon, wait_alive
+from daemon_runner import Daemon, waiter
 from topology import (
     HTTP_PORT,
     Network,
@@ -202,24 +202,6 @@ def drop_silently(net: Network) -> None:
         subprocess.run([*tc, "qdisc", "del", "dev", "eth0", "clsact"], check=True)
 
 
-def waiter(daemon: Daemon) -> Callable[[Callable[[], object], str], object]:
-    """`wait(condition, what)`: wait_alive on `daemon`, with the table and
-    its log when it times out."""
-
-    def wait(condition: Callable[[], object], what: str) -> object:
-        return wait_alive(
-            condition,
-            what,
-            alive=daemon.alive,
-            log=daemon.log_text,
-            timeout=DEADLINE,
-            every=0.5,
-            context=lambda: f"{ipvsadm('-Ln')}\n{daemon.log_text()}",
-        )
-
-    return wait
-
-
 def test_timeouts_worked_example(net: Network, servers: RealServers, tmp_path: Path) -> None:
     config = tmp_path / "director.toml"
     config.write_text(config_text(net, tmp_path, None))
@@ -228,7 +210,7 @@ def test_timeouts_worked_example(net: Network, servers: RealServers, tmp_path: P
     try:
         daemon.start()
 
-        wait = waiter(daemon)
+        wait = waiter(daemon, DEADLINE, lambda: ipvsadm("-Ln"), every=0.5)
 
         wait(lambda: ipvsadm("-Ln").count("Masq") == 2, "both real servers in the table")
         assert "900 120 300" in ipvsadm("-L", "--timeout")  # the kernel's defaults
@@ -351,7 +333,7 @@ def test_timeouts_worked_example_direct_routing(
     try:
         daemon.start()
 
-        wait = waiter(daemon)
+        wait = waiter(daemon, DEADLINE, lambda: ipvsadm("-Ln"), every=0.5)
 
         wait(lambda: ipvsadm("-Ln").count("Route") == 2, "both real servers in the table")
 

@@ -44,17 +44,19 @@ class FakeNotifier:
         self.said.append("READY=1")
 
 
-def reloads_of(director: FakeDirector, notifier: FakeNotifier) -> Reloads:
-    return Reloads(director, notifier, Path("/etc/director/director.toml"))  # type: ignore[arg-type]
+async def reloading(nursery: trio.Nursery) -> tuple[FakeDirector, FakeNotifier, Reloads]:
+    """A first SIGHUP's reload, reading its file."""
+    director, notifier = FakeDirector(), FakeNotifier()
+    reloads = Reloads(director, notifier, Path("/etc/director/director.toml"))  # type: ignore[arg-type]
+    reloads.ask(nursery)
+    await trio.testing.wait_all_tasks_blocked()
+    return director, notifier, reloads
 
 
 async def test_sighups_during_a_reload_make_one_more_after_it(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    director, notifier = FakeDirector(), FakeNotifier()
-    reloads = reloads_of(director, notifier)
-    reloads.ask(nursery)
-    await trio.testing.wait_all_tasks_blocked()
+    director, notifier, reloads = await reloading(nursery)
     for _ in range(3):  # while the first reads its file
         reloads.ask(nursery)
     assert director.reloads == 1
@@ -70,10 +72,7 @@ async def test_sighups_during_a_reload_make_one_more_after_it(
 async def test_no_ready_after_a_stop_and_no_reload_once_the_engine_refuses(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    director, notifier = FakeDirector(), FakeNotifier()
-    reloads = reloads_of(director, notifier)
-    reloads.ask(nursery)
-    await trio.testing.wait_all_tasks_blocked()
+    director, notifier, reloads = await reloading(nursery)
     reloads.ask(nursery)  # one more asked
     director.stop_asked = True  # the stop comes; the engine abandons the reload
     director.release.set()
