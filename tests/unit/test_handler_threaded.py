@@ -9,6 +9,7 @@ import random
 import threading
 from collections.abc import Sequence
 
+import pytest
 import trio
 
 from director.config import parse_config
@@ -93,3 +94,23 @@ async def test_a_listing_inside_a_restore_answers_between_the_lines_around_it() 
     first = "-A -t 10.0.0.1:80 -s rr\n-A -u 10.0.0.9:53 -s rr\n"
     second = "-A -t 10.0.0.1:80 -s rr\n-A -t 10.0.0.2:80 -s rr\n-A -u 10.0.0.9:53 -s rr\n"
     assert response == Response(0, first + second, "")
+
+
+@pytest.mark.parametrize(("initial", "expected"), [("unknown", set()), ("up", {"10.0.1.1"})])
+async def test_a_server_added_with_a_runs_its_runtime_checks_initial(
+    initial: str, expected: set[str]
+) -> None:
+    """`-a` of a server not probed yet: with runtime_check's initial = "up"
+    it is in the table at once, as `ipvsadm -a` puts it; by default it
+    waits for its first probe (never, here)."""
+    backend = MemoryBackend()
+    config = CONFIG.replace("fall = 1 }", f'fall = 1, initial = "{initial}" }}')
+    director = Director(parse_config(config), KernelTable(backend), probe=never, rng=random.Random(1))  # fmt: skip
+    controller = Controller(director, reads=KernelTable(backend))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        for argv in (("-A", "-t", "10.0.0.1:80"), ("-a", "-t", "10.0.0.1:80", "-r", "10.0.1.1:80")):
+            assert (await controller.handle(Request(argv=argv), ROOT)).status == 0
+        nursery.cancel_scope.cancel()
+    (entry,) = backend.services()
+    assert {str(d.destination.address) for d in entry.destinations} == expected
