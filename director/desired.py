@@ -51,6 +51,7 @@ class RealServerView:
 
 
 UNCHECKED = RealServerView()
+INITIAL_UP = 'not checked yet, in service from the start (initial = "up")'
 
 
 @dataclass(frozen=True)
@@ -236,16 +237,18 @@ def _decide(
         if panic:
             return present(rs.weight, "down, but every server is down: panic keeps all")
         return failed("down")
+    initial_up = rs.check.timing.initial == "up"
     if in_kernel is not None:
         # A weight of the kernel's own making is kept: a ramp's step, an
         # exec check's last word, or 0 (down or drained at the last run).
         if in_kernel.weight == 0 or vs.slow_start > 0 or getattr(rs.check, "dynamic_weight", False):
-            return present(in_kernel.weight, "not checked yet, weight kept as in the kernel")
-        return present(rs.weight, "not checked yet, kept as in the kernel at the configured weight")
-    if rs.check.timing.initial == "up":
+            weight, why = in_kernel.weight, "weight kept as in the kernel"
+        else:
+            weight, why = rs.weight, "kept as in the kernel at the configured weight"
+        return present(weight, INITIAL_UP if initial_up and weight else f"not checked yet, {why}")
+    if initial_up:
         # A ramp begins at the first passed probe (state.advance), from 1.
-        weight = 1 if vs.slow_start > 0 else rs.weight
-        return present(weight, 'not checked yet, in service from the start (initial = "up")')
+        return present(1 if vs.slow_start > 0 else rs.weight, INITIAL_UP)
     return absent("not checked yet, and not in the kernel")
 
 

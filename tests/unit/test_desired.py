@@ -253,6 +253,13 @@ def test_initial_up_puts_an_unchecked_server_in_at_once() -> None:
     # what the kernel has still wins: weight 0 was the last run's down or drain
     kept = only(desired_table(cfg, {}, kernel_with(dest(0, 0)), 0.0))
     assert weights(kept) == {"10.0.0.10": 0, "10.0.0.11": 4}
+    assert reasons(kept)["10.0.0.10"] == "not checked yet, weight kept as in the kernel"
+    # once its pass put it in, the reason stays what put it there
+    placed = only(desired_table(cfg, {}, kernel_with(dest(0, 3), dest(1, 4)), 0.0))
+    assert weights(placed) == {"10.0.0.10": 3, "10.0.0.11": 4}
+    assert set(reasons(placed).values()) == {
+        'not checked yet, in service from the start (initial = "up")'
+    }
     # admin states apply as to any server
     admin = {rid(0): AdminState.DISABLED, rid(1): AdminState.DRAIN}
     assert weights(only(desired_table(cfg, {}, {}, 0.0, admin))) == {"10.0.0.11": 0}
