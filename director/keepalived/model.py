@@ -254,10 +254,11 @@ def _timer(text: str, minimum: float = 0.0) -> float | None:
 
 
 def _bool(args: tuple[str, ...]) -> bool | None:
-    """check_true_false: no argument is true."""
+    """check_true_false (keepalived's parser.c: strcmp, so "YES" is no
+    boolean); no argument is true."""
     if not args:
         return True
-    word = args[0].lower()
+    word = args[0]
     if word in ("on", "true", "yes"):
         return True
     if word in ("off", "false", "no"):
@@ -678,6 +679,14 @@ class Reader:
 
     # -- checkers
 
+    def alpha(self, node: Node) -> bool | None:
+        """A checker's `alpha [yes|no]`; an invalid value is noted and
+        ignored, as keepalived ignores it."""
+        value = _bool(node.args)
+        if value is None:
+            self.invalid(node)
+        return value
+
     def checker(self, node: Node) -> Checker | None:
         checker = Checker(node.where, node.keyword)
         follows = EVENT_CHECKERS.get(checker.kind)
@@ -689,7 +698,7 @@ class Reader:
                 if child.keyword == follows and child.args:
                     checker.follows = child.args[0]
                 elif child.keyword == "alpha" and checker.kind == "BFD_CHECK":
-                    checker.alpha = _bool(child.args)
+                    checker.alpha = self.alpha(child)
             return checker
         for child in node.children():
             if not self.checker_keyword(checker, child):
@@ -731,7 +740,7 @@ class Reader:
             else:
                 checker.retry = retry
         elif key == "alpha":
-            checker.alpha = _bool(args)
+            checker.alpha = self.alpha(node)
         elif kind in ("HTTP_GET", "SSL_GET") and key == "url":
             url = self.url(node)
             if url is not None:

@@ -620,3 +620,21 @@ def test_the_header_says_what_differs_at_start() -> None:
     header = text.split("\n\n")[0]
     assert 'initial = "up"' in header and "with alpha" in header
     assert "first check at start has no retries" in header and "`fall`" in header
+
+
+@pytest.mark.parametrize(
+    ("rs", "checker"),
+    [("alpha YES", ""), ("", "alpha Yes"), ("", "alpha 1"), ("alpha maybe", "")],
+)
+def test_an_invalid_alpha_is_noted_and_ignored_as_keepalived_does(rs: str, checker: str) -> None:
+    """keepalived's check_true_false compares exactly (parser.c): `alpha
+    YES` is no boolean, keepalived logs it and ignores it, and the server
+    is in at start (seen in the VM: keepalived 2.2.7, "Invalid alpha
+    parameter YES"). On a checker it was dropped without a line."""
+    conversion = convert_text(ALPHA.format(vs="", rs=rs, checker=checker))
+    first = checked(conversion).virtual_servers[0].real_servers[0].check
+    assert first.timing.initial == "up"
+    value = (rs or checker).split()[1]
+    assert [n for n in note_texts(conversion) if ": alpha:" in n] == [
+        next(n for n in note_texts(conversion) if f"alpha: invalid value '{value}', ignored" in n)
+    ]
