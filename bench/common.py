@@ -16,6 +16,7 @@ import json
 import mmap
 import os
 import select
+import shutil
 import signal
 import socket
 import statistics
@@ -402,6 +403,15 @@ class BenchProcess:
     def stop(self) -> None:
         if self.process is None:
             return
+        if _sampled():
+            # py-spy writes its profile on SIGINT, and leaves its child running.
+            below = descendants(self.pid)[1:]
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(120)
+            for pid in below:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            return
         self.process.terminate()
         try:
             self.process.wait(30)
@@ -415,6 +425,18 @@ def _profiled() -> list[str]:
     directord's profile (written when it stops), else none."""
     path = os.environ.get("DIRECTOR_BENCH_PROFILE")
     return ["-m", "cProfile", "-o", path] if path else []
+
+
+def _sampled() -> list[str]:
+    """py-spy's command line when $DIRECTOR_BENCH_PYSPY names a file for a
+    sampled profile of directord (speedscope JSON, samples in time order,
+    written when the bench stops it with SIGINT), else none. Unlike
+    cProfile, it does not slow the daemon's Python code."""
+    path = os.environ.get("DIRECTOR_BENCH_PYSPY")
+    if not path:
+        return []
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return [spy, "record", "--rate", "50", "--format", "speedscope", "--output", path, "--"]
 
 
 class Directord(BenchProcess):
@@ -442,6 +464,7 @@ class Directord(BenchProcess):
             log = (self.workdir / "directord.log").open("wb")
             self.process = subprocess.Popen(
                 [
+                    *_sampled(),
                     sys.executable,
                     *_profiled(),
                     "-m",

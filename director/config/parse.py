@@ -42,6 +42,7 @@ from director.config.model import (
     VirtualServer,
 )
 from director.config.reader import Problems, Table, entry_name
+from director.config.toml import string
 from director.health.spec import Check, TcpCheck
 from director.ipvs.facts import (
     FWMARK_MAX,
@@ -401,13 +402,13 @@ def _listen_problem(listen: str) -> str:
     if host.count(":") and not host.startswith("["):
         return "an IPv6 address goes in brackets"
     if not port.isdigit():
-        return f"port {port!r} is not a number"
+        return f"port {string(port)} is not a number"
     if not 1 <= int(port) <= 65535:
         return f"port {int(port)} is not in 1..65535"
     try:
         ip_address(host.removeprefix("[").removesuffix("]"))
     except ValueError:
-        return f"{host!r} is not an IP address (no host names)"
+        return f"{string(host)} is not an IP address (no host names)"
     return "not an endpoint"
 
 
@@ -597,7 +598,7 @@ def _virtual_servers(
                 # interfaces each copy would follow only its own services.
                 problems.add(
                     f"{path}.vip_interface",
-                    f"{vs.key.address} is already the VIP on {first[0]!r} "
+                    f"{vs.key.address} is already the VIP on {string(first[0])} "
                     f"(at {first[1]}): one address, one vip_interface",
                     vs.vip_interface,
                     first=first[1],

@@ -8,11 +8,14 @@ keys nobody asked for, with a suggestion when one is close to a known key.
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import math
 import re
 from collections.abc import Callable, Mapping
 from typing import TypeVar
+
+from director.config.toml import literal, string
 
 T = TypeVar("T")
 
@@ -23,6 +26,10 @@ _TYPE_NAMES: dict[type, str] = {
     str: "a string",
     list: "an array",
     dict: "a table",
+    # TOML's own names: a date-time first (a datetime is a date).
+    datetime.datetime: "a date-time",
+    datetime.date: "a date",
+    datetime.time: "a time",
 }
 
 
@@ -92,7 +99,7 @@ class Problems:
     def add(self, path: str, message: str, *value: object, first: str | None = None) -> None:
         """`first`: the path of the entry a duplicate repeats, which
         `message` names as "at {first})": named_errors adds its line there."""
-        text = f"{path}: {message}" + "".join(f": {v!r}" for v in value)
+        text = f"{path}: {message}" + "".join(f": {literal(v)}" for v in value)
         if text not in self._seen:
             self._seen.add(text)
             self.errors.append(text)
@@ -319,8 +326,8 @@ class Table:
         if value is None:
             return None
         if value not in choices:
-            alias = _SAME_AS.get(value.lower())
-            hint = f" (for {value!r} write {alias!r})" if alias in choices else ""
+            alias = _SAME_AS.get(value.lower(), "")
+            hint = f" (for {string(value)} write {string(alias)})" if alias in choices else ""
             self.error(key, f"must be one of {', '.join(choices)}{hint}", value)
             return None
         return choices[value]

@@ -10,6 +10,7 @@ import pytest
 
 from director.config import ConfigError, parse_config
 from director.config.model import BgpPeer, BgpSettings, Config
+from director.config.toml import literal
 from director.ipvs.facts import NO_MODULES
 
 HEAD = "[bgp]\nlocal_as = 65001\n"
@@ -165,19 +166,19 @@ def test_local_as_missing_with_a_peer() -> None:
     [
         ("local_as = 0", "bgp.local_as: must be between 1 and 4294967295: 0"),
         ("local_as = 4294967296", "bgp.local_as: must be between 1 and 4294967295: 4294967296"),
-        ('local_as = "65001"', "bgp.local_as: expected an integer, got a string: '65001'"),
-        ("local_as = true", "bgp.local_as: expected an integer, got a boolean: True"),
-        ('router_id = "x"', "bgp.router_id: not an IP address: 'x'"),
+        ('local_as = "65001"', 'bgp.local_as: expected an integer, got a string: "65001"'),
+        ("local_as = true", "bgp.local_as: expected an integer, got a boolean: true"),
+        ('router_id = "x"', 'bgp.router_id: not an IP address: "x"'),
         ("router_id = 1", "bgp.router_id: expected a string, got an integer: 1"),
         (
             'router_id = "2001:db8::11"',
-            "bgp.router_id: must be an IPv4 address (a BGP identifier is 4 octets): '2001:db8::11'",
+            'bgp.router_id: must be an IPv4 address (a BGP identifier is 4 octets): "2001:db8::11"',
         ),
-        ('next_hop = "10.9.0.256"', "bgp.next_hop: not an IP address: '10.9.0.256'"),
+        ('next_hop = "10.9.0.256"', 'bgp.next_hop: not an IP address: "10.9.0.256"'),
         ("next_hop = 1", "bgp.next_hop: expected a string, got an integer: 1"),
         (
             'next_hop = "2001:db8::11"',
-            "bgp.next_hop: no [[bgp.peer]] is IPv6: '2001:db8::11'",
+            'bgp.next_hop: no [[bgp.peer]] is IPv6: "2001:db8::11"',
         ),
         ("hold_time = 1", "bgp.hold_time: must be 0 (no keepalives) or at least 3 seconds: 1"),
         ("hold_time = 2", "bgp.hold_time: must be 0 (no keepalives) or at least 3 seconds: 2"),
@@ -198,20 +199,20 @@ def test_local_as_missing_with_a_peer() -> None:
         ),
         (
             'bird = "bird -d"',
-            "bgp.bird: expected a command name or path (letters, digits, _ . / + -): 'bird -d'",
+            'bgp.bird: expected a command name or path (letters, digits, _ . / + -): "bird -d"',
         ),
         (
             'bird = "bird;reboot"',
-            "bgp.bird: expected a command name or path (letters, digits, _ . / + -): 'bird;reboot'",
+            'bgp.bird: expected a command name or path (letters, digits, _ . / + -): "bird;reboot"',
         ),
-        ('bird = ""', "bgp.bird: expected a command name or path (letters, digits, _ . / + -): ''"),
+        ('bird = ""', 'bgp.bird: expected a command name or path (letters, digits, _ . / + -): ""'),
         ("bird = 2", "bgp.bird: expected a string, got an integer: 2"),
         (
             'birdc = "$HOME/birdc"',
             "bgp.birdc: expected a command name or path (letters, digits, _ . / + -): "
-            "'$HOME/birdc'",
+            '"$HOME/birdc"',
         ),
-        ('runtime_dir = "run/bgp"', "bgp.runtime_dir: must be an absolute path: 'run/bgp'"),
+        ('runtime_dir = "run/bgp"', 'bgp.runtime_dir: must be an absolute path: "run/bgp"'),
         ("runtime_dir = 1", "bgp.runtime_dir: expected a string, got an integer: 1"),
         ("local_ass = 1", "bgp.local_ass: unknown key (did you mean 'local_as'?)"),
         ("holdtime = 9", "bgp.holdtime: unknown key (did you mean 'hold_time'?)"),
@@ -231,14 +232,14 @@ def test_a_runtime_dir_too_long_for_the_control_socket() -> None:
     assert settings is not None and settings.runtime_dir == fits
     assert errors(HEAD + f'runtime_dir = "{too_long}"\n' + PEER) == [
         "bgp.runtime_dir: too long for BIRD's control socket in it (107 bytes of socket path): "
-        f"{too_long!r}"
+        f"{literal(too_long)}"
     ]
 
 
 def test_an_empty_runtime_dir_is_an_error_not_the_default() -> None:
     # "" is no absolute path: it must not quietly become /run/director/bgp.
     assert errors(HEAD + 'runtime_dir = ""\n' + PEER) == [
-        "bgp.runtime_dir: must be an absolute path: ''"
+        'bgp.runtime_dir: must be an absolute path: ""'
     ]
 
 
@@ -249,11 +250,11 @@ def test_every_bad_value_of_bgp_at_once() -> None:
     )
     assert errors(text) == [
         "bgp.local_as: must be between 1 and 4294967295: 0",
-        "bgp.router_id: must be an IPv4 address (a BGP identifier is 4 octets): '::1'",
+        'bgp.router_id: must be an IPv4 address (a BGP identifier is 4 octets): "::1"',
         "bgp.hold_time: must be 0 (no keepalives) or at least 3 seconds: 2",
         "bgp.med: must be between 0 and 4294967295: -5",
-        "bgp.bird: expected a command name or path (letters, digits, _ . / + -): 'a b'",
-        "bgp.runtime_dir: must be an absolute path: 'x'",
+        'bgp.bird: expected a command name or path (letters, digits, _ . / + -): "a b"',
+        'bgp.runtime_dir: must be an absolute path: "x"',
     ]
 
 
@@ -262,7 +263,7 @@ def test_every_bad_value_of_bgp_at_once() -> None:
 
 def test_peer_must_be_an_array_of_tables() -> None:
     assert errors(HEAD + '[bgp.peer]\naddress = "10.9.0.1"\nas = 65000\n') == [
-        "bgp.peer: expected an array of tables, got a table: {'address': '10.9.0.1', 'as': 65000}"
+        'bgp.peer: expected an array of tables, got a table: { address = "10.9.0.1", as = 65000 }'
     ]
     assert errors(HEAD + "peer = [1]\n") == ["bgp.peer[0]: expected a table, got an integer: 1"]
 
@@ -277,17 +278,17 @@ def test_an_empty_peer_names_its_required_keys() -> None:
 @pytest.mark.parametrize(
     ("lines", "error"),
     [
-        ('address = "router1"\nas = 1', "bgp.peer[0].address: not an IP address: 'router1'"),
+        ('address = "router1"\nas = 1', 'bgp.peer[0].address: not an IP address: "router1"'),
         ("address = 1\nas = 1", "bgp.peer[0].address: expected a string, got an integer: 1"),
         (
             'address = "fe80::1"\nas = 1',
             "bgp.peer[0].address: a link-local neighbour needs an interface: not supported: "
-            "'fe80::1'",
+            '"fe80::1"',
         ),
         (
             'address = "169.254.0.1"\nas = 1',
             "bgp.peer[0].address: a link-local neighbour needs an interface: not supported: "
-            "'169.254.0.1'",
+            '"169.254.0.1"',
         ),
         ('address = "10.9.0.1"\nas = 0', "bgp.peer[0].as: must be between 1 and 4294967295: 0"),
         (
@@ -296,7 +297,7 @@ def test_an_empty_peer_names_its_required_keys() -> None:
         ),
         (
             'address = "10.9.0.1"\nas = "65000"',
-            "bgp.peer[0].as: expected an integer, got a string: '65000'",
+            'bgp.peer[0].as: expected an integer, got a string: "65000"',
         ),
         (
             'address = "10.9.0.1"\nas = 1\nport = 0',
@@ -316,37 +317,31 @@ def test_an_empty_peer_names_its_required_keys() -> None:
         ),
         (
             'address = "10.9.0.1"\nas = 1\nmultihop = true',
-            "bgp.peer[0].multihop: expected an integer, got a boolean: True",
+            "bgp.peer[0].multihop: expected an integer, got a boolean: true",
         ),
         (
             'address = "10.9.0.1"\nas = 1\npassword = ""',
-            'bgp.peer[0].password: 1 to 80 printable ASCII characters, without " or \\: '
-            "'(hidden)'",
+            'bgp.peer[0].password: 1 to 80 printable ASCII characters, without " or \\: "(hidden)"',
         ),
         (
             f'address = "10.9.0.1"\nas = 1\npassword = "{"x" * 81}"',
-            'bgp.peer[0].password: 1 to 80 printable ASCII characters, without " or \\: '
-            "'(hidden)'",
+            'bgp.peer[0].password: 1 to 80 printable ASCII characters, without " or \\: "(hidden)"',
         ),
         (
             'address = "10.9.0.1"\nas = 1\npassword = "a\\"b"',
-            'bgp.peer[0].password: 1 to 80 printable ASCII characters, without " or \\: '
-            "'(hidden)'",
+            'bgp.peer[0].password: 1 to 80 printable ASCII characters, without " or \\: "(hidden)"',
         ),
         (
             "address = \"10.9.0.1\"\nas = 1\npassword = 'a\\b'",
-            'bgp.peer[0].password: 1 to 80 printable ASCII characters, without " or \\: '
-            "'(hidden)'",
+            'bgp.peer[0].password: 1 to 80 printable ASCII characters, without " or \\: "(hidden)"',
         ),
         (
             'address = "10.9.0.1"\nas = 1\npassword = "caf\u00e9"',
-            'bgp.peer[0].password: 1 to 80 printable ASCII characters, without " or \\: '
-            "'(hidden)'",
+            'bgp.peer[0].password: 1 to 80 printable ASCII characters, without " or \\: "(hidden)"',
         ),
         (
             'address = "10.9.0.1"\nas = 1\npassword = "a\\tb"',
-            'bgp.peer[0].password: 1 to 80 printable ASCII characters, without " or \\: '
-            "'(hidden)'",
+            'bgp.peer[0].password: 1 to 80 printable ASCII characters, without " or \\: "(hidden)"',
         ),
         (
             'address = "10.9.0.1"\nas = 1\npassword = 7',
@@ -387,7 +382,7 @@ def test_peer_errors_name_the_entry_for_people() -> None:
 def test_next_hop_and_local_pref_are_not_judged_without_valid_peers() -> None:
     # Only the peer's own error: no "no [[bgp.peer]] is IPv4" on top of it.
     text = HEAD + 'next_hop = "10.9.0.11"\nlocal_pref = 5\n[[bgp.peer]]\naddress = "x"\nas = 1\n'
-    assert errors(text) == ["bgp.peer[0].address: not an IP address: 'x'"]
+    assert errors(text) == ['bgp.peer[0].address: not an IP address: "x"']
 
 
 # -- a service's bgp = true --------------------------------------------------------------
@@ -396,7 +391,7 @@ def test_next_hop_and_local_pref_are_not_judged_without_valid_peers() -> None:
 def test_bgp_true_needs_a_bgp_section() -> None:
     assert errors(service()) == [
         "virtual_server[0].bgp: needs a [bgp] section (local_as and at least one [[bgp.peer]]): "
-        "True"
+        "true"
     ]
 
 
@@ -404,29 +399,29 @@ def test_bgp_true_on_a_fwmark_service() -> None:
     text = HEAD + PEER + "[[virtual_server]]\nfwmark = 7\nbgp = true\n"
     text += '[[virtual_server.real_server]]\naddress = "10.9.2.1:80"\n'
     assert errors(text) == [
-        "virtual_server[0].bgp: a fwmark service has no address to announce: True"
+        "virtual_server[0].bgp: a fwmark service has no address to announce: true"
     ]
 
 
 def test_bgp_true_needs_a_peer_of_the_address_family() -> None:
     assert errors(HEAD + PEER + service("[2001:db8:1::100]:80")) == [
-        "virtual_server[0].bgp: no [[bgp.peer]] is IPv6 to announce 2001:db8:1::100 to: True"
+        "virtual_server[0].bgp: no [[bgp.peer]] is IPv6 to announce 2001:db8:1::100 to: true"
     ]
     assert errors(HEAD + PEER6 + service()) == [
-        "virtual_server[0].bgp: no [[bgp.peer]] is IPv4 to announce 10.9.1.100 to: True"
+        "virtual_server[0].bgp: no [[bgp.peer]] is IPv4 to announce 10.9.1.100 to: true"
     ]
 
 
 def test_bgp_must_be_a_boolean() -> None:
     assert errors(HEAD + PEER + service(extra='bgp = "yes"\n')) == [
-        "virtual_server[0].bgp: expected a boolean, got a string: 'yes'"
+        'virtual_server[0].bgp: expected a boolean, got a string: "yes"'
     ]
 
 
 def test_only_the_wrong_service_is_named() -> None:
     text = HEAD + PEER + service() + service("[2001:db8:1::100]:80") + service("10.9.1.101:80")
     assert errors(text) == [
-        "virtual_server[1].bgp: no [[bgp.peer]] is IPv6 to announce 2001:db8:1::100 to: True"
+        "virtual_server[1].bgp: no [[bgp.peer]] is IPv6 to announce 2001:db8:1::100 to: true"
     ]
 
 
@@ -444,7 +439,7 @@ def test_a_service_error_names_the_entry_for_people() -> None:
         config(HEAD + PEER6 + service())
     assert info.value.named_errors == [
         "virtual_server[0].bgp (10.9.1.100:80 tcp, line 9): "
-        "no [[bgp.peer]] is IPv4 to announce 10.9.1.100 to: True"
+        "no [[bgp.peer]] is IPv4 to announce 10.9.1.100 to: true"
     ]
 
 

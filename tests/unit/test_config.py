@@ -308,7 +308,7 @@ def test_check_types() -> None:
 def test_error_paths_name_the_key_and_value() -> None:
     text = VS + '[[virtual_server.real_server]]\naddress = "10.0.0.x:80"\n'
     assert one_error(text) == (
-        "virtual_server[0].real_server[0].address: not an IP address and port: '10.0.0.x:80'"
+        'virtual_server[0].real_server[0].address: not an IP address and port: "10.0.0.x:80"'
     )
 
 
@@ -333,9 +333,9 @@ def test_all_errors_are_collected() -> None:
         "daemon.reconcile_interval: must be a finite number above 0: 0",
         "virtual_server[0].scheduler: unknown scheduler "
         "(known: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos none;"
-        " this kernel's modules: none found): 'fastest'",
+        ' this kernel\'s modules: none found): "fastest"',
         "virtual_server[0].real_server[0].weight: must be between 0 and 65535: 70000",
-        "virtual_server[1].protocol: must be one of tcp, udp, sctp: 'icmp'",
+        'virtual_server[1].protocol: must be one of tcp, udp, sctp: "icmp"',
     ]
     with pytest.raises(ConfigError) as info:
         parse_config("[daemon]\nreconcile_interval = 0\nlog_level = 3\n", "x.toml")
@@ -382,7 +382,7 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             VS + "check = { type = 'smtp' }\n",
-            "virtual_server[0].check.type: must be one of tcp, http, https, udp, dns, exec: 'smtp'",
+            'virtual_server[0].check.type: must be one of tcp, http, https, udp, dns, exec: "smtp"',
         ),
         (
             VS + "check = { rise = 0 }\n",
@@ -398,7 +398,7 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             VS + "check = { interval = 'fast' }\n",
-            "virtual_server[0].check.interval: expected a number of seconds, got a string: 'fast'",
+            'virtual_server[0].check.interval: expected a number of seconds, got a string: "fast"',
         ),
         (
             VS + "check = { interval = nan }\n",
@@ -410,7 +410,7 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             VS + "check = { address = 'db' }\n",
-            "virtual_server[0].check.address: not an IP address: 'db'",
+            'virtual_server[0].check.address: not an IP address: "db"',
         ),
         (
             VS + "check = { type = 'http', expect_status = [99] }\n",
@@ -422,19 +422,19 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             VS + "check = { type = 'http', expect_body = '[' }\n",
-            "virtual_server[0].check.expect_body: not a valid regular expression (unterminated character set at position 1): '['",
+            'virtual_server[0].check.expect_body: not a valid regular expression (unterminated character set at position 1): "["',
         ),
         (
             VS + "check = { type = 'http', path = 'x' }\n",
-            "virtual_server[0].check.path: must start with '/': 'x'",
+            "virtual_server[0].check.path: must start with '/': \"x\"",
         ),
         (
             VS + "check = { type = 'http', method = 'GE T' }\n",
-            "virtual_server[0].check.method: not an HTTP method: 'GE T'",
+            'virtual_server[0].check.method: not an HTTP method: "GE T"',
         ),
         (
             VS + "check = { type = 'udp', payload = 'hex:0' }\n",
-            "virtual_server[0].check.payload: 'hex:' must be followed by pairs of hex digits: 'hex:0'",
+            "virtual_server[0].check.payload: 'hex:' must be followed by pairs of hex digits: \"hex:0\"",
         ),
         (
             VS + "check = { type = 'exec' }\n",
@@ -450,9 +450,9 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             VS + "check = { type = 'exec', command = 'a \"b' }\n",
-            "virtual_server[0].check.command: cannot split into words (No closing quotation): 'a \"b'",
+            'virtual_server[0].check.command: cannot split into words (No closing quotation): "a \\"b"',
         ),
-        (VS + "check = 'tcp'\n", "virtual_server[0].check: expected a table, got a string: 'tcp'"),
+        (VS + "check = 'tcp'\n", 'virtual_server[0].check: expected a table, got a string: "tcp"'),
         (VS + "persistent = 0\n", "virtual_server[0].persistent: must be between 1 and 2678400: 0"),
         (
             VS + "persistent_netmask = 24\n",
@@ -460,7 +460,7 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             VS + "persistent = 5\npersistent_netmask = '255.0.255.0'\n",
-            "virtual_server[0].persistent_netmask: expected a prefix length or a netmask like '255.255.255.0': '255.0.255.0'",
+            "virtual_server[0].persistent_netmask: expected a prefix length or a netmask like '255.255.255.0': \"255.0.255.0\"",
         ),
         (
             VS + "persistent = 5\npersistent_netmask = 33\n",
@@ -468,11 +468,11 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             VS + "scheduler_flags = ['sh-port']\n",
-            "virtual_server[0].scheduler_flags[0]: only for the sh scheduler, not wlc: 'sh-port'",
+            'virtual_server[0].scheduler_flags[0]: only for the sh scheduler, not wlc: "sh-port"',
         ),
         (
             VS + "scheduler_flags = ['fast']\n",
-            "virtual_server[0].scheduler_flags[0]: unknown flag (known: sh-fallback, sh-port, mh-fallback, mh-port, flag-1, flag-2, flag-3): 'fast'",
+            'virtual_server[0].scheduler_flags[0]: unknown flag (known: sh-fallback, sh-port, mh-fallback, mh-port, flag-1, flag-2, flag-3): "fast"',
         ),
         (
             VS + "one_packet = true\n",
@@ -481,16 +481,16 @@ def test_all_errors_are_collected() -> None:
         (
             VS + "persistent = 1\npe = 'h323'\n",
             "virtual_server[0].pe: unknown persistence engine"
-            " (known: sip; this kernel's modules: none found): 'h323'",
+            ' (known: sip; this kernel\'s modules: none found): "h323"',
         ),
         (VS + "pe = 'sip'\n", "virtual_server[0].pe: a persistence engine needs persistent"),
         (
             VS + "on_failure = 'drop'\n",
-            "virtual_server[0].on_failure: must be one of remove, weight0: 'drop'",
+            'virtual_server[0].on_failure: must be one of remove, weight0: "drop"',
         ),
         (
             VS + "panic = 'yes'\n",
-            "virtual_server[0].panic: expected a boolean, got a string: 'yes'",
+            'virtual_server[0].panic: expected a boolean, got a string: "yes"',
         ),
         (
             VS + "slow_start = -1\n",
@@ -502,7 +502,7 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             '[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.1"\n',
-            "virtual_server[0].address: not an IP address and port: '10.0.0.1'",
+            'virtual_server[0].address: not an IP address and port: "10.0.0.1"',
         ),
         (
             '[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.1:0"\n',
@@ -510,7 +510,7 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             '[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.1:99999"\n',
-            "virtual_server[0].address: not an IP address and port: '10.0.0.1:99999'",
+            'virtual_server[0].address: not an IP address and port: "10.0.0.1:99999"',
         ),
         (
             '[[virtual_server]]\naddress = "10.0.0.1:80"\n',
@@ -522,7 +522,7 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             '[[virtual_server]]\nfwmark = 1\nfamily = "ipv4"\nipv6 = true\n',
-            "virtual_server[0].ipv6: contradicts family: True",
+            "virtual_server[0].ipv6: contradicts family: true",
         ),
         (
             VS + 'family = "ipv6"\n',
@@ -547,7 +547,7 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             VS + "[[virtual_server.real_server]]\naddress = '10.0.0.2:0'\n",
-            "virtual_server[0].real_server[0].address: port 0 is not a real server port: '10.0.0.2:0'",
+            'virtual_server[0].real_server[0].address: port 0 is not a real server port: "10.0.0.2:0"',
         ),
         (
             VS + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\nweight = -1\n",
@@ -555,23 +555,23 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             VS + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\nweight = true\n",
-            "virtual_server[0].real_server[0].weight: expected an integer, got a boolean: True",
+            "virtual_server[0].real_server[0].weight: expected an integer, got a boolean: true",
         ),
         (
             VS + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\nforward = 'dr'\n",
-            "virtual_server[0].real_server[0].forward: must be one of route, masq, tunnel (for 'dr' write 'route'): 'dr'",
+            'virtual_server[0].real_server[0].forward: must be one of route, masq, tunnel (for "dr" write "route"): "dr"',
         ),
         (
             VS + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\nforward = 'NAT'\n",
-            "virtual_server[0].real_server[0].forward: must be one of route, masq, tunnel (for 'NAT' write 'masq'): 'NAT'",
+            'virtual_server[0].real_server[0].forward: must be one of route, masq, tunnel (for "NAT" write "masq"): "NAT"',
         ),
         (
             VS + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\nforward = 'nut'\n",
-            "virtual_server[0].real_server[0].forward: must be one of route, masq, tunnel: 'nut'",
+            'virtual_server[0].real_server[0].forward: must be one of route, masq, tunnel: "nut"',
         ),
         (
             VS + "[[virtual_server.real_server]]\naddress = '2001:db8::2'\n",
-            "virtual_server[0].real_server[0].address: IPv4 and IPv6 can only be mixed with forward = 'tunnel': '2001:db8::2'",
+            "virtual_server[0].real_server[0].address: IPv4 and IPv6 can only be mixed with forward = 'tunnel': \"2001:db8::2\"",
         ),
         (
             VS + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\ntun_type = 'gre'\n",
@@ -612,11 +612,11 @@ def test_all_errors_are_collected() -> None:
         (
             VS
             + "sorry_server = { address = '10.0.0.2' }\n[[virtual_server.real_server]]\naddress = '10.0.0.2'\n",
-            "virtual_server[0].sorry_server.address: is also a real server of this service: '10.0.0.2'",
+            'virtual_server[0].sorry_server.address: is also a real server of this service: "10.0.0.2"',
         ),
         (
             "[[virtual_server]]\nfwmark = 1\n[[virtual_server.real_server]]\naddress = '10.0.0.2'\n",
-            "virtual_server[0].real_server[0].address: a fwmark service's real servers need a port: '10.0.0.2'",
+            'virtual_server[0].real_server[0].address: a fwmark service\'s real servers need a port: "10.0.0.2"',
         ),
         ("virtual_server = 1\n", "virtual_server: expected an array of tables, got an integer: 1"),
         ("virtual_server = [1]\n", "virtual_server[0]: expected a table, got an integer: 1"),
@@ -628,20 +628,20 @@ def test_all_errors_are_collected() -> None:
             "[ipvs]\ntimeouts = { fin = 1 }\n",
             "ipvs.timeouts.fin: unknown key (did you mean 'tcpfin'?)",
         ),
-        ("[control]\nsocket = 'x.sock'\n", "control.socket: must be an absolute path: 'x.sock'"),
+        ("[control]\nsocket = 'x.sock'\n", 'control.socket: must be an absolute path: "x.sock"'),
         (
             "[control]\nruntime_check = { type = 'tcp', interval = -1 }\n",
             "control.runtime_check.interval: must be a finite number above 0: -1",
         ),
         (
             "[control]\nmode = '0999'\n",
-            "control.mode: expected a file mode like 0o660 or '0660': '0999'",
+            "control.mode: expected a file mode like 0o660 or '0660': \"0999\"",
         ),
         (
             "[daemon]\nlog_level = 'trace'\n",
-            "daemon.log_level: must be one of debug, info, warning, error: 'trace'",
+            'daemon.log_level: must be one of debug, info, warning, error: "trace"',
         ),
-        ("[daemon]\nstate_file = 'rel'\n", "daemon.state_file: must be an absolute path: 'rel'"),
+        ("[daemon]\nstate_file = 'rel'\n", 'daemon.state_file: must be an absolute path: "rel"'),
     ],
 )
 def test_bad_input(text: str, error: str) -> None:
@@ -775,7 +775,7 @@ def test_timeout_zero_keeps_the_kernels() -> None:
 )
 def test_real_server_address_the_kernel_refuses(service: str, address: str, error: str) -> None:
     assert one_error(service + real_server(address)) == (
-        f"virtual_server[0].real_server[0].address: {error}: '{address}'"
+        f'virtual_server[0].real_server[0].address: {error}: "{address}"'
     )
 
 
@@ -796,7 +796,7 @@ def test_real_server_address_the_kernel_refuses(service: str, address: str, erro
 )
 def test_sorry_server_address_the_kernel_refuses(service: str, address: str, error: str) -> None:
     text = service + f"sorry_server = {{ address = '{address}' }}\n"
-    assert one_error(text) == f"virtual_server[0].sorry_server.address: {error}: '{address}'"
+    assert one_error(text) == f'virtual_server[0].sorry_server.address: {error}: "{address}"'
 
 
 @pytest.mark.parametrize(
@@ -811,7 +811,7 @@ def test_sorry_server_address_the_kernel_refuses(service: str, address: str, err
 )
 def test_virtual_address_that_is_not_unicast(address: str, error: str) -> None:
     text = f'[[virtual_server]]\nprotocol = "tcp"\naddress = "{address}"\n'
-    assert one_error(text) == f"virtual_server[0].address: {error}: '{address}'"
+    assert one_error(text) == f'virtual_server[0].address: {error}: "{address}"'
 
 
 @pytest.mark.parametrize(
@@ -854,26 +854,26 @@ def test_unknown_scheduler_names_the_known_and_the_kernels() -> None:
     assert one_error(VS + 'scheduler = "fastest"\n', modules) == (
         "virtual_server[0].scheduler: unknown scheduler"
         " (known: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos none;"
-        " this kernel's modules: mine rr wrr): 'fastest'"
+        ' this kernel\'s modules: mine rr wrr): "fastest"'
     )
 
 
 def test_scheduler_name_longer_than_the_kernel_takes() -> None:
     assert one_error(VS + 'scheduler = "abcdefghijklmnop"\n') == (
         "virtual_server[0].scheduler: longer than 15 characters (IP_VS_SCHEDNAME_MAXLEN):"
-        " 'abcdefghijklmnop'"
+        ' "abcdefghijklmnop"'
     )
 
 
 def test_scheduler_name_that_is_no_module_name() -> None:
     assert one_error(VS + 'scheduler = "round robin"\n') == (
-        "virtual_server[0].scheduler: not a scheduler name (letters, digits and '_'): 'round robin'"
+        "virtual_server[0].scheduler: not a scheduler name (letters, digits and '_'): \"round robin\""
     )
 
 
 def test_empty_scheduler_name() -> None:
     assert one_error(VS + 'scheduler = ""\n') == (
-        "virtual_server[0].scheduler: not a scheduler name (letters, digits and '_'): ''"
+        "virtual_server[0].scheduler: not a scheduler name (letters, digits and '_'): \"\""
     )
 
 
@@ -886,7 +886,7 @@ def test_persistence_engine_module_of_the_running_kernel_is_accepted() -> None:
 def test_persistence_engine_name_longer_than_the_kernel_takes() -> None:
     name = "p" * 32
     assert one_error(VS + f"persistent = 9\npe = '{name}'\n") == (
-        f"virtual_server[0].pe: longer than 31 characters (IP_VS_PENAME_MAXLEN): '{name}'"
+        f'virtual_server[0].pe: longer than 31 characters (IP_VS_PENAME_MAXLEN): "{name}"'
     )
 
 
@@ -1007,13 +1007,13 @@ def test_check_unicast_problem_for_the_checks_address() -> None:
 def test_a_control_group_that_does_not_exist_is_refused(key: str) -> None:
     """Operators' trial: it passed --check, and the daemon failed at start."""
     text = f'[control]\n{key} = "no-such-group-here"\n'
-    assert one_error(text) == f"control.{key}: no such group: 'no-such-group-here'"
+    assert one_error(text) == f'control.{key}: no such group: "no-such-group-here"'
 
 
 def test_a_control_socket_path_longer_than_a_socket_takes_is_refused() -> None:
     path = "/run/" + "d" * 103 + ".sock"
     assert one_error(f'[control]\nsocket = "{path}"\n') == (
-        f"control.socket: longer than a socket path may be (107 bytes): '{path}'"
+        f'control.socket: longer than a socket path may be (107 bytes): "{path}"'
     )
     assert parse_config(f'[control]\nsocket = "{path[: 107 - 5 - 5]}.sock"\ngroup = "root"\n')
 

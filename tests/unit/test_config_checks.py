@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from director.config import ConfigError, parse_config
+from director.config.toml import literal
 from director.health.spec import DnsCheck, ExecCheck, HttpCheck, Timing, UdpCheck, host_problem
 from director.ipvs.facts import NO_MODULES
 
@@ -84,17 +85,17 @@ def test_invalid_hosts_are_refused_with_the_path(host: str, why: str) -> None:
     assert host_problem(host) == why
     toml_host = host.replace("\\", "\\\\").replace("\n", "\\n")
     assert errors_of(f'{{ type = "https", host = "{toml_host}" }}') == [
-        f"{WHERE}.host: not a host name or IP address ({why}): {host!r}"
+        f"{WHERE}.host: not a host name or IP address ({why}): {literal(host)}"
     ]
 
 
 @pytest.mark.parametrize(
     ("path", "error"),
     [
-        ("/a\\r\\nX-Injected: 1", "contains a control character: '/a\\r\\nX-Injected: 1'"),
-        ("/\\u0000", "contains a control character: '/\\x00'"),
-        ("/\\u007f", "contains a control character: '/\\x7f'"),
-        ("/" + "a" * 8000, "longer than 8000 characters: '/" + "a" * 39 + "...'"),
+        ("/a\\r\\nX-Injected: 1", "contains a control character: \"/a\\r\\nX-Injected: 1\""),
+        ("/\\u0000", "contains a control character: \"/\\u0000\""),
+        ("/\\u007f", "contains a control character: \"/\\u007F\""),
+        ("/" + "a" * 8000, "longer than 8000 characters: \"/" + "a" * 39 + "...\""),
     ],
 )  # fmt: skip
 def test_http_path_errors(path: str, error: str) -> None:
@@ -121,19 +122,19 @@ def test_tls_files(pem: dict[str, Path]) -> None:
 @pytest.mark.parametrize(
     ("keys", "error"),
     [
-        ('ca_file = "ca.pem"', "ca_file: must be an absolute path: 'ca.pem'"),
-        ('cert_file = "./c.pem"', "cert_file: must be an absolute path: './c.pem'"),
-        ('ca_file = "/nonexistent/ca.pem"', "ca_file: cannot load it: ENOENT: No such file or directory: '/nonexistent/ca.pem'"),
-        ('ca_file = "/etc/hostname"', "ca_file: cannot load it: [X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found: '/etc/hostname'"),
-        ('ca_file = "/dev/null"', "ca_file: cannot load it: not a regular file: '/dev/null'"),
+        ('ca_file = "ca.pem"', "ca_file: must be an absolute path: \"ca.pem\""),
+        ('cert_file = "./c.pem"', "cert_file: must be an absolute path: \"./c.pem\""),
+        ('ca_file = "/nonexistent/ca.pem"', "ca_file: cannot load it: ENOENT: No such file or directory: \"/nonexistent/ca.pem\""),
+        ('ca_file = "/etc/hostname"', "ca_file: cannot load it: [X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found: \"/etc/hostname\""),
+        ('ca_file = "/dev/null"', "ca_file: cannot load it: not a regular file: \"/dev/null\""),
         ('ca_file = 3', "ca_file: expected a string, got an integer: 3"),
-        ('ca_file = "/a\\u0000b"', "ca_file: cannot load it: embedded null byte: '/a\\x00b'"),
+        ('ca_file = "/a\\u0000b"', "ca_file: cannot load it: embedded null byte: \"/a\\u0000b\""),
         ('ca_file = "{cert}", verify_tls = false', "ca_file: has no use with verify_tls = false"),
         ('key_file = "{key}"', "key_file: only with cert_file (the client certificate)"),
-        ('cert_file = "{cert}"', "cert_file: cannot load it: [SSL] PEM lib (no private key in it? then set key_file): '{cert}'"),
-        ('cert_file = "{cert}", key_file = "/nonexistent/k.pem"', "key_file: cannot load it: ENOENT: No such file or directory: '/nonexistent/k.pem'"),
-        ('cert_file = "{cert}", key_file = "{enc}"', "cert_file: cannot load it: the private key is encrypted; give an unencrypted key: '{cert}'"),
-        ('cert_file = "{enc_cert}", key_file = "{key}"', "cert_file: cannot load it: [X509: KEY_VALUES_MISMATCH] key values mismatch: '{enc_cert}'"),
+        ('cert_file = "{cert}"', "cert_file: cannot load it: [SSL] PEM lib (no private key in it? then set key_file): \"{cert}\""),
+        ('cert_file = "{cert}", key_file = "/nonexistent/k.pem"', "key_file: cannot load it: ENOENT: No such file or directory: \"/nonexistent/k.pem\""),
+        ('cert_file = "{cert}", key_file = "{enc}"', "cert_file: cannot load it: the private key is encrypted; give an unencrypted key: \"{cert}\""),
+        ('cert_file = "{enc_cert}", key_file = "{key}"', "cert_file: cannot load it: [X509: KEY_VALUES_MISMATCH] key values mismatch: \"{enc_cert}\""),
     ],
 )  # fmt: skip
 def test_tls_file_errors(pem: dict[str, Path], keys: str, error: str) -> None:
@@ -162,7 +163,7 @@ def test_an_unreadable_file_is_named(pem: dict[str, Path], tmp_path: Path) -> No
     finally:
         if root:
             os.seteuid(0)
-    assert errors == [f"{WHERE}.ca_file: cannot load it: EACCES: Permission denied: '{secret}'"]
+    assert errors == [f'{WHERE}.ca_file: cannot load it: EACCES: Permission denied: "{secret}"']
 
 
 # -- user ------------------------------------------------------------------------------
@@ -177,8 +178,8 @@ def test_exec_user() -> None:
 @pytest.mark.parametrize(
     ("value", "error"),
     [
-        ('"no-such-user-here"', "no such user: 'no-such-user-here'"),
-        ('"nobody\\u0000"', "no such user: 'nobody\\x00'"),
+        ('"no-such-user-here"', 'no such user: "no-such-user-here"'),
+        ('"nobody\\u0000"', 'no such user: "nobody\\u0000"'),
         ("65534", "expected a string, got an integer: 65534"),
     ],
 )
@@ -204,9 +205,9 @@ def test_udp_silence() -> None:
 @pytest.mark.parametrize(
     ("check", "error"),
     [
-        ('{ type = "udp", silence = "maybe" }', "silence: must be one of up, down: 'maybe'"),
-        ('{ type = "udp", silence = true }', "silence: expected a string, got a boolean: True"),
-        ('{ type = "udp", silence = "up", expect = "pong" }', "silence: with expect, silence is always down (no matching reply): 'up'"),
+        ('{ type = "udp", silence = "maybe" }', "silence: must be one of up, down: \"maybe\""),
+        ('{ type = "udp", silence = true }', "silence: expected a string, got a boolean: true"),
+        ('{ type = "udp", silence = "up", expect = "pong" }', "silence: with expect, silence is always down (no matching reply): \"up\""),
         ('{ type = "tcp", silence = "down" }', "silence: not a key of a tcp check (it is for udp)"),
     ],
 )  # fmt: skip
@@ -225,7 +226,7 @@ real_server = [{ address = "10.0.0.2:53", check = { expect = "pong" } }]
     with pytest.raises(ConfigError) as info:
         parse_config(text, "test.toml", NO_MODULES)
     assert info.value.errors == [
-        "virtual_server[0].check.silence: with expect, silence is always down (no matching reply): 'up'"
+        'virtual_server[0].check.silence: with expect, silence is always down (no matching reply): "up"'
     ]
 
 
@@ -291,22 +292,22 @@ def test_dns_expected_nxdomain() -> None:
     ("check", "error"),
     [
         ('{ type = "dns", query_name = "" }', "query_name: empty (the root is \".\")"),
-        ('{ type = "dns", query_name = "a..b" }', "query_name: not a DNS name (A DNS label is empty.): 'a..b'"),
-        ('{ type = "dns", query_name = "' + "x" * 64 + '.org" }', "query_name: not a DNS name (A DNS label is > 63 octets long.): '" + "x" * 64 + ".org'"),
-        ('{ type = "dns", query_name = "' + ("a" * 63 + ".") * 4 + '" }', "query_name: not a DNS name (A DNS name is > 255 octets long.): '" + ("a" * 63 + ".") * 4 + "'"),
+        ('{ type = "dns", query_name = "a..b" }', "query_name: not a DNS name (A DNS label is empty.): \"a..b\""),
+        ('{ type = "dns", query_name = "' + "x" * 64 + '.org" }', "query_name: not a DNS name (A DNS label is > 63 octets long.): \"" + "x" * 64 + ".org\""),
+        ('{ type = "dns", query_name = "' + ("a" * 63 + ".") * 4 + '" }', "query_name: not a DNS name (A DNS name is > 255 octets long.): \"" + ("a" * 63 + ".") * 4 + "\""),
         ('{ type = "dns", query_name = 7 }', "query_name: expected a string, got an integer: 7"),
-        ('{ type = "dns", query_type = "AXFR" }', "query_type: not an RR type (A, AAAA, SOA, NS, ...): 'AXFR'"),
-        ('{ type = "dns", query_type = "OPT" }', "query_type: not an RR type (A, AAAA, SOA, NS, ...): 'OPT'"),
-        ('{ type = "dns", query_type = "BOGUS" }', "query_type: not an RR type (A, AAAA, SOA, NS, ...): 'BOGUS'"),
-        ('{ type = "dns", query_type = "TYPE65" }', "query_type: not an RR type (A, AAAA, SOA, NS, ...): 'TYPE65'"),
-        ('{ type = "dns", expect_rcode = "BADVERS" }', "expect_rcode: not an rcode (NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, YXDOMAIN, YXRRSET, NXRRSET, NOTAUTH, NOTZONE, DSOTYPENI): 'BADVERS'"),
-        ('{ type = "dns", expect_rcode = "0" }', "expect_rcode: not an rcode (NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, YXDOMAIN, YXRRSET, NXRRSET, NOTAUTH, NOTZONE, DSOTYPENI): '0'"),
-        ('{ type = "dns", query_type = "A", expect_address = "www" }', "expect_address: not an IP address: 'www'"),
-        ('{ type = "dns", expect_address = "192.0.2.7" }', "expect_address: an IPv4 address answers query_type = \"A\", not \"SOA\": '192.0.2.7'"),
-        ('{ type = "dns", query_type = "A", expect_address = "2001:db8::7" }', "expect_address: an IPv6 address answers query_type = \"AAAA\", not \"A\": '2001:db8::7'"),
+        ('{ type = "dns", query_type = "AXFR" }', "query_type: not an RR type (A, AAAA, SOA, NS, ...): \"AXFR\""),
+        ('{ type = "dns", query_type = "OPT" }', "query_type: not an RR type (A, AAAA, SOA, NS, ...): \"OPT\""),
+        ('{ type = "dns", query_type = "BOGUS" }', "query_type: not an RR type (A, AAAA, SOA, NS, ...): \"BOGUS\""),
+        ('{ type = "dns", query_type = "TYPE65" }', "query_type: not an RR type (A, AAAA, SOA, NS, ...): \"TYPE65\""),
+        ('{ type = "dns", expect_rcode = "BADVERS" }', "expect_rcode: not an rcode (NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, YXDOMAIN, YXRRSET, NXRRSET, NOTAUTH, NOTZONE, DSOTYPENI): \"BADVERS\""),
+        ('{ type = "dns", expect_rcode = "0" }', "expect_rcode: not an rcode (NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, YXDOMAIN, YXRRSET, NXRRSET, NOTAUTH, NOTZONE, DSOTYPENI): \"0\""),
+        ('{ type = "dns", query_type = "A", expect_address = "www" }', "expect_address: not an IP address: \"www\""),
+        ('{ type = "dns", expect_address = "192.0.2.7" }', "expect_address: an IPv4 address answers query_type = \"A\", not \"SOA\": \"192.0.2.7\""),
+        ('{ type = "dns", query_type = "A", expect_address = "2001:db8::7" }', "expect_address: an IPv6 address answers query_type = \"AAAA\", not \"A\": \"2001:db8::7\""),
         ('{ type = "dns", query_type = "A", expect_address = "192.0.2.7", expect_rcode = "NXDOMAIN" }', "expect_address: an answer comes only with expect_rcode = \"NOERROR\""),
-        ('{ type = "dns", expect_answer = "(" }', "expect_answer: not a valid regular expression (missing ) at position 1): '('"),
-        ('{ type = "dns", transport = "quic" }', "transport: must be one of udp, tcp: 'quic'"),
+        ('{ type = "dns", expect_answer = "(" }', "expect_answer: not a valid regular expression (missing ) at position 1): \"(\""),
+        ('{ type = "dns", transport = "quic" }', "transport: must be one of udp, tcp: \"quic\""),
         ('{ type = "dns", port = 0 }', "port: must be between 1 and 65535: 0"),
         ('{ type = "dns", payload = "x" }', "payload: not a key of a dns check (it is for udp)"),
         ('{ type = "udp", query_name = "x" }', "query_name: not a key of a udp check (it is for dns)"),
@@ -345,8 +346,8 @@ def test_initial_is_a_key_of_every_check_type(kind: str) -> None:
 @pytest.mark.parametrize(
     ("value", "error"),
     [
-        ('"down"', "initial: must be one of unknown, up: 'down'"),
-        ("true", "initial: expected a string, got a boolean: True"),
+        ('"down"', 'initial: must be one of unknown, up: "down"'),
+        ("true", "initial: expected a string, got a boolean: true"),
     ],
 )
 def test_initial_errors(value: str, error: str) -> None:

@@ -16,7 +16,7 @@ from director.config.reader import Problems
 from director.ipvs.facts import NO_MODULES
 
 SERVICE = '[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.1:80"\n'
-NAT = "must be one of route, masq, tunnel (for 'nat' write 'masq'): 'nat'"
+NAT = 'must be one of route, masq, tunnel (for "nat" write "masq"): "nat"'
 
 
 def server(i: int, *keys: str) -> str:
@@ -51,7 +51,7 @@ def test_one_mistake_in_500_real_servers_is_two_lines_and_the_other_is_kept() ->
         "(lines 9, 12, 15, 18, 21, ..., 1504)",
         "virtual_server[0].real_server[300].weight (10.0.0.1:80 tcp, 10.1.1.51:80, line 907): "
         "must be between 0 and 65535: 70000",
-        "daemon.log_level (line 1506): must be one of debug, info, warning, error: 'loud'",
+        'daemon.log_level (line 1506): must be one of debug, info, warning, error: "loud"',
     ]
     assert str(caught) == "d.toml: 502 errors:\n" + "".join(
         f"\n  {line}" for line in caught.named_errors
@@ -84,7 +84,7 @@ def test_alike_across_entries_and_unlike_values_stay_apart() -> None:
         "virtual_server[1].real_server[0].forward, virtual_server[2].real_server[0..1].forward "
         "(lines 9, 15, 24, 27)",
         "virtual_server[1].real_server[1].forward (10.0.0.2:80 tcp, 10.1.0.12:80, line 18): "
-        "must be one of route, masq, tunnel (for 'dr' write 'route'): 'dr'",
+        'must be one of route, masq, tunnel (for "dr" write "route"): "dr"',
     ]
 
 

@@ -64,30 +64,30 @@ def test_missing_keys_are_named() -> None:
 @pytest.mark.parametrize(
     ("line", "error"),
     [
-        ('role = "slave"', "ipvs.sync.role: must be one of master, backup, both: 'slave'"),
+        ('role = "slave"', 'ipvs.sync.role: must be one of master, backup, both: "slave"'),
         ("role = 1", "ipvs.sync.role: expected a string, got an integer: 1"),
         (
             'interface = "a-very-long-name0"',
             "ipvs.sync.interface: longer than an interface name may be (15 bytes): "
-            "'a-very-long-name0'",
+            '"a-very-long-name0"',
         ),
         (
             'interface = "eth0:1"',
             "ipvs.sync.interface: not an interface name (no '/', ':', spaces, '.' or '..'): "
-            "'eth0:1'",
+            '"eth0:1"',
         ),
-        ('interface = ""', "ipvs.sync.interface: empty: ''"),
+        ('interface = ""', 'ipvs.sync.interface: empty: ""'),
         ("syncid = 256", "ipvs.sync.syncid: must be between 0 and 255: 256"),
         ("syncid = -1", "ipvs.sync.syncid: must be between 0 and 255: -1"),
         (
             'group = "10.0.0.1"',
-            "ipvs.sync.group: not a multicast address (224.0.0.0/4, ff00::/8): '10.0.0.1'",
+            'ipvs.sync.group: not a multicast address (224.0.0.0/4, ff00::/8): "10.0.0.1"',
         ),
         (
             'group = "2001:db8::1"',
-            "ipvs.sync.group: not a multicast address (224.0.0.0/4, ff00::/8): '2001:db8::1'",
+            'ipvs.sync.group: not a multicast address (224.0.0.0/4, ff00::/8): "2001:db8::1"',
         ),
-        ('group = "sync.example"', "ipvs.sync.group: not an IP address: 'sync.example'"),
+        ('group = "sync.example"', 'ipvs.sync.group: not an IP address: "sync.example"'),
         ("port = 0", "ipvs.sync.port: must be between 1 and 65535: 0"),
         ("ttl = 256", "ipvs.sync.ttl: must be between 1 and 255: 256"),
         ("ttl = 0", "ipvs.sync.ttl: must be between 1 and 255: 0"),
@@ -122,7 +122,7 @@ def test_a_backups_maxlen_is_at_least_1024_and_an_ipv6_groups_at_most_65487() ->
 def test_the_section_must_be_a_table() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config("[ipvs]\nsync = true\n", "t.toml", NO_MODULES)
-    assert info.value.errors == ["ipvs.sync: expected a table, got a boolean: True"]
+    assert info.value.errors == ["ipvs.sync: expected a table, got a boolean: true"]
 
 
 def test_the_example_config_has_a_sync_section_that_parses() -> None:

@@ -54,12 +54,12 @@ NAMED = [
 # What ALIKE's 502 errors print as (test_config_errors.py)
 ALIKE_NAMED = [
     "virtual_server[0].real_server[0].forward (10.0.0.1:80 tcp, 10.1.0.1:80, line 6): "
-    "must be one of route, masq, tunnel (for 'nat' write 'masq'): 'nat'",
+    'must be one of route, masq, tunnel (for "nat" write "masq"): "nat"',
     "... and 499 more alike: virtual_server[0].real_server[1..499].forward "
     "(lines 9, 12, 15, 18, 21, ..., 1504)",
     "virtual_server[0].real_server[300].weight (10.0.0.1:80 tcp, 10.1.1.51:80, line 907): "
     "must be between 0 and 65535: 70000",
-    "daemon.log_level (line 1506): must be one of debug, info, warning, error: 'loud'",
+    'daemon.log_level (line 1506): must be one of debug, info, warning, error: "loud"',
 ]
 
 
@@ -105,7 +105,7 @@ def test_lines_stay_right_past_inline_entries_quoted_headers_and_long_strings() 
     ]
     long = '"""\n[[virtual_server]]\n"""'
     named = errors(f'[daemon]\nlog_level = "info"\n[control]\nsocket = {long}\n' + BAD).named_errors
-    assert named[0] == "control.socket (line 4): must be an absolute path: '[[virtual_server]]\\n'"
+    assert named[0] == 'control.socket (line 4): must be an absolute path: "[[virtual_server]]\\n"'
     assert named[1].startswith("virtual_server[17].scheduler (10.0.0.1:53 udp, line 95): unknown")
 
 

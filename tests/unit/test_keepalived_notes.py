@@ -159,7 +159,7 @@ def test_a_result_that_fails_the_check_names_each_service_and_its_line(tmp_path:
     assert len(checks) == 2
     assert lines[at + 1] == (
         f"  virtual_server[0].check.user (10.0.0.1:80 tcp, line {checks[0]}): no such user: "
-        f"'nosuchuser-director-test-a' (from {source}:1)"
+        f'"nosuchuser-director-test-a" (from {source}:1)'
     )
     assert lines[at + 2].startswith(
         f"  virtual_server[1].check.user (10.0.0.2:443 tcp, line {checks[1]}): "

@@ -129,13 +129,13 @@ def test_metrics_are_off_when_the_section_or_the_key_is_absent() -> None:
     [
         (
             'listen = "localhost:9531"',
-            "metrics.listen: 'localhost' is not an IP address (no host names): expected an IP address and port",
+            'metrics.listen: "localhost" is not an IP address (no host names): expected an IP address and port',
         ),
         ('listen = "127.0.0.1"', "metrics.listen: no port: expected an IP address and port"),
         ('listen = "127.0.0.1:0"', "metrics.listen: port 0 is not in 1..65535: expected"),
         ('listen = "127.0.0.1:99999"', "metrics.listen: port 99999 is not in 1..65535: expected"),
         ('listen = "[::1]:70000"', "metrics.listen: port 70000 is not in 1..65535: expected"),
-        ('listen = "127.0.0.1:http"', "metrics.listen: port 'http' is not a number: expected"),
+        ('listen = "127.0.0.1:http"', 'metrics.listen: port "http" is not a number: expected'),
         ('listen = "::1:9531"', "metrics.listen: an IPv6 address goes in brackets: expected"),
         ('listen = "run/metrics.sock"', "metrics.listen: no port: expected an IP address and port"),
         ('listen = "/' + "x" * 120 + '"', "metrics.listen: longer than a socket path may be"),

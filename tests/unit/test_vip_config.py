@@ -21,8 +21,8 @@ def test_one_address_on_two_vip_interfaces_is_refused() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(service(80, "dA") + service(81, "dB"), "t.toml", NO_MODULES)
     assert info.value.errors == [
-        "virtual_server[1].vip_interface: 10.0.0.75 is already the VIP on 'dA' "
-        "(at virtual_server[0]): one address, one vip_interface: 'dB'"
+        'virtual_server[1].vip_interface: 10.0.0.75 is already the VIP on "dA" '
+        '(at virtual_server[0]): one address, one vip_interface: "dB"'
     ]
 
 

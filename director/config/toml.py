@@ -1,10 +1,13 @@
-"""A small TOML writer for director's config: tables of keys, with comments
-between them (which no TOML library in reach writes: tomli_w writes no
-comments). Values are strings, integers, floats, booleans, lists and inline
-tables; the output is TOML 1.0 that tomli reads back to the same values."""
+"""TOML text: a small writer for director's config (the keepalived
+converter's output), tables of keys with comments between them (which no
+TOML library in reach writes: tomli_w writes no comments), and `literal`,
+a value as a config error shows it. Values are strings, integers, floats,
+booleans, lists and inline tables; the output is TOML 1.0 that tomli reads
+back to the same values."""
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -89,20 +92,40 @@ def string(text: str) -> str:
 
 
 def value(item: object) -> str:
-    """A TOML value. Raises TypeError or ValueError for what TOML cannot hold here."""
+    """A TOML value. Raises TypeError or ValueError for what TOML cannot hold here
+    (the converter writes no infinity, NaN or date)."""
+    return _value(item, strict=True)
+
+
+def literal(item: object) -> str:
+    """`item` as it is written in TOML (`"rr"`, `true`, `inf`,
+    `1979-05-27T07:32:00`, `[1, "a"]`), for what a config error shows of a
+    value tomli read: the operator's own notation, not Python's (`'rr'`,
+    `True`). Anything else tomli cannot return: its repr."""
+    try:
+        return _value(item, strict=False)
+    except TypeError:
+        return repr(item)
+
+
+def _value(item: object, *, strict: bool) -> str:
     if isinstance(item, bool):
         return "true" if item else "false"
     if isinstance(item, int):
         return str(item)
     if isinstance(item, float):
-        if not math.isfinite(item):
+        if math.isfinite(item):
+            return repr(item)
+        if strict:
             raise ValueError(f"not a finite number: {item}")
-        return repr(item)
+        return "nan" if math.isnan(item) else ("inf" if item > 0 else "-inf")
     if isinstance(item, str):
         return string(item)
     if isinstance(item, Mapping):
-        inner = ", ".join(f"{key(str(k))} = {value(v)}" for k, v in item.items())
+        inner = ", ".join(f"{key(str(k))} = {_value(v, strict=strict)}" for k, v in item.items())
         return "{ " + inner + " }" if inner else "{}"
     if isinstance(item, list | tuple):
-        return "[" + ", ".join(value(v) for v in item) + "]"
+        return "[" + ", ".join(_value(v, strict=strict) for v in item) + "]"
+    if not strict and isinstance(item, datetime.date | datetime.time):
+        return item.isoformat()
     raise TypeError(f"cannot write {type(item).__name__} as TOML")
