@@ -43,7 +43,7 @@ from director.config.model import (
 )
 from director.config.reader import Problems, Table, entry_name
 from director.config.toml import string
-from director.health.spec import Check, TcpCheck
+from director.health.spec import Check, ExecCheck, TcpCheck
 from director.ipvs.facts import (
     FWMARK_MAX,
     IPV6_PREFIX_RANGE,
@@ -531,18 +531,18 @@ def _digest(data: Mapping[str, object]) -> bytes:
     return blake2b(repr(data).encode(), digest_size=16).digest()
 
 
-def _looks_up_users(data: Mapping[str, object]) -> bool:
-    """Whether a virtual server's table holds an exec check (its user is
-    looked up in the system at each parse)."""
-    stack: list[object] = [data]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, dict):
-            if value.get("type") == "exec":
+def _looks_up_users(vs: VirtualServer) -> bool:
+    """Whether a virtual server has an exec check (its user is looked up in
+    the system at each parse). O(its real servers), that share one check
+    object each when they have no check of their own."""
+    if isinstance(vs.check, ExecCheck):
+        return True
+    last: Check | None = None
+    for rs in vs.real_servers:
+        if rs.check is not last:
+            last = rs.check
+            if isinstance(last, ExecCheck):
                 return True
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
     return False
 
 
@@ -578,7 +578,7 @@ def _virtual_servers(
             clean = vs is not None and len(problems) == before
             remembered.append(
                 (digest, modules, vs, entry_name(piece.data))
-                if clean and vs is not None and not _looks_up_users(piece.data)
+                if clean and vs is not None and not _looks_up_users(vs)
                 else None
             )
         if vs is None:
@@ -833,9 +833,16 @@ def _plain_real_servers(
     twice: what _real_server makes of each, without a Table and its getters
     (at 10,000 real servers these were most of a start's parse: 35 us a
     server on the host, several seconds in the VM). None for anything else:
-    the caller takes the general path, which reports every problem."""
+    the caller takes the general path, which reports every problem.
+
+    An IPv4 address with its port (`10.2.1.7:80`, most real servers) is
+    read by _plain_ipv4, each distinct address made and checked once per
+    service: 11 us a server on the host before, 4 after."""
     result: list[RealServer] = []
-    seen: set[tuple[IPAddress, int]] = set()
+    # Real servers as (packed address, port): bytes keep their hash, where
+    # an IPv4Address computes its own through hex() at each lookup.
+    seen: set[tuple[bytes, int]] = set()
+    made: dict[bytes, IPAddress] = {}  # the addresses checked, by packed form
     family = key.family
     for item in items:
         if type(item) is not dict or not item.keys() <= _PLAIN_KEYS:
@@ -846,24 +853,64 @@ def _plain_real_servers(
         if type(text) is not str or type(weight) is not int or not 0 <= weight <= MAX_WEIGHT:
             return None
         forward = _FORWARDS.get(name) if type(name) is str else None
-        endpoint = parse_endpoint(text)
-        if forward is None or endpoint is None:
+        if forward is None:
             return None
-        address, port = endpoint
-        if port is None:
-            if key.is_fwmark:
+        quad = _IPV4_ENDPOINT.fullmatch(text)
+        if quad is not None:
+            found = _plain_ipv4(quad[1], quad[2], made)
+            if found is None:
                 return None
-            port = key.port
-        if (
-            port == 0
-            or (address, port) in seen
-            or (forward is not Forward.TUNNEL and family_of(address) != family)
-            or destination_problem(address) is not None
-        ):
+            address, port, packed = found
+            if forward is not Forward.TUNNEL and family != AF_INET:
+                return None
+        else:
+            endpoint = parse_endpoint(text)
+            if endpoint is None:
+                return None
+            address, maybe_port = endpoint
+            if maybe_port is None:
+                if key.is_fwmark:
+                    return None
+                maybe_port = key.port
+            port, packed = maybe_port, address.packed
+            if (
+                port == 0
+                or (forward is not Forward.TUNNEL and family_of(address) != family)
+                or destination_problem(address) is not None
+            ):
+                return None
+        if (packed, port) in seen:
             return None
-        seen.add((address, port))
+        seen.add((packed, port))
         result.append(RealServer(address, port, forward, weight, check=check))
     return tuple(result)
+
+
+# An IPv4 address and a port as _plain_real_servers reads them (ASCII
+# digits only); inet_pton then takes exactly the quads ipaddress takes.
+_IPV4_ENDPOINT = re.compile(r"([0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}):([0-9]{1,5})")
+
+
+def _plain_ipv4(
+    quad: str, port_text: str, made: dict[bytes, IPAddress]
+) -> tuple[IPAddress, int, bytes] | None:
+    """A plain real server's IPv4 address (shared within the parse, and one
+    the kernel takes as a real server), its port and the address packed; None
+    when either is not valid (the general path then says why)."""
+    port = int(port_text)
+    if not 0 < port <= PORT_MAX:
+        return None
+    try:
+        packed = socket.inet_pton(socket.AF_INET, quad)
+    except OSError:
+        return None
+    address = made.get(packed)
+    if address is None:
+        address = _share(IPv4Address(packed))
+        if destination_problem(address) is not None:
+            return None
+        made[packed] = address
+    return address, _share(port), packed
 
 
 def _endpoint_of(table: Table, key: ServiceKey | None) -> tuple[IPAddress, int] | None:
