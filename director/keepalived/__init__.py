@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from director.config.toml import render
 from director.keepalived.convert import convert
 from director.keepalived.lexer import KeepalivedSyntaxError, Location
 from director.keepalived.model import Note, Notes, Reader
 from director.keepalived.parse import FileLoader, Loader, parse
+from director.keepalived.writer import render
 
 __all__ = [
     "Conversion",

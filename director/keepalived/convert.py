@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Address
 from typing import Any
 
-from director.config.toml import Comment, Table
 from director.keepalived.lexer import Location
 from director.keepalived.model import (
     EVENT_CHECKERS,
@@ -40,6 +39,7 @@ from director.keepalived.model import (
     SyncDaemon,
     VirtualServer,
 )
+from director.keepalived.writer import Comment, Table
 
 _FORWARD = {"NAT": "masq", "DR": "route", "TUN": "tunnel"}
 _DEFAULT_RETRY = {"DNS_CHECK": 3, "MISC_CHECK": 0}  # others 1 (check_api.c queue_checker)
