@@ -403,15 +403,6 @@ class BenchProcess:
     def stop(self) -> None:
         if self.process is None:
             return
-        if _sampled():
-            # py-spy writes its profile on SIGINT, and leaves its child running.
-            below = descendants(self.pid)[1:]
-            self.process.send_signal(signal.SIGINT)
-            self.process.wait(120)
-            for pid in below:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-            return
         self.process.terminate()
         try:
             self.process.wait(30)
@@ -452,6 +443,19 @@ class Directord(BenchProcess):
         self.config = workdir / "director.toml"
         self.config.write_text(directord_config(services, timing, workdir, self.initial))
         self.process: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        if self.process is None or not _sampled():
+            super().stop()
+            return
+        # Under py-spy ($DIRECTOR_BENCH_PYSPY), the process is py-spy's: it
+        # writes its profile on SIGINT and leaves its child running.
+        below = descendants(self.pid)[1:]
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(120)
+        for pid in below:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
     def start(self, timeout: float) -> float:
         """Start it; returns the seconds until it reported READY=1."""
