@@ -256,11 +256,12 @@ def _service_tables(
                 "ops: only for UDP or fwmark services; dropped (as keepalived does)",
             )
     _on_failure(vs, table, notes)
-    if any(_alpha(vs, rs) for rs in vs.real_servers):
+    alpha_at = next((at for rs in vs.real_servers if (at := _alpha_at(vs, rs))), None)
+    if alpha_at is not None:
         _note(
             table,
             notes,
-            vs.where,
+            alpha_at,
             "alpha: no `initial` on the checks of servers in alpha mode: director, as "
             "keepalived, puts such a server in the table when its first probe passes; one "
             "already in the table at start director takes out after `fall` failed probes, "
@@ -671,11 +672,25 @@ def _alpha(vs: VirtualServer, rs: RealServer) -> bool:
     alpha, else its real server's, else its virtual server's (check_data.c
     validate_check_config; a FILE_CHECK never is, check_file.c). Without
     checkers it is in at once (ipwrapper.c init_service_rs)."""
-    return any(
-        _first(checker.alpha, rs.alpha, vs.alpha)
-        for checker in rs.checkers
-        if checker.kind != "FILE_CHECK"
-    )
+    return _alpha_at(vs, rs) is not None
+
+
+def _alpha_at(vs: VirtualServer, rs: RealServer) -> Location | None:
+    """Where the alpha that keeps `rs` out at start is set (see _alpha): the
+    block of the first checker in alpha mode, or of its real server, or of
+    its virtual server, whichever says so for it; None when none does."""
+    for checker in rs.checkers:
+        if checker.kind == "FILE_CHECK":
+            continue
+        if checker.alpha is not None:
+            if checker.alpha:
+                return checker.where
+        elif rs.alpha is not None:
+            if rs.alpha:
+                return rs.where
+        elif vs.alpha:
+            return vs.where
+    return None
 
 
 def _event_checker_note(checker: Checker) -> str:

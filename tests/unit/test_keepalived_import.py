@@ -559,22 +559,33 @@ virtual_server 10.0.0.1 80 {{
 """
 
 
+# The lines of ALPHA's blocks: the virtual server, the first real server,
+# its TCP_CHECK (where the note on alpha points: the block whose alpha
+# decides, for the first server in alpha mode).
+VS_LINE, RS_LINE, CHECKER_LINE = 1, 6, 8
+
+
 @pytest.mark.parametrize(
-    ("vs", "rs", "checker", "initial"),
+    ("vs", "rs", "checker", "initial", "noted_at"),
     [
-        ("", "", "", ("up", "up")),
-        ("alpha", "", "", ("unknown", "unknown")),
-        ("", "", "alpha", ("unknown", "up")),
-        ("", "", "alpha yes", ("unknown", "up")),
-        ("", "", "alpha off", ("up", "up")),
-        ("", "alpha", "", ("unknown", "up")),
-        ("alpha", "alpha no", "", ("up", "unknown")),
-        ("alpha", "", "alpha false", ("up", "unknown")),
-        ("", "alpha", "alpha no", ("up", "up")),  # the checker's own comes first
+        ("", "", "", ("up", "up"), None),
+        ("alpha", "", "", ("unknown", "unknown"), VS_LINE),
+        ("", "", "alpha", ("unknown", "up"), CHECKER_LINE),
+        ("", "", "alpha yes", ("unknown", "up"), CHECKER_LINE),
+        ("", "", "alpha off", ("up", "up"), None),
+        ("", "alpha", "", ("unknown", "up"), RS_LINE),
+        ("alpha", "alpha no", "", ("up", "unknown"), VS_LINE),
+        ("alpha", "", "alpha false", ("up", "unknown"), VS_LINE),
+        ("", "alpha", "alpha no", ("up", "up"), None),  # the checker's own comes first
     ],
 )
 def test_alpha_decides_a_checks_initial(
-    tmp_path: Path, vs: str, rs: str, checker: str, initial: tuple[str, str]
+    tmp_path: Path,
+    vs: str,
+    rs: str,
+    checker: str,
+    initial: tuple[str, str],
+    noted_at: int | None,
 ) -> None:
     conversion = convert_text(ALPHA.format(vs=vs, rs=rs, checker=checker))
     path = tmp_path / "director.toml"
@@ -589,6 +600,8 @@ def test_alpha_decides_a_checks_initial(
     assert [s["check"].get("initial", "unknown") for s in written] == [*initial, "up"]
     alpha_notes = [n for n in note_texts(conversion) if ": alpha:" in n]
     assert len(alpha_notes) == ("unknown" in initial)
+    lines = [int(re.search(r":(\d+): alpha:", n)[1]) for n in alpha_notes]  # type: ignore[index]
+    assert lines == ([] if noted_at is None else [noted_at])
 
 
 def test_alpha_on_a_checker_not_converted_still_keeps_the_server_out() -> None:
