@@ -11,7 +11,6 @@ text, both with [section] / [[array]] headers and as inline tables.
 from __future__ import annotations
 
 import datetime
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from hypothesis import strategies as st
 
 from director.config import Config, ConfigError, parse_config
 from director.config.checks import KEYS_BY_TYPE
+from director.config.toml import literal, string
 from director.ipvs import genl, ops
 from director.ipvs.facts import (
     KNOWN_SCHEDULERS,
@@ -33,42 +33,7 @@ from director.ipvs.model import TIMEOUT_MAX
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-# -- TOML text from a document ---------------------------------------------------------
-
-
-def _string(text: str) -> str:
-    out = ['"']
-    for char in text:
-        if char in '"\\':
-            out.append("\\" + char)
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    out.append('"')
-    return "".join(out)
-
-
-def _value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return _string(value)
-    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
-        return value.isoformat()
-    if isinstance(value, list):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{_string(k)} = {_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(value)
+# -- TOML text from a document (keys and values as config/toml.py writes them) --------
 
 
 def _is_table_array(value: object) -> bool:
@@ -80,26 +45,26 @@ def to_toml(document: Mapping[str, object], *, headers: bool) -> str:
     [name] sections and arrays of tables [[name]] ones (their own arrays of
     tables [[name.sub]]); everything else is inline."""
     if not headers:
-        return "".join(f"{_string(k)} = {_value(v)}\n" for k, v in document.items())
+        return "".join(f"{string(k)} = {literal(v)}\n" for k, v in document.items())
     lines = [
-        f"{_string(k)} = {_value(v)}"
+        f"{string(k)} = {literal(v)}"
         for k, v in document.items()
         if not isinstance(v, dict) and not _is_table_array(v)
     ]
     for key, value in document.items():
         if isinstance(value, dict):
-            lines.append(f"[{_string(key)}]")
-            lines += [f"{_string(k)} = {_value(v)}" for k, v in value.items()]
+            lines.append(f"[{string(key)}]")
+            lines += [f"{string(k)} = {literal(v)}" for k, v in value.items()]
         elif _is_table_array(value):
             assert isinstance(value, list)
             for item in value:
-                lines.append(f"[[{_string(key)}]]")
+                lines.append(f"[[{string(key)}]]")
                 subs = {k: v for k, v in item.items() if _is_table_array(v)}
-                lines += [f"{_string(k)} = {_value(v)}" for k, v in item.items() if k not in subs]
+                lines += [f"{string(k)} = {literal(v)}" for k, v in item.items() if k not in subs]
                 for sub, items in subs.items():
                     for sub_item in items:
-                        lines.append(f"[[{_string(key)}.{_string(sub)}]]")
-                        lines += [f"{_string(k)} = {_value(v)}" for k, v in sub_item.items()]
+                        lines.append(f"[[{string(key)}.{string(sub)}]]")
+                        lines += [f"{string(k)} = {literal(v)}" for k, v in sub_item.items()]
     return "\n".join(lines) + "\n"
 
 
