@@ -32,6 +32,7 @@ with standing_in("ssl", "hmac", "hashlib"):
     from director import log, metrics, statefile
     from director.bird import Bird
     from director.config import Config, ConfigError, load_config
+    from director.config.toml import string
     from director.control import server
     from director.control.handler import Controller
     from director.engine import Director, Stopping
@@ -104,7 +105,7 @@ def missing_commands(
             if isinstance(check, ExecCheck) and check.command:
                 wanted.setdefault(check.command[0], f"the exec check of {vs.label}")
     return [
-        f"{where}: {command!r} is not an executable here (not found, or not on PATH)"
+        f"{where}: {string(command)} is not an executable here (not found, or not on PATH)"
         for command, where in wanted.items()
         if which(command) is None
     ]

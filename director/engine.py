@@ -63,6 +63,7 @@ from director import log, statefile
 from director.bgp import BgpKeeper, Speaker, prefix
 from director.config import Config, ConfigError, RealServerId, load_config, service_label
 from director.config.model import VirtualServer
+from director.config.toml import literal
 from director.desired import (
     DesiredService,
     RealServerView,
@@ -139,7 +140,7 @@ def service_targets(vs: VirtualServer) -> dict[RealServerId, Target]:
 
 def restart_needed(old: Config, new: Config) -> list[str]:
     """Settings a reload cannot apply: the control socket is bound and the
-    state file opened once, at start. Each as 'path: old -> new'."""
+    state file opened once, at start. Each as '[section] key: old -> new', the values as TOML writes them."""
     changes = []
     for section, fields in (
         ("control", ("socket", "group", "admin_group", "mode")),
@@ -150,9 +151,19 @@ def restart_needed(old: Config, new: Config) -> list[str]:
             before = getattr(getattr(old, section), name)
             after = getattr(getattr(new, section), name)
             if before != after:
-                shown = (oct(before), oct(after)) if name == "mode" else (before, after)
-                changes.append(f"[{section}] {name}: {shown[0]!r} -> {shown[1]!r}")
+                shown = [_setting(name, value) for value in (before, after)]
+                changes.append(f"[{section}] {name}: {shown[0]} -> {shown[1]}")
     return changes
+
+
+def _setting(name: str, value: object) -> str:
+    """A setting's value as TOML writes it (a mode as an octal integer), or
+    "(not set)"."""
+    if value is None:
+        return "(not set)"
+    if name == "mode" and isinstance(value, int):
+        return oct(value)
+    return literal(str(value))
 
 
 class Stopping(Exception):

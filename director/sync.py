@@ -92,7 +92,7 @@ def interface_problem(name: str) -> str | None:
     if len(name.encode()) >= IFNAMSIZ:
         return f"longer than an interface name may be ({IFNAMSIZ - 1} bytes)"
     if name in (".", "..") or any(c in "/:" or c.isspace() or c == "\0" for c in name):
-        return "not an interface name (no '/', ':', spaces, '.' or '..')"
+        return 'not an interface name (no "/", ":", spaces, "." or "..")'
     return None
 
 

@@ -123,7 +123,7 @@ def _http(
         table.error("method", "not an HTTP method", method)
     path = table.string("path") or "/"
     if not path.startswith("/"):
-        table.error("path", "must start with '/'", path)
+        table.error("path", 'must start with "/"', path)
     elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
         table.error("path", "contains a control character", path)
     elif len(path) > MAX_PATH:
@@ -298,7 +298,7 @@ def _statuses(table: Table) -> tuple[StatusRange, ...] | None:
         else:
             table.problems.add(
                 where,
-                f"expected a status (200) or a range ('200-299'), got {describe_type(item)}",
+                f'expected a status (200) or a range ("200-299"), got {describe_type(item)}',
                 item,
             )
             continue
@@ -327,7 +327,7 @@ def _payload(table: Table) -> bytes:
         try:
             return bytes.fromhex(text[4:])
         except ValueError:
-            table.error("payload", "'hex:' must be followed by pairs of hex digits", text)
+            table.error("payload", '"hex:" must be followed by pairs of hex digits', text)
             return b""
     return text.encode()
 

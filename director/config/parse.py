@@ -128,10 +128,22 @@ def load_config(path: str | Path, modules: KernelModules | None = None) -> Confi
     """parse_config of the file at `path` (blocking). Raises ConfigError,
     also when the file cannot be read."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"cannot read: {e}"], str(path)) from e
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError([f"cannot read: {e.strerror or e}"], str(path)) from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([_not_utf8(raw, e)], str(path)) from e
     return parse_config(text, str(path), modules)
+
+
+def _not_utf8(raw: bytes, error: UnicodeDecodeError) -> str:
+    """Where a file that is not UTF-8 (as TOML must be) first is not: its
+    line and column (counted in bytes), and the byte."""
+    line = raw.count(b"\n", 0, error.start) + 1
+    column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+    return f"not UTF-8 (as TOML must be): byte 0x{raw[error.start]:02x} at line {line}, column {column}"
 
 
 def parse_config(
@@ -325,7 +337,7 @@ def _control(table: Table | None) -> ControlSettings:
     elif isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= 0o777:
         mode = raw
     elif raw is not None:
-        table.error("mode", "expected a file mode like 0o660 or '0660'", raw)
+        table.error("mode", 'expected a file mode like 0o660 or "0660"', raw)
     check_table = table.table("runtime_check")
     runtime_check = parse_check(check_table) if check_table is not None else None
     groups = {key: table.string(key) for key in ("group", "admin_group")}
@@ -386,8 +398,8 @@ def _metrics(table: Table | None) -> MetricsSettings:
     if endpoint is None or endpoint[1] is None or endpoint[1] == 0:
         table.error(
             "listen",
-            f"{_listen_problem(listen)}: expected an IP address and port ('127.0.0.1:9531', "
-            "'[::1]:9531') or an absolute Unix socket path",
+            f'{_listen_problem(listen)}: expected an IP address and port ("127.0.0.1:9531", '
+            '"[::1]:9531") or an absolute Unix socket path',
             listen,
         )
         return MetricsSettings()
@@ -761,7 +773,7 @@ def _netmask(table: Table, family: int | None) -> int | None:
     table.error(
         "persistent_netmask",
         "expected a prefix length"
-        + (" or a netmask like '255.255.255.0'" if family == AF_INET else ""),
+        + (' or a netmask like "255.255.255.0"' if family == AF_INET else ""),
         raw,
     )
     return None
@@ -949,7 +961,7 @@ def _check_family(
         return
     table.error(
         "address",
-        "IPv4 and IPv6 can only be mixed with forward = 'tunnel'",
+        'IPv4 and IPv6 can only be mixed with forward = "tunnel"',
         str(address),
     )
 
@@ -978,13 +990,13 @@ def _real_server(
     if forward != Forward.TUNNEL:
         for option in ("tun_type", "tun_port", "tun_checksum"):
             if option in table:
-                table.error(option, "only with forward = 'tunnel'")
+                table.error(option, 'only with forward = "tunnel"')
     elif tun_type == TunnelType.GUE and "tun_port" not in table:
-        table.error("tun_port", "required with tun_type = 'gue'")
+        table.error("tun_port", 'required with tun_type = "gue"')
     elif tun_type != TunnelType.GUE and "tun_port" in table:
-        table.error("tun_port", "only with tun_type = 'gue'")
+        table.error("tun_port", 'only with tun_type = "gue"')
     if tun_type in (None, TunnelType.IPIP) and tun_flags not in (None, TunnelFlags.NOCSUM):
-        table.error("tun_checksum", "only with tun_type 'gue' or 'gre'")
+        table.error("tun_checksum", 'only with tun_type "gue" or "gre"')
     name = table.string("name")
     if name is not None and not name.isprintable():
         # A newline or tab would split or shift the line of a log or a

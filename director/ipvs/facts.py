@@ -129,7 +129,7 @@ def kernel_modules(release: str | None = None, root: Path = Path("/lib/modules")
 
 def _name_problem(name: str, maxlen: int, constant: str, what: str) -> str | None:
     if not _MODULE_NAME.fullmatch(name):
-        return f"not a {what} name (letters, digits and '_')"
+        return f'not a {what} name (letters, digits and "_")'
     if len(name) > maxlen - 1:
         return f"longer than {maxlen - 1} characters ({constant})"
     return None

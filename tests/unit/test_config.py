@@ -426,7 +426,7 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             VS + "check = { type = 'http', path = 'x' }\n",
-            "virtual_server[0].check.path: must start with '/': \"x\"",
+            'virtual_server[0].check.path: must start with "/": "x"',
         ),
         (
             VS + "check = { type = 'http', method = 'GE T' }\n",
@@ -434,7 +434,7 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             VS + "check = { type = 'udp', payload = 'hex:0' }\n",
-            "virtual_server[0].check.payload: 'hex:' must be followed by pairs of hex digits: \"hex:0\"",
+            'virtual_server[0].check.payload: "hex:" must be followed by pairs of hex digits: "hex:0"',
         ),
         (
             VS + "check = { type = 'exec' }\n",
@@ -460,7 +460,7 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             VS + "persistent = 5\npersistent_netmask = '255.0.255.0'\n",
-            "virtual_server[0].persistent_netmask: expected a prefix length or a netmask like '255.255.255.0': \"255.0.255.0\"",
+            'virtual_server[0].persistent_netmask: expected a prefix length or a netmask like "255.255.255.0": "255.0.255.0"',
         ),
         (
             VS + "persistent = 5\npersistent_netmask = 33\n",
@@ -571,26 +571,26 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             VS + "[[virtual_server.real_server]]\naddress = '2001:db8::2'\n",
-            "virtual_server[0].real_server[0].address: IPv4 and IPv6 can only be mixed with forward = 'tunnel': \"2001:db8::2\"",
+            'virtual_server[0].real_server[0].address: IPv4 and IPv6 can only be mixed with forward = "tunnel": "2001:db8::2"',
         ),
         (
             VS + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\ntun_type = 'gre'\n",
-            "virtual_server[0].real_server[0].tun_type: only with forward = 'tunnel'",
+            'virtual_server[0].real_server[0].tun_type: only with forward = "tunnel"',
         ),
         (
             VS
             + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\nforward = 'tunnel'\ntun_type = 'gue'\n",
-            "virtual_server[0].real_server[0].tun_port: required with tun_type = 'gue'",
+            'virtual_server[0].real_server[0].tun_port: required with tun_type = "gue"',
         ),
         (
             VS
             + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\nforward = 'tunnel'\ntun_port = 5\n",
-            "virtual_server[0].real_server[0].tun_port: only with tun_type = 'gue'",
+            'virtual_server[0].real_server[0].tun_port: only with tun_type = "gue"',
         ),
         (
             VS
             + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\nforward = 'tunnel'\ntun_checksum = 'csum'\n",
-            "virtual_server[0].real_server[0].tun_checksum: only with tun_type 'gue' or 'gre'",
+            'virtual_server[0].real_server[0].tun_checksum: only with tun_type "gue" or "gre"',
         ),
         (
             VS
@@ -635,7 +635,7 @@ def test_all_errors_are_collected() -> None:
         ),
         (
             "[control]\nmode = '0999'\n",
-            "control.mode: expected a file mode like 0o660 or '0660': \"0999\"",
+            'control.mode: expected a file mode like 0o660 or "0660": "0999"',
         ),
         (
             "[daemon]\nlog_level = 'trace'\n",
@@ -867,13 +867,13 @@ def test_scheduler_name_longer_than_the_kernel_takes() -> None:
 
 def test_scheduler_name_that_is_no_module_name() -> None:
     assert one_error(VS + 'scheduler = "round robin"\n') == (
-        "virtual_server[0].scheduler: not a scheduler name (letters, digits and '_'): \"round robin\""
+        'virtual_server[0].scheduler: not a scheduler name (letters, digits and "_"): "round robin"'
     )
 
 
 def test_empty_scheduler_name() -> None:
     assert one_error(VS + 'scheduler = ""\n') == (
-        "virtual_server[0].scheduler: not a scheduler name (letters, digits and '_'): \"\""
+        'virtual_server[0].scheduler: not a scheduler name (letters, digits and "_"): ""'
     )
 
 

@@ -43,8 +43,8 @@ def test_a_key_of_a_top_level_table_has_its_line() -> None:
     text = '# director\n[daemon]\nflush_on_stop = true\nlog_level = "loud"\n\n[metrics]\nlisten = "x"\n'
     assert named(text) == [
         'daemon.log_level (line 4): must be one of debug, info, warning, error: "loud"',
-        "metrics.listen (line 7): no port: expected an IP address and port ('127.0.0.1:9531', "
-        "'[::1]:9531') or an absolute Unix socket path: \"x\"",
+        'metrics.listen (line 7): no port: expected an IP address and port ("127.0.0.1:9531", '
+        '"[::1]:9531") or an absolute Unix socket path: "x"',
     ]
     # a dotted key, and a key of a table never opened but by a dotted key
     assert named("[ipvs]\ntimeouts.tcp = -1\n") == [
@@ -116,18 +116,18 @@ def test_keys_over_several_lines() -> None:
         'expected an integer, got a string: "[[virtual_server]]\\nweight = 3\\n"',
         "virtual_server[0].quorum (10.0.0.1:80 tcp, line 14): must be between 1 and 2147483647: 0",
         "virtual_server[0].check.expect_status[1] (10.0.0.1:80 tcp, line 19): "
-        "expected a status (200) or a range ('200-299'), got a string: \"99-100\"",
+        'expected a status (200) or a range ("200-299"), got a string: "99-100"',
     ]
     inline = SERVICE + 'check = { type = "http", expect_status = [\n  200,\n  "99-100",\n] }\n'
     assert named(inline) == [
         "virtual_server[0].check.expect_status[1] (10.0.0.1:80 tcp, line 4): "
-        "expected a status (200) or a range ('200-299'), got a string: \"99-100\"",
+        'expected a status (200) or a range ("200-299"), got a string: "99-100"',
     ]
     # an inline table over several lines (TOML 1.1): each key its line
     inline = SERVICE + 'check = {\n  type = "http",\n  fall = 0, path = "x",\n  rise = 0,\n}\n'
     assert named(inline) == [
         "virtual_server[0].check.fall (10.0.0.1:80 tcp, line 6): must be between 1 and 1000000: 0",
-        "virtual_server[0].check.path (10.0.0.1:80 tcp, line 6): must start with '/': \"x\"",
+        'virtual_server[0].check.path (10.0.0.1:80 tcp, line 6): must start with "/": "x"',
         "virtual_server[0].check.rise (10.0.0.1:80 tcp, line 7): must be between 1 and 1000000: 0",
     ]
 

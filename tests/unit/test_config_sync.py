@@ -73,7 +73,7 @@ def test_missing_keys_are_named() -> None:
         ),
         (
             'interface = "eth0:1"',
-            "ipvs.sync.interface: not an interface name (no '/', ':', spaces, '.' or '..'): "
+            'ipvs.sync.interface: not an interface name (no "/", ":", spaces, "." or ".."): '
             '"eth0:1"',
         ),
         ('interface = ""', 'ipvs.sync.interface: empty: ""'),

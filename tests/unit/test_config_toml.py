@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import datetime
 import math
+from pathlib import Path
 
 import pytest
 import tomli
 
-from director.config import ConfigError, parse_config
+from director.config import ConfigError, load_config, parse_config
 from director.config.toml import literal, value
 from director.ipvs.facts import NO_MODULES
 
@@ -80,3 +81,20 @@ def test_a_config_error_shows_the_value_in_toml(line: str, shown: str) -> None:
     with pytest.raises(ConfigError) as raised:
         parse_config(f"[daemon]\n{line}\n", NO_MODULES)
     assert raised.value.errors == [f"daemon.log_level: {shown}"]
+
+
+def test_a_file_that_is_not_utf8_is_named_with_its_line_and_byte(tmp_path: Path) -> None:
+    path = tmp_path / "director.toml"
+    path.write_bytes(b'[daemon]\nlog_level = "\xffinfo"\n')
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, NO_MODULES)
+    assert raised.value.errors == ["not UTF-8 (as TOML must be): byte 0xff at line 2, column 14"]
+
+
+def test_a_file_that_cannot_be_read_says_why_in_words(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(tmp_path / "none.toml", NO_MODULES)
+    assert raised.value.errors == ["cannot read: No such file or directory"]
+    with pytest.raises(ConfigError) as raised:
+        load_config(tmp_path, NO_MODULES)
+    assert raised.value.errors == ["cannot read: Is a directory"]

@@ -186,9 +186,9 @@ def test_directord_check_warns_of_commands_this_machine_lacks(
     out, err = capsys.readouterr()
     assert out == f"{path}: OK, 2 virtual services, 2 real servers\n"
     assert err.splitlines() == [
-        f"{path}: warning: [bgp] bird: '{tmp_path}/no/bird' is not an executable here"
+        f'{path}: warning: [bgp] bird: "{tmp_path}/no/bird" is not an executable here'
         " (not found, or not on PATH)",
-        f"{path}: warning: the exec check of TCP 10.0.0.1:80: '{tmp_path}/no/check' is not an"
+        f'{path}: warning: the exec check of TCP 10.0.0.1:80: "{tmp_path}/no/check" is not an'
         " executable here (not found, or not on PATH)",
     ]
 

@@ -151,9 +151,11 @@ def test_a_bad_metrics_setting_is_an_error_naming_the_key(text: str, error: str)
 def test_a_reload_that_changes_metrics_listen_needs_a_restart() -> None:
     old = parse_config('[metrics]\nlisten = "127.0.0.1:9531"\n')
     assert restart_needed(old, parse_config('[metrics]\nlisten = "127.0.0.1:9531"\n')) == []
-    assert restart_needed(old, parse_config("")) == ["[metrics] listen: '127.0.0.1:9531' -> None"]
+    assert restart_needed(old, parse_config("")) == [
+        '[metrics] listen: "127.0.0.1:9531" -> (not set)'
+    ]
     assert restart_needed(old, parse_config('[metrics]\nlisten = "[::1]:9531"\n')) == [
-        "[metrics] listen: '127.0.0.1:9531' -> '[::1]:9531'"
+        '[metrics] listen: "127.0.0.1:9531" -> "[::1]:9531"'
     ]
 
 
@@ -169,7 +171,7 @@ async def test_reload_file_rejects_a_new_listen_and_counts_both_results(
         path.write_text(CONFIG)
         result = await director.reload_file(path)
         assert result.summary is None
-        assert "[metrics] listen: '127.0.0.1:9531' -> None needs a restart" in result.errors[0]
+        assert '[metrics] listen: "127.0.0.1:9531" -> (not set) needs a restart' in result.errors[0]
         samples = await scrape(director)
         assert value(samples, "director_reloads_total", {"result": "applied"}) == 1
         assert value(samples, "director_reloads_total", {"result": "rejected"}) == 1
