@@ -140,7 +140,8 @@ def service_targets(vs: VirtualServer) -> dict[RealServerId, Target]:
 
 def restart_needed(old: Config, new: Config) -> list[str]:
     """Settings a reload cannot apply: the control socket is bound and the
-    state file opened once, at start. Each as '[section] key: old -> new', the values as TOML writes them."""
+    state file opened once, at start. Each as '[section] key: old -> new',
+    the values as TOML writes them."""
     changes = []
     for section, fields in (
         ("control", ("socket", "group", "admin_group", "mode")),
