@@ -25,6 +25,7 @@ import trio
 
 from director import log
 from director.config.model import SUN_PATH_MAX, ControlSettings
+from director.config.toml import string
 from director.control.messages import Handler, Peer, Request, Response
 from director.control.protocol import (
     MAX_REQUEST_BYTES,
@@ -98,7 +99,7 @@ def _gid(name: str | None, key: str) -> int | None:
     try:
         return grp.getgrnam(name).gr_gid
     except KeyError:
-        raise ControlSocketError(f"[control] {key} = {name!r}: no such group") from None
+        raise ControlSocketError(f"[control] {key} = {string(name)}: no such group") from None
 
 
 async def _bind(path: str, mode: int, gid: int | None, backlog: int) -> trio.socket.SocketType:

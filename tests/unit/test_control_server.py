@@ -171,11 +171,11 @@ async def test_refuses_to_replace_a_file_that_is_not_a_socket(sock_dir: str) -> 
     [
         (
             {"group": "no-such-group-here"},
-            r"\[control\] group = 'no-such-group-here': no such group",
+            r'\[control\] group = "no-such-group-here": no such group',
         ),
         (
             {"admin_group": "nor-this-one"},
-            r"\[control\] admin_group = 'nor-this-one': no such group",
+            r'\[control\] admin_group = "nor-this-one": no such group',
         ),
     ],
 )
