@@ -682,14 +682,10 @@ def _alpha_at(vs: VirtualServer, rs: RealServer) -> Location | None:
     for checker in rs.checkers:
         if checker.kind == "FILE_CHECK":
             continue
-        if checker.alpha is not None:
-            if checker.alpha:
-                return checker.where
-        elif rs.alpha is not None:
-            if rs.alpha:
-                return rs.where
-        elif vs.alpha:
-            return vs.where
+        said = ((checker.alpha, checker.where), (rs.alpha, rs.where), (vs.alpha, vs.where))
+        alpha, where = next((on, at) for on, at in said if on is not None)  # vs's is set
+        if alpha:
+            return where
     return None
 
 
