@@ -15,6 +15,7 @@ exit either.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import sys
 import threading
@@ -65,14 +66,14 @@ def configure(
     out = stream or sys.stderr
     as_json = not out.isatty() if json is None else json
     renderer: Any = (
-        structlog.processors.JSONRenderer(sort_keys=False)
+        structlog.processors.JSONRenderer(serializer=_json_line)
         if as_json
         else structlog.dev.ConsoleRenderer(colors=False)
     )
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _stamp_iso_utc,
         structlog.processors.format_exc_info,
         renderer,
     ]
@@ -122,6 +123,41 @@ def dropped() -> int:
     """Lines dropped since the last `log_lines_dropped` report (0 when none)."""
     sink = _sink
     return 0 if sink is None else sink.dropped
+
+
+# One encoder for every line: json.dumps with keyword arguments (structlog's
+# default and sort_keys) builds a new JSONEncoder at each call, a third of
+# the rendering of a line.
+_ENCODER = json.JSONEncoder(default=repr)
+
+
+def _json_line(event: dict[str, Any], **_structlog_kw: object) -> str:
+    """JSONRenderer's serializer: json.dumps' text, keys in the order logged,
+    a value JSON has no type for as its repr()."""
+    return _ENCODER.encode(event)
+
+
+_second_stamp: tuple[int, str] = (-1, "")  # one tuple: threads swap it whole
+
+
+def _stamp_iso_utc(_logger: object, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """structlog's TimeStamper(fmt="iso", utc=True) ("2026-12-02T14:24:41.273532Z"),
+    the date and time of day formatted once a second, not at every line: a
+    start that logs 10,000 operations spent an eighth of each line's time
+    there. Always six digits of microseconds, where datetime's isoformat()
+    leaves out a fraction of 0: a whole second reads ".000000Z"."""
+    global _second_stamp
+    now = time.time()
+    second = int(now)
+    micro = round((now - second) * 1e6)  # half to even, as datetime rounds
+    if micro == 1_000_000:
+        second, micro = second + 1, 0
+    cached, text = _second_stamp
+    if second != cached:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second_stamp = (second, text)
+    event["timestamp"] = f"{text}.{micro:06d}Z"
+    return event
 
 
 def _renderer_of(processors: Sequence[Any]) -> Callable[[str, dict[str, Any]], str]:

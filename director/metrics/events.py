@@ -254,5 +254,11 @@ def request_command(request: Request) -> str:
 def operation_kind(op: Operation) -> str:
     """'add_destination' for AddDestination: the `op` field of the ipvs_op
     log event (director.oplog)."""
-    name = type(op).__name__
-    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+    kind = _KINDS.get(type(op))
+    if kind is None:
+        name = type(op).__name__
+        kind = _KINDS[type(op)] = "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")  # fmt: skip
+    return kind
+
+
+_KINDS: dict[type, str] = {}

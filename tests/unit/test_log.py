@@ -1,6 +1,7 @@
 """director.log: a log call never waits for the stream; what cannot be queued is
 counted and reported; everything queued is written at exit."""
 
+import datetime
 import io
 import json
 import os
@@ -152,6 +153,60 @@ def test_level_filter_and_rendering() -> None:
     assert shown["level"] == "warning"
     assert shown["vs"] == "TCP 10.0.0.1:80"
     assert shown["timestamp"].endswith("Z")
+
+
+def test_a_line_is_the_one_structlog_own_stamper_and_renderer_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cached date and time of day, and the one encoder, change the cost
+    of a line, not its text: the same line as TimeStamper(fmt="iso",
+    utc=True) and JSONRenderer() give, at a second's edges and within one
+    (but for a whole second's ".000000"), a value JSON has no type for
+    shown as its repr."""
+    stream = GatedStream()
+    stream.gate.set()
+    log.configure("info", stream=stream, json=True)
+    logger = log.get("test")
+    fields = {"vs": "TCP 10.0.0.1:80", "weight": 1, "up": True, "none": None, "odd": {1, 2} - {1}}
+    instants = [1_764_684_281.0, 1_764_684_281.273532, 1_764_684_281.999999, 1_764_684_282.5]
+    for instant in instants:
+        monkeypatch.setattr(log.time, "time", lambda instant=instant: instant)
+        logger.info("ipvs_op", **fields)
+    assert log.flush()
+    # TimeStamper(fmt="iso", utc=True)'s own expression (structlog/processors.py).
+    stamps = [
+        datetime.datetime.fromtimestamp(instant, tz=datetime.UTC).isoformat().replace("+00:00", "Z")
+        for instant in instants
+    ]
+    # A whole second: datetime leaves the fraction out, directord writes it.
+    assert stamps[0] == "2025-12-02T14:04:41Z"
+    stamps[0] = "2025-12-02T14:04:41.000000Z"
+    render = structlog.processors.JSONRenderer()
+    expected = [
+        render(None, "info", {**fields, "event": "ipvs_op", "level": "info", "timestamp": stamp})
+        for stamp in stamps
+    ]
+    assert stream.getvalue().splitlines() == expected
+    assert stamps[1:] == [
+        "2025-12-02T14:04:41.273532Z",
+        "2025-12-02T14:04:41.999999Z",
+        "2025-12-02T14:04:42.500000Z",
+    ]
+
+
+def test_the_stamp_rounds_to_the_microsecond_as_datetime_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Across a few seconds in uneven steps (fractions a float cannot hold,
+    halves, the last microsecond of a second): datetime's text each time."""
+    for step in range(5000):
+        instant = 1_764_684_281.0 + step * 0.000731 + (0.0000005 if step % 7 == 0 else 0.0)
+        monkeypatch.setattr(log.time, "time", lambda instant=instant: instant)
+        stamp = datetime.datetime.fromtimestamp(instant, tz=datetime.UTC).isoformat()
+        stamp = (
+            stamp.replace("+00:00", "Z") if "." in stamp else stamp.replace("+00:00", ".000000Z")
+        )
+        assert log._stamp_iso_utc(None, "info", {}) == {"timestamp": stamp}, instant
 
 
 class BrokenStream(io.StringIO):
