@@ -46,6 +46,7 @@ from director.ipvs.model import (
     AF_INET6,
     Destination,
     Forward,
+    IPAddress,
     Protocol,
     Service,
     ServiceFlags,
@@ -310,7 +311,7 @@ class _Reader:
             return None  # type: ignore[return-value]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise StateFileError(
-                f"{self.path}.{key}: expected {kind.__name__}, got {type(value).__name__}"
+                f"{self.path}.{key}: expected {_JSON_TYPES[kind]}, got {_json_type(value)}"
             )
         return value
 
@@ -326,8 +327,18 @@ class _Reader:
     def choice(self, key: str, options: Mapping[str, T]) -> T:
         value = self.get(key, str)
         if value not in options:
-            raise StateFileError(f"{self.path}.{key}: {value!r} is not one of {sorted(options)}")
+            choices = ", ".join(json.dumps(option) for option in sorted(options))
+            raise StateFileError(f"{self.path}.{key}: {json.dumps(value)} is not one of {choices}")
         return options[value]
+
+    def address(self, key: str) -> IPAddress:
+        text = self.get(key, str)
+        try:
+            return ip_address(text)
+        except ValueError:
+            raise StateFileError(
+                f"{self.path}.{key}: {json.dumps(text)} is not an IP address"
+            ) from None
 
     def objects(self, key: str) -> list[_Reader]:
         items = self.get(key, list)
@@ -346,6 +357,25 @@ class _Reader:
             return build()
         except (ValueError, TypeError) as error:
             raise StateFileError(f"{self.path}: {error}") from None
+
+
+# JSON's names of its types: the file is JSON, its errors say what JSON has.
+_JSON_TYPES: dict[type, str] = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+}
+
+
+def _json_type(value: object) -> str:
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        return "a number" if isinstance(value, float) else "an integer"
+    return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
 def decode(text: str) -> Saved:
@@ -401,8 +431,8 @@ def decode(text: str) -> Saved:
 def _read_vip(r: _Reader) -> Vip:
     name = r.get("interface", str)
     if interface_problem(name) is not None:
-        raise StateFileError(f"{r.path}.interface: {name!r} is not an interface name")
-    return Vip(name, r.wrap(lambda: ip_address(r.get("address", str))))
+        raise StateFileError(f"{r.path}.interface: {json.dumps(name)} is not an interface name")
+    return Vip(name, r.address("address"))
 
 
 def _read_key(r: _Reader) -> ServiceKey:
@@ -411,7 +441,7 @@ def _read_key(r: _Reader) -> ServiceKey:
     if fwmark:
         return ServiceKey.mark(fwmark, family)
     protocol = r.choice("protocol", {p.name.lower(): p for p in Protocol})
-    address = r.wrap(lambda: ip_address(r.get("address", str)))
+    address = r.address("address")
     port = _port(r, "port")
     if address.version != (6 if family == AF_INET6 else 4):
         raise StateFileError(f"{r.path}.address: not an {_FAMILIES[family]} address")
@@ -421,11 +451,10 @@ def _read_key(r: _Reader) -> ServiceKey:
 def _read_sync_daemon(r: _Reader) -> SyncDaemon:
     """Ranges as daemon_nest encodes them (director.ipvs.genl), so that a
     saved daemon is never one the encoder refuses."""
-    group_text = r.get("mcast_group", str, optional=True)
-    group = None if group_text is None else r.wrap(lambda: ip_address(group_text))
+    group = None if r.get("mcast_group", str, optional=True) is None else r.address("mcast_group")
     name = r.get("mcast_ifn", str)
     if not name or len(name.encode()) >= 16 or "\0" in name:
-        raise StateFileError(f"{r.path}.mcast_ifn: {name!r} is not an interface name")
+        raise StateFileError(f"{r.path}.mcast_ifn: {json.dumps(name)} is not an interface name")
     return SyncDaemon(
         r.choice("state", {v: k for k, v in _SYNC_STATES.items()}),
         name,
@@ -460,14 +489,13 @@ def _read_service(r: _Reader) -> Service:
 
 def _read_rid(r: _Reader) -> RealServerId:
     service = _read_key(r.reader("service"))
-    address = r.wrap(lambda: ip_address(r.get("address", str)))
-    return RealServerId(service, address, _port(r, "port"))
+    return RealServerId(service, r.address("address"), _port(r, "port"))
 
 
 def _read_destination(r: _Reader) -> Destination:
     return r.wrap(
         lambda: Destination(
-            ip_address(r.get("address", str)),
+            r.address("address"),
             _port(r, "port"),
             r.choice("forward", {f.name.lower(): f for f in Forward}),
             r.number("weight", INT_MAX),

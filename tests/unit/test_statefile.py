@@ -28,6 +28,7 @@ from director.ipvs.model import (
     TunnelType,
 )
 from director.runtime import EMPTY, RuntimeLayer
+from director.vips import Vip
 
 VIP = ServiceKey.inet(Protocol.TCP, "10.0.0.1", 80)
 V6 = ServiceKey.inet(Protocol.UDP, "2001:db8::1", 53)
@@ -125,15 +126,46 @@ def test_missing_file_is_an_empty_layer(tmp_path: Path) -> None:
         ),
         (
             statefile.encode(LAYER).replace('"weight": 3', '"weight": "3"'),
-            "state.real_servers[0].weight: expected int, got str",
+            "state.real_servers[0].weight: expected an integer, got a string",
         ),
         (
             statefile.encode(LAYER).replace('"10.0.1.1"', '"10.0.1"', 1),
-            "state.real_servers[0]",
+            'state.real_servers[0].address: "10.0.1" is not an IP address',
+        ),
+        # Values and types as JSON writes and names them, not as Python does.
+        (
+            statefile.encode(LAYER).replace('"weight": 3', '"weight": true'),
+            "state.real_servers[0].weight: expected an integer, got true",
+        ),
+        (
+            statefile.encode(LAYER).replace('"weight": 3', '"weight": null'),
+            "state.real_servers[0].weight: expected an integer, got null",
+        ),
+        (
+            statefile.encode(LAYER).replace('"weight": 3', '"weight": 3.5'),
+            "state.real_servers[0].weight: expected an integer, got a number",
+        ),
+        (
+            statefile.encode(LAYER).replace('"scheduler": "sh"', '"scheduler": ["sh"]'),
+            "state.services[0].scheduler: expected a string, got an array",
+        ),
+        (
+            statefile.encode(LAYER).replace('"services": [', '"services": {"a": 1}, "x": [', 1),
+            "state.services: expected an array, got an object",
+        ),
+        (
+            statefile.encode(LAYER).replace('"family": "ipv4"', '"family": "inet\'"', 1),
+            'state.services[0].key.family: "inet\'" is not one of "ipv4", "ipv6"',
+        ),
+        (
+            statefile.encode(LAYER, {VIP}, vips={Vip("eth0", ip_address("192.0.2.1"))}).replace(
+                '"eth0"', '"eth\\u0000"'
+            ),
+            'state.owned_vips[0].interface: "eth\\u0000" is not an interface name',
         ),
         (
             statefile.encode(LAYER).replace('"forward": "masq"', '"forward": "carrier pigeon"'),
-            "state.real_servers[0].forward: 'carrier pigeon' is not one of",
+            'state.real_servers[0].forward: "carrier pigeon" is not one of "local", "masq", "route", "tunnel"',
         ),
         (
             statefile.encode(LAYER).replace('"weight": 3', '"weight": -1'),
