@@ -106,6 +106,8 @@ class Held:
 
 def hold_back(operations: Sequence[Operation], refusals: Refusals, now: float) -> Held:
     """Split a pass's operations into those to send now and those to hold."""
+    if not refusals:
+        return Held(tuple(operations), (), ())
     send: list[Operation] = []
     held: list[Operation] = []
     skipped: list[Operation] = []
@@ -140,7 +142,9 @@ def record(
     plan any more are forgotten (the config or the table moved on); those of
     operations held back are kept as they are. Operations whose service's
     AddService was refused in the same pass are not refusals of their own."""
-    still = {subject(op) for op in planned}
+    # (Subjects are made only where a refusal is or may be: a start's
+    # 10,000 operations, all taken, need none.)
+    still = {subject(op) for op in planned} if refusals else set()
     result = {s: r for s, r in refusals.items() if s in still}
     failed_adds = {
         op.service.key
@@ -148,10 +152,11 @@ def record(
         if error is not None and isinstance(op, AddService)
     }
     for op, error in zip(sent, errors, strict=True):
-        key = subject(op)
         if error is None:
-            result.pop(key, None)
+            if result:
+                result.pop(subject(op), None)
             continue
+        key = subject(op)
         if not isinstance(op, AddService) and service_of(op) in failed_adds:
             continue
         message, err = error
