@@ -230,8 +230,10 @@ async def serve(
                 # What the start built (modules, config, tables, targets) lives
                 # as long as the daemon: out of the collector's generations, a
                 # full collection no longer walks it (at 10,000 servers one
-                # took about 100 ms, a pause of every probe).
+                # took about 100 ms, a pause of every probe). The collector,
+                # off during the start (entry.main), runs from here on.
                 gc.freeze()
+                gc.enable()
                 notifier.ready(director.status_line())
                 interval = watchdog_interval()
                 if interval:

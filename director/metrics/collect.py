@@ -38,9 +38,9 @@ in the text format 0.0.4 by `Family.write` (about 0.5 us a sample), which
 every Prometheus accepts (the fallback of its Accept header; OpenMetrics is
 not offered). The same families are a prometheus_client Collector
 (`SnapshotCollector`, each `Family.metric()` a prometheus_client Metric) for
-any registry, and prometheus_client's own process and platform collectors
-(`process_*`, `python_info`) are rendered by its generate_latest and
-appended. The tests parse the output with prometheus_client's parser and
+any registry, and prometheus_client's own process, platform and garbage
+collector collectors (`process_*`, `python_info`, `python_gc_*`) are rendered
+by its generate_latest and appended. The tests parse the output with prometheus_client's parser and
 compare it with the Collector's.
 """
 
@@ -56,6 +56,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import trio
 from prometheus_client.exposition import generate_latest
+from prometheus_client.gc_collector import GCCollector
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.platform_collector import PlatformCollector
@@ -632,12 +633,13 @@ class SnapshotCollector(Collector):
 _PROCESS = CollectorRegistry(auto_describe=False)
 ProcessCollector(registry=_PROCESS)
 PlatformCollector(registry=_PROCESS)
+GCCollector(registry=_PROCESS)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def render(snapshot: Snapshot, gzipped: bool = False) -> bytes:
     """The exposition of `snapshot` in the text format 0.0.4 (CONTENT_TYPE),
-    followed by prometheus_client's process_* and python_info metrics;
+    followed by prometheus_client's process_*, python_info and python_gc_* metrics;
     gzipped when asked. Blocking: run it in a worker thread. Joined, encoded
     and compressed a family at a time: one join of 30 MB would hold the GIL
     from the event loop for tens of milliseconds."""

@@ -114,3 +114,19 @@ def test_a_signal_as_the_process_exits_does_not_change_its_status(ignored: bool)
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == (0 if ignored else -signal.SIGTERM), done.stderr
+
+
+def test_directord_collects_no_garbage_until_the_daemon_turns_the_collector_on() -> None:
+    """entry.main turns the collector off before director.daemon is
+    imported (its start: imports, config, the first pass); the daemon turns
+    it on at `ready` (a kernel test, test_metrics, sees it count then)."""
+    code = (
+        "import gc, sys, types\n"
+        "daemon = types.ModuleType('director.daemon')\n"
+        "daemon.main = lambda: print(gc.isenabled()) or 0\n"
+        "sys.modules['director.daemon'] = daemon\n"
+        "from director import entry\n"
+        "sys.exit(entry.main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "False\n", "")
