@@ -219,6 +219,9 @@ def parse_protocols(text: str) -> dict[str, ProtocolState]:
 
 @dataclass(frozen=True)
 class BgpPeerStatus:
+    """One [[bgp.peer]] in `directorctl status`: its BGP session's state as BIRD
+    reports it (`birdc show protocols`)."""
+
     name: str  # BIRD's protocol name
     address: str
     as_number: int
@@ -227,6 +230,9 @@ class BgpPeerStatus:
 
 @dataclass(frozen=True)
 class BgpRouteStatus:
+    """One VIP's host route in `directorctl status`: the services naming it,
+    whether it is announced now, and why (or why not)."""
+
     address: str  # "10.0.0.1/32"
     services: tuple[str, ...]
     announced: bool
@@ -235,6 +241,9 @@ class BgpRouteStatus:
 
 @dataclass(frozen=True)
 class BgpStatus:
+    """The BGP part of `directorctl status` and of the metrics (bgp_report): the
+    BIRD speaker's state, its peers' sessions and the VIPs' routes."""
+
     speaker: str  # running, starting, stopped, failed
     pid: int | None
     error: str | None

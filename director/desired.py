@@ -68,6 +68,10 @@ class Decision:
 
 @dataclass(frozen=True)
 class DesiredService:
+    """One virtual service as the table should hold it (desired_service): its
+    kernel service, the destinations that should be in it, and the decision
+    about each real server (and the sorry server), present or not."""
+
     service: Service
     destinations: tuple[Destination, ...]
     decisions: tuple[Decision, ...] = ()

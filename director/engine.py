@@ -177,6 +177,10 @@ ABANDONED = "directord is stopping: the reload was abandoned, the running config
 
 @dataclass(frozen=True)
 class ReloadSummary:
+    """What a reload changed (Director.reload): services and real servers added,
+    removed or changed, the table operations sent and the other changes; what
+    the `reloaded` event logs and `directorctl reload` prints."""
+
     services_added: tuple[ServiceKey, ...]
     services_removed: tuple[ServiceKey, ...]
     real_servers_added: tuple[RealServerId, ...]

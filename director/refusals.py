@@ -86,6 +86,10 @@ def table_moved(op: Operation, err: int | None) -> bool:
 
 @dataclass(frozen=True)
 class Refusal:
+    """The kernel's refusal of an operation: its answer, how many times in a row,
+    and when the operation may be sent again (`retry_at`, seconds on the
+    caller's clock). One per subject (`record`)."""
+
     operation: Operation
     error: str  # the kernel's answer, in ipvsadm's words
     errno: int | None
@@ -99,6 +103,10 @@ Refusals = Mapping[Subject, Refusal]
 
 @dataclass(frozen=True)
 class Held:
+    """A pass's operations as `hold_back` splits them: those to send now, those
+    held while their refusal's backoff runs, and those skipped because their
+    service's AddService is held."""
+
     send: tuple[Operation, ...]
     held: tuple[Operation, ...]  # refused before, backoff still running
     skipped: tuple[Operation, ...]  # their service's AddService is held

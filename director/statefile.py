@@ -77,6 +77,9 @@ class StateFileError(Exception):
 
 @dataclass(frozen=True)
 class Saved:
+    """The state file's content (`decode`): the runtime layer, what the daemon owns
+    in the kernel (services, sync daemons, VIPs), and the maintenance flag."""
+
     layer: RuntimeLayer = EMPTY
     owned: frozenset[ServiceKey] = frozenset()  # services the daemon made or manages
     sync: Mapping[SyncState, SyncDaemon] = field(default_factory=dict)  # owned sync daemons
@@ -544,6 +547,10 @@ def save(
 
 @dataclass(frozen=True)
 class Loaded:
+    """What `load` read of the state file: the saved state, or the empty one with
+    `problem` saying why the file was not used (and `moved_to` where a corrupt
+    one was kept)."""
+
     layer: RuntimeLayer
     owned: frozenset[ServiceKey] = frozenset()
     sync: Mapping[SyncState, SyncDaemon] = field(default_factory=dict)  # owned sync daemons

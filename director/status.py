@@ -25,6 +25,9 @@ from director.vips import VipStatus
 
 @dataclass(frozen=True)
 class RealServerStatus:
+    """One real server in `directorctl status` (and in its JSON data): its health,
+    last probe, weights and the decision about its place in the table."""
+
     server: str  # "10.0.1.1:80"
     name: str | None
     health: str  # unknown, up, down
@@ -48,6 +51,9 @@ class RealServerStatus:
 
 @dataclass(frozen=True)
 class ServiceStatus:
+    """One virtual service in `directorctl status` (and in its JSON data), with its
+    real servers and its sorry server."""
+
     service: str  # "tcp:10.0.0.1:80", as drain/disable/enable take it
     scheduler: str
     check: str  # the check type

@@ -134,6 +134,9 @@ def matches(running: SyncDaemon, desired: SyncDaemon) -> bool:
 
 @dataclass(frozen=True)
 class SyncPlan:
+    """What `plan_sync` decided: the StopDaemon and StartDaemon operations to send,
+    in order, and the sync daemons owned once they are sent."""
+
     operations: tuple[Operation, ...]
     # What the daemon owns once the operations are sent: record it before
     # they go out (a crash after the kernel took a start must not orphan it).

@@ -148,11 +148,15 @@ class CreateInterface:
 
 @dataclass(frozen=True)
 class AddAddress:
+    """`ip address add ADDR/32 dev IFACE` (IPv6: /128 nodad)."""
+
     vip: Vip
 
 
 @dataclass(frozen=True)
 class RemoveAddress:
+    """`ip address del ADDR/32 dev IFACE` (IPv6: /128)."""
+
     vip: Vip
 
 
@@ -172,6 +176,10 @@ class Present:
 
 @dataclass(frozen=True)
 class VipPlan:
+    """What `plan_vips` decided: the operations to send, the VIPs owned once they
+    are sent, and the wanted VIPs it leaves alone (there already, or on an
+    interface that is missing)."""
+
     operations: tuple[VipOperation, ...]
     # Owned once the operations are sent: record it before they go out.
     owned: frozenset[Vip]
@@ -267,6 +275,10 @@ def subject(op: VipOperation) -> object:
 
 @dataclass(frozen=True)
 class VipRefusal:
+    """The kernel's refusal of a VIP operation: its words, how many times in a
+    row, and when it may be sent again (`retry_at`, the caller's clock); one
+    per subject (`record`)."""
+
     operation: VipOperation
     error: str  # the kernel's words
     errno: int | None

@@ -61,6 +61,10 @@ class RealServerId:
 
 @dataclass(frozen=True, slots=True)
 class RealServer:
+    """A [[virtual_server.real_server]]: one real server as ipvsadm -a would add it
+    (`destination()`), the check that probes it (its service's, with this
+    server's overrides) and an optional `name` for logs and status."""
+
     address: IPAddress
     port: int
     forward: Forward = Forward.ROUTE
@@ -107,6 +111,9 @@ class SorryServer:
 
 @dataclass(frozen=True)
 class VirtualServer:
+    """A [[virtual_server]]: one virtual service (its kernel settings: `service()`),
+    its real servers, and what the daemon does as their health changes."""
+
     key: ServiceKey
     scheduler: str = "wlc"
     persistent: int | None = None  # persistence timeout in seconds
@@ -213,6 +220,9 @@ class SyncSettings:
 
 @dataclass(frozen=True)
 class IpvsSettings:
+    """[ipvs]: the kernel-wide settings the daemon keeps: the connection timeouts
+    (ipvsadm --set) and the connection sync daemons."""
+
     timeouts: Timeouts | None = None  # None: leave the kernel's as they are
     sync: SyncSettings | None = None  # None: no sync daemon of the config's
 
@@ -264,6 +274,10 @@ SUN_PATH_MAX = 107  # bytes of a Unix socket path: sizeof(sun_path) - 1, <sys/un
 
 @dataclass(frozen=True)
 class ControlSettings:
+    """[control]: the control socket directorctl speaks to. The socket file gets
+    `mode` and `group` (whose members may then connect and read); root and the
+    members of `admin_group` may also change state."""
+
     socket: str = "/run/director/director.sock"
     group: str | None = None  # may read status
     admin_group: str | None = None  # may also change state
@@ -280,6 +294,10 @@ class LogLevel(enum.Enum):
 
 @dataclass(frozen=True)
 class DaemonSettings:
+    """[daemon]: `reconcile_interval` is the seconds between drift repairs (and the
+    longest backoff of a refused operation); `flush_on_stop` removes the owned
+    services and VIPs at stop; `state_file` is where director.statefile saves."""
+
     flush_on_stop: bool = False
     reconcile_interval: float = 5.0
     state_file: str = "/var/lib/director/state.json"
@@ -301,6 +319,10 @@ class MetricsSettings:
 
 @dataclass(frozen=True)
 class Config:
+    """The daemon's whole configuration, as parse_config makes it from the TOML
+    file (`source`: its path, or "<config>"); the runtime layer's changes give
+    another Config over it (director.runtime.effective_config)."""
+
     virtual_servers: tuple[VirtualServer, ...] = ()
     ipvs: IpvsSettings = IpvsSettings()
     control: ControlSettings = ControlSettings()

@@ -103,6 +103,10 @@ _T = TypeVar("_T")
 
 @dataclass
 class _Outcome:
+    """What an ipvsadm command (or a run of -R lines, added up by `add`) answers:
+    its output and exit status as ipvsadm's, and whether it changed the runtime
+    layer (which `_commit` then saves and applies)."""
+
     stdout: str = ""
     stderr: str = ""
     status: int = 0

@@ -27,6 +27,10 @@ class Request:
 
 @dataclass(frozen=True)
 class Response:
+    """The answer to a Request: an exit status and the text for stdout and stderr,
+    as the command prints them, and for some commands `data`, a JSON value
+    (`directorctl status --json` prints it)."""
+
     status: int
     stdout: str = ""
     stderr: str = ""

@@ -40,6 +40,10 @@ _STATUS = {ErrorKind.TIMEOUT: 1, ErrorKind.BUSY: 1}
 
 @dataclass(frozen=True)
 class ProtocolError:
+    """A request line the server cannot take (or a timeout, or a full server), and
+    why: not raised, but handed out by RequestDecoder in place of a Request and
+    answered by encode_error, `kind` as the response's "error"."""
+
     kind: ErrorKind
     message: str
 

@@ -44,6 +44,10 @@ _RECEIVE_SIZE = 16 * 1024
 
 @dataclass(frozen=True)
 class Limits:
+    """What the control server allows its clients (`serve`): the size of a request
+    line and the seconds to send it, the seconds to take a response, the
+    connections at once (one more is answered busy) and the listen backlog."""
+
     max_request_bytes: int = MAX_REQUEST_BYTES
     request_timeout: float = 10.0  # to send one complete request line, or stay idle
     send_timeout: float = 30.0  # for the client to take a response

@@ -28,6 +28,10 @@ class Reason(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
+    """One probe's verdict, in the vocabulary every probe type shares: up (`ok`) or
+    down, the Reason, the server's latency in seconds, and in `detail` the
+    figures behind the reason ("status 503")."""
+
     ok: bool
     reason: Reason
     # Seconds the real server took: a TCP or HTTP(S) verdict on an answer

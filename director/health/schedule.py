@@ -46,6 +46,10 @@ def first_start(now: float, interval: float, rng: random.Random) -> float:
 
 @dataclass(eq=False, slots=True)
 class _Entry(Generic[T]):
+    """One probe in the Schedule: its grid (next start `due`, then every `interval`
+    seconds), whether it is a command (counted against max_exec), and whether
+    it runs or was removed (then dropped wherever it is met)."""
+
     item: T
     interval: float
     is_exec: bool

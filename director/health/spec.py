@@ -22,6 +22,9 @@ _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # RFC 112
 
 @dataclass(frozen=True)
 class Timing:
+    """When a check probes and how many results in a row change a server's health
+    (director.health.state); common to every check type."""
+
     interval: float = 1.0  # seconds between the starts of two probes
     timeout: float = 1.0  # seconds a probe may take before it counts as failed
     rise: int = 2  # successes in a row that make a down (or new) server up
@@ -35,6 +38,8 @@ class Timing:
 
 @dataclass(frozen=True)
 class TcpCheck:
+    """A TCP check (type "tcp"): up when the server accepts a connection."""
+
     timing: Timing = Timing()
     port: int | None = None
     address: IPAddress | None = None
@@ -42,6 +47,9 @@ class TcpCheck:
 
 @dataclass(frozen=True)
 class StatusRange:
+    """The HTTP statuses from `low` to `high`, both included: one item of an HTTP
+    check's expect_status (200, or "200-299")."""
+
     low: int
     high: int
 
@@ -51,6 +59,10 @@ class StatusRange:
 
 @dataclass(frozen=True)
 class HttpCheck:
+    """An HTTP or HTTPS check (type "http", "https"): up when the server answers
+    `method` `path` with a status in `expect_status` and, when set, a body in
+    which `expect_body` is found. Redirects are not followed."""
+
     timing: Timing = Timing()
     port: int | None = None
     address: IPAddress | None = None
@@ -68,6 +80,10 @@ class HttpCheck:
 
 @dataclass(frozen=True)
 class UdpCheck:
+    """A UDP check (type "udp"): sends `payload`; up on a reply that matches
+    `expect` (any reply without it), down on an ICMP error; silence is down
+    with `expect`, else as `silence` says."""
+
     timing: Timing = Timing()
     port: int | None = None
     address: IPAddress | None = None

@@ -27,6 +27,10 @@ class Health(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class HealthState:
+    """One real server's health as its probe results made it (`advance`): the
+    status, the runs of successes and failures, and what the weight ramp and a
+    dynamic weight hang on. Times are seconds on the caller's clock."""
+
     status: Health = Health.UNKNOWN
     successes_in_row: int = 0
     failures_in_row: int = 0
@@ -49,6 +53,9 @@ class HealthState:
 
 @dataclass(frozen=True)
 class Transition:
+    """A change of one server's health (`advance`): the probe result that made it
+    and the runs at that moment; `log_fields` for the event that reports it."""
+
     old: Health
     new: Health
     at: float

@@ -165,6 +165,10 @@ def service_label(key: ServiceKey) -> str:
 
 @dataclass(frozen=True)
 class Service:
+    """A virtual service's settings as the kernel holds them (IPVS_SVC_ATTR_*, what
+    ipvsadm -A and -E set). `netmask` groups clients for persistence: an IPv4
+    mask, or an IPv6 prefix length; `pe_name` a persistence engine, "" for none."""
+
     key: ServiceKey
     scheduler: str = DEFAULT_SCHEDULER
     flags: ServiceFlags = ServiceFlags.NONE
@@ -183,6 +187,10 @@ class Service:
 
 @dataclass(frozen=True)
 class Destination:
+    """A real server of a virtual service as the kernel holds it (IPVS_DEST_ATTR_*,
+    what ipvsadm -a and -e set); `key` identifies it within its service. The
+    tun_* settings matter only with Forward.TUNNEL."""
+
     address: IPAddress
     port: int
     forward: Forward = Forward.ROUTE
@@ -266,6 +274,10 @@ class SyncDaemon:
 
 @dataclass(frozen=True)
 class Info:
+    """What IPVS_CMD_GET_INFO reports: the IPVS version and the size of the
+    kernel's connection hash table, as ipvsadm's listing heads them ("IP
+    Virtual Server version 1.2.1 (size=4096)")."""
+
     version: int  # (major << 16) | (minor << 8) | patch
     conn_tab_size: int
 

@@ -32,33 +32,49 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class AddService:
+    """Add a virtual service (IPVS_CMD_NEW_SERVICE, ipvsadm -A)."""
+
     service: Service
 
 
 @dataclass(frozen=True)
 class EditService:
+    """Change the settings of the virtual service with this key
+    (IPVS_CMD_SET_SERVICE, ipvsadm -E)."""
+
     service: Service
 
 
 @dataclass(frozen=True)
 class DeleteService:
+    """Delete a virtual service and its destinations (IPVS_CMD_DEL_SERVICE,
+    ipvsadm -D)."""
+
     key: ServiceKey
 
 
 @dataclass(frozen=True)
 class AddDestination:
+    """Add a destination (real server) to a virtual service (IPVS_CMD_NEW_DEST,
+    ipvsadm -a)."""
+
     service: ServiceKey
     destination: Destination
 
 
 @dataclass(frozen=True)
 class EditDestination:
+    """Change the settings of the destination with this address and port in a
+    virtual service (IPVS_CMD_SET_DEST, ipvsadm -e)."""
+
     service: ServiceKey
     destination: Destination
 
 
 @dataclass(frozen=True)
 class DeleteDestination:
+    """Remove a destination from a virtual service (IPVS_CMD_DEL_DEST, ipvsadm -d)."""
+
     service: ServiceKey
     address: IPAddress
     port: int
@@ -78,16 +94,25 @@ class Zero:
 
 @dataclass(frozen=True)
 class SetTimeouts:
+    """Set the connection timeouts, in seconds; 0 keeps one as it is
+    (IPVS_CMD_SET_CONFIG, ipvsadm --set tcp tcpfin udp)."""
+
     timeouts: Timeouts
 
 
 @dataclass(frozen=True)
 class StartDaemon:
+    """Start a connection sync daemon, master or backup (IPVS_CMD_NEW_DAEMON,
+    ipvsadm --start-daemon)."""
+
     daemon: SyncDaemon
 
 
 @dataclass(frozen=True)
 class StopDaemon:
+    """Stop the connection sync daemon of a state, MASTER or BACKUP
+    (IPVS_CMD_DEL_DAEMON, ipvsadm --stop-daemon)."""
+
     state: SyncState
 
 

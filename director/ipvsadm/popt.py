@@ -18,6 +18,10 @@ class Arg(enum.Enum):
 
 @dataclass(frozen=True)
 class Option:
+    """One entry of ipvsadm's popt option table (struct poptOption): the long and
+    short names, whether it takes an argument, and `tag` (popt's val), what the
+    parser dispatches on."""
+
     long: str
     short: str  # "" when the option has no short form
     arg: Arg

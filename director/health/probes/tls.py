@@ -42,6 +42,10 @@ class TlsSetupError(Exception):
 
 @dataclass(frozen=True)
 class TlsSettings:
+    """The trust settings of an HTTPS check (HttpCheck's verify_tls, ca_file,
+    cert_file, key_file): what a client context is built from, and the key
+    TlsContexts shares it by. A plain-HTTP check has PLAIN."""
+
     verify: bool = True
     ca_file: str | None = None
     cert_file: str | None = None
