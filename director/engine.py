@@ -301,6 +301,9 @@ class Director:
         self._last_ramp = 0.0  # when the services with slow start were last passed over
         self._follow_log_level = follow_log_level
         self._saved_owned: frozenset[ServiceKey] | None = None
+        # A state file that cannot be written fails every save (a pass's, a
+        # change's): one line a minute says so, with the count of the others.
+        self._save_failures = log.RateLimit(60.0)
         self._timeouts_pending = self.effective.ipvs.timeouts
         self._failed_passes = 0
         self._retry_pass_at: float | None = None
@@ -1122,7 +1125,14 @@ class Director:
                 )
             )
         except OSError as error:
-            self.log.error("state_file_write_failed", path=str(self.state_path), error=str(error))
+            suppressed = self._save_failures.allow(trio.current_time())
+            if suppressed is not None:
+                self.log.error(
+                    "state_file_write_failed",
+                    path=str(self.state_path),
+                    error=statefile.os_error(error),
+                    suppressed=suppressed,
+                )
             return
         self._saved_owned = owned
 

@@ -40,10 +40,13 @@ from director.ipvs.facts import (
     PERSISTENCE_TIMEOUT_MAX,
     THRESHOLD_MAX,
     U32_MAX,
+    persistence_engine_name_problem,
+    scheduler_name_problem,
 )
 from director.ipvs.model import (
     AF_INET,
     AF_INET6,
+    TIMEOUT_ANY_KERNEL,
     Destination,
     Forward,
     IPAddress,
@@ -316,6 +319,10 @@ class _Reader:
             raise StateFileError(
                 f"{self.path}.{key}: expected {_JSON_TYPES[kind]}, got {_json_type(value)}"
             )
+        if isinstance(value, str) and not _encodes(value):
+            # JSON's \ud800 decodes to a lone surrogate, which no name,
+            # address or netlink attribute can carry (UTF-8 refuses it).
+            raise StateFileError(f"{self.path}.{key}: {json.dumps(value)} holds a lone surrogate")
         return value
 
     def number(self, key: str, high: int = U32_MAX) -> int:
@@ -333,6 +340,17 @@ class _Reader:
             choices = ", ".join(json.dumps(option) for option in sorted(options))
             raise StateFileError(f"{self.path}.{key}: {json.dumps(value)} is not one of {choices}")
         return options[value]
+
+    def name(
+        self, key: str, problem_of: Callable[[str], str | None], *, empty: bool = False
+    ) -> str:
+        """A scheduler's or persistence engine's name: one the encoder can send
+        (director.ipvs.facts), "" too with `empty`."""
+        value = self.get(key, str)
+        problem = None if empty and value == "" else problem_of(value)
+        if problem is not None:
+            raise StateFileError(f"{self.path}.{key}: {json.dumps(value)}: {problem}")
+        return value
 
     def address(self, key: str) -> IPAddress:
         text = self.get(key, str)
@@ -381,10 +399,22 @@ def _json_type(value: object) -> str:
     return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def decode(text: str) -> Saved:
     try:
         data = json.loads(text)
     except ValueError as error:
+        if "int_max_str_digits" in str(error):  # Python's bound on a number's digits
+            raise StateFileError(
+                "not JSON this daemon can read: a number of over 4300 digits"
+            ) from None
         raise StateFileError(f"not JSON: {error}") from None
     except RecursionError:
         raise StateFileError("not JSON this daemon can read: nested too deeply") from None
@@ -408,7 +438,7 @@ def decode(text: str) -> Saved:
     timeouts = None
     if root.get("timeouts", dict, optional=True) is not None:
         t = root.reader("timeouts")
-        timeouts = Timeouts(t.number("tcp"), t.number("tcp_fin"), t.number("udp"))
+        timeouts = Timeouts(*(t.number(k, TIMEOUT_ANY_KERNEL) for k in ("tcp", "tcp_fin", "udp")))
     layer = RuntimeLayer(
         services=services,
         deleted_services=frozenset(_read_key(r) for r in root.objects("deleted_services")),
@@ -481,11 +511,11 @@ def _read_service(r: _Reader) -> Service:
     return r.wrap(
         lambda: Service(
             key,
-            r.get("scheduler", str),
+            r.name("scheduler", scheduler_name_problem),
             ServiceFlags(r.number("flags")),
             r.number("timeout", PERSISTENCE_TIMEOUT_MAX),
             r.number("netmask"),
-            r.get("pe_name", str),
+            r.name("pe_name", persistence_engine_name_problem, empty=True),
         )
     )
 
@@ -568,8 +598,13 @@ def load(path: str | Path) -> Loaded:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return Loaded(EMPTY)
-    except (OSError, UnicodeDecodeError) as error:
-        return _set_aside(path, f"cannot read: {error}")
+    except OSError as error:
+        return _set_aside(path, f"cannot read: {os_error(error)}")
+    except UnicodeDecodeError as error:
+        byte = error.object[error.start]
+        return _set_aside(
+            path, f"not UTF-8 (as JSON must be): byte 0x{byte:02x} at offset {error.start}"
+        )
     try:
         saved = decode(text)
     except StateFileError as error:
@@ -577,10 +612,17 @@ def load(path: str | Path) -> Loaded:
     return Loaded(saved.layer, saved.owned, saved.sync, saved.vips, saved.maintenance)
 
 
+def os_error(error: OSError) -> str:
+    """A failed file operation in words ("Is a directory"), without Python's
+    errno prefix and quoted paths (the message names the file itself)."""
+    return error.strerror or str(error)
+
+
 def _set_aside(path: Path, problem: str) -> Loaded:
     corrupt = path.with_name(path.name + ".corrupt")
     try:
         os.replace(path, corrupt)
     except OSError as error:
-        return Loaded(EMPTY, problem=f"{problem} (and it could not be moved aside: {error})")
+        why = os_error(error)
+        return Loaded(EMPTY, problem=f"{problem} (and it could not be moved aside: {why})")
     return Loaded(EMPTY, problem=problem, moved_to=corrupt)

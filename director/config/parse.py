@@ -42,7 +42,7 @@ from director.config.model import (
     VirtualServer,
 )
 from director.config.reader import Problems, Table, entry_name
-from director.config.toml import string
+from director.config.toml import string, syntax_error
 from director.health.spec import Check, ExecCheck, TcpCheck
 from director.ipvs.facts import (
     FWMARK_MAX,
@@ -168,7 +168,8 @@ def _parse_config(text: str, source: str, modules: KernelModules | None) -> Conf
     try:
         data, pieces = _load(text, modules)
     except tomli.TOMLDecodeError as e:
-        raise ConfigError([f"TOML syntax error: {e}"], source) from e
+        where = str(e)[len(e.msg) :]  # " (at line 2, column 8)"
+        raise ConfigError([f"TOML syntax error: {syntax_error(e.msg)}{where}"], source) from e
     except RecursionError as e:  # tomli's bound on nested inline arrays and tables
         raise ConfigError([f"TOML too deeply nested: {e}"], source) from e
     problems = Problems()

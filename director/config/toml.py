@@ -78,3 +78,23 @@ def _value(item: object, *, strict: bool) -> str:
     if not strict and isinstance(item, datetime.date | datetime.time):
         return item.isoformat()
     raise TypeError(f"cannot write {type(item).__name__} as TOML")
+
+
+_PY_STRING = r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\""
+_PY_KEY_PATH = re.compile(rf"\((?:{_PY_STRING})(?:, (?:{_PY_STRING}))*,?\)")
+_PY_STRING_RE = re.compile(_PY_STRING)
+
+
+def syntax_error(message: str) -> str:
+    """tomli's message for a TOMLDecodeError (its `msg`) with the Python
+    reprs it holds in TOML's notation: a key path ('a.b', 'c') as "a.b".c,
+    a character or key '\\x00' as "\\u0000"."""
+    import ast
+
+    def path(match: re.Match[str]) -> str:
+        return ".".join(key(part) for part in ast.literal_eval(match.group()))
+
+    def text(match: re.Match[str]) -> str:
+        return string(ast.literal_eval(match.group()))
+
+    return _PY_STRING_RE.sub(text, _PY_KEY_PATH.sub(path, message))

@@ -146,15 +146,25 @@ def scheduler_problem(name: str, available: Collection[str] = ()) -> str | None:
     known or among `available` (KernelModules.schedulers)."""
     if name in KNOWN_SCHEDULERS or name in available:
         return None
-    problem = _name_problem(name, IP_VS_SCHEDNAME_MAXLEN, "IP_VS_SCHEDNAME_MAXLEN", "scheduler")
-    return problem or _unknown("scheduler", KNOWN_SCHEDULERS, available)
+    return scheduler_name_problem(name) or _unknown("scheduler", KNOWN_SCHEDULERS, available)
+
+
+def scheduler_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a scheduler's name at all, known or not (its
+    characters, IP_VS_SCHEDNAME_MAXLEN); None when it can be."""
+    return _name_problem(name, IP_VS_SCHEDNAME_MAXLEN, "IP_VS_SCHEDNAME_MAXLEN", "scheduler")
+
+
+def persistence_engine_name_problem(name: str) -> str | None:
+    """As scheduler_name_problem, for a persistence engine (IP_VS_PENAME_MAXLEN)."""
+    return _name_problem(name, IP_VS_PENAME_MAXLEN, "IP_VS_PENAME_MAXLEN", "persistence engine")
 
 
 def persistence_engine_problem(name: str, available: Collection[str] = ()) -> str | None:
     """As scheduler_problem, for a persistence engine (IP_VS_PENAME_MAXLEN)."""
     if name in PERSISTENCE_ENGINES or name in available:
         return None
-    problem = _name_problem(name, IP_VS_PENAME_MAXLEN, "IP_VS_PENAME_MAXLEN", "persistence engine")
+    problem = persistence_engine_name_problem(name)
     return problem or _unknown("persistence engine", PERSISTENCE_ENGINES, available)
 
 

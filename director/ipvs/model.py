@@ -98,6 +98,9 @@ class SyncState(enum.IntFlag):
 # (net/netfilter/ipvs/ip_vs_ctl.c, ip_vs_set_timeout) and HZ is at most 1000;
 # a kernel with a smaller HZ takes more (Debian's, HZ=250: 8589934).
 TIMEOUT_MAX = 2147483
+# The largest any kernel takes: INT_MAX // 100, HZ being at least 100. A
+# value the kernel took was at most this; one above it, none ever will.
+TIMEOUT_ANY_KERNEL = 21474836
 
 DEFAULT_SCHEDULER = "wlc"
 DEFAULT_PERSISTENCE_TIMEOUT = 300

@@ -98,3 +98,23 @@ def test_a_file_that_cannot_be_read_says_why_in_words(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         load_config(tmp_path, NO_MODULES)
     assert raised.value.errors == ["cannot read: Is a directory"]
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("[daemon]\n[daemon]", "Cannot declare daemon twice (at line 2, column 8)"),
+        ('["a.b".c]\n["a.b".c]', 'Cannot declare "a.b".c twice (at line 2, column 9)'),
+        ("x = {a=1, a=2}", 'Duplicate inline table key "a" (at line 1, column 14)'),
+        ('x = "\x00"', 'Illegal character "\\u0000" (at line 1, column 6)'),
+        ("x = [1", "Unclosed array (at end of document)"),
+    ],
+)
+def test_a_syntax_error_names_keys_and_characters_as_toml_writes_them(
+    text: str, error: str
+) -> None:
+    """Operator trial (stop 25): tomli's messages hold Python's reprs
+    ("Cannot declare ('daemon',) twice")."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert caught.value.errors == [f"TOML syntax error: {error}"]

@@ -5,6 +5,7 @@ ownership, in virtual time."""
 from __future__ import annotations
 
 import errno
+import math
 import random
 import threading
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -1028,3 +1029,37 @@ async def test_a_stop_abandons_a_reload_still_reading_its_file(
             nursery.cancel_scope.cancel()
     finally:
         release.set()
+
+
+async def test_a_state_file_that_cannot_be_written_is_reported_once_a_minute(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Operator trial (stop 25): with the state file's path a directory, every
+    save failed and logged a line, ten in seven seconds, in Python's
+    notation ("[Errno 21] Is a directory: '...'")."""
+    backend = MemoryBackend()
+    network = FakeNetwork("10.0.1.1", "10.0.1.2")
+    config = parse_config(CONFIG_TEMPLATE.replace("ON_FAILURE", "remove"))
+    director = Director(
+        config,
+        KernelTable(backend, threaded=False),
+        probe=network.probe,
+        rng=random.Random(1),
+        state_path=tmp_path,  # a directory: no file can replace it
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(director.run)
+            for _ in range(13):  # a server down and up again: passes, each saving
+                network.alive.discard(ip_address("10.0.1.2"))
+                await until(lambda: "10.0.1.2" not in weights(backend))
+                network.alive.add(ip_address("10.0.1.2"))
+                await until(lambda: "10.0.1.2" in weights(backend))
+            ended = trio.current_time()
+            nursery.cancel_scope.cancel()
+    failed = [e for e in logs if e["event"] == "state_file_write_failed"]
+    assert ended > 60
+    assert 2 <= len(failed) <= math.ceil(ended / 60)
+    assert failed[0]["error"] == "Is a directory"
+    assert failed[0]["suppressed"] == 0
+    assert failed[1]["suppressed"] > 0

@@ -172,8 +172,33 @@ def test_missing_file_is_an_empty_layer(tmp_path: Path) -> None:
             "state.real_servers[0].weight: -1 is not in 0..2147483647",
         ),
         (
-            statefile.encode(LAYER).replace('"tcp": 10', f'"tcp": {2**32}'),
-            "state.timeouts.tcp: 4294967296 is not in 0..4294967295",
+            statefile.encode(LAYER).replace('"tcp": 10', f'"tcp": {2**32 - 1}'),
+            "state.timeouts.tcp: 4294967295 is not in 0..21474836",
+        ),
+        # Operator trial (stop 25): values no kernel takes, and strings UTF-8
+        # cannot carry, set aside at load rather than refused at every pass
+        # or raised from the first pass (a lone surrogate stopped the daemon).
+        (
+            statefile.encode(LAYER).replace('"scheduler": "sh"', f'"scheduler": "{"x" * 40}"'),
+            f'state.services[0].scheduler: "{"x" * 40}": longer than 15 characters',
+        ),
+        (
+            statefile.encode(LAYER).replace('"pe_name": "sip"', f'"pe_name": "{"y" * 40}"'),
+            f'state.services[1].pe_name: "{"y" * 40}": longer than 31 characters',
+        ),
+        (
+            statefile.encode(LAYER).replace('"scheduler": "sh"', '"scheduler": "\\ud800"'),
+            'state.services[0].scheduler: "\\ud800" holds a lone surrogate',
+        ),
+        (
+            statefile.encode(LAYER, {VIP}, vips={Vip("eth0", ip_address("192.0.2.1"))}).replace(
+                '"eth0"', '"\\ud800"'
+            ),
+            'state.owned_vips[0].interface: "\\ud800" holds a lone surrogate',
+        ),
+        (
+            statefile.encode(LAYER).replace('"weight": 3', f'"weight": {"9" * 5000}'),
+            "not JSON this daemon can read: a number of over 4300 digits",
         ),
     ],
 )
@@ -318,3 +343,24 @@ def test_records_are_written_as_json_dumps_writes_them(
     assert _records(text, "services") == former["services"]
     assert _records(text, "real_servers") == former["real_servers"]
     assert json.loads(text)["real_servers"] == [json.loads(r) for r in former["real_servers"]]
+
+
+def test_a_file_that_cannot_be_read_is_named_in_words(tmp_path: Path) -> None:
+    """Operator trial (stop 25): these read "'utf-8' codec can't decode byte
+    0xff in position 43" and "[Errno 21] Is a directory: '/run/...'"."""
+    path = tmp_path / "state.json"
+    path.write_bytes(b'{"version": 2, "x": "\xff"}')
+    loaded = statefile.load(path)
+    assert loaded.problem == "not UTF-8 (as JSON must be): byte 0xff at offset 21"
+    assert loaded.moved_to == tmp_path / "state.json.corrupt"
+
+    directory = tmp_path / "dir.json"
+    (directory / "inside").mkdir(parents=True)
+    (tmp_path / "dir.json.corrupt").mkdir()
+    (tmp_path / "dir.json.corrupt" / "full").touch()  # cannot be replaced either
+    loaded = statefile.load(directory)
+    assert loaded.problem is not None
+    assert loaded.problem.startswith(
+        "cannot read: Is a directory (and it could not be moved aside: "
+    )
+    assert "Errno" not in loaded.problem and "'" not in loaded.problem
