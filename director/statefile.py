@@ -486,7 +486,7 @@ def _read_sync_daemon(r: _Reader) -> SyncDaemon:
     saved daemon is never one the encoder refuses."""
     group = None if r.get("mcast_group", str, optional=True) is None else r.address("mcast_group")
     name = r.get("mcast_ifn", str)
-    if not name or len(name.encode()) >= 16 or "\0" in name:
+    if interface_problem(name) is not None:
         raise StateFileError(f"{r.path}.mcast_ifn: {json.dumps(name)} is not an interface name")
     return SyncDaemon(
         r.choice("state", {v: k for k, v in _SYNC_STATES.items()}),

@@ -19,6 +19,7 @@ a reply they cannot read raises KernelReplyError, and nothing else.
 from __future__ import annotations
 
 import functools
+import json
 import socket
 import struct
 from collections.abc import Callable, Iterator
@@ -51,6 +52,8 @@ from director.ipvs.model import (
     Timeouts,
     TunnelFlags,
     TunnelType,
+    endpoint,
+    service_label,
 )
 
 # netlink (linux/netlink.h)
@@ -222,10 +225,14 @@ def _check_range(where: Callable[[], str], what: str, value: int, low: int, high
 
 
 def _name(where: Callable[[], str], what: str, value: str, maxlen: int) -> bytes:
-    raw = value.encode()
+    try:
+        raw = value.encode()
+    except UnicodeEncodeError:  # a lone surrogate: no UTF-8 for it
+        raw = b"\0"
     if b"\0" in raw or len(raw) >= maxlen:
         raise InvalidOperation(
-            f"{where()}: {what} {value!r} must be at most {maxlen - 1} bytes, no NUL"
+            f"{where()}: {what} {json.dumps(value)} must be at most {maxlen - 1} bytes"
+            " of UTF-8, no NUL"
         )
     return raw + b"\0"
 
@@ -240,19 +247,21 @@ def service_key_attrs(key: ServiceKey) -> bytes:
     """The identifying attributes of a service (inside IPVS_CMD_ATTR_SERVICE)."""
     if key.family not in (AF_INET, AF_INET6):
         raise InvalidOperation(
-            f"service {key}: family {key.family} is neither AF_INET nor AF_INET6"
+            f"service {service_label(key)}: family {key.family} is neither AF_INET nor AF_INET6"
         )
     family = attr(SVC_ATTR_AF, _u16(key.family))
     if key.fwmark:
-        _check_range(lambda: f"service {key}", "fwmark", key.fwmark, 1, U32_MAX)
+        _check_range(lambda: f"service {service_label(key)}", "fwmark", key.fwmark, 1, U32_MAX)
         return family + attr(SVC_ATTR_FWMARK, _u32(key.fwmark))
     if key.protocol is None or key.address is None:
-        raise InvalidOperation(f"service {key}: needs a protocol and an address, or a fwmark")
+        raise InvalidOperation(
+            f"service {service_label(key)}: needs a protocol and an address, or a fwmark"
+        )
     if key.address.version != (4 if key.family == AF_INET else 6):
         raise InvalidOperation(
-            f"service {key}: address {key.address} is not in family {key.family}"
+            f"service {service_label(key)}: address {key.address} is not in family {key.family}"
         )
-    _check_range(lambda: f"service {key}", "port", key.port, 0, U16_MAX)
+    _check_range(lambda: f"service {service_label(key)}", "port", key.port, 0, U16_MAX)
     return (
         family
         + attr(SVC_ATTR_PROTOCOL, _u16(int(key.protocol)))
@@ -270,7 +279,7 @@ def service_nest(service: Service) -> bytes:
     key = service.key
 
     def where() -> str:
-        return f"service {key}"
+        return f"service {service_label(key)}"
 
     _check_range(where, "persistence timeout", service.timeout, 0, U32_MAX)
     # The kernel checks an IPv6 prefix (1..128, EINVAL in ip_vs_add_service).
@@ -330,7 +339,7 @@ def destination_nest(service: ServiceKey, dest: Destination) -> bytes:
     ):
 
         def where() -> str:
-            return f"destination {dest.address} port {port} of service {service}"
+            return f"destination {endpoint(dest.address, port)} of service {service_label(service)}"
 
         _check_range(where, "port", port, 0, U16_MAX)
         _check_range(where, "weight", weight, 0, U32_MAX)
@@ -485,7 +494,7 @@ def daemon_nest(daemon: SyncDaemon) -> bytes:
     multicast goes out and the kernel answers EINVAL."""
 
     def where() -> str:
-        return f"sync daemon {daemon.state!r}"
+        return f"sync daemon {(daemon.state.name or str(int(daemon.state))).lower()}"
 
     if daemon.state not in (SyncState.MASTER, SyncState.BACKUP):
         raise InvalidOperation(f"{where()}: state must be MASTER or BACKUP")
@@ -545,7 +554,11 @@ def operation_body(op: ops.Operation) -> bytes:
                 nested(
                     CMD_ATTR_DEST,
                     _dest_key_attrs(
-                        lambda: f"destination {address} port {port} of service {key}", address, port
+                        lambda: (
+                            f"destination {endpoint(address, port)} of service {service_label(key)}"
+                        ),
+                        address,
+                        port,
                     ),
                 ),
             )
@@ -568,7 +581,7 @@ def operation_body(op: ops.Operation) -> bytes:
         case ops.StopDaemon(state=state):
             if state not in (SyncState.MASTER, SyncState.BACKUP):
                 raise InvalidOperation(
-                    f"stop sync daemon: state must be MASTER or BACKUP, not {state!r}"
+                    f"stop sync daemon: state must be MASTER or BACKUP, not {getattr(state, 'name', state)}"
                 )
             return genl_body(
                 CMD_DEL_DAEMON, nested(CMD_ATTR_DAEMON, attr(DAEMON_ATTR_STATE, _u32(state)))

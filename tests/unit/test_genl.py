@@ -168,11 +168,20 @@ def test_daemon_attributes() -> None:
             ops.AddService(Service(ServiceKey.inet(Protocol.TCP, "10.0.0.1", 70000))),
             "port 70000 is out of range 0..65535",
         ),
-        (ops.AddService(Service(V4, "a-very-long-scheduler")), "scheduler 'a-very-long-scheduler'"),
+        (
+            ops.AddService(Service(V4, "a-very-long-scheduler")),
+            'service TCP 10.0.0.1:80: scheduler "a-very-long-scheduler" must be at most 15 bytes',
+        ),
+        # Operator trial (stop 25): a lone surrogate (from a state file's
+        # JSON) raised UnicodeEncodeError out of the first pass.
+        (
+            ops.AddService(Service(V4, "\ud800")),
+            'service TCP 10.0.0.1:80: scheduler ".ud800" must be at most 15 bytes of UTF-8',
+        ),
         (ops.AddService(Service(V6, netmask=2**32)), "netmask 4294967296 is out of range"),
         (
             ops.AddDestination(V4, Destination(IPv4Address("10.0.0.2"), 80, weight=-1)),
-            "destination 10.0.0.2 port 80 of service",
+            "destination 10.0.0.2:80 of service TCP 10.0.0.1:80: weight",
         ),
         (
             ops.AddDestination(V4, Destination(IPv4Address("10.0.0.2"), 80, weight=2**32)),

@@ -23,6 +23,8 @@ from director.ipvs.model import (
     Service,
     ServiceFlags,
     ServiceKey,
+    SyncDaemon,
+    SyncState,
     Timeouts,
     TunnelFlags,
     TunnelType,
@@ -195,6 +197,12 @@ def test_missing_file_is_an_empty_layer(tmp_path: Path) -> None:
                 '"eth0"', '"\\ud800"'
             ),
             'state.owned_vips[0].interface: "\\ud800" holds a lone surrogate',
+        ),
+        (
+            statefile.encode(
+                LAYER, sync={SyncState.MASTER: SyncDaemon(SyncState.MASTER, "eth0")}
+            ).replace('"eth0"', '"a/b"'),
+            'state.sync_daemons[0].mcast_ifn: "a/b" is not an interface name',
         ),
         (
             statefile.encode(LAYER).replace('"weight": 3', f'"weight": {"9" * 5000}'),
