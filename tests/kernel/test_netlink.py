@@ -534,7 +534,7 @@ def test_invalid_operation_changes_nothing(backend: NetlinkBackend) -> None:
     from director.ipvs.genl import InvalidOperation
 
     batch = [ops.AddService(Service(key(0))), ops.AddService(Service(key(1), "x" * 20))]
-    with pytest.raises(InvalidOperation, match=r"operation 1: service .*: scheduler 'xxxx"):
+    with pytest.raises(InvalidOperation, match=r"operation 1: service .*: scheduler \"xxxx"):
         backend.apply(batch)
     assert backend.services() == []
 
