@@ -130,15 +130,13 @@ def test_metrics_show_the_kernels_counters_rise_and_a_killed_server_go_down_and_
         "both real servers up and in the table, on /metrics",
     )
     assert get(before, "director_ipvs_read_success") == 1
-    # The garbage collector, off for the start (director.entry), runs once
-    # the daemon is ready: its young generation's collections go on counting.
-    young = {"generation": "0"}
-    collected = get(before, "python_gc_collections_total", young)
-    assert collected is not None
-    wait(
-        lambda s: (get(s, "python_gc_collections_total", young) or 0) > collected,
-        "Python's garbage collector at work after the start (python_gc_collections_total)",
-    )
+    # prometheus_client's garbage collector series are served. (Whether it
+    # collects is up to the daemon's allocations: an idle one of two real
+    # servers went 90 s without a young collection. test_daemon_cli checks
+    # that the collector is on once the daemon is started.)
+    for generation in ("0", "1", "2"):
+        labels = {"generation": generation}
+        assert get(before, "python_gc_collections_total", labels) is not None, generation
     conns_before = get(before, "director_ipvs_connections_total", vip) or 0.0
     bytes_in_before = get(before, "director_ipvs_incoming_bytes_total", vip) or 0.0
     backend_out_before = {
