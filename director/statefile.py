@@ -394,8 +394,6 @@ _JSON_TYPES: dict[type, str] = {
 def _json_type(value: object) -> str:
     if value is None or isinstance(value, bool):
         return json.dumps(value)
-    if isinstance(value, int | float):
-        return "a number" if isinstance(value, float) else "an integer"
     return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
