@@ -219,18 +219,19 @@ class RealServers:
 
 
 def http_get(
-    net: Network, path: str = "/", timeout: float = 5.0, ports: list[int] | None = None
+    net: Network, path: str = "/", timeout: float = 5.0, source_port: int | None = None
 ) -> str:
     """GET http://VIP{path} from the client; the body (stripped) of a 200 reply.
-    The client's port is appended to `ports`, when given. Raises OSError when
-    the connection fails, RuntimeError on another status."""
+    From `source_port` when given (else a port the kernel picks, which may be
+    one an earlier, ended connection had). Raises OSError when the connection
+    fails, RuntimeError on another status."""
     with inside(net.client.netns):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     with sock:
         sock.settimeout(timeout)
+        if source_port is not None:
+            sock.bind(("", source_port))
         sock.connect((str(net.vip), HTTP_PORT))
-        if ports is not None:
-            ports.append(sock.getsockname()[1])
         sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {net.vip}\r\n\r\n".encode())
         chunks = []
         while chunk := sock.recv(65536):
