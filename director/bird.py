@@ -30,6 +30,7 @@ from director import log
 from director.bgp import STOP_GRACE, SpeakerError
 from director.config.bgp import CONTROL_SOCKET
 from director.config.model import BgpSettings
+from director.oserror import strerror
 
 SETPRIV = "setpriv"
 CONFIG_FILE = "bird.conf"
@@ -105,7 +106,7 @@ class Bird:
         try:
             await trio.to_thread.run_sync(prepare, settings, config)
         except OSError as error:
-            raise SpeakerError(f"{settings.runtime_dir}: {error.strerror or error}") from error
+            raise SpeakerError(f"{settings.runtime_dir}: {strerror(error)}") from error
         argv = [SETPRIV, "--pdeathsig", "TERM", settings.bird, "-f"]
         argv += ["-c", str(conf), "-s", str(sock), "-P", str(pidfile)]
         try:
@@ -118,7 +119,7 @@ class Bird:
                 start_new_session=True,
             )
         except OSError as error:
-            raise SpeakerError(f"cannot run {SETPRIV}: {error.strerror or error}") from error
+            raise SpeakerError(f"cannot run {SETPRIV}: {strerror(error)}") from error
         assert process.stderr is not None
         stderr = trio.lowlevel.FdStream(os.dup(process.stderr.fileno()))
         process.stderr.close()
@@ -210,7 +211,7 @@ class Bird:
         try:
             await trio.to_thread.run_sync(write_config, conf, config)
         except OSError as error:
-            raise SpeakerError(f"{conf}: {error.strerror or error}") from error
+            raise SpeakerError(f"{conf}: {strerror(error)}") from error
         await self._birdc(settings, "configure")
 
     async def protocols(self, settings: BgpSettings) -> str:

@@ -93,6 +93,7 @@ from director.ipvs.servicetable import TableKey, digest_shows, table_key
 from director.kernel import KernelTable
 from director.metrics.events import LATE_AFTER, Events
 from director.oplog import describe_operation
+from director.oserror import strerror
 from director.reconcile import plan, plan_destinations, service_sort_key
 from director.refusals import (
     Refusal,
@@ -1130,7 +1131,7 @@ class Director:
                 self.log.error(
                     "state_file_write_failed",
                     path=str(self.state_path),
-                    error=statefile.os_error(error),
+                    error=strerror(error),
                     suppressed=suppressed,
                 )
             return

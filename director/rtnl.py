@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from director.ipvs.model import IPAddress
+from director.oserror import strerror
 from director.vips import (
     AddAddress,
     AddressError,
@@ -67,7 +68,7 @@ class Rtnl:
         except AddressError:
             raise
         except OSError as error:
-            raise AddressError(error.strerror or str(error), error.errno) from None
+            raise AddressError(strerror(error), error.errno) from None
         except Exception as error:
             # pyroute2's NetlinkError (not an OSError) carries the kernel's errno.
             code = getattr(error, "code", None)

@@ -75,6 +75,7 @@ from director.ipvs.model import (
     TunnelType,
     family_of,
 )
+from director.oserror import strerror
 from director.sync import SYNCID_MAX, TTL_MAX, interface_problem, maxlen_range
 
 _FORWARDS = {"route": Forward.ROUTE, "masq": Forward.MASQ, "tunnel": Forward.TUNNEL}
@@ -130,7 +131,7 @@ def load_config(path: str | Path, modules: KernelModules | None = None) -> Confi
     try:
         raw = Path(path).read_bytes()
     except OSError as e:
-        raise ConfigError([f"cannot read: {e.strerror or e}"], str(path)) from e
+        raise ConfigError([f"cannot read: {strerror(e)}"], str(path)) from e
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -36,6 +36,7 @@ from director.control.protocol import (
     encode_response,
 )
 from director.log import RateLimit
+from director.oserror import strerror
 
 _UCRED = struct.Struct("3i")
 _SO_PEERGROUPS = getattr(stdlib_socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
@@ -136,7 +137,7 @@ async def _bind(path: str, mode: int, gid: int | None, backlog: int) -> trio.soc
         sock.close()
         if temporary != path:
             _unlink_quietly(temporary)
-        raise ControlSocketError(f"cannot listen on {path}: {e.strerror or e}") from e
+        raise ControlSocketError(f"cannot listen on {path}: {strerror(e)}") from e
     return sock
 
 

@@ -47,6 +47,7 @@ from director.ipvs.errors import KernelError
 from director.ipvs.model import ServiceEntry
 from director.kernel import KernelTable
 from director.metrics.collect import CONTENT_TYPE, render, take_snapshot
+from director.oserror import strerror
 
 KERNEL_CACHE = 2.0  # seconds a kernel read serves scrapes
 MAX_CONNECTIONS = 16
@@ -144,7 +145,7 @@ async def _bind_retrying(
                 logger.error(
                     "metrics_listen_failed",
                     listen=settings.listen,
-                    error=error.strerror or str(error),
+                    error=strerror(error),
                     attempts=failures,
                     retry_in=LISTEN_RETRY,
                 )
@@ -230,7 +231,7 @@ async def _accept_loop(listener: trio.SocketListener, scraper: Scraper, logger: 
             except OSError as error:
                 # Out of descriptors or memory, or the socket broke: the
                 # daemon goes on; try again shortly.
-                logger.warning("metrics_accept_failed", error=error.strerror or str(error))
+                logger.warning("metrics_accept_failed", error=strerror(error))
                 await trio.sleep(1.0)
                 continue
             if active >= MAX_CONNECTIONS:

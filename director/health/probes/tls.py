@@ -27,6 +27,7 @@ import trio
 
 from director.health.spec import HttpCheck
 from director.ipvs.model import IPAddress
+from director.oserror import strerror
 
 T = TypeVar("T")
 
@@ -176,7 +177,7 @@ def _regular_file(key: str, path: str) -> str:
 
 def _os_message(e: OSError) -> str:
     name = errno.errorcode.get(e.errno or 0, "error")
-    return f"{name}: {e.strerror or e}"
+    return f"{name}: {strerror(e)}"
 
 
 def _ssl_message(e: ssl.SSLError) -> str:
