@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import os
 import tempfile
@@ -60,6 +61,7 @@ from director.ipvs.model import (
     TunnelFlags,
     TunnelType,
 )
+from director.oserror import strerror
 from director.reconcile import service_sort_key
 from director.runtime import EMPTY, RuntimeLayer
 from director.sync import interface_problem
@@ -366,7 +368,9 @@ class _Reader:
         result = []
         for i, item in enumerate(items):
             if not isinstance(item, dict):
-                raise StateFileError(f"{self.path}.{key}[{i}]: expected an object")
+                raise StateFileError(
+                    f"{self.path}.{key}[{i}]: expected an object, got {_json_type(item)}"
+                )
             result.append(_Reader(item, f"{self.path}.{key}[{i}]"))
         return result
 
@@ -417,7 +421,7 @@ def decode(text: str) -> Saved:
     except RecursionError:
         raise StateFileError("not JSON this daemon can read: nested too deeply") from None
     if not isinstance(data, dict):
-        raise StateFileError("expected a JSON object at the top")
+        raise StateFileError(f"expected a JSON object at the top, got {_json_type(data)}")
     root = _Reader(data, "state")
     version = root.get("version", int)
     if version not in (1, FORMAT_VERSION):
@@ -588,16 +592,23 @@ class Loaded:
     moved_to: Path | None = None  # where a corrupt file was kept
 
 
+# Older files set aside are kept as `<path>.corrupt.1` (the one before) up to
+# `.corrupt.3`, so that a second bad start does not destroy the first's evidence.
+KEPT_CORRUPT = 3
+
+
 def load(path: str | Path) -> Loaded:
     """The saved layer; the empty one when there is no file. A file that
-    cannot be decoded is renamed to `<path>.corrupt` and reported."""
+    cannot be decoded is renamed to `<path>.corrupt` and reported; one
+    already there moves to `<path>.corrupt.1`, and so on up to
+    `.corrupt.{KEPT_CORRUPT}`."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return Loaded(EMPTY)
     except OSError as error:
-        return _set_aside(path, f"cannot read: {os_error(error)}")
+        return _set_aside(path, f"cannot read: {strerror(error)}")
     except UnicodeDecodeError as error:
         byte = error.object[error.start]
         return _set_aside(
@@ -610,17 +621,18 @@ def load(path: str | Path) -> Loaded:
     return Loaded(saved.layer, saved.owned, saved.sync, saved.vips, saved.maintenance)
 
 
-def os_error(error: OSError) -> str:
-    """A failed file operation in words ("Is a directory"), without Python's
-    errno prefix and quoted paths (the message names the file itself)."""
-    return error.strerror or str(error)
-
-
 def _set_aside(path: Path, problem: str) -> Loaded:
     corrupt = path.with_name(path.name + ".corrupt")
+    older = [
+        corrupt,
+        *(corrupt.with_name(f"{corrupt.name}.{n}") for n in range(1, KEPT_CORRUPT + 1)),
+    ]
+    for source, target in reversed(list(itertools.pairwise(older))):
+        with contextlib.suppress(OSError):  # missing, or cannot move: the newest matters most
+            os.replace(source, target)
     try:
         os.replace(path, corrupt)
     except OSError as error:
-        why = os_error(error)
+        why = strerror(error)
         return Loaded(EMPTY, problem=f"{problem} (and it could not be moved aside: {why})")
     return Loaded(EMPTY, problem=problem, moved_to=corrupt)

@@ -155,6 +155,13 @@ def test_missing_file_is_an_empty_layer(tmp_path: Path) -> None:
             statefile.encode(LAYER).replace('"services": [', '"services": {"a": 1}, "x": [', 1),
             "state.services: expected an array, got an object",
         ),
+        # Shapes say what they found (operator trial, stop 25).
+        (
+            statefile.encode(LAYER).replace('"services": [', '"services": [7, ', 1),
+            "state.services[0]: expected an object, got an integer",
+        ),
+        ("[]", "expected a JSON object at the top, got an array"),
+        ("null", "expected a JSON object at the top, got null"),
         (
             statefile.encode(LAYER).replace('"family": "ipv4"', '"family": "inet\'"', 1),
             'state.services[0].key.family: "inet\'" is not one of "ipv4", "ipv6"',
@@ -364,11 +371,30 @@ def test_a_file_that_cannot_be_read_is_named_in_words(tmp_path: Path) -> None:
 
     directory = tmp_path / "dir.json"
     (directory / "inside").mkdir(parents=True)
-    (tmp_path / "dir.json.corrupt").mkdir()
-    (tmp_path / "dir.json.corrupt" / "full").touch()  # cannot be replaced either
+    for name in ("dir.json.corrupt", *(f"dir.json.corrupt.{n}" for n in (1, 2, 3))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "full").touch()  # none can be replaced or moved on
     loaded = statefile.load(directory)
     assert loaded.problem is not None
     assert loaded.problem.startswith(
         "cannot read: Is a directory (and it could not be moved aside: "
     )
     assert "Errno" not in loaded.problem and "'" not in loaded.problem
+
+
+def test_each_file_set_aside_is_kept_up_to_three_before(tmp_path: Path) -> None:
+    """Operator trial (stop 25): a second bad start overwrote the first's
+    `.corrupt`. The newest is `.corrupt`, the ones before `.corrupt.1` to
+    `.corrupt.3`; a fifth bad file drops the oldest."""
+    path = tmp_path / "state.json"
+    for n in range(5):
+        path.write_text(f"bad {n}")
+        loaded = statefile.load(path)
+        assert loaded.moved_to == tmp_path / "state.json.corrupt"
+    kept = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    assert kept == {
+        "state.json.corrupt": "bad 4",
+        "state.json.corrupt.1": "bad 3",
+        "state.json.corrupt.2": "bad 2",
+        "state.json.corrupt.3": "bad 1",
+    }
