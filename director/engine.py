@@ -1278,13 +1278,9 @@ class Director:
             "reloaded",
             services_added=[service_label(k) for k in summary.services_added],
             services_removed=[service_label(k) for k in summary.services_removed],
-            real_servers_added=[endpoint(t.address, t.port) for t in summary.real_servers_added],
-            real_servers_removed=[
-                endpoint(t.address, t.port) for t in summary.real_servers_removed
-            ],
-            real_servers_changed=[
-                endpoint(t.address, t.port) for t in summary.real_servers_changed
-            ],
+            real_servers_added=_by_service(summary.real_servers_added),
+            real_servers_removed=_by_service(summary.real_servers_removed),
+            real_servers_changed=_by_service(summary.real_servers_changed),
             operations=len(operations),
             cpu_ms=round(1000 * summary.cpu, 1),
         )
@@ -1360,6 +1356,15 @@ class Director:
         if self.pass_error is not None:
             line += f"; passes failing: {self.pass_error}"
         return line
+
+
+def _by_service(ids: Iterable[RealServerId]) -> dict[str, list[str]]:
+    """Real servers as the `reloaded` event lists them: under their service,
+    {"TCP 10.0.0.1:80": ["10.1.1.2:80"]} (one address can serve several)."""
+    grouped: dict[str, list[str]] = {}
+    for rid in ids:
+        grouped.setdefault(service_label(rid.service), []).append(endpoint(rid.address, rid.port))
+    return grouped
 
 
 def _real_servers_changed(

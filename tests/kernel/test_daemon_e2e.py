@@ -339,8 +339,9 @@ def test_a_broken_reload_is_rejected_and_a_valid_one_applies_only_the_diff(h: Ha
     h.write_config(Settings(web=("rs1", "rs3")))
     daemon.reload()
     reloaded = daemon.wait_event("reloaded", DEADLINE)
-    assert reloaded["real_servers_added"] == [h.rs("rs3")]
-    assert reloaded["real_servers_removed"] == [h.rs("rs2")]
+    web = f"TCP {h.net.vip}:{HTTP_PORT}"
+    assert reloaded["real_servers_added"] == {web: [h.rs("rs3")]}
+    assert reloaded["real_servers_removed"] == {web: [h.rs("rs2")]}
     h.wait_weights(h.web, all_up(h, ("rs1", "rs3")))
     # The kernel has them before the log does: each ipvs_op line is written
     # after its operation, by the log's writer thread (CI, a loaded host).

@@ -331,8 +331,9 @@ def test_slow_start_weights_survive_a_restart_and_a_timing_reload(rig: Rig) -> N
     # The answer can come before the test's reader has the log line.
     (reloaded,) = rig.wait(lambda: restarted.events("reloaded"), "the reload was logged")
     # The servers are kept (with a changed check), neither dropped nor added.
-    assert sorted(reloaded["real_servers_changed"]) == sorted(full), reloaded
-    assert reloaded["real_servers_added"] == reloaded["real_servers_removed"] == [], reloaded
+    changed = {service: sorted(rs) for service, rs in reloaded["real_servers_changed"].items()}
+    assert changed == {f"TCP {rig.net.vip}:80": sorted(full)}, reloaded
+    assert reloaded["real_servers_added"] == reloaded["real_servers_removed"] == {}, reloaded
     watch(
         restarted,
         lambda s: s["health"] == "up" and s["successes_in_row"] >= before[s["server"]] + 2,

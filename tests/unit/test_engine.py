@@ -271,10 +271,19 @@ address = "10.0.0.1:53"
 address = "10.0.2.1:53"
 """
         )
-        summary = await director.exclusive(lambda: director.reload(new))
+        with structlog.testing.capture_logs() as logs:
+            summary = await director.exclusive(lambda: director.reload(new))
         assert director.checker.state(kept) == before
         assert [str(t.address) for t in summary.real_servers_added] == ["10.0.1.3", "10.0.2.1"]
         assert [str(t.address) for t in summary.real_servers_removed] == ["10.0.1.2"]
+        # The log names each real server's service (operator trial, stop 25).
+        (reloaded,) = [e for e in logs if e["event"] == "reloaded"]
+        assert reloaded["real_servers_added"] == {
+            "TCP 10.0.0.1:80": ["10.0.1.3:80"],
+            "UDP 10.0.0.1:53": ["10.0.2.1:53"],
+        }
+        assert reloaded["real_servers_removed"] == {"TCP 10.0.0.1:80": ["10.0.1.2:80"]}
+        assert reloaded["real_servers_changed"] == {}
         assert weights(backend) == {"10.0.1.1": 5}
         udp = ServiceKey.inet(Protocol.UDP, "10.0.0.1", 53)
         assert weights(backend, udp) == {}
