@@ -632,7 +632,8 @@ class Controller:
         except ValueError as error:
             return Response(USAGE, "", f"director: {error}\n")
         what = {
-            "command": str(state),
+            "command": _ADMIN_COMMANDS[state],
+            "state": str(state),
             "service": describe_service(service),
             "server": describe_endpoint(rid.address, rid.port),
         }
@@ -900,6 +901,14 @@ def _other(fields: Mapping[str, object]) -> str:
     reload beyond the IPVS table (ReloadSummary.others)."""
     rest = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("what", "op"))
     return f"{fields['what']} {fields['op']} {rest}".rstrip()
+
+
+# The command that sets each admin state, as `control_change` names it.
+_ADMIN_COMMANDS = {
+    AdminState.ENABLED: "enable",
+    AdminState.DISABLED: "disable",
+    AdminState.DRAIN: "drain",
+}
 
 
 def _rid(rid: RealServerId) -> str:

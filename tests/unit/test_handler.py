@@ -14,6 +14,7 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
+import structlog
 import trio
 import trio.testing
 
@@ -301,6 +302,21 @@ async def test_disable_takes_a_server_out_whatever_its_health(
         assert bad.status == 2 and "virtual service 'http://x'" in bad.stderr
         assert (await r.command("enable", **target)).status == 0
         assert r.weights() == {"10.0.1.1:80": 5}
+
+
+async def test_control_change_names_the_command_and_the_state_it_set(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Operator trial (stop 25): `disable` logged command "disabled", `drain`
+    command "drain"."""
+    async with rig(tmp_path) as r:
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
+        target = {"service": "tcp:10.0.0.1:80", "server": "10.0.1.1"}
+        with structlog.testing.capture_logs() as logs:
+            for command in ("disable", "drain", "enable"):
+                assert (await r.command(command, **target)).status == 0
+        changes = [(e["command"], e["state"]) for e in logs if e["event"] == "control_change"]
+        assert changes == [("disable", "disabled"), ("drain", "drain"), ("enable", "enabled")]
 
 
 async def test_drain_wait_returns_when_connections_are_gone(
