@@ -1335,15 +1335,24 @@ class Director:
     # -- reporting ----------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
+        """Services and checked real servers by health; `initial_up` of the
+        unknown ones are in service all the same (not probed yet, their
+        check's `initial = "up"`); `refused` counts the kernel's refusals."""
         states = self.checker.states()
+        unknown = [rid for rid, s in states.items() if s.status is Health.UNKNOWN]
         return {
             "services": len(self.effective.virtual_servers),
             "real_servers": len(states),
             "up": sum(1 for s in states.values() if s.status is Health.UP),
             "down": sum(1 for s in states.values() if s.status is Health.DOWN),
-            "unknown": sum(1 for s in states.values() if s.status is Health.UNKNOWN),
+            "unknown": len(unknown),
+            "initial_up": sum(1 for rid in unknown if self._initial_up(rid)),
             "refused": len(self.refusals),
         }
+
+    def _initial_up(self, rid: RealServerId) -> bool:
+        target = self._targets.get(rid.service, {}).get(rid)
+        return target is not None and target[0].timing.initial == "up"
 
     def status_line(self) -> str:
         c = self.counts()
@@ -1351,6 +1360,8 @@ class Director:
             f"{c['services']} services, {c['real_servers']} real servers: "
             f"{c['up']} up, {c['down']} down, {c['unknown']} unknown"
         )
+        if c["initial_up"]:
+            line += f" ({c['initial_up']} of them in service: initial = \"up\")"
         if c["refused"]:
             line += f"; {c['refused']} operations refused by the kernel"
         if self.pass_error is not None:

@@ -980,9 +980,17 @@ async def test_initial_up_puts_every_server_in_before_a_probe_and_fall_takes_one
         rng=random.Random(1),
     )  # fmt: skip
     async with trio.open_nursery() as nursery:
-        await nursery.start(director.run)
+        with structlog.testing.capture_logs() as logs:
+            await nursery.start(director.run)
         assert (network.probes, weights(backend)) == (0, {"10.0.1.1": 5, "10.0.1.2": 7})
+        # Operator trial (stop 25): ready said "up: 0" alone, with both in the table.
+        (ready,) = [e for e in logs if e["event"] == "ready"]
+        assert (ready["up"], ready["unknown"], ready["initial_up"]) == (0, 2, 2)
+        assert director.status_line().endswith(
+            '0 up, 0 down, 2 unknown (2 of them in service: initial = "up")'
+        )
         await until(lambda: "10.0.1.2" not in weights(backend))
+        assert director.counts()["initial_up"] == 0
         states = director.checker.states()
         assert [s.failures_in_row for s in states.values() if s.status is Health.DOWN] == [3]
         assert weights(backend) == {"10.0.1.1": 5}
