@@ -88,11 +88,11 @@ from director.ipvs.model import (
     SyncState,
     endpoint,
 )
+from director.ipvs.oplog import describe_operation
 from director.ipvs.ops import AddService, DeleteService, Operation, SetTimeouts
 from director.ipvs.servicetable import TableKey, digest_shows, table_key
 from director.kernel import KernelTable
 from director.metrics.events import LATE_AFTER, Events
-from director.oplog import describe_operation
 from director.oserror import strerror
 from director.reconcile import plan, plan_destinations, service_sort_key
 from director.refusals import (
@@ -1361,7 +1361,7 @@ class Director:
             f"{c['up']} up, {c['down']} down, {c['unknown']} unknown"
         )
         if c["initial_up"]:
-            line += f" ({c['initial_up']} of them in service: initial = \"up\")"
+            line += f' ({c["initial_up"]} of them in service: initial = "up")'
         if c["refused"]:
             line += f"; {c['refused']} operations refused by the kernel"
         if self.pass_error is not None:

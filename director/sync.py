@@ -40,8 +40,8 @@ import trio
 from director import log
 from director.ipvs.errors import IPVSError, KernelError
 from director.ipvs.model import IPAddress, SyncDaemon, SyncState
+from director.ipvs.oplog import describe_operation
 from director.ipvs.ops import Operation, StartDaemon, StopDaemon
-from director.oplog import describe_operation
 from director.refusals import (
     Refusal,
     Subject,

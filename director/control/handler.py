@@ -45,6 +45,7 @@ from director.ipvs.errors import (
     ipvsadm_message,
 )
 from director.ipvs.model import ServiceEntry, ServiceKey
+from director.ipvs.oplog import describe_operation
 from director.ipvs.ops import (
     AddDestination,
     AddService,
@@ -75,7 +76,6 @@ from director.ipvsadm import (
     parse_restore,
 )
 from director.kernel import KernelTable
-from director.oplog import describe_operation
 from director.refusals import service_of
 from director.runtime import (
     LayerBuilder,

@@ -34,6 +34,8 @@ import errno
 import os
 from typing import TYPE_CHECKING
 
+from director.ipvs.oplog import describe_operation
+
 if TYPE_CHECKING:
     from director.ipvs.ops import Operation
 
@@ -221,7 +223,9 @@ class BatchError(KernelError):
     it were applied."""
 
     def __init__(self, index: int, operation: Operation, error: KernelError) -> None:
-        super().__init__(f"operation {index} ({operation!r}) failed: {error.message}")
+        fields = describe_operation(operation)
+        what = " ".join([str(fields.pop("op")), *(f"{k}={v}" for k, v in fields.items())])
+        super().__init__(f"operation {index} ({what}) failed: {error.message}")
         self.index = index
         self.operation = operation
         self.error = error

@@ -253,7 +253,7 @@ def request_command(request: Request) -> str:
 
 def operation_kind(op: Operation) -> str:
     """'add_destination' for AddDestination: the `op` field of the ipvs_op
-    log event (director.oplog)."""
+    log event (director.ipvs.oplog)."""
     kind = _KINDS.get(type(op))
     if kind is None:
         name = type(op).__name__

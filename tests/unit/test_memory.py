@@ -61,6 +61,16 @@ def failure(backend: MemoryBackend, ops: list[Operation]) -> BatchError:
     return info.value
 
 
+def test_a_batch_failure_names_its_operation_in_log_terms() -> None:
+    """It read `operation 1 (AddDestination(key=ServiceKey(family=<AddressFamily...`."""
+    backend = MemoryBackend()
+    error = failure(backend, [AddService(SVC), AddDestination(KEY, D1), AddDestination(KEY, D1)])
+    assert str(error) == (
+        "operation 2 (add_destination vs=TCP 10.0.0.1:80 rs=10.0.0.2:80 forward=masq weight=5)"
+        " failed: Destination already exists"
+    )
+
+
 def test_add_edit_delete_round_trip() -> None:
     backend = MemoryBackend()
     backend.apply([AddService(SVC), AddDestination(KEY, D1), AddDestination(KEY, D2)])

@@ -6,8 +6,8 @@ from __future__ import annotations
 from ipaddress import ip_address
 
 from director.ipvs.model import SyncDaemon, SyncState
+from director.ipvs.oplog import describe_operation
 from director.ipvs.ops import StartDaemon, StopDaemon
-from director.oplog import describe_operation
 
 
 def test_a_started_sync_daemon_logs_its_settings() -> None:
