@@ -62,6 +62,7 @@ import trio
 from director import log, statefile
 from director.bgp import BgpKeeper, Speaker, prefix
 from director.config import Config, ConfigError, RealServerId, load_config, service_label
+from director.config.lines import key_lines
 from director.config.model import VirtualServer
 from director.config.toml import literal
 from director.desired import (
@@ -139,10 +140,13 @@ def service_targets(vs: VirtualServer) -> dict[RealServerId, Target]:
     }
 
 
-def restart_needed(old: Config, new: Config) -> list[str]:
+def restart_needed(
+    old: Config, new: Config, line_of: Callable[[str], int | None] | None = None
+) -> list[str]:
     """Settings a reload cannot apply: the control socket is bound and the
     state file opened once, at start. Each as '[section] key: old -> new',
-    the values as TOML writes them."""
+    the values as TOML writes them, with the new file's line (`line_of` a
+    dotted path, config.lines.key_lines) as '[section] key (line 7): ...'."""
     changes = []
     for section, fields in (
         ("control", ("socket", "group", "admin_group", "mode")),
@@ -154,7 +158,9 @@ def restart_needed(old: Config, new: Config) -> list[str]:
             after = getattr(getattr(new, section), name)
             if before != after:
                 shown = [_setting(name, value) for value in (before, after)]
-                changes.append(f"[{section}] {name}: {shown[0]} -> {shown[1]}")
+                line = line_of(f"{section}.{name}") if line_of is not None else None
+                where = f" (line {line})" if line is not None else ""
+                changes.append(f"[{section}] {name}{where}: {shown[0]} -> {shown[1]}")
     return changes
 
 
@@ -1216,6 +1222,8 @@ class Director:
                 self._parse = None
             needs_restart = restart_needed(self.config, config)
             if needs_restart:
+                line_of = await trio.to_thread.run_sync(_line_finder, path)
+                needs_restart = restart_needed(self.config, config, line_of)
                 errors = tuple(
                     f"{path}: {change} needs a restart of directord; the running config is kept"
                     for change in needs_restart
@@ -1396,6 +1404,15 @@ def _real_servers_changed(
         for rs in vs.real_servers
         if (rid := vs.real_server_id(rs)) in before and before[rid] != rs
     )
+
+
+def _line_finder(path: str | Path) -> Callable[[str], int | None] | None:
+    """config.lines.key_lines of the file at `path`; None when it cannot be
+    read again."""
+    try:
+        return key_lines(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _timed_load(path: str) -> tuple[Config, float]:

@@ -875,6 +875,9 @@ async def test_a_reload_that_needs_a_restart_is_rejected_and_keeps_the_running_c
         nursery.cancel_scope.cancel()
     assert result.summary is None
     assert [named in e and "needs a restart" in e for e in result.errors] == [True]
+    # The line of the new value in the new file (operator trial, stop 25).
+    line = base.replace(old, new).splitlines().index(new) + 1
+    assert f"{named} (line {line}): " in result.errors[0], result.errors
     assert director.config is running
 
 
