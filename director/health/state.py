@@ -49,6 +49,14 @@ class HealthState:
     # through failed probes (fewer than `fall` do not make a server down).
     weight: int | None = None
     probed_at: float | None = None  # when `last` came, on the caller's clock
+    # The reasons of the current run of failures, one bit each (REASON_BITS):
+    # a dead server whose reason alternates (unreachable, timeout, as ICMP
+    # rate limiting makes it) logs each reason once, not every other probe.
+    failure_reasons: int = 0
+
+
+# One bit for each Reason, for HealthState.failure_reasons.
+REASON_BITS = {reason: 1 << i for i, reason in enumerate(Reason)}
 
 
 @dataclass(frozen=True)
@@ -81,16 +89,17 @@ def advance(
     state: HealthState, result: ProbeResult, now: float, timing: Timing
 ) -> tuple[HealthState, Transition | None]:
     if result.ok:
-        successes, failures = state.successes_in_row + 1, 0
+        successes, failures, reasons = state.successes_in_row + 1, 0, 0
     else:
         successes, failures = 0, state.failures_in_row + 1
+        reasons = state.failure_reasons | REASON_BITS[result.reason]
     new_status = _next_status(state, result.ok, successes, failures, timing)
     weight = result.weight if result.ok and result.weight is not None else state.weight
     if new_status is state.status:
         # The constructor, not replace(): this runs for every probe.
         counted = HealthState(
             state.status, successes, failures, state.since, result, state.adopted,
-            state.ramp_start, weight, now,
+            state.ramp_start, weight, now, reasons,
         )  # fmt: skip
         return counted, None
     transition = Transition(
@@ -108,22 +117,23 @@ def advance(
         adopted = state.adopted and state.status is Health.UNKNOWN
         ramp_start = state.ramp_start if adopted and state.ramp_start is not None else now
     after = HealthState(
-        new_status, successes, failures, now, result, state.adopted, ramp_start, weight, now
-    )
+        new_status, successes, failures, now, result, state.adopted, ramp_start, weight, now,
+        reasons,
+    )  # fmt: skip
     return after, transition
 
 
 def failure_worth_logging(before: HealthState, after: HealthState) -> bool:
     """Whether a failed probe deserves a log line: the first of a series,
-    one whose reason differs from the previous failure's, and the 10th,
-    100th, 1000th... in a row. 500 servers down at a 1 s interval then make a
-    few lines each, not 500 a second for journald to drop."""
+    the first of the series with its reason (two reasons that alternate log
+    once each), and the 10th, 100th, 1000th... in a row. 500 servers down at
+    a 1 s interval then make a few lines each, not 500 a second for
+    journald to drop."""
     last = after.last
     if last is None or last.ok:
         return False
     count = after.failures_in_row
-    previous = before.last
-    if count == 1 or previous is None or previous.ok or previous.reason is not last.reason:
+    if count == 1 or not before.failure_reasons & REASON_BITS[last.reason]:
         return True
     while count % 10 == 0:
         count //= 10
