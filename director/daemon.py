@@ -10,6 +10,7 @@ import gc
 import os
 import shutil
 import signal
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -18,6 +19,7 @@ from pathlib import Path
 from director import entry
 from director.entry import HANDLED_SIGNALS, IGNORED_SIGNALS
 from director.lazyimport import standing_in
+from director.oserror import strerror
 
 # trio imports ssl (its TLS streams) and hmac (DTLS cookies) at its top, and
 # the probes' modules import ssl: with OpenSSL's libraries, about 4 MiB of a
@@ -91,24 +93,43 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def missing_commands(
     config: Config, which: Callable[[str], str | None] = shutil.which
 ) -> list[str]:
-    """For `--check`: the commands the config runs that this machine does
-    not have (`which`: shutil.which's answer, None for a name not on PATH
-    or a path not executable): [bgp] bird and birdc, each exec check's
-    program. A warning, not an error: it may be installed before the
+    """For `--check`: the commands the config runs that this machine cannot
+    run (`which`: shutil.which's answer, None for a name not on PATH or a
+    path not executable): [bgp] bird and birdc, each exec check's program,
+    named with the check's service and, for a real server's own check, the
+    real server. A warning, not an error: it may be installed before the
     start; the daemon then reports it at run time and goes on."""
     wanted: dict[str, str] = {}
     if config.bgp is not None:
         wanted.setdefault(config.bgp.bird, "[bgp] bird")
         wanted.setdefault(config.bgp.birdc, "[bgp] birdc")
     for vs in config.virtual_servers:
-        for check in (vs.check, *(rs.check for rs in vs.real_servers)):
-            if isinstance(check, ExecCheck) and check.command:
-                wanted.setdefault(check.command[0], f"the exec check of {vs.label}")
+        if isinstance(vs.check, ExecCheck) and vs.check.command:
+            wanted.setdefault(vs.check.command[0], f"the exec check of {vs.label}")
+        for rs in vs.real_servers:
+            check = rs.check
+            if isinstance(check, ExecCheck) and check.command and check is not vs.check:
+                where = f"the exec check of {vs.label} real server {rs.label}"
+                wanted.setdefault(check.command[0], where)
     return [
-        f"{where}: {string(command)} is not an executable here (not found, or not on PATH)"
+        f"{where}: {string(command)} {_why_not_runnable(command)}"
         for command, where in wanted.items()
         if which(command) is None
     ]
+
+
+def _why_not_runnable(command: str) -> str:
+    """Why shutil.which found no program for `command`: a name is looked up
+    on PATH, a path is taken as it is."""
+    if os.sep not in command:
+        return "is not on PATH here"
+    try:
+        mode = os.stat(command).st_mode
+    except OSError as error:
+        return f"cannot be run here: {strerror(error)}"
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    return f"is not executable here (mode {stat.S_IMODE(mode):04o})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -181,15 +181,28 @@ def test_directord_check_warns_of_commands_this_machine_lacks(
         '[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.2:80"\n'
         f'check = {{ type = "exec", command = ["{here}"] }}\n'
         '[[virtual_server.real_server]]\naddress = "10.0.1.2:80"\n'
+        # Operator trial (stop 25): a file there but mode 0644 read "not
+        # found, or not on PATH", and a real server's own check named only
+        # its service.
+        '[[virtual_server.real_server]]\naddress = "10.0.1.3:80"\n'
+        f'check = {{ type = "exec", command = ["{tmp_path}/notexec.sh"] }}\n'
+        '[[virtual_server.real_server]]\naddress = "10.0.1.4:80"\n'
+        'check = { type = "exec", command = ["no-such-check-program"] }\n'
     )
+    (tmp_path / "notexec.sh").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "notexec.sh").chmod(0o644)
     assert daemon.main(["--config", str(path), "--check"]) == 0
     out, err = capsys.readouterr()
-    assert out == f"{path}: OK, 2 virtual services, 2 real servers\n"
+    assert out == f"{path}: OK, 2 virtual services, 4 real servers\n"
     assert err.splitlines() == [
-        f'{path}: warning: [bgp] bird: "{tmp_path}/no/bird" is not an executable here'
-        " (not found, or not on PATH)",
-        f'{path}: warning: the exec check of TCP 10.0.0.1:80: "{tmp_path}/no/check" is not an'
-        " executable here (not found, or not on PATH)",
+        f'{path}: warning: [bgp] bird: "{tmp_path}/no/bird" cannot be run here:'
+        " No such file or directory",
+        f'{path}: warning: the exec check of TCP 10.0.0.1:80: "{tmp_path}/no/check" cannot be'
+        " run here: No such file or directory",
+        f"{path}: warning: the exec check of TCP 10.0.0.2:80 real server 10.0.1.3:80:"
+        f' "{tmp_path}/notexec.sh" is not executable here (mode 0644)',
+        f"{path}: warning: the exec check of TCP 10.0.0.2:80 real server 10.0.1.4:80:"
+        ' "no-such-check-program" is not on PATH here',
     ]
 
 
