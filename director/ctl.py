@@ -430,6 +430,8 @@ def _check_config(words: list[str]) -> int:
     except ConfigError as e:
         _write(2, f"{e}\n")
         return 1
+    for warning in config.warnings():
+        _write(2, f"{words[0]}: warning: {warning}\n")
     _write(1, f"{words[0]}: OK, {config.counts()}\n")
     return 0
 

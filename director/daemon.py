@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.config}: {line}", file=sys.stderr)
         return 1
     if args.check:
-        for warning in missing_commands(config):
+        for warning in [*config.warnings(), *missing_commands(config)]:
             print(f"{args.config}: warning: {warning}", file=sys.stderr)
         print(f"{args.config}: OK, {config.counts()}")
         return 0

@@ -1220,6 +1220,18 @@ class Director:
                 return ReloadResult(errors=(f"{path}: internal error: {error!r}",), count=1)
             finally:
                 self._parse = None
+            if not config.virtual_servers and self.config.virtual_servers:
+                # An empty or cut-short file (a failed deploy) is valid TOML:
+                # taking it would delete every service. A start may.
+                count = len(self.config.virtual_servers)
+                services = f"{count} virtual service{'' if count == 1 else 's'}"
+                errors = (
+                    f"{path}: no virtual service: the reload would delete the running config's"
+                    f" {services}; the running config is kept (restart directord to run"
+                    " without any)",
+                )
+                self.log.error("reload_rejected", **origin, count=1, errors=list(errors))
+                return ReloadResult(errors=errors, count=1)
             needs_restart = restart_needed(self.config, config)
             if needs_restart:
                 line_of = await trio.to_thread.run_sync(_line_finder, path)

@@ -350,6 +350,22 @@ class Config:
         servers = sum(len(vs.real_servers) for vs in self.virtual_servers)
         return f"{_plural(services, 'virtual service')}, {_plural(servers, 'real server')}"
 
+    def warnings(self) -> list[str]:
+        """What `directord --check` and `directorctl check-config` warn of in
+        a valid file: no virtual service at all (an empty or cut-short file
+        written by a failed deploy reads as valid TOML)."""
+        if self.virtual_servers:
+            return []
+        return [NO_SERVICE]
+
+
+# A reload to a file without a virtual service would delete every service
+# the running config has: refused (Director.reload_file); a start takes it.
+NO_SERVICE = (
+    "no virtual service: a reload to this file is refused; a start with it deletes"
+    " every service directord manages"
+)
+
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

@@ -682,7 +682,8 @@ class Controller:
                 return Response(USAGE, "", 'director: check-config needs "text" or "path"\n')
         except ConfigError as error:
             return Response(1, "", "".join(f"{source}: {e}\n" for e in error.named_errors))
-        return Response(0, f"{source}: OK, {config.counts()}\n")
+        warned = "".join(f"{source}: warning: {w}\n" for w in config.warnings())
+        return Response(0, f"{source}: OK, {config.counts()}\n", warned)
 
 
 class _CollectorHold:

@@ -26,6 +26,7 @@ from test_handler import rig
 
 from director import daemon
 from director.config import ConfigError, parse_config
+from director.config.model import NO_SERVICE
 from director.ipvs.facts import NO_MODULES
 
 SERVICES = "".join(
@@ -159,6 +160,23 @@ async def test_the_control_sockets_check_config_and_reload_print_them_named(
         assert len(logged) == len(NAMED)
         for start, error in zip(NAMED, logged, strict=True):
             assert error.startswith(f"{tmp_path / 'director.toml'}: {start}"), error
+
+
+async def test_every_checker_warns_of_a_file_without_a_virtual_service(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Operator trial (stop 25): an empty file was `OK, 0 virtual services,
+    0 real servers`, and a reload of it deleted every service."""
+    path = tmp_path / "empty.toml"
+    path.write_text("")
+    warning = f"{path}: warning: {NO_SERVICE}\n"
+    assert daemon.main(["--config", str(path), "--check"]) == 0
+    assert capsys.readouterr() == (f"{path}: OK, 0 virtual services, 0 real servers\n", warning)
+    result = check_config(path)
+    assert (result.returncode, result.stderr) == (0, warning)
+    async with rig(tmp_path) as r:
+        checked = await r.command("check-config", text="", source=str(path))
+        assert (checked.status, checked.stderr) == (0, warning)
 
 
 def test_directord_check_warns_of_commands_this_machine_lacks(

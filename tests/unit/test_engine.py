@@ -840,6 +840,35 @@ async def test_a_job_that_raises_reports_to_its_caller_and_the_engine_goes_on(
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("text", ["", "# cut short by a failed deploy\n[daemon]\n"])
+async def test_a_reload_to_a_file_without_a_virtual_service_is_refused(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, text: str
+) -> None:
+    """Operator trial (stop 25): `directorctl reload` of an empty file
+    deleted every service, all traffic stopped."""
+    path = tmp_path / "director.toml"
+    backend = MemoryBackend()
+    director = make_director(backend, FakeNetwork("10.0.1.1", "10.0.1.2"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await until(lambda: weights(backend) == {"10.0.1.1": 5, "10.0.1.2": 7})
+        running = director.config
+        path.write_text(text)
+        result = await director.reload_file(path)
+        assert result.summary is None
+        assert result.errors == (
+            f"{path}: no virtual service: the reload would delete the running config's 1"
+            " virtual service; the running config is kept (restart directord to run without"
+            " any)",
+        )
+        assert director.config is running
+        await trio.sleep(10)
+        assert weights(backend) == {"10.0.1.1": 5, "10.0.1.2": 7}
+        path.write_text(CONFIG.replace("weight = 5", "weight = 4"))
+        assert (await director.reload_file(path)).summary is not None
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize(
     ("section", "old", "new", "named"),
     [
