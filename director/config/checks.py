@@ -58,14 +58,17 @@ def merge_check(
     problems: Problems,
 ) -> Table:
     """A real server's check table over its service's: keys it sets win;
-    with a different type it replaces the service's check entirely."""
+    with a different type it replaces the service's check entirely (and a
+    key it lacks is then its own to give: errors name the real server's
+    check)."""
     same_type = base is not None and override.get("type", base.get("type")) == base.get(
         "type", "tcp"
     )
     merged = {**base, **override} if base is not None and same_type else dict(override)
 
     def path_of(key: str) -> str:
-        return f"{override_path}.{key}" if key in override else f"{base_path}.{key}"
+        owner = override_path if key in override or not same_type else base_path
+        return f"{owner}.{key}"
 
     return Table(merged, override_path, problems, path_of)
 

@@ -605,6 +605,13 @@ def test_all_errors_are_collected() -> None:
             VS + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\ncheck = { port = 0 }\n",
             "virtual_server[0].real_server[0].check.port: must be between 1 and 65535: 0",
         ),
+        # A check of another type replaces the service's: what it lacks is the
+        # real server's (operator trial, stop 25: it was named as the service's).
+        (
+            VS
+            + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\ncheck = { type = 'exec' }\n",
+            "virtual_server[0].real_server[0].check.command: required for an exec check",
+        ),
         (
             VS + "sorry_server = { address = '10.0.0.2', wieght = 1 }\n",
             "virtual_server[0].sorry_server.wieght: unknown key (did you mean 'weight'?)",
