@@ -6,7 +6,6 @@ import re
 import select
 import signal
 import time
-import tracemalloc
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -18,8 +17,10 @@ from structlog.testing import capture_logs
 import director.health.probes.command as command_module
 from director.health.probes import probe, probe_exec
 from director.health.probes.command import (
+    MAX_OUTPUT,
     MAX_STDERR,
     MAX_STDOUT,
+    OVER_LIMIT,
     SYSTEMD_ONLY,
     Identity,
     Tail,
@@ -171,41 +172,98 @@ async def group_dies(pgid: int) -> bool:
     return await trio.to_thread.run_sync(wait)
 
 
-async def test_exec_printing_forever_is_bounded_and_killed_at_the_timeout(
+async def test_exec_printing_forever_is_killed_at_the_timeout(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    # 16 MiB on each stream, then a marker with the group's id, then output
-    # for ever. Until the marker exists, spinning keeps the autojump clock
-    # from firing the timeout; after it, the command still prints.
+    # A marker with the group's id, then a trickle of output for ever, under
+    # MAX_OUTPUT until the timeout. Until the marker exists, spinning keeps the
+    # autojump clock from firing the timeout; after it, the command still prints.
     marker = tmp_path / "pgid"
     script = (
-        "head -c 16777216 /dev/zero; head -c 16777216 /dev/zero >&2; "
         f"echo $$ > {marker}.tmp; mv {marker}.tmp {marker}; "
         "while :; do echo 0123456789; echo err >&2; sleep 0.01; done"
     )
 
-    async def hold_the_clock_until_the_flood_is_out() -> None:
+    async def hold_the_clock_until_the_command_runs() -> None:
         while not marker.exists():
             await trio.lowlevel.checkpoint()
 
-    tracemalloc.start()
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(hold_the_clock_until_the_flood_is_out)
-            result = await run("sh", "-c", script, within=5.0, dynamic_weight=True)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hold_the_clock_until_the_command_runs)
+        result = await run("sh", "-c", script, within=5.0, dynamic_weight=True)
     assert (result.ok, result.reason, result.latency) == (False, Reason.TIMEOUT, 5.0)
-    assert peak < 4 << 20, f"peak {peak} bytes for 32 MiB of output"
     assert await group_dies(int(marker.read_text())), "the group survived the timeout"
 
 
-async def test_only_the_tail_of_a_large_output_is_kept() -> None:
-    script = "head -c 8388608 /dev/zero | tr '\\0' x; echo; echo 42; head -c 1048576 /dev/zero >&2"
+# Output past MAX_OUTPUT stops the command (the operator trial's `yes`). The
+# real clock runs these: `within` is only a guard, reached by the old reading
+# of a flood to the timeout; a flood is stopped long before it.
+FLOOD_GUARD = 10.0
+FILL = "head -c {} /dev/zero | tr '\\0' x"  # {} bytes of x on standard output
+
+
+async def test_a_command_flooding_its_output_is_stopped(tmp_path: Path) -> None:
+    marker = tmp_path / "pgid"
+    result = await run("sh", "-c", f"echo $$ > {marker}; exec yes", within=FLOOD_GUARD, dynamic_weight=True)  # fmt: skip
+    assert (result.ok, result.reason, result.weight, result.detail) == (False, Reason.BAD_REPLY, None, "output over 64 KiB: stopped")  # fmt: skip
+    assert result.detail == OVER_LIMIT
+    assert await group_dies(int(marker.read_text())), "the flooding command survived"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("yes",),  # standard output
+        ("sh", "-c", "exec yes >&2"),  # standard error
+        ("sh", "-c", "yes & exec yes >&2"),  # both
+    ],
+)
+async def test_a_flood_is_read_no_further_than_the_limit(command: tuple[str, ...]) -> None:
+    # What the daemon reads of a flood: one byte past the limit tells, and at
+    # most one read of the other stream was in flight.
+    output = command_module._Run(Tail(MAX_STDOUT), Tail(MAX_STDERR))
+    with trio.fail_after(FLOOD_GUARD):
+        returncode = await command_module._run(command, None, output)
+    assert output.over_limit
+    assert MAX_OUTPUT < output.read <= 2 * (MAX_OUTPUT + 1), output.read
+    assert returncode == -signal.SIGKILL
+
+
+# Exactly the limit, weight line included, on standard output; over both streams.
+AT_LIMIT = f"{FILL.format(65532)}; printf '\\n42\\n'"
+AT_LIMIT_BOTH = (
+    f"{FILL.format(65000)}; {FILL.format(524)} >&2; printf '\\nlast words\\n' >&2; exit 3"
+)
+# One byte more, then exit 0; each stream under the limit, both together over
+# it; the operator trial's script, 40 MB then exit 0.
+OVER_BY_ONE = f"{FILL.format(65533)}; printf '\\n42\\n'"
+OVER_BOTH = f"{FILL.format(40000)}; {FILL.format(40000)} >&2; echo 42"
+OVER_40_MB = f"{FILL.format(40_000_000)}; echo 42; exit 0"
+
+
+@pytest.mark.parametrize(
+    ("script", "ok", "reason", "detail"),
+    [
+        (AT_LIMIT, True, Reason.OK, "weight 42"),  # judged as ever
+        (AT_LIMIT_BOTH, False, Reason.EXIT_STATUS, "exit 3: last words"),
+        (OVER_BY_ONE, False, Reason.BAD_REPLY, OVER_LIMIT),  # stopped
+        (OVER_BOTH, False, Reason.BAD_REPLY, OVER_LIMIT),
+        (OVER_40_MB, False, Reason.BAD_REPLY, OVER_LIMIT),
+    ],
+)
+async def test_output_up_to_the_limit_is_judged_and_past_it_stopped(
+    script: str, ok: bool, reason: Reason, detail: str
+) -> None:
+    result = await run("sh", "-c", script, within=FLOOD_GUARD, dynamic_weight=True)
+    assert (result.ok, result.reason, result.detail) == (ok, reason, detail)
+    assert result.weight == (42 if ok else None)
+
+
+async def test_only_the_tail_of_the_output_is_kept() -> None:
+    script = f"{FILL.format(60000)}; echo; echo 42; {FILL.format(4000)} >&2"
     result = await run("sh", "-c", script, dynamic_weight=True)
     assert (result.ok, result.weight, result.detail) == (True, 42, "weight 42")
-    result = await run("sh", "-c", "head -c 1048576 /dev/zero | tr '\\0' x >&2; echo >&2; echo >&2 last words; exit 4")  # fmt: skip
+    result = await run("sh", "-c", f"{FILL.format(60000)} >&2; echo >&2; echo >&2 last words; exit 4")  # fmt: skip
     assert (result.reason, result.detail) == (Reason.EXIT_STATUS, "exit 4: last words")
 
 
@@ -216,7 +274,7 @@ def test_tail_keeps_the_last_bytes() -> None:
     assert (bytes(tail), tail.seen) == (b"56789", 20)
     tail.add(b"!")
     assert bytes(tail) == b"6789!"
-    assert (MAX_STDOUT, MAX_STDERR) == (64 << 10, 4 << 10)
+    assert (MAX_OUTPUT, MAX_STDOUT, MAX_STDERR) == (64 << 10, 64 << 10, 4 << 10)
 
 
 async def test_a_child_holding_the_output_open_does_not_delay_the_verdict(tmp_path: Path) -> None:

@@ -2,11 +2,15 @@
 
 The command runs in a process group of its own. When the probe ends, by the
 command's exit or by the timeout, the whole group is killed: a shell and what
-it started, including a child that would hold the output pipes open, and a
-check leaves nothing running. Its output is read as it comes and only the
-tails are kept (MAX_STDOUT, MAX_STDERR), so a command printing forever
-neither grows memory nor blocks on a full pipe. With dynamic_weight, the last
-line of its standard output sets the weight.
+it started, including a child that would hold the output pipes open. A
+process that left the group (setsid(1), a daemon that detaches itself) is not
+tracked: it is the command's to end. Its output is read as it comes, at most
+MAX_OUTPUT bytes of standard output and standard error together: a command
+that writes more is killed at once (its group, as at the timeout) and the
+probe fails, `output over 64 KiB: stopped`, so that one flooding its output
+costs the daemon a few reads, not a CPU for the whole timeout. Of what is
+read, the tails are kept (MAX_STDOUT, MAX_STDERR). With dynamic_weight, the
+last line of its standard output sets the weight.
 
 A killed command is waited for KILL_WAIT seconds at most: one stuck in the
 kernel (state D, an NFS server gone) outlives SIGKILL until the kernel lets
@@ -29,6 +33,7 @@ import re
 import select
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +46,13 @@ from director.health.spec import ExecCheck
 from director.ipvs.facts import MAX_WEIGHT
 from director.ipvs.model import IPAddress
 
+# Bytes of output (standard output and standard error together) one probe
+# reads; a command that writes more is stopped. A weight line is 6 bytes and a
+# failure's message a line: this is far above both, and is a pipe's default
+# capacity on Linux (pipe(7)), so a command within it never waits on the
+# daemon to write. A command that floods its output (`yes`) then costs the
+# daemon a few reads, not a CPU for its whole timeout.
+MAX_OUTPUT = 64 << 10
 MAX_STDOUT = 64 << 10  # bytes of standard output kept: the end, with the weight line
 MAX_STDERR = 4 << 10  # bytes of standard error kept: the end, for the failure's detail
 READ_SIZE = 64 << 10
@@ -50,6 +62,7 @@ SYSTEMD_ONLY = frozenset(
     {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
 )
 _DIGITS = re.compile(r"[0-9]+")
+OVER_LIMIT = f"output over {MAX_OUTPUT >> 10} KiB: stopped"
 
 
 class UnknownUser(LookupError):
@@ -117,12 +130,19 @@ class Tail:
 
 @dataclass
 class _Run:
-    """What one run of a command leaves: the tails of its output, and the pid
-    of a process that outlived SIGKILL by KILL_WAIT (left to the reaper)."""
+    """What one run of a command leaves: the tails of its output, whether it
+    wrote more than MAX_OUTPUT (then it was stopped), and the pid of a
+    process that outlived SIGKILL by KILL_WAIT (left to the reaper)."""
 
     stdout: Tail
     stderr: Tail
     left_to_reaper: int | None = None
+    over_limit: bool = False
+
+    @property
+    def read(self) -> int:
+        """Bytes read of both streams."""
+        return self.stdout.seen + self.stderr.seen
 
 
 async def probe_exec(check: ExecCheck, address: IPAddress, port: int) -> ProbeResult:
@@ -134,7 +154,9 @@ async def probe_exec(check: ExecCheck, address: IPAddress, port: int) -> ProbeRe
             attempt.fail(Reason.ERROR, str(e))
             return attempt.result
         returncode = await _run(check.command, identity, run)
-        if returncode != 0:
+        if run.over_limit:
+            attempt.fail(Reason.BAD_REPLY, OVER_LIMIT)
+        elif returncode != 0:
             attempt.fail(Reason.EXIT_STATUS, _describe_failure(returncode, bytes(run.stderr)))
         elif check.dynamic_weight:
             weight, detail = weight_from_output(bytes(run.stdout))
@@ -154,7 +176,8 @@ async def probe_exec(check: ExecCheck, address: IPAddress, port: int) -> ProbeRe
 async def _run(command: tuple[str, ...], identity: Identity | None, run: _Run) -> int:
     """Run `command` to its exit, keeping the tails of its output in `run`;
     the exit status (negative: killed by that signal). On cancellation the
-    group is killed first."""
+    group is killed first; once more than MAX_OUTPUT bytes came, at once
+    (`run.over_limit`)."""
     # Opened outside the nursery: a command that cannot start (ENOENT, EACCES)
     # raises its OSError as such, for probe_attempt, not in an exception group.
     process = await trio.lowlevel.open_process(
@@ -169,8 +192,15 @@ async def _run(command: tuple[str, ...], identity: Identity | None, run: _Run) -
     try:
         async with trio.open_nursery() as nursery:
             assert process.stdout is not None and process.stderr is not None
-            nursery.start_soon(_keep_tail, process.stdout, run.stdout)
-            nursery.start_soon(_keep_tail, process.stderr, run.stderr)
+
+            def stop() -> None:
+                # Before its pipes close: it dies by SIGKILL, not by a
+                # SIGPIPE some command would catch.
+                _kill_group(process.pid)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(_keep_tail, process.stdout, run.stdout, run, stop)
+            nursery.start_soon(_keep_tail, process.stderr, run.stderr, run, stop)
             await process.wait()
             # What the command left behind must not keep the pipes open.
             _kill_group(process.pid)
@@ -260,10 +290,21 @@ def _process_state(pid: int) -> str:
         return "?"
 
 
-async def _keep_tail(stream: trio.abc.ReceiveStream, tail: Tail) -> None:
+async def _keep_tail(
+    stream: trio.abc.ReceiveStream, tail: Tail, run: _Run, stop: Callable[[], None]
+) -> None:
+    """Read `stream` to its end into `tail`; once more than MAX_OUTPUT bytes
+    of both streams came, mark `run` over the limit and `stop` the command.
+    Each read asks for no more than the one byte past the limit that tells,
+    so that at most MAX_OUTPUT + 1 bytes are read, plus what the other
+    stream's read in flight brings."""
     async with stream:
-        while chunk := await stream.receive_some(READ_SIZE):
+        while chunk := await stream.receive_some(min(READ_SIZE, MAX_OUTPUT + 1 - run.read)):
             tail.add(chunk)
+            if run.read > MAX_OUTPUT:
+                run.over_limit = True
+                stop()
+                return
 
 
 def _kill_group(pgid: int) -> None:
