@@ -23,6 +23,7 @@ from structlog.testing import capture_logs
 
 from director.health.probes import probe
 from director.health.probes.http import MAX_BODY, MAX_HEADER, decode_body
+from director.health.probes.http_head import MAX_INCOMPLETE_EVENT
 from director.health.result import ProbeResult, Reason
 from director.health.spec import Check, HttpCheck, Timing
 
@@ -211,16 +212,25 @@ async def test_a_64_kib_header_line_is_a_bad_reply(serve: Callable[[Behaviour], 
     assert result.detail.endswith(f" bytes of header fields (limit {MAX_HEADER})")
 
 
-async def test_a_header_line_without_end_is_refused_by_h11(serve: Callable[[Behaviour], Awaitable[RawServer]]) -> None:  # fmt: skip
+# A plain check judged on its head (http_exchange.py), and one that reads the
+# body (http.py's stream): the same details.
+PATHS = pytest.mark.parametrize("expect_body", [None, "ok"], ids=["head", "body"])
+
+
+@PATHS
+async def test_a_header_line_without_end_is_refused_by_h11(serve: Callable[[Behaviour], Awaitable[RawServer]], expect_body: str | None) -> None:  # fmt: skip
     # 1 MiB and no end of line: h11 refuses an incomplete event past httpcore's
-    # 100 KiB, so the buffer stays bounded.
+    # 100 KiB, so the buffer stays bounded; the detail names that limit (h11:
+    # "Receive buffer too long").
     async def endless_line(stream: trio.SocketStream) -> None:
         await stream.send_all(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (1 << 20))
         await trio.sleep_forever()
 
     server = await serve(endless_line)
-    result = await probe_quietly(HttpCheck(timing=Timing(timeout=30.0)), server.port)
-    assert (result.ok, result.reason) == (False, Reason.BAD_REPLY)
+    check = HttpCheck(timing=Timing(timeout=30.0), expect_body=expect_body)
+    result = await probe_quietly(check, server.port)
+    detail = f"no end of the head within {MAX_INCOMPLETE_EVENT} bytes"
+    assert (result.ok, result.reason, result.detail) == (False, Reason.BAD_REPLY, detail)
 
 
 async def test_endless_header_lines_are_a_bad_reply(serve: Callable[[Behaviour], Awaitable[RawServer]]) -> None:  # fmt: skip
@@ -235,37 +245,57 @@ async def test_endless_header_lines_are_a_bad_reply(serve: Callable[[Behaviour],
     assert server.sent < 1 << 20
 
 
-async def test_garbage_status_line_is_a_bad_reply(serve: Callable[[Behaviour], Awaitable[RawServer]]) -> None:  # fmt: skip
-    async def garbage(stream: trio.SocketStream) -> None:
-        await stream.send_all(b"\x16\x03\x01garbage \xff\xfe\r\n\r\n")
+@PATHS
+@pytest.mark.parametrize(
+    ("sent", "detail"),
+    [
+        (b"\x16\x03\x01garbage \xff\xfe\r\n\r\n", r'not an HTTP response: the first bytes were "\u0016\u0003\u0001garbage \u00ff\u00fe\r\n\r\n"'),
+        (b"ok\n", r'not an HTTP response: the first bytes were "ok\n"'),
+        (bytes(range(255, 205, -1)), r'not an HTTP response: the first bytes were "\u00ff\u00fe\u00fd\u00fc\u00fb\u00fa\u00f9\u00f8\u00f7\u00f6\u00f5\u00f4\u00f3\u00f2\u00f1\u00f0\u00ef\u00ee\u00ed\u00ec\u00eb\u00ea\u00e9\u00e8\u00e7\u00e6\u00e5\u00e4\u00e3\u00e2\u00e1\u00e0"...'),
+        (b"HTTP/1.1 200 OK\r\nContent-", "the head incomplete: the server closed after 25 bytes"),
+        (b"", "Server disconnected without sending a response."),
+        (b"HTTP/1.1 2OO OK\r\n\r\n", 'illegal status line: "HTTP/1.1 2OO OK"'),
+    ],
+    ids=["garbage", "ok", "random", "half-head", "nothing", "status-line"],
+)  # fmt: skip
+async def test_a_reply_that_is_not_http_is_quoted(
+    serve: Callable[[Behaviour], Awaitable[RawServer]],
+    expect_body: str | None,
+    sent: bytes,
+    detail: str,
+) -> None:
+    # Sent, then a close: only a server that sent nothing gets httpcore's words.
+    async def not_http(stream: trio.SocketStream) -> None:
+        await stream.send_all(sent)
 
-    server = await serve(garbage)
-    result = await probe_quietly(HttpCheck(), server.port)
-    assert (result.ok, result.reason) == (False, Reason.BAD_REPLY)
-    assert "status line" in result.detail
+    server = await serve(not_http)
+    result = await probe_quietly(HttpCheck(expect_body=expect_body), server.port)
+    assert (result.ok, result.reason, result.detail) == (False, Reason.BAD_REPLY, detail)
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "detail"),
     [
-        b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\nok",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"f" * 200_000 + b"\r\n",
-        b"HTTP/1.1 99999 Nope\r\nContent-Length: 0\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\n\x00\x01: \xff\r\n\r\n",
+        (b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\nok", "bad Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n", r'illegal chunk header: "zz\r\n"'),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"f" * 200_000 + b"\r\n", f"no end of a chunk header or trailer within {MAX_INCOMPLETE_EVENT} bytes"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXX0\r\n\r\n", r'malformed chunk footer: "XX" (expected "\r\n")'),
+        (b"HTTP/1.1 99999 Nope\r\nContent-Length: 0\r\n\r\n", 'illegal status line: "HTTP/1.1 99999 Nope"'),
+        (b"HTTP/1.1 200 OK\r\n\x00\x01: \xff\r\n\r\n", r'illegal header line: "\u0000\u0001: \u00ff"'),
     ],
-    ids=["content-length", "chunk-size", "chunk-size-line", "status", "header-name"],
-)
+    ids=["content-length", "chunk-size", "chunk-size-line", "chunk-footer", "status", "header-name"],
+)  # fmt: skip
 async def test_malformed_framing_is_a_bad_reply(
-    serve: Callable[[Behaviour], Awaitable[RawServer]], bad: bytes
+    serve: Callable[[Behaviour], Awaitable[RawServer]], bad: bytes, detail: str
 ) -> None:
+    # The line h11 quotes as a Python bytes repr (bytearray(b'zz\r\n')) is text.
     async def malformed(stream: trio.SocketStream) -> None:
         await stream.send_all(bad)
         await trio.sleep_forever()
 
     server = await serve(malformed)
     result = await probe_quietly(HttpCheck(timing=Timing(timeout=30.0), expect_body="ok"), server.port)  # fmt: skip
-    assert (result.ok, result.reason) == (False, Reason.BAD_REPLY)
+    assert (result.ok, result.reason, result.detail) == (False, Reason.BAD_REPLY, detail)
 
 
 async def test_tls_garbage_is_an_error_with_a_detail(serve: Callable[[Behaviour], Awaitable[RawServer]]) -> None:  # fmt: skip
@@ -278,6 +308,19 @@ async def test_tls_garbage_is_an_error_with_a_detail(serve: Callable[[Behaviour]
     result = await probe_quietly(check, server.port)
     assert (result.ok, result.reason) == (False, Reason.ERROR)
     assert result.detail.startswith("tls: "), result.detail
+
+
+async def test_https_to_a_plain_http_port_says_so(serve: Callable[[Behaviour], Awaitable[RawServer]]) -> None:  # fmt: skip
+    # An HTTP server answers the client hello as a bad request (nginx's
+    # "400 The plain HTTP request was sent to HTTPS port" is the other way).
+    async def plain_http(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")  # fmt: skip
+
+    server = await serve(plain_http)
+    check = HttpCheck(tls=True, verify_tls=False, timing=Timing(timeout=30.0))
+    result = await probe_quietly(check, server.port)
+    detail = "tls: WRONG_VERSION_NUMBER (the server's first bytes are not TLS: plain HTTP on this port?)"  # fmt: skip
+    assert (result.ok, result.reason, result.detail) == (False, Reason.ERROR, detail)
 
 
 async def test_accept_then_reset(serve: Callable[[Behaviour], Awaitable[RawServer]]) -> None:  # fmt: skip

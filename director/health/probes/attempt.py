@@ -166,6 +166,10 @@ def _describe_tls_error(exc: ssl.SSLError) -> str:
     for attribute in ("verify_message", "reason", "strerror"):
         text = getattr(exc, attribute, None)
         if text:
+            if attribute == "reason" and text == "WRONG_VERSION_NUMBER":
+                # OpenSSL's reason when the first bytes are no TLS record
+                # (an HTTP server's "HTTP/1.1 400" among them).
+                return f"{text} (the server's first bytes are not TLS: plain HTTP on this port?)"
             return str(text)
     return str(exc)
 

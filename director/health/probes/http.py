@@ -94,7 +94,6 @@ from director.health.probes.attempt import (
 )
 from director.health.probes.http_exchange import exchange_once, http_destination
 from director.health.probes.http_head import (
-    DISCONNECTED,
     MAX_HEADER,
     READ_SIZE,
     Connection,
@@ -102,6 +101,7 @@ from director.health.probes.http_head import (
     new_connection,
     next_response,
     receive,
+    refusal,
     request,
     request_for,
     url_for,
@@ -192,6 +192,7 @@ class _Exchange:
         self.request, self.context, self.tls = request, context, tls
         self.server_name = check.host.removesuffix(".") if check.host else str(address)
         self.connection: TimedConnection | None = None
+        self.conn: Connection | None = None  # h11's side, once the request goes
         self.stream: trio.abc.Stream | None = None  # the connection, or TLS over it
         self.answered = False  # a whole response head came back
         self.step = CONNECT  # what the exchange waits for (attempt.py's steps)
@@ -211,7 +212,7 @@ class _Exchange:
                 await secure.do_handshake()
             await self._converse(self.stream, attempt)
         except h11.RemoteProtocolError as e:
-            attempt.fail(Reason.BAD_REPLY, str(e) or DISCONNECTED)
+            attempt.fail(Reason.BAD_REPLY, refusal(self.conn, e))
         except Silent as silent:
             attempt.fail(Reason.TIMEOUT, self._silence(silent, timeout))
 
@@ -265,7 +266,7 @@ class _Exchange:
 
     async def _converse(self, stream: trio.abc.Stream, attempt: Attempt) -> None:
         check = self.check
-        conn = new_connection()
+        conn = self.conn = new_connection()
         self.step = ANSWER
         assert self.connection is not None
         self.connection.next_round()

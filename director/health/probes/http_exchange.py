@@ -15,11 +15,12 @@ http.py's task with `trio.SSLStream` and the body's search). Reasons and
 details are those of http.py: attempt.py's for the network (refused,
 unreachable, reset; a timeout says what timed out: "no connection within
 T s", "connected in 1.2 ms; no answer within T s of the request", or "...;
-the head incomplete within T s of the request"), BAD_REPLY with h11's
-message for a reply it refuses (or httpcore's "Server disconnected without
-sending a response." for a close before a whole head), and the head's own
-verdict. The body is never read: the socket is closed as soon as the head
-is judged.
+the head incomplete within T s of the request"), BAD_REPLY for a reply h11
+refuses or a close before a whole head, in http_head.refusal's words (h11's
+message with the line it quotes as text, 'not an HTTP response: the first
+bytes were "ok\\n"', httpcore's "Server disconnected without sending a
+response." for a close before any byte), and the head's own verdict. The
+body is never read: the socket is closed as soon as the head is judged.
 
 A verdict on a reply reports the server's time, not the daemon's: the TCP
 handshake as the kernel timed it (tcp.py's `handshake_time`), plus the time
@@ -57,13 +58,13 @@ import trio
 from director.health.probes.attempt import ANSWER, CONNECT, HEAD, timed_out
 from director.health.probes.contain import contained
 from director.health.probes.http_head import (
-    DISCONNECTED,
     READ_SIZE,
     Connection,
     head_failure,
     new_connection,
     next_response,
     receive,
+    refusal,
     request,
 )
 from director.health.probes.tcp import answered, arrival, handshake_time
@@ -250,7 +251,7 @@ class Exchanges(Watcher[HttpDestination, _Exchange]):
             return network_failure(exc, min(now - exchange.started, timeout), timeout)
         except h11.RemoteProtocolError as e:
             latency = _served(exchange, sock) if data else min(now - exchange.started, timeout)
-            return ProbeResult.failure(Reason.BAD_REPLY, latency, str(e) or DISCONNECTED)
+            return ProbeResult.failure(Reason.BAD_REPLY, latency, refusal(exchange.conn, e))
         if response is None:
             return None
         failure = head_failure(exchange.target.check, response)

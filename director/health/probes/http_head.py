@@ -8,7 +8,10 @@ one epoll set (http_exchange.py: plain HTTP judged on its head).
 
 from __future__ import annotations
 
+import ast
 import functools
+import json
+import re
 
 import h11
 import httpx
@@ -30,6 +33,8 @@ READ_SIZE = 64 << 10
 MAX_INTERIM = 8
 USER_AGENT = "director-health-check"
 DISCONNECTED = "Server disconnected without sending a response."  # httpcore's words
+# Bytes of a reply a detail quotes (its first bytes, a line h11 refused).
+SHOWN = 32
 _DEFAULT_PORT = {False: 80, True: 443}
 _EMPTY_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # sent with Content-Length: 0
 
@@ -39,12 +44,15 @@ __all__ = [
     "MAX_INCOMPLETE_EVENT",
     "MAX_INTERIM",
     "READ_SIZE",
+    "SHOWN",
     "USER_AGENT",
     "Connection",
     "head_failure",
     "new_connection",
     "next_response",
+    "quoted",
     "receive",
+    "refusal",
     "request",
     "request_for",
     "url_for",
@@ -90,9 +98,14 @@ def url_for(check: HttpCheck, address: IPAddress, port: int) -> str:
 
 
 class Connection(h11.Connection):
-    """h11's client connection, counting the interim responses it gave."""
+    """h11's client connection, counting the interim responses it gave and
+    the bytes it was fed, keeping the first of them, and whether the
+    final response's head came (`head`): what `refusal` says of a reply."""
 
     interim = 0
+    received = 0
+    first = b""  # the first SHOWN + 1 bytes
+    head = False
 
 
 def new_connection() -> Connection:
@@ -100,13 +113,22 @@ def new_connection() -> Connection:
     return Connection(h11.CLIENT, max_incomplete_event_size=MAX_INCOMPLETE_EVENT)
 
 
-def receive(conn: h11.Connection, data: bytes) -> None:
+def receive(conn: Connection, data: bytes) -> None:
     """Feed what one read returned (b"": the server closed). Raises
-    h11.RemoteProtocolError, with httpcore's DISCONNECTED for a close before
-    any response (h11 would say "can't handle event type ConnectionClosed
-    when role=SERVER and state=SEND_RESPONSE")."""
+    h11.RemoteProtocolError for a close before the final response's head
+    (h11 would say "can't handle event type ConnectionClosed when
+    role=SERVER and state=SEND_RESPONSE"): httpcore's DISCONNECTED when
+    nothing came, else the bytes that did (which `refusal` may say are not
+    HTTP)."""
+    if conn.received <= SHOWN:  # (one more: `quoted` says when there were more)
+        conn.first += data[: SHOWN + 1 - conn.received]
+    conn.received += len(data)
     if not data and conn.their_state is h11.SEND_RESPONSE:
-        raise h11.RemoteProtocolError(DISCONNECTED)
+        received = conn.received
+        if not received:
+            raise h11.RemoteProtocolError(DISCONNECTED)
+        closed = f"the server closed after {received} byte{'' if received == 1 else 's'}"
+        raise h11.RemoteProtocolError(f"the head incomplete: {closed}")
     conn.receive_data(data)
 
 
@@ -121,9 +143,11 @@ def next_response(conn: Connection) -> h11.Response | None:
         if event is h11.NEED_DATA:
             return None
         if isinstance(event, h11.Response):
+            conn.head = True
             return event
         if isinstance(event, h11.InformationalResponse):
             if event.status_code == 101:
+                conn.head = True
                 return h11.Response(status_code=101, headers=event.headers, reason=event.reason)
             conn.interim += 1
             if conn.interim > MAX_INTERIM:
@@ -144,3 +168,50 @@ def head_failure(check: HttpCheck, response: h11.Response) -> tuple[Reason, str]
     if not any(status in expected for expected in check.expect_status):
         return Reason.BAD_STATUS, f"status {status}"
     return None
+
+
+# A bytes or bytearray repr in h11's messages ("illegal status line:
+# bytearray(b'HTTP/1.1 2OO OK')", "illegal header line: ...", "illegal chunk
+# header: ...", "malformed chunk footer: ... (expected b'\r\n')"): the
+# literal in group 1 (in a bytearray) or 2.
+_LITERAL = r"""b(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
+_BYTES_REPR = re.compile(rf"bytearray\(({_LITERAL})\)|\b({_LITERAL})")
+# h11's words for a refused reply that an operator reads otherwise.
+_TOO_LONG = "Receive buffer too long"  # an event past MAX_INCOMPLETE_EVENT
+_NOT_A_STATUS_LINE = "illegal request line"  # a first byte below "!" (h11's test for requests)
+
+
+def refusal(conn: Connection | None, exc: h11.RemoteProtocolError) -> str:
+    """The detail of a reply h11 refused, or that ended before its head
+    (`receive`), in words: the first bytes of one that is not HTTP (every
+    response starts "HTTP/"): 'not an HTTP response: the first bytes were
+    "ok\\n"'; the limit an event never ended within (h11: "Receive buffer
+    too long"); a line h11 quotes as a Python bytes repr as text, as
+    `quoted` shows it ('illegal status line: "HTTP/1.1 2OO OK"')."""
+    message = str(exc) or DISCONNECTED
+    if conn is None:
+        return message
+    if conn.received and not b"HTTP/".startswith(conn.first[:5]):
+        return f"not an HTTP response: the first bytes were {quoted(conn.first)}"
+    if message == _TOO_LONG:
+        where = "a chunk header or trailer" if conn.head else "the head"
+        return f"no end of {where} within {MAX_INCOMPLETE_EVENT} bytes"
+    if message == _NOT_A_STATUS_LINE:  # (after an interim response; else not HTTP above)
+        return f"illegal status line: {quoted(conn.trailing_data[0])}"
+    return _BYTES_REPR.sub(_as_text, message)
+
+
+def _as_text(match: re.Match[str]) -> str:
+    try:
+        data = ast.literal_eval(match[1] or match[2])
+    except (ValueError, SyntaxError):
+        return match[0]
+    return quoted(data) if isinstance(data, bytes) else match[0]
+
+
+def quoted(data: bytes | bytearray, limit: int = SHOWN) -> str:
+    """`data` as a JSON string, each byte one character (as Latin-1: a
+    control character or a byte past ASCII escaped, "\\u00ff"), its first
+    `limit` bytes followed by "..." when longer."""
+    text = json.dumps(bytes(data[:limit]).decode("latin-1"))
+    return f"{text}..." if len(data) > limit else text
