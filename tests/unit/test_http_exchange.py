@@ -147,47 +147,34 @@ async def test_garbage_is_a_bad_reply_that_quotes_it(serve: Serve, autojump_cloc
 
 
 @pytest.mark.parametrize(
-    ("sent", "detail"),
+    ("sent", "closed", "detail"),
     [
-        (b"ok\n", r'not an HTTP response: the first bytes were "ok\n"'),
-        (b"\x00\x01\x02", r'not an HTTP response: the first bytes were "\u0000\u0001\u0002"'),
-        (b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n", 'not an HTTP response: the first bytes were "SSH-2.0-OpenSSH_9.2p1 Debian-2+d"...'),
-        (b"H", "the head incomplete: the server closed after 1 byte"),
+        (b"ok\n", True, r'not an HTTP response: the first bytes were "ok\n"'),
+        (b"\x00\x01\x02", True, r'not an HTTP response: the first bytes were "\u0000\u0001\u0002"'),
+        (b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n", True, 'not an HTTP response: the first bytes were "SSH-2.0-OpenSSH_9.2p1 Debian-2+d"...'),
+        (b"H", True, "the head incomplete: the server closed after 1 byte"),
+        (b"HTTP/1.1 2OO OK\r\n\r\n", False, 'illegal status line: "HTTP/1.1 2OO OK"'),
+        (b"HTTP/1.1 200 OK\r\n\x00\x01: \xff\r\n\r\n", False, r'illegal header line: "\u0000\u0001: \u00ff"'),
+        (b"HTTP/1.1 200 OK\r\nX-" + b"a" * 40 + b"\r\n\r\n", False, 'illegal header line: "X-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"...'),
+        (b"HTTP/1.1 100 Continue\r\n\r\n\x15\x03\x03", False, r'illegal status line: "\u0015\u0003\u0003"'),
     ],
-    ids=["ok", "control", "ssh", "H"],
+    ids=["ok", "control", "ssh", "H", "status-line", "header-line", "long-header-line", "after-interim"],
 )  # fmt: skip
-async def test_bytes_that_are_not_http_then_a_close_are_quoted(
-    serve: Serve, autojump_clock: trio.testing.MockClock, sent: bytes, detail: str
+async def test_a_reply_h11_refuses_is_named_in_words(
+    serve: Serve, autojump_clock: trio.testing.MockClock, sent: bytes, closed: bool, detail: str
 ) -> None:
-    # The server sent something: not httpcore's "Server disconnected without
-    # sending a response." (a crash's words), but what it sent.
-    async def not_http(stream: trio.SocketStream) -> None:
+    """Bytes that are not HTTP then a close: what the server sent, not
+    httpcore's "Server disconnected without sending a response." (a crash's
+    words). A line h11 refuses: as text, where h11 says "illegal status
+    line: bytearray(b'HTTP/1.1 2OO OK')", or "illegal request line" for a
+    response's line that starts below "!"."""
+
+    async def reply(stream: trio.SocketStream) -> None:
         await stream.send_all(sent)
+        if not closed:
+            await trio.sleep_forever()
 
-    result = await verdict_beside_a_healthy_neighbour(serve, not_http, HttpCheck(timing=EVERY_10_S))
-    assert (result.ok, result.reason, result.detail) == (False, Reason.BAD_REPLY, detail)
-
-
-@pytest.mark.parametrize(
-    ("sent", "detail"),
-    [
-        (b"HTTP/1.1 2OO OK\r\n\r\n", 'illegal status line: "HTTP/1.1 2OO OK"'),
-        (b"HTTP/1.1 200 OK\r\n\x00\x01: \xff\r\n\r\n", r'illegal header line: "\u0000\u0001: \u00ff"'),
-        (b"HTTP/1.1 200 OK\r\nX-" + b"a" * 40 + b"\r\n\r\n", 'illegal header line: "X-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"...'),
-        (b"HTTP/1.1 100 Continue\r\n\r\n\x15\x03\x03", r'illegal status line: "\u0015\u0003\u0003"'),
-    ],
-    ids=["status-line", "header-line", "long-header-line", "after-interim"],
-)  # fmt: skip
-async def test_a_line_h11_refuses_is_quoted_as_text(
-    serve: Serve, autojump_clock: trio.testing.MockClock, sent: bytes, detail: str
-) -> None:
-    # h11 says "illegal status line: bytearray(b'HTTP/1.1 2OO OK')", and
-    # "illegal request line" for a response's line that starts below "!".
-    async def bad_line(stream: trio.SocketStream) -> None:
-        await stream.send_all(sent)
-        await trio.sleep_forever()
-
-    result = await verdict_beside_a_healthy_neighbour(serve, bad_line, HttpCheck(timing=EVERY_10_S))
+    result = await verdict_beside_a_healthy_neighbour(serve, reply, HttpCheck(timing=EVERY_10_S))
     assert (result.ok, result.reason, result.detail) == (False, Reason.BAD_REPLY, detail)
 
 
