@@ -153,12 +153,15 @@ async def test_garbage_is_a_bad_reply_that_quotes_it(serve: Serve, autojump_cloc
         (b"\x00\x01\x02", True, r'not an HTTP response: the first bytes were "\u0000\u0001\u0002"'),
         (b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n", True, 'not an HTTP response: the first bytes were "SSH-2.0-OpenSSH_9.2p1 Debian-2+d"...'),
         (b"H", True, "the head incomplete: the server closed after 1 byte"),
+        # And one that waits: told at once, not at the timeout.
+        (b"SSH-2.0-OpenSSH_9.2p1\r\n", False, 'not an HTTP response: the first bytes were "SSH-2.0-OpenSSH_9.2p1\\r\\n"'),
+        (b"ok", False, 'not an HTTP response: the first bytes were "ok"'),
         (b"HTTP/1.1 2OO OK\r\n\r\n", False, 'illegal status line: "HTTP/1.1 2OO OK"'),
         (b"HTTP/1.1 200 OK\r\n\x00\x01: \xff\r\n\r\n", False, r'illegal header line: "\u0000\u0001: \u00ff"'),
         (b"HTTP/1.1 200 OK\r\nX-" + b"a" * 40 + b"\r\n\r\n", False, 'illegal header line: "X-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"...'),
         (b"HTTP/1.1 100 Continue\r\n\r\n\x15\x03\x03", False, r'illegal status line: "\u0015\u0003\u0003"'),
     ],
-    ids=["ok", "control", "ssh", "H", "status-line", "header-line", "long-header-line", "after-interim"],
+    ids=["ok", "control", "ssh", "H", "ssh-waits", "ok-waits", "status-line", "header-line", "long-header-line", "after-interim"],
 )  # fmt: skip
 async def test_a_reply_h11_refuses_is_named_in_words(
     serve: Serve, autojump_clock: trio.testing.MockClock, sent: bytes, closed: bool, detail: str

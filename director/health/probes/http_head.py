@@ -118,11 +118,16 @@ def receive(conn: Connection, data: bytes) -> None:
     h11.RemoteProtocolError for a close before the final response's head
     (h11 would say "can't handle event type ConnectionClosed when
     role=SERVER and state=SEND_RESPONSE"): httpcore's DISCONNECTED when
-    nothing came, else the bytes that did (which `refusal` may say are not
-    HTTP)."""
-    if conn.received <= SHOWN:  # (one more: `quoted` says when there were more)
-        conn.first += data[: SHOWN + 1 - conn.received]
-    conn.received += len(data)
+    nothing came, else the bytes that did; at once for bytes that cannot
+    begin a response (not "HTTP/"), which `refusal` says are not HTTP."""
+    before, conn.received = conn.received, conn.received + len(data)
+    if before <= SHOWN:  # (one more: `quoted` says when there were more)
+        conn.first += data[: SHOWN + 1 - before]
+        if not b"HTTP/".startswith(conn.first[:5]):
+            # Every response starts so: a server that sent anything else
+            # and waits (an SSH banner on the port) is told at once, in
+            # `refusal`'s words, not at the timeout.
+            raise h11.RemoteProtocolError("not HTTP")
     if not data and conn.their_state is h11.SEND_RESPONSE:
         received = conn.received
         if not received:
