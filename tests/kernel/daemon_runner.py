@@ -216,8 +216,8 @@ class Daemon:
         with self._lock:
             return "\n".join(self.lines[-60:])
 
-    def events(self, name: str, **fields: object) -> list[dict[str, Any]]:
-        """Logged events called `name` whose fields include `fields`."""
+    def logged(self) -> list[dict[str, Any]]:
+        """Every event logged so far (the lines that are JSON objects)."""
         with self._lock:
             lines = list(self.lines)
         found = []
@@ -226,9 +226,13 @@ class Daemon:
                 event = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(event, dict) and event.get("event") == name and _has(event, fields):
+            if isinstance(event, dict):
                 found.append(event)
         return found
+
+    def events(self, name: str, **fields: object) -> list[dict[str, Any]]:
+        """Logged events called `name` whose fields include `fields`."""
+        return [e for e in self.logged() if e.get("event") == name and _has(e, fields)]
 
     def wait_event(self, name: str, timeout: float, **fields: object) -> dict[str, Any]:
         try:

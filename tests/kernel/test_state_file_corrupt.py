@@ -194,15 +194,7 @@ def sync_link(netns: str) -> Iterator[None]:
 
 def errors(daemon: Daemon) -> list[dict[str, Any]]:
     """Every logged event at level error or above."""
-    found = []
-    for line in list(daemon.lines):
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and event.get("level") in ("error", "critical"):
-            found.append(event)
-    return found
+    return [e for e in daemon.logged() if e.get("level") in ("error", "critical")]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
