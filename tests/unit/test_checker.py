@@ -3,7 +3,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import NamedTuple
@@ -15,6 +15,8 @@ from tcp_support import syn_dropping_port
 
 from director.health.checker import Checker, Target, next_start, validate_target
 from director.health.probes import probe_tcp
+from director.health.probes.tcp import Connects, destination
+from director.health.probes.watch import awaited
 from director.health.result import ProbeResult, Reason
 from director.health.spec import Check, ExecCheck, HttpCheck, TcpCheck, Timing, UdpCheck
 from director.health.state import Health, HealthState, Transition
@@ -610,25 +612,38 @@ def open_fds() -> int:
 async def test_the_tcp_probe_closes_its_socket_on_every_path(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
+    """Every socket is closed, or kept for the next probe (`Connects.kept`)
+    while its watcher runs; none is left when the watcher ends."""
     here = ip_address("127.0.0.1")
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     open_port = listeners[0].socket.getsockname()[1]
     async with listeners[0]:
         with syn_dropping_port() as dropping:
-            assert (await probe_tcp(tcp(), here, open_port)).ok  # opens the run's epoll set
             before = open_fds()
-            assert (await probe_tcp(tcp(), here, open_port)).ok
-            timed_out = await probe_tcp(tcp(timeout=3.0), here, dropping)
-            assert (timed_out.reason, timed_out.detail, timed_out.latency) == (Reason.TIMEOUT, "no connection within 3 s", 3.0)  # fmt: skip
-            with trio.move_on_after(0.5) as cancelled:
-                await probe_tcp(tcp(timeout=3.0), here, dropping)
-            assert cancelled.cancelled_caught
-            async with trio.open_nursery() as nursery:  # many at once, one epoll set
-                for _ in range(100):
-                    nursery.start_soon(probe_tcp, tcp(timeout=3.0), here, dropping)
-                    nursery.start_soon(probe_tcp, tcp(), here, open_port)
-                await trio.sleep(1.0)
-                nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as outer:
+                connects = Connects()  # its epoll set: one descriptor
+                outer.start_soon(connects.watch)
+
+                def probe(port: int, timeout: float = 1.0) -> Awaitable[ProbeResult]:
+                    return awaited(connects, destination(tcp(timeout=timeout), here, port))
+
+                assert (await probe(open_port)).ok
+                assert open_fds() == before + 1 + connects.kept == before + 2
+                timed_out = await probe(dropping, timeout=3.0)
+                assert (timed_out.reason, timed_out.detail, timed_out.latency) == (Reason.TIMEOUT, "no connection within 3 s", 3.0)  # fmt: skip
+                with trio.move_on_after(0.5) as cancelled:
+                    await probe(dropping, timeout=3.0)
+                assert cancelled.cancelled_caught
+                async with trio.open_nursery() as nursery:  # many at once, one epoll set
+                    for _ in range(100):
+                        nursery.start_soon(probe, dropping, 3.0)
+                        nursery.start_soon(probe, open_port)
+                    await trio.sleep(1.0)
+                    nursery.cancel_scope.cancel()
+                assert 1 <= connects.kept <= 100
+                assert open_fds() == before + 1 + connects.kept
+                outer.cancel_scope.cancel()
+            assert connects.kept == 0
             assert open_fds() == before
 
 

@@ -20,6 +20,7 @@ from director.health.probes.tcp import (
     destination,
     handshake_time,
 )
+from director.health.probes.watch import awaited
 from director.health.result import ProbeResult, Reason
 from director.health.spec import TcpCheck, Timing
 from director.ipvs.model import IPAddress
@@ -380,3 +381,36 @@ def test_arrival_is_the_datas_not_the_reads_and_never_before_it() -> None:
 def test_arrival_without_tcp_info_is_the_read() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         assert arrival(udp, 2.5) == 2.5
+
+
+@pytest.mark.parametrize("here", LOOPBACKS, ids=str)
+async def test_a_kept_socket_gives_each_probe_its_own_verdict(
+    autojump_clock: trio.testing.MockClock, here: IPAddress, closed_port: int
+) -> None:
+    """One socket, disconnected and connected again for each probe: a
+    refusal leaves no error for the next connect, a success no connection,
+    and each success is a new connection the server accepts."""
+    listeners = await trio.open_tcp_listeners(0, host=str(here))
+    open_port = listeners[0].socket.getsockname()[1]
+    accepted: list[tuple[str, int]] = []
+
+    async def accept() -> None:
+        while True:
+            conn, peer = await listeners[0].socket.accept()
+            accepted.append(peer[:2])
+            conn.close()
+
+    async with listeners[0], trio.open_nursery() as nursery:
+        nursery.start_soon(accept)
+        connects = Connects()
+        nursery.start_soon(connects.watch)
+        verdicts = []
+        for port in (open_port, closed_port, open_port, open_port, closed_port, closed_port, open_port):  # fmt: skip
+            result = await awaited(connects, destination(TcpCheck(), here, port))
+            verdicts.append(result.reason)
+            assert connects.kept == 1
+            await trio.sleep(0.1)
+        assert verdicts == [Reason.OK, Reason.REFUSED, Reason.OK, Reason.OK, Reason.REFUSED, Reason.REFUSED, Reason.OK]  # fmt: skip
+        assert len(accepted) == 4
+        assert len(set(accepted)) == 4  # a new local port for each connection
+        nursery.cancel_scope.cancel()

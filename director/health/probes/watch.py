@@ -197,6 +197,16 @@ class Watcher(Generic[T, P]):
         gives back the time the daemon's lag took."""
         return 0.0
 
+    def _arm(self, fd: int, events: int) -> None:
+        """Put a probe's socket in the epoll set for `events`."""
+        self._epoll.register(fd, events)
+
+    def _done_with(self, probe: P) -> None:
+        """The socket (if any) of a probe that has its verdict from the
+        kernel, by its event or at its start: closed (a subclass may keep
+        it for another probe)."""
+        self._close(probe)
+
     def _silence(self, probe: P, timeout: float) -> str:
         """A timeout's detail: what the probe waited for (attempt.py's
         `timed_out`), before its socket is closed."""
@@ -291,7 +301,7 @@ class Watcher(Generic[T, P]):
                 sock = probe.sock
                 assert sock is not None
                 fd = sock.fileno()
-                self._epoll.register(fd, opened)
+                self._arm(fd, opened)
                 self._pending[fd] = probe
                 deadline = started + timeout
                 self._sequence += 1
@@ -301,11 +311,13 @@ class Watcher(Generic[T, P]):
                     sleep.deadline = deadline
                 return
             probe.result = opened
+            self._done_with(probe)
         except OSError as exc:
             probe.result = network_failure(exc, 0.0, timeout)
+            self._close(probe)
         except Exception as exc:  # a probe can only fail: see contain.py
             probe.result = contained(exc, target.check, target.address, target.port, started, self._bugs)  # fmt: skip
-        self._close(probe)
+            self._close(probe)
         self._known.append(probe)
         if self._sleep is not None:
             self._sleep.deadline = -math.inf
@@ -428,7 +440,7 @@ class Watcher(Generic[T, P]):
         sock = probe.sock
         assert sock is not None
         del self._pending[sock.fileno()]
-        self._close(probe)
+        self._done_with(probe)
         self._deliver(probe, result)
 
     def _deliver(self, probe: P, result: ProbeResult) -> None:
