@@ -323,6 +323,22 @@ async def test_https_to_a_plain_http_port_says_so(serve: Callable[[Behaviour], A
     assert (result.ok, result.reason, result.detail) == (False, Reason.ERROR, detail)
 
 
+@pytest.mark.parametrize("reply", [b"", b"ok\n", b"\x16\x03"], ids=["nothing", "short text", "a record's start"])  # fmt: skip
+async def test_https_to_a_server_that_closes_during_the_handshake_says_so(
+    serve: Callable[[Behaviour], Awaitable[RawServer]], reply: bytes
+) -> None:
+    # Python's text for it was "TLS/SSL connection has been closed (EOF)
+    # (_ssl.c:992)".
+    async def short(stream: trio.SocketStream) -> None:
+        await stream.send_all(reply)
+
+    server = await serve(short)
+    check = HttpCheck(tls=True, verify_tls=False, timing=Timing(timeout=30.0))
+    result = await probe_quietly(check, server.port)
+    detail = "tls: the server closed the connection before the TLS handshake ended (no TLS on this port?)"  # fmt: skip
+    assert (result.ok, result.reason, result.detail) == (False, Reason.ERROR, detail)
+
+
 async def test_accept_then_reset(serve: Callable[[Behaviour], Awaitable[RawServer]]) -> None:  # fmt: skip
     async def reset(stream: trio.SocketStream) -> None:
         stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -163,6 +163,10 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _describe_tls_error(exc: ssl.SSLError) -> str:
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        # Python's own text: "TLS/SSL connection has been closed (EOF)
+        # (_ssl.c:992)".
+        return "the server closed the connection before the TLS handshake ended (no TLS on this port?)"  # fmt: skip
     for attribute in ("verify_message", "reason", "strerror"):
         text = getattr(exc, attribute, None)
         if text:
