@@ -304,6 +304,16 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return ticks / TICKS
 
 
+def machine_cpu_seconds() -> float:
+    """CPU time the whole machine spent busy (every CPU's user, nice,
+    system, irq, softirq and steal in /proc/stat), in seconds: where the
+    kernel charged a probe's packets (the sender's system call, a softirq,
+    the server's), all of it."""
+    first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in first[1:9])
+    return (user + nice + system + irq + softirq + steal) / TICKS
+
+
 def memory_kib(pids: Sequence[int], field: str) -> int:
     """Sum of a /proc/PID/status field (VmRSS, VmHWM) over `pids`, in KiB."""
     total = 0

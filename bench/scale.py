@@ -9,7 +9,11 @@ listening socket per port, bound to 0.0.0.0, accepts for all of them; forked
 sink processes accept and close, counting connections: the probe rate is that
 count over the measuring window. CPU % is utime+stime of the daemon's process
 tree over the window (100 % = one core); memory is VmRSS at the end and VmHWM
-(peak RSS), summed over the tree.
+(peak RSS), summed over the tree. "machine ms/probe" is the whole guest's busy
+CPU over the window (/proc/stat) a probe: the kernel charges a probe's
+packets to whichever process or softirq handles them (the daemon's connect
+and close, the sink's accept and close), so this counts all of it, the
+sink's and the bench's own (small) share included.
 
 `--only keepalived-alpha` (or all three, `--only directord --only keepalived
 --only keepalived-alpha`) adds keepalived with `alpha`: every real server
@@ -72,6 +76,7 @@ from common import (
     fork_sink,
     inside,
     listener,
+    machine_cpu_seconds,
     memory_kib,
     namespace,
     print_table,
@@ -158,6 +163,7 @@ class Measurement:
     hwm_mib: float
     fewest_in_table: int
     sink_cpu_percent: float
+    machine_cpu_percent: float = float("nan")  # the whole machine's busy CPU over the window
     engine: EngineFigures | None = None
 
     def probe_rate(self) -> float:
@@ -165,6 +171,9 @@ class Measurement:
 
     def cpu_ms_per_probe(self) -> float:
         return 10 * self.cpu_percent / self.probe_rate() if self.probes else float("nan")
+
+    def machine_ms_per_probe(self) -> float:
+        return 10 * self.machine_cpu_percent / self.probe_rate() if self.probes else float("nan")
 
 
 def wait_full(name: str, wanted: int, started: float, timeout: float) -> float | None:
@@ -308,9 +317,10 @@ def measure(
             full_after = wait_full(daemon.name, load.real_servers, started, fill_timeout)
             time.sleep(warmup)
             pids = descendants(daemon.pid)
-            cpu0, sink0, probes0, t0 = (
+            cpu0, sink0, machine0, probes0, t0 = (
                 cpu_seconds(pids),
                 cpu_seconds(sink_pids),
+                machine_cpu_seconds(),
                 counter.total(),
                 time.monotonic(),
             )
@@ -319,9 +329,10 @@ def measure(
                 time.sleep(min(2.0, max(0.0, window - (time.monotonic() - t0))))
                 fewest = min(fewest, destination_count())
             pids = descendants(daemon.pid)
-            cpu1, sink1, probes1, t1 = (
+            cpu1, sink1, machine1, probes1, t1 = (
                 cpu_seconds(pids),
                 cpu_seconds(sink_pids),
+                machine_cpu_seconds(),
                 counter.total(),
                 time.monotonic(),
             )
@@ -337,6 +348,7 @@ def measure(
                 hwm_mib=memory_kib(pids, "VmHWM") / 1024,
                 fewest_in_table=fewest,
                 sink_cpu_percent=100 * (sink1 - sink0) / elapsed,
+                machine_cpu_percent=100 * (machine1 - machine0) / elapsed,
             )
             print(
                 f"  {daemon.name}: {measurement.probe_rate():.0f} probes/s, "
@@ -376,6 +388,7 @@ def ratios(d: Measurement, k: Measurement) -> list[str]:
         else "",
         "",
         "",
+        ratio(d.machine_ms_per_probe(), k.machine_ms_per_probe()),
     ]
 
 
@@ -393,6 +406,7 @@ def report(load: Load, results: dict[str, Measurement]) -> None:
             f"{m.full_after:.1f}" if m.full_after is not None else "never",
             str(m.fewest_in_table),
             f"{m.sink_cpu_percent:.1f}",
+            f"{m.machine_ms_per_probe():.3f}",
         ]
 
     rows = [row(m) for m in results.values()]
@@ -419,6 +433,7 @@ def report(load: Load, results: dict[str, Measurement]) -> None:
             "full s",
             "min in table",
             "sink CPU %",
+            "machine ms/probe",
         ],
         rows,
     )

@@ -27,7 +27,8 @@ in one heap, and its `watch` task delivers each verdict to a callback: a
 probe costs one epoll_ctl and no task, no cancel scope and no wake-up of its
 own, and one wake-up serves every connect that completed meanwhile. A socket
 whose connect completed or failed is disconnected and kept for the next
-probe (`disconnector`): no socket(2), setsockopt(2) or close(2) a probe. The
+probe (watch.py's `disconnector`): no socket(2), setsockopt(2) or close(2) a
+probe. The
 checker starts its TCP probes this way (`Connects.start`), with no task per
 probe; `probe_tcp` is the same probe for one caller, awaited. Through
 `trio.lowlevel.wait_writable` under a cancel scope, each socket cost a failed
@@ -44,7 +45,6 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Protocol
@@ -85,10 +85,6 @@ _FLAGS = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 # check connections the same way. The server sees a connection that was
 # accepted and then reset, which is all a TCP check asks of it.
 _RST_ON_CLOSE = struct.pack("ii", 1, 0)
-# Disconnected sockets kept for the next probes, per family: a connect on one
-# saves its socket(2), setsockopt(2) and close(2), and the epoll_ctl ADD is a
-# MOD. Probes in flight at once rarely come near it; those past it close.
-KEEP_IDLE = 256
 _PENDING = (errno.EINPROGRESS, errno.EINTR)
 # An event with neither of these is a completed connect: no SO_ERROR to ask.
 _FAILED = select.EPOLLERR | select.EPOLLHUP
@@ -176,12 +172,13 @@ class Connects(Watcher[TcpDestination, _Connect]):
     the connect completes, or fails: EPOLLERR and EPOLLHUP always report),
     then stays disarmed. It is then disconnected and kept, in the set, for
     a later probe of the same family, which re-arms it (EPOLL_CTL_MOD), or
-    closed, which takes it out of the set. A probe that ends without its
+    closed, which takes it out of the set (watch.py's `Watcher._done_with`). A probe that ends without its
     event (deadline, cancel) takes its socket out at once and closes it:
     were the file kept open by a fork for a moment after our close, its
     entry could later wake whichever socket had reused the number."""
 
     _what = "TCP probes'"
+    _keeps_sockets = True
 
     def __init__(self, batch: int = 512, tick: float = 0.0) -> None:
         """`batch`: verdicts delivered between two checkpoints of `watch`.
@@ -191,27 +188,6 @@ class Connects(Watcher[TcpDestination, _Connect]):
         at a low rate, at most one tick late under load (its latency
         includes that wait)."""
         super().__init__(batch, tick)
-        # Sockets kept for the next probes, disconnected, by family; and the
-        # sockets (kept or in use) in the epoll set, which a kept socket
-        # stays in, disarmed, between its probes.
-        self._idle: dict[int, list[_socket.socket]] = {socket.AF_INET: [], socket.AF_INET6: []}
-        self._in_set: set[int] = set()
-        self._disconnect = disconnector()
-
-    @property
-    def kept(self) -> int:
-        """Sockets kept for the next probes (open, not in use)."""
-        return sum(len(idle) for idle in self._idle.values())
-
-    async def watch(self) -> None:
-        try:
-            await super().watch()
-        finally:
-            for idle in self._idle.values():
-                for sock in idle:
-                    sock.close()
-                idle.clear()
-            self._in_set.clear()
 
     def _new(self, target: TcpDestination, done: ProbeDone) -> _Connect:
         # Probe itself, not the alias: calling a generic alias costs a
@@ -220,10 +196,8 @@ class Connects(Watcher[TcpDestination, _Connect]):
 
     def _open(self, probe: _Connect) -> int | ProbeResult:
         target = probe.target
-        idle = self._idle[target.family]
-        if idle:
-            sock = probe.sock = idle.pop()
-        else:
+        sock = probe.sock = self._kept_socket(target.family)
+        if sock is None:
             # The C type itself: socket.socket's Python __init__ and close()
             # cost about 3 µs a probe on the host.
             sock = probe.sock = _socket.socket(target.family, _FLAGS)
@@ -235,38 +209,6 @@ class Connects(Watcher[TcpDestination, _Connect]):
 
     def _silence(self, probe: _Connect, timeout: float) -> str:
         return timed_out(CONNECT, timeout)
-
-    def _arm(self, fd: int, events: int) -> None:
-        in_set = self._in_set
-        if fd in in_set:  # a kept socket, disarmed since its last event
-            self._epoll.modify(fd, events)
-        else:
-            self._epoll.register(fd, events)
-            in_set.add(fd)
-
-    def _done_with(self, probe: _Connect) -> None:
-        """Keep the socket for another probe when it can be disconnected
-        (`disconnector`: a connected one is reset, as its close would), else
-        close it. Only here: its one-shot event came, or its connect
-        failed at once, so it is out of the set or in it disarmed. A socket
-        whose probe ended otherwise (deadline, cancel) may still report,
-        and is closed."""
-        sock = probe.sock
-        if sock is None:
-            return
-        idle = self._idle[sock.family]
-        if len(idle) < KEEP_IDLE and self._disconnect(sock.fileno()):
-            idle.append(sock)
-            probe.sock = None
-        else:
-            self._close(probe)
-
-    def _close(self, probe: _Connect) -> None:
-        sock = probe.sock
-        if sock is not None:
-            self._in_set.discard(sock.fileno())
-            sock.close()
-            probe.sock = None
 
     def _handle(self, probe: _Connect, flags: int, now: float) -> None:
         sock = probe.sock
@@ -283,32 +225,6 @@ class Connects(Watcher[TcpDestination, _Connect]):
             timeout = probe.target.check.timing.timeout
             result = _verdict(code, min(elapsed, timeout), timeout)
         self._finish(probe, result)
-
-
-def disconnector() -> Callable[[int], bool]:
-    """A function that ends the TCP connection of socket `fd` and keeps
-    the socket for a new connect, and says whether it did (False: close
-    it). It calls connect(2) with an address of family AF_UNSPEC, through
-    libc, as Python's own connect takes only its family's addresses: the
-    kernel resets a connected socket (a RST, as a close with SO_LINGER 0
-    sends) and leaves it unbound for a new connect
-    (`__inet_stream_connect`, net/ipv4/af_inet.c). `tcp_disconnect`
-    (net/ipv4/tcp.c) clears the old connection's counters, TCP_INFO's
-    retransmits and round trip among them (since Linux 5.5), and the new
-    connect the error the reset left (`tcp_connect_init`, tcp_output.c).
-    Where libc cannot be called, it always fails."""
-    try:
-        import ctypes
-
-        connect = ctypes.CDLL(None).connect
-    except (ImportError, OSError, AttributeError):
-        return lambda fd: False
-    unspec = ctypes.create_string_buffer(16)  # struct sockaddr, sa_family 0
-
-    def disconnect(fd: int) -> bool:
-        return bool(connect(fd, unspec, 16) == 0)
-
-    return disconnect
 
 
 def handshake_time(sock: _socket.socket, elapsed: float) -> float:

@@ -43,6 +43,7 @@ __all__ = [
     "Target",
     "Watcher",
     "awaited",
+    "disconnector",
     "nap",
     "nap_until",
     "network_failure",
@@ -65,6 +66,11 @@ READS_A_TICK = 2
 # Events `read_now` handles at most: it runs in the starter's task, with no
 # checkpoint (a busy watcher reads in its own rounds).
 READ_NOW = 16
+# Disconnected sockets kept for the next probes, per family (`disconnector`):
+# a connect on one saves its socket(2) and close(2) (and setsockopt(2)), and
+# its epoll_ctl ADD. Probes done at once rarely come near it; those past it
+# close.
+KEEP_IDLE = 256
 
 
 class Target(Protocol):
@@ -119,6 +125,10 @@ class Watcher(Generic[T, P]):
     runs."""
 
     _what = "probes'"  # the subclass's name for its probes, in errors
+    # Whether `_done_with` keeps sockets for later probes: for a subclass
+    # that registers them EPOLLONESHOT and takes them in `_open`
+    # (`_kept_socket`).
+    _keeps_sockets = False
 
     def __init__(self, batch: int = 512, tick: float = 0.0) -> None:
         """`batch`: events handled between two checkpoints of `watch`.
@@ -136,6 +146,12 @@ class Watcher(Generic[T, P]):
         self._sleep: trio.CancelScope | None = None
         self._bugs = BugLog()
         self._closed = False
+        # Sockets kept for the next probes, disconnected, by family; and the
+        # sockets (kept or in use) in the epoll set, where a kept socket
+        # stays between its probes.
+        self._idle: dict[int, list[_socket.socket]] = {socket.AF_INET: [], socket.AF_INET6: []}
+        self._in_set: set[int] = set()
+        self._disconnect = disconnector()
         self._slice_end = 0.0  # when `watch` next checkpoints (time.perf_counter)
         # With a tick: the multiple of it after the last round, and how many
         # rounds went since the one before it (`_wait`).
@@ -152,6 +168,11 @@ class Watcher(Generic[T, P]):
     def in_flight(self) -> int:
         """Probes begun whose verdict has not been read yet."""
         return len(self._pending)
+
+    @property
+    def kept(self) -> int:
+        """Sockets kept for the next probes (open, not in use)."""
+        return sum(len(idle) for idle in self._idle.values())
 
     def start(self, target: T, done: ProbeDone) -> P:
         """Begin one probe; `done(result)` is called later from `watch`,
@@ -197,15 +218,42 @@ class Watcher(Generic[T, P]):
         gives back the time the daemon's lag took."""
         return 0.0
 
+    def _kept_socket(self, family: int) -> _socket.socket | None:
+        """A socket kept for a new probe (`_done_with`), for `_open` to
+        connect, or None: then `_open` makes one."""
+        idle = self._idle[family]
+        return idle.pop() if idle else None
+
     def _arm(self, fd: int, events: int) -> None:
-        """Put a probe's socket in the epoll set for `events`."""
-        self._epoll.register(fd, events)
+        """Put a probe's socket in the epoll set for `events`; a kept
+        socket, in it already but disarmed (`_done_with`), is re-armed."""
+        in_set = self._in_set
+        if fd in in_set:
+            self._epoll.modify(fd, events)
+        else:
+            self._epoll.register(fd, events)
+            in_set.add(fd)
 
     def _done_with(self, probe: P) -> None:
         """The socket (if any) of a probe that has its verdict from the
-        kernel, by its event or at its start: closed (a subclass may keep
-        it for another probe)."""
-        self._close(probe)
+        kernel, by its event or at its start: disconnected and kept for
+        another probe (`disconnector`: a connected one is reset, as a close
+        with SO_LINGER 0 would), else closed. Only here: the kernel is done
+        with it, and its one-shot registration disarmed by that event (all
+        events, EPOLLHUP and EPOLLERR included: the disconnect's own, which
+        epoll_ctl(2) adds to every registration, wake nothing). Only for a
+        subclass that registers EPOLLONESHOT (`_keeps_sockets`). A socket
+        whose probe ended otherwise (deadline, cancel) may still report; it
+        is taken out of the set and closed (`_forget`)."""
+        sock = probe.sock
+        if sock is None:
+            return
+        idle = self._idle[sock.family]
+        if self._keeps_sockets and len(idle) < KEEP_IDLE and self._disconnect(sock.fileno()):
+            idle.append(sock)
+            probe.sock = None
+        else:
+            self._close(probe)
 
     def _silence(self, probe: P, timeout: float) -> str:
         """A timeout's detail: what the probe waited for (attempt.py's
@@ -419,6 +467,11 @@ class Watcher(Generic[T, P]):
             self._known.clear()
             self._again.clear()
             deferred.clear()
+            for idle in self._idle.values():
+                for sock in idle:
+                    sock.close()
+                idle.clear()
+            self._in_set.clear()
             epoll.close()
 
     async def _slice_over(self) -> None:
@@ -430,7 +483,8 @@ class Watcher(Generic[T, P]):
             self._slice_end = time.perf_counter() + SLICE
 
     def _finish(self, probe: P, result: ProbeResult) -> None:
-        """Close a registered probe's socket and deliver its verdict.
+        """Done with a registered probe's socket (`_done_with`), and deliver
+        its verdict.
 
         Closed without EPOLL_CTL_DEL: close(2) takes the socket out of the
         set. Were its file kept open a moment longer by a fork (an exec
@@ -459,9 +513,37 @@ class Watcher(Generic[T, P]):
         self._close(probe)
 
     def _close(self, probe: P) -> None:
-        if probe.sock is not None:
-            probe.sock.close()
+        sock = probe.sock
+        if sock is not None:
+            self._in_set.discard(sock.fileno())
+            sock.close()
             probe.sock = None
+
+
+def disconnector() -> Callable[[int], bool]:
+    """A function that ends the TCP connection of socket `fd` and keeps
+    the socket for a new connect, and says whether it did (False: close
+    it). It calls connect(2) with an address of family AF_UNSPEC, through
+    libc, as Python's own connect takes only its family's addresses: the
+    kernel resets a connected socket (a RST, as a close with SO_LINGER 0
+    sends) and leaves it unbound for a new connect
+    (`__inet_stream_connect`, net/ipv4/af_inet.c). `tcp_disconnect`
+    (net/ipv4/tcp.c) clears the old connection's counters, TCP_INFO's
+    retransmits and round trip among them (since Linux 5.5), and the new
+    connect the error the reset left (`tcp_connect_init`, tcp_output.c).
+    Where libc cannot be called, it always fails."""
+    try:
+        import ctypes
+
+        connect = ctypes.CDLL(None).connect
+    except (ImportError, OSError, AttributeError):
+        return lambda fd: False
+    unspec = ctypes.create_string_buffer(16)  # struct sockaddr, sa_family 0
+
+    def disconnect(fd: int) -> bool:
+        return bool(connect(fd, unspec, 16) == 0)
+
+    return disconnect
 
 
 async def nap(scope: trio.CancelScope) -> None:
