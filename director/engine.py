@@ -63,7 +63,7 @@ from director import log, statefile
 from director.bgp import BgpKeeper, Speaker, prefix
 from director.config import Config, ConfigError, RealServerId, load_config, service_label
 from director.config.lines import key_lines
-from director.config.model import VirtualServer
+from director.config.model import VirtualServer, service_changes
 from director.config.toml import literal
 from director.desired import (
     DesiredService,
@@ -194,6 +194,9 @@ class ReloadSummary:
     real_servers_removed: tuple[RealServerId, ...]
     real_servers_changed: tuple[RealServerId, ...]
     operations: tuple[Operation, ...]
+    # Services in both configs whose own settings changed, each with what
+    # changed (`service_changes`).
+    services_changed: tuple[tuple[ServiceKey, tuple[str, ...]], ...] = ()
     # What else the reload changed at once: sync daemons, VIPs on their
     # interfaces, BGP announcements; each as its log event's fields.
     others: tuple[dict[str, object], ...] = ()
@@ -1290,6 +1293,7 @@ class Director:
             real_servers_added=tuple(t for t in new_targets if t not in old_targets),
             real_servers_removed=tuple(t for t in old_targets if t not in new_targets),
             real_servers_changed=_real_servers_changed(old, new, changed),
+            services_changed=_services_changed(old, new, changed),
             operations=tuple(operations),
             others=tuple(others),
             cpu=parse_cpu + time.thread_time() - began,
@@ -1298,6 +1302,7 @@ class Director:
             "reloaded",
             services_added=[service_label(k) for k in summary.services_added],
             services_removed=[service_label(k) for k in summary.services_removed],
+            services_changed={service_label(k): list(c) for k, c in summary.services_changed},
             real_servers_added=_by_service(summary.real_servers_added),
             real_servers_removed=_by_service(summary.real_servers_removed),
             real_servers_changed=_by_service(summary.real_servers_changed),
@@ -1415,6 +1420,19 @@ def _real_servers_changed(
         if vs.key in changed
         for rs in vs.real_servers
         if (rid := vs.real_server_id(rs)) in before and before[rid] != rs
+    )
+
+
+def _services_changed(
+    old: Config, new: Config, changed: Set[ServiceKey]
+) -> tuple[tuple[ServiceKey, tuple[str, ...]], ...]:
+    """The `changed` services in both configs whose own settings differ,
+    with what changed (`service_changes`), in the new config's order."""
+    before = {vs.key: vs for vs in old.virtual_servers if vs.key in changed}
+    return tuple(
+        (vs.key, changes)
+        for vs in new.virtual_servers
+        if vs.key in before and (changes := service_changes(before[vs.key], vs))
     )
 
 

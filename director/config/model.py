@@ -8,9 +8,11 @@ that the rest of the daemon never re-reads TOML.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+import socket
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 
+from director.config.toml import literal
 from director.health.spec import Check, TcpCheck
 from director.ipvs.model import (
     Destination,
@@ -369,3 +371,44 @@ NO_SERVICE = (
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+# How `service_changes` shows a setting's value: the settings of a virtual
+# server that are not one value are named alone.
+_SCHEDULER_FLAG_NAMES = {
+    "sh": ((ServiceFlags.SCHED1, "sh-fallback"), (ServiceFlags.SCHED2, "sh-port")),
+    "mh": ((ServiceFlags.SCHED1, "mh-fallback"), (ServiceFlags.SCHED2, "mh-port")),
+}
+_FLAG_NAMES = ((ServiceFlags.SCHED1, "flag-1"), (ServiceFlags.SCHED2, "flag-2"), (ServiceFlags.SCHED3, "flag-3"))  # fmt: skip
+
+
+def service_changes(old: VirtualServer, new: VirtualServer) -> tuple[str, ...]:
+    """What differs in a virtual server's own settings (its real servers
+    aside), each as the config writes it: `scheduler "wlc" -> "wrr"`,
+    `persistent 600 -> 1200`, `persistent_netmask 24 -> 16`,
+    `scheduler_flags ["sh-port"] -> []`; a setting of several values (the
+    check, the sorry server) by its name alone: `check`."""
+    changes = []
+    for setting in fields(VirtualServer):
+        name = setting.name
+        before, after = getattr(old, name), getattr(new, name)
+        if name in ("key", "real_servers") or before == after:
+            continue
+        shown = _setting_text(name, old, before), _setting_text(name, new, after)
+        changes.append(name if None in shown else f"{name} {shown[0]} -> {shown[1]}")
+    return tuple(changes)
+
+
+def _setting_text(name: str, vs: VirtualServer, value: object) -> str | None:
+    if value is None:
+        return "(none)"
+    if name == "scheduler_flags":
+        assert isinstance(value, ServiceFlags)
+        names = _SCHEDULER_FLAG_NAMES.get(vs.scheduler, _FLAG_NAMES)
+        return literal([word for bit, word in names if value & bit])
+    if name == "persistent_netmask" and vs.key.family == socket.AF_INET:
+        assert isinstance(value, int)
+        return str(value.bit_count())  # the mask as its prefix length
+    if isinstance(value, enum.Enum):
+        value = value.value
+    return literal(value) if isinstance(value, str | int | float) else None

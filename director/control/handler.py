@@ -875,6 +875,7 @@ def reload_text(summary: ReloadSummary) -> str:
     lines = [
         *(f"+ service {describe_service(k)}" for k in summary.services_added),
         *(f"- service {describe_service(k)}" for k in summary.services_removed),
+        *(f"~ service {describe_service(k)}: {', '.join(c)}" for k, c in summary.services_changed),
         *(f"+ real server {_rid(r)}" for r in summary.real_servers_added),
         *(f"- real server {_rid(r)}" for r in summary.real_servers_removed),
         *(f"~ real server {_rid(r)}" for r in summary.real_servers_changed),
@@ -889,6 +890,7 @@ def reload_data(summary: ReloadSummary) -> dict[str, object]:
     return {
         "services_added": [describe_service(k) for k in summary.services_added],
         "services_removed": [describe_service(k) for k in summary.services_removed],
+        "services_changed": {describe_service(k): list(c) for k, c in summary.services_changed},
         "real_servers_added": [_rid(r) for r in summary.real_servers_added],
         "real_servers_removed": [_rid(r) for r in summary.real_servers_removed],
         "real_servers_changed": [_rid(r) for r in summary.real_servers_changed],

@@ -296,6 +296,37 @@ address = "10.0.2.1:53"
         nursery.cancel_scope.cancel()
 
 
+async def test_a_reload_that_changes_a_service_says_what_changed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Operator trial (stop 27): a reload that changed a scheduler, a
+    persistence timeout and a netmask listed only real servers, and
+    `reloaded` had no word of the services."""
+    from director.control.handler import reload_data, reload_text
+
+    backend = MemoryBackend()
+    director = make_director(backend, FakeNetwork("10.0.1.1", "10.0.1.2"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await trio.sleep(2.1)
+        first = CONFIG.replace('scheduler = "rr"', 'scheduler = "rr"\npersistent = 600\npersistent_netmask = 24')  # fmt: skip
+        await director.exclusive(lambda: director.reload(parse_config(first)))
+        changed = first.replace('scheduler = "rr"', 'scheduler = "sh"\nscheduler_flags = ["sh-port"]')  # fmt: skip
+        changed = changed.replace("persistent = 600", "persistent = 1200").replace("persistent_netmask = 24", "persistent_netmask = 16")  # fmt: skip
+        with structlog.testing.capture_logs() as logs:
+            summary = await director.exclusive(lambda: director.reload(parse_config(changed)))
+        what = ('scheduler "rr" -> "sh"', "persistent 600 -> 1200", "persistent_netmask 24 -> 16", 'scheduler_flags [] -> ["sh-port"]')  # fmt: skip
+        assert summary.services_changed == ((VIP, what),)
+        line = '~ service tcp:10.0.0.1:80: scheduler "rr" -> "sh", persistent 600 -> 1200, persistent_netmask 24 -> 16, scheduler_flags [] -> ["sh-port"]\n'  # fmt: skip
+        assert line in reload_text(summary)
+        assert reload_data(summary)["services_changed"] == {"tcp:10.0.0.1:80": list(what)}
+        (reloaded,) = [e for e in logs if e["event"] == "reloaded"]
+        assert reloaded["services_changed"] == {"TCP 10.0.0.1:80": list(what)}
+        (service,) = [e.service for e in backend.services() if e.service.key == VIP]
+        assert (service.scheduler, service.timeout) == ("sh", 1200)
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_reload_that_changes_a_weight_names_the_real_server(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
