@@ -304,6 +304,18 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return ticks / TICKS
 
 
+def _daemon_env(**extra: str) -> dict[str, str]:
+    """The environment directord starts in: this one, with
+    $DIRECTOR_BENCH_SOURCE (a checkout of another commit, e.g. a `git
+    worktree`) first on PYTHONPATH, to run that tree's daemon beside
+    keepalived in the same boot."""
+    env = dict(os.environ, **extra)
+    source = os.environ.get("DIRECTOR_BENCH_SOURCE")
+    if source:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def machine_cpu_seconds() -> float:
     """CPU time the whole machine spent busy (every CPU's user, nice,
     system, irq, softirq and steal in /proc/stat), in seconds: where the
@@ -489,7 +501,7 @@ class Directord(BenchProcess):
                 cwd=REPO,
                 stdout=log,
                 stderr=log,
-                env=dict(os.environ, NOTIFY_SOCKET=str(notify_path)),
+                env=_daemon_env(NOTIFY_SOCKET=str(notify_path)),
             )
             log.close()
             # One deadline for the whole start: the daemon's start-up

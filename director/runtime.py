@@ -39,7 +39,7 @@ from director.config import (
     parse_endpoint,
 )
 from director.desired import AdminState
-from director.health.checker import target_problem, validate_target
+from director.health.checker import target_problem
 from director.health.spec import Check
 from director.ipvs.errors import IPVSError, error_for
 from director.ipvs.facts import (
@@ -61,6 +61,7 @@ from director.ipvs.model import (
     Timeouts,
     TunnelType,
     endpoint,
+    service_label,
 )
 from director.ipvs.ops import (
     AddDestination,
@@ -491,6 +492,22 @@ class LayerBuilder:
         vs = None if key in self._deleted_services else self._file.get(key)
         return self.config.control.runtime_check if vs is None else vs.check
 
+    def _not_checkable(self, rid: RealServerId, problem: str) -> str:
+        """Why real server `rid` cannot be added: its check (`_check`) has
+        `problem` with it; the message names the server, its service, and
+        the setting that gives its check."""
+        key = rid.service
+        vs = None if key in self._deleted_services else self._file.get(key)
+        where = (
+            "[control] runtime_check (for services added at runtime)"
+            if vs is None
+            else "the service's, in the config file"
+        )
+        return (
+            f"cannot health-check real server {endpoint(rid.address, rid.port)} of "
+            f"{service_label(key)}: {problem}; its check is {where}"
+        )
+
     def _config_server(self, rid: RealServerId) -> RealServer | None:
         """The config file's definition of `rid`, if its service is the
         file's (not deleted at runtime)."""
@@ -589,11 +606,9 @@ class LayerBuilder:
                     return error_for(errno.EINVAL, name)
                 if configured is None:
                     target = (self._check(key), destination.address, destination.port)
-                    if target_problem(target, self._checks) is not None:
-                        try:
-                            validate_target(rid, target)
-                        except ValueError as error:
-                            return NotCheckable(f"{error}")
+                    problem = target_problem(target, self._checks)
+                    if problem is not None:
+                        return NotCheckable(self._not_checkable(rid, problem))
             case DeleteDestination(key, address, port):
                 if key not in self._keys:
                     return error_for(errno.ESRCH, name)

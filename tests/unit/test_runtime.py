@@ -259,8 +259,14 @@ def test_by_default_names_the_facts_do_not_know_are_not_found(op: Operation, mes
 
 
 def test_a_server_without_a_port_to_probe_is_refused_with_the_reason() -> None:
+    """In words, naming the server, its service and where its check is set
+    (operator trial, stop 27: it was the target's repr)."""
     message = refusal(EMPTY, AddDestination(VIP, dest("10.0.1.7", port=0)))
-    assert "no port to probe" in message
+    assert message == (
+        "cannot health-check real server 10.0.1.7:0 of TCP 10.0.0.1:80: no port to probe "
+        "(the server's port is 0; set the check's port); its check is the service's, "
+        "in the config file"
+    )
 
 
 # -- deleting what the config defines, and adding it back ----------------------
