@@ -226,20 +226,25 @@ class Checker(Generic[K]):
     def _change(self, targets: Mapping[K, Target], gone: Iterable[K]) -> None:
         """Stop checking `gone`, and check `targets` (valid): a key whose
         target is unchanged keeps its probe and schedule; one whose target
-        changed keeps its health under the new target's probe."""
+        changed keeps its health under the new target's probe. A new key
+        whose target is probed for a key this change drops (a service
+        renamed, a server moved to another service) takes that probe, its
+        schedule and that key's health: the same server, checked the same
+        way. One that joins a probe other keys keep starts its own health
+        (`adopt` may make keys of one probe judge alike results apart)."""
         slots = self._slots
+        emptied: dict[Target, HealthState] = {}  # probes left without a key, for now
         for key in gone:
-            self._leave(key, slots.pop(key))
+            self._leave(key, slots.pop(key), emptied)
         kept: dict[K, HealthState] = {}
         for key, target in targets.items():
             slot = slots.get(key)
             if slot is not None and slot.target != target:
                 del slots[key]
-                self._leave(key, slot)
+                self._leave(key, slot, emptied)
                 kept[key] = slot.state
-        # Joined after every leave, in the caller's order: a probe that the
-        # change empties goes before a key that wants its target joins it,
-        # and a seeded generator draws the same schedule every time.
+        # Joined after every leave, in the caller's order: a seeded
+        # generator draws the same schedule every time.
         schedule, probes = self._schedule, self._probes
         now = trio.current_time() if schedule is not None else None
         fresh = HealthState() if now is None else HealthState(since=now)  # shared: frozen
@@ -247,18 +252,24 @@ class Checker(Generic[K]):
         for key, target in targets.items():
             if key in slots:
                 continue
+            probe = probes.get(target)
             # A changed check keeps what is known of the server: a reload
             # that only retimes a check must not make it unknown.
-            state = kept.get(key, fresh)
+            state = kept.get(key)
+            if state is None:
+                state = emptied.pop(target, fresh) if probe is not None else fresh
             if now is not None and state.last is None and state.since != now:
                 state = replace(state, since=now)
             slot = slots[key] = _Slot(target, state)
-            probe = probes.get(target)
             if probe is None:
                 probe = probes[target] = self._new_probe(target)
                 if schedule is not None:
                     earliest = min(earliest, self._schedule_new(schedule, probe))
             probe.join(key, slot)
+        for target in emptied:
+            probe = probes[target]
+            if probe.slot is None:
+                self._drop(probe)
         if earliest < math.inf:
             self._wake_by(earliest)
 
@@ -332,11 +343,16 @@ class Checker(Generic[K]):
                 probe.owner = self
         return probe
 
-    def _leave(self, key: K, slot: _Slot) -> None:
-        probe = self._probes[slot.target]
-        if not probe.leave(key):
-            return
-        del self._probes[slot.target]
+    def _leave(self, key: K, slot: _Slot, emptied: dict[Target, HealthState]) -> None:
+        """`key` no longer checks its target. A probe left without a key
+        goes into `emptied` with the key's health, kept (scheduled, and
+        running if it is) for a key of the same change to take; the caller
+        drops it (`_drop`) if none does."""
+        if self._probes[slot.target].leave(key):
+            emptied[slot.target] = slot.state
+
+    def _drop(self, probe: _Probe[K]) -> None:
+        del self._probes[probe.target]
         if self._schedule is not None:
             self._schedule.remove(probe)
         if probe.cancel_scope is not None:

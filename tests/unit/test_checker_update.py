@@ -141,6 +141,31 @@ async def test_a_shared_probe_stays_right_as_its_keys_leave_one_by_one(
     assert [t for t, _, port in servers.calls if port == 80] == pytest.approx(grid)
 
 
+@pytest.mark.parametrize("how", ["set_targets", "update_targets"])
+async def test_a_key_renamed_in_one_change_keeps_the_probe_and_its_health(
+    checker: Checker[str], servers: FakeServers, nursery: trio.Nursery, clock: object, how: str
+) -> None:
+    """A service renamed (fwmark 2 -> 12, a reload): its servers' keys go
+    and new ones come for the same (check, address, port) in one change.
+    They keep the probe, its grid, and the health (operator trial, stop 27:
+    unknown until a new probe, the service briefly without servers)."""
+    check = tcp(interval=2.0)
+    checker.set_targets({"fwm2/a": (check, A, 80)})
+    await nursery.start(checker.run)
+    await trio.sleep_until(7.0)
+    before = checker.state("fwm2/a")
+    assert before.status is Health.UP
+    if how == "set_targets":
+        checker.set_targets({"fwm12/a": (check, A, 80)})
+    else:
+        checker.update_targets({"fwm12/a": (check, A, 80)}, remove=["fwm2/a"])
+    assert checker.state("fwm12/a") == before
+    await trio.sleep_until(12.0)
+    [j] = jitters(1, 2.0)
+    assert servers.starts(A) == pytest.approx([j + 2.0 * n for n in range(6)])
+    assert checker.state("fwm12/a").successes_in_row == 6
+
+
 async def test_a_bad_update_changes_nothing(checker: Checker[str], clock: object) -> None:
     checker.update_targets({"a": (tcp(), A, 80)})
     good: Target = (tcp(), B, 80)
