@@ -111,6 +111,19 @@ class SorryServer:
         return Destination(self.address, self.port, self.forward, self.weight)
 
 
+# scheduler_flags' names: each flag and the scheduler it is for (None: any
+# scheduler; the kernel's IP_VS_SVC_F_SCHED1..3, named as ipvsadm names them).
+SCHEDULER_FLAGS: dict[str, tuple[ServiceFlags, str | None]] = {
+    "sh-fallback": (ServiceFlags.SCHED1, "sh"),
+    "sh-port": (ServiceFlags.SCHED2, "sh"),
+    "mh-fallback": (ServiceFlags.SCHED1, "mh"),
+    "mh-port": (ServiceFlags.SCHED2, "mh"),
+    "flag-1": (ServiceFlags.SCHED1, None),
+    "flag-2": (ServiceFlags.SCHED2, None),
+    "flag-3": (ServiceFlags.SCHED3, None),
+}
+
+
 @dataclass(frozen=True)
 class VirtualServer:
     """A [[virtual_server]]: one virtual service (its kernel settings: `service()`),
@@ -373,15 +386,6 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-# How `service_changes` shows a setting's value: the settings of a virtual
-# server that are not one value are named alone.
-_SCHEDULER_FLAG_NAMES = {
-    "sh": ((ServiceFlags.SCHED1, "sh-fallback"), (ServiceFlags.SCHED2, "sh-port")),
-    "mh": ((ServiceFlags.SCHED1, "mh-fallback"), (ServiceFlags.SCHED2, "mh-port")),
-}
-_FLAG_NAMES = ((ServiceFlags.SCHED1, "flag-1"), (ServiceFlags.SCHED2, "flag-2"), (ServiceFlags.SCHED3, "flag-3"))  # fmt: skip
-
-
 def service_changes(old: VirtualServer, new: VirtualServer) -> tuple[str, ...]:
     """What differs in a virtual server's own settings (its real servers
     aside), each as the config writes it: `scheduler "wlc" -> "wrr"`,
@@ -404,8 +408,8 @@ def _setting_text(name: str, vs: VirtualServer, value: object) -> str | None:
         return "(none)"
     if name == "scheduler_flags":
         assert isinstance(value, ServiceFlags)
-        names = _SCHEDULER_FLAG_NAMES.get(vs.scheduler, _FLAG_NAMES)
-        return literal([word for bit, word in names if value & bit])
+        owner = vs.scheduler if vs.scheduler in ("sh", "mh") else None
+        return literal([n for n, (bit, o) in SCHEDULER_FLAGS.items() if o == owner and value & bit])
     if name == "persistent_netmask" and vs.key.family == socket.AF_INET:
         assert isinstance(value, int)
         return str(value.bit_count())  # the mask as its prefix length

@@ -26,6 +26,7 @@ from director.config.bgp import bgp_service_problem, parse_bgp
 from director.config.checks import merge_check, parse_check
 from director.config.lines import key_lines
 from director.config.model import (
+    SCHEDULER_FLAGS,
     SUN_PATH_MAX,
     BgpSettings,
     Config,
@@ -87,16 +88,6 @@ _TUN_CHECKSUMS = {
     "nocsum": TunnelFlags.NOCSUM,
     "csum": TunnelFlags.CSUM,
     "remcsum": TunnelFlags.REMCSUM,
-}
-# (flag, the scheduler it belongs to or None for any)
-_SCHEDULER_FLAGS: dict[str, tuple[ServiceFlags, str | None]] = {
-    "sh-fallback": (ServiceFlags.SCHED1, "sh"),
-    "sh-port": (ServiceFlags.SCHED2, "sh"),
-    "mh-fallback": (ServiceFlags.SCHED1, "mh"),
-    "mh-port": (ServiceFlags.SCHED2, "mh"),
-    "flag-1": (ServiceFlags.SCHED1, None),
-    "flag-2": (ServiceFlags.SCHED2, None),
-    "flag-3": (ServiceFlags.SCHED3, None),
 }
 _ENDPOINT = re.compile(
     r"\[(?P<v6>[^\]]+)\](?::(?P<v6port>[^:]*))?|(?P<v4>[^:]+)(?::(?P<v4port>.*))?"
@@ -791,10 +782,10 @@ def _scheduler_flags(table: Table, scheduler: str) -> ServiceFlags:
         return flags
     for i, name in enumerate(raw):
         where = f"{table.where('scheduler_flags')}[{i}]"
-        if not isinstance(name, str) or name not in _SCHEDULER_FLAGS:
-            table.problems.add(where, f"unknown flag (known: {', '.join(_SCHEDULER_FLAGS)})", name)
+        if not isinstance(name, str) or name not in SCHEDULER_FLAGS:
+            table.problems.add(where, f"unknown flag (known: {', '.join(SCHEDULER_FLAGS)})", name)
             continue
-        flag, owner = _SCHEDULER_FLAGS[name]
+        flag, owner = SCHEDULER_FLAGS[name]
         if owner is not None and owner != scheduler:
             table.problems.add(where, f"only for the {owner} scheduler, not {scheduler}", name)
         flags |= flag

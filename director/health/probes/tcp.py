@@ -28,8 +28,7 @@ probe costs one epoll_ctl and no task, no cancel scope and no wake-up of its
 own, and one wake-up serves every connect that completed meanwhile. A socket
 whose connect completed or failed is disconnected and kept for the next
 probe (watch.py's `disconnector`): no socket(2), setsockopt(2) or close(2) a
-probe. The
-checker starts its TCP probes this way (`Connects.start`), with no task per
+probe. The checker starts its TCP probes this way (`Connects.start`), with no task per
 probe; `probe_tcp` is the same probe for one caller, awaited. Through
 `trio.lowlevel.wait_writable` under a cancel scope, each socket cost a failed
 EPOLL_CTL_MOD (trio tries MOD, then ADD: an exception each time), a wake-up
@@ -172,8 +171,9 @@ class Connects(Watcher[TcpDestination, _Connect]):
     the connect completes, or fails: EPOLLERR and EPOLLHUP always report),
     then stays disarmed. It is then disconnected and kept, in the set, for
     a later probe of the same family, which re-arms it (EPOLL_CTL_MOD), or
-    closed, which takes it out of the set (watch.py's `Watcher._done_with`). A probe that ends without its
-    event (deadline, cancel) takes its socket out at once and closes it:
+    closed, which takes it out of the set (watch.py's `Watcher._done_with`).
+    A probe that ends without its event (deadline, cancel) takes its socket
+    out at once and closes it:
     were the file kept open by a fork for a moment after our close, its
     entry could later wake whichever socket had reused the number."""
 
