@@ -709,3 +709,83 @@ def test_usr1_usr2_and_other_stray_signals_are_logged_not_fatal(rig: Rig) -> Non
     rig.world.servers.kill("rs1")
     rig.wait(lambda: rig.weights(80) == {}, "rs1 out of the table after the signals")
     assert rig.ctl("status").status == 0
+
+
+# -- 10. stop 27's operator trial: reloads of a service's own shape ----------------------
+
+
+def test_reload_renaming_a_fwmark_service_keeps_its_server_in_the_table(rig: Rig) -> None:
+    """fwmark 2 -> 12 in one reload: the new service has rs1 as soon as the
+    reload is answered, with no new probe's verdict (the trial saw it empty
+    for a probe interval: the server unknown again). The check's interval is
+    long, so a fresh probe would leave that gap wide open."""
+    rs = rig.rs("rs1")
+
+    def config(mark: int) -> str:
+        return rig.config_text(
+            "[[virtual_server]]\n"
+            f"fwmark = {mark}\n"
+            'scheduler = "rr"\n'
+            'check = { type = "tcp", interval = 30.0, timeout = 1.0, rise = 1, fall = 1 }\n'
+            f"[[virtual_server.real_server]]\n{rig.server('rs1')}"
+        )
+
+    daemon = rig.start(config(2))
+    rig.wait(lambda: weights_in(ipvsadm("-Sn"), "-f 2") == {rs: 1}, "rs1 in FWM 2")
+    ups = len(daemon.events("real_server_up", rs=rs))
+
+    answer = rig.reload(config(12))
+    assert answer.status == 0, answer
+    assert "+ service fwm:12\n" in answer.stdout and "- service fwm:2\n" in answer.stdout, answer
+    assert weights_in(ipvsadm("-Sn"), "-f 12") == {rs: 1}
+    assert weights_in(ipvsadm("-Sn"), "-f 2") is None
+    assert len(daemon.events("real_server_up", rs=rs)) == ups  # no new verdict was needed
+    assert rig.alive()
+
+
+def test_reload_changing_a_services_own_settings_says_what_changed(rig: Rig) -> None:
+    """Scheduler rr -> wrr and persistence 300 -> 600 s in one reload: the
+    kernel has them, and `directorctl reload` and the `reloaded` event say
+    so (the trial's reload printed only real servers)."""
+    check = f'{{ type = "tcp", {FAST} }}'
+    rs = rig.rs("rs1")
+    before = rig.service(80, check, rig.server("rs1"), extra="persistent = 300")
+    daemon = rig.start(rig.config_text(before))
+    rig.wait(lambda: rig.weights(80) == {rs: 1}, "rs1 in the table")
+
+    after = before.replace('scheduler = "rr"', 'scheduler = "wrr"').replace(
+        "persistent = 300", "persistent = 600"
+    )
+    answer = rig.reload(rig.config_text(after))
+    assert answer.status == 0, answer
+    what = 'scheduler "rr" -> "wrr", persistent 300 -> 600'
+    assert f"~ service {rig.vs(80)}: {what}\n" in answer.stdout, answer
+    (reloaded,) = daemon.events("reloaded")
+    assert reloaded["services_changed"] == {
+        f"TCP {rig.net.vip}:80": ['scheduler "rr" -> "wrr"', "persistent 300 -> 600"]
+    }
+    (line,) = [x for x in ipvsadm("-Sn").splitlines() if x.startswith(f"-A -t {rig.net.vip}:80 ")]
+    assert line == f"-A -t {rig.net.vip}:80 -s wrr -p 600", line
+    assert rig.weights(80) == {rs: 1}
+
+
+def test_runtime_add_of_a_server_its_check_cannot_probe_says_why(rig: Rig) -> None:
+    """`-a` of a direct-routing server to a port-0 service made at runtime
+    (ipvsadm takes it, with port 0): the runtime check has no port to probe.
+    Refused in words naming the server, its service and the setting, not a
+    repr of the daemon's target (the trial's rc 255 and RealServerId(...))."""
+    check = f'{{ type = "tcp", {FAST} }}'
+    daemon = rig.start(rig.config_text(rig.service(80, check, rig.server("rs1"))))
+    rig.wait(lambda: rig.weights(80) == {rig.rs("rs1"): 1}, "rs1 in the table")
+    vip = f"{rig.net.vip}:0"
+    assert rig.ctl("-A", "-t", vip, "-s", "rr", "-p", "60") == Outcome("", "", 0)
+    answer = rig.ctl("-a", "-t", vip, "-r", rig.rs("rs2"), "-g")
+    assert answer.status != 0, answer
+    rs2 = rig.net.host("rs2").address
+    assert answer.stderr.startswith(
+        f"cannot health-check real server {rs2}:0 of TCP {vip}: no port to probe"
+    ), answer
+    assert "its check is [control] runtime_check" in answer.stderr, answer
+    assert "RealServerId" not in answer.stderr, answer
+    assert weights_in(ipvsadm("-Sn"), f"-t {vip}") == {}
+    assert rig.alive(), daemon.log_text()
