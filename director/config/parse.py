@@ -16,6 +16,7 @@ import threading
 from _blake2 import blake2b
 from collections.abc import Mapping
 from contextvars import ContextVar
+from dataclasses import replace
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 from typing import TypeVar
@@ -884,6 +885,8 @@ def _plain_real_servers(
                 or destination_problem(address) is not None
             ):
                 return None
+        if port != key.port and _takes_service_port(key, forward):
+            return None  # (the general path sets the port, _real_server)
         if (packed, port) in seen:
             return None
         seen.add((packed, port))
@@ -945,6 +948,12 @@ def _endpoint_of(table: Table, key: ServiceKey | None) -> tuple[IPAddress, int] 
         table.error("address", "port 0 is not a real server port", text)
         return None
     return address, port
+
+
+def _takes_service_port(key: ServiceKey | None, forward: Forward) -> bool:
+    """Whether a real server of service `key` forwarded by `forward` has
+    the service's port in the kernel, whatever port it is written with."""
+    return key is not None and not key.is_fwmark and forward in (Forward.ROUTE, Forward.TUNNEL)
 
 
 def _check_family(
@@ -1009,9 +1018,18 @@ def _real_server(
     if endpoint is None or check is None:
         return None
     _check_family(table, key, endpoint[0], forward)
+    address, port = endpoint
+    if _takes_service_port(key, forward) and port != key.port:  # type: ignore[union-attr]
+        # ipvsadm's rule (the -a/-e parse, ipvsadm.c), which keepalived
+        # follows: a route or tunnel destination of a service with a port has
+        # the service's port (the packet keeps the port the client asked).
+        # The check still probes the port written, unless it has its own.
+        if not isinstance(check, ExecCheck) and check.port is None:
+            check = replace(check, port=port)
+        port = key.port  # type: ignore[union-attr]
     return RealServer(
-        address=endpoint[0],
-        port=endpoint[1],
+        address=address,
+        port=port,
         forward=forward,
         weight=1 if weight is None else weight,
         u_threshold=u_threshold,
@@ -1037,9 +1055,12 @@ def _sorry_server(
     if endpoint is None:
         return None
     _check_family(sorry, key, endpoint[0], forward)
-    if any((rs.address, rs.port) == endpoint for rs in real_servers):
-        sorry.error("address", "is also a real server of this service", str(endpoint[0]))
-    return SorryServer(endpoint[0], endpoint[1], forward, 1 if weight is None else weight)
+    address, port = endpoint
+    if _takes_service_port(key, forward):
+        port = key.port  # type: ignore[union-attr]  # as a real server's (_real_server)
+    if any((rs.address, rs.port) == (address, port) for rs in real_servers):
+        sorry.error("address", "is also a real server of this service", str(address))
+    return SorryServer(address, port, forward, 1 if weight is None else weight)
 
 
 def _default(value: T | None, default: T) -> T:

@@ -164,7 +164,9 @@ def config_text(workdir: Path) -> str:
             f"check = {group.check}",
         ]
         for server in group.servers:
-            lines += ["[[virtual_server.real_server]]", f'address = "{server}"']
+            # masq: the table keeps the port written, which the samples key on
+            # (a route server's entry has the service's port, as ipvsadm's)
+            lines += ["[[virtual_server.real_server]]", f'address = "{server}"', 'forward = "masq"']
     return "\n".join(lines) + "\n"
 
 

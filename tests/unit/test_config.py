@@ -238,6 +238,53 @@ def test_fwmark_services() -> None:
     assert v6.label == "FWM 7 IPv6"
 
 
+def test_route_and_tunnel_servers_take_the_services_port_and_are_checked_on_theirs() -> None:
+    """ipvsadm -a sets a route or tunnel destination's port to the service's
+    (and keepalived does): written with another, the table had it, and the
+    -S / -R cycle added each such server again (operator trial, stop 27)."""
+    config = parse_config(
+        """
+        [[virtual_server]]
+        protocol = "tcp"
+        address = "10.100.0.10:80"
+        sorry_server = { address = "10.1.9.9:8089" }
+        [[virtual_server.real_server]]
+        address = "10.1.1.2:8080"
+        [[virtual_server.real_server]]
+        address = "10.1.2.2:8081"
+        forward = "tunnel"
+        [[virtual_server.real_server]]
+        address = "10.1.3.2:8082"
+        forward = "masq"
+        [[virtual_server.real_server]]
+        address = "10.1.4.2:8083"
+        check = { type = "tcp", port = 9000 }
+        [[virtual_server]]
+        protocol = "tcp"
+        address = "10.100.0.10:0"
+        persistent = 600
+        [[virtual_server.real_server]]
+        address = "10.1.1.2:443"
+        [[virtual_server]]
+        fwmark = 7
+        [[virtual_server.real_server]]
+        address = "10.1.1.2:8443"
+        """
+    )
+    web, all_ports, mark = config.virtual_servers
+    assert [(str(rs.address), rs.port, rs.check.port) for rs in web.real_servers] == [  # type: ignore[union-attr]
+        ("10.1.1.2", 80, 8080),
+        ("10.1.2.2", 80, 8081),
+        ("10.1.3.2", 8082, None),  # masquerading: the port is the server's
+        ("10.1.4.2", 80, 9000),  # the check's own port stands
+    ]
+    assert web.sorry_server is not None and web.sorry_server.port == 80
+    (rs,) = all_ports.real_servers
+    assert (rs.port, rs.check.port) == (0, 443)  # type: ignore[union-attr]
+    (rs,) = mark.real_servers
+    assert (rs.port, rs.check.port) == (8443, None)  # type: ignore[union-attr]
+
+
 def test_tunnel_options_and_mixed_family_for_tunnel() -> None:
     (vs,) = parse_config(
         VS
