@@ -819,8 +819,15 @@ def _real_servers(
             continue
         if (rs.address, rs.port) in seen:
             first = seen[(rs.address, rs.port)]
+            written = rs_table.data.get("address")
+            endpoint = parse_endpoint(written) if isinstance(written, str) else None
+            why = ""
+            if endpoint is not None and endpoint[1] not in (None, rs.port):
+                why = "; route and tunnel servers have the service's port in the table"
             rs_table.problems.add(
-                rs_table.path, f"duplicate real server {rs.label} (first at {first})", first=first
+                rs_table.path,
+                f"duplicate real server {rs.label} (first at {first}{why})",
+                first=first,
             )
             continue
         seen[(rs.address, rs.port)] = rs_table.path
@@ -921,8 +928,10 @@ def _plain_ipv4(
     return address, _share(port), packed
 
 
-def _endpoint_of(table: Table, key: ServiceKey | None) -> tuple[IPAddress, int] | None:
-    """The address (and port, defaulting to the service's) of a real or sorry server."""
+def _endpoint_of(table: Table, key: ServiceKey | None) -> tuple[IPAddress, int | None] | None:
+    """The address of a real or sorry server and the port written with it
+    (None: none written), or None when there is no valid address (the
+    problem is recorded)."""
     text = table.string("address")
     if text is None:
         if "address" not in table:
@@ -937,17 +946,24 @@ def _endpoint_of(table: Table, key: ServiceKey | None) -> tuple[IPAddress, int] 
     if problem is not None:
         table.error("address", problem, text)
         return None
-    if port is None:
-        if key is None:
-            return None
-        if key.is_fwmark:
-            table.error("address", "a fwmark service's real servers need a port", text)
-            return None
-        port = key.port
+    if port is None and key is not None and key.is_fwmark:
+        table.error("address", "a fwmark service's real servers need a port", text)
+        return None
     if port == 0:
         table.error("address", "port 0 is not a real server port", text)
         return None
     return address, port
+
+
+def _table_port(key: ServiceKey, forward: Forward, written: int | None) -> int:
+    """A server's port in the kernel's table: the service's for a route or
+    tunnel server of a service with a port (ipvsadm -a sets it so, the -a/-e
+    parse of ipvsadm.c; the packet keeps the port the client asked), else the
+    port written, else the service's (0 for a port-0 service: the kernel then
+    keeps the port the client asked, ip_vs_sched_persist)."""
+    if written is None or _takes_service_port(key, forward):
+        return key.port
+    return written
 
 
 def _takes_service_port(key: ServiceKey | None, forward: Forward) -> bool:
@@ -1015,18 +1031,22 @@ def _real_server(
         else:
             table.table("check")
     table.close()
-    if endpoint is None or check is None:
+    if endpoint is None or check is None or key is None:
         return None
-    _check_family(table, key, endpoint[0], forward)
-    address, port = endpoint
-    if _takes_service_port(key, forward) and port != key.port:  # type: ignore[union-attr]
-        # ipvsadm's rule (the -a/-e parse, ipvsadm.c), which keepalived
-        # follows: a route or tunnel destination of a service with a port has
-        # the service's port (the packet keeps the port the client asked).
-        # The check still probes the port written, unless it has its own.
-        if not isinstance(check, ExecCheck) and check.port is None:
-            check = replace(check, port=port)
-        port = key.port  # type: ignore[union-attr]
+    address, written = endpoint
+    _check_family(table, key, address, forward)
+    port = _table_port(key, forward, written)
+    if not isinstance(check, ExecCheck) and check.port is None:
+        if written is not None and written != port:
+            check = replace(check, port=written)  # probed where it was written
+        elif port == 0:
+            table.error(
+                "address",
+                "a real server of a port-0 service needs a port for its check:"
+                " write it with the address, or give the check a port",
+                str(address),
+            )
+            return None
     return RealServer(
         address=address,
         port=port,
@@ -1052,12 +1072,11 @@ def _sorry_server(
     forward = _default(sorry.choice("forward", _FORWARDS), Forward.ROUTE)
     weight = sorry.integer("weight", 0, MAX_WEIGHT)
     sorry.close()
-    if endpoint is None:
+    if endpoint is None or key is None:
         return None
-    _check_family(sorry, key, endpoint[0], forward)
-    address, port = endpoint
-    if _takes_service_port(key, forward):
-        port = key.port  # type: ignore[union-attr]  # as a real server's (_real_server)
+    address, written = endpoint
+    _check_family(sorry, key, address, forward)
+    port = _table_port(key, forward, written)
     if any((rs.address, rs.port) == (address, port) for rs in real_servers):
         sorry.error("address", "is also a real server of this service", str(address))
     return SorryServer(address, port, forward, 1 if weight is None else weight)

@@ -789,3 +789,55 @@ def test_runtime_add_of_a_server_its_check_cannot_probe_says_why(rig: Rig) -> No
     assert "RealServerId" not in answer.stderr, answer
     assert weights_in(ipvsadm("-Sn"), f"-t {vip}") == {}
     assert rig.alive(), daemon.log_text()
+
+
+# -- 11. stop 28: route servers written with another port --------------------------------
+
+
+def test_route_servers_take_the_services_port_and_survive_save_clear_restore(rig: Rig) -> None:
+    """A direct-routing server written as rs1:80 behind VIP:8080, and one
+    written as rs2 behind a port-0 service with its check on port 80: the
+    table has each with the service's port (8080, 0), as `ipvsadm -a -g`
+    sets it, and the checks probe port 80. Before, rs1 went in as rs1:80,
+    and `directorctl -Sn`, `-C`, `-R` (or ipvsadm's own, whose -a gives a
+    route server the service's port) added it again as rs1:8080 (stop 27's
+    trial)."""
+    check = f'{{ type = "tcp", {FAST} }}'
+    vip = rig.net.vip
+    rs1, rs2 = rig.net.host("rs1").address, rig.net.host("rs2").address
+    services = rig.service(8080, check, f'address = "{rs1}:{HTTP_PORT}"') + (
+        "[[virtual_server]]\n"
+        'protocol = "tcp"\n'
+        f'address = "{vip}:0"\n'
+        'scheduler = "rr"\n'
+        "persistent = 60\n"
+        f'check = {{ type = "tcp", port = {HTTP_PORT}, {FAST} }}\n'
+        f'[[virtual_server.real_server]]\naddress = "{rs2}"\n'
+    )
+    daemon = rig.start(rig.config_text(services))
+    want = {f"-t {vip}:8080": {f"{rs1}:8080": 1}, f"-t {vip}:0": {f"{rs2}:0": 1}}
+
+    def table() -> dict[str, dict[str, int] | None]:
+        saved = ipvsadm("-Sn")
+        return {service: weights_in(saved, service) for service in want}
+
+    rig.wait(lambda: table() == want, "rs1 and rs2 in the table with the services' ports")
+    saved = ipvsadm("-Sn")
+    assert f"-a -t {vip}:8080 -r {rs1}:8080 -g -w 1" in saved.splitlines(), saved
+    assert f"-a -t {vip}:0 -r {rs2}:0 -g -w 1" in saved.splitlines(), saved
+    assert rig.server_status(8080, f"{rs1}:8080")["health"] == "up"
+
+    rules = rig.ctl("-Sn")
+    assert rules.status == 0 and rules.stdout == saved, (rules, saved)
+    assert rig.ctl("-C") == Outcome("", "", 0)
+    assert rig.ctl("-R", stdin=rules.stdout) == Outcome("", "", 0)
+    rig.wait(lambda: table() == want, "the same table after -Sn, -C, -R")
+    assert ipvsadm("-Sn") == saved
+
+    # The checks probe port 80, where the servers listen: rs1 killed leaves.
+    rig.world.servers.kill("rs1")
+    rig.wait(lambda: table()[f"-t {vip}:8080"] == {}, "rs1 out of the table")
+    (down,) = daemon.events("real_server_down", rs=f"{rs1}:8080")
+    assert down["reason"] == "refused", down
+    assert table()[f"-t {vip}:0"] == {f"{rs2}:0": 1}
+    assert rig.alive()

@@ -285,6 +285,70 @@ def test_route_and_tunnel_servers_take_the_services_port_and_are_checked_on_thei
     assert (rs.port, rs.check.port) == (8443, None)  # type: ignore[union-attr]
 
 
+def test_a_port_0_services_servers_have_port_0_and_a_check_with_a_port() -> None:
+    """A port-0 (all ports) service: a route server written without a port
+    is 10.1.1.2:0 in the table, as `ipvsadm -a -t VIP:0 -r 10.1.1.2 -g`
+    makes it, and needs a port for its check; a masq server without a port
+    too (the kernel keeps the client's port, ip_vs_sched_persist), and an
+    exec check needs none. Before, each was refused: "port 0 is not a real
+    server port" (stop 27's trial)."""
+    (vs,) = parse_config(
+        """
+        [[virtual_server]]
+        protocol = "tcp"
+        address = "10.100.0.10:0"
+        persistent = 600
+        check = { type = "tcp", port = 443 }
+        sorry_server = { address = "10.1.9.9", forward = "masq" }
+        [[virtual_server.real_server]]
+        address = "10.1.1.2"
+        [[virtual_server.real_server]]
+        address = "10.1.1.3"
+        forward = "masq"
+        check = { type = "exec", command = ["/bin/true"] }
+        [[virtual_server.real_server]]
+        address = "10.1.1.4:8443"
+        forward = "masq"
+        """
+    ).virtual_servers
+    assert [(str(rs.address), rs.port, rs.forward) for rs in vs.real_servers] == [
+        ("10.1.1.2", 0, Forward.ROUTE),
+        ("10.1.1.3", 0, Forward.MASQ),
+        ("10.1.1.4", 8443, Forward.MASQ),
+    ]
+    assert [getattr(rs.check, "port", None) for rs in vs.real_servers] == [443, None, 443]
+    assert vs.sorry_server is not None and vs.sorry_server.port == 0
+
+
+@pytest.mark.parametrize(
+    ("servers", "error"),
+    [
+        (
+            'address = "10.1.1.2"',
+            "virtual_server[0].real_server[0].address: a real server of a port-0 service"
+            " needs a port for its check: write it with the address, or give the check"
+            ' a port: "10.1.1.2"',
+        ),
+        (
+            'address = "10.1.1.2:0"',
+            'virtual_server[0].real_server[0].address: port 0 is not a real server port: "10.1.1.2:0"',
+        ),
+        (
+            'address = "10.1.1.2:443"\n[[virtual_server.real_server]]\naddress = "10.1.1.2:444"',
+            "virtual_server[0].real_server[1]: duplicate real server 10.1.1.2:0 (first at"
+            " virtual_server[0].real_server[0]; route and tunnel servers have the"
+            " service's port in the table)",
+        ),
+    ],
+)
+def test_a_port_0_services_server_errors_say_why(servers: str, error: str) -> None:
+    text = (
+        '[[virtual_server]]\nprotocol = "tcp"\naddress = "10.100.0.10:0"\npersistent = 60\n'
+        f"[[virtual_server.real_server]]\n{servers}\n"
+    )
+    assert one_error(text) == error
+
+
 def test_tunnel_options_and_mixed_family_for_tunnel() -> None:
     (vs,) = parse_config(
         VS
