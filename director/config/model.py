@@ -28,6 +28,7 @@ from director.ipvs.model import (
     TunnelType,
     endpoint,
     full_netmask,
+    scheduler_flag_names,
     service_label,
 )
 
@@ -109,19 +110,6 @@ class SorryServer:
 
     def destination(self) -> Destination:
         return Destination(self.address, self.port, self.forward, self.weight)
-
-
-# scheduler_flags' names: each flag and the scheduler it is for (None: any
-# scheduler; the kernel's IP_VS_SVC_F_SCHED1..3, named as ipvsadm names them).
-SCHEDULER_FLAGS: dict[str, tuple[ServiceFlags, str | None]] = {
-    "sh-fallback": (ServiceFlags.SCHED1, "sh"),
-    "sh-port": (ServiceFlags.SCHED2, "sh"),
-    "mh-fallback": (ServiceFlags.SCHED1, "mh"),
-    "mh-port": (ServiceFlags.SCHED2, "mh"),
-    "flag-1": (ServiceFlags.SCHED1, None),
-    "flag-2": (ServiceFlags.SCHED2, None),
-    "flag-3": (ServiceFlags.SCHED3, None),
-}
 
 
 @dataclass(frozen=True)
@@ -408,8 +396,7 @@ def _setting_text(name: str, vs: VirtualServer, value: object) -> str | None:
         return "(none)"
     if name == "scheduler_flags":
         assert isinstance(value, ServiceFlags)
-        owner = vs.scheduler if vs.scheduler in ("sh", "mh") else None
-        return literal([n for n, (bit, o) in SCHEDULER_FLAGS.items() if o == owner and value & bit])
+        return literal(scheduler_flag_names(vs.scheduler, value))
     if name == "persistent_netmask" and vs.key.family == socket.AF_INET:
         assert isinstance(value, int)
         return str(value.bit_count())  # the mask as its prefix length

@@ -27,7 +27,6 @@ from director.config.bgp import bgp_service_problem, parse_bgp
 from director.config.checks import merge_check, parse_check
 from director.config.lines import key_lines
 from director.config.model import (
-    SCHEDULER_FLAGS,
     SUN_PATH_MAX,
     BgpSettings,
     Config,
@@ -66,6 +65,7 @@ from director.ipvs.model import (
     AF_INET,
     AF_INET6,
     DEFAULT_SCHEDULER,
+    SCHEDULER_FLAGS,
     TIMEOUT_MAX,
     Forward,
     IPAddress,
@@ -980,7 +980,7 @@ def _check_family(
     table.error(
         "address",
         'IPv4 and IPv6 can only be mixed with forward = "tunnel"',
-        str(address),
+        table.string("address"),
     )
 
 
@@ -1044,7 +1044,7 @@ def _real_server(
                 "address",
                 "a real server of a port-0 service needs a port for its check:"
                 " write it with the address, or give the check a port",
-                str(address),
+                table.string("address"),
             )
             return None
     return RealServer(
@@ -1078,7 +1078,7 @@ def _sorry_server(
     _check_family(sorry, key, address, forward)
     port = _table_port(key, forward, written)
     if any((rs.address, rs.port) == (address, port) for rs in real_servers):
-        sorry.error("address", "is also a real server of this service", str(address))
+        sorry.error("address", "is also a real server of this service", sorry.string("address"))
     return SorryServer(address, port, forward, 1 if weight is None else weight)
 
 

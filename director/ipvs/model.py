@@ -52,6 +52,28 @@ class ServiceFlags(enum.IntFlag):
     SCHED3 = 0x0020
 
 
+# The scheduler's own flags as ipvsadm names them (-b, parse_sched_flags in
+# ipvsadm.c): name -> (IP_VS_SVC_F_SCHED1..3 bit, the scheduler it is for;
+# None: any scheduler).
+SCHEDULER_FLAGS: dict[str, tuple[ServiceFlags, str | None]] = {
+    "sh-fallback": (ServiceFlags.SCHED1, "sh"),
+    "sh-port": (ServiceFlags.SCHED2, "sh"),
+    "mh-fallback": (ServiceFlags.SCHED1, "mh"),
+    "mh-port": (ServiceFlags.SCHED2, "mh"),
+    "flag-1": (ServiceFlags.SCHED1, None),
+    "flag-2": (ServiceFlags.SCHED2, None),
+    "flag-3": (ServiceFlags.SCHED3, None),
+}
+
+
+def scheduler_flag_names(scheduler: str, flags: ServiceFlags) -> list[str]:
+    """The names of `flags`' scheduler bits, as ipvsadm prints them for
+    `scheduler` (print_sched_flags in ipvsadm.c): sh-fallback, sh-port for
+    sh, mh-... for mh, flag-1..3 for any other."""
+    owner = scheduler if scheduler in ("sh", "mh") else None
+    return [name for name, (bit, o) in SCHEDULER_FLAGS.items() if o == owner and flags & bit]
+
+
 # What the kernel reports but a writer must not set (HASHED is the kernel's own).
 SETTABLE_SERVICE_FLAGS = (
     ServiceFlags.PERSISTENT

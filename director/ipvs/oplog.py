@@ -3,7 +3,13 @@ operator reads ipvsadm (vs="TCP 10.0.0.1:80", rs="10.0.0.2:80")."""
 
 from __future__ import annotations
 
-from director.ipvs.model import endpoint, service_label
+from director.ipvs.model import (
+    Service,
+    ServiceFlags,
+    endpoint,
+    scheduler_flag_names,
+    service_label,
+)
 from director.ipvs.ops import (
     AddDestination,
     AddService,
@@ -20,6 +26,16 @@ from director.ipvs.ops import (
 )
 
 
+def flag_names(service: Service) -> list[str]:
+    """A service's flags by the names ipvsadm -L shows them with:
+    "persistent", "ops" (one-packet scheduling) and the scheduler's own
+    (scheduler_flag_names); the kernel's HASHED is left out."""
+    names = ["persistent"] if service.flags & ServiceFlags.PERSISTENT else []
+    if service.flags & ServiceFlags.ONEPACKET:
+        names.append("ops")
+    return names + scheduler_flag_names(service.scheduler, service.flags)
+
+
 def describe_operation(op: Operation) -> dict[str, object]:
     match op:
         case AddService(service) | EditService(service):
@@ -27,7 +43,7 @@ def describe_operation(op: Operation) -> dict[str, object]:
                 "op": "add_service" if isinstance(op, AddService) else "edit_service",
                 "vs": service_label(service.key),
                 "scheduler": service.scheduler,
-                "flags": int(service.flags),
+                "flags": flag_names(service),
                 "timeout": service.timeout,
             }
         case DeleteService(key):

@@ -24,6 +24,7 @@ from director.ipvs.model import (
     AF_INET,
     AF_INET6,
     DEFAULT_SCHEDULER,
+    SCHEDULER_FLAGS,
     Destination,
     Forward,
     IPAddress,
@@ -293,15 +294,6 @@ _TUNNEL_NAMES = ("ipip", "gue", "gre")
 _TUNNEL_OPTIONS = ("tun-port", "tun-nocsum", "tun-csum", "tun-remcsum")
 # tunnel_types_v_options, rows ipip, gue, gre
 _TUNNEL_V_OPTIONS = ("xxxx", "+111", "x11x")
-_SCHED_FLAGS = {
-    "flag-1": (ServiceFlags.SCHED1, ""),
-    "flag-2": (ServiceFlags.SCHED2, ""),
-    "flag-3": (ServiceFlags.SCHED3, ""),
-    "sh-fallback": (ServiceFlags.SCHED1, "sh"),
-    "sh-port": (ServiceFlags.SCHED2, "sh"),
-    "mh-fallback": (ServiceFlags.SCHED1, "mh"),
-    "mh-port": (ServiceFlags.SCHED2, "mh"),
-}
 _SERVICE_ADDR = 1
 _SERVICE_PORT = 2
 
@@ -786,9 +778,9 @@ def _sched_flags(scheduler: str, text: str) -> ServiceFlags:
     if not words:
         raise fail("invalid scheduler flag `'")
     for word in words:
-        if word not in _SCHED_FLAGS:
+        if word not in SCHEDULER_FLAGS:
             raise fail(f"invalid scheduler flag `{word}'")
-        flag, needs = _SCHED_FLAGS[word]
+        flag, needs = SCHEDULER_FLAGS[word]
         flags |= flag
         if needs and scheduler != needs:
             raise fail(f"incompatible scheduler flag `{word}'")

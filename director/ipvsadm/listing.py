@@ -29,6 +29,7 @@ from director.ipvs.model import (
     Timeouts,
     TunnelType,
     full_netmask,
+    scheduler_flag_names,
 )
 from director.ipvsadm.commands import PLAIN, ListFormat
 from director.ipvsadm.libc import inet_ntop
@@ -242,21 +243,7 @@ def signed_fwmark(mark: int) -> int:
 
 
 def _sched_flags(scheduler: str, flags: ServiceFlags) -> str:
-    if scheduler in ("sh", "mh"):
-        words = [
-            f"{scheduler}-{name}"
-            for bit, name in ((ServiceFlags.SCHED1, "fallback"), (ServiceFlags.SCHED2, "port"))
-            if flags & bit
-        ]
-    else:
-        words = [
-            f"flag-{n}"
-            for n, bit in enumerate(
-                (ServiceFlags.SCHED1, ServiceFlags.SCHED2, ServiceFlags.SCHED3), 1
-            )
-            if flags & bit
-        ]
-    return ",".join(words)
+    return ",".join(scheduler_flag_names(scheduler, flags))
 
 
 def _netmask_text(family: int, netmask: int) -> str | None:

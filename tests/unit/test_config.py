@@ -685,6 +685,11 @@ def test_all_errors_are_collected() -> None:
             'virtual_server[0].real_server[0].address: IPv4 and IPv6 can only be mixed with forward = "tunnel": "2001:db8::2"',
         ),
         (
+            VS
+            + "[[virtual_server.real_server]]\naddress = '[2001:db8::2]:8080'\nforward = 'masq'\n",
+            'virtual_server[0].real_server[0].address: IPv4 and IPv6 can only be mixed with forward = "tunnel": "[2001:db8::2]:8080"',
+        ),
+        (
             VS + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\ntun_type = 'gre'\n",
             'virtual_server[0].real_server[0].tun_type: only with forward = "tunnel"',
         ),

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
-from director.ipvs.model import SyncDaemon, SyncState
+from director.ipvs.model import Protocol, Service, ServiceFlags, ServiceKey, SyncDaemon, SyncState
 from director.ipvs.oplog import describe_operation
-from director.ipvs.ops import StartDaemon, StopDaemon
+from director.ipvs.ops import AddService, EditService, StartDaemon, StopDaemon
 
 
 def test_a_started_sync_daemon_logs_its_settings() -> None:
@@ -46,3 +46,19 @@ def test_a_stopped_sync_daemon_names_its_role() -> None:
         "op": "stop_daemon",
         "state": "MASTER",
     }
+
+
+def test_a_services_flags_are_logged_by_their_ipvsadm_names() -> None:
+    """Before, `flags` was the kernel's number (edit_service ... flags=19):
+    the operator had to decode IP_VS_SVC_F_* by hand (stop 27's trial)."""
+    key = ServiceKey.inet(Protocol.TCP, "10.0.0.1", 80)
+    sh = Service(
+        key,
+        scheduler="sh",
+        flags=ServiceFlags.PERSISTENT | ServiceFlags.HASHED | ServiceFlags.SCHED2,
+        timeout=300,
+    )
+    assert describe_operation(EditService(sh))["flags"] == ["persistent", "sh-port"]
+    rr = Service(key, scheduler="rr", flags=ServiceFlags.ONEPACKET | ServiceFlags.SCHED3)
+    assert describe_operation(AddService(rr))["flags"] == ["ops", "flag-3"]
+    assert describe_operation(AddService(Service(key)))["flags"] == []
