@@ -89,7 +89,7 @@ from director.ipvs.model import (
     SyncState,
     endpoint,
 )
-from director.ipvs.oplog import describe_operation
+from director.ipvs.oplog import describe_operation, operation_lines
 from director.ipvs.ops import AddService, DeleteService, Operation, SetTimeouts
 from director.ipvs.servicetable import TableKey, digest_shows, table_key
 from director.kernel import KernelTable
@@ -960,13 +960,14 @@ class Director:
             # a new one at every call, a quarter of a line's cost when a
             # start logs 10,000 operations.
             oplog = self.log.bind()
+            took: list[Operation] = []
             for op, result in zip(split.send, outcomes, strict=True):
                 err = _errno(result) if result is not None else None
                 self.events.operation(op, result)
                 if isinstance(op, DeleteService) and (result is None or err == errno.ESRCH):
                     owned.discard(op.key)
                 if result is None:
-                    self._applied(op, oplog)
+                    took.append(op)
                 else:
                     unsure.add(service_of(op))
                     if table_moved(op, err):
@@ -974,6 +975,7 @@ class Director:
                         moved += 1
                         result = None
                 errors.append(None if result is None else (str(result), err))
+            self._applied(took, oplog)
         unsure.update(service_of(op) for op in split.held)
         for key, want in desired.items():
             if key not in unsure:
@@ -1072,12 +1074,15 @@ class Director:
                 self._verified[key] = digest
                 self._touched.discard(key)
 
-    def _applied(self, op: Operation, oplog: Any) -> None:
-        oplog.info("ipvs_op", **describe_operation(op))
-        if isinstance(op, SetTimeouts):
-            self._timeouts_pending = None
-            t = op.timeouts
-            oplog.info("ipvs_timeouts", tcp=t.tcp, tcpfin=t.tcp_fin, udp=t.udp)
+    def _applied(self, taken: list[Operation], oplog: Any) -> None:
+        """Log the operations the kernel took (operation_lines)."""
+        for event, fields in operation_lines(taken):
+            oplog.info(event, **fields)
+        for op in taken:
+            if isinstance(op, SetTimeouts):
+                self._timeouts_pending = None
+                t = op.timeouts
+                oplog.info("ipvs_timeouts", tcp=t.tcp, tcpfin=t.tcp_fin, udp=t.udp)
 
     def _log_refusals(self, refusals: dict[Subject, Refusal]) -> dict[Subject, Refusal]:
         """Each refusal is logged at its 1st, 10th, 100th... attempt, and

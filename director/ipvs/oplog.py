@@ -1,7 +1,10 @@
 """Operations as log fields: one flat dict per operation, named the way an
-operator reads ipvsadm (vs="TCP 10.0.0.1:80", rs="10.0.0.2:80")."""
+operator reads ipvsadm (vs="TCP 10.0.0.1:80", rs="10.0.0.2:80"), and a
+run of like operations on one service's destinations as one line."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
 
 from director.ipvs.model import (
     Service,
@@ -89,3 +92,45 @@ def describe_operation(op: Operation) -> dict[str, object]:
         case StopDaemon(state):
             return {"op": "stop_daemon", "state": state.name}
     raise TypeError(f"not an operation: {op!r}")
+
+
+def _run_key(op: Operation) -> tuple[object, ...] | None:
+    """What operations must share to be one line: their kind and service,
+    and for an add or an edit the forwarding method and weight (the fields
+    the line gives once); None for an operation logged alone."""
+    match op:
+        case AddDestination(key, dest) | EditDestination(key, dest):
+            return (type(op), key, dest.forward, dest.weight)
+        case DeleteDestination(key):
+            return (DeleteDestination, key)
+    return None
+
+
+def _server_of(op: Operation) -> str:
+    if isinstance(op, DeleteDestination):
+        return endpoint(op.address, op.port)
+    assert isinstance(op, AddDestination | EditDestination)
+    return endpoint(op.destination.address, op.destination.port)
+
+
+def operation_lines(ops: Sequence[Operation]) -> Iterator[tuple[str, dict[str, object]]]:
+    """The log lines of operations the kernel took, in their order: each
+    one `ipvs_op` (describe_operation), except that a run of two or more
+    like destination operations (_run_key: a start's fill, a -R, a rack
+    coming back) is one `ipvs_ops` line, its fields those of `ipvs_op` with
+    `rs` the list of the run's real servers and `count` their number. A
+    start at 10,000 real servers writes 200 lines, not 10,100."""
+    i = 0
+    while i < len(ops):
+        run_key = _run_key(ops[i])
+        j = i + 1
+        if run_key is not None:
+            while j < len(ops) and _run_key(ops[j]) == run_key:
+                j += 1
+        fields = describe_operation(ops[i])
+        if j - i == 1:
+            yield "ipvs_op", fields
+        else:
+            servers = [_server_of(op) for op in ops[i:j]]
+            yield "ipvs_ops", fields | {"rs": servers, "count": len(servers)}
+        i = j

@@ -234,6 +234,20 @@ class Daemon:
         """Logged events called `name` whose fields include `fields`."""
         return [e for e in self.logged() if e.get("event") == name and _has(e, fields)]
 
+    def operations(self, **fields: object) -> list[dict[str, Any]]:
+        """The kernel operations the daemon logged, one dict each, whose fields
+        include `fields`: its `ipvs_op` lines, and each real server of an
+        `ipvs_ops` line (a run of like operations, director.ipvs.oplog) as
+        an `ipvs_op` of its own."""
+        found = []
+        for e in self.logged():
+            if e.get("event") == "ipvs_op":
+                found.append(e)
+            elif e.get("event") == "ipvs_ops":
+                rest = {k: v for k, v in e.items() if k != "count"}
+                found += [rest | {"event": "ipvs_op", "rs": rs} for rs in e["rs"]]
+        return [e for e in found if _has(e, fields)]
+
     def wait_event(self, name: str, timeout: float, **fields: object) -> dict[str, Any]:
         try:
             found = wait_until(

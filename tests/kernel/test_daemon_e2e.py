@@ -309,7 +309,7 @@ def test_a_daemon_restart_leaves_the_table_and_traffic_alone(h: Harness) -> None
     assert failures == []
     assert set(results) == {"rs1", "rs2", "rs3"}
     # The second daemon adopted the table as it found it: nothing deleted or re-added.
-    assert [e for e in second.events("ipvs_op") if e.get("op") != "set_timeouts"] == []
+    assert [e for e in second.operations() if e.get("op") != "set_timeouts"] == []
 
 
 def test_a_broken_reload_is_rejected_and_a_valid_one_applies_only_the_diff(h: Harness) -> None:
@@ -335,7 +335,7 @@ def test_a_broken_reload_is_rejected_and_a_valid_one_applies_only_the_diff(h: Ha
     assert table() == before
     assert not daemon.events("reloaded")
 
-    ops_before = len(daemon.events("ipvs_op"))
+    ops_before = len(daemon.operations())
     h.write_config(Settings(web=("rs1", "rs3")))
     daemon.reload()
     reloaded = daemon.wait_event("reloaded", DEADLINE)
@@ -345,10 +345,8 @@ def test_a_broken_reload_is_rejected_and_a_valid_one_applies_only_the_diff(h: Ha
     h.wait_weights(h.web, all_up(h, ("rs1", "rs3")))
     # The kernel has them before the log does: each ipvs_op line is written
     # after its operation, by the log's writer thread (CI, a loaded host).
-    wait_until(
-        lambda: len(daemon.events("ipvs_op")) >= ops_before + 2, DEADLINE, "both ipvs_op lines"
-    )
-    ops = daemon.events("ipvs_op")[ops_before:]
+    wait_until(lambda: len(daemon.operations()) >= ops_before + 2, DEADLINE, "both ipvs_op lines")
+    ops = daemon.operations()[ops_before:]
     touched = sorted((op["op"], op.get("rs")) for op in ops)
     assert touched == [("add_destination", h.rs("rs3")), ("delete_destination", h.rs("rs2"))]
     # rs1 was never deleted and re-added (its counters would have reset), nor
@@ -367,7 +365,7 @@ def test_a_server_deleted_behind_the_daemons_back_comes_back(h: Harness) -> None
     h.wait_weights(h.web, all_up(h))
     # The kernel has the repair before the log does (ipvs_op is written after
     # its operation), and the test's reader may be behind.
-    repairs = partial(daemon.events, "ipvs_op", op="add_destination", rs=h.rs("rs2"))
+    repairs = partial(daemon.operations, op="add_destination", rs=h.rs("rs2"))
     wait_until(lambda: len(repairs()) >= 2, DEADLINE, "the repair's ipvs_op line")
     assert len(repairs()) == 2, repairs()  # the first one at start, the repair
     assert daemon.events("ipvs_apply", why="drift check")

@@ -288,7 +288,7 @@ def test_slow_start_weights_survive_a_restart_and_a_timing_reload(rig: Rig) -> N
     # own account of its operations, not in samples of the table (a loaded VM
     # can run a whole 5 s ramp between two looks at it).
     def ramp() -> list[int]:
-        ops = first.events("ipvs_op", rs=rs1)
+        ops = first.operations(rs=rs1)
         return [e["weight"] for e in ops if e["op"] in ("add_destination", "edit_destination")]
 
     rig.wait(lambda: 100 in ramp(), "rs1's last ramp step (weight 100) logged")
@@ -309,7 +309,7 @@ def test_slow_start_weights_survive_a_restart_and_a_timing_reload(rig: Rig) -> N
             samples.append(rig.weights(80))
             time.sleep(0.25)
         assert all(w == full for w in samples), samples
-        edits = daemon.events("ipvs_op", op="edit_destination")
+        edits = daemon.operations(op="edit_destination")
         assert not edits, edits
 
     # A restart: stop, and start on the same config and state file.
@@ -435,9 +435,7 @@ def test_reload_dropping_a_service_deletes_it_while_the_kernel_refuses_another_o
     # summary after the pass: the table can show the delete before the test's
     # reader has those lines, and the state file is written after the pass.
     rig.wait(lambda: daemon.events("reloaded")[seen:], "the reload was logged")
-    (deleted,) = rig.wait(
-        lambda: daemon.events("ipvs_op", op="delete_service"), "the delete was logged"
-    )
+    (deleted,) = rig.wait(lambda: daemon.operations(op="delete_service"), "the delete was logged")
     assert deleted["vs"].endswith(f"{rig.net.vip}:82"), deleted
     # A reload passes over the services it changed only (VIP:82): the
     # refused add of VIP:80 is retried on its own backoff, never in the way.
@@ -632,7 +630,7 @@ def test_listing_in_a_loop_does_not_delay_failover(rig: Rig) -> None:
     assert still_running and not listers.errors, listers.errors[:5]
     # The daemon logs ipvs_op once the kernel took it: after the table shows it.
     rig.wait(
-        lambda: rig.running().events("ipvs_op", op="delete_destination", rs=rig.rs("rs3")),
+        lambda: rig.running().operations(op="delete_destination", rs=rig.rs("rs3")),
         "rs3 left the table by the daemon's own delete (its ipvs_op)",
     )
     assert rig.alive()

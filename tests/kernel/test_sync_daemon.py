@@ -160,8 +160,8 @@ def test_reload_starts_changes_and_stops_the_daemon_as_ipvsadm_lists_it(
         assert node.ipvsadm("-L", "--daemon") == listing  # left running, as the table is
         node.start()
         assert node.wait_daemons(listing)
-        assert node.daemon.events("ipvs_op", op="start_daemon") == []
-        assert node.daemon.events("ipvs_op", op="stop_daemon") == []
+        assert node.daemon.operations(op="start_daemon") == []
+        assert node.daemon.operations(op="stop_daemon") == []
     finally:
         node.close()
         stop_all_daemons()
