@@ -142,12 +142,13 @@ class ServiceLookup(TypingProtocol):
     def service_keys(self) -> Set[ServiceKey]: ...
 
 
-class NotCheckable(IPVSError):
-    """A real server the daemon could not health-check (port 0 and no check
-    port): refused rather than added and never probed."""
+class Refused(IPVSError):
+    """An -a the kernel would take and the daemon refuses, in words: a real
+    server it could not health-check (port 0 and no check port), rather
+    than added and never probed, or a service's sorry server."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(errno.EINVAL, "AddDestination")
+    def __init__(self, message: str, code: int = errno.EINVAL) -> None:
+        super().__init__(code, "AddDestination")
         self.message = message
         self.args = (message,)
 
@@ -519,6 +520,32 @@ class LayerBuilder:
             self._file_servers[key] = {vs.real_server_id(rs): rs for rs in vs.real_servers}
         return self._file_servers[key].get(rid)
 
+    def _sorry(self, key: ServiceKey) -> RealServerId | None:
+        """The id of the config file's sorry server of service `key`, if
+        the service is the file's."""
+        vs = None if key in self._deleted_services else self._file.get(key)
+        if vs is None or vs.sorry_server is None:
+            return None
+        return RealServerId(key, vs.sorry_server.address, vs.sorry_server.port)
+
+    def _sorry_refusal(self, key: ServiceKey, destination: Destination) -> IPVSError | None:
+        """An -a of service `key`'s sorry server: the daemon's to put in and
+        take out. Taken (recording nothing) once after the service came
+        back by -A (the -R of what -S saved while it stood in) when its
+        fields are the file's; otherwise refused in the daemon's own words
+        (it may stand in the table)."""
+        vs = self._file[key]
+        assert vs.sorry_server is not None
+        rid = RealServerId(key, destination.address, destination.port)
+        if rid in self._restored and destination == vs.sorry_server.destination():
+            return None
+        return Refused(
+            f"{endpoint(rid.address, rid.port)} is the sorry server of {service_label(key)}:"
+            " the daemon puts it in while the quorum is lost; to make it a real server,"
+            " change the config",
+            errno.EEXIST,
+        )
+
     def has_real_server(self, rid: RealServerId) -> bool:
         if rid in self._by_service.get(rid.service, ()):
             return True
@@ -545,6 +572,11 @@ class LayerBuilder:
                 self._set_service(service)
             case AddDestination(key, destination):
                 rid = self._rid(key, destination)
+                if rid == self._sorry(key):
+                    # The file's sorry server, saved by -S while it stood in:
+                    # the -R of it records nothing (the quorum decides).
+                    self._restored.discard(rid)
+                    return None
                 configured = self._config_server(rid)
                 destination = _with_saved_thresholds(configured, destination)
                 weight = None if configured is None else configured.weight
@@ -593,6 +625,9 @@ class LayerBuilder:
                 if error is not None:
                     return error
                 rid = self._rid(key, destination)
+                sorry = self._sorry(key)
+                if rid == sorry and isinstance(op, AddDestination):
+                    return self._sorry_refusal(key, destination)
                 configured = self._config_server(rid)
                 exists = rid in self._by_service.get(key, ()) or (
                     configured is not None and rid not in self._deleted_real_servers
@@ -608,7 +643,7 @@ class LayerBuilder:
                     target = (self._check(key), destination.address, destination.port)
                     problem = target_problem(target, self._checks)
                     if problem is not None:
-                        return NotCheckable(self._not_checkable(rid, problem))
+                        return Refused(self._not_checkable(rid, problem))
             case DeleteDestination(key, address, port):
                 if key not in self._keys:
                     return error_for(errno.ESRCH, name)
@@ -625,6 +660,9 @@ class LayerBuilder:
             vs = self._file.get(key)
             if vs is not None:
                 self._restored.update(vs.real_server_id(rs) for rs in vs.real_servers)
+                sorry = self._sorry(key)
+                if sorry is not None:
+                    self._restored.add(sorry)
         self._keys.add(key)
         self._set_service(service)
 

@@ -344,6 +344,47 @@ weight = 5
     assert effective_config(reloaded, saved).virtual_servers == config.virtual_servers
 
 
+@pytest.mark.parametrize("delete", [Flush(), DeleteService(VIP)])
+def test_the_save_clear_restore_cycle_with_the_sorry_server_in(delete: Operation) -> None:
+    """`-Sn > rules; -C; -R < rules` while the sorry server stood in (every
+    real server down): -S lists it as a destination, and its -a made it a
+    runtime real server, probed and counted in the quorum, for good (stop
+    28's trial). It records nothing now; any other -a of it is refused in
+    words, the daemon's to put in and take out."""
+    config = parse_config(
+        """
+[[virtual_server]]
+protocol = "tcp"
+address = "10.0.0.1:80"
+check = { type = "tcp", interval = 2.0 }
+sorry_server = { address = "10.0.9.9:80" }
+[[virtual_server.real_server]]
+address = "10.0.1.1:80"
+"""
+    )
+    vs = config.virtual_server(VIP)
+    assert vs.sorry_server is not None
+    sorry = vs.sorry_server.destination()
+    builder = LayerBuilder(config)
+    message = (
+        "10.0.9.9:80 is the sorry server of TCP 10.0.0.1:80: the daemon puts it in"
+        " while the quorum is lost; to make it a real server, change the config"
+    )
+    error = builder.apply(AddDestination(VIP, sorry))  # not after a restore
+    assert isinstance(error, IPVSError) and error.message == message
+    assert builder.apply(delete) is None  # -C
+    for op in (AddService(vs.service()), AddDestination(VIP, sorry)):  # -R of -S's lines
+        assert builder.apply(op) is None, op
+    layer = builder.freeze()
+    assert effective_config(config, layer).virtual_servers == config.virtual_servers
+    assert not layer.real_servers
+    for again in (sorry, replace(sorry, weight=3)):
+        error = builder.apply(AddDestination(VIP, again))
+        assert isinstance(error, IPVSError) and error.message == message
+    saved = statefile.decode(statefile.encode(builder.freeze())).layer
+    assert effective_config(config, saved).virtual_servers == config.virtual_servers
+
+
 def test_delete_then_add_of_a_file_server_restores_its_check() -> None:
     layer = run(DeleteDestination(VIP, RS1.address, 80))
     assert servers(layer) == {}
