@@ -76,6 +76,7 @@ from director.desired import (
 )
 from director.health.checker import Checker, Target
 from director.health.probes import ProbeFunction
+from director.health.spec import probed_endpoint
 from director.health.state import Health, HealthState, Transition, failure_worth_logging
 from director.ipvs.errors import IPVSError, KernelError
 from director.ipvs.model import (
@@ -363,12 +364,23 @@ class Director:
             rs=endpoint(target.address, target.port),
             latency=round(last.latency, 4) if last else None,
             **transition.log_fields(),
+            **self._probed(target),
         )
         if target.service in self.vips.keys:
             self.vips.poke()
         if target.service in self.bgp.keys:
             self.bgp.poke()
         self.poke(f"{event} {endpoint(target.address, target.port)}", target.service, target)
+
+    def _probed(self, rid: RealServerId) -> dict[str, str]:
+        """{"probed": "address:port"} for a real server its check probes
+        elsewhere (a route server written with another port, a check with
+        its own port or address); {} for the rest."""
+        target = self._targets.get(rid.service, {}).get(rid)
+        probed = None if target is None else probed_endpoint(*target)
+        if probed is None or probed == (rid.address, rid.port):
+            return {}
+        return {"probed": endpoint(*probed)}
 
     def _on_start(self, target: Target, lateness: float) -> None:
         """The checker's on_start: a probe started `lateness` seconds after
@@ -438,6 +450,7 @@ class Director:
                 latency=round(result.latency, 4),
                 failures_in_row=after.failures_in_row,
                 status=str(after.status),
+                **self._probed(target),
             )
         if after.weight != before.weight and after.status is Health.UP:
             self.log.info(

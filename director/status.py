@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from director.bgp import BgpStatus
-from director.config import Config, RealServerId
+from director.config import Config, RealServer, RealServerId
 from director.desired import AdminState, Decision, RealServerView, desired_table
+from director.health.spec import probed_endpoint
 from director.health.state import HealthState
 from director.ipvs.model import IPAddress, ServiceEntry, ServiceKey
 from director.metrics.events import LATE_AFTER
@@ -47,6 +48,9 @@ class RealServerStatus:
     # The decision not in the kernel yet (the next pass applies it): "not in
     # the kernel yet", "still in the kernel", "weight 3 not in the kernel yet"
     pending: str | None = None
+    # Where its check probes it, when that is not `server` ("10.0.1.1:8080":
+    # a route server written with another port, a check's own port)
+    probed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ def status_report(
                         else round(max(now - state.probed_at, 0.0), 3)
                     ),
                     pending=None if decision is None else _pending(decision, current),
+                    probed=_probed(rs),
                 )
             )
         report.append(
@@ -193,6 +198,13 @@ def _refusal_text(refusal: Refusal, now: float) -> str:
         f"{kind} refused by the kernel: {refusal.error} "
         f"({refusal.attempts} tries, next in {max(refusal.retry_at - now, 0.0):.1f}s)"
     )
+
+
+def _probed(rs: RealServer) -> str | None:
+    probed = probed_endpoint(rs.check, rs.address, rs.port)
+    if probed is None or probed == (rs.address, rs.port):
+        return None
+    return _endpoint(*probed)
 
 
 def _check_name(check: object) -> str:
@@ -451,8 +463,9 @@ def _row(rs: RealServerStatus) -> tuple[str, ...]:
         if rs.last_age is not None:
             last += f", {_duration(rs.last_age)} ago"
     current = "-" if rs.current_weight is None else str(rs.current_weight)
+    notes = [note for note in (rs.name, rs.probed and f"probed at {rs.probed}") if note]
     return (
-        rs.server if rs.name is None else f"{rs.server} ({rs.name})",
+        f"{rs.server} ({', '.join(notes)})" if notes else rs.server,
         rs.health,
         _duration(rs.in_state_for),
         rs.admin,

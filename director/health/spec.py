@@ -134,6 +134,18 @@ class DnsCheck:
 Check = TcpCheck | HttpCheck | UdpCheck | DnsCheck | ExecCheck
 
 
+def probed_endpoint(check: Check, address: IPAddress, port: int) -> tuple[IPAddress, int] | None:
+    """Where `check` probes a real server at `address`:`port`: the check's
+    own address and port where it has them; None for an exec check (it
+    runs a command)."""
+    if isinstance(check, ExecCheck):
+        return None
+    return (
+        address if check.address is None else check.address,
+        port if check.port is None else check.port,
+    )
+
+
 def host_problem(host: str) -> str | None:
     """Why `host` is neither a host name nor an IP literal, or None when it is one.
 

@@ -385,6 +385,38 @@ async def test_a_series_of_failed_probes_and_each_transition_are_logged(
     assert down[0]["latency"] == 0.01
 
 
+async def test_a_server_probed_elsewhere_logs_where(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """10.0.1.2 written with port 8080, a route server behind :80: the
+    table's 10.0.1.2:80, probed on 8080, and its lines say so (stop 28's
+    trial: only :80 was named, which an operator found open)."""
+    probed: list[int] = []
+
+    async def probe(check: Check, address: IPAddress, port: int) -> ProbeResult:
+        probed.append(port if getattr(check, "port", None) is None else check.port)  # as tcp.py
+        await trio.sleep(0.01)
+        return ProbeResult.failure(Reason.REFUSED, 0.01)
+
+    config = parse_config(CONFIG.replace('address = "10.0.1.2:80"', 'address = "10.0.1.2:8080"'))
+    director = Director(
+        config, KernelTable(MemoryBackend(), threaded=False), probe=probe, rng=random.Random(1)
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(director.run)
+            await trio.sleep(3.5)
+            nursery.cancel_scope.cancel()
+    assert set(probed) == {80, 8080}
+    lines = [e for e in logs if e["event"] in ("probe_failed", "real_server_down")]
+    assert {(e["event"], e["rs"], e.get("probed")) for e in lines} == {
+        ("probe_failed", "10.0.1.1:80", None),
+        ("real_server_down", "10.0.1.1:80", None),
+        ("probe_failed", "10.0.1.2:80", "10.0.1.2:8080"),
+        ("real_server_down", "10.0.1.2:80", "10.0.1.2:8080"),
+    }
+
+
 async def test_a_dynamic_weight_from_the_check_is_applied(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -426,3 +426,39 @@ def test_table_says_what_the_kernel_does_not_have_yet() -> None:
     assert rows[5].endswith("up")
     data = status.status_data((service,))
     assert [rs["pending"] for rs in data["services"][0]["real_servers"]] == pending  # type: ignore[index]
+
+
+def test_a_server_probed_elsewhere_says_where() -> None:
+    """A route server written as 10.0.1.1:8080 behind :80 is 10.0.1.1:80 in
+    the table and probed on 8080: status said only :80, and an operator
+    who found :80 open could not tell why it was down (stop 28's trial)."""
+    config = parse_config(
+        '[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.1:80"\n'
+        '[[virtual_server.real_server]]\naddress = "10.0.1.1:8080"\nname = "web1"\n'
+        '[[virtual_server.real_server]]\naddress = "10.0.1.2:80"\n'
+        '[[virtual_server.real_server]]\naddress = "10.0.1.3:80"\ncheck = { type = "tcp", port = 81 }\n',
+        modules=NO_MODULES,
+    )
+    (vs,) = config.virtual_servers
+    down = HealthState(Health.DOWN, 0, 1, since=0.0, last=ProbeResult.failure(Reason.REFUSED, 0.001))  # fmt: skip
+    states = {vs.real_server_id(rs): down for rs in vs.real_servers}
+    (service,) = status.status_report(config, states, {}, {}, now=10.0)
+    assert [(rs.server, rs.probed) for rs in service.real_servers] == [
+        ("10.0.1.1:80", "10.0.1.1:8080"),
+        ("10.0.1.2:80", None),
+        ("10.0.1.3:80", "10.0.1.3:81"),
+    ]
+    rows = [
+        line.split("  ")[1]
+        for line in status.status_text((service,)).splitlines()
+        if "  10.0.1." in line
+    ]
+    assert rows == [
+        "10.0.1.1:80 (web1, probed at 10.0.1.1:8080)",
+        "10.0.1.2:80",
+        "10.0.1.3:80 (probed at 10.0.1.3:81)",
+    ]
+    assert (
+        status.status_data((service,))["services"][0]["real_servers"][0]["probed"]
+        == "10.0.1.1:8080"
+    )  # type: ignore[index]
