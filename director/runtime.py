@@ -40,7 +40,7 @@ from director.config import (
 )
 from director.desired import AdminState
 from director.health.checker import target_problem
-from director.health.spec import Check
+from director.health.spec import Check, probed_endpoint
 from director.ipvs.errors import IPVSError, error_for
 from director.ipvs.facts import (
     IPV6_PREFIX_RANGE,
@@ -760,18 +760,35 @@ class LayerBuilder:
         self._admin.pop(rid, None)
         self._restored.discard(rid)
 
-    def set_admin(self, rid: RealServerId, state: AdminState) -> None:
-        """drain / disable / enable one real server of the effective state."""
+    def set_admin(self, rid: RealServerId, state: AdminState) -> RealServerId:
+        """drain / disable / enable one real server of the effective state:
+        `rid`, or the one server its check probes at `rid`'s address and
+        port (a route server written with another port: the config's
+        words). The id of the server changed; LookupError when none is."""
         if rid.service not in self._keys:
             raise LookupError(f"no virtual service {describe_service(rid.service)}")
         if not self.has_real_server(rid):
-            raise LookupError(
-                f"no real server {describe_endpoint(rid.address, rid.port)}"
-                f" in {describe_service(rid.service)}"
-            )
+            rid = self._probed_at(rid)
         self._admin.pop(rid, None)
         if state is not AdminState.ENABLED:
             self._admin[rid] = state
+        return rid
+
+    def _probed_at(self, rid: RealServerId) -> RealServerId:
+        vs = self.virtual_server(rid.service)
+        same = [rs for rs in vs.real_servers if rs.address == rid.address]
+        probed = [
+            rs
+            for rs in same
+            if probed_endpoint(rs.check, rs.address, rs.port) == (rid.address, rid.port)
+        ]
+        if len(probed) == 1:
+            return vs.real_server_id(probed[0])
+        has = ", ".join(endpoint(rs.address, rs.port) for rs in same)
+        raise LookupError(
+            f"no real server {describe_endpoint(rid.address, rid.port)}"
+            f" in {describe_service(rid.service)}" + (f" (it has {has})" if has else "")
+        )
 
     def _service_refusal(self, service: Service, name: str) -> IPVSError | None:
         """ip_vs_add_service / ip_vs_edit_service: the scheduler and the

@@ -641,9 +641,10 @@ class Controller:
         async def change() -> Response:
             work = _Work(self)
             try:
-                work.layer.set_admin(rid, state)
+                changed = work.layer.set_admin(rid, state)
             except LookupError as error:
                 return Response(LIST_ERROR, "", f"director: {error.args[0]}\n")
+            what["server"] = describe_endpoint(changed.address, changed.port)
             await self._commit(work, _Outcome(changed=True), peer, what)
             return Response(0, f"{what['server']} in {what['service']}: {state}\n")
 

@@ -5,6 +5,7 @@ server was drained, `-C`, `-R` of that save restored a hidden runtime weight
 from __future__ import annotations
 
 from dataclasses import replace
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,11 @@ from test_handler import rig, until
 from test_runtime import CONFIG, RS1, VIP, dest, run
 
 from director import statefile
-from director.config import RealServerId
+from director.config import RealServerId, parse_config
 from director.desired import AdminState
 from director.ipvs.model import Service
 from director.ipvs.ops import AddDestination, AddService, EditDestination, Flush, Operation
-from director.runtime import EMPTY, effective_config, set_admin
+from director.runtime import EMPTY, LayerBuilder, effective_config, parse_real_server, set_admin
 
 # -Sn of the config server drained: its fields with weight 0 (config weight 5)
 SAVED_DRAINED = replace(CONFIG.virtual_server(VIP).real_servers[0].destination(), weight=0)
@@ -109,3 +110,27 @@ async def test_drain_save_clear_restore_then_enable_and_status(
         (rs,) = response.data["services"][0]["real_servers"]
         assert (rs["admin"], rs["configured_weight"], rs["current_weight"]) == ("enabled", 5, 5)
     assert statefile.load(tmp_path / "state.json").layer == EMPTY
+
+
+def test_drain_takes_the_port_a_route_server_is_written_and_probed_with() -> None:
+    """A runbook copied from the config: `drain tcp:10.0.0.1:80
+    10.0.1.7:8080` of the route server written so (10.0.1.7:80 in the
+    table, probed on 8080) was "no real server" (stop 28's trial)."""
+    config = parse_config(
+        '[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.1:80"\n'
+        '[[virtual_server.real_server]]\naddress = "10.0.1.7:8080"\n'
+        '[[virtual_server.real_server]]\naddress = "10.0.1.8:80"\n'
+    )
+    table = RealServerId(VIP, ip_address("10.0.1.7"), 80)
+    for written in ("10.0.1.7:8080", "10.0.1.7:80", "10.0.1.7"):
+        builder = LayerBuilder(config)
+        assert builder.set_admin(parse_real_server(VIP, written), AdminState.DRAIN) == table
+        assert dict(builder.freeze().admin) == {table: AdminState.DRAIN}
+    with pytest.raises(LookupError) as refused:
+        LayerBuilder(config).set_admin(parse_real_server(VIP, "10.0.1.7:9999"), AdminState.DRAIN)
+    assert refused.value.args == (
+        "no real server 10.0.1.7:9999 in tcp:10.0.0.1:80 (it has 10.0.1.7:80)",
+    )
+    with pytest.raises(LookupError) as refused:
+        LayerBuilder(config).set_admin(parse_real_server(VIP, "10.0.1.9"), AdminState.DRAIN)
+    assert refused.value.args == ("no real server 10.0.1.9:80 in tcp:10.0.0.1:80",)
