@@ -378,8 +378,9 @@ def service_changes(old: VirtualServer, new: VirtualServer) -> tuple[str, ...]:
     """What differs in a virtual server's own settings (its real servers
     aside), each as the config writes it: `scheduler "wlc" -> "wrr"`,
     `persistent 600 -> 1200`, `persistent_netmask 24 -> 16`,
-    `scheduler_flags ["sh-port"] -> []`; a setting of several values (the
-    check, the sorry server) by its name alone: `check`."""
+    `scheduler_flags ["sh-port"] -> []`, `sorry_server { address =
+    "10.0.9.9:80", forward = "route", weight = 1 } -> (none)`; the check,
+    a setting of many values, by its name alone: `check`."""
     changes = []
     for setting in fields(VirtualServer):
         name = setting.name
@@ -400,6 +401,10 @@ def _setting_text(name: str, vs: VirtualServer, value: object) -> str | None:
     if name == "persistent_netmask" and vs.key.family == socket.AF_INET:
         assert isinstance(value, int)
         return str(value.bit_count())  # the mask as its prefix length
+    if isinstance(value, SorryServer):
+        where = literal(endpoint(value.address, value.port))
+        forward = value.forward.name.lower()
+        return f'{{ address = {where}, forward = "{forward}", weight = {value.weight} }}'
     if isinstance(value, enum.Enum):
         value = value.value
     return literal(value) if isinstance(value, str | int | float) else None

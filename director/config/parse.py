@@ -77,6 +77,7 @@ from director.ipvs.model import (
     TunnelType,
     family_of,
 )
+from director.ipvs.model import endpoint as endpoint_text
 from director.oserror import strerror
 from director.sync import SYNCID_MAX, TTL_MAX, interface_problem, maxlen_range
 
@@ -823,10 +824,10 @@ def _real_servers(
             endpoint = parse_endpoint(written) if isinstance(written, str) else None
             why = ""
             if endpoint is not None and endpoint[1] not in (None, rs.port):
-                why = "; route and tunnel servers have the service's port in the table"
+                why = ": route and tunnel servers have the service's port in the table"
             rs_table.problems.add(
                 rs_table.path,
-                f"duplicate real server {rs.label} (first at {first}{why})",
+                f"duplicate real server {rs.label} (first at {first}){why}",
                 first=first,
             )
             continue
@@ -1078,7 +1079,11 @@ def _sorry_server(
     _check_family(sorry, key, address, forward)
     port = _table_port(key, forward, written)
     if any((rs.address, rs.port) == (address, port) for rs in real_servers):
-        sorry.error("address", "is also a real server of this service", sorry.string("address"))
+        sorry.error(
+            "address",
+            f"is also a real server of this service ({endpoint_text(address, port)} in the table)",
+            sorry.string("address"),
+        )
     return SorryServer(address, port, forward, 1 if weight is None else weight)
 
 

@@ -13,6 +13,7 @@ from director.config import (
     parse_config,
     parse_endpoint,
 )
+from director.config.model import service_changes
 from director.health.spec import (
     ExecCheck,
     HttpCheck,
@@ -336,8 +337,8 @@ def test_a_port_0_services_servers_have_port_0_and_a_check_with_a_port() -> None
         (
             'address = "10.1.1.2:443"\n[[virtual_server.real_server]]\naddress = "10.1.1.2:444"',
             "virtual_server[0].real_server[1]: duplicate real server 10.1.1.2:0 (first at"
-            " virtual_server[0].real_server[0]; route and tunnel servers have the"
-            " service's port in the table)",
+            " virtual_server[0].real_server[0]): route and tunnel servers have the"
+            " service's port in the table",
         ),
     ],
 )
@@ -735,7 +736,7 @@ def test_all_errors_are_collected() -> None:
         (
             VS
             + "sorry_server = { address = '10.0.0.2' }\n[[virtual_server.real_server]]\naddress = '10.0.0.2'\n",
-            'virtual_server[0].sorry_server.address: is also a real server of this service: "10.0.0.2"',
+            'virtual_server[0].sorry_server.address: is also a real server of this service (10.0.0.2:80 in the table): "10.0.0.2"',
         ),
         (
             "[[virtual_server]]\nfwmark = 1\n[[virtual_server.real_server]]\naddress = '10.0.0.2'\n",
@@ -1158,3 +1159,24 @@ def test_a_control_socket_path_longer_than_a_socket_takes_is_refused() -> None:
 def test_config_counts_are_pluralised(text: str, counts: str) -> None:
     # What directord --check and directorctl check-config print after "OK, ".
     assert parse_config(text, "test.toml", NO_MODULES).counts() == counts
+
+
+def test_a_sorry_servers_change_is_said_in_full() -> None:
+    """A reload's `~ service` line named only `sorry_server` (stop 28's
+    trial); it gives the sorry server before and after, as the config
+    writes one."""
+    base = VS + "[[virtual_server.real_server]]\naddress = '10.0.0.2'\n"
+    (old,) = parse_config(
+        VS + "sorry_server = { address = '10.0.9.9:9090' }\n" + base[len(VS) :]
+    ).virtual_servers
+    (new,) = parse_config(
+        VS + "sorry_server = { address = '10.0.9.9:8081', forward = 'masq' }\n" + base[len(VS) :]
+    ).virtual_servers
+    (none,) = parse_config(base).virtual_servers
+    assert service_changes(old, new) == (
+        'sorry_server { address = "10.0.9.9:80", forward = "route", weight = 1 }'
+        ' -> { address = "10.0.9.9:8081", forward = "masq", weight = 1 }',
+    )
+    assert service_changes(new, none) == (
+        'sorry_server { address = "10.0.9.9:8081", forward = "masq", weight = 1 } -> (none)',
+    )
