@@ -52,7 +52,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -76,7 +76,7 @@ from director.desired import (
 )
 from director.health.checker import Checker, Target
 from director.health.probes import ProbeFunction
-from director.health.spec import probed_endpoint
+from director.health.spec import Check, ExecCheck, probed_endpoint
 from director.health.state import Health, HealthState, Transition, failure_worth_logging
 from director.ipvs.errors import IPVSError, KernelError
 from director.ipvs.model import (
@@ -134,11 +134,24 @@ def check_targets(config: Config) -> dict[RealServerId, Target]:
 
 
 def service_targets(vs: VirtualServer) -> dict[RealServerId, Target]:
-    """What to probe for each real server of one virtual server."""
-    return {
-        target: (rs.check, rs.address, rs.port)
-        for target, rs in zip(vs.real_server_ids, vs.real_servers, strict=True)
-    }
+    """What to probe for each real server of one virtual server: (check,
+    address, port) with the address and port probed, the check's own
+    folded in, so that one endpoint probed is one target whatever the
+    table's entry: a route server that becomes masq on its probed port
+    keeps its probe and health across the reload (Checker._change)."""
+    targets: dict[RealServerId, Target] = {}
+    bare: dict[int, Check] = {}  # each check without its own address and port, by id()
+    for rid, rs in zip(vs.real_server_ids, vs.real_servers, strict=True):
+        check = rs.check
+        if isinstance(check, ExecCheck) or (check.port is None and check.address is None):
+            targets[rid] = (check, rs.address, rs.port)
+            continue
+        plain = bare.get(id(check))
+        if plain is None:
+            plain = bare[id(check)] = replace(check, port=None, address=None)
+        address = rs.address if check.address is None else check.address
+        targets[rid] = (plain, address, rs.port if check.port is None else check.port)
+    return targets
 
 
 def restart_needed(

@@ -37,6 +37,7 @@ from director.ipvs.memory import MemoryBackend
 from director.ipvs.model import (
     Destination,
     DestinationEntry,
+    Forward,
     IPAddress,
     Protocol,
     Service,
@@ -347,6 +348,56 @@ async def test_a_reload_that_changes_a_weight_names_the_real_server(
         assert "~ real server tcp:10.0.0.1:80 10.0.1.1:80\n" in reload_text(summary)
         assert weights(backend) == {"10.0.1.1": 3, "10.0.1.2": 7}
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ('address = "10.0.1.2:8080"', 'address = "10.0.1.2:8080"\nforward = "masq"'),
+        ('address = "10.0.1.2:8080"\nforward = "masq"', 'address = "10.0.1.2:8080"'),
+        (
+            'address = "10.0.1.2:80"\ncheck = { type = "tcp", port = 8080 }',
+            'address = "10.0.1.2:8080"\nforward = "masq"',
+        ),
+    ],
+    ids=["route to masq", "masq to route", "check port to masq"],
+)
+async def test_a_reload_that_moves_a_servers_entry_keeps_its_probe_and_health(
+    autojump_clock: trio.testing.MockClock, before: str, after: str
+) -> None:
+    """route -> masq of a server probed on 8080 moves its table entry from
+    :80 to :8080; the probe is the same, so is its health: the new entry
+    is in the table as the reload ends, with no new verdict (stop 28's
+    trial: out of the table until its next probe, 0.6-0.8 s there, a whole
+    interval with a long one)."""
+    interval = CONFIG.replace("interval = 1.0", "interval = 60.0")
+    old = interval.replace('address = "10.0.1.2:80"', before)
+    backend = MemoryBackend()
+    network = FakeNetwork("10.0.1.1", "10.0.1.2")
+    director = Director(
+        parse_config(old),
+        KernelTable(backend, threaded=False),
+        probe=network.probe,
+        rng=random.Random(1),
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(director.run)
+            await until(lambda: len(weights(backend)) == 2)
+            probes = network.probes
+            new = parse_config(interval.replace('address = "10.0.1.2:80"', after))
+            await director.exclusive(lambda: director.reload(new))
+            table = {
+                (str(d.destination.address), d.destination.port, d.destination.forward)
+                for e in backend.services()
+                for d in e.destinations
+            }
+            assert network.probes == probes  # no new probe was needed
+            nursery.cancel_scope.cancel()
+    moved = [rs for rs in new.virtual_servers[0].real_servers if str(rs.address) == "10.0.1.2"]
+    assert table == {("10.0.1.1", 80, Forward.ROUTE), ("10.0.1.2", moved[0].port, moved[0].forward)}
+    ups = [e for e in logs if e["event"] == "real_server_up" and e["rs"].startswith("10.0.1.2")]
+    assert len(ups) == 1, ups
 
 
 async def test_flush_on_stop_deletes_only_own_services(
