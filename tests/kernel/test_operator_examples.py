@@ -839,3 +839,34 @@ def test_route_servers_take_the_services_port_and_survive_save_clear_restore(rig
     assert down["reason"] == "refused", down
     assert table()[f"-t {vip}:0"] == {f"{rs2}:0": 1}
     assert rig.alive()
+
+
+def test_save_clear_restore_with_the_sorry_server_in_leaves_it_the_sorry_server(rig: Rig) -> None:
+    """rs1's check fails (nothing listens on 81), so the sorry server, rs2,
+    stands in; `-Sn` saves it as a destination, and after `-C` and `-R` it
+    was a runtime real server: probed, counted in the quorum, in the table
+    beside rs1 once rs1 was up, for good (stop 28's trial). Now it is still
+    the sorry server: out of the table as soon as rs1 is up."""
+    check = f'{{ type = "tcp", {FAST} }}'
+    sorry = rig.rs("rs2")
+    extra = f'sorry_server = {{ address = "{sorry}", forward = "masq" }}'
+
+    def config(port: int) -> str:
+        return rig.config_text(rig.service(80, check, rig.server("rs1", port=port), extra=extra))
+
+    rig.start(config(81))
+    rig.wait(lambda: rig.weights(80) == {sorry: 1}, "the sorry server in")
+    rules = rig.ctl("-Sn")
+    assert rules.status == 0 and f"-r {sorry} -m -w 1" in rules.stdout, rules
+    assert rig.ctl("-C") == Outcome("", "", 0)
+    assert rig.ctl("-R", stdin=rules.stdout) == Outcome("", "", 0)
+    rig.wait(lambda: rig.weights(80) == {sorry: 1}, "the sorry server back in")
+    (service,) = rig.status().values()
+    assert [rs["server"] for rs in service["real_servers"]] == [rig.rs("rs1", 81)]
+    assert service["sorry"] == sorry
+    assert json.loads(rig.state_file.read_text())["real_servers"] == []  # no runtime server
+
+    answer = rig.reload(config(HTTP_PORT))
+    assert answer.status == 0, answer
+    rig.wait(lambda: rig.weights(80) == {rig.rs("rs1"): 1}, "rs1 up and the sorry server out")
+    assert rig.alive()
