@@ -41,6 +41,7 @@ _FORWARDS = {
 }
 
 _FORWARD_NAMES = {forward: name for name, forward in _FORWARDS.items()}
+_FORWARD_TEXT = tuple(_FORWARD_NAMES[Forward(value)] for value in range(len(_FORWARD_NAMES)))
 
 # What a service line is known by: its ServiceKey, or ("FWM", mark) for a
 # firewall-mark service, whose family the file does not show.
@@ -59,12 +60,13 @@ def proc_destination(destination: Destination) -> str:
     """A destination's line as the file shows it, without its connection
     counts and column padding: '-> 0A020001:0050 Masq 1'."""
     address, port = destination.address, destination.port
-    if address.version == 6:
+    if isinstance(address, IPv6Address):
         endpoint = f"[{address.exploded}]:{port:04X}"
     else:
         endpoint = f"{int(address):08X}:{port:04X}"
-    forward = _FORWARD_NAMES.get(destination.forward, str(int(destination.forward)))
-    return f"-> {endpoint} {forward} {destination.weight}"
+    forward = int(destination.forward)  # (an enum member's hash is a Python call)
+    name = _FORWARD_TEXT[forward] if 0 <= forward < len(_FORWARD_TEXT) else str(forward)
+    return f"-> {endpoint} {name} {destination.weight}"
 
 
 def _service_key(fields: list[str]) -> TableKey:
@@ -155,6 +157,13 @@ def digest_shows(digest: str, earlier: str, destinations: Collection[Destination
     lines = digest.split("\n")
     if lines[0] != earlier.split("\n", 1)[0] or lines[-1] or len(lines) - 2 != len(destinations):
         return False
+    # The lines as proc_destination writes them, their padding aside: a
+    # string each, where reading each line back makes an address object
+    # (a drift check under churn reads every service a pass has touched).
+    if sorted(" ".join(line.split()) for line in lines[1:-1]) == sorted(
+        map(proc_destination, destinations)
+    ):
+        return True
     want = {(d.address, d.port): (d.forward, d.weight) for d in destinations}
     for line in lines[1:-1]:
         fields = line.split()
