@@ -38,11 +38,11 @@ import outcome
 import trio
 
 from director.health.probes import ProbeFunction, Prober
-from director.health.probes.tcp import Connects, destination
+from director.health.probes.tcp import Connects, socket_address
 from director.health.probes.watch import SLICE, nap
 from director.health.result import ProbeResult, Reason
 from director.health.schedule import Schedule, first_start, next_start
-from director.health.spec import Check, ExecCheck, HttpCheck, TcpCheck
+from director.health.spec import Check, ExecCheck, HttpCheck, TcpCheck, probed_endpoint
 from director.health.state import HealthState, Transition, advance
 from director.ipvs.model import IPAddress
 
@@ -332,8 +332,9 @@ class Checker(Generic[K]):
         probe: _Probe[K] = _Probe(target)
         check, address, port = target
         if isinstance(check, TcpCheck):
-            where = destination(check, address, port)
-            probe.tcp, probe.family, probe.sockaddr = True, where.family, where.sockaddr
+            where = probed_endpoint(check, address, port)
+            assert where is not None  # (an exec check's alone is None)
+            probe.tcp, (probe.family, probe.sockaddr) = True, socket_address(*where)
             probe.owner = self
         elif isinstance(check, HttpCheck):
             from director.health.probes.http_exchange import http_destination

@@ -147,8 +147,16 @@ def destination(check: TcpCheck, address: IPAddress, port: int) -> Destination:
     """The check's own address and port where it has them, else the server's."""
     address = check.address or address
     port = check.port if check.port is not None else port
-    family = socket.AF_INET if isinstance(address, IPv4Address) else socket.AF_INET6
-    return Destination(check, address, port, family, (str(address), port))
+    return Destination(check, address, port, *socket_address(address, port))
+
+
+def socket_address(address: IPAddress, port: int) -> tuple[int, tuple[str, int]]:
+    """The family and the socket module's address for `address`:`port`.
+    (inet_ntoa: half the cost of str() of an IPv4Address, which a start
+    pays for each of 10,000 targets.)"""
+    if isinstance(address, IPv4Address):
+        return socket.AF_INET, (socket.inet_ntoa(address.packed), port)
+    return socket.AF_INET6, (str(address), port)
 
 
 async def probe_tcp(check: TcpCheck, address: IPAddress, port: int) -> ProbeResult:
