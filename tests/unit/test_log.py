@@ -140,6 +140,27 @@ def test_capture_logs_still_captures_and_the_stream_gets_nothing() -> None:
     assert stream.getvalue() == ""
 
 
+def test_a_logger_bound_before_follows_a_new_stream_and_a_capture() -> None:
+    """log.get's logger binds once per configuration (structlog's lazy proxy
+    binds at every call): one used before a configure() writes to the new
+    stream, and one used before capture_logs is captured."""
+    first, second = GatedStream(), GatedStream()
+    first.gate.set()
+    second.gate.set()
+    log.configure("info", stream=first, json=True)
+    logger = log.get("test")
+    logger.info("one")
+    log.configure("info", stream=second, json=True)
+    logger.info("two")
+    with structlog.testing.capture_logs() as captured:
+        logger.info("three", figure=3)
+    logger.info("four")
+    assert log.flush()
+    assert [e["event"] for e in events(first.getvalue())] == ["one"]
+    assert [e["event"] for e in events(second.getvalue())] == ["two", "four"]
+    assert captured == [{"event": "three", "figure": 3, "log_level": "info"}]
+
+
 def test_level_filter_and_rendering() -> None:
     stream = GatedStream()
     stream.gate.set()
