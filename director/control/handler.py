@@ -576,8 +576,8 @@ class Controller:
         return await self.director.exclusive(change)
 
     async def _drain(self, args: Mapping[str, object], peer: Peer) -> Response:
-        response = await self._admin(args, peer, AdminState.DRAIN)
-        if response.status != 0 or not args.get("wait"):
+        response, drained = await self._set_admin(args, peer, AdminState.DRAIN)
+        if drained is None or not args.get("wait"):
             return response
         limit = args.get("timeout")
         if limit is None:
@@ -588,12 +588,16 @@ class Controller:
                 "",
                 f"director: drain: timeout {limit!r} is not a positive number of seconds\n",
             )
-        key, address, port = self._target(args)
-        left = -1
+        # The entry drained, not the server as named: a route server named
+        # by the port its check probes is in the table on the service's.
+        left: int | None = -1
         with trio.move_on_after(min(float(limit), DRAIN_WAIT_LIMIT)):
             while True:
                 # The kernel has no event for a connection count reaching 0.
-                left = await self._connections(key, address, port)
+                left = await self._connections(drained)
+                if left is None:
+                    where = describe_endpoint(drained.address, drained.port)
+                    return Response(0, response.stdout + f"drained: {where} is not in the table\n")
                 if left == 0:
                     return Response(0, response.stdout + "drained: no connections left\n")
                 await trio.sleep(DRAIN_POLL)
@@ -601,36 +605,36 @@ class Controller:
             1, response.stdout, f"director: drain: still {left} connections after {limit:g}s\n"
         )
 
-    async def _connections(self, key: ServiceKey, address: object, port: int) -> int:
-        """Connections left on one destination; -1 while the kernel cannot say."""
+    async def _connections(self, rid: RealServerId) -> int | None:
+        """Connections left on the destination of `rid`; -1 while the kernel
+        cannot say, None when its service has no such destination."""
         try:
-            entries = await self.reads.services({key})
+            entries = await self.reads.services({rid.service})
         except KernelError:
             return -1
         for entry in entries:
-            if entry.service.key == key:
+            if entry.service.key == rid.service:
                 for d in entry.destinations:
-                    if (d.destination.address, d.destination.port) == (address, port):
+                    if (d.destination.address, d.destination.port) == (rid.address, rid.port):
                         return d.active_conns + d.inact_conns
-        return 0
+        return None
 
     async def _disable(self, args: Mapping[str, object], peer: Peer) -> Response:
-        return await self._admin(args, peer, AdminState.DISABLED)
+        return (await self._set_admin(args, peer, AdminState.DISABLED))[0]
 
     async def _enable(self, args: Mapping[str, object], peer: Peer) -> Response:
-        return await self._admin(args, peer, AdminState.ENABLED)
+        return (await self._set_admin(args, peer, AdminState.ENABLED))[0]
 
-    def _target(self, args: Mapping[str, object]) -> tuple[ServiceKey, object, int]:
-        service = parse_service(_text(args.get("service"), ""))
-        rid = parse_real_server(service, _text(args.get("server"), ""))
-        return service, rid.address, rid.port
-
-    async def _admin(self, args: Mapping[str, object], peer: Peer, state: AdminState) -> Response:
+    async def _set_admin(
+        self, args: Mapping[str, object], peer: Peer, state: AdminState
+    ) -> tuple[Response, RealServerId | None]:
+        """The answer, and the real server whose admin state was set (as the
+        table has it), None when none was."""
         try:
             service = parse_service(_text(args.get("service"), ""))
             rid = parse_real_server(service, _text(args.get("server"), ""))
         except ValueError as error:
-            return Response(USAGE, "", f"director: {error}\n")
+            return Response(USAGE, "", f"director: {error}\n"), None
         what = {
             "command": _ADMIN_COMMANDS[state],
             "state": str(state),
@@ -638,15 +642,15 @@ class Controller:
             "server": describe_endpoint(rid.address, rid.port),
         }
 
-        async def change() -> Response:
+        async def change() -> tuple[Response, RealServerId | None]:
             work = _Work(self)
             try:
                 changed = work.layer.set_admin(rid, state)
             except LookupError as error:
-                return Response(LIST_ERROR, "", f"director: {error.args[0]}\n")
+                return Response(LIST_ERROR, "", f"director: {error.args[0]}\n"), None
             what["server"] = describe_endpoint(changed.address, changed.port)
             await self._commit(work, _Outcome(changed=True), peer, what)
-            return Response(0, f"{what['server']} in {what['service']}: {state}\n")
+            return Response(0, f"{what['server']} in {what['service']}: {state}\n"), changed
 
         return await self.director.exclusive(change)
 

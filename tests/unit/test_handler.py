@@ -9,7 +9,7 @@ import random
 import threading
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from director.ipvs.memory import MemoryBackend
 from director.ipvs.model import (
     Destination,
     DestinationEntry,
+    Forward,
     Info,
     IPAddress,
     Protocol,
@@ -678,3 +679,30 @@ async def test_a_change_after_the_stop_is_refused_and_changes_nothing(
         await trio.sleep(5.0)
         assert r.backend.services() == before
         assert (tmp_path / "state.json").read_bytes() == saved
+
+
+ROUTED = CONFIG.replace('address = "10.0.1.1:80"', 'address = "10.0.1.1:8080"\nforward = "route"')
+
+
+async def test_drain_wait_by_the_port_written_waits_on_the_entry_in_the_table(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Trial report: `drain --wait` naming a route server by the port its
+    check probes (10.0.1.1:8080, in the table as 10.0.1.1:80, the service's
+    port) answered "drained: no connections left" at once while the entry
+    still had connections: it counted those of 10.0.1.1:8080, which the
+    table has not. It now waits on the entry it drained."""
+    routed = Destination(ip_address("10.0.1.1"), 80, Forward.ROUTE, 5)
+    busy = ServiceEntry(Service(VIP, "rr"), (DestinationEntry(routed, active_conns=2),))
+    async with rig(tmp_path, MemoryBackend([busy]), ROUTED, "10.0.1.1") as r:
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
+        target = {"service": "tcp:10.0.0.1:80", "server": "10.0.1.1:8080"}
+        short = await r.command("drain", wait=True, timeout=3, **target)
+        assert short.stdout == "10.0.1.1:80 in tcp:10.0.0.1:80: drain\n"
+        assert short.status == 1 and "still 2 connections after 3s" in short.stderr
+        assert r.weights() == {"10.0.1.1:80": 0}
+        r.backend._services[VIP] = ServiceEntry(
+            Service(VIP, "rr"), (DestinationEntry(replace(routed, weight=0)),)
+        )
+        done = await r.command("drain", wait=True, timeout=3, **target)
+        assert done.status == 0 and done.stdout.endswith("drained: no connections left\n")
