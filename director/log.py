@@ -107,8 +107,9 @@ class _Logger:
     """structlog's lazy proxy binds a new logger at every call, a third of
     a line's cost (10,000 real_server_up lines at a start): this one binds
     again only when structlog's processors, wrapper (the level) or logger
-    factory (the sink) are others than it was bound with, whoever changed
-    them (configure, set_level, a test's structlog.testing.capture_logs)."""
+    factory (the sink) are others than it was bound with (configure,
+    set_level, structlog.reset_defaults). structlog.testing.capture_logs
+    changes the processors' list in place, which the bound logger holds."""
 
     __slots__ = ("_bound", "_name", "_under")
 
