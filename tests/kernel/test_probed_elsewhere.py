@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from daemon_runner import Daemon, wait_alive
+from daemon_runner import Daemon, waiter
 from topology import batch, inside, ipvsadm
 
 T = TypeVar("T")
@@ -188,15 +188,7 @@ class Rig:
         return self.daemon.log_text() if self.daemon is not None else "(no daemon)"
 
     def wait(self, condition: Callable[[], T], what: str) -> T:
-        return wait_alive(
-            condition,
-            what,
-            alive=self.alive,
-            log=self.log,
-            timeout=DEADLINE,
-            every=POLL,
-            context=lambda: f"table:\n{ipvsadm('-Ln')}\nlog:\n{self.log()}",
-        )
+        return waiter(self.running(), DEADLINE, partial(ipvsadm, "-Ln"), POLL)(condition, what)
 
     def ctl(self, *args: str) -> Outcome:
         done = subprocess.run(
