@@ -231,9 +231,18 @@ def _decide(
             return present(0, f"{reason}, kept at weight 0")
         return absent(f"{reason}, removed")
 
+    initial_up = rs.check.timing.initial == "up"
     if admin is AdminState.DISABLED:
         return failed("disabled by admin")
     if admin is AdminState.DRAIN:
+        # Weight 0 where it could serve. A drained server that is down is
+        # out as any down one: put back, even at weight 0, it would take
+        # the clients of its persistence templates again (the kernel keeps
+        # a deleted destination's templates and revives them with it).
+        if view.status is Health.DOWN and not panic:
+            return failed("down, and drained by admin")
+        if view.status is Health.UNKNOWN and in_kernel is None and not initial_up:
+            return absent("drained by admin, not checked yet, and not in the kernel")
         return present(0, "draining by admin")
     if view.status is Health.UP:
         return _up(rs, view, vs.slow_start, now, present)
@@ -241,7 +250,6 @@ def _decide(
         if panic:
             return present(rs.weight, "down, but every server is down: panic keeps all")
         return failed("down")
-    initial_up = rs.check.timing.initial == "up"
     if in_kernel is not None:
         # A weight of the kernel's own making is kept: a ramp's step, an
         # exec check's last word, or 0 (down or drained at the last run).

@@ -147,6 +147,45 @@ def test_admin_states() -> None:
     }
 
 
+def test_a_drained_server_is_at_weight_0_only_where_it_could_serve() -> None:
+    """Trial report: `drain` of a server that was down (or disabled) put it
+    back in the table at weight 0; on a persistent service the kernel
+    revived its persistence templates with it, and their clients were sent
+    to the dead server until the templates expired. A drained server that
+    is down is out, as any down server (on_failure = "weight0" keeps it at
+    0); one not checked yet stays as the kernel has it; panic keeps it at 0."""
+    drained = {rid(0): AdminState.DRAIN}
+    result = only(desired_table(config(), {rid(0): DOWN, rid(1): UP}, {}, 0.0, drained))
+    assert weights(result) == {"10.0.0.11": 4}
+    assert reasons(result)["10.0.0.10"] == "down, and drained by admin, removed"
+    # It died while drained: it leaves the table.
+    in_kernel = kernel_with(dest(0, 0), dest(1, 4))
+    result = only(desired_table(config(), {rid(0): DOWN, rid(1): UP}, in_kernel, 0.0, drained))
+    assert weights(result) == {"10.0.0.11": 4}
+    weight0 = config('on_failure = "weight0"')
+    result = only(desired_table(weight0, {rid(0): DOWN, rid(1): UP}, {}, 0.0, drained))
+    assert weights(result) == {"10.0.0.10": 0, "10.0.0.11": 4}
+    assert reasons(result)["10.0.0.10"] == "down, and drained by admin, kept at weight 0"
+    # Every server down: panic keeps them all, the drained one at 0.
+    panic = config("panic = true")
+    result = only(desired_table(panic, {rid(0): DOWN, rid(1): DOWN}, {}, 0.0, drained))
+    assert weights(result) == {"10.0.0.10": 0, "10.0.0.11": 4}
+    # Not checked yet: out unless the kernel has it (or its check is initial up).
+    result = only(desired_table(config(), {rid(1): UP}, {}, 0.0, drained))
+    assert weights(result) == {"10.0.0.11": 4}
+    assert reasons(result)["10.0.0.10"] == (
+        "drained by admin, not checked yet, and not in the kernel"
+    )
+    result = only(desired_table(config(), {rid(1): UP}, in_kernel, 0.0, drained))
+    assert weights(result) == {"10.0.0.10": 0, "10.0.0.11": 4}
+    initial_up = config('check = { type = "tcp", initial = "up" }')
+    result = only(desired_table(initial_up, {rid(1): UP}, {}, 0.0, drained))
+    assert weights(result) == {"10.0.0.10": 0, "10.0.0.11": 4}
+    # Up: weight 0, as always.
+    result = only(desired_table(config(), {rid(0): UP, rid(1): UP}, {}, 0.0, drained))
+    assert weights(result) == {"10.0.0.10": 0, "10.0.0.11": 4}
+
+
 def test_panic_keeps_every_server_when_all_are_down() -> None:
     all_down = {rid(0): DOWN, rid(1): DOWN}
     result = only(desired_table(config("panic = true"), all_down, {}, 0.0))

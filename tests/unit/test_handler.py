@@ -706,3 +706,22 @@ async def test_drain_wait_by_the_port_written_waits_on_the_entry_in_the_table(
         )
         done = await r.command("drain", wait=True, timeout=3, **target)
         assert done.status == 0 and done.stdout.endswith("drained: no connections left\n")
+
+
+async def test_drain_wait_of_a_server_that_is_down_says_it_is_not_in_the_table(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Trial report: draining a server that was down put it back in the
+    table at weight 0. A drained server that is down stays out, and
+    `drain --wait` says so rather than "no connections left"."""
+    config = CONFIG + '[[virtual_server.real_server]]\naddress = "10.0.1.2:80"\n'
+    async with rig(tmp_path, None, config, "10.0.1.1") as r:
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
+        await trio.sleep(3)  # 10.0.1.2 probed down
+        down = {"service": "tcp:10.0.0.1:80", "server": "10.0.1.2"}
+        done = await r.command("drain", wait=True, timeout=3, **down)
+        assert done == Response(
+            0, "10.0.1.2:80 in tcp:10.0.0.1:80: drain\ndrained: 10.0.1.2:80 is not in the table\n"
+        ), done
+        await trio.sleep(3)
+        assert r.weights() == {"10.0.1.1:80": 5}
