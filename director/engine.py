@@ -109,7 +109,7 @@ from director.refusals import (
     service_of,
     table_moved,
 )
-from director.runtime import EMPTY, RuntimeLayer, effective_config
+from director.runtime import EMPTY, RuntimeLayer, effective_config, without_stale_admin
 from director.sync import SyncKeeper
 from director.vips import AddressBackend, Vip, VipKeeper, VipOperation, describe_op
 
@@ -587,7 +587,21 @@ class Director:
 
     # -- the loop -----------------------------------------------------------
 
+    def _forget_stale_admin(self, effective: Config) -> list[dict[str, object]]:
+        """Drop the admin states of real servers `effective` no longer has
+        (runtime.without_stale_admin), each logged as `admin_state_forgotten`;
+        each as a reload's `others` entry. The caller saves the state file."""
+        self.runtime, stale = without_stale_admin(self.runtime, effective)
+        forgotten: list[dict[str, object]] = []
+        for rid, state in stale:
+            fields = {"vs": service_label(rid.service), "rs": endpoint(rid.address, rid.port)}
+            self.log.info("admin_state_forgotten", **fields, state=str(state))
+            forgotten.append({"what": "admin", "op": f"forget {state}", **fields})
+        return forgotten
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self._forget_stale_admin(self.effective):
+            await self.save()
         self._retarget(None)
         self._adopt(await self._read("adopt"))
         # The first pass runs before any probe: it only adds what is missing
@@ -1292,8 +1306,10 @@ class Director:
         began = time.thread_time()
         old = self.effective
         new = effective_config(config, self.runtime)
+        before = self.runtime.admin
+        forgotten = self._forget_stale_admin(new)
         admin = self.runtime.admin
-        changed = services_changed(old.virtual_servers, new.virtual_servers, admin, admin)
+        changed = services_changed(old.virtual_servers, new.virtual_servers, before, admin)
         self.config = config
         self._set_effective(new)
         self.owned |= new.service_keys()
@@ -1305,8 +1321,10 @@ class Director:
         if self._follow_log_level and config.daemon.log_level != old.daemon.log_level:
             log.set_level(config.daemon.log_level.value)
         operations = await self.reconcile("reload", only=changed)
+        if forgotten:
+            await self.save()
         self.sync.configure(config.ipvs.sync, config.daemon.reconcile_interval)
-        others: list[dict[str, object]] = []
+        others: list[dict[str, object]] = list(forgotten)
         for op in await self.sync.pass_if_due(self.kernel, self.save, "reload"):
             others.append({"what": "sync daemon", **describe_operation(op)})
         vip_ops, bgp_changes = await self.traffic_pass("reload", vips_now=True)

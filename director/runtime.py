@@ -183,6 +183,25 @@ def effective_config(config: Config, layer: RuntimeLayer) -> Config:
     return replace(config, virtual_servers=tuple(virtual_servers), ipvs=ipvs)
 
 
+def without_stale_admin(
+    layer: RuntimeLayer, effective: Config
+) -> tuple[RuntimeLayer, list[tuple[RealServerId, AdminState]]]:
+    """`layer` without the admin states of real servers `effective` (the
+    config with `layer` applied) no longer has, and those states in the
+    layer's order. A server the config dropped is gone: a drain or disable
+    kept for its address would greet the next machine a reload puts there
+    (as -D of a service forgets its servers' states)."""
+    if not layer.admin:
+        return layer, []
+    kept = {rid for vs in effective.virtual_servers for rid in vs.real_server_ids}
+    stale = [(rid, state) for rid, state in layer.admin.items() if rid not in kept]
+    if not stale:
+        return layer, []
+    gone = {rid for rid, _ in stale}
+    admin = {rid: state for rid, state in layer.admin.items() if rid not in gone}
+    return replace(layer, admin=admin), stale
+
+
 def merge_timeouts(base: Timeouts | None, change: Timeouts) -> Timeouts:
     """`change` over `base`; a 0 in `change` keeps the base's value (as --set does)."""
     base = base or Timeouts()

@@ -382,6 +382,37 @@ def test_drain_wait_without_timeout_waits_for_the_connections_to_end(rig: Rig) -
     assert rig.alive()
 
 
+def test_draining_a_server_that_is_down_leaves_it_out_of_the_table(rig: Rig) -> None:
+    """Trial report: on a persistent service, `drain` of a real server that
+    was down put it back in the table at weight 0; the kernel revived its
+    persistence templates with it, and their clients were sent to the dead
+    server. A drained server that is down stays out, the drain's answer
+    says so, and `enable` leaves it out too (it is down)."""
+    rs1, rs2 = rig.rs("rs1"), rig.rs("rs2")
+    check = f'{{ type = "tcp", {FAST} }}'
+    refused = "check = { port = 1 }"  # nothing listens there: rs2 is down
+    service = rig.service(
+        80, check, rig.server("rs1"), rig.server("rs2", refused), extra="persistent = 300"
+    )
+    rig.start(rig.config_text(service))
+    rig.wait(lambda: rig.weights(80) == {rs1: 1}, "rs1 in the table")
+    rig.wait(lambda: rig.server_status(80, rs2)["health"] == "down", "rs2 probed down")
+
+    answer = rig.ctl("drain", rig.vs(80), rs2, "--wait", "--timeout", "5")
+    expected = f"{rs2} in {rig.vs(80)}: drain\ndrained: {rs2} is not in the table\n"
+    assert answer == Outcome(expected, "", 0), (answer, rig.log())
+    # The drain's pass ran before the answer: the table is as it left it.
+    assert rig.weights(80) == {rs1: 1}, ipvsadm("-Sn")
+    status = rig.server_status(80, rs2)
+    assert (status["admin"], status["health"]) == ("drain", "down"), status
+    assert status["decision"] == "down, and drained by admin, removed", status
+    assert not rig.running().operations(rs=rs2), rig.log()
+
+    assert rig.ctl("enable", rig.vs(80), rs2).status == 0
+    assert rig.weights(80) == {rs1: 1}, ipvsadm("-Sn")
+    assert rig.alive()
+
+
 def connections(rig: Rig, port: int, server: str) -> tuple[int, int]:
     """ActiveConn and InActConn of `server` under tcp VIP:port in `ipvsadm -Ln`."""
     lines = ipvsadm("-Ln").splitlines()

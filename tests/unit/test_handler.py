@@ -5,6 +5,7 @@ restart, reload keeps runtime changes, admin states, status, permissions."""
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
@@ -725,3 +726,54 @@ async def test_drain_wait_of_a_server_that_is_down_says_it_is_not_in_the_table(
         ), done
         await trio.sleep(3)
         assert r.weights() == {"10.0.1.1:80": 5}
+
+
+async def test_a_reload_that_drops_a_drained_server_forgets_its_drain(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Trial report: a drained server removed from the config by a reload
+    kept its drain in the state file, and a later reload that put a server
+    at that address again brought it in drained (weight 0), without a word.
+    A reload that drops a server forgets its admin state, says so in its
+    answer and the log, and the server it adds later is enabled."""
+    two = CONFIG + '[[virtual_server.real_server]]\naddress = "10.0.1.2:80"\nweight = 2\n'
+    (tmp_path / "director.toml").write_text(two)
+    async with rig(tmp_path) as r:
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5, "10.0.1.2:80": 2})
+        target = {"service": "tcp:10.0.0.1:80", "server": "10.0.1.2"}
+        assert (await r.command("drain", **target)).status == 0
+        assert r.weights() == {"10.0.1.1:80": 5, "10.0.1.2:80": 0}
+        assert json.loads((tmp_path / "state.json").read_text())["admin"]
+
+        (tmp_path / "director.toml").write_text(CONFIG)
+        dropped = await r.command("reload")
+        assert dropped.status == 0, dropped
+        assert "- real server tcp:10.0.0.1:80 10.0.1.2:80\n" in dropped.stdout
+        assert "> admin forget drain vs=TCP 10.0.0.1:80 rs=10.0.1.2:80\n" in dropped.stdout
+        assert json.loads((tmp_path / "state.json").read_text())["admin"] == []
+        assert r.weights() == {"10.0.1.1:80": 5}
+
+        (tmp_path / "director.toml").write_text(two)
+        added = await r.command("reload")
+        assert added.status == 0 and "admin" not in added.stdout, added
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5, "10.0.1.2:80": 2})
+
+
+async def test_a_start_forgets_the_admin_states_of_servers_the_config_dropped(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """The same at a start: the state file's drain of a server the config
+    no longer has is dropped (and saved), not kept for its address."""
+    two = CONFIG + '[[virtual_server.real_server]]\naddress = "10.0.1.2:80"\nweight = 2\n'
+    (tmp_path / "director.toml").write_text(two)
+    async with rig(tmp_path) as r:
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5, "10.0.1.2:80": 2})
+        target = {"service": "tcp:10.0.0.1:80", "server": "10.0.1.2"}
+        assert (await r.command("drain", **target)).status == 0
+    (tmp_path / "director.toml").write_text(CONFIG)
+    async with rig(tmp_path) as r:
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
+        assert json.loads((tmp_path / "state.json").read_text())["admin"] == []
+    (tmp_path / "director.toml").write_text(two)
+    async with rig(tmp_path) as r:
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5, "10.0.1.2:80": 2})
