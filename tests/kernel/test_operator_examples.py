@@ -413,6 +413,36 @@ def test_draining_a_server_that_is_down_leaves_it_out_of_the_table(rig: Rig) -> 
     assert rig.alive()
 
 
+def test_a_reload_that_drops_a_drained_server_forgets_its_drain(rig: Rig) -> None:
+    """Trial report: a drained server a reload removed kept its drain, and
+    the reload that put a server at its address again brought it in at
+    weight 0, saying only "+ real server". Now the reload that drops it
+    forgets the drain (its answer and the log say so), and the server a
+    later reload adds is in at its weight."""
+    rs1, rs2 = rig.rs("rs1"), rig.rs("rs2")
+    check = f'{{ type = "tcp", {FAST} }}'
+    both = rig.config_text(rig.service(80, check, rig.server("rs1"), rig.server("rs2")))
+    one = rig.config_text(rig.service(80, check, rig.server("rs1")))
+    daemon = rig.start(both)
+    rig.wait(lambda: rig.weights(80) == {rs1: 1, rs2: 1}, "rs1 and rs2 in the table")
+    assert rig.ctl("drain", rig.vs(80), rs2).status == 0
+    rig.wait(lambda: rig.weights(80) == {rs1: 1, rs2: 0}, "rs2 drained")
+
+    dropped = rig.reload(one)
+    assert dropped.status == 0, dropped
+    forget = f"> admin forget drain vs=TCP {rig.net.vip}:80 rs={rs2}"
+    assert forget in dropped.stdout.splitlines(), dropped
+    assert daemon.events("admin_state_forgotten", rs=rs2, state="drain"), rig.log()
+    assert json.loads(rig.state_file.read_text())["admin"] == [], rig.state_file.read_text()
+    assert rig.weights(80) == {rs1: 1}
+
+    added = rig.reload(both)
+    assert added.status == 0 and "admin" not in added.stdout, added
+    rig.wait(lambda: rig.weights(80) == {rs1: 1, rs2: 1}, "rs2 back at its weight")
+    assert rig.server_status(80, rs2)["admin"] == "enabled"
+    assert rig.alive()
+
+
 def connections(rig: Rig, port: int, server: str) -> tuple[int, int]:
     """ActiveConn and InActConn of `server` under tcp VIP:port in `ipvsadm -Ln`."""
     lines = ipvsadm("-Ln").splitlines()
