@@ -728,6 +728,20 @@ async def test_drain_wait_of_a_server_that_is_down_says_it_is_not_in_the_table(
         assert r.weights() == {"10.0.1.1:80": 5}
 
 
+TWO = CONFIG + '[[virtual_server.real_server]]\naddress = "10.0.1.2:80"\nweight = 2\n'
+
+
+@asynccontextmanager
+async def rig_with_the_second_drained(tmp_path: Path) -> AsyncIterator[Rig]:
+    """A rig over TWO, once both servers are in, with 10.0.1.2 drained."""
+    (tmp_path / "director.toml").write_text(TWO)
+    async with rig(tmp_path) as r:
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5, "10.0.1.2:80": 2})
+        target = {"service": "tcp:10.0.0.1:80", "server": "10.0.1.2"}
+        assert (await r.command("drain", **target)).status == 0
+        yield r
+
+
 async def test_a_reload_that_drops_a_drained_server_forgets_its_drain(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
@@ -736,12 +750,7 @@ async def test_a_reload_that_drops_a_drained_server_forgets_its_drain(
     at that address again brought it in drained (weight 0), without a word.
     A reload that drops a server forgets its admin state, says so in its
     answer and the log, and the server it adds later is enabled."""
-    two = CONFIG + '[[virtual_server.real_server]]\naddress = "10.0.1.2:80"\nweight = 2\n'
-    (tmp_path / "director.toml").write_text(two)
-    async with rig(tmp_path) as r:
-        await until(lambda: r.weights() == {"10.0.1.1:80": 5, "10.0.1.2:80": 2})
-        target = {"service": "tcp:10.0.0.1:80", "server": "10.0.1.2"}
-        assert (await r.command("drain", **target)).status == 0
+    async with rig_with_the_second_drained(tmp_path) as r:
         assert r.weights() == {"10.0.1.1:80": 5, "10.0.1.2:80": 0}
         assert json.loads((tmp_path / "state.json").read_text())["admin"]
 
@@ -753,7 +762,7 @@ async def test_a_reload_that_drops_a_drained_server_forgets_its_drain(
         assert json.loads((tmp_path / "state.json").read_text())["admin"] == []
         assert r.weights() == {"10.0.1.1:80": 5}
 
-        (tmp_path / "director.toml").write_text(two)
+        (tmp_path / "director.toml").write_text(TWO)
         added = await r.command("reload")
         assert added.status == 0 and "admin" not in added.stdout, added
         await until(lambda: r.weights() == {"10.0.1.1:80": 5, "10.0.1.2:80": 2})
@@ -764,16 +773,12 @@ async def test_a_start_forgets_the_admin_states_of_servers_the_config_dropped(
 ) -> None:
     """The same at a start: the state file's drain of a server the config
     no longer has is dropped (and saved), not kept for its address."""
-    two = CONFIG + '[[virtual_server.real_server]]\naddress = "10.0.1.2:80"\nweight = 2\n'
-    (tmp_path / "director.toml").write_text(two)
-    async with rig(tmp_path) as r:
-        await until(lambda: r.weights() == {"10.0.1.1:80": 5, "10.0.1.2:80": 2})
-        target = {"service": "tcp:10.0.0.1:80", "server": "10.0.1.2"}
-        assert (await r.command("drain", **target)).status == 0
+    async with rig_with_the_second_drained(tmp_path):
+        pass
     (tmp_path / "director.toml").write_text(CONFIG)
     async with rig(tmp_path) as r:
         await until(lambda: r.weights() == {"10.0.1.1:80": 5})
         assert json.loads((tmp_path / "state.json").read_text())["admin"] == []
-    (tmp_path / "director.toml").write_text(two)
+    (tmp_path / "director.toml").write_text(TWO)
     async with rig(tmp_path) as r:
         await until(lambda: r.weights() == {"10.0.1.1:80": 5, "10.0.1.2:80": 2})
