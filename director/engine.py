@@ -52,7 +52,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Set
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -63,7 +63,7 @@ from director import log, statefile
 from director.bgp import BgpKeeper, Speaker, prefix
 from director.config import Config, ConfigError, RealServerId, load_config, service_label
 from director.config.lines import key_lines
-from director.config.model import VirtualServer, service_changes
+from director.config.model import VirtualServer, real_server_changes, service_changes
 from director.config.toml import literal
 from director.desired import (
     DesiredService,
@@ -211,6 +211,8 @@ class ReloadSummary:
     # Services in both configs whose own settings changed, each with what
     # changed (`service_changes`).
     services_changed: tuple[tuple[ServiceKey, tuple[str, ...]], ...] = ()
+    # What changed in each of `real_servers_changed` (`real_server_changes`).
+    real_server_changes: Mapping[RealServerId, tuple[str, ...]] = field(default_factory=dict)
     # What else the reload changed at once: sync daemons, VIPs on their
     # interfaces, BGP announcements; each as its log event's fields.
     others: tuple[dict[str, object], ...] = ()
@@ -1332,6 +1334,7 @@ class Director:
             others.append({"what": "vip", **describe_op(vip_op)})
         for change, address in bgp_changes:
             others.append({"what": "bgp", "op": change, "address": prefix(address)})
+        changes_of = _real_servers_changed(old, new, changed)
         summary = ReloadSummary(
             services_added=tuple(
                 sorted(new.service_keys() - old.service_keys(), key=service_sort_key)
@@ -1341,7 +1344,8 @@ class Director:
             ),
             real_servers_added=tuple(t for t in new_targets if t not in old_targets),
             real_servers_removed=tuple(t for t in old_targets if t not in new_targets),
-            real_servers_changed=_real_servers_changed(old, new, changed),
+            real_servers_changed=tuple(changes_of),
+            real_server_changes=changes_of,
             services_changed=_services_changed(old, new, changed),
             operations=tuple(operations),
             others=tuple(others),
@@ -1454,22 +1458,23 @@ def _by_service(ids: Iterable[RealServerId]) -> dict[str, list[str]]:
 
 def _real_servers_changed(
     old: Config, new: Config, changed: Set[ServiceKey]
-) -> tuple[RealServerId, ...]:
+) -> dict[RealServerId, tuple[str, ...]]:
     """The real servers of the `changed` services in both configs whose
-    settings differ (weight, forwarding method, thresholds, check...)."""
+    settings differ (weight, forwarding method, thresholds, check...), in
+    the new config's order, each with what changed (`real_server_changes`)."""
     before = {
         vs.real_server_id(rs): rs
         for vs in old.virtual_servers
         if vs.key in changed
         for rs in vs.real_servers
     }
-    return tuple(
-        rid
+    return {
+        rid: real_server_changes(before[rid], rs)
         for vs in new.virtual_servers
         if vs.key in changed
         for rs in vs.real_servers
         if (rid := vs.real_server_id(rs)) in before and before[rid] != rs
-    )
+    }
 
 
 def _services_changed(

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import enum
 import socket
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 
 from director.config.toml import literal
-from director.health.spec import Check, TcpCheck
+from director.health.spec import Check, ExecCheck, TcpCheck, probed_endpoint
 from director.ipvs.model import (
     Destination,
     Forward,
@@ -390,6 +390,58 @@ def service_changes(old: VirtualServer, new: VirtualServer) -> tuple[str, ...]:
         shown = _setting_text(name, old, before), _setting_text(name, new, after)
         changes.append(name if None in shown else f"{name} {shown[0]} -> {shown[1]}")
     return tuple(changes)
+
+
+# A real server's field -> its key in the config, where they differ.
+_REAL_SERVER_KEYS = {
+    "u_threshold": "thresholds.upper",
+    "l_threshold": "thresholds.lower",
+    "tun_flags": "tun_checksum",
+}
+
+
+def real_server_changes(old: RealServer, new: RealServer) -> tuple[str, ...]:
+    """What differs in a real server's settings (one of the same address
+    and port in the table), each as the config writes it: `weight 1 ->
+    3`, `forward "route" -> "masq"`, `thresholds.upper 0 -> 500`; its
+    check by its name alone, `check`, unless only where it probes changed:
+    `probed 10.0.0.2:8080 -> 10.0.0.2:8081` (a route server written with
+    another port), and nothing when that stayed (route -> masq on the
+    port probed)."""
+    changes: list[str] = []
+    for setting in fields(RealServer):
+        name = setting.name
+        before, after = getattr(old, name), getattr(new, name)
+        if name in ("address", "port") or before == after:
+            continue
+        if name == "check":
+            changes += _check_changes(old, new)
+            continue
+        key = _REAL_SERVER_KEYS.get(name, name)
+        shown = _value_text(before), _value_text(after)
+        changes.append(key if None in shown else f"{key} {shown[0]} -> {shown[1]}")
+    return tuple(changes)
+
+
+def _check_changes(old: RealServer, new: RealServer) -> list[str]:
+    before, after = old.check, new.check
+    if isinstance(before, ExecCheck) or type(before) is not type(after):
+        return ["check"]
+    if replace(before, port=after.port, address=after.address) != after:
+        return ["check"]
+    was = probed_endpoint(before, old.address, old.port)
+    now = probed_endpoint(after, new.address, new.port)
+    if was == now or was is None or now is None:
+        return []
+    return [f"probed {endpoint(*was)} -> {endpoint(*now)}"]
+
+
+def _value_text(value: object) -> str | None:
+    if value is None:
+        return "(none)"
+    if isinstance(value, enum.Enum):
+        return literal(str(value.name).lower())
+    return literal(value) if isinstance(value, str | int | float) else None
 
 
 def _setting_text(name: str, vs: VirtualServer, value: object) -> str | None:

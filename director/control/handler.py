@@ -880,15 +880,23 @@ def reload_text(summary: ReloadSummary) -> str:
     lines = [
         *(f"+ service {describe_service(k)}" for k in summary.services_added),
         *(f"- service {describe_service(k)}" for k in summary.services_removed),
-        *(f"~ service {describe_service(k)}: {', '.join(c)}" for k, c in summary.services_changed),
+        *(f"~ service {describe_service(k)}{_what(c)}" for k, c in summary.services_changed),
         *(f"+ real server {_rid(r)}" for r in summary.real_servers_added),
         *(f"- real server {_rid(r)}" for r in summary.real_servers_removed),
-        *(f"~ real server {_rid(r)}" for r in summary.real_servers_changed),
+        *(
+            f"~ real server {_rid(r)}" + _what(summary.real_server_changes.get(r, ()))
+            for r in summary.real_servers_changed
+        ),
         *(f"> {_other(fields)}" for fields in summary.others),
     ]
     return "".join(f"{line}\n" for line in lines) + (
         f"reloaded: {len(summary.operations)} table operations\n"
     )
+
+
+def _what(changes: Sequence[str]) -> str:
+    """': weight 1 -> 3, check': what changed, after a reload line's name."""
+    return f": {', '.join(changes)}" if changes else ""
 
 
 def reload_data(summary: ReloadSummary) -> dict[str, object]:
@@ -899,6 +907,10 @@ def reload_data(summary: ReloadSummary) -> dict[str, object]:
         "real_servers_added": [_rid(r) for r in summary.real_servers_added],
         "real_servers_removed": [_rid(r) for r in summary.real_servers_removed],
         "real_servers_changed": [_rid(r) for r in summary.real_servers_changed],
+        "real_server_changes": {
+            _rid(r): list(summary.real_server_changes.get(r, ()))
+            for r in summary.real_servers_changed
+        },
         "operations": [describe_operation(op) for op in summary.operations],
         "others": list(summary.others),
     }

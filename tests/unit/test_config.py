@@ -13,7 +13,7 @@ from director.config import (
     parse_config,
     parse_endpoint,
 )
-from director.config.model import service_changes
+from director.config.model import RealServer, real_server_changes, service_changes
 from director.health.spec import (
     ExecCheck,
     HttpCheck,
@@ -1180,3 +1180,31 @@ def test_a_sorry_servers_change_is_said_in_full() -> None:
     assert service_changes(new, none) == (
         'sorry_server { address = "10.0.9.9:8081", forward = "masq", weight = 1 } -> (none)',
     )
+
+
+def test_real_server_changes_say_what_changed_as_the_config_writes_it() -> None:
+    """Trial report: a reload's `~ real server` line named the server and
+    not what changed; a route server's probed port moving from 8080 to 8081
+    showed as a change of 10.0.0.2:80 with nothing more."""
+    vs = '[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.1:80"\n'
+
+    def server(text: str) -> RealServer:
+        (only,) = parse_config(vs + f"[[virtual_server.real_server]]\n{text}\n").virtual_servers
+        (rs,) = only.real_servers
+        return rs
+
+    old = server('address = "10.0.0.2:8080"\nforward = "route"\nweight = 1')
+    assert real_server_changes(old, old) == ()
+    assert real_server_changes(
+        old, server('address = "10.0.0.2:8081"\nforward = "route"\nweight = 3')
+    ) == ("weight 1 -> 3", "probed 10.0.0.2:8080 -> 10.0.0.2:8081")
+    masq = server(
+        'address = "10.0.0.2:8080"\nforward = "masq"\nthresholds = { upper = 500 }\nname = "web"'
+    )
+    assert real_server_changes(old, masq) == (
+        'forward "route" -> "masq"',
+        "thresholds.upper 0 -> 500",
+        'name (none) -> "web"',
+    )
+    http = server('address = "10.0.0.2:8080"\nforward = "route"\ncheck = { type = "http" }')
+    assert real_server_changes(old, http) == ("check",)
