@@ -116,7 +116,7 @@ class Problems:
         (`(first at virtual_server[3], line 52)`); in file order (by line,
         those with none after, as found). One mistake repeated, the same
         message about the same key at other entries, is one error in full
-        and one line for the rest: `... and 499 more alike:
+        and one line for the rest (two are two errors): `... and 499 more alike:
         virtual_server[0].real_server[1..499].forward (lines 25, 30, 35,
         40, 45, ..., 2520)`. Past `shown` distinct errors, one line counts
         the rest: `... and 312 more errors not listed (40 distinct)`.
@@ -128,7 +128,11 @@ class Problems:
         for i in order:
             path = self._paths[i]
             alike.setdefault((_INDEX.sub("[]", path), self.errors[i][len(path) :]), []).append(i)
-        groups = list(alike.values())
+        # A pair is two errors in full, in their places: "... and 1 more
+        # alike" would be no shorter, and would not name its entry.
+        rank = {i: n for n, i in enumerate(order)}
+        groups = [g for members in alike.values() for g in _pairs_apart(members)]
+        groups.sort(key=lambda group: rank[group[0]])
         named = []
         for i, *more in groups[:shown]:
             path, first = self._paths[i], self._firsts[i]
@@ -373,3 +377,9 @@ class Table:
             )
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             self.error(key, f"unknown key{hint}")
+
+
+def _pairs_apart(members: list[int]) -> list[list[int]]:
+    """A group of errors alike as Problems.named_errors shows it: two are
+    two groups of one."""
+    return [[i] for i in members] if len(members) == 2 else [members]

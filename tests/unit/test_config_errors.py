@@ -106,11 +106,18 @@ def test_alike_in_every_entry_reads_as_the_rest_of_them() -> None:
 
 def test_one_more_alike_and_an_entrys_own_error() -> None:
     """An entry's own error (not one of its keys') repeated groups the
-    same way; one more is "1 more alike" with its "line"."""
+    same way; two alike are two errors in full (trial report: "... and 1
+    more alike: virtual_server[1].schedular (line 30)" did not name the
+    second service, and was no shorter), three are grouped."""
     text = SERVICE + server(0) + "[[virtual_server.real_server]]\n" * 2
     assert error(text).named_errors == [
         "virtual_server[0].real_server[1].address (10.0.0.1:80 tcp, line 6): required",
-        "... and 1 more alike: virtual_server[0].real_server[2].address (line 7)",
+        "virtual_server[0].real_server[2].address (10.0.0.1:80 tcp, line 7): required",
+    ]
+    text += "[[virtual_server.real_server]]\n"
+    assert error(text).named_errors == [
+        "virtual_server[0].real_server[1].address (10.0.0.1:80 tcp, line 6): required",
+        "... and 2 more alike: virtual_server[0].real_server[2..3].address (lines 7, 8)",
     ]
 
 
@@ -197,13 +204,16 @@ def test_the_count_past_the_cap_is_of_errors_with_the_distinct_ones() -> None:
     for i in range(3):
         problems.add(f"x[{i}].a", "wrong")
     problems.add("z", "wrong", 1)
-    problems.add("w[0].c", "bad")
-    problems.add("w[1].c", "bad")
+    for i in range(3):
+        problems.add(f"w[{i}].c", "bad")
     assert problems.named_errors(shown=2) == [
         "x[0].a: wrong",
         "... and 2 more alike: x[1..2].a",
         "z: wrong: 1",
-        "... and 2 more errors not listed (1 distinct)",
+        "... and 3 more errors not listed (1 distinct)",
     ]
-    assert problems.named_errors(shown=1)[2:] == ["... and 3 more errors not listed (2 distinct)"]
-    assert problems.named_errors(shown=3)[-2:] == ["w[0].c: bad", "... and 1 more alike: w[1].c"]
+    assert problems.named_errors(shown=1)[2:] == ["... and 4 more errors not listed (2 distinct)"]
+    assert problems.named_errors(shown=3)[-2:] == ["w[0].c: bad", "... and 2 more alike: w[1..2].c"]
+    problems.add("v[0].d", "odd")
+    problems.add("v[1].d", "odd")
+    assert problems.named_errors()[-2:] == ["v[0].d: odd", "v[1].d: odd"]
