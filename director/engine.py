@@ -713,7 +713,19 @@ class Director:
             start = self._rotation if self._rotation < len(managed) else 0
             suspect.update(managed[start : start + size])
             self._rotation = start + size
-        return await self.reconcile("drift check", only=suspect, digests=digests)
+        sent = await self.reconcile("drift check", only=suspect, digests=digests)
+        drifted = {key for op in sent if (key := service_of(op)) is not None}
+        drifted -= due | self._ramping  # (their own changes were due)
+        if drifted:
+            # The table was not as this daemon left it: someone (ipvsadm by
+            # hand, another tool) changed it; the ipvs_op lines say how
+            # it was put back.
+            self.log.warning(
+                "table_drift_repaired",
+                services=[service_label(k) for k in sorted(drifted, key=service_sort_key)],
+                operations=sum(1 for op in sent if service_of(op) in drifted),
+            )
+        return sent
 
     def _vouched(self, key: ServiceKey, digest: str | None) -> bool:
         """Whether a drift check may skip `key` (its rotation aside): its

@@ -12,6 +12,7 @@ from dataclasses import replace
 from ipaddress import ip_address
 
 import pytest
+import structlog.testing
 import trio
 import trio.testing
 from engine_support import Network, running
@@ -191,6 +192,43 @@ async def test_a_change_the_listing_shows_is_repaired_at_the_next_drift_check(
             await trio.sleep(0.05)
         repaired = trio.current_time() - changed
     assert repaired <= INTERVAL + 0.1
+
+
+async def test_a_drift_repair_is_a_warning_that_names_the_services(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Trial report: a hand edit (ipvsadm -e, -a into a managed service) was
+    repaired, but the log had only the repair's ipvs_op lines, which a
+    health change makes too: nothing said someone had changed the table.
+    A drift check that sends operations is a `table_drift_repaired`
+    warning naming the services; one that finds nothing logs none, and a
+    health change's pass is no drift."""
+    kernel, network = Kernel(), Network()
+    director = director_for(kernel, network)
+    async with running(director):
+        await settled(kernel, director)
+        with structlog.testing.capture_logs() as quiet:
+            await past_drift_check(director)
+            await past_drift_check(director)
+            network.down.add(address(2, 0))  # a health change: not drift
+            await trio.sleep(2.0)
+            await past_drift_check(director)
+        assert not [e for e in quiet if e["event"] == "table_drift_repaired"], quiet
+        assert kernel.destination(key(2), address(2, 0)) is None
+        edited = Destination(address(7, 1), 8007, Forward.ROUTE, 9)
+        extra = Destination(ip_address("10.0.8.200"), 8007, Forward.ROUTE, 1)
+        MemoryBackend.apply(
+            kernel, [EditDestination(key(7), edited), AddDestination(key(7), extra)]
+        )
+        with structlog.testing.capture_logs() as logged:
+            await past_drift_check(director)
+    (warning,) = [e for e in logged if e["event"] == "table_drift_repaired"]
+    assert warning == {
+        "event": "table_drift_repaired",
+        "log_level": "warning",
+        "services": ["TCP 10.0.0.1:8007"],
+        "operations": 2,
+    }
 
 
 async def test_a_change_the_listing_hides_is_repaired_within_the_rotation(
