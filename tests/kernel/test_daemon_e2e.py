@@ -369,6 +369,11 @@ def test_a_server_deleted_behind_the_daemons_back_comes_back(h: Harness) -> None
     wait_until(lambda: len(repairs()) >= 2, DEADLINE, "the repair's ipvs_op line")
     assert len(repairs()) == 2, repairs()  # the first one at start, the repair
     assert daemon.events("ipvs_apply", why="drift check")
+    # ... and a warning that someone changed the table (operator trial).
+    drifted = daemon.wait_event("table_drift_repaired", DEADLINE)
+    assert drifted["level"] == "warning", drifted
+    assert drifted["services"] == [f"TCP {h.net.vip}:{HTTP_PORT}"], drifted
+    assert len(daemon.events("table_drift_repaired")) == 1, daemon.log_text()
 
 
 def test_unmanaged_services_are_left_alone_even_by_flush_on_stop(h: Harness) -> None:
