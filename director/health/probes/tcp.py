@@ -60,7 +60,7 @@ from director.health.probes.watch import (
     run_watcher,
 )
 from director.health.result import ProbeResult, Reason
-from director.health.spec import Check, TcpCheck
+from director.health.spec import Check, TcpCheck, probed_endpoint
 from director.ipvs.model import IPAddress
 
 __all__ = [
@@ -145,9 +145,9 @@ class Destination:
 
 def destination(check: TcpCheck, address: IPAddress, port: int) -> Destination:
     """The check's own address and port where it has them, else the server's."""
-    address = check.address or address
-    port = check.port if check.port is not None else port
-    return Destination(check, address, port, *socket_address(address, port))
+    where = probed_endpoint(check, address, port)
+    assert where is not None  # (an exec check's alone is None)
+    return Destination(check, *where, *socket_address(*where))
 
 
 def socket_address(address: IPAddress, port: int) -> tuple[int, tuple[str, int]]:
