@@ -20,7 +20,7 @@ from director.health.probes.tcp import (
     destination,
     handshake_time,
 )
-from director.health.probes.watch import awaited
+from director.health.probes.watch import KEEP_IDLE, KEEP_REVIEW, awaited
 from director.health.result import ProbeResult, Reason
 from director.health.spec import TcpCheck, Timing
 from director.ipvs.model import IPAddress
@@ -414,3 +414,41 @@ async def test_a_kept_socket_gives_each_probe_its_own_verdict(
         assert len(accepted) == 4
         assert len(set(accepted)) == 4  # a new local port for each connection
         nursery.cancel_scope.cancel()
+
+
+async def test_a_round_of_many_verdicts_keeps_every_socket_and_a_smaller_load_gives_them_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An overloaded checker ends hundreds of probes in one round and
+    starts as many: each socket is kept for the next, past KEEP_IDLE (were
+    the rest closed, each probe after them would pay socket(2),
+    setsockopt(2), close(2) and an epoll ADD). Once the load is smaller,
+    a review closes the kept sockets past what was in flight at once."""
+    many = KEEP_IDLE + 300
+    here = ip_address("127.0.0.1")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(2 * many)
+        open_port = server.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            connects = Connects()
+            nursery.start_soon(connects.watch)
+            target = destination(TcpCheck(), here, open_port)
+            verdicts: list[ProbeResult] = []
+            for wave in range(2):
+                for _ in range(many):
+                    connects.start(target, verdicts.append)
+                await trio.sleep(0.05)
+                assert len(verdicts) == (wave + 1) * many
+                assert all(v.ok for v in verdicts)
+                assert connects.kept == many
+                for _ in range(many):  # the backlog drained by hand
+                    server.accept()[0].close()
+            assert connects.in_flight == 0
+            for _ in range(3):  # one probe at a time, over two reviews
+                assert (await awaited(connects, target)).ok
+                server.accept()[0].close()
+                await trio.sleep(KEEP_REVIEW)
+            assert (await awaited(connects, target)).ok
+            assert connects.kept == KEEP_IDLE
+            nursery.cancel_scope.cancel()

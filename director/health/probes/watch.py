@@ -66,11 +66,15 @@ READS_A_TICK = 2
 # Events `read_now` handles at most: it runs in the starter's task, with no
 # checkpoint (a busy watcher reads in its own rounds).
 READ_NOW = 16
-# Disconnected sockets kept for the next probes, per family (`disconnector`):
-# a connect on one saves its socket(2) and close(2) (and setsockopt(2)), and
-# its epoll_ctl ADD. Probes done at once rarely come near it; those past it
-# close.
+# Disconnected sockets kept for the next probes (`disconnector`): a connect
+# on one saves its socket(2) and close(2) (and setsockopt(2)), and its
+# epoll_ctl ADD. A watcher keeps at most as many sockets, kept and in use,
+# as it had probes in flight at once over the last KEEP_REVIEW seconds, and
+# KEEP_IDLE at least: an overloaded checker's rounds end hundreds of probes
+# at once and start as many (with a fixed 256 half of its sockets closed
+# and were made again), and a load that shrank gives its sockets back.
 KEEP_IDLE = 256
+KEEP_REVIEW = 1.0
 
 
 class Target(Protocol):
@@ -152,6 +156,9 @@ class Watcher(Generic[T, P]):
         self._idle: dict[int, list[_socket.socket]] = {socket.AF_INET: [], socket.AF_INET6: []}
         self._in_set: set[int] = set()
         self._disconnect = disconnector()
+        self._keep = KEEP_IDLE  # sockets kept and in use, at most (`_review`)
+        self._peak = 0  # probes in flight at once since the last review
+        self._review_at = -math.inf
         self._slice_end = 0.0  # when `watch` next checkpoints (time.perf_counter)
         # With a tick: the multiple of it after the last round, and how many
         # rounds went since the one before it (`_wait`).
@@ -249,7 +256,11 @@ class Watcher(Generic[T, P]):
         if sock is None:
             return
         idle = self._idle[sock.family]
-        if self._keeps_sockets and len(idle) < KEEP_IDLE and self._disconnect(sock.fileno()):
+        if (
+            self._keeps_sockets
+            and len(idle) + len(self._pending) < self._keep
+            and self._disconnect(sock.fileno())
+        ):
             idle.append(sock)
             probe.sock = None
         else:
@@ -350,7 +361,11 @@ class Watcher(Generic[T, P]):
                 assert sock is not None
                 fd = sock.fileno()
                 self._arm(fd, opened)
-                self._pending[fd] = probe
+                pending = self._pending
+                pending[fd] = probe
+                if len(pending) > self._peak:  # (its sockets kept: `_review`)
+                    self._peak = len(pending)
+                    self._keep = max(self._keep, self._peak)
                 deadline = started + timeout
                 self._sequence += 1
                 heapq.heappush(self._deadlines, (deadline, self._sequence, probe))
@@ -417,6 +432,8 @@ class Watcher(Generic[T, P]):
                         break
                     await trio.lowlevel.checkpoint()
                 now = self._now()
+                if now >= self._review_at and self._keeps_sockets:
+                    self._review(now)
                 for probe in again:
                     if probe.sock is not None:
                         self._handle(probe, select.EPOLLIN, now)
@@ -473,6 +490,20 @@ class Watcher(Generic[T, P]):
                 idle.clear()
             self._in_set.clear()
             epoll.close()
+
+    def _review(self, now: float) -> None:
+        """Once every KEEP_REVIEW seconds of a round (`now`, the run's
+        clock): keep as many sockets, kept and in use, as there were probes
+        in flight at once since the last review (KEEP_IDLE at least), and
+        close the kept ones past that."""
+        self._keep = max(KEEP_IDLE, self._peak)
+        self._peak = len(self._pending)
+        self._review_at = now + KEEP_REVIEW
+        for idle in self._idle.values():
+            while idle and len(idle) + len(self._pending) > self._keep:
+                sock = idle.pop()
+                self._in_set.discard(sock.fileno())
+                sock.close()
 
     async def _slice_over(self) -> None:
         """A checkpoint once this stretch of work has run for SLICE seconds.
