@@ -67,6 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     AcceptCounter,
+    BenchProcess,
     Directord,
     TcpTiming,
     VirtualService,
@@ -98,6 +99,39 @@ class DirectordUp(Directord):
 
     name = "directord-up"
     initial = "up"
+
+
+class Floor(BenchProcess):
+    """bench/floor.py: the least a CPython TCP checker does (a yardstick,
+    no table: its "full" is never). Ready when it printed "ready"."""
+
+    name = "floor"
+    reuse = False
+
+    def __init__(self, services: Sequence[VirtualService], timing: TcpTiming, workdir: Path):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.targets = workdir / "targets"
+        self.targets.write_text("".join(f"{a} {p}\n" for s in services for a, p in s.real_servers))
+        self.timing = timing
+
+    def start(self, timeout: float) -> float:
+        started = time.monotonic()
+        command = [sys.executable, str(Path(__file__).with_name("floor.py")), str(self.targets)]
+        command += ["--interval", str(self.timing.interval), "--timeout", str(self.timing.timeout)]
+        self.process = subprocess.Popen(
+            command + (["--reuse"] if self.reuse else []), stdout=subprocess.PIPE
+        )
+        assert self.process.stdout is not None
+        if self.process.stdout.readline() != b"ready\n":
+            raise RuntimeError("bench/floor.py did not start")
+        return time.monotonic() - started
+
+
+class FloorReuse(Floor):
+    """bench/floor.py --reuse: sockets disconnected and kept, as directord's."""
+
+    name = "floor-reuse"
+    reuse = True
 
 
 class Daemon(Protocol):
@@ -319,7 +353,11 @@ def measure(
             started = time.monotonic()
             ready_after = daemon.start(timeout=fill_timeout)
             print(f"  {daemon.name}: ready after {ready_after:.1f} s", flush=True)
-            full_after = wait_full(daemon.name, load.real_servers, started, fill_timeout)
+            full_after = (
+                None
+                if isinstance(daemon, Floor)
+                else wait_full(daemon.name, load.real_servers, started, fill_timeout)
+            )
             time.sleep(warmup)
             pids = descendants(daemon.pid)
             cpu0, sink0, machine0, probes0, t0 = (
@@ -418,7 +456,8 @@ def report(load: Load, results: dict[str, Measurement]) -> None:
     # Each directord against the keepalived that starts as it does, and
     # against the other where both ran.
     pairs = [("directord", "keepalived-alpha"), ("directord-up", "keepalived"),
-             ("directord", "keepalived"), ("directord-up", "keepalived-alpha")]  # fmt: skip
+             ("directord", "keepalived"), ("directord-up", "keepalived-alpha"),
+             ("floor", "keepalived"), ("floor-reuse", "keepalived")]  # fmt: skip
     for mine, other in pairs:
         if {mine, other} <= results.keys():
             rows.append(ratios(results[mine], results[other]))
@@ -467,7 +506,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        choices=("directord", "directord-up", "keepalived", "keepalived-alpha"),
+        choices=(
+            "directord",
+            "directord-up",
+            "keepalived",
+            "keepalived-alpha",
+            "floor",
+            "floor-reuse",
+        ),
         action="append",
     )
     parser.add_argument(
@@ -485,6 +531,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "directord-up": DirectordUp,
         "keepalived": Keepalived,
         "keepalived-alpha": KeepalivedAlpha,
+        "floor": Floor,
+        "floor-reuse": FloorReuse,
     }
     print(
         f"scale: {load.real_servers} real servers, {load.services} services, "
@@ -494,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     results: dict[str, Measurement] = {}
     with tempfile.TemporaryDirectory(prefix="director-bench-") as tmp:
-        for name in args.only or list(factories):
+        for name in args.only or [n for n in factories if n != "floor-reuse"]:
             try:
                 results[name] = measure(
                     factories[name],
