@@ -11,8 +11,9 @@ directord's checker does (connect(2) with AF_UNSPEC), instead of closed.
 
 It reads its targets ("address port" lines) from a file, places each
 first probe at random within the interval, keeps each target's starts on
-its grid, and writes "ready" on its standard output once every target is
-scheduled. Its CPU per probe, beside keepalived's in one VM boot, says how
+its grid (skipping those missed by a whole interval, under overload),
+begins at most 64 probes between two reads of the verdicts, and writes
+"ready" on its standard output once every target is scheduled. Its CPU per probe, beside keepalived's in one VM boot, says how
 much of directord's gap to keepalived is Python's own and how much is
 directord's.
 
@@ -36,6 +37,10 @@ import time
 _LINGER = struct.pack("ii", 1, 0)
 _PENDING = (errno.EINPROGRESS, errno.EINTR)
 _FLAGS = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+# Probes begun between two reads of the verdicts: under overload probes
+# start only as fast as their verdicts are read (as directord's), not all
+# at once while none is read.
+_BEGIN = 64
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,9 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     print("ready", flush=True)
     while True:
         now = time.monotonic()
-        while due and due[0][0] <= now:
+        begun = 0
+        while due and due[0][0] <= now and begun < _BEGIN:
             at, i = heapq.heappop(due)
-            heapq.heappush(due, (at + interval, i))
+            begun += 1
+            # A start missed by a whole interval is skipped, as directord's
+            # checker skips it: its next start is on its grid, after now.
+            late = now - at
+            heapq.heappush(due, (at + interval * (1 + int(late // interval)), i))
             sock = spare.pop() if spare else None
             if sock is None:
                 sock = socket.socket(socket.AF_INET, _FLAGS)
@@ -87,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not fresh:
                     poller.unregister(sock.fileno())
                 sock.close()
-        wait = (due[0][0] if due else now + 1.0) - now
+        wait = 0.0 if begun == _BEGIN else (due[0][0] if due else now + 1.0) - now
         if deadlines:
             wait = min(wait, deadlines[0][0] - now)
         for fd, flags in poller.poll(max(wait, 0.0)):
