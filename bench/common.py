@@ -294,13 +294,16 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """utime + stime of `pids` (all their threads), in seconds."""
+def cpu_seconds(pids: Sequence[int], *, system: bool | None = None) -> float:
+    """utime + stime of `pids` (all their threads), in seconds; stime
+    alone with `system=True`, utime alone with `system=False`."""
     ticks = 0
     for pid in pids:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
+            ticks += (int(fields[11]) if system is not True else 0) + (
+                int(fields[12]) if system is not False else 0
+            )
     return ticks / TICKS
 
 

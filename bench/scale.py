@@ -198,6 +198,7 @@ class Measurement:
     fewest_in_table: int
     sink_cpu_percent: float
     machine_cpu_percent: float = float("nan")  # the whole machine's busy CPU over the window
+    system_percent: float = float("nan")  # of cpu_percent, the kernel's (stime)
     engine: EngineFigures | None = None
 
     def probe_rate(self) -> float:
@@ -360,6 +361,7 @@ def measure(
             )
             time.sleep(warmup)
             pids = descendants(daemon.pid)
+            system0 = cpu_seconds(pids, system=True)
             cpu0, sink0, machine0, probes0, t0 = (
                 cpu_seconds(pids),
                 cpu_seconds(sink_pids),
@@ -372,6 +374,7 @@ def measure(
                 time.sleep(min(2.0, max(0.0, window - (time.monotonic() - t0))))
                 fewest = min(fewest, destination_count())
             pids = descendants(daemon.pid)
+            system1 = cpu_seconds(pids, system=True)
             cpu1, sink1, machine1, probes1, t1 = (
                 cpu_seconds(pids),
                 cpu_seconds(sink_pids),
@@ -387,6 +390,7 @@ def measure(
                 window=elapsed,
                 probes=probes1 - probes0,
                 cpu_percent=100 * (cpu1 - cpu0) / elapsed,
+                system_percent=100 * (system1 - system0) / elapsed,
                 rss_mib=memory_kib(pids, "VmRSS") / 1024,
                 hwm_mib=memory_kib(pids, "VmHWM") / 1024,
                 fewest_in_table=fewest,
@@ -395,7 +399,8 @@ def measure(
             )
             print(
                 f"  {daemon.name}: {measurement.probe_rate():.0f} probes/s, "
-                f"CPU {measurement.cpu_percent:.1f} %, RSS {measurement.rss_mib:.1f} MiB",
+                f"CPU {measurement.cpu_percent:.1f} % (system {measurement.system_percent:.1f}), "
+                f"RSS {measurement.rss_mib:.1f} MiB",
                 flush=True,
             )
             if isinstance(daemon, Directord) and daemon.name == "directord" and transitions:

@@ -93,6 +93,17 @@ class KernelTable:
             return await self._read(lambda: backend.services(only, brief=brief, counters=False))
         return await self._read(lambda: backend.services(only, brief=brief))
 
+    async def settled_digests(self, keys: Collection[ServiceKey]) -> dict[ServiceKey, bytes] | None:
+        """The backend's `settled_digests(keys)` (NetlinkBackend's): for
+        each of `keys` in the table, a hash of what a read in full decodes;
+        None for a backend without it."""
+        read = getattr(self.backend, "settled_digests", None)
+        if read is None:
+            return None
+        wanted = list(keys)
+        digests: dict[ServiceKey, bytes] = await self._read(lambda: read(wanted))
+        return digests
+
     async def digests(self) -> dict[TableKey, str] | None:
         """What each service looks like, as a string that changes when what
         ipvsadm's plain listing shows of it changes (not its connection

@@ -677,6 +677,58 @@ def parse_attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
     return out
 
 
+# What moves with traffic, left out of `settled_bytes`.
+_MOVING = {
+    CMD_ATTR_SERVICE: frozenset({SVC_ATTR_STATS, SVC_ATTR_STATS64}),
+    CMD_ATTR_DEST: frozenset(
+        {
+            DEST_ATTR_ACTIVE_CONNS,
+            DEST_ATTR_INACT_CONNS,
+            DEST_ATTR_PERSIST_CONNS,
+            DEST_ATTR_STATS,
+            DEST_ATTR_STATS64,
+        }
+    ),
+}
+
+
+def settled_bytes(message: Message) -> bytes:
+    """A GET_SERVICE or GET_DEST reply's service or destination attributes
+    as the kernel wrote them (ip_vs_genl_fill_service, _fill_dest in
+    net/netfilter/ipvs/ip_vs_ctl.c), without those that move with traffic
+    (the stats nests, the connection counts): two reads of an entry nobody
+    changed give equal bytes, and any setting that differs (a threshold, a
+    tunnel type, a persistence engine) gives other bytes. Walked, not
+    decoded. KernelReplyError for a malformed attribute."""
+    data = message.payload
+    end = len(data)
+    header, mask = NLA_HEADER.unpack_from, NLA_TYPE_MASK
+    parts: list[bytes] = []
+    offset = GENL_HEADER.size
+    while offset + 4 <= end:
+        length, kind = header(data, offset)
+        if length < 4 or offset + length > end:
+            raise KernelReplyError(f"malformed netlink attribute at offset {offset} (length {length})")  # fmt: skip
+        moving = _MOVING.get(kind & mask)
+        if moving is None:
+            parts.append(data[offset : offset + length])
+        else:
+            inner, stop = offset + 4, offset + length
+            run = inner  # the start of the attributes kept since the last moving one
+            while inner + 4 <= stop:
+                size, what = header(data, inner)
+                if size < 4 or inner + size > stop:
+                    raise KernelReplyError(f"malformed netlink attribute at offset {inner} (length {size})")  # fmt: skip
+                following = inner + ((size + 3) & ~3)
+                if what & mask in moving:
+                    parts.append(data[run:inner])
+                    run = following
+                inner = following
+            parts.append(data[run:stop])
+        offset += (length + 3) & ~3
+    return b"".join(parts)
+
+
 def genl_attrs(message: Message) -> dict[int, bytes]:
     """The top-level attributes of a generic-netlink message."""
     return parse_attrs(message.payload, GENL_HEADER.size)

@@ -14,6 +14,7 @@ kernel's checks in the kernel's order (net/netfilter/ipvs/ip_vs_ctl.c).
 from __future__ import annotations
 
 import errno
+import hashlib
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 
@@ -101,6 +102,17 @@ class MemoryBackend:
             for e in self._services.values()
             if only is None or e.service.key in only
         ]
+
+    def settled_digests(self, keys: Collection[ServiceKey]) -> dict[ServiceKey, bytes]:
+        """As NetlinkBackend.settled_digests: a hash of each of `keys`'
+        service and destinations without stats and connection counts."""
+        digests: dict[ServiceKey, bytes] = {}
+        for key in keys:
+            entry = self._services.get(key)
+            if entry is not None:
+                settled = (entry.service, tuple(d.destination for d in entry.destinations))
+                digests[key] = hashlib.blake2b(repr(settled).encode(), digest_size=16).digest()
+        return digests
 
     def timeouts(self) -> Timeouts:
         return self._timeouts

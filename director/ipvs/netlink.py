@@ -16,6 +16,7 @@ during the send() itself, so silence means a lost message.
 from __future__ import annotations
 
 import errno
+import hashlib
 import itertools
 import os
 import socket
@@ -380,6 +381,28 @@ class NetlinkBackend:
                 return exact_destinations(parse_service_table(table.read(), SERVICE_TABLE))
         except (OSError, ValueError):
             return {}
+
+    def settled_digests(self, keys: Collection[ServiceKey]) -> dict[ServiceKey, bytes]:
+        """For each of `keys` in the table, a hash (16 bytes) of its
+        GET_SERVICE reply and its destinations' GET_DEST replies without
+        their stats and connection counts (genl.settled_bytes): equal for
+        two reads when nothing a read in full decodes changed, thresholds,
+        tunnel settings, scheduler flags and persistence engine included.
+        The dumps of a read in full, and no decoding of the destinations."""
+        wanted = set(keys)
+        digests: dict[ServiceKey, bytes] = {}
+        for message in self._dump(genl.genl_body(genl.CMD_GET_SERVICE), "GetService"):
+            try:
+                key = genl.parse_service(message, stats=False).service.key
+            except UnrepresentableEntry:
+                continue
+            if key not in wanted:
+                continue
+            digest = hashlib.blake2b(genl.settled_bytes(message), digest_size=16)
+            for reply in self._dump(genl.get_dests_body(key), "GetDestinations"):
+                digest.update(genl.settled_bytes(reply))
+            digests[key] = digest.digest()
+        return digests
 
     def service_digests(self) -> dict[TableKey, str] | None:
         """table_digests of one read of the service table (/proc/net/ip_vs):

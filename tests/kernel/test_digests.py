@@ -5,6 +5,7 @@ connection counts. Each test runs in a fresh network namespace."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections.abc import Iterator
 
@@ -102,3 +103,30 @@ def test_a_digest_shows_the_destinations_the_kernel_dumps(backend: NetlinkBacken
     assert edited is not None
     tcp = [d.destination for d in entries[TCP].destinations]
     assert not digest_shows(edited[TCP], digests[TCP], tcp)
+
+
+def test_settled_digests_leave_out_traffic_and_show_every_setting(backend: NetlinkBackend) -> None:
+    """NetlinkBackend.settled_digests (the drift rotation's): equal while
+    only the stats and connection counts move, other for a setting the
+    file does not show (a threshold, scheduler flags), for that service
+    alone."""
+    ipvsadm("-R", stdin=RULES)
+    subprocess.run(["ip", "addr", "add", "10.1.0.1/32", "dev", "lo"], check=True)
+    keys = [e.service.key for e in backend.services()]
+    before = backend.settled_digests(keys)
+    assert set(before) == set(keys) and len(keys) == 4
+    for _ in range(3):  # scheduled to 10.2.0.x, which answers nothing
+        with socket.socket() as client:
+            client.setblocking(False)
+            client.connect_ex(("10.1.0.1", 80))
+    [tcp] = backend.services([TCP])
+    assert tcp.stats.conns == 3 and sum(d.inact_conns + d.active_conns for d in tcp.destinations) == 3  # fmt: skip
+    assert backend.settled_digests(keys) == before
+    ipvsadm("-e", "-t", "10.1.0.1:80", "-r", "10.2.0.1:80", "-m", "-w", "3", "-x", "50")
+    after = backend.settled_digests(keys)
+    assert after[TCP] != before[TCP]
+    assert {k: d for k, d in after.items() if k != TCP} == {k: d for k, d in before.items() if k != TCP}  # fmt: skip
+    mark = ServiceKey.mark(7)
+    ipvsadm("-E", "-f", "7", "-s", "sh", "-b", "sh-port")
+    assert backend.settled_digests([mark])[mark] != after[mark]
+    assert backend.settled_digests([TCP, UDP]) == {TCP: after[TCP], UDP: after[UDP]}

@@ -64,11 +64,20 @@ def config_text() -> str:
 
 
 class Kernel(MemoryBackend):
-    """Records the services each full (not brief) read returned."""
+    """Records the services each full (not brief) read returned, and the
+    services of each read of settled digests (none with `settled=False`:
+    a backend without them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, settled: bool = True) -> None:
         super().__init__()
         self.full_reads: list[set[ServiceKey]] = []
+        self.settled_reads: list[set[ServiceKey]] = []
+        if not settled:
+            self.settled_digests = None  # type: ignore[assignment]
+
+    def settled_digests(self, keys: Collection[ServiceKey]) -> dict[ServiceKey, bytes]:
+        self.settled_reads.append(set(keys))
+        return super().settled_digests(keys)
 
     def services(
         self, only: Collection[ServiceKey] | None = None, *, brief: bool = False
@@ -157,13 +166,43 @@ async def test_a_service_a_drift_check_changed_is_vouched_for_at_the_next(
     assert not any(key(i) in read for read in kernel.full_reads[reads:])
 
 
-async def test_every_service_is_read_in_full_within_the_rotation(
+async def test_every_service_is_read_in_full_within_the_first_rotation(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     kernel, network = Kernel(), Network()
     director = director_for(kernel, network)
     async with running(director):
-        await settled(kernel, director)
+        reads = len(kernel.full_reads)
+        await trio.sleep(DRIFT_ROTATION * INTERVAL + 0.1)
+    seen: set[ServiceKey] = set().union(*kernel.full_reads[reads:])
+    assert seen == {key(i) for i in range(SERVICES)}
+
+
+async def test_a_quiet_table_is_read_in_full_once_then_by_its_settled_digests(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After its first read in full, a service nobody changed is skipped by
+    the rotation while its settled digest (everything a read in full
+    decodes, without stats and connection counts) stays the same: each
+    check still reads the settled digests of its slice."""
+    kernel, network = Kernel(), Network()
+    director = director_for(kernel, network)
+    async with running(director):
+        await trio.sleep(DRIFT_ROTATION * INTERVAL + 0.1)
+        reads, settled_reads = len(kernel.full_reads), len(kernel.settled_reads)
+        await trio.sleep(DRIFT_ROTATION * INTERVAL)
+    assert kernel.full_reads[reads:] == []
+    seen: set[ServiceKey] = set().union(*kernel.settled_reads[settled_reads:])
+    assert seen == {key(i) for i in range(SERVICES)}
+
+
+async def test_a_backend_without_settled_digests_reads_the_rotation_in_full(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    kernel, network = Kernel(settled=False), Network()
+    director = director_for(kernel, network)
+    async with running(director):
+        await trio.sleep(DRIFT_ROTATION * INTERVAL + 0.1)
         reads = len(kernel.full_reads)
         await trio.sleep(DRIFT_ROTATION * INTERVAL)
     seen: set[ServiceKey] = set().union(*kernel.full_reads[reads:])
@@ -231,16 +270,19 @@ async def test_a_drift_repair_is_a_warning_that_names_the_services(
     }
 
 
+@pytest.mark.parametrize("rotations", [0, 2])
 async def test_a_change_the_listing_hides_is_repaired_within_the_rotation(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, rotations: int
 ) -> None:
     """A threshold is not in /proc/net/ip_vs: the rotation's full reads
-    find it."""
+    find it, also once the rotation reads a quiet table by its settled
+    digests alone (`rotations` of them before the change)."""
     kernel, network = Kernel(), Network()
     director = director_for(kernel, network)
     victim = address(3, 0)
     async with running(director):
         await settled(kernel, director)
+        await trio.sleep(rotations * DRIFT_ROTATION * INTERVAL)
         dest = Destination(victim, 8003, Forward.ROUTE, 1, u_threshold=50)
         MemoryBackend.apply(kernel, [EditDestination(key(3), dest)])
         changed = trio.current_time()

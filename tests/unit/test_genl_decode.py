@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import random
 import struct
-from dataclasses import astuple
+from collections.abc import Callable
+from dataclasses import astuple, replace
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
@@ -269,3 +270,80 @@ def test_forwarding_flags_beyond_the_method_are_dropped(layout: str) -> None:
     message = message._replace(payload=message.payload.replace(method, flagged))
     assert message.payload.count(flagged) == 1
     assert genl.parse_destination(message, AF_INET).destination.forward is Forward.ROUTE
+
+
+# -- settled bytes: what a drift check's rotation compares instead of decoding ---------
+
+
+def with_counters(entry: DestinationEntry, seed: int) -> DestinationEntry:
+    return DestinationEntry(
+        entry.destination, seed, seed + 1, seed + 2, Stats(*range(seed, seed + 10))
+    )
+
+
+@given(entries(), st.sampled_from(LAYOUTS[:-1]), st.integers(0, 1000))
+def test_settled_bytes_leave_out_the_counters_and_stats(
+    entry: DestinationEntry, layout: str, seed: int
+) -> None:
+    """Two reads of a destination whose traffic moved: equal settled bytes
+    (any layout in the kernel's order: the shuffled one is another reply)."""
+    first = genl.settled_bytes(laid_out(entry, layout, seed))
+    assert first == genl.settled_bytes(laid_out(with_counters(entry, seed), layout, seed))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"weight": 3},
+        {"u_threshold": 50},
+        {"l_threshold": 5},
+        {"forward": Forward.MASQ},
+        {"tun_type": TunnelType.GUE, "tun_port": 6080},
+        {"tun_flags": TunnelFlags.CSUM},
+        {"port": 8081},
+    ],
+    ids=lambda change: ",".join(change),
+)
+def test_settled_bytes_change_with_every_setting(change: dict[str, object]) -> None:
+    other = DestinationEntry(replace(ENTRY.destination, **change), 7, 8, 9, ENTRY.stats)
+    assert genl.settled_bytes(laid_out(ENTRY, "kernel")) != genl.settled_bytes(
+        laid_out(other, "kernel")
+    )
+
+
+def test_a_malformed_attribute_in_settled_bytes_is_a_reply_error() -> None:
+    message = laid_out(ENTRY, "kernel")
+    broken = message._replace(payload=message.payload[:-3])
+    with pytest.raises(KernelReplyError, match="malformed netlink attribute"):
+        genl.settled_bytes(broken)
+
+
+def moving_table(
+    scheduler: str = "rr", u_threshold: int = 0
+) -> Callable[[int, int, bytes], list[bytes]]:
+    """One service whose stats and connection counts move at every read."""
+    reads = iter(range(1, 1000))
+
+    def answer(cmd: int, seq: int, payload: bytes) -> list[bytes]:
+        n = next(reads)
+        if cmd == genl.CMD_GET_SERVICE:
+            service = genl.parse_attrs(genl.service_nest(Service(V4, scheduler)))[genl.CMD_ATTR_SERVICE]  # fmt: skip
+            stats = b"".join(genl.attr(i + 1, struct.pack("=Q", n + i)) for i in range(10))
+            nest = genl.attr(genl.CMD_ATTR_SERVICE, service + genl.attr(genl.SVC_ATTR_STATS64, stats))  # fmt: skip
+            body = genl.genl_body(genl.CMD_NEW_SERVICE, nest)
+            return [genl.frame(FAMILY, genl.NLM_F_MULTI, seq, body), done(seq)]
+        dest = replace(ENTRY.destination, u_threshold=u_threshold)
+        body = genl.genl_body(genl.CMD_NEW_DEST, genl.destination_reply_nest(with_counters(DestinationEntry(dest), n)))  # fmt: skip
+        return [genl.frame(FAMILY, genl.NLM_F_MULTI, seq, body), done(seq)]
+
+    return answer
+
+
+def test_settled_digests_stay_while_only_traffic_moves_and_change_with_a_setting() -> None:
+    backend, _ = scripted(moving_table())
+    first = backend.settled_digests([V4])
+    assert set(first) == {V4} and len(first[V4]) == 16
+    assert backend.settled_digests([V4]) == first
+    assert backend.settled_digests([]) == {}
+    assert scripted(moving_table(u_threshold=50))[0].settled_digests([V4]) != first
+    assert scripted(moving_table(scheduler="wlc"))[0].settled_digests([V4]) != first
