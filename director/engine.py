@@ -31,10 +31,13 @@ passes over the services it cannot vouch for: those whose digest changed
 since a drift check found them as desired (unless a pass of the engine's
 changed them, and the digest shows just what that pass left: the churn of
 health changes costs no reads), and one slice of DRIFT_ROTATION of the
-others, read in full, for what the digest does not show (thresholds,
-tunnel settings, scheduler flags, persistence engines). Every service is
-read in full at least once every DRIFT_ROTATION intervals, and a change
-ipvsadm's listing shows is repaired at the next one. A pass that takes
+others, for what the digest does not show (thresholds, tunnel settings,
+scheduler flags, persistence engines): each is dumped, and read in full
+only when its settled digest (Kernel.settled_digests: the dump without
+stats and connection counts) is not the one a read in full found as
+desired. Every service is so checked at least once every DRIFT_ROTATION
+intervals, and a change ipvsadm's listing shows is repaired at the next
+one. A pass that takes
 more than half of `reconcile_interval`, and probes that start a second
 late, are warned of (pass_slow, probes_late): the daemon is short of CPU.
 Operations the kernel refuses are held back with an exponential backoff, up
@@ -118,7 +121,7 @@ RETRY_BASE = 1.0  # seconds before the first retry of a refused operation or a f
 SLOW_START_STEP = 1.0  # seconds between passes while a weight ramps
 CHECK_TICK = 0.01  # seconds: probes start, and TCP verdicts are read, on 10 ms ticks (checker.py)
 SPACING_MAX = 1.0  # seconds: the longest a scoped pass waits for the last one's cost
-DRIFT_ROTATION = 12  # drift checks over which every managed service is read in full
+DRIFT_ROTATION = 12  # drift checks over which every managed service's dump is checked
 # A pass that takes more than this share of reconcile_interval, or probes
 # that start LATE_AFTER late, mean the daemon is short of CPU for its load.
 SLOW_PASS_SHARE = 0.5
