@@ -22,7 +22,8 @@ keepalived puts every server in the table before any check, so its "full"
 is its start-up alone). Its "ready" is its checker process's pid file.
 `--only directord-up` runs directord with `initial = "up"` checks, which
 start as plain keepalived does: every server in the table before its first
-probe. The ratio rows pair each directord with the keepalived that starts
+probe; its warm-up begins once every server had its first verdict (each
+a transition), so that its window is the steady state too. The ratio rows pair each directord with the keepalived that starts
 as it does (directord/keepalived-alpha, directord-up/keepalived), then with
 the other.
 
@@ -232,6 +233,21 @@ def wait_full(name: str, wanted: int, started: float, timeout: float) -> float |
     return full_after
 
 
+def wait_first_verdicts(daemon: Directord, wanted: int, started: float, timeout: float) -> None:
+    """Until `wanted` real servers had their first verdict (a first success
+    is a `real_server_up` line): with `initial = "up"` the table is full
+    before any probe, and the window would otherwise measure the storm of
+    first verdicts (each a transition: a log line and a pass), not the
+    steady state it measures for the others."""
+    log = daemon.workdir / "directord.log"
+    while True:
+        count = log.read_bytes().count(b'"real_server_up"') if log.exists() else 0
+        if count >= wanted or time.monotonic() - started > timeout:
+            break
+        time.sleep(1.0)
+    print(f"  {daemon.name}: {count} first verdicts up after {time.monotonic() - started:.1f} s", flush=True)  # fmt: skip
+
+
 def _stamp(event: dict[str, object]) -> float:
     """An event's ISO UTC timestamp (director.log) as a time.time() value."""
     text = str(event["timestamp"]).replace("Z", "+00:00")
@@ -359,6 +375,8 @@ def measure(
                 if isinstance(daemon, Floor)
                 else wait_full(daemon.name, load.real_servers, started, fill_timeout)
             )
+            if isinstance(daemon, DirectordUp):
+                wait_first_verdicts(daemon, load.real_servers, started, fill_timeout)
             time.sleep(warmup)
             pids = descendants(daemon.pid)
             system0 = cpu_seconds(pids, system=True)
