@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import _socket
+import errno
+import os
 import select
 import socket
 import time
@@ -210,7 +213,7 @@ async def test_a_handshake_slower_than_the_timeout_is_a_timeout_however_late_it_
     timed after it is a timeout, as it would be to a daemon that read in
     time (it was read as up before). Within two ticks of the kernel's
     clock over, the kernel's figure cannot tell: up."""
-    monkeypatch.setattr(tcp, "handshake_time", lambda sock, elapsed: handshake)
+    monkeypatch.setattr(tcp, "handshake_time", lambda sock, elapsed, info=None: handshake)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
         server.bind(("127.0.0.1", 0))
         server.listen(8)
@@ -231,7 +234,7 @@ async def test_the_handshake_is_timed_on_the_clock_of_its_read_not_the_rounds(
     read: 2 s, not the round's 0.5."""
     seen: list[float] = []
 
-    def timed(sock: socket.socket, elapsed: float) -> float:
+    def timed(sock: socket.socket, elapsed: float, info: object = None) -> float:
         seen.append(elapsed)
         return 0.001
 
@@ -452,3 +455,70 @@ async def test_a_round_of_many_verdicts_keeps_every_socket_and_a_smaller_load_gi
             assert (await awaited(connects, target)).ok
             assert connects.kept == KEEP_IDLE
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("stale", ["writable", "closed"])
+async def test_an_event_of_another_file_under_the_probes_number_is_no_verdict(
+    autojump_clock: trio.testing.MockClock, stale: str
+) -> None:
+    """Trial report (stop 30): under load, dead servers (SYNs dropped, an
+    address gone) passed TCP checks with a latency of 0.0 ms. A socket
+    closed while an exec check's fork held it open stays in the epoll set,
+    armed, and reports under its number, which a later probe's socket has
+    taken. Made here as the kernel makes it (dup2 under the number while
+    registering): the event is a cue, the probe's own socket is still
+    connecting, and the probe ends as its server makes it: a timeout."""
+    here = ip_address("127.0.0.1")
+    with syn_dropping_port() as dropping, socket.socket() as server, socket.socket() as other:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        async with trio.open_nursery() as nursery:
+            connects = Connects()
+            nursery.start_soon(connects.watch)
+            verdicts: list[ProbeResult] = []
+            probe = connects.start(
+                destination(TcpCheck(timing=Timing(timeout=2.0)), here, dropping), verdicts.append
+            )
+            await trio.lowlevel.checkpoint()
+            assert probe.sock is not None
+            number = probe.sock.fileno()
+            if stale == "writable":
+                other.connect(server.getsockname())  # writable: EPOLLOUT
+            # else: never connected: EPOLLOUT | EPOLLHUP, SO_ERROR 0
+            own = os.dup(number)
+            try:
+                os.dup2(other.fileno(), number)
+                # The other file's registration, one-shot as ours are.
+                connects._epoll.register(number, select.EPOLLOUT | select.EPOLLONESHOT)
+                os.dup2(own, number)
+            finally:
+                os.close(own)
+            await trio.sleep(1.0)
+            assert verdicts == []
+            await trio.sleep(1.5)
+            assert [(v.reason, v.detail) for v in verdicts] == [(Reason.TIMEOUT, "no connection within 2 s")]  # fmt: skip
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_connect_that_ended_with_no_connection_and_no_error_fails(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A socket closed, its error taken by another read, gives no success."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        port = server.getsockname()[1]  # bound, not listening: refused
+        verdicts: list[ProbeResult] = []
+        async with trio.open_nursery() as nursery:
+            connects = Connects()
+            nursery.start_soon(connects.watch)
+            target = destination(TcpCheck(timing=Timing(timeout=1.0)), ip_address("127.0.0.1"), port)  # fmt: skip
+            probe = connects._new(target, verdicts.append)
+            sock = probe.sock = _socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)  # fmt: skip
+            sock.connect_ex(("127.0.0.1", port))
+            select.select([], [sock], [], 5.0)
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED
+            connects._pending[sock.fileno()] = probe
+            connects._handle(probe, select.EPOLLOUT | select.EPOLLHUP, 0.0)
+            nursery.cancel_scope.cancel()
+    sock.close()
+    assert [(v.ok, v.detail) for v in verdicts] == [(False, "ECONNABORTED: the connect ended with no connection and no error")]  # fmt: skip

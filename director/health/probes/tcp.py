@@ -85,13 +85,18 @@ _FLAGS = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 # accepted and then reset, which is all a TCP check asks of it.
 _RST_ON_CLOSE = struct.pack("ii", 1, 0)
 _PENDING = (errno.EINPROGRESS, errno.EINTR)
-# An event with neither of these is a completed connect: no SO_ERROR to ask.
+# An event with either of these has an error to ask for (SO_ERROR); one
+# without is a connect completed if the socket's state says so (`_handle`).
 _FAILED = select.EPOLLERR | select.EPOLLHUP
-# struct tcp_info (linux/tcp.h): tcpi_last_ack_recv (ms since the last ACK
-# arrived, here the SYN-ACK) at 56, tcpi_rtt (µs, the handshake's sample
-# alone) at 68, tcpi_total_retrans at 100.
+# struct tcp_info (linux/tcp.h): tcpi_state at 0, tcpi_last_ack_recv (ms
+# since the last ACK arrived, here the SYN-ACK) at 56, tcpi_rtt (µs, the
+# handshake's sample alone) at 68, tcpi_total_retrans at 100.
 _TCP_INFO = getattr(socket, "TCP_INFO", 11)
-_INFO = struct.Struct("=56xI8xI28xI")
+_INFO = struct.Struct("=B55xI8xI28xI")  # and tcpi_state, first
+# tcpi_state (include/net/tcp_states.h): connected, or connected and the
+# server has closed its side already; still connecting.
+_CONNECTED = frozenset({1, 8})  # TCP_ESTABLISHED, TCP_CLOSE_WAIT
+_CONNECTING = frozenset({2, 3})  # TCP_SYN_SENT, TCP_SYN_RECV
 # tcpi_last_data_recv (ms since the last data segment arrived) at 52.
 _DATA_AGE = struct.Struct("=52xI")
 
@@ -225,28 +230,52 @@ class Connects(Watcher[TcpDestination, _Connect]):
         # kernel's as of this read, and a round's work (or a pause of the
         # daemon) since `now` would count twice, taken off the server's time.
         elapsed = self._now() - probe.started
-        # EPOLLOUT alone: connected (a failed connect reports EPOLLERR).
+        timeout = probe.target.check.timing.timeout
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if flags & _FAILED else 0
-        if code == 0:
-            result = answered(handshake_time(sock, elapsed), probe.target.check.timing.timeout, what="connected")  # fmt: skip
-        else:
-            timeout = probe.target.check.timing.timeout
-            result = _verdict(code, min(elapsed, timeout), timeout)
+        if code:
+            self._finish(probe, _verdict(code, min(elapsed, timeout), timeout))
+            return
+        # An event is a cue, not a verdict: only the socket's own state says
+        # it connected. A socket closed while an exec check's fork held it
+        # open stays in the epoll set, armed, and reports under its number,
+        # which a later probe's socket has taken (epoll(7): a registration
+        # is the file's, not the number's): under load, the window between
+        # a fork and its exec, that passed dead servers with a latency of 0.
+        state, *info = _tcp_info(sock)
+        if state in _CONNECTED:
+            result = answered(handshake_time(sock, elapsed, info), timeout, what="connected")
+        elif state in _CONNECTING:
+            self._arm(sock.fileno(), select.EPOLLOUT | select.EPOLLONESHOT)
+            return  # not its event: its own is still to come
+        else:  # closed with its error taken, or no TCP_INFO
+            result = network_failure(OSError(errno.ECONNABORTED, "the connect ended with no connection and no error"), min(elapsed, timeout), timeout)  # fmt: skip
         self._finish(probe, result)
 
 
-def handshake_time(sock: _socket.socket, elapsed: float) -> float:
+def _tcp_info(sock: _socket.socket) -> tuple[int, int, int, int]:
+    """TCP_INFO's state, tcpi_last_ack_recv, tcpi_rtt, tcpi_total_retrans;
+    state 0 (no TCP state) where it cannot be read."""
+    try:
+        state, ack_age_ms, rtt_us, retransmitted = _INFO.unpack(sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _INFO.size))  # fmt: skip
+    except (OSError, struct.error):
+        return 0, 0, 0, 0
+    return state, ack_age_ms, rtt_us, retransmitted
+
+
+def handshake_time(sock: _socket.socket, elapsed: float, info: list[int] | None = None) -> float:
     """Seconds from a connected socket's SYN to its SYN-ACK, as the kernel
     timed them, `elapsed` (the start to this call, read just before it) at
     most: the round trip of the SYN when it was sent once, else the time
     from the start to the SYN-ACK's arrival (to the millisecond: `elapsed`
     less the kernel's age of that ACK, read here, so `elapsed` must be as
     fresh). The watcher's read may come long after (a tick, a loop held
-    up): that is the daemon's time, not the probe's."""
-    try:
-        ack_age_ms, rtt_us, retransmitted = _INFO.unpack(sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _INFO.size))  # fmt: skip
-    except (OSError, struct.error):  # no TCP_INFO: the read's time
-        return elapsed
+    up): that is the daemon's time, not the probe's. `info`: the rest of
+    `_tcp_info(sock)` (after the state), read by the caller just now."""
+    if info is None:
+        state, *info = _tcp_info(sock)
+        if not state:  # no TCP_INFO: the read's time
+            return elapsed
+    ack_age_ms, rtt_us, retransmitted = info
     own = rtt_us / 1e6 if rtt_us and not retransmitted else elapsed - ack_age_ms / 1e3
     return own if 0.0 <= own < elapsed else (elapsed if own > 0.0 else 0.0)
 
