@@ -32,6 +32,9 @@ def wrapped(inner: BaseException, outer: BaseException) -> BaseException:
         (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), Reason.REFUSED, "ECONNREFUSED: Connection refused"),
         (OSError(errno.EHOSTUNREACH, "No route to host"), Reason.UNREACHABLE, "EHOSTUNREACH: No route to host"),
         (OSError(errno.ENETUNREACH, "Network is unreachable"), Reason.UNREACHABLE, "ENETUNREACH: Network is unreachable"),
+        # Trial report (stop 30): a blackhole route on the director was "error".
+        (OSError(errno.EINVAL, "Invalid argument"), Reason.UNREACHABLE, "EINVAL: Invalid argument"),
+        (OSError(errno.EACCES, "Permission denied"), Reason.UNREACHABLE, "EACCES: Permission denied"),
         (OSError(errno.ETIMEDOUT, "Connection timed out"), Reason.TIMEOUT, "ETIMEDOUT: Connection timed out"),
         (OSError(errno.ECONNRESET, "Connection reset by peer"), Reason.ERROR, "ECONNRESET: Connection reset by peer"),
         (FileNotFoundError(errno.ENOENT, "No such file or directory", "/bin/x"), Reason.ERROR, "ENOENT: No such file or directory: /bin/x"),

@@ -40,6 +40,11 @@ _REASON_FOR_ERRNO = {
     errno.EHOSTUNREACH: Reason.UNREACHABLE,
     errno.ENETUNREACH: Reason.UNREACHABLE,
     errno.EHOSTDOWN: Reason.UNREACHABLE,
+    # A route of type blackhole (EINVAL) or prohibit (EACCES) on the director
+    # itself answers connect(2) and sendto(2) so (ip-route(8)): unreachable,
+    # as a route of type unreachable is (EHOSTUNREACH).
+    errno.EINVAL: Reason.UNREACHABLE,
+    errno.EACCES: Reason.UNREACHABLE,
     errno.ETIMEDOUT: Reason.TIMEOUT,
 }
 

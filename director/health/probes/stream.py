@@ -149,8 +149,10 @@ class TimedConnection(trio.abc.Stream):
     def _silent(self) -> Silent:
         if self._deadline < self._limit:
             return Silent()
-        # The limit came first: how long the server has had.
-        return Silent(self._served + (trio.current_time() - self._sent_at))
+        # The limit came first: how long the server has had, unless that is
+        # its whole timeout after all (a loop held up past the limit).
+        served = self._served + (trio.current_time() - self._sent_at)
+        return Silent() if served >= self._timeout else Silent(served)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._sent is None or self._arrived is not None:
