@@ -109,19 +109,24 @@ def test_settled_digests_leave_out_traffic_and_show_every_setting(backend: Netli
     """NetlinkBackend.settled_digests (the drift rotation's): equal while
     only the stats and connection counts move, other for a setting the
     file does not show (a threshold, scheduler flags), for that service
-    alone."""
-    ipvsadm("-R", stdin=RULES)
-    subprocess.run(["ip", "addr", "add", "10.1.0.1/32", "dev", "lo"], check=True)
+    alone. The traffic: connections through a VIP to a real server
+    listening in the namespace itself (forwarding method Local)."""
+    ipvsadm("-R", stdin=RULES + "-A -t 10.1.0.9:80 -s rr\n-a -t 10.1.0.9:80 -r 10.2.0.9:80 -m\n")
+    for address in ("10.1.0.9/32", "10.2.0.9/32"):
+        subprocess.run(["ip", "addr", "add", address, "dev", "lo"], check=True)
+    local = ServiceKey.inet(Protocol.TCP, "10.1.0.9", 80)
     keys = [e.service.key for e in backend.services()]
     before = backend.settled_digests(keys)
-    assert set(before) == set(keys) and len(keys) == 4
-    for _ in range(3):  # scheduled to 10.2.0.x, which answers nothing
-        with socket.socket() as client:
-            client.setblocking(False)
-            client.connect_ex(("10.1.0.1", 80))
-    [tcp] = backend.services([TCP])
-    assert tcp.stats.conns == 3 and sum(d.inact_conns + d.active_conns for d in tcp.destinations) == 3  # fmt: skip
-    assert backend.settled_digests(keys) == before
+    assert set(before) == set(keys) and len(keys) == 5
+    with socket.create_server(("10.2.0.9", 80)) as server:
+        clients = [socket.create_connection(("10.1.0.9", 80), timeout=5) for _ in range(3)]
+        accepted = [server.accept()[0] for _ in clients]
+        [entry] = backend.services([local])
+        moved = (entry.stats.conns, sum(d.active_conns for d in entry.destinations))
+        assert moved == (3, 3), moved
+        assert backend.settled_digests(keys) == before
+        for sock in clients + accepted:
+            sock.close()
     ipvsadm("-e", "-t", "10.1.0.1:80", "-r", "10.2.0.1:80", "-m", "-w", "3", "-x", "50")
     after = backend.settled_digests(keys)
     assert after[TCP] != before[TCP]
