@@ -730,7 +730,9 @@ class Director:
         sent = await self.reconcile("drift check", only=suspect, digests=digests)
         self._settle(managed, suspect, settled, sent)
         drifted = {key for op in sent if (key := service_of(op)) is not None}
-        drifted -= due | self._ramping  # (their own changes were due)
+        # (Their own changes were due, or came during the check: a health
+        # change while it read the kernel is in its pass.)
+        drifted -= due | self._ramping | self._dirty.keys()
         if drifted:
             # The table was not as this daemon left it: someone (ipvsadm by
             # hand, another tool) changed it; the ipvs_op lines say how

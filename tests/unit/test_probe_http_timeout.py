@@ -9,6 +9,7 @@ and varies), so that details are exact."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address
@@ -341,25 +342,23 @@ async def test_a_daemon_late_by_a_whole_timeout_ends_the_probe_at_twice_it(
     assert took == 2.0
 
 
+@pytest.mark.parametrize(("read_at", "served"), [(2.0, 0.8), (2.1, 0.9), (12.9, None)])
 async def test_a_limit_read_after_the_servers_whole_timeout_is_a_plain_timeout(
-    serve: Serve, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+    autojump_clock: trio.testing.MockClock, read_at: float, served: float | None
 ) -> None:
     """Trial report (stop 30, a starved VM): "no verdict within 2 s of the
-    start: the server had 13 s of it, the rest was the daemon's lag". The
-    limit's wait ended 11 s late (the loop held up): the server had its
-    whole second from the request, so it is the plain timeout."""
-    monkeypatch.setattr(stream, "perf_counter", trio.current_time)
-    port = await serve(silent)
-    late(monkeypatch, autojump_clock, connected=0.6, request=0.6)
-
-    async def hold_up() -> None:
-        await trio.sleep(1.9)
-        autojump_clock.jump(11.0)  # the loop held up: every deadline passed
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(hold_up)
-        result, _ = await timed(HTTPS, port)
-    assert (result.ok, result.reason, result.detail) == (False, Reason.TIMEOUT, f"{CONNECTED}; {NO_ANSWER}")  # fmt: skip
+    start: the server had 13 s of it, the rest was the daemon's lag". A
+    request sent 1.2 s late waits until the limit (2 s); read at the limit
+    the server had 0.8 s of its second, read after 12.9 s (a loop held up)
+    it had its whole second: the plain timeout (`served` None)."""
+    start = trio.current_time()
+    with socket.socket() as sock:
+        connection = stream.TimedConnection(sock, 0.0, 1.0, start + 2.0)
+        autojump_clock.jump(1.2)
+        connection._open_round()  # the request's send
+        autojump_clock.jump(read_at - 1.2)
+        silent = connection._silent()
+    assert silent.served == (None if served is None else pytest.approx(served))
 
 
 @pytest.mark.parametrize("lag", [1.5, 2.5])

@@ -500,10 +500,13 @@ async def test_an_event_of_another_file_under_the_probes_number_is_no_verdict(
             nursery.cancel_scope.cancel()
 
 
-async def test_a_connect_that_ended_with_no_connection_and_no_error_fails(
-    autojump_clock: trio.testing.MockClock,
+@pytest.mark.parametrize("taken", [True, False], ids=["error-taken", "error-pending"])
+async def test_a_connect_that_ended_with_no_connection_fails_with_its_error(
+    autojump_clock: trio.testing.MockClock, taken: bool
 ) -> None:
-    """A socket closed, its error taken by another read, gives no success."""
+    """A socket closed, reported by an event without EPOLLERR (another
+    file's, see above), gives no success: its error if it has one, else
+    that it has none (taken by another read)."""
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         port = server.getsockname()[1]  # bound, not listening: refused
@@ -516,9 +519,13 @@ async def test_a_connect_that_ended_with_no_connection_and_no_error_fails(
             sock = probe.sock = _socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)  # fmt: skip
             sock.connect_ex(("127.0.0.1", port))
             select.select([], [sock], [], 5.0)
-            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED
+            if taken:
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED
             connects._pending[sock.fileno()] = probe
-            connects._handle(probe, select.EPOLLOUT | select.EPOLLHUP, 0.0)
+            connects._handle(probe, select.EPOLLOUT, 0.0)
             nursery.cancel_scope.cancel()
     sock.close()
-    assert [(v.ok, v.detail) for v in verdicts] == [(False, "ECONNABORTED: the connect ended with no connection and no error")]  # fmt: skip
+    if taken:
+        assert [(v.reason, v.detail) for v in verdicts] == [(Reason.ERROR, "ECONNABORTED: the connect ended with no connection and no error")]  # fmt: skip
+    else:
+        assert [(v.reason, v.detail) for v in verdicts] == [(Reason.REFUSED, "ECONNREFUSED: Connection refused")]  # fmt: skip

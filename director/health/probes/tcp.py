@@ -247,6 +247,8 @@ class Connects(Watcher[TcpDestination, _Connect]):
         elif state in _CONNECTING:
             self._arm(sock.fileno(), select.EPOLLOUT | select.EPOLLONESHOT)
             return  # not its event: its own is still to come
+        elif code := sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            result = _verdict(code, min(elapsed, timeout), timeout)  # (a cue without EPOLLERR)
         else:  # closed with its error taken, or no TCP_INFO
             result = network_failure(OSError(errno.ECONNABORTED, "the connect ended with no connection and no error"), min(elapsed, timeout), timeout)  # fmt: skip
         self._finish(probe, result)
