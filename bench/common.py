@@ -329,6 +329,29 @@ def machine_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / TICKS
 
 
+def process_counters(pids: Sequence[int]) -> dict[str, int]:
+    """Counts the kernel keeps for `pids` (all their threads), summed:
+    minor and major page faults (/proc/PID/stat), voluntary and
+    involuntary context switches (/proc/PID/task/TID/status), and
+    threads. For the kernel time a probe costs that strace's system
+    call counts do not show: a page fault is no system call."""
+    totals = dict.fromkeys(("minflt", "majflt", "voluntary", "involuntary", "threads"), 0)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            totals["minflt"] += int(fields[7])
+            totals["majflt"] += int(fields[9])
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    totals["threads"] += 1
+                    for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            totals["voluntary"] += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches:"):
+                            totals["involuntary"] += int(line.split()[1])
+    return totals
+
+
 def memory_kib(pids: Sequence[int], field: str) -> int:
     """Sum of a /proc/PID/status field (VmRSS, VmHWM) over `pids`, in KiB."""
     total = 0

@@ -82,6 +82,7 @@ from common import (
     memory_kib,
     namespace,
     print_table,
+    process_counters,
     raise_fd_limit,
     ratio,
     server_namespace,
@@ -380,6 +381,7 @@ def measure(
             time.sleep(warmup)
             pids = descendants(daemon.pid)
             system0 = cpu_seconds(pids, system=True)
+            counts0 = process_counters(pids)
             cpu0, sink0, machine0, probes0, t0 = (
                 cpu_seconds(pids),
                 cpu_seconds(sink_pids),
@@ -393,6 +395,7 @@ def measure(
                 fewest = min(fewest, destination_count())
             pids = descendants(daemon.pid)
             system1 = cpu_seconds(pids, system=True)
+            counts1 = process_counters(pids)
             cpu1, sink1, machine1, probes1, t1 = (
                 cpu_seconds(pids),
                 cpu_seconds(sink_pids),
@@ -419,6 +422,16 @@ def measure(
                 f"  {daemon.name}: {measurement.probe_rate():.0f} probes/s, "
                 f"CPU {measurement.cpu_percent:.1f} % (system {measurement.system_percent:.1f}), "
                 f"RSS {measurement.rss_mib:.1f} MiB",
+                flush=True,
+            )
+            probes = max(1, measurement.probes)
+            print(
+                f"  {daemon.name}: a probe's kernel counts: "
+                + ", ".join(
+                    f"{key} {(counts1[key] - counts0[key]) / probes:.3f}"
+                    for key in ("minflt", "majflt", "voluntary", "involuntary")
+                )
+                + f"; threads {counts1['threads']}",
                 flush=True,
             )
             if isinstance(daemon, Directord) and daemon.name == "directord" and transitions:
