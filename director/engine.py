@@ -93,7 +93,7 @@ from director.ipvs.model import (
     SyncState,
     endpoint,
 )
-from director.ipvs.oplog import describe_operation, operation_lines
+from director.ipvs.oplog import brief_operation, describe_operation, operation_lines
 from director.ipvs.ops import AddService, DeleteService, Operation, SetTimeouts
 from director.ipvs.servicetable import TableKey, digest_shows, table_key
 from director.kernel import KernelTable
@@ -121,6 +121,7 @@ RETRY_BASE = 1.0  # seconds before the first retry of a refused operation or a f
 SLOW_START_STEP = 1.0  # seconds between passes while a weight ramps
 CHECK_TICK = 0.01  # seconds: probes start, and TCP verdicts are read, on 10 ms ticks (checker.py)
 SPACING_MAX = 1.0  # seconds: the longest a scoped pass waits for the last one's cost
+DRIFT_REPAIRS_SHOWN = 10  # operations a table_drift_repaired warning spells out
 DRIFT_ROTATION = 12  # drift checks over which every managed service's dump is checked
 # A pass that takes more than this share of reconcile_interval, or probes
 # that start LATE_AFTER late, mean the daemon is short of CPU for its load.
@@ -735,12 +736,15 @@ class Director:
         drifted -= due | self._ramping | self._dirty.keys()
         if drifted:
             # The table was not as this daemon left it: someone (ipvsadm by
-            # hand, another tool) changed it; the ipvs_op lines say how
-            # it was put back.
+            # hand, another tool) changed it. The repairs say what was found:
+            # an add, a server or service missing; a delete, one not the
+            # daemon's; an edit, settings that differed.
+            repairs = [op for op in sent if service_of(op) in drifted]
             self.log.warning(
                 "table_drift_repaired",
                 services=[service_label(k) for k in sorted(drifted, key=service_sort_key)],
-                operations=sum(1 for op in sent if service_of(op) in drifted),
+                operations=len(repairs),
+                repairs=[brief_operation(op) for op in repairs[:DRIFT_REPAIRS_SHOWN]],
             )
         return sent
 

@@ -94,6 +94,16 @@ def describe_operation(op: Operation) -> dict[str, object]:
     raise TypeError(f"not an operation: {op!r}")
 
 
+def brief_operation(op: Operation) -> str:
+    """One operation as one line of text: its `describe_operation` fields,
+    the kind, service and real server first, then key=value; e.g.
+    "edit_destination TCP 10.0.0.1:80 10.0.0.2:80 forward=route weight=1"."""
+    fields = describe_operation(op)
+    words = [str(fields.pop(name)) for name in ("op", "vs", "rs") if name in fields]
+    words.extend(f"{name}={value}" for name, value in fields.items())
+    return " ".join(words)
+
+
 def _run_key(op: Operation) -> tuple[object, ...] | None:
     """What operations must share to be one line: their kind and service,
     and for an add or an edit the forwarding method and weight (the fields

@@ -373,6 +373,9 @@ def test_a_server_deleted_behind_the_daemons_back_comes_back(h: Harness) -> None
     drifted = daemon.wait_event("table_drift_repaired", DEADLINE)
     assert drifted["level"] == "warning", drifted
     assert drifted["services"] == [f"TCP {h.net.vip}:{HTTP_PORT}"], drifted
+    # ... which says what was found: the deleted server missing.
+    added = f"add_destination TCP {h.net.vip}:{HTTP_PORT} {h.rs('rs2')} "
+    assert [r[: len(added)] for r in drifted["repairs"]] == [added], drifted
     assert len(daemon.events("table_drift_repaired")) == 1, daemon.log_text()
 
 

@@ -241,8 +241,9 @@ async def test_a_drift_repair_is_a_warning_that_names_the_services(
     repaired, but the log had only the repair's ipvs_op lines, which a
     health change makes too: nothing said someone had changed the table.
     A drift check that sends operations is a `table_drift_repaired`
-    warning naming the services; one that finds nothing logs none, and a
-    health change's pass is no drift."""
+    warning naming the services and spelling out the repairs (what was
+    found); one that finds nothing logs none, and a health change's pass is
+    no drift."""
     kernel, network = Kernel(), Network()
     director = director_for(kernel, network)
     async with running(director):
@@ -268,6 +269,10 @@ async def test_a_drift_repair_is_a_warning_that_names_the_services(
         "log_level": "warning",
         "services": ["TCP 10.0.0.1:8007"],
         "operations": 2,
+        "repairs": [
+            "delete_destination TCP 10.0.0.1:8007 10.0.8.200:8007",
+            "edit_destination TCP 10.0.0.1:8007 10.0.8.2:8007 forward=route weight=1",
+        ],
     }
 
 

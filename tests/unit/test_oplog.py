@@ -15,7 +15,7 @@ from director.ipvs.model import (
     SyncDaemon,
     SyncState,
 )
-from director.ipvs.oplog import describe_operation, operation_lines
+from director.ipvs.oplog import brief_operation, describe_operation, operation_lines
 from director.ipvs.ops import (
     AddDestination,
     AddService,
@@ -79,6 +79,24 @@ def test_a_services_flags_are_logged_by_their_ipvsadm_names() -> None:
     rr = Service(key, scheduler="rr", flags=ServiceFlags.ONEPACKET | ServiceFlags.SCHED3)
     assert describe_operation(AddService(rr))["flags"] == ["ops", "flag-3"]
     assert describe_operation(AddService(Service(key)))["flags"] == []
+
+
+def test_an_operation_in_brief_is_its_fields_on_one_line() -> None:
+    """A drift repair's warning spells out its operations so (trial: it
+    named the services only, not what was found in them)."""
+    key = ServiceKey.inet(Protocol.TCP, "10.0.0.1", 80)
+    sh = Service(key, scheduler="sh", flags=ServiceFlags.PERSISTENT | ServiceFlags.SCHED2, timeout=300)  # fmt: skip
+    assert brief_operation(EditService(sh)) == (
+        "edit_service TCP 10.0.0.1:80 scheduler=sh flags=['persistent', 'sh-port'] timeout=300"
+    )
+    server = Destination(ip_address("10.0.0.2"), 8080, Forward.MASQ, 0)
+    assert brief_operation(AddDestination(key, server)) == (
+        "add_destination TCP 10.0.0.1:80 10.0.0.2:8080 forward=masq weight=0"
+    )
+    assert brief_operation(DeleteDestination(key, ip_address("10.0.0.2"), 8080)) == (
+        "delete_destination TCP 10.0.0.1:80 10.0.0.2:8080"
+    )
+    assert brief_operation(StopDaemon(SyncState.BACKUP)) == "stop_daemon state=BACKUP"
 
 
 def test_a_run_of_like_destination_operations_is_one_line() -> None:
