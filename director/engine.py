@@ -352,6 +352,9 @@ class Director:
         # rotation read in full and found as desired: the rotation skips its
         # read while that stays the same and no pass touched it.
         self._settled: dict[ServiceKey, bytes] = {}
+        # The kernel's entries the last pass planned from (read, or known):
+        # what a drift repair found (drift_check's warning).
+        self._planned_from: Mapping[ServiceKey, ServiceEntry] = {}
         # Each service as the last pass over it left the kernel (every
         # operation for it done): a pass for a health change plans from it
         # instead of reading the service back (100 destinations decoded for
@@ -744,9 +747,14 @@ class Director:
                 "table_drift_repaired",
                 services=[service_label(k) for k in sorted(drifted, key=service_sort_key)],
                 operations=len(repairs),
-                repairs=[brief_operation(op) for op in repairs[:DRIFT_REPAIRS_SHOWN]],
+                repairs=[self._repair_text(op) for op in repairs[:DRIFT_REPAIRS_SHOWN]],
             )
         return sent
+
+    def _repair_text(self, op: Operation) -> str:
+        """A drift repair in brief, with what the pass found (oplog.brief_operation)."""
+        key = service_of(op)
+        return brief_operation(op, self._planned_from.get(key) if key is not None else None)
 
     async def _settled_digests(self, keys: list[ServiceKey]) -> dict[ServiceKey, bytes]:
         """Kernel.settled_digests of `keys`; {} where the backend has none
@@ -960,6 +968,7 @@ class Director:
         own health alone (desired.independent), the pass plans theirs only,
         O(the change) instead of O(the service)."""
         now = trio.current_time()
+        self._planned_from = {}
         scope = None if only is None else {k for k in only if k in self.owned or k in self._by_key}
         if digests is None:
             # What this pass changes (or finds to change) no earlier digest
@@ -991,6 +1000,7 @@ class Director:
         kernel: dict[ServiceKey, ServiceEntry] = {e.service.key: e for e in entries}
         kernel.update(trusted)
         kernel.update(taken)
+        self._planned_from = kernel
         desired: Mapping[ServiceKey, DesiredService]
         if scope is None:
             desired = desired_table(

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 
 from director.ipvs.model import (
     Service,
+    ServiceEntry,
     ServiceFlags,
     endpoint,
     scheduler_flag_names,
@@ -94,14 +95,44 @@ def describe_operation(op: Operation) -> dict[str, object]:
     raise TypeError(f"not an operation: {op!r}")
 
 
-def brief_operation(op: Operation) -> str:
+def brief_operation(op: Operation, found: ServiceEntry | None = None) -> str:
     """One operation as one line of text: its `describe_operation` fields,
     the kind, service and real server first, then key=value; e.g.
-    "edit_destination TCP 10.0.0.1:80 10.0.0.2:80 forward=route weight=1"."""
+    "add_destination TCP 10.0.0.1:80 10.0.0.2:80 forward=route weight=1".
+    With `found` (the kernel's entry of the op's service, as read before
+    it), an edit gives only the fields it changes, as found->wanted:
+    "edit_destination TCP 10.0.0.1:80 10.0.0.2:80 weight=77->1"."""
     fields = describe_operation(op)
     words = [str(fields.pop(name)) for name in ("op", "vs", "rs") if name in fields]
-    words.extend(f"{name}={value}" for name, value in fields.items())
+    before = _found_fields(op, found)
+    changed = {k: v for k, v in fields.items() if k in before and before[k] != v}
+    if changed:
+        words.extend(f"{k}={_text(before[k])}->{_text(v)}" for k, v in changed.items())
+    else:  # nothing found to compare, or a change the fields do not show
+        words.extend(f"{k}={_text(v)}" for k, v in fields.items())
     return " ".join(words)
+
+
+def _found_fields(op: Operation, found: ServiceEntry | None) -> dict[str, object]:
+    """describe_operation's fields of what an edit changes, as `found`."""
+    if found is None:
+        return {}
+    if isinstance(op, EditService):
+        return describe_operation(EditService(found.service))
+    if isinstance(op, EditDestination):
+        for entry in found.destinations:
+            dest = entry.destination
+            if (dest.address, dest.port) == (op.destination.address, op.destination.port):
+                return describe_operation(EditDestination(op.service, dest))
+    return {}
+
+
+def _text(value: object) -> str:
+    """A field's value in a brief line: a list as its items with commas
+    ("persistent,sh-port"; "none" when empty)."""
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
 
 
 def _run_key(op: Operation) -> tuple[object, ...] | None:

@@ -379,6 +379,18 @@ def test_a_server_deleted_behind_the_daemons_back_comes_back(h: Harness) -> None
     assert len(daemon.events("table_drift_repaired")) == 1, daemon.log_text()
 
 
+def test_a_weight_edited_behind_the_daemons_back_is_put_back_and_named(h: Harness) -> None:
+    """Trial (stop 31): the warning gave the weight put back, not the one
+    found; an operator could not tell what had been changed."""
+    daemon = h.start(Settings(reconcile_interval=1.0))
+    h.wait_weights(h.web, all_up(h))
+    ipvsadm("-e", *h.web.split(), "-r", h.rs("rs1"), "-m", "-w", "77")
+    drifted = daemon.wait_event("table_drift_repaired", DEADLINE)
+    edit = f"edit_destination TCP {h.net.vip}:{HTTP_PORT} {h.rs('rs1')} weight=77->1"
+    assert drifted["repairs"] == [edit], drifted
+    h.wait_weights(h.web, all_up(h))
+
+
 def test_unmanaged_services_are_left_alone_even_by_flush_on_stop(h: Harness) -> None:
     vip = h.net.vip
     ipvsadm("-A", "-t", f"{vip}:8080", "-s", "wrr", "-p", "120")

@@ -271,7 +271,7 @@ async def test_a_drift_repair_is_a_warning_that_names_the_services(
         "operations": 2,
         "repairs": [
             "delete_destination TCP 10.0.0.1:8007 10.0.8.200:8007",
-            "edit_destination TCP 10.0.0.1:8007 10.0.8.2:8007 forward=route weight=1",
+            "edit_destination TCP 10.0.0.1:8007 10.0.8.2:8007 weight=9->1",
         ],
     }
 

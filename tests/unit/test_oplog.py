@@ -7,9 +7,11 @@ from ipaddress import ip_address
 
 from director.ipvs.model import (
     Destination,
+    DestinationEntry,
     Forward,
     Protocol,
     Service,
+    ServiceEntry,
     ServiceFlags,
     ServiceKey,
     SyncDaemon,
@@ -87,7 +89,7 @@ def test_an_operation_in_brief_is_its_fields_on_one_line() -> None:
     key = ServiceKey.inet(Protocol.TCP, "10.0.0.1", 80)
     sh = Service(key, scheduler="sh", flags=ServiceFlags.PERSISTENT | ServiceFlags.SCHED2, timeout=300)  # fmt: skip
     assert brief_operation(EditService(sh)) == (
-        "edit_service TCP 10.0.0.1:80 scheduler=sh flags=['persistent', 'sh-port'] timeout=300"
+        "edit_service TCP 10.0.0.1:80 scheduler=sh flags=persistent,sh-port timeout=300"
     )
     server = Destination(ip_address("10.0.0.2"), 8080, Forward.MASQ, 0)
     assert brief_operation(AddDestination(key, server)) == (
@@ -97,6 +99,44 @@ def test_an_operation_in_brief_is_its_fields_on_one_line() -> None:
         "delete_destination TCP 10.0.0.1:80 10.0.0.2:8080"
     )
     assert brief_operation(StopDaemon(SyncState.BACKUP)) == "stop_daemon state=BACKUP"
+
+
+def test_an_edit_in_brief_says_what_was_found() -> None:
+    """Trial (stop 31): a repaired weight gave the weight put back, not
+    the one found ("weight=2" for a hand-set 77), and a repaired scheduler
+    likewise. With the kernel's entry as found, an edit gives the fields it
+    changes as found->wanted; with nothing to compare (no entry, or a
+    change the fields do not show: a threshold), all its fields."""
+    key = ServiceKey.inet(Protocol.TCP, "10.0.0.1", 80)
+    wanted = Destination(ip_address("10.0.0.2"), 8080, Forward.MASQ, 2)
+    hand_set = Destination(ip_address("10.0.0.2"), 8080, Forward.MASQ, 77)
+    other = DestinationEntry(Destination(ip_address("10.0.0.3"), 8080, Forward.MASQ, 9))
+    found = ServiceEntry(Service(key, scheduler="rr"), (other, DestinationEntry(hand_set)))
+    edit = EditDestination(key, wanted)
+    assert brief_operation(edit, found) == (
+        "edit_destination TCP 10.0.0.1:80 10.0.0.2:8080 weight=77->2"
+    )
+    moved = Destination(ip_address("10.0.0.2"), 8080, Forward.ROUTE, 1)
+    found = ServiceEntry(Service(key), (DestinationEntry(moved),))
+    assert brief_operation(edit, found) == (
+        "edit_destination TCP 10.0.0.1:80 10.0.0.2:8080 forward=route->masq weight=1->2"
+    )
+    wrr = Service(key, scheduler="wrr")
+    assert (
+        brief_operation(EditService(wrr), ServiceEntry(Service(key, scheduler="rr")))
+        == "edit_service TCP 10.0.0.1:80 scheduler=rr->wrr"
+    )
+    sh = Service(key, scheduler="sh", flags=ServiceFlags.SCHED2)
+    assert brief_operation(EditService(sh), ServiceEntry(Service(key, scheduler="sh"))) == (
+        "edit_service TCP 10.0.0.1:80 flags=none->sh-port"
+    )
+    assert brief_operation(edit) == (
+        "edit_destination TCP 10.0.0.1:80 10.0.0.2:8080 forward=masq weight=2"
+    )
+    thresholds = ServiceEntry(Service(key), (DestinationEntry(wanted),))
+    assert brief_operation(edit, thresholds) == (
+        "edit_destination TCP 10.0.0.1:80 10.0.0.2:8080 forward=masq weight=2"
+    )
 
 
 def test_a_run_of_like_destination_operations_is_one_line() -> None:
