@@ -206,7 +206,9 @@ ACCEPT_TRANSIENT_ERRNOS = frozenset(
     )
     if hasattr(errno, name)
 )
-LOG_INTERVAL = 10.0  # seconds between two lines about recurring accept or connection failures
+# Seconds between two lines about recurring accept or connection failures,
+# busy refusals and request timeouts.
+LOG_INTERVAL = 10.0
 
 
 async def accept_loop(
@@ -228,11 +230,14 @@ async def accept_loop(
     active = 0
     capacity_limit = RateLimit(LOG_INTERVAL)
     failure_limit = RateLimit(LOG_INTERVAL)
+    # A client can make these as fast as it connects: one line an interval.
+    busy_limit = RateLimit(LOG_INTERVAL)
+    timeout_limit = RateLimit(LOG_INTERVAL)
 
     async def connection(stream: trio.SocketStream) -> None:
         nonlocal active
         try:
-            await _serve_connection(stream, handler, limits, admin_gid, logger)
+            await _serve_connection(stream, handler, limits, admin_gid, logger, timeout_limit)
         except Exception as e:
             # A bug reached by one connection: that connection ends, the server goes on.
             suppressed = failure_limit.allow(trio.current_time())
@@ -269,7 +274,11 @@ async def accept_loop(
                 await trio.sleep(ACCEPT_PAUSE)
                 continue
             if active >= limits.max_connections:
-                logger.warning("control_busy", limit=limits.max_connections)
+                suppressed = busy_limit.allow(trio.current_time())
+                if suppressed is not None:
+                    logger.warning(
+                        "control_busy", limit=limits.max_connections, suppressed=suppressed
+                    )
                 await _refuse_busy(stream, limits.max_connections)
                 continue
             active += 1
@@ -294,6 +303,7 @@ async def _serve_connection(
     limits: Limits,
     admin_gid: int | None,
     logger: Any,
+    timeout_limit: RateLimit,
 ) -> None:
     async with stream:
         try:
@@ -321,7 +331,15 @@ async def _serve_connection(
                         ended = True
                     continue
                 timeout = _timeout_error(decoder.buffered, limits.request_timeout)
-                logger.info("control_timeout", uid=peer.uid, pid=peer.pid, error=timeout.message)
+                suppressed = timeout_limit.allow(trio.current_time())
+                if suppressed is not None:
+                    logger.info(
+                        "control_timeout",
+                        uid=peer.uid,
+                        pid=peer.pid,
+                        error=timeout.message,
+                        suppressed=suppressed,
+                    )
                 with trio.move_on_after(limits.send_timeout):
                     await _send(stream, encode_error(timeout))
                 return

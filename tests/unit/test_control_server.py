@@ -21,7 +21,14 @@ from director.config.model import ControlSettings
 from director.control import server
 from director.control.messages import Peer, Request, Response
 from director.control.protocol import RequestDecoder
-from director.control.server import ACCEPT_PAUSE, ControlSocketError, Limits, accept_loop, serve
+from director.control.server import (
+    ACCEPT_PAUSE,
+    LOG_INTERVAL,
+    ControlSocketError,
+    Limits,
+    accept_loop,
+    serve,
+)
 
 
 class Recorder:
@@ -342,6 +349,37 @@ async def test_connections_beyond_the_limit_are_told_to_come_back(sock_dir: str)
         await trio.testing.wait_all_tasks_blocked()
         await served(path)
         await second.aclose()
+
+
+async def test_busy_refusals_and_timeouts_are_logged_once_an_interval(
+    sock_dir: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Trial (stop 31): 300 idle connections logged 215 `control_timeout`
+    lines; a client that connects in a loop past the limit logged a
+    `control_busy` for each. One line an interval, with the count left out."""
+    limits = Limits(max_connections=1, request_timeout=3 * LOG_INTERVAL)
+    with structlog.testing.capture_logs() as logs:
+        async with running(f"{sock_dir}/d.sock", Recorder(), limits) as path:
+            held = await trio.open_unix_socket(path)
+            for _ in range(5):
+                async with await trio.open_unix_socket(path) as refused:
+                    assert (await read_response(refused))["error"] == "busy"
+            await trio.sleep(LOG_INTERVAL)
+            async with await trio.open_unix_socket(path) as refused:
+                assert (await read_response(refused))["error"] == "busy"
+            await held.aclose()
+        limits = Limits(request_timeout=3 * LOG_INTERVAL)
+        async with running(f"{sock_dir}/e.sock", Recorder(), limits) as path:
+            idle = [await trio.open_unix_socket(path) for _ in range(4)]
+            for stream in idle:  # all four time out at once
+                assert (await read_response(stream))["error"] == "timeout"
+                await stream.aclose()
+            async with await trio.open_unix_socket(path) as late:  # 3 intervals later
+                assert (await read_response(late))["error"] == "timeout"
+    busy = [e["suppressed"] for e in logs if e["event"] == "control_busy"]
+    assert busy == [0, 4]
+    timeouts = [e["suppressed"] for e in logs if e["event"] == "control_timeout"]
+    assert timeouts == [0, 3]
 
 
 async def test_fifty_concurrent_clients_are_all_served(
