@@ -352,9 +352,6 @@ class Director:
         # rotation read in full and found as desired: the rotation skips its
         # read while that stays the same and no pass touched it.
         self._settled: dict[ServiceKey, bytes] = {}
-        # The kernel's entries the last pass planned from (read, or known):
-        # what a drift repair found (drift_check's warning).
-        self._planned_from: Mapping[ServiceKey, ServiceEntry] = {}
         # Each service as the last pass over it left the kernel (every
         # operation for it done): a pass for a health change plans from it
         # instead of reading the service back (100 destinations decoded for
@@ -731,7 +728,8 @@ class Director:
                 for key in rotation
                 if key in self._touched or settled.get(key, b"") != self._settled.get(key)
             )
-        sent = await self.reconcile("drift check", only=suspect, digests=digests)
+        found: dict[ServiceKey, ServiceEntry] = {}
+        sent = await self.reconcile("drift check", only=suspect, digests=digests, found=found)
         self._settle(managed, suspect, settled, sent)
         drifted = {key for op in sent if (key := service_of(op)) is not None}
         # (Their own changes were due, or came during the check: a health
@@ -747,14 +745,14 @@ class Director:
                 "table_drift_repaired",
                 services=[service_label(k) for k in sorted(drifted, key=service_sort_key)],
                 operations=len(repairs),
-                repairs=[self._repair_text(op) for op in repairs[:DRIFT_REPAIRS_SHOWN]],
+                repairs=[
+                    brief_operation(
+                        op, found.get(key) if (key := service_of(op)) is not None else None
+                    )
+                    for op in repairs[:DRIFT_REPAIRS_SHOWN]
+                ],
             )
         return sent
-
-    def _repair_text(self, op: Operation) -> str:
-        """A drift repair in brief, with what the pass found (oplog.brief_operation)."""
-        key = service_of(op)
-        return brief_operation(op, self._planned_from.get(key) if key is not None else None)
 
     async def _settled_digests(self, keys: list[ServiceKey]) -> dict[ServiceKey, bytes]:
         """Kernel.settled_digests of `keys`; {} where the backend has none
@@ -946,6 +944,7 @@ class Director:
         digests: Mapping[TableKey, str] | None = None,
         believed: bool = False,
         changed: Mapping[ServiceKey, Set[RealServerId]] | None = None,
+        found: dict[ServiceKey, ServiceEntry] | None = None,
     ) -> list[Operation]:
         """One pass over every managed service, or over those of `only`
         (the others, their refusals and their ownership are left as they
@@ -966,9 +965,10 @@ class Director:
         `believed`): for a service of `only`, the real servers whose health
         changed since that earlier pass: where their places hang on their
         own health alone (desired.independent), the pass plans theirs only,
-        O(the change) instead of O(the service)."""
+        O(the change) instead of O(the service). `found`, when given, gets
+        the kernel's entries the pass planned from (read, known or
+        believed): what a drift repair found (drift_check's warning)."""
         now = trio.current_time()
-        self._planned_from = {}
         scope = None if only is None else {k for k in only if k in self.owned or k in self._by_key}
         if digests is None:
             # What this pass changes (or finds to change) no earlier digest
@@ -1000,7 +1000,8 @@ class Director:
         kernel: dict[ServiceKey, ServiceEntry] = {e.service.key: e for e in entries}
         kernel.update(trusted)
         kernel.update(taken)
-        self._planned_from = kernel
+        if found is not None:
+            found.update(kernel)
         desired: Mapping[ServiceKey, DesiredService]
         if scope is None:
             desired = desired_table(
