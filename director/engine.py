@@ -1342,7 +1342,7 @@ class Director:
             except ConfigError as error:
                 errors = tuple(f"{path}: {e}" for e in error.named_errors)
                 count = len(error.errors)
-                self.log.error("reload_rejected", **origin, count=count, errors=list(errors))
+                self.log.error("reload_rejected", **origin, error_count=count, errors=list(errors))
                 return ReloadResult(errors=errors, count=count)
             except Exception as error:  # a bug must not end the daemon
                 self.log.exception("reload_failed", **origin)
@@ -1359,7 +1359,7 @@ class Director:
                     f" {services}; the running config is kept (restart directord to run"
                     " without any)",
                 )
-                self.log.error("reload_rejected", **origin, count=1, errors=list(errors))
+                self.log.error("reload_rejected", **origin, error_count=1, errors=list(errors))
                 return ReloadResult(errors=errors, count=1)
             needs_restart = restart_needed(self.config, config)
             if needs_restart:
@@ -1369,7 +1369,9 @@ class Director:
                     f"{path}: {change} needs a restart of directord; the running config is kept"
                     for change in needs_restart
                 )
-                self.log.error("reload_rejected", **origin, count=len(errors), errors=list(errors))
+                self.log.error(
+                    "reload_rejected", **origin, error_count=len(errors), errors=list(errors)
+                )
                 return ReloadResult(errors=errors, count=len(errors))
             self.log.info("reload", **origin)
             return ReloadResult(summary=await self.reload(config, parse_cpu=parse_cpu))
