@@ -614,9 +614,9 @@ class Controller:
             return -1
         for entry in entries:
             if entry.service.key == rid.service:
-                for d in entry.destinations:
-                    if (d.destination.address, d.destination.port) == (rid.address, rid.port):
-                        return d.active_conns + d.inact_conns
+                d = entry.destination((rid.address, rid.port))
+                if d is not None:
+                    return d.active_conns + d.inact_conns
         return None
 
     async def _disable(self, args: Mapping[str, object], peer: Peer) -> Response:

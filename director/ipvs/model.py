@@ -277,6 +277,13 @@ class ServiceEntry:
     destinations: tuple[DestinationEntry, ...] = ()
     stats: Stats = NO_STATS
 
+    def destination(self, key: tuple[IPAddress, int]) -> DestinationEntry | None:
+        """The destination at `key` (Destination.key: address, port), or None."""
+        for entry in self.destinations:
+            if entry.destination.key == key:
+                return entry
+        return None
+
 
 @dataclass(frozen=True)
 class Timeouts:

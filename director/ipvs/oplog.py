@@ -120,10 +120,9 @@ def _found_fields(op: Operation, found: ServiceEntry | None) -> dict[str, object
     if isinstance(op, EditService):
         return describe_operation(EditService(found.service))
     if isinstance(op, EditDestination):
-        for entry in found.destinations:
-            dest = entry.destination
-            if (dest.address, dest.port) == (op.destination.address, op.destination.port):
-                return describe_operation(EditDestination(op.service, dest))
+        entry = found.destination(op.destination.key)
+        if entry is not None:
+            return describe_operation(EditDestination(op.service, entry.destination))
     return {}
 
 
