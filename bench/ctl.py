@@ -35,8 +35,9 @@ default) into a freshly started directord, whose services it then manages
 ratio directorctl/ipvsadm, the daemon's own answer to the same -R sent
 over a raw connection (after a -C on the same daemon), so the rest is the
 client's start-up, its read of stdin and the wire, and from the daemon's
-log (control_restore_timing) how the first -R's answer split: parsing, the
-lines' changes (kernel probes included), and the commit (state file, pass). --only-restore skips the
+log (control_restore_timing) how the first -R's answer split ("daemon:")
+and the raw one's ("raw:"): parsing, the lines' changes (kernel probes
+included), and the commit (state file, pass). --only-restore skips the
 listing parts.
 
     python tests/vm/run.py python bench/ctl.py [--services 1000] [--dests 4] [--rounds 10]
@@ -509,11 +510,14 @@ def restore_directorctl(
             raise SystemExit(f"raw -R: {str(reply)[:300]}")
         split = {"directorctl -R": seconds, "daemon answer": answer}
         time.sleep(0.5)  # the daemon's log is written by a thread of its own
-        for event in daemon.events("control_restore_timing")[:1]:
+        # The first -R's (through directorctl), then the raw one's.
+        for name, event in zip(
+            ("daemon", "raw"), daemon.events("control_restore_timing"), strict=False
+        ):
             for part in ("parse", "wait", "changes", "commit"):
                 value = event.get(part)
                 if isinstance(value, int | float):
-                    split[f"daemon: {part}"] = float(value)
+                    split[f"{name}: {part}"] = float(value)
         return split
     finally:
         daemon.stop()

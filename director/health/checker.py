@@ -263,8 +263,8 @@ class Checker(Generic[K]):
             slot = slots[key] = _Slot(target, state)
             if probe is None:
                 probe = probes[target] = self._new_probe(target)
-                if schedule is not None:
-                    earliest = min(earliest, self._schedule_new(schedule, probe))
+                if schedule is not None and now is not None:  # (running: both are set)
+                    earliest = min(earliest, self._schedule_new(schedule, probe, now))
             probe.join(key, slot)
         for target in emptied:
             probe = probes[target]
@@ -315,7 +315,7 @@ class Checker(Generic[K]):
                             known = moved[id(state)] = (state, replace(state, since=now))
                         slot.state = known[1]
                 for probe in self._probes.values():
-                    self._schedule_new(self._schedule, probe)
+                    self._schedule_new(self._schedule, probe, now)
                 task_status.started()
                 await self._dispatch(self._schedule)
         finally:
@@ -359,14 +359,15 @@ class Checker(Generic[K]):
         if probe.cancel_scope is not None:
             probe.cancel_scope.cancel()
 
-    def _schedule_new(self, schedule: Schedule[_Probe[K]], probe: _Probe[K]) -> float:
-        """Put a new probe on `schedule`; when it is first due (the caller
-        wakes the scheduler by then)."""
+    def _schedule_new(self, schedule: Schedule[_Probe[K]], probe: _Probe[K], now: float) -> float:
+        """Put a new probe on `schedule`, its first start drawn within an
+        interval from `now` (the caller's one clock read for all it adds);
+        when it is first due (the caller wakes the scheduler by then)."""
         # Drawn here, in the caller's order of targets: a seeded generator
         # gives the same schedule every time.
         check = probe.target[0]
         interval = check.timing.interval
-        due = first_start(trio.current_time(), interval, self._rng)
+        due = first_start(now, interval, self._rng)
         schedule.add(probe, due, interval, is_exec=isinstance(check, ExecCheck))
         return due
 

@@ -64,14 +64,18 @@ SCHEDULER_FLAGS: dict[str, tuple[ServiceFlags, str | None]] = {
     "flag-2": (ServiceFlags.SCHED2, None),
     "flag-3": (ServiceFlags.SCHED3, None),
 }
+_SCHEDULER_BITS = int(ServiceFlags.SCHED1 | ServiceFlags.SCHED2 | ServiceFlags.SCHED3)
 
 
 def scheduler_flag_names(scheduler: str, flags: ServiceFlags) -> list[str]:
     """The names of `flags`' scheduler bits, as ipvsadm prints them for
     `scheduler` (print_sched_flags in ipvsadm.c): sh-fallback, sh-port for
     sh, mh-... for mh, flag-1..3 for any other."""
+    bits = int(flags) & _SCHEDULER_BITS  # an int: IntFlag's & is Python code, and slow
+    if not bits:
+        return []
     owner = scheduler if scheduler in ("sh", "mh") else None
-    return [name for name, (bit, o) in SCHEDULER_FLAGS.items() if o == owner and flags & bit]
+    return [name for name, (bit, o) in SCHEDULER_FLAGS.items() if o == owner and bits & bit]
 
 
 # What the kernel reports but a writer must not set (HASHED is the kernel's own).

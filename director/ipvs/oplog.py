@@ -29,13 +29,16 @@ from director.ipvs.ops import (
     Zero,
 )
 
+_PERSISTENT, _ONEPACKET = int(ServiceFlags.PERSISTENT), int(ServiceFlags.ONEPACKET)
+
 
 def flag_names(service: Service) -> list[str]:
     """A service's flags by the names ipvsadm -L shows them with:
     "persistent", "ops" (one-packet scheduling) and the scheduler's own
     (scheduler_flag_names); the kernel's HASHED is left out."""
-    names = ["persistent"] if service.flags & ServiceFlags.PERSISTENT else []
-    if service.flags & ServiceFlags.ONEPACKET:
+    flags = int(service.flags)  # (IntFlag's & is Python code: a -R logs thousands)
+    names = ["persistent"] if flags & _PERSISTENT else []
+    if flags & _ONEPACKET:
         names.append("ops")
     return names + scheduler_flag_names(service.scheduler, service.flags)
 
