@@ -72,8 +72,7 @@ def main() -> None:
     parser.add_argument(
         "--tick",
         type=float,
-        default=0.01,
-        help="the checker's tick (s), as directord's engine sets it",
+        help="the checker's tick (s); by default the imported tree's engine.CHECK_TICK",
     )
     parser.add_argument("--source", type=Path, help="import director from this checkout")
     parser.add_argument("--engine", action="store_true", help="through Director, not a Checker")
@@ -150,8 +149,11 @@ def measure(args: argparse.Namespace, endpoints: list[tuple[str, int]]) -> dict[
     if args.engine:
         runner = engine_runner(args, endpoints, on_result, on_start)
     else:
+        tick = args.tick
+        if tick is None:
+            tick = getattr(importlib.import_module("director.engine"), "CHECK_TICK", 0.0)
         try:
-            checker = checker_module.Checker(on_start=on_start, tick=args.tick, **kwargs)
+            checker = checker_module.Checker(on_start=on_start, tick=tick, **kwargs)
         except TypeError:  # a checker from before the tick, or the on_start meter
             try:
                 checker = checker_module.Checker(on_start=on_start, **kwargs)

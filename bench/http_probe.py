@@ -13,7 +13,7 @@ CPU time of its process (user + system, all threads) divided by the probes,
 and the wall time per probe. Every probe must pass, or the run aborts.
 
 With `--checker N`, each row is instead director's `Checker` with the real
-probes, as the daemon runs it (a 10 ms tick: engine.CHECK_TICK), on N
+probes, as the daemon runs it (its tick: engine.CHECK_TICK), on N
 distinct targets of that kind (paths /0 .. /N-1 on the one responder), each
 every second: the CPU of the process over `--window` seconds after a warm-up,
 divided by the results in that window. That is the daemon's own way of
@@ -213,7 +213,9 @@ def measure_checker(
             counted["failed"] += 1
 
     async def run() -> tuple[float, int]:
-        checker: Checker[int] = Checker(on_result=on_result, tick=0.01)
+        from director.engine import CHECK_TICK  # (this tree's)
+
+        checker: Checker[int] = Checker(on_result=on_result, tick=CHECK_TICK)
         checker.set_targets(checks)
         async with trio.open_nursery() as nursery:
             await nursery.start(checker.run)
@@ -277,7 +279,7 @@ def main() -> None:
     trees = [("new", REPO)] + ([("old", args.old_tree.resolve())] if args.old_tree else [])
     if args.checker:
         print(
-            f"Checker: {args.checker} targets every 1 s, 10 ms tick, a {args.window:g} s window"
+            f"Checker: {args.checker} targets every 1 s, each tree's tick, a {args.window:g} s window"
             f" after {CHECKER_WARMUP:g} s; medians of {args.rounds} rounds, the trees taking turns"
         )
     else:

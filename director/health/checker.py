@@ -58,6 +58,8 @@ _MAX_IDLE_WORKERS = 256  # beyond that, a worker with nothing to do ends
 # SLICE seconds of it (watch.py): thousands due at once (a start, an
 # overload) were seconds of work in the VM with no other task running.
 _HAND_OUT = 16
+# A due within this many ticks past a tick is on it (`Checker._wake_at`).
+_ON_THE_TICK = 1e-6
 
 __all__ = ["Checker", "Target", "default_max_probes", "next_start", "validate_target"]
 
@@ -368,13 +370,23 @@ class Checker(Generic[K]):
         check = probe.target[0]
         interval = check.timing.interval
         due = first_start(now, interval, self._rng)
+        if self._tick > 0:
+            # On the ticks: a grid whose interval is a whole number of ticks
+            # then starts on time, where a draw between two ticks would
+            # start up to a tick late every time.
+            due = math.ceil(due / self._tick) * self._tick
         schedule.add(probe, due, interval, is_exec=isinstance(check, ExecCheck))
         return due
 
     def _wake_at(self, due: float) -> float:
-        """When the scheduler wakes for a probe due at `due`: the next tick."""
+        """When the scheduler wakes for a probe due at `due`: the next tick,
+        or `due` itself when it is a tick but for the rounding of the sums
+        that made it (the grid's `due + interval`): not a tick later."""
         tick = self._tick
-        return due if tick <= 0 or math.isinf(due) else math.ceil(due / tick) * tick
+        if tick <= 0 or math.isinf(due):
+            return due
+        wake = math.ceil(due / tick - _ON_THE_TICK) * tick
+        return wake if wake >= due else due
 
     def _wake_by(self, due: float) -> None:
         sleep = self._sleep

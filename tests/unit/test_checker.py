@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import random
 from collections.abc import Awaitable, Iterator
@@ -23,6 +24,7 @@ from director.health.state import Health, HealthState, Transition
 from director.ipvs.model import IPAddress
 
 A, B, C = ip_address("10.0.0.1"), ip_address("10.0.0.2"), ip_address("10.0.0.3")
+D = ip_address("10.0.0.4")
 SEED = 1234
 
 
@@ -385,6 +387,40 @@ async def test_probes_start_on_time_and_the_meter_says_so(
     await trio.sleep_until(10.0)
     assert len(lateness) == len(servers.calls) == 10
     assert [late for _, late in lateness] == [0.0] * 10
+
+
+async def test_with_a_tick_first_starts_are_drawn_on_it_and_grids_of_whole_ticks_start_on_time(
+    servers: FakeServers, nursery: trio.Nursery, clock: object
+) -> None:
+    """The daemon's tick (engine.CHECK_TICK): a new probe's first start is
+    its draw rounded up to a tick, so an interval of whole ticks starts on
+    time for ever (the grid's sums of 0.1 or 0.3 drift off the tick by a
+    rounding: not a tick late for it), and any other starts on the next
+    tick, less than one late, none lost or doubled."""
+    tick = 0.05
+    lateness: dict[IPAddress, list[float]] = {}
+    checker: Checker[str] = Checker(
+        probe=servers,
+        rng=random.Random(SEED),
+        on_start=lambda t, late: lateness.setdefault(t[1], []).append(late),
+        tick=tick,
+    )
+    intervals = {"a": (A, 0.1), "b": (B, 0.3), "c": (C, 1.0), "d": (D, 0.12)}
+    checker.set_targets({k: (tcp(interval=i), a, 80) for k, (a, i) in intervals.items()})
+    await nursery.start(checker.run)
+    await trio.sleep_until(300.0)
+    rng = random.Random(SEED)
+    for address, interval in intervals.values():
+        first = math.ceil(rng.uniform(0, interval) / tick) * tick
+        grid = [first + interval * n for n in range(int(300 / interval) + 1)]
+        starts = servers.starts(address)
+        assert len(starts) == len(lateness[address]) == len([g for g in grid if g < 300.0])
+        if address == D:  # 0.12: not whole ticks
+            assert all(0 <= late < tick for late in lateness[D])
+            assert all(start == pytest.approx(round(start / tick) * tick) for start in starts)
+        else:
+            assert starts == pytest.approx(grid[: len(starts)])
+            assert max(lateness[address]) < 1e-9
 
 
 async def test_set_targets_loses_and_doubles_no_probe(

@@ -19,6 +19,7 @@ import pytest
 import trio
 import trio.testing
 
+from director.engine import CHECK_TICK
 from director.health.checker import Checker, Target
 from director.health.probes.tcp import Connects, destination
 from director.health.probes.watch import READS_A_TICK, nap, nap_until
@@ -27,7 +28,7 @@ from director.health.spec import TcpCheck, Timing
 from director.health.state import HealthState
 
 HERE = ip_address("127.0.0.1")
-TICK = 0.01  # the daemon's: engine.CHECK_TICK
+TICK = CHECK_TICK  # the daemon's
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import trio
 import trio.testing
 from tcp_support import syn_dropping_port
 
+from director.engine import CHECK_TICK
 from director.health.checker import Checker
 from director.health.probes import http_exchange
 from director.health.probes.http import probe_http
@@ -33,7 +34,7 @@ from director.health.spec import HttpCheck, StatusRange, Timing
 from director.health.state import HealthState
 
 HERE = IPv4Address("127.0.0.1")
-TICK = 0.01  # the daemon's: engine.CHECK_TICK
+TICK = CHECK_TICK  # the daemon's
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 Behaviour = Callable[[trio.SocketStream], Awaitable[None]]
