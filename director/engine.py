@@ -119,12 +119,9 @@ from director.vips import AddressBackend, Vip, VipKeeper, VipOperation, describe
 T = TypeVar("T")
 RETRY_BASE = 1.0  # seconds before the first retry of a refused operation or a failed pass
 SLOW_START_STEP = 1.0  # seconds between passes while a weight ramps
-# Seconds: probes start, and TCP and HTTP verdicts are read, on ticks this
-# long (checker.py). Each tick with a probe due is a wake-up of the daemon,
-# and a wake-up costs far more than its Python where a timer's interrupt
-# is emulated (bench/README.md, stop 32): 50 ms, not 10, made 200 checks a
-# second cost 2.5 times less.
-CHECK_TICK = 0.05
+CHECK_TICK = (
+    0.01  # seconds: probes start, and TCP and HTTP verdicts are read, on 10 ms ticks (checker.py)
+)
 SPACING_MAX = 1.0  # seconds: the longest a scoped pass waits for the last one's cost
 DRIFT_REPAIRS_SHOWN = 10  # operations a table_drift_repaired warning spells out
 DRIFT_ROTATION = 12  # drift checks over which every managed service's dump is checked

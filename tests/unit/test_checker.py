@@ -389,15 +389,16 @@ async def test_probes_start_on_time_and_the_meter_says_so(
     assert [late for _, late in lateness] == [0.0] * 10
 
 
-async def test_with_a_tick_first_starts_are_drawn_on_it_and_grids_of_whole_ticks_start_on_time(
+async def test_with_a_tick_first_starts_are_drawn_on_slots_and_grids_of_whole_ticks_start_on_time(
     servers: FakeServers, nursery: trio.Nursery, clock: object
 ) -> None:
-    """The daemon's tick (engine.CHECK_TICK): a new probe's first start is
-    its draw rounded up to a tick, so an interval of whole ticks starts on
-    time for ever (the grid's sums of 0.1 or 0.3 drift off the tick by a
-    rounding: not a tick late for it), and any other starts on the next
-    tick, less than one late, none lost or doubled."""
-    tick = 0.05
+    """The daemon's tick (engine.CHECK_TICK, 10 ms): at a low rate a new
+    probe's first start is its draw rounded up to a slot of five ticks, so
+    an interval of whole ticks starts on time for ever (the grid's sums of
+    0.1 or 0.3 drift off the tick by a rounding: not a tick late for it),
+    and any other starts on the next tick, less than one late, none lost
+    or doubled."""
+    tick, slot = 0.01, 0.05
     lateness: dict[IPAddress, list[float]] = {}
     checker: Checker[str] = Checker(
         probe=servers,
@@ -405,22 +406,42 @@ async def test_with_a_tick_first_starts_are_drawn_on_it_and_grids_of_whole_ticks
         on_start=lambda t, late: lateness.setdefault(t[1], []).append(late),
         tick=tick,
     )
-    intervals = {"a": (A, 0.1), "b": (B, 0.3), "c": (C, 1.0), "d": (D, 0.12)}
+    intervals = {"a": (A, 0.1), "b": (B, 0.3), "c": (C, 1.0), "d": (D, 0.125)}
     checker.set_targets({k: (tcp(interval=i), a, 80) for k, (a, i) in intervals.items()})
     await nursery.start(checker.run)
-    await trio.sleep_until(300.0)
+    end = 300.005  # half a tick from any grid's point: none starts then
+    await trio.sleep_until(end)
     rng = random.Random(SEED)
     for address, interval in intervals.values():
-        first = math.ceil(rng.uniform(0, interval) / tick) * tick
-        grid = [first + interval * n for n in range(int(300 / interval) + 1)]
+        first = math.ceil(rng.uniform(0, interval) / slot) * slot
+        grid = [first + interval * n for n in range(int(end / interval) + 1)]
         starts = servers.starts(address)
-        assert len(starts) == len(lateness[address]) == len([g for g in grid if g < 300.0])
-        if address == D:  # 0.12: not whole ticks
+        assert len(starts) == len(lateness[address]) == len([g for g in grid if g < end])
+        if address == D:  # 12.5 ticks
             assert all(0 <= late < tick for late in lateness[D])
             assert all(start == pytest.approx(round(start / tick) * tick) for start in starts)
         else:
             assert starts == pytest.approx(grid[: len(starts)])
             assert max(lateness[address]) < 1e-9
+
+
+@pytest.mark.parametrize(("count", "interval", "slot"), [(10, 1.0, 0.05), (1000, 0.1, 0.01)])
+async def test_the_slots_of_first_starts_narrow_to_the_tick_as_the_rate_grows(
+    count: int, interval: float, slot: float, servers: FakeServers, clock: object
+) -> None:
+    """About _BURST (100) probes due at once at most: 10 probes a second
+    draw on 50 ms slots, 10,000 a second on the 10 ms tick itself."""
+    checker: Checker[int] = Checker(probe=servers, rng=random.Random(SEED), tick=0.01)
+    checker.set_targets({n: (tcp(interval=interval), A, 1000 + n) for n in range(count)})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(checker.run)
+        await trio.sleep_until(interval + 1e-9)  # each first start: on a slot in (0, interval]
+        nursery.cancel_scope.cancel()
+    starts = [t for t, _, _ in servers.calls]
+    assert len(starts) == count
+    assert all(t == pytest.approx(round(t / slot) * slot) for t in starts)
+    if count > 100:  # every slot taken: 100 on each tick, not 500 on every fifth
+        assert len({round(t / slot) for t in starts}) == round(interval / slot)
 
 
 async def test_set_targets_loses_and_doubles_no_probe(
