@@ -60,8 +60,8 @@ _MAX_IDLE_WORKERS = 256  # beyond that, a worker with nothing to do ends
 _HAND_OUT = 16
 # A due within this many ticks past a tick is on it (`Checker._wake_at`).
 _ON_THE_TICK = 1e-6
-# First starts are drawn on slots of up to SLOT_TICKS ticks, as wide as
-# leaves about BURST probes a second's worth due at once (`Checker._slot`).
+# First starts are drawn on slots of up to _SLOT_TICKS ticks, as wide as
+# leaves about _BURST probes due at once (`Checker._slot`).
 _SLOT_TICKS = 5
 _BURST = 100
 
@@ -392,11 +392,12 @@ class Checker(Generic[K]):
     def _slot(self) -> float:
         """The width of the slots first starts are drawn on (seconds): as
         many ticks, up to _SLOT_TICKS, as leave about _BURST probes due at
-        once at the targets' rate. Each slot with a probe due is a wake-up
-        of the daemon, and a wake-up costs far more than its Python where a
-        timer's interrupt is emulated (bench/README.md, stop 32): 200 TCP
-        probes a second cost 2.5 times less on 50 ms slots than on 10 ms
-        ticks, while 10,000 a second keep bursts of 100."""
+        once at the targets' rate (of those made so far, in a change that
+        makes many). Each slot with a probe due is a wake-up of the daemon,
+        and in a virtual machine a wake-up costs far more than its Python
+        (bench/README.md, stop 32): 200 TCP probes a second cost 2.5 times
+        less on 50 ms slots than on 10 ms ticks, while 10,000 a second keep
+        bursts of 100."""
         tick, rate = self._tick, self._rate
         ticks = int(_BURST / (rate * tick)) if rate > 0 else _SLOT_TICKS
         return tick * max(1, min(_SLOT_TICKS, ticks))
