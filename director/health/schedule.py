@@ -4,8 +4,10 @@ Pure: no trio, no clock. The caller (the checker) passes the time in and
 starts the probes it is handed. Rules kept here:
 
 - A probe's starts lie on its grid `first + n * interval`: one that overran
-  its interval (or waited for a slot) skips the starts it missed rather than
-  shifting every later one (`next_start`).
+  its interval (or waited for a slot) makes the start it missed last at
+  once, late, if that was at most OWED_SHARE of an interval ago (a timeout
+  as long as the interval ends just past the next start), and skips the
+  others rather than shifting every later one (`next_start`).
 - At most `max_running` probes run at once, and of those at most `max_exec`
   are commands. A command waiting for a command slot holds no other slot, so
   that slow commands never starve the socket probes.
@@ -28,14 +30,25 @@ from typing import Generic, TypeVar
 T = TypeVar("T", bound=Hashable)
 
 
+# The share of an interval by which a probe may end past its next start
+# and still make it (late) rather than skip it.
+OWED_SHARE = 0.1
+
+
 def next_start(previous: float, now: float, interval: float) -> float:
     """The next probe start on the grid `previous + n * interval` (n >= 1)
-    that is not in the past: a probe that overran its interval skips the
-    starts it missed rather than shifting every later one. Seconds."""
+    for a probe that ended at `now`: the first not in the past, or the last
+    missed when it was at most OWED_SHARE of an interval ago (to be made at
+    once, late). A probe whose timeout is its interval ends just past its
+    next start, and skipping that start doubled the time between a dead
+    server's failures. Any other missed start is skipped rather than
+    shifting every later one, so an overloaded checker sheds starts.
+    Seconds."""
     upcoming = previous + interval
     if upcoming >= now:
         return upcoming
-    return upcoming + math.ceil((now - upcoming) / interval) * interval
+    missed = upcoming + math.floor((now - upcoming) / interval) * interval
+    return missed if now - missed <= OWED_SHARE * interval else missed + interval
 
 
 def first_start(now: float, interval: float, rng: random.Random) -> float:
@@ -121,8 +134,8 @@ class Schedule(Generic[T]):
 
     def finished(self, item: T, now: float) -> list[tuple[T, float]]:
         """`item`, started by `due` or `finished`, ended at `now`: its next
-        start is the next point of its grid not in the past (none if it was
-        removed). Returns the waiting probes that may start now. Raises
+        start is the next point of its grid not in the past, or the one it
+        just missed, due at once (`next_start`; none if it was removed). Returns the waiting probes that may start now. Raises
         ValueError for an item that is not running."""
         entry = self._entries.get(item) or self._leaving.pop(item, None)
         if entry is None or not entry.running:

@@ -4,6 +4,7 @@ import itertools
 import math
 import os
 import random
+import statistics
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -323,7 +324,7 @@ async def test_a_bad_target_changes_nothing(checker: Checker[str]) -> None:
 
 @pytest.mark.parametrize(
     ("previous", "now", "expected"),
-    [(10.0, 10.3, 12.0), (10.0, 12.0, 12.0), (10.0, 12.5, 14.0), (10.0, 16.0, 16.0), (10.0, 16.1, 18.0)],
+    [(10.0, 10.3, 12.0), (10.0, 12.0, 12.0), (10.0, 12.15, 12.0), (10.0, 12.5, 14.0), (10.0, 16.0, 16.0), (10.0, 16.1, 16.0), (10.0, 16.25, 18.0)],
 )  # fmt: skip
 def test_next_start_stays_on_the_grid(previous: float, now: float, expected: float) -> None:
     assert next_start(previous, now, 2.0) == expected
@@ -442,6 +443,29 @@ async def test_the_slots_of_first_starts_narrow_to_the_tick_as_the_rate_grows(
     assert all(t == pytest.approx(round(t / slot) * slot) for t in starts)
     if count > 100:  # every slot taken: 100 on each tick, not 500 on every fifth
         assert len({round(t / slot) for t in starts}) == round(interval / slot)
+
+
+@pytest.mark.parametrize("interval", [1.0, 0.25])
+async def test_a_probe_that_times_out_as_its_interval_ends_keeps_a_failure_a_timeout(
+    interval: float, checker: Checker[str], servers: FakeServers, nursery: trio.Nursery, clock: object
+) -> None:
+    """A silent server with a 1 s timeout: each probe ends just past a
+    start of its grid (the daemon's few ms of lag in reading the timeout),
+    and the next starts at once, late, rather than skipping it: a failure
+    every 1 s, not every 2 (interval 1) or 1.25 (interval 0.25), so `fall`
+    failures take `fall` timeouts (an operator's trial: 4 s to take a
+    black-holed server out with the defaults and fall 2)."""
+    servers.duration = 1.003
+    servers.down.add(A)
+    checker.set_targets({"a": (tcp(interval=interval, timeout=1.0), A, 80)})
+    await nursery.start(checker.run)
+    await trio.sleep_until(20.0)
+    starts = servers.starts(A)
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert len(starts) >= 18
+    # On time again once late by a tenth of an interval: the start after.
+    assert statistics.median(gaps) == pytest.approx(1.003)
+    assert max(gaps) < 1.003 + interval
 
 
 async def test_set_targets_loses_and_doubles_no_probe(

@@ -12,7 +12,7 @@ from director.health.schedule import Schedule, first_start, next_start
 
 @pytest.mark.parametrize(
     ("previous", "now", "expected"),
-    [(10.0, 10.3, 12.0), (10.0, 12.0, 12.0), (10.0, 12.5, 14.0), (10.0, 16.0, 16.0), (10.0, 16.1, 18.0)],
+    [(10.0, 10.3, 12.0), (10.0, 12.0, 12.0), (10.0, 12.15, 12.0), (10.0, 12.5, 14.0), (10.0, 16.0, 16.0), (10.0, 16.1, 16.0), (10.0, 16.25, 18.0)],
 )  # fmt: skip
 def test_next_start_stays_on_the_grid(previous: float, now: float, expected: float) -> None:
     assert next_start(previous, now, 2.0) == expected
@@ -95,15 +95,16 @@ def test_late_starts_are_skipped_not_piled_up() -> None:
     starts: list[tuple[str, float, float]] = []  # (name, due, started)
     running = schedule.due(0.3)
     now = 0.3
-    for _ in range(12):
+    for _ in range(30):
         [(name, due)] = running
         starts.append((name, due, now))
         now += 1.0
         running = schedule.finished(name, now)
-    assert [s[0] for s in starts] == ["a", "b", "c"] * 4
+    assert [s[0] for s in starts] == ["a", "b", "c"] * 10
     lateness = [started - due for _, due, started in starts]
     assert max(lateness) < 3.0  # at most one round behind, whatever the run length
-    assert lateness[-3:] == pytest.approx(lateness[-6:-3])  # steady, not growing
+    # Steady, not growing (once c, ending 0.1 s past a start, makes it late).
+    assert lateness[-3:] == pytest.approx(lateness[-6:-3])
 
 
 def test_exec_probes_waiting_for_their_bound_hold_no_socket_slot() -> None:
