@@ -55,6 +55,7 @@ from director.ipvs.model import (
     Destination,
     Forward,
     IPAddress,
+    Protocol,
     Service,
     ServiceFlags,
     ServiceKey,
@@ -175,7 +176,7 @@ def effective_config(config: Config, layer: RuntimeLayer) -> Config:
         virtual_servers.append(_with_real_servers(merged, changes.get(vs.key, {}), deleted))
     for key, service in layer.services.items():
         if key not in seen:
-            check = config.control.runtime_check
+            check = config.control.runtime_check_for(key)
             virtual_servers.append(virtual_server_for(service, check, changes.get(key)))
     ipvs = config.ipvs
     if layer.timeouts is not None:
@@ -481,7 +482,7 @@ class LayerBuilder:
         servers = self._by_service.get(key, {})
         if key in self._deleted_services or key not in self._file:
             # made at runtime: at once, with its real servers
-            check = self.config.control.runtime_check
+            check = self.config.control.runtime_check_for(key)
             return virtual_server_for(self._services[key], check, servers)
         return _with_real_servers(self._base(key), servers, self._deleted_real_servers)
 
@@ -492,7 +493,7 @@ class LayerBuilder:
         if vs is None:
             if service is None:
                 raise KeyError(key)
-            return virtual_server_for(service, self.config.control.runtime_check)
+            return virtual_server_for(service, self.config.control.runtime_check_for(key))
         return vs if service is None else with_service_fields(vs, service)
 
     def _rid(self, key: ServiceKey, destination: Destination) -> RealServerId:
@@ -507,10 +508,11 @@ class LayerBuilder:
 
     def _check(self, key: ServiceKey) -> Check:
         """The check of service `key` (one of the effective state's): the
-        config's, or [control] runtime_check for a service made at runtime
-        (what _base(key).check is, without making the virtual server)."""
+        config's, or [control] runtime_check (runtime_check_udp) for a
+        service made at runtime (what _base(key).check is, without making
+        the virtual server)."""
         vs = None if key in self._deleted_services else self._file.get(key)
-        return self.config.control.runtime_check if vs is None else vs.check
+        return self.config.control.runtime_check_for(key) if vs is None else vs.check
 
     def _not_checkable(self, rid: RealServerId, problem: str) -> str:
         """Why real server `rid` cannot be added: its check (`_check`) has
@@ -518,11 +520,12 @@ class LayerBuilder:
         the setting that gives its check."""
         key = rid.service
         vs = None if key in self._deleted_services else self._file.get(key)
-        where = (
-            "[control] runtime_check (for services added at runtime)"
-            if vs is None
-            else "the service's, in the config file"
-        )
+        if vs is not None:
+            where = "the service's, in the config file"
+        elif key.protocol is Protocol.UDP:
+            where = "[control] runtime_check_udp (for UDP services added at runtime)"
+        else:
+            where = "[control] runtime_check (for services added at runtime)"
         return (
             f"cannot health-check real server {endpoint(rid.address, rid.port)} of "
             f"{service_label(key)}: {problem}; its check is {where}"

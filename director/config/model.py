@@ -13,11 +13,12 @@ from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 
 from director.config.toml import literal
-from director.health.spec import Check, ExecCheck, TcpCheck, probed_endpoint
+from director.health.spec import Check, ExecCheck, TcpCheck, UdpCheck, probed_endpoint
 from director.ipvs.model import (
     Destination,
     Forward,
     IPAddress,
+    Protocol,
     Service,
     ServiceFlags,
     ServiceKey,
@@ -34,6 +35,9 @@ from director.ipvs.model import (
 
 # A virtual server without a check table gets a TCP connect check.
 DEFAULT_CHECK: Check = TcpCheck()
+# A UDP service added with directorctl -A: an empty datagram, down on the
+# ICMP error of a closed port (a TCP connect fails a UDP-only server).
+DEFAULT_UDP_CHECK: Check = UdpCheck()
 
 
 class OnFailure(enum.Enum):
@@ -286,6 +290,12 @@ class ControlSettings:
     admin_group: str | None = None  # may also change state
     mode: int = 0o660
     runtime_check: Check = DEFAULT_CHECK  # of a service added with directorctl -A
+    runtime_check_udp: Check = DEFAULT_UDP_CHECK  # of a UDP one (-A -u)
+
+    def runtime_check_for(self, key: ServiceKey) -> Check:
+        """The check of service `key` added at runtime: runtime_check_udp
+        for a UDP one, runtime_check for the others (TCP, SCTP, fwmark)."""
+        return self.runtime_check_udp if key.protocol is Protocol.UDP else self.runtime_check
 
 
 class LogLevel(enum.Enum):

@@ -333,8 +333,12 @@ def _control(table: Table | None) -> ControlSettings:
         mode = raw
     elif raw is not None:
         table.error("mode", 'expected a file mode like 0o660 or "0660"', raw)
-    check_table = table.table("runtime_check")
-    runtime_check = parse_check(check_table) if check_table is not None else None
+    runtime_checks: dict[str, Check] = {}
+    for key in ("runtime_check", "runtime_check_udp"):
+        check_table = table.table(key)
+        check = parse_check(check_table) if check_table is not None else None
+        if check is not None:
+            runtime_checks[key] = check
     groups = {key: table.string(key) for key in ("group", "admin_group")}
     for key, name in groups.items():
         if name is not None and not _group_exists(name):
@@ -344,7 +348,10 @@ def _control(table: Table | None) -> ControlSettings:
         group=groups["group"],
         admin_group=groups["admin_group"],
         mode=mode,
-        runtime_check=runtime_check or ControlSettings.runtime_check,
+        runtime_check=runtime_checks.get("runtime_check", ControlSettings.runtime_check),
+        runtime_check_udp=runtime_checks.get(
+            "runtime_check_udp", ControlSettings.runtime_check_udp
+        ),
     )
     table.close()
     return settings

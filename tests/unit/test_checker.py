@@ -447,7 +447,11 @@ async def test_the_slots_of_first_starts_narrow_to_the_tick_as_the_rate_grows(
 
 @pytest.mark.parametrize("interval", [1.0, 0.25])
 async def test_a_probe_that_times_out_as_its_interval_ends_keeps_a_failure_a_timeout(
-    interval: float, checker: Checker[str], servers: FakeServers, nursery: trio.Nursery, clock: object
+    interval: float,
+    checker: Checker[str],
+    servers: FakeServers,
+    nursery: trio.Nursery,
+    clock: object,
 ) -> None:
     """A silent server with a 1 s timeout: each probe ends just past a
     start of its grid (the daemon's few ms of lag in reading the timeout),

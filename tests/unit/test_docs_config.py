@@ -126,7 +126,7 @@ def section_of(path: str) -> tuple[str, str]:
     """The doc section of a table's path, and the path's dotted rest
     ('ipvs.timeouts' -> ('ipvs', 'timeouts.')); any check table is CHECK."""
     path = normalized(path)
-    if path.rsplit(".", 1)[-1] in ("check", "runtime_check"):
+    if path.rsplit(".", 1)[-1] in ("check", "runtime_check", "runtime_check_udp"):
         return CHECK, ""
     for section in sorted(set(SECTIONS.values()) - {CHECK}, key=len, reverse=True):
         if path == section or path.startswith(section + "."):
@@ -156,6 +156,8 @@ syncid = 1
 #@control
 [control.runtime_check]
 #@control.runtime_check
+[control.runtime_check_udp]
+#@control.runtime_check_udp
 [metrics]
 #@metrics
 listen = "127.0.0.1:9531"
@@ -248,7 +250,7 @@ def test_every_table_the_parser_reads_refuses_an_unknown_key() -> None:
     """So that what a table read is all it accepts."""
     text = every_table()
     tables = sorted(set(marked_tables(text)))
-    assert len(tables) == 16  # the root, 6 sections, 9 sub-tables
+    assert len(tables) == 17  # the root, 6 sections, 10 sub-tables
     for table in tables:
         with pytest.raises(ConfigError) as info:
             parse_config(add_line(text, table, "stray_key = 1"), "t.toml", NO_MODULES)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from director import statefile
 from director.config import RealServer, RealServerId, VirtualServer, parse_config
 from director.desired import AdminState
-from director.health.spec import TcpCheck, Timing
+from director.health.spec import TcpCheck, Timing, UdpCheck
 from director.ipvs.errors import IPVSError
 from director.ipvs.model import (
     AF_INET6,
@@ -140,6 +140,40 @@ def test_added_service_gets_the_configured_runtime_check() -> None:
         new = effective.virtual_server(NEW)
         assert new.check == check
         assert [rs.check for rs in new.real_servers] == [check]
+
+
+def test_an_added_udp_service_gets_runtime_check_udp() -> None:
+    """A TCP connect fails a UDP-only real server for ever (a trial: -A -u
+    of a syslog service left its servers out): a UDP service added at
+    runtime gets [control] runtime_check_udp, by default a `udp` check
+    (down on the ICMP error of a closed port); the others runtime_check."""
+    udp = ServiceKey.inet(Protocol.UDP, "10.0.0.9", 514)
+    tcp_check = TcpCheck(Timing(interval=30.0))
+    for udp_check, config in (
+        (UdpCheck(), CONFIG),
+        (
+            UdpCheck(Timing(interval=5.0), payload=b"x", silence="down"),
+            parse_config(
+                CONFIG_TEXT
+                + "[control]\nruntime_check = { interval = 30 }\n"
+                + 'runtime_check_udp = { type = "udp", interval = 5, payload = "x", silence = "down" }\n'
+            ),
+        ),
+    ):
+        layer = EMPTY
+        for op in (
+            AddService(Service(NEW)),
+            AddService(Service(udp)),
+            AddDestination(udp, dest("10.0.2.1", 514)),
+        ):
+            layer, error = apply_operation(config, layer, op)
+            assert error is None
+        for effective in (effective_config(config, layer), LayerBuilder(config, layer)):
+            assert effective.virtual_server(udp).check == udp_check
+            assert [rs.check for rs in effective.virtual_server(udp).real_servers] == [udp_check]
+            assert effective.virtual_server(NEW).check == (
+                tcp_check if config is not CONFIG else TcpCheck()
+            )
 
 
 def test_runtime_edit_wins_over_the_file_and_keeps_the_file_check() -> None:
