@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from ctl_support import ctl
 from daemon_runner import Daemon, wait_until
 from topology import (
     HTTP_PORT,
@@ -424,6 +425,31 @@ def test_unmanaged_services_are_left_alone_even_by_flush_on_stop(h: Harness) -> 
 def test_ipvs_timeouts_from_the_config_are_set(h: Harness) -> None:
     h.start(Settings(timeouts="{ tcp = 901, tcpfin = 31, udp = 301 }"))
     assert "Timeout (tcp tcpfin udp): 901 31 301" in ipvsadm("-L", "--timeout")
+
+
+def test_a_udp_service_added_with_directorctl_is_checked_over_udp(h: Harness) -> None:
+    """A trial (stop 32): `directorctl -A -u` and `-a` of real servers that
+    listen on UDP alone gave them [control] runtime_check's TCP connect,
+    refused: never in the table. A UDP service added at runtime gets
+    runtime_check_udp (by default a `udp` check: an empty datagram, down on
+    a closed port's ICMP error): its servers enter, answer through the VIP,
+    and a killed one leaves."""
+    daemon = h.start(Settings(web=("rs1",)))
+    h.wait_weights(h.web, {h.rs("rs1"): 1})
+    sock = h.workdir / "director.sock"
+    service = f"{h.net.vip}:{UDP_PORT}"
+    assert ctl(sock, ["-A", "-u", service, "-s", "rr"]).status == 0
+    for name in ("u1", "u2"):
+        assert ctl(sock, ["-a", "-u", service, "-r", h.rs(name, UDP_PORT), "-m"]).status == 0
+    h.wait_weights(h.udp, {h.rs("u1", UDP_PORT): 1, h.rs("u2", UDP_PORT): 1})
+    status = ctl(sock, ["status"]).stdout
+    assert f"udp:{service} rr (udp check)" in status, status
+    assert sorted(udp_ask(h.net)[0] for _ in range(4)) == ["u1", "u1", "u2", "u2"]
+
+    h.servers.kill("u1")
+    h.wait_weights(h.udp, {h.rs("u2", UDP_PORT): 1})
+    down = daemon.wait_event("real_server_down", DEADLINE, rs=h.rs("u1", UDP_PORT))
+    assert down["reason"] == "unreachable", down
 
 
 def test_udp_servers_get_traffic_and_a_killed_one_leaves(h: Harness) -> None:
