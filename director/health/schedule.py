@@ -135,8 +135,9 @@ class Schedule(Generic[T]):
     def finished(self, item: T, now: float) -> list[tuple[T, float]]:
         """`item`, started by `due` or `finished`, ended at `now`: its next
         start is the next point of its grid not in the past, or the one it
-        just missed, due at once (`next_start`; none if it was removed). Returns the waiting probes that may start now. Raises
-        ValueError for an item that is not running."""
+        just missed, due at once (`next_start`; none if it was removed).
+        Returns the waiting probes that may start now. Raises ValueError
+        for an item that is not running."""
         entry = self._entries.get(item) or self._leaving.pop(item, None)
         if entry is None or not entry.running:
             raise ValueError(f"{item!r} is not running")
