@@ -127,6 +127,10 @@ def config_text(workdir: Path, services: str = "", reconcile_interval: float = 3
         f'state_file = "{workdir}/state.json"\n'
         "\n[control]\n"
         f'socket = "{workdir}/director.sock"\n'
+        # The rig's real servers are TCP listeners (Listeners), its UDP
+        # ones too: a UDP service added at runtime is checked by a connect,
+        # as a config may say (the default is a `udp` check).
+        'runtime_check_udp = { type = "tcp" }\n'
         f"\n{services}"
     )
 
