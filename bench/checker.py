@@ -19,6 +19,8 @@ every `--interval` seconds, for `--duration` seconds. Over the window after
 - cadence: for each probe, start - (previous start of the same target +
   interval) (0 on a steady grid), and the starts skipped (gaps of 2 or more
   intervals);
+- every target probed: from the start to every target's first verdict, and
+  the CPU spent meanwhile (with `--engine`, each server's first transition);
 - verdicts: results by reason (all "ok" unless the host ran short of
   something).
 
@@ -123,12 +125,15 @@ def measure(args: argparse.Namespace, endpoints: list[tuple[str, int]]) -> dict[
     skipped = 0
     last_start: dict[int, float] = {}
     interval = args.interval
+    figures: dict[str, Any] = {}
 
     def on_result(key: int, before: Any, after: Any) -> None:
         nonlocal skipped
         start = trio.current_time() - after.last.latency
         previous = last_start.get(key)
         last_start[key] = start
+        if previous is None and len(last_start) == len(targets):
+            figures["filled"], figures["cpu_filled"] = time.monotonic(), cpu()
         if not window["open"]:
             return
         reasons[after.last.reason] += 1
@@ -162,11 +167,10 @@ def measure(args: argparse.Namespace, endpoints: list[tuple[str, int]]) -> dict[
         checker.set_targets(targets)
         runner = checker.run
 
-    figures: dict[str, Any] = {}
-
     async def run() -> None:
         async with trio.open_nursery() as nursery:
             started = trio.current_time()
+            figures["begun"], figures["cpu_begun"] = time.monotonic(), cpu()
             await nursery.start(runner)
             await trio.sleep_until(started + args.warmup)
             window["open"] = True
@@ -192,6 +196,7 @@ def measure(args: argparse.Namespace, endpoints: list[tuple[str, int]]) -> dict[
         "lateness ms median/p99/max": spread(lateness),
         "cadence slip ms median/p99/max": spread(slips),
         "starts skipped": f"{skipped} ({100 * skipped / max(1, probes + skipped):.2f} %)",
+        "every target probed after s": fill(figures),
         "verdicts": ", ".join(f"{r}: {n}" for r, n in reasons.most_common()),
         "max RSS MiB": f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}",
     }
@@ -248,6 +253,16 @@ def engine_runner(
 
     checker._on_result, checker._on_start = counted, started
     return director.run
+
+
+def fill(figures: dict[str, Any]) -> str:
+    """From the run's start to every target's first verdict: seconds, and
+    the CPU seconds spent meanwhile (with --engine: the start's passes and
+    each server's first transition, its log line, its table operation)."""
+    if "filled" not in figures:
+        return "not within the run"
+    spent = sum(figures["cpu_filled"]) - sum(figures["cpu_begun"])
+    return f"{figures['filled'] - figures['begun']:.2f} (CPU {spent:.2f} s)"
 
 
 def cpu() -> tuple[float, float]:
