@@ -70,8 +70,9 @@ def configure(
         if as_json
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    # (No structlog.contextvars.merge_contextvars: nothing binds any, and
+    # it copied the task's whole context at every line.)
     processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         _stamp_iso_utc,
         structlog.processors.format_exc_info,
