@@ -139,6 +139,7 @@ def main() -> int:
             .replace("/run/director/director.sock", str(root / "director.sock"))
             .replace("/var/lib/director/state.json", str(root / "state.json"))
             .replace("reconcile_interval = 5.0", "reconcile_interval = 2.0")
+            .replace("# timeouts = {", "timeouts = {")  # (left out in the example)
         )
         log = root / "directord.log"
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
