@@ -1063,6 +1063,7 @@ class Director:
         errors: list[tuple[str, int | None] | None] = []
         moved = 0
         unsure: set[ServiceKey | None] = set()  # services an operation of failed for
+        unadded: set[ServiceKey | None] = set()  # services whose add the kernel refused
         # What this pass leaves as it wants it is believed below; the rest
         # (its services, or all of them) is forgotten now.
         if scope is None:
@@ -1092,11 +1093,19 @@ class Director:
                 if result is None:
                     took.append(op)
                 else:
-                    unsure.add(service_of(op))
-                    if table_moved(op, err):
+                    service = service_of(op)
+                    unsure.add(service)
+                    if service in unadded:
+                        # Refused for want of its service, whose add was
+                        # refused just before: neither a moved table nor a
+                        # refusal of its own (`record`).
+                        pass
+                    elif table_moved(op, err):
                         # The table was not as read: read again soon, no refusal.
                         moved += 1
                         result = None
+                    elif isinstance(op, AddService):
+                        unadded.add(service)
                 errors.append(None if result is None else (str(result), err))
             self._applied(took, oplog)
         unsure.update(service_of(op) for op in split.held)

@@ -93,6 +93,8 @@ def status_report(
             {d.destination.key: d.destination.weight for d in entry.destinations} if entry else {}
         )
         decisions = desired[vs.key].decisions
+        # (Its servers then wait for the service, not for a pass.)
+        service_refused = entry is None and (vs.key, None, None) in refused
         reasons = {(d.address, d.port): d for d in decisions if not d.sorry}
         sorry = next((d for d in decisions if d.sorry), None)
         servers = []
@@ -124,7 +126,9 @@ def status_report(
                         if state.probed_at is None
                         else round(max(now - state.probed_at, 0.0), 3)
                     ),
-                    pending=None if decision is None else _pending(decision, current),
+                    pending=(
+                        None if decision is None else _pending(decision, current, service_refused)
+                    ),
                     probed=_probed(rs),
                 )
             )
@@ -169,16 +173,21 @@ def overdue(report: tuple[ServiceStatus, ...]) -> tuple[int, str | None, float |
     return count, longest, age
 
 
-def _pending(decision: Decision, current: int | None) -> str | None:
+def _pending(decision: Decision, current: int | None, service_refused: bool = False) -> str | None:
     """How the kernel (a server's `current` weight there, None: absent)
     differs from `decision`, None when it does not: between a verdict and
     the pass that applies it (milliseconds, or a pass's spacing under load),
-    a refused change (its refusal says why), or a table another tool
-    changed (the next drift check repairs it)."""
+    a refused change (its refusal says why), a service the kernel refuses
+    (`service_refused`: the service's line says why), or a table another
+    tool changed (the next drift check repairs it)."""
     if decision.weight is None:
         return None if current is None else "still in the kernel"
     if current is None:
-        return "not in the kernel yet"
+        return (
+            "not in the kernel: its service is refused"
+            if service_refused
+            else "not in the kernel yet"
+        )
     if current != decision.weight:
         return f"weight {decision.weight} not in the kernel yet"
     return None

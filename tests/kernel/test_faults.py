@@ -252,6 +252,9 @@ def test_kernel_refuses_a_scheduler_it_has_no_module_for(rig: Rig) -> None:
     )
     (rs2,) = rig.status()[service]["real_servers"]
     assert rs2["health"] == "up" and rs2["refused"] is None, rs2
+    # It waits for its service, not for a pass (a trial read "not in the
+    # kernel yet" as on its way).
+    assert rs2["pending"] == "not in the kernel: its service is refused", rs2
     assert rig.destinations(WEB_PORT) == rig.healthy()
     assert rig.alive()
 
@@ -291,6 +294,7 @@ def test_refusals_back_off_while_everything_else_converges(rig: Rig) -> None:
     attempts_before = rig.attempts()
     applies_before = len(rig.daemon.events("ipvs_apply"))
     refused_before = len(rig.daemon.events("ipvs_refused"))
+    moved_before = len(rig.daemon.events("ipvs_table_moved"))
     rig.flip("rs3")
     time.sleep(max(0.0, WINDOW - (time.monotonic() - started)))
     attempts_after = rig.attempts()
@@ -308,6 +312,10 @@ def test_refusals_back_off_while_everything_else_converges(rig: Rig) -> None:
     assert applies <= sum(sent) + 4, applies
     # Logged at the 1st, 10th, 100th attempt: at most one line each here.
     assert refused_lines <= 2, rig.daemon.events("ipvs_refused")[refused_before:]
+    # A retry of twos's add sends its server's add too, which the kernel
+    # refuses for want of the service: no other tool moved the table (a
+    # trial found `ipvs_table_moved` at every retry, and a pass 1 s later).
+    assert rig.daemon.events("ipvs_table_moved")[moved_before:] == []
     assert cpu < CPU_SHARE * wall, f"{cpu:.2f} s of CPU in {wall:.2f} s"
     assert rig.destinations(WEB_PORT) == rig.healthy()
     assert rig.alive()

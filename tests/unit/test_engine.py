@@ -648,6 +648,44 @@ async def test_status_names_what_the_kernel_refuses_and_why(
     assert list(director.refusals) == [("service", VIP)]
 
 
+async def test_a_refused_service_is_retried_with_backoff_and_not_taken_for_a_moved_table(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A trial's report (a scheduler the kernel lacks): every retry of the
+    refused add sent its servers' adds too, which the kernel refused for want
+    of the service, and each was logged as `ipvs_table_moved` (another tool
+    changed the table: false) and asked for a pass 1 s later: 20 lines in 40
+    s. Status said its servers were "not in the kernel yet"."""
+    backend = FaultyKernel()
+    backend.refuse = lambda op: (
+        errno.ENOENT if isinstance(op, AddService) and op.service.key == VIP else None
+    )
+    director = faulty_director(backend, FakeNetwork("10.0.1.1", "10.0.1.2", "10.0.2.1"))
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(director.run)
+            await trio.sleep(60)
+            report = status_report(
+                director.effective,
+                director.checker.states(),
+                {},
+                {e.service.key: e for e in backend.services()},
+                trio.current_time(),
+                director.refusals,
+            )
+            nursery.cancel_scope.cancel()
+    assert [e for e in logs if e["event"] == "ipvs_table_moved"] == []
+    adds = [op for op in backend.sent if isinstance(op, AddService) and op.service.key == VIP]
+    # 1, 2, 4, then every reconcile_interval (5 s): about 13 tries in 60 s.
+    assert 10 <= len(adds) <= 16
+    assert list(director.refusals) == [("service", VIP)]
+    [vip, vip2] = report
+    assert [rs.pending for rs in vip.real_servers] == [
+        "not in the kernel: its service is refused"
+    ] * 2
+    assert [rs.pending for rs in vip2.real_servers] == [None]
+
+
 async def test_interrupted_reads_back_off_and_the_table_converges_after(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
