@@ -428,6 +428,7 @@ def _check_config(words: list[str]) -> int:
     try:
         config = load_config(words[0])
     except ConfigError as e:
+        # str(e): the count of errors, then each as directord --check prints it.
         _write(2, f"{e}\n")
         return 1
     for warning in config.warnings():

@@ -150,8 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as error:
-        for line in error.named_errors:
-            print(f"{args.config}: {line}", file=sys.stderr)
+        for line in error.lines():
+            print(line, file=sys.stderr)
         return 1
     if args.check:
         for warning in [*config.warnings(), *missing_commands(config)]:

@@ -106,7 +106,9 @@ class ConfigError(Exception):
     prints: the entries of arrays each is in and its line named after the
     path ('virtual_server[17].scheduler (10.0.0.1:80 tcp, line 204): ...'),
     in file order, one mistake repeated as the first and a line for the
-    rest alike, at most 50 distinct (Problems.named_errors)."""
+    rest alike, at most 50 distinct (Problems.named_errors). `lines()` is
+    how they print, and str() is what `directorctl check-config` prints:
+    the count, then those lines."""
 
     def __init__(
         self, errors: list[str], source: str = "<config>", named_errors: list[str] | None = None
@@ -115,7 +117,15 @@ class ConfigError(Exception):
         self.named_errors = named_errors if named_errors is not None else errors
         self.source = source
         count = f"{len(errors)} error" + ("s" if len(errors) != 1 else "")
-        super().__init__(f"{source}: {count}:\n" + "\n".join(f"  {e}" for e in self.named_errors))
+        super().__init__(f"{source}: {count}:\n" + "\n".join(self.lines()))
+
+    def lines(self, source: str | None = None) -> list[str]:
+        """`named_errors` as directord --check, directorctl check-config and
+        the control socket print them, each after the file's name (`source`,
+        else the one parsed): 'director.toml: virtual_server[17].scheduler
+        (10.0.0.1:80 tcp, line 204): ...'."""
+        name = self.source if source is None else source
+        return [f"{name}: {e}" for e in self.named_errors]
 
 
 def load_config(path: str | Path, modules: KernelModules | None = None) -> Config:

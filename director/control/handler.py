@@ -686,7 +686,7 @@ class Controller:
             else:
                 return Response(USAGE, "", 'director: check-config needs "text" or "path"\n')
         except ConfigError as error:
-            return Response(1, "", "".join(f"{source}: {e}\n" for e in error.named_errors))
+            return Response(1, "", "".join(f"{line}\n" for line in error.lines(source)))
         warned = "".join(f"{source}: warning: {w}\n" for w in config.warnings())
         return Response(0, f"{source}: OK, {config.counts()}\n", warned)
 

@@ -459,8 +459,8 @@ def test_all_errors_are_collected() -> None:
         parse_config("[daemon]\nreconcile_interval = 0\nlog_level = 3\n", "x.toml")
     assert str(info.value) == (
         "x.toml: 2 errors:\n"
-        "  daemon.reconcile_interval (line 2): must be a finite number above 0: 0\n"
-        "  daemon.log_level (line 3): expected a string, got an integer: 3"
+        "x.toml: daemon.reconcile_interval (line 2): must be a finite number above 0: 0\n"
+        "x.toml: daemon.log_level (line 3): expected a string, got an integer: 3"
     )
 
 

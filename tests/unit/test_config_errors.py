@@ -53,9 +53,9 @@ def test_one_mistake_in_500_real_servers_is_two_lines_and_the_other_is_kept() ->
         "must be between 0 and 65535: 70000",
         'daemon.log_level (line 1506): must be one of debug, info, warning, error: "loud"',
     ]
-    assert str(caught) == "d.toml: 502 errors:\n" + "".join(
-        f"\n  {line}" for line in caught.named_errors
-    ).removeprefix("\n")
+    assert str(caught) == "d.toml: 502 errors:\n" + "\n".join(
+        f"d.toml: {line}" for line in caught.named_errors
+    )
     # every bare path, in the parse's order ([daemon] first)
     assert len(caught.errors) == 502
     assert caught.errors[0].startswith("daemon.log_level: ")
@@ -196,7 +196,7 @@ def test_past_50_distinct_errors_a_count_of_the_rest() -> None:
     assert caught.named_errors[49].startswith("virtual_server[0].real_server[49].weight (")
     assert caught.named_errors[50] == "... and 10 more errors not listed"
     assert str(caught).startswith("d.toml: 60 errors:\n")
-    assert str(caught).endswith("\n  ... and 10 more errors not listed")
+    assert str(caught).endswith("\nd.toml: ... and 10 more errors not listed")
 
 
 def test_the_count_past_the_cap_is_of_errors_with_the_distinct_ones() -> None:

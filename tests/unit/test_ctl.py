@@ -273,6 +273,32 @@ async def test_check_config_says_what_directord_check_says() -> None:
     )
 
 
+async def test_check_config_prints_errors_as_directord_check_does(sock_dir: str) -> None:
+    """Operator trial: `directorctl check-config broken2.toml` printed
+    `broken2.toml: 4 errors:` and the errors indented, without the file's
+    name that `directord --check` (and docs/config.md) give each line."""
+    bad = f"{sock_dir}/broken2.toml"
+    await trio.Path(bad).write_text(
+        '[daemon]\nlog_level = "loud"\n'
+        '[[virtual_server]]\naddress = "10.0.0.1:80"\nprotocol = "sctpx"\n'
+        '[[virtual_server.real_server]]\naddress = "10.0.1.1:80"\nweight = 70000\n'
+        "[[virtual_server]]\nscheduler = 3\n"
+    )
+    ctl = await directorctl("check-config", bad)
+    daemon = await trio.run_process(
+        [sys.executable, "-m", "director.daemon", "--config", bad, "--check"],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        cwd=REPO,
+    )
+    assert (ctl.returncode, daemon.returncode) == (1, 1)
+    assert ctl.stdout == daemon.stdout == b""
+    lines = daemon.stderr.decode().splitlines()
+    assert len(lines) > 3 and all(line.startswith(f"{bad}: ") for line in lines), lines
+    assert ctl.stderr.decode() == f"{bad}: {len(lines)} errors:\n" + daemon.stderr.decode()
+
+
 def test_importing_ctl_loads_nothing_heavy() -> None:
     """As a `python -I -S` launcher starts it (bench/ctl.py)."""
     code = (

@@ -5,6 +5,7 @@ service (address and protocol, or fwmark) and the real server. `errors`
 keeps the bare paths; `named_errors`, str() and every place that prints
 them (directord --check, directorctl check-config, the control socket's
 check-config and reload, the reload_rejected log line) name the entries,
+each line after the file's name (ConfigError.lines), the same in all of them,
 with the line of the key that is wrong, or of the entry's header when the
 error is the entry's (operator trial at 10,000 real servers: a path alone
 leaves thousands of [[virtual_server.real_server]] tables to count),
@@ -27,6 +28,7 @@ from test_handler import rig
 from director import daemon
 from director.config import ConfigError, parse_config
 from director.config.model import NO_SERVICE
+from director.control.messages import Response
 from director.ipvs.facts import NO_MODULES
 
 SERVICES = "".join(
@@ -83,7 +85,10 @@ def test_errors_name_the_entries_they_are_in() -> None:
     assert error.errors[2] == "virtual_server[19]: duplicate virtual service TCP 10.0.0.1:80 " + (
         "(first at virtual_server[0])"
     )
-    assert all(f"  {named}" in str(error) for named in error.named_errors)
+    assert str(error).splitlines() == [
+        "d.toml: 6 errors:",
+        *(f"d.toml: {named}" for named in error.named_errors),
+    ]
 
 
 def test_lines_stay_right_past_inline_entries_quoted_headers_and_long_strings() -> None:
@@ -137,8 +142,41 @@ def test_directorctl_check_config_prints_them_named(tmp_path: Path) -> None:
     path.write_text(BAD)
     result = check_config(path)
     assert result.returncode == 1
-    for start in NAMED:
-        assert f"  {start}" in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"{path}: 6 errors:"
+    for start, line in zip(NAMED, lines[1:], strict=True):
+        assert line.startswith(f"{path}: {start}"), line
+
+
+def test_directorctl_check_config_prints_what_directord_check_prints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Operator trial: `directorctl check-config` printed the errors
+    indented, without the file's name that `directord --check`, the
+    control socket and docs/config.md give each. The same lines now,
+    after the count of errors in all."""
+    path = tmp_path / "director.toml"
+    for text, count in ((BAD, 6), (ALIKE, 502)):
+        path.write_text(text)
+        assert daemon.main(["--config", str(path), "--check"]) == 1
+        checked = capsys.readouterr()
+        assert checked.out == ""
+        result = check_config(path)
+        assert (result.returncode, result.stdout) == (1, "")
+        assert result.stderr == f"{path}: {count} errors:\n" + checked.err
+
+
+async def test_the_control_sockets_check_config_prints_what_directord_check_prints(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "new.toml"
+    path.write_text(BAD)
+    assert daemon.main(["--config", str(path), "--check"]) == 1
+    printed = capsys.readouterr().err
+    async with rig(tmp_path) as r:
+        by_path = await r.command("check-config", path=str(path))
+        by_text = await r.command("check-config", text=BAD, source=str(path))
+    assert by_path == by_text == Response(1, "", printed)
 
 
 async def test_the_control_sockets_check_config_and_reload_print_them_named(
@@ -235,7 +273,9 @@ def test_every_printer_groups_one_mistake_repeated_in_file_order(
     assert capsys.readouterr().err.splitlines() == [f"{path}: {line}" for line in ALIKE_NAMED]
     result = check_config(path)
     assert result.returncode == 1
-    assert result.stderr == f"{path}: 502 errors:\n" + "".join(f"  {e}\n" for e in ALIKE_NAMED)
+    assert result.stderr == f"{path}: 502 errors:\n" + "".join(
+        f"{path}: {e}\n" for e in ALIKE_NAMED
+    )
 
 
 async def test_the_control_sockets_check_config_and_reload_group_them(
