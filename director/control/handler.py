@@ -601,8 +601,13 @@ class Controller:
                 if left == 0:
                     return Response(0, response.stdout + "drained: no connections left\n")
                 await trio.sleep(DRAIN_POLL)
+        # The drain stays: say so, and what undoes it (docs/runtime.md).
+        undo = f"directorctl enable {_rid(drained)}"
         return Response(
-            1, response.stdout, f"director: drain: still {left} connections after {limit:g}s\n"
+            1,
+            response.stdout,
+            f"director: drain: still {left} connections after {limit:g}s; "
+            f"the server stays drained (weight 0): '{undo}' puts it back\n",
         )
 
     async def _connections(self, rid: RealServerId) -> int | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import shlex
 import threading
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ import structlog
 import trio
 import trio.testing
 
-from director import statefile
+from director import ctl, statefile
 from director.config import parse_config
 from director.control.handler import Controller
 from director.control.messages import Peer, Request, Response
@@ -340,6 +341,42 @@ async def test_drain_wait_returns_when_connections_are_gone(
         )
         done = await r.command("drain", wait=True, **target)
         assert done.status == 0 and done.stdout.endswith("drained: no connections left\n")
+
+
+async def undo_as_told(r: Rig, stderr: str) -> None:
+    """Run the directorctl command a timed-out `drain --wait` quotes."""
+    quoted = stderr.split("'")[1]
+    words = shlex.split(quoted)
+    assert words[:2] == ["directorctl", "enable"], quoted
+    (request,) = ctl._requests(words[1:])
+    args = request["args"]
+    assert isinstance(args, dict)
+    assert (await r.command(str(request["command"]), **args)).status == 0
+
+
+async def test_drain_wait_timed_out_says_the_drain_stays_and_how_to_undo_it(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Operator trial: `drain --wait --timeout 4` said only "still 6
+    connections after 4s" and exited 1, which read as the drain undone;
+    it stays, and the answer now says so and quotes the enable that ends it."""
+    busy = ServiceEntry(
+        Service(VIP, "rr"),
+        (DestinationEntry(Destination(ip_address("10.0.1.1"), 80, weight=5), active_conns=6),),
+    )
+    async with rig(tmp_path, MemoryBackend([busy])) as r:
+        target = {"service": "tcp:10.0.0.1:80", "server": "10.0.1.1"}
+        short = await r.command("drain", wait=True, timeout=4, **target)
+        assert short == Response(
+            1,
+            "10.0.1.1:80 in tcp:10.0.0.1:80: drain\n",
+            "director: drain: still 6 connections after 4s; the server stays drained (weight 0):"
+            " 'directorctl enable tcp:10.0.0.1:80 10.0.1.1:80' puts it back\n",
+        )
+        await trio.sleep(10)
+        assert r.weights() == {"10.0.1.1:80": 0}
+        await undo_as_told(r, short.stderr)
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
 
 
 async def test_drain_wait_without_a_timeout_waits(
@@ -700,8 +737,15 @@ async def test_drain_wait_by_the_port_written_waits_on_the_entry_in_the_table(
         target = {"service": "tcp:10.0.0.1:80", "server": "10.0.1.1:8080"}
         short = await r.command("drain", wait=True, timeout=3, **target)
         assert short.stdout == "10.0.1.1:80 in tcp:10.0.0.1:80: drain\n"
-        assert short.status == 1 and "still 2 connections after 3s" in short.stderr
+        # The enable it quotes names the entry, as the table has it.
+        assert short.status == 1 and short.stderr == (
+            "director: drain: still 2 connections after 3s; the server stays drained (weight 0):"
+            " 'directorctl enable tcp:10.0.0.1:80 10.0.1.1:80' puts it back\n"
+        )
         assert r.weights() == {"10.0.1.1:80": 0}
+        await undo_as_told(r, short.stderr)
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
+        assert (await r.command("drain", **target)).status == 0
         r.backend._services[VIP] = ServiceEntry(
             Service(VIP, "rr"), (DestinationEntry(replace(routed, weight=0)),)
         )
