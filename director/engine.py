@@ -54,7 +54,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Set
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -112,7 +112,13 @@ from director.refusals import (
     service_of,
     table_moved,
 )
-from director.runtime import EMPTY, RuntimeLayer, effective_config, without_stale_admin
+from director.runtime import (
+    EMPTY,
+    RuntimeLayer,
+    describe_service,
+    effective_config,
+    without_stale_admin,
+)
 from director.sync import SyncKeeper
 from director.vips import AddressBackend, Vip, VipKeeper, VipOperation, describe_op
 
@@ -222,6 +228,10 @@ class ReloadSummary:
     # What else the reload changed at once: sync daemons, VIPs on their
     # interfaces, BGP announcements; each as its log event's fields.
     others: tuple[dict[str, object], ...] = ()
+    # Changes of the file the runtime layer keeps from taking effect: each
+    # service, or real server, with what changed in the file (as
+    # `services_changed` words it) and why it did not apply (`_kept_by_runtime`).
+    kept_by_runtime: tuple[tuple[ServiceKey | RealServerId, tuple[str, ...], str], ...] = ()
     # CPU seconds of the reload's own work: the file's parse (in its thread)
     # and this thread's in Director.reload (other tasks' turns while it
     # waited on the kernel included).
@@ -1398,7 +1408,7 @@ class Director:
         thread's CPU in here (other tasks' turns during the kernel calls
         included)."""
         began = time.thread_time()
-        old = self.effective
+        old, old_file = self.effective, self.config
         new = effective_config(config, self.runtime)
         before = self.runtime.admin
         forgotten = self._forget_stale_admin(new)
@@ -1441,6 +1451,9 @@ class Director:
             services_changed=_services_changed(old, new, changed),
             operations=tuple(operations),
             others=tuple(others),
+            kept_by_runtime=(
+                () if self.runtime.empty else _kept_by_runtime(old_file, config, old, new)
+            ),
             cpu=parse_cpu + time.thread_time() - began,
         )
         self.log.info(
@@ -1453,6 +1466,11 @@ class Director:
             real_servers_changed=_by_service(summary.real_servers_changed),
             operations=len(operations),
             cpu_ms=round(1000 * summary.cpu, 1),
+            **(
+                {"kept_by_runtime": [kept_text(*kept) for kept in summary.kept_by_runtime]}
+                if summary.kept_by_runtime
+                else {}
+            ),
         )
         return summary
 
@@ -1580,6 +1598,71 @@ def _services_changed(
         for vs in new.virtual_servers
         if vs.key in before and (changes := service_changes(before[vs.key], vs))
     )
+
+
+def _kept_by_runtime(
+    old_file: Config, new_file: Config, old: Config, new: Config
+) -> tuple[tuple[ServiceKey | RealServerId, tuple[str, ...], str], ...]:
+    """What a reload changed in the file (`old_file` -> `new_file`) that the
+    runtime layer keeps from the effective config (`old` -> `new`): the
+    changes of a service or real server in both files that the effective
+    one did not make, each with why: edited at runtime (`-E`, `-e`: its
+    values win) or deleted at runtime (`-D`, `-d`: hidden). O(the services
+    the file changed): an unchanged service's piece is the same object."""
+    before = {vs.key: vs for vs in old_file.virtual_servers}
+    effective_before = {vs.key: vs for vs in old.virtual_servers}
+    effective_after = {vs.key: vs for vs in new.virtual_servers}
+    kept: list[tuple[ServiceKey | RealServerId, tuple[str, ...], str]] = []
+    for vs in new_file.virtual_servers:
+        was = before.get(vs.key)
+        if was is None or was is vs or was == vs:
+            continue
+        now, then = effective_after.get(vs.key), effective_before.get(vs.key)
+        if now is None:
+            changes = service_changes(was, vs)
+            if changes:
+                kept.append((vs.key, changes, "deleted at runtime"))
+            continue
+        applied = service_changes(then, now) if then is not None else ()
+        changes = tuple(c for c in service_changes(was, vs) if c not in applied)
+        if changes:
+            kept.append((vs.key, changes, "edited at runtime"))
+        servers = was.real_server_index
+        effective_servers = now.real_server_index
+        effective_before_servers = then.real_server_index if then is not None else {}
+        for rid, rs in vs.real_server_index.items():
+            old_rs = servers.get(rid)
+            if old_rs is None or old_rs == rs:
+                continue
+            rs_now = effective_servers.get(rid)
+            if rs_now is None:
+                kept.append((rid, real_server_changes(old_rs, rs), "deleted at runtime"))
+                continue
+            rs_then = effective_before_servers.get(rid)
+            applied = real_server_changes(rs_then, rs_now) if rs_then is not None else ()
+            changes = tuple(c for c in real_server_changes(old_rs, rs) if c not in applied)
+            if changes:
+                kept.append((rid, changes, "edited at runtime"))
+    return tuple(kept)
+
+
+def kept_text(what: ServiceKey | RealServerId, changes: Sequence[str], why: str) -> str:
+    """One change of the file the runtime layer keeps from applying, in
+    words: 'real server tcp:10.0.0.1:80 10.0.1.3:80: weight 3 -> 4 in the
+    file, not applied: edited at runtime (directorctl -e; an -e back to the
+    file's values drops that)'."""
+    if isinstance(what, RealServerId):
+        name = f"real server {describe_service(what.service)} {endpoint(what.address, what.port)}"
+        undo = "-e" if why == "edited at runtime" else "-a"
+    else:
+        name = f"service {describe_service(what)}"
+        undo = "-E" if why == "edited at runtime" else "-A"
+    how = (
+        f"directorctl {undo} back to the file's values drops that"
+        if why == "edited at runtime"
+        else f"directorctl {undo} brings it back with the file's settings"
+    )
+    return f"{name}: {', '.join(changes)} in the file, not applied: {why} ({how})"
 
 
 def _line_finder(path: str | Path) -> Callable[[str], int | None] | None:

@@ -36,7 +36,7 @@ from director import log
 from director.config import ConfigError, RealServerId, load_config, parse_config
 from director.control.messages import Peer, Request, Response
 from director.desired import AdminState
-from director.engine import Director, ReloadSummary, Stopping
+from director.engine import Director, ReloadSummary, Stopping, kept_text
 from director.ipvs.errors import (
     AcknowledgementsLost,
     BatchError,
@@ -893,6 +893,7 @@ def reload_text(summary: ReloadSummary) -> str:
             for r in summary.real_servers_changed
         ),
         *(f"> {_other(fields)}" for fields in summary.others),
+        *(f"! {kept_text(*kept)}" for kept in summary.kept_by_runtime),
     ]
     return "".join(f"{line}\n" for line in lines) + (
         f"reloaded: {len(summary.operations)} table operations\n"
@@ -918,6 +919,7 @@ def reload_data(summary: ReloadSummary) -> dict[str, object]:
         },
         "operations": [describe_operation(op) for op in summary.operations],
         "others": list(summary.others),
+        "kept_by_runtime": [kept_text(*kept) for kept in summary.kept_by_runtime],
     }
 
 

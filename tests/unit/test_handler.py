@@ -291,6 +291,57 @@ async def test_state_file_survives_a_restart_and_reload_keeps_runtime_changes(
         assert r.weights() == {"10.0.1.1:80": 8, "10.0.1.2:80": 3}
 
 
+async def test_a_reload_names_the_file_changes_a_runtime_change_keeps_from_applying(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A trial's report: after `directorctl -e` of a server's weight, an edit
+    of that weight in the file and a reload printed nothing of it, and the
+    table kept the runtime weight: the reload says which file changes do not
+    apply, why, and how to drop the runtime change."""
+    async with rig(tmp_path) as r:
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
+        await r.ipvsadm("-e", "-t", "10.0.0.1:80", "-r", "10.0.1.1:80", "-w", "9")
+        await r.ipvsadm("-E", "-t", "10.0.0.1:80", "-s", "wlc")
+        await until(lambda: r.weights() == {"10.0.1.1:80": 9})
+        edited = (
+            CONFIG.replace("weight = 5", "weight = 6")
+            .replace('"rr"', '"wrr"')
+            .replace("fall = 1 }", "fall = 2 }")
+        )
+        (tmp_path / "director.toml").write_text(edited)
+        with structlog.testing.capture_logs() as logs:
+            reloaded = await r.command("reload")
+        assert reloaded.status == 0
+        kept = [
+            'service tcp:10.0.0.1:80: scheduler "rr" -> "wrr" in the file, not applied:'
+            " edited at runtime (directorctl -E back to the file's values drops that)",
+            "real server tcp:10.0.0.1:80 10.0.1.1:80: weight 5 -> 6 in the file, not applied:"
+            " edited at runtime (directorctl -e back to the file's values drops that)",
+        ]
+        assert [line[2:] for line in reloaded.stdout.splitlines() if line[:2] == "! "] == kept
+        # The check is the file's alone: its change applies.
+        assert "~ service tcp:10.0.0.1:80: check\n" in reloaded.stdout
+        assert reloaded.data is not None and reloaded.data["kept_by_runtime"] == kept
+        [event] = [e for e in logs if e["event"] == "reloaded"]
+        assert event["kept_by_runtime"] == kept
+        assert r.weights() == {"10.0.1.1:80": 9}
+        # A runtime -d hides the server: the file's change to it is named too.
+        await r.ipvsadm("-d", "-t", "10.0.0.1:80", "-r", "10.0.1.1:80")
+        (tmp_path / "director.toml").write_text(edited.replace("weight = 6", "weight = 7"))
+        reloaded = await r.command("reload")
+        assert (
+            "! real server tcp:10.0.0.1:80 10.0.1.1:80: weight 6 -> 7 in the file, not applied:"
+            " deleted at runtime (directorctl -a brings it back with the file's settings)\n"
+        ) in reloaded.stdout
+        # Without runtime changes a reload says nothing of the kind.
+        await r.ipvsadm("-a", "-t", "10.0.0.1:80", "-r", "10.0.1.1:80", "-w", "7")
+        await r.ipvsadm("-E", "-t", "10.0.0.1:80", "-s", "wrr")
+        (tmp_path / "director.toml").write_text(edited.replace("weight = 6", "weight = 8"))
+        reloaded = await r.command("reload")
+        assert "! " not in reloaded.stdout, reloaded.stdout
+        assert "~ real server tcp:10.0.0.1:80 10.0.1.1:80: weight 7 -> 8\n" in reloaded.stdout
+
+
 async def test_disable_takes_a_server_out_whatever_its_health(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
