@@ -205,7 +205,7 @@ async def test_dns_no_reply_is_a_timeout(
     check = DnsCheck(Timing(timeout=2.5))
     async with udp_responder(address, lambda query, wire: []) as port:
         result = await probe_dns(check, address, port)
-    assert (result.ok, result.reason, result.latency, result.detail) == (False, Reason.TIMEOUT, 2.5, "no verdict within 2.5 s")  # fmt: skip
+    assert (result.ok, result.reason, result.latency, result.detail) == (False, Reason.TIMEOUT, 2.5, "no reply within 2.5 s")  # fmt: skip
 
 
 async def test_dns_closed_port_is_unreachable(address: IPAddress) -> None:
@@ -269,7 +269,7 @@ async def test_dns_only_replies_with_another_id_is_a_timeout_that_says_so(
 
     ok, reason, detail = await run(address, wrong_ids, DnsCheck(Timing(timeout=2.0)))
     assert (ok, reason) == (False, Reason.TIMEOUT)
-    assert detail.startswith("no verdict within 2 s; ignored id 0x"), detail
+    assert detail.startswith("no reply within 2 s; ignored id 0x"), detail
     assert detail.endswith(" and 1 more"), detail
 
 
@@ -283,7 +283,7 @@ async def test_dns_a_flood_of_stray_replies_is_counted_not_kept(
     assert (ok, reason) == (False, Reason.TIMEOUT)
     # Loopback may drop a few when the socket's buffer fills.
     assert re.fullmatch(
-        r"no verdict within 2 s; ignored id 0x[0-9a-f]{4} instead of 0x[0-9a-f]{4} and \d+ more",
+        r"no reply within 2 s; ignored id 0x[0-9a-f]{4} instead of 0x[0-9a-f]{4} and \d+ more",
         detail,
     ), detail
 
@@ -297,7 +297,7 @@ async def test_dns_reply_to_another_question_is_ignored(
 
     ok, reason, detail = await run(address, other_question, DnsCheck(Timing(timeout=2.0)))
     assert (ok, reason) == (False, Reason.TIMEOUT)
-    assert detail == "no verdict within 2 s; ignored not a reply to this query (response QUERY example.net. A)"  # fmt: skip
+    assert detail == "no reply within 2 s; ignored not a reply to this query (response QUERY example.net. A)"  # fmt: skip
 
 
 async def test_dns_query_sent_back_is_ignored(
@@ -305,7 +305,7 @@ async def test_dns_query_sent_back_is_ignored(
 ) -> None:
     ok, reason, detail = await run(address, lambda q, wire: [wire], DnsCheck(Timing(timeout=2.0)))
     assert (ok, reason) == (False, Reason.TIMEOUT)
-    assert detail == "no verdict within 2 s; ignored not a reply to this query (query QUERY . SOA)"
+    assert detail == "no reply within 2 s; ignored not a reply to this query (query QUERY . SOA)"
 
 
 # -- truncated ---------------------------------------------------------------------------
@@ -503,7 +503,7 @@ async def test_dns_ignored_datagram_then_silence_times_out_one_timeout_after_the
     result, took = await run_held(DnsCheck(Timing(timeout=1.0)), autojump_clock, handler=wrong_id)
     assert (result.ok, result.reason, result.latency, took) == (False, Reason.TIMEOUT, 1.0, 1.5)
     assert re.fullmatch(
-        r"no verdict within 1 s; ignored id 0x[0-9a-f]{4} instead of 0x[0-9a-f]{4}", result.detail
+        r"no reply within 1 s; ignored id 0x[0-9a-f]{4} instead of 0x[0-9a-f]{4}", result.detail
     ), result.detail
 
 
@@ -514,7 +514,7 @@ async def test_dns_a_probe_ends_at_twice_its_timeout_whatever_the_lag(
     result, took = await run_held(
         DnsCheck(Timing(timeout=1.0)), autojump_clock, handler=lambda query, wire: []
     )
-    detail = "no verdict within 2 s of the start: the server had 0.5 s of it, the rest was the daemon's lag"  # fmt: skip
+    detail = "no reply within 2 s of the start: the server had 0.5 s of it, the rest was the daemon's lag"  # fmt: skip
     assert (result.ok, result.reason, result.detail, result.latency, took) == (False, Reason.TIMEOUT, detail, 1.0, 2.0)  # fmt: skip
 
 

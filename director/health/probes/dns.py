@@ -33,7 +33,7 @@ search) is the daemon's work, which never turns a reply that came in time
 into a timeout short of the probe's limit (2x the timeout from its start,
 udp.py says why). A reply the kernel timed past the timeout is a timeout,
 "answered in 1.3 s, past the 1 s timeout (NOERROR, 1 answer)"; silence, one
-timeout after the send, "no verdict within 1 s". Over TCP the whole exchange
+timeout after the send, "no reply within 1 s", as udp.py says it. Over TCP the whole exchange
 runs under the timeout from the start, the time to the verdict its latency.
 An `expect_answer` search (the daemon's work, with `timeout` seconds of its
 own: patterns.py) that has not finished then is a timeout, "no verdict
@@ -263,7 +263,7 @@ async def _exchange_udp(sent: _Sent, datagrams: Datagrams) -> ProbeResult:
     while got is None:
         got = await datagrams.receive()
         if got is None:
-            detail = datagrams.silence("no verdict")
+            detail = datagrams.silence("no reply")
             if ignored.count:
                 more = f" and {ignored.count - 1} more" if ignored.count > 1 else ""
                 detail = f"{detail}; ignored {ignored.first}{more}"
