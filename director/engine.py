@@ -49,6 +49,7 @@ with the same backoff.
 
 from __future__ import annotations
 
+import enum
 import errno
 import math
 import random
@@ -56,6 +57,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -66,7 +68,12 @@ from director import log, statefile
 from director.bgp import BgpKeeper, Speaker, prefix
 from director.config import Config, ConfigError, RealServerId, load_config, service_label
 from director.config.lines import key_lines
-from director.config.model import VirtualServer, real_server_changes, service_changes
+from director.config.model import (
+    VirtualServer,
+    check_changes,
+    real_server_changes,
+    service_changes,
+)
 from director.config.toml import literal
 from director.desired import (
     DesiredService,
@@ -91,6 +98,7 @@ from director.ipvs.model import (
     ServiceKey,
     SyncDaemon,
     SyncState,
+    Timeouts,
     endpoint,
 )
 from director.ipvs.oplog import brief_operation, describe_operation, operation_lines
@@ -174,20 +182,67 @@ def restart_needed(
     the values as TOML writes them, with the new file's line (`line_of` a
     dotted path, config.lines.key_lines) as '[section] key (line 7): ...'."""
     changes = []
-    for section, fields in (
-        ("control", ("socket", "group", "admin_group", "mode")),
-        ("daemon", ("state_file",)),
-        ("metrics", ("listen",)),
-    ):
-        for name in fields:
-            before = getattr(getattr(old, section), name)
-            after = getattr(getattr(new, section), name)
-            if before != after:
-                shown = [_setting(name, value) for value in (before, after)]
-                line = line_of(f"{section}.{name}") if line_of is not None else None
-                where = f" (line {line})" if line is not None else ""
-                changes.append(f"[{section}] {name}{where}: {shown[0]} -> {shown[1]}")
+    for section, name in _RESTART_SETTINGS:
+        before = getattr(getattr(old, section), name)
+        after = getattr(getattr(new, section), name)
+        if before != after:
+            shown = [_setting(name, value) for value in (before, after)]
+            line = line_of(f"{section}.{name}") if line_of is not None else None
+            where = f" (line {line})" if line is not None else ""
+            changes.append(f"[{section}] {name}{where}: {shown[0]} -> {shown[1]}")
     return changes
+
+
+# The settings a reload refuses to change (restart_needed), in its order.
+_RESTART_SETTINGS = (
+    ("control", "socket"),
+    ("control", "group"),
+    ("control", "admin_group"),
+    ("control", "mode"),
+    ("daemon", "state_file"),
+    ("metrics", "listen"),
+)
+
+
+def settings_changed(old: Config, new: Config) -> tuple[str, ...]:
+    """The settings outside the virtual servers a reload changed, each as
+    '[section] key: old -> new' with the values as TOML writes them
+    ('[daemon] flush_on_stop: false -> true'), or the key alone for one of
+    many values ('[ipvs] sync', '[bgp]'); a check's as check_changes words
+    them ('[control] runtime_check: check.interval 1.0 -> 2.0')."""
+    changes: list[str] = []
+    for section in ("ipvs", "daemon", "control", "metrics"):
+        before, after = getattr(old, section), getattr(new, section)
+        if before == after:
+            continue
+        for setting in dataclass_fields(before):
+            name = setting.name
+            was, now = getattr(before, name), getattr(after, name)
+            if was == now or (section, name) in _RESTART_SETTINGS:
+                continue
+            if isinstance(was, Check) and isinstance(now, Check):
+                changes.append(f"[{section}] {name}: {', '.join(check_changes(was, now))}")
+                continue
+            shown = _shown(was), _shown(now)
+            changes.append(
+                f"[{section}] {name}"
+                if shown[0] is None or shown[1] is None
+                else f"[{section}] {name}: {shown[0]} -> {shown[1]}"
+            )
+    if old.bgp != new.bgp:
+        changes.append("[bgp]")
+    return tuple(changes)
+
+
+def _shown(value: object) -> str | None:
+    """A setting's value as TOML writes it, None for one of many values."""
+    if value is None:
+        return "(not set)"
+    if isinstance(value, Timeouts):
+        return f"{{ tcp = {value.tcp}, tcpfin = {value.tcp_fin}, udp = {value.udp} }}"
+    if isinstance(value, enum.Enum):
+        value = value.value
+    return literal(value) if isinstance(value, str | int | float) else None
 
 
 def _setting(name: str, value: object) -> str:
@@ -228,6 +283,8 @@ class ReloadSummary:
     # What else the reload changed at once: sync daemons, VIPs on their
     # interfaces, BGP announcements; each as its log event's fields.
     others: tuple[dict[str, object], ...] = ()
+    # The settings outside the virtual servers it changed (`settings_changed`).
+    settings_changed: tuple[str, ...] = ()
     # Changes of the file the runtime layer keeps from taking effect: each
     # service, or real server, with what changed in the file (as
     # `services_changed` words it) and why it did not apply (`_kept_by_runtime`).
@@ -1451,6 +1508,7 @@ class Director:
             services_changed=_services_changed(old, new, changed),
             operations=tuple(operations),
             others=tuple(others),
+            settings_changed=settings_changed(old_file, config),
             kept_by_runtime=(
                 () if self.runtime.empty else _kept_by_runtime(old_file, config, old, new)
             ),
@@ -1466,6 +1524,11 @@ class Director:
             real_servers_changed=_by_service(summary.real_servers_changed),
             operations=len(operations),
             cpu_ms=round(1000 * summary.cpu, 1),
+            **(
+                {"settings_changed": list(summary.settings_changed)}
+                if summary.settings_changed
+                else {}
+            ),
             **(
                 {"kept_by_runtime": [kept_text(*kept) for kept in summary.kept_by_runtime]}
                 if summary.kept_by_runtime

@@ -389,17 +389,54 @@ def service_changes(old: VirtualServer, new: VirtualServer) -> tuple[str, ...]:
     aside), each as the config writes it: `scheduler "wlc" -> "wrr"`,
     `persistent 600 -> 1200`, `persistent_netmask 24 -> 16`,
     `scheduler_flags ["sh-port"] -> []`, `sorry_server { address =
-    "10.0.9.9:80", forward = "route", weight = 1 } -> (none)`; the check,
-    a setting of many values, by its name alone: `check`."""
+    "10.0.9.9:80", forward = "route", weight = 1 } -> (none)`; the check's
+    keys as check_changes words them: `check.interval 1.0 -> 2.0`."""
     changes = []
     for setting in fields(VirtualServer):
         name = setting.name
         before, after = getattr(old, name), getattr(new, name)
         if name in ("key", "real_servers") or before == after:
             continue
+        if name == "check":
+            changes += check_changes(before, after)
+            continue
         shown = _setting_text(name, old, before), _setting_text(name, new, after)
         changes.append(name if None in shown else f"{name} {shown[0]} -> {shown[1]}")
     return tuple(changes)
+
+
+def check_changes(old: Check, new: Check) -> list[str]:
+    """What differs between two checks, each as the config writes it:
+    `check.type "tcp" -> "http"` (and nothing more), `check.interval 1.0 ->
+    2.0`, `check.path "/" -> "/health"`; a setting of many values by its
+    key alone (`check.expect_status`, `check.command`)."""
+    kinds = _check_type(old), _check_type(new)
+    if kinds[0] != kinds[1]:
+        return [f"check.type {literal(kinds[0])} -> {literal(kinds[1])}"]
+    changes = []
+    for setting in fields(old):
+        name = setting.name
+        before, after = getattr(old, name), getattr(new, name)
+        if before == after or name == "tls":
+            continue
+        pairs = (
+            [(f.name, getattr(before, f.name), getattr(after, f.name)) for f in fields(before)]
+            if name == "timing"
+            else [(name, before, after)]
+        )
+        for key, was, now in pairs:
+            if was != now:
+                shown = _value_text(was), _value_text(now)
+                changes.append(
+                    f"check.{key}" if None in shown else f"check.{key} {shown[0]} -> {shown[1]}"
+                )
+    return changes
+
+
+def _check_type(check: Check) -> str:
+    """A check's `type` as the config writes it."""
+    name = type(check).__name__.removesuffix("Check").lower()
+    return "https" if getattr(check, "tls", False) else name
 
 
 # A real server's field -> its key in the config, where they differ.

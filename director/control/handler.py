@@ -892,6 +892,7 @@ def reload_text(summary: ReloadSummary) -> str:
             f"~ real server {_rid(r)}" + _what(summary.real_server_changes.get(r, ()))
             for r in summary.real_servers_changed
         ),
+        *(f"~ {setting}" for setting in summary.settings_changed),
         *(f"> {_other(fields)}" for fields in summary.others),
         *(f"! {kept_text(*kept)}" for kept in summary.kept_by_runtime),
     ]
@@ -919,6 +920,7 @@ def reload_data(summary: ReloadSummary) -> dict[str, object]:
         },
         "operations": [describe_operation(op) for op in summary.operations],
         "others": list(summary.others),
+        "settings_changed": list(summary.settings_changed),
         "kept_by_runtime": [kept_text(*kept) for kept in summary.kept_by_runtime],
     }
 

@@ -13,7 +13,12 @@ from director.config import (
     parse_config,
     parse_endpoint,
 )
-from director.config.model import RealServer, real_server_changes, service_changes
+from director.config.model import (
+    RealServer,
+    VirtualServer,
+    real_server_changes,
+    service_changes,
+)
 from director.health.spec import (
     ExecCheck,
     HttpCheck,
@@ -1185,6 +1190,31 @@ def test_a_sorry_servers_change_is_said_in_full() -> None:
     )
     assert service_changes(new, none) == (
         'sorry_server { address = "10.0.9.9:8081", forward = "masq", weight = 1 } -> (none)',
+    )
+
+
+def test_a_service_checks_change_says_which_keys_changed() -> None:
+    """A trial's report: a reload that changed a check's path and interval
+    printed `~ service ...: check`, while a scheduler change showed old ->
+    new."""
+    vs = '[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.1:80"\n'
+
+    def service(check: str) -> VirtualServer:
+        (only,) = parse_config(vs + f"check = {check}\n").virtual_servers
+        return only
+
+    http = service('{ type = "http", path = "/", interval = 1 }')
+    assert service_changes(
+        http, service('{ type = "http", path = "/health", interval = 2, expect_status = [200] }')
+    ) == ("check.interval 1.0 -> 2.0", 'check.path "/" -> "/health"', "check.expect_status")
+    assert service_changes(http, service('{ type = "https", path = "/" }')) == (
+        'check.type "http" -> "https"',
+    )
+    assert service_changes(http, service('{ type = "tcp" }')) == ('check.type "http" -> "tcp"',)
+    dns = service('{ type = "dns", query_name = "a.example.", rise = 3 }')
+    assert service_changes(dns, service('{ type = "dns", query_name = "b.example." }')) == (
+        "check.rise 3 -> 2",
+        'check.query_name "a.example." -> "b.example."',
     )
 
 

@@ -320,7 +320,7 @@ async def test_a_reload_names_the_file_changes_a_runtime_change_keeps_from_apply
         ]
         assert [line[2:] for line in reloaded.stdout.splitlines() if line[:2] == "! "] == kept
         # The check is the file's alone: its change applies.
-        assert "~ service tcp:10.0.0.1:80: check\n" in reloaded.stdout
+        assert "~ service tcp:10.0.0.1:80: check.fall 1 -> 2\n" in reloaded.stdout
         assert reloaded.data is not None and reloaded.data["kept_by_runtime"] == kept
         [event] = [e for e in logs if e["event"] == "reloaded"]
         assert event["kept_by_runtime"] == kept
@@ -340,6 +340,35 @@ async def test_a_reload_names_the_file_changes_a_runtime_change_keeps_from_apply
         reloaded = await r.command("reload")
         assert "! " not in reloaded.stdout, reloaded.stdout
         assert "~ real server tcp:10.0.0.1:80 10.0.1.1:80: weight 7 -> 8\n" in reloaded.stdout
+
+
+async def test_a_reload_names_the_settings_it_changed(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A trial's report: a reload to flush_on_stop = true printed only
+    `reloaded: 0 table operations`, though it took effect."""
+    async with rig(tmp_path) as r:
+        edited = CONFIG.replace(
+            "reconcile_interval = 5.0",
+            'reconcile_interval = 7.5\nflush_on_stop = true\nlog_level = "debug"',
+        )
+        runtime_check = '[control]\nruntime_check = { type = "tcp", interval = 3 }\n'
+        (tmp_path / "director.toml").write_text(runtime_check + edited)
+        with structlog.testing.capture_logs() as logs:
+            reloaded = await r.command("reload")
+        settings = [
+            "[daemon] flush_on_stop: false -> true",
+            "[daemon] reconcile_interval: 5.0 -> 7.5",
+            '[daemon] log_level: "info" -> "debug"',
+            "[control] runtime_check: check.interval 1.0 -> 3.0",
+        ]
+        assert reloaded.stdout == "".join(f"~ {line}\n" for line in settings) + (
+            "reloaded: 0 table operations\n"
+        )
+        assert reloaded.data is not None and reloaded.data["settings_changed"] == settings
+        [event] = [e for e in logs if e["event"] == "reloaded"]
+        assert event["settings_changed"] == settings
+        assert r.director.config.daemon.flush_on_stop
 
 
 async def test_disable_takes_a_server_out_whatever_its_health(
