@@ -1418,7 +1418,7 @@ class Director:
                     return ReloadResult(errors=(f"{path}: {ABANDONED}",), count=1)
                 config, parse_cpu = loaded
             except ConfigError as error:
-                errors = tuple(f"{path}: {e}" for e in error.named_errors)
+                errors = tuple(error.lines(str(path)))
                 count = len(error.errors)
                 self.log.error("reload_rejected", **origin, error_count=count, errors=list(errors))
                 return ReloadResult(errors=errors, count=count)

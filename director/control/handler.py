@@ -603,10 +603,15 @@ class Controller:
                 await trio.sleep(DRAIN_POLL)
         # The drain stays: say so, and what undoes it (docs/runtime.md).
         undo = f"directorctl enable {_rid(drained)}"
+        still = (
+            "the kernel's connection count could not be read"
+            if left is None or left < 0
+            else f"still {left} connection{'' if left == 1 else 's'}"
+        )
         return Response(
             1,
             response.stdout,
-            f"director: drain: still {left} connections after {limit:g}s; "
+            f"director: drain: {still} after {limit:g}s; "
             f"the server stays drained (weight 0): '{undo}' puts it back\n",
         )
 

@@ -459,6 +459,31 @@ async def test_drain_wait_timed_out_says_the_drain_stays_and_how_to_undo_it(
         await until(lambda: r.weights() == {"10.0.1.1:80": 5})
 
 
+async def test_drain_wait_timed_out_counts_one_connection_and_an_unread_count_in_words(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """ "still 1 connections", and "still -1 connections" while the kernel's
+    table could not be read (helper's review of the message above)."""
+    busy = ServiceEntry(
+        Service(VIP, "rr"),
+        (DestinationEntry(Destination(ip_address("10.0.1.1"), 80, weight=5), inact_conns=1),),
+    )
+    async with rig(tmp_path, MemoryBackend([busy])) as r:
+        target = {"service": "tcp:10.0.0.1:80", "server": "10.0.1.1"}
+        one = await r.command("drain", wait=True, timeout=2, **target)
+        assert one.stderr.startswith("director: drain: still 1 connection after 2s; "), one
+
+        async def unreadable(rid: object) -> int:
+            return -1
+
+        r.controller._connections = unreadable  # type: ignore[method-assign]
+        unread = await r.command("drain", wait=True, timeout=2, **target)
+        assert unread.stderr.startswith(
+            "director: drain: the kernel's connection count could not be read after 2s; "
+            "the server stays drained (weight 0): "
+        ), unread
+
+
 async def test_drain_wait_without_a_timeout_waits(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
