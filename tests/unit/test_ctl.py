@@ -256,16 +256,21 @@ async def test_check_config_help_is_help_not_a_file() -> None:
         assert result.stderr == b""
 
 
-async def test_check_config_says_what_directord_check_says() -> None:
-    good = f"{REPO}/conf/director.toml"
-    ctl = await directorctl("check-config", good)
-    daemon = await trio.run_process(
-        [sys.executable, "-m", "director.daemon", "--config", good, "--check"],
+async def directord_check(path: str) -> subprocess.CompletedProcess[bytes]:
+    """`directord --config PATH --check`, run as a process."""
+    return await trio.run_process(
+        [sys.executable, "-m", "director.daemon", "--config", path, "--check"],
         capture_stdout=True,
         capture_stderr=True,
         check=False,
         cwd=REPO,
     )
+
+
+async def test_check_config_says_what_directord_check_says() -> None:
+    good = f"{REPO}/conf/director.toml"
+    ctl = await directorctl("check-config", good)
+    daemon = await directord_check(good)
     assert (ctl.returncode, daemon.returncode) == (0, 0), (ctl.stderr, daemon.stderr)
     assert ctl.stdout == daemon.stdout
     assert re.fullmatch(
@@ -285,13 +290,7 @@ async def test_check_config_prints_errors_as_directord_check_does(sock_dir: str)
         "[[virtual_server]]\nscheduler = 3\n"
     )
     ctl = await directorctl("check-config", bad)
-    daemon = await trio.run_process(
-        [sys.executable, "-m", "director.daemon", "--config", bad, "--check"],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-        cwd=REPO,
-    )
+    daemon = await directord_check(bad)
     assert (ctl.returncode, daemon.returncode) == (1, 1)
     assert ctl.stdout == daemon.stdout == b""
     lines = daemon.stderr.decode().splitlines()

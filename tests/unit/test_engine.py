@@ -54,7 +54,7 @@ from director.ipvs.ops import (
     Operation,
 )
 from director.kernel import READ_ATTEMPTS, KernelTable
-from director.status import status_report, status_text
+from director.status import ServiceStatus, status_report, status_text
 
 VIP = ServiceKey.inet(Protocol.TCP, "10.0.0.1", 80)
 OTHER = ServiceKey.inet(Protocol.TCP, "10.0.0.99", 443)
@@ -582,6 +582,25 @@ def refuses_destination(address: str, err: int) -> Callable[[Operation], int | N
     return refuse
 
 
+def refuses_service_add(key: ServiceKey, err: int) -> Callable[[Operation], int | None]:
+    def refuse(op: Operation) -> int | None:
+        return err if isinstance(op, AddService) and op.service.key == key else None
+
+    return refuse
+
+
+def status_now(director: Director, backend: MemoryBackend) -> tuple[ServiceStatus, ...]:
+    """status_report of `director` over `backend`'s table, now."""
+    return status_report(
+        director.effective,
+        director.checker.states(),
+        {},
+        {e.service.key: e for e in backend.services()},
+        trio.current_time(),
+        director.refusals,
+    )
+
+
 async def test_a_refused_destination_backs_off_and_everything_else_converges(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -621,21 +640,12 @@ async def test_status_names_what_the_kernel_refuses_and_why(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     backend = FaultyKernel()
-    backend.refuse = lambda op: (
-        errno.ENOENT if isinstance(op, AddService) and op.service.key == VIP else None
-    )
+    backend.refuse = refuses_service_add(VIP, errno.ENOENT)
     director = faulty_director(backend, FakeNetwork("10.0.1.1", "10.0.1.2", "10.0.2.1"))
     async with trio.open_nursery() as nursery:
         await nursery.start(director.run)
         await trio.sleep(10)
-        report = status_report(
-            director.effective,
-            director.checker.states(),
-            {},
-            {e.service.key: e for e in backend.services()},
-            trio.current_time(),
-            director.refusals,
-        )
+        report = status_now(director, backend)
         nursery.cancel_scope.cancel()
     [vip, vip2] = report
     assert vip.refused is not None
@@ -657,22 +667,13 @@ async def test_a_refused_service_is_retried_with_backoff_and_not_taken_for_a_mov
     changed the table: false) and asked for a pass 1 s later: 20 lines in 40
     s. Status said its servers were "not in the kernel yet"."""
     backend = FaultyKernel()
-    backend.refuse = lambda op: (
-        errno.ENOENT if isinstance(op, AddService) and op.service.key == VIP else None
-    )
+    backend.refuse = refuses_service_add(VIP, errno.ENOENT)
     director = faulty_director(backend, FakeNetwork("10.0.1.1", "10.0.1.2", "10.0.2.1"))
     with structlog.testing.capture_logs() as logs:
         async with trio.open_nursery() as nursery:
             await nursery.start(director.run)
             await trio.sleep(60)
-            report = status_report(
-                director.effective,
-                director.checker.states(),
-                {},
-                {e.service.key: e for e in backend.services()},
-                trio.current_time(),
-                director.refusals,
-            )
+            report = status_now(director, backend)
             nursery.cancel_scope.cancel()
     assert [e for e in logs if e["event"] == "ipvs_table_moved"] == []
     adds = [op for op in backend.sent if isinstance(op, AddService) and op.service.key == VIP]

@@ -402,13 +402,19 @@ async def test_control_change_names_the_command_and_the_state_it_set(
         assert changes == [("disable", "disabled"), ("drain", "drain"), ("enable", "enabled")]
 
 
+def busy_entry(active_conns: int = 0, inact_conns: int = 0) -> ServiceEntry:
+    """VIP with 10.0.1.1:80 at weight 5 and these connections on it."""
+    destination = Destination(ip_address("10.0.1.1"), 80, weight=5)
+    return ServiceEntry(
+        Service(VIP, "rr"),
+        (DestinationEntry(destination, active_conns=active_conns, inact_conns=inact_conns),),
+    )
+
+
 async def test_drain_wait_returns_when_connections_are_gone(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
-    busy = ServiceEntry(
-        Service(VIP, "rr"),
-        (DestinationEntry(Destination(ip_address("10.0.1.1"), 80, weight=5), active_conns=2),),
-    )
+    busy = busy_entry(active_conns=2)
     async with rig(tmp_path, MemoryBackend([busy])) as r:
         target = {"service": "tcp:10.0.0.1:80", "server": "10.0.1.1"}
         short = await r.command("drain", wait=True, timeout=3, **target)
@@ -440,10 +446,7 @@ async def test_drain_wait_timed_out_says_the_drain_stays_and_how_to_undo_it(
     """Operator trial: `drain --wait --timeout 4` said only "still 6
     connections after 4s" and exited 1, which read as the drain undone;
     it stays, and the answer now says so and quotes the enable that ends it."""
-    busy = ServiceEntry(
-        Service(VIP, "rr"),
-        (DestinationEntry(Destination(ip_address("10.0.1.1"), 80, weight=5), active_conns=6),),
-    )
+    busy = busy_entry(active_conns=6)
     async with rig(tmp_path, MemoryBackend([busy])) as r:
         target = {"service": "tcp:10.0.0.1:80", "server": "10.0.1.1"}
         short = await r.command("drain", wait=True, timeout=4, **target)
@@ -464,10 +467,7 @@ async def test_drain_wait_timed_out_counts_one_connection_and_an_unread_count_in
 ) -> None:
     """ "still 1 connections", and "still -1 connections" while the kernel's
     table could not be read (helper's review of the message above)."""
-    busy = ServiceEntry(
-        Service(VIP, "rr"),
-        (DestinationEntry(Destination(ip_address("10.0.1.1"), 80, weight=5), inact_conns=1),),
-    )
+    busy = busy_entry(inact_conns=1)
     async with rig(tmp_path, MemoryBackend([busy])) as r:
         target = {"service": "tcp:10.0.0.1:80", "server": "10.0.1.1"}
         one = await r.command("drain", wait=True, timeout=2, **target)
@@ -490,10 +490,7 @@ async def test_drain_wait_without_a_timeout_waits(
     """Operators' report: `directorctl drain SERVICE SERVER --wait` without
     --timeout (the README's own example) answered status 2 after committing
     the drain. directorctl sends "timeout": null then."""
-    busy = ServiceEntry(
-        Service(VIP, "rr"),
-        (DestinationEntry(Destination(ip_address("10.0.1.1"), 80, weight=5), active_conns=2),),
-    )
+    busy = busy_entry(active_conns=2)
     async with rig(tmp_path, MemoryBackend([busy])) as r:
 
         async def connections_end() -> None:
