@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import errno
 import re
-from collections.abc import Callable, Mapping, Set
+from collections.abc import Callable, Container, Mapping, Set
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Any, TypeVar
 from typing import Protocol as TypingProtocol
-from typing import TypeVar
 
 from director.config import (
     Config,
@@ -116,6 +116,12 @@ class RuntimeLayer:
         return self == EMPTY
 
     @property
+    def set_at_runtime(self) -> Container[object]:
+        """The services and real servers whose kernel fields a runtime
+        change sets (-A, -E; -a, -e), for `in`: what status marks as such."""
+        return _Either(self.services, self.real_servers)
+
+    @property
     def by_service(self) -> Mapping[ServiceKey, Mapping[RealServerId, Destination]]:
         """`real_servers` by service, each service's in their order there:
         made once (a LayerBuilder hands over its own), so that a builder
@@ -155,6 +161,18 @@ class Refused(IPVSError):
 
 
 # -- merging ------------------------------------------------------------------
+
+
+class _Either:
+    """`in` either of two mappings."""
+
+    __slots__ = ("_first", "_second")
+
+    def __init__(self, first: Mapping[Any, object], second: Mapping[Any, object]) -> None:
+        self._first, self._second = first, second
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._first or item in self._second
 
 
 def effective_config(config: Config, layer: RuntimeLayer) -> Config:

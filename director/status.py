@@ -8,7 +8,7 @@ and a dump of the kernel table, at a given time.
 from __future__ import annotations
 
 from _socket import inet_ntoa
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import asdict, dataclass
 
 from director.bgp import BgpStatus
@@ -51,6 +51,10 @@ class RealServerStatus:
     # Where its check probes it, when that is not `server` ("10.0.1.1:8080":
     # a route server written with another port, a check's own port)
     probed: str | None = None
+    # Its kernel fields (weight, forwarding...) are a runtime change's
+    # (directorctl -a or -e), not the file's: a reload of the file does not
+    # change them (docs/runtime.md)
+    runtime: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,8 @@ class ServiceStatus:
     # interval + timeout + LATE_AFTER) says its checks are behind; None
     # without a check.
     overdue_after: float | None = None
+    # Its kernel fields are a runtime change's (directorctl -A or -E)
+    runtime: bool = False
 
 
 def status_report(
@@ -80,6 +86,7 @@ def status_report(
     kernel: Mapping[ServiceKey, ServiceEntry],
     now: float,
     refusals: Refusals | None = None,
+    set_at_runtime: Container[object] = frozenset(),
 ) -> tuple[ServiceStatus, ...]:
     """`refusals` are the engine's (director.refusals): each is reported on
     the service or real server it is about."""
@@ -130,6 +137,7 @@ def status_report(
                         None if decision is None else _pending(decision, current, service_refused)
                     ),
                     probed=_probed(rs),
+                    runtime=rid in set_at_runtime,
                 )
             )
         report.append(
@@ -144,6 +152,7 @@ def status_report(
                 sorry_decision=None if sorry is None else sorry.reason,
                 sorry_weight=None if sorry is None else weights.get((sorry.address, sorry.port)),
                 overdue_after=_overdue_after(vs.check),
+                runtime=vs.key in set_at_runtime,
             )
         )
     return tuple(report)
@@ -269,6 +278,15 @@ def status_data(
     return data
 
 
+# How the text marks what a runtime change set (ServiceStatus.runtime,
+# RealServerStatus.runtime).
+RUNTIME_NOTE = "set at runtime"
+
+
+def _runtime(service: ServiceStatus) -> str:
+    return f", {RUNTIME_NOTE}" if service.runtime else ""
+
+
 def _service_data(service: ServiceStatus) -> dict[str, object]:
     """asdict(service) without its deep copy of every value (the fields are
     strings, numbers, booleans and None): 1.1 s of a 10,000-server status
@@ -354,7 +372,7 @@ def summary_text(report: tuple[ServiceStatus, ...]) -> str:
         up = sum(1 for rs in service.real_servers if rs.health == "up")
         kernel = "" if service.in_kernel else ", not in the kernel table"
         out.append(
-            f"{service.service} {service.scheduler} ({service.check} check{kernel}):"
+            f"{service.service} {service.scheduler} ({service.check} check{kernel}{_runtime(service)}):"
             f" {up} of {len(service.real_servers)} up\n"
         )
         if service.refused:
@@ -434,7 +452,9 @@ def _services_text(report: tuple[ServiceStatus, ...]) -> str:
     out = []
     for service in report:
         kernel = "" if service.in_kernel else ", not in the kernel table"
-        out.append(f"{service.service} {service.scheduler} ({service.check} check{kernel})\n")
+        out.append(
+            f"{service.service} {service.scheduler} ({service.check} check{kernel}{_runtime(service)})\n"
+        )
         if service.refused:
             out.append(f"  {service.refused}\n")
         out.append(_sorry_text(service))
@@ -472,7 +492,11 @@ def _row(rs: RealServerStatus) -> tuple[str, ...]:
         if rs.last_age is not None:
             last += f", {_duration(rs.last_age)} ago"
     current = "-" if rs.current_weight is None else str(rs.current_weight)
-    notes = [note for note in (rs.name, rs.probed and f"probed at {rs.probed}") if note]
+    notes = [
+        note
+        for note in (rs.name, rs.probed and f"probed at {rs.probed}", rs.runtime and RUNTIME_NOTE)
+        if note
+    ]
     return (
         f"{rs.server} ({', '.join(notes)})" if notes else rs.server,
         rs.health,

@@ -508,6 +508,7 @@ class Controller:
         now = trio.current_time()
         states = director.checker.states()
         admin = director.runtime.admin
+        runtime_set = director.runtime.set_at_runtime
         refusals = dict(director.refusals)
         sync = director.sync.report(now)
         vips = director.vips.report(now)
@@ -520,7 +521,7 @@ class Controller:
 
         def build() -> Response:
             kernel = {e.service.key: e for e in entries}
-            report = status_report(config, states, admin, kernel, now, refusals)
+            report = status_report(config, states, admin, kernel, now, refusals, runtime_set)
             data = None
             if with_data:
                 data = status_data(

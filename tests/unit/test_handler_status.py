@@ -187,9 +187,42 @@ async def test_summary_has_the_totals_and_only_what_is_not_up(
         "OK/FAIL",
         "TABLE",
     ]
-    assert lines[3].split()[:2] == ["10.0.1.3:80", "down"]
+    # (added with -a: its fields are the runtime layer's, not the file's)
+    assert lines[3].split()[:5] == ["10.0.1.3:80", "(set", "at", "runtime)", "down"]
     assert len(lines) == 4  # the server that is up has no row
     assert "10.0.1.1:80" in full and "10.0.1.1:80" not in summary
+
+
+async def test_status_marks_what_a_runtime_change_set(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A trial's report: after `directorctl -e` of a server's weight, status
+    showed WEIGHT 9/9, the runtime weight as if configured, and nothing in
+    the text or the data said a runtime change held it (a reload of an edit
+    of that weight then did nothing)."""
+    async with rig(tmp_path) as r:
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
+        data = (await r.command("status")).data
+        assert isinstance(data, dict)
+        [service] = data["services"]
+        assert service["runtime"] is False
+        assert [rs["runtime"] for rs in service["real_servers"]] == [False]
+        await r.ipvsadm("-e", "-t", "10.0.0.1:80", "-r", "10.0.1.1:80", "-w", "9")
+        await r.ipvsadm("-E", "-t", "10.0.0.1:80", "-s", "wlc")
+        await until(lambda: r.weights() == {"10.0.1.1:80": 9})
+        status = await r.command("status")
+        assert isinstance(status.data, dict)
+        [service] = status.data["services"]
+        assert service["runtime"] is True
+        assert [(rs["runtime"], rs["configured_weight"]) for rs in service["real_servers"]] == [
+            (True, 9)
+        ]
+        assert "tcp:10.0.0.1:80 wlc (tcp check, set at runtime)" in status.stdout
+        assert "10.0.1.1:80 (set at runtime)" in status.stdout
+        # An -e back to the file's values drops the change, and the mark.
+        await r.ipvsadm("-e", "-t", "10.0.0.1:80", "-r", "10.0.1.1:80", "-w", "5")
+        status = await r.command("status")
+        assert "10.0.1.1:80 (set at runtime)" not in status.stdout
 
 
 def test_summary_of_a_healthy_table_says_so() -> None:
