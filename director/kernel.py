@@ -12,6 +12,14 @@ limiter: two tables over two backends (one for reconcile passes, one for
 control-socket listings) run side by side in one process, each call of one
 never waiting for the other.
 
+A batch of at most INLINE_OPERATIONS operations (a health change's, a
+control command's) is applied in the caller's thread, still one call at a
+time: in a worker thread, each of its system calls gave up the GIL, and a
+busy loop (10,000 real servers) held it up to its switch interval (5 ms)
+each time, so that one server's change reached the kernel 40 ms after its
+verdict where 10 ms was the idle loop's (bench/README.md, stop 33). A
+netlink operation returns at once: the kernel answers it in the send.
+
 `threaded=False` calls the backend inline instead; for the in-memory backend
 under trio's autojump clock, where a worker thread would let virtual time jump
 while a call is still running. `run_sync` runs other blocking work (the
@@ -43,6 +51,7 @@ from director.ipvs.servicetable import TableKey, proc_destination, table_key
 T = TypeVar("T")
 
 READ_ATTEMPTS = 4
+INLINE_OPERATIONS = 32  # at most, applied without a worker thread
 READ_BACKOFF = 0.05  # seconds before the second attempt; doubled before each next one
 
 
@@ -60,10 +69,16 @@ class KernelTable:
             return function()
         return await trio.to_thread.run_sync(function)
 
-    async def _call(self, function: Callable[[], T]) -> T:
+    async def _call(self, function: Callable[[], T], *, inline: bool = False) -> T:
+        """`function()` in a worker thread, one call at a time; with `inline`
+        (a call that cannot block: a few operations), in this thread, still
+        one at a time."""
         if not self._threaded:
             await trio.lowlevel.checkpoint()
             return function()
+        if inline:
+            async with self._one_at_a_time:
+                return function()
         return await trio.to_thread.run_sync(function, limiter=self._one_at_a_time)
 
     async def _read(self, function: Callable[[], T]) -> T:
@@ -126,7 +141,9 @@ class KernelTable:
         """Backend.apply: stops at the first failure (BatchError)."""
         if operations:
             batch = list(operations)
-            await self._call(lambda: self.backend.apply(batch))
+            await self._call(
+                lambda: self.backend.apply(batch), inline=len(batch) <= INLINE_OPERATIONS
+            )
 
     async def apply_each(self, operations: Sequence[Operation]) -> list[KernelError | None]:
         """Backend.apply_each: every operation's outcome, in order (None:
@@ -134,7 +151,9 @@ class KernelTable:
         if not operations:
             return []
         batch = list(operations)
-        return await self._call(lambda: self.backend.apply_each(batch))
+        return await self._call(
+            lambda: self.backend.apply_each(batch), inline=len(batch) <= INLINE_OPERATIONS
+        )
 
     async def timeouts(self) -> Timeouts:
         return await self._read(self.backend.timeouts)
