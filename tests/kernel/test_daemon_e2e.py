@@ -443,7 +443,8 @@ def test_a_udp_service_added_with_directorctl_is_checked_over_udp(h: Harness) ->
         assert ctl(sock, ["-a", "-u", service, "-r", h.rs(name, UDP_PORT), "-m"]).status == 0
     h.wait_weights(h.udp, {h.rs("u1", UDP_PORT): 1, h.rs("u2", UDP_PORT): 1})
     status = ctl(sock, ["status"]).stdout
-    assert f"udp:{service} rr (udp check)" in status, status
+    # (added with directorctl: status marks its settings as the runtime layer's)
+    assert f"udp:{service} rr (udp check, set at runtime)" in status, status
     assert sorted(udp_ask(h.net)[0] for _ in range(4)) == ["u1", "u1", "u2", "u2"]
 
     h.servers.kill("u1")
