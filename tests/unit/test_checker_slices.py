@@ -146,3 +146,50 @@ async def test_without_slices_the_verdicts_hold_the_loop(
 ) -> None:
     marks = await progress(listening_port, FOREVER, monkeypatch, verdicts=True)
     assert marks[0] == PROBES
+
+
+async def test_a_transition_ends_the_slice_so_the_task_it_woke_runs_next(
+    listening_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A health change's callback wakes the engine's pass: the watcher's
+    slice ends at that verdict, however long a slice is (`hurry`), where
+    without a transition the same slice delivers all 100 (the test above)."""
+    monkeypatch.setattr(checker_module, "SLICE", FOREVER)
+    monkeypatch.setattr(watch, "SLICE", FOREVER)
+    async with trio.open_nursery() as nursery:
+        meter = Meter(nursery)
+        checker: Checker[int] = Checker(
+            rng=random.Random(7),
+            on_transition=lambda key, transition: meter.note(),
+            tick=1.0,
+        )
+        checker.set_targets(targets(listening_port))
+        await nursery.start(checker.run)
+        await trio.sleep(2.5)
+        nursery.cancel_scope.cancel()
+    assert meter.count == PROBES  # each server's first verdict is a transition
+    assert meter.marks[0] == 1
+
+
+async def test_a_hurried_task_gives_way_to_the_task_it_woke_in_either_batch_order() -> None:
+    """trio runs a batch of ready tasks in either order: one checkpoint
+    lets the yielding task run first about half the time; give_way's two,
+    never."""
+
+    async def woken_first(hurried: bool) -> bool:
+        ran = False
+
+        async def woken() -> None:
+            nonlocal ran
+            ran = True
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(woken)
+            await watch.give_way(hurried)
+            first = ran
+        return first
+
+    assert all([await woken_first(True) for _ in range(50)])
+    assert not all([await woken_first(False) for _ in range(50)])

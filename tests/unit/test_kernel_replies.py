@@ -645,3 +645,22 @@ async def test_a_few_operations_apply_in_the_loops_thread_still_one_call_at_a_ti
     here = threading.get_ident()
     assert backend.applied_in[0] == here and backend.applied_in[1] != here
     assert not backend.overlapped
+
+
+async def test_a_few_operations_on_a_free_table_apply_without_a_checkpoint() -> None:
+    """A checkpoint in a health change's pass let every busy task (the
+    probe watchers) run a slice of its work before the change went on: a
+    task that was ready meanwhile has not run when the apply returns."""
+    backend = ThreadNoting()
+    table = KernelTable(backend)
+    ran = False
+
+    async def other() -> None:
+        nonlocal ran
+        ran = True
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        assert await table.apply_each([ops.AddService(Service(V4, "rr"))]) == [None]
+        assert not ran
+        assert backend.applied_in == [threading.get_ident()]

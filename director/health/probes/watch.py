@@ -44,6 +44,7 @@ __all__ = [
     "Watcher",
     "awaited",
     "disconnector",
+    "give_way",
     "nap",
     "nap_until",
     "network_failure",
@@ -166,6 +167,7 @@ class Watcher(Generic[T, P]):
         self._peak = 0  # probes in flight at once since the last review
         self._review_at = -math.inf
         self._slice_end = 0.0  # when `watch` next checkpoints (time.perf_counter)
+        self._hurried = False  # the slice ends at the next event (`hurry`)
         # With a tick: the multiple of it after the last round, and how many
         # rounds went since the one before it (`_wait`).
         self._next_tick = -math.inf
@@ -203,6 +205,14 @@ class Watcher(Generic[T, P]):
         else:
             self._begin(probe)
         return probe
+
+    def hurry(self) -> None:
+        """End the slice of work in progress (or the next one) at its next
+        event: a verdict just delivered woke a task that should not wait
+        it out (the engine's pass that puts a health change in the
+        kernel: at 10,000 real servers, a slice of each busy task was
+        most of a change's way to the kernel). See `give_way`."""
+        self._hurried = True
 
     def cancel(self, probe: P) -> None:
         """The probe's callback will not run; its socket is closed now."""
@@ -432,7 +442,9 @@ class Watcher(Generic[T, P]):
                         ready = pending.get(fd)
                         if ready is not None:
                             self._handle(ready, flags, now)
-                            if not n % CLOCK_EVERY and perf_counter() >= self._slice_end:
+                            if self._hurried or (
+                                not n % CLOCK_EVERY and perf_counter() >= self._slice_end
+                            ):
                                 await self._slice_over()
                     if len(events) < batch:
                         break
@@ -443,7 +455,7 @@ class Watcher(Generic[T, P]):
                 for probe in again:
                     if probe.sock is not None:
                         self._handle(probe, select.EPOLLIN, now)
-                        if perf_counter() >= self._slice_end:
+                        if self._hurried or perf_counter() >= self._slice_end:
                             await self._slice_over()
                 expired = 0
                 while deadlines and deadlines[0][0] <= now and expired < batch:
@@ -471,14 +483,16 @@ class Watcher(Generic[T, P]):
                         detail = self._silence(probe, timeout)
                         self._forget(probe)
                         self._deliver(probe, ProbeResult.failure(Reason.TIMEOUT, timeout, detail))
-                        if perf_counter() >= self._slice_end:
+                        if self._hurried or perf_counter() >= self._slice_end:
                             await self._slice_over()
                 self._reading = False
                 for n in range(1, min(batch, len(deferred)) + 1):
                     probe = deferred.popleft()
                     if probe.done is not None:
                         self._begin(probe)
-                        if not n % CLOCK_EVERY and perf_counter() >= self._slice_end:
+                        if self._hurried or (
+                            not n % CLOCK_EVERY and perf_counter() >= self._slice_end
+                        ):
                             await self._slice_over()
         finally:
             self._closed = True
@@ -512,11 +526,13 @@ class Watcher(Generic[T, P]):
                 sock.close()
 
     async def _slice_over(self) -> None:
-        """A checkpoint once this stretch of work has run for SLICE seconds.
-        Its callers test `perf_counter() >= self._slice_end` first: a
-        coroutine made and run for every event cost more than the test."""
-        if time.perf_counter() >= self._slice_end:
-            await trio.lowlevel.checkpoint()
+        """A checkpoint once this stretch of work has run for SLICE seconds,
+        or at once when hurried (`give_way`). Its callers test `_hurried`
+        and `perf_counter() >= self._slice_end` first: a coroutine made and
+        run for every event cost more than the test."""
+        hurried, self._hurried = self._hurried, False
+        if hurried or time.perf_counter() >= self._slice_end:
+            await give_way(hurried)
             self._slice_end = time.perf_counter() + SLICE
 
     def _finish(self, probe: P, result: ProbeResult) -> None:
@@ -555,6 +571,18 @@ class Watcher(Generic[T, P]):
             self._in_set.discard(sock.fileno())
             sock.close()
             probe.sock = None
+
+
+async def give_way(hurried: bool = False) -> None:
+    """A checkpoint between two slices of a busy task's work; `hurried`
+    (a verdict woke a task that should run first): two. trio runs the tasks
+    that are ready in a batch, in either order (it reverses half of them);
+    a task that yields once may run its whole next slice before the one it
+    woke, one that yields twice lets it run before its next slice, either
+    way."""
+    await trio.lowlevel.checkpoint()
+    if hurried:
+        await trio.lowlevel.checkpoint()
 
 
 def disconnector() -> Callable[[int], bool]:
