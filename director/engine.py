@@ -49,7 +49,6 @@ with the same backoff.
 
 from __future__ import annotations
 
-import enum
 import errno
 import math
 import random
@@ -57,7 +56,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
-from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -70,11 +68,11 @@ from director.config import Config, ConfigError, RealServerId, load_config, serv
 from director.config.lines import key_lines
 from director.config.model import (
     VirtualServer,
-    check_changes,
     real_server_changes,
+    restart_needed,
     service_changes,
+    settings_changed,
 )
-from director.config.toml import literal
 from director.desired import (
     DesiredService,
     RealServerView,
@@ -98,7 +96,6 @@ from director.ipvs.model import (
     ServiceKey,
     SyncDaemon,
     SyncState,
-    Timeouts,
     endpoint,
 )
 from director.ipvs.oplog import brief_operation, describe_operation, operation_lines
@@ -172,87 +169,6 @@ def service_targets(vs: VirtualServer) -> dict[RealServerId, Target]:
         address = rs.address if check.address is None else check.address
         targets[rid] = (plain, address, rs.port if check.port is None else check.port)
     return targets
-
-
-def restart_needed(
-    old: Config, new: Config, line_of: Callable[[str], int | None] | None = None
-) -> list[str]:
-    """Settings a reload cannot apply: the control socket is bound and the
-    state file opened once, at start. Each as '[section] key: old -> new',
-    the values as TOML writes them, with the new file's line (`line_of` a
-    dotted path, config.lines.key_lines) as '[section] key (line 7): ...'."""
-    changes = []
-    for section, name in _RESTART_SETTINGS:
-        before = getattr(getattr(old, section), name)
-        after = getattr(getattr(new, section), name)
-        if before != after:
-            shown = [_setting(name, value) for value in (before, after)]
-            line = line_of(f"{section}.{name}") if line_of is not None else None
-            where = f" (line {line})" if line is not None else ""
-            changes.append(f"[{section}] {name}{where}: {shown[0]} -> {shown[1]}")
-    return changes
-
-
-# The settings a reload refuses to change (restart_needed), in its order.
-_RESTART_SETTINGS = (
-    ("control", "socket"),
-    ("control", "group"),
-    ("control", "admin_group"),
-    ("control", "mode"),
-    ("daemon", "state_file"),
-    ("metrics", "listen"),
-)
-
-
-def settings_changed(old: Config, new: Config) -> tuple[str, ...]:
-    """The settings outside the virtual servers a reload changed, each as
-    '[section] key: old -> new' with the values as TOML writes them
-    ('[daemon] flush_on_stop: false -> true'), or the key alone for one of
-    many values ('[ipvs] sync', '[bgp]'); a check's as check_changes words
-    them ('[control] runtime_check: check.interval 1.0 -> 2.0')."""
-    changes: list[str] = []
-    for section in ("ipvs", "daemon", "control", "metrics"):
-        before, after = getattr(old, section), getattr(new, section)
-        if before == after:
-            continue
-        for setting in dataclass_fields(before):
-            name = setting.name
-            was, now = getattr(before, name), getattr(after, name)
-            if was == now or (section, name) in _RESTART_SETTINGS:
-                continue
-            if isinstance(was, Check) and isinstance(now, Check):
-                changes.append(f"[{section}] {name}: {', '.join(check_changes(was, now))}")
-                continue
-            shown = _shown(was), _shown(now)
-            changes.append(
-                f"[{section}] {name}"
-                if shown[0] is None or shown[1] is None
-                else f"[{section}] {name}: {shown[0]} -> {shown[1]}"
-            )
-    if old.bgp != new.bgp:
-        changes.append("[bgp]")
-    return tuple(changes)
-
-
-def _shown(value: object) -> str | None:
-    """A setting's value as TOML writes it, None for one of many values."""
-    if value is None:
-        return "(not set)"
-    if isinstance(value, Timeouts):
-        return f"{{ tcp = {value.tcp}, tcpfin = {value.tcp_fin}, udp = {value.udp} }}"
-    if isinstance(value, enum.Enum):
-        value = value.value
-    return literal(value) if isinstance(value, str | int | float) else None
-
-
-def _setting(name: str, value: object) -> str:
-    """A setting's value as TOML writes it (a mode as an octal integer), or
-    "(not set)"."""
-    if value is None:
-        return "(not set)"
-    if name == "mode" and isinstance(value, int):
-        return oct(value)
-    return literal(str(value))
 
 
 class Stopping(Exception):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import enum
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
+from pathlib import PurePath
 
 from director.config.toml import literal
 from director.health.spec import Check, ExecCheck, TcpCheck, UdpCheck, probed_endpoint
@@ -483,11 +485,22 @@ def _check_changes(old: RealServer, new: RealServer) -> list[str]:
     return [f"probed {endpoint(*was)} -> {endpoint(*now)}"]
 
 
-def _value_text(value: object) -> str | None:
+def _value_text(value: object, *, unset: str = "(none)", name: str = "") -> str | None:
+    """A value as the config writes it: as TOML does for a string, a number
+    or a boolean (a path as its string, the control socket's mode in
+    octal), an enum by its word in the config ("masq", "warning"), the
+    timeouts as their inline table; `unset` for None; None for one of many
+    values (the caller names its key alone)."""
     if value is None:
-        return "(none)"
+        return unset
     if isinstance(value, enum.Enum):
-        return literal(str(value.name).lower())
+        return literal(value.value if isinstance(value.value, str) else value.name.lower())
+    if isinstance(value, Timeouts):
+        return f"{{ tcp = {value.tcp}, tcpfin = {value.tcp_fin}, udp = {value.udp} }}"
+    if name == "mode" and isinstance(value, int):
+        return oct(value)
+    if isinstance(value, PurePath):
+        return literal(str(value))
     return literal(value) if isinstance(value, str | int | float) else None
 
 
@@ -504,6 +517,68 @@ def _setting_text(name: str, vs: VirtualServer, value: object) -> str | None:
         where = literal(endpoint(value.address, value.port))
         forward = value.forward.name.lower()
         return f'{{ address = {where}, forward = "{forward}", weight = {value.weight} }}'
-    if isinstance(value, enum.Enum):
-        value = value.value
-    return literal(value) if isinstance(value, str | int | float) else None
+    return _value_text(value)
+
+
+def restart_needed(
+    old: Config, new: Config, line_of: Callable[[str], int | None] | None = None
+) -> list[str]:
+    """Settings a reload cannot apply: the control socket is bound and the
+    state file opened once, at start. Each as '[section] key: old -> new',
+    the values as TOML writes them, with the new file's line (`line_of` a
+    dotted path, config.lines.key_lines) as '[section] key (line 7): ...'."""
+    changes = []
+    for section, name in _RESTART_SETTINGS:
+        before = getattr(getattr(old, section), name)
+        after = getattr(getattr(new, section), name)
+        if before != after:
+            shown = [_value_text(value, unset=_UNSET, name=name) for value in (before, after)]
+            line = line_of(f"{section}.{name}") if line_of is not None else None
+            where = f" (line {line})" if line is not None else ""
+            changes.append(f"[{section}] {name}{where}: {shown[0]} -> {shown[1]}")
+    return changes
+
+
+# A setting of the daemon absent from the file, as a reload's lines show it.
+_UNSET = "(not set)"
+
+# The settings a reload refuses to change (restart_needed), in its order.
+_RESTART_SETTINGS = (
+    ("control", "socket"),
+    ("control", "group"),
+    ("control", "admin_group"),
+    ("control", "mode"),
+    ("daemon", "state_file"),
+    ("metrics", "listen"),
+)
+
+
+def settings_changed(old: Config, new: Config) -> tuple[str, ...]:
+    """The settings outside the virtual servers a reload changed, each as
+    '[section] key: old -> new' with the values as TOML writes them
+    ('[daemon] flush_on_stop: false -> true'), or the key alone for one of
+    many values ('[ipvs] sync', '[bgp]'); a check's as check_changes words
+    them ('[control] runtime_check: check.interval 1.0 -> 2.0')."""
+    changes: list[str] = []
+    # ([metrics] is its `listen` and what is read from it: a restart's.)
+    for section in ("ipvs", "daemon", "control"):
+        before, after = getattr(old, section), getattr(new, section)
+        if before == after:
+            continue
+        for setting in fields(before):
+            name = setting.name
+            was, now = getattr(before, name), getattr(after, name)
+            if was == now or (section, name) in _RESTART_SETTINGS:
+                continue
+            if isinstance(was, Check) and isinstance(now, Check):
+                changes.append(f"[{section}] {name}: {', '.join(check_changes(was, now))}")
+                continue
+            shown = _value_text(was, unset=_UNSET), _value_text(now, unset=_UNSET)
+            changes.append(
+                f"[{section}] {name}"
+                if shown[0] is None or shown[1] is None
+                else f"[{section}] {name}: {shown[0]} -> {shown[1]}"
+            )
+    if old.bgp != new.bgp:
+        changes.append("[bgp]")
+    return tuple(changes)

@@ -17,7 +17,9 @@ from director.config.model import (
     RealServer,
     VirtualServer,
     real_server_changes,
+    restart_needed,
     service_changes,
+    settings_changed,
 )
 from director.health.spec import (
     ExecCheck,
@@ -1244,3 +1246,31 @@ def test_real_server_changes_say_what_changed_as_the_config_writes_it() -> None:
     )
     http = server('address = "10.0.0.2:8080"\nforward = "route"\ncheck = { type = "http" }')
     assert real_server_changes(old, http) == ("check",)
+
+
+def test_settings_lines_write_each_kind_of_value_as_the_config_does() -> None:
+    """One formatter for every reload line: booleans, numbers, strings and
+    enums by their word in the file, the timeouts as their table, paths as
+    strings, the control socket's mode in octal, an absent setting as
+    "(not set)", and a section of many values by its name alone."""
+    old = parse_config(
+        '[daemon]\nstate_file = "/run/a.json"\n[control]\nsocket = "/run/a.sock"\nmode = 0o660\n'
+    )
+    new = parse_config(
+        '[daemon]\nstate_file = "/run/b.json"\nflush_on_stop = true\nlog_level = "warning"\n'
+        '[control]\nsocket = "/run/a.sock"\nmode = 0o600\n'
+        "[ipvs]\ntimeouts = { tcp = 5, tcpfin = 10, udp = 300 }\n"
+        '[metrics]\nlisten = "127.0.0.1:9531"\n'
+        '[ipvs.sync]\nrole = "master"\ninterface = "lo"\nsyncid = 1\n'
+    )
+    assert settings_changed(old, new) == (
+        "[ipvs] timeouts: (not set) -> { tcp = 5, tcpfin = 10, udp = 300 }",
+        "[ipvs] sync",
+        "[daemon] flush_on_stop: false -> true",
+        '[daemon] log_level: "info" -> "warning"',
+    )
+    assert restart_needed(old, new) == [
+        "[control] mode: 0o660 -> 0o600",
+        '[daemon] state_file: "/run/a.json" -> "/run/b.json"',
+        '[metrics] listen: (not set) -> "127.0.0.1:9531"',
+    ]

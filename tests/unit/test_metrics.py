@@ -25,10 +25,10 @@ from test_engine import (
 )
 
 from director.config import ConfigError, parse_config
-from director.config.model import MetricsSettings
+from director.config.model import MetricsSettings, restart_needed
 from director.control.messages import Peer, Request, Response
 from director.desired import AdminState
-from director.engine import Director, restart_needed
+from director.engine import Director
 from director.health.result import ProbeResult, Reason
 from director.health.state import Health, Transition
 from director.ipvs.memory import MemoryBackend
