@@ -828,6 +828,49 @@ def test_reload_changing_a_services_own_settings_says_what_changed(rig: Rig) -> 
     assert rig.weights(80) == {rs: 1}
 
 
+def test_a_reload_names_the_file_edit_a_runtime_weight_keeps_from_applying(rig: Rig) -> None:
+    """Stop 33's trial (M1): after `directorctl -e ... -w 9`, an edit of
+    that server's weight in the file and a reload printed nothing of it,
+    and status showed the 9 as if configured. The reload names the edit it
+    did not apply and how to drop the runtime change, status marks the
+    server, and an `-e` back to the file's values lets the file's weight in."""
+    check = f'{{ type = "tcp", {FAST} }}'
+    rs1, rs2 = rig.rs("rs1"), rig.rs("rs2")
+    text = rig.service(80, check, rig.server("rs1", "weight = 3"), rig.server("rs2"))
+    daemon = rig.start(rig.config_text(text))
+    rig.wait(lambda: rig.weights(80) == {rs1: 3, rs2: 1}, "rs1 and rs2 in the table")
+    vip = f"{rig.net.vip}:80"
+    assert rig.ctl("-e", "-t", vip, "-r", rs1, "-m", "-w", "9") == Outcome("", "", 0)
+    rig.wait(lambda: rig.weights(80) == {rs1: 9, rs2: 1}, "rs1 at weight 9")
+    assert (rig.server_status(80, rs1)["runtime"], rig.server_status(80, rs2)["runtime"]) == (
+        True,
+        False,
+    )
+    status = rig.ctl("status")
+    assert status.status == 0, status
+    [line] = [x for x in status.stdout.splitlines() if f"{rs1} " in x]
+    assert "(set at runtime)" in line, status.stdout
+
+    answer = rig.reload(rig.config_text(text.replace("weight = 3", "weight = 4")))
+    assert answer.status == 0, answer
+    kept = (
+        f"! real server {rig.vs(80)} {rs1}: weight 3 -> 4 in the file, not applied:"
+        " edited at runtime (directorctl -e back to the file's values drops that)\n"
+    )
+    assert kept in answer.stdout, answer
+    assert daemon.events("reloaded")[-1]["kept_by_runtime"] == [kept[2:-1]]
+    assert rig.weights(80) == {rs1: 9, rs2: 1}
+
+    assert rig.ctl("-e", "-t", vip, "-r", rs1, "-m", "-w", "4") == Outcome("", "", 0)
+    rig.wait(lambda: rig.weights(80) == {rs1: 4, rs2: 1}, "rs1 at the file's weight 4")
+    assert rig.server_status(80, rs1)["runtime"] is False
+    answer = rig.reload(rig.config_text(text.replace("weight = 3", "weight = 5")))
+    assert answer.status == 0, answer
+    assert "! " not in answer.stdout, answer
+    assert f"~ real server {rig.vs(80)} {rs1}: weight 4 -> 5\n" in answer.stdout, answer
+    rig.wait(lambda: rig.weights(80) == {rs1: 5, rs2: 1}, "rs1 at the file's weight 5")
+
+
 def test_runtime_add_of_a_server_its_check_cannot_probe_says_why(rig: Rig) -> None:
     """`-a` of a direct-routing server to a port-0 service made at runtime
     (ipvsadm takes it, with port 0): the runtime check has no port to probe.
