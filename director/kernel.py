@@ -50,6 +50,7 @@ from director.ipvs.model import (
 from director.ipvs.netlink import NetlinkBackend
 from director.ipvs.ops import Backend, Operation
 from director.ipvs.servicetable import TableKey, proc_destination, table_key
+from director.taskcpu import counted
 
 T = TypeVar("T")
 
@@ -70,7 +71,7 @@ class KernelTable:
         if not self._threaded:
             await trio.lowlevel.checkpoint()
             return function()
-        return await trio.to_thread.run_sync(function)
+        return await trio.to_thread.run_sync(counted(function))
 
     async def _call(self, function: Callable[[], T], *, inline: bool = False) -> T:
         """`function()` in a worker thread, one call at a time; with `inline`
@@ -89,7 +90,7 @@ class KernelTable:
                 return function()
             finally:
                 limiter.release()
-        return await trio.to_thread.run_sync(function, limiter=self._one_at_a_time)
+        return await trio.to_thread.run_sync(counted(function), limiter=self._one_at_a_time)
 
     async def _read(self, function: Callable[[], T]) -> T:
         """`function` called until it does not fail transiently, at most
