@@ -54,7 +54,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence, Set
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -104,6 +104,7 @@ from director.ipvs.servicetable import TableKey, digest_shows, table_key
 from director.kernel import KernelTable
 from director.metrics.events import LATE_AFTER, Events
 from director.oserror import strerror
+from director.overrides import Override, overrides
 from director.reconcile import plan, plan_destinations, service_sort_key
 from director.refusals import (
     Refusal,
@@ -120,7 +121,6 @@ from director.refusals import (
 from director.runtime import (
     EMPTY,
     RuntimeLayer,
-    describe_service,
     effective_config,
     without_stale_admin,
 )
@@ -202,10 +202,9 @@ class ReloadSummary:
     others: tuple[dict[str, object], ...] = ()
     # The settings outside the virtual servers it changed (`settings_changed`).
     settings_changed: tuple[str, ...] = ()
-    # Changes of the file the runtime layer keeps from taking effect: each
-    # service, or real server, with what changed in the file (as
-    # `services_changed` words it) and why it did not apply (`_kept_by_runtime`).
-    kept_by_runtime: tuple[tuple[ServiceKey | RealServerId, tuple[str, ...], str], ...] = ()
+    # The file's values runtime changes keep from the table, all of them,
+    # not only those this reload changed (director.overrides).
+    kept_by_runtime: tuple[Override, ...] = ()
     # CPU seconds of the reload's own work: the file's parse (in its thread)
     # and this thread's in Director.reload (other tasks' turns while it
     # waited on the kernel included).
@@ -1401,7 +1400,7 @@ class Director:
                 else {}
             ),
             **(
-                {"kept_by_runtime": [kept_text(*kept) for kept in summary.kept_by_runtime]}
+                {"kept_by_runtime": [kept.text() for kept in summary.kept_by_runtime]}
                 if summary.kept_by_runtime
                 else {}
             ),
@@ -1453,9 +1452,7 @@ class Director:
             operations=tuple(operations),
             others=tuple(others),
             settings_changed=settings_changed(old_file, config),
-            kept_by_runtime=(
-                () if self.runtime.empty else _kept_by_runtime(old_file, config, old, new)
-            ),
+            kept_by_runtime=overrides(config, new, self.runtime),
         )
         return summary
 
@@ -1556,20 +1553,25 @@ def _real_servers_changed(
 ) -> dict[RealServerId, tuple[str, ...]]:
     """The real servers of the `changed` services in both configs whose
     settings differ (weight, forwarding method, thresholds, check...), in
-    the new config's order, each with what changed (`real_server_changes`)."""
-    before = {
-        vs.real_server_id(rs): rs
-        for vs in old.virtual_servers
-        if vs.key in changed
-        for rs in vs.real_servers
-    }
-    return {
-        rid: real_server_changes(before[rid], rs)
-        for vs in new.virtual_servers
-        if vs.key in changed
-        for rs in vs.real_servers
-        if (rid := vs.real_server_id(rs)) in before and before[rid] != rs
-    }
+    the new config's order, each with what changed (`real_server_changes`);
+    not those whose one change is their service's check, which the
+    service's line says."""
+    old_services = {vs.key: vs for vs in old.virtual_servers if vs.key in changed}
+    found: dict[RealServerId, tuple[str, ...]] = {}
+    for vs in new.virtual_servers:
+        was = old_services.get(vs.key)
+        if was is None:
+            continue
+        before = was.real_server_index
+        checks = (was.check, vs.check)
+        for rs in vs.real_servers:
+            rid = vs.real_server_id(rs)
+            old_rs = before.get(rid)
+            if old_rs is not None and old_rs != rs:
+                changes = real_server_changes(old_rs, rs, checks)
+                if changes:
+                    found[rid] = changes
+    return found
 
 
 def _services_changed(
@@ -1583,71 +1585,6 @@ def _services_changed(
         for vs in new.virtual_servers
         if vs.key in before and (changes := service_changes(before[vs.key], vs))
     )
-
-
-def _kept_by_runtime(
-    old_file: Config, new_file: Config, old: Config, new: Config
-) -> tuple[tuple[ServiceKey | RealServerId, tuple[str, ...], str], ...]:
-    """What a reload changed in the file (`old_file` -> `new_file`) that the
-    runtime layer keeps from the effective config (`old` -> `new`): the
-    changes of a service or real server in both files that the effective
-    one did not make, each with why: edited at runtime (`-E`, `-e`: its
-    values win) or deleted at runtime (`-D`, `-d`: hidden). O(the services
-    the file changed): an unchanged service's piece is the same object."""
-    before = {vs.key: vs for vs in old_file.virtual_servers}
-    effective_before = {vs.key: vs for vs in old.virtual_servers}
-    effective_after = {vs.key: vs for vs in new.virtual_servers}
-    kept: list[tuple[ServiceKey | RealServerId, tuple[str, ...], str]] = []
-    for vs in new_file.virtual_servers:
-        was = before.get(vs.key)
-        if was is None or was is vs or was == vs:
-            continue
-        now, then = effective_after.get(vs.key), effective_before.get(vs.key)
-        if now is None:
-            changes = service_changes(was, vs)
-            if changes:
-                kept.append((vs.key, changes, "deleted at runtime"))
-            continue
-        applied = service_changes(then, now) if then is not None else ()
-        changes = tuple(c for c in service_changes(was, vs) if c not in applied)
-        if changes:
-            kept.append((vs.key, changes, "edited at runtime"))
-        servers = was.real_server_index
-        effective_servers = now.real_server_index
-        effective_before_servers = then.real_server_index if then is not None else {}
-        for rid, rs in vs.real_server_index.items():
-            old_rs = servers.get(rid)
-            if old_rs is None or old_rs == rs:
-                continue
-            rs_now = effective_servers.get(rid)
-            if rs_now is None:
-                kept.append((rid, real_server_changes(old_rs, rs), "deleted at runtime"))
-                continue
-            rs_then = effective_before_servers.get(rid)
-            applied = real_server_changes(rs_then, rs_now) if rs_then is not None else ()
-            changes = tuple(c for c in real_server_changes(old_rs, rs) if c not in applied)
-            if changes:
-                kept.append((rid, changes, "edited at runtime"))
-    return tuple(kept)
-
-
-def kept_text(what: ServiceKey | RealServerId, changes: Sequence[str], why: str) -> str:
-    """One change of the file the runtime layer keeps from applying, in
-    words: 'real server tcp:10.0.0.1:80 10.0.1.3:80: weight 3 -> 4 in the
-    file, not applied: edited at runtime (directorctl -e; an -e back to the
-    file's values drops that)'."""
-    if isinstance(what, RealServerId):
-        name = f"real server {describe_service(what.service)} {endpoint(what.address, what.port)}"
-        undo = "-e" if why == "edited at runtime" else "-a"
-    else:
-        name = f"service {describe_service(what)}"
-        undo = "-E" if why == "edited at runtime" else "-A"
-    how = (
-        f"directorctl {undo} back to the file's values drops that"
-        if why == "edited at runtime"
-        else f"directorctl {undo} brings it back with the file's settings"
-    )
-    return f"{name}: {', '.join(changes)} in the file, not applied: {why} ({how})"
 
 
 def _line_finder(path: str | Path) -> Callable[[str], int | None] | None:

@@ -8,7 +8,7 @@ and a dump of the kernel table, at a given time.
 from __future__ import annotations
 
 from _socket import inet_ntoa
-from collections.abc import Container, Mapping
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from director.bgp import BgpStatus
@@ -18,6 +18,7 @@ from director.health.spec import probed_endpoint
 from director.health.state import HealthState
 from director.ipvs.model import IPAddress, ServiceEntry, ServiceKey
 from director.metrics.events import LATE_AFTER
+from director.overrides import Override
 from director.refusals import Refusal, Refusals, describe_subject
 from director.runtime import describe_endpoint, describe_service
 from director.sync import SyncDaemonStatus
@@ -55,6 +56,9 @@ class RealServerStatus:
     # (directorctl -a or -e), not the file's: a reload of the file does not
     # change them (docs/runtime.md)
     runtime: bool = False
+    # The file's values that change keeps from the table, each as its change
+    # from the running value: "weight 9 -> 4" (director.overrides)
+    not_applied: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,15 @@ class ServiceStatus:
     overdue_after: float | None = None
     # Its kernel fields are a runtime change's (directorctl -A or -E)
     runtime: bool = False
+    # The file's values of its own that change keeps from the table:
+    # 'scheduler "wlc" -> "rr"' (director.overrides)
+    not_applied: tuple[str, ...] = ()
+    # Real servers of the file hidden by a runtime delete (directorctl -d):
+    # "10.0.1.3:80"
+    deleted_at_runtime: tuple[str, ...] = ()
+    # The service itself is the file's, hidden by a runtime delete
+    # (directorctl -D): not managed, no real servers shown
+    deleted: bool = False
 
 
 def status_report(
@@ -87,10 +100,25 @@ def status_report(
     now: float,
     refusals: Refusals | None = None,
     set_at_runtime: Container[object] = frozenset(),
+    overrides: Sequence[Override] = (),
 ) -> tuple[ServiceStatus, ...]:
     """`refusals` are the engine's (director.refusals): each is reported on
-    the service or real server it is about."""
+    the service or real server it is about. `overrides` (the file's values
+    runtime changes keep from the table) are shown where they apply; a
+    service of the file deleted at runtime comes after the others,
+    `deleted`, with no real servers."""
     refused = {describe_subject(s): _refusal_text(r, now) for s, r in (refusals or {}).items()}
+    kept: dict[object, tuple[str, ...]] = {}
+    hidden: dict[ServiceKey, list[str]] = {}
+    hidden_services: list[ServiceKey] = []
+    for override in overrides:
+        what = override.what
+        if not override.deleted:
+            kept[what] = override.changes
+        elif isinstance(what, RealServerId):
+            hidden.setdefault(what.service, []).append(_endpoint(what.address, what.port))
+        else:
+            hidden_services.append(what)
     views = {rid: RealServerView.from_state(s) for rid, s in states.items()}
     desired = desired_table(config, views, kernel, now, admin)
     report = []
@@ -138,6 +166,7 @@ def status_report(
                     ),
                     probed=_probed(rs),
                     runtime=rid in set_at_runtime,
+                    not_applied=kept.get(rid, ()),
                 )
             )
         report.append(
@@ -153,6 +182,19 @@ def status_report(
                 sorry_weight=None if sorry is None else weights.get((sorry.address, sorry.port)),
                 overdue_after=_overdue_after(vs.check),
                 runtime=vs.key in set_at_runtime,
+                not_applied=kept.get(vs.key, ()),
+                deleted_at_runtime=tuple(hidden.get(vs.key, ())),
+            )
+        )
+    for key in hidden_services:
+        report.append(
+            ServiceStatus(
+                service=describe_service(key),
+                scheduler="",
+                check="",
+                in_kernel=key in kernel,
+                real_servers=(),
+                deleted=True,
             )
         )
     return tuple(report)
@@ -284,7 +326,36 @@ RUNTIME_NOTE = "set at runtime"
 
 
 def _runtime(service: ServiceStatus) -> str:
-    return f", {RUNTIME_NOTE}" if service.runtime else ""
+    if not service.runtime:
+        return ""
+    return f", {RUNTIME_NOTE}{_not_applied(service.not_applied)}"
+
+
+def _not_applied(changes: Sequence[str]) -> str:
+    """'; weight 9 -> 4 in the file, not applied', or nothing."""
+    return f"; {', '.join(changes)} in the file, not applied" if changes else ""
+
+
+def _head(service: ServiceStatus, kernel: str) -> str:
+    """A service's line before its rows, without its newline."""
+    if service.deleted:
+        return (
+            f"{service.service} (in the file, deleted at runtime:"
+            " directorctl -A brings it back with the file's settings)"
+        )
+    return (
+        f"{service.service} {service.scheduler} ({service.check} check{kernel}{_runtime(service)})"
+    )
+
+
+def _hidden_text(service: ServiceStatus) -> str:
+    """The line of the file's real servers a runtime delete hides."""
+    if not service.deleted_at_runtime:
+        return ""
+    return (
+        f"  in the file, deleted at runtime: {', '.join(service.deleted_at_runtime)}"
+        " (directorctl -a brings it back with the file's settings)\n"
+    )
 
 
 def _service_data(service: ServiceStatus) -> dict[str, object]:
@@ -358,28 +429,48 @@ def summary_text(report: tuple[ServiceStatus, ...]) -> str:
         if rs.admin in admin:
             admin[rs.admin] += 1
     in_table = sum(1 for rs in servers if rs.current_weight is not None)
+    managed = [service for service in report if not service.deleted]
+    hidden = sum(len(service.deleted_at_runtime) for service in report)
+    hidden_services = len(report) - len(managed)
+    deleted = [
+        f"{count} {what} of the file deleted at runtime"
+        for count, what in (
+            (hidden, "real server" if hidden == 1 else "real servers"),
+            (hidden_services, "service" if hidden_services == 1 else "services"),
+        )
+        if count
+    ]
     out = [
-        f"{len(servers)} real servers in {len(report)} services: "
+        f"{len(servers)} real servers in {len(managed)} services: "
         + ", ".join(f"{count} {name}" for name, count in health.items())
         + f"; {in_table} in the kernel table; "
         + ", ".join(f"{count} {name}" for name, count in admin.items())
+        + "".join(f"; {text}" for text in deleted)
         + "\n"
     ]
     for service in report:
         shown = tuple(rs for rs in service.real_servers if _needs_a_look(rs))
-        if not shown and service.in_kernel and not service.refused and service.sorry_weight is None:
+        if (
+            not shown
+            and service.in_kernel
+            and not service.refused
+            and service.sorry_weight is None
+            and not service.deleted_at_runtime
+            and not service.deleted
+        ):
+            continue
+        kernel = "" if service.in_kernel else ", not in the kernel table"
+        if service.deleted:
+            out.append(_head(service, kernel) + "\n")
             continue
         up = sum(1 for rs in service.real_servers if rs.health == "up")
-        kernel = "" if service.in_kernel else ", not in the kernel table"
-        out.append(
-            f"{service.service} {service.scheduler} ({service.check} check{kernel}{_runtime(service)}):"
-            f" {up} of {len(service.real_servers)} up\n"
-        )
+        out.append(f"{_head(service, kernel)}: {up} of {len(service.real_servers)} up\n")
         if service.refused:
             out.append(f"  {service.refused}\n")
         out.append(_sorry_text(service))
         if shown:
             out.append(_rows_text(shown))
+        out.append(_hidden_text(service))
     if len(out) == 1:
         out.append("every real server is up, enabled and in the kernel table\n")
     return "".join(out)
@@ -452,13 +543,14 @@ def _services_text(report: tuple[ServiceStatus, ...]) -> str:
     out = []
     for service in report:
         kernel = "" if service.in_kernel else ", not in the kernel table"
-        out.append(
-            f"{service.service} {service.scheduler} ({service.check} check{kernel}{_runtime(service)})\n"
-        )
+        out.append(_head(service, kernel) + "\n")
+        if service.deleted:
+            continue
         if service.refused:
             out.append(f"  {service.refused}\n")
         out.append(_sorry_text(service))
         out.append(_rows_text(service.real_servers))
+        out.append(_hidden_text(service))
     return "".join(out)
 
 
@@ -494,7 +586,11 @@ def _row(rs: RealServerStatus) -> tuple[str, ...]:
     current = "-" if rs.current_weight is None else str(rs.current_weight)
     notes = [
         note
-        for note in (rs.name, rs.probed and f"probed at {rs.probed}", rs.runtime and RUNTIME_NOTE)
+        for note in (
+            rs.name,
+            rs.probed and f"probed at {rs.probed}",
+            rs.runtime and RUNTIME_NOTE + _not_applied(rs.not_applied),
+        )
         if note
     ]
     return (

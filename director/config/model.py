@@ -449,14 +449,19 @@ _REAL_SERVER_KEYS = {
 }
 
 
-def real_server_changes(old: RealServer, new: RealServer) -> tuple[str, ...]:
+def real_server_changes(
+    old: RealServer, new: RealServer, service_checks: tuple[Check, Check] | None = None
+) -> tuple[str, ...]:
     """What differs in a real server's settings (one of the same address
     and port in the table), each as the config writes it: `weight 1 ->
     3`, `forward "route" -> "masq"`, `thresholds.upper 0 -> 500`; its
-    check by its name alone, `check`, unless only where it probes changed:
-    `probed 10.0.0.2:8080 -> 10.0.0.2:8081` (a route server written with
-    another port), and nothing when that stayed (route -> masq on the
-    port probed)."""
+    check's keys as check_changes words them (`check.path "/" ->
+    "/health"`), or where it probes when only that changed: `probed
+    10.0.0.2:8080 -> 10.0.0.2:8081` (a route server written with another
+    port), and nothing when that stayed (route -> masq on the port
+    probed). `service_checks`: its service's check before and after; a
+    server whose check is the service's in both shows none of its change
+    (the service's line says it, once for all its servers)."""
     changes: list[str] = []
     for setting in fields(RealServer):
         name = setting.name
@@ -464,7 +469,8 @@ def real_server_changes(old: RealServer, new: RealServer) -> tuple[str, ...]:
         if name in ("address", "port") or before == after:
             continue
         if name == "check":
-            changes += _check_changes(old, new)
+            if service_checks is None or (before, after) != service_checks:
+                changes += _check_changes(old, new)
             continue
         key = _REAL_SERVER_KEYS.get(name, name)
         shown = _value_text(before), _value_text(after)
@@ -475,9 +481,9 @@ def real_server_changes(old: RealServer, new: RealServer) -> tuple[str, ...]:
 def _check_changes(old: RealServer, new: RealServer) -> list[str]:
     before, after = old.check, new.check
     if isinstance(before, ExecCheck) or type(before) is not type(after):
-        return ["check"]
+        return check_changes(before, after)
     if replace(before, port=after.port, address=after.address) != after:
-        return ["check"]
+        return check_changes(before, after)
     was = probed_endpoint(before, old.address, old.port)
     now = probed_endpoint(after, new.address, new.port)
     if was == now or was is None or now is None:

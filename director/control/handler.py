@@ -36,7 +36,7 @@ from director import log
 from director.config import ConfigError, RealServerId, load_config, parse_config
 from director.control.messages import Peer, Request, Response
 from director.desired import AdminState
-from director.engine import Director, ReloadSummary, Stopping, kept_text
+from director.engine import Director, ReloadSummary, Stopping
 from director.ipvs.errors import (
     AcknowledgementsLost,
     BatchError,
@@ -76,6 +76,7 @@ from director.ipvsadm import (
     parse_restore,
 )
 from director.kernel import KernelTable
+from director.overrides import overrides
 from director.refusals import service_of
 from director.runtime import (
     LayerBuilder,
@@ -509,6 +510,7 @@ class Controller:
         states = director.checker.states()
         admin = director.runtime.admin
         runtime_set = director.runtime.set_at_runtime
+        kept = overrides(director.config, config, director.runtime)
         refusals = dict(director.refusals)
         sync = director.sync.report(now)
         vips = director.vips.report(now)
@@ -521,7 +523,9 @@ class Controller:
 
         def build() -> Response:
             kernel = {e.service.key: e for e in entries}
-            report = status_report(config, states, admin, kernel, now, refusals, runtime_set)
+            report = status_report(
+                config, states, admin, kernel, now, refusals, runtime_set, overrides=kept
+            )
             data = None
             if with_data:
                 data = status_data(
@@ -887,6 +891,11 @@ def _needs_keys(op: Operation) -> bool:
     return isinstance(op, AddService | EditService | Flush)
 
 
+# `!` lines a reload's text shows at most: after a `-R` of thousands of
+# changes each reload would print them all.
+KEPT_LINES = 20
+
+
 def reload_text(summary: ReloadSummary) -> str:
     lines = [
         *(f"+ service {describe_service(k)}" for k in summary.services_added),
@@ -900,8 +909,14 @@ def reload_text(summary: ReloadSummary) -> str:
         ),
         *(f"~ {setting}" for setting in summary.settings_changed),
         *(f"> {_other(fields)}" for fields in summary.others),
-        *(f"! {kept_text(*kept)}" for kept in summary.kept_by_runtime),
+        *(f"! {kept.text()}" for kept in summary.kept_by_runtime[:KEPT_LINES]),
     ]
+    more = len(summary.kept_by_runtime) - KEPT_LINES
+    if more > 0:
+        lines.append(
+            f"! and {more} more kept by runtime changes"
+            " (the reloaded log event lists them all; status marks them)"
+        )
     return "".join(f"{line}\n" for line in lines) + (
         f"reloaded: {len(summary.operations)} table operations\n"
     )
@@ -927,7 +942,7 @@ def reload_data(summary: ReloadSummary) -> dict[str, object]:
         "operations": [describe_operation(op) for op in summary.operations],
         "others": list(summary.others),
         "settings_changed": list(summary.settings_changed),
-        "kept_by_runtime": [kept_text(*kept) for kept in summary.kept_by_runtime],
+        "kept_by_runtime": [kept.text() for kept in summary.kept_by_runtime],
     }
 
 

@@ -828,20 +828,25 @@ def test_reload_changing_a_services_own_settings_says_what_changed(rig: Rig) -> 
     assert rig.weights(80) == {rs: 1}
 
 
-def test_a_reload_names_the_file_edit_a_runtime_weight_keeps_from_applying(rig: Rig) -> None:
+def test_reloads_and_status_name_the_file_values_runtime_changes_keep_out(rig: Rig) -> None:
     """Stop 33's trial (M1): after `directorctl -e ... -w 9`, an edit of
     that server's weight in the file and a reload printed nothing of it,
-    and status showed the 9 as if configured. The reload names the edit it
-    did not apply and how to drop the runtime change, status marks the
-    server, and an `-e` back to the file's values lets the file's weight in."""
+    and status showed the 9 as if configured. Stop 34's trial: a second
+    reload said nothing again (M2), and a server of the file deleted with
+    `-d` was in no status at all (M1). Every reload names each value of
+    the file a runtime change keeps out, status shows them, and an `-e`
+    back to the file's values lets the file's weight in."""
     check = f'{{ type = "tcp", {FAST} }}'
-    rs1, rs2 = rig.rs("rs1"), rig.rs("rs2")
-    text = rig.service(80, check, rig.server("rs1", "weight = 3"), rig.server("rs2"))
+    rs1, rs2, rs3 = rig.rs("rs1"), rig.rs("rs2"), rig.rs("rs3")
+    text = rig.service(
+        80, check, rig.server("rs1", "weight = 3"), rig.server("rs2"), rig.server("rs3")
+    )
     daemon = rig.start(rig.config_text(text))
-    rig.wait(lambda: rig.weights(80) == {rs1: 3, rs2: 1}, "rs1 and rs2 in the table")
+    rig.wait(lambda: rig.weights(80) == {rs1: 3, rs2: 1, rs3: 1}, "rs1-3 in the table")
     vip = f"{rig.net.vip}:80"
     assert rig.ctl("-e", "-t", vip, "-r", rs1, "-m", "-w", "9") == Outcome("", "", 0)
-    rig.wait(lambda: rig.weights(80) == {rs1: 9, rs2: 1}, "rs1 at weight 9")
+    assert rig.ctl("-d", "-t", vip, "-r", rs3) == Outcome("", "", 0)
+    rig.wait(lambda: rig.weights(80) == {rs1: 9, rs2: 1}, "rs1 at weight 9, rs3 out")
     assert (rig.server_status(80, rs1)["runtime"], rig.server_status(80, rs2)["runtime"]) == (
         True,
         False,
@@ -849,26 +854,38 @@ def test_a_reload_names_the_file_edit_a_runtime_weight_keeps_from_applying(rig: 
     status = rig.ctl("status")
     assert status.status == 0, status
     [line] = [x for x in status.stdout.splitlines() if f"{rs1} " in x]
-    assert "(set at runtime)" in line, status.stdout
+    assert "(set at runtime; weight 9 -> 3 in the file, not applied)" in line, status.stdout
+    hidden = (
+        f"  in the file, deleted at runtime: {rs3}"
+        " (directorctl -a brings it back with the file's settings)\n"
+    )
+    assert hidden in status.stdout, status.stdout
+    summary = rig.ctl("status", "--summary")
+    assert "1 real server of the file deleted at runtime" in summary.stdout, summary
 
     answer = rig.reload(rig.config_text(text.replace("weight = 3", "weight = 4")))
     assert answer.status == 0, answer
-    kept = (
-        f"! real server {rig.vs(80)} {rs1}: weight 3 -> 4 in the file, not applied:"
-        " edited at runtime (directorctl -e back to the file's values drops that)\n"
-    )
-    assert kept in answer.stdout, answer
-    assert daemon.events("reloaded")[-1]["kept_by_runtime"] == [kept[2:-1]]
+    kept = [
+        f"real server {rig.vs(80)} {rs1}: weight 9 -> 4 in the file, not applied:"
+        " edited at runtime (directorctl -e back to the file's values drops that)",
+        f"real server {rig.vs(80)} {rs3}: in the file, not applied:"
+        " deleted at runtime (directorctl -a brings it back with the file's settings)",
+    ]
+    assert [x[2:] for x in answer.stdout.splitlines() if x[:2] == "! "] == kept, answer
+    assert daemon.events("reloaded")[-1]["kept_by_runtime"] == kept
+    again = rig.ctl("reload")
+    assert [x[2:] for x in again.stdout.splitlines() if x[:2] == "! "] == kept, again
     assert rig.weights(80) == {rs1: 9, rs2: 1}
 
     assert rig.ctl("-e", "-t", vip, "-r", rs1, "-m", "-w", "4") == Outcome("", "", 0)
-    rig.wait(lambda: rig.weights(80) == {rs1: 4, rs2: 1}, "rs1 at the file's weight 4")
+    assert rig.ctl("-a", "-t", vip, "-r", rs3, "-m", "-w", "1") == Outcome("", "", 0)
+    rig.wait(lambda: rig.weights(80) == {rs1: 4, rs2: 1, rs3: 1}, "the file's weights")
     assert rig.server_status(80, rs1)["runtime"] is False
     answer = rig.reload(rig.config_text(text.replace("weight = 3", "weight = 5")))
     assert answer.status == 0, answer
     assert "! " not in answer.stdout, answer
     assert f"~ real server {rig.vs(80)} {rs1}: weight 4 -> 5\n" in answer.stdout, answer
-    rig.wait(lambda: rig.weights(80) == {rs1: 5, rs2: 1}, "rs1 at the file's weight 5")
+    rig.wait(lambda: rig.weights(80) == {rs1: 5, rs2: 1, rs3: 1}, "rs1 at the file's weight 5")
 
 
 def test_runtime_add_of_a_server_its_check_cannot_probe_says_why(rig: Rig) -> None:

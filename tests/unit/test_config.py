@@ -1245,7 +1245,17 @@ def test_real_server_changes_say_what_changed_as_the_config_writes_it() -> None:
         'name (none) -> "web"',
     )
     http = server('address = "10.0.0.2:8080"\nforward = "route"\ncheck = { type = "http" }')
-    assert real_server_changes(old, http) == ("check",)
+    assert real_server_changes(old, http) == ('check.type "tcp" -> "http"',)
+    # Stop 34's trial: a server's own check changed showed as `check` alone.
+    health = server(
+        'address = "10.0.0.2:8080"\nforward = "route"\ncheck = { type = "http", path = "/health" }'
+    )
+    assert real_server_changes(http, health) == ('check.path "/" -> "/health"',)
+    # A check that is the service's, before and after: the service's line says it.
+    assert real_server_changes(http, health, (http.check, health.check)) == ()
+    assert real_server_changes(http, health, (old.check, health.check)) == (
+        'check.path "/" -> "/health"',
+    )
 
 
 def test_settings_lines_write_each_kind_of_value_as_the_config_does() -> None:

@@ -291,13 +291,16 @@ async def test_state_file_survives_a_restart_and_reload_keeps_runtime_changes(
         assert r.weights() == {"10.0.1.1:80": 8, "10.0.1.2:80": 3}
 
 
-async def test_a_reload_names_the_file_changes_a_runtime_change_keeps_from_applying(
+async def test_a_reload_names_the_file_values_runtime_changes_keep_from_applying(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
-    """A trial's report: after `directorctl -e` of a server's weight, an edit
+    """Trials' reports: after `directorctl -e` of a server's weight, an edit
     of that weight in the file and a reload printed nothing of it, and the
-    table kept the runtime weight: the reload says which file changes do not
-    apply, why, and how to drop the runtime change."""
+    table kept the runtime weight; then (stop 34) a second reload said
+    nothing again though the file was still not in effect. Every reload
+    names each value of the file a runtime change keeps from the table, as
+    its change from the running value, why, and how to drop the runtime
+    change."""
     async with rig(tmp_path) as r:
         await until(lambda: r.weights() == {"10.0.1.1:80": 5})
         await r.ipvsadm("-e", "-t", "10.0.0.1:80", "-r", "10.0.1.1:80", "-w", "9")
@@ -313,24 +316,31 @@ async def test_a_reload_names_the_file_changes_a_runtime_change_keeps_from_apply
             reloaded = await r.command("reload")
         assert reloaded.status == 0
         kept = [
-            'service tcp:10.0.0.1:80: scheduler "rr" -> "wrr" in the file, not applied:'
+            'service tcp:10.0.0.1:80: scheduler "wlc" -> "wrr" in the file, not applied:'
             " edited at runtime (directorctl -E back to the file's values drops that)",
-            "real server tcp:10.0.0.1:80 10.0.1.1:80: weight 5 -> 6 in the file, not applied:"
+            "real server tcp:10.0.0.1:80 10.0.1.1:80: weight 9 -> 6 in the file, not applied:"
             " edited at runtime (directorctl -e back to the file's values drops that)",
         ]
         assert [line[2:] for line in reloaded.stdout.splitlines() if line[:2] == "! "] == kept
-        # The check is the file's alone: its change applies.
+        # The check is the file's alone: its change applies, said once, on
+        # the service's line (its servers' own lines said `check` each).
         assert "~ service tcp:10.0.0.1:80: check.fall 1 -> 2\n" in reloaded.stdout
+        assert "~ real server" not in reloaded.stdout
         assert reloaded.data is not None and reloaded.data["kept_by_runtime"] == kept
         [event] = [e for e in logs if e["event"] == "reloaded"]
         assert event["kept_by_runtime"] == kept
         assert r.weights() == {"10.0.1.1:80": 9}
-        # A runtime -d hides the server: the file's change to it is named too.
+        # A reload of the same file says so again: the file is still not in effect.
+        again = await r.command("reload")
+        assert again.stdout == "".join(f"! {line}\n" for line in kept) + (
+            "reloaded: 0 table operations\n"
+        )
+        # A runtime -d hides the server: named as such.
         await r.ipvsadm("-d", "-t", "10.0.0.1:80", "-r", "10.0.1.1:80")
         (tmp_path / "director.toml").write_text(edited.replace("weight = 6", "weight = 7"))
         reloaded = await r.command("reload")
         assert (
-            "! real server tcp:10.0.0.1:80 10.0.1.1:80: weight 6 -> 7 in the file, not applied:"
+            "! real server tcp:10.0.0.1:80 10.0.1.1:80: in the file, not applied:"
             " deleted at runtime (directorctl -a brings it back with the file's settings)\n"
         ) in reloaded.stdout
         # Without runtime changes a reload says nothing of the kind.

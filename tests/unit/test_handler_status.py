@@ -214,15 +214,62 @@ async def test_status_marks_what_a_runtime_change_set(
         assert isinstance(status.data, dict)
         [service] = status.data["services"]
         assert service["runtime"] is True
-        assert [(rs["runtime"], rs["configured_weight"]) for rs in service["real_servers"]] == [
-            (True, 9)
-        ]
-        assert "tcp:10.0.0.1:80 wlc (tcp check, set at runtime)" in status.stdout
-        assert "10.0.1.1:80 (set at runtime)" in status.stdout
+        assert [
+            (rs["runtime"], rs["configured_weight"], rs["not_applied"])
+            for rs in service["real_servers"]
+        ] == [(True, 9, ("weight 9 -> 5",))]
+        assert service["not_applied"] == ('scheduler "wlc" -> "rr"',)
+        # Stop 34's trial: the file's value was nowhere in status.
+        assert (
+            'tcp:10.0.0.1:80 wlc (tcp check, set at runtime; scheduler "wlc" -> "rr" in the'
+            " file, not applied)\n"
+        ) in status.stdout
+        assert (
+            "10.0.1.1:80 (set at runtime; weight 9 -> 5 in the file, not applied)" in status.stdout
+        )
         # An -e back to the file's values drops the change, and the mark.
         await r.ipvsadm("-e", "-t", "10.0.0.1:80", "-r", "10.0.1.1:80", "-w", "5")
         status = await r.command("status")
-        assert "10.0.1.1:80 (set at runtime)" not in status.stdout
+        assert "10.0.1.1:80 (set at runtime" not in status.stdout
+        assert "10.0.1.1:80 " in status.stdout
+
+
+async def test_status_shows_what_a_runtime_delete_hides_of_the_file(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Stop 34's trial: after `directorctl -d` of a server of the file, it
+    was in no status (text, JSON, --summary: "every real server is up"),
+    through reloads and restarts, while the file still had it."""
+    async with rig(tmp_path) as r:
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
+        await r.ipvsadm("-d", "-t", "10.0.0.1:80", "-r", "10.0.1.1:80")
+        status = await r.command("status")
+        hidden = (
+            "  in the file, deleted at runtime: 10.0.1.1:80"
+            " (directorctl -a brings it back with the file's settings)\n"
+        )
+        assert hidden in status.stdout
+        assert isinstance(status.data, dict)
+        [service] = status.data["services"]
+        assert service["deleted_at_runtime"] == ("10.0.1.1:80",)
+        assert service["real_servers"] == ()
+        summary = (await r.command("status", summary=True, data=False)).stdout
+        assert summary.splitlines()[0].endswith("; 1 real server of the file deleted at runtime")
+        assert hidden in summary
+        assert "every real server is up" not in summary
+        # The service deleted too: one line for it, no rows.
+        await r.ipvsadm("-D", "-t", "10.0.0.1:80")
+        status = await r.command("status")
+        assert status.stdout == (
+            "tcp:10.0.0.1:80 (in the file, deleted at runtime: directorctl -A brings it back"
+            " with the file's settings)\n"
+        )
+        assert isinstance(status.data, dict)
+        [service] = status.data["services"]
+        assert service["deleted"] is True
+        summary = (await r.command("status", summary=True, data=False)).stdout
+        assert summary.splitlines()[0].startswith("0 real servers in 0 services: ")
+        assert summary.splitlines()[0].endswith("; 1 service of the file deleted at runtime")
 
 
 def test_summary_of_a_healthy_table_says_so() -> None:
