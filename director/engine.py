@@ -443,11 +443,25 @@ class Director:
 
     def _on_result(self, target: RealServerId, before: HealthState, after: HealthState) -> None:
         """A failed probe is logged when it starts a series, changes reason,
-        or reaches 10, 100, 1000... in a row (successes are the steady state).
+        or reaches 10, 100, 1000... in a row (successes are the steady state);
+        every probe's result at the debug level (`probe_result`).
         A new dynamic weight of an up server asks for a pass."""
         result = after.last
         assert result is not None
         self.events.probed(target, result)
+        if log.debugging():
+            self.log.debug(
+                "probe_result",
+                vs=service_label(target.service),
+                rs=endpoint(target.address, target.port),
+                reason=str(result.reason),
+                detail=result.detail,
+                latency=round(result.latency, 4),
+                successes_in_row=after.successes_in_row,
+                failures_in_row=after.failures_in_row,
+                status=str(after.status),
+                **self._probed(target),
+            )
         if failure_worth_logging(before, after):
             self.log.info(
                 "probe_failed",

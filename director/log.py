@@ -82,6 +82,7 @@ def configure(
         previous, _sink = _sink, QueuedSink(out, _renderer_of(processors), max_queued)
     if previous is not None:
         previous.close(FLUSH_TIMEOUT)
+    _set_debugging(LEVELS.get(level, logging.INFO))
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
@@ -96,7 +97,23 @@ def set_level(level: str) -> None:
     unknown level."""
     if level not in LEVELS:
         raise ValueError(f"unknown log level {level!r}: one of {', '.join(LEVELS)}")
+    _set_debugging(LEVELS[level])
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]))
+
+
+_debugging = False
+
+
+def debugging() -> bool:
+    """Whether debug events are written: a caller that would log one for
+    every probe (10,000 a second) asks first, rather than build the
+    event's fields for a filter to drop."""
+    return _debugging
+
+
+def _set_debugging(level: int) -> None:
+    global _debugging
+    _debugging = level <= logging.DEBUG
 
 
 def get(name: str) -> Any:

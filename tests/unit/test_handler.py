@@ -20,7 +20,7 @@ import structlog
 import trio
 import trio.testing
 
-from director import ctl, statefile
+from director import ctl, log, statefile
 from director.config import parse_config
 from director.control.handler import Controller
 from director.control.messages import Peer, Request, Response
@@ -938,3 +938,28 @@ async def test_a_start_forgets_the_admin_states_of_servers_the_config_dropped(
     (tmp_path / "director.toml").write_text(TWO)
     async with rig(tmp_path) as r:
         await until(lambda: r.weights() == {"10.0.1.1:80": 5, "10.0.1.2:80": 2})
+
+
+async def test_at_the_debug_level_every_probe_is_a_line(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Stop 34's trial: `log_level = "debug"` added no line at all. It adds
+    each probe's result; at `info` there is none."""
+    async with rig(tmp_path) as r:
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
+        try:
+            log.set_level("debug")
+            with structlog.testing.capture_logs() as logs:
+                await trio.sleep(3.5)
+            log.set_level("info")
+            with structlog.testing.capture_logs() as quiet:
+                await trio.sleep(3.5)
+        finally:
+            log.set_level("info")
+            structlog.reset_defaults()
+    results = [e for e in logs if e["event"] == "probe_result"]
+    assert len(results) >= 3
+    assert {(e["log_level"], e["rs"], e["reason"], e["status"]) for e in results} == {
+        ("debug", "10.0.1.1:80", "ok", "up")
+    }
+    assert not [e for e in quiet if e["event"] == "probe_result"]

@@ -313,3 +313,17 @@ def test_a_burst_of_lines_costs_the_writer_few_writes() -> None:
     assert stream.getvalue().splitlines() == ["first", *(f"line {n}" for n in range(10_000))]
     assert log.LINES_PER_WRITE == 4096
     assert stream.writes == 1 + 3  # "first", then 4,096 + 4,096 + 1,808 lines
+
+
+def test_debugging_follows_the_level_set() -> None:
+    """What a caller asks before building a line for every probe."""
+    stream = GatedStream()
+    stream.gate.set()
+    log.configure("debug", stream=stream, json=True)
+    assert log.debugging()
+    log.set_level("info")
+    assert not log.debugging()
+    log.set_level("debug")
+    assert log.debugging()
+    log.configure("warning", stream=stream, json=True)
+    assert not log.debugging()
