@@ -564,12 +564,14 @@ class Checker(Generic[K]):
                     sleep.deadline = wake
         self._record(probe, result, now)
 
-    def _hurry(self) -> None:
-        """A transition's callback wakes the task that acts on it (the
-        engine's pass, which puts the change in the kernel): the slices of
-        work the scheduler and the watchers have in progress end at their
-        next check, so that it runs within a few events of the verdict
-        rather than behind a slice (SLICE) of each (watch.py's `hurry`)."""
+    def hurry(self) -> None:
+        """The slices of work the scheduler and the watchers have in
+        progress end at their next check (watch.py's `hurry`): for a
+        callback (`on_transition`) that has just woken a task that should
+        run within a few events of the verdict, not behind a slice (SLICE)
+        of each: the engine's pass that puts a health change in the kernel.
+        Not for every transition: at a start's fill, thousands of them, a
+        yield after each would cost more than the pass they wait for."""
         self._hurried = True
         for watcher in (self._connects, self._exchanges):
             if watcher is not None:
@@ -599,7 +601,6 @@ class Checker(Generic[K]):
             if on_result is not None:
                 on_result(key, before, slot.state)  # type: ignore[arg-type]
             if transition is not None and on_transition is not None:
-                self._hurry()
                 on_transition(key, transition)  # type: ignore[arg-type]
             return
         for key, slot in probe.members():
@@ -610,7 +611,6 @@ class Checker(Generic[K]):
             if on_result is not None:
                 on_result(key, before, slot.state)
             if transition is not None and on_transition is not None:
-                self._hurry()
                 on_transition(key, transition)
 
 

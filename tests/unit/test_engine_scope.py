@@ -20,9 +20,11 @@ from engine_support import Network, running
 
 from director import engine
 from director.config import parse_config
-from director.config.model import VirtualServer
+from director.config.model import RealServerId, VirtualServer
 from director.desired import DesiredService
 from director.engine import SPACING_MAX, Director
+from director.health.result import Reason
+from director.health.state import Health, Transition
 from director.ipvs.errors import KernelError, error_for
 from director.ipvs.memory import MemoryBackend
 from director.ipvs.model import Destination, IPAddress, Protocol, ServiceEntry, ServiceKey
@@ -462,3 +464,38 @@ async def test_a_server_back_in_a_ramping_service_ramps_up(
     assert weights[0] is not None and weights[0] < 4
     assert weights == sorted(weights, key=lambda w: w or 0) and len(set(weights)) >= 3
     assert key(1) in planned.services[before:]  # the ramp's steps
+
+
+async def test_a_transition_hurries_the_probes_when_its_pass_can_start_at_once(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probes' slices end (Checker.hurry) when a health change can be
+    passed at once: not for a second change the loop is already woken
+    for, nor while the scoped passes' spacing holds the next back (a
+    start's fill: thousands of first verdicts would each cost a yield)."""
+    backend, network = CountingKernel(), Network()
+    director = director_for(backend, network)
+    hurried: list[float] = []
+    monkeypatch.setattr(director.checker, "hurry", lambda: hurried.append(trio.current_time()))
+    async with running(director):
+        await full_table(backend)
+        await trio.sleep(director._full_due() - trio.current_time() + 0.05)
+        hurried.clear()
+        # A server fails: its change hurries the probes, and reaches the table.
+        network.down.add(ip_address("10.0.1.1"))
+        while ip_address("10.0.1.1") in backend.table()[key(0)]:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        assert len(hurried) == 1
+        # Two changes delivered before the loop runs: one hurry, for the first.
+        hurried.clear()
+        now = trio.current_time()
+        down = Transition(Health.UP, Health.DOWN, now, now - 5, Reason.REFUSED, "", 0, 1)
+        for address in ("10.0.2.1", "10.0.2.2"):
+            director._on_transition(RealServerId(key(1), ip_address(address), 8001), down)
+        assert len(hurried) == 1
+        # A change while the spacing holds the next scoped pass back: none.
+        hurried.clear()
+        director._scoped_at = trio.current_time() + 10.0
+        network.down.add(ip_address("10.0.3.1"))
+        await trio.sleep(2.0)
+        assert hurried == []
