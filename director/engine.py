@@ -1430,7 +1430,7 @@ class Director:
         return summary
 
     async def _reload(self, config: Config) -> ReloadSummary:
-        old, old_file = self.effective, self.config
+        old = self.effective
         new = effective_config(config, self.runtime)
         before = self.runtime.admin
         forgotten = self._forget_stale_admin(new)
@@ -1473,7 +1473,8 @@ class Director:
             services_changed=_services_changed(old, new, changed),
             operations=tuple(operations),
             others=tuple(others),
-            settings_changed=settings_changed(old_file, config),
+            # The running settings': a runtime --set keeps the file's timeouts out.
+            settings_changed=settings_changed(old, new),
             kept_by_runtime=overrides(config, new, self.runtime),
         )
         return summary

@@ -16,11 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from director.config import Config, RealServerId
-from director.config.model import real_server_changes, service_changes
+from director.config.model import real_server_changes, service_changes, value_text
 from director.ipvs.model import ServiceKey, endpoint
 from director.runtime import RuntimeLayer, describe_service
 
-__all__ = ["Override", "overrides"]
+__all__ = ["TIMEOUTS", "Override", "overrides"]
+
+TIMEOUTS = "[ipvs] timeouts"  # the setting a runtime --set keeps from applying
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,7 @@ class Override:
     file kept from the table by a runtime change: `changes` from the
     running values to the file's, or none and `deleted`."""
 
-    what: ServiceKey | RealServerId
+    what: ServiceKey | RealServerId | str  # a str: a setting, "[ipvs] timeouts"
     changes: tuple[str, ...] = ()
     deleted: bool = False
 
@@ -39,6 +41,11 @@ class Override:
         edited at runtime (directorctl -e back to the file's values drops
         that)'."""
         what = self.what
+        if isinstance(what, str):
+            return (
+                f"{what}: {', '.join(self.changes)} in the file, not applied: set at runtime"
+                " (directorctl --set back to the file's values drops that)"
+            )
         if isinstance(what, RealServerId):
             name = (
                 f"real server {describe_service(what.service)} {endpoint(what.address, what.port)}"
@@ -59,22 +66,29 @@ class Override:
 
 
 def overrides(file: Config, effective: Config, layer: RuntimeLayer) -> tuple[Override, ...]:
-    """The runtime layer's edits and deletions of services and real
-    servers that the file (`file`, as read) has, against the running
+    """The runtime layer's timeouts (`--set`) where the file sets others,
+    and its edits and deletions of services and real servers that the
+    file (`file`, as read) has, against the running
     values (`effective`: the file with the layer over it), in the file's
     order of services and each service's real servers by address and
     port. O(the layer's entries) beside one look at each service."""
     if layer.empty:
         return ()
-    running = {vs.key: vs for vs in effective.virtual_servers}
+    found: list[Override] = []
+    timeouts = file.ipvs.timeouts
+    if layer.timeouts is not None and timeouts is not None:
+        running = effective.ipvs.timeouts
+        if running != timeouts:
+            change = f"{value_text(running)} -> {value_text(timeouts)}"
+            found.append(Override(TIMEOUTS, (change,)))
+    services = {vs.key: vs for vs in effective.virtual_servers}
     edited_servers = layer.by_service
     deleted_servers: dict[ServiceKey, list[RealServerId]] = {}
     for rid in layer.deleted_real_servers:
         deleted_servers.setdefault(rid.service, []).append(rid)
-    found: list[Override] = []
     for vs in file.virtual_servers:
         key = vs.key
-        now = running.get(key)
+        now = services.get(key)
         if now is None:
             if key in layer.deleted_services:
                 found.append(Override(key, deleted=True))

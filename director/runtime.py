@@ -633,7 +633,13 @@ class LayerBuilder:
             case Flush():
                 self._flush()
             case SetTimeouts(timeouts):
-                self._timeouts = merge_timeouts(self._timeouts, timeouts)
+                merged = merge_timeouts(self._timeouts, timeouts)
+                file = self.config.ipvs.timeouts
+                # Back to the file's values: the file's again, as an -e back
+                # to a server's drops its edit (a file without timeouts has
+                # none to go back to).
+                same = file is not None and merge_timeouts(file, merged) == file
+                self._timeouts = None if same else merged
             case _:
                 name = type(op).__name__
                 raise ValueError(f"{name} does not change the desired state; send it to the kernel")

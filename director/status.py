@@ -117,7 +117,7 @@ def status_report(
             kept[what] = override.changes
         elif isinstance(what, RealServerId):
             hidden.setdefault(what.service, []).append(_endpoint(what.address, what.port))
-        else:
+        elif isinstance(what, ServiceKey):
             hidden_services.append(what)
     views = {rid: RealServerView.from_state(s) for rid, s in states.items()}
     desired = desired_table(config, views, kernel, now, admin)

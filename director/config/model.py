@@ -428,7 +428,7 @@ def check_changes(old: Check, new: Check) -> list[str]:
         )
         for key, was, now in pairs:
             if was != now:
-                shown = _value_text(was), _value_text(now)
+                shown = value_text(was), value_text(now)
                 changes.append(
                     f"check.{key}" if None in shown else f"check.{key} {shown[0]} -> {shown[1]}"
                 )
@@ -473,7 +473,7 @@ def real_server_changes(
                 changes += _check_changes(old, new)
             continue
         key = _REAL_SERVER_KEYS.get(name, name)
-        shown = _value_text(before), _value_text(after)
+        shown = value_text(before), value_text(after)
         changes.append(key if None in shown else f"{key} {shown[0]} -> {shown[1]}")
     return tuple(changes)
 
@@ -491,7 +491,7 @@ def _check_changes(old: RealServer, new: RealServer) -> list[str]:
     return [f"probed {endpoint(*was)} -> {endpoint(*now)}"]
 
 
-def _value_text(value: object, *, unset: str = "(none)", name: str = "") -> str | None:
+def value_text(value: object, *, unset: str = "(none)", name: str = "") -> str | None:
     """A value as the config writes it: as TOML does for a string, a number
     or a boolean (a path as its string, the control socket's mode in
     octal), an enum by its word in the config ("masq", "warning"), the
@@ -523,7 +523,7 @@ def _setting_text(name: str, vs: VirtualServer, value: object) -> str | None:
         where = literal(endpoint(value.address, value.port))
         forward = value.forward.name.lower()
         return f'{{ address = {where}, forward = "{forward}", weight = {value.weight} }}'
-    return _value_text(value)
+    return value_text(value)
 
 
 def restart_needed(
@@ -538,7 +538,7 @@ def restart_needed(
         before = getattr(getattr(old, section), name)
         after = getattr(getattr(new, section), name)
         if before != after:
-            shown = [_value_text(value, unset=_UNSET, name=name) for value in (before, after)]
+            shown = [value_text(value, unset=_UNSET, name=name) for value in (before, after)]
             line = line_of(f"{section}.{name}") if line_of is not None else None
             where = f" (line {line})" if line is not None else ""
             changes.append(f"[{section}] {name}{where}: {shown[0]} -> {shown[1]}")
@@ -579,7 +579,7 @@ def settings_changed(old: Config, new: Config) -> tuple[str, ...]:
             if isinstance(was, Check) and isinstance(now, Check):
                 changes.append(f"[{section}] {name}: {', '.join(check_changes(was, now))}")
                 continue
-            shown = _value_text(was, unset=_UNSET), _value_text(now, unset=_UNSET)
+            shown = value_text(was, unset=_UNSET), value_text(now, unset=_UNSET)
             changes.append(
                 f"[{section}] {name}"
                 if shown[0] is None or shown[1] is None

@@ -352,6 +352,41 @@ async def test_a_reload_names_the_file_values_runtime_changes_keep_from_applying
         assert "~ real server tcp:10.0.0.1:80 10.0.1.1:80: weight 7 -> 8\n" in reloaded.stdout
 
 
+async def test_runtime_timeouts_keep_the_files_out_and_a_reload_says_so(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """The trial's kind of fault, for timeouts: after `directorctl --set`, a
+    reload of an edit of `[ipvs] timeouts` printed `~ [ipvs] timeouts: ...`
+    as if applied, and the kernel kept the runtime values. It is a `!` line
+    at every reload, and a --set back to the file's values drops it."""
+    timeouts = "[ipvs]\ntimeouts = { tcp = 900, tcpfin = 120, udp = 300 }\n"
+    (tmp_path / "director.toml").write_text(timeouts + CONFIG)
+    async with rig(tmp_path) as r:
+        await until(lambda: r.weights() == {"10.0.1.1:80": 5})
+        assert (r.backend.timeouts().tcp, r.backend.timeouts().tcp_fin) == (900, 120)
+        assert await r.ipvsadm("--set", "60", "0", "0") == Response(0, "", "")
+        edited = timeouts.replace("tcp = 900", "tcp = 800") + CONFIG
+        (tmp_path / "director.toml").write_text(edited)
+        reloaded = await r.command("reload")
+        assert reloaded.stdout == (
+            "! [ipvs] timeouts: { tcp = 60, tcpfin = 120, udp = 300 } ->"
+            " { tcp = 800, tcpfin = 120, udp = 300 } in the file, not applied: set at runtime"
+            " (directorctl --set back to the file's values drops that)\n"
+            "reloaded: 0 table operations\n"
+        )
+        assert r.backend.timeouts().tcp == 60
+        assert await r.ipvsadm("--set", "800", "0", "0") == Response(0, "", "")
+        assert statefile.load(tmp_path / "state.json").layer.timeouts is None
+        (tmp_path / "director.toml").write_text(edited.replace("tcp = 800", "tcp = 700"))
+        reloaded = await r.command("reload")
+        assert reloaded.stdout == (
+            "~ [ipvs] timeouts: { tcp = 800, tcpfin = 120, udp = 300 } ->"
+            " { tcp = 700, tcpfin = 120, udp = 300 }\n"
+            "reloaded: 1 table operations\n"
+        )
+        assert r.backend.timeouts().tcp == 700
+
+
 async def test_a_reload_names_the_settings_it_changed(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
