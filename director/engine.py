@@ -460,28 +460,11 @@ class Director:
         if log.debugging():
             self.log.debug(
                 "probe_result",
-                vs=service_label(target.service),
-                rs=endpoint(target.address, target.port),
-                reason=str(result.reason),
-                detail=result.detail,
-                latency=round(result.latency, 4),
                 successes_in_row=after.successes_in_row,
-                failures_in_row=after.failures_in_row,
-                status=str(after.status),
-                **self._probed(target),
+                **self._probe_fields(target, after),
             )
         if failure_worth_logging(before, after):
-            self.log.info(
-                "probe_failed",
-                vs=service_label(target.service),
-                rs=endpoint(target.address, target.port),
-                reason=str(result.reason),
-                detail=result.detail,
-                latency=round(result.latency, 4),
-                failures_in_row=after.failures_in_row,
-                status=str(after.status),
-                **self._probed(target),
-            )
+            self.log.info("probe_failed", **self._probe_fields(target, after))
         if after.weight != before.weight and after.status is Health.UP:
             self.log.info(
                 "dynamic_weight",
@@ -492,6 +475,21 @@ class Director:
             self.poke(
                 f"dynamic weight {endpoint(target.address, target.port)}", target.service, target
             )
+
+    def _probe_fields(self, target: RealServerId, after: HealthState) -> dict[str, object]:
+        """The fields of a line about the probe that made `after`."""
+        result = after.last
+        assert result is not None
+        return {
+            "vs": service_label(target.service),
+            "rs": endpoint(target.address, target.port),
+            "reason": str(result.reason),
+            "detail": result.detail,
+            "latency": round(result.latency, 4),
+            "failures_in_row": after.failures_in_row,
+            "status": str(after.status),
+            **self._probed(target),
+        }
 
     def health_views(
         self, services: Set[ServiceKey] | None = None
