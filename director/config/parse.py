@@ -715,7 +715,7 @@ def _virtual_server(table: Table, modules: KernelModules) -> VirtualServer | Non
     slow_start = table.seconds("slow_start", allow_zero=True) or 0.0
     vip_interface, create_vip_interface = _vip_interface(table, key)
     bgp = table.boolean("bgp", False)
-    table.close()
+    table.close(elsewhere=_REAL_SERVER_KEYS)
     if key is None or check is None:
         return None
     return VirtualServer(
@@ -854,6 +854,12 @@ def _real_servers(
 
 
 _PLAIN_KEYS = frozenset(("address", "weight", "forward"))
+# A real server's keys that a virtual server does not have, for the hint of
+# one written a level too high.
+_REAL_SERVER_KEYS = {
+    key: "a real server's key: under [[virtual_server.real_server]]"
+    for key in ("weight", "forward", "thresholds", "tun_type", "tun_port", "tun_checksum", "name")
+}
 
 
 def _plain_real_servers(

@@ -362,9 +362,13 @@ class Table:
                 self.problems.add(where, f"expected a table, got {describe_type(item)}", item)
         return result
 
-    def close(self, *, known: tuple[str, ...] = ()) -> None:
+    def close(
+        self, *, known: tuple[str, ...] = (), elsewhere: Mapping[str, str] | None = None
+    ) -> None:
         """Report keys that were never read; `known` adds keys that are valid
-        here but were not read (to suggest them, and not report them)."""
+        here but were not read (to suggest them, and not report them).
+        `elsewhere`: keys valid in another table, by where they go ("a real
+        server's key"), suggested when nothing here is closer."""
         allowed = self._read | set(known)
         for key in self.data:
             if key in allowed:
@@ -376,6 +380,10 @@ class Table:
                 else difflib.get_close_matches(key, sorted(allowed), n=1)
             )
             hint = f" (did you mean {close[0]!r}?)" if close else ""
+            if not close and elsewhere:
+                there = difflib.get_close_matches(key, sorted(elsewhere), n=1)
+                if there:
+                    hint = f" ({there[0]!r} is {elsewhere[there[0]]})"
             self.error(key, f"unknown key{hint}")
 
 

@@ -1284,3 +1284,23 @@ def test_settings_lines_write_each_kind_of_value_as_the_config_does() -> None:
         '[daemon] state_file: "/run/a.json" -> "/run/b.json"',
         '[metrics] listen: (not set) -> "127.0.0.1:9531"',
     ]
+
+
+@pytest.mark.parametrize(
+    ("line", "hint"),
+    [
+        ("weight = 4", "'weight' is a real server's key: under [[virtual_server.real_server]]"),
+        ("wieght = 4", "'weight' is a real server's key: under [[virtual_server.real_server]]"),
+        ("schedular = 4", "did you mean 'scheduler'?"),
+    ],
+)
+def test_a_real_servers_key_written_on_its_service_says_where_it_goes(line: str, hint: str) -> None:
+    """Stop 34's trial: `wieght = 4` a level too high was an unknown key
+    with no hint, as nothing of the service's own is close to it."""
+    text = (
+        '[[virtual_server]]\nprotocol = "tcp"\naddress = "10.0.0.1:80"\n'
+        f'{line}\n[[virtual_server.real_server]]\naddress = "10.0.0.2:80"\n'
+    )
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text)
+    assert str(raised.value).endswith(f"(10.0.0.1:80 tcp, line 4): unknown key ({hint})")
