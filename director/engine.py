@@ -205,9 +205,8 @@ class ReloadSummary:
     # The file's values runtime changes keep from the table, all of them,
     # not only those this reload changed (director.overrides).
     kept_by_runtime: tuple[Override, ...] = ()
-    # CPU seconds of the reload's own work: the file's parse (in its thread)
-    # and this thread's in Director.reload (other tasks' turns while it
-    # waited on the kernel included).
+    # CPU seconds of the reload's own work: the file's parse (in its thread),
+    # its task's steps and its kernel calls' threads (Director.reload).
     cpu: float = 0.0
 
 
