@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,13 +222,18 @@ def accepted() -> dict[tuple[str, str], frozenset[str]]:
     found: dict[tuple[str, str], set[str]] = {}
     original = config_reader.Table.close
 
-    def recording(table: config_reader.Table, *, known: tuple[str, ...] = ()) -> None:
+    def recording(
+        table: config_reader.Table,
+        *,
+        known: tuple[str, ...] = (),
+        elsewhere: Mapping[str, str] | None = None,
+    ) -> None:
         section, prefix = section_of(table.path)
         kind = table.data.get("type", "tcp") if section == CHECK else None
         for key in table._read | set(known):
             types = found.setdefault((section, prefix + key), set())
             types.update([str(kind)] if kind is not None else ALL_TYPES)
-        original(table, known=known)
+        original(table, known=known, elsewhere=elsewhere)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(config_reader.Table, "close", recording)
