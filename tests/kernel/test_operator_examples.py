@@ -892,6 +892,40 @@ def test_reloads_and_status_name_the_file_values_runtime_changes_keep_out(rig: R
     rig.wait(lambda: rig.weights(80) == {rs1: 5, rs2: 1, rs3: 1}, "rs1 at the file's weight 5")
 
 
+def test_runtime_timeouts_keep_the_files_out_and_every_reload_says_so(rig: Rig) -> None:
+    """The trials' kind of fault, for timeouts (stop 34): after `directorctl
+    --set`, a reload of an edit of `[ipvs] timeouts` printed `~ [ipvs]
+    timeouts: ...` as if applied while the kernel kept the runtime values.
+    It is a `!` line, and a --set back to the file's values drops it."""
+    check = f'{{ type = "tcp", {FAST} }}'
+    services = rig.service(80, check, rig.server("rs1"))
+
+    def text(tcp: int) -> str:
+        ipvs = f"[ipvs]\ntimeouts = {{ tcp = {tcp}, tcpfin = 120, udp = 300 }}\n"
+        return ipvs + rig.config_text(services)
+
+    rig.start(text(900))
+    rig.wait(lambda: rig.weights(80) == {rig.rs("rs1"): 1}, "rs1 in the table")
+    rig.wait(lambda: "900 120 300" in ipvsadm("-L", "--timeout"), "the file's timeouts")
+    assert rig.ctl("--set", "60", "0", "0") == Outcome("", "", 0)
+    assert "60 120 300" in ipvsadm("-L", "--timeout")
+    answer = rig.reload(text(800))
+    assert answer.status == 0, answer
+    assert answer.stdout == (
+        "! [ipvs] timeouts: { tcp = 60, tcpfin = 120, udp = 300 } ->"
+        " { tcp = 800, tcpfin = 120, udp = 300 } in the file, not applied: set at runtime"
+        " (directorctl --set back to the file's values drops that)\n"
+        "reloaded: 0 table operations\n"
+    ), answer
+    assert "60 120 300" in ipvsadm("-L", "--timeout")
+    assert rig.ctl("--set", "800", "0", "0") == Outcome("", "", 0)
+    answer = rig.reload(text(700))
+    assert answer.status == 0, answer
+    assert "! " not in answer.stdout, answer
+    assert "~ [ipvs] timeouts: { tcp = 800, tcpfin = 120, udp = 300 } ->" in answer.stdout, answer
+    rig.wait(lambda: "700 120 300" in ipvsadm("-L", "--timeout"), "the file's new timeouts")
+
+
 def test_runtime_add_of_a_server_its_check_cannot_probe_says_why(rig: Rig) -> None:
     """`-a` of a direct-routing server to a port-0 service made at runtime
     (ipvsadm takes it, with port 0): the runtime check has no port to probe.
