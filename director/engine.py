@@ -64,7 +64,7 @@ import trio
 
 from director import log, statefile
 from director.bgp import BgpKeeper, Speaker, prefix
-from director.config import Config, ConfigError, RealServerId, load_config, service_label
+from director.config import Config, ConfigError, RealServerId, parse_config, service_label
 from director.config.lines import key_lines
 from director.config.model import (
     VirtualServer,
@@ -73,6 +73,7 @@ from director.config.model import (
     service_changes,
     settings_changed,
 )
+from director.config.parse import read_config, unremembered
 from director.desired import (
     DesiredService,
     RealServerView,
@@ -87,6 +88,7 @@ from director.health.probes import ProbeFunction
 from director.health.spec import Check, ExecCheck, probed_endpoint
 from director.health.state import Health, HealthState, Transition, failure_worth_logging
 from director.ipvs.errors import IPVSError, KernelError
+from director.ipvs.facts import KernelModules, kernel_modules
 from director.ipvs.model import (
     Destination,
     DestinationEntry,
@@ -141,6 +143,12 @@ DRIFT_ROTATION = 12  # drift checks over which every managed service's dump is c
 # that start LATE_AFTER late, mean the daemon is short of CPU for its load.
 SLOW_PASS_SHARE = 0.5
 OVERLOAD_WARNING_EVERY = 60.0  # seconds: the least time between two warnings of one kind
+# A reload whose file has at most this many characters the last parse does
+# not remember (parse.unremembered: one service of about 600 real servers)
+# is parsed in the loop's own thread: a few ms, where a worker thread,
+# beside a busy loop, took the GIL back every switch interval and cost the
+# reload several times its parse (bench/README.md, stop 35).
+INLINE_PARSE = 64 * 1024
 
 
 def check_targets(config: Config) -> dict[RealServerId, Target]:
@@ -1345,13 +1353,18 @@ class Director:
             try:
                 with parse:
                     # Given up (the thread left to finish) when a stop comes.
-                    loaded = await trio.to_thread.run_sync(
-                        _timed_load, str(path), abandon_on_cancel=True
+                    text, modules = await trio.to_thread.run_sync(
+                        _read_config, str(path), abandon_on_cancel=True
                     )
+                    if unremembered(text) <= INLINE_PARSE:
+                        config, parse_cpu = _timed_parse(text, str(path), modules)
+                    else:
+                        config, parse_cpu = await trio.to_thread.run_sync(
+                            _timed_parse, text, str(path), modules, abandon_on_cancel=True
+                        )
                 if parse.cancelled_caught:
                     self.log.warning("reload_abandoned", **origin, reason=ABANDONED)
                     return ReloadResult(errors=(f"{path}: {ABANDONED}",), count=1)
-                config, parse_cpu = loaded
             except ConfigError as error:
                 errors = tuple(error.lines(str(path)))
                 count = len(error.errors)
@@ -1396,10 +1409,11 @@ class Director:
     async def reload(self, config: Config, *, parse_cpu: float = 0.0) -> ReloadSummary:
         """Take a new config; the runtime layer is applied over it again.
         Call from a job (reload_file does). The `reloaded` event's cpu_ms is
-        `parse_cpu` (seconds, the file's parse in its thread) plus the CPU
-        of the reload's own work: this task's steps in here and the worker
-        threads of its kernel calls, not the other tasks' turns meanwhile
-        (the probes', at 10,000 real servers most of the time it takes)."""
+        `parse_cpu` (seconds, the file's parse; also logged alone, as
+        parse_cpu_ms) plus the CPU of the reload's own work: this task's
+        steps in here and the worker threads of its kernel calls, not the
+        other tasks' turns meanwhile (the probes', at 10,000 real servers
+        most of the time it takes)."""
         with TaskCpu() as meter:
             summary = await self._reload(config)
         summary = replace(summary, cpu=parse_cpu + meter.seconds)
@@ -1413,6 +1427,7 @@ class Director:
             real_servers_changed=_by_service(summary.real_servers_changed),
             operations=len(summary.operations),
             cpu_ms=round(1000 * summary.cpu, 1),
+            parse_cpu_ms=round(1000 * parse_cpu, 1),
             **(
                 {"settings_changed": list(summary.settings_changed)}
                 if summary.settings_changed
@@ -1616,10 +1631,16 @@ def _line_finder(path: str | Path) -> Callable[[str], int | None] | None:
         return None
 
 
-def _timed_load(path: str) -> tuple[Config, float]:
-    """load_config, and the CPU seconds it took (of the calling thread)."""
+def _read_config(path: str) -> tuple[str, KernelModules]:
+    """The config file's text and the kernel's modules its parse checks
+    names against (blocking: both read files). Raises ConfigError."""
+    return read_config(path), kernel_modules()
+
+
+def _timed_parse(text: str, path: str, modules: KernelModules) -> tuple[Config, float]:
+    """parse_config, and the CPU seconds it took (of the calling thread)."""
     began = time.thread_time()
-    config = load_config(path)
+    config = parse_config(text, path, modules)
     return config, time.thread_time() - began
 
 

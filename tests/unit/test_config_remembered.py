@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from director.config import ConfigError, parse_config
+from director.config.parse import unremembered
 from director.ipvs.facts import NO_MODULES
 
 SERVICE = """
@@ -68,3 +69,29 @@ def test_an_invalid_virtual_server_is_never_remembered() -> None:
         with pytest.raises(ConfigError) as raised:
             parse(bad)
         assert any("weight" in e for e in raised.value.errors)
+
+
+def test_unremembered_counts_what_a_parse_would_read_again() -> None:
+    """The head is always read; a virtual server only when its text differs
+    from the one the last parse remembers at its place; everything when
+    the text cannot be cut at its virtual servers."""
+    head = '[daemon]\nlog_level = "info"\n'
+    one = SERVICE.lstrip("\n").replace("WEIGHT", "weight = 2")
+    two = one.replace("10.0.0.1:80", "10.0.0.1:81")
+    text = head + one + two
+    assert unremembered(text) == len(text)  # (another test's parse is remembered)
+    parse(text)
+    assert unremembered(text) == len(head)
+    changed = two.replace("weight = 2", "weight = 3")
+    assert unremembered(head + one + changed) == len(head) + len(changed)
+    # Moved: each virtual server is remembered at its place.
+    assert unremembered(head + two + one) == len(text)
+    # A multi-line string could hold a header: not cut, all of it read.
+    quoted = text.replace('"info"', '"""info"""')
+    assert unremembered(quoted) == len(quoted)
+    # A virtual server with a problem is never remembered, so always read;
+    # a good one beside it is.
+    bad = one.replace("weight = 2", "weight = true")
+    with pytest.raises(ConfigError):
+        parse(head + bad + two)
+    assert unremembered(head + bad + two) == len(head) + len(bad)

@@ -21,7 +21,7 @@ import trio.testing
 
 from director import engine as engine_module
 from director import statefile
-from director.config import Config, RealServerId, parse_config
+from director.config import RealServerId, parse_config
 from director.engine import ABANDONED, Director, ReloadResult
 from director.health.result import ProbeResult, Reason
 from director.health.spec import Check
@@ -33,6 +33,7 @@ from director.ipvs.errors import (
     KernelError,
     error_for,
 )
+from director.ipvs.facts import KernelModules
 from director.ipvs.memory import MemoryBackend
 from director.ipvs.model import (
     Destination,
@@ -1202,14 +1203,14 @@ async def test_a_stop_abandons_a_reload_still_reading_its_file(
     path = tmp_path / "director.toml"
     path.write_text(CONFIG.replace("weight = 5", "weight = 6"))
     parsing, release = threading.Event(), threading.Event()
-    timed_load = engine_module._timed_load
+    read_config = engine_module._read_config
 
-    def slow_load(name: str) -> tuple[Config, float]:
+    def slow_read(name: str) -> tuple[str, KernelModules]:
         parsing.set()
         release.wait(30)
-        return timed_load(name)
+        return read_config(name)
 
-    monkeypatch.setattr(engine_module, "_timed_load", slow_load)
+    monkeypatch.setattr(engine_module, "_read_config", slow_read)
     backend = MemoryBackend()
     director = make_director(backend, FakeNetwork("10.0.1.1", "10.0.1.2"))
     results: list[ReloadResult] = []

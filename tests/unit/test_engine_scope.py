@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import itertools
 import random
+import threading
 from collections.abc import Collection, Sequence
 from ipaddress import ip_address
 from pathlib import Path
@@ -19,7 +20,7 @@ import trio.testing
 from engine_support import Network, running
 
 from director import engine
-from director.config import parse_config
+from director.config import Config, parse_config
 from director.config.model import RealServerId, VirtualServer
 from director.desired import DesiredService
 from director.engine import SPACING_MAX, Director
@@ -220,6 +221,42 @@ async def test_a_reload_with_one_server_changed_sends_exactly_one_operation(
         9,
     )
     assert all(read <= {key(2)} for read in backend.reads[reads:])
+
+
+@pytest.mark.parametrize("inline", [True, False])
+async def test_a_reload_parses_a_small_change_in_the_loops_thread_and_a_large_one_in_a_worker(
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    inline: bool,
+) -> None:
+    """A change the last parse does not remember of at most INLINE_PARSE
+    characters is parsed where the engine runs: beside a busy loop a
+    worker thread got the GIL back a switch interval at a time, and cost
+    the reload many times its parse (stop 35). A larger one is parsed in a
+    worker thread, so that the loop goes on meanwhile."""
+    text = config_text().replace("reconcile_interval = 5.0", "reconcile_interval = 3600.0")
+    backend, network = CountingKernel(), Network()
+    director = director_for(backend, network, text)
+    path = tmp_path / "director.toml"
+    server = 'address = "10.0.3.2"'
+    path.write_text(text.replace(server, server + "\nweight = 9"))
+    if not inline:
+        monkeypatch.setattr(engine, "INLINE_PARSE", 10)
+    threads: list[bool] = []
+    parse = engine.parse_config
+
+    def parse_config(*args: Any) -> Config:
+        threads.append(threading.current_thread() is threading.main_thread())
+        return parse(*args)
+
+    monkeypatch.setattr(engine, "parse_config", parse_config)
+    async with running(director):
+        await full_table(backend)
+        result = await director.reload_file(path)
+    assert result.summary is not None
+    assert [type(op) for op in result.summary.operations] == [EditDestination]
+    assert threads == [inline]
 
 
 async def test_a_refusal_in_one_service_backs_off_while_another_fails_over(
