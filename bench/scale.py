@@ -333,8 +333,10 @@ def engine_figures(daemon: Directord, load: Load, transitions: int) -> EngineFig
     )
     print(
         f"  directord: reload: daemon CPU {1000 * (cpu1 - cpu0):.1f} ms over the wait "
-        f"(probes included), its own count {reloaded.get('cpu_ms')} ms, "
-        f"{reloaded.get('operations')} operations, {ops} ipvs_op",
+        f"(probes included), its own count {reloaded.get('cpu_ms')} ms "
+        f"(the parse {reloaded.get('parse_cpu_ms', '?')} ms), "
+        f"{reloaded.get('operations')} operations, {ops} ipvs_op, "
+        f"{1000 * (_stamp(records[end]) - _stamp(records[start])):.0f} ms from reload to reloaded",
         flush=True,
     )
     return EngineFigures(

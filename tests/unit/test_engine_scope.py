@@ -195,17 +195,24 @@ async def test_a_transition_after_a_control_job_reads_its_service(
     assert ip_address("10.0.2.4") in backend.table()[key(1)]  # the read saw it gone
 
 
-async def test_a_reload_with_one_server_changed_sends_exactly_one_operation(
-    autojump_clock: trio.testing.MockClock, tmp_path: Path
-) -> None:
-    # No drift pass may fall due while the reload parses in a real thread
-    # (the autojump clock runs on meanwhile, for as long as the host takes).
+def one_server_reload(tmp_path: Path) -> tuple[CountingKernel, Director, Path]:
+    """A director, and a file of its config with one real server's weight
+    changed (10.0.3.2 of the third service: 9)."""
+    # No drift pass may fall due while the reload reads its file in a real
+    # thread (the autojump clock runs on meanwhile, as long as the host takes).
     text = config_text().replace("reconcile_interval = 5.0", "reconcile_interval = 3600.0")
-    backend, network = CountingKernel(), Network()
-    director = director_for(backend, network, text)
+    backend = CountingKernel()
+    director = director_for(backend, Network(), text)
     path = tmp_path / "director.toml"
     server = 'address = "10.0.3.2"'
     path.write_text(text.replace(server, server + "\nweight = 9"))
+    return backend, director, path
+
+
+async def test_a_reload_with_one_server_changed_sends_exactly_one_operation(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    backend, director, path = one_server_reload(tmp_path)
     async with running(director):
         await full_table(backend)
         reads, sent = len(backend.reads), len(backend.sent)
@@ -235,12 +242,7 @@ async def test_a_reload_parses_a_small_change_in_the_loops_thread_and_a_large_on
     worker thread got the GIL back a switch interval at a time, and cost
     the reload many times its parse (stop 35). A larger one is parsed in a
     worker thread, so that the loop goes on meanwhile."""
-    text = config_text().replace("reconcile_interval = 5.0", "reconcile_interval = 3600.0")
-    backend, network = CountingKernel(), Network()
-    director = director_for(backend, network, text)
-    path = tmp_path / "director.toml"
-    server = 'address = "10.0.3.2"'
-    path.write_text(text.replace(server, server + "\nweight = 9"))
+    backend, director, path = one_server_reload(tmp_path)
     if not inline:
         monkeypatch.setattr(engine, "INLINE_PARSE", 10)
     threads: list[bool] = []
