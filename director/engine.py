@@ -52,7 +52,6 @@ from __future__ import annotations
 import errno
 import math
 import random
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, field, replace
@@ -62,9 +61,9 @@ from typing import Any, TypeVar, cast
 import outcome
 import trio
 
-from director import log, statefile
+from director import configload, log, statefile
 from director.bgp import BgpKeeper, Speaker, prefix
-from director.config import Config, ConfigError, RealServerId, parse_config, service_label
+from director.config import Config, ConfigError, RealServerId, service_label
 from director.config.lines import key_lines
 from director.config.model import (
     VirtualServer,
@@ -73,7 +72,6 @@ from director.config.model import (
     service_changes,
     settings_changed,
 )
-from director.config.parse import read_config, unremembered
 from director.desired import (
     DesiredService,
     RealServerView,
@@ -88,7 +86,6 @@ from director.health.probes import ProbeFunction
 from director.health.spec import Check, ExecCheck, probed_endpoint
 from director.health.state import Health, HealthState, Transition, failure_worth_logging
 from director.ipvs.errors import IPVSError, KernelError
-from director.ipvs.facts import KernelModules, kernel_modules
 from director.ipvs.model import (
     Destination,
     DestinationEntry,
@@ -143,12 +140,6 @@ DRIFT_ROTATION = 12  # drift checks over which every managed service's dump is c
 # that start LATE_AFTER late, mean the daemon is short of CPU for its load.
 SLOW_PASS_SHARE = 0.5
 OVERLOAD_WARNING_EVERY = 60.0  # seconds: the least time between two warnings of one kind
-# A reload whose file has at most this many characters the last parse does
-# not remember (parse.unremembered: one service of about 600 real servers)
-# is parsed in the loop's own thread: a few ms, where a worker thread,
-# beside a busy loop, took the GIL back every switch interval and cost the
-# reload several times its parse (bench/README.md, stop 35).
-INLINE_PARSE = 64 * 1024
 
 
 def check_targets(config: Config) -> dict[RealServerId, Target]:
@@ -1353,15 +1344,7 @@ class Director:
             try:
                 with parse:
                     # Given up (the thread left to finish) when a stop comes.
-                    text, modules = await trio.to_thread.run_sync(
-                        _read_config, str(path), abandon_on_cancel=True
-                    )
-                    if unremembered(text) <= INLINE_PARSE:
-                        config, parse_cpu = _timed_parse(text, str(path), modules)
-                    else:
-                        config, parse_cpu = await trio.to_thread.run_sync(
-                            _timed_parse, text, str(path), modules, abandon_on_cancel=True
-                        )
+                    config, parse_cpu = await configload.load(path, abandon_on_cancel=True)
                 if parse.cancelled_caught:
                     self.log.warning("reload_abandoned", **origin, reason=ABANDONED)
                     return ReloadResult(errors=(f"{path}: {ABANDONED}",), count=1)
@@ -1629,19 +1612,6 @@ def _line_finder(path: str | Path) -> Callable[[str], int | None] | None:
         return key_lines(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def _read_config(path: str) -> tuple[str, KernelModules]:
-    """The config file's text and the kernel's modules its parse checks
-    names against (blocking: both read files). Raises ConfigError."""
-    return read_config(path), kernel_modules()
-
-
-def _timed_parse(text: str, path: str, modules: KernelModules) -> tuple[Config, float]:
-    """parse_config, and the CPU seconds it took (of the calling thread)."""
-    began = time.thread_time()
-    config = parse_config(text, path, modules)
-    return config, time.thread_time() - began
 
 
 class _Reply:

@@ -32,8 +32,8 @@ from typing import TypeVar
 
 import trio
 
-from director import log
-from director.config import ConfigError, RealServerId, load_config, parse_config
+from director import configload, log
+from director.config import ConfigError, RealServerId
 from director.control.messages import Peer, Request, Response
 from director.desired import AdminState
 from director.engine import Director, ReloadSummary, Stopping
@@ -692,12 +692,11 @@ class Controller:
         source = _text(args.get("source"), str(path) if path is not None else "<config>")
         try:
             if isinstance(text, str):
-                # It reads the kernel's module list: in a worker thread.
-                config = await trio.to_thread.run_sync(parse_config, text, source)
+                config, _ = await configload.parse(text, source)
             elif isinstance(path, str):
                 if not peer.may_change:
                     return Response(KERNEL_ERROR, "", PERMISSION_DENIED)
-                config = await trio.to_thread.run_sync(load_config, path)
+                config, _ = await configload.load(path)
             else:
                 return Response(USAGE, "", 'director: check-config needs "text" or "path"\n')
         except ConfigError as error:

@@ -19,8 +19,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from director import engine as engine_module
-from director import statefile
+from director import configload, statefile
 from director.config import RealServerId, parse_config
 from director.engine import ABANDONED, Director, ReloadResult
 from director.health.result import ProbeResult, Reason
@@ -1203,14 +1202,14 @@ async def test_a_stop_abandons_a_reload_still_reading_its_file(
     path = tmp_path / "director.toml"
     path.write_text(CONFIG.replace("weight = 5", "weight = 6"))
     parsing, release = threading.Event(), threading.Event()
-    read_config = engine_module._read_config
+    read = configload._read
 
     def slow_read(name: str) -> tuple[str, KernelModules]:
         parsing.set()
         release.wait(30)
-        return read_config(name)
+        return read(name)
 
-    monkeypatch.setattr(engine_module, "_read_config", slow_read)
+    monkeypatch.setattr(configload, "_read", slow_read)
     backend = MemoryBackend()
     director = make_director(backend, FakeNetwork("10.0.1.1", "10.0.1.2"))
     results: list[ReloadResult] = []

@@ -19,7 +19,7 @@ import trio
 import trio.testing
 from engine_support import Network, running
 
-from director import engine
+from director import configload, engine
 from director.config import Config, parse_config
 from director.config.model import RealServerId, VirtualServer
 from director.desired import DesiredService
@@ -244,15 +244,15 @@ async def test_a_reload_parses_a_small_change_in_the_loops_thread_and_a_large_on
     worker thread, so that the loop goes on meanwhile."""
     backend, director, path = one_server_reload(tmp_path)
     if not inline:
-        monkeypatch.setattr(engine, "INLINE_PARSE", 10)
+        monkeypatch.setattr(configload, "INLINE_PARSE", 10)
     threads: list[bool] = []
-    parse = engine.parse_config
+    parse = configload.parse_config
 
     def parse_config(*args: Any) -> Config:
         threads.append(threading.current_thread() is threading.main_thread())
         return parse(*args)
 
-    monkeypatch.setattr(engine, "parse_config", parse_config)
+    monkeypatch.setattr(configload, "parse_config", parse_config)
     async with running(director):
         await full_table(backend)
         result = await director.reload_file(path)
