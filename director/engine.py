@@ -944,6 +944,7 @@ class Director:
         only: Set[ServiceKey] | None = None,
         *,
         known: Mapping[ServiceKey, ServiceEntry] | None = None,
+        read: Mapping[ServiceKey, ServiceEntry | None] | None = None,
         digests: Mapping[TableKey, str] | None = None,
         believed: bool = False,
         changed: Mapping[ServiceKey, Set[RealServerId]] | None = None,
@@ -958,7 +959,10 @@ class Director:
         exactly (it just made them so): they are planned from that, not
         read (an operation the kernel then refuses because the table was
         not so is retried after a read, as with `believed`), and their
-        digests after the pass vouch for them (see _vouch).
+        digests after the pass vouch for them (see _vouch). `read`:
+        services of `only` the caller read in the same job (a reload's
+        adoption; None: not in the kernel): planned from that, not read
+        again, and vouched for as a read of the pass's own would be.
         `digests` (drift_check's, or the start's, read before the pass):
         the services it reads in full are vouched for by their digest (see
         _vouch) until a pass touches them again. With `believed`, services
@@ -979,9 +983,14 @@ class Director:
             self._touched.update(
                 self._verified.keys() if scope is None else scope & self._verified.keys()
             )
-        taken: dict[ServiceKey, ServiceEntry] = {}
+        taken: dict[ServiceKey, ServiceEntry] = {}  # known
         if known and scope is not None:
             taken = {k: e for k, e in known.items() if k in scope}
+        if read and scope is not None:
+            taken_read = {k: e for k, e in read.items() if k in scope and k not in taken}
+        else:
+            taken_read = {}
+        found_read = {k: e for k, e in taken_read.items() if e is not None}
         trusted: dict[ServiceKey, ServiceEntry] = {}
         beliefs: dict[ServiceKey, _Belief] = {}  # planned from their changed servers alone
         if believed and scope is not None:
@@ -996,11 +1005,14 @@ class Director:
                     trusted[key] = belief.entry()
         entries = await self._read(
             why,
-            scope - taken.keys() - trusted.keys() - beliefs.keys() if scope is not None else None,
+            scope - taken.keys() - taken_read.keys() - trusted.keys() - beliefs.keys()
+            if scope is not None
+            else None,
         )
         if entries is None:
             return []
         kernel: dict[ServiceKey, ServiceEntry] = {e.service.key: e for e in entries}
+        kernel.update(found_read)
         kernel.update(trusted)
         kernel.update(taken)
         if found is not None:
@@ -1435,13 +1447,19 @@ class Director:
         self._set_effective(new)
         self.owned |= new.service_keys()
         old_targets, new_targets = self._retarget(changed)
-        self._adopt(await self._read("reload", changed), changed)
+        # One read serves the adoption and the pass: the job holds the table
+        # meanwhile, so what it shows is what the pass would read again.
+        entries = await self._read("reload", changed)
+        self._adopt(entries, changed)
+        read: dict[ServiceKey, ServiceEntry | None] | None = None
+        if entries is not None:
+            read = {key: None for key in changed} | {e.service.key: e for e in entries}
         if new.ipvs.timeouts is not None and new.ipvs.timeouts != old.ipvs.timeouts:
             self._timeouts_pending = new.ipvs.timeouts
         self.refusals = retry_now(self.refusals, trio.current_time())
         if self._follow_log_level and config.daemon.log_level != old.daemon.log_level:
             log.set_level(config.daemon.log_level.value)
-        operations = await self.reconcile("reload", only=changed)
+        operations = await self.reconcile("reload", only=changed, read=read)
         if forgotten:
             await self.save()
         self.sync.configure(config.ipvs.sync, config.daemon.reconcile_interval)

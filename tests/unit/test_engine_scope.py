@@ -71,7 +71,8 @@ class CountingKernel(MemoryBackend):
 
     def __init__(self) -> None:
         super().__init__()
-        self.reads: list[set[ServiceKey]] = []
+        self.reads: list[set[ServiceKey]] = []  # the services each read returned
+        self.asked: list[set[ServiceKey] | None] = []  # and those it asked for (None: all)
         self.sent: list[Operation] = []
         self.refused_schedulers: set[str] = set()
         self.hide: set[ServiceKey] = set()
@@ -81,6 +82,7 @@ class CountingKernel(MemoryBackend):
     ) -> list[ServiceEntry]:
         entries = [e for e in super().services(only, brief=brief) if e.service.key not in self.hide]
         self.reads.append({e.service.key for e in entries})
+        self.asked.append(None if only is None else set(only))
         return entries
 
     def apply_each(self, operations: Sequence[Operation]) -> list[KernelError | None]:
@@ -227,7 +229,31 @@ async def test_a_reload_with_one_server_changed_sends_exactly_one_operation(
         ip_address("10.0.3.2"),
         9,
     )
-    assert all(read <= {key(2)} for read in backend.reads[reads:])
+    # One read of its service: the adoption's, which the pass plans from.
+    assert backend.reads[reads:] == [{key(2)}]
+    assert backend.asked[reads:] == [{key(2)}]
+
+
+async def test_a_reload_that_adds_a_service_reads_it_once(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """The adoption's read says the new service is not in the kernel; the
+    pass adds it from that, without a read of its own."""
+    text = config_text().replace("reconcile_interval = 5.0", "reconcile_interval = 3600.0")
+    backend = CountingKernel()
+    director = director_for(backend, Network(), text)
+    path = tmp_path / "director.toml"
+    path.write_text(
+        config_text(SERVICES + 1).replace("reconcile_interval = 5.0", "reconcile_interval = 3600.0")
+    )
+    async with running(director):
+        await full_table(backend)
+        reads = len(backend.asked)
+        result = await director.reload_file(path)
+    assert result.summary is not None
+    assert result.summary.services_added == (key(SERVICES),)
+    assert [type(op) for op in result.summary.operations] == [AddService]
+    assert backend.asked[reads:] == [{key(SERVICES)}]
 
 
 @pytest.mark.parametrize("inline", [True, False])
