@@ -305,7 +305,14 @@ def engine_figures(daemon: Directord, load: Load, transitions: int) -> EngineFig
             subprocess.run(
                 ["ip", "route", verb, "prohibit", f"{address}/32"], check=True, capture_output=True
             )
+            deadline = time.monotonic() + 60.0
             while _in_proc_table(address, port) == going_down:
+                if time.monotonic() > deadline:
+                    said = [r for r in daemon.events(None) if rs in str(r.get("rs", ""))]
+                    for record in said[-12:]:
+                        print(f"  directord said: {record}", flush=True)
+                    state = "in" if going_down else "out of"
+                    raise TimeoutError(f"{rs} still {state} /proc/net/ip_vs after 60 s")
                 time.sleep(0.005)
             changed_at = time.time()
             _wait_event(daemon, event, seen_before)
