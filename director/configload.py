@@ -49,15 +49,21 @@ async def parse(
     *,
     abandon_on_cancel: bool = False,
 ) -> tuple[Config, float]:
-    """parse_config(text, source, modules), and the CPU seconds it took.
-    `modules` None: the running kernel's, read in a worker thread."""
+    """parse_config(text, source, modules), and the CPU seconds it took
+    (the choice of where to parse it included). `modules` None: the running
+    kernel's, read in a worker thread."""
     if modules is None:
         modules = await trio.to_thread.run_sync(kernel_modules)
-    if unremembered(text) <= INLINE_PARSE:
-        return _timed_parse(text, source, modules)
-    return await trio.to_thread.run_sync(
-        _timed_parse, text, source, modules, abandon_on_cancel=abandon_on_cancel
-    )
+    began = time.thread_time()
+    inline = unremembered(text) <= INLINE_PARSE
+    choice = time.thread_time() - began
+    if inline:
+        config, seconds = _timed_parse(text, source, modules)
+    else:
+        config, seconds = await trio.to_thread.run_sync(
+            _timed_parse, text, source, modules, abandon_on_cancel=abandon_on_cancel
+        )
+    return config, choice + seconds
 
 
 def _read(path: str) -> tuple[str, KernelModules]:
