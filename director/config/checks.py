@@ -73,6 +73,52 @@ def merge_check(
     return Table(merged, override_path, problems, path_of)
 
 
+def parse_server_check(
+    base: Mapping[str, object] | None,
+    base_path: str,
+    override: Mapping[str, object],
+    override_path: str,
+    problems: Problems,
+) -> Check | None:
+    """A real server's check (merge_check), where a key it inherits from
+    its service's check that the server's own keys leave without a use or
+    contradict is left out: a server's `verify_tls = false` drops the
+    service's `ca_file`, its `query_type = "SOA"` the service's
+    `expect_address`. (keepalived's per-server checks replace the
+    service's whole; here the keys a server gives win, and a key it cannot
+    keep gives way.) An inherited key wrong in itself stays: its error is
+    the service's check's own, reported there. A check is parsed again
+    only when its first parse found an error."""
+
+    def attempt(inherited: Mapping[str, object] | None) -> tuple[Check | None, Problems]:
+        found = Problems()
+        return parse_check(merge_check(inherited, base_path, override, override_path, found)), found
+
+    def clashes(found: Problems, own: set[str]) -> set[str]:
+        """The inherited keys of errors that the service's check alone has not."""
+        prefix = f"{base_path}."
+        return {
+            path[len(prefix) :].split(".")[0].split("[")[0]
+            for path, error in zip(found.paths, found.errors, strict=True)
+            if path.startswith(prefix) and error not in own
+        }
+
+    check, found = attempt(base)
+    if not found.errors:
+        return check
+    if base is not None:
+        alone = Problems()
+        parse_check(Table(dict(base), base_path, alone))
+        own = set(alone.errors)
+        clash = clashes(found, own)
+        trimmed = {key: value for key, value in base.items() if key not in clash}
+        # Left out only if that leaves no new error on what is inherited
+        # (cert_file dropped, an inherited key_file would have no use).
+        if clash and not clashes(attempt(trimmed)[1], own):
+            base = trimmed
+    return parse_check(merge_check(base, base_path, override, override_path, problems))
+
+
 def parse_check(table: Table) -> Check | None:
     kind = table.choice("type", {k: k for k in KEYS_BY_TYPE}) if "type" in table else "tcp"
     if kind is None:

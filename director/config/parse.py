@@ -24,7 +24,7 @@ from typing import TypeVar
 import tomli
 
 from director.config.bgp import bgp_service_problem, parse_bgp
-from director.config.checks import merge_check, parse_check
+from director.config.checks import parse_check, parse_server_check
 from director.config.lines import key_lines
 from director.config.model import (
     SUN_PATH_MAX,
@@ -1083,8 +1083,8 @@ def _real_server(
     override = table.raw("check")
     if override is not None:
         if isinstance(override, dict):
-            check = parse_check(
-                merge_check(base_check, base_path, override, table.where("check"), table.problems)
+            check = parse_server_check(
+                base_check, base_path, override, table.where("check"), table.problems
             )
         else:
             table.table("check")

@@ -168,6 +168,11 @@ class Problems:
         where = f" (line{'' if len(found) == 1 else 's'} {found_text})" if found else ""
         return f"... and {len(more)} more alike: {paths}{where}"
 
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Each error's path, in `errors`' order."""
+        return tuple(self._paths)
+
     def __len__(self) -> int:
         return len(self.errors)
 

@@ -46,6 +46,8 @@ def pem(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     subprocess.run([*openssl, "-nodes", "-keyout", str(files["key"]), "-out", str(files["cert"])], check=True, capture_output=True)  # fmt: skip
     subprocess.run([*openssl, "-passout", "pass:secret", "-keyout", str(files["enc"]), "-out", str(files["enc_cert"])], check=True, capture_output=True)  # fmt: skip
     files["both"].write_bytes(files["cert"].read_bytes() + files["key"].read_bytes())
+    files["enc_both"] = directory / "enc_both.pem"
+    files["enc_both"].write_bytes(files["enc_cert"].read_bytes() + files["enc"].read_bytes())
     return files
 
 
@@ -133,7 +135,8 @@ def test_tls_files(pem: dict[str, Path]) -> None:
         ('key_file = "{key}"', "key_file: only with cert_file (the client certificate)"),
         ('cert_file = "{cert}"', "cert_file: cannot load it: [SSL] PEM lib (no private key in it? then set key_file): \"{cert}\""),
         ('cert_file = "{cert}", key_file = "/nonexistent/k.pem"', "key_file: cannot load it: ENOENT: No such file or directory: \"/nonexistent/k.pem\""),
-        ('cert_file = "{cert}", key_file = "{enc}"', "cert_file: cannot load it: the private key is encrypted; give an unencrypted key: \"{cert}\""),
+        ('cert_file = "{cert}", key_file = "{enc}"', "key_file: cannot load it: the private key is encrypted; give an unencrypted key: \"{enc}\""),
+        ('cert_file = "{enc_both}"', "cert_file: cannot load it: the private key is encrypted; give an unencrypted key: \"{enc_both}\""),
         ('cert_file = "{enc_cert}", key_file = "{key}"', "cert_file: cannot load it: [X509: KEY_VALUES_MISMATCH] key values mismatch: \"{enc_cert}\""),
     ],
 )  # fmt: skip
@@ -215,18 +218,73 @@ def test_udp_silence_errors(check: str, error: str) -> None:
     assert errors_of(check) == [f"{WHERE}.{error}"]
 
 
-def test_a_real_server_override_meets_the_services_silence() -> None:
+def test_a_real_server_override_with_expect_drops_the_services_silence() -> None:
+    """Trial 35: an inherited key the server's own keys contradict gives way
+    (with expect, silence is always down), where it was an error at the
+    service's check, which is right as it is."""
     text = """
 [[virtual_server]]
 protocol = "udp"
 address = "10.0.0.1:53"
 check = { type = "udp", silence = "up" }
-real_server = [{ address = "10.0.0.2:53", check = { expect = "pong" } }]
+real_server = [{ address = "10.0.0.2:53", check = { expect = "pong" } }, { address = "10.0.0.3:53" }]
+"""
+    (vs,) = parse_config(text, "test.toml", NO_MODULES).virtual_servers
+    assert vs.check == UdpCheck(silence="up")
+    override, inherited = (rs.check for rs in vs.real_servers)
+    assert isinstance(override, UdpCheck) and override.expect is not None
+    assert override.expect == "pong" and not override.silence_is_up
+    assert inherited == vs.check
+
+
+def test_a_real_server_without_tls_verification_drops_the_services_ca_file(
+    pem: dict[str, Path],
+) -> None:
+    """Trial 35: `verify_tls = false` on one server of a service whose
+    check has a ca_file was "ca_file: has no use with verify_tls = false",
+    named at the service's check, and `ca_file = ""` could not undo it."""
+    text = f"""
+[[virtual_server]]
+protocol = "tcp"
+address = "10.0.0.1:443"
+check = {{ type = "https", ca_file = "{pem["cert"]}" }}
+real_server = [{{ address = "10.0.0.2", check = {{ host = "10.0.0.2", verify_tls = false }} }}]
+"""
+    (vs,) = parse_config(text, "test.toml", NO_MODULES).virtual_servers
+    assert vs.check == HttpCheck(tls=True, ca_file=str(pem["cert"]))
+    assert vs.real_servers[0].check == HttpCheck(tls=True, host="10.0.0.2", verify_tls=False)
+
+
+def test_a_real_server_dns_override_drops_the_services_expected_address() -> None:
+    """Trial 35: a server asking SOA and expecting REFUSED under a service
+    expecting an address got two errors, both at the service's check."""
+    text = """
+[[virtual_server]]
+protocol = "udp"
+address = "10.0.0.1:53"
+check = { type = "dns", query_name = "www.example.org", query_type = "A", expect_address = "192.0.2.1" }
+real_server = [{ address = "10.0.0.2:53", check = { query_name = "example.org", query_type = "SOA", expect_rcode = "REFUSED" } }]
+"""
+    (vs,) = parse_config(text, "test.toml", NO_MODULES).virtual_servers
+    assert vs.real_servers[0].check == DnsCheck(
+        query_name="example.org", query_type="SOA", expect_rcode="REFUSED"
+    )
+
+
+def test_a_real_servers_own_wrong_key_is_still_its_error(pem: dict[str, Path]) -> None:
+    """Only inherited keys give way: the server's own stay, wrong or not,
+    and their errors name the server's check."""
+    text = f"""
+[[virtual_server]]
+protocol = "tcp"
+address = "10.0.0.1:443"
+check = {{ type = "https", verify_tls = false }}
+real_server = [{{ address = "10.0.0.2", check = {{ ca_file = "{pem["cert"]}" }} }}]
 """
     with pytest.raises(ConfigError) as info:
         parse_config(text, "test.toml", NO_MODULES)
     assert info.value.errors == [
-        'virtual_server[0].check.silence: with expect, silence is always down (no matching reply): "up"'
+        "virtual_server[0].real_server[0].check.ca_file: has no use with verify_tls = false"
     ]
 
 
@@ -352,3 +410,22 @@ def test_initial_is_a_key_of_every_check_type(kind: str) -> None:
 )
 def test_initial_errors(value: str, error: str) -> None:
     assert errors_of(f'{{ type = "tcp", initial = {value} }}') == [f"{WHERE}.{error}"]
+
+
+def test_an_inherited_key_wrong_in_itself_stays_the_services_error(pem: dict[str, Path]) -> None:
+    """The service's own wrong cert_file is not left out of a server's check
+    (which would make its key_file "only with cert_file" there): its error
+    is the service's, once."""
+    text = f"""
+[[virtual_server]]
+protocol = "tcp"
+address = "10.0.0.1:443"
+check = {{ type = "https", cert_file = "{pem["enc_cert"]}", key_file = "{pem["key"]}" }}
+real_server = [{{ address = "10.0.0.2", check = {{ ca_file = "/dev/null" }} }}, {{ address = "10.0.0.3", check = {{ host = "example.org" }} }}]
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "test.toml", NO_MODULES)
+    assert info.value.errors == [
+        f'virtual_server[0].check.cert_file: cannot load it: [X509: KEY_VALUES_MISMATCH] key values mismatch: "{pem["enc_cert"]}"',
+        'virtual_server[0].real_server[0].check.ca_file: cannot load it: not a regular file: "/dev/null"',
+    ]

@@ -125,3 +125,18 @@ def test_a_timeout_says_what_timed_out(
     step: str, timeout: float, handshake: float, status: int | None, detail: str
 ) -> None:
     assert timed_out(step, timeout, handshake, status) == detail
+
+
+async def test_a_timeouts_latency_is_its_timeout_whatever_its_cleanup_took(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Trial 35: an exec check's timeout said 2230.1 ms for a 2 s timeout,
+    the time to kill and reap its group counted in."""
+    with probe_attempt(1.0) as attempt:
+        try:
+            await trio.sleep(10)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(0.3)  # the cleanup past the deadline
+    assert (attempt.result.reason, attempt.result.latency) == (Reason.TIMEOUT, 1.0)
+    assert attempt.result.detail == "no verdict within 1 s"

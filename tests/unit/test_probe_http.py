@@ -523,5 +523,5 @@ def test_an_encrypted_key_is_refused_without_prompting(tmp_path: Path) -> None:
     )  # fmt: skip
     with pytest.raises(TlsSetupError) as info:
         tls_context(TlsSettings(cert_file=str(cert), key_file=str(key)))
-    assert info.value.key == "cert_file"
+    assert (info.value.key, info.value.path) == ("key_file", str(key))  # its fault, not cert_file's
     assert info.value.reason == "the private key is encrypted; give an unencrypted key"

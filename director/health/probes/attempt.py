@@ -61,8 +61,10 @@ class Attempt:
     def succeed(self, *, weight: int | None = None, detail: str = "") -> None:
         self._result = ProbeResult.success(self.elapsed(), weight=weight, detail=detail)
 
-    def fail(self, reason: Reason, detail: str = "") -> None:
-        self._result = ProbeResult.failure(reason, self.elapsed(), detail)
+    def fail(self, reason: Reason, detail: str = "", *, latency: float | None = None) -> None:
+        """`latency` (seconds): the time since the start by default."""
+        elapsed = self.elapsed() if latency is None else latency
+        self._result = ProbeResult.failure(reason, elapsed, detail)
 
     @property
     def result(self) -> ProbeResult:
@@ -84,7 +86,10 @@ def probe_attempt(timeout: float, *, deadline: bool = True) -> Iterator[Attempt]
             yield attempt
     except _network_failures() as exc:
         reason, detail = translate(exc, timeout)
-        attempt.fail(reason, detail)
+        # A timeout's latency is its timeout, not the time to its end: the
+        # cleanup past the deadline (an exec check's group killed and
+        # reaped) is the daemon's.
+        attempt.fail(reason, detail, latency=timeout if reason is Reason.TIMEOUT else None)
 
 
 # What a probe waited for when its time ran out (`timed_out`'s `step`).

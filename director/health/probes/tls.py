@@ -82,6 +82,8 @@ def tls_context(settings: TlsSettings) -> ssl.SSLContext:
             cert_file,
             lambda: context.load_cert_chain(cert_file, key_file, _no_password),
             " (no private key in it? then set key_file)" if key_file is None else "",
+            # An encrypted key is the key file's fault, where there is one.
+            encrypted=("key_file", key_file) if key_file is not None else None,
         )
     return context
 
@@ -144,7 +146,15 @@ if TYPE_CHECKING:  # not at import: ssl may be a stand-in until used (daemon.py)
     _SessionKey = tuple[ssl.SSLContext, IPAddress, int, str]
 
 
-def _load(key: str, path: str, load: Callable[[], T], pem_lib_hint: str = "") -> T:
+def _load(
+    key: str,
+    path: str,
+    load: Callable[[], T],
+    pem_lib_hint: str = "",
+    encrypted: tuple[str, str] | None = None,
+) -> T:
+    """`load()`; its failure as a TlsSetupError naming `key` and `path`, or
+    for an encrypted private key `encrypted` (key, path) when given."""
     try:
         return load()
     except ssl.SSLError as e:
@@ -154,7 +164,7 @@ def _load(key: str, path: str, load: Callable[[], T], pem_lib_hint: str = "") ->
     except OSError as e:
         raise TlsSetupError(key, path, _os_message(e)) from e
     except ValueError as e:  # from _no_password
-        raise TlsSetupError(key, path, str(e)) from e
+        raise TlsSetupError(*(encrypted or (key, path)), str(e)) from e
 
 
 def _regular_file(key: str, path: str) -> str:
