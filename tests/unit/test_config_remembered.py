@@ -95,3 +95,24 @@ def test_unremembered_counts_what_a_parse_would_read_again() -> None:
     with pytest.raises(ConfigError):
         parse(head + bad + two)
     assert unremembered(head + bad + two) == len(head) + len(bad)
+
+
+def test_the_cut_unremembered_made_serves_the_parse_of_that_text_and_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from director.config import parse as parse_module
+
+    cuts: list[str] = []
+    cut = parse_module._cut
+
+    def counted(text: str) -> object:
+        cuts.append(text)
+        return cut(text)
+
+    monkeypatch.setattr(parse_module, "_cut", counted)
+    text = "".join(SERVICE.replace("WEIGHT", "").replace(":80", f":{80 + i}") for i in range(3))
+    unremembered(text)
+    first = parse(text)
+    assert len(cuts) == 1 and parse_module._last_cut is None  # taken, then dropped
+    # Another string, equal or not, is cut again.
+    assert parse("".join(text)) == first and len(cuts) == 2
