@@ -4,14 +4,12 @@ files are read in a worker thread either way."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from director import configload
-from director.config import Config, ConfigError
+from director.config import ConfigError
 
 TEXT = """
 [[virtual_server]]
@@ -21,20 +19,6 @@ check = { type = "tcp" }
 [[virtual_server.real_server]]
 address = "10.0.1.1"
 """
-
-
-@pytest.fixture
-def parse_threads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Whether each parse ran in the main thread (the loop's)."""
-    threads: list[bool] = []
-    parse = configload.parse_config
-
-    def parse_config(*args: Any) -> Config:
-        threads.append(threading.current_thread() is threading.main_thread())
-        return parse(*args)
-
-    monkeypatch.setattr(configload, "parse_config", parse_config)
-    return threads
 
 
 async def test_new_text_past_the_bound_is_parsed_in_a_worker_then_inline(

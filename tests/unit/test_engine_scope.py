@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import itertools
 import random
-import threading
 from collections.abc import Collection, Sequence
 from ipaddress import ip_address
 from pathlib import Path
@@ -20,7 +19,7 @@ import trio.testing
 from engine_support import Network, running
 
 from director import configload, engine
-from director.config import Config, parse_config
+from director.config import parse_config
 from director.config.model import RealServerId, VirtualServer
 from director.desired import DesiredService
 from director.engine import SPACING_MAX, Director
@@ -262,6 +261,7 @@ async def test_a_reload_parses_a_small_change_in_the_loops_thread_and_a_large_on
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     inline: bool,
+    parse_threads: list[bool],
 ) -> None:
     """A change the last parse does not remember of at most INLINE_PARSE
     characters is parsed where the engine runs: beside a busy loop a
@@ -271,20 +271,12 @@ async def test_a_reload_parses_a_small_change_in_the_loops_thread_and_a_large_on
     backend, director, path = one_server_reload(tmp_path)
     if not inline:
         monkeypatch.setattr(configload, "INLINE_PARSE", 10)
-    threads: list[bool] = []
-    parse = configload.parse_config
-
-    def parse_config(*args: Any) -> Config:
-        threads.append(threading.current_thread() is threading.main_thread())
-        return parse(*args)
-
-    monkeypatch.setattr(configload, "parse_config", parse_config)
     async with running(director):
         await full_table(backend)
         result = await director.reload_file(path)
     assert result.summary is not None
     assert [type(op) for op in result.summary.operations] == [EditDestination]
-    assert threads == [inline]
+    assert parse_threads == [inline]
 
 
 async def test_a_refusal_in_one_service_backs_off_while_another_fails_over(
