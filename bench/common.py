@@ -541,6 +541,7 @@ class Directord(BenchProcess):
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
             notify.bind(str(notify_path))
             notify.settimeout(timeout)
+            env = _daemon_env(NOTIFY_SOCKET=str(notify_path))  # (a copy's compile: not the start's)
             started = time.monotonic()
             log = (self.workdir / "directord.log").open("wb")
             self.process = subprocess.Popen(
@@ -556,7 +557,7 @@ class Directord(BenchProcess):
                 cwd=REPO,
                 stdout=log,
                 stderr=log,
-                env=_daemon_env(NOTIFY_SOCKET=str(notify_path)),
+                env=env,
             )
             log.close()
             # One deadline for the whole start: the daemon's start-up

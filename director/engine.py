@@ -1357,6 +1357,9 @@ class Director:
                 with parse:
                     # Given up (the thread left to finish) when a stop comes.
                     config, parse_cpu = await configload.load(path, abandon_on_cancel=True)
+                    # A stop asked during a parse in the loop's thread (no
+                    # checkpoint in it) abandons the reload too.
+                    await trio.lowlevel.checkpoint_if_cancelled()
                 if parse.cancelled_caught:
                     self.log.warning("reload_abandoned", **origin, reason=ABANDONED)
                     return ReloadResult(errors=(f"{path}: {ABANDONED}",), count=1)

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog.testing
@@ -20,7 +21,7 @@ import trio.lowlevel
 import trio.testing
 
 from director import configload, statefile
-from director.config import RealServerId, parse_config
+from director.config import Config, RealServerId, parse_config
 from director.engine import ABANDONED, Director, ReloadResult
 from director.health.result import ProbeResult, Reason
 from director.health.spec import Check
@@ -1232,6 +1233,33 @@ async def test_a_stop_abandons_a_reload_still_reading_its_file(
             nursery.cancel_scope.cancel()
     finally:
         release.set()
+
+
+async def test_a_stop_during_a_parse_in_the_loops_thread_abandons_the_reload(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small change is parsed in the loop's own thread (configload), where
+    no checkpoint lets a stop's cancel in: the reload checks for it after
+    the parse, and is abandoned as one still reading its file is."""
+    path = tmp_path / "director.toml"
+    path.write_text(CONFIG.replace("weight = 5", "weight = 6"))
+    backend = MemoryBackend()
+    director = make_director(backend, FakeNetwork("10.0.1.1", "10.0.1.2"))
+    parse = configload.parse_config
+
+    def parse_config(*args: Any) -> Config:
+        assert director._parse is not None
+        director._parse.cancel()  # what stop() does first
+        return parse(*args)
+
+    monkeypatch.setattr(configload, "parse_config", parse_config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await trio.sleep(1.1)
+        result = await director.reload_file(path)
+        assert result.errors == (f"{path}: {ABANDONED}",)
+        assert weights(backend) == {"10.0.1.1": 5, "10.0.1.2": 7}
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_state_file_that_cannot_be_written_is_reported_once_a_minute(
