@@ -40,6 +40,7 @@ class Responder:
     def __init__(self, host: Host) -> None:
         self.host = host
         self.servfail = False
+        self.refuse_a = False  # REFUSED to every A query, the rest as usual
         self.queries = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -76,6 +77,8 @@ class Responder:
         name, rdtype = question.name.to_text(), question.rdtype
         if self.servfail:
             reply.set_rcode(dns.rcode.SERVFAIL)
+        elif self.refuse_a and rdtype == dns.rdatatype.A:
+            reply.set_rcode(dns.rcode.REFUSED)
         elif (name, rdtype) == ("www.example.test.", dns.rdatatype.A):
             reply.answer.append(dns.rrset.from_text(name, 60, "IN", "A", ANSWER))
         elif (name, rdtype) == (".", dns.rdatatype.SOA):
@@ -86,10 +89,13 @@ class Responder:
         return reply
 
 
-def config_text(net: Network, workdir: Path) -> str:
-    # A timeout above the interval: with other VMs on the host, the guest
-    # stalls for a second at times, and a 1 s probe then fails for nothing.
-    timing = "interval = 1.0, timeout = 3.0, rise = 2, fall = 3"
+# A timeout above the interval: with other VMs on the host, the guest
+# stalls for a second at times, and a 1 s probe then fails for nothing.
+TIMING = "interval = 1.0, timeout = 3.0, rise = 2, fall = 3"
+
+
+def config_text(net: Network, workdir: Path, u2_check: str = f'type = "dns", {TIMING}') -> str:
+    timing = TIMING
     u1, u2 = net.udp
     return f"""
 [daemon]
@@ -111,7 +117,7 @@ forward = "masq"
 [[virtual_server.real_server]]
 address = "{u2.address}"
 forward = "masq"
-check = {{ type = "dns", {timing} }}
+check = {{ {u2_check} }}
 """
 
 
@@ -140,12 +146,12 @@ def ask_vip(net: Network, name: str = "www.example.test") -> dns.message.Message
 
 
 class Rig:
-    def __init__(self, net: Network, workdir: Path) -> None:
+    def __init__(self, net: Network, workdir: Path, text: str | None = None) -> None:
         self.net = net
         self.service = f"-u {net.vip}:{DNS_PORT}"
         self.responders = {host.name: Responder(host) for host in net.udp}
         self.config = workdir / "director.toml"
-        self.config.write_text(config_text(net, workdir))
+        self.config.write_text(text if text is not None else config_text(net, workdir))
         self.daemon = Daemon(self.config)
 
     def rs(self, name: str) -> str:
@@ -217,3 +223,32 @@ def test_dns_check_follows_the_responder(rig: Rig) -> None:
         f"{len(timeouts)} probe timeouts logged: {[(e['rs'], e['failures_in_row']) for e in timeouts]}"
     )
     assert rig.daemon.stop() == 0
+
+
+def test_a_servers_own_query_drops_the_services_expected_address(
+    netns: str, tmp_path: Path
+) -> None:
+    """Trial 35 (M1): a real server whose check asks another query type than
+    its service's (`query_type = "SOA"` under a service expecting an A
+    answer, `expect_address`) was refused at start, the error named at the
+    service's check. The inherited expect_address now gives way: u2 is
+    judged on its own SOA query, in the table while it refuses A queries,
+    out when it answers SERVFAIL."""
+    u2_check = f'query_name = ".", query_type = "SOA", {TIMING}'
+    with network(netns, web=0, udp=2) as net:
+        rig = Rig(net, tmp_path, config_text(net, tmp_path, u2_check))
+        try:
+            u1, u2 = rig.rs("u1"), rig.rs("u2")
+            for responder in rig.responders.values():
+                responder.start()
+            rig.responders["u2"].refuse_a = True  # the service's own check would fail it
+            rig.daemon.start()
+            rig.wait_table(lambda d: d == {u1, u2}, "u1 and u2 (by its SOA check) in the table")
+            rig.responders["u2"].servfail = True
+            rig.wait_table(lambda d: d == {u1}, "u2 out after answering SERVFAIL")
+            failed = rig.daemon.wait_event("probe_failed", DEADLINE, rs=u2, reason="bad status")
+            assert failed["detail"] == "rcode SERVFAIL, expected NOERROR"
+            assert not rig.daemon.events("probe_failed", rs=u1)
+            assert rig.daemon.stop() == 0
+        finally:
+            rig.close()
