@@ -75,7 +75,8 @@ async def serve(
     daemon on it). With `accepting`, connections wait in the backlog until
     that event is set: the daemon binds first, so that a second instance
     stops before it touches the kernel's table, and answers once its engine
-    runs.
+    runs. `control_listening` is logged once the socket is bound, before
+    task_status reports it.
     """
     group_gid = _gid(settings.group, "group")
     admin_gid = _gid(settings.admin_group, "admin_group")
@@ -88,10 +89,17 @@ async def serve(
         sock.close()
         raise
     try:
+        # Logged before the caller goes on: whatever it logs next (a stop
+        # asked during the start, the engine's first pass) comes after.
+        logger.info(
+            "control_listening",
+            socket=path,
+            mode=oct(settings.mode),
+            answering="once the engine runs" if accepting is not None else "now",
+        )
         task_status.started(path)
         if accepting is not None:
             await accepting.wait()
-        logger.info("control_listening", socket=path, mode=oct(settings.mode))
         await accept_loop(trio.SocketListener(sock), handler, limits, admin_gid, logger)
     finally:
         sock.close()

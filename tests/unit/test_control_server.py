@@ -642,6 +642,30 @@ async def test_a_bound_socket_answers_only_once_the_daemon_accepts(
         nursery.cancel_scope.cancel()
 
 
+async def test_listening_is_logged_before_the_start_returns(sock_dir: str) -> None:
+    """Trial 35 (L4): a SIGTERM during the daemon's start logged `stopping`
+    before `control_listening`, which the server task logged only once the
+    daemon let it accept. It is logged once the socket is bound, before
+    nursery.start returns: whatever the daemon logs next comes after it."""
+    path = f"{sock_dir}/order.sock"
+    accepting = trio.Event()
+    async with trio.open_nursery() as nursery:
+        with structlog.testing.capture_logs() as logs:
+            await nursery.start(
+                lambda task_status: serve(
+                    ControlSettings(socket=path),
+                    Recorder(),
+                    accepting=accepting,
+                    task_status=task_status,
+                )
+            )
+            structlog.get_logger("directord").info("stopping")
+        assert [entry["event"] for entry in logs] == ["control_listening", "stopping"]
+        assert logs[0]["socket"] == path
+        assert logs[0]["answering"] == "once the engine runs"
+        nursery.cancel_scope.cancel()
+
+
 async def test_an_answer_made_as_the_daemon_stops_is_still_sent(sock_dir: str) -> None:
     """Operator trial: `directorctl drain` racing SIGTERM printed 'closed
     without answering' although the drain was made. The engine answered
