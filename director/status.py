@@ -59,6 +59,9 @@ class RealServerStatus:
     # The file's values that change keeps from the table, each as its change
     # from the running value: "weight 9 -> 4" (director.overrides)
     not_applied: tuple[str, ...] = ()
+    # Seconds its check's probe has been running, before its verdict; None
+    # when none runs now
+    probe_running_for: float | None = None
 
 
 @dataclass(frozen=True)
@@ -101,12 +104,15 @@ def status_report(
     refusals: Refusals | None = None,
     set_at_runtime: Container[object] = frozenset(),
     overrides: Sequence[Override] = (),
+    probing: Mapping[RealServerId, float] | None = None,
 ) -> tuple[ServiceStatus, ...]:
     """`refusals` are the engine's (director.refusals): each is reported on
     the service or real server it is about. `overrides` (the file's values
     runtime changes keep from the table) are shown where they apply; a
     service of the file deleted at runtime comes after the others,
-    `deleted`, with no real servers."""
+    `deleted`, with no real servers. `probing`: when each real server's
+    probe running now started (Checker.probing, on the clock of `now`)."""
+    probing = probing or {}
     refused = {describe_subject(s): _refusal_text(r, now) for s, r in (refusals or {}).items()}
     kept: dict[object, tuple[str, ...]] = {}
     hidden: dict[ServiceKey, list[str]] = {}
@@ -167,6 +173,11 @@ def status_report(
                     probed=_probed(rs),
                     runtime=rid in set_at_runtime,
                     not_applied=kept.get(rid, ()),
+                    probe_running_for=(
+                        None
+                        if (started := probing.get(rid)) is None
+                        else round(max(now - started, 0.0), 3)
+                    ),
                 )
             )
         report.append(
@@ -323,6 +334,10 @@ def status_data(
 # How the text marks what a runtime change set (ServiceStatus.runtime,
 # RealServerStatus.runtime).
 RUNTIME_NOTE = "set at runtime"
+# Seconds a probe runs before the text shows it (the data always has it):
+# a TCP or HTTP probe nearby takes milliseconds, and a row that showed each
+# one running would change at every look.
+PROBE_RUNNING_SHOWN = 1.0
 
 
 def _runtime(service: ServiceStatus) -> str:
@@ -574,8 +589,11 @@ def _rows_text(servers: tuple[RealServerStatus, ...]) -> str:
 
 
 def _row(rs: RealServerStatus) -> tuple[str, ...]:
+    running = rs.probe_running_for
+    if running is not None and running < PROBE_RUNNING_SHOWN:
+        running = None
     if rs.last_ok is None:
-        last = "-"
+        last = "-" if running is None else f"first probe running for {_duration(running)}"
     else:
         assert rs.last_latency is not None
         last = f"{rs.last_reason} {rs.last_latency * 1000:.1f}ms"
@@ -583,6 +601,8 @@ def _row(rs: RealServerStatus) -> tuple[str, ...]:
             last += f" ({rs.last_detail})"
         if rs.last_age is not None:
             last += f", {_duration(rs.last_age)} ago"
+        if running is not None:
+            last += f"; probe running for {_duration(running)}"
     current = "-" if rs.current_weight is None else str(rs.current_weight)
     notes = [
         note

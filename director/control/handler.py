@@ -508,6 +508,7 @@ class Controller:
             return Response(LIST_ERROR, "", _kernel_error(error))
         now = trio.current_time()
         states = director.checker.states()
+        probing = director.checker.probing()
         admin = director.runtime.admin
         runtime_set = director.runtime.set_at_runtime
         kept = overrides(director.config, config, director.runtime)
@@ -524,7 +525,15 @@ class Controller:
         def build() -> Response:
             kernel = {e.service.key: e for e in entries}
             report = status_report(
-                config, states, admin, kernel, now, refusals, runtime_set, overrides=kept
+                config,
+                states,
+                admin,
+                kernel,
+                now,
+                refusals,
+                runtime_set,
+                overrides=kept,
+                probing=probing,
             )
             data = None
             if with_data:

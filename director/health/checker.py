@@ -93,6 +93,7 @@ class _Probe(Generic[K]):
     slot: _Slot | None = None
     more: dict[K, _Slot] | None = None
     cancel_scope: trio.CancelScope | None = None  # while a probe runs
+    started: float = 0.0  # when its last probe was handed out (the run's clock)
     tcp: bool = False  # then `family` and `sockaddr` are where it connects
     family: int = 0
     sockaddr: tuple[str, int] = ("", 0)
@@ -294,6 +295,20 @@ class Checker(Generic[K]):
     def states(self) -> dict[K, HealthState]:
         return {key: slot.state for key, slot in self._slots.items()}
 
+    def probing(self) -> dict[K, float]:
+        """The keys whose probe is running now, each with when it started
+        (the run's clock, seconds): what a status shows of a probe that
+        takes long (an exec check's command), before its verdict."""
+        schedule = self._schedule
+        if schedule is None:
+            return {}
+        return {
+            key: probe.started
+            for probe in self._probes.values()
+            if schedule.is_running(probe)
+            for key, _ in probe.members()
+        }
+
     def state(self, key: K) -> HealthState:
         try:
             return self._slots[key].state
@@ -461,11 +476,14 @@ class Checker(Generic[K]):
         stop cancelled, the other watcher with a verdict. Then the probes
         not yet started are dropped, and the caller's task ends at its next
         checkpoint, with the run."""
+        if not due:
+            return None
         kept: _Probe[K] | None = None
         on_start, idle, connects = self._on_start, self._idle, self._connects
-        now = self._now() if on_start is not None else 0.0  # one read for them all
+        now = self._now()  # one read for them all
         try:
             for probe, at in due:
+                probe.started = now
                 if on_start is not None:
                     on_start(probe.target, now - at)
                 if connects is not None and probe.tcp and probe.owner is not None:

@@ -119,6 +119,12 @@ class Schedule(Generic[T]):
             if entry.running:
                 self._leaving[item] = entry
 
+    def is_running(self, item: T) -> bool:
+        """Whether `item` was started (by `due` or `finished`) and has not
+        finished yet; a removed item still running counts."""
+        entry = self._entries.get(item) or self._leaving.get(item)
+        return entry is not None and entry.running
+
     def next_due(self) -> float:
         """When the earliest scheduled probe is due (inf when none is)."""
         heap = self._heap

@@ -157,6 +157,29 @@ async def test_a_probe_longer_than_the_interval_skips_missed_starts(
     assert servers.starts(A) == pytest.approx([j, j + 6.0, j + 12.0, j + 18.0])
 
 
+async def test_probing_gives_each_running_probe_its_start(
+    checker: Checker[str], servers: FakeServers, nursery: trio.Nursery, clock: object
+) -> None:
+    """What a status shows of a long probe (trial 35, L7): the keys whose
+    probe runs now, with when it started; every key of a shared probe; none
+    before the first start and none between two probes."""
+    servers.duration = 3.0
+    check = tcp(interval=5.0, timeout=4.0)
+    assert checker.probing() == {}  # not running
+    checker.set_targets({"a": (check, A, 80), "a-too": (check, A, 80), "b": (check, B, 80)})
+    await nursery.start(checker.run)
+    [ja, jb] = jitters(2, 5.0)  # drawn in the order the targets came
+    seen: list[dict[str, float]] = []
+    for at in (min(ja, jb) - 0.01, ja + 1.0, ja + 3.5, ja + 6.0):
+        await trio.sleep_until(at)
+        seen.append(checker.probing())
+    assert seen[0] == {}
+    assert seen[1]["a"] == seen[1]["a-too"] == pytest.approx(ja)
+    assert ("b" in seen[1]) == (jb <= ja + 1.0 < jb + 3.0)
+    assert "a" not in seen[2] and "a-too" not in seen[2]  # its verdict came at ja + 3
+    assert seen[3]["a"] == pytest.approx(ja + 5.0)  # the next one, on its grid
+
+
 async def test_transitions_happen_at_the_expected_virtual_times(rig: Rig, clock: object) -> None:
     checker, servers, recorder, nursery = rig
     checker.set_targets({"a": (tcp(interval=2.0, rise=2, fall=3), A, 80)})

@@ -62,11 +62,12 @@ weight = 5
 
 
 class FakeNetwork:
-    def __init__(self, *alive: str) -> None:
+    def __init__(self, *alive: str, delay: float = 0.01) -> None:
         self.alive = {ip_address(a) for a in alive}
+        self.delay = delay  # seconds a probe takes
 
     async def probe(self, check: Check, address: IPAddress, port: int) -> ProbeResult:
-        await trio.sleep(0.01)
+        await trio.sleep(self.delay)
         if address in self.alive:
             return ProbeResult.success(0.01)
         return ProbeResult.failure(Reason.REFUSED, 0.01, "connection refused")
@@ -98,10 +99,14 @@ class Rig:
 
 @asynccontextmanager
 async def rig(
-    tmp_path: Path, backend: MemoryBackend | None = None, config: str = CONFIG, *alive: str
+    tmp_path: Path,
+    backend: MemoryBackend | None = None,
+    config: str = CONFIG,
+    *alive: str,
+    delay: float = 0.01,
 ) -> AsyncIterator[Rig]:
     backend = backend or MemoryBackend()
-    network = FakeNetwork(*(alive or ("10.0.1.1", "10.0.1.2", "10.0.2.1")))
+    network = FakeNetwork(*(alive or ("10.0.1.1", "10.0.1.2", "10.0.2.1")), delay=delay)
     config_path = tmp_path / "director.toml"
     if not config_path.exists():
         config_path.write_text(config)

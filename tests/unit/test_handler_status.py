@@ -451,6 +451,33 @@ async def test_each_row_says_how_old_its_last_probe_is(
     assert f"ok 10.0ms, {row['last_age']:.1f}s ago" in response.stdout
 
 
+async def test_a_probe_that_runs_long_shows_in_its_row(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Trial 35 (L7): a server whose exec check's command was still running
+    showed only "not checked yet" (and `-`) until its verdict. A probe that
+    has run for a second or more is in its row (and always in the data):
+    the first one, and a later one after the last verdict."""
+    async with rig(tmp_path, delay=30.0) as r:
+        await trio.sleep(0.5)
+        short = await r.command("status", json=False)
+        await trio.sleep(4.5)
+        first = await r.command("status", json=False)
+        await trio.sleep(30)  # the first verdicts came at 30-31 s, and the next probes began
+        later = await r.command("status", json=False)
+    rows = []
+    for response in (short, first, later):
+        assert response.data is not None
+        rows.append(response.data["services"][0]["real_servers"][0])
+    if rows[0]["probe_running_for"] is not None:  # (its start was drawn in the first 0.5 s)
+        assert rows[0]["probe_running_for"] < 0.5
+    assert "running for" not in short.stdout  # under a second: not in the text
+    assert rows[1]["last_ok"] is None and 4.0 <= rows[1]["probe_running_for"] <= 5.0, rows[1]
+    assert f"first probe running for {rows[1]['probe_running_for']:.1f}s" in first.stdout
+    assert rows[2]["last_ok"] is True and 3.0 <= rows[2]["probe_running_for"] <= 5.0, rows[2]
+    assert f"; probe running for {rows[2]['probe_running_for']:.1f}s" in later.stdout
+
+
 def test_a_stale_probe_shows_its_age() -> None:
     config = parse_config(CONFIG)
     (vs,) = config.virtual_servers
