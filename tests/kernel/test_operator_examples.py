@@ -1029,3 +1029,63 @@ def test_save_clear_restore_with_the_sorry_server_in_leaves_it_the_sorry_server(
     assert answer.status == 0, answer
     rig.wait(lambda: rig.weights(80) == {rig.rs("rs1"): 1}, "rs1 up and the sorry server out")
     assert rig.alive()
+
+
+# -- 12. stop 35's trial: a long probe, and a stop during the start -----------------------
+
+
+def test_an_exec_probe_still_running_shows_in_status(rig: Rig) -> None:
+    """An exec check's command that takes 3 s: while it runs, the status
+    row said only "not checked yet" (trial 35, L7). It now shows the probe
+    running, first before any verdict, then beside the last one; the data
+    has probe_running_for from the first moment."""
+    script = rig.workdir / "slow.sh"
+    script.write_text("#!/bin/sh\nsleep 3\nexit 0\n")
+    check = (
+        f'{{ type = "exec", command = ["/bin/sh", "{script}"], interval = 4.0, timeout = 6.0, '
+        "rise = 1, fall = 2 }"
+    )
+    rs = rig.rs("rs1")
+    rig.start(rig.config_text(rig.service(80, check, rig.server("rs1"))))
+
+    def running(first: bool) -> dict[str, Any] | None:
+        row = rig.server_status(80, rs)
+        seconds = row["probe_running_for"]
+        if seconds is None or seconds < 1.2 or (row["last_ok"] is None) != first:
+            return None
+        return row
+
+    row = rig.wait(lambda: running(first=True), "the first probe running for over a second")
+    assert row["health"] == "unknown" and row["current_weight"] is None, row
+    text = rig.ctl("status")
+    assert text.status == 0, text
+    line = next(line for line in text.stdout.splitlines() if line.strip().startswith(rs))
+    assert "first probe running for " in line, text.stdout
+
+    row = rig.wait(lambda: running(first=False), "a later probe running for over a second")
+    assert row["health"] == "up" and row["last_ok"] is True, row
+    text = rig.ctl("status")
+    line = next(line for line in text.stdout.splitlines() if line.strip().startswith(rs))
+    assert "ok " in line and "; probe running for " in line, text.stdout
+    assert rig.alive()
+
+
+def test_a_stop_during_the_start_logs_listening_before_stopping(rig: Rig) -> None:
+    """SIGTERM sent as soon as the daemon logs `starting` (before its first
+    pass): `control_listening` came after `stopping` in trial 35 (L4). It
+    is logged once the socket is bound, before the engine's start; the
+    stop is clean (status 0) and the socket file is gone."""
+    check = f'{{ type = "tcp", {FAST} }}'
+    daemon = Daemon(rig.config)
+    rig.config.write_text(rig.config_text(rig.service(80, check, rig.server("rs1"))))
+    daemon.launch()
+    try:
+        daemon.wait_event("starting", DEADLINE)
+        status = daemon.stop(signal.SIGTERM)
+        events = [e["event"] for e in daemon.logged()]
+    finally:
+        daemon.close()
+    assert status == 0, daemon.log_text()
+    assert "stopping" in events, events
+    assert events.index("control_listening") < events.index("stopping"), events
+    assert not rig.socket.exists()
