@@ -8,7 +8,10 @@ and started again at each cycle: down, then up); rs1 and rs2 over HTTP
 failure at every probe); a port nothing listens on (refused at every probe);
 an address on rs1's link that no host has (no ARP answer: a timeout at every
 probe); an exec check whose command passes or fails as a flag file says
-(turned at each cycle). At each cycle, besides: a reload that changes a
+(turned at each cycle); rs2 over HTTPS (its certificate checked against the
+test's CA, sessions resumed) and rs1's plain HTTP port over HTTPS (a TLS
+failure at every probe); u1 over UDP (its echo expected) and a UDP port
+nothing listens on (an ICMP error at every probe). At each cycle, besides: a reload that changes a
 weight, a drain and an enable, `-Ln`, `status --json`, and a scrape of the
 metrics endpoint.
 
@@ -29,6 +32,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,7 +44,7 @@ import pytest
 from ctl_support import ctl
 from daemon_runner import Daemon, wait_alive
 from tables import Outcome
-from topology import HTTP_PORT, Network, RealServers, director_network, ipvsadm
+from topology import HTTP_PORT, UDP_PORT, Network, RealServers, director_network, ipvsadm
 
 T = TypeVar("T")
 WARMUP = 2
@@ -51,6 +56,26 @@ THREADS_SLACK = 3  # worker threads trio may keep idle for a while
 RSS_GROWTH = 4 * 1024  # KiB over the measured cycles
 METRICS = "127.0.0.1:9599"
 FAST = "interval = 0.5, timeout = 1.0, rise = 1, fall = 1"
+HTTPS_PORT = 8443
+# An HTTPS server for the soak (stdlib only): /healthz answers 200.
+TLS_SERVER = """
+import http.server, ssl, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+    def do_GET(self):
+        self.send_response(200 if self.path == "/healthz" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer.daemon_threads = True
+server = http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[3])), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[1], sys.argv[2])
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print("ready", flush=True)
+server.serve_forever()
+"""
 
 
 @dataclass
@@ -101,11 +126,16 @@ class Soak:
         script = self.workdir / "check.sh"
         script.write_text(f"#!/bin/sh\ntest -e {self.flag}\n")
         command = f'{{ type = "exec", command = ["/bin/sh", "{script}"], {FAST} }}'
+        https = (
+            f'{{ type = "https", path = "/healthz", ca_file = "{self.workdir / "cert.pem"}", '
+            f"{FAST} }}"
+        )
+        udp = f'{{ type = "udp", payload = "ping", expect = "^u1 ping$", {FAST} }}'
         unanswered = str(self.net.host("rs1").gateway).rsplit(".", 1)[0] + ".99"
 
-        def service(port: int, check: str, *servers: str) -> str:
+        def service(port: int, check: str, *servers: str, protocol: str = "tcp") -> str:
             text = (
-                f'[[virtual_server]]\nprotocol = "tcp"\naddress = "{self.net.vip}:{port}"\n'
+                f'[[virtual_server]]\nprotocol = "{protocol}"\naddress = "{self.net.vip}:{port}"\n'
                 f'scheduler = "rr"\ncheck = {check}\n'
             )
             for server in servers:
@@ -128,6 +158,14 @@ class Soak:
                 service(8081, missing, self.rs("rs1")),
                 service(8082, tcp, self.rs("rs2", 81), f"{unanswered}:80"),
                 service(8083, command, self.rs("rs2")),
+                service(HTTPS_PORT, https, self.rs("rs2", HTTPS_PORT), self.rs("rs1")),
+                service(
+                    UDP_PORT,
+                    udp,
+                    self.rs("u1", UDP_PORT),
+                    self.rs("u1", UDP_PORT + 1),
+                    protocol="udp",
+                ),
             ]
         )
 
@@ -136,17 +174,40 @@ class Soak:
         assert answer.status == 0, answer
         return answer
 
-    def weights(self, port: int) -> dict[str, int]:
+    def weights(self, port: int, protocol: str = "-t") -> dict[str, int]:
         saved = ipvsadm("-Sn")
         found: dict[str, int] = {}
         current = None
         for line in saved.splitlines():
             words = line.split()
             if words[:1] == ["-A"]:
-                current = words[2]
-            elif words[:1] == ["-a"] and current == f"{self.net.vip}:{port}":
+                current = (words[1], words[2])
+            elif words[:1] == ["-a"] and current == (protocol, f"{self.net.vip}:{port}"):
                 found[words[4]] = int(words[words.index("-w") + 1])
         return found
+
+    def start_tls_server(self) -> subprocess.Popen[str]:
+        """rs2's HTTPS server, with a certificate for its address made now."""
+        cert, key = self.workdir / "cert.pem", self.workdir / "key.pem"
+        address = self.net.host("rs2").address
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-days", "1", "-nodes", "-subj", "/CN=rs2", "-addext", f"subjectAltName=IP:{address}",
+             "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        argv = ["ip", "netns", "exec", self.net.host("rs2").netns, sys.executable, "-c"]
+        server = subprocess.Popen(
+            [*argv, TLS_SERVER, str(cert), str(key), str(HTTPS_PORT)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert server.stdout is not None
+        if server.stdout.readline().strip() != "ready":
+            server.kill()
+            raise RuntimeError(f"the HTTPS server did not start: {server.communicate()[1]}")
+        return server
 
     def wait(self, condition: Callable[[], T], what: str) -> T:
         assert self.daemon is not None
@@ -164,15 +225,20 @@ class Soak:
 
 @pytest.fixture
 def soak(tmp_path: Path) -> Iterator[Soak]:
-    with director_network("so") as net:
+    with director_network("so", udp=1) as net:
         servers = RealServers(net)
+        tls = None
         try:
-            servers.start("rs1", "rs2", "rs3")
+            servers.start("rs1", "rs2", "rs3", "u1")
             built = Soak(net, servers, tmp_path)
+            tls = built.start_tls_server()
             yield built
             if built.daemon is not None:
                 built.daemon.close()
         finally:
+            if tls is not None:
+                tls.kill()
+                tls.communicate()
             servers.close()
             ipvsadm("-C")
 
@@ -213,6 +279,9 @@ def test_a_day_of_changes_leaves_nothing_held(soak: Soak) -> None:
     pid = soak.daemon.pid
     rs1, rs2 = soak.rs("rs1"), soak.rs("rs2")
     soak.wait(lambda: soak.weights(8080) == {rs1: 1, rs2: 1}, "both HTTP servers in")
+    https, u1 = soak.rs("rs2", HTTPS_PORT), soak.rs("u1", UDP_PORT)
+    soak.wait(lambda: soak.weights(HTTPS_PORT) == {https: 1}, "the HTTPS server in")
+    soak.wait(lambda: soak.weights(UDP_PORT, "-u") == {u1: 1}, "the UDP server in")
     assert soak.weights(8081) == {} and soak.weights(8082) == {}
 
     samples: list[Held] = []
@@ -231,4 +300,6 @@ def test_a_day_of_changes_leaves_nothing_held(soak: Soak) -> None:
     assert samples[-1].rss_kib - samples[0].rss_kib <= RSS_GROWTH, report
     # The failures went on all along, each a verdict, never a stop.
     assert soak.weights(8081) == {} and soak.weights(8082) == {}
+    assert soak.weights(HTTPS_PORT) == {https: 1}
+    assert soak.weights(UDP_PORT, "-u") == {u1: 1}
     assert soak.daemon.stop(signal.SIGTERM) == 0, soak.daemon.log_text()[-4000:]
