@@ -487,7 +487,15 @@ def summary_text(report: tuple[ServiceStatus, ...]) -> str:
             out.append(_rows_text(shown))
         out.append(_hidden_text(service))
     if len(out) == 1:
-        out.append("every real server is up, enabled and in the kernel table\n")
+        unknown = health["unknown"]
+        out.append(
+            "every real server is up, enabled and in the kernel table\n"
+            if not unknown
+            else (
+                "every real server checked is up, enabled and in the kernel table;"
+                f" {unknown} not checked yet (counted, not listed)\n"
+            )
+        )
     return "".join(out)
 
 

@@ -294,6 +294,23 @@ def test_summary_counts_servers_not_checked_yet_without_listing_them() -> None:
     assert [line.split()[0] for line in lines[3:]] == [drained.server]
 
 
+def test_summary_with_servers_not_checked_yet_does_not_say_every_one_is_up() -> None:
+    """Trial 36 (M2): after a start of 8,000 servers with initial = "up",
+    the summary counted 7,952 unknown and then said "every real server is
+    up". With nothing to list, its last line says what was checked and
+    how many were not checked yet."""
+    (service, _) = _report()
+    first, second = service.real_servers
+    in_unchecked = replace(first, health="unknown", last_ok=None)  # initial = "up": in the table
+    text = status.summary_text((replace(service, real_servers=(in_unchecked, second)),))
+    assert text.splitlines() == [
+        "2 real servers in 1 services: 1 up, 0 down, 1 unknown; 2 in the kernel table;"
+        " 0 disabled, 0 drain",
+        "every real server checked is up, enabled and in the kernel table;"
+        " 1 not checked yet (counted, not listed)",
+    ]
+
+
 def test_summary_names_a_service_missing_from_the_kernel() -> None:
     (_, missing) = _report()
     assert status.summary_text((missing,)).splitlines()[1:] == [
