@@ -296,6 +296,7 @@ class Director:
             rng=rng,
             on_start=self._on_start,
             tick=CHECK_TICK,
+            max_exec=config.daemon.max_exec_checks,
         )
         self.owned: frozenset[ServiceKey] = owned | self.effective.service_keys()
         self.refusals: dict[Subject, Refusal] = {}
@@ -434,6 +435,7 @@ class Director:
                 reconcile_interval=interval,
                 hint="short of CPU for this table: raise reconcile_interval or the checks' intervals",
             )
+        waiting = len(self.checker.waiting_for_exec()) if services is None and self._late else 0
         if (
             services is None
             and self._late
@@ -442,7 +444,19 @@ class Director:
                 probes=self._late,
                 late_after_s=LATE_AFTER,
                 latest_s=round(self._latest, 3),
-                hint="probes start late: short of CPU for this many checks at their intervals",
+                **(
+                    {
+                        "exec_waiting": waiting,
+                        "hint": "probes start late: exec checks wait for a command slot"
+                        f" ({self.checker.max_exec} run at once): raise [daemon] max_exec_checks,"
+                        " or make the commands shorter or fewer",
+                    }
+                    if waiting
+                    else {
+                        "hint": "probes start late: short of CPU for this many checks at their"
+                        " intervals"
+                    }
+                ),
             )
         ):
             self._late, self._latest = 0, 0.0
@@ -1460,6 +1474,7 @@ class Director:
         if new.ipvs.timeouts is not None and new.ipvs.timeouts != old.ipvs.timeouts:
             self._timeouts_pending = new.ipvs.timeouts
         self.refusals = retry_now(self.refusals, trio.current_time())
+        self.checker.set_max_exec(config.daemon.max_exec_checks)
         if self._follow_log_level and config.daemon.log_level != old.daemon.log_level:
             log.set_level(config.daemon.log_level.value)
         operations = await self.reconcile("reload", only=changed, read=read)

@@ -311,12 +311,14 @@ class LogLevel(enum.Enum):
 class DaemonSettings:
     """[daemon]: `reconcile_interval` is the seconds between drift repairs (and the
     longest backoff of a refused operation); `flush_on_stop` removes the owned
-    services and VIPs at stop; `state_file` is where director.statefile saves."""
+    services and VIPs at stop; `state_file` is where director.statefile saves;
+    `max_exec_checks` is how many exec checks' commands run at once."""
 
     flush_on_stop: bool = False
     reconcile_interval: float = 5.0
     state_file: str = "/var/lib/director/state.json"
     log_level: LogLevel = LogLevel.INFO
+    max_exec_checks: int = 16
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,9 @@ _ENDPOINT = re.compile(
 )
 # Not a kernel value: the number of real servers bounds it, this only the type.
 _QUORUM_MAX = 2**31 - 1
+# [daemon] max_exec_checks at most: each command running holds a process and
+# its pipes, out of the probes' share of the file descriptors (half the limit).
+MAX_EXEC_CHECKS = 1024
 T = TypeVar("T")
 
 
@@ -439,6 +442,9 @@ def _daemon(table: Table | None) -> DaemonSettings:
         reconcile_interval=table.seconds("reconcile_interval") or DaemonSettings.reconcile_interval,
         state_file=state_file,
         log_level=table.choice("log_level", _LOG_LEVELS) or LogLevel.INFO,
+        max_exec_checks=(
+            table.integer("max_exec_checks", 1, MAX_EXEC_CHECKS) or DaemonSettings.max_exec_checks
+        ),
     )
     table.close()
     return settings

@@ -509,6 +509,8 @@ class Controller:
         now = trio.current_time()
         states = director.checker.states()
         probing = director.checker.probing()
+        waiting_for_exec = director.checker.waiting_for_exec()
+        max_exec = director.checker.max_exec
         admin = director.runtime.admin
         runtime_set = director.runtime.set_at_runtime
         kept = overrides(director.config, config, director.runtime)
@@ -534,11 +536,18 @@ class Controller:
                 runtime_set,
                 overrides=kept,
                 probing=probing,
+                waiting_for_exec=waiting_for_exec,
             )
             data = None
             if with_data:
                 data = status_data(
-                    report, sync, vips=vips, maintenance=maintenance, bgp=bgp, lateness=lateness
+                    report,
+                    sync,
+                    vips=vips,
+                    maintenance=maintenance,
+                    bgp=bgp,
+                    lateness=lateness,
+                    max_exec=max_exec,
                 )
             if json:
                 return Response(0, "", "", data)
@@ -550,6 +559,7 @@ class Controller:
                 bgp=bgp,
                 summary=summary,
                 lateness=lateness,
+                max_exec=max_exec,
             )
             return Response(0, text, "", data)
 

@@ -295,6 +295,31 @@ class Checker(Generic[K]):
     def states(self) -> dict[K, HealthState]:
         return {key: slot.state for key, slot in self._slots.items()}
 
+    def set_max_exec(self, max_exec: int) -> None:
+        """At most `max_exec` commands run at once from now on (>= 1): a
+        higher limit starts those waiting at once, a lower one stops none
+        that runs and starts no more until fewer run."""
+        if max_exec < 1:
+            raise ValueError(f"max_exec must be >= 1, got {max_exec}")
+        raised = max_exec > self._max_exec
+        self._max_exec = max_exec
+        if self._schedule is not None:
+            self._schedule.max_exec = max_exec
+            if raised:
+                self._wake_by(trio.current_time())  # the scheduler starts those waiting
+
+    @property
+    def max_exec(self) -> int:
+        return self._max_exec
+
+    def waiting_for_exec(self) -> dict[K, float]:
+        """The keys whose exec probe is due and waits for a command slot
+        (max_exec run already), each with its due time (the run's clock)."""
+        schedule = self._schedule
+        if schedule is None:
+            return {}
+        return {key: due for probe, due in schedule.waiting_exec() for key, _ in probe.members()}
+
     def probing(self) -> dict[K, float]:
         """The keys whose probe is running now, each with when it started
         (the run's clock, seconds): what a status shows of a probe that

@@ -119,6 +119,11 @@ class Schedule(Generic[T]):
             if entry.running:
                 self._leaving[item] = entry
 
+    def waiting_exec(self) -> list[tuple[T, float]]:
+        """The commands due and waiting for a slot (max_exec run), with
+        their due times, in the order they will start."""
+        return [(e.item, e.due) for e in self._waiting_exec if not e.removed]
+
     def is_running(self, item: T) -> bool:
         """Whether `item` was started (by `due` or `finished`) and has not
         finished yet; a removed item still running counts."""

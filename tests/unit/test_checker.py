@@ -312,6 +312,30 @@ async def test_exec_concurrency_has_its_own_bound(
     assert servers.most_running == 2
 
 
+async def test_exec_probes_waiting_for_a_slot_are_known_and_a_new_limit_admits_them(
+    servers: FakeServers, nursery: trio.Nursery, clock: object
+) -> None:
+    """Trial 36 (M1): commands past the exec limit waited with nothing to
+    say so. `waiting_for_exec` gives each waiting key its due time, and
+    `set_max_exec` (a reload of [daemon] max_exec_checks) lets them start."""
+    servers.duration = 10.0
+    checker: Checker[int] = Checker(probe=servers, rng=random.Random(SEED), max_exec=2)
+    check = ExecCheck(("true",), Timing(interval=2.0, timeout=20.0))
+    checker.set_targets({i: (check, ip_address(f"10.2.0.{i}"), 0) for i in range(1, 6)})
+    assert checker.waiting_for_exec() == {} and checker.max_exec == 2  # not running
+    await nursery.start(checker.run)
+    await trio.sleep(3)
+    waiting = checker.waiting_for_exec()
+    assert len(checker.probing()) == 2 and servers.running == 2
+    assert len(waiting) == 3 and not waiting.keys() & checker.probing().keys()
+    assert all(0.0 <= due <= 2.0 for due in waiting.values())  # each due in its first interval
+    checker.set_max_exec(5)
+    await trio.sleep(0.1)
+    assert servers.running == 5 and checker.waiting_for_exec() == {}
+    with pytest.raises(ValueError, match="max_exec must be >= 1, got 0"):
+        checker.set_max_exec(0)
+
+
 @pytest.mark.parametrize(
     ("target", "message"),
     [

@@ -17,8 +17,10 @@ from engine_support import Network, running
 from director.config import parse_config
 from director.engine import OVERLOAD_WARNING_EVERY, Director, check_targets
 from director.health.checker import Target
+from director.health.result import ProbeResult
+from director.health.spec import Check
 from director.ipvs.memory import MemoryBackend
-from director.ipvs.model import ServiceEntry, ServiceKey
+from director.ipvs.model import IPAddress, ServiceEntry, ServiceKey
 from director.kernel import KernelTable
 
 INTERVAL = 5.0
@@ -101,3 +103,40 @@ async def test_late_probes_are_warned_of_after_the_next_full_pass(
             await trio.sleep(INTERVAL)
     late = warnings(logs, "probes_late")
     assert [(e["probes"], e["latest_s"]) for e in late] == [(3, 3.0)]
+
+
+async def test_late_probes_behind_the_exec_limit_are_said_to_be(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Trial 36 (M1): commands waiting for one of [daemon] max_exec_checks'
+    slots made probes_late blame the CPU (the daemon at 14.5 % of a core).
+    With exec probes waiting at the warning, it names the limit."""
+    config = (
+        CONFIG.replace("[daemon]\n", "[daemon]\nmax_exec_checks = 1\n").replace(
+            '{ type = "tcp", interval = 1.0, timeout = 0.5 }',
+            '{ type = "exec", command = ["/bin/true"], interval = 1.0, timeout = 60.0 }',
+        )
+        + '[[virtual_server.real_server]]\naddress = "10.0.1.2"\n'
+    )
+
+    async def slow(check: Check, address: IPAddress, port: int) -> ProbeResult:
+        await trio.sleep(30)
+        return ProbeResult.success(0.01)
+
+    director = Director(
+        parse_config(config),
+        KernelTable(MemoryBackend(), threaded=False),
+        probe=slow,
+        rng=random.Random(1),
+    )
+    target: Target = next(iter(check_targets(director.config).values()))
+    with structlog.testing.capture_logs() as logs:
+        async with running(director):
+            await trio.sleep(2)
+            director._on_start(target, 1.5)
+            await trio.sleep(INTERVAL)
+    (late,) = warnings(logs, "probes_late")
+    assert late["exec_waiting"] == 1
+    assert isinstance(hint := late["hint"], str)
+    assert "exec checks wait for a command slot (1 run at once)" in hint
+    assert "[daemon] max_exec_checks" in hint

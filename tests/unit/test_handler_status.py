@@ -14,7 +14,7 @@ from typing import TypeVar
 import pytest
 import trio
 import trio.testing
-from test_handler import CONFIG, add_a_third_server, rig, until
+from test_handler import CONFIG, VIP, add_a_third_server, rig, until
 
 from director import ctl, status
 from director.config import parse_config
@@ -493,6 +493,57 @@ async def test_a_probe_that_runs_long_shows_in_its_row(
     assert f"first probe running for {rows[1]['probe_running_for']:.1f}s" in first.stdout
     assert rows[2]["last_ok"] is True and 3.0 <= rows[2]["probe_running_for"] <= 5.0, rows[2]
     assert f"; probe running for {rows[2]['probe_running_for']:.1f}s" in later.stdout
+
+
+EXEC_CONFIG = """
+[daemon]
+reconcile_interval = 5.0
+max_exec_checks = 1
+[[virtual_server]]
+protocol = "tcp"
+address = "10.0.0.1:80"
+scheduler = "rr"
+check = { type = "exec", command = ["/bin/true"], interval = 1.0, timeout = 60.0, rise = 1, fall = 1 }
+[[virtual_server.real_server]]
+address = "10.0.1.1:80"
+[[virtual_server.real_server]]
+address = "10.0.1.2:80"
+"""
+
+
+async def test_exec_probes_waiting_for_a_slot_are_said_so(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Trial 36 (M1): with more exec checks running long than the limit
+    (16, not in the docs), status said "short of CPU" and a waiting
+    probe's row said nothing. Now the row says it waits for an exec slot,
+    the checks behind name [daemon] max_exec_checks, the data has
+    exec_slots; and a reload that raises the limit starts it."""
+    async with rig(tmp_path, config=EXEC_CONFIG, delay=30.0) as r:
+        await trio.sleep(5)
+        r.director._on_start(next(iter(r.director._targets[VIP].values())), 4.0)  # late
+        waiting = await r.command("status", json=False)
+        (tmp_path / "director.toml").write_text(
+            EXEC_CONFIG.replace("max_exec_checks = 1", "max_exec_checks = 2")
+        )
+        reloaded = await r.command("reload")
+        await trio.sleep(1)
+        both = await r.command("status", json=False)
+    assert waiting.data is not None and waiting.data["exec_slots"] == {"max": 1, "waiting": 1}
+    rows = {rs["server"]: rs for rs in waiting.data["services"][0]["real_servers"]}
+    (queued,) = [rs for rs in rows.values() if rs["exec_slot_wait"] is not None]
+    assert 3.0 <= queued["exec_slot_wait"] <= 5.0 and queued["probe_running_for"] is None
+    assert f"first probe waiting {queued['exec_slot_wait']:.1f}s for an exec slot" in waiting.stdout
+    assert waiting.stdout.startswith("checks behind: the last probe started 4.0s after its time")
+    assert (
+        "(exec checks wait for a command slot: 1 waiting, 1 run at once ([daemon] max_exec_checks)"
+        in waiting.stdout
+    )
+    assert "[daemon] max_exec_checks: 1 -> 2" in reloaded.stdout, reloaded
+    assert both.data is not None and both.data["exec_slots"] == {"max": 2, "waiting": 0}
+    assert all(
+        rs["probe_running_for"] is not None for rs in both.data["services"][0]["real_servers"]
+    )
 
 
 def test_a_stale_probe_shows_its_age() -> None:
