@@ -12,6 +12,7 @@ import shutil
 import signal
 import stat
 import sys
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -232,21 +233,34 @@ async def serve(
             director, config_path=config_path, names=SystemNames(), reads=KernelTable(reads)
         )
         entry.catch()
-        with trio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
-            entry.replay()  # what came before: handled once started
-            async with trio.open_nursery() as nursery:
-                starting = trio.CancelScope()
-                nursery.start_soon(_extend_start, notifier, starting)
-                # The socket first: a second instance (or a missing group)
-                # must stop here, before its first pass changes the table.
-                accepting = trio.Event()
-                handler = metrics.CountedHandler(controller, director.events)
-                await nursery.start(
-                    partial(server.serve, config.control, handler, accepting=accepting)
-                )
-                await nursery.start(director.run)
-                nursery.start_soon(metrics.serve, config.metrics, director, controller.reads)
-                accepting.set()
+        async with trio.open_nursery() as nursery:
+            starting = trio.CancelScope()
+            nursery.start_soon(_extend_start, notifier, starting)
+            # The socket first: a second instance (or a missing group)
+            # must stop here, before its first pass changes the table.
+            accepting = trio.Event()
+            handler = metrics.CountedHandler(controller, director.events)
+            await nursery.start(partial(server.serve, config.control, handler, accepting=accepting))
+            await nursery.start(director.run)
+            accepting.set()
+            # Its first try to bind is logged before a signal that came
+            # during the start is acted on.
+            tried = trio.Event()
+            nursery.start_soon(
+                partial(metrics.serve, config.metrics, director, controller.reads, tried=tried)
+            )
+            await tried.wait()
+            with trio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
+                # What came before (Python's start, the imports, the first
+                # pass) was kept with its time (entry.catch): handled now.
+                now = time.monotonic()
+                for signum, at in entry.replay():
+                    logger.info(
+                        "signal_kept",
+                        signal=signal.Signals(signum).name,
+                        seconds_ago=round(now - at, 3),
+                        why="came during the start: acted on once ready",
+                    )
                 starting.cancel()
                 started(notifier, director.status_line())
                 interval = watchdog_interval()

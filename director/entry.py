@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import signal
 import sys
+import time
 from types import FrameType
 
 # Signals whose default action ends the process and that mean nothing to
@@ -39,11 +40,11 @@ IGNORED_SIGNALS = (
 )
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, *IGNORED_SIGNALS)
 
-_kept: list[int] = []
+_kept: list[tuple[int, float]] = []  # (signal, when: time.monotonic())
 
 
 def _keep(signum: int, frame: FrameType | None) -> None:
-    _kept.append(signum)
+    _kept.append((signum, time.monotonic()))
 
 
 def catch() -> None:
@@ -54,13 +55,15 @@ def catch() -> None:
             signal.signal(signum, _keep)
 
 
-def replay() -> None:
+def replay() -> list[tuple[int, float]]:
     """Raise again, in order, the signals kept so far (for the handlers now
-    in place: the daemon's receiver)."""
+    in place: the daemon's receiver); each with when it came
+    (time.monotonic())."""
     kept = _kept[:]
     _kept.clear()
-    for signum in kept:
+    for signum, _ in kept:
         signal.raise_signal(signum)
+    return kept
 
 
 def ignore() -> None:

@@ -38,16 +38,20 @@ async def serve(
     director: Director,
     reads: KernelTable,
     *,
+    tried: trio.Event | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve [metrics] until cancelled (director.metrics.endpoint.serve),
     reading the kernel through `reads` (the control socket's listings'
     table: one call at a time, in its worker thread); returns at once when
-    [metrics] listen is not set."""
+    [metrics] listen is not set. `tried` is set once the first try to bind
+    is logged (or at once without listen)."""
     if settings.listen is None:
+        if tried is not None:
+            tried.set()
         task_status.started("")
         return
     from director.metrics import endpoint
 
     scraper = endpoint.Scraper(director, reads)
-    await endpoint.serve(settings, scraper, task_status=task_status)
+    await endpoint.serve(settings, scraper, tried=tried, task_status=task_status)

@@ -108,19 +108,27 @@ async def serve(
     settings: MetricsSettings,
     scraper: Scraper,
     *,
+    tried: trio.Event | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the endpoint until cancelled; reports through task_status where
     it listens ('127.0.0.1:9531', '[::1]:9531' or the socket's path) once
-    bound. Returns at once when [metrics] listen is not set."""
+    bound. Returns at once when [metrics] listen is not set. `tried` is set
+    once the first try to bind is logged, `metrics_listening` or
+    `metrics_listen_failed` (the daemon waits for it before it goes on: a
+    stop asked during the start is logged after it)."""
+    if tried is None:
+        tried = trio.Event()
     if settings.listen is None:
+        tried.set()
         task_status.started("")
         return
     logger = log.get("metrics")
-    sock, where = await _bind_retrying(settings, logger)
+    sock, where = await _bind_retrying(settings, logger, tried)
     identity = os.stat(settings.path) if settings.path is not None else None
     try:
         logger.info("metrics_listening", listen=where)
+        tried.set()
         task_status.started(where)
         await _accept_loop(trio.SocketListener(sock), scraper, logger)
     finally:
@@ -130,7 +138,7 @@ async def serve(
 
 
 async def _bind_retrying(
-    settings: MetricsSettings, logger: Any
+    settings: MetricsSettings, logger: Any, tried: trio.Event
 ) -> tuple[trio.socket.SocketType, str]:
     failures = 0
     while True:
@@ -149,6 +157,7 @@ async def _bind_retrying(
                     attempts=failures,
                     retry_in=LISTEN_RETRY,
                 )
+            tried.set()
             await trio.sleep(LISTEN_RETRY)
 
 

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import pytest
 from ctl_support import CTL, ctl
-from daemon_runner import Daemon, wait_alive
+from daemon_runner import Daemon, wait_alive, wait_until
 from tables import Outcome
 from topology import (
     HTTP_PORT,
@@ -1070,22 +1070,43 @@ def test_an_exec_probe_still_running_shows_in_status(rig: Rig) -> None:
     assert rig.alive()
 
 
+def catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler for `signum` (proc(5): SigCgt)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
 def test_a_stop_during_the_start_logs_listening_before_stopping(rig: Rig) -> None:
-    """SIGTERM sent as soon as the daemon logs `starting` (before its first
-    pass): `control_listening` came after `stopping` in trial 35 (L4). It
-    is logged once the socket is bound, before the engine's start; the
-    stop is clean (status 0) and the socket file is gone."""
+    """SIGTERM sent as soon as the daemon catches it (director.entry, its
+    first moments: the imports and the first pass are still to come): `control_listening` came after `stopping` in trial 35 (L4), and
+    `metrics_listening` in trial 36, which also found no word of when the
+    signal had come. Both listen lines come before `stopping` now, and a
+    `signal_kept` line says the SIGTERM came during the start, and how long
+    ago; the stop is clean (status 0) and the socket file is gone."""
     check = f'{{ type = "tcp", {FAST} }}'
     daemon = Daemon(rig.config)
-    rig.config.write_text(rig.config_text(rig.service(80, check, rig.server("rs1"))))
+    metrics = '[metrics]\nlisten = "127.0.0.1:9598"\n'
+    rig.config.write_text(rig.config_text(metrics + rig.service(80, check, rig.server("rs1"))))
     daemon.launch()
     try:
-        daemon.wait_event("starting", DEADLINE)
+        wait_until(
+            lambda: catches(daemon.pid, signal.SIGTERM),
+            DEADLINE,
+            "directord catches SIGTERM",
+            every=0.005,
+        )
         status = daemon.stop(signal.SIGTERM)
         events = [e["event"] for e in daemon.logged()]
+        (kept,) = daemon.events("signal_kept")
     finally:
         daemon.close()
     assert status == 0, daemon.log_text()
     assert "stopping" in events, events
     assert events.index("control_listening") < events.index("stopping"), events
+    assert events.index("metrics_listening") < events.index("stopping"), events
+    assert events.index("ready") < events.index("signal_kept") < events.index("stopping"), events
+    assert kept["signal"] == "SIGTERM" and kept["seconds_ago"] >= 0.0, kept
     assert not rig.socket.exists()

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from types import FrameType
 
@@ -47,6 +48,25 @@ def test_signals_before_the_daemon_listens_are_kept_in_order_and_replayed(caught
         os.kill(os.getpid(), signum)  # delivered to this (the main) thread at once
     assert replayed() == [signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM]
     assert replayed() == []  # nothing kept twice
+
+
+def test_each_kept_signal_comes_back_with_when_it_came(caught: None) -> None:
+    """Trial 36 (L4): a SIGTERM sent during the start was acted on 6 s
+    later, after `ready`, and the log did not say it had come before. The
+    replay gives each one's time (time.monotonic), for the daemon's
+    `signal_kept` line."""
+    before = time.monotonic()
+    os.kill(os.getpid(), signal.SIGHUP)
+    os.kill(os.getpid(), signal.SIGTERM)
+    after = time.monotonic()
+    previous = {s: signal.signal(s, lambda *_: None) for s in entry.HANDLED_SIGNALS}
+    try:
+        kept = entry.replay()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    assert [signum for signum, _ in kept] == [signal.SIGHUP, signal.SIGTERM]
+    assert before <= kept[0][1] <= kept[1][1] <= after
 
 
 def test_a_signal_after_the_receiver_closed_is_dropped(caught: None) -> None:

@@ -9,6 +9,7 @@ import gzip
 import os
 import socket
 from collections.abc import AsyncIterator
+from functools import partial
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -208,3 +209,37 @@ async def test_the_package_serve_listens_when_asked(director: Director) -> None:
         assert where.startswith("127.0.0.1:")
         assert split(await request(where, get()))[0] == 200
         nursery.cancel_scope.cancel()
+
+
+async def test_tried_is_set_after_the_first_try_to_bind_whatever_came_of_it(
+    director: Director, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The daemon waits for `tried` before it reads signals (trial 36, L4:
+    `metrics_listening` was logged after a stop's `stopping`): set once the
+    first try is logged, bound or failed (a port in use is tried again
+    every LISTEN_RETRY s, and the daemon must not wait for that); at once
+    without [metrics]."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    busy = MetricsSettings(f"127.0.0.1:{port}", ip_address("127.0.0.1"), port)
+    try:
+        for settings, logged in (
+            (MetricsSettings(), None),
+            (busy, "metrics_listen_failed"),
+            (LOOPBACK, "metrics_listening"),
+        ):
+            tried = trio.Event()
+            with structlog.testing.capture_logs() as logs:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(
+                        partial(metrics.serve, settings, director, director.kernel, tried=tried)
+                    )
+                    with trio.fail_after(1):
+                        await tried.wait()
+                    events = [e["event"] for e in logs]
+                    nursery.cancel_scope.cancel()
+            assert events == ([] if logged is None else [logged]), (settings, events)
+    finally:
+        holder.close()
