@@ -366,11 +366,11 @@ async def _serve_connection(
                     interval = keepalive_interval(event)
                     event = _without_keepalive(event)
                     if interval is None:
-                        reply = await _answer(handler, event, peer, logger)
+                        reply = await _answer(handler, event, peer, logger, stream)
                     else:
                         async with trio.open_nursery() as nursery:
                             nursery.start_soon(_keep_alive, stream, interval)
-                            reply = await _answer(handler, event, peer, logger)
+                            reply = await _answer(handler, event, peer, logger, stream)
                             nursery.cancel_scope.cancel()
                 sent = await _send_answer(stream, reply, limits.send_timeout)
             if not sent:
@@ -424,14 +424,29 @@ def _timeout_error(buffered: int, timeout: float) -> ProtocolError:
     return ProtocolError(ErrorKind.TIMEOUT, message)
 
 
+# What a client whose request the stop cut off is told (a listing read in
+# a worker thread, say; a change the engine had begun is finished and
+# answered by the stop's wait, _send_answer).
+CUT_OFF = "directord is stopping: the request was cut off before its answer"
+
+
 # A response with `data` (`status --json`: 2.9 MB of JSON at 10,000 real
 # servers, about 50 ms of the host's CPU) is encoded in a worker thread.
-async def _answer(handler: Handler, request: Request, peer: Peer, logger: Any) -> bytes:
+async def _answer(
+    handler: Handler, request: Request, peer: Peer, logger: Any, stream: trio.SocketStream
+) -> bytes:
     try:
         response = await handler.handle(request, peer)
         if response.data is None:
             return encode_response(response)
         return await trio.to_thread.run_sync(encode_response, response)
+    except trio.Cancelled:
+        # The daemon stops (its nursery cancelled): say so, within STOP_SEND
+        # s, rather than close without a word (trial 36: a -Ln queued
+        # during the start, then a SIGTERM).
+        with contextlib.suppress(trio.BusyResourceError):  # (a keepalive space going out)
+            await _send_answer(stream, encode_response(Response(1, "", f"{CUT_OFF}\n")), STOP_SEND)
+        raise
     except Exception as e:
         logger.exception(
             "control_handler_failed",

@@ -666,6 +666,45 @@ async def test_listening_is_logged_before_the_start_returns(sock_dir: str) -> No
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("keepalive", [False, True])
+async def test_a_request_the_stop_cuts_off_is_told_so(sock_dir: str, keepalive: bool) -> None:
+    """Trial 36 (L3): a `directorctl -Ln` queued during the start, then a
+    SIGTERM: the listing was cancelled with the server and the client said
+    'closed without answering', as of a crash. The client is told the
+    daemon is stopping (status 1), with or without keepalive spaces."""
+    waiting = trio.Event()
+
+    class Listing:
+        async def handle(self, request: Request, peer: Peer) -> Response:
+            waiting.set()
+            await trio.sleep_forever()  # a listing in a worker thread, say
+            raise AssertionError("not reached")
+
+    stream: trio.SocketStream | None = None
+    async with trio.open_nursery() as nursery:
+        path = await nursery.start(
+            lambda task_status: serve(
+                ControlSettings(socket=f"{sock_dir}/c.sock"), Listing(), task_status=task_status
+            )
+        )
+        stream = await trio.open_unix_socket(path)
+        args = ',"args":{"keepalive":0.1}' if keepalive else ""
+        await stream.send_all(b'{"v":1,"argv":["-Ln"]' + args.encode() + b"}\n")
+        await waiting.wait()
+        if keepalive:
+            await trio.sleep(0.25)  # (spaces went out)
+        nursery.cancel_scope.cancel()
+    assert stream is not None
+    async with stream:
+        assert await read_response(stream) == {
+            "v": 1,
+            "status": 1,
+            "stdout": "",
+            "stderr": f"{server.CUT_OFF}\n",
+        }
+        await assert_closed(stream)
+
+
 async def test_an_answer_made_as_the_daemon_stops_is_still_sent(sock_dir: str) -> None:
     """Operator trial: `directorctl drain` racing SIGTERM printed 'closed
     without answering' although the drain was made. The engine answered
