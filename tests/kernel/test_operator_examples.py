@@ -1110,3 +1110,86 @@ def test_a_stop_during_the_start_logs_listening_before_stopping(rig: Rig) -> Non
     assert events.index("ready") < events.index("signal_kept") < events.index("stopping"), events
     assert kept["signal"] == "SIGTERM" and kept["seconds_ago"] >= 0.0, kept
     assert not rig.socket.exists()
+
+
+# -- 13. stop 36's trial: exec command slots, and a summary of servers not checked yet ----
+
+
+def test_exec_checks_past_the_command_slots_say_they_wait(rig: Rig) -> None:
+    """Trial 36 (M1): 24 exec checks of `sleep 6` every 3 s, 16 commands
+    at most at once (not in the docs): status said 'short of CPU' with the
+    daemon at 14.5 % of a core, and a waiting probe's row said nothing.
+    Here 3 servers, [daemon] max_exec_checks = 1, commands of 3 s: the
+    rows waiting say so, the data counts them, the checks behind name the
+    limit, and a reload to 3 runs all three at once."""
+    script = rig.workdir / "slow.sh"
+    script.write_text("#!/bin/sh\nsleep 3\nexit 0\n")
+    check = (
+        f'{{ type = "exec", command = ["/bin/sh", "{script}"], interval = 1.0, timeout = 6.0, '
+        "rise = 1, fall = 2 }"
+    )
+    servers = [rig.server(name) for name in ("rs1", "rs2", "rs3")]
+
+    def config(slots: int) -> str:
+        return rig.config_text(
+            rig.service(80, check, *servers), daemon=f"max_exec_checks = {slots}"
+        )
+
+    rig.start(config(1))
+
+    def waiting() -> dict[str, Any] | None:
+        answer = rig.ctl("status", "--json")
+        data = json.loads(answer.stdout)
+        rows = data["services"][0]["real_servers"]
+        if sum(1 for rs in rows if (rs["exec_slot_wait"] or 0) >= 1.2) < 2:
+            return None
+        return dict(data)
+
+    data = rig.wait(waiting, "two exec probes waiting over a second for the one slot")
+    assert data["exec_slots"] == {"max": 1, "waiting": 2}, data["exec_slots"]
+    running = [rs for rs in data["services"][0]["real_servers"] if rs["probe_running_for"]]
+    assert len(running) <= 1, running
+    text = rig.ctl("status").stdout
+    assert text.count("waiting ") >= 2 and "for an exec slot" in text, text
+    if text.startswith("checks behind"):
+        assert "exec checks wait for a command slot" in text.splitlines()[0], text
+
+    answer = rig.reload(config(3))
+    assert answer.status == 0 and "[daemon] max_exec_checks: 1 -> 3" in answer.stdout, answer
+
+    def all_running() -> bool:
+        rows = rig.status()[rig.vs(80)]["real_servers"]
+        return all(rs["probe_running_for"] is not None for rs in rows)
+
+    rig.wait(all_running, "the three commands running at once")
+    assert rig.alive()
+
+
+def test_a_summary_with_servers_not_checked_yet_does_not_say_all_are_up(rig: Rig) -> None:
+    """Trial 36 (M2): after a start of 8,000 servers with initial = "up",
+    `status --summary` counted 7,952 unknown and ended with "every real
+    server is up". Two servers in service from the start (initial = "up")
+    whose first exec probe takes 4 s: the summary's last line says how
+    many are not checked yet; once checked, that every one is up."""
+    script = rig.workdir / "slow.sh"
+    script.write_text("#!/bin/sh\nsleep 4\nexit 0\n")
+    check = (
+        f'{{ type = "exec", command = ["/bin/sh", "{script}"], interval = 10.0, timeout = 8.0, '
+        'rise = 1, fall = 1, initial = "up" }'
+    )
+    rs1, rs2 = rig.rs("rs1"), rig.rs("rs2")
+    rig.start(rig.config_text(rig.service(80, check, rig.server("rs1"), rig.server("rs2"))))
+    assert rig.weights(80) == {rs1: 1, rs2: 1}  # in service before any probe
+    summary = rig.ctl("status", "--summary").stdout.splitlines()
+    assert summary[0].startswith("2 real servers in 1 services: 0 up, 0 down, 2 unknown;"), summary
+    assert summary[-1] == (
+        "every real server checked is up, enabled and in the kernel table;"
+        " 2 not checked yet (counted, not listed)"
+    ), summary
+
+    rig.wait(
+        lambda: all(rs["health"] == "up" for rs in rig.status()[rig.vs(80)]["real_servers"]),
+        "both checked up",
+    )
+    summary = rig.ctl("status", "--summary").stdout.splitlines()
+    assert summary[-1] == "every real server is up, enabled and in the kernel table", summary
