@@ -81,7 +81,7 @@ from director.desired import (
     independent,
     services_changed,
 )
-from director.health.checker import Checker, Target
+from director.health.checker import Checker, Target, default_max_probes
 from director.health.probes import ProbeFunction
 from director.health.spec import Check, ExecCheck, probed_endpoint
 from director.health.state import Health, HealthState, Transition, failure_worth_logging
@@ -242,6 +242,25 @@ class _Belief:
                 self.destinations[key] = destination
 
 
+def _late_cause(exec_waiting: int, slot_waiting: int, checker: Checker[Any]) -> dict[str, object]:
+    """probes_late's fields on why: probes waiting for a slot (exec
+    commands first), or the CPU."""
+    if exec_waiting:
+        return {
+            "exec_waiting": exec_waiting,
+            "hint": f"probes start late: exec checks wait for a command slot ({checker.max_exec}"
+            " run at once): raise [daemon] max_exec_checks, or make the commands shorter or fewer",
+        }
+    if slot_waiting:
+        return {
+            "slot_waiting": slot_waiting,
+            "hint": f"probes start late: probes wait for a slot ({checker.max_probes} run at"
+            " once): raise [daemon] max_probes (at most half the open-file limit), or shorten"
+            " the timeouts of servers that do not answer",
+        }
+    return {"hint": "probes start late: short of CPU for this many checks at their intervals"}
+
+
 class Director:
     def __init__(
         self,
@@ -296,6 +315,7 @@ class Director:
             rng=rng,
             on_start=self._on_start,
             tick=CHECK_TICK,
+            max_probes=default_max_probes(config.daemon.max_probes),
             max_exec=config.daemon.max_exec_checks,
         )
         self.owned: frozenset[ServiceKey] = owned | self.effective.service_keys()
@@ -435,7 +455,9 @@ class Director:
                 reconcile_interval=interval,
                 hint="short of CPU for this table: raise reconcile_interval or the checks' intervals",
             )
-        waiting = len(self.checker.waiting_for_exec()) if services is None and self._late else 0
+        waits = self.checker.waiting_for_slot() if services is None and self._late else {}
+        exec_waiting = sum(1 for _, kind in waits.values() if kind == "exec")
+        slot_waiting = len(waits) - exec_waiting
         if (
             services is None
             and self._late
@@ -444,19 +466,7 @@ class Director:
                 probes=self._late,
                 late_after_s=LATE_AFTER,
                 latest_s=round(self._latest, 3),
-                **(
-                    {
-                        "exec_waiting": waiting,
-                        "hint": "probes start late: exec checks wait for a command slot"
-                        f" ({self.checker.max_exec} run at once): raise [daemon] max_exec_checks,"
-                        " or make the commands shorter or fewer",
-                    }
-                    if waiting
-                    else {
-                        "hint": "probes start late: short of CPU for this many checks at their"
-                        " intervals"
-                    }
-                ),
+                **_late_cause(exec_waiting, slot_waiting, self.checker),
             )
         ):
             self._late, self._latest = 0, 0.0
@@ -1474,7 +1484,10 @@ class Director:
         if new.ipvs.timeouts is not None and new.ipvs.timeouts != old.ipvs.timeouts:
             self._timeouts_pending = new.ipvs.timeouts
         self.refusals = retry_now(self.refusals, trio.current_time())
-        self.checker.set_max_exec(config.daemon.max_exec_checks)
+        self.checker.set_limits(
+            max_probes=default_max_probes(config.daemon.max_probes),
+            max_exec=config.daemon.max_exec_checks,
+        )
         if self._follow_log_level and config.daemon.log_level != old.daemon.log_level:
             log.set_level(config.daemon.log_level.value)
         operations = await self.reconcile("reload", only=changed, read=read)

@@ -62,9 +62,11 @@ class RealServerStatus:
     # Seconds its check's probe has been running, before its verdict; None
     # when none runs now
     probe_running_for: float | None = None
-    # Seconds its exec check's probe has been due and waiting for a command
-    # slot ([daemon] max_exec_checks run already); None when it does not wait
-    exec_slot_wait: float | None = None
+    # Seconds its probe has been due and waiting for a slot, and which:
+    # "exec" ([daemon] max_exec_checks commands run already) or "probe"
+    # ([daemon] max_probes run); None when it does not wait
+    slot_wait: float | None = None
+    slot: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ def status_report(
     set_at_runtime: Container[object] = frozenset(),
     overrides: Sequence[Override] = (),
     probing: Mapping[RealServerId, float] | None = None,
-    waiting_for_exec: Mapping[RealServerId, float] | None = None,
+    waiting_for_slot: Mapping[RealServerId, tuple[float, str]] | None = None,
 ) -> tuple[ServiceStatus, ...]:
     """`refusals` are the engine's (director.refusals): each is reported on
     the service or real server it is about. `overrides` (the file's values
@@ -116,10 +118,10 @@ def status_report(
     service of the file deleted at runtime comes after the others,
     `deleted`, with no real servers. `probing`: when each real server's
     probe running now started (Checker.probing, on the clock of `now`);
-    `waiting_for_exec`: when each exec probe waiting for a command slot was
-    due (Checker.waiting_for_exec)."""
+    `waiting_for_slot`: when each probe waiting for a slot was due, and the
+    slot (Checker.waiting_for_slot)."""
     probing = probing or {}
-    waiting_for_exec = waiting_for_exec or {}
+    waiting_for_slot = waiting_for_slot or {}
     refused = {describe_subject(s): _refusal_text(r, now) for s, r in (refusals or {}).items()}
     kept: dict[object, tuple[str, ...]] = {}
     hidden: dict[ServiceKey, list[str]] = {}
@@ -152,6 +154,7 @@ def status_report(
             last = state.last
             decision = reasons.get((rs.address, rs.port))
             current = weights.get((rs.address, rs.port))
+            waits = waiting_for_slot.get(rid)
             servers.append(
                 RealServerStatus(
                     server=_endpoint(rs.address, rs.port),
@@ -185,11 +188,8 @@ def status_report(
                         if (started := probing.get(rid)) is None
                         else round(max(now - started, 0.0), 3)
                     ),
-                    exec_slot_wait=(
-                        None
-                        if (due := waiting_for_exec.get(rid)) is None
-                        else round(max(now - due, 0.0), 3)
-                    ),
+                    slot_wait=None if waits is None else round(max(now - waits[0], 0.0), 3),
+                    slot=None if waits is None else waits[1],
                 )
             )
         report.append(
@@ -295,11 +295,9 @@ def _check_name(check: object) -> str:
     return "https" if getattr(check, "tls", False) else name
 
 
-def exec_waiting(report: tuple[ServiceStatus, ...]) -> int:
-    """How many real servers' exec probes wait for a command slot."""
-    return sum(
-        1 for service in report for rs in service.real_servers if rs.exec_slot_wait is not None
-    )
+def slot_waiting(report: tuple[ServiceStatus, ...], slot: str) -> int:
+    """How many real servers' probes wait for a `slot` ("exec", "probe")."""
+    return sum(1 for service in report for rs in service.real_servers if rs.slot == slot)
 
 
 def status_data(
@@ -310,12 +308,13 @@ def status_data(
     maintenance: bool | None = None,
     bgp: BgpStatus | None = None,
     lateness: float | None = None,
-    max_exec: int | None = None,
+    slots: tuple[int, int] | None = None,
 ) -> dict[str, object]:
     """{"services": [...]}, "probe_lateness" when given (seconds the last
     probe started after its due time) and then "probes_overdue" (`overdue`:
-    {"servers", "longest", "longest_age"}), "exec_slots" when `max_exec` is
-    given ({"max": max_exec, "waiting": exec_waiting}), "sync_daemons" when the daemon keeps any
+    {"servers", "longest", "longest_age"}), "slots" when `slots` (max
+    probes, max exec commands) are given ({"probe": {"max", "waiting"},
+    "exec": {"max", "waiting"}}), "sync_daemons" when the daemon keeps any
     (director.sync.SyncKeeper.report), "vips" when it keeps any
     (director.vips.VipKeeper.report), "maintenance" (a bool) when given,
     and "bgp" with [bgp] (director.bgp.BgpKeeper.report: "speaker" {state,
@@ -329,8 +328,11 @@ def status_data(
             "longest": longest,
             "longest_age": None if age is None else round(age, 3),
         }
-    if max_exec is not None:
-        data["exec_slots"] = {"max": max_exec, "waiting": exec_waiting(report)}
+    if slots is not None:
+        data["slots"] = {
+            kind: {"max": most, "waiting": slot_waiting(report, kind)}
+            for kind, most in zip(("probe", "exec"), slots, strict=True)
+        }
     if sync:
         data["sync_daemons"] = [asdict(d) for d in sync]
     if vips:
@@ -418,7 +420,7 @@ def status_text(
     bgp: BgpStatus | None = None,
     summary: bool = False,
     lateness: float = 0.0,
-    max_exec: int | None = None,
+    slots: tuple[int, int] | None = None,
 ) -> str:
     """A maintenance line when on, a line when the last probe started
     LATE_AFTER or more after its due time (`lateness`, seconds) or real
@@ -426,9 +428,9 @@ def status_text(
     checks are behind, and LAST PROBE may be that old; one block per service, one aligned row
     per real server (`summary`: the totals and what is not up, summary_text);
     then one line per sync daemon and per VIP the daemon keeps, and the BGP
-    speaker, its peers and routes. With exec probes waiting for a command
-    slot (`max_exec` run at once), the checks behind say so, not that the
-    daemon is short of CPU."""
+    speaker, its peers and routes. With probes waiting for a slot (`slots`:
+    max probes, max exec commands at once), the checks behind say so, not
+    that the daemon is short of CPU."""
     head = (
         "maintenance: on (every VIP of the daemon's removed or withdrawn; "
         "directorctl maintenance off)\n"
@@ -446,13 +448,19 @@ def status_text(
             f" {age:.1f}s ({longest})"
         )
     if behind:
-        waiting = exec_waiting(report)
-        cause = (
-            f"exec checks wait for a command slot: {waiting} waiting,"
-            f" {max_exec or 'a few'} run at once ([daemon] max_exec_checks)"
-            if waiting
-            else "short of CPU for this many checks at their intervals"
-        )
+        most = slots or (0, 0)
+        if waiting := slot_waiting(report, "exec"):
+            cause = (
+                f"exec checks wait for a command slot: {waiting} waiting, {most[1]} run at once"
+                " ([daemon] max_exec_checks)"
+            )
+        elif waiting := slot_waiting(report, "probe"):
+            cause = (
+                f"probes wait for a slot: {waiting} waiting, {most[0]} run at once"
+                " ([daemon] max_probes, at most half the open-file limit)"
+            )
+        else:
+            cause = "short of CPU for this many checks at their intervals"
         head += (
             f"checks behind: {'; '.join(behind)} ({cause}: LAST PROBE may be that old, and"
             " failures are seen that late)\n"
@@ -633,13 +641,14 @@ def _row(rs: RealServerStatus) -> tuple[str, ...]:
     running = rs.probe_running_for
     if running is not None and running < PROBE_RUNNING_SHOWN:
         running = None
-    waiting = rs.exec_slot_wait
+    waiting = rs.slot_wait
     if waiting is not None and waiting < PROBE_RUNNING_SHOWN:
         waiting = None
+    slot = "an exec slot" if rs.slot == "exec" else "a probe slot"
     if rs.last_ok is None:
         last = "-" if running is None else f"first probe running for {_duration(running)}"
         if waiting is not None:
-            last = f"first probe waiting {_duration(waiting)} for an exec slot"
+            last = f"first probe waiting {_duration(waiting)} for {slot}"
     else:
         assert rs.last_latency is not None
         last = f"{rs.last_reason} {rs.last_latency * 1000:.1f}ms"
@@ -650,7 +659,7 @@ def _row(rs: RealServerStatus) -> tuple[str, ...]:
         if running is not None:
             last += f"; probe running for {_duration(running)}"
         elif waiting is not None:
-            last += f"; next probe waiting {_duration(waiting)} for an exec slot"
+            last += f"; next probe waiting {_duration(waiting)} for {slot}"
     current = "-" if rs.current_weight is None else str(rs.current_weight)
     notes = [
         note

@@ -312,12 +312,14 @@ class DaemonSettings:
     """[daemon]: `reconcile_interval` is the seconds between drift repairs (and the
     longest backoff of a refused operation); `flush_on_stop` removes the owned
     services and VIPs at stop; `state_file` is where director.statefile saves;
-    `max_exec_checks` is how many exec checks' commands run at once."""
+    `max_probes` is how many probes run at once (at most half the open-file
+    limit), `max_exec_checks` how many of them exec checks' commands."""
 
     flush_on_stop: bool = False
     reconcile_interval: float = 5.0
     state_file: str = "/var/lib/director/state.json"
     log_level: LogLevel = LogLevel.INFO
+    max_probes: int = 4096
     max_exec_checks: int = 16
 
 

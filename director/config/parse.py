@@ -99,6 +99,8 @@ _QUORUM_MAX = 2**31 - 1
 # [daemon] max_exec_checks at most: each command running holds a process and
 # its pipes, out of the probes' share of the file descriptors (half the limit).
 MAX_EXEC_CHECKS = 1024
+# [daemon] max_probes at most (the open-file limit bounds it further).
+MAX_PROBES = 65536
 T = TypeVar("T")
 
 
@@ -442,6 +444,7 @@ def _daemon(table: Table | None) -> DaemonSettings:
         reconcile_interval=table.seconds("reconcile_interval") or DaemonSettings.reconcile_interval,
         state_file=state_file,
         log_level=table.choice("log_level", _LOG_LEVELS) or LogLevel.INFO,
+        max_probes=table.integer("max_probes", 16, MAX_PROBES) or DaemonSettings.max_probes,
         max_exec_checks=(
             table.integer("max_exec_checks", 1, MAX_EXEC_CHECKS) or DaemonSettings.max_exec_checks
         ),

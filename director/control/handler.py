@@ -509,8 +509,8 @@ class Controller:
         now = trio.current_time()
         states = director.checker.states()
         probing = director.checker.probing()
-        waiting_for_exec = director.checker.waiting_for_exec()
-        max_exec = director.checker.max_exec
+        waiting_for_slot = director.checker.waiting_for_slot()
+        slots = (director.checker.max_probes, director.checker.max_exec)
         admin = director.runtime.admin
         runtime_set = director.runtime.set_at_runtime
         kept = overrides(director.config, config, director.runtime)
@@ -536,7 +536,7 @@ class Controller:
                 runtime_set,
                 overrides=kept,
                 probing=probing,
-                waiting_for_exec=waiting_for_exec,
+                waiting_for_slot=waiting_for_slot,
             )
             data = None
             if with_data:
@@ -547,7 +547,7 @@ class Controller:
                     maintenance=maintenance,
                     bgp=bgp,
                     lateness=lateness,
-                    max_exec=max_exec,
+                    slots=slots,
                 )
             if json:
                 return Response(0, "", "", data)
@@ -559,7 +559,7 @@ class Controller:
                 bgp=bgp,
                 summary=summary,
                 lateness=lateness,
-                max_exec=max_exec,
+                slots=slots,
             )
             return Response(0, text, "", data)
 

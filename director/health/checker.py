@@ -295,30 +295,42 @@ class Checker(Generic[K]):
     def states(self) -> dict[K, HealthState]:
         return {key: slot.state for key, slot in self._slots.items()}
 
-    def set_max_exec(self, max_exec: int) -> None:
-        """At most `max_exec` commands run at once from now on (>= 1): a
-        higher limit starts those waiting at once, a lower one stops none
-        that runs and starts no more until fewer run."""
-        if max_exec < 1:
-            raise ValueError(f"max_exec must be >= 1, got {max_exec}")
-        raised = max_exec > self._max_exec
-        self._max_exec = max_exec
+    def set_limits(self, *, max_probes: int | None = None, max_exec: int | None = None) -> None:
+        """At most `max_probes` probes, of them `max_exec` commands, run at
+        once from now on (each >= 1; None: as it is): a higher limit starts
+        those waiting at once, a lower one stops none that runs and starts
+        no more until fewer run."""
+        probes = self._max_probes if max_probes is None else max_probes
+        commands = self._max_exec if max_exec is None else max_exec
+        if probes < 1 or commands < 1:
+            raise ValueError(f"max_probes and max_exec must be >= 1, got {probes}, {commands}")
+        raised = probes > self._max_probes or commands > self._max_exec
+        self._max_probes, self._max_exec = probes, commands
         if self._schedule is not None:
-            self._schedule.max_exec = max_exec
+            self._schedule.max_running, self._schedule.max_exec = probes, commands
             if raised:
                 self._wake_by(trio.current_time())  # the scheduler starts those waiting
+
+    @property
+    def max_probes(self) -> int:
+        return self._max_probes
 
     @property
     def max_exec(self) -> int:
         return self._max_exec
 
-    def waiting_for_exec(self) -> dict[K, float]:
-        """The keys whose exec probe is due and waits for a command slot
-        (max_exec run already), each with its due time (the run's clock)."""
+    def waiting_for_slot(self) -> dict[K, tuple[float, str]]:
+        """The keys whose probe is due and waits for a slot, each with its
+        due time (the run's clock) and the slot: "exec" (max_exec commands
+        run already) or "probe" (max_probes run)."""
         schedule = self._schedule
         if schedule is None:
             return {}
-        return {key: due for probe, due in schedule.waiting_exec() for key, _ in probe.members()}
+        return {
+            key: (due, kind)
+            for probe, due, kind in schedule.waiting()
+            for key, _ in probe.members()
+        }
 
     def probing(self) -> dict[K, float]:
         """The keys whose probe is running now, each with when it started
@@ -713,8 +725,10 @@ def check_problem(check: Check) -> str | None:
     return None
 
 
-def default_max_probes() -> int:
+def default_max_probes(most: int = 4096) -> int:
+    """`most` probes at once, or half the open-file limit (each probe may
+    hold a file) when that is lower; 16 at least."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
-        return 4096
-    return max(16, min(4096, soft // 2))
+        return most
+    return max(16, min(most, soft // 2))

@@ -119,10 +119,18 @@ class Schedule(Generic[T]):
             if entry.running:
                 self._leaving[item] = entry
 
-    def waiting_exec(self) -> list[tuple[T, float]]:
-        """The commands due and waiting for a slot (max_exec run), with
-        their due times, in the order they will start."""
-        return [(e.item, e.due) for e in self._waiting_exec if not e.removed]
+    def waiting(self) -> list[tuple[T, float, str]]:
+        """The probes due and waiting for a slot, each with its due time and
+        the slot it waits for: "exec" (a command, max_exec run), else
+        "probe" (max_running run)."""
+        exec_full = self.running_exec >= self.max_exec
+        waits = [(e.item, e.due, "probe") for e in self._waiting if not e.removed]
+        waits += [
+            (e.item, e.due, "exec" if exec_full else "probe")
+            for e in self._waiting_exec
+            if not e.removed
+        ]
+        return waits
 
     def is_running(self, item: T) -> bool:
         """Whether `item` was started (by `due` or `finished`) and has not

@@ -1141,12 +1141,12 @@ def test_exec_checks_past_the_command_slots_say_they_wait(rig: Rig) -> None:
         answer = rig.ctl("status", "--json")
         data = json.loads(answer.stdout)
         rows = data["services"][0]["real_servers"]
-        if sum(1 for rs in rows if (rs["exec_slot_wait"] or 0) >= 1.2) < 2:
+        if sum(1 for rs in rows if rs["slot"] == "exec" and rs["slot_wait"] >= 1.2) < 2:
             return None
         return dict(data)
 
     data = rig.wait(waiting, "two exec probes waiting over a second for the one slot")
-    assert data["exec_slots"] == {"max": 1, "waiting": 2}, data["exec_slots"]
+    assert data["slots"]["exec"] == {"max": 1, "waiting": 2}, data["slots"]
     running = [rs for rs in data["services"][0]["real_servers"] if rs["probe_running_for"]]
     assert len(running) <= 1, running
     text = rig.ctl("status").stdout

@@ -316,24 +316,48 @@ async def test_exec_probes_waiting_for_a_slot_are_known_and_a_new_limit_admits_t
     servers: FakeServers, nursery: trio.Nursery, clock: object
 ) -> None:
     """Trial 36 (M1): commands past the exec limit waited with nothing to
-    say so. `waiting_for_exec` gives each waiting key its due time, and
-    `set_max_exec` (a reload of [daemon] max_exec_checks) lets them start."""
+    say so. `waiting_for_slot` gives each waiting key its due time and the
+    slot, and `set_limits` (a reload of [daemon] max_exec_checks) lets
+    them start."""
     servers.duration = 10.0
     checker: Checker[int] = Checker(probe=servers, rng=random.Random(SEED), max_exec=2)
     check = ExecCheck(("true",), Timing(interval=2.0, timeout=20.0))
     checker.set_targets({i: (check, ip_address(f"10.2.0.{i}"), 0) for i in range(1, 6)})
-    assert checker.waiting_for_exec() == {} and checker.max_exec == 2  # not running
+    assert checker.waiting_for_slot() == {} and checker.max_exec == 2  # not running
     await nursery.start(checker.run)
     await trio.sleep(3)
-    waiting = checker.waiting_for_exec()
+    waiting = checker.waiting_for_slot()
     assert len(checker.probing()) == 2 and servers.running == 2
     assert len(waiting) == 3 and not waiting.keys() & checker.probing().keys()
-    assert all(0.0 <= due <= 2.0 for due in waiting.values())  # each due in its first interval
-    checker.set_max_exec(5)
+    assert {kind for _, kind in waiting.values()} == {"exec"}
+    assert all(0.0 <= due <= 2.0 for due, _ in waiting.values())  # each due in its first interval
+    checker.set_limits(max_exec=5)
     await trio.sleep(0.1)
-    assert servers.running == 5 and checker.waiting_for_exec() == {}
-    with pytest.raises(ValueError, match="max_exec must be >= 1, got 0"):
-        checker.set_max_exec(0)
+    assert servers.running == 5 and checker.waiting_for_slot() == {}
+    with pytest.raises(ValueError, match="max_probes and max_exec must be >= 1, got 4096, 0"):
+        checker.set_limits(max_exec=0)
+
+
+async def test_probes_waiting_for_one_of_max_probes_are_known_as_such(
+    servers: FakeServers, nursery: trio.Nursery, clock: object
+) -> None:
+    """The same fault with the other limit: with max_probes running (a
+    rack that times out, say), a probe waits for a probe slot, exec or
+    not, and a higher limit starts it."""
+    servers.duration = 10.0
+    checker: Checker[int] = Checker(probe=servers, rng=random.Random(SEED), max_probes=2)
+    tcp_check = tcp(interval=2.0, timeout=20.0)
+    exec_check = ExecCheck(("true",), Timing(interval=2.0, timeout=20.0))
+    targets: dict[int, Target] = {i: (tcp_check, ip_address(f"10.2.0.{i}"), 80) for i in (1, 2, 3)}
+    targets |= {i: (exec_check, ip_address(f"10.2.0.{i}"), 0) for i in (4, 5)}
+    checker.set_targets(targets)
+    await nursery.start(checker.run)
+    await trio.sleep(3)
+    assert servers.running == 2 and checker.max_probes == 2
+    assert sorted(kind for _, kind in checker.waiting_for_slot().values()) == ["probe"] * 3
+    checker.set_limits(max_probes=8)
+    await trio.sleep(0.1)
+    assert servers.running == 5 and checker.waiting_for_slot() == {}
 
 
 @pytest.mark.parametrize(

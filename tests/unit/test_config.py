@@ -783,6 +783,7 @@ def test_all_errors_are_collected() -> None:
             "[daemon]\nmax_exec_checks = 0\n",
             "daemon.max_exec_checks: must be between 1 and 1024: 0",
         ),
+        ("[daemon]\nmax_probes = 8\n", "daemon.max_probes: must be between 16 and 65536: 8"),
         (
             "[daemon]\nmax_exec_checks = 16.5\n",
             "daemon.max_exec_checks: expected an integer, got a number: 16.5",
@@ -1276,7 +1277,7 @@ def test_settings_lines_write_each_kind_of_value_as_the_config_does() -> None:
     )
     new = parse_config(
         '[daemon]\nstate_file = "/run/b.json"\nflush_on_stop = true\nlog_level = "warning"\n'
-        "max_exec_checks = 32\n"
+        "max_exec_checks = 32\nmax_probes = 8192\n"
         '[control]\nsocket = "/run/a.sock"\nmode = 0o600\n'
         "[ipvs]\ntimeouts = { tcp = 5, tcpfin = 10, udp = 300 }\n"
         '[metrics]\nlisten = "127.0.0.1:9531"\n'
@@ -1287,6 +1288,7 @@ def test_settings_lines_write_each_kind_of_value_as_the_config_does() -> None:
         "[ipvs] sync",
         "[daemon] flush_on_stop: false -> true",
         '[daemon] log_level: "info" -> "warning"',
+        "[daemon] max_probes: 4096 -> 8192",
         "[daemon] max_exec_checks: 16 -> 32",
     )
     assert restart_needed(old, new) == [

@@ -15,8 +15,8 @@ import trio.testing
 from engine_support import Network, running
 
 from director.config import parse_config
-from director.engine import OVERLOAD_WARNING_EVERY, Director, check_targets
-from director.health.checker import Target
+from director.engine import OVERLOAD_WARNING_EVERY, Director, _late_cause, check_targets
+from director.health.checker import Checker, Target
 from director.health.result import ProbeResult
 from director.health.spec import Check
 from director.ipvs.memory import MemoryBackend
@@ -140,3 +140,17 @@ async def test_late_probes_behind_the_exec_limit_are_said_to_be(
     assert isinstance(hint := late["hint"], str)
     assert "exec checks wait for a command slot (1 run at once)" in hint
     assert "[daemon] max_exec_checks" in hint
+
+
+def test_late_probes_behind_max_probes_name_that_limit() -> None:
+    """The other member of trial 36's M1: probes waiting for one of
+    [daemon] max_probes' slots (a rack of servers that time out holds
+    them), not the CPU; the exec commands' limit first when both wait."""
+    checker: Checker[int] = Checker(max_probes=300, max_exec=4)
+    probes = _late_cause(0, 7, checker)
+    assert probes["slot_waiting"] == 7
+    assert "probes wait for a slot (300 run at once): raise [daemon] max_probes" in str(
+        probes["hint"]
+    )
+    assert _late_cause(2, 7, checker)["exec_waiting"] == 2
+    assert "short of CPU" in str(_late_cause(0, 0, checker)["hint"])

@@ -518,7 +518,7 @@ async def test_exec_probes_waiting_for_a_slot_are_said_so(
     (16, not in the docs), status said "short of CPU" and a waiting
     probe's row said nothing. Now the row says it waits for an exec slot,
     the checks behind name [daemon] max_exec_checks, the data has
-    exec_slots; and a reload that raises the limit starts it."""
+    slots; and a reload that raises the limit starts it."""
     async with rig(tmp_path, config=EXEC_CONFIG, delay=30.0) as r:
         await trio.sleep(5)
         r.director._on_start(next(iter(r.director._targets[VIP].values())), 4.0)  # late
@@ -529,18 +529,23 @@ async def test_exec_probes_waiting_for_a_slot_are_said_so(
         reloaded = await r.command("reload")
         await trio.sleep(1)
         both = await r.command("status", json=False)
-    assert waiting.data is not None and waiting.data["exec_slots"] == {"max": 1, "waiting": 1}
+    assert waiting.data is not None
+    assert waiting.data["slots"] == {
+        "probe": {"max": 4096, "waiting": 0},
+        "exec": {"max": 1, "waiting": 1},
+    }
     rows = {rs["server"]: rs for rs in waiting.data["services"][0]["real_servers"]}
-    (queued,) = [rs for rs in rows.values() if rs["exec_slot_wait"] is not None]
-    assert 3.0 <= queued["exec_slot_wait"] <= 5.0 and queued["probe_running_for"] is None
-    assert f"first probe waiting {queued['exec_slot_wait']:.1f}s for an exec slot" in waiting.stdout
+    (queued,) = [rs for rs in rows.values() if rs["slot_wait"] is not None]
+    assert queued["slot"] == "exec" and queued["probe_running_for"] is None
+    assert 3.0 <= queued["slot_wait"] <= 5.0
+    assert f"first probe waiting {queued['slot_wait']:.1f}s for an exec slot" in waiting.stdout
     assert waiting.stdout.startswith("checks behind: the last probe started 4.0s after its time")
     assert (
         "(exec checks wait for a command slot: 1 waiting, 1 run at once ([daemon] max_exec_checks)"
         in waiting.stdout
     )
     assert "[daemon] max_exec_checks: 1 -> 2" in reloaded.stdout, reloaded
-    assert both.data is not None and both.data["exec_slots"] == {"max": 2, "waiting": 0}
+    assert both.data is not None and both.data["slots"]["exec"] == {"max": 2, "waiting": 0}
     assert all(
         rs["probe_running_for"] is not None for rs in both.data["services"][0]["real_servers"]
     )
