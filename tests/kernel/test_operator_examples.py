@@ -1193,3 +1193,44 @@ def test_a_summary_with_servers_not_checked_yet_does_not_say_all_are_up(rig: Rig
     )
     summary = rig.ctl("status", "--summary").stdout.splitlines()
     assert summary[-1] == "every real server is up, enabled and in the kernel table", summary
+
+
+def test_probes_past_max_probes_say_they_wait_for_a_probe_slot(rig: Rig) -> None:
+    """The other member of trial 36's M1: [daemon] max_probes = 16 and 24
+    real servers on rs1's link that no host has (no ARP answer: each probe
+    holds its slot for its 4 s timeout). Probes wait for a probe slot, the
+    rows and the data say so, not the CPU; a reload to 64 lets them all
+    run at once."""
+    check = '{ type = "tcp", interval = 1.0, timeout = 4.0, rise = 1, fall = 1 }'
+    subnet = str(rig.net.host("rs1").gateway).rsplit(".", 1)[0]
+    servers = [f'address = "{subnet}.{100 + i}:80"\nforward = "masq"\n' for i in range(24)]
+
+    def config(slots: int) -> str:
+        return rig.config_text(rig.service(80, check, *servers), daemon=f"max_probes = {slots}")
+
+    rig.start(config(16))
+
+    def waiting() -> dict[str, Any] | None:
+        data = json.loads(rig.ctl("status", "--json").stdout)
+        rows = data["services"][0]["real_servers"]
+        late = [rs for rs in rows if rs["slot"] == "probe" and rs["slot_wait"] >= 1.2]
+        return dict(data) if late else None
+
+    data = rig.wait(waiting, "a probe waiting over a second for a probe slot")
+    assert data["slots"]["probe"]["max"] == 16 and data["slots"]["probe"]["waiting"] >= 1, data
+    rows = data["services"][0]["real_servers"]
+    assert sum(1 for rs in rows if rs["probe_running_for"] is not None) <= 16, rows
+    assert "for a probe slot" in rig.ctl("status").stdout
+
+    answer = rig.reload(config(64))
+    assert answer.status == 0 and "[daemon] max_probes: 16 -> 64" in answer.stdout, answer
+
+    def all_running() -> bool:
+        rows = rig.status()[rig.vs(80)]["real_servers"]
+        return (
+            all(rs["slot"] is None for rs in rows)
+            and sum(1 for rs in rows if rs["probe_running_for"] is not None) > 16
+        )
+
+    rig.wait(all_running, "more than 16 probes running, none waiting")
+    assert rig.alive()
