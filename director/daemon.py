@@ -38,7 +38,7 @@ with standing_in("ssl", "hmac", "hashlib"):
     from director.config.toml import string
     from director.control import server
     from director.control.handler import Controller
-    from director.engine import Director, Stopping
+    from director.engine import ABANDONED, Director, Stopping
     from director.health.spec import ExecCheck
     from director.ipvs.errors import KernelError
     from director.ipvs.netlink import NetlinkBackend
@@ -321,7 +321,11 @@ class Reloads:
                 try:
                     await self.director.reload_file(self.path, signal="SIGHUP")
                 except Stopping:
+                    _abandoned()
                     return
+                except trio.Cancelled:
+                    _abandoned()
+                    raise
                 if self.director.stop_asked:  # no READY=1 after STOPPING=1
                     return
                 self.notifier.ready(self.director.status_line())
@@ -329,6 +333,12 @@ class Reloads:
                     return
         finally:
             self.running = False
+
+
+def _abandoned() -> None:
+    """The stop came before a SIGHUP's reload had its turn (a SIGHUP and a
+    SIGTERM kept during the start, say): said, not dropped."""
+    log.get("directord").warning("reload_abandoned", signal="SIGHUP", reason=ABANDONED)
 
 
 async def _extend_stop(notifier: Notifier) -> None:

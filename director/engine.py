@@ -83,6 +83,7 @@ from director.desired import (
 )
 from director.health.checker import Checker, Target, default_max_probes
 from director.health.probes import ProbeFunction
+from director.health.result import ProbeResult
 from director.health.spec import Check, ExecCheck, probed_endpoint
 from director.health.state import Health, HealthState, Transition, failure_worth_logging
 from director.ipvs.errors import IPVSError, KernelError
@@ -243,22 +244,26 @@ class _Belief:
 
 
 def _late_cause(exec_waiting: int, slot_waiting: int, checker: Checker[Any]) -> dict[str, object]:
-    """probes_late's fields on why: probes waiting for a slot (exec
-    commands first), or the CPU."""
+    """probes_late's fields on why: probes waiting for a slot, of either
+    kind or both, or else the CPU."""
+    fields: dict[str, object] = {}
+    hints = []
     if exec_waiting:
-        return {
-            "exec_waiting": exec_waiting,
-            "hint": f"probes start late: exec checks wait for a command slot ({checker.max_exec}"
-            " run at once): raise [daemon] max_exec_checks, or make the commands shorter or fewer",
-        }
+        fields["exec_waiting"] = exec_waiting
+        hints.append(
+            f"exec checks wait for a command slot ({checker.max_exec} run at once): raise"
+            " [daemon] max_exec_checks, or make the commands shorter or fewer"
+        )
     if slot_waiting:
-        return {
-            "slot_waiting": slot_waiting,
-            "hint": f"probes start late: probes wait for a slot ({checker.max_probes} run at"
-            " once): raise [daemon] max_probes (at most half the open-file limit), or shorten"
-            " the timeouts of servers that do not answer",
-        }
-    return {"hint": "probes start late: short of CPU for this many checks at their intervals"}
+        fields["slot_waiting"] = slot_waiting
+        hints.append(
+            f"probes wait for a slot ({checker.max_probes} run at once): raise [daemon]"
+            " max_probes (at most half the open-file limit), or shorten the timeouts of servers"
+            " that do not answer"
+        )
+    if not hints:
+        hints.append("short of CPU for this many checks at their intervals")
+    return fields | {"hint": "probes start late: " + "; ".join(hints)}
 
 
 class Director:
@@ -317,6 +322,7 @@ class Director:
             tick=CHECK_TICK,
             max_probes=default_max_probes(config.daemon.max_probes),
             max_exec=config.daemon.max_exec_checks,
+            on_shortage=self._on_shortage,
         )
         self.owned: frozenset[ServiceKey] = owned | self.effective.service_keys()
         self.refusals: dict[Subject, Refusal] = {}
@@ -416,6 +422,20 @@ class Director:
         if probed is None or probed == (rid.address, rid.port):
             return {}
         return {"probed": endpoint(*probed)}
+
+    def _on_shortage(self, target: Target, result: ProbeResult) -> None:
+        """A probe the daemon's own shortage failed (out of file descriptors,
+        say): no verdict on the server, whose health stays as it was; a
+        warning at most once every OVERLOAD_WARNING_EVERY seconds."""
+        _, address, port = target
+        self._overloaded(
+            "probe_short_of_resources",
+            probed=endpoint(address, port),
+            detail=result.detail,
+            hint="the daemon ran short of file descriptors or memory: the probe gave no verdict"
+            " and the server's health stays; raise LimitNOFILE, or lower [daemon] max_probes or"
+            " max_exec_checks",
+        )
 
     def _on_start(self, target: Target, lateness: float) -> None:
         """The checker's on_start: a probe started `lateness` seconds after

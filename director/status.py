@@ -449,18 +449,18 @@ def status_text(
         )
     if behind:
         most = slots or (0, 0)
+        causes = []
         if waiting := slot_waiting(report, "exec"):
-            cause = (
+            causes.append(
                 f"exec checks wait for a command slot: {waiting} waiting, {most[1]} run at once"
                 " ([daemon] max_exec_checks)"
             )
-        elif waiting := slot_waiting(report, "probe"):
-            cause = (
+        if waiting := slot_waiting(report, "probe"):
+            causes.append(
                 f"probes wait for a slot: {waiting} waiting, {most[0]} run at once"
                 " ([daemon] max_probes, at most half the open-file limit)"
             )
-        else:
-            cause = "short of CPU for this many checks at their intervals"
+        cause = "; ".join(causes) or "short of CPU for this many checks at their intervals"
         head += (
             f"checks behind: {'; '.join(behind)} ({cause}: LAST PROBE may be that old, and"
             " failures are seen that late)\n"

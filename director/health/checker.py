@@ -170,12 +170,16 @@ class Checker(Generic[K]):
         max_exec: int = 16,
         on_start: Callable[[Target, float], None] | None = None,
         tick: float = 0.0,
+        on_shortage: Callable[[Target, ProbeResult], None] | None = None,
     ) -> None:
         """`on_transition` and `on_result` run in the checker's task and must
         not block; `on_result` gets the state before and after each probe
         (the result is `after.last`). `probe` defaults to the real probes. At
         most `max_probes` probes (default: half the file descriptor limit)
         and `max_exec` commands run at once; the others wait their turn.
+        A result that is the daemon's own shortage (ProbeResult.own: out of
+        file descriptors, say) changes no health: `on_shortage(target,
+        result)` is told of it instead of on_result.
         `on_start(target, lateness)` is told of each probe as it starts,
         with how many seconds after its due time (a meter: bench/checker.py).
         With `tick` > 0 (seconds), probes start on multiples of it, at most
@@ -190,6 +194,7 @@ class Checker(Generic[K]):
         self._on_transition = on_transition
         self._on_result = on_result
         self._on_start = on_start
+        self._on_shortage = on_shortage
         self._tick = tick
         self._probe = probe
         self._rng = rng or random.Random()
@@ -644,6 +649,10 @@ class Checker(Generic[K]):
             )
 
     def _record(self, probe: _Probe[K], result: ProbeResult, now: float | None = None) -> None:
+        if result.own:  # no verdict on the server: the next probe gives one
+            if self._on_shortage is not None:
+                self._on_shortage(probe.target, result)
+            return
         if now is None:
             now = trio.current_time()
         timing = probe.target[0].timing

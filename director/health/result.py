@@ -41,16 +41,21 @@ class ProbeResult:
     latency: float
     weight: int | None = None  # asked for by a dynamic-weight exec check
     detail: str = ""
+    # The daemon's own shortage (no file descriptor, no memory: EMFILE and
+    # the like) made it fail, not the server: no verdict on the server.
+    own: bool = False
 
     @classmethod
     def success(cls, latency: float, *, weight: int | None = None, detail: str = "") -> ProbeResult:
         return cls(True, Reason.OK, latency, weight, _shared(detail) if detail else "")
 
     @classmethod
-    def failure(cls, reason: Reason, latency: float, detail: str = "") -> ProbeResult:
+    def failure(
+        cls, reason: Reason, latency: float, detail: str = "", *, own: bool = False
+    ) -> ProbeResult:
         if reason is Reason.OK:
             raise ValueError("a failed probe needs a failure reason, not 'ok'")
-        return cls(False, reason, latency, None, _shared(detail))
+        return cls(False, reason, latency, None, _shared(detail), own)
 
 
 def _shared(detail: str) -> str:

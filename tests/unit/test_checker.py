@@ -937,3 +937,34 @@ async def test_an_exception_in_a_tcp_verdicts_callback_ends_the_run(
             async with trio.open_nursery() as nursery:
                 await nursery.start(checker.run)
                 await trio.sleep(2.0)
+
+
+async def test_the_daemons_own_shortage_is_no_verdict_on_the_server(
+    nursery: trio.Nursery, clock: object
+) -> None:
+    """Trial 37 (HIGH): under a low open-file limit, exec probes failed with
+    EMFILE and an up server was taken out of the table (fall = 1). A result
+    that is the daemon's own shortage (ProbeResult.own) changes no health:
+    on_shortage is told of it, on_result and on_transition are not."""
+    recorder = Recorder()
+    short: list[tuple[Target, ProbeResult]] = []
+    results = iter([ProbeResult.success(0.001)] + [ProbeResult.failure(Reason.ERROR, 0.0, "EMFILE: Too many open files", own=True)] * 3)  # fmt: skip
+
+    async def probe(check: Check, address: IPAddress, port: int) -> ProbeResult:
+        await trio.lowlevel.checkpoint()
+        return next(results, ProbeResult.success(0.001))
+
+    checker: Checker[str] = Checker(
+        probe=probe,
+        rng=random.Random(SEED),
+        on_transition=recorder.on_transition,
+        on_result=recorder.on_result,
+        on_shortage=lambda target, result: short.append((target, result)),
+    )
+    checker.set_targets({"a": (tcp(interval=1.0, rise=1, fall=1), A, 80)})
+    await nursery.start(checker.run)
+    await trio.sleep(4.5)
+    assert [(old, new) for _, old, new, _ in recorder.moves()] == [(Health.UNKNOWN, Health.UP)]
+    assert len(short) == 3 and all(result.own for _, result in short)
+    assert all(result.ok for _, result, _ in recorder.results)  # none of the three counted
+    assert checker.state("a").status is Health.UP

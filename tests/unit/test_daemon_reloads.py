@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import structlog
 import trio
 import trio.testing
 
@@ -82,3 +83,23 @@ async def test_no_ready_after_a_stop_and_no_reload_once_the_engine_refuses(
     reloads.ask(nursery)
     await trio.testing.wait_all_tasks_blocked()
     assert (director.reloads, reloads.running) == (1, False)
+
+
+async def test_a_reload_the_stop_cuts_off_before_its_turn_is_said_abandoned(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Trial 37 (L5): a SIGHUP and a SIGTERM kept during the start: the
+    stop came before the reload's turn, the reload's task was cancelled (or
+    the engine refused it), and no line said so. Both ways now log
+    `reload_abandoned`."""
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            director, _, _ = await reloading(nursery)  # waiting for its turn
+            nursery.cancel_scope.cancel()  # the stop
+        refused = FakeDirector()
+        refused.refuse = True
+        async with trio.open_nursery() as nursery:
+            Reloads(refused, FakeNotifier(), Path("/x.toml")).ask(nursery)  # type: ignore[arg-type]
+    abandoned = [e for e in logs if e["event"] == "reload_abandoned"]
+    assert [(e["signal"], e["log_level"]) for e in abandoned] == [("SIGHUP", "warning")] * 2
+    assert director.reloads == 1 and refused.reloads == 0

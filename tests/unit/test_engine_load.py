@@ -152,5 +152,8 @@ def test_late_probes_behind_max_probes_name_that_limit() -> None:
     assert "probes wait for a slot (300 run at once): raise [daemon] max_probes" in str(
         probes["hint"]
     )
-    assert _late_cause(2, 7, checker)["exec_waiting"] == 2
+    both = _late_cause(2, 7, checker)
+    assert (both["exec_waiting"], both["slot_waiting"]) == (2, 7)  # trial 37: both, not one
+    assert "[daemon] max_exec_checks" in str(both["hint"])
+    assert "[daemon] max_probes" in str(both["hint"])
     assert "short of CPU" in str(_late_cause(0, 0, checker)["hint"])

@@ -551,6 +551,22 @@ async def test_exec_probes_waiting_for_a_slot_are_said_so(
     )
 
 
+def test_checks_behind_name_both_limits_when_both_hold_probes_back() -> None:
+    """Trial 37 (M2): with exec commands and other probes both waiting,
+    the line named only max_exec_checks, TCP servers' waits included."""
+    (service, _) = _report()
+    first, second = service.real_servers
+    rows = (
+        replace(first, slot_wait=2.0, slot="exec"),
+        replace(second, slot_wait=2.0, slot="probe"),
+    )
+    text = status.status_text((replace(service, real_servers=rows),), lateness=2.0, slots=(40, 4))
+    head = text.splitlines()[0]
+    assert "exec checks wait for a command slot: 1 waiting, 4 run at once" in head, head
+    assert "probes wait for a slot: 1 waiting, 40 run at once ([daemon] max_probes" in head, head
+    assert "short of CPU" not in head
+
+
 def test_a_stale_probe_shows_its_age() -> None:
     config = parse_config(CONFIG)
     (vs,) = config.virtual_servers

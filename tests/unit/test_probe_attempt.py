@@ -14,6 +14,7 @@ from director.health.probes.attempt import (
     CONNECT,
     HEAD,
     TLS,
+    own_shortage,
     probe_attempt,
     timed_out,
     translate,
@@ -140,3 +141,26 @@ async def test_a_timeouts_latency_is_its_timeout_whatever_its_cleanup_took(
                 await trio.sleep(0.3)  # the cleanup past the deadline
     assert (attempt.result.reason, attempt.result.latency) == (Reason.TIMEOUT, 1.0)
     assert attempt.result.detail == "no verdict within 1 s"
+
+
+@pytest.mark.parametrize(
+    ("exc", "own"),
+    [
+        (OSError(errno.EMFILE, "Too many open files"), True),
+        (OSError(errno.ENFILE, "Too many open files in system"), True),
+        (OSError(errno.ENOBUFS, "No buffer space available"), True),
+        (OSError(errno.ENOMEM, "Cannot allocate memory"), True),
+        (wrapped(OSError(errno.EMFILE, "Too many open files"), httpx.ConnectError("x")), True),
+        (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), False),
+        (OSError(errno.ECONNRESET, "Connection reset by peer"), False),
+        (trio.TooSlowError(), False),
+    ],
+)  # fmt: skip
+async def test_the_daemons_own_shortage_is_marked_own(exc: BaseException, own: bool) -> None:
+    """Trial 37 (HIGH): an exec check failed with EMFILE (the daemon's
+    open-file limit) took an up server out. Such a failure is `own`, which
+    the checker does not count against the server."""
+    with probe_attempt(1.5) as attempt:
+        raise exc
+    assert attempt.result.ok is False and attempt.result.own is own
+    assert own_shortage(exc) is own

@@ -61,10 +61,13 @@ class Attempt:
     def succeed(self, *, weight: int | None = None, detail: str = "") -> None:
         self._result = ProbeResult.success(self.elapsed(), weight=weight, detail=detail)
 
-    def fail(self, reason: Reason, detail: str = "", *, latency: float | None = None) -> None:
-        """`latency` (seconds): the time since the start by default."""
+    def fail(
+        self, reason: Reason, detail: str = "", *, latency: float | None = None, own: bool = False
+    ) -> None:
+        """`latency` (seconds): the time since the start by default; `own`:
+        the daemon's shortage, not the server (ProbeResult.own)."""
         elapsed = self.elapsed() if latency is None else latency
-        self._result = ProbeResult.failure(reason, elapsed, detail)
+        self._result = ProbeResult.failure(reason, elapsed, detail, own=own)
 
     @property
     def result(self) -> ProbeResult:
@@ -89,7 +92,12 @@ def probe_attempt(timeout: float, *, deadline: bool = True) -> Iterator[Attempt]
         # A timeout's latency is its timeout, not the time to its end: the
         # cleanup past the deadline (an exec check's group killed and
         # reaped) is the daemon's.
-        attempt.fail(reason, detail, latency=timeout if reason is Reason.TIMEOUT else None)
+        attempt.fail(
+            reason,
+            detail,
+            latency=timeout if reason is Reason.TIMEOUT else None,
+            own=own_shortage(exc),
+        )
 
 
 # What a probe waited for when its time ran out (`timed_out`'s `step`).
@@ -145,6 +153,17 @@ def translate(exc: BaseException, timeout: float) -> tuple[Reason, str]:
     if any(isinstance(e, trio.BrokenResourceError) for e in chain):
         return Reason.ERROR, "connection broken"
     return Reason.ERROR, str(exc) or type(exc).__name__
+
+
+# What the daemon itself ran short of, not the server: out of file
+# descriptors (its own, or the system's), of buffer space, of memory.
+OWN_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def own_shortage(exc: BaseException) -> bool:
+    """Whether `exc` (or what it wraps) is the daemon's own shortage
+    (OWN_ERRNOS): a probe it fails gives no verdict on the server."""
+    return any(isinstance(e, OSError) and e.errno in OWN_ERRNOS for e in _causes(exc))
 
 
 def _network_failures() -> tuple[type[BaseException], ...]:

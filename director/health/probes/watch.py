@@ -31,7 +31,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import outcome
 import trio
 
-from director.health.probes.attempt import translate
+from director.health.probes.attempt import own_shortage, translate
 from director.health.probes.contain import BugLog, contained
 from director.health.result import ProbeResult, Reason
 from director.health.spec import Check
@@ -117,7 +117,7 @@ def network_failure(exc: BaseException, latency: float, timeout: float) -> Probe
     """The failed result for a network failure (attempt.py's reasons);
     trio.TooSlowError is the timeout's."""
     reason, detail = translate(exc, timeout)
-    return ProbeResult.failure(reason, latency, detail)
+    return ProbeResult.failure(reason, latency, detail, own=own_shortage(exc))
 
 
 # A deadline is put back only for more than this (seconds): the server's
