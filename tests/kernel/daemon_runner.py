@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -89,8 +91,10 @@ def waiter(
 
 
 class Daemon:
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, nofile: int | None = None) -> None:
+        """`nofile`: the daemon's open-file limit, soft and hard (none: the test's)."""
         self.config = config
+        self.nofile = nofile
         self.process: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self._lock = threading.Lock()
@@ -121,6 +125,7 @@ class Daemon:
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "NOTIFY_SOCKET": address},
+            preexec_fn=None if self.nofile is None else partial(_limit_files, self.nofile),
         )
         self._reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
         self._reader.start()
@@ -256,6 +261,10 @@ class Daemon:
         except AssertionError as e:
             raise AssertionError(f"{e}\ndirectord's log:\n{self.log_text()}") from None
         return found[0]
+
+
+def _limit_files(count: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
 
 
 def cpu_seconds(pid: int) -> float:

@@ -1234,3 +1234,35 @@ def test_probes_past_max_probes_say_they_wait_for_a_probe_slot(rig: Rig) -> None
 
     rig.wait(all_running, "more than 16 probes running, none waiting")
     assert rig.alive()
+
+
+# -- 14. stop 36's second trial: the daemon's own shortage is no verdict ---------------------
+
+
+def test_a_daemon_out_of_file_descriptors_takes_no_server_out(rig: Rig) -> None:
+    """Trial 37 (HIGH): under an open-file limit of 80, exec checks failed
+    with EMFILE and an up server left the table (fall = 1). Here the limit
+    is 48 and 20 exec checks of 2 s may run 16 at once, each holding its
+    pipes: some cannot start. Such a probe gives no verdict
+    (`probe_short_of_resources`), no server goes down, and every one is up
+    once its command runs."""
+    script = rig.workdir / "slow.sh"
+    script.write_text("#!/bin/sh\nsleep 2\nexit 0\n")
+    check = (
+        f'{{ type = "exec", command = ["/bin/sh", "{script}"], interval = 1.0, timeout = 5.0, '
+        "rise = 1, fall = 1 }"
+    )
+    subnet = str(rig.net.host("rs1").gateway).rsplit(".", 1)[0]
+    servers = [f'address = "{subnet}.{100 + i}:80"\nforward = "masq"\n' for i in range(20)]
+    rig.config.write_text(
+        rig.config_text(rig.service(80, check, *servers), daemon="max_exec_checks = 16")
+    )
+    rig.daemon = Daemon(rig.config, nofile=48)
+    rig.daemon.start()
+    daemon = rig.daemon
+    rig.wait(lambda: daemon.events("probe_short_of_resources"), "a probe short of files")
+    (short, *_) = daemon.events("probe_short_of_resources")
+    assert "EMFILE" in short["detail"] or "ENFILE" in short["detail"], short
+    rig.wait(lambda: len(rig.weights(80) or {}) == 20, "all 20 servers up")
+    assert not daemon.events("real_server_down"), daemon.events("real_server_down")
+    assert rig.alive()
