@@ -254,12 +254,18 @@ async def serve(
                 # What came before (Python's start, the imports, the first
                 # pass) was kept with its time (entry.catch): handled now.
                 now = time.monotonic()
-                for signum, at in entry.replay():
+                kept = entry.replay()
+                stop = any(signum in (signal.SIGTERM, signal.SIGINT) for signum, _ in kept)
+                for signum, at in kept:
                     logger.info(
                         "signal_kept",
                         signal=signal.Signals(signum).name,
                         seconds_ago=round(now - at, 3),
-                        why="came during the start: acted on once ready",
+                        why=(
+                            "came during the start: no reload, a stop came too"
+                            if stop and signum == signal.SIGHUP
+                            else "came during the start: acted on once ready"
+                        ),
                     )
                 starting.cancel()
                 started(notifier, director.status_line())

@@ -243,18 +243,22 @@ class _Belief:
                 self.destinations[key] = destination
 
 
-def _late_cause(exec_waiting: int, slot_waiting: int, checker: Checker[Any]) -> dict[str, object]:
+def _late_cause(
+    exec_waiting: int, slot_waiting: int, checker: Checker[Any], since: float = math.inf
+) -> dict[str, object]:
     """probes_late's fields on why: probes waiting for a slot, of either
-    kind or both, or else the CPU."""
+    kind or both, now or at `since` (the run's clock: the last warning) or
+    later, or else the CPU."""
+    waited = checker.slot_waited()
     fields: dict[str, object] = {}
     hints = []
-    if exec_waiting:
-        fields["exec_waiting"] = exec_waiting
+    if exec_waiting or waited.get("exec", -math.inf) >= since:
+        fields["exec_waiting"] = exec_waiting  # (now: 0 when they waited before)
         hints.append(
             f"exec checks wait for a command slot ({checker.max_exec} run at once): raise"
             " [daemon] max_exec_checks, or make the commands shorter or fewer"
         )
-    if slot_waiting:
+    if slot_waiting or waited.get("probe", -math.inf) >= since:
         fields["slot_waiting"] = slot_waiting
         hints.append(
             f"probes wait for a slot ({checker.max_probes} run at once): raise [daemon]"
@@ -486,7 +490,12 @@ class Director:
                 probes=self._late,
                 late_after_s=LATE_AFTER,
                 latest_s=round(self._latest, 3),
-                **_late_cause(exec_waiting, slot_waiting, self.checker),
+                **_late_cause(
+                    exec_waiting,
+                    slot_waiting,
+                    self.checker,
+                    since=self._warned.get("probes_late", (-math.inf, 0))[0],
+                ),
             )
         ):
             self._late, self._latest = 0, 0.0

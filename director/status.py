@@ -363,6 +363,10 @@ RUNTIME_NOTE = "set at runtime"
 # a TCP or HTTP probe nearby takes milliseconds, and a row that showed each
 # one running would change at every look.
 PROBE_RUNNING_SHOWN = 1.0
+# Seconds after probes last waited for a slot that checks behind still name
+# the slots: servers left behind by the waits stay overdue for up to their
+# interval and timeout after a reload raised the limit (trial 37).
+RECENT_SLOT_WAIT = 60.0
 
 
 def _runtime(service: ServiceStatus) -> str:
@@ -421,6 +425,7 @@ def status_text(
     summary: bool = False,
     lateness: float = 0.0,
     slots: tuple[int, int] | None = None,
+    slot_waited: Mapping[str, float] | None = None,
 ) -> str:
     """A maintenance line when on, a line when the last probe started
     LATE_AFTER or more after its due time (`lateness`, seconds) or real
@@ -429,8 +434,9 @@ def status_text(
     per real server (`summary`: the totals and what is not up, summary_text);
     then one line per sync daemon and per VIP the daemon keeps, and the BGP
     speaker, its peers and routes. With probes waiting for a slot (`slots`:
-    max probes, max exec commands at once), the checks behind say so, not
-    that the daemon is short of CPU."""
+    max probes, max exec commands at once), or that did within the last
+    RECENT_SLOT_WAIT seconds (`slot_waited`: seconds ago, by kind), the
+    checks behind say so, not that the daemon is short of CPU."""
     head = (
         "maintenance: on (every VIP of the daemon's removed or withdrawn; "
         "directorctl maintenance off)\n"
@@ -460,6 +466,12 @@ def status_text(
                 f"probes wait for a slot: {waiting} waiting, {most[0]} run at once"
                 " ([daemon] max_probes, at most half the open-file limit)"
             )
+        if not causes:
+            for kind, what in (("exec", "exec checks waited for a command slot"), ("probe", "probes waited for a slot")):  # fmt: skip
+                ago = (slot_waited or {}).get(kind)
+                if ago is not None and ago <= RECENT_SLOT_WAIT:
+                    limit = "max_exec_checks" if kind == "exec" else "max_probes"
+                    causes.append(f"{what} until {ago:.1f}s ago ([daemon] {limit})")
         cause = "; ".join(causes) or "short of CPU for this many checks at their intervals"
         head += (
             f"checks behind: {'; '.join(behind)} ({cause}: LAST PROBE may be that old, and"

@@ -511,6 +511,7 @@ class Controller:
         probing = director.checker.probing()
         waiting_for_slot = director.checker.waiting_for_slot()
         slots = (director.checker.max_probes, director.checker.max_exec)
+        slot_waited = {kind: now - at for kind, at in director.checker.slot_waited().items()}
         admin = director.runtime.admin
         runtime_set = director.runtime.set_at_runtime
         kept = overrides(director.config, config, director.runtime)
@@ -560,6 +561,7 @@ class Controller:
                 summary=summary,
                 lateness=lateness,
                 slots=slots,
+                slot_waited=slot_waited,
             )
             return Response(0, text, "", data)
 

@@ -337,6 +337,11 @@ class Checker(Generic[K]):
             for key, _ in probe.members()
         }
 
+    def slot_waited(self) -> dict[str, float]:
+        """When a due probe last waited for a slot, by kind ("exec",
+        "probe"; the run's clock); {} when none ever did."""
+        return {} if self._schedule is None else dict(self._schedule.waited)
+
     def probing(self) -> dict[K, float]:
         """The keys whose probe is running now, each with when it started
         (the run's clock, seconds): what a status shows of a probe that

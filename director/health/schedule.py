@@ -89,6 +89,10 @@ class Schedule(Generic[T]):
         self.max_exec = max_exec
         self.running = 0
         self.running_exec = 0
+        # When a due probe last waited for a slot, by kind ("exec": max_exec
+        # commands ran, "probe": max_running probes did): what a status
+        # blames for checks behind once nothing waits any more.
+        self.waited: dict[str, float] = {}
         self._entries: dict[T, _Entry[T]] = {}
         self._leaving: dict[T, _Entry[T]] = {}  # removed while running
         self._heap: list[tuple[float, int, _Entry[T]]] = []
@@ -149,7 +153,10 @@ class Schedule(Generic[T]):
         """The probes to start now (at most `limit`), with the time each was
         due; they count as running until `finished`."""
         self._collect(now)
-        return self._admit(limit)
+        started = self._admit(limit)
+        if self._waiting or self._waiting_exec:
+            self._note_wait(now)
+        return started
 
     def finished(self, item: T, now: float) -> list[tuple[T, float]]:
         """`item`, started by `due` or `finished`, ended at `now`: its next
@@ -176,7 +183,17 @@ class Schedule(Generic[T]):
             self._collect(now)
         if not (self._waiting or self._waiting_exec):
             return []
-        return self._admit(1)  # its slot: the caller of `due` hands out the others
+        started = self._admit(1)  # its slot: the caller of `due` hands out the others
+        self._note_wait(now)
+        return started
+
+    def _note_wait(self, now: float) -> None:
+        """Note the kinds of slot due probes wait for at `now` (a probe left
+        waiting only by a hand-out's batch is none)."""
+        if self._waiting_exec and self.running_exec >= self.max_exec:
+            self.waited["exec"] = now
+        if (self._waiting or self._waiting_exec) and self.running >= self.max_running:
+            self.waited["probe"] = now
 
     def _collect(self, now: float) -> None:
         """Move what is due by `now` from the heap to the waiting queues."""

@@ -1266,3 +1266,25 @@ def test_a_daemon_out_of_file_descriptors_takes_no_server_out(rig: Rig) -> None:
     rig.wait(lambda: len(rig.weights(80) or {}) == 20, "all 20 servers up")
     assert not daemon.events("real_server_down"), daemon.events("real_server_down")
     assert rig.alive()
+
+
+def test_a_sighup_kept_with_a_sigterm_during_the_start_says_it_makes_no_reload(rig: Rig) -> None:
+    """Trial 37 (L5): a SIGHUP and a SIGTERM sent during the start: the
+    SIGHUP's `signal_kept` said "acted on once ready", and nothing followed
+    it. Its line now says no reload comes; the stop is clean."""
+    check = f'{{ type = "tcp", {FAST} }}'
+    rig.config.write_text(rig.config_text(rig.service(80, check, rig.server("rs1"))))
+    daemon = Daemon(rig.config)
+    daemon.launch()
+    try:
+        wait_until(lambda: catches(daemon.pid, signal.SIGTERM), DEADLINE, "it catches", every=0.005)
+        os.kill(daemon.pid, signal.SIGHUP)
+        status = daemon.stop(signal.SIGTERM)
+        kept = {e["signal"]: e for e in daemon.events("signal_kept")}
+        reloaded = daemon.events("reloaded")
+    finally:
+        daemon.close()
+    assert status == 0, daemon.log_text()
+    assert kept["SIGHUP"]["why"] == "came during the start: no reload, a stop came too", kept
+    assert kept["SIGTERM"]["why"] == "came during the start: acted on once ready", kept
+    assert reloaded == []

@@ -18,6 +18,7 @@ from director.config import parse_config
 from director.engine import OVERLOAD_WARNING_EVERY, Director, _late_cause, check_targets
 from director.health.checker import Checker, Target
 from director.health.result import ProbeResult
+from director.health.schedule import Schedule
 from director.health.spec import Check
 from director.ipvs.memory import MemoryBackend
 from director.ipvs.model import IPAddress, ServiceEntry, ServiceKey
@@ -157,3 +158,15 @@ def test_late_probes_behind_max_probes_name_that_limit() -> None:
     assert "[daemon] max_exec_checks" in str(both["hint"])
     assert "[daemon] max_probes" in str(both["hint"])
     assert "short of CPU" in str(_late_cause(0, 0, checker)["hint"])
+
+
+def test_late_probes_name_a_slot_wait_since_the_last_warning() -> None:
+    """Trial 37 (M4): probes left late by waits that ended before the
+    warning (a reload raised the limit) are not put down to the CPU."""
+    checker: Checker[int] = Checker(max_probes=300, max_exec=4)
+    checker._schedule = Schedule(300, 4)  # (as the run makes it)
+    checker._schedule.waited["exec"] = 50.0  # commands last waited at 50 s
+    assert "exec checks wait for a command slot" in str(
+        _late_cause(0, 0, checker, since=40.0)["hint"]
+    )
+    assert "short of CPU" in str(_late_cause(0, 0, checker, since=60.0)["hint"])

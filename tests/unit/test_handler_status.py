@@ -567,6 +567,20 @@ def test_checks_behind_name_both_limits_when_both_hold_probes_back() -> None:
     assert "short of CPU" not in head
 
 
+def test_checks_behind_name_a_slot_wait_of_the_last_minute_once_none_waits() -> None:
+    """Trial 37 (M4): for 5 s after a reload raised the limits, the servers
+    left behind by the waits were put down to the CPU. A wait for a slot
+    within RECENT_SLOT_WAIT seconds is named; an older one is not."""
+    (service, _) = _report()
+    report = (service,)
+    recent = status.status_text(report, lateness=2.0, slots=(64, 12), slot_waited={"exec": 4.1})
+    assert (
+        "(exec checks waited for a command slot until 4.1s ago ([daemon] max_exec_checks)" in recent
+    )
+    old = status.status_text(report, lateness=2.0, slots=(64, 12), slot_waited={"probe": 61.0})
+    assert "(short of CPU for this many checks" in old
+
+
 def test_a_stale_probe_shows_its_age() -> None:
     config = parse_config(CONFIG)
     (vs,) = config.virtual_servers

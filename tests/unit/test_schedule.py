@@ -159,3 +159,19 @@ def test_misuse_is_refused() -> None:
         schedule.add("a", 0.2, 1.0)  # still running under its old schedule
     with pytest.raises(ValueError, match="max_running and max_exec must be >= 1"):
         Schedule(max_running=0, max_exec=1)
+
+
+def test_waits_for_a_slot_are_noted_by_kind_and_a_batchs_leftovers_are_not() -> None:
+    """What a status blames once nothing waits any more (trial 37: for 5 s
+    after a reload raised the limits, checks behind said 'short of CPU')."""
+    schedule: Schedule[str] = Schedule(max_running=3, max_exec=1)
+    schedule.add("a", due=0.0, interval=10.0, is_exec=True)
+    schedule.add("c", due=0.5, interval=10.0)
+    schedule.add("d", due=0.6, interval=10.0)
+    assert [item for item, _ in schedule.due(1.0, limit=1)] == ["a"]  # a batch of one
+    assert schedule.waited == {}  # c and d wait for the next batch, not a slot
+    schedule.add("b", due=1.5, interval=10.0, is_exec=True)
+    assert [item for item, _ in schedule.due(2.0)] == ["c", "d"]
+    # b waits: one command at most runs (a), and three probes in all.
+    assert schedule.waited == {"exec": 2.0, "probe": 2.0}
+    assert schedule.waiting() == [("b", 1.5, "exec")]
