@@ -358,6 +358,8 @@ def _send(sock: _socket.socket, data: bytes, path: str, timeout: float) -> None:
             f"directord took no request on {path} in {timeout:g} s (it stopped reading;"
             " --answer-timeout SECONDS waits longer)"
         ) from None
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the daemon may have answered before it closed (a stop): _receive reads it
     except OSError as e:
         raise ConnectError(f"lost the connection to {path}: {e.strerror}") from None
 

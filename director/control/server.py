@@ -102,8 +102,36 @@ async def serve(
             await accepting.wait()
         await accept_loop(trio.SocketListener(sock), handler, limits, admin_gid, logger)
     finally:
+        _turn_away(sock)
         sock.close()
         _remove_if_ours(path, identity)
+
+
+def _turn_away(sock: trio.socket.SocketType) -> None:
+    """Answer the connections still in the listening socket's backlog (a
+    client that connected during the stop) with CUT_OFF, rather than let
+    the close reset them without a word (trial 37). Each one's request, if
+    it came, is read first: a socket closed with unread data resets its
+    peer before the peer reads the answer."""
+    line = encode_response(Response(1, "", f"{CUT_OFF}\n"))
+    try:
+        listening = stdlib_socket.socket(fileno=os.dup(sock.fileno()))
+    except OSError:
+        return
+    with listening:
+        listening.setblocking(False)
+        for _ in range(TURN_AWAY_MAX):
+            try:
+                conn, _ = listening.accept()
+            except OSError:  # (none left: EAGAIN)
+                return
+            with conn:
+                conn.setblocking(False)
+                with contextlib.suppress(OSError):
+                    conn.recv(_RECEIVE_SIZE)
+                with contextlib.suppress(OSError):
+                    conn.send(line)
+                    conn.shutdown(stdlib_socket.SHUT_WR)
 
 
 def _gid(name: str | None, key: str) -> int | None:
@@ -321,17 +349,26 @@ async def _serve_connection(
             return
         decoder = RequestDecoder(limits.max_request_bytes)
         ended = False
+        answered = False  # a request of this connection was answered
         deadline = trio.current_time() + limits.request_timeout
         while True:
             event = decoder.next_event()
             if event is None:
                 if ended:
                     return
-                with trio.move_on_at(deadline):
+                with trio.move_on_at(deadline) as waiting:
                     try:
                         data = await stream.receive_some(_RECEIVE_SIZE)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         return
+                    except trio.Cancelled:
+                        # The daemon stops before this request was read whole
+                        # (not this wait's own deadline): it is told so, not
+                        # closed on without a word (once idle after an
+                        # answer, the close says enough).
+                        if not waiting.cancel_called and (decoder.buffered or not answered):
+                            await _send_answer(stream, _cut_off(), STOP_SEND)
+                        raise
                     if data:
                         decoder.feed(data)
                     else:
@@ -375,6 +412,7 @@ async def _serve_connection(
                 sent = await _send_answer(stream, reply, limits.send_timeout)
             if not sent:
                 return
+            answered = True
             if isinstance(event, ProtocolError) and event.fatal:
                 return
             deadline = trio.current_time() + limits.request_timeout
@@ -424,10 +462,18 @@ def _timeout_error(buffered: int, timeout: float) -> ProtocolError:
     return ProtocolError(ErrorKind.TIMEOUT, message)
 
 
+# Connections in the backlog a stop answers at most (the rest are reset).
+TURN_AWAY_MAX = 1024
+
+
 # What a client whose request the stop cut off is told (a listing read in
 # a worker thread, say; a change the engine had begun is finished and
 # answered by the stop's wait, _send_answer).
 CUT_OFF = "directord is stopping: the request was cut off before its answer"
+
+
+def _cut_off() -> bytes:
+    return encode_response(Response(1, "", f"{CUT_OFF}\n"))
 
 
 # A response with `data` (`status --json`: 2.9 MB of JSON at 10,000 real
@@ -445,7 +491,7 @@ async def _answer(
         # s, rather than close without a word (trial 36: a -Ln queued
         # during the start, then a SIGTERM).
         with contextlib.suppress(trio.BusyResourceError):  # (a keepalive space going out)
-            await _send_answer(stream, encode_response(Response(1, "", f"{CUT_OFF}\n")), STOP_SEND)
+            await _send_answer(stream, _cut_off(), STOP_SEND)
         raise
     except Exception as e:
         logger.exception(

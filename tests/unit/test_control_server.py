@@ -705,6 +705,45 @@ async def test_a_request_the_stop_cuts_off_is_told_so(sock_dir: str, keepalive: 
         await assert_closed(stream)
 
 
+async def test_connections_the_stop_finds_unread_are_told_so(sock_dir: str) -> None:
+    """Trial 37 (M3): a client that connected during a stop was reset with
+    no word (`Connection reset by peer`): one still in the backlog (the
+    daemon not accepting yet), one accepted with half a request, and one
+    that sent nothing are each answered CUT_OFF before the socket closes."""
+    accepting = trio.Event()
+    async with trio.open_nursery() as nursery:
+        path = await nursery.start(
+            lambda task_status: serve(
+                ControlSettings(socket=f"{sock_dir}/b.sock"),
+                Recorder(),
+                accepting=accepting,
+                task_status=task_status,
+            )
+        )
+        queued = await trio.open_unix_socket(path)  # in the backlog: never accepted
+        await queued.send_all(b'{"v":1,"argv":["-Ln"]}\n')
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    async with queued:
+        assert (await read_response(queued))["stderr"] == f"{server.CUT_OFF}\n"
+
+    async with trio.open_nursery() as nursery:
+        path = await nursery.start(
+            lambda task_status: serve(
+                ControlSettings(socket=f"{sock_dir}/c.sock"), Recorder(), task_status=task_status
+            )
+        )
+        half = await trio.open_unix_socket(path)
+        await half.send_all(b'{"v":1,"argv":')
+        silent = await trio.open_unix_socket(path)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    for stream in (half, silent):
+        async with stream:
+            response = await read_response(stream)
+            assert (response["status"], response["stderr"]) == (1, f"{server.CUT_OFF}\n")
+
+
 async def test_an_answer_made_as_the_daemon_stops_is_still_sent(sock_dir: str) -> None:
     """Operator trial: `directorctl drain` racing SIGTERM printed 'closed
     without answering' although the drain was made. The engine answered

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -401,3 +402,15 @@ def test_a_plain_restore_does_not_import_the_parser() -> None:
     )
     run = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, check=True)
     assert run.stdout == b"False\n"
+
+
+def test_an_answer_sent_before_the_daemon_closed_is_read_though_the_send_failed() -> None:
+    """Trial 37 (M3): a daemon that stops answers a client it had not read
+    (CUT_OFF) and closes; the client's request then fails to go (EPIPE),
+    and it said only 'lost the connection'. It reads the answer first."""
+    client, daemon = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with client:
+        daemon.sendall(b'{"v":1,"status":1,"stdout":"","stderr":"directord is stopping\\n"}\n')
+        daemon.close()
+        ctl._send(client, b'{"v":1,"argv":["-Ln"]}\n' * 1000, "/run/x.sock", 5.0)
+        assert ctl._receive(client, "/run/x.sock")["stderr"] == "directord is stopping\n"
