@@ -102,9 +102,11 @@ async def serve(
             await accepting.wait()
         await accept_loop(trio.SocketListener(sock), handler, limits, admin_gid, logger)
     finally:
+        # The path first: a client that comes now finds no socket (ENOENT),
+        # then those already in the backlog are answered, then it closes.
+        _remove_if_ours(path, identity)
         _turn_away(sock)
         sock.close()
-        _remove_if_ours(path, identity)
 
 
 def _turn_away(sock: trio.socket.SocketType) -> None:

@@ -16,6 +16,7 @@ measurement without the load (see test_listing_in_a_loop_does_not_delay_failover
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -1288,3 +1289,50 @@ def test_a_sighup_kept_with_a_sigterm_during_the_start_says_it_makes_no_reload(r
     assert kept["SIGHUP"]["why"] == "came during the start: no reload, a stop came too", kept
     assert kept["SIGTERM"]["why"] == "came during the start: acted on once ready", kept
     assert reloaded == []
+
+
+def test_clients_that_come_during_a_stop_are_answered_or_refused_never_reset(rig: Rig) -> None:
+    """Trial 37 (M3): with flush_on_stop at 2,000 servers, 39 of the
+    clients that connected during the stop's last second were reset
+    without a word. Here 300 services are flushed while a client connects
+    every 20 ms from the SIGTERM on: each gets an answer (the stopping
+    message included) or finds no socket to connect to, never a reset or
+    an empty close."""
+    check = '{ type = "tcp", interval = 60.0, timeout = 1.0 }'
+    services = "".join(rig.service(1000 + i, check, rig.server("rs1")) for i in range(300))
+    rig.start(rig.config_text(services, daemon="flush_on_stop = true"))
+    daemon = rig.running()
+    request = json.dumps({"v": 1, "command": "status", "args": {"summary": True}}).encode() + b"\n"
+    outcomes: list[str] = []
+    daemon.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    sent = time.monotonic()
+    while daemon.alive() and len(outcomes) < 500:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(DEADLINE)
+        try:
+            sock.connect(str(rig.socket))
+        except (FileNotFoundError, ConnectionRefusedError):
+            outcomes.append("no socket")
+            sock.close()
+            time.sleep(0.02)
+            continue
+        with sock:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(request)  # (failing, an answer may wait all the same)
+            data = b""
+            try:
+                while not data.endswith(b"\n"):
+                    chunk = sock.recv(1 << 20)
+                    if not chunk:
+                        break
+                    data += chunk
+            except ConnectionResetError:
+                outcomes.append(f"reset after {len(data)} bytes at {time.monotonic() - sent:.3f}")
+                continue
+        outcomes.append("answered" if data.endswith(b"\n") else f"closed after {len(data)} bytes")
+        time.sleep(0.02)
+    assert daemon.stop(signal.SIGTERM) == 0, daemon.log_text()[-3000:]  # (exited already: reaped)
+    assert outcomes, "no client got to try"
+    bad = [o for o in outcomes if o not in ("answered", "no socket")]
+    assert bad == [], (bad, outcomes, daemon.log_text()[-1500:])
+    assert ipvsadm("-Sn").strip() == "", "the stop flushed the daemon's services"
