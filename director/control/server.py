@@ -115,7 +115,7 @@ def _turn_away(sock: trio.socket.SocketType) -> None:
     the close reset them without a word (trial 37). Each one's request, if
     it came, is read first: a socket closed with unread data resets its
     peer before the peer reads the answer."""
-    line = encode_response(Response(1, "", f"{CUT_OFF}\n"))
+    line = _cut_off()
     try:
         listening = stdlib_socket.socket(fileno=os.dup(sock.fileno()))
     except OSError:

@@ -42,7 +42,7 @@ from typing import TypeVar
 
 import pytest
 from ctl_support import ctl
-from daemon_runner import Daemon, wait_alive
+from daemon_runner import Daemon, waiter
 from tables import Outcome
 from topology import HTTP_PORT, UDP_PORT, Network, RealServers, director_network, ipvsadm
 
@@ -211,16 +211,7 @@ class Soak:
 
     def wait(self, condition: Callable[[], T], what: str) -> T:
         assert self.daemon is not None
-        daemon = self.daemon
-        return wait_alive(
-            condition,
-            what,
-            alive=daemon.alive,
-            log=daemon.log_text,
-            timeout=DEADLINE,
-            every=POLL,
-            context=lambda: f"table:\n{ipvsadm('-Sn')}\nlog:\n{daemon.log_text()[-4000:]}",
-        )
+        return waiter(self.daemon, DEADLINE, lambda: ipvsadm("-Sn"), every=POLL)(condition, what)
 
 
 @pytest.fixture
