@@ -52,7 +52,7 @@ from __future__ import annotations
 import errno
 import math
 import random
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -244,27 +244,48 @@ class _Belief:
 
 
 def _late_cause(
-    exec_waiting: int, slot_waiting: int, checker: Checker[Any], since: float = math.inf
+    waiting: Mapping[str, int], checker: Checker[Any], now: float, since: float = math.inf
 ) -> dict[str, object]:
-    """probes_late's fields on why: probes waiting for a slot, of either
-    kind or both, now or at `since` (the run's clock: the last warning) or
-    later, or else the CPU."""
+    """probes_late's fields on why: probes waiting for a slot, by kind
+    (`waiting`: how many now, Checker.waiting_for_slot's kinds), now, or
+    that waited at `since` (the run's clock: the last warning) or later
+    (said in the past tense: a reload may have raised the limit since), or
+    else the CPU. `now`: the run's clock."""
     waited = checker.slot_waited()
     fields: dict[str, object] = {}
     hints = []
-    if exec_waiting or waited.get("exec", -math.inf) >= since:
-        fields["exec_waiting"] = exec_waiting  # (now: 0 when they waited before)
-        hints.append(
-            f"exec checks wait for a command slot ({checker.max_exec} run at once): raise"
-            " [daemon] max_exec_checks, or make the commands shorter or fewer"
-        )
-    if slot_waiting or waited.get("probe", -math.inf) >= since:
-        fields["slot_waiting"] = slot_waiting
-        hints.append(
-            f"probes wait for a slot ({checker.max_probes} run at once): raise [daemon]"
-            " max_probes (at most half the open-file limit), or shorten the timeouts of servers"
-            " that do not answer"
-        )
+    for kind, field_name, what, limit, remedy in (
+        (
+            "exec",
+            "exec_waiting",
+            "exec checks {} for a command slot",
+            f" ({checker.max_exec} run at once)",
+            "raise [daemon] max_exec_checks, or make the commands shorter or fewer",
+        ),
+        (
+            "short",
+            "short_waiting",
+            "probes {} while the daemon was short of file descriptors",
+            " (fewer run at once for a while after a probe found none)",
+            "raise LimitNOFILE",
+        ),
+        (
+            "probe",
+            "slot_waiting",
+            "probes {} for a slot",
+            f" ({checker.max_probes} run at once)",
+            "raise [daemon] max_probes (at most half the open-file limit), or shorten the"
+            " timeouts of servers that do not answer",
+        ),
+    ):
+        count = waiting.get(kind, 0)
+        last = waited.get(kind, -math.inf)
+        if count:
+            fields[field_name] = count
+            hints.append(f"{what.format('wait')}{limit}: {remedy}")
+        elif last >= since:
+            fields[field_name] = 0
+            hints.append(f"{what.format('waited')} until {now - last:.1f}s ago: {remedy}")
     if not hints:
         hints.append("short of CPU for this many checks at their intervals")
     return fields | {"hint": "probes start late: " + "; ".join(hints)}
@@ -432,13 +453,16 @@ class Director:
         say): no verdict on the server, whose health stays as it was; a
         warning at most once every OVERLOAD_WARNING_EVERY seconds."""
         _, address, port = target
+        held = self.checker.held()
         self._overloaded(
             "probe_short_of_resources",
             probed=endpoint(address, port),
             detail=result.detail,
+            **({} if held is None else {"run_at_once": held[0]}),
             hint="the daemon ran short of file descriptors or memory: the probe gave no verdict"
-            " and the server's health stays; raise LimitNOFILE, or lower [daemon] max_probes or"
-            " max_exec_checks",
+            " and the server's health stays, and for a while no more probes run at once than"
+            " ran beside it (the others wait their turn); raise LimitNOFILE, or lower [daemon]"
+            " max_probes or max_exec_checks",
         )
 
     def _on_start(self, target: Target, lateness: float) -> None:
@@ -480,8 +504,7 @@ class Director:
                 hint="short of CPU for this table: raise reconcile_interval or the checks' intervals",
             )
         waits = self.checker.waiting_for_slot() if services is None and self._late else {}
-        exec_waiting = sum(1 for _, kind in waits.values() if kind == "exec")
-        slot_waiting = len(waits) - exec_waiting
+        waiting = Counter(kind for _, kind in waits.values())
         if (
             services is None
             and self._late
@@ -491,9 +514,9 @@ class Director:
                 late_after_s=LATE_AFTER,
                 latest_s=round(self._latest, 3),
                 **_late_cause(
-                    exec_waiting,
-                    slot_waiting,
+                    waiting,
                     self.checker,
+                    trio.current_time(),
                     since=self._warned.get("probes_late", (-math.inf, 0))[0],
                 ),
             )

@@ -63,10 +63,23 @@ class RealServerStatus:
     # when none runs now
     probe_running_for: float | None = None
     # Seconds its probe has been due and waiting for a slot, and which:
-    # "exec" ([daemon] max_exec_checks commands run already) or "probe"
+    # "exec" ([daemon] max_exec_checks commands run already), "short" (fewer
+    # run for a while: the daemon ran out of file descriptors) or "probe"
     # ([daemon] max_probes run); None when it does not wait
     slot_wait: float | None = None
     slot: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Slots:
+    """How many probes the checker runs at once: `probes` ([daemon]
+    max_probes), of them `commands` exec checks ([daemon] max_exec_checks),
+    and `held`, fewer, while a shortage of the daemon's own file
+    descriptors holds it lower (Checker.held; None when none does)."""
+
+    probes: int
+    commands: int
+    held: int | None = None
 
 
 @dataclass(frozen=True)
@@ -308,13 +321,14 @@ def status_data(
     maintenance: bool | None = None,
     bgp: BgpStatus | None = None,
     lateness: float | None = None,
-    slots: tuple[int, int] | None = None,
+    slots: Slots | None = None,
 ) -> dict[str, object]:
     """{"services": [...]}, "probe_lateness" when given (seconds the last
     probe started after its due time) and then "probes_overdue" (`overdue`:
     {"servers", "longest", "longest_age"}), "slots" when `slots` (max
     probes, max exec commands) are given ({"probe": {"max", "waiting"},
-    "exec": {"max", "waiting"}}), "sync_daemons" when the daemon keeps any
+    "exec": {"max", "waiting"}}, and "short": {"max", "waiting"} while a
+    shortage of file descriptors holds the probes lower), "sync_daemons" when the daemon keeps any
     (director.sync.SyncKeeper.report), "vips" when it keeps any
     (director.vips.VipKeeper.report), "maintenance" (a bool) when given,
     and "bgp" with [bgp] (director.bgp.BgpKeeper.report: "speaker" {state,
@@ -329,9 +343,11 @@ def status_data(
             "longest_age": None if age is None else round(age, 3),
         }
     if slots is not None:
+        bounds = {"probe": slots.probes, "exec": slots.commands, "short": slots.held}
         data["slots"] = {
             kind: {"max": most, "waiting": slot_waiting(report, kind)}
-            for kind, most in zip(("probe", "exec"), slots, strict=True)
+            for kind, most in bounds.items()
+            if most is not None
         }
     if sync:
         data["sync_daemons"] = [asdict(d) for d in sync]
@@ -424,7 +440,7 @@ def status_text(
     bgp: BgpStatus | None = None,
     summary: bool = False,
     lateness: float = 0.0,
-    slots: tuple[int, int] | None = None,
+    slots: Slots | None = None,
     slot_waited: Mapping[str, float] | None = None,
 ) -> str:
     """A maintenance line when on, a line when the last probe started
@@ -454,24 +470,28 @@ def status_text(
             f" {age:.1f}s ({longest})"
         )
     if behind:
-        most = slots or (0, 0)
+        most = slots or Slots(0, 0)
         causes = []
         if waiting := slot_waiting(report, "exec"):
             causes.append(
-                f"exec checks wait for a command slot: {waiting} waiting, {most[1]} run at once"
-                " ([daemon] max_exec_checks)"
+                f"exec checks wait for a command slot: {waiting} waiting, {most.commands} run at"
+                " once ([daemon] max_exec_checks)"
+            )
+        if waiting := slot_waiting(report, "short"):
+            causes.append(
+                f"probes wait while the daemon is short of file descriptors: {waiting} waiting,"
+                f" {most.held} run at once for now (raise LimitNOFILE)"
             )
         if waiting := slot_waiting(report, "probe"):
             causes.append(
-                f"probes wait for a slot: {waiting} waiting, {most[0]} run at once"
+                f"probes wait for a slot: {waiting} waiting, {most.probes} run at once"
                 " ([daemon] max_probes, at most half the open-file limit)"
             )
         if not causes:
-            for kind, what in (("exec", "exec checks waited for a command slot"), ("probe", "probes waited for a slot")):  # fmt: skip
+            for kind, what, limit in _WAITED:
                 ago = (slot_waited or {}).get(kind)
                 if ago is not None and ago <= RECENT_SLOT_WAIT:
-                    limit = "max_exec_checks" if kind == "exec" else "max_probes"
-                    causes.append(f"{what} until {ago:.1f}s ago ([daemon] {limit})")
+                    causes.append(f"{what} until {ago:.1f}s ago ({limit})")
         cause = "; ".join(causes) or "short of CPU for this many checks at their intervals"
         head += (
             f"checks behind: {'; '.join(behind)} ({cause}: LAST PROBE may be that old, and"
@@ -479,6 +499,13 @@ def status_text(
         )
     services = summary_text(report) if summary else _services_text(report)
     return head + services + _sync_text(sync) + _vips_text(vips) + _bgp_text(bgp)
+
+
+_WAITED = (
+    ("exec", "exec checks waited for a command slot", "[daemon] max_exec_checks"),
+    ("short", "probes waited while the daemon was short of file descriptors", "LimitNOFILE"),
+    ("probe", "probes waited for a slot", "[daemon] max_probes"),
+)
 
 
 def summary_text(report: tuple[ServiceStatus, ...]) -> str:
@@ -649,6 +676,9 @@ def _rows_text(servers: tuple[RealServerStatus, ...]) -> str:
     return "".join(out)
 
 
+_SLOT_NAMES = {"exec": "an exec slot", "short": "a slot (the daemon is short of file descriptors)"}
+
+
 def _row(rs: RealServerStatus) -> tuple[str, ...]:
     running = rs.probe_running_for
     if running is not None and running < PROBE_RUNNING_SHOWN:
@@ -656,7 +686,7 @@ def _row(rs: RealServerStatus) -> tuple[str, ...]:
     waiting = rs.slot_wait
     if waiting is not None and waiting < PROBE_RUNNING_SHOWN:
         waiting = None
-    slot = "an exec slot" if rs.slot == "exec" else "a probe slot"
+    slot = _SLOT_NAMES.get(rs.slot or "", "a probe slot")
     if rs.last_ok is None:
         last = "-" if running is None else f"first probe running for {_duration(running)}"
         if waiting is not None:

@@ -87,7 +87,7 @@ from director.runtime import (
     parse_real_server,
     parse_service,
 )
-from director.status import status_data, status_report, status_text
+from director.status import Slots, status_data, status_report, status_text
 
 KERNEL_ERROR = 255  # ipvsadm's exit status when the kernel refuses a change
 LIST_ERROR = 1  # ... and when a listing fails
@@ -510,7 +510,12 @@ class Controller:
         states = director.checker.states()
         probing = director.checker.probing()
         waiting_for_slot = director.checker.waiting_for_slot()
-        slots = (director.checker.max_probes, director.checker.max_exec)
+        held = director.checker.held()
+        slots = Slots(
+            director.checker.max_probes,
+            director.checker.max_exec,
+            None if held is None else held[0],
+        )
         slot_waited = {kind: now - at for kind, at in director.checker.slot_waited().items()}
         admin = director.runtime.admin
         runtime_set = director.runtime.set_at_runtime

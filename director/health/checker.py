@@ -9,7 +9,8 @@ callback.
 
 One scheduler task keeps the probes on a heap of due times (schedule.py) and
 starts each one as a task of its own when it is due and a slot is free: at
-most `max_probes` at once, of them at most `max_exec` commands. A probe's
+most `max_probes` at once, of them at most `max_exec` commands (fewer for a
+while after a probe found the daemon out of file descriptors). A probe's
 starts stay on a steady grid, and one that overran its interval skips the
 starts it missed. The first probe of each target is placed at random within
 its interval, so that thousands of checks added at once do not fire
@@ -327,20 +328,33 @@ class Checker(Generic[K]):
     def waiting_for_slot(self) -> dict[K, tuple[float, str]]:
         """The keys whose probe is due and waits for a slot, each with its
         due time (the run's clock) and the slot: "exec" (max_exec commands
-        run already) or "probe" (max_probes run)."""
+        run already), "short" (fewer run while the daemon is short of its
+        own resources: `held`) or "probe" (max_probes run)."""
         schedule = self._schedule
         if schedule is None:
             return {}
         return {
             key: (due, kind)
-            for probe, due, kind in schedule.waiting()
+            for probe, due, kind in schedule.waiting(trio.current_time())
             for key, _ in probe.members()
         }
 
     def slot_waited(self) -> dict[str, float]:
         """When a due probe last waited for a slot, by kind ("exec",
-        "probe"; the run's clock); {} when none ever did."""
+        "short", "probe"; the run's clock); {} when none ever did."""
         return {} if self._schedule is None else dict(self._schedule.waited)
+
+    def held(self) -> tuple[int, float] | None:
+        """While a probe that found the daemon short of its own resources
+        (ProbeResult.own) holds the probes run at once below max_probes:
+        how many may run, and for how many more seconds (schedule.py's
+        SHORT_HOLD from the last such probe); else None."""
+        schedule = self._schedule
+        if schedule is None:
+            return None
+        now = trio.current_time()
+        ceiling = schedule.held(now)
+        return None if ceiling is None else (ceiling, schedule.held_until - now)
 
     def probing(self) -> dict[K, float]:
         """The keys whose probe is running now, each with when it started
@@ -586,7 +600,10 @@ class Checker(Generic[K]):
                     result = await self._attempt(probe.target)
         finally:
             probe.cancel_scope = None
-            following = self._hand_out(schedule.finished(probe, trio.current_time()), keep=True)
+            short = result is not None and result.own
+            following = self._hand_out(
+                schedule.finished(probe, trio.current_time(), short=short), keep=True
+            )
             # Later too: under load, the workers start what is due as their
             # probes end, and the scheduler need not wake (each wake-up by a
             # deadline costs trio an exception).
@@ -616,7 +633,7 @@ class Checker(Generic[K]):
         if schedule is None:
             return
         now = self._now()
-        following = schedule.finished(probe, now)
+        following = schedule.finished(probe, now, short=result.own)
         if following:
             self._hand_out(following, keep=False)
         sleep = self._sleep

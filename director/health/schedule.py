@@ -13,6 +13,12 @@ starts the probes it is handed. Rules kept here:
   that slow commands never starve the socket probes.
 - Probes that are due wait in order of due time (equal times: in the order
   they were added), and start as slots free up.
+- A probe that failed for want of the daemon's own resources (out of file
+  descriptors) holds the bound, for SHORT_HOLD seconds, to the probes that
+  ran beside it: the others wait their turn in due order. Without it, each
+  probe that starts while the resource is out fails in its turn, and one
+  server can lose that draw for minutes (its checks all fail, it is never
+  judged).
 - A removed probe never starts again; if it is running, its slot is held
   until `finished` is called for it.
 """
@@ -33,6 +39,9 @@ T = TypeVar("T", bound=Hashable)
 # The share of an interval by which a probe may end past its next start
 # and still make it (late) rather than skip it.
 OWED_SHARE = 0.1
+# Seconds the bound stays lowered after a probe found the daemon short of
+# its own resources (`finished(short=True)`); each such probe restarts it.
+SHORT_HOLD = 30.0
 
 
 def next_start(previous: float, now: float, interval: float) -> float:
@@ -93,6 +102,10 @@ class Schedule(Generic[T]):
         # commands ran, "probe": max_running probes did): what a status
         # blames for checks behind once nothing waits any more.
         self.waited: dict[str, float] = {}
+        # After a shortage (`finished(short=True)`): how many probes may run
+        # at once until `held_until` (the caller's clock), None: max_running.
+        self.ceiling: int | None = None
+        self.held_until = -math.inf
         self._entries: dict[T, _Entry[T]] = {}
         self._leaving: dict[T, _Entry[T]] = {}  # removed while running
         self._heap: list[tuple[float, int, _Entry[T]]] = []
@@ -123,18 +136,32 @@ class Schedule(Generic[T]):
             if entry.running:
                 self._leaving[item] = entry
 
-    def waiting(self) -> list[tuple[T, float, str]]:
-        """The probes due and waiting for a slot, each with its due time and
-        the slot it waits for: "exec" (a command, max_exec run), else
+    def waiting(self, now: float) -> list[tuple[T, float, str]]:
+        """The probes due and waiting for a slot at `now`, each with its due
+        time and the slot it waits for: "exec" (a command, max_exec run),
+        "short" (the bound held lowered after a shortage: `held`), else
         "probe" (max_running run)."""
         exec_full = self.running_exec >= self.max_exec
-        waits = [(e.item, e.due, "probe") for e in self._waiting if not e.removed]
+        kind = "short" if self.held(now) is not None else "probe"
+        waits = [(e.item, e.due, kind) for e in self._waiting if not e.removed]
         waits += [
-            (e.item, e.due, "exec" if exec_full else "probe")
+            (e.item, e.due, "exec" if exec_full else kind)
             for e in self._waiting_exec
             if not e.removed
         ]
         return waits
+
+    def held(self, now: float) -> int | None:
+        """How many probes may run at once at `now` while a shortage holds
+        the bound below max_running (`finished(short=True)`); None when it
+        does not."""
+        ceiling = self.ceiling
+        if ceiling is None:
+            return None
+        if now >= self.held_until:
+            self.ceiling = None
+            return None
+        return ceiling if ceiling < self.max_running else None
 
     def is_running(self, item: T) -> bool:
         """Whether `item` was started (by `due` or `finished`) and has not
@@ -153,20 +180,27 @@ class Schedule(Generic[T]):
         """The probes to start now (at most `limit`), with the time each was
         due; they count as running until `finished`."""
         self._collect(now)
-        started = self._admit(limit)
+        started = self._admit(now, limit)
         if self._waiting or self._waiting_exec:
             self._note_wait(now)
         return started
 
-    def finished(self, item: T, now: float) -> list[tuple[T, float]]:
+    def finished(self, item: T, now: float, *, short: bool = False) -> list[tuple[T, float]]:
         """`item`, started by `due` or `finished`, ended at `now`: its next
         start is the next point of its grid not in the past, or the one it
         just missed, due at once (`next_start`; none if it was removed).
-        Returns the waiting probes that may start now. Raises ValueError
-        for an item that is not running."""
+        `short`: it failed for want of the daemon's own resources, and for
+        SHORT_HOLD seconds no more probes run at once than ran beside it
+        (at least one; `held`). Returns the waiting probes that may start
+        now. Raises ValueError for an item that is not running."""
         entry = self._entries.get(item) or self._leaving.pop(item, None)
         if entry is None or not entry.running:
             raise ValueError(f"{item!r} is not running")
+        if short:
+            beside = self.running - 1
+            held = self.held(now)
+            self.ceiling = max(1, beside if held is None else min(held, beside))
+            self.held_until = now + SHORT_HOLD
         # Once a verdict, 10,000 times a second: _release, next_start and
         # _push written out, and nothing collected or admitted for nothing.
         entry.running = False
@@ -183,7 +217,7 @@ class Schedule(Generic[T]):
             self._collect(now)
         if not (self._waiting or self._waiting_exec):
             return []
-        started = self._admit(1)  # its slot: the caller of `due` hands out the others
+        started = self._admit(now, 1)  # its slot: the caller of `due` hands out the others
         self._note_wait(now)
         return started
 
@@ -194,6 +228,12 @@ class Schedule(Generic[T]):
             self.waited["exec"] = now
         if (self._waiting or self._waiting_exec) and self.running >= self.max_running:
             self.waited["probe"] = now
+        elif (
+            (held := self.held(now)) is not None
+            and self.running >= held
+            and (self._waiting or (self._waiting_exec and self.running_exec < self.max_exec))
+        ):
+            self.waited["short"] = now
 
     def _collect(self, now: float) -> None:
         """Move what is due by `now` from the heap to the waiting queues."""
@@ -213,10 +253,12 @@ class Schedule(Generic[T]):
         self._sequence += 1
         heapq.heappush(self._heap, (entry.due, self._sequence, entry))
 
-    def _admit(self, limit: int | None = None) -> list[tuple[T, float]]:
+    def _admit(self, now: float, limit: int | None = None) -> list[tuple[T, float]]:
         started: list[tuple[T, float]] = []
         waiting, waiting_exec = self._waiting, self._waiting_exec
-        room = self.max_running if limit is None else min(self.max_running, self.running + limit)
+        room = self.max_running if self.ceiling is None else (self.held(now) or self.max_running)
+        if limit is not None:
+            room = min(room, self.running + limit)
         if not waiting_exec:  # no command waits (almost always): the same, shorter
             running = self.running
             while running < room and waiting:

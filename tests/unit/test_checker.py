@@ -968,3 +968,46 @@ async def test_the_daemons_own_shortage_is_no_verdict_on_the_server(
     assert len(short) == 3 and all(result.own for _, result in short)
     assert all(result.ok for _, result, _ in recorder.results)  # none of the three counted
     assert checker.state("a").status is Health.UP
+
+
+async def test_no_server_loses_every_draw_while_the_daemon_is_short_of_files(
+    nursery: trio.Nursery, clock: object
+) -> None:
+    """CI at stop 36 (the kernel test of trial 37's HIGH): with files for
+    ten commands, twenty exec checks of 2 s every 1 s, sixteen allowed at
+    once, a server's every start found no file and it stayed unknown for a
+    minute. A probe short of files now holds the others to those that ran
+    beside it, so each waits its turn: all twenty are judged."""
+    files = 10
+    running = 0
+    short: list[Target] = []
+
+    async def probe(check: Check, address: IPAddress, port: int) -> ProbeResult:
+        nonlocal running
+        if running >= files:
+            await trio.lowlevel.checkpoint()
+            return ProbeResult.failure(Reason.ERROR, 0.0, "EMFILE: Too many open files", own=True)
+        running += 1
+        try:
+            await trio.sleep(2.0)
+        finally:
+            running -= 1
+        return ProbeResult.success(2.0)
+
+    check = ExecCheck(("true",), Timing(interval=1.0, timeout=5.0, rise=1, fall=1))
+    checker: Checker[int] = Checker(
+        probe=probe,
+        rng=random.Random(SEED),
+        max_probes=64,
+        max_exec=16,
+        on_shortage=lambda target, result: short.append(target),
+    )
+    checker.set_targets({n: (check, ip_address(f"10.1.1.{100 + n}"), 80) for n in range(20)})
+    await nursery.start(checker.run)
+    await trio.sleep(12.0)
+    assert short  # the limit was met
+    unjudged = [key for key, state in checker.states().items() if state.status is not Health.UP]
+    assert unjudged == []
+    held = checker.held()
+    assert held is not None and held[0] <= files, held
+    assert running <= files

@@ -148,16 +148,16 @@ def test_late_probes_behind_max_probes_name_that_limit() -> None:
     [daemon] max_probes' slots (a rack of servers that time out holds
     them), not the CPU; the exec commands' limit first when both wait."""
     checker: Checker[int] = Checker(max_probes=300, max_exec=4)
-    probes = _late_cause(0, 7, checker)
+    probes = _late_cause({"probe": 7}, checker, 0.0)
     assert probes["slot_waiting"] == 7
     assert "probes wait for a slot (300 run at once): raise [daemon] max_probes" in str(
         probes["hint"]
     )
-    both = _late_cause(2, 7, checker)
+    both = _late_cause({"exec": 2, "probe": 7}, checker, 0.0)
     assert (both["exec_waiting"], both["slot_waiting"]) == (2, 7)  # trial 37: both, not one
     assert "[daemon] max_exec_checks" in str(both["hint"])
     assert "[daemon] max_probes" in str(both["hint"])
-    assert "short of CPU" in str(_late_cause(0, 0, checker)["hint"])
+    assert "short of CPU" in str(_late_cause({}, checker, 0.0)["hint"])
 
 
 def test_late_probes_name_a_slot_wait_since_the_last_warning() -> None:
@@ -166,7 +166,7 @@ def test_late_probes_name_a_slot_wait_since_the_last_warning() -> None:
     checker: Checker[int] = Checker(max_probes=300, max_exec=4)
     checker._schedule = Schedule(300, 4)  # (as the run makes it)
     checker._schedule.waited["exec"] = 50.0  # commands last waited at 50 s
-    assert "exec checks wait for a command slot" in str(
-        _late_cause(0, 0, checker, since=40.0)["hint"]
-    )
-    assert "short of CPU" in str(_late_cause(0, 0, checker, since=60.0)["hint"])
+    assert "exec checks waited for a command slot until 7.0s ago: raise [daemon]" in str(
+        _late_cause({}, checker, 57.0, since=40.0)["hint"]
+    )  # trial 38: not "wait ... (4 run at once)", of limits a reload may have raised since
+    assert "short of CPU" in str(_late_cause({}, checker, 57.0, since=60.0)["hint"])

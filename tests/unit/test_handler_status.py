@@ -560,7 +560,9 @@ def test_checks_behind_name_both_limits_when_both_hold_probes_back() -> None:
         replace(first, slot_wait=2.0, slot="exec"),
         replace(second, slot_wait=2.0, slot="probe"),
     )
-    text = status.status_text((replace(service, real_servers=rows),), lateness=2.0, slots=(40, 4))
+    text = status.status_text(
+        (replace(service, real_servers=rows),), lateness=2.0, slots=status.Slots(40, 4)
+    )
     head = text.splitlines()[0]
     assert "exec checks wait for a command slot: 1 waiting, 4 run at once" in head, head
     assert "probes wait for a slot: 1 waiting, 40 run at once ([daemon] max_probes" in head, head
@@ -573,11 +575,15 @@ def test_checks_behind_name_a_slot_wait_of_the_last_minute_once_none_waits() -> 
     within RECENT_SLOT_WAIT seconds is named; an older one is not."""
     (service, _) = _report()
     report = (service,)
-    recent = status.status_text(report, lateness=2.0, slots=(64, 12), slot_waited={"exec": 4.1})
+    recent = status.status_text(
+        report, lateness=2.0, slots=status.Slots(64, 12), slot_waited={"exec": 4.1}
+    )
     assert (
         "(exec checks waited for a command slot until 4.1s ago ([daemon] max_exec_checks)" in recent
     )
-    old = status.status_text(report, lateness=2.0, slots=(64, 12), slot_waited={"probe": 61.0})
+    old = status.status_text(
+        report, lateness=2.0, slots=status.Slots(64, 12), slot_waited={"probe": 61.0}
+    )
     assert "(short of CPU for this many checks" in old
 
 

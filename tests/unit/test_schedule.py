@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from director.health.schedule import Schedule, first_start, next_start
+from director.health.schedule import SHORT_HOLD, Schedule, first_start, next_start
 
 
 @pytest.mark.parametrize(
@@ -174,4 +174,52 @@ def test_waits_for_a_slot_are_noted_by_kind_and_a_batchs_leftovers_are_not() -> 
     assert [item for item, _ in schedule.due(2.0)] == ["c", "d"]
     # b waits: one command at most runs (a), and three probes in all.
     assert schedule.waited == {"exec": 2.0, "probe": 2.0}
-    assert schedule.waiting() == [("b", 1.5, "exec")]
+    assert schedule.waiting(2.0) == [("b", 1.5, "exec")]
+
+
+def test_a_probe_short_of_files_holds_the_bound_to_those_beside_it() -> None:
+    """CI at stop 36: under an open-file limit of 48, 20 exec checks of 2 s
+    ran as many at once as started, each start that found no file failed,
+    and one server lost that draw for a minute, never judged. Now a short
+    probe holds the bound, for SHORT_HOLD seconds, to those that ran beside
+    it: the others wait in due order and each gets its turn."""
+    schedule: Schedule[str] = Schedule(max_running=8, max_exec=8)
+    for n, item in enumerate("abcdef"):
+        schedule.add(item, due=n * 0.1, interval=1.0, is_exec=True)
+    assert [item for item, _ in schedule.due(1.0)] == list("abcdef")
+    schedule.add("g", due=1.05, interval=1.0, is_exec=True)
+    # f found the daemon out of files: five ran beside it.
+    assert schedule.finished("f", 1.1, short=True) == []
+    assert schedule.held(1.1) == 5
+    assert schedule.due(1.2) == []  # g waits: five run already
+    assert schedule.waiting(1.2) == [("g", 1.05, "short")]
+    assert schedule.waited == {"short": 1.2}
+    # f's next start (1.5) comes after g's: each waits its turn, in due order.
+    assert schedule.finished("a", 1.6) == [("g", 1.05)]
+    assert schedule.finished("b", 1.7) == [("f", 1.5)]
+    assert schedule.running == 5
+    # A second shortage lowers it again, to those beside that one.
+    assert schedule.finished("c", 1.8, short=True) == []
+    assert schedule.held(1.8) == 4
+    # Lifted SHORT_HOLD seconds after the last shortage.
+    assert schedule.held(1.8 + SHORT_HOLD - 0.01) == 4
+    assert schedule.held(1.8 + SHORT_HOLD) is None
+    # Then those that waited (a, b, c: late, still due) all start beside
+    # the four running, as max_running allows.
+    assert [item for item, _ in schedule.due(1.8 + SHORT_HOLD)] == ["a", "b", "c"]
+    assert schedule.running == 7
+
+
+def test_a_lone_probe_short_of_files_still_runs_one_at_a_time() -> None:
+    """With nothing beside it, a short probe leaves a bound of one, never
+    none: the checks go on, one at a time, until SHORT_HOLD passes."""
+    schedule: Schedule[str] = Schedule(max_running=4, max_exec=4)
+    schedule.add("a", due=0.0, interval=1.0)
+    schedule.add("b", due=0.5, interval=1.0)
+    assert schedule.due(0.0) == [("a", 0.0)]
+    assert schedule.finished("a", 0.1, short=True) == []
+    assert schedule.held(0.1) == 1
+    assert schedule.due(0.5) == [("b", 0.5)]
+    assert schedule.due(1.0) == []  # a waits for b: one at a time
+    assert schedule.waiting(1.0) == [("a", 1.0, "short")]
+    assert schedule.finished("b", 1.2) == [("a", 1.0)]
