@@ -381,6 +381,11 @@ def _receive(sock: _socket.socket, path: str, timeout: float = ANSWER_TIMEOUT) -
         except OSError as e:
             raise ConnectError(f"lost the connection to {path}: {e.strerror}") from None
         if not chunk:
+            got = b"".join(chunks).lstrip(b" ")
+            if got:
+                raise ConnectError(
+                    f"directord closed {path} in the middle of its answer ({len(got)} bytes of it)"
+                )
             raise ConnectError(f"directord closed {path} without answering")
         chunks.append(chunk)
         if chunk.endswith(b"\n"):

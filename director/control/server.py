@@ -266,6 +266,7 @@ async def accept_loop(
     does (or that fails while serving it) leaves its task.
     """
     active = 0
+    answers = _Answers()
     capacity_limit = RateLimit(LOG_INTERVAL)
     failure_limit = RateLimit(LOG_INTERVAL)
     # A client can make these as fast as it connects: one line an interval.
@@ -275,7 +276,9 @@ async def accept_loop(
     async def connection(stream: trio.SocketStream) -> None:
         nonlocal active
         try:
-            await _serve_connection(stream, handler, limits, admin_gid, logger, timeout_limit)
+            await _serve_connection(
+                stream, handler, limits, admin_gid, logger, timeout_limit, answers
+            )
         except Exception as e:
             # A bug reached by one connection: that connection ends, the server goes on.
             suppressed = failure_limit.allow(trio.current_time())
@@ -291,36 +294,39 @@ async def accept_loop(
             active -= 1
 
     async with trio.open_nursery() as nursery:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as e:
-                if e.errno in ACCEPT_TRANSIENT_ERRNOS:
-                    await trio.lowlevel.checkpoint()
+        try:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as e:
+                    if e.errno in ACCEPT_TRANSIENT_ERRNOS:
+                        await trio.lowlevel.checkpoint()
+                        continue
+                    if e.errno not in ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    suppressed = capacity_limit.allow(trio.current_time())
+                    if suppressed is not None:
+                        logger.error(
+                            "control_accept_failed",
+                            error=errno.errorcode.get(e.errno, str(e.errno)),
+                            message=os.strerror(e.errno),
+                            retry_after=ACCEPT_PAUSE,
+                            suppressed=suppressed,
+                        )
+                    await trio.sleep(ACCEPT_PAUSE)
                     continue
-                if e.errno not in ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                suppressed = capacity_limit.allow(trio.current_time())
-                if suppressed is not None:
-                    logger.error(
-                        "control_accept_failed",
-                        error=errno.errorcode.get(e.errno, str(e.errno)),
-                        message=os.strerror(e.errno),
-                        retry_after=ACCEPT_PAUSE,
-                        suppressed=suppressed,
-                    )
-                await trio.sleep(ACCEPT_PAUSE)
-                continue
-            if active >= limits.max_connections:
-                suppressed = busy_limit.allow(trio.current_time())
-                if suppressed is not None:
-                    logger.warning(
-                        "control_busy", limit=limits.max_connections, suppressed=suppressed
-                    )
-                await _refuse_busy(stream, limits.max_connections)
-                continue
-            active += 1
-            nursery.start_soon(connection, stream)
+                if active >= limits.max_connections:
+                    suppressed = busy_limit.allow(trio.current_time())
+                    if suppressed is not None:
+                        logger.warning(
+                            "control_busy", limit=limits.max_connections, suppressed=suppressed
+                        )
+                    await _refuse_busy(stream, limits.max_connections)
+                    continue
+                active += 1
+                nursery.start_soon(connection, stream)
+        finally:
+            answers.stop()  # those going out get STOP_SEND s more at most; the nursery waits
 
 
 async def _refuse_busy(stream: trio.SocketStream, limit: int) -> None:
@@ -342,6 +348,7 @@ async def _serve_connection(
     admin_gid: int | None,
     logger: Any,
     timeout_limit: RateLimit,
+    answers: _Answers,
 ) -> None:
     async with stream:
         try:
@@ -369,7 +376,7 @@ async def _serve_connection(
                         # closed on without a word (once idle after an
                         # answer, the close says enough).
                         if not waiting.cancel_called and (decoder.buffered or not answered):
-                            await _send_answer(stream, _cut_off(), STOP_SEND)
+                            await answers.send(stream, _cut_off())
                         raise
                     if data:
                         decoder.feed(data)
@@ -396,22 +403,33 @@ async def _serve_connection(
             if holding is not None and isinstance(event, Request):
                 hold = holding(event)
             with hold:
-                if isinstance(event, ProtocolError):
-                    logger.info(
-                        "control_bad_request", uid=peer.uid, pid=peer.pid, error=event.message
-                    )
-                    reply = encode_error(event)
-                else:
-                    interval = keepalive_interval(event)
-                    event = _without_keepalive(event)
-                    if interval is None:
-                        reply = await _answer(handler, event, peer, logger, stream)
+                reply: bytes | None = None
+                try:
+                    if isinstance(event, ProtocolError):
+                        logger.info(
+                            "control_bad_request", uid=peer.uid, pid=peer.pid, error=event.message
+                        )
+                        reply = encode_error(event)
                     else:
-                        async with trio.open_nursery() as nursery:
-                            nursery.start_soon(_keep_alive, stream, interval)
-                            reply = await _answer(handler, event, peer, logger, stream)
-                            nursery.cancel_scope.cancel()
-                sent = await _send_answer(stream, reply, limits.send_timeout)
+                        interval = keepalive_interval(event)
+                        event = _without_keepalive(event)
+                        if interval is None:
+                            reply = await _answer(handler, event, peer, logger)
+                        else:
+                            async with trio.open_nursery() as nursery:
+                                nursery.start_soon(_keep_alive, stream, interval)
+                                reply = await _answer(handler, event, peer, logger)
+                                nursery.cancel_scope.cancel()
+                except* trio.Cancelled:  # (from the keepalive's nursery: in a group)
+                    # The daemon stops: the answer if it was made, else
+                    # CUT_OFF, rather than a close without a word (trial 36:
+                    # a -Ln queued during the start, then a SIGTERM). Sent
+                    # here, once the keepalive spaces have ended (trial 38:
+                    # one going out as the stop came made this send busy,
+                    # and 4 of 81 clients were closed on unanswered).
+                    await answers.send(stream, reply or _cut_off())
+                    raise
+                sent = await answers.send(stream, reply, limits.send_timeout)
             if not sent:
                 return
             answered = True
@@ -470,7 +488,7 @@ TURN_AWAY_MAX = 1024
 
 # What a client whose request the stop cut off is told (a listing read in
 # a worker thread, say; a change the engine had begun is finished and
-# answered by the stop's wait, _send_answer).
+# answered by the stop's wait, _Answers).
 CUT_OFF = "directord is stopping: the request was cut off before its answer"
 
 
@@ -480,21 +498,12 @@ def _cut_off() -> bytes:
 
 # A response with `data` (`status --json`: 2.9 MB of JSON at 10,000 real
 # servers, about 50 ms of the host's CPU) is encoded in a worker thread.
-async def _answer(
-    handler: Handler, request: Request, peer: Peer, logger: Any, stream: trio.SocketStream
-) -> bytes:
+async def _answer(handler: Handler, request: Request, peer: Peer, logger: Any) -> bytes:
     try:
         response = await handler.handle(request, peer)
         if response.data is None:
             return encode_response(response)
         return await trio.to_thread.run_sync(encode_response, response)
-    except trio.Cancelled:
-        # The daemon stops (its nursery cancelled): say so, within STOP_SEND
-        # s, rather than close without a word (trial 36: a -Ln queued
-        # during the start, then a SIGTERM).
-        with contextlib.suppress(trio.BusyResourceError):  # (a keepalive space going out)
-            await _send_answer(stream, _cut_off(), STOP_SEND)
-        raise
     except Exception as e:
         logger.exception(
             "control_handler_failed",
@@ -513,15 +522,36 @@ async def _answer(
 STOP_SEND = 2.0
 
 
-async def _send_answer(stream: trio.SocketStream, reply: bytes, seconds: float) -> bool:
-    """Send `reply` within `seconds`, or, when the daemon is stopping (this
-    task cancelled), within STOP_SEND s shielded from the stop. False when
-    it did not go out."""
-    stopping = trio.current_effective_deadline() == -math.inf
-    with trio.CancelScope(shield=stopping) as scope:
-        scope.deadline = trio.current_time() + (STOP_SEND if stopping else seconds)
-        return await _send(stream, reply)
-    return False
+class _Answers:
+    """The answers going out on the server's connections. Each is sent
+    shielded from the stop, so that a line is never cut in half; once the
+    server stops (`stop`), each has STOP_SEND s more at most, not the rest
+    of a slow client's send timeout."""
+
+    def __init__(self) -> None:
+        self._sending: set[trio.CancelScope] = set()
+        self._stopped = False
+
+    async def send(
+        self, stream: trio.SocketStream, reply: bytes, seconds: float = STOP_SEND
+    ) -> bool:
+        """Send `reply` within `seconds` (STOP_SEND once stopping or this
+        task cancelled). False when it did not go out whole."""
+        stopping = self._stopped or trio.current_effective_deadline() == -math.inf
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + (STOP_SEND if stopping else seconds)
+            self._sending.add(scope)
+            try:
+                return await _send(stream, reply)
+            finally:
+                self._sending.discard(scope)
+        return False
+
+    def stop(self) -> None:
+        self._stopped = True
+        last = trio.current_time() + STOP_SEND
+        for scope in self._sending:
+            scope.deadline = min(scope.deadline, last)
 
 
 async def _send(stream: trio.SocketStream, data: bytes) -> bool:

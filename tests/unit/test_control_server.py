@@ -778,3 +778,84 @@ async def test_an_answer_made_as_the_daemon_stops_is_still_sent(sock_dir: str) -
             "stderr": "",
         }
         await assert_closed(stream)
+
+
+async def test_a_stop_while_a_keepalive_space_goes_out_still_answers(
+    sock_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trial 38: during a stop, 4 of 81 `directorctl status` clients were
+    closed on with no answer. The stop came while a keepalive space was
+    going out, the CUT_OFF line then found the stream busy, and was dropped.
+    Here the spaces are a blob the client does not read yet, sent shielded
+    (the stop's cancel reaches the task that sends them after the one that
+    answers), so that it is still going out when the answer would: the
+    line follows it."""
+    blob = b" " * (4 << 20)  # more than the socket pair's buffers take
+
+    async def keep_alive(stream: trio.SocketStream, interval: float) -> None:
+        with trio.CancelScope(shield=True):
+            await stream.send_all(blob)
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(server, "_keep_alive", keep_alive)
+    waiting = trio.Event()
+
+    class Listing:
+        async def handle(self, request: Request, peer: Peer) -> Response:
+            waiting.set()
+            await trio.sleep_forever()
+            raise AssertionError("not reached")
+
+    stream: trio.SocketStream | None = None
+    received = bytearray()
+    async with trio.open_nursery() as nursery:
+        path = await nursery.start(
+            lambda task_status: serve(
+                ControlSettings(socket=f"{sock_dir}/k.sock"), Listing(), task_status=task_status
+            )
+        )
+        stream = await trio.open_unix_socket(path)
+        await stream.send_all(b'{"v":1,"command":"status","args":{"keepalive":0.1}}\n')
+        await waiting.wait()
+        await trio.testing.wait_all_tasks_blocked()  # the blob fills the buffers
+        nursery.cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            # The stop waits for its answers to go out: read them meanwhile.
+            while chunk := await stream.receive_some():
+                received += chunk
+    assert stream is not None
+    line = bytes(received).lstrip(b" ")
+    assert len(received) - len(line) == len(blob)
+    assert json.loads(line) == {"v": 1, "status": 1, "stdout": "", "stderr": f"{server.CUT_OFF}\n"}
+    await stream.aclose()
+
+
+async def test_an_answer_going_out_as_the_stop_comes_goes_out_whole(sock_dir: str) -> None:
+    """The other member of trial 38's kind: a long answer (a status of
+    thousands of servers) to a client that reads slowly, the stop coming
+    mid-send. It was cut where the stop found it, a line the client could
+    not read; it goes out whole, within STOP_SEND s."""
+    big = "x" * (4 << 20)
+
+    class Large:
+        async def handle(self, request: Request, peer: Peer) -> Response:
+            return Response(0, big, "")
+
+    stream: trio.SocketStream | None = None
+    received = bytearray()
+    async with trio.open_nursery() as nursery:
+        path = await nursery.start(
+            lambda task_status: serve(
+                ControlSettings(socket=f"{sock_dir}/l.sock"), Large(), task_status=task_status
+            )
+        )
+        stream = await trio.open_unix_socket(path)
+        await stream.send_all(b'{"v":1,"argv":["-Ln"]}\n')
+        await trio.testing.wait_all_tasks_blocked()  # the answer fills the buffers
+        nursery.cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            while chunk := await stream.receive_some():
+                received += chunk
+    assert stream is not None
+    assert json.loads(received) == {"v": 1, "status": 0, "stdout": big, "stderr": ""}
+    await stream.aclose()

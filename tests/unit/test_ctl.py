@@ -414,3 +414,22 @@ def test_an_answer_sent_before_the_daemon_closed_is_read_though_the_send_failed(
         daemon.close()
         ctl._send(client, b'{"v":1,"argv":["-Ln"]}\n' * 1000, "/run/x.sock", 5.0)
         assert ctl._receive(client, "/run/x.sock")["stderr"] == "directord is stopping\n"
+
+
+@pytest.mark.parametrize(
+    ("sent", "said"),
+    [
+        (b"", "closed /run/x.sock without answering"),
+        (b"   ", "closed /run/x.sock without answering"),  # keepalive spaces only
+        (b'  {"v":1,"status":0,"std', "in the middle of its answer (22 bytes of it)"),
+    ],
+)
+def test_a_close_before_the_answer_says_how_far_it_came(sent: bytes, said: str) -> None:
+    """Trial 38: 'closed without answering' was said of a close after part
+    of an answer too, which made a cut line look like no answer at all."""
+    client, daemon = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with client:
+        daemon.sendall(sent)
+        daemon.close()
+        with pytest.raises(ctl.ConnectError, match=re.escape(said)):
+            ctl._receive(client, "/run/x.sock")
