@@ -453,6 +453,7 @@ class Director:
         say): no verdict on the server, whose health stays as it was; a
         warning at most once every OVERLOAD_WARNING_EVERY seconds."""
         _, address, port = target
+        self.events.probe_short()
         held = self.checker.held()
         self._overloaded(
             "probe_short_of_resources",

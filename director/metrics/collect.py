@@ -49,8 +49,9 @@ from __future__ import annotations
 import math
 import time
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 
@@ -80,6 +81,7 @@ from director.metrics.events import (
     operation_kind,
 )
 from director.refusals import Refusal, Subject
+from director.status import Slots
 from director.sync import SyncDaemonStatus
 from director.vips import VipStatus
 
@@ -132,6 +134,13 @@ class Snapshot:
     vips: tuple[VipStatus, ...] = ()
     sync: tuple[SyncDaemonStatus, ...] = ()
     bgp: BgpStatus | None = None
+    # The checker's bounds (max_probes, max_exec_checks, and the lower one a
+    # shortage holds), the real servers whose probe waits for a slot now by
+    # kind (Checker.waiting_for_slot's), and the probes that found the daemon
+    # short of its own resources.
+    slots: Slots | None = None
+    waiting: Mapping[str, int] = field(default_factory=dict)
+    short: int = 0
 
     def unix(self, at: float) -> float:
         """A time on the engine's clock as Unix time."""
@@ -148,8 +157,10 @@ def take_snapshot(
     what this reads); O(real servers) in dict copies, nothing formatted.
     `bgp`: director.bgp.BgpKeeper.report's, asked for just before."""
     events = director.events
-    states = director.checker.states()
+    checker = director.checker
+    states = checker.states()
     events.forget(states)
+    held = checker.held()
     return Snapshot(
         config=director.effective,
         states=states,
@@ -172,6 +183,9 @@ def take_snapshot(
         vips=director.vips.report(trio.current_time()),
         sync=director.sync.report(trio.current_time()),
         bgp=bgp,
+        slots=Slots(checker.max_probes, checker.max_exec, None if held is None else held[0]),
+        waiting=Counter(kind for _, kind in checker.waiting_for_slot().values()),
+        short=events.short,
     )
 
 
@@ -444,6 +458,7 @@ def _daemon(s: Snapshot) -> list[Family]:
             "Probes started a second or more after their due time (the checker is behind).",
             s.late,
         ),
+        *_slots(s),
         _histogram(
             "director_pass_duration_seconds",
             "Duration of the engine's reconcile passes: full (every service) or scoped.",
@@ -491,6 +506,39 @@ def _daemon(s: Snapshot) -> list[Family]:
             "(ok, error).",
             ("command", "result"),
             s.control.items(),
+        ),
+    ]
+
+
+def _slots(s: Snapshot) -> list[Family]:
+    """The checker's bounds on probes at once and the real servers whose
+    probe waits for one now, by kind: what tells a probes_late alert's
+    cause (a limit, a shortage of files) from a short CPU."""
+    kinds = ("probe", "exec", "short")
+    bounds = {} if s.slots is None else {"probe": s.slots.probes, "exec": s.slots.commands, "short": s.slots.held}  # fmt: skip
+    return [
+        _by(
+            "director_probe_slots",
+            "gauge",
+            "Probes that may run at once, by kind: probe ([daemon] max_probes), exec "
+            "([daemon] max_exec_checks), short (fewer, for a while after a probe found the "
+            "daemon out of file descriptors; absent otherwise).",
+            ("kind",),
+            [((kind,), most) for kind in kinds if (most := bounds.get(kind)) is not None],
+        ),
+        _by(
+            "director_probes_waiting",
+            "gauge",
+            "Real servers whose probe is due and waits for a slot now, by the slot's kind.",
+            ("kind",),
+            [((kind,), s.waiting.get(kind, 0)) for kind in kinds],
+        ),
+        _single(
+            "director_probes_short_of_resources",
+            "counter",
+            "Probes that gave no verdict because the daemon was short of its own file "
+            "descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM).",
+            s.short,
         ),
     ]
 
@@ -608,8 +656,8 @@ def _kernel(s: Snapshot) -> list[Family]:
 
 
 def _add_stats(families: list[tuple[str, Family]], row: str, stats: Stats) -> None:
-    for field, family in families:
-        family.add(row, getattr(stats, field))
+    for name, family in families:
+        family.add(row, getattr(stats, name))
 
 
 @cache

@@ -129,6 +129,7 @@ class Events:
         self.tallies: dict[RealServerId, list[float]] = {}
         self.start_delay = Histogram(DELAY_BUCKETS)
         self.late = 0
+        self.short = 0  # probes that found the daemon short of its own resources
         self.passes = {True: Histogram(PASS_BUCKETS), False: Histogram(PASS_BUCKETS)}
         self.operations: dict[tuple[str, str], int] = {}
         self.reloads: dict[str, int] = {}
@@ -164,6 +165,12 @@ class Events:
         self.start_delay.observe(lateness)
         if lateness >= LATE_AFTER:
             self.late += 1
+
+    def probe_short(self) -> None:
+        """A probe gave no verdict: the daemon was short of its own file
+        descriptors or memory (ProbeResult.own)."""
+        if self.enabled:
+            self.short += 1
 
     def forget(self, current: Mapping[RealServerId, object]) -> None:
         """Drop the tallies of targets no longer in `current` (a reload

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 from test_engine import (
     CONFIG,
+    CONFIG_TEMPLATE,
     TWO_SERVICES,
     VIP,
     FakeNetwork,
@@ -590,3 +591,37 @@ async def test_maintenance_vips_sync_daemons_and_bgp_are_gauges() -> None:
     assert not any(name.startswith("director_bgp_") for name, _ in plain)
     stopped = parse(render(replace(base, bgp=replace(bgp, speaker="failed", pid=None))).decode())
     assert value(stopped, "director_bgp_speaker_up") == 0
+
+
+async def test_slots_waits_and_shortages_are_metrics(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Trial 37 (L7): a probes_late alert could not tell a limit or a
+    shortage of files from a short CPU; only the log and the status could.
+    The bounds, the waits by kind and the probes short of files are
+    series of their own."""
+    config = parse_config(CONFIG_TEMPLATE.replace("ON_FAILURE", "remove") + METRICS)
+
+    async def probe(check: object, address: object, port: int) -> ProbeResult:
+        if address == ip_address("10.0.1.2"):
+            return ProbeResult.failure(Reason.ERROR, 0.0, "EMFILE: Too many open files", own=True)
+        await trio.sleep(0.5)
+        return ProbeResult.success(0.5)
+
+    director = Director(config, inline(MemoryBackend()), probe=probe)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        before = await scrape(director)
+        assert (
+            value(before, "director_probe_slots", {"kind": "probe"}) == director.checker.max_probes
+        )
+        assert value(before, "director_probe_slots", {"kind": "exec"}) == director.checker.max_exec
+        assert ("director_probe_slots", frozenset({("kind", "short")})) not in before
+        assert value(before, "director_probes_waiting", {"kind": "probe"}) == 0
+        await trio.sleep(5.0)
+        samples = await scrape(director)
+        assert value(samples, "director_probes_short_of_resources_total") >= 1
+        assert value(samples, "director_probe_slots", {"kind": "short"}) == 1
+        waiting = {k: value(samples, "director_probes_waiting", {"kind": k}) for k in ("probe", "exec", "short")}  # fmt: skip
+        assert waiting["probe"] == waiting["exec"] == 0, waiting
+        nursery.cancel_scope.cancel()
