@@ -10,6 +10,7 @@ from __future__ import annotations
 from _socket import inet_ntoa
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 from director.bgp import BgpStatus
 from director.config import Config, RealServer, RealServerId
@@ -23,6 +24,9 @@ from director.refusals import Refusal, Refusals, describe_subject
 from director.runtime import describe_endpoint, describe_service
 from director.sync import SyncDaemonStatus
 from director.vips import VipStatus
+
+if TYPE_CHECKING:
+    from director.health.checker import Checker
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,18 @@ class Slots:
     probes: int
     commands: int
     held: int | None = None
+    # Running now: probes, of them commands, and of them those of servers a
+    # reload removed since they started (Checker.occupancy)
+    running: int = 0
+    running_commands: int = 0
+    removed: int = 0
+
+    @classmethod
+    def of(cls, checker: Checker[Any]) -> Slots:
+        held = checker.held()
+        running, commands, removed = checker.occupancy()
+        ceiling = None if held is None else held[0]
+        return cls(checker.max_probes, checker.max_exec, ceiling, running, commands, removed)
 
 
 @dataclass(frozen=True)
@@ -326,9 +342,10 @@ def status_data(
     """{"services": [...]}, "probe_lateness" when given (seconds the last
     probe started after its due time) and then "probes_overdue" (`overdue`:
     {"servers", "longest", "longest_age"}), "slots" when `slots` (max
-    probes, max exec commands) are given ({"probe": {"max", "waiting"},
-    "exec": {"max", "waiting"}}, and "short": {"max", "waiting"} while a
-    shortage of file descriptors holds the probes lower), "sync_daemons" when the daemon keeps any
+    probes, max exec commands) are given ({"probe": {"max", "waiting",
+    "running", "removed"}, "exec": {"max", "waiting", "running"}}, and
+    "short": {"max", "waiting"} while a shortage of file descriptors holds
+    the probes lower), "sync_daemons" when the daemon keeps any
     (director.sync.SyncKeeper.report), "vips" when it keeps any
     (director.vips.VipKeeper.report), "maintenance" (a bool) when given,
     and "bgp" with [bgp] (director.bgp.BgpKeeper.report: "speaker" {state,
@@ -344,11 +361,14 @@ def status_data(
         }
     if slots is not None:
         bounds = {"probe": slots.probes, "exec": slots.commands, "short": slots.held}
-        data["slots"] = {
+        kinds: dict[str, dict[str, int]] = {
             kind: {"max": most, "waiting": slot_waiting(report, kind)}
             for kind, most in bounds.items()
             if most is not None
         }
+        kinds["probe"] |= {"running": slots.running, "removed": slots.removed}
+        kinds["exec"]["running"] = slots.running_commands
+        data["slots"] = kinds
     if sync:
         data["sync_daemons"] = [asdict(d) for d in sync]
     if vips:
@@ -483,9 +503,15 @@ def status_text(
                 f" {most.held} run at once for now (raise LimitNOFILE)"
             )
         if waiting := slot_waiting(report, "probe"):
+            removed = (
+                f"; {most.removed} of those running probe servers a reload removed, each"
+                " until its timeout"
+                if most.removed
+                else ""
+            )
             causes.append(
                 f"probes wait for a slot: {waiting} waiting, {most.probes} run at once"
-                " ([daemon] max_probes, at most half the open-file limit)"
+                f" ([daemon] max_probes, at most half the open-file limit{removed})"
             )
         if not causes:
             for kind, what, limit in _WAITED:

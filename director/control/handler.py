@@ -510,12 +510,7 @@ class Controller:
         states = director.checker.states()
         probing = director.checker.probing()
         waiting_for_slot = director.checker.waiting_for_slot()
-        held = director.checker.held()
-        slots = Slots(
-            director.checker.max_probes,
-            director.checker.max_exec,
-            None if held is None else held[0],
-        )
+        slots = Slots.of(director.checker)
         slot_waited = {kind: now - at for kind, at in director.checker.slot_waited().items()}
         admin = director.runtime.admin
         runtime_set = director.runtime.set_at_runtime

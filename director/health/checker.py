@@ -344,6 +344,14 @@ class Checker(Generic[K]):
         "short", "probe"; the run's clock); {} when none ever did."""
         return {} if self._schedule is None else dict(self._schedule.waited)
 
+    def occupancy(self) -> tuple[int, int, int]:
+        """Probes running now: all, commands, and those of targets removed
+        since they started (a reload: they hold their slot until they end)."""
+        schedule = self._schedule
+        if schedule is None:
+            return (0, 0, 0)
+        return (schedule.running, schedule.running_exec, schedule.leaving)
+
     def held(self) -> tuple[int, float] | None:
         """While a probe that found the daemon short of its own resources
         (ProbeResult.own) holds the probes run at once below max_probes:

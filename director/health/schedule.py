@@ -163,6 +163,12 @@ class Schedule(Generic[T]):
             return None
         return ceiling if ceiling < self.max_running else None
 
+    @property
+    def leaving(self) -> int:
+        """Probes still running that were removed (their slots held until
+        they end, within their timeout)."""
+        return len(self._leaving)
+
     def is_running(self, item: T) -> bool:
         """Whether `item` was started (by `due` or `finished`) and has not
         finished yet; a removed item still running counts."""

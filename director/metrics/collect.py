@@ -160,7 +160,6 @@ def take_snapshot(
     checker = director.checker
     states = checker.states()
     events.forget(states)
-    held = checker.held()
     return Snapshot(
         config=director.effective,
         states=states,
@@ -183,7 +182,7 @@ def take_snapshot(
         vips=director.vips.report(trio.current_time()),
         sync=director.sync.report(trio.current_time()),
         bgp=bgp,
-        slots=Slots(checker.max_probes, checker.max_exec, None if held is None else held[0]),
+        slots=Slots.of(checker),
         waiting=Counter(kind for _, kind in checker.waiting_for_slot().values()),
         short=events.short,
     )

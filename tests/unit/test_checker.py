@@ -1011,3 +1011,30 @@ async def test_no_server_loses_every_draw_while_the_daemon_is_short_of_files(
     held = checker.held()
     assert held is not None and held[0] <= files, held
     assert running <= files
+
+
+async def test_a_removed_targets_running_probe_is_counted_until_it_ends(
+    nursery: trio.Nursery, clock: object
+) -> None:
+    """What a status says of slots held by probes of removed servers
+    (Checker.occupancy): counted while they run, gone when they end."""
+
+    async def probe(check: Check, address: IPAddress, port: int) -> ProbeResult:
+        with trio.CancelScope(shield=True):  # (as a TCP probe: not cancelled)
+            await trio.sleep(3.0)
+        return ProbeResult.success(3.0)
+
+    started = trio.Event()
+    checker: Checker[str] = Checker(
+        probe=probe, rng=random.Random(SEED), on_start=lambda target, late: started.set()
+    )
+    check = ExecCheck(("true",), Timing(interval=10.0, timeout=5.0))
+    checker.set_targets({"a": (check, A, 80)})
+    await nursery.start(checker.run)
+    await started.wait()
+    await trio.sleep(0.1)
+    assert checker.occupancy() == (1, 1, 0)
+    checker.set_targets({})
+    assert checker.occupancy() == (1, 1, 1)
+    await trio.sleep(3.5)
+    assert checker.occupancy() == (0, 0, 0)

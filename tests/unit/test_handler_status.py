@@ -531,8 +531,8 @@ async def test_exec_probes_waiting_for_a_slot_are_said_so(
         both = await r.command("status", json=False)
     assert waiting.data is not None
     assert waiting.data["slots"] == {
-        "probe": {"max": 4096, "waiting": 0},
-        "exec": {"max": 1, "waiting": 1},
+        "probe": {"max": 4096, "waiting": 0, "running": 1, "removed": 0},
+        "exec": {"max": 1, "waiting": 1, "running": 1},
     }
     rows = {rs["server"]: rs for rs in waiting.data["services"][0]["real_servers"]}
     (queued,) = [rs for rs in rows.values() if rs["slot_wait"] is not None]
@@ -545,7 +545,11 @@ async def test_exec_probes_waiting_for_a_slot_are_said_so(
         in waiting.stdout
     )
     assert "[daemon] max_exec_checks: 1 -> 2" in reloaded.stdout, reloaded
-    assert both.data is not None and both.data["slots"]["exec"] == {"max": 2, "waiting": 0}
+    assert both.data is not None and both.data["slots"]["exec"] == {
+        "max": 2,
+        "waiting": 0,
+        "running": 2,
+    }
     assert all(
         rs["probe_running_for"] is not None for rs in both.data["services"][0]["real_servers"]
     )
@@ -678,3 +682,22 @@ def test_a_server_probed_elsewhere_says_where() -> None:
         status.status_data((service,))["services"][0]["real_servers"][0]["probed"]
         == "10.0.1.1:8080"
     )  # type: ignore[index]
+
+
+def test_checks_behind_count_the_slots_probes_of_removed_servers_hold() -> None:
+    """Trial 37 (L6): for up to a timeout after a reload removed servers,
+    their probes still running held slots that no row showed, and the
+    probes waiting for one were unexplained."""
+    (service, _) = _report()
+    first, second = service.real_servers
+    rows = (replace(first, slot_wait=2.0, slot="probe"), second)
+    slots = status.Slots(16, 4, running=16, removed=12)
+    text = status.status_text((replace(service, real_servers=rows),), lateness=2.0, slots=slots)
+    head = text.splitlines()[0]
+    assert "probes wait for a slot: 1 waiting, 16 run at once" in head, head
+    assert "12 of those running probe servers a reload removed, each until its timeout" in head
+    data = status.status_data((replace(service, real_servers=rows),), slots=slots)
+    assert data["slots"] == {
+        "probe": {"max": 16, "waiting": 1, "running": 16, "removed": 12},
+        "exec": {"max": 4, "waiting": 0, "running": 0},
+    }
