@@ -255,7 +255,7 @@ async def serve(
                 # pass) was kept with its time (entry.catch): handled now.
                 now = time.monotonic()
                 kept = entry.replay()
-                stop = any(signum in (signal.SIGTERM, signal.SIGINT) for signum, _ in kept)
+                stop = entry.asks_stop(kept)
                 for signum, at in kept:
                     logger.info(
                         "signal_kept",

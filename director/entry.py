@@ -57,13 +57,21 @@ def catch() -> None:
 
 def replay() -> list[tuple[int, float]]:
     """Raise again, in order, the signals kept so far (for the handlers now
-    in place: the daemon's receiver); each with when it came
-    (time.monotonic())."""
+    in place: the daemon's receiver), but a SIGHUP kept with a SIGTERM or
+    SIGINT (the stop would abandon its reload: trial 38); return them all,
+    each with when it came (time.monotonic())."""
     kept = _kept[:]
     _kept.clear()
+    stop = asks_stop(kept)
     for signum, _ in kept:
-        signal.raise_signal(signum)
+        if not (stop and signum == signal.SIGHUP):
+            signal.raise_signal(signum)
     return kept
+
+
+def asks_stop(kept: list[tuple[int, float]]) -> bool:
+    """Whether the signals `kept` (replay's) ask the daemon to stop."""
+    return any(signum in (signal.SIGTERM, signal.SIGINT) for signum, _ in kept)
 
 
 def ignore() -> None:

@@ -1295,12 +1295,14 @@ def test_a_sighup_kept_with_a_sigterm_during_the_start_says_it_makes_no_reload(r
         status = daemon.stop(signal.SIGTERM)
         kept = {e["signal"]: e for e in daemon.events("signal_kept")}
         reloaded = daemon.events("reloaded")
+        abandoned = daemon.events("reload_abandoned")
     finally:
         daemon.close()
     assert status == 0, daemon.log_text()
     assert kept["SIGHUP"]["why"] == "came during the start: no reload, a stop came too", kept
     assert kept["SIGTERM"]["why"] == "came during the start: acted on once ready", kept
     assert reloaded == []
+    assert abandoned == []  # trial 38: no reload begun, so none abandoned either
 
 
 def test_clients_that_come_during_a_stop_are_answered_or_refused_never_reset(rig: Rig) -> None:

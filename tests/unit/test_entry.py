@@ -44,10 +44,13 @@ def caught() -> Iterator[None]:
 
 
 def test_signals_before_the_daemon_listens_are_kept_in_order_and_replayed(caught: None) -> None:
-    for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM):
+    for signum in (signal.SIGUSR1, signal.SIGHUP):
         os.kill(os.getpid(), signum)  # delivered to this (the main) thread at once
-    assert replayed() == [signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM]
+    assert replayed() == [signal.SIGUSR1, signal.SIGHUP]
     assert replayed() == []  # nothing kept twice
+    for signum in (signal.SIGUSR1, signal.SIGTERM):
+        os.kill(os.getpid(), signum)
+    assert replayed() == [signal.SIGUSR1, signal.SIGTERM]
 
 
 def test_each_kept_signal_comes_back_with_when_it_came(caught: None) -> None:
@@ -150,3 +153,16 @@ def test_directord_collects_no_garbage_until_the_daemon_turns_the_collector_on()
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (0, "False\n", "")
+
+
+def test_a_sighup_kept_with_a_stop_is_not_raised_again(caught: None) -> None:
+    """Trial 38 (LOW): a SIGHUP and a SIGTERM during the start gave both a
+    'no reload' signal_kept line and a reload_abandoned warning: the SIGHUP
+    was raised again, its reload began and the stop abandoned it. It is
+    reported (returned) but not raised: no reload is begun."""
+    os.kill(os.getpid(), signal.SIGHUP)
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGHUP)
+    assert replayed() == [signal.SIGTERM]
+    os.kill(os.getpid(), signal.SIGHUP)
+    assert replayed() == [signal.SIGHUP]  # alone, it reloads
