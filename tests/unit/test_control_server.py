@@ -19,7 +19,7 @@ import trio.testing
 
 from director.config.model import ControlSettings
 from director.control import server
-from director.control.messages import Peer, Request, Response
+from director.control.messages import Handler, Peer, Request, Response
 from director.control.protocol import RequestDecoder
 from director.control.server import (
     ACCEPT_PAUSE,
@@ -806,28 +806,38 @@ async def test_a_stop_while_a_keepalive_space_goes_out_still_answers(
             await trio.sleep_forever()
             raise AssertionError("not reached")
 
-    stream: trio.SocketStream | None = None
-    received = bytearray()
-    async with trio.open_nursery() as nursery:
-        path = await nursery.start(
-            lambda task_status: serve(
-                ControlSettings(socket=f"{sock_dir}/k.sock"), Listing(), task_status=task_status
-            )
-        )
-        stream = await trio.open_unix_socket(path)
-        await stream.send_all(b'{"v":1,"command":"status","args":{"keepalive":0.1}}\n')
-        await waiting.wait()
-        await trio.testing.wait_all_tasks_blocked()  # the blob fills the buffers
-        nursery.cancel_scope.cancel()
-        with trio.CancelScope(shield=True):
-            # The stop waits for its answers to go out: read them meanwhile.
-            while chunk := await stream.receive_some():
-                received += chunk
-    assert stream is not None
-    line = bytes(received).lstrip(b" ")
+    request = b'{"v":1,"command":"status","args":{"keepalive":0.1}}\n'
+    received = await read_through_a_stop(f"{sock_dir}/k.sock", Listing(), request, waiting)
+    line = received.lstrip(b" ")
     assert len(received) - len(line) == len(blob)
     assert json.loads(line) == {"v": 1, "status": 1, "stdout": "", "stderr": f"{server.CUT_OFF}\n"}
+
+
+async def read_through_a_stop(
+    path: str, handler: Handler, request: bytes, asked: trio.Event | None = None
+) -> bytes:
+    """Serve `handler` on `path`, send `request`, stop the server once its
+    tasks block (after `asked` is set, when given) with what it sends
+    unread, then read all it sends until it closes (the stop waits for its
+    answers to go out)."""
+    received = bytearray()
+    async with trio.open_nursery() as nursery:
+        where = await nursery.start(
+            lambda task_status: serve(
+                ControlSettings(socket=path), handler, task_status=task_status
+            )
+        )
+        stream = await trio.open_unix_socket(where)
+        await stream.send_all(request)
+        if asked is not None:
+            await asked.wait()
+        await trio.testing.wait_all_tasks_blocked()  # what it sends fills the buffers
+        nursery.cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            while chunk := await stream.receive_some():
+                received += chunk
     await stream.aclose()
+    return bytes(received)
 
 
 async def test_an_answer_going_out_as_the_stop_comes_goes_out_whole(sock_dir: str) -> None:
@@ -841,21 +851,5 @@ async def test_an_answer_going_out_as_the_stop_comes_goes_out_whole(sock_dir: st
         async def handle(self, request: Request, peer: Peer) -> Response:
             return Response(0, big, "")
 
-    stream: trio.SocketStream | None = None
-    received = bytearray()
-    async with trio.open_nursery() as nursery:
-        path = await nursery.start(
-            lambda task_status: serve(
-                ControlSettings(socket=f"{sock_dir}/l.sock"), Large(), task_status=task_status
-            )
-        )
-        stream = await trio.open_unix_socket(path)
-        await stream.send_all(b'{"v":1,"argv":["-Ln"]}\n')
-        await trio.testing.wait_all_tasks_blocked()  # the answer fills the buffers
-        nursery.cancel_scope.cancel()
-        with trio.CancelScope(shield=True):
-            while chunk := await stream.receive_some():
-                received += chunk
-    assert stream is not None
+    received = await read_through_a_stop(f"{sock_dir}/l.sock", Large(), b'{"v":1,"argv":["-Ln"]}\n')
     assert json.loads(received) == {"v": 1, "status": 0, "stdout": big, "stderr": ""}
-    await stream.aclose()
