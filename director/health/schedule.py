@@ -18,7 +18,12 @@ starts the probes it is handed. Rules kept here:
   ran beside it: the others wait their turn in due order. Without it, each
   probe that starts while the resource is out fails in its turn, and one
   server can lose that draw for minutes (its checks all fail, it is never
-  judged).
+  judged). Only a probe started since the bound was last lowered lowers
+  it again: those started together fail together, and each counting the
+  others that were failing as "beside" it brought the bound down to one
+  (trial 39). Meanwhile the bound grows by one for every round of probes
+  that end well (as many as it allows), so that one lowered by a burst of
+  starts (a command's start holds more files than its run) comes back.
 - A removed probe never starts again; if it is running, its slot is held
   until `finished` is called for it.
 """
@@ -78,6 +83,7 @@ class _Entry(Generic[T]):
     due: float
     running: bool = False
     removed: bool = False
+    cut: int = 0  # the Schedule's `cuts` when it last started
 
 
 class Schedule(Generic[T]):
@@ -106,6 +112,8 @@ class Schedule(Generic[T]):
         # at once until `held_until` (the caller's clock), None: max_running.
         self.ceiling: int | None = None
         self.held_until = -math.inf
+        self.cuts = 0  # how many times a shortage lowered the bound
+        self._credit = 0  # probes that ended well since the bound last grew
         self._entries: dict[T, _Entry[T]] = {}
         self._leaving: dict[T, _Entry[T]] = {}  # removed while running
         self._heap: list[tuple[float, int, _Entry[T]]] = []
@@ -203,10 +211,18 @@ class Schedule(Generic[T]):
         if entry is None or not entry.running:
             raise ValueError(f"{item!r} is not running")
         if short:
-            beside = self.running - 1
             held = self.held(now)
-            self.ceiling = max(1, beside if held is None else min(held, beside))
+            if held is None or entry.cut == self.cuts:  # (else it started before the last cut)
+                beside = self.running - 1
+                self.ceiling = max(1, beside if held is None else min(held, beside))
+                self.cuts += 1
+                self._credit = 0
             self.held_until = now + SHORT_HOLD
+        elif self.ceiling is not None:
+            self._credit += 1
+            if self._credit >= self.ceiling:  # a round of them: one more may run
+                self._credit = 0
+                self.ceiling += 1  # (`held` forgets it once it reaches max_running)
         # Once a verdict, 10,000 times a second: _release, next_start and
         # _push written out, and nothing collected or admitted for nothing.
         entry.running = False
@@ -265,12 +281,14 @@ class Schedule(Generic[T]):
         room = self.max_running if self.ceiling is None else (self.held(now) or self.max_running)
         if limit is not None:
             room = min(room, self.running + limit)
+        cut = self.cuts
         if not waiting_exec:  # no command waits (almost always): the same, shorter
             running = self.running
             while running < room and waiting:
                 entry = waiting.popleft()
                 if not entry.removed:
                     entry.running = True
+                    entry.cut = cut
                     running += 1
                     started.append((entry.item, entry.due))
             self.running = running
@@ -289,6 +307,7 @@ class Schedule(Generic[T]):
             else:
                 break
             entry.running = True
+            entry.cut = cut
             self.running += 1
             started.append((entry.item, entry.due))
         return started

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from ctl_support import CTL, ctl
+from ctl_support import CTL, Listeners, ctl
 from daemon_runner import Daemon, wait_alive, wait_until
 from tables import Outcome
 from topology import (
@@ -1279,6 +1279,33 @@ def test_a_daemon_out_of_file_descriptors_takes_no_server_out(rig: Rig) -> None:
     rig.wait(lambda: len(rig.weights(80) or {}) == 20, "all 20 servers up")
     assert not daemon.events("real_server_down"), daemon.events("real_server_down")
     assert rig.alive()
+
+
+def test_tcp_probes_short_of_files_take_no_server_out_and_judge_every_one(rig: Rig) -> None:
+    """The socket member of the out-of-files kind (CI at stop 36, trial 37's
+    HIGH): under an open-file limit of 30 the daemon may run 16 probes at
+    once (max_probes' floor) beside some 16 files of its own, and 30 TCP
+    servers checked every second with fall = 1 meet EMFILE. No server goes
+    down for it, and every one is judged and in the table."""
+    rs1 = rig.net.host("rs1")
+    listeners = Listeners(rs1.netns)
+    try:
+        for n in range(30):
+            listeners.listen("0.0.0.0", 9000 + n)
+        check = '{ type = "tcp", interval = 1.0, timeout = 1.0, rise = 1, fall = 1 }'
+        servers = [f'address = "{rs1.address}:{9000 + n}"\nforward = "masq"\n' for n in range(30)]
+        rig.config.write_text(rig.config_text(rig.service(80, check, *servers)))
+        rig.daemon = Daemon(rig.config, nofile=30)
+        rig.daemon.start()
+        daemon = rig.daemon
+        rig.wait(lambda: daemon.events("probe_short_of_resources"), "a probe short of files")
+        (short, *_) = daemon.events("probe_short_of_resources")
+        assert "EMFILE" in short["detail"] or "ENFILE" in short["detail"], short
+        rig.wait(lambda: len(rig.weights(80) or {}) == 30, "all 30 servers up")
+        assert not daemon.events("real_server_down"), daemon.events("real_server_down")
+        assert rig.alive()
+    finally:
+        listeners.close()
 
 
 def test_a_sighup_kept_with_a_sigterm_during_the_start_says_it_makes_no_reload(rig: Rig) -> None:

@@ -198,15 +198,19 @@ def test_a_probe_short_of_files_holds_the_bound_to_those_beside_it() -> None:
     assert schedule.finished("a", 1.6) == [("g", 1.05)]
     assert schedule.finished("b", 1.7) == [("f", 1.5)]
     assert schedule.running == 5
-    # A second shortage lowers it again, to those beside that one.
-    assert schedule.finished("c", 1.8, short=True) == []
+    # A second shortage, of a probe started since the bound was lowered,
+    # lowers it again, to those beside that one ...
+    assert schedule.finished("g", 1.8, short=True) == []
     assert schedule.held(1.8) == 4
+    # ... and one started before (with those whose failures lowered it) does not.
+    assert schedule.finished("c", 1.9, short=True) == []
+    assert schedule.held(1.9) == 4
     # Lifted SHORT_HOLD seconds after the last shortage.
-    assert schedule.held(1.8 + SHORT_HOLD - 0.01) == 4
-    assert schedule.held(1.8 + SHORT_HOLD) is None
-    # Then those that waited (a, b, c: late, still due) all start beside
-    # the four running, as max_running allows.
-    assert [item for item, _ in schedule.due(1.8 + SHORT_HOLD)] == ["a", "b", "c"]
+    assert schedule.held(1.9 + SHORT_HOLD - 0.01) == 4
+    assert schedule.held(1.9 + SHORT_HOLD) is None
+    # Then those that waited (late, still due) all start beside the three
+    # running, as max_running allows.
+    assert [item for item, _ in schedule.due(1.9 + SHORT_HOLD)] == ["a", "g", "b", "c"]
     assert schedule.running == 7
 
 
@@ -223,3 +227,45 @@ def test_a_lone_probe_short_of_files_still_runs_one_at_a_time() -> None:
     assert schedule.due(1.0) == []  # a waits for b: one at a time
     assert schedule.waiting(1.0) == [("a", 1.0, "short")]
     assert schedule.finished("b", 1.2) == [("a", 1.0)]
+
+
+def test_probes_that_started_together_and_fail_together_lower_the_bound_once() -> None:
+    """Trial 39: at a start under a low open-file limit, the 16 commands
+    handed out together each found no file, and each counted the others,
+    failing too, as running beside it: the bound fell to one, and 19 servers
+    waited for one command at a time. Only a probe started since the bound
+    was last lowered lowers it again."""
+    schedule: Schedule[int] = Schedule(max_running=64, max_exec=16)
+    for n in range(20):
+        schedule.add(n, due=0.0, interval=1.0, is_exec=True)
+    assert len(schedule.due(0.0)) == 16
+    started = []
+    for n in range(6):  # six of the sixteen found no file
+        started += [item for item, _ in schedule.finished(n, 0.1, short=True)]
+    assert schedule.held(0.1) == 15  # the first's 15 beside it; the others' cut was made
+    # Each end let one waiting command start, the last four waiting.
+    assert started == [16, 17, 18, 19]
+    assert schedule.running == 14
+    # One of those started since lowers it again, to those beside it.
+    schedule.finished(16, 0.3, short=True)
+    assert schedule.held(0.3) == 13  # 14 ran, 13 beside it
+    schedule.finished(17, 0.3, short=True)  # started with 16: its cut was made
+    assert schedule.held(0.3) == 13
+
+
+def test_a_lowered_bound_grows_by_one_a_round_of_probes_that_end_well() -> None:
+    """Trial 39: a bound lowered by a burst of starts stayed there for as
+    long as probes kept finding no file, although fewer at once fit well.
+    Each round of probes that end well (as many as the bound) lets one
+    more run, up to max_running, where the bound is forgotten."""
+    schedule: Schedule[int] = Schedule(max_running=4, max_exec=4)
+    for n in range(8):
+        schedule.add(n, due=0.0, interval=1.0)
+    assert len(schedule.due(0.0)) == 4
+    schedule.finished(0, 0.1, short=True)
+    assert schedule.held(0.1) == 3
+    for n in (1, 2):
+        schedule.finished(n, 0.2)
+    assert schedule.held(0.2) == 3  # two of a round of three
+    schedule.finished(3, 0.4)
+    assert schedule.held(0.4) is None  # a round ended well: 4, max_running, forgotten
