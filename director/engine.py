@@ -254,38 +254,41 @@ def _late_cause(
     waited = checker.slot_waited()
     fields: dict[str, object] = {}
     hints = []
-    for kind, field_name, what, limit, remedy in (
+    for kind, field_name, (now_, then), limit, remedy in (
         (
             "exec",
             "exec_waiting",
-            "exec checks {} for a command slot",
+            ("exec checks wait for a command slot", "exec checks waited for a command slot"),
             f" ({checker.max_exec} run at once)",
             "raise [daemon] max_exec_checks, or make the commands shorter or fewer",
         ),
         (
             "short",
             "short_waiting",
-            "probes {} while the daemon was short of file descriptors",
+            (
+                "probes wait while the daemon is short of file descriptors",
+                "probes waited while the daemon was short of file descriptors",
+            ),
             " (fewer run at once for a while after a probe found none)",
             "raise LimitNOFILE",
         ),
         (
             "probe",
             "slot_waiting",
-            "probes {} for a slot",
+            ("probes wait for a slot", "probes waited for a slot"),
             f" ({checker.max_probes} run at once)",
             "raise [daemon] max_probes (at most half the open-file limit), or shorten the"
             " timeouts of servers that do not answer",
         ),
     ):
         count = waiting.get(kind, 0)
-        last = waited.get(kind, -math.inf)
+        last = waited.get(kind)  # (None: never; trial 39: not "until infs ago")
         if count:
             fields[field_name] = count
-            hints.append(f"{what.format('wait')}{limit}: {remedy}")
-        elif last >= since:
+            hints.append(f"{now_}{limit}: {remedy}")
+        elif last is not None and last >= since:
             fields[field_name] = 0
-            hints.append(f"{what.format('waited')} until {now - last:.1f}s ago: {remedy}")
+            hints.append(f"{then} until {now - last:.1f}s ago: {remedy}")
     if not hints:
         hints.append("short of CPU for this many checks at their intervals")
     return fields | {"hint": "probes start late: " + "; ".join(hints)}

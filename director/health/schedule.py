@@ -184,11 +184,17 @@ class Schedule(Generic[T]):
         return entry is not None and entry.running
 
     def next_due(self) -> float:
-        """When the earliest scheduled probe is due (inf when none is)."""
+        """When the earliest scheduled probe is due (inf when none is), or
+        the bound a shortage holds lapses with probes waiting for it, if
+        that is sooner (trial 39: they waited for the next due, shown as
+        waiting for one of max_running's slots)."""
         heap = self._heap
         while heap and heap[0][2].removed:
             heapq.heappop(heap)
-        return heap[0][0] if heap else math.inf
+        due = heap[0][0] if heap else math.inf
+        if self.ceiling is not None and (self._waiting or self._waiting_exec):
+            return min(due, self.held_until)
+        return due
 
     def due(self, now: float, limit: int | None = None) -> list[tuple[T, float]]:
         """The probes to start now (at most `limit`), with the time each was
@@ -210,6 +216,7 @@ class Schedule(Generic[T]):
         entry = self._entries.get(item) or self._leaving.pop(item, None)
         if entry is None or not entry.running:
             raise ValueError(f"{item!r} is not running")
+        grew = False
         if short:
             held = self.held(now)
             if held is None or entry.cut == self.cuts:  # (else it started before the last cut)
@@ -223,6 +230,7 @@ class Schedule(Generic[T]):
             if self._credit >= self.ceiling:  # a round of them: one more may run
                 self._credit = 0
                 self.ceiling += 1  # (`held` forgets it once it reaches max_running)
+                grew = True
         # Once a verdict, 10,000 times a second: _release, next_start and
         # _push written out, and nothing collected or admitted for nothing.
         entry.running = False
@@ -239,7 +247,8 @@ class Schedule(Generic[T]):
             self._collect(now)
         if not (self._waiting or self._waiting_exec):
             return []
-        started = self._admit(now, 1)  # its slot: the caller of `due` hands out the others
+        # Its slot (and the one the bound grew by): the caller of `due` hands out the others.
+        started = self._admit(now, 2 if grew else 1)
         self._note_wait(now)
         return started
 

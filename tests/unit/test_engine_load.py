@@ -6,6 +6,7 @@ start a second or more late, each at most once a minute."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Collection
 
@@ -170,3 +171,21 @@ def test_late_probes_name_a_slot_wait_since_the_last_warning() -> None:
         _late_cause({}, checker, 57.0, since=40.0)["hint"]
     )  # trial 38: not "wait ... (4 run at once)", of limits a reload may have raised since
     assert "short of CPU" in str(_late_cause({}, checker, 57.0, since=60.0)["hint"])
+
+
+def test_late_probes_name_no_kind_that_never_waited() -> None:
+    """Trial 39: the first probes_late (no warning before it: since is
+    -inf) named every kind, those that never waited too, "until infs
+    ago", and sent operators to raise limits for nothing."""
+    checker: Checker[int] = Checker(max_probes=300, max_exec=4)
+    checker._schedule = Schedule(300, 4)
+    cause = _late_cause({}, checker, 57.0, since=-math.inf)
+    assert cause == {
+        "hint": "probes start late: short of CPU for this many checks at their intervals"
+    }
+    checker._schedule.waited["exec"] = 50.0
+    cause = _late_cause({}, checker, 57.0, since=-math.inf)
+    assert set(cause) == {"exec_waiting", "hint"}
+    assert "inf" not in str(cause["hint"]) and "until 7.0s ago" in str(cause["hint"])
+    present = _late_cause({"short": 3}, checker, 57.0)
+    assert "probes wait while the daemon is short of file descriptors" in str(present["hint"])

@@ -269,3 +269,22 @@ def test_a_lowered_bound_grows_by_one_a_round_of_probes_that_end_well() -> None:
     assert schedule.held(0.2) == 3  # two of a round of three
     schedule.finished(3, 0.4)
     assert schedule.held(0.4) is None  # a round ended well: 4, max_running, forgotten
+
+
+def test_a_lapsing_hold_with_probes_waiting_is_a_time_to_come_back() -> None:
+    """Trial 39: once the bound a shortage held lapsed, the probes waiting
+    for it stayed queued until the next probe fell due, and a status then
+    showed them waiting for one of max_running's slots (19 waiting, 1 of
+    24 running). The lapse is when the scheduler comes back."""
+    schedule: Schedule[str] = Schedule(max_running=4, max_exec=4)
+    schedule.add("a", due=0.0, interval=100.0)
+    schedule.add("b", due=0.0, interval=100.0)
+    schedule.add("c", due=0.0, interval=100.0)
+    assert len(schedule.due(0.0)) == 3
+    schedule.finished("a", 0.1, short=True)  # bound: 2 (b, c)
+    schedule.add("d", due=0.2, interval=100.0)
+    schedule.add("e", due=0.2, interval=100.0)
+    assert schedule.due(0.3) == []  # d and e wait: two run
+    assert schedule.next_due() == schedule.held_until == 0.1 + SHORT_HOLD
+    assert [item for item, _ in schedule.due(schedule.held_until)] == ["d", "e"]
+    assert schedule.next_due() == 100.0  # a's next start
