@@ -209,10 +209,12 @@ class Schedule(Generic[T]):
         """`item`, started by `due` or `finished`, ended at `now`: its next
         start is the next point of its grid not in the past, or the one it
         just missed, due at once (`next_start`; none if it was removed).
-        `short`: it failed for want of the daemon's own resources, and for
-        SHORT_HOLD seconds no more probes run at once than ran beside it
-        (at least one; `held`). Returns the waiting probes that may start
-        now. Raises ValueError for an item that is not running."""
+        `short`: it failed for want of the daemon's own resources: no more
+        probes run at once than ran beside it (at least one; unless it
+        started before the bound was last lowered), one more for every
+        round that ends well, until SHORT_HOLD seconds after the last
+        shortage (`held`). Returns the waiting probes that may start now.
+        Raises ValueError for an item that is not running."""
         entry = self._entries.get(item) or self._leaving.pop(item, None)
         if entry is None or not entry.running:
             raise ValueError(f"{item!r} is not running")
@@ -231,7 +233,7 @@ class Schedule(Generic[T]):
                 self._credit = 0
                 self.ceiling += 1  # (`held` forgets it once it reaches max_running)
                 grew = True
-        # Once a verdict, 10,000 times a second: _release, next_start and
+        # Once a verdict, 10,000 times a second: the release, next_start and
         # _push written out, and nothing collected or admitted for nothing.
         entry.running = False
         self.running -= 1
@@ -273,12 +275,6 @@ class Schedule(Generic[T]):
             entry = pop(heap)[2]
             if not entry.removed:
                 (self._waiting_exec if entry.is_exec else waiting).append(entry)
-
-    def _release(self, entry: _Entry[T]) -> None:
-        entry.running = False
-        self.running -= 1
-        if entry.is_exec:
-            self.running_exec -= 1
 
     def _push(self, entry: _Entry[T]) -> None:
         self._sequence += 1
