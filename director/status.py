@@ -97,6 +97,11 @@ class Slots:
         ceiling = None if held is None else held[0]
         return cls(checker.max_probes, checker.max_exec, ceiling, running, commands, removed)
 
+    def bounds(self) -> dict[str, int]:
+        """Each kind of slot's bound: "probe", "exec", and "short" while held."""
+        bounds = {"probe": self.probes, "exec": self.commands}
+        return bounds if self.held is None else bounds | {"short": self.held}
+
 
 @dataclass(frozen=True)
 class ServiceStatus:
@@ -360,11 +365,9 @@ def status_data(
             "longest_age": None if age is None else round(age, 3),
         }
     if slots is not None:
-        bounds = {"probe": slots.probes, "exec": slots.commands, "short": slots.held}
-        kinds: dict[str, dict[str, int]] = {
+        kinds = {
             kind: {"max": most, "waiting": slot_waiting(report, kind)}
-            for kind, most in bounds.items()
-            if most is not None
+            for kind, most in slots.bounds().items()
         }
         kinds["probe"] |= {"running": slots.running, "removed": slots.removed}
         kinds["exec"]["running"] = slots.running_commands

@@ -514,7 +514,7 @@ def _slots(s: Snapshot) -> list[Family]:
     probe waits for one now, by kind: what tells a probes_late alert's
     cause (a limit, a shortage of files) from a short CPU."""
     kinds = ("probe", "exec", "short")
-    bounds = {} if s.slots is None else {"probe": s.slots.probes, "exec": s.slots.commands, "short": s.slots.held}  # fmt: skip
+    bounds = {} if s.slots is None else s.slots.bounds()
     return [
         _by(
             "director_probe_slots",
@@ -523,7 +523,7 @@ def _slots(s: Snapshot) -> list[Family]:
             "([daemon] max_exec_checks), short (fewer, for a while after a probe found the "
             "daemon out of file descriptors; absent otherwise).",
             ("kind",),
-            [((kind,), most) for kind in kinds if (most := bounds.get(kind)) is not None],
+            [((kind,), most) for kind, most in bounds.items()],
         ),
         _by(
             "director_probes_waiting",

@@ -1249,6 +1249,18 @@ def test_probes_past_max_probes_say_they_wait_for_a_probe_slot(rig: Rig) -> None
 # -- 14. stop 36's second trial: the daemon's own shortage is no verdict ---------------------
 
 
+def start_short_of_files(rig: Rig, nofile: int) -> tuple[Daemon, dict[str, Any]]:
+    """The rig's config run under an open-file limit of `nofile`, until a
+    probe finds it short of files: the daemon and its first
+    `probe_short_of_resources` line (EMFILE or ENFILE)."""
+    rig.daemon = daemon = Daemon(rig.config, nofile=nofile)
+    daemon.start()
+    rig.wait(lambda: daemon.events("probe_short_of_resources"), "a probe short of files")
+    (short, *_) = daemon.events("probe_short_of_resources")
+    assert "EMFILE" in short["detail"] or "ENFILE" in short["detail"], short
+    return daemon, short
+
+
 def test_a_daemon_out_of_file_descriptors_takes_no_server_out(rig: Rig) -> None:
     """Trial 37 (HIGH): under an open-file limit of 80, exec checks failed
     with EMFILE and an up server left the table (fall = 1). Here the limit
@@ -1267,12 +1279,7 @@ def test_a_daemon_out_of_file_descriptors_takes_no_server_out(rig: Rig) -> None:
     rig.config.write_text(
         rig.config_text(rig.service(80, check, *servers), daemon="max_exec_checks = 16")
     )
-    rig.daemon = Daemon(rig.config, nofile=48)
-    rig.daemon.start()
-    daemon = rig.daemon
-    rig.wait(lambda: daemon.events("probe_short_of_resources"), "a probe short of files")
-    (short, *_) = daemon.events("probe_short_of_resources")
-    assert "EMFILE" in short["detail"] or "ENFILE" in short["detail"], short
+    daemon, short = start_short_of_files(rig, 48)
     # The others wait their turn behind those that ran beside it (CI at stop
     # 36: without that, one server's every start found no file for 60 s).
     assert 1 <= short["run_at_once"] < 16, short
@@ -1316,12 +1323,7 @@ def test_tcp_probes_short_of_files_take_no_server_out_and_judge_every_one(rig: R
         check = '{ type = "tcp", interval = 1.0, timeout = 1.0, rise = 1, fall = 1 }'
         servers = [f'address = "{a}"\nforward = "masq"\n' for a in answering + silent]
         rig.config.write_text(rig.config_text(rig.service(80, check, *servers)))
-        rig.daemon = Daemon(rig.config, nofile=24)
-        rig.daemon.start()
-        daemon = rig.daemon
-        rig.wait(lambda: daemon.events("probe_short_of_resources"), "a probe short of files")
-        (short, *_) = daemon.events("probe_short_of_resources")
-        assert "EMFILE" in short["detail"] or "ENFILE" in short["detail"], short
+        daemon, _ = start_short_of_files(rig, 24)
         rig.wait(lambda: set(rig.weights(80) or {}) == set(answering), "the 14 answering up")
         time.sleep(5)  # (more probes short of files meanwhile)
         downs = [e for e in daemon.events("real_server_down") if e["rs"] in answering]
