@@ -254,6 +254,8 @@ def _late_cause(
     waited = checker.slot_waited()
     fields: dict[str, object] = {}
     hints = []
+    short_at = waited.get("short")
+    short = bool(waiting.get("short")) or (short_at is not None and short_at >= since)
     for kind, field_name, (now_, then), limit, remedy in (
         (
             "exec",
@@ -266,8 +268,8 @@ def _late_cause(
             "short",
             "short_waiting",
             (
-                "probes wait while the daemon is short of file descriptors",
-                "probes waited while the daemon was short of file descriptors",
+                "probes wait while fewer run after the daemon ran short of file descriptors",
+                "probes waited while fewer ran after the daemon ran short of file descriptors",
             ),
             " (fewer run at once for a while after a probe found none)",
             "raise LimitNOFILE",
@@ -283,6 +285,8 @@ def _late_cause(
     ):
         count = waiting.get(kind, 0)
         last = waited.get(kind)  # (None: never; trial 39: not "until infs ago")
+        if kind != "short" and short:  # (trial 40: more at once would want more files)
+            remedy = "not a limit to raise while the daemon runs short of file descriptors"
         if count:
             fields[field_name] = count
             hints.append(f"{now_}{limit}: {remedy}")

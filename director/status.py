@@ -502,8 +502,8 @@ def status_text(
             )
         if waiting := slot_waiting(report, "short"):
             causes.append(
-                f"probes wait while the daemon is short of file descriptors: {waiting} waiting,"
-                f" {most.held} run at once for now (raise LimitNOFILE)"
+                "probes wait while fewer run after the daemon ran short of file descriptors:"
+                f" {waiting} waiting, {most.held} run at once for now (raise LimitNOFILE)"
             )
         if waiting := slot_waiting(report, "probe"):
             removed = (
@@ -532,7 +532,7 @@ def status_text(
 
 _WAITED = (
     ("exec", "exec checks waited for a command slot", "[daemon] max_exec_checks"),
-    ("short", "probes waited while the daemon was short of file descriptors", "LimitNOFILE"),
+    ("short", "probes waited while fewer ran after the daemon ran short of files", "LimitNOFILE"),
     ("probe", "probes waited for a slot", "[daemon] max_probes"),
 )
 
@@ -705,7 +705,7 @@ def _rows_text(servers: tuple[RealServerStatus, ...]) -> str:
     return "".join(out)
 
 
-_SLOT_NAMES = {"exec": "an exec slot", "short": "a slot (the daemon is short of file descriptors)"}
+_SLOT_NAMES = {"exec": "an exec slot", "short": "a slot (fewer run after a shortage of files)"}
 
 
 def _row(rs: RealServerStatus) -> tuple[str, ...]:

@@ -187,5 +187,11 @@ def test_late_probes_name_no_kind_that_never_waited() -> None:
     cause = _late_cause({}, checker, 57.0, since=-math.inf)
     assert set(cause) == {"exec_waiting", "hint"}
     assert "inf" not in str(cause["hint"]) and "until 7.0s ago" in str(cause["hint"])
-    present = _late_cause({"short": 3}, checker, 57.0)
-    assert "probes wait while the daemon is short of file descriptors" in str(present["hint"])
+    present = _late_cause({"short": 3}, checker, 57.0, since=40.0)
+    hint = str(present["hint"])
+    assert "probes wait while fewer run after the daemon ran short of file descriptors" in hint
+    # Trial 40: the exec checks waited too, but more of them at once would
+    # want more files: no "raise [daemon] max_exec_checks" then.
+    assert "exec checks waited for a command slot until 7.0s ago" in hint
+    assert "raise [daemon] max_exec_checks" not in hint, hint
+    assert "not a limit to raise while the daemon runs short of file descriptors" in hint
