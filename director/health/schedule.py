@@ -231,7 +231,7 @@ class Schedule(Generic[T]):
             self._credit += 1
             if self._credit >= self.ceiling:  # a round of them: one more may run
                 self._credit = 0
-                self.ceiling += 1  # (`held` forgets it once it reaches max_running)
+                self.ceiling += 1  # (at max_running `held` reports none; gone at held_until)
                 grew = True
         # Once a verdict, 10,000 times a second: the release, next_start and
         # _push written out, and nothing collected or admitted for nothing.
