@@ -409,6 +409,10 @@ class Director:
         # the routes after it (a flush stays a flush).
         self._stopping = False
         self._stop_asked = False  # `stop` called (its job may wait its turn)
+        # The probes, until the stop's job begins: no verdict reaches the
+        # table after it, and a check that went on logging its servers up
+        # and down through a flush told of changes that were not made.
+        self._checks = trio.CancelScope()
         self._parse: trio.CancelScope | None = None  # a reload's read of its file, while it runs
         self._passes = 0
         self._drift_vouched = 0  # services the last drift check's digests vouched for
@@ -717,7 +721,7 @@ class Director:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.bgp.run)
-                await nursery.start(self.checker.run)
+                await nursery.start(self._check)
                 self.log.info("ready", **self.counts())
                 task_status.started()
                 while True:
@@ -735,6 +739,15 @@ class Director:
             for _, reply in self._jobs:
                 reply.outcome = outcome.Error(RuntimeError("the engine stopped"))
                 reply.done.set()
+
+    async def _check(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        if self._checks.cancel_called:  # stopped before it ran
+            task_status.started()
+            return
+        with self._checks:
+            await self.checker.run(task_status=task_status)
 
     async def _pass_if_due(self) -> None:
         """A full pass when one is asked for or due, else a pass over the
@@ -1600,6 +1613,7 @@ class Director:
 
         async def job() -> None:
             self._stopping = True
+            self._checks.cancel()
             await self.bgp.stop("daemon stopping")
             if not self.config.daemon.flush_on_stop:
                 self.log.info("table_left_in_place", services=len(self.owned))

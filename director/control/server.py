@@ -306,12 +306,16 @@ async def accept_loop(
                         raise
                     suppressed = capacity_limit.allow(trio.current_time())
                     if suppressed is not None:
-                        logger.error(
+                        # A warning, as the probes' shortage is: the server
+                        # goes on and the client's connection waits its turn.
+                        logger.warning(
                             "control_accept_failed",
                             error=errno.errorcode.get(e.errno, str(e.errno)),
                             message=os.strerror(e.errno),
                             retry_after=ACCEPT_PAUSE,
                             suppressed=suppressed,
+                            hint="the daemon is short of file descriptors or memory: clients"
+                            " wait in the socket's queue; raise LimitNOFILE",
                         )
                     await trio.sleep(ACCEPT_PAUSE)
                     continue

@@ -503,11 +503,13 @@ async def test_accept_out_of_resources_is_logged_paused_and_retried(
     assert failures == [
         {
             "event": "control_accept_failed",
-            "log_level": "error",
+            "log_level": "warning",
             "error": name,
             "message": os.strerror(number),
             "retry_after": ACCEPT_PAUSE,
             "suppressed": 0,
+            "hint": "the daemon is short of file descriptors or memory: clients wait in the"
+            " socket's queue; raise LimitNOFILE",
         }
     ]
 

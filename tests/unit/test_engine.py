@@ -1149,11 +1149,17 @@ async def test_no_pass_changes_the_table_after_the_stop(
         director.poke("a change")  # a pass is due when the stop's job ends
         with structlog.testing.capture_logs() as logs:
             await director.stop()
+            probes = network.probes
             network.alive.clear()  # and 10.0.1.1 goes down after it
             await trio.sleep(10.0)  # the daemon's cancel may come later
         nursery.cancel_scope.cancel()
     assert backend.services() == ([unmanaged] if flush else before)
     assert [e["event"] for e in logs if e["event"] in ("ipvs_apply", "ipvs_op")] == []
+    # Trial 40: the checks went on through the stop, logging servers up and
+    # down in a table being flushed. They end with the stop's start.
+    assert network.probes == probes
+    assert [e for e in logs if e["event"].startswith("real_server_")] == []
+    assert director.checker.state(next(iter(director.checker.states()))).status is Health.UP
 
 
 async def test_initial_up_puts_every_server_in_before_a_probe_and_fall_takes_one_out(
