@@ -413,6 +413,7 @@ class Director:
         # table after it, and a check that went on logging its servers up
         # and down through a flush told of changes that were not made.
         self._checks = trio.CancelScope()
+        self.stopped_at: float | None = None  # when the stop's job began (the checks ended)
         self._parse: trio.CancelScope | None = None  # a reload's read of its file, while it runs
         self._passes = 0
         self._drift_vouched = 0  # services the last drift check's digests vouched for
@@ -1614,6 +1615,7 @@ class Director:
         async def job() -> None:
             self._stopping = True
             self._checks.cancel()
+            self.stopped_at = trio.current_time()
             await self.bgp.stop("daemon stopping")
             if not self.config.daemon.flush_on_stop:
                 self.log.info("table_left_in_place", services=len(self.owned))

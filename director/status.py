@@ -343,6 +343,7 @@ def status_data(
     bgp: BgpStatus | None = None,
     lateness: float | None = None,
     slots: Slots | None = None,
+    stopping: float | None = None,
 ) -> dict[str, object]:
     """{"services": [...]}, "probe_lateness" when given (seconds the last
     probe started after its due time) and then "probes_overdue" (`overdue`:
@@ -354,8 +355,11 @@ def status_data(
     (director.sync.SyncKeeper.report), "vips" when it keeps any
     (director.vips.VipKeeper.report), "maintenance" (a bool) when given,
     and "bgp" with [bgp] (director.bgp.BgpKeeper.report: "speaker" {state,
-    pid, error, retry_in}, "peers", "routes")."""
+    pid, error, retry_in}, "peers", "routes"); "stopping" (seconds since
+    the daemon's stop began, when it has: its checks ended then)."""
     data: dict[str, object] = {"services": [_service_data(s) for s in report]}
+    if stopping is not None:
+        data["stopping"] = round(stopping, 3)
     if lateness is not None:
         data["probe_lateness"] = round(lateness, 3)
         count, longest, age = overdue(report)
@@ -465,6 +469,7 @@ def status_text(
     lateness: float = 0.0,
     slots: Slots | None = None,
     slot_waited: Mapping[str, float] | None = None,
+    stopping: float | None = None,
 ) -> str:
     """A maintenance line when on, a line when the last probe started
     LATE_AFTER or more after its due time (`lateness`, seconds) or real
@@ -475,17 +480,24 @@ def status_text(
     speaker, its peers and routes. With probes waiting for a slot (`slots`:
     max probes, max exec commands at once), or that did within the last
     RECENT_SLOT_WAIT seconds (`slot_waited`: seconds ago, by kind), the
-    checks behind say so, not that the daemon is short of CPU."""
+    checks behind say so, not that the daemon is short of CPU. `stopping`
+    (seconds since the daemon's stop began): its checks ended then, and a
+    line says so in place of the checks behind."""
     head = (
         "maintenance: on (every VIP of the daemon's removed or withdrawn; "
         "directorctl maintenance off)\n"
         if maintenance
         else ""
     )
+    if stopping is not None:
+        head += (
+            f"stopping: directord began to stop {stopping:.1f}s ago; its checks ended then, and"
+            " HEALTH and LAST PROBE are as they were\n"
+        )
     behind = []
-    if lateness >= LATE_AFTER:
+    if stopping is None and lateness >= LATE_AFTER:
         behind.append(f"the last probe started {lateness:.1f}s after its time")
-    count, longest, age = overdue(report)
+    count, longest, age = overdue(report) if stopping is None else (0, None, None)
     if count and age is not None:
         behind.append(
             f"{count} real server{'' if count == 1 else 's'} not probed for longer than"

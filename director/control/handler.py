@@ -520,6 +520,7 @@ class Controller:
         vips = director.vips.report(now)
         maintenance = director.vips.maintenance
         lateness = director.lateness
+        stopping = None if director.stopped_at is None else now - director.stopped_at
         bgp = await director.bgp.report(maintenance)
         json = bool(args.get("json"))
         with_data = json or args.get("data") is not False
@@ -549,6 +550,7 @@ class Controller:
                     bgp=bgp,
                     lateness=lateness,
                     slots=slots,
+                    stopping=stopping,
                 )
             if json:
                 return Response(0, "", "", data)
@@ -562,6 +564,7 @@ class Controller:
                 lateness=lateness,
                 slots=slots,
                 slot_waited=slot_waited,
+                stopping=stopping,
             )
             return Response(0, text, "", data)
 

@@ -451,6 +451,29 @@ async def test_the_daemons_status_says_when_its_checks_are_behind(
     assert behind.data is not None and behind.data["probe_lateness"] == 42.0
 
 
+async def test_a_stopping_daemons_status_says_its_checks_ended_not_that_they_are_behind(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """The checks end when the stop begins (trial 40: they went on logging
+    servers up and down through a flush). A status asked during a long
+    stop then found every server overdue and blamed the CPU."""
+    async with rig(tmp_path) as r:
+        await trio.sleep(2)
+        await r.director.stop()
+        await trio.sleep(10)
+        stopping = await r.command("status", json=False)
+    assert stopping.stdout.startswith(
+        "stopping: directord began to stop 10.0s ago; its checks ended then, and HEALTH and"
+        " LAST PROBE are as they were\n"
+    )
+    assert "checks behind" not in stopping.stdout
+    assert stopping.data is not None and stopping.data["stopping"] == 10.0
+    (row,) = stopping.data["services"][0]["real_servers"]
+    assert row["health"] == "up" and row["last_age"] >= 10.0
+    # the probes are overdue all the same, and the data says so
+    assert stopping.data["probes_overdue"]["servers"] == 1
+
+
 async def test_each_row_says_how_old_its_last_probe_is(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
