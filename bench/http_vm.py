@@ -16,7 +16,13 @@ keepalived 2.2.7's HTTP_GET (keepalived.conf(5)): `url { path / status_code
 "/", status 200-299, the same interval, timeout and fall, rise 1.
 
     python tests/vm/run.py python bench/http_vm.py [--services 2] [--per-service 100]
-        [--old-tree DIR]
+        [--floor] [--old-tree DIR]
+
+With `--floor`, two yardsticks take their turns too (bench/floor.py, no
+health state, no table, so no "full table" wait): "floor-http", a CPython
+loop that makes each probe's request and parses its reply's head with h11
+as directord must, and "floor-http-raw", the same loop with the request's
+bytes made once and the status read by hand.
 
 With `--old-tree DIR`, a third daemon, "directord-old", takes its turn in
 each round: directord importing `director` from DIR first (PYTHONPATH), for
@@ -32,6 +38,7 @@ import os
 import select
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     AcceptCounter,
+    BenchProcess,
     Directord,
     TcpTiming,
     VirtualService,
@@ -147,6 +155,28 @@ class Result:
         return 1000 * self.cpu / self.requests if self.requests else float("nan")
 
 
+class HttpFloor(BenchProcess):
+    """bench/floor.py --http (or --http-raw): the least a CPython HTTP check
+    does, probing the table's real servers; ready when it says so."""
+
+    def __init__(
+        self, table: Sequence[VirtualService], timing: TcpTiming, workdir: Path, raw: bool
+    ):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.targets = workdir / "targets"
+        self.targets.write_text("".join(f"{a} {p}\n" for s in table for a, p in s.real_servers))
+        self.timing, self.raw = timing, raw
+
+    def start(self, timeout: float) -> None:
+        command = [sys.executable, str(Path(__file__).with_name("floor.py")), str(self.targets)]
+        command += ["--interval", str(self.timing.interval), "--timeout", str(self.timing.timeout)]
+        command.append("--http-raw" if self.raw else "--http")
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE)
+        assert self.process.stdout is not None
+        if self.process.stdout.readline() != b"ready\n":
+            raise RuntimeError("bench/floor.py did not start")
+
+
 def measure(
     name: str,
     table: list[VirtualService],
@@ -156,8 +186,11 @@ def measure(
     workdir: Path,
     old_tree: Path | None = None,
 ) -> Result:
-    if name.startswith("directord"):
-        daemon: Directord | Keepalived = Directord(table, timing, workdir)
+    daemon: Directord | Keepalived | HttpFloor
+    if name.startswith("floor-http"):
+        daemon = HttpFloor(table, timing, workdir, raw=name == "floor-http-raw")
+    elif name.startswith("directord"):
+        daemon = Directord(table, timing, workdir)
         daemon.config.write_text(directord_http_config(daemon.config.read_text()))
     else:
         daemon = Keepalived(table, timing, workdir)
@@ -179,7 +212,9 @@ def measure(
                 daemon.start(timeout=300)
             try:
                 wait_for(
-                    "every real server in the table", lambda: destination_count() >= wanted, 120
+                    "every real server in the table",
+                    lambda: isinstance(daemon, HttpFloor) or destination_count() >= wanted,
+                    120,
                 )
             except TimeoutError:
                 logs = sorted(workdir.glob("*.log"))
@@ -187,14 +222,15 @@ def measure(
                 raise TimeoutError(
                     f"{name}: {destination_count()} of {wanted} in the table; log tail:\n{tail}"
                 ) from None
-            print(f"  {name}: full table after {time.monotonic() - started:.1f} s", flush=True)
+            what = "probing" if isinstance(daemon, HttpFloor) else "full table"
+            print(f"  {name}: {what} after {time.monotonic() - started:.1f} s", flush=True)
             time.sleep(warmup)
             pids = descendants(daemon.pid)
             cpu0, requests0, t0 = cpu_seconds(pids), counter.total(), time.monotonic()
             time.sleep(window)
             pids = descendants(daemon.pid)
             cpu1, requests1, t1 = cpu_seconds(pids), counter.total(), time.monotonic()
-            in_table = destination_count()
+            in_table = wanted if isinstance(daemon, HttpFloor) else destination_count()
             if in_table < wanted:
                 # A result, not an error: a daemon that cannot keep every
                 # server up under this load fails probes it should not.
@@ -240,6 +276,7 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=2, help="each daemon, alternating")
     parser.add_argument("--old-tree", type=Path, help="also directord from this tree's director/")
+    parser.add_argument("--floor", action="store_true", help="also bench/floor.py's HTTP floors")
     args = parser.parse_args()
     old_tree = args.old_tree.resolve() if args.old_tree else None
     if old_tree is not None and not (old_tree / "director" / "__init__.py").is_file():
@@ -248,6 +285,7 @@ def main() -> int:
     timing = TcpTiming(interval=args.interval, timeout=args.timeout, fall=2, rise=1)
     table = Load(args.services, args.per_service, timing).virtual_services()
     names = ["directord", "keepalived"] + (["directord-old"] if old_tree else [])
+    names += ["floor-http", "floor-http-raw"] if args.floor else []
     results: dict[str, list[Result]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         for round_ in range(args.rounds):
