@@ -1441,3 +1441,36 @@ def test_status_clients_in_flight_when_a_stop_comes_get_an_answer(rig: Rig) -> N
     kinds = [next((k for k, text in said.items() if text in out), out) for out in outputs]
     assert [k for k in kinds if k not in said] == [], kinds
     assert "stopping" in kinds or "summary" in kinds, kinds
+
+
+# -- 15. stop 38's trial: a drained server through a kill -9 and a restart ------------------
+
+
+def test_a_drained_server_stays_until_fall_failures_after_a_kill_and_restart(rig: Rig) -> None:
+    """Trial 41: rs1 drained (weight 0, finishing its connections), the
+    daemon killed with SIGKILL, rs1 stopped answering, the daemon started
+    again on the same state file: rs1 left the table at its first failed
+    probe, where rs2 (enabled, killed too) waited for fall = 3. Both are
+    adopted from the table now, and each leaves at its third failure."""
+    rs1, rs2 = rig.rs("rs1"), rig.rs("rs2")
+    check = '{ type = "tcp", interval = 0.5, timeout = 1.0, rise = 1, fall = 3 }'
+    servers = (rig.server("rs1", "weight = 5"), rig.server("rs2", "weight = 3"))
+    first = rig.start(rig.config_text(rig.service(80, check, *servers)))
+    rig.wait(lambda: rig.weights(80) == {rs1: 5, rs2: 3}, "both servers in the table")
+    drained = rig.ctl("drain", rig.vs(80), rs1)
+    assert drained.status == 0, drained
+    rig.wait(lambda: rig.weights(80) == {rs1: 0, rs2: 3}, "rs1 drained to weight 0")
+
+    first.stop(signal.SIGKILL)
+    rig.world.servers.kill("rs1")
+    rig.world.servers.kill("rs2")
+    restarted = Daemon(rig.config)
+    rig.daemon = restarted
+    restarted.start()
+    assert rig.weights(80) == {rs1: 0, rs2: 3}  # adopted as they were
+    rig.wait(lambda: rig.weights(80) == {}, "both servers out of the table")
+    for rs in (rs1, rs2):
+        (down,) = restarted.events("real_server_down", rs=rs)
+        assert (down["old"], down["failures_in_row"]) == ("unknown", 3), down
+        assert [e["failures_in_row"] for e in restarted.events("probe_failed", rs=rs)][:1] == [1]
+    assert rig.server_status(80, rs1)["admin"] == "drain"

@@ -22,6 +22,7 @@ import trio.testing
 
 from director import configload, statefile
 from director.config import Config, RealServerId, parse_config
+from director.desired import AdminState
 from director.engine import ABANDONED, Director, ReloadResult
 from director.health.result import ProbeResult, Reason
 from director.health.spec import Check
@@ -55,6 +56,7 @@ from director.ipvs.ops import (
     Operation,
 )
 from director.kernel import READ_ATTEMPTS, KernelTable
+from director.runtime import RuntimeLayer
 from director.status import ServiceStatus, status_report, status_text
 
 VIP = ServiceKey.inet(Protocol.TCP, "10.0.0.1", 80)
@@ -191,6 +193,85 @@ async def test_start_adopts_the_table_until_each_server_is_probed(
         await trio.sleep(2.0)
         assert weights(backend) == {"10.0.1.1": 5}
         nursery.cancel_scope.cancel()
+
+
+async def test_a_drained_server_at_weight_0_is_adopted_until_fall_probes_fail(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Trial 41: drained (weight 0, finishing its connections), the daemon
+    killed and started again, the drained server and an enabled one stopped
+    answering: the enabled one left after fall = 3 failures, the drained one
+    at the first (only servers at a weight above 0 were adopted)."""
+    existing = ServiceEntry(
+        Service(VIP, scheduler="rr"),
+        (
+            DestinationEntry(Destination(ip_address("10.0.1.1"), 80, weight=5)),
+            DestinationEntry(Destination(ip_address("10.0.1.2"), 80, weight=0)),
+        ),
+    )
+    backend = MemoryBackend([existing])
+    config = parse_config(CONFIG)
+    drained = config.virtual_servers[0].real_server_ids[1]
+    director = Director(
+        config, KernelTable(backend, threaded=False), probe=FakeNetwork().probe,
+        rng=random.Random(1), runtime=RuntimeLayer(admin={drained: AdminState.DRAIN}),
+    )  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await trio.sleep(1.1)  # each failed once or twice (its first probe within 1 s)
+        assert weights(backend) == {"10.0.1.1": 5, "10.0.1.2": 0}
+        assert all(s.failures_in_row for s in director.checker.states().values())
+        await trio.sleep(2.0)  # the third failure of each
+        assert weights(backend) == {}
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("reload", [False, True])
+@pytest.mark.parametrize("back", [False, True])
+async def test_a_server_kept_at_weight_0_for_its_failures_ramps_from_1_once_back(
+    autojump_clock: trio.testing.MockClock, reload: bool, back: bool
+) -> None:
+    """on_failure = "weight0": a down server's mark in the table is weight
+    0. Adopted at a start (or by a reload that adds its service), it stays
+    at 0 until probed, `fall` failures take it down, and a first success
+    brings it back as any server coming up: ramped from 1 by slow_start,
+    not at its full weight at once (when it came back while the daemon was
+    down, or after it went down again)."""
+    existing = ServiceEntry(
+        Service(VIP, scheduler="wrr"),
+        (
+            DestinationEntry(Destination(ip_address("10.0.1.1"), 80, weight=100)),
+            DestinationEntry(Destination(ip_address("10.0.1.2"), 80, weight=0)),
+        ),
+    )
+    backend = FaultyKernel([existing])
+    config = SLOW_START.replace('scheduler = "wrr"', 'scheduler = "wrr"\non_failure = "weight0"')
+    network = FakeNetwork("10.0.1.1", *(["10.0.1.2"] if back else []))
+    director = faulty_director(
+        backend, network, "[daemon]\nreconcile_interval = 5.0\n" if reload else config
+    )
+    seen: list[int] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        if reload:
+            await director.exclusive(lambda: director.reload(parse_config(config)))
+        if not back:
+            await trio.sleep(4.0)  # 10.0.1.2 fails its first probes: kept at 0
+            assert weights(backend) == {"10.0.1.1": 100, "10.0.1.2": 0}
+            assert (
+                director.checker.states()[
+                    director.config.virtual_servers[0].real_server_ids[1]
+                ].status
+                is Health.DOWN
+            )
+            network.alive.add(ip_address("10.0.1.2"))
+        for _ in range(40):
+            await trio.sleep(0.25)
+            seen.append(weights(backend)["10.0.1.2"])
+        nursery.cancel_scope.cancel()
+    ramp = [w for w in seen if 0 < w < 50]
+    assert ramp and ramp[0] <= 10, seen  # from 1, not at 50 at once
+    assert seen == sorted(seen) and seen[-1] == 50
 
 
 async def test_a_reload_sets_the_new_weight_of_a_server_not_probed_yet(
@@ -1160,6 +1241,37 @@ async def test_no_pass_changes_the_table_after_the_stop(
     assert network.probes == probes
     assert [e for e in logs if e["event"].startswith("real_server_")] == []
     assert director.checker.state(next(iter(director.checker.states()))).status is Health.UP
+
+
+async def test_the_checks_end_when_the_stop_is_asked_not_when_its_job_runs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Trial 41: a job ran when the stop came (a pass); the stop's job
+    waited its turn, and meanwhile probes went on, logging servers going
+    down that the stop then left in the table."""
+    backend = MemoryBackend()
+    network = FakeNetwork("10.0.1.1", "10.0.1.2")
+    director = make_director(backend, network)
+    release = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(director.run)
+        await trio.sleep(3.0)
+        nursery.start_soon(director.exclusive, release.wait)  # a job that runs long
+        await trio.sleep(0.1)
+        with structlog.testing.capture_logs() as logs:
+            nursery.start_soon(director.stop)
+            await trio.lowlevel.checkpoint()
+            assert director.stop_asked
+            probes = network.probes
+            network.alive.clear()
+            await trio.sleep(5.0)  # the stop's job still waits
+            release.set()
+            await trio.sleep(1.0)
+        nursery.cancel_scope.cancel()
+    assert network.probes == probes
+    assert [e for e in logs if e["event"].startswith(("real_server_", "probe_"))] == []
+    assert "table_left_in_place" in [e["event"] for e in logs]
+    assert weights(backend) == {"10.0.1.1": 5, "10.0.1.2": 7}
 
 
 async def test_initial_up_puts_every_server_in_before_a_probe_and_fall_takes_one_out(
