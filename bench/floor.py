@@ -80,14 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     print("ready", flush=True)
     while True:
         now = time.monotonic()
-        begun = 0
-        while due and due[0][0] <= now and begun < _BEGIN:
-            at, i = heapq.heappop(due)
-            begun += 1
-            # A start missed by a whole interval is skipped, as directord's
-            # checker skips it: its next start is on its grid, after now.
-            late = now - at
-            heapq.heappush(due, (at + interval * (1 + int(late // interval)), i))
+        begun = _starts(due, now, interval)
+        for i in begun:
             sock = spare.pop() if spare else None
             if sock is None:
                 sock = socket.socket(socket.AF_INET, _FLAGS)
@@ -110,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not fresh:
                     poller.unregister(sock.fileno())
                 sock.close()
-        wait = 0.0 if begun == _BEGIN else (due[0][0] if due else now + 1.0) - now
+        wait = 0.0 if len(begun) == _BEGIN else (due[0][0] if due else now + 1.0) - now
         if deadlines:
             wait = min(wait, deadlines[0][0] - now)
         for fd, flags in poller.poll(max(wait, 0.0)):
@@ -131,6 +125,18 @@ def main(argv: list[str] | None = None) -> int:
                 failed += 1
                 poller.unregister(fd)
                 entry[0].close()
+
+
+def _starts(due: list[tuple[float, int]], now: float, interval: float) -> list[int]:
+    """The targets due by `now`, _BEGIN at most, each put back on its grid:
+    a start missed by a whole interval is skipped, as directord's checker
+    skips it (its next start is on its grid, after now)."""
+    begun = []
+    while due and due[0][0] <= now and len(begun) < _BEGIN:
+        at, i = heapq.heappop(due)
+        heapq.heappush(due, (at + interval * (1 + int((now - at) // interval)), i))
+        begun.append(i)
+    return begun
 
 
 def http_floor(
@@ -167,12 +173,8 @@ def http_floor(
 
     while True:
         now = time.monotonic()
-        begun = 0
-        while due and due[0][0] <= now and begun < _BEGIN:
-            at, i = heapq.heappop(due)
-            begun += 1
-            late = now - at
-            heapq.heappush(due, (at + interval * (1 + int(late // interval)), i))
+        begun = _starts(due, now, interval)
+        for i in begun:
             sock = socket.socket(socket.AF_INET, _FLAGS)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER)
             code = sock.connect_ex(targets[i])
@@ -184,7 +186,7 @@ def http_floor(
             poller.register(fd, select.EPOLLOUT | select.EPOLLONESHOT)
             running[fd] = (sock, i, now + timeout, None, False)
             heapq.heappush(deadlines, (now + timeout, fd))
-        wait = 0.0 if begun == _BEGIN else (due[0][0] if due else now + 1.0) - now
+        wait = 0.0 if len(begun) == _BEGIN else (due[0][0] if due else now + 1.0) - now
         if deadlines:
             wait = min(wait, deadlines[0][0] - now)
         for fd, flags in poller.poll(max(wait, 0.0)):
