@@ -408,12 +408,12 @@ class Director:
         # Set by `stop`: no pass, job or announcement changes the table or
         # the routes after it (a flush stays a flush).
         self._stopping = False
-        self._stop_asked = False  # `stop` called (its job may wait its turn)
-        # The probes, until the stop's job begins: no verdict reaches the
-        # table after it, and a check that went on logging its servers up
-        # and down through a flush told of changes that were not made.
+        # When `stop` was called (its job may wait its turn), None before.
+        self.stopped_at: float | None = None
+        # The probes, until `stop` is called: no verdict reaches the table
+        # after it, and checks that went on logging servers up and down
+        # through a flush told of changes that were not made.
         self._checks = trio.CancelScope()
-        self.stopped_at: float | None = None  # when `stop` was called (the checks ended)
         self._parse: trio.CancelScope | None = None  # a reload's read of its file, while it runs
         self._passes = 0
         self._drift_vouched = 0  # services the last drift check's digests vouched for
@@ -1455,7 +1455,7 @@ class Director:
 
         async def job() -> ReloadResult:
             parse = self._parse = trio.CancelScope()
-            if self._stop_asked:
+            if self.stop_asked:
                 parse.cancel()
             try:
                 with parse:
@@ -1606,22 +1606,22 @@ class Director:
     @property
     def stop_asked(self) -> bool:
         """Whether `stop` has been called (its job may not have run yet)."""
-        return self._stop_asked
+        return self.stopped_at is not None
 
     async def stop(self) -> None:
-        """Withdraw every BGP announcement (BIRD stopped); leave the table
-        (and the VIPs) in place, or with [daemon] flush_on_stop delete the
-        owned services and remove the owned VIPs (never anyone else's).
+        """End the checks at once; withdraw every BGP announcement (BIRD
+        stopped); leave the table (and the VIPs) in place, or with [daemon]
+        flush_on_stop delete the owned services and remove the owned VIPs
+        (never anyone else's).
         A reload still reading its file (or queued to) is abandoned at once,
         the running config kept: a stop does not wait for a parse."""
-        self._stop_asked = True
+        self.stopped_at = trio.current_time()
         if self._parse is not None:
             self._parse.cancel()
         # The checks end now, not when the job gets its turn (trial 41: a
         # pass ran, and probes meanwhile logged servers going down that
         # the stop then left in the table).
         self._checks.cancel()
-        self.stopped_at = trio.current_time()
 
         async def job() -> None:
             self._stopping = True

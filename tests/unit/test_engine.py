@@ -1260,8 +1260,8 @@ async def test_the_checks_end_when_the_stop_is_asked_not_when_its_job_runs(
         await trio.sleep(0.1)
         with structlog.testing.capture_logs() as logs:
             nursery.start_soon(director.stop)
-            await trio.lowlevel.checkpoint()
-            assert director.stop_asked
+            while not director.stop_asked:  # (until the stop's task has run)
+                await trio.lowlevel.checkpoint()
             probes = network.probes
             network.alive.clear()
             await trio.sleep(5.0)  # the stop's job still waits
