@@ -288,3 +288,28 @@ def test_a_lapsing_hold_with_probes_waiting_is_a_time_to_come_back() -> None:
     assert schedule.next_due() == schedule.held_until == 0.1 + SHORT_HOLD
     assert [item for item, _ in schedule.due(schedule.held_until)] == ["d", "e"]
     assert schedule.next_due() == 100.0  # a's next start
+
+
+def test_probes_left_only_by_a_hand_outs_batch_wait_for_no_slot() -> None:
+    """Trial 42: with 4,096 slots for 4,000 servers, probes due but not
+    handed out yet (the caller starts them in batches, and a busy daemon
+    late) were said to wait for one of max_probes' slots, and probes_late
+    told operators to raise it. Only a bound that is reached holds them."""
+    dues = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4, "e": 0.5}
+    schedule: Schedule[str] = Schedule(max_running=10, max_exec=1)
+    for name, due in dues.items():
+        schedule.add(name, due, 1.0)
+    schedule.add("x1", 0.15, 1.0, is_exec=True)
+    assert schedule.due(1.0, limit=2) == [("a", 0.1), ("x1", 0.15)]
+    assert schedule.waiting(1.0) == []  # 8 slots free: the next hand-out's
+    assert schedule.waited == {}
+    full: Schedule[str] = Schedule(max_running=2, max_exec=1)
+    for name, due in dues.items():
+        full.add(name, due, 1.0)
+    full.add("x1", 0.15, 1.0, is_exec=True)
+    full.add("x2", 0.25, 1.0, is_exec=True)
+    assert full.due(1.0) == [("a", 0.1), ("x1", 0.15)]
+    assert full.waiting(1.0) == [
+        ("b", 0.2, "probe"), ("c", 0.3, "probe"), ("d", 0.4, "probe"), ("e", 0.5, "probe"),
+        ("x2", 0.25, "exec"),
+    ]  # fmt: skip
