@@ -262,22 +262,25 @@ def _overdue_after(check: object) -> float | None:
     return None if timing is None else timing.interval + timing.timeout + LATE_AFTER
 
 
-def overdue(report: tuple[ServiceStatus, ...]) -> tuple[int, str | None, float | None]:
+def overdue(
+    report: tuple[ServiceStatus, ...], before: float = 0.0
+) -> tuple[int, str | None, float | None]:
     """How many real servers were last probed longer ago than their check's
     interval and timeout allow (by LATE_AFTER s more), and the longest of
     them ("tcp:10.0.0.1:80 10.0.1.1:80", seconds): a start that a busy
     checker skips is late by nothing, so only these ages tell how far
-    behind its checks are."""
+    behind its checks are. `before`: as they were that many seconds ago
+    (when a stop ended the checks)."""
     count, longest, age = 0, None, None
     for service in report:
         limit = service.overdue_after
         if limit is None:
             continue
         for rs in service.real_servers:
-            if rs.last_age is not None and rs.last_age > limit:
+            if rs.last_age is not None and rs.last_age - before > limit:
                 count += 1
-                if age is None or rs.last_age > age:
-                    longest, age = f"{service.service} {rs.server}", rs.last_age
+                if age is None or rs.last_age - before > age:
+                    longest, age = f"{service.service} {rs.server}", rs.last_age - before
     return count, longest, age
 
 
@@ -482,64 +485,95 @@ def status_text(
     RECENT_SLOT_WAIT seconds (`slot_waited`: seconds ago, by kind), the
     checks behind say so, not that the daemon is short of CPU. `stopping`
     (seconds since the daemon's stop began): its checks ended then, and a
-    line says so in place of the checks behind."""
+    line says so in place of the checks behind, with those behind when it
+    began."""
     head = (
         "maintenance: on (every VIP of the daemon's removed or withdrawn; "
         "directorctl maintenance off)\n"
         if maintenance
         else ""
     )
-    if stopping is not None:
-        head += (
-            f"stopping: directord began to stop {stopping:.1f}s ago; its checks ended then, and"
-            " HEALTH and LAST PROBE are as they were\n"
-        )
-    behind = []
-    if stopping is None and lateness >= LATE_AFTER:
-        behind.append(f"the last probe started {lateness:.1f}s after its time")
-    count, longest, age = overdue(report) if stopping is None else (0, None, None)
-    if count and age is not None:
-        behind.append(
-            f"{count} real server{'' if count == 1 else 's'} not probed for longer than"
-            f" {'its' if count == 1 else 'their'} interval and timeout allow, the longest"
-            f" {age:.1f}s ({longest})"
-        )
-    if behind:
-        most = slots or Slots(0, 0)
-        causes = []
-        if waiting := slot_waiting(report, "exec"):
-            causes.append(
-                f"exec checks wait for a command slot: {waiting} waiting, {most.commands} run at"
-                " once ([daemon] max_exec_checks)"
-            )
-        if waiting := slot_waiting(report, "short"):
-            causes.append(
-                "probes wait while fewer run after the daemon ran short of file descriptors:"
-                f" {waiting} waiting, {most.held} run at once for now (raise LimitNOFILE)"
-            )
-        if waiting := slot_waiting(report, "probe"):
-            removed = (
-                f"; {most.removed} of those running probe servers a reload removed, each"
-                " until its timeout"
-                if most.removed
-                else ""
-            )
-            causes.append(
-                f"probes wait for a slot: {waiting} waiting, {most.probes} run at once"
-                f" ([daemon] max_probes, at most half the open-file limit{removed})"
-            )
-        if not causes:
-            for kind, what, limit in _WAITED:
-                ago = (slot_waited or {}).get(kind)
-                if ago is not None and ago <= RECENT_SLOT_WAIT:
-                    causes.append(f"{what} until {ago:.1f}s ago ({limit})")
-        cause = "; ".join(causes) or "short of CPU for this many checks at their intervals"
-        head += (
-            f"checks behind: {'; '.join(behind)} ({cause}: LAST PROBE may be that old, and"
-            " failures are seen that late)\n"
-        )
+    if stopping is None:
+        head += _behind_text(report, lateness, slots, slot_waited)
+    else:
+        head += _stopping_text(report, stopping)
     services = summary_text(report) if summary else _services_text(report)
     return head + services + _sync_text(sync) + _vips_text(vips) + _bgp_text(bgp)
+
+
+def _stopping_text(report: tuple[ServiceStatus, ...], stopping: float) -> str:
+    """The line of a daemon whose stop began `stopping` seconds ago (its
+    checks ended then), and the checks behind as they were then (trial 42:
+    the stopping line alone hid that the health it shows was stale)."""
+    text = (
+        f"stopping: directord began to stop {stopping:.1f}s ago; its checks ended then, and"
+        " HEALTH and LAST PROBE are as they were\n"
+    )
+    count, longest, age = overdue(report, before=stopping)
+    if count and age is not None:
+        text += (
+            f"checks were behind when the stop began: {_overdue_phrase(count, longest, age)}"
+            " (HEALTH may be that old)\n"
+        )
+    return text
+
+
+def _behind_text(
+    report: tuple[ServiceStatus, ...],
+    lateness: float,
+    slots: Slots | None,
+    slot_waited: Mapping[str, float] | None,
+) -> str:
+    """The `checks behind` line, "" when they are not (see status_text)."""
+    behind = []
+    if lateness >= LATE_AFTER:
+        behind.append(f"the last probe started {lateness:.1f}s after its time")
+    count, longest, age = overdue(report)
+    if count and age is not None:
+        behind.append(_overdue_phrase(count, longest, age))
+    if not behind:
+        return ""
+    most = slots or Slots(0, 0)
+    causes = []
+    if waiting := slot_waiting(report, "exec"):
+        causes.append(
+            f"exec checks wait for a command slot: {waiting} waiting, {most.commands} run at"
+            " once ([daemon] max_exec_checks)"
+        )
+    if waiting := slot_waiting(report, "short"):
+        causes.append(
+            "probes wait while fewer run after the daemon ran short of file descriptors:"
+            f" {waiting} waiting, {most.held} run at once for now (raise LimitNOFILE)"
+        )
+    if waiting := slot_waiting(report, "probe"):
+        removed = (
+            f"; {most.removed} of those running probe servers a reload removed, each"
+            " until its timeout"
+            if most.removed
+            else ""
+        )
+        causes.append(
+            f"probes wait for a slot: {waiting} waiting, {most.probes} run at once"
+            f" ([daemon] max_probes, at most half the open-file limit{removed})"
+        )
+    if not causes:
+        for kind, what, limit in _WAITED:
+            ago = (slot_waited or {}).get(kind)
+            if ago is not None and ago <= RECENT_SLOT_WAIT:
+                causes.append(f"{what} until {ago:.1f}s ago ({limit})")
+    cause = "; ".join(causes) or "short of CPU for this many checks at their intervals"
+    return (
+        f"checks behind: {'; '.join(behind)} ({cause}: LAST PROBE may be that old, and"
+        " failures are seen that late)\n"
+    )
+
+
+def _overdue_phrase(count: int, longest: str | None, age: float) -> str:
+    return (
+        f"{count} real server{'' if count == 1 else 's'} not probed for longer than"
+        f" {'its' if count == 1 else 'their'} interval and timeout allow, the longest"
+        f" {age:.1f}s ({longest})"
+    )
 
 
 _WAITED = (

@@ -433,6 +433,29 @@ def test_servers_probed_longer_ago_than_their_check_allows_say_the_checks_are_be
     assert "checks behind" not in status.status_text((refused,), lateness=0.1)
 
 
+def test_a_stopping_status_says_which_checks_were_behind_when_the_stop_began() -> None:
+    """Trial 42: the stopping line took the place of `checks behind`, and
+    hid that a server's last probe was 9 s old when the stop began (1 s
+    interval). Ages are counted at the stop's start: the stop's own
+    seconds make no server overdue."""
+    (base, refused) = _report()
+    fresh = base.real_servers[0]
+    stale = dataclasses.replace(fresh, server="10.0.1.2:80", last_age=11.1)
+    young = dataclasses.replace(fresh, server="10.0.1.3:80", last_age=2.4)  # 0.5 s before the stop
+    checked = dataclasses.replace(base, real_servers=(stale, young), overdue_after=2.5)
+    text = status.status_text((checked, refused), lateness=3.0, stopping=1.9)
+    assert text.startswith(
+        "stopping: directord began to stop 1.9s ago; its checks ended then, and HEALTH and"
+        " LAST PROBE are as they were\n"
+        "checks were behind when the stop began: 1 real server not probed for longer than its"
+        " interval and timeout allow, the longest 9.2s (tcp:10.0.0.1:80 10.0.1.2:80)"
+        " (HEALTH may be that old)\n"
+    )
+    assert "checks behind" not in text
+    on_time = dataclasses.replace(checked, real_servers=(young,))
+    assert "were behind" not in status.status_text((on_time,), stopping=1.9)
+
+
 async def test_the_daemons_status_says_when_its_checks_are_behind(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
