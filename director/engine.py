@@ -1621,6 +1621,7 @@ class Director:
         # The checks end now, not when the job gets its turn (trial 41: a
         # pass ran, and probes meanwhile logged servers going down that
         # the stop then left in the table).
+        self.checker.freeze()
         self._checks.cancel()
 
         async def job() -> None:

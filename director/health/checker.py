@@ -219,6 +219,7 @@ class Checker(Generic[K]):
         self._now: Callable[[], float] = trio.current_time
         self._exchanges: Exchanges | None = None  # the real plain HTTP probes, once one ran
         self._hurried = False  # the scheduler's slice ends at its next check (`_hurry`)
+        self._frozen = False  # `freeze`: no verdict taken any more
 
     def set_targets(self, targets: Mapping[K, Target]) -> None:
         """Check exactly these targets from now on. Raises ValueError, naming
@@ -544,8 +545,8 @@ class Checker(Generic[K]):
         here: the scheduler by its own deadline, a worker whose probe the
         stop cancelled, the other watcher with a verdict. Then the probes
         not yet started are dropped, and the caller's task ends at its next
-        checkpoint, with the run."""
-        if not due:
+        checkpoint, with the run. None starts once frozen (`freeze`)."""
+        if not due or self._frozen:
             return None
         kept: _Probe[K] | None = None
         on_start, idle, connects = self._on_start, self._idle, self._connects
@@ -634,11 +635,19 @@ class Checker(Generic[K]):
             self._nursery.start_soon(exchanges.watch)
         return exchanges
 
+    def freeze(self) -> None:
+        """Take no verdict from now on: the health stays as it is, and no
+        probe starts. For a stop, whose cancel of `run`
+        reaches a watcher at its next checkpoint: one that a wait had
+        already woken delivered its batch of verdicts first (a kernel
+        test: probe lines after `stopping`, 1 run in 7)."""
+        self._frozen = True
+
     def _probe_done(self, probe: _Probe[K], result: ProbeResult) -> None:
         """A TCP or plain HTTP probe's verdict, from `Connects.watch` or
         `Exchanges.watch`: as `_run_probe` does when a worker's probe ends."""
         schedule = self._schedule
-        if schedule is None:
+        if schedule is None or self._frozen:
             return
         now = self._now()
         following = schedule.finished(probe, now, short=result.own)
@@ -679,6 +688,8 @@ class Checker(Generic[K]):
             )
 
     def _record(self, probe: _Probe[K], result: ProbeResult, now: float | None = None) -> None:
+        if self._frozen:
+            return
         if result.own:  # no verdict on the server: the next probe gives one
             if self._on_shortage is not None:
                 self._on_shortage(probe.target, result)

@@ -1475,3 +1475,29 @@ def test_a_drained_server_stays_until_fall_failures_after_a_kill_and_restart(rig
         assert (down["old"], down["failures_in_row"]) == ("unknown", 3), down
         assert [e["failures_in_row"] for e in restarted.events("probe_failed", rs=rs)][:1] == [1]
     assert rig.server_status(80, rs1)["admin"] == "drain"
+
+
+def test_no_probe_is_logged_once_a_stop_begins_behind_a_restore(rig: Rig) -> None:
+    """Trials 40-42: checks went on through a stop, logging servers up and
+    down after `stopping` (through a flush, and while the stop waited for a
+    change under way). Every probe logged (debug), two servers checked every
+    0.1 s, a SIGTERM while a 2,000-service `directorctl -R` is applied: the
+    -R finishes and is answered, and no probe line follows `stopping`."""
+    check = '{ type = "tcp", interval = 0.1, timeout = 1.0, rise = 1, fall = 1 }'
+    servers = (rig.server("rs1"), rig.server("rs2"))
+    text = rig.config_text(rig.service(80, check, *servers), daemon='log_level = "debug"')
+    daemon = rig.start(text)
+    rig.wait(lambda: len(daemon.events("probe_result")) >= 20, "20 probes logged")
+    lines = "".join(f"-A -t 10.200.{i // 250}.{i % 250 + 1}:80 -s rr\n" for i in range(2000))
+    argv = [str(CTL), "--socket", str(rig.socket), "-R"]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as restore:  # fmt: skip
+        assert restore.stdin is not None and restore.stderr is not None
+        restore.stdin.write(lines)
+        restore.stdin.close()
+        rig.wait(lambda: daemon.events("control_kernel_ops"), "the -R being applied")
+        assert daemon.stop(signal.SIGTERM) == 0, daemon.log_text()
+        assert restore.wait(timeout=DEADLINE) == 0, restore.stderr.read()
+    events = [e["event"] for e in daemon.logged()]
+    after = events[events.index("stopping") :]
+    assert [e for e in after if e.startswith(("probe_", "real_server_"))] == [], after
+    assert "table_left_in_place" in after, after

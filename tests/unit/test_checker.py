@@ -1046,3 +1046,25 @@ async def test_a_removed_targets_running_probe_is_counted_until_it_ends(
     assert checker.occupancy() == (1, 1, 1)
     await trio.sleep(3.5)
     assert checker.occupancy() == (0, 0, 0)
+
+
+# -- freeze (a stop) ---------------------------------------------------------------
+
+
+async def test_a_frozen_checker_takes_no_verdict_and_starts_no_probe(
+    rig: Rig, clock: object
+) -> None:
+    """A stop freezes the checker as it cancels its run: a probe that ends
+    after (one in flight here) gives no verdict, and none starts."""
+    checker, servers, recorder, nursery = rig
+    servers.duration = 0.5
+    checker.set_targets({"a": (tcp(interval=1.0), A, 80), "b": (tcp(interval=1.0), B, 80)})
+    await nursery.start(checker.run)
+    await trio.sleep_until(5.2)
+    assert servers.running  # (a probe or two in flight)
+    calls, results, before = len(servers.calls), len(recorder.results), checker.states()
+    checker.freeze()
+    servers.down.update((A, B))
+    await trio.sleep_until(20.0)
+    assert (len(servers.calls), len(recorder.results)) == (calls, results)
+    assert checker.states() == before and recorder.transitions[-1][1].new is Health.UP
