@@ -640,7 +640,7 @@ class Checker(Generic[K]):
         probe starts. For a stop, whose cancel of `run`
         reaches a watcher at its next checkpoint: one that a wait had
         already woken delivered its batch of verdicts first (a kernel
-        test: probe lines after `stopping`, 1 run in 7)."""
+        test: probe lines after `stopping`, 1 run in 10)."""
         self._frozen = True
 
     def _probe_done(self, probe: _Probe[K], result: ProbeResult) -> None:
